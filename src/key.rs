@@ -1,0 +1,184 @@
+//! Session keys: the `(tenant, session id)` pair every event and cursor is
+//! scoped to.
+//!
+//! Invariants: a key is immutable, cheap to clone (one shared allocation),
+//! and holds only ids that can cross the wire: at most [`MAX_ID_LEN`] bytes
+//! each, no control characters, and a non-empty session id. The tenant may be
+//! empty (single-tenant deployments).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+/// The longest tenant or session id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 512;
+
+/// Which part of a [`SessionKey`] an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdPart {
+    /// The tenant id.
+    Tenant,
+    /// The session id.
+    Session,
+}
+
+impl fmt::Display for IdPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IdPart::Tenant => "tenant id",
+            IdPart::Session => "session id",
+        })
+    }
+}
+
+/// Why a tenant or session id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KeyError {
+    /// The session id is empty.
+    #[error("the session id is empty: give every session a non-empty id")]
+    EmptySessionId,
+    /// An id is longer than [`MAX_ID_LEN`] bytes.
+    #[error("the {part} is {len} bytes long; at most {max} bytes are accepted")]
+    TooLong {
+        /// Which id.
+        part: IdPart,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An id contains a control character, which no wire format carries
+    /// safely.
+    #[error("the {part} contains a control character; ids must be printable text")]
+    ControlCharacter {
+        /// Which id.
+        part: IdPart,
+    },
+}
+
+/// A session's identity: tenant plus session id.
+///
+/// A tenant never reads another tenant's events, a session never another
+/// session's: every store method is scoped by a `SessionKey`.
+///
+/// ```
+/// use livereplay::SessionKey;
+///
+/// let key = SessionKey::new("acme", "chat/42")?;
+/// assert_eq!(key.tenant(), "acme");
+/// assert_eq!(key.session(), "chat/42");
+/// assert!(SessionKey::new("acme", "").is_err());
+/// # Ok::<(), livereplay::KeyError>(())
+/// ```
+#[derive(Clone)]
+pub struct SessionKey {
+    /// `tenant` followed by `session`, in one allocation.
+    text: Arc<str>,
+    /// Byte length of the tenant prefix of `text`.
+    tenant_len: usize,
+}
+
+impl SessionKey {
+    /// Builds a key, refusing ids that cannot cross the wire.
+    pub fn new(tenant: &str, session: &str) -> Result<Self, KeyError> {
+        check_id(IdPart::Tenant, tenant)?;
+        check_id(IdPart::Session, session)?;
+        if session.is_empty() {
+            return Err(KeyError::EmptySessionId);
+        }
+        let mut text = String::with_capacity(tenant.len() + session.len());
+        text.push_str(tenant);
+        text.push_str(session);
+        Ok(Self {
+            text: Arc::from(text),
+            tenant_len: tenant.len(),
+        })
+    }
+
+    /// The tenant id (may be empty).
+    pub fn tenant(&self) -> &str {
+        &self.text[..self.tenant_len]
+    }
+
+    /// The session id (never empty).
+    pub fn session(&self) -> &str {
+        &self.text[self.tenant_len..]
+    }
+}
+
+fn check_id(part: IdPart, id: &str) -> Result<(), KeyError> {
+    if id.len() > MAX_ID_LEN {
+        return Err(KeyError::TooLong {
+            part,
+            len: id.len(),
+            max: MAX_ID_LEN,
+        });
+    }
+    if id.chars().any(char::is_control) {
+        return Err(KeyError::ControlCharacter { part });
+    }
+    Ok(())
+}
+
+impl PartialEq for SessionKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.tenant_len == other.tenant_len && self.text == other.text
+    }
+}
+
+impl Eq for SessionKey {}
+
+impl Hash for SessionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.tenant_len.hash(state);
+        self.text.hash(state);
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionKey")
+            .field("tenant", &self.tenant())
+            .field("session", &self.session())
+            .finish()
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}/{:?}", self.tenant(), self.session())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_round_trip_and_do_not_collide() {
+        let a = SessionKey::new("ab", "c").unwrap();
+        let b = SessionKey::new("a", "bc").unwrap();
+        assert_ne!(a, b, "the split point is part of the identity");
+        assert_eq!((a.tenant(), a.session()), ("ab", "c"));
+        assert_eq!((b.tenant(), b.session()), ("a", "bc"));
+        let empty_tenant = SessionKey::new("", "s").unwrap();
+        assert_eq!(empty_tenant.tenant(), "");
+    }
+
+    #[test]
+    fn refuses_ids_that_cannot_cross_the_wire() {
+        assert_eq!(SessionKey::new("t", ""), Err(KeyError::EmptySessionId));
+        assert_eq!(
+            SessionKey::new("t\n", "s"),
+            Err(KeyError::ControlCharacter { part: IdPart::Tenant })
+        );
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        assert!(matches!(
+            SessionKey::new("t", &long),
+            Err(KeyError::TooLong { part: IdPart::Session, .. })
+        ));
+        assert!(SessionKey::new("t", &long[1..]).is_ok());
+    }
+}

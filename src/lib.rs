@@ -1,0 +1,129 @@
+//! # livereplay
+//!
+//! Synchronous, lock-free, bounded per-session replay rings for live event
+//! streams, with cursors, precise gaps and subscriptions.
+//!
+//! A runtime's turn loop appends events (token deltas, tool calls, commits)
+//! inline, without awaiting. A host that lost its connection comes back with
+//! the last [`Cursor`] it saw, replays everything after it and keeps
+//! listening. A cursor that fell out of the retention window gets a precise
+//! [`Gap`], so the host reloads a snapshot from its durable source and
+//! resubscribes.
+//!
+//! ```
+//! use livereplay::{Cursor, ReplayStore, Revision, SessionKey};
+//!
+//! let store = ReplayStore::<String>::default();
+//! let key = SessionKey::new("acme", "chat-1")?;
+//!
+//! // The runtime's turn loop: a handle appends with no lookup and no lock.
+//! let session = store.session(&key)?;
+//! for token in ["Hel", "lo", "!"] {
+//!     session.append(Revision(1), token.to_string())?;
+//! }
+//!
+//! // A host reconnects with the cursor of the first event it saw:
+//! let seen = store.replay_after_cursor(&Cursor::start(key.clone()))?[0].cursor();
+//! let wire = seen.to_string(); // what it sent as its SSE `id:`
+//! let resumed = store.replay_scoped(&key, &wire.parse()?)?;
+//! let text: String = resumed.iter().map(|e| e.payload().as_str()).collect();
+//! assert_eq!(text, "lo!");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! * **Positions** are per session, 1-based, unique and contiguous, also
+//!   with many threads appending to one session.
+//! * **Readers see only the published prefix**: never a hole, a reordering,
+//!   a duplicate, or a stale event from a reused slot.
+//! * **Batches** ([`ReplayStore::append_batch`]) become visible all at once.
+//! * **No waiting**: append, replay, subscribe, `current_cursor`, trim and
+//!   release never wait for another thread. The only lock is the session
+//!   map's shard lock, taken to look a session up by key, create or remove
+//!   it; a [`SessionHandle`] takes none. Writers never wait for readers: a
+//!   slow reader falls behind and is told so.
+//! * **One allocation per append** (the event's `Arc`); storage grows
+//!   lazily, in chunks, up to the capacity; replay costs what it returns.
+//! * **Nothing accepted is silently lost**: an append that returned `Ok` is
+//!   replayable, or reported to whoever asks for it as a gap.
+//! * **Subscriptions** yield every event after their cursor exactly once,
+//!   buffered then live, with no seam; waking them costs an append one fence
+//!   and one load when nobody waits.
+//!
+//! # Gaps
+//!
+//! [`ReplayStore::replay_after_cursor`] (and subscribe) answer a cursor at
+//! position `c`, with published tail `P`:
+//!
+//! | situation | result |
+//! | --- | --- |
+//! | `c == P` | `Ok(empty)` |
+//! | event `c + 1` is retained | `Ok(events c+1 ..= P)` |
+//! | event `c + 1` was trimmed (capacity, age, watermark) | [`GapReason::Trimmed`], with the number missed |
+//! | `c > P`, or the session is unknown and `c > 0` | [`GapReason::Unavailable`] |
+//! | the cursor's incarnation is not the session's (and `c > 0`) | [`GapReason::Reset`] |
+//! | the string is not a cursor | [`CursorError::Malformed`] |
+//! | a scoped call got another key's cursor | [`CursorError::WrongSession`] |
+//!
+//! Every gap carries the latest cursor: after reloading a snapshot, resume
+//! after it.
+//!
+//! Choices where the contract is silent: a cursor at position 0 is served
+//! from the start of the current incarnation whatever incarnation it names;
+//! age retention is checked on the first event a replay returns (later
+//! events are newer), and on every event a subscription yields; a
+//! watermark beyond the published tail is clamped to it.
+//!
+//! # The ring algorithm
+//!
+//! Each session is a ring of `capacity` slots, each holding an atomically
+//! swappable `Option<Arc<Event>>` ([`arc-swap`](arc_swap)); every event
+//! carries its own position. A writer claims a position with one
+//! `fetch_add`, then installs its event by compare-and-swap only while the
+//! slot holds an older position, so an event lapped by a faster writer never
+//! overwrites a newer one. A reader looking for position `p` compares: the
+//! event at `p` is served; a newer one means `p` was trimmed; an older or
+//! empty slot means `p` is not published yet. The published tail is derived
+//! by walking forward from a hint while the next slot is filled, so readers
+//! stop at the first unpublished position and never skip it. Batches are
+//! installed last to first. Trimming raises a monotonic floor, then frees
+//! slots by compare-and-swap against the exact event seen. The invariants
+//! are listed in the `ring` module's source; every concurrent protocol is
+//! model-checked with `loom` (`loom-tests/`).
+//!
+//! Sessions live in a `dashmap`; each has a random incarnation carried in
+//! its cursors, so a session recreated after eviction, removal or a restart
+//! never serves an old cursor's positions.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod clock;
+mod config;
+mod cursor;
+mod error;
+mod event;
+mod key;
+mod map;
+mod ring;
+mod session;
+mod store;
+mod subscription;
+mod sync;
+mod traits;
+
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::config::{Config, ConfigError, MAX_CAPACITY, MAX_SESSIONS_LIMIT};
+pub use crate::cursor::{Cursor, CursorError, Incarnation, Revision, MAX_CURSOR_LEN};
+pub use crate::error::{Error, Gap, GapReason, NextTimeoutError, Refusal, TryNextError};
+pub use crate::event::{Event, Timestamp};
+pub use crate::key::{IdPart, KeyError, SessionKey, MAX_ID_LEN};
+pub use crate::session::SessionHandle;
+pub use crate::store::{ReplayStore, Stats, StoreBuilder};
+pub use crate::subscription::Subscription;
+pub use crate::traits::LiveReplayStore;
+
+/// The `Arc` events are shared through: `std::sync::Arc`, or loom's under
+/// `cfg(loom)` so model checks see every reference.
+pub use crate::sync::Arc;

@@ -1,0 +1,171 @@
+//! The session map: key → current incarnation of the session.
+//!
+//! This is the only place with a lock: the map's shard lock, held for one
+//! lookup, creation or removal (and, for an append by key, for the append
+//! itself under the shard's *read* lock, which other readers share).
+//!
+//! Invariants:
+//! * at most `max_sessions` sessions are in the map: a creation reserves its
+//!   place in `live` before inserting and gives it back if it did not insert;
+//! * a session is evicted only when nobody but the map holds it (no handle,
+//!   no subscription) and it retains no event, decided under the shard's
+//!   write lock. No by-key operation can take a reference meanwhile (they
+//!   need the shard's read lock), so no append can race an eviction: an
+//!   append that returned `Ok` is in a session that is still in the map, or
+//!   was removed explicitly with `remove_session` (and its cursors then read
+//!   as `Reset` or `Unavailable`).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc as StdArc;
+
+use crate::error::Refusal;
+use crate::event::Timestamp;
+use crate::key::SessionKey;
+use crate::session::{Session, Shared};
+use crate::sync::{Arc, AtomicU64, AtomicUsize, ShardedMap};
+
+/// The fewest creations between two automatic sweeps.
+const MIN_SWEEP_INTERVAL: usize = 1024;
+
+pub(crate) struct SessionMap<T> {
+    map: ShardedMap<SessionKey, Arc<Session<T>>>,
+    /// Sessions in the map (plus in-flight reservations).
+    live: AtomicUsize,
+    /// Creations since the last sweep.
+    created_since_sweep: AtomicUsize,
+    /// Creation counter, for "newest first".
+    next_created: AtomicU64,
+    /// Sessions evicted over the store's life.
+    evicted: AtomicU64,
+}
+
+impl<T> SessionMap<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            map: ShardedMap::new(),
+            live: AtomicUsize::new(0),
+            created_since_sweep: AtomicUsize::new(0),
+            next_created: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `f` on the session while the shard's read lock is held.
+    #[inline]
+    pub(crate) fn with<R>(&self, key: &SessionKey, f: impl FnOnce(&Arc<Session<T>>) -> R) -> Option<R> {
+        self.map.with(key, f)
+    }
+
+    pub(crate) fn get(&self, key: &SessionKey) -> Option<Arc<Session<T>>> {
+        self.map.with(key, Arc::clone)
+    }
+
+    /// The session for `key`, created if absent (subject to `max_sessions`).
+    pub(crate) fn get_or_create(
+        &self,
+        key: &SessionKey,
+        shared: &StdArc<Shared<T>>,
+    ) -> Result<Arc<Session<T>>, Refusal> {
+        if let Some(session) = self.get(key) {
+            return Ok(session);
+        }
+        let max = shared.config.max_sessions;
+        // Relaxed: `live` is a bound, enforced by the RMW order alone.
+        if self.live.fetch_add(1, Relaxed) >= max {
+            self.live.fetch_sub(1, Relaxed);
+            self.sweep(shared.now());
+            if self.live.fetch_add(1, Relaxed) >= max {
+                self.live.fetch_sub(1, Relaxed);
+                return Err(Refusal::TooManySessions { max });
+            }
+        }
+        let (session, inserted) = self.map.get_or_try_insert(key, || {
+            let created = self.next_created.fetch_add(1, Relaxed);
+            Ok::<_, Refusal>(Arc::new(Session::new(key.clone(), created, StdArc::clone(shared))))
+        })?;
+        if !inserted {
+            self.live.fetch_sub(1, Relaxed);
+        } else if shared.config.auto_sweep {
+            self.maybe_sweep(shared);
+        }
+        Ok(session)
+    }
+
+    /// Sweeps when enough sessions were created since the last sweep that
+    /// its O(sessions) cost is amortised to O(1) per creation.
+    fn maybe_sweep(&self, shared: &Shared<T>) {
+        let interval = (self.live.load(Relaxed) / 2).max(MIN_SWEEP_INTERVAL);
+        if self.created_since_sweep.fetch_add(1, Relaxed) + 1 >= interval {
+            self.sweep(shared.now());
+        }
+    }
+
+    /// Evicts every idle session (trimmed to nothing, nobody holding it).
+    /// Returns how many it evicted.
+    pub(crate) fn sweep(&self, now: Timestamp) -> usize {
+        self.created_since_sweep.store(0, Relaxed);
+        let mut evicted = 0;
+        self.map.retain(|_, session| {
+            let evict = session.is_evictable(now);
+            evicted += usize::from(evict);
+            !evict
+        });
+        self.forget(evicted);
+        evicted
+    }
+
+    /// Trims one session and evicts it if that left it idle.
+    pub(crate) fn trim(&self, key: &SessionKey, now: Timestamp) -> usize {
+        let Some(freed) = self.map.with(key, |session| session.trim(now)) else {
+            return 0;
+        };
+        if self.map.remove_if(key, |session| session.is_evictable(now)).is_some() {
+            self.forget(1);
+        }
+        freed
+    }
+
+    /// Removes the session whatever holds it; later appends through a
+    /// handle are refused and subscribers end with a `Reset` gap.
+    pub(crate) fn remove(&self, key: &SessionKey) -> bool {
+        match self.map.remove_if(key, |_| true) {
+            Some(session) => {
+                self.live.fetch_sub(1, Relaxed);
+                session.ring.close();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget(&self, evicted: usize) {
+        if evicted > 0 {
+            self.live.fetch_sub(evicted, Relaxed);
+            self.evicted.fetch_add(evicted as u64, Relaxed);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.live.load(Relaxed)
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Relaxed)
+    }
+
+    /// The sessions of `tenant`, newest first.
+    pub(crate) fn of_tenant(&self, tenant: &str, limit: usize, offset: usize) -> Vec<SessionKey> {
+        let mut found = Vec::new();
+        self.map.for_each(|key, session| {
+            if key.tenant() == tenant {
+                found.push((session.created(), key.clone()));
+            }
+        });
+        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        found.into_iter().skip(offset).take(limit).map(|(_, key)| key).collect()
+    }
+
+    pub(crate) fn for_each(&self, f: impl FnMut(&SessionKey, &Arc<Session<T>>)) {
+        self.map.for_each(f);
+    }
+}

@@ -1,0 +1,438 @@
+//! One incarnation of one session, and the handle a turn loop appends
+//! through.
+//!
+//! A [`Session`] owns its ring and applies the contract's rules on top of it:
+//! it builds events (one allocation per append), turns what the ring reports
+//! into the gap table of the contract (section 5), and applies age retention,
+//! which the ring does not know about.
+//!
+//! Invariants kept here:
+//! * a session's incarnation never changes; a cursor of another incarnation
+//!   (with a position > 0) is always answered with `Reset`;
+//! * an event is readable only while it is newer than `max_age`; replay and
+//!   subscriptions check the age of the first event they return, trims
+//!   raise the floor past expired events and free them.
+
+use std::fmt;
+use std::sync::Arc as StdArc;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::cursor::{Cursor, Incarnation, Revision};
+use crate::error::{Error, Gap, GapReason, Refusal};
+use crate::event::{Event, Timestamp};
+use crate::key::SessionKey;
+use crate::ring::{Read, Ring};
+use crate::subscription::Subscription;
+use crate::sync::{fence, Arc};
+
+/// Weighs a payload for [`Refusal::PayloadTooLarge`].
+pub(crate) type Weigher<T> = Box<dyn Fn(&T) -> usize + Send + Sync>;
+
+/// What every session of a store shares: the bounds and the clock.
+pub(crate) struct Shared<T> {
+    pub(crate) config: Config,
+    pub(crate) max_age_nanos: u64,
+    pub(crate) clock: StdArc<dyn Clock>,
+    pub(crate) payload_limit: Option<(usize, Weigher<T>)>,
+}
+
+impl<T> Shared<T> {
+    #[inline]
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    #[inline]
+    fn is_expired(&self, event: &Event<T>, now: Timestamp) -> bool {
+        now.as_nanos().saturating_sub(event.timestamp.as_nanos()) > self.max_age_nanos
+    }
+
+    #[inline]
+    fn check_payload(&self, payload: &T) -> Result<(), Refusal> {
+        match &self.payload_limit {
+            Some((max, weigh)) => {
+                let size = weigh(payload);
+                if size > *max {
+                    return Err(Refusal::PayloadTooLarge { size, max: *max });
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+pub(crate) struct Session<T> {
+    key: SessionKey,
+    incarnation: Incarnation,
+    /// Creation order in the store, for "newest first" listings.
+    created: u64,
+    pub(crate) ring: Ring<T>,
+    pub(crate) shared: StdArc<Shared<T>>,
+}
+
+/// How a read after a cursor starts, once the cursor is checked.
+pub(crate) enum Resume<T> {
+    /// Nothing after the cursor yet.
+    AtTail,
+    /// Events after the cursor up to `tail`; the first one is `first`.
+    From { first: Arc<Event<T>>, tail: u64 },
+}
+
+impl<T> Session<T> {
+    pub(crate) fn new(key: SessionKey, created: u64, shared: StdArc<Shared<T>>) -> Self {
+        Self {
+            key,
+            incarnation: Incarnation::fresh(),
+            created,
+            ring: Ring::new(shared.config.capacity),
+            shared,
+        }
+    }
+
+    pub(crate) fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    pub(crate) fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    pub(crate) fn created(&self) -> u64 {
+        self.created
+    }
+
+    fn build(&self, position: u64, revision: Revision, timestamp: Timestamp, payload: T) -> Arc<Event<T>> {
+        Arc::new(Event {
+            key: self.key.clone(),
+            incarnation: self.incarnation,
+            revision,
+            position,
+            timestamp,
+            payload,
+        })
+    }
+
+    pub(crate) fn append(&self, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Refusal> {
+        self.shared.check_payload(&payload)?;
+        let timestamp = self.shared.now();
+        let position = self.ring.claim(1).ok_or(Refusal::SessionRemoved)?;
+        let event = self.build(position, revision, timestamp, payload);
+        self.ring.publish(&event);
+        Ok(event)
+    }
+
+    pub(crate) fn append_batch(
+        &self,
+        revision: Revision,
+        payloads: Vec<T>,
+    ) -> Result<Vec<Arc<Event<T>>>, Refusal> {
+        if payloads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let capacity = self.shared.config.capacity;
+        if payloads.len() > capacity {
+            return Err(Refusal::BatchTooLarge {
+                len: payloads.len(),
+                capacity,
+            });
+        }
+        for payload in &payloads {
+            self.shared.check_payload(payload)?;
+        }
+        let timestamp = self.shared.now();
+        let first = self
+            .ring
+            .claim(payloads.len() as u64)
+            .ok_or(Refusal::SessionRemoved)?;
+        let events: Vec<_> = payloads
+            .into_iter()
+            .zip(first..)
+            .map(|(payload, position)| self.build(position, revision, timestamp, payload))
+            .collect();
+        self.ring.publish_batch(&events);
+        Ok(events)
+    }
+
+    /// The cursor at the published tail.
+    pub(crate) fn current_cursor(&self) -> Cursor {
+        let tail = self.ring.published_tail();
+        self.cursor_at(tail)
+    }
+
+    fn cursor_at(&self, position: u64) -> Cursor {
+        Cursor::new(
+            self.key.clone(),
+            Some(self.incarnation),
+            self.ring.revision_at(position),
+            position,
+        )
+    }
+
+    fn gap(&self, reason: GapReason, requested: &Cursor, missed: Option<u64>) -> Gap {
+        Gap {
+            reason,
+            requested: requested.clone(),
+            latest: self.current_cursor(),
+            missed,
+        }
+    }
+
+    /// Checks `cursor` (already scoped to this session's key) against the
+    /// gap table and finds the first event after it.
+    pub(crate) fn resume(&self, cursor: &Cursor) -> Result<Resume<T>, Gap> {
+        let after = cursor.position();
+        if after > 0 && cursor.incarnation().is_some_and(|i| i != self.incarnation) {
+            return Err(self.gap(GapReason::Reset, cursor, None));
+        }
+        let tail = self.ring.published_tail();
+        if after > tail {
+            return Err(self.gap(GapReason::Unavailable, cursor, None));
+        }
+        if after == tail {
+            return Ok(Resume::AtTail);
+        }
+        let now = self.shared.now();
+        if tail - after <= self.ring.capacity() {
+            if let Read::Event(first) = self.ring.read(after + 1) {
+                if !self.shared.is_expired(&first, now) {
+                    return Ok(Resume::From { first, tail });
+                }
+            }
+        }
+        let missed = self.first_retained(tail, now) - (after + 1);
+        Err(self.gap(GapReason::Trimmed, cursor, Some(missed)))
+    }
+
+    /// The oldest position still readable (`tail + 1` if none is).
+    fn first_retained(&self, tail: u64, now: Timestamp) -> u64 {
+        let window_start = (tail.saturating_sub(self.ring.capacity()) + 1).max(self.ring.floor() + 1);
+        (window_start..=tail)
+            .find(|&position| match self.ring.read(position) {
+                Read::Event(event) => !self.shared.is_expired(&event, now),
+                _ => false,
+            })
+            .unwrap_or(tail + 1)
+    }
+
+    /// Every event after `cursor`, or the gap that prevents it.
+    pub(crate) fn replay_after(&self, cursor: &Cursor) -> Result<Vec<Arc<Event<T>>>, Gap> {
+        let (first, tail) = match self.resume(cursor)? {
+            Resume::AtTail => return Ok(Vec::new()),
+            Resume::From { first, tail } => (first, tail),
+        };
+        let mut events = Vec::with_capacity((tail - first.position + 1) as usize);
+        let mut position = first.position;
+        events.push(first);
+        while position < tail {
+            position += 1;
+            match self.ring.read(position) {
+                Read::Event(event) => events.push(event),
+                // Overwritten while we read: the run from the cursor can no
+                // longer be served whole.
+                Read::Trimmed | Read::Pending => {
+                    let now = self.shared.now();
+                    let missed = self.first_retained(tail, now) - (cursor.position() + 1);
+                    return Err(self.gap(GapReason::Trimmed, cursor, Some(missed)));
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Reads position `next` for a subscription: the event, nothing yet, or
+    /// the gap that ends the subscription.
+    pub(crate) fn read_next(&self, next: u64, last_seen: &Cursor) -> Result<Option<Arc<Event<T>>>, Gap> {
+        match self.ring.read(next) {
+            Read::Event(event) => {
+                if self.shared.is_expired(&event, self.shared.now()) {
+                    let tail = self.ring.published_tail();
+                    let missed = self.first_retained(tail, self.shared.now()) - next;
+                    return Err(self.gap(GapReason::Trimmed, last_seen, Some(missed)));
+                }
+                Ok(Some(event))
+            }
+            Read::Pending if self.ring.is_closed() => Err(Gap {
+                reason: GapReason::Reset,
+                requested: last_seen.clone(),
+                latest: Cursor::start(self.key.clone()),
+                missed: None,
+            }),
+            Read::Pending => Ok(None),
+            Read::Trimmed => {
+                let tail = self.ring.published_tail();
+                let missed = self.first_retained(tail, self.shared.now()).saturating_sub(next);
+                Err(self.gap(GapReason::Trimmed, last_seen, Some(missed)))
+            }
+        }
+    }
+
+    /// Applies age retention now: raises the floor past expired events and
+    /// frees them. Returns how many events it freed.
+    pub(crate) fn trim(&self, now: Timestamp) -> usize {
+        let tail = self.ring.published_tail();
+        let start = (tail.saturating_sub(self.ring.capacity()) + 1).max(self.ring.floor() + 1);
+        let mut expired_through = 0;
+        for position in start..=tail {
+            match self.ring.read(position) {
+                Read::Event(event) if self.shared.is_expired(&event, now) => expired_through = position,
+                Read::Trimmed => expired_through = position,
+                _ => break,
+            }
+        }
+        if expired_through == 0 {
+            return 0;
+        }
+        self.ring.raise_floor(expired_through)
+    }
+
+    /// `release_through` of the contract: trims every position `<= watermark`.
+    pub(crate) fn release_through(&self, watermark: u64) -> usize {
+        self.ring.raise_floor(watermark)
+    }
+
+    pub(crate) fn latest_position(&self) -> Option<u64> {
+        Some(self.ring.published_tail()).filter(|&tail| tail > 0)
+    }
+
+    /// Events readable now.
+    pub(crate) fn retained(&self, now: Timestamp) -> u64 {
+        let tail = self.ring.published_tail();
+        tail + 1 - self.first_retained(tail, now)
+    }
+
+    /// Whether the store may evict this session: nobody but the map holds
+    /// it and it retains no event. Call with the map's shard lock held, so
+    /// no by-key operation can take a new reference meanwhile.
+    pub(crate) fn is_evictable(self: &Arc<Self>, now: Timestamp) -> bool {
+        if Arc::strong_count(self) != 1 {
+            return false;
+        }
+        // Acquire fence: the last holder (a handle or subscription) released
+        // its reference after its last append; this makes those appends
+        // visible to the checks below, as `Arc::drop` does for the last
+        // reference.
+        fence(std::sync::atomic::Ordering::Acquire);
+        self.trim(now);
+        let tail = self.ring.published_tail();
+        tail == self.ring.claimed() && self.ring.floor() >= tail
+    }
+}
+
+impl<T> fmt::Debug for Session<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("key", &self.key)
+            .field("incarnation", &self.incarnation)
+            .field("published", &self.ring.published_tail())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session's handle: appends and reads with no map lookup and no lock.
+///
+/// A turn loop takes one with [`ReplayStore::session`] and appends through
+/// it inline. While a handle exists its session is never evicted. If the
+/// session is removed ([`ReplayStore::remove_session`]), appends through the
+/// handle are refused with [`Refusal::SessionRemoved`].
+///
+/// ```
+/// use livereplay::{ReplayStore, Revision, SessionKey, Cursor};
+///
+/// let store = ReplayStore::<String>::default();
+/// let key = SessionKey::new("acme", "chat-1")?;
+/// let session = store.session(&key)?;
+/// let first = session.append(Revision(1), "Hel".to_string())?;
+/// session.append(Revision(1), "lo".to_string())?;
+/// let after_first = session.replay_after(&first.cursor())?;
+/// assert_eq!(after_first[0].payload(), "lo");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// [`ReplayStore::session`]: crate::ReplayStore::session
+/// [`ReplayStore::remove_session`]: crate::ReplayStore::remove_session
+pub struct SessionHandle<T> {
+    pub(crate) session: Arc<Session<T>>,
+}
+
+impl<T> Clone for SessionHandle<T> {
+    fn clone(&self) -> Self {
+        Self {
+            session: Arc::clone(&self.session),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> SessionHandle<T> {
+    /// The session's key.
+    pub fn key(&self) -> &SessionKey {
+        self.session.key()
+    }
+
+    /// The incarnation this handle appends to.
+    pub fn incarnation(&self) -> Incarnation {
+        self.session.incarnation()
+    }
+
+    /// Appends one event; see [`ReplayStore::append`](crate::ReplayStore::append).
+    #[inline]
+    pub fn append(&self, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Error> {
+        Ok(self.session.append(revision, payload)?)
+    }
+
+    /// Appends a batch visible all at once; see
+    /// [`ReplayStore::append_batch`](crate::ReplayStore::append_batch).
+    pub fn append_batch(
+        &self,
+        revision: Revision,
+        payloads: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<Arc<Event<T>>>, Error> {
+        Ok(self.session.append_batch(revision, payloads.into_iter().collect())?)
+    }
+
+    /// Events after `cursor`, which must be for this session.
+    pub fn replay_after(&self, cursor: &Cursor) -> Result<Vec<Arc<Event<T>>>, Error> {
+        cursor.check_key(self.key())?;
+        Ok(self.session.replay_after(cursor)?)
+    }
+
+    /// Subscribes after `cursor`, which must be for this session.
+    pub fn subscribe_after(&self, cursor: &Cursor) -> Result<Subscription<T>, Error> {
+        cursor.check_key(self.key())?;
+        Ok(Subscription::start(Arc::clone(&self.session), cursor)?)
+    }
+
+    /// The cursor at the published tail.
+    pub fn current_cursor(&self) -> Cursor {
+        self.session.current_cursor()
+    }
+
+    /// The latest published position, `None` before the first event.
+    pub fn latest_position(&self) -> Option<u64> {
+        self.session.latest_position()
+    }
+
+    /// Events retained now.
+    pub fn event_count(&self) -> u64 {
+        self.session.retained(self.session.shared.now())
+    }
+
+    /// Trims every position `<= watermark`; returns how many retained
+    /// events it freed. A watermark below an earlier one is a no-op; one
+    /// beyond the published tail is clamped to it.
+    pub fn release_through(&self, watermark: u64) -> usize {
+        self.session.release_through(watermark)
+    }
+
+    /// Applies age retention now; returns how many events it freed.
+    pub fn trim(&self) -> usize {
+        self.session.trim(self.session.shared.now())
+    }
+}
+
+impl<T> fmt::Debug for SessionHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SessionHandle").field(&self.session).finish()
+    }
+}

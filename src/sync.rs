@@ -1,0 +1,274 @@
+//! The one switch between `std` and `loom`.
+//!
+//! Every concurrent protocol in this crate takes its atomics, fences, `Arc`
+//! and thread-visible cells from here, so that `RUSTFLAGS="--cfg loom"` runs
+//! the crate's real code under loom's model checker.
+//!
+//! Three third-party primitives cannot be seen into by loom; under
+//! `cfg(loom)` each is replaced by a small stand-in that is **linearizable**,
+//! which is the only property of the real type the protocols rely on:
+//!
+//! | real type | stand-in under loom | why the stand-in is faithful |
+//! | --- | --- | --- |
+//! | [`arc_swap::ArcSwapOption`] ([`AtomicArcCell`]) | a `loom::sync::Mutex<Option<Arc<_>>>` | every `ArcSwap` operation (load, compare-and-swap) is atomic and linearizable, and each is at least acquire (loads) / release (stores); a mutex gives exactly that and no more |
+//! | [`once_cell::race::OnceBox`] ([`OnceSlot`]) | `std::sync::OnceLock` | `OnceBox` publishes one box with a release CAS, read with acquire; loom runs one model thread at a time and the initialiser has no loom yield point, so the `OnceLock` initialisation is indivisible and linearizable. Only the race between two initialisers (once_cell's own tested code) is not explored |
+//! | [`dashmap::DashMap`] ([`ShardedMap`]) | a `loom::sync::Mutex<HashMap<_, _>>` | each `DashMap` call runs under its shard's lock, so per key it is linearizable; one global lock is the same behaviour with a coarser shard |
+//!
+//! `event-listener` is not replaced: it supports loom itself (its `loom`
+//! feature is switched on under `cfg(loom)`), so its real code is checked.
+//! Loom cannot model timeouts, so under loom a timed wait waits without one.
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicU64, AtomicUsize};
+#[cfg(not(loom))]
+pub use std::sync::Arc;
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize};
+#[cfg(loom)]
+pub use loom::sync::Arc;
+
+pub(crate) use cell::AtomicArcCell;
+pub(crate) use map::ShardedMap;
+pub(crate) use once::OnceSlot;
+
+/// Waits on an `event-listener` listener for at most `timeout`; returns
+/// whether it was notified.
+#[cfg(not(loom))]
+pub(crate) fn wait_listener(listener: event_listener::EventListener, timeout: std::time::Duration) -> bool {
+    use event_listener::Listener;
+    listener.wait_timeout(timeout).is_some()
+}
+
+/// Under loom a timeout cannot be modelled: wait for the notification, so a
+/// lost wake-up shows up as the deadlock loom reports.
+#[cfg(loom)]
+pub(crate) fn wait_listener(listener: event_listener::EventListener, _timeout: std::time::Duration) -> bool {
+    use event_listener::Listener;
+    listener.wait();
+    true
+}
+
+#[cfg(not(loom))]
+mod cell {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwapOption;
+
+    /// A cell holding an optional `Arc<E>` that readers clone while writers
+    /// replace it. `arc-swap` carries the burden of not freeing an `Arc` a
+    /// reader is cloning.
+    pub(crate) struct AtomicArcCell<E>(ArcSwapOption<E>);
+
+    impl<E> AtomicArcCell<E> {
+        pub(crate) fn empty() -> Self {
+            Self(ArcSwapOption::const_empty())
+        }
+
+        /// Runs `f` on the current value without touching its reference
+        /// count (arc-swap's debt-based `load`).
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<E>>) -> R) -> R {
+            let guard = self.0.load();
+            f(guard.as_ref())
+        }
+
+        /// Replaces the value with `new` if it is still exactly `current`
+        /// (pointer identity). Returns whether it did.
+        #[inline]
+        pub(crate) fn compare_and_set(&self, current: Option<&Arc<E>>, new: Option<Arc<E>>) -> bool {
+            let current_ptr = current.map_or(std::ptr::null(), Arc::as_ptr);
+            let previous = self.0.compare_and_swap(current_ptr, new);
+            let previous_ptr = previous.as_ref().map_or(std::ptr::null(), Arc::as_ptr);
+            previous_ptr == current_ptr
+        }
+    }
+}
+
+#[cfg(loom)]
+mod cell {
+    use loom::sync::{Arc, Mutex};
+
+    pub(crate) struct AtomicArcCell<E>(Mutex<Option<Arc<E>>>);
+
+    impl<E> AtomicArcCell<E> {
+        pub(crate) fn empty() -> Self {
+            Self(Mutex::new(None))
+        }
+
+        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<E>>) -> R) -> R {
+            // Clone out so `f` runs outside the lock, as it does with arc-swap.
+            let current = self.0.lock().unwrap().clone();
+            f(current.as_ref())
+        }
+
+        pub(crate) fn compare_and_set(&self, current: Option<&Arc<E>>, new: Option<Arc<E>>) -> bool {
+            let mut value = self.0.lock().unwrap();
+            let same = match (value.as_ref(), current) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if same {
+                let old = std::mem::replace(&mut *value, new);
+                drop(value);
+                drop(old);
+            }
+            same
+        }
+    }
+}
+
+#[cfg(not(loom))]
+mod once {
+    /// A box installed at most once, lock-free: racing initialisers each
+    /// build one, the first compare-and-swap wins, the losers free theirs.
+    pub(crate) struct OnceSlot<T>(once_cell::race::OnceBox<T>);
+
+    impl<T> OnceSlot<T> {
+        pub(crate) fn new() -> Self {
+            Self(once_cell::race::OnceBox::new())
+        }
+
+        #[inline]
+        pub(crate) fn get(&self) -> Option<&T> {
+            self.0.get()
+        }
+
+        #[inline]
+        pub(crate) fn get_or_init(&self, init: impl FnOnce() -> Box<T>) -> &T {
+            self.0.get_or_init(init)
+        }
+    }
+}
+
+#[cfg(loom)]
+mod once {
+    pub(crate) struct OnceSlot<T>(std::sync::OnceLock<Box<T>>);
+
+    impl<T> OnceSlot<T> {
+        pub(crate) fn new() -> Self {
+            Self(std::sync::OnceLock::new())
+        }
+
+        pub(crate) fn get(&self) -> Option<&T> {
+            self.0.get().map(|b| &**b)
+        }
+
+        pub(crate) fn get_or_init(&self, init: impl FnOnce() -> Box<T>) -> &T {
+            self.0.get_or_init(init)
+        }
+    }
+}
+
+#[cfg(not(loom))]
+mod map {
+    use std::hash::Hash;
+
+    use dashmap::mapref::entry::Entry;
+    use dashmap::DashMap;
+
+    /// The session map: a concurrent hash map whose only lock is a shard
+    /// lock held for the duration of one call.
+    pub(crate) struct ShardedMap<K, V>(DashMap<K, V>);
+
+    impl<K: Eq + Hash + Clone, V: Clone> ShardedMap<K, V> {
+        pub(crate) fn new() -> Self {
+            Self(DashMap::new())
+        }
+
+        /// Runs `f` on the value while the shard's read lock is held, so a
+        /// removal of that key cannot interleave with `f`.
+        #[inline]
+        pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+            self.0.get(key).map(|entry| f(entry.value()))
+        }
+
+        /// Returns the value for `key`, inserting `make()` if absent.
+        /// `Ok((value, inserted))`; `make`'s error leaves the map unchanged.
+        pub(crate) fn get_or_try_insert<E>(
+            &self,
+            key: &K,
+            make: impl FnOnce() -> Result<V, E>,
+        ) -> Result<(V, bool), E> {
+            match self.0.entry(key.clone()) {
+                Entry::Occupied(entry) => Ok((entry.get().clone(), false)),
+                Entry::Vacant(entry) => {
+                    let value = make()?;
+                    entry.insert(value.clone());
+                    Ok((value, true))
+                }
+            }
+        }
+
+        /// Removes `key` if `pred` holds, deciding under the shard's write lock.
+        pub(crate) fn remove_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> Option<V> {
+            self.0.remove_if(key, |_, value| pred(value)).map(|(_, value)| value)
+        }
+
+        /// Keeps the entries for which `keep` holds, one shard at a time.
+        pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+            self.0.retain(|key, value| keep(key, value));
+        }
+
+        /// Visits every entry (shard by shard, not a snapshot).
+        pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+            for entry in self.0.iter() {
+                f(entry.key(), entry.value());
+            }
+        }
+    }
+}
+
+#[cfg(loom)]
+mod map {
+    use std::collections::HashMap;
+    use std::hash::Hash;
+
+    use loom::sync::Mutex;
+
+    pub(crate) struct ShardedMap<K, V>(Mutex<HashMap<K, V>>);
+
+    impl<K: Eq + Hash + Clone, V: Clone> ShardedMap<K, V> {
+        pub(crate) fn new() -> Self {
+            Self(Mutex::new(HashMap::new()))
+        }
+
+        pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+            self.0.lock().unwrap().get(key).map(f)
+        }
+
+        pub(crate) fn get_or_try_insert<E>(
+            &self,
+            key: &K,
+            make: impl FnOnce() -> Result<V, E>,
+        ) -> Result<(V, bool), E> {
+            let mut map = self.0.lock().unwrap();
+            if let Some(value) = map.get(key) {
+                return Ok((value.clone(), false));
+            }
+            let value = make()?;
+            map.insert(key.clone(), value.clone());
+            Ok((value, true))
+        }
+
+        pub(crate) fn remove_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> Option<V> {
+            let mut map = self.0.lock().unwrap();
+            if map.get(key).is_some_and(pred) {
+                map.remove(key)
+            } else {
+                None
+            }
+        }
+
+        pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+            self.0.lock().unwrap().retain(|key, value| keep(key, value));
+        }
+
+        pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+            for (key, value) in self.0.lock().unwrap().iter() {
+                f(key, value);
+            }
+        }
+    }
+}
