@@ -71,7 +71,9 @@ impl ManualClock {
         // some value in its modification order.
         let _ = self
             .nanos
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(by)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(by))
+            });
     }
 
     /// Sets the clock to `to` (it may go back, as a wall clock can).

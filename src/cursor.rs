@@ -259,11 +259,13 @@ impl FromStr for Cursor {
         let revision = parse_decimal(next("missing revision")?).ok_or(malformed("bad revision"))?;
         let position = parse_decimal(next("missing position")?).ok_or(malformed("bad position"))?;
         let tenant = decode_id(next("missing tenant")?).ok_or(malformed("bad tenant encoding"))?;
-        let session = decode_id(next("missing session")?).ok_or(malformed("bad session encoding"))?;
+        let session =
+            decode_id(next("missing session")?).ok_or(malformed("bad session encoding"))?;
         if fields.next().is_some() {
             return Err(malformed("too many fields"));
         }
-        let key = SessionKey::new(&tenant, &session).map_err(|_| malformed("invalid session key"))?;
+        let key =
+            SessionKey::new(&tenant, &session).map_err(|_| malformed("invalid session key"))?;
         let cursor = Cursor::new(key, incarnation, Revision(revision), position);
         // Canonical form only: one cursor, one string.
         if cursor.to_string() != text {
@@ -274,10 +276,16 @@ impl FromStr for Cursor {
 }
 
 fn parse_incarnation(hex: &str) -> Option<Incarnation> {
-    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if hex.len() != 16
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
-    u64::from_str_radix(hex, 16).ok().and_then(Incarnation::from_raw)
+    u64::from_str_radix(hex, 16)
+        .ok()
+        .and_then(Incarnation::from_raw)
 }
 
 fn parse_decimal(digits: &str) -> Option<u64> {
@@ -349,7 +357,8 @@ mod tests {
 
     #[test]
     fn refuses_non_canonical_and_malformed_strings() {
-        let good = Cursor::new(key("t", "s"), Some(Incarnation::fresh()), Revision(1), 5).to_string();
+        let good =
+            Cursor::new(key("t", "s"), Some(Incarnation::fresh()), Revision(1), 5).to_string();
         assert!(good.parse::<Cursor>().is_ok());
         for bad in [
             String::new(),
@@ -374,7 +383,10 @@ mod tests {
         let long = "x".repeat(MAX_CURSOR_LEN + 1);
         assert_eq!(
             long.parse::<Cursor>(),
-            Err(CursorError::TooLong { len: MAX_CURSOR_LEN + 1, max: MAX_CURSOR_LEN })
+            Err(CursorError::TooLong {
+                len: MAX_CURSOR_LEN + 1,
+                max: MAX_CURSOR_LEN
+            })
         );
     }
 

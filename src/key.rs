@@ -172,12 +172,17 @@ mod tests {
         assert_eq!(SessionKey::new("t", ""), Err(KeyError::EmptySessionId));
         assert_eq!(
             SessionKey::new("t\n", "s"),
-            Err(KeyError::ControlCharacter { part: IdPart::Tenant })
+            Err(KeyError::ControlCharacter {
+                part: IdPart::Tenant
+            })
         );
         let long = "x".repeat(MAX_ID_LEN + 1);
         assert!(matches!(
             SessionKey::new("t", &long),
-            Err(KeyError::TooLong { part: IdPart::Session, .. })
+            Err(KeyError::TooLong {
+                part: IdPart::Session,
+                ..
+            })
         ));
         assert!(SessionKey::new("t", &long[1..]).is_ok());
     }

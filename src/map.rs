@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc as StdArc;
 
 use crate::error::Refusal;
-use crate::event::Timestamp;
 use crate::key::SessionKey;
 use crate::session::{Session, Shared};
 use crate::sync::{Arc, AtomicU64, AtomicUsize, ShardedMap};
@@ -52,7 +51,11 @@ impl<T> SessionMap<T> {
 
     /// Runs `f` on the session while the shard's read lock is held.
     #[inline]
-    pub(crate) fn with<R>(&self, key: &SessionKey, f: impl FnOnce(&Arc<Session<T>>) -> R) -> Option<R> {
+    pub(crate) fn with<R>(
+        &self,
+        key: &SessionKey,
+        f: impl FnOnce(&Arc<Session<T>>) -> R,
+    ) -> Option<R> {
         self.map.with(key, f)
     }
 
@@ -73,7 +76,7 @@ impl<T> SessionMap<T> {
         // Relaxed: `live` is a bound, enforced by the RMW order alone.
         if self.live.fetch_add(1, Relaxed) >= max {
             self.live.fetch_sub(1, Relaxed);
-            self.sweep(shared.now());
+            self.sweep(shared);
             if self.live.fetch_add(1, Relaxed) >= max {
                 self.live.fetch_sub(1, Relaxed);
                 return Err(Refusal::TooManySessions { max });
@@ -81,7 +84,11 @@ impl<T> SessionMap<T> {
         }
         let (session, inserted) = self.map.get_or_try_insert(key, || {
             let created = self.next_created.fetch_add(1, Relaxed);
-            Ok::<_, Refusal>(Arc::new(Session::new(key.clone(), created, StdArc::clone(shared))))
+            Ok::<_, Refusal>(Arc::new(Session::new(
+                key.clone(),
+                created,
+                StdArc::clone(shared),
+            )))
         })?;
         if !inserted {
             self.live.fetch_sub(1, Relaxed);
@@ -96,52 +103,67 @@ impl<T> SessionMap<T> {
     fn maybe_sweep(&self, shared: &Shared<T>) {
         let interval = (self.live.load(Relaxed) / 2).max(MIN_SWEEP_INTERVAL);
         if self.created_since_sweep.fetch_add(1, Relaxed) + 1 >= interval {
-            self.sweep(shared.now());
+            self.sweep(shared);
         }
     }
 
     /// Evicts every idle session (trimmed to nothing, nobody holding it).
     /// Returns how many it evicted.
-    pub(crate) fn sweep(&self, now: Timestamp) -> usize {
+    pub(crate) fn sweep(&self, shared: &Shared<T>) -> usize {
         self.created_since_sweep.store(0, Relaxed);
+        let now = shared.now();
         let mut evicted = 0;
         self.map.retain(|_, session| {
             let evict = session.is_evictable(now);
-            evicted += usize::from(evict);
+            if evict {
+                evicted += 1;
+                shared
+                    .counters
+                    .appends_of_gone_sessions
+                    .add(session.ring.claimed());
+            }
             !evict
         });
-        self.forget(evicted);
+        if evicted > 0 {
+            self.live.fetch_sub(evicted, Relaxed);
+            self.evicted.fetch_add(evicted as u64, Relaxed);
+        }
         evicted
     }
 
     /// Trims one session and evicts it if that left it idle.
-    pub(crate) fn trim(&self, key: &SessionKey, now: Timestamp) -> usize {
+    pub(crate) fn trim(&self, key: &SessionKey, shared: &Shared<T>) -> usize {
+        let now = shared.now();
         let Some(freed) = self.map.with(key, |session| session.trim(now)) else {
             return 0;
         };
-        if self.map.remove_if(key, |session| session.is_evictable(now)).is_some() {
-            self.forget(1);
+        if let Some(session) = self.map.remove_if(key, |session| session.is_evictable(now)) {
+            shared
+                .counters
+                .appends_of_gone_sessions
+                .add(session.ring.claimed());
+            self.live.fetch_sub(1, Relaxed);
+            self.evicted.fetch_add(1, Relaxed);
         }
         freed
     }
 
     /// Removes the session whatever holds it; later appends through a
     /// handle are refused and subscribers end with a `Reset` gap.
-    pub(crate) fn remove(&self, key: &SessionKey) -> bool {
+    pub(crate) fn remove(&self, key: &SessionKey, shared: &Shared<T>) -> bool {
         match self.map.remove_if(key, |_| true) {
             Some(session) => {
                 self.live.fetch_sub(1, Relaxed);
                 session.ring.close();
+                // Appends racing the close may still land: count what was
+                // claimed when it closed.
+                shared
+                    .counters
+                    .appends_of_gone_sessions
+                    .add(session.ring.claimed());
                 true
             }
             None => false,
-        }
-    }
-
-    fn forget(&self, evicted: usize) {
-        if evicted > 0 {
-            self.live.fetch_sub(evicted, Relaxed);
-            self.evicted.fetch_add(evicted as u64, Relaxed);
         }
     }
 
@@ -162,7 +184,12 @@ impl<T> SessionMap<T> {
             }
         });
         found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-        found.into_iter().skip(offset).take(limit).map(|(_, key)| key).collect()
+        found
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, key)| key)
+            .collect()
     }
 
     pub(crate) fn for_each(&self, f: impl FnMut(&SessionKey, &Arc<Session<T>>)) {

@@ -29,12 +29,52 @@ use crate::sync::{fence, Arc};
 /// Weighs a payload for [`Refusal::PayloadTooLarge`].
 pub(crate) type Weigher<T> = Box<dyn Fn(&T) -> usize + Send + Sync>;
 
-/// What every session of a store shares: the bounds and the clock.
+/// What every session of a store shares: the bounds, the clock and the
+/// store-wide counters.
 pub(crate) struct Shared<T> {
     pub(crate) config: Config,
     pub(crate) max_age_nanos: u64,
     pub(crate) clock: StdArc<dyn Clock>,
     pub(crate) payload_limit: Option<(usize, Weigher<T>)>,
+    pub(crate) counters: Counters,
+}
+
+/// Store-wide counters of rare events (gaps, lag, eviction). Nothing on the
+/// append path touches them: appends are counted per session by the ring's
+/// own position counter. Plain `std` atomics, Relaxed: they publish no data.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) gaps_trimmed: AtomicCounter,
+    pub(crate) gaps_unavailable: AtomicCounter,
+    pub(crate) gaps_reset: AtomicCounter,
+    pub(crate) lagged_subscribers: AtomicCounter,
+    /// Appends of sessions no longer in the map.
+    pub(crate) appends_of_gone_sessions: AtomicCounter,
+}
+
+impl Counters {
+    pub(crate) fn count_gap(&self, reason: GapReason) {
+        match reason {
+            GapReason::Trimmed => &self.gaps_trimmed,
+            GapReason::Unavailable => &self.gaps_unavailable,
+            GapReason::Reset => &self.gaps_reset,
+        }
+        .add(1);
+    }
+}
+
+/// A statistics counter.
+#[derive(Default)]
+pub(crate) struct AtomicCounter(std::sync::atomic::AtomicU64);
+
+impl AtomicCounter {
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl<T> Shared<T> {
@@ -70,6 +110,8 @@ pub(crate) struct Session<T> {
     created: u64,
     pub(crate) ring: Ring<T>,
     pub(crate) shared: StdArc<Shared<T>>,
+    /// Live subscriptions (statistics only).
+    pub(crate) subscribers: std::sync::atomic::AtomicUsize,
 }
 
 /// How a read after a cursor starts, once the cursor is checked.
@@ -88,6 +130,7 @@ impl<T> Session<T> {
             created,
             ring: Ring::new(shared.config.capacity),
             shared,
+            subscribers: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -103,7 +146,13 @@ impl<T> Session<T> {
         self.created
     }
 
-    fn build(&self, position: u64, revision: Revision, timestamp: Timestamp, payload: T) -> Arc<Event<T>> {
+    fn build(
+        &self,
+        position: u64,
+        revision: Revision,
+        timestamp: Timestamp,
+        payload: T,
+    ) -> Arc<Event<T>> {
         Arc::new(Event {
             key: self.key.clone(),
             incarnation: self.incarnation,
@@ -171,6 +220,7 @@ impl<T> Session<T> {
     }
 
     fn gap(&self, reason: GapReason, requested: &Cursor, missed: Option<u64>) -> Gap {
+        self.shared.counters.count_gap(reason);
         Gap {
             reason,
             requested: requested.clone(),
@@ -207,7 +257,8 @@ impl<T> Session<T> {
 
     /// The oldest position still readable (`tail + 1` if none is).
     fn first_retained(&self, tail: u64, now: Timestamp) -> u64 {
-        let window_start = (tail.saturating_sub(self.ring.capacity()) + 1).max(self.ring.floor() + 1);
+        let window_start =
+            (tail.saturating_sub(self.ring.capacity()) + 1).max(self.ring.floor() + 1);
         (window_start..=tail)
             .find(|&position| match self.ring.read(position) {
                 Read::Event(event) => !self.shared.is_expired(&event, now),
@@ -243,26 +294,37 @@ impl<T> Session<T> {
 
     /// Reads position `next` for a subscription: the event, nothing yet, or
     /// the gap that ends the subscription.
-    pub(crate) fn read_next(&self, next: u64, last_seen: &Cursor) -> Result<Option<Arc<Event<T>>>, Gap> {
+    pub(crate) fn read_next(
+        &self,
+        next: u64,
+        last_seen: &Cursor,
+    ) -> Result<Option<Arc<Event<T>>>, Gap> {
         match self.ring.read(next) {
             Read::Event(event) => {
                 if self.shared.is_expired(&event, self.shared.now()) {
+                    self.shared.counters.lagged_subscribers.add(1);
                     let tail = self.ring.published_tail();
                     let missed = self.first_retained(tail, self.shared.now()) - next;
                     return Err(self.gap(GapReason::Trimmed, last_seen, Some(missed)));
                 }
                 Ok(Some(event))
             }
-            Read::Pending if self.ring.is_closed() => Err(Gap {
-                reason: GapReason::Reset,
-                requested: last_seen.clone(),
-                latest: Cursor::start(self.key.clone()),
-                missed: None,
-            }),
+            Read::Pending if self.ring.is_closed() => {
+                self.shared.counters.count_gap(GapReason::Reset);
+                Err(Gap {
+                    reason: GapReason::Reset,
+                    requested: last_seen.clone(),
+                    latest: Cursor::start(self.key.clone()),
+                    missed: None,
+                })
+            }
             Read::Pending => Ok(None),
             Read::Trimmed => {
                 let tail = self.ring.published_tail();
-                let missed = self.first_retained(tail, self.shared.now()).saturating_sub(next);
+                let missed = self
+                    .first_retained(tail, self.shared.now())
+                    .saturating_sub(next);
+                self.shared.counters.lagged_subscribers.add(1);
                 Err(self.gap(GapReason::Trimmed, last_seen, Some(missed)))
             }
         }
@@ -276,7 +338,9 @@ impl<T> Session<T> {
         let mut expired_through = 0;
         for position in start..=tail {
             match self.ring.read(position) {
-                Read::Event(event) if self.shared.is_expired(&event, now) => expired_through = position,
+                Read::Event(event) if self.shared.is_expired(&event, now) => {
+                    expired_through = position
+                }
                 Read::Trimmed => expired_through = position,
                 _ => break,
             }
@@ -388,7 +452,9 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
         revision: Revision,
         payloads: impl IntoIterator<Item = T>,
     ) -> Result<Vec<Arc<Event<T>>>, Error> {
-        Ok(self.session.append_batch(revision, payloads.into_iter().collect())?)
+        Ok(self
+            .session
+            .append_batch(revision, payloads.into_iter().collect())?)
     }
 
     /// Events after `cursor`, which must be for this session.

@@ -100,6 +100,7 @@ impl<T: Send + Sync + 'static> StoreBuilder<T> {
                 config: self.config,
                 clock: self.clock,
                 payload_limit: self.payload_limit,
+                counters: Default::default(),
             }),
             sessions: SessionMap::new(),
         })
@@ -146,11 +147,16 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// Appends one event to `key`'s session (created if absent) and returns
     /// it, with its position and cursor. Never waits for another thread
     /// beyond the map's shard lock for the lookup.
-    pub fn append(&self, key: &SessionKey, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Error> {
+    pub fn append(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        payload: T,
+    ) -> Result<Arc<Event<T>>, Error> {
         let mut payload = Some(payload);
-        let appended = self
-            .sessions
-            .with(key, |session| payload.take().map(|p| session.append(revision, p)));
+        let appended = self.sessions.with(key, |session| {
+            payload.take().map(|p| session.append(revision, p))
+        });
         if let Some(Some(result)) = appended {
             return Ok(result?);
         }
@@ -183,24 +189,40 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// starting right after it, or the [`Gap`] that prevents it (see the
     /// crate docs for the gap table).
     pub fn replay_after_cursor(&self, cursor: &Cursor) -> Result<Vec<Arc<Event<T>>>, Error> {
-        match self.sessions.with(cursor.key(), |session| session.replay_after(cursor)) {
+        match self
+            .sessions
+            .with(cursor.key(), |session| session.replay_after(cursor))
+        {
             Some(result) => Ok(result?),
             None if cursor.position() == 0 => Ok(Vec::new()),
-            None => Err(unknown_session_gap(cursor)),
+            None => Err(self.unknown_session_gap(cursor)),
         }
     }
 
     /// [`replay_after_cursor`](Self::replay_after_cursor), refusing a cursor
     /// for another key than `key` with `CursorError::WrongSession`.
-    pub fn replay_scoped(&self, key: &SessionKey, cursor: &Cursor) -> Result<Vec<Arc<Event<T>>>, Error> {
+    pub fn replay_scoped(
+        &self,
+        key: &SessionKey,
+        cursor: &Cursor,
+    ) -> Result<Vec<Arc<Event<T>>>, Error> {
         cursor.check_key(key)?;
         self.replay_after_cursor(cursor)
     }
 
     /// Every event after `position` of the session's current incarnation
     /// (seed `load_since` / `load_events_after`), with the same gap rules.
-    pub fn replay_after_position(&self, key: &SessionKey, position: u64) -> Result<Vec<Arc<Event<T>>>, Error> {
-        self.replay_after_cursor(&Cursor::new(key.clone(), None, Revision::default(), position))
+    pub fn replay_after_position(
+        &self,
+        key: &SessionKey,
+        position: u64,
+    ) -> Result<Vec<Arc<Event<T>>>, Error> {
+        self.replay_after_cursor(&Cursor::new(
+            key.clone(),
+            None,
+            Revision::default(),
+            position,
+        ))
     }
 
     /// Subscribes after `cursor`: every later event exactly once, buffered
@@ -213,7 +235,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         } else {
             match self.sessions.get(cursor.key()) {
                 Some(session) => session,
-                None => return Err(unknown_session_gap(cursor)),
+                None => return Err(self.unknown_session_gap(cursor)),
             }
         };
         Ok(Subscription::start(session, cursor)?)
@@ -221,7 +243,11 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
 
     /// [`subscribe_after_cursor`](Self::subscribe_after_cursor), refusing a
     /// cursor for another key than `key`.
-    pub fn subscribe_scoped(&self, key: &SessionKey, cursor: &Cursor) -> Result<Subscription<T>, Error> {
+    pub fn subscribe_scoped(
+        &self,
+        key: &SessionKey,
+        cursor: &Cursor,
+    ) -> Result<Subscription<T>, Error> {
         cursor.check_key(key)?;
         self.subscribe_after_cursor(cursor)
     }
@@ -238,7 +264,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// trims, and evicts the session if it is left empty with nobody holding
     /// it. Returns how many events it freed.
     pub fn trim_session(&self, key: &SessionKey) -> usize {
-        self.sessions.trim(key, self.shared.now())
+        self.sessions.trim(key, &self.shared)
     }
 
     /// Trims every position `<= watermark` of `key`'s session (seed
@@ -256,20 +282,22 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// gap; its cursors read as `Unavailable` (or `Reset` once a new
     /// incarnation exists). Returns whether it existed.
     pub fn remove_session(&self, key: &SessionKey) -> bool {
-        self.sessions.remove(key)
+        self.sessions.remove(key, &self.shared)
     }
 
     /// Evicts every idle session: trimmed to nothing, with no handle or
     /// subscription. Runs automatically as sessions are created unless
     /// [`Config::auto_sweep`] is off. Returns how many it evicted.
     pub fn sweep(&self) -> usize {
-        self.sessions.sweep(self.shared.now())
+        self.sessions.sweep(&self.shared)
     }
 
     /// The latest published position, `None` if the session has no events
     /// or does not exist.
     pub fn latest_position(&self, key: &SessionKey) -> Option<u64> {
-        self.sessions.with(key, |session| session.latest_position()).flatten()
+        self.sessions
+            .with(key, |session| session.latest_position())
+            .flatten()
     }
 
     /// How many events the session retains now (0 if it does not exist).
@@ -292,15 +320,29 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     }
 
     /// Counters for operators: cheap, approximate under concurrency.
+    ///
+    /// It walks the sessions (O(sessions)); nothing here adds work to the
+    /// append path: appends are read off each ring's position counter, rare
+    /// events (gaps, lag, eviction) have store-wide counters.
     pub fn stats(&self) -> Stats {
+        let counters = &self.shared.counters;
         let mut stats = Stats {
             sessions: self.sessions.len(),
             evicted_sessions: self.sessions.evicted(),
+            appends: counters.appends_of_gone_sessions.get(),
+            gaps_trimmed: counters.gaps_trimmed.get(),
+            gaps_unavailable: counters.gaps_unavailable.get(),
+            gaps_reset: counters.gaps_reset.get(),
+            lagged_subscribers: counters.lagged_subscribers.get(),
             ..Stats::default()
         };
         let now = self.shared.now();
         self.sessions.for_each(|_, session| {
+            stats.appends += session.ring.claimed();
             stats.retained_events += session.retained(now);
+            stats.subscribers += session
+                .subscribers
+                .load(std::sync::atomic::Ordering::Relaxed);
             stats.parked_subscribers += session.ring.parked();
             stats.allocated_slots += session.ring.allocated_chunks() * crate::ring::CHUNK_SLOTS;
         });
@@ -314,24 +356,40 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
 pub struct Stats {
     /// Sessions in the store.
     pub sessions: usize,
+    /// Events appended since the store was built (removed and evicted
+    /// sessions included).
+    pub appends: u64,
     /// Events readable now, over all sessions.
     pub retained_events: u64,
+    /// Live subscriptions.
+    pub subscribers: usize,
     /// Subscribers waiting for an event.
     pub parked_subscribers: usize,
+    /// Subscriptions ended because they fell out of the retention window.
+    pub lagged_subscribers: u64,
+    /// Gaps reported with reason `Trimmed` (replays, subscribes, lag).
+    pub gaps_trimmed: u64,
+    /// Gaps reported with reason `Unavailable`.
+    pub gaps_unavailable: u64,
+    /// Gaps reported with reason `Reset`.
+    pub gaps_reset: u64,
     /// Ring slots allocated, over all sessions (8 bytes each).
     pub allocated_slots: usize,
     /// Sessions evicted since the store was built.
     pub evicted_sessions: u64,
 }
 
-/// The by-key answer for a cursor past 0 on a session that does not exist.
-fn unknown_session_gap(cursor: &Cursor) -> Error {
-    Error::Gap(Gap {
-        reason: GapReason::Unavailable,
-        requested: cursor.clone(),
-        latest: Cursor::start(cursor.key().clone()),
-        missed: None,
-    })
+impl<T> ReplayStore<T> {
+    /// The by-key answer for a cursor past 0 on a session that does not exist.
+    fn unknown_session_gap(&self, cursor: &Cursor) -> Error {
+        self.shared.counters.count_gap(GapReason::Unavailable);
+        Error::Gap(Gap {
+            reason: GapReason::Unavailable,
+            requested: cursor.clone(),
+            latest: Cursor::start(cursor.key().clone()),
+            missed: None,
+        })
+    }
 }
 
 impl<T> fmt::Debug for ReplayStore<T> {

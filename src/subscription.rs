@@ -73,6 +73,10 @@ impl<T> Subscription<T> {
             ),
             Resume::From { .. } => cursor.clone(),
         };
+        // Relaxed: a statistic.
+        session
+            .subscribers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self {
             session,
             next: cursor.position() + 1,
@@ -198,6 +202,9 @@ impl<T> Stream for Subscription<T> {
 impl<T> Drop for Subscription<T> {
     fn drop(&mut self) {
         self.disarm();
+        self.session
+            .subscribers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

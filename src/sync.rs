@@ -35,7 +35,10 @@ pub(crate) use once::OnceSlot;
 /// Waits on an `event-listener` listener for at most `timeout`; returns
 /// whether it was notified.
 #[cfg(not(loom))]
-pub(crate) fn wait_listener(listener: event_listener::EventListener, timeout: std::time::Duration) -> bool {
+pub(crate) fn wait_listener(
+    listener: event_listener::EventListener,
+    timeout: std::time::Duration,
+) -> bool {
     use event_listener::Listener;
     listener.wait_timeout(timeout).is_some()
 }
@@ -43,7 +46,10 @@ pub(crate) fn wait_listener(listener: event_listener::EventListener, timeout: st
 /// Under loom a timeout cannot be modelled: wait for the notification, so a
 /// lost wake-up shows up as the deadlock loom reports.
 #[cfg(loom)]
-pub(crate) fn wait_listener(listener: event_listener::EventListener, _timeout: std::time::Duration) -> bool {
+pub(crate) fn wait_listener(
+    listener: event_listener::EventListener,
+    _timeout: std::time::Duration,
+) -> bool {
     use event_listener::Listener;
     listener.wait();
     true
@@ -76,7 +82,11 @@ mod cell {
         /// Replaces the value with `new` if it is still exactly `current`
         /// (pointer identity). Returns whether it did.
         #[inline]
-        pub(crate) fn compare_and_set(&self, current: Option<&Arc<E>>, new: Option<Arc<E>>) -> bool {
+        pub(crate) fn compare_and_set(
+            &self,
+            current: Option<&Arc<E>>,
+            new: Option<Arc<E>>,
+        ) -> bool {
             let current_ptr = current.map_or(std::ptr::null(), Arc::as_ptr);
             let previous = self.0.compare_and_swap(current_ptr, new);
             let previous_ptr = previous.as_ref().map_or(std::ptr::null(), Arc::as_ptr);
@@ -102,7 +112,11 @@ mod cell {
             f(current.as_ref())
         }
 
-        pub(crate) fn compare_and_set(&self, current: Option<&Arc<E>>, new: Option<Arc<E>>) -> bool {
+        pub(crate) fn compare_and_set(
+            &self,
+            current: Option<&Arc<E>>,
+            new: Option<Arc<E>>,
+        ) -> bool {
             let mut value = self.0.lock().unwrap();
             let same = match (value.as_ref(), current) {
                 (None, None) => true,
@@ -203,7 +217,9 @@ mod map {
 
         /// Removes `key` if `pred` holds, deciding under the shard's write lock.
         pub(crate) fn remove_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> Option<V> {
-            self.0.remove_if(key, |_, value| pred(value)).map(|(_, value)| value)
+            self.0
+                .remove_if(key, |_, value| pred(value))
+                .map(|(_, value)| value)
         }
 
         /// Keeps the entries for which `keep` holds, one shard at a time.

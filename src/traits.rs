@@ -27,7 +27,12 @@ use crate::sync::Arc;
 /// ```
 pub trait LiveReplayStore<T>: Send + Sync {
     /// Appends one event and returns it with its position and cursor.
-    fn append(&self, key: &SessionKey, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Error>;
+    fn append(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        payload: T,
+    ) -> Result<Arc<Event<T>>, Error>;
 
     /// The events after `cursor`, or a gap.
     fn replay_after_cursor(&self, cursor: &Cursor) -> Result<Vec<Arc<Event<T>>>, Error>;
@@ -43,7 +48,12 @@ pub trait LiveReplayStore<T>: Send + Sync {
 }
 
 impl<T: Send + Sync + 'static> LiveReplayStore<T> for ReplayStore<T> {
-    fn append(&self, key: &SessionKey, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Error> {
+    fn append(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        payload: T,
+    ) -> Result<Arc<Event<T>>, Error> {
         ReplayStore::append(self, key, revision, payload)
     }
 

@@ -238,18 +238,21 @@ impl<T> Ring<T> {
     }
 
     /// Closes the ring: later claims are refused; subscribers are woken.
-    pub(crate) fn close(&self) {
+    /// Returns how many positions were claimed before it closed.
+    pub(crate) fn close(&self) -> u64 {
         // Relaxed: claims synchronise through the RMW order only; the wake
         // below carries its own fences.
-        self.claimed.fetch_or(CLOSED, Relaxed);
+        let claimed = self.claimed.fetch_or(CLOSED, Relaxed) & !CLOSED;
         self.doorbell.ring_all();
+        claimed
     }
 
     pub(crate) fn is_closed(&self) -> bool {
         self.claimed.load(Relaxed) & CLOSED != 0
     }
 
-    /// Positions claimed so far (published or in flight).
+    /// Positions claimed so far (published or in flight). After a close,
+    /// refused claims are counted too.
     pub(crate) fn claimed(&self) -> u64 {
         self.claimed.load(Relaxed) & !CLOSED
     }

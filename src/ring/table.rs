@@ -60,6 +60,9 @@ impl<T> SlotTable<T> {
 
     /// Chunks allocated so far (for memory accounting).
     pub(crate) fn allocated_chunks(&self) -> usize {
-        self.chunks.iter().filter(|chunk| chunk.get().is_some()).count()
+        self.chunks
+            .iter()
+            .filter(|chunk| chunk.get().is_some())
+            .count()
     }
 }
