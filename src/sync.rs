@@ -80,17 +80,19 @@ mod cell {
         }
 
         /// Replaces the value with `new` if it is still exactly `current`
-        /// (pointer identity). Returns whether it did.
+        /// (pointer identity). `Some(displaced)` if it did, `None` if the
+        /// value had changed. The displaced value is handed back so the
+        /// caller chooses when it is dropped (a payload's `Drop` runs then).
         #[inline]
         pub(crate) fn compare_and_set(
             &self,
             current: Option<&Arc<E>>,
             new: Option<Arc<E>>,
-        ) -> bool {
+        ) -> Option<Option<Arc<E>>> {
             let current_ptr = current.map_or(std::ptr::null(), Arc::as_ptr);
             let previous = self.0.compare_and_swap(current_ptr, new);
             let previous_ptr = previous.as_ref().map_or(std::ptr::null(), Arc::as_ptr);
-            previous_ptr == current_ptr
+            (previous_ptr == current_ptr).then(|| arc_swap::Guard::into_inner(previous))
         }
     }
 }
@@ -116,19 +118,14 @@ mod cell {
             &self,
             current: Option<&Arc<E>>,
             new: Option<Arc<E>>,
-        ) -> bool {
+        ) -> Option<Option<Arc<E>>> {
             let mut value = self.0.lock().unwrap();
             let same = match (value.as_ref(), current) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,
             };
-            if same {
-                let old = std::mem::replace(&mut *value, new);
-                drop(value);
-                drop(old);
-            }
-            same
+            same.then(|| std::mem::replace(&mut *value, new))
         }
     }
 }

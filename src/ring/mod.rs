@@ -51,7 +51,7 @@ mod doorbell;
 mod slot;
 mod table;
 
-pub(crate) use self::slot::SlotRead;
+use self::slot::SlotRead;
 pub(crate) use self::table::CHUNK_SLOTS;
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -127,19 +127,24 @@ impl<T> Ring<T> {
     /// Installs one claimed event, advances the tail and wakes subscribers.
     #[inline]
     pub(crate) fn publish(&self, event: &Arc<Event<T>>) {
-        self.slots.get_or_alloc(event.position).install(event);
+        let displaced = self.slots.get_or_alloc(event.position).install(event);
         self.published_tail();
         self.doorbell.ring();
+        // Only now, with the append announced, may a payload's Drop run.
+        drop(displaced);
     }
 
     /// Installs a claimed batch (consecutive positions, ascending) last to
     /// first, so that it becomes visible all at once (invariant 4).
     pub(crate) fn publish_batch(&self, events: &[Arc<Event<T>>]) {
-        for event in events.iter().rev() {
-            self.slots.get_or_alloc(event.position).install(event);
-        }
+        let displaced: Vec<_> = events
+            .iter()
+            .rev()
+            .map(|event| self.slots.get_or_alloc(event.position).install(event))
+            .collect();
         self.published_tail();
         self.doorbell.ring();
+        drop(displaced);
     }
 
     /// The published tail `P`: every position `<= P` is settled.
@@ -208,21 +213,22 @@ impl<T> Ring<T> {
             return 0;
         }
         let lowest_held = tail.saturating_sub(self.capacity()) + 1;
-        let mut freed = 0;
+        let mut freed = Vec::new();
         for position in (previous + 1).max(lowest_held)..=to {
-            let Some(slot) = self.slots.get(position) else {
-                continue;
-            };
-            if position == to {
-                if let SlotRead::Current(event) = slot.read(position) {
+            if let Some(event) = self
+                .slots
+                .get(position)
+                .and_then(|slot| slot.clear(position))
+            {
+                if position == to {
                     self.floor_revision.store(event.revision.0, Relaxed);
                 }
-            }
-            if slot.clear(position) {
-                freed += 1;
+                freed.push(event);
             }
         }
-        freed
+        // Dropped here, after every slot is cleared: a panicking payload
+        // `Drop` cannot leave the trim half done.
+        freed.len()
     }
 
     /// The revision of the event at the tail, if that is known.

@@ -13,6 +13,18 @@ use crate::sync::{Arc, AtomicArcCell};
 
 pub(crate) struct Slot<T>(AtomicArcCell<Event<T>>);
 
+/// The outcome of [`Slot::install`].
+#[must_use = "the displaced event is dropped wherever this is"]
+pub(crate) enum Installed<T> {
+    /// Installed; holds what it displaced (dropping it frees that event).
+    Replaced(
+        #[allow(dead_code, reason = "held only to choose when it is dropped")]
+        Option<Arc<Event<T>>>,
+    ),
+    /// Not installed: a later position is already there.
+    Lapped,
+}
+
 /// What a slot says about position `p`.
 pub(crate) enum SlotRead<T> {
     /// It holds the event at `p`.
@@ -30,20 +42,24 @@ impl<T> Slot<T> {
     }
 
     /// Installs `event` unless the slot already holds a position at or past
-    /// it. Returns `false` when a later writer lapped this one: the event is
-    /// then already outside the window, and readers report it trimmed.
-    pub(crate) fn install(&self, event: &Arc<Event<T>>) -> bool {
+    /// it (a later writer lapped this one: the event is then already outside
+    /// the window, and readers report it trimmed).
+    ///
+    /// Returns the event it displaced, for the caller to drop once the
+    /// append is fully published: a payload whose `Drop` panics must not
+    /// leave a published event unannounced.
+    pub(crate) fn install(&self, event: &Arc<Event<T>>) -> Installed<T> {
         let position = event.position;
         loop {
             let outcome = self.0.with(|current| {
                 if current.is_some_and(|held| held.position >= position) {
-                    return Some(false);
+                    return Some(Installed::Lapped);
                 }
                 // The CAS fails only if another writer or a trim changed the
                 // slot since we looked: look again (lock-free, not waiting).
                 self.0
                     .compare_and_set(current, Some(Arc::clone(event)))
-                    .then_some(true)
+                    .map(Installed::Replaced)
             });
             if let Some(installed) = outcome {
                 return installed;
@@ -67,13 +83,15 @@ impl<T> Slot<T> {
             .with(|current| current.is_some_and(|event| event.position >= position))
     }
 
-    /// Empties the slot if it holds exactly `position`, freeing the event.
-    /// Returns whether it did. Compare-and-swap against the exact event seen,
-    /// so a newer event installed meanwhile is never cleared.
-    pub(crate) fn clear(&self, position: u64) -> bool {
+    /// Empties the slot if it holds exactly `position`; returns the event
+    /// it removed. Compare-and-swap against the exact event seen, so a newer
+    /// event installed meanwhile is never cleared.
+    pub(crate) fn clear(&self, position: u64) -> Option<Arc<Event<T>>> {
         self.0.with(|current| match current {
-            Some(event) if event.position == position => self.0.compare_and_set(current, None),
-            _ => false,
+            Some(event) if event.position == position => {
+                self.0.compare_and_set(current, None).flatten()
+            }
+            _ => None,
         })
     }
 }
