@@ -127,3 +127,8 @@ pub use crate::traits::LiveReplayStore;
 /// The `Arc` events are shared through: `std::sync::Arc`, or loom's under
 /// `cfg(loom)` so model checks see every reference.
 pub use crate::sync::Arc;
+
+/// The README's examples compile and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
