@@ -128,7 +128,7 @@ impl<T> Ring<T> {
     #[inline]
     pub(crate) fn publish(&self, event: &Arc<Event<T>>) {
         let displaced = self.slots.get_or_alloc(event.position).install(event);
-        self.published_tail();
+        self.advance_past(event.position, event.position);
         self.doorbell.ring();
         // Only now, with the append announced, may a payload's Drop run.
         drop(displaced);
@@ -142,23 +142,48 @@ impl<T> Ring<T> {
             .rev()
             .map(|event| self.slots.get_or_alloc(event.position).install(event))
             .collect();
-        self.published_tail();
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            self.advance_past(first.position, last.position);
+        }
         self.doorbell.ring();
         drop(displaced);
     }
 
     /// The published tail `P`: every position `<= P` is settled.
     pub(crate) fn published_tail(&self) -> u64 {
-        // Acquire: pairs with the Release `fetch_max` below, so the slot
+        // Acquire: pairs with the Release `fetch_max` in `walk`, so the slot
         // contents that let another thread advance the hint are visible to
         // our reads of those slots.
         let hint = self.published.load(Acquire);
-        let mut tail = hint;
+        self.walk(hint, hint)
+    }
+
+    /// A writer that just settled `first..=last`: advances the tail through
+    /// them (and past, over positions settled by faster writers). When the
+    /// hint already reaches `first - 1`, the writer's own slots are known
+    /// settled and are not read again: the common single-writer case.
+    #[inline]
+    fn advance_past(&self, first: u64, last: u64) {
+        // Acquire: see `published_tail`.
+        let hint = self.published.load(Acquire);
+        let from = if hint + 1 >= first {
+            hint.max(last)
+        } else {
+            hint
+        };
+        self.walk(hint, from);
+    }
+
+    /// Steps from `from` (settled) while the next position is settled and
+    /// raises the hint from `hint` to where it stopped.
+    #[inline]
+    fn walk(&self, hint: u64, from: u64) -> u64 {
+        let mut tail = from;
         while self.is_settled(tail + 1) {
             tail += 1;
         }
         if tail > hint {
-            // Release: see the Acquire above.
+            // Release: see the Acquire in `published_tail`.
             self.published.fetch_max(tail, Release);
         }
         tail
@@ -277,5 +302,125 @@ impl<T> Ring<T> {
 
     pub(crate) fn allocated_chunks(&self) -> usize {
         self.slots.allocated_chunks()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::cursor::Incarnation;
+    use crate::event::Timestamp;
+    use crate::key::SessionKey;
+
+    fn event(position: u64) -> Arc<Event<u64>> {
+        Arc::new(Event {
+            key: SessionKey::new("t", "s").unwrap(),
+            incarnation: Incarnation::from_raw(1).unwrap(),
+            revision: Revision(position),
+            position,
+            timestamp: Timestamp::default(),
+            payload: position,
+        })
+    }
+
+    fn position_at(ring: &Ring<u64>, position: u64) -> Option<u64> {
+        match ring.read(position) {
+            Read::Event(event) => Some(event.payload),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn claims_are_contiguous_and_refused_after_close() {
+        let ring = Ring::<u64>::new(4);
+        assert_eq!(ring.claim(1), Some(1));
+        assert_eq!(ring.claim(3), Some(2));
+        assert_eq!(ring.claim(1), Some(5));
+        assert_eq!(ring.close(), 5);
+        assert_eq!(ring.claim(1), None);
+        assert!(ring.is_closed());
+    }
+
+    #[test]
+    fn tail_stops_at_the_first_unpublished_position() {
+        let ring = Ring::new(8);
+        for _ in 0..3 {
+            ring.claim(1);
+        }
+        ring.publish(&event(1));
+        ring.publish(&event(3));
+        assert_eq!(ring.published_tail(), 1, "position 2 is a hole");
+        assert!(matches!(ring.read(2), Read::Pending));
+        ring.publish(&event(2));
+        assert_eq!(ring.published_tail(), 3);
+    }
+
+    #[test]
+    fn a_lapped_writer_never_replaces_a_newer_event() {
+        let ring = Ring::new(2);
+        for _ in 0..3 {
+            ring.claim(1);
+        }
+        ring.publish(&event(3)); // laps slot of position 1 before 1 is written
+        ring.publish(&event(1));
+        assert_eq!(position_at(&ring, 3), Some(3));
+        assert!(matches!(ring.read(1), Read::Trimmed));
+        ring.publish(&event(2));
+        assert_eq!(ring.published_tail(), 3);
+    }
+
+    #[test]
+    fn a_batch_is_installed_last_to_first() {
+        let ring = Ring::new(8);
+        let first = ring.claim(3).unwrap();
+        let batch: Vec<_> = (first..first + 3).map(event).collect();
+        ring.publish_batch(&batch);
+        assert_eq!(ring.published_tail(), 3);
+        assert_eq!(
+            (1..=3).map(|p| position_at(&ring, p)).collect::<Vec<_>>(),
+            [Some(1), Some(2), Some(3)]
+        );
+    }
+
+    #[test]
+    fn the_floor_is_monotonic_clamped_and_frees_what_it_trims() {
+        let ring = Ring::new(8);
+        let events: Vec<_> = (1..=5).map(event).collect();
+        for e in &events {
+            ring.claim(1);
+            ring.publish(e);
+        }
+        assert_eq!(ring.raise_floor(2), 2);
+        assert_eq!(
+            Arc::strong_count(&events[0]),
+            1,
+            "the ring let go of position 1"
+        );
+        assert_eq!(ring.raise_floor(1), 0, "a lower watermark is a no-op");
+        assert_eq!(ring.raise_floor(100), 3, "clamped to the tail");
+        assert_eq!(ring.floor(), 5);
+        assert!(matches!(ring.read(5), Read::Trimmed));
+        assert_eq!(
+            ring.revision_at(5),
+            Revision(5),
+            "the tail's revision survives its trim"
+        );
+        assert_eq!(ring.published_tail(), 5);
+    }
+
+    #[test]
+    fn storage_grows_one_chunk_at_a_time() {
+        let ring = Ring::new(2048);
+        assert_eq!(ring.allocated_chunks(), 0);
+        for position in 1..=10 {
+            ring.claim(1);
+            ring.publish(&event(position));
+        }
+        assert_eq!(ring.allocated_chunks(), 1);
+        for position in 11..=CHUNK_SLOTS as u64 + 1 {
+            ring.claim(1);
+            ring.publish(&event(position));
+        }
+        assert_eq!(ring.allocated_chunks(), 2);
     }
 }
