@@ -1,0 +1,131 @@
+//! An SSE server whose browsers resume by `Last-Event-ID`.
+//!
+//! Each session runs a simulated agent turn (a plain thread appending token
+//! events synchronously); `GET /sessions/{id}/events` streams them with each
+//! event's cursor as its SSE `id:`, so a browser's `EventSource` resumes
+//! exactly where it stopped; a cursor that fell out of the window gets one
+//! `gap` event with a snapshot to reload from. Open the printed address in
+//! a browser.
+//!
+//! ```text
+//! cargo run --example sse_server --features sse-demo -- --port 3000 --drop-every 7
+//! ```
+//!
+//! Flags (all optional):
+//!
+//! * `--port N` — 0 (the default) picks a free port; the first line printed
+//!   is always `listening on http://127.0.0.1:PORT`. Binds 127.0.0.1 only.
+//! * `--tokens N`, `--token-ms MS` — the length and speed of each turn.
+//! * `--drop-every N` — end each response after N events, so browsers must
+//!   reconnect (and resume) on their own.
+//! * `--capacity N`, `--max-age-ms MS` — the store's retention window; make
+//!   it small to force gaps.
+//! * `--retry-ms MS`, `--keep-alive-ms MS` — the `retry:` hint and the
+//!   keep-alive interval.
+
+#[path = "sse_server/app.rs"]
+mod app;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use livereplay::{Config, ReplayStore};
+
+use app::{App, Settings, TurnPlan};
+
+const USAGE: &str = "usage: sse_server [--port N] [--tokens N] [--token-ms MS] [--drop-every N] \
+[--capacity N] [--max-age-ms MS] [--retry-ms MS] [--keep-alive-ms MS]";
+
+struct Options {
+    port: u16,
+    config: Config,
+    settings: Settings,
+}
+
+fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        port: 0,
+        config: Config::default(),
+        settings: Settings::default(),
+    };
+    let mut plan = options.settings.turn.unwrap_or(TurnPlan {
+        tokens: 120,
+        interval: Duration::from_millis(60),
+    });
+    let mut args = args;
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(USAGE.to_string());
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number: u64 = value
+            .parse()
+            .map_err(|_| format!("{flag} takes a whole number, not {value:?}\n{USAGE}"))?;
+        let millis = Duration::from_millis(number);
+        match flag.as_str() {
+            "--port" => {
+                options.port =
+                    u16::try_from(number).map_err(|_| format!("--port {number} is too large"))?
+            }
+            "--tokens" => plan.tokens = number,
+            "--token-ms" => plan.interval = millis,
+            "--drop-every" => options.settings.drop_every = NonZeroU64::new(number),
+            "--capacity" => {
+                options.config.capacity =
+                    usize::try_from(number).map_err(|_| "--capacity is too large".to_string())?
+            }
+            "--max-age-ms" => options.config.max_age = millis,
+            "--retry-ms" => options.settings.retry = millis,
+            "--keep-alive-ms" => options.settings.keep_alive = millis,
+            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
+        }
+    }
+    options.settings.turn = Some(plan);
+    options
+        .config
+        .validate()
+        .map_err(|error| error.to_string())?;
+    if options.settings.keep_alive.is_zero() {
+        return Err("--keep-alive-ms must be at least 1".to_string());
+    }
+    Ok(options)
+}
+
+#[tokio::main]
+async fn main() {
+    let options = match parse_options(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let store = match ReplayStore::new(options.config) {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("invalid store configuration: {error}");
+            std::process::exit(2);
+        }
+    };
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, options.port));
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("cannot listen on {address}: {error}");
+            std::process::exit(1);
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(address);
+    // The first line is the address, for scripts that start us on port 0.
+    println!("listening on http://{bound}");
+    let _ = std::io::stdout().flush();
+    let app = App::new(store, options.settings);
+    if let Err(error) = axum::serve(listener, app::router(app)).await {
+        eprintln!("server error: {error}");
+        std::process::exit(1);
+    }
+}

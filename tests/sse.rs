@@ -1,0 +1,589 @@
+//! The SSE demo server (`examples/sse_server`) against a real HTTP client:
+//! the demo's own router is served in-process on 127.0.0.1:0 and read over
+//! `tokio::net::TcpStream` with a minimal HTTP/1.1 GET, chunked-body and SSE
+//! parser, so what is checked is the bytes a browser would get.
+//!
+//! It checks the resume protocol end to end: a client that drops and
+//! reconnects with `Last-Event-ID` (or `?cursor=`) gets every event exactly
+//! once; one that stayed away past the window gets ONE `gap` event with a
+//! snapshot and a cursor it can resume from; another session's cursor and
+//! malformed cursors are refused; keep-alive frames carry no `id:`.
+//!
+//! The tests run on a current-thread runtime: while a test appends without
+//! awaiting, the server cannot run, which makes "the client fell behind the
+//! window" deterministic. Every read has a deadline, so a broken server
+//! fails a test instead of hanging it.
+
+#[path = "../examples/sse_server/app.rs"]
+mod app;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use livereplay::{Config, Cursor, ManualClock, ReplayStore, Revision, SessionKey};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use app::{App, Settings, TurnPlan};
+
+/// The longest any single read may take before the test fails.
+const READ_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Settings with no simulated turn: the tests append themselves.
+fn manual_settings() -> Settings {
+    Settings {
+        turn: None,
+        drop_every: None,
+        retry: Duration::from_millis(200),
+        keep_alive: Duration::from_secs(30),
+    }
+}
+
+async fn serve(store: ReplayStore<app::TurnEvent>, settings: Settings) -> (SocketAddr, Arc<App>) {
+    let app = App::new(store, settings);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("local address");
+    let router = app::router(app.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (address, app)
+}
+
+fn key(session: &str) -> SessionKey {
+    SessionKey::new(app::TENANT, session).expect("valid key")
+}
+
+/// One SSE frame (the lines up to a blank line).
+#[derive(Debug, Default, Clone)]
+struct Frame {
+    id: Option<String>,
+    event: Option<String>,
+    data: Vec<String>,
+    retry: Option<String>,
+    comments: Vec<String>,
+}
+
+impl Frame {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data.join("\n")).expect("frame data is JSON")
+    }
+}
+
+/// What a GET returned.
+enum Reply {
+    Stream(SseReader),
+    Refused { status: u16, body: String },
+}
+
+/// Reads SSE frames out of a chunked HTTP/1.1 response body.
+struct SseReader {
+    reader: BufReader<TcpStream>,
+    decoded: Vec<u8>,
+    body_ended: bool,
+}
+
+async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(READ_DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// `GET path` with an optional `Last-Event-ID`, like `EventSource` does.
+async fn get(address: SocketAddr, path: &str, last_event_id: Option<&str>) -> Reply {
+    let mut stream = within("connect", TcpStream::connect(address))
+        .await
+        .expect("connect");
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
+    );
+    if let Some(id) = last_event_id {
+        request.push_str(&format!("Last-Event-ID: {id}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    within("status line", reader.read_line(&mut status_line))
+        .await
+        .expect("read status");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut chunked = false;
+    let mut content_length = None;
+    let mut content_type = String::new();
+    loop {
+        let mut line = String::new();
+        within("headers", reader.read_line(&mut line))
+            .await
+            .expect("read header");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').expect("header line");
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+            "content-length" => content_length = value.parse::<usize>().ok(),
+            "content-type" => content_type = value.to_string(),
+            _ => {}
+        }
+    }
+    if status == 200 {
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "a 200 is an event stream, got {content_type:?}"
+        );
+        assert!(chunked, "an event stream is sent chunked over HTTP/1.1");
+        return Reply::Stream(SseReader {
+            reader,
+            decoded: Vec::new(),
+            body_ended: false,
+        });
+    }
+    let length = content_length.expect("a refusal has a content length");
+    let mut body = vec![0; length];
+    within("refusal body", reader.read_exact(&mut body))
+        .await
+        .expect("read body");
+    Reply::Refused {
+        status,
+        body: String::from_utf8(body).expect("utf-8 body"),
+    }
+}
+
+async fn open(address: SocketAddr, path: &str, last_event_id: Option<&str>) -> SseReader {
+    match get(address, path, last_event_id).await {
+        Reply::Stream(reader) => reader,
+        Reply::Refused { status, body } => panic!("expected a stream, got {status}: {body}"),
+    }
+}
+
+async fn refused(address: SocketAddr, path: &str, last_event_id: Option<&str>) -> (u16, String) {
+    match get(address, path, last_event_id).await {
+        Reply::Refused { status, body } => (status, body),
+        Reply::Stream(_) => panic!("expected {path} to be refused, got a stream"),
+    }
+}
+
+impl SseReader {
+    /// The next line of the body without its `\n`; `None` once the body ended.
+    async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.decoded.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.decoded.drain(..=end).collect();
+                return Some(String::from_utf8(line[..end].to_vec()).expect("utf-8 line"));
+            }
+            if self.body_ended {
+                return None;
+            }
+            let mut size_line = String::new();
+            let read = within("chunk size", self.reader.read_line(&mut size_line))
+                .await
+                .expect("read chunk size");
+            let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or(0);
+            if read == 0 || size == 0 {
+                self.body_ended = true;
+                continue;
+            }
+            let mut chunk = vec![0; size + 2];
+            within("chunk", self.reader.read_exact(&mut chunk))
+                .await
+                .expect("read chunk");
+            assert_eq!(&chunk[size..], b"\r\n", "chunk ends with CRLF");
+            self.decoded.extend_from_slice(&chunk[..size]);
+        }
+    }
+
+    /// The next frame; `None` once the server ended the response.
+    async fn frame(&mut self) -> Option<Frame> {
+        let mut frame = Frame::default();
+        let mut any = false;
+        loop {
+            let line = self.line().await?;
+            if line.is_empty() {
+                if any {
+                    return Some(frame);
+                }
+                continue;
+            }
+            any = true;
+            if let Some(comment) = line.strip_prefix(':') {
+                frame.comments.push(comment.trim_start().to_string());
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+            match field {
+                "id" => frame.id = Some(value),
+                "event" => frame.event = Some(value),
+                "data" => frame.data.push(value),
+                "retry" => frame.retry = Some(value),
+                other => panic!("unexpected SSE field {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame that is an event (skipping `retry:` hints and
+    /// comments); `None` once the response ended.
+    async fn event(&mut self) -> Option<Frame> {
+        for _ in 0..1000 {
+            let frame = self.frame().await?;
+            if frame.event.is_some() {
+                return Some(frame);
+            }
+            assert!(
+                frame.id.is_none(),
+                "a frame that is not an event must not move the client's last event id: {frame:?}"
+            );
+        }
+        panic!("no event in 1000 frames");
+    }
+}
+
+/// What a client keeps across connections, as `EventSource` does.
+#[derive(Default)]
+struct Client {
+    text: String,
+    positions: Vec<u64>,
+    last_event_id: Option<String>,
+    gaps: Vec<Frame>,
+    done: bool,
+}
+
+impl Client {
+    fn take(&mut self, frame: &Frame) {
+        let data = frame.json();
+        match frame.event.as_deref() {
+            Some("token") => {
+                self.text.push_str(data["t"].as_str().expect("token text"));
+                self.positions.push(data["p"].as_u64().expect("position"));
+            }
+            Some("done") => {
+                self.positions.push(data["p"].as_u64().expect("position"));
+                self.done = true;
+            }
+            Some("gap") => {
+                self.text = data["text"].as_str().expect("snapshot").to_string();
+                self.positions.clear();
+                self.gaps.push(frame.clone());
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+        self.last_event_id = Some(frame.id.clone().expect("every event carries an id"));
+    }
+}
+
+fn expected_text(tokens: impl IntoIterator<Item = String>) -> String {
+    tokens.into_iter().collect()
+}
+
+#[tokio::test]
+async fn reconnecting_with_last_event_id_loses_and_repeats_nothing() {
+    let (address, app) = serve(ReplayStore::default(), manual_settings()).await;
+    let key = key("resume");
+    let tokens: Vec<String> = (0..30).map(|i| format!("tok{i} ")).collect();
+    for token in &tokens[..10] {
+        app.append_token(&key, token.clone()).unwrap();
+    }
+    let path = "/sessions/resume/events";
+    let mut client = Client::default();
+
+    // First connection: read part of what is buffered, then drop it.
+    let mut stream = open(address, path, None).await;
+    for _ in 0..4 {
+        client.take(&stream.event().await.expect("buffered token"));
+    }
+    drop(stream);
+    for token in &tokens[10..20] {
+        app.append_token(&key, token.clone()).unwrap();
+    }
+
+    // Reconnect with Last-Event-ID: the rest of the buffer, then live.
+    let mut stream = open(address, path, client.last_event_id.as_deref()).await;
+    for _ in 4..20 {
+        client.take(&stream.event().await.expect("resumed token"));
+    }
+    for token in &tokens[20..25] {
+        app.append_token(&key, token.clone()).unwrap();
+    }
+    for _ in 20..25 {
+        client.take(&stream.event().await.expect("live token"));
+    }
+    drop(stream);
+
+    // The query-parameter fallback resumes the same way.
+    for token in &tokens[25..] {
+        app.append_token(&key, token.clone()).unwrap();
+    }
+    app.finish_turn(&key).unwrap();
+    let cursor = client.last_event_id.clone().unwrap();
+    let mut stream = open(address, &format!("{path}?cursor={cursor}"), None).await;
+    while !client.done {
+        client.take(&stream.event().await.expect("token or done"));
+    }
+
+    assert_eq!(client.text, expected_text(tokens));
+    assert_eq!(client.positions, (1..=31).collect::<Vec<u64>>());
+    assert!(client.gaps.is_empty(), "nothing fell out of the window");
+    assert_eq!(
+        client.last_event_id.unwrap(),
+        app.store().current_cursor(&key).to_string(),
+        "the last id is the session's latest cursor"
+    );
+}
+
+#[tokio::test]
+async fn a_simulated_turn_survives_forced_drops() {
+    let settings = Settings {
+        turn: Some(TurnPlan {
+            tokens: 40,
+            interval: Duration::from_millis(1),
+        }),
+        drop_every: NonZeroU64::new(6),
+        ..manual_settings()
+    };
+    let (address, app) = serve(ReplayStore::default(), settings).await;
+    let mut client = Client::default();
+    let mut connections = 0;
+    while !client.done {
+        connections += 1;
+        assert!(
+            connections <= 40,
+            "the turn should end within 40 connections"
+        );
+        let mut stream = open(
+            address,
+            "/sessions/turn-1/events",
+            client.last_event_id.as_deref(),
+        )
+        .await;
+        // Each response ends after `drop_every` events, as --drop-every does.
+        let mut on_this_connection = 0;
+        while let Some(frame) = stream.event().await {
+            client.take(&frame);
+            on_this_connection += 1;
+            if client.done {
+                break;
+            }
+        }
+        assert!(client.done || on_this_connection == 6);
+    }
+    assert_eq!(client.text, expected_text((0..40).map(app::token_text)));
+    assert_eq!(client.text, app.snapshot(&key("turn-1")).text);
+    assert_eq!(client.positions, (1..=41).collect::<Vec<u64>>());
+    assert!(
+        connections >= 41 / 6,
+        "{connections} connections for 41 events"
+    );
+}
+
+#[tokio::test]
+async fn a_client_past_the_window_gets_one_gap_with_a_usable_cursor() {
+    let store = ReplayStore::new(Config::default().with_capacity(4)).unwrap();
+    let (address, app) = serve(store, manual_settings()).await;
+    let key = key("gappy");
+    let tokens: Vec<String> = (0..20).map(|i| format!("w{i} ")).collect();
+    for token in &tokens[..3] {
+        app.append_token(&key, token.clone()).unwrap();
+    }
+    let path = "/sessions/gappy/events";
+    let mut client = Client::default();
+    let mut stream = open(address, path, None).await;
+    for _ in 0..2 {
+        client.take(&stream.event().await.unwrap());
+    }
+    drop(stream);
+    // Stay away while 10 more events push positions 3..=9 out of a
+    // 4-event window.
+    for token in &tokens[3..13] {
+        app.append_token(&key, token.clone()).unwrap();
+    }
+
+    let mut stream = open(address, path, client.last_event_id.as_deref()).await;
+    let gap = stream.event().await.expect("a gap event");
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    let data = gap.json();
+    let latest = app.store().current_cursor(&key);
+    assert_eq!(data["reason"], "trimmed");
+    assert_eq!(data["requested"], 2);
+    assert_eq!(data["missed"], 7, "positions 3..=9 were trimmed");
+    assert_eq!(data["p"], 13);
+    assert_eq!(data["cursor"], latest.to_string());
+    assert_eq!(gap.id.as_deref(), Some(latest.to_string().as_str()));
+    assert_eq!(data["text"], expected_text(tokens[..13].to_vec()));
+    client.take(&gap);
+
+    // The stream goes on live after the snapshot, with no second gap.
+    for token in &tokens[13..15] {
+        app.append_token(&key, token.clone()).unwrap();
+    }
+    for _ in 13..15 {
+        client.take(&stream.event().await.unwrap());
+    }
+    assert_eq!(client.gaps.len(), 1);
+    assert_eq!(client.text, expected_text(tokens[..15].to_vec()));
+    assert_eq!(client.positions, vec![14, 15]);
+    drop(stream);
+
+    // The gap's cursor is usable on a fresh connection: no gap, the events
+    // after it.
+    let mut stream = open(address, path, gap.id.as_deref()).await;
+    let first = stream.event().await.unwrap();
+    assert_eq!(first.event.as_deref(), Some("token"));
+    assert_eq!(first.json()["p"], 14);
+    drop(stream);
+
+    // A connected client that falls behind mid-stream: the server cannot
+    // run while this test appends without awaiting, so by the time it reads
+    // again the window has moved on. It gets one gap and goes on live.
+    let mut stream = open(address, path, client.last_event_id.as_deref()).await;
+    for token in &tokens[15..16] {
+        app.append_token(&key, token.clone()).unwrap();
+    }
+    client.take(&stream.event().await.unwrap());
+    for token in &tokens[16..] {
+        app.append_token(&key, token.clone()).unwrap();
+    }
+    app.finish_turn(&key).unwrap();
+    let frame = stream.event().await.unwrap();
+    assert_eq!(
+        frame.event.as_deref(),
+        Some("gap"),
+        "fell behind: {frame:?}"
+    );
+    client.take(&frame);
+    assert_eq!(
+        frame.json()["done"],
+        true,
+        "the snapshot says the turn ended"
+    );
+    assert_eq!(client.text, expected_text(tokens.clone()));
+    assert_eq!(client.gaps.len(), 2);
+}
+
+#[tokio::test]
+async fn an_expired_cursor_gets_a_gap_by_age() {
+    let clock = Arc::new(ManualClock::new());
+    let store = ReplayStore::builder()
+        .config(Config::default().with_max_age(Duration::from_secs(60)))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (address, app) = serve(store, manual_settings()).await;
+    let key = key("aged");
+    for i in 0..3 {
+        app.append_token(&key, format!("old{i} ")).unwrap();
+    }
+    let path = "/sessions/aged/events";
+    let mut stream = open(address, path, None).await;
+    let first = stream.event().await.unwrap();
+    drop(stream);
+    clock.advance(Duration::from_secs(61));
+    app.append_token(&key, "new ").unwrap();
+
+    let mut stream = open(address, path, first.id.as_deref()).await;
+    let gap = stream.event().await.unwrap();
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    assert_eq!(gap.json()["reason"], "trimmed");
+    assert_eq!(gap.json()["text"], "old0 old1 old2 new ");
+    assert_eq!(gap.json()["p"], 4);
+}
+
+#[tokio::test]
+async fn other_sessions_cursors_and_malformed_cursors_are_refused() {
+    let (address, app) = serve(ReplayStore::default(), manual_settings()).await;
+    let alice = key("alice");
+    let secret = app.append_token(&alice, "secret-of-alice ").unwrap();
+    let alice_cursor = secret.cursor().to_string();
+
+    // Alice's own cursor works for Alice.
+    let mut stream = open(address, "/sessions/alice/events", None).await;
+    assert_eq!(
+        stream.event().await.unwrap().id.as_deref(),
+        Some(&*alice_cursor)
+    );
+    drop(stream);
+
+    // Alice's cursor presented to Bob's stream, by header or by query.
+    let (status, body) = refused(address, "/sessions/bob/events", Some(&alice_cursor)).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("another session"), "{body}");
+    assert!(!body.contains("secret"), "{body}");
+    let (status, _) = refused(
+        address,
+        &format!("/sessions/bob/events?cursor={alice_cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // A forged cursor naming Bob under another tenant.
+    let forged = Cursor::new(
+        SessionKey::new("other-tenant", "bob").unwrap(),
+        None,
+        Revision(1),
+        1,
+    )
+    .to_string();
+    let (status, _) = refused(address, "/sessions/bob/events", Some(&forged)).await;
+    assert_eq!(status, 403);
+
+    // Malformed cursors and session ids.
+    for bad in ["not-a-cursor", "lr1.zz.1.1.demo.bob", &"x".repeat(5000)] {
+        let (status, body) = refused(address, "/sessions/bob/events", Some(bad)).await;
+        assert_eq!(status, 400, "{bad:.40}");
+        assert!(body.contains("malformed cursor"), "{body}");
+    }
+    for bad_id in ["a.b", "a%2Fb", "%C3%BC", &"s".repeat(65)] {
+        let (status, body) = refused(address, &format!("/sessions/{bad_id}/events"), None).await;
+        assert_eq!(status, 400, "{bad_id:.40}");
+        assert!(body.contains("invalid session id"), "{body}");
+    }
+    assert!(
+        !app.store().contains_session(&key("bob")),
+        "refused requests create nothing"
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_frames_carry_no_id() {
+    let settings = Settings {
+        keep_alive: Duration::from_millis(50),
+        ..manual_settings()
+    };
+    let (address, app) = serve(ReplayStore::default(), settings).await;
+    let mut stream = open(address, "/sessions/quiet/events", None).await;
+    let hello = stream.frame().await.unwrap();
+    assert_eq!(hello.retry.as_deref(), Some("200"), "{hello:?}");
+    assert!(hello.id.is_none() && hello.event.is_none() && hello.data.is_empty());
+
+    let keep_alive = stream.frame().await.unwrap();
+    assert_eq!(keep_alive.comments, vec!["keep-alive".to_string()]);
+    assert!(keep_alive.id.is_none(), "{keep_alive:?}");
+    assert!(keep_alive.event.is_none() && keep_alive.data.is_empty());
+
+    let appended = app.append_token(&key("quiet"), "hi ").unwrap();
+    let token = stream.event().await.unwrap();
+    assert_eq!(token.id, Some(appended.cursor().to_string()));
+
+    // The page that drives all this is served at `/`.
+    let mut page = TcpStream::connect(address).await.unwrap();
+    page.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut html = String::new();
+    within("page", page.read_to_string(&mut html))
+        .await
+        .unwrap();
+    assert!(html.starts_with("HTTP/1.1 200"), "{html:.80}");
+    assert!(html.contains("new EventSource("));
+}
