@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Headless Chromium end-to-end test of the SSE demo (examples/sse_server):
+# a real browser's EventSource must resume by Last-Event-ID across the
+# connection drops the server forces, and reload from the gap snapshot when
+# its cursor left the window. Installs what it needs (Debian's chromium,
+# playwright-core from npm; never a browser download), starts two servers on
+# ephemeral ports, runs e2e/sse.test.mjs, and kills the servers on exit.
+# Screenshots land in target/e2e/. Last line: "e2e: N passed, M failed".
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+artifacts="$root/target/e2e"
+mkdir -p "$artifacts"
+tests_total=2
+pids=()
+
+cleanup() {
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+}
+trap cleanup EXIT
+
+fail() {
+  echo "sse-e2e: $*" >&2
+  echo "e2e: 0 passed, $tests_total failed"
+  exit 1
+}
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "sse-e2e: installing chromium from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >"$artifacts/apt.log" 2>&1 || fail "apt-get update failed (see $artifacts/apt.log)"
+  apt-get install -y -qq chromium >>"$artifacts/apt.log" 2>&1 || fail "apt-get install chromium failed (see $artifacts/apt.log)"
+fi
+
+echo "sse-e2e: installing playwright-core (npm ci)"
+(cd e2e && npm ci --no-audit --no-fund --loglevel=error) || fail "npm ci failed in e2e/"
+
+echo "sse-e2e: building the example"
+cargo build --quiet --features sse-demo --example sse_server || fail "cargo build failed"
+server="${CARGO_TARGET_DIR:-$root/target}/debug/examples/sse_server"
+[ -x "$server" ] || fail "no server binary at $server"
+
+# Starts a server with the given flags on an ephemeral port; prints its URL.
+start_server() {
+  local log="$1"
+  shift
+  "$server" --port 0 "$@" >"$log" 2>&1 &
+  pids+=($!)
+  # Bounded wait for the first line: "listening on http://127.0.0.1:PORT".
+  for _ in $(seq 1 100); do
+    if grep -q '^listening on ' "$log" 2>/dev/null; then
+      head -n 1 "$log" | sed 's/^listening on //'
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+tokens_resume=60
+tokens_gap=150
+# Default window; every connection is dropped after 7 events.
+resume_url="$(start_server "$artifacts/server-resume.log" \
+  --tokens "$tokens_resume" --token-ms 30 --drop-every 7 --retry-ms 200)" \
+  || fail "the resume server did not start (see $artifacts/server-resume.log)"
+# An 8-event window and a 400 ms retry while 100 tokens/s are appended: every
+# reconnect finds its cursor trimmed.
+gap_url="$(start_server "$artifacts/server-gap.log" \
+  --tokens "$tokens_gap" --token-ms 10 --drop-every 5 --capacity 8 --retry-ms 400)" \
+  || fail "the gap server did not start (see $artifacts/server-gap.log)"
+echo "sse-e2e: servers at $resume_url and $gap_url"
+
+RESUME_URL="$resume_url" GAP_URL="$gap_url" \
+  TOKENS_RESUME="$tokens_resume" TOKENS_GAP="$tokens_gap" ARTIFACTS="$artifacts" \
+  timeout 180 node e2e/sse.test.mjs
+status=$?
+if [ "$status" -eq 124 ]; then
+  echo "sse-e2e: the browser test timed out" >&2
+  echo "e2e: 0 passed, $tests_total failed"
+fi
+exit "$status"
