@@ -1,0 +1,482 @@
+//! Append cost of `livereplay` against the designs a user would otherwise
+//! pick (see `baselines`), in the same process:
+//!
+//! * one session, no subscriber, through the handle and by key, against
+//!   the floor (`Arc::new` + wall clock), one broadcast channel, and the
+//!   seed's reference store;
+//! * appends spread over 10 000 sessions (capacity 128 each, so the run's
+//!   memory stays bounded);
+//! * one session with a live subscriber draining it on another thread;
+//! * two threads appending to two distinct sessions: the 2-thread / 1-thread
+//!   throughput ratio.
+//!
+//! Every session starts full, so the figures are the steady state of a ring
+//! that overwrites (an append also frees the event it displaces). Payloads
+//! are `u64` counters: the store's own cost, not the payload's.
+//!
+//! Run: `cargo bench --bench append`; smoke: `LIVEREPLAY_BENCH_QUICK=1
+//! cargo bench --bench append -- --warm-up-time 0.1 --measurement-time 0.2`.
+
+mod baselines;
+mod support;
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{BenchmarkGroup, Criterion, Throughput};
+use livereplay::{Config, NextTimeoutError, ReplayStore, Revision, SessionKey, Subscription};
+use tokio::sync::broadcast::error::RecvError;
+
+use baselines::{floor_append, BroadcastStore, RefReceiver, ReferenceStore};
+use support::Comparison;
+
+const CAPACITY: usize = 2048;
+const SPREAD_SESSIONS: usize = 10_000;
+const SPREAD_CAPACITY: usize = 128;
+
+fn key(i: usize) -> SessionKey {
+    SessionKey::new("acme", &format!("chat-{i:06}")).expect("a valid key")
+}
+
+/// The reference design keys sessions by one string: the same text.
+fn reference_id(i: usize) -> String {
+    format!("acme/chat-{i:06}")
+}
+
+fn append_one_session(c: &mut Criterion) {
+    let mut group = c.benchmark_group("append_one_session");
+    group.throughput(Throughput::Elements(1));
+    let session_key = key(0);
+    let id = reference_id(0);
+
+    let store = ReplayStore::<u64>::default();
+    let handle = store.session(&session_key).expect("session");
+    for i in 0..CAPACITY as u64 {
+        handle.append(Revision(1), i).expect("append");
+    }
+    let mut next = CAPACITY as u64;
+    group.bench_function("ours_handle", |b| {
+        b.iter(|| {
+            next += 1;
+            handle.append(Revision(1), next)
+        })
+    });
+    group.bench_function("ours_key", |b| {
+        b.iter(|| {
+            next += 1;
+            store.append(&session_key, Revision(1), next)
+        })
+    });
+    assert_eq!(store.event_count(&session_key), CAPACITY as u64);
+    drop(handle);
+    drop(store);
+
+    let mut position = 0u64;
+    group.bench_function("floor", |b| {
+        b.iter(|| {
+            position += 1;
+            floor_append(&session_key, position, position)
+        })
+    });
+
+    let reference = ReferenceStore::<u64>::with_defaults();
+    for i in 0..CAPACITY as u64 {
+        reference.append(&id, 1, i);
+    }
+    group.bench_function("reference", |b| {
+        b.iter(|| {
+            next += 1;
+            reference.append(black_box(&id), 1, next)
+        })
+    });
+    drop(reference);
+
+    let broadcast = BroadcastStore::<u64>::new(CAPACITY);
+    let channel = broadcast.session(&id);
+    group.bench_function("broadcast_handle", |b| {
+        b.iter(|| {
+            next += 1;
+            channel.append(next)
+        })
+    });
+    group.bench_function("broadcast_key", |b| {
+        b.iter(|| {
+            next += 1;
+            broadcast.append(black_box(&id), next)
+        })
+    });
+    group.finish();
+}
+
+fn append_spread(c: &mut Criterion) {
+    let mut group = c.benchmark_group("append_10k_sessions");
+    group.throughput(Throughput::Elements(1));
+    let keys: Vec<SessionKey> = (0..SPREAD_SESSIONS).map(key).collect();
+    let ids: Vec<String> = (0..SPREAD_SESSIONS).map(reference_id).collect();
+    let mut next = 0u64;
+    let mut turn = 0usize;
+    let mut round_robin = move || {
+        turn = (turn + 1) % SPREAD_SESSIONS;
+        turn
+    };
+
+    {
+        let store = ReplayStore::<u64>::new(Config::default().with_capacity(SPREAD_CAPACITY))
+            .expect("config");
+        let handles: Vec<_> = keys
+            .iter()
+            .map(|key| store.session(key).expect("session"))
+            .collect();
+        for handle in &handles {
+            for i in 0..SPREAD_CAPACITY as u64 {
+                handle.append(Revision(1), i).expect("append");
+            }
+        }
+        group.bench_function("ours_key", |b| {
+            b.iter(|| {
+                next += 1;
+                store.append(&keys[round_robin()], Revision(1), next)
+            })
+        });
+        group.bench_function("ours_handle", |b| {
+            b.iter(|| {
+                next += 1;
+                handles[round_robin()].append(Revision(1), next)
+            })
+        });
+        assert_eq!(store.stats().sessions, SPREAD_SESSIONS);
+    }
+    {
+        let reference = ReferenceStore::<u64>::new(SPREAD_CAPACITY, Duration::from_secs(120));
+        for id in &ids {
+            for i in 0..SPREAD_CAPACITY as u64 {
+                reference.append(id, 1, i);
+            }
+        }
+        group.bench_function("reference", |b| {
+            b.iter(|| {
+                next += 1;
+                reference.append(&ids[round_robin()], 1, next)
+            })
+        });
+        assert_eq!(reference.session_count(), SPREAD_SESSIONS);
+    }
+    {
+        let broadcast = BroadcastStore::<u64>::new(SPREAD_CAPACITY);
+        for id in &ids {
+            broadcast.session(id);
+        }
+        group.bench_function("broadcast_key", |b| {
+            b.iter(|| {
+                next += 1;
+                broadcast.append(&ids[round_robin()], next)
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Drains `subscription` until `stop`, resubscribing after a gap (the
+/// drainer fell a full ring behind). Returns (delivered, gaps).
+fn drain_ours(
+    store: &ReplayStore<u64>,
+    mut subscription: Subscription<u64>,
+    stop: &AtomicBool,
+) -> (u64, u64) {
+    let (mut delivered, mut gaps) = (0, 0);
+    while !stop.load(Ordering::Acquire) {
+        match subscription.next_timeout(Duration::from_millis(20)) {
+            Ok(event) => {
+                black_box(event);
+                delivered += 1;
+            }
+            Err(NextTimeoutError::Timeout) => {}
+            Err(NextTimeoutError::Gap(gap)) => {
+                gaps += 1;
+                subscription = store
+                    .subscribe_after_cursor(&gap.latest)
+                    .expect("resubscribe at the latest cursor");
+            }
+            Err(NextTimeoutError::Ended) => {
+                let key = subscription.cursor().key().clone();
+                subscription = store
+                    .subscribe_after_cursor(&store.current_cursor(&key))
+                    .expect("resubscribe");
+            }
+        }
+    }
+    (delivered, gaps)
+}
+
+/// Drains a broadcast receiver until `stop`. Returns (delivered, lag
+/// reports).
+fn drain_broadcast<E>(
+    mut receiver: tokio::sync::broadcast::Receiver<E>,
+    stop: &AtomicBool,
+) -> (u64, u64)
+where
+    E: Clone,
+{
+    let (mut delivered, mut lags) = (0, 0);
+    while !stop.load(Ordering::Acquire) {
+        match receiver.blocking_recv() {
+            Ok(event) => {
+                black_box(event);
+                delivered += 1;
+            }
+            Err(RecvError::Lagged(_)) => lags += 1,
+            Err(RecvError::Closed) => break,
+        }
+    }
+    (delivered, lags)
+}
+
+fn append_live_subscriber(c: &mut Criterion) {
+    let mut group = c.benchmark_group("append_live_subscriber");
+    group.throughput(Throughput::Elements(1));
+    let session_key = key(0);
+    let id = reference_id(0);
+    let mut next = 0u64;
+
+    {
+        let store = ReplayStore::<u64>::default();
+        let handle = store.session(&session_key).expect("session");
+        for i in 0..CAPACITY as u64 {
+            handle.append(Revision(1), i).expect("append");
+        }
+        let subscription = handle
+            .subscribe_after(&handle.current_cursor())
+            .expect("subscribe");
+        let stop = AtomicBool::new(false);
+        let (delivered, gaps) = thread::scope(|scope| {
+            let drainer = scope.spawn(|| drain_ours(&store, subscription, &stop));
+            group.bench_function("ours_handle", |b| {
+                b.iter(|| {
+                    next += 1;
+                    handle.append(Revision(1), next)
+                })
+            });
+            stop.store(true, Ordering::Release);
+            handle.append(Revision(1), 0).expect("wake the drainer");
+            drainer.join().expect("drainer")
+        });
+        println!("ours: subscriber drained {delivered} events, {gaps} gaps (resubscribed)");
+    }
+    {
+        let reference = ReferenceStore::<u64>::with_defaults();
+        for i in 0..CAPACITY as u64 {
+            reference.append(&id, 1, i);
+        }
+        let (_, receiver): (_, RefReceiver<u64>) = reference
+            .subscribe_after_cursor(&reference.current_cursor(&id))
+            .expect("subscribe");
+        let stop = AtomicBool::new(false);
+        let (delivered, lags) = thread::scope(|scope| {
+            let drainer = scope.spawn(|| drain_broadcast(receiver, &stop));
+            group.bench_function("reference", |b| {
+                b.iter(|| {
+                    next += 1;
+                    reference.append(&id, 1, next)
+                })
+            });
+            stop.store(true, Ordering::Release);
+            reference.append(&id, 1, 0);
+            drainer.join().expect("drainer")
+        });
+        println!("reference: subscriber drained {delivered} events, {lags} lag reports");
+    }
+    {
+        let broadcast = BroadcastStore::<u64>::new(CAPACITY);
+        let channel = broadcast.session(&id);
+        let receiver = channel.subscribe();
+        let stop = AtomicBool::new(false);
+        let (delivered, lags) = thread::scope(|scope| {
+            let drainer = scope.spawn(|| drain_broadcast(receiver, &stop));
+            group.bench_function("broadcast_handle", |b| {
+                b.iter(|| {
+                    next += 1;
+                    channel.append(next)
+                })
+            });
+            stop.store(true, Ordering::Release);
+            channel.append(0);
+            drainer.join().expect("drainer")
+        });
+        println!("broadcast: subscriber drained {delivered} events, {lags} lag reports");
+    }
+    group.finish();
+}
+
+/// Runs `append(thread, i)` for `i in 0..iters` on `threads` threads that
+/// start together; returns the time from the first start to the last end.
+fn parallel(threads: usize, iters: u64, append: &(impl Fn(usize, u64) + Sync)) -> Duration {
+    let barrier = Barrier::new(threads);
+    let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        append(t, i);
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("worker"))
+            .collect()
+    });
+    let first_start = spans
+        .iter()
+        .map(|s| s.0)
+        .min()
+        .expect("one thread at least");
+    let last_end = spans
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .expect("one thread at least");
+    last_end - first_start
+}
+
+fn bench_threads(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    append: &(impl Fn(usize, u64) + Sync),
+) {
+    for threads in [1, 2] {
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_function(format!("{name}_{threads}t"), |b| {
+            b.iter_custom(|iters| parallel(threads, iters, append))
+        });
+    }
+}
+
+fn append_two_threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("append_two_threads");
+    let keys = [key(0), key(1)];
+    let ids = [reference_id(0), reference_id(1)];
+    {
+        let store = ReplayStore::<u64>::default();
+        let handles = keys
+            .clone()
+            .map(|key| store.session(&key).expect("session"));
+        for handle in &handles {
+            for i in 0..CAPACITY as u64 {
+                handle.append(Revision(1), i).expect("append");
+            }
+        }
+        bench_threads(&mut group, "ours_handle", &|t, i| {
+            black_box(handles[t].append(Revision(1), i).expect("append"));
+        });
+        bench_threads(&mut group, "ours_key", &|t, i| {
+            black_box(store.append(&keys[t], Revision(1), i).expect("append"));
+        });
+    }
+    {
+        let reference = ReferenceStore::<u64>::with_defaults();
+        for id in &ids {
+            for i in 0..CAPACITY as u64 {
+                reference.append(id, 1, i);
+            }
+        }
+        bench_threads(&mut group, "reference", &|t, i| {
+            black_box(reference.append(&ids[t], 1, i));
+        });
+    }
+    group.finish();
+}
+
+const COMPARISONS: &[Comparison] = &[
+    Comparison {
+        scenario: "append, one session, no subscriber, through the handle",
+        ours: "append_one_session/ours_handle",
+        others: &[
+            ("floor (Arc::new + clock)", "append_one_session/floor"),
+            ("broadcast channel", "append_one_session/broadcast_handle"),
+            ("reference (seed 002)", "append_one_session/reference"),
+        ],
+    },
+    Comparison {
+        scenario: "append, one session, no subscriber, by key",
+        ours: "append_one_session/ours_key",
+        others: &[
+            ("reference (seed 002)", "append_one_session/reference"),
+            (
+                "broadcast by key (dashmap)",
+                "append_one_session/broadcast_key",
+            ),
+        ],
+    },
+    Comparison {
+        scenario: "append spread over 10 000 sessions, by key",
+        ours: "append_10k_sessions/ours_key",
+        others: &[
+            ("reference (seed 002)", "append_10k_sessions/reference"),
+            (
+                "broadcast by key (dashmap)",
+                "append_10k_sessions/broadcast_key",
+            ),
+        ],
+    },
+    Comparison {
+        scenario: "append spread over 10 000 sessions, through handles",
+        ours: "append_10k_sessions/ours_handle",
+        others: &[("reference (seed 002)", "append_10k_sessions/reference")],
+    },
+    Comparison {
+        scenario: "append with one live subscriber draining on another thread",
+        ours: "append_live_subscriber/ours_handle",
+        others: &[
+            ("reference (seed 002)", "append_live_subscriber/reference"),
+            (
+                "broadcast channel",
+                "append_live_subscriber/broadcast_handle",
+            ),
+        ],
+    },
+];
+
+/// Prints the 2-thread / 1-thread throughput ratios (time per iteration is
+/// one append on each thread, so the ratio is `threads * t1 / t2`).
+fn report_scaling(since: SystemTime) {
+    println!(
+        "\n== append_two_threads: throughput 2 threads / 1 thread (this machine has {} cores) ==",
+        thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut csv = String::from("design,t1_ns,t2_ns,scaling\n");
+    for name in ["ours_handle", "ours_key", "reference"] {
+        let t1 = support::criterion_median(&format!("append_two_threads/{name}_1t"), since);
+        let t2 = support::criterion_median(&format!("append_two_threads/{name}_2t"), since);
+        if let (Some(t1), Some(t2)) = (t1, t2) {
+            let scaling = 2.0 * t1 / t2;
+            println!(
+                "  {name:<12} 1 thread {:>10}/append   2 threads {:>10}/append each   scaling {scaling:.2}x",
+                support::human(t1),
+                support::human(t2)
+            );
+            use std::fmt::Write as _;
+            let _ = writeln!(csv, "{name},{t1:.2},{t2:.2},{scaling:.3}");
+        }
+    }
+    support::write_out("append-scaling.csv", &csv);
+}
+
+fn main() {
+    let since = SystemTime::now();
+    let mut criterion = support::criterion();
+    append_one_session(&mut criterion);
+    append_spread(&mut criterion);
+    append_live_subscriber(&mut criterion);
+    append_two_threads(&mut criterion);
+    criterion.final_summary();
+    support::report("append", since, COMPARISONS);
+    report_scaling(since);
+}

@@ -1,0 +1,389 @@
+//! Latency distributions criterion does not report (it gives means and
+//! medians): percentiles from our own sampling loops, `livereplay` against
+//! the designs a user would otherwise pick, in the same process.
+//!
+//! * **Subscribe-to-delivery**: a writer appends an event carrying the time
+//!   it was appended; a subscriber blocked on another thread receives it and
+//!   records how long it took. The writer waits for each delivery, then
+//!   pauses so the subscriber is parked again: every sample is a wake-up of
+//!   a waiting subscriber, as with a token stream.
+//! * **Append tail latency while a reader replays**: a writer appends back
+//!   to back, timing each append, while another thread replays the same
+//!   session's last 1024 events in a loop (a host reconnecting over and
+//!   over); and the same without the reader, for comparison.
+//!
+//! Prints p50/p99/p99.9/max and writes `target/livereplay-bench/`
+//! `append_latency.csv`, `delivery_latency.csv` (quantiles, for
+//! `scripts/plot_latency.py`) and `latency-summary.csv`.
+//!
+//! Run: `cargo bench --bench latency`. Quick mode
+//! (`LIVEREPLAY_BENCH_QUICK=1`, or run without `--bench` as `cargo test
+//! --benches` does) takes few samples. Criterion flags are accepted and
+//! ignored; a name filter that matches neither `delivery_latency` nor
+//! `append_latency` skips that part.
+
+mod baselines;
+mod support;
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use livereplay::{Cursor, ReplayStore, Revision, SessionKey};
+
+use baselines::{BroadcastSession, ReferenceStore};
+use support::Percentiles;
+
+const CAPACITY: usize = 2048;
+const REPLAY_WINDOW: u64 = 1024;
+/// How long the writer leaves a subscriber to park between two samples.
+const PARK_PAUSE: Duration = Duration::from_micros(50);
+/// No wait in this bench lasts longer: a stuck run fails instead of hanging.
+const WAIT_LIMIT: Duration = Duration::from_secs(10);
+
+fn session_key() -> SessionKey {
+    SessionKey::new("acme", "chat-000000").expect("a valid key")
+}
+
+const REFERENCE_ID: &str = "acme/chat-000000";
+
+struct Settings {
+    quick: bool,
+    filter: Option<String>,
+}
+
+impl Settings {
+    fn from_args() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let bench_mode = args.iter().any(|arg| arg == "--bench");
+        // Criterion-style flags take a value; a positional argument is a
+        // name filter.
+        let mut filter = None;
+        let mut skip_value = false;
+        for arg in &args {
+            if skip_value {
+                skip_value = false;
+            } else if arg.starts_with("--") {
+                skip_value =
+                    !matches!(arg.as_str(), "--bench" | "--test" | "--list") && !arg.contains('=');
+            } else {
+                filter = Some(arg.clone());
+            }
+        }
+        Self {
+            quick: support::quick() || !bench_mode,
+            filter,
+        }
+    }
+
+    fn runs(&self, name: &str) -> bool {
+        match &self.filter {
+            Some(filter) => name.contains(filter.as_str()),
+            None => true,
+        }
+    }
+
+    fn samples(&self, full: usize, quick: usize) -> usize {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+/// Nanoseconds since `base`, as a payload that crosses threads.
+fn nanos_since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Appends `samples` timestamped events with `append`, one at a time, each
+/// after the subscriber thread (`receive` returns the next payload,
+/// blocking) took the previous one and had time to park again. Returns the
+/// append-to-delivery latencies.
+fn delivery_latencies(
+    samples: usize,
+    base: Instant,
+    append: impl Fn(u64),
+    mut receive: impl FnMut() -> u64 + Send,
+) -> Vec<u64> {
+    let delivered = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        let subscriber = scope.spawn(|| {
+            let mut latencies = Vec::with_capacity(samples);
+            for count in 1..=samples {
+                let sent = receive();
+                latencies.push(nanos_since(base).saturating_sub(sent));
+                delivered.store(count, Ordering::Release);
+            }
+            latencies
+        });
+        for count in 1..=samples {
+            thread::sleep(PARK_PAUSE);
+            append(nanos_since(base));
+            let waiting_since = Instant::now();
+            while delivered.load(Ordering::Acquire) < count {
+                assert!(
+                    waiting_since.elapsed() < WAIT_LIMIT,
+                    "the subscriber did not receive event {count}"
+                );
+                std::hint::spin_loop();
+            }
+        }
+        subscriber.join().expect("subscriber thread")
+    })
+}
+
+/// Times `samples` back-to-back appends, while `reader` runs in a loop on
+/// another thread if given. Returns the latencies and how many reads ran.
+fn append_latencies(
+    samples: usize,
+    mut append: impl FnMut(u64),
+    reader: Option<&(dyn Fn() + Sync)>,
+) -> (Vec<u64>, u64) {
+    let stop = AtomicBool::new(false);
+    let reads = AtomicU64::new(0);
+    thread::scope(|scope| {
+        if let Some(reader) = reader {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    reader();
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            // Measure only while the reader is really running.
+            let waiting_since = Instant::now();
+            while reads.load(Ordering::Relaxed) == 0 {
+                assert!(waiting_since.elapsed() < WAIT_LIMIT, "the reader never ran");
+                std::hint::spin_loop();
+            }
+        }
+        let mut latencies = Vec::with_capacity(samples);
+        for i in 0..samples as u64 {
+            let start = Instant::now();
+            append(i);
+            latencies.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        stop.store(true, Ordering::Relaxed);
+        (latencies, reads.load(Ordering::Relaxed))
+    })
+}
+
+struct Summary {
+    csv: String,
+    summary: String,
+}
+
+impl Summary {
+    fn new(header: &str) -> Self {
+        Self {
+            csv: format!("{header},quantile,nanos\n"),
+            summary: String::new(),
+        }
+    }
+
+    /// Prints the percentiles of `samples` and records its quantiles
+    /// under `labels` (comma-separated CSV fields).
+    fn record(&mut self, scenario: &str, labels: &str, mut samples: Vec<u64>) -> Percentiles {
+        let percentiles = Percentiles::of(&mut samples);
+        println!(
+            "  {labels:<28} n={:<8} p50 {:>10}  p99 {:>10}  p99.9 {:>10}  max {:>10}  mean {:>10}",
+            percentiles.count,
+            support::human(percentiles.p50 as f64),
+            support::human(percentiles.p99 as f64),
+            support::human(percentiles.p999 as f64),
+            support::human(percentiles.max as f64),
+            support::human(percentiles.mean),
+        );
+        for (q, nanos) in support::chart_quantiles(&samples) {
+            let _ = writeln!(self.csv, "{labels},{q},{nanos}");
+        }
+        let _ = writeln!(
+            self.summary,
+            "{scenario},{labels}{},{},{},{},{},{},{:.1}",
+            if labels.contains(',') {
+                ""
+            } else {
+                ",subscriber_parked"
+            },
+            percentiles.count,
+            percentiles.p50,
+            percentiles.p99,
+            percentiles.p999,
+            percentiles.max,
+            percentiles.mean
+        );
+        percentiles
+    }
+}
+
+fn delivery(settings: &Settings, summary: &mut String) {
+    let samples = settings.samples(20_000, 300);
+    println!("\n== subscribe-to-delivery latency across threads (subscriber parked; {samples} samples) ==");
+    let mut out = Summary::new("design");
+    let base = Instant::now();
+    let key = session_key();
+    let mut p99s = Vec::new();
+
+    {
+        let store = ReplayStore::<u64>::default();
+        let handle = store.session(&key).expect("session");
+        let mut subscription = handle
+            .subscribe_after(&handle.current_cursor())
+            .expect("subscribe");
+        let latencies = delivery_latencies(
+            samples,
+            base,
+            |sent| {
+                handle.append(Revision(1), sent).expect("append");
+            },
+            move || {
+                *subscription
+                    .next_timeout(WAIT_LIMIT)
+                    .expect("an event")
+                    .payload()
+            },
+        );
+        p99s.push(("ours", out.record("delivery", "ours", latencies)));
+    }
+    {
+        let reference = ReferenceStore::<u64>::with_defaults();
+        let (_, mut receiver) = reference
+            .subscribe_after_cursor(&reference.current_cursor(REFERENCE_ID))
+            .expect("subscribe");
+        let latencies = delivery_latencies(
+            samples,
+            base,
+            |sent| {
+                reference.append(REFERENCE_ID, 1, sent);
+            },
+            move || receiver.blocking_recv().expect("an event").payload,
+        );
+        p99s.push(("reference", out.record("delivery", "reference", latencies)));
+    }
+    {
+        let channel = BroadcastSession::<u64>::new(CAPACITY);
+        let mut receiver = channel.subscribe();
+        let latencies = delivery_latencies(
+            samples,
+            base,
+            |sent| {
+                channel.append(sent);
+            },
+            move || receiver.blocking_recv().expect("an event").payload,
+        );
+        p99s.push(("broadcast", out.record("delivery", "broadcast", latencies)));
+    }
+    print_ratios(&p99s);
+    summary.push_str(&out.summary);
+    support::write_out("delivery_latency.csv", &out.csv);
+}
+
+fn print_ratios(results: &[(&str, Percentiles)]) {
+    let Some((_, ours)) = results.first() else {
+        return;
+    };
+    for (name, other) in &results[1..] {
+        println!(
+            "  {name} / ours: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
+            other.p50 as f64 / ours.p50.max(1) as f64,
+            other.p99 as f64 / ours.p99.max(1) as f64,
+            other.p999 as f64 / ours.p999.max(1) as f64,
+        );
+    }
+}
+
+fn append_under_reader(settings: &Settings, summary: &mut String) {
+    let samples = settings.samples(1_000_000, 20_000);
+    println!(
+        "\n== append latency, back to back, without and with a reader replaying the last {REPLAY_WINDOW} events in a loop ({samples} samples) =="
+    );
+    let mut out = Summary::new("design,reader");
+    let key = session_key();
+    let mut results = Vec::new();
+
+    {
+        let store = ReplayStore::<u64>::default();
+        let handle = store.session(&key).expect("session");
+        for i in 0..CAPACITY as u64 {
+            handle.append(Revision(1), i).expect("append");
+        }
+        let append = |i| {
+            black_box(handle.append(Revision(1), i).expect("append"));
+        };
+        let (alone, _) = append_latencies(samples, append, None);
+        results.push(("ours, no reader", out.record("append", "ours,none", alone)));
+        let replay = || {
+            let tail = store.current_cursor(&key);
+            let from = Cursor::new(
+                key.clone(),
+                tail.incarnation(),
+                tail.revision(),
+                tail.position() - REPLAY_WINDOW,
+            );
+            // A writer lapping the reader mid-replay is a gap: still a read.
+            let _ = black_box(store.replay_after_cursor(&from));
+        };
+        let (shared, reads) = append_latencies(samples, append, Some(&replay));
+        results.push((
+            "ours, reader",
+            out.record("append", "ours,replaying", shared),
+        ));
+        println!("  (ours: the reader replayed {reads} times meanwhile)");
+    }
+    {
+        let reference = ReferenceStore::<u64>::with_defaults();
+        for i in 0..CAPACITY as u64 {
+            reference.append(REFERENCE_ID, 1, i);
+        }
+        let append = |i| {
+            black_box(reference.append(REFERENCE_ID, 1, i));
+        };
+        let (alone, _) = append_latencies(samples, append, None);
+        results.push((
+            "reference, no reader",
+            out.record("append", "reference,none", alone),
+        ));
+        let replay = || {
+            let tail = reference.current_cursor(REFERENCE_ID);
+            let _ =
+                black_box(reference.replay_after_cursor(&tail.at(tail.position - REPLAY_WINDOW)));
+        };
+        let (shared, reads) = append_latencies(samples, append, Some(&replay));
+        results.push((
+            "reference, reader",
+            out.record("append", "reference,replaying", shared),
+        ));
+        println!("  (reference: the reader replayed {reads} times meanwhile)");
+    }
+    for (without, with) in [(0, 2), (1, 3)] {
+        let (ours_name, ours) = results[without];
+        let (other_name, other) = results[with];
+        println!(
+            "  {other_name} / {ours_name}: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
+            other.p50 as f64 / ours.p50.max(1) as f64,
+            other.p99 as f64 / ours.p99.max(1) as f64,
+            other.p999 as f64 / ours.p999.max(1) as f64,
+        );
+    }
+    summary.push_str(&out.summary);
+    support::write_out("append_latency.csv", &out.csv);
+}
+
+fn main() {
+    let settings = Settings::from_args();
+    if settings.quick {
+        println!("latency: quick mode (few samples; figures are not meaningful)");
+    }
+    let mut summary =
+        String::from("scenario,design,condition,count,p50_ns,p99_ns,p999_ns,max_ns,mean_ns\n");
+    if settings.runs("delivery_latency") {
+        delivery(&settings, &mut summary);
+    }
+    if settings.runs("append_latency") {
+        append_under_reader(&settings, &mut summary);
+    }
+    support::write_out("latency-summary.csv", &summary);
+}

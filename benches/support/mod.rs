@@ -1,0 +1,202 @@
+//! What every bench target shares: the quick mode CI uses, percentile
+//! sampling for the latency loops (criterion reports means and medians,
+//! not tails), CSV output for the chart script, and the table of criterion
+//! medians and ratios printed after a run.
+//!
+//! Quick mode (`LIVEREPLAY_BENCH_QUICK=1`) shortens criterion's defaults
+//! and cuts the sample counts of the custom loops, so a smoke run of every
+//! bench finishes in a few minutes. Command-line flags given to criterion
+//! (`-- --warm-up-time 0.1 --measurement-time 0.2`) still override it.
+
+// Shared by several bench targets; each uses a subset.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use criterion::Criterion;
+
+/// Whether the run is a smoke run (CI).
+pub fn quick() -> bool {
+    std::env::var("LIVEREPLAY_BENCH_QUICK").is_ok_and(|value| !value.is_empty() && value != "0")
+}
+
+/// `full` samples normally, `quick` in quick mode.
+pub fn samples(full: usize, quick_count: usize) -> usize {
+    if quick() {
+        quick_count
+    } else {
+        full
+    }
+}
+
+/// Criterion configured from the command line, with short defaults in
+/// quick mode.
+pub fn criterion() -> Criterion {
+    let base = Criterion::default();
+    let base = if quick() {
+        base.warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_millis(200))
+            .sample_size(20)
+    } else {
+        base
+    };
+    base.configure_from_args()
+}
+
+/// Where the benches write their CSVs: `<target>/livereplay-bench/`.
+pub fn out_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let dir = target.join("livereplay-bench");
+    if let Err(error) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create {}: {error}", dir.display());
+    }
+    dir
+}
+
+/// Writes `text` to `out_dir()/name`, reporting (not failing on) errors:
+/// a bench run is still worth its printed figures.
+pub fn write_out(name: &str, text: &str) {
+    let path = out_dir().join(name);
+    match std::fs::write(&path, text) {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(error) => eprintln!("cannot write {}: {error}", path.display()),
+    }
+}
+
+/// The tail of a latency distribution, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// The value at quantile `q` (0..=1) of sorted samples (nearest rank).
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+impl Percentiles {
+    /// Sorts `samples` in place and reads the percentiles off them.
+    pub fn of(samples: &mut [u64]) -> Self {
+        samples.sort_unstable();
+        let sum: u128 = samples.iter().map(|&s| u128::from(s)).sum();
+        Self {
+            count: samples.len(),
+            p50: quantile(samples, 0.50),
+            p99: quantile(samples, 0.99),
+            p999: quantile(samples, 0.999),
+            max: samples.last().copied().unwrap_or(0),
+            mean: if samples.is_empty() {
+                0.0
+            } else {
+                sum as f64 / samples.len() as f64
+            },
+        }
+    }
+}
+
+/// Quantiles for a distribution chart: dense in the body, denser in the
+/// tail (99%, 99.9%, 99.99% ...), as `(quantile, nanos)` of sorted samples.
+pub fn chart_quantiles(sorted: &[u64]) -> Vec<(f64, u64)> {
+    let mut qs: Vec<f64> = (1..100).map(|i| f64::from(i) / 100.0).collect();
+    for nines in 2..=5 {
+        let tail = 10f64.powi(-nines);
+        for step in 1..10 {
+            qs.push(1.0 - tail * f64::from(10 - step));
+        }
+    }
+    qs.push(1.0);
+    qs.sort_by(f64::total_cmp);
+    qs.dedup();
+    // A quantile finer than the sample count repeats the max: skip it.
+    qs.retain(|&q| q == 1.0 || (1.0 - q) * sorted.len() as f64 >= 1.0);
+    qs.into_iter().map(|q| (q, quantile(sorted, q))).collect()
+}
+
+/// `ns` as a short human figure.
+pub fn human(ns: f64) -> String {
+    if ns >= 1_000_000.0 {
+        format!("{:.2} ms", ns / 1_000_000.0)
+    } else if ns >= 1_000.0 {
+        format!("{:.2} µs", ns / 1_000.0)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+/// One scenario's row in the summary table: our bench and the baselines
+/// it is compared with (criterion ids `group/function`).
+pub struct Comparison {
+    pub scenario: &'static str,
+    pub ours: &'static str,
+    pub others: &'static [(&'static str, &'static str)],
+}
+
+/// The median (ns per iteration) criterion estimated for `id` in this run,
+/// or `None` if `id` did not run in this process (filtered out, test mode).
+pub fn criterion_median(id: &str, since: SystemTime) -> Option<f64> {
+    let home = std::env::var_os("CRITERION_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| out_dir().with_file_name("criterion"));
+    let path = home.join(id).join("new").join("estimates.json");
+    let fresh = std::fs::metadata(&path)
+        .and_then(|meta| meta.modified())
+        .is_ok_and(|modified| modified >= since);
+    if !fresh {
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+/// Prints every comparison (medians and ratios) and writes them to
+/// `out_dir()/<bench>-medians.csv`. A ratio is the other design's median
+/// over ours: above 1, ours is faster.
+pub fn report(bench: &str, since: SystemTime, comparisons: &[Comparison]) {
+    let mut csv = String::from("scenario,design,bench_id,median_ns,ratio_other_over_ours\n");
+    println!(
+        "\n== {bench}: medians (criterion) and ratios (other / ours; > 1 means ours is faster) =="
+    );
+    for comparison in comparisons {
+        let Some(ours) = criterion_median(comparison.ours, since) else {
+            continue;
+        };
+        println!("{}", comparison.scenario);
+        println!(
+            "  {:<34} {:>12}",
+            format!("ours ({})", comparison.ours),
+            human(ours)
+        );
+        let _ = writeln!(
+            csv,
+            "{},ours,{},{ours:.2},1",
+            comparison.scenario, comparison.ours
+        );
+        for (label, id) in comparison.others {
+            let Some(other) = criterion_median(id, since) else {
+                continue;
+            };
+            let ratio = other / ours;
+            println!("  {label:<34} {:>12}   ratio {ratio:.2}", human(other));
+            let _ = writeln!(
+                csv,
+                "{},{label},{id},{other:.2},{ratio:.3}",
+                comparison.scenario
+            );
+        }
+    }
+    write_out(&format!("{bench}-medians.csv"), &csv);
+}
