@@ -39,6 +39,7 @@ fn manual_settings() -> Settings {
         drop_every: None,
         retry: Duration::from_millis(200),
         keep_alive: Duration::from_secs(30),
+        max_sessions: 100,
     }
 }
 
@@ -586,4 +587,27 @@ async fn keep_alive_frames_carry_no_id() {
         .unwrap();
     assert!(html.starts_with("HTTP/1.1 200"), "{html:.80}");
     assert!(html.contains("new EventSource("));
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_bound_are_refused_and_empty_ids_mean_start() {
+    let settings = Settings {
+        max_sessions: 1,
+        ..manual_settings()
+    };
+    let (address, app) = serve(ReplayStore::default(), settings).await;
+    let one = app.append_token(&key("one"), "first ").unwrap();
+
+    // An empty Last-Event-ID (sent before any id was seen) means the start.
+    let mut stream = open(address, "/sessions/one/events", Some("")).await;
+    assert_eq!(
+        stream.event().await.unwrap().id,
+        Some(one.cursor().to_string())
+    );
+    drop(stream);
+
+    let (status, body) = refused(address, "/sessions/two/events", None).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("at most 1 sessions"), "{body}");
+    assert!(!app.store().contains_session(&key("two")));
 }

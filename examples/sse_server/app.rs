@@ -78,6 +78,9 @@ pub struct Settings {
     pub retry: Duration,
     /// How long a quiet stream waits before sending a keep-alive comment.
     pub keep_alive: Duration,
+    /// How many sessions the demo serves; requests for more get 503, so a
+    /// client cannot make it start turns (threads) without bound.
+    pub max_sessions: usize,
 }
 
 impl Default for Settings {
@@ -90,6 +93,7 @@ impl Default for Settings {
             drop_every: None,
             retry: Duration::from_millis(200),
             keep_alive: Duration::from_secs(10),
+            max_sessions: 1000,
         }
     }
 }
@@ -146,28 +150,43 @@ impl App {
         &self.store
     }
 
-    /// The session's transcript, and whether this call created it.
-    fn transcript(&self, key: &SessionKey) -> (Arc<Mutex<Transcript>>, bool) {
-        let mut transcripts = lock(&self.transcripts);
-        if let Some(existing) = transcripts.get(key) {
-            return (existing.clone(), false);
-        }
-        let created = Arc::new(Mutex::new(Transcript::default()));
-        transcripts.insert(key.clone(), created.clone());
-        (created, true)
+    /// The session's transcript, created empty if absent.
+    fn transcript(&self, key: &SessionKey) -> Arc<Mutex<Transcript>> {
+        lock(&self.transcripts)
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
-    /// Starts the session's simulated turn on its first request.
-    fn ensure_turn(self: &Arc<Self>, key: &SessionKey) {
-        let (transcript, created) = self.transcript(key);
-        let Some(plan) = self.settings.turn.filter(|_| created) else {
-            return;
+    /// Opens the session on its first request and starts its simulated
+    /// turn; refuses new sessions beyond [`Settings::max_sessions`].
+    fn ensure_turn(self: &Arc<Self>, key: &SessionKey) -> Result<(), Refused> {
+        let transcript = {
+            let mut transcripts = lock(&self.transcripts);
+            if transcripts.contains_key(key) {
+                return Ok(());
+            }
+            if transcripts.len() >= self.settings.max_sessions {
+                return Err(Refused {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: format!(
+                        "this demo serves at most {} sessions; reuse one or restart the server",
+                        self.settings.max_sessions
+                    ),
+                });
+            }
+            let created = Arc::new(Mutex::new(Transcript::default()));
+            transcripts.insert(key.clone(), created.clone());
+            created
         };
-        let app = self.clone();
-        let key = key.clone();
-        // A plain thread, like a runtime's turn loop: appending is
-        // synchronous and never awaits.
-        std::thread::spawn(move || app.run_turn(&key, &transcript, plan));
+        if let Some(plan) = self.settings.turn {
+            let app = self.clone();
+            let key = key.clone();
+            // A plain thread, like a runtime's turn loop: appending is
+            // synchronous and never awaits.
+            std::thread::spawn(move || app.run_turn(&key, &transcript, plan));
+        }
+        Ok(())
     }
 
     fn run_turn(&self, key: &SessionKey, transcript: &Mutex<Transcript>, plan: TurnPlan) {
@@ -216,20 +235,27 @@ impl App {
         key: &SessionKey,
         token: impl Into<String>,
     ) -> Result<Arc<Event<TurnEvent>>, Error> {
-        let (transcript, _) = self.transcript(key);
-        self.record(key, &transcript, token.into())
+        self.record(key, &self.transcript(key), token.into())
     }
 
     /// Appends the `done` event to `key`'s session by hand.
     #[allow(dead_code)] // used by tests/sse.rs, not by the binary
     pub fn finish_turn(&self, key: &SessionKey) -> Result<Arc<Event<TurnEvent>>, Error> {
-        let (transcript, _) = self.transcript(key);
-        self.record_done(key, &transcript)
+        self.record_done(key, &self.transcript(key))
     }
 
     /// The durable text so far with the live cursor that covers it.
     pub fn snapshot(&self, key: &SessionKey) -> Snapshot {
-        let (transcript, _) = self.transcript(key);
+        // Looked up, not created: only the events route opens sessions.
+        let transcript = lock(&self.transcripts).get(key).cloned();
+        let Some(transcript) = transcript else {
+            return Snapshot {
+                text: String::new(),
+                tokens: 0,
+                done: false,
+                cursor: self.store.current_cursor(key),
+            };
+        };
         let durable = lock(&transcript);
         Snapshot {
             text: durable.text.clone(),
@@ -347,7 +373,8 @@ pub fn session_key(id: &str) -> Result<SessionKey, Refused> {
 }
 
 /// Where a client resumes: its `Last-Event-ID` header (what `EventSource`
-/// sends on reconnect), else a `cursor` query parameter, else the start.
+/// sends on reconnect) unless empty, else a `cursor` query parameter, else
+/// the start.
 /// The cursor must belong to `key`: another session's cursor is refused
 /// with 403, a malformed one with 400, so a client never reads another
 /// session's events by presenting its cursor.
@@ -356,7 +383,11 @@ pub fn resume_cursor(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Cursor, Refused> {
-    let text = match headers.get("last-event-id") {
+    // An empty Last-Event-ID is what a client sends before it saw any id.
+    let header = headers
+        .get("last-event-id")
+        .filter(|value| !value.is_empty());
+    let text = match header {
         Some(value) => value.to_str().map_err(|_| Refused {
             status: StatusCode::BAD_REQUEST,
             message: "malformed Last-Event-ID: it is not printable ASCII; send back the id of the last event you received"
@@ -367,7 +398,7 @@ pub fn resume_cursor(
             None => return Ok(Cursor::start(key.clone())),
         },
     };
-    // An empty Last-Event-ID is what a client sends before it saw any id.
+    // So is an empty `?cursor=`.
     if text.is_empty() {
         return Ok(Cursor::start(key.clone()));
     }
@@ -396,7 +427,7 @@ async fn events(
 ) -> Result<Response, Refused> {
     let key = session_key(&id)?;
     let cursor = resume_cursor(&key, &headers, &query)?;
-    app.ensure_turn(&key);
+    app.ensure_turn(&key)?;
     let resumed = cursor.position();
     let mut first = VecDeque::from([SseEvent::default()
         .comment(format!("resuming after position {resumed}"))
