@@ -1,0 +1,258 @@
+//! Loom models of the append path: concurrent writers claiming positions,
+//! lapping a small ring, the published tail behind `current_cursor`, and
+//! batches becoming visible all at once (contract sections 2, 3 and 5).
+//!
+//! Each model runs the crate's real ring code under `--cfg loom` and asserts
+//! the contract's promise for every interleaving loom explores, not merely
+//! that nothing panics.
+#![cfg(loom)]
+
+use livereplay::{Arc, Cursor, Event, GapReason, Revision, TryNextError};
+use loom::thread;
+use loom_tests::{check, expect_gap, key, positions, store};
+
+/// The one of `candidates` that is the very event object `event` is.
+fn is_one_of(event: &Arc<Event<u64>>, candidates: &[&Arc<Event<u64>>]) -> bool {
+    candidates
+        .iter()
+        .any(|candidate| Arc::ptr_eq(event, candidate) && candidate.position() == event.position())
+}
+
+/// Model 1: two writers (one through a handle, one by key) and a reader
+/// replaying from the start. Positions are unique and contiguous; the
+/// reader gets a contiguous run from 1 of exactly the events the writers
+/// were handed back; afterwards a replay holds both.
+#[test]
+fn two_writers_and_a_replayer() {
+    check("two_writers_and_a_replayer", || {
+        let store = Arc::new(store(8));
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let by_handle = thread::spawn(move || handle.append(Revision(1), 100).unwrap());
+        let by_key = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || store.append(&key, Revision(2), 200).unwrap())
+        };
+
+        let seen = store
+            .replay_after_cursor(&Cursor::start(key.clone()))
+            .expect("nothing is trimmed, so a replay from the start succeeds");
+
+        let a = by_handle.join().unwrap();
+        let b = by_key.join().unwrap();
+        let mut claimed = [a.position(), b.position()];
+        claimed.sort_unstable();
+        assert_eq!(claimed, [1, 2], "positions are unique and contiguous");
+
+        assert_eq!(
+            positions(&seen),
+            (1..=seen.len() as u64).collect::<Vec<_>>(),
+            "a replay is a contiguous run from 1"
+        );
+        assert!(seen.iter().all(|event| is_one_of(event, &[&a, &b])));
+
+        let all = store.replay_after_cursor(&Cursor::start(key)).unwrap();
+        assert_eq!(positions(&all), [1, 2]);
+        assert!(all.iter().all(|event| is_one_of(event, &[&a, &b])));
+    });
+}
+
+/// Model 2a: capacity 1, position 1 already stored, two writers race for
+/// positions 2 and 3 (the writer of 3 may lap the writer of 2 before it
+/// installs). A concurrent replay after 1 gets event 2 or nothing, or a
+/// `Trimmed` gap once 3 is in; never event 3 posing as the run after 1.
+/// Afterwards the slot holds position 3, never the older 2.
+#[test]
+fn lapping_writers_keep_the_newest_event() {
+    check("lapping_writers_keep_the_newest_event", || {
+        let store = Arc::new(store(1));
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let first = handle.append(Revision(1), 1).unwrap();
+        let by_handle = thread::spawn(move || handle.append(Revision(1), 100).unwrap());
+        let by_key = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || store.append(&key, Revision(2), 200).unwrap())
+        };
+
+        let after_first = store.replay_after_cursor(&first.cursor());
+
+        let a = by_handle.join().unwrap();
+        let b = by_key.join().unwrap();
+        let (second, third) = if a.position() == 2 { (a, b) } else { (b, a) };
+        assert_eq!((second.position(), third.position()), (2, 3));
+        match after_first {
+            Ok(events) if events.is_empty() => {}
+            Ok(events) => {
+                assert_eq!(events.len(), 1, "capacity 1 holds one event");
+                assert!(is_one_of(&events[0], &[&second]), "the run after 1 is 2");
+            }
+            Err(error) => assert_eq!(expect_gap(Err::<(), _>(error)).reason, GapReason::Trimmed),
+        }
+
+        assert_eq!(store.current_cursor(&key).position(), 3);
+        let last = store.replay_after_position(&key, 2).unwrap();
+        assert_eq!(last.len(), 1);
+        assert!(
+            is_one_of(&last[0], &[&third]),
+            "the slot holds position 3, not the lapped 2"
+        );
+        let gap = expect_gap(store.replay_after_cursor(&first.cursor()));
+        assert_eq!(gap.reason, GapReason::Trimmed);
+        assert_eq!(gap.missed, Some(1));
+        assert_eq!(gap.latest.position(), 3);
+    });
+}
+
+/// Model 2b: capacity 1, a subscriber reading position after position
+/// while one writer appends 2 then 3 (3 overwrites 2 in the only slot). The
+/// subscriber gets each position's own event, in order, or a `Trimmed`
+/// gap; never event 3 when it asked for 2.
+#[test]
+fn a_reader_on_a_lapped_slot_gets_its_event_or_a_gap() {
+    check("a_reader_on_a_lapped_slot_gets_its_event_or_a_gap", || {
+        let store = store(1);
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let first = handle.append(Revision(1), 1).unwrap();
+        let mut subscription = handle.subscribe_after(&first.cursor()).unwrap();
+        let writer = thread::spawn(move || {
+            let second = handle.append(Revision(1), 2).unwrap();
+            let third = handle.append(Revision(1), 3).unwrap();
+            (second, third)
+        });
+
+        let reads = [subscription.try_next(), subscription.try_next()];
+
+        let (second, third) = writer.join().unwrap();
+        let mut expected = [&second, &third].into_iter();
+        for read in reads {
+            match read {
+                Ok(event) => assert!(
+                    is_one_of(&event, &[expected.next().unwrap()]),
+                    "each read is the next position's own event"
+                ),
+                Err(TryNextError::Empty) => {}
+                Err(TryNextError::Gap(gap)) => {
+                    assert_eq!(gap.reason, GapReason::Trimmed);
+                    assert!(subscription.is_ended());
+                    break;
+                }
+                Err(TryNextError::Ended) => assert!(subscription.is_ended()),
+            }
+        }
+    });
+}
+
+/// Model 3: `current_cursor` racing two writers never hands out a cursor
+/// past the published tail: everything up to it replays, and a replay
+/// after it is not a gap.
+#[test]
+fn current_cursor_never_points_past_the_published_tail() {
+    check(
+        "current_cursor_never_points_past_the_published_tail",
+        || {
+            let store = Arc::new(store(8));
+            let key = key();
+            let handle = store.session(&key).unwrap();
+            let incarnation = handle.incarnation();
+            let by_handle = thread::spawn(move || handle.append(Revision(1), 100).unwrap());
+            let by_key = {
+                let (store, key) = (Arc::clone(&store), key.clone());
+                thread::spawn(move || store.append(&key, Revision(2), 200).unwrap())
+            };
+
+            let cursor = store.current_cursor(&key);
+            let from_start = store
+                .replay_after_cursor(&Cursor::start(key.clone()))
+                .unwrap();
+            let after_cursor = store
+                .replay_after_cursor(&cursor)
+                .expect("a handed-out cursor is never beyond the published tail");
+
+            let a = by_handle.join().unwrap();
+            let b = by_key.join().unwrap();
+            assert!(from_start.len() as u64 >= cursor.position());
+            assert_eq!(
+                positions(&from_start),
+                (1..=from_start.len() as u64).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                positions(&after_cursor),
+                (cursor.position() + 1..=cursor.position() + after_cursor.len() as u64)
+                    .collect::<Vec<_>>()
+            );
+            if cursor.position() > 0 {
+                assert_eq!(cursor.incarnation(), Some(incarnation));
+                let at_cursor = if a.position() == cursor.position() {
+                    a
+                } else {
+                    b
+                };
+                assert_eq!(
+                    cursor.revision(),
+                    at_cursor.revision(),
+                    "the cursor names the revision of the event at its position"
+                );
+            }
+        },
+    );
+}
+
+/// Model 6: a batch of two racing a single append and a reader. The
+/// reader sees both events of the batch or neither, whatever positions the
+/// single append takes around it; a subscriber that read the batch's first
+/// event can read its second at once.
+#[test]
+fn a_batch_is_seen_whole_or_not_at_all() {
+    check("a_batch_is_seen_whole_or_not_at_all", || {
+        let store = Arc::new(store(8));
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let mut subscription = handle.subscribe_after(&Cursor::start(key.clone())).unwrap();
+        let batch_writer =
+            thread::spawn(move || handle.append_batch(Revision(1), [10, 11]).unwrap());
+        let single_writer = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || store.append(&key, Revision(2), 20).unwrap())
+        };
+
+        let seen = store
+            .replay_after_cursor(&Cursor::start(key.clone()))
+            .unwrap();
+        let batch_seen = seen
+            .iter()
+            .filter(|event| *event.payload() == 10 || *event.payload() == 11)
+            .count();
+        assert!(
+            batch_seen == 0 || batch_seen == 2,
+            "saw {batch_seen} of the batch's 2 events"
+        );
+        let mut streamed = Vec::new();
+        while let Ok(event) = subscription.try_next() {
+            streamed.push(event);
+            if streamed.len() == 3 {
+                break;
+            }
+        }
+        if let Some(last) = streamed.last() {
+            assert_ne!(
+                *last.payload(),
+                10,
+                "the batch's second event is readable as soon as its first is"
+            );
+        }
+
+        let batch = batch_writer.join().unwrap();
+        let single = single_writer.join().unwrap();
+        assert_eq!(batch[1].position(), batch[0].position() + 1);
+        assert!(single.position() == 1 || single.position() == 3);
+        let all = store.replay_after_cursor(&Cursor::start(key)).unwrap();
+        assert_eq!(positions(&all), [1, 2, 3]);
+        assert!(all
+            .iter()
+            .chain(&seen)
+            .chain(&streamed)
+            .all(|event| is_one_of(event, &[&batch[0], &batch[1], &single])));
+    });
+}

@@ -1,0 +1,206 @@
+//! Loom models of a session's life: removal and eviction racing appends,
+//! and `release_through` racing appends and replays (contract sections 4
+//! and 5).
+//!
+//! The promise checked: an append that returned `Ok` is never silently
+//! lost. Either it is replayable, or every cursor that could reach it reads
+//! as a gap (`Unavailable` or `Reset`); and a new incarnation never serves
+//! an old cursor's positions.
+#![cfg(loom)]
+
+use std::time::Duration;
+
+use livereplay::{Arc, Cursor, Error, GapReason, Refusal, Revision};
+use loom::thread;
+use loom_tests::{check, expect_gap, key, positions, store, store_with_clock, MAX_AGE};
+
+/// Model 7a: `remove_session` races an append through a handle. The append
+/// is either refused or lands in the removed incarnation, where the handle
+/// can still replay it and the store answers its cursor with a gap; once a
+/// new incarnation exists, old cursors read `Reset`, never as positions of
+/// the new one.
+#[test]
+fn remove_racing_a_handle_append() {
+    check("remove_racing_a_handle_append", || {
+        let store = Arc::new(store(8));
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let first = handle.append(Revision(1), 1).unwrap();
+        let writer = {
+            let handle = handle.clone();
+            thread::spawn(move || handle.append(Revision(1), 2))
+        };
+
+        assert!(store.remove_session(&key));
+
+        let raced = writer.join().unwrap();
+        let old_run = handle.replay_after(&Cursor::start(key.clone())).unwrap();
+        match &raced {
+            Ok(second) => {
+                assert_eq!(second.incarnation(), handle.incarnation());
+                assert_eq!(second.position(), 2);
+                assert_eq!(positions(&old_run), [1, 2], "the handle replays it");
+                let gap = expect_gap(store.replay_after_cursor(&first.cursor()));
+                assert_eq!(gap.reason, GapReason::Unavailable);
+            }
+            Err(error) => {
+                assert_eq!(*error, Error::Refused(Refusal::SessionRemoved));
+                assert_eq!(positions(&old_run), [1]);
+            }
+        }
+
+        let reborn = store.append(&key, Revision(2), 3).unwrap();
+        assert_ne!(reborn.incarnation(), handle.incarnation());
+        assert_eq!(reborn.position(), 1);
+        let old_cursors = [Some(first.cursor()), raced.ok().map(|e| e.cursor())];
+        for cursor in old_cursors.iter().flatten() {
+            let gap = expect_gap(store.replay_after_cursor(cursor));
+            assert_eq!(
+                gap.reason,
+                GapReason::Reset,
+                "never the new incarnation's events"
+            );
+            assert_eq!(gap.latest.incarnation(), Some(reborn.incarnation()));
+        }
+        assert_eq!(
+            handle.append(Revision(1), 4).unwrap_err(),
+            Error::Refused(Refusal::SessionRemoved)
+        );
+    });
+}
+
+/// Checks, after an eviction raced an append that returned `appended`,
+/// that the append is replayable by key, and that the cursor of the expired
+/// event `expired` reads `Reset` if the append started a new incarnation.
+fn assert_append_survived(
+    store: &livereplay::ReplayStore<u64>,
+    expired: &livereplay::Event<u64>,
+    appended: &Arc<livereplay::Event<u64>>,
+) {
+    let key = appended.key();
+    let replayed = store
+        .replay_after_position(key, appended.position() - 1)
+        .expect("an append that returned Ok is replayable by key");
+    assert_eq!(replayed.len(), 1);
+    assert!(Arc::ptr_eq(&replayed[0], appended));
+    assert_eq!(
+        store.current_cursor(key).incarnation(),
+        Some(appended.incarnation())
+    );
+    let after_expired = store.replay_after_cursor(&expired.cursor());
+    if appended.incarnation() == expired.incarnation() {
+        assert_eq!(appended.position(), 2);
+        assert_eq!(positions(&after_expired.unwrap()), [2]);
+    } else {
+        assert_eq!(appended.position(), 1);
+        assert_eq!(expect_gap(after_expired).reason, GapReason::Reset);
+    }
+}
+
+/// Model 7b: `trim_session` evicting an expired session races an append by
+/// key. The append is never eaten by the eviction.
+#[test]
+fn eviction_racing_an_append_by_key() {
+    check("eviction_racing_an_append_by_key", || {
+        let (store, clock) = store_with_clock(8);
+        let store = Arc::new(store);
+        let key = key();
+        let expired = store.append(&key, Revision(1), 1).unwrap();
+        clock.advance(MAX_AGE + Duration::from_secs(1));
+        let writer = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || store.append(&key, Revision(2), 2).unwrap())
+        };
+
+        store.trim_session(&key);
+
+        let appended = writer.join().unwrap();
+        assert_append_survived(&store, &expired, &appended);
+    });
+}
+
+/// Model 7c: `sweep` racing an append through a handle taken just before:
+/// a session someone holds is never evicted, so the append stays
+/// replayable by key.
+#[test]
+fn sweep_racing_a_handle_append() {
+    check("sweep_racing_a_handle_append", || {
+        let (store, clock) = store_with_clock(8);
+        let store = Arc::new(store);
+        let key = key();
+        let expired = store.append(&key, Revision(1), 1).unwrap();
+        clock.advance(MAX_AGE + Duration::from_secs(1));
+        let writer = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || {
+                let handle = store.session(&key).unwrap();
+                handle.append(Revision(2), 2).unwrap()
+            })
+        };
+
+        store.sweep();
+
+        let appended = writer.join().unwrap();
+        assert_append_survived(&store, &expired, &appended);
+    });
+}
+
+/// Model 8: `release_through` from two threads (watermarks 2 and 1) races
+/// an append and replays. A replay that starts after a release returned
+/// never yields a position at or below its watermark, a lower watermark
+/// never lowers the floor, and every released event is counted once.
+#[test]
+fn release_through_is_monotonic_and_hides_what_it_released() {
+    check(
+        "release_through_is_monotonic_and_hides_what_it_released",
+        || {
+            let store = Arc::new(store(8));
+            let key = key();
+            let handle = store.session(&key).unwrap();
+            handle.append(Revision(1), 1).unwrap();
+            handle.append(Revision(1), 2).unwrap();
+            let writer = thread::spawn(move || handle.append(Revision(1), 3).unwrap());
+            let releaser = {
+                let (store, key) = (Arc::clone(&store), key.clone());
+                thread::spawn(move || {
+                    let freed = store.release_through(&key, 2);
+                    for after in [0, 1] {
+                        let gap = expect_gap(store.replay_after_position(&key, after));
+                        assert_eq!(gap.reason, GapReason::Trimmed);
+                    }
+                    let rest = store.replay_after_position(&key, 2).unwrap();
+                    assert!(positions(&rest).iter().all(|&p| p == 3));
+                    freed
+                })
+            };
+
+            let freed_here = store.release_through(&key, 1);
+            assert_eq!(
+                expect_gap(store.replay_after_position(&key, 0)).reason,
+                GapReason::Trimmed
+            );
+            match store.replay_after_position(&key, 1) {
+                Ok(events) => assert_eq!(
+                    positions(&events),
+                    (2..2 + events.len() as u64).collect::<Vec<_>>()
+                ),
+                Err(error) => {
+                    assert_eq!(expect_gap(Err::<(), _>(error)).reason, GapReason::Trimmed)
+                }
+            }
+
+            let freed_there = releaser.join().unwrap();
+            writer.join().unwrap();
+            assert_eq!(freed_here + freed_there, 2, "each event is freed once");
+            let gap = expect_gap(store.replay_after_position(&key, 1));
+            assert_eq!(gap.reason, GapReason::Trimmed, "the higher watermark holds");
+            assert_eq!(gap.missed, Some(1));
+            assert_eq!(gap.latest.position(), 3);
+            assert_eq!(
+                positions(&store.replay_after_position(&key, 2).unwrap()),
+                [3]
+            );
+            assert_eq!(store.release_through(&key, 2), 0);
+        },
+    );
+}

@@ -1,0 +1,156 @@
+//! Loom models of subscriptions: the seam between buffered and live events
+//! when a subscribe races an append, and the doorbell that wakes a parked
+//! subscriber, blocking (`next_timeout`) and async (`Stream`) (contract
+//! section 6).
+//!
+//! Under loom, `next_timeout` waits without a timeout, so a lost wake-up is
+//! reported by loom as a deadlock: these models fail on one rather than
+//! pass by timing out.
+#![cfg(loom)]
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_core::Stream;
+use livereplay::{Arc, Cursor, GapReason, NextTimeoutError, Revision, TryNextError};
+use loom::thread;
+use loom_tests::{check, key, store};
+
+/// Long enough never to expire; under loom the wait has no timeout anyway.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// The next item of a stream (`StreamExt::next`, written out so the models
+/// need nothing but `futures-core`).
+fn next<S: Stream + Unpin>(stream: &mut S) -> impl Future<Output = Option<S::Item>> + '_ {
+    poll_fn(move |cx| Pin::new(&mut *stream).poll_next(cx))
+}
+
+/// Model 4a: subscribing from the start of a session that does not exist
+/// yet races the append that creates it. The subscriber gets the event
+/// exactly once, whether it was buffered when it subscribed or live after.
+#[test]
+fn subscribe_racing_the_first_append_sees_it_once() {
+    check("subscribe_racing_the_first_append_sees_it_once", || {
+        let store = Arc::new(store(8));
+        let key = key();
+        let writer = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || store.append(&key, Revision(1), 7).unwrap())
+        };
+
+        let mut subscription = store
+            .subscribe_after_cursor(&Cursor::start(key.clone()))
+            .unwrap();
+        let during = subscription.try_next();
+
+        let appended = writer.join().unwrap();
+        let after = [subscription.try_next(), subscription.try_next()];
+        let delivered: Vec<_> = [during].into_iter().chain(after).flatten().collect();
+        assert_eq!(delivered.len(), 1, "delivered exactly once");
+        assert!(Arc::ptr_eq(&delivered[0], &appended));
+        assert_eq!(subscription.try_next().unwrap_err(), TryNextError::Empty);
+    });
+}
+
+/// Model 4b: subscribing after a cursor of an existing session races an
+/// append through a handle: the raced event is delivered exactly once.
+#[test]
+fn subscribe_after_a_cursor_racing_an_append_sees_it_once() {
+    check(
+        "subscribe_after_a_cursor_racing_an_append_sees_it_once",
+        || {
+            let store = store(8);
+            let key = key();
+            let handle = store.session(&key).unwrap();
+            let first = handle.append(Revision(1), 1).unwrap();
+            let writer = {
+                let handle = handle.clone();
+                thread::spawn(move || handle.append(Revision(1), 2).unwrap())
+            };
+
+            let mut subscription = store.subscribe_after_cursor(&first.cursor()).unwrap();
+            let during = subscription.try_next();
+
+            let second = writer.join().unwrap();
+            let after = [subscription.try_next(), subscription.try_next()];
+            let delivered: Vec<_> = [during].into_iter().chain(after).flatten().collect();
+            assert_eq!(delivered.len(), 1, "delivered exactly once");
+            assert!(Arc::ptr_eq(&delivered[0], &second));
+        },
+    );
+}
+
+/// Model 5a: a subscriber blocked in `next_timeout` is woken by each of two
+/// appends it has not seen, in order (a lost wake-up is a loom deadlock).
+#[test]
+fn a_parked_subscriber_is_woken_by_every_append() {
+    check("a_parked_subscriber_is_woken_by_every_append", || {
+        let store = store(8);
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let mut subscription = handle.subscribe_after(&Cursor::start(key)).unwrap();
+        let writer = thread::spawn(move || {
+            let first = handle.append(Revision(1), 1).unwrap();
+            let second = handle.append(Revision(1), 2).unwrap();
+            (first, second)
+        });
+
+        let woken = [
+            subscription.next_timeout(FOREVER).unwrap(),
+            subscription.next_timeout(FOREVER).unwrap(),
+        ];
+
+        let (first, second) = writer.join().unwrap();
+        assert!(Arc::ptr_eq(&woken[0], &first));
+        assert!(Arc::ptr_eq(&woken[1], &second));
+    });
+}
+
+/// Model 5b: the async path. A `Stream` polled by loom's `block_on` is
+/// woken through its waker by an append it has not seen.
+#[test]
+fn a_pending_stream_is_woken_by_an_append() {
+    check("a_pending_stream_is_woken_by_an_append", || {
+        let store = store(8);
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let mut subscription = handle.subscribe_after(&Cursor::start(key)).unwrap();
+        let writer = thread::spawn(move || handle.append(Revision(1), 1).unwrap());
+
+        let item = loom::future::block_on(next(&mut subscription));
+
+        let appended = writer.join().unwrap();
+        let event = item
+            .expect("the stream has not ended")
+            .expect("nothing is trimmed");
+        assert!(Arc::ptr_eq(&event, &appended));
+        assert_eq!(subscription.try_next().unwrap_err(), TryNextError::Empty);
+    });
+}
+
+/// Model 5c: removing the session wakes a parked subscriber, which ends
+/// with a `Reset` gap rather than waiting forever.
+#[test]
+fn removing_the_session_wakes_a_parked_subscriber() {
+    check("removing_the_session_wakes_a_parked_subscriber", || {
+        let store = Arc::new(store(8));
+        let key = key();
+        let mut subscription = store
+            .subscribe_after_cursor(&Cursor::start(key.clone()))
+            .unwrap();
+        let remover = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || store.remove_session(&key))
+        };
+
+        let woken = subscription.next_timeout(FOREVER);
+
+        assert!(remover.join().unwrap(), "the session existed");
+        match woken {
+            Err(NextTimeoutError::Gap(gap)) => assert_eq!(gap.reason, GapReason::Reset),
+            other => panic!("expected a Reset gap, got {other:?}"),
+        }
+        assert!(subscription.is_ended());
+    });
+}
