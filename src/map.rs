@@ -114,7 +114,7 @@ impl<T> SessionMap<T> {
         let now = shared.now();
         let mut evicted = 0;
         self.map.retain(|_, session| {
-            let evict = session.is_evictable(now);
+            let evict = Session::is_evictable(session, now);
             if evict {
                 evicted += 1;
                 shared
@@ -137,7 +137,10 @@ impl<T> SessionMap<T> {
         let Some(freed) = self.map.with(key, |session| session.trim(now)) else {
             return 0;
         };
-        if let Some(session) = self.map.remove_if(key, |session| session.is_evictable(now)) {
+        if let Some(session) = self
+            .map
+            .remove_if(key, |session| Session::is_evictable(session, now))
+        {
             shared
                 .counters
                 .appends_of_gone_sessions
@@ -183,7 +186,7 @@ impl<T> SessionMap<T> {
                 found.push((session.created(), key.clone()));
             }
         });
-        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        found.sort_unstable_by_key(|(created, _)| std::cmp::Reverse(*created));
         found
             .into_iter()
             .skip(offset)

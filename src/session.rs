@@ -88,8 +88,22 @@ impl<T> Shared<T> {
         now.as_nanos().saturating_sub(event.timestamp.as_nanos()) > self.max_age_nanos
     }
 
+    /// The bounds a batch must meet (capacity, payload sizes).
+    pub(crate) fn check_batch(&self, payloads: &[T]) -> Result<(), Refusal> {
+        let capacity = self.config.capacity;
+        if payloads.len() > capacity {
+            return Err(Refusal::BatchTooLarge {
+                len: payloads.len(),
+                capacity,
+            });
+        }
+        payloads
+            .iter()
+            .try_for_each(|payload| self.check_payload(payload))
+    }
+
     #[inline]
-    fn check_payload(&self, payload: &T) -> Result<(), Refusal> {
+    pub(crate) fn check_payload(&self, payload: &T) -> Result<(), Refusal> {
         match &self.payload_limit {
             Some((max, weigh)) => {
                 let size = weigh(payload);
@@ -180,16 +194,7 @@ impl<T> Session<T> {
         if payloads.is_empty() {
             return Ok(Vec::new());
         }
-        let capacity = self.shared.config.capacity;
-        if payloads.len() > capacity {
-            return Err(Refusal::BatchTooLarge {
-                len: payloads.len(),
-                capacity,
-            });
-        }
-        for payload in &payloads {
-            self.shared.check_payload(payload)?;
-        }
+        self.shared.check_batch(&payloads)?;
         let timestamp = self.shared.now();
         let first = self
             .ring
@@ -274,20 +279,13 @@ impl<T> Session<T> {
             Resume::From { first, tail } => (first, tail),
         };
         let mut events = Vec::with_capacity((tail - first.position + 1) as usize);
-        let mut position = first.position;
+        let from = first.position + 1;
         events.push(first);
-        while position < tail {
-            position += 1;
-            match self.ring.read(position) {
-                Read::Event(event) => events.push(event),
-                // Overwritten while we read: the run from the cursor can no
-                // longer be served whole.
-                Read::Trimmed | Read::Pending => {
-                    let now = self.shared.now();
-                    let missed = self.first_retained(tail, now) - (cursor.position() + 1);
-                    return Err(self.gap(GapReason::Trimmed, cursor, Some(missed)));
-                }
-            }
+        if from <= tail && self.ring.read_range(from, tail, &mut events).is_err() {
+            // Trimmed while we read: the run from the cursor can no longer
+            // be served whole.
+            let missed = self.first_retained(tail, self.shared.now()) - (cursor.position() + 1);
+            return Err(self.gap(GapReason::Trimmed, cursor, Some(missed)));
         }
         Ok(events)
     }
@@ -348,12 +346,16 @@ impl<T> Session<T> {
         if expired_through == 0 {
             return 0;
         }
-        self.ring.raise_floor(expired_through)
+        self.ring.raise_floor(expired_through, 0)
     }
 
     /// `release_through` of the contract: trims every position `<= watermark`.
+    /// Returns how many readable events it trimmed (expired ones were
+    /// already unreadable).
     pub(crate) fn release_through(&self, watermark: u64) -> usize {
-        self.ring.raise_floor(watermark)
+        let tail = self.ring.published_tail();
+        let first_readable = self.first_retained(tail, self.shared.now());
+        self.ring.raise_floor(watermark, first_readable - 1)
     }
 
     pub(crate) fn latest_position(&self) -> Option<u64> {
@@ -369,8 +371,8 @@ impl<T> Session<T> {
     /// Whether the store may evict this session: nobody but the map holds
     /// it and it retains no event. Call with the map's shard lock held, so
     /// no by-key operation can take a new reference meanwhile.
-    pub(crate) fn is_evictable(self: &Arc<Self>, now: Timestamp) -> bool {
-        if Arc::strong_count(self) != 1 {
+    pub(crate) fn is_evictable(this: &Arc<Self>, now: Timestamp) -> bool {
+        if Arc::strong_count(this) != 1 {
             return false;
         }
         // Acquire fence: the last holder (a handle or subscription) released
@@ -378,9 +380,9 @@ impl<T> Session<T> {
         // visible to the checks below, as `Arc::drop` does for the last
         // reference.
         fence(std::sync::atomic::Ordering::Acquire);
-        self.trim(now);
-        let tail = self.ring.published_tail();
-        tail == self.ring.claimed() && self.ring.floor() >= tail
+        this.trim(now);
+        let tail = this.ring.published_tail();
+        tail == this.ring.claimed() && this.ring.floor() >= tail
     }
 }
 

@@ -164,6 +164,8 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         let Some(payload) = payload else {
             unreachable!("the payload is consumed only by an append that returned")
         };
+        // A refused append changes nothing, not even the session map.
+        self.shared.check_payload(&payload)?;
         let session = self.sessions.get_or_create(key, &self.shared)?;
         Ok(session.append(revision, payload)?)
     }
@@ -181,6 +183,8 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         if payloads.is_empty() {
             return Ok(Vec::new());
         }
+        // A refused batch changes nothing, not even the session map.
+        self.shared.check_batch(&payloads)?;
         let session = self.sessions.get_or_create(key, &self.shared)?;
         Ok(session.append_batch(revision, payloads)?)
     }
@@ -344,7 +348,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 .subscribers
                 .load(std::sync::atomic::Ordering::Relaxed);
             stats.parked_subscribers += session.ring.parked();
-            stats.allocated_slots += session.ring.allocated_chunks() * crate::ring::CHUNK_SLOTS;
+            stats.allocated_slots += session.ring.allocated_slots();
         });
         stats
     }
@@ -373,7 +377,7 @@ pub struct Stats {
     pub gaps_unavailable: u64,
     /// Gaps reported with reason `Reset`.
     pub gaps_reset: u64,
-    /// Ring slots allocated, over all sessions (8 bytes each).
+    /// Ring slots allocated, over all sessions (16 bytes each).
     pub allocated_slots: usize,
     /// Sessions evicted since the store was built.
     pub evicted_sessions: u64,

@@ -11,7 +11,7 @@
 //! | real type | stand-in under loom | why the stand-in is faithful |
 //! | --- | --- | --- |
 //! | [`arc_swap::ArcSwapOption`] ([`AtomicArcCell`]) | a `loom::sync::Mutex<Option<Arc<_>>>` | every `ArcSwap` operation (load, compare-and-swap) is atomic and linearizable, and each is at least acquire (loads) / release (stores); a mutex gives exactly that and no more |
-//! | [`once_cell::race::OnceBox`] ([`OnceSlot`]) | `std::sync::OnceLock` | `OnceBox` publishes one box with a release CAS, read with acquire; loom runs one model thread at a time and the initialiser has no loom yield point, so the `OnceLock` initialisation is indivisible and linearizable. Only the race between two initialisers (once_cell's own tested code) is not explored |
+//! | [`std::sync::OnceLock`] ([`WriteOnce`]) | a `loom::sync::Mutex<Option<Arc<_>>>` | a slot is set once, by one writer (its position's), with release, and read with acquire; `OnceLock`'s blocking path is never taken with a single setter, so `set` and `get` are atomic and linearizable, which a mutex is too |
 //! | [`dashmap::DashMap`] ([`ShardedMap`]) | a `loom::sync::Mutex<HashMap<_, _>>` | each `DashMap` call runs under its shard's lock, so per key it is linearizable; one global lock is the same behaviour with a coarser shard |
 //!
 //! `event-listener` is not replaced: it supports loom itself (its `loom`
@@ -30,7 +30,7 @@ pub use loom::sync::Arc;
 
 pub(crate) use cell::AtomicArcCell;
 pub(crate) use map::ShardedMap;
-pub(crate) use once::OnceSlot;
+pub(crate) use once::WriteOnce;
 
 /// Waits on an `event-listener` listener for at most `timeout`; returns
 /// whether it was notified.
@@ -132,42 +132,62 @@ mod cell {
 
 #[cfg(not(loom))]
 mod once {
-    /// A box installed at most once, lock-free: racing initialisers each
-    /// build one, the first compare-and-swap wins, the losers free theirs.
-    pub(crate) struct OnceSlot<T>(once_cell::race::OnceBox<T>);
+    use std::sync::{Arc, OnceLock};
 
-    impl<T> OnceSlot<T> {
+    /// A slot for one `Arc<E>`, set at most once. Only one thread ever sets
+    /// a given slot, so `OnceLock` never makes anyone wait; readers never
+    /// wait either.
+    pub(crate) struct WriteOnce<E>(OnceLock<Arc<E>>);
+
+    impl<E> WriteOnce<E> {
         pub(crate) fn new() -> Self {
-            Self(once_cell::race::OnceBox::new())
+            Self(OnceLock::new())
+        }
+
+        /// Sets the value; `false` if it was already set.
+        #[inline]
+        pub(crate) fn set(&self, value: Arc<E>) -> bool {
+            self.0.set(value).is_ok()
         }
 
         #[inline]
-        pub(crate) fn get(&self) -> Option<&T> {
-            self.0.get()
+        pub(crate) fn get(&self) -> Option<Arc<E>> {
+            self.0.get().cloned()
         }
 
         #[inline]
-        pub(crate) fn get_or_init(&self, init: impl FnOnce() -> Box<T>) -> &T {
-            self.0.get_or_init(init)
+        pub(crate) fn is_set(&self) -> bool {
+            self.0.get().is_some()
         }
     }
 }
 
 #[cfg(loom)]
 mod once {
-    pub(crate) struct OnceSlot<T>(std::sync::OnceLock<Box<T>>);
+    use loom::sync::{Arc, Mutex};
 
-    impl<T> OnceSlot<T> {
+    pub(crate) struct WriteOnce<E>(Mutex<Option<Arc<E>>>);
+
+    impl<E> WriteOnce<E> {
         pub(crate) fn new() -> Self {
-            Self(std::sync::OnceLock::new())
+            Self(Mutex::new(None))
         }
 
-        pub(crate) fn get(&self) -> Option<&T> {
-            self.0.get().map(|b| &**b)
+        pub(crate) fn set(&self, value: Arc<E>) -> bool {
+            let mut slot = self.0.lock().unwrap();
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(value);
+            true
         }
 
-        pub(crate) fn get_or_init(&self, init: impl FnOnce() -> Box<T>) -> &T {
-            self.0.get_or_init(init)
+        pub(crate) fn get(&self) -> Option<Arc<E>> {
+            self.0.lock().unwrap().clone()
+        }
+
+        pub(crate) fn is_set(&self) -> bool {
+            self.0.lock().unwrap().is_some()
         }
     }
 }

@@ -903,7 +903,7 @@ fn a_payload_over_the_limit_is_refused_and_nothing_is_stored() {
 }
 
 #[test]
-#[ignore = "core bug: a refused append by key still creates the (empty) session"]
+
 fn a_refused_first_payload_does_not_create_the_session() {
     // "Returns a typed error and changes nothing" (section 3).
     let store = store_with_payload_limit(8);
@@ -919,7 +919,7 @@ fn a_refused_first_payload_does_not_create_the_session() {
 }
 
 #[test]
-#[ignore = "core bug: a refused batch by key still creates the (empty) session"]
+
 fn a_refused_first_batch_does_not_create_the_session() {
     let store = store_with_capacity(2);
     let k = key("t", "s");

@@ -2,34 +2,41 @@
 //!
 //! # Algorithm
 //!
-//! A ring is `capacity` slots ([`table`]), a position counter, a
+//! A ring is a [directory] of segments, a position counter, a
 //! published-tail hint, a trim floor and a doorbell.
 //!
 //! * **Claim.** A writer claims positions with one `fetch_add` on
 //!   `claimed` (`n` at once for a batch). Positions are therefore unique
 //!   and contiguous whatever the number of writers.
-//! * **Install.** Each event knows its position. A writer installs event
-//!   `p` into slot `(p - 1) % capacity` by compare-and-swap, and only while
-//!   the slot holds an older position ([`slot`]). If a faster writer already
-//!   put `p + k·capacity` there, `p` was lapped: it is outside the window,
-//!   the append still succeeded, and readers report `p` as trimmed.
-//! * **Publish.** Position `p` is *settled* when its slot holds a position
-//!   `>= p` or `p` is at or below the floor. The published tail `P` is the
-//!   longest settled prefix; it is derived, never locked: start at the
-//!   `published` hint and step while the next position is settled, then
-//!   raise the hint with `fetch_max`. Every writer and reader does this walk,
-//!   so a hint left behind by a race only costs a longer walk.
-//! * **Read.** A reader asking for `p <= P` loads the slot: the event at
-//!   `p` is returned, a newer position means `p` was overwritten (trimmed),
-//!   an empty or older slot means `p` was cleared by a trim (the floor is at
-//!   or past `p`) or is not published yet.
-//! * **Batches** claim `n` positions at once and install them last to first,
+//! * **Publish.** Positions are cut into [segments](segment) of up to 64;
+//!   the directory keeps the segments covering the newest `capacity`
+//!   positions (plus one). The writer of position `p` writes its event into
+//!   `p`'s slot of `p`'s segment, which only it ever writes, once; if the
+//!   segment is not in the directory yet, the writer installs it by
+//!   compare-and-swap over the exact older segment it saw. If the entry
+//!   already holds a *later* segment, `p` was lapped: it is outside the
+//!   window, the append still succeeded, and readers report `p` trimmed.
+//! * **Published tail.** Position `p` is *settled* when its slot is written,
+//!   its segment was lapped, or `p` is at or below the floor. The published
+//!   tail `P` is the longest settled prefix; it is derived, never locked:
+//!   start at the `published` hint and step while the next position is
+//!   settled, then raise the hint. Settledness is permanent, so any lower
+//!   bound of `P` is a valid hint: a hint left behind by a race only costs a
+//!   longer walk.
+//! * **Read.** A reader asking for `p <= P` finds `p`'s segment: the event
+//!   in its slot is returned; a later segment in the entry means `p` was
+//!   lapped (trimmed); an earlier or empty entry means `p` was freed by a
+//!   trim (the floor is at or past `p`) or is not published yet.
+//! * **Capacity.** `p` is readable only while `p > P - capacity`; the
+//!   directory keeps one segment more than that, so nothing in the window is
+//!   ever freed early.
+//! * **Batches** claim `n` positions at once and write them last to first,
 //!   so a reader that stops at the first unpublished position sees the whole
 //!   batch or none of it.
 //! * **Trim.** Age and watermark trimming raise a monotonic `floor`
-//!   (positions `<= floor` read as trimmed), then clear the slots they
-//!   trimmed by compare-and-swap against the exact event seen, so a newer
-//!   event is never freed. Capacity trimming is the overwrite itself.
+//!   (positions `<= floor` read as trimmed), then take every segment lying
+//!   wholly at or below it out of the directory by compare-and-swap against
+//!   the exact segment seen.
 //! * **Close.** Removing a session sets the `CLOSED` bit of `claimed`: a
 //!   claim that sees it is refused, so every append is either before the
 //!   removal (and belongs to the removed incarnation) or refused.
@@ -37,30 +44,30 @@
 //! # Invariants
 //!
 //! 1. Positions are claimed exactly once, in order: `claimed` only grows.
-//! 2. A slot's held position never decreases, except that a trim may empty
-//!    a slot whose position is `<= floor`.
+//! 2. A slot is written once, by its position's writer; an entry's segment
+//!    number never decreases, except that a trim may empty an entry whose
+//!    positions are all `<= floor`.
 //! 3. `floor <= P`, and `P` never decreases: readers never see a hole, a
 //!    reordering, a duplicate, or an event at or below the floor.
 //! 4. A reader that saw position `p` of a batch sees every later position
-//!    of the batch (they were installed before `p`).
+//!    of the batch (they were written before `p`).
 //! 5. No operation waits for another thread: every loop is a CAS retry that
 //!    fails only when another thread made progress, or a walk bounded by the
 //!    claimed positions.
+//! 6. Memory is freed only by dropping a segment's last `Arc`: never under
+//!    a reader.
 
+mod directory;
 mod doorbell;
-mod slot;
-mod table;
-
-use self::slot::SlotRead;
-pub(crate) use self::table::CHUNK_SLOTS;
+mod segment;
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use crossbeam_utils::CachePadded;
 use event_listener::EventListener;
 
+use self::directory::{Directory, Lookup};
 use self::doorbell::Doorbell;
-use self::table::SlotTable;
 use crate::cursor::Revision;
 use crate::event::Event;
 use crate::sync::{Arc, AtomicU64};
@@ -87,10 +94,11 @@ pub(crate) struct Ring<T> {
     published: CachePadded<AtomicU64>,
     /// Every position `<= floor` is trimmed (watermark or age).
     floor: AtomicU64,
-    /// Revision of the newest event a trim cleared, for cursors at a tail
-    /// whose event is gone.
+    /// Revision of the event at the floor when a trim raised it, for
+    /// cursors at a tail whose event is gone.
     floor_revision: AtomicU64,
-    slots: SlotTable<T>,
+    capacity: u64,
+    directory: Directory<T>,
     doorbell: Doorbell,
 }
 
@@ -101,13 +109,14 @@ impl<T> Ring<T> {
             published: CachePadded::new(AtomicU64::new(0)),
             floor: AtomicU64::new(0),
             floor_revision: AtomicU64::new(0),
-            slots: SlotTable::new(capacity),
+            capacity: capacity as u64,
+            directory: Directory::new(capacity),
             doorbell: Doorbell::new(),
         }
     }
 
     pub(crate) fn capacity(&self) -> u64 {
-        self.slots.capacity()
+        self.capacity
     }
 
     /// Claims `count >= 1` consecutive positions; returns the first, or
@@ -124,29 +133,24 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Installs one claimed event, advances the tail and wakes subscribers.
+    /// Publishes one claimed event, advances the tail and wakes subscribers.
     #[inline]
     pub(crate) fn publish(&self, event: &Arc<Event<T>>) {
-        let displaced = self.slots.get_or_alloc(event.position).install(event);
+        self.directory.publish(event);
         self.advance_past(event.position, event.position);
         self.doorbell.ring();
-        // Only now, with the append announced, may a payload's Drop run.
-        drop(displaced);
     }
 
-    /// Installs a claimed batch (consecutive positions, ascending) last to
+    /// Publishes a claimed batch (consecutive positions, ascending) last to
     /// first, so that it becomes visible all at once (invariant 4).
     pub(crate) fn publish_batch(&self, events: &[Arc<Event<T>>]) {
-        let displaced: Vec<_> = events
-            .iter()
-            .rev()
-            .map(|event| self.slots.get_or_alloc(event.position).install(event))
-            .collect();
+        for event in events.iter().rev() {
+            self.directory.publish(event);
+        }
         if let (Some(first), Some(last)) = (events.first(), events.last()) {
             self.advance_past(first.position, last.position);
         }
         self.doorbell.ring();
-        drop(displaced);
     }
 
     /// The published tail `P`: every position `<= P` is settled.
@@ -166,12 +170,25 @@ impl<T> Ring<T> {
     fn advance_past(&self, first: u64, last: u64) {
         // Acquire: see `published_tail`.
         let hint = self.published.load(Acquire);
-        let from = if hint + 1 >= first {
-            hint.max(last)
-        } else {
-            hint
-        };
-        self.walk(hint, from);
+        if hint + 1 < first {
+            // A hole below us (or a stale hint): walk from the hint.
+            self.walk(hint, hint);
+            return;
+        }
+        // Relaxed: a shortcut only. If nobody claimed past `last`, there is
+        // nothing further to walk to.
+        if self.claimed() == last {
+            if last > hint {
+                // A plain store, not `fetch_max`: the hint only has to be a
+                // lower bound of the tail (settledness is permanent, so a
+                // walk from any lower bound finds the same tail); a racing
+                // writer's higher value overwritten here costs a walk, never
+                // a wrong answer. Release: see `published_tail`.
+                self.published.store(last, Release);
+            }
+            return;
+        }
+        self.walk(hint, hint.max(last));
     }
 
     /// Steps from `from` (settled) while the next position is settled and
@@ -183,7 +200,8 @@ impl<T> Ring<T> {
             tail += 1;
         }
         if tail > hint {
-            // Release: see the Acquire in `published_tail`.
+            // Release: see the Acquire in `published_tail`. `fetch_max`
+            // keeps concurrent walkers from lowering it needlessly.
             self.published.fetch_max(tail, Release);
         }
         tail
@@ -191,9 +209,13 @@ impl<T> Ring<T> {
 
     #[inline]
     fn is_settled(&self, position: u64) -> bool {
-        match self.slots.get(position) {
-            Some(slot) if slot.holds_at_least(position) => true,
-            _ => position <= self.floor(),
+        let place = self.directory.place(position);
+        match self
+            .directory
+            .with_current(place, |segment| segment.is_published(place.offset))
+        {
+            Ok(true) | Err(Lookup::Newer) => true,
+            Ok(false) | Err(_) => position <= self.floor(),
         }
     }
 
@@ -207,53 +229,108 @@ impl<T> Ring<T> {
         self.floor.load(Relaxed)
     }
 
-    /// What a reader finds at `position` (`>= 1`).
+    /// What a reader finds at `position` (`>= 1`). Positions more than
+    /// `capacity` behind `tail` read as trimmed.
     #[inline]
     pub(crate) fn read(&self, position: u64) -> Read<T> {
-        if position <= self.floor() {
+        if position <= self.floor() || self.beyond_capacity(position) {
             return Read::Trimmed;
         }
-        let found = match self.slots.get(position) {
-            Some(slot) => slot.read(position),
-            None => SlotRead::Older,
-        };
-        match found {
-            SlotRead::Current(event) => Read::Event(event),
-            SlotRead::Newer => Read::Trimmed,
-            // Emptied by a trim that raced us, or not yet published.
-            SlotRead::Older if position <= self.floor() => Read::Trimmed,
-            SlotRead::Older => Read::Pending,
+        let place = self.directory.place(position);
+        match self
+            .directory
+            .with_current(place, |segment| segment.get(place.offset))
+        {
+            Ok(Some(event)) => Read::Event(event),
+            Err(Lookup::Newer) => Read::Trimmed,
+            // Freed by a trim that raced us, or not yet published.
+            Ok(None) | Err(_) if position <= self.floor() => Read::Trimmed,
+            Ok(None) | Err(_) => Read::Pending,
         }
     }
 
+    /// Appends the events at `from..=to` (all `<= P`) to `out`, one
+    /// directory lookup per segment. Returns the first position it could not
+    /// read (trimmed meanwhile), if any.
+    pub(crate) fn read_range(
+        &self,
+        from: u64,
+        to: u64,
+        out: &mut Vec<Arc<Event<T>>>,
+    ) -> Result<(), u64> {
+        let mut position = from;
+        while position <= to {
+            let place = self.directory.place(position);
+            let Lookup::Current(segment) = self.directory.lookup(place) else {
+                return Err(position);
+            };
+            let segment_end =
+                to.min(position + (self.directory.segment_len() - place.offset as u64) - 1);
+            for offset in place.offset..=place.offset + (segment_end - position) as usize {
+                match segment.get(offset) {
+                    Some(event) => out.push(event),
+                    None => return Err(position + (offset - place.offset) as u64),
+                }
+            }
+            position = segment_end + 1;
+        }
+        if from <= self.floor().min(to) {
+            // A trim raised the floor into what we read: not servable whole.
+            return Err(from);
+        }
+        Ok(())
+    }
+
     /// Raises the floor to `to` (clamped to the published tail) and frees
-    /// the events it trims. Returns how many retained events it freed.
-    pub(crate) fn raise_floor(&self, to: u64) -> usize {
+    /// every segment that lies wholly at or below it. Returns how many
+    /// retained positions it newly trimmed.
+    ///
+    /// Positions `<= unreadable_through` count as already trimmed (the
+    /// caller knows, say, that they had expired); positions out of the
+    /// capacity window always do.
+    pub(crate) fn raise_floor(&self, to: u64, unreadable_through: u64) -> usize {
         let tail = self.published_tail();
         let to = to.min(tail);
-        // Relaxed: see `floor()`; what needs ordering is the slot clears
-        // below, which come after this in program order.
+        // Relaxed: see `floor()`; what needs ordering is the segments taken
+        // out below, which come after this in program order.
         let previous = self.floor.fetch_max(to, Relaxed);
         if to <= previous {
             return 0;
         }
-        let lowest_held = tail.saturating_sub(self.capacity()) + 1;
-        let mut freed = Vec::new();
-        for position in (previous + 1).max(lowest_held)..=to {
-            if let Some(event) = self
-                .slots
-                .get(position)
-                .and_then(|slot| slot.clear(position))
-            {
-                if position == to {
-                    self.floor_revision.store(event.revision.0, Relaxed);
-                }
-                freed.push(event);
-            }
+        if let Read::Event(event) = self.read_unfloored(to) {
+            // Relaxed: informational only.
+            self.floor_revision.store(event.revision.0, Relaxed);
         }
-        // Dropped here, after every slot is cleared: a panicking payload
-        // `Drop` cannot leave the trim half done.
-        freed.len()
+        let lowest_held = tail.saturating_sub(self.capacity()) + 1;
+        let newly_trimmed =
+            to.saturating_sub(previous.max(lowest_held - 1).max(unreadable_through));
+        // Dropped when this returns, after every segment is out of the
+        // directory: a panicking payload `Drop` cannot leave the trim half
+        // done.
+        let _freed = self.directory.free_through(previous + 1, to);
+        newly_trimmed as usize
+    }
+
+    /// Whether `position` is `capacity` or more behind the published tail.
+    /// The directory may still hold it (it frees whole segments), but the
+    /// window does not. One relaxed load in the common case: only when
+    /// enough positions were claimed does it walk to the tail.
+    #[inline]
+    fn beyond_capacity(&self, position: u64) -> bool {
+        let window_end = position.saturating_add(self.capacity);
+        window_end <= self.claimed() && window_end <= self.published_tail()
+    }
+
+    /// `read` ignoring the floor (the floor was just raised past it).
+    fn read_unfloored(&self, position: u64) -> Read<T> {
+        let place = self.directory.place(position);
+        match self
+            .directory
+            .with_current(place, |segment| segment.get(place.offset))
+        {
+            Ok(Some(event)) => Read::Event(event),
+            _ => Read::Trimmed,
+        }
     }
 
     /// The revision of the event at the tail, if that is known.
@@ -300,8 +377,8 @@ impl<T> Ring<T> {
         self.doorbell.parked()
     }
 
-    pub(crate) fn allocated_chunks(&self) -> usize {
-        self.slots.allocated_chunks()
+    pub(crate) fn allocated_slots(&self) -> usize {
+        self.directory.allocated_slots()
     }
 }
 
@@ -356,17 +433,24 @@ mod tests {
     }
 
     #[test]
-    fn a_lapped_writer_never_replaces_a_newer_event() {
+    fn a_lapped_writer_never_replaces_a_newer_segment() {
+        // Capacity 2: segments of 2 positions, 2 directory entries; position
+        // 5 shares an entry with position 1.
         let ring = Ring::new(2);
-        for _ in 0..3 {
-            ring.claim(1);
-        }
-        ring.publish(&event(3)); // laps slot of position 1 before 1 is written
+        ring.claim(5);
+        ring.publish(&event(5));
         ring.publish(&event(1));
-        assert_eq!(position_at(&ring, 3), Some(3));
-        assert!(matches!(ring.read(1), Read::Trimmed));
-        ring.publish(&event(2));
-        assert_eq!(ring.published_tail(), 3);
+        assert!(matches!(ring.read(1), Read::Trimmed), "1 was lapped by 5");
+        assert_eq!(position_at(&ring, 5), Some(5), "the later segment survived");
+        for position in 2..=4 {
+            ring.publish(&event(position));
+        }
+        assert_eq!(ring.published_tail(), 5);
+        assert!(
+            matches!(ring.read(3), Read::Trimmed),
+            "beyond capacity of the tail"
+        );
+        assert_eq!(position_at(&ring, 4), Some(4));
     }
 
     #[test]
@@ -376,28 +460,41 @@ mod tests {
         let batch: Vec<_> = (first..first + 3).map(event).collect();
         ring.publish_batch(&batch);
         assert_eq!(ring.published_tail(), 3);
+        let mut read = Vec::new();
+        assert!(ring.read_range(1, 3, &mut read).is_ok());
         assert_eq!(
-            (1..=3).map(|p| position_at(&ring, p)).collect::<Vec<_>>(),
-            [Some(1), Some(2), Some(3)]
+            read.iter().map(|e| e.payload).collect::<Vec<_>>(),
+            [1, 2, 3]
         );
     }
 
     #[test]
-    fn the_floor_is_monotonic_clamped_and_frees_what_it_trims() {
-        let ring = Ring::new(8);
+    fn the_floor_is_monotonic_clamped_and_frees_whole_segments() {
+        // Capacity 4: one segment holds positions 1..=4.
+        let ring = Ring::new(4);
         let events: Vec<_> = (1..=5).map(event).collect();
         for e in &events {
             ring.claim(1);
             ring.publish(e);
         }
-        assert_eq!(ring.raise_floor(2), 2);
+        assert_eq!(
+            ring.raise_floor(2, 0),
+            1,
+            "position 1 was already out of the window"
+        );
+        assert_eq!(
+            Arc::strong_count(&events[0]),
+            2,
+            "its segment still holds 3 and 4"
+        );
+        assert_eq!(ring.raise_floor(1, 0), 0, "a lower watermark is a no-op");
+        assert_eq!(ring.raise_floor(4, 0), 2);
         assert_eq!(
             Arc::strong_count(&events[0]),
             1,
-            "the ring let go of position 1"
+            "the segment 1..=4 was freed"
         );
-        assert_eq!(ring.raise_floor(1), 0, "a lower watermark is a no-op");
-        assert_eq!(ring.raise_floor(100), 3, "clamped to the tail");
+        assert_eq!(ring.raise_floor(100, 0), 1, "clamped to the tail");
         assert_eq!(ring.floor(), 5);
         assert!(matches!(ring.read(5), Read::Trimmed));
         assert_eq!(
@@ -409,18 +506,18 @@ mod tests {
     }
 
     #[test]
-    fn storage_grows_one_chunk_at_a_time() {
+    fn storage_grows_one_segment_at_a_time() {
         let ring = Ring::new(2048);
-        assert_eq!(ring.allocated_chunks(), 0);
+        assert_eq!(ring.allocated_slots(), 0);
         for position in 1..=10 {
             ring.claim(1);
             ring.publish(&event(position));
         }
-        assert_eq!(ring.allocated_chunks(), 1);
-        for position in 11..=CHUNK_SLOTS as u64 + 1 {
+        assert_eq!(ring.allocated_slots(), 64);
+        for position in 11..=65 {
             ring.claim(1);
             ring.publish(&event(position));
         }
-        assert_eq!(ring.allocated_chunks(), 2);
+        assert_eq!(ring.allocated_slots(), 128);
     }
 }

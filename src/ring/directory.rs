@@ -1,0 +1,184 @@
+//! The directory: which segment currently holds each part of the window.
+//!
+//! A session's positions are cut into segments of `segment_len` positions;
+//! segment `n` lives in directory entry `n % entries`. There are enough
+//! entries for `capacity` positions plus one segment, so the newest
+//! `capacity` positions always fit, and storage grows lazily: an entry is
+//! filled when its first position is written.
+//!
+//! Invariants:
+//! * the segment number held by an entry never decreases, except that a
+//!   trim may empty an entry whose positions are all at or below the floor;
+//! * a writer installs a new segment by compare-and-swap over the exact
+//!   older segment (or empty entry) it saw, so a writer that was lapped can
+//!   never replace a newer segment with an older one;
+//! * a segment that leaves the directory stays alive while a reader holds
+//!   it (`Arc`): memory is never freed under a reader.
+//!
+//! Replacing a segment is the only write to an entry, once per
+//! `segment_len` appends, so `arc-swap`'s writer cost (which grows with the
+//! number of threads that use it) is paid once per segment, not per event.
+
+use super::segment::Segment;
+use crate::event::Event;
+use crate::sync::{Arc, AtomicArcCell};
+
+/// Positions per segment at most: 64 slots of 16 bytes.
+pub(crate) const MAX_SEGMENT_LEN: usize = 64;
+
+/// Where position `p` lives.
+#[derive(Clone, Copy)]
+pub(crate) struct Place {
+    /// Segment number.
+    pub(crate) segment: u64,
+    /// Directory entry.
+    entry: usize,
+    /// Slot in the segment.
+    pub(crate) offset: usize,
+}
+
+/// What an entry says about a place.
+pub(crate) enum Lookup<T> {
+    /// The entry holds the place's segment.
+    Current(Arc<Segment<T>>),
+    /// The entry holds a later segment: the place was lapped (trimmed).
+    Newer,
+    /// The entry is empty or holds an earlier segment: nothing was
+    /// published at the place yet, or it was trimmed and freed.
+    Older,
+}
+
+pub(crate) struct Directory<T> {
+    entries: Box<[AtomicArcCell<Segment<T>>]>,
+    /// A power of two, so locating a position is shifts and masks.
+    segment_len: u64,
+    segment_shift: u32,
+}
+
+impl<T> Directory<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        // The largest power of two <= min(capacity, MAX_SEGMENT_LEN).
+        let segment_len = 1usize << capacity.min(MAX_SEGMENT_LEN).ilog2();
+        let entries = capacity.div_ceil(segment_len) + 1;
+        Self {
+            entries: (0..entries).map(|_| AtomicArcCell::empty()).collect(),
+            segment_len: segment_len as u64,
+            segment_shift: segment_len.trailing_zeros(),
+        }
+    }
+
+    pub(crate) fn segment_len(&self) -> u64 {
+        self.segment_len
+    }
+
+    #[inline]
+    pub(crate) fn place(&self, position: u64) -> Place {
+        debug_assert!(position > 0, "positions are 1-based");
+        let index = position - 1;
+        let segment = index >> self.segment_shift;
+        Place {
+            segment,
+            // Fewer entries than MAX_CAPACITY, so it fits in usize.
+            entry: (segment % self.entries.len() as u64) as usize,
+            offset: (index & (self.segment_len - 1)) as usize,
+        }
+    }
+
+    /// Looks the place's segment up (one `arc-swap` load).
+    #[inline]
+    pub(crate) fn lookup(&self, place: Place) -> Lookup<T> {
+        self.entries[place.entry].with(|held| classify(held, place))
+    }
+
+    /// Runs `f` on the place's segment without taking a reference to it,
+    /// or returns what the entry holds instead.
+    #[inline]
+    pub(crate) fn with_current<R>(
+        &self,
+        place: Place,
+        f: impl FnOnce(&Segment<T>) -> R,
+    ) -> Result<R, Lookup<T>> {
+        self.entries[place.entry].with(|held| match held {
+            Some(segment) if segment.number() == place.segment => Ok(f(segment)),
+            _ => Err(classify(held, place)),
+        })
+    }
+
+    /// Publishes `event` at its place, installing its segment first if it
+    /// is not there yet. Returns `false` if the place was already lapped
+    /// (the event is outside the window: readers report it trimmed).
+    pub(crate) fn publish(&self, event: &Arc<Event<T>>) -> bool {
+        let place = self.place(event.position);
+        let entry = &self.entries[place.entry];
+        loop {
+            let done = entry.with(|held| match held {
+                Some(segment) if segment.number() == place.segment => {
+                    segment.publish(place.offset, event);
+                    Some(true)
+                }
+                Some(segment) if segment.number() > place.segment => Some(false),
+                _ => {
+                    // Older or empty: install ours over exactly what we saw.
+                    // If another writer of the same segment won the race,
+                    // the next turn finds its segment; ours is dropped.
+                    let fresh = Arc::new(Segment::new(place.segment, self.segment_len as usize));
+                    // The displaced older segment is freed here unless a
+                    // reader still holds it.
+                    let _displaced = entry.compare_and_set(held, Some(fresh));
+                    None
+                }
+            });
+            if let Some(published) = done {
+                return published;
+            }
+        }
+    }
+
+    /// Frees every segment whose positions are all in `from..=to`, taking
+    /// them out of the directory by compare-and-swap against the exact
+    /// segment seen. Returns them so the caller drops them (and their
+    /// events) when it chooses.
+    pub(crate) fn free_through(&self, from: u64, to: u64) -> Vec<Arc<Segment<T>>> {
+        let mut freed = Vec::new();
+        if from > to {
+            return freed;
+        }
+        let first = self.place(from).segment;
+        let last = self.place(to).segment;
+        for number in first..=last {
+            let segment_last = (number + 1) * self.segment_len;
+            if segment_last > to {
+                break;
+            }
+            let place = self.place(number * self.segment_len + 1);
+            let entry = &self.entries[place.entry];
+            let taken = entry.with(|held| match held {
+                Some(segment) if segment.number() == number => {
+                    entry.compare_and_set(held, None).flatten()
+                }
+                _ => None,
+            });
+            freed.extend(taken);
+        }
+        freed
+    }
+
+    /// Segments currently allocated, and their length.
+    pub(crate) fn allocated_slots(&self) -> usize {
+        let segments = self
+            .entries
+            .iter()
+            .filter(|entry| entry.with(|held| held.is_some()))
+            .count();
+        segments * self.segment_len as usize
+    }
+}
+
+#[inline]
+fn classify<T>(held: Option<&Arc<Segment<T>>>, place: Place) -> Lookup<T> {
+    match held {
+        Some(segment) if segment.number() == place.segment => Lookup::Current(Arc::clone(segment)),
+        Some(segment) if segment.number() > place.segment => Lookup::Newer,
+        _ => Lookup::Older,
+    }
+}

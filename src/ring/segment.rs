@@ -1,0 +1,52 @@
+//! A segment: `len` consecutive positions of one session, each written at
+//! most once.
+//!
+//! Invariant: the slot of position `p` is written only by the writer that
+//! claimed `p`, exactly once, and never changes afterwards while the
+//! segment lives. Readers therefore never race a replacement: a slot is
+//! empty (not published yet) or holds the one event of its position.
+//! Slots are never reused; memory is returned a segment at a time, when the
+//! whole segment leaves the window (see [`super::directory`]).
+
+use crate::event::Event;
+use crate::sync::{Arc, WriteOnce};
+
+pub(crate) struct Segment<T> {
+    /// Which segment of the session this is: positions
+    /// `number * len + 1 ..= (number + 1) * len`.
+    number: u64,
+    slots: Box<[WriteOnce<Event<T>>]>,
+}
+
+impl<T> Segment<T> {
+    pub(crate) fn new(number: u64, len: usize) -> Self {
+        Self {
+            number,
+            slots: (0..len).map(|_| WriteOnce::new()).collect(),
+        }
+    }
+
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Publishes `event` in slot `offset`. Only the writer that claimed the
+    /// position calls this, once.
+    #[inline]
+    pub(crate) fn publish(&self, offset: usize, event: &Arc<Event<T>>) {
+        let first_write = self.slots[offset].set(Arc::clone(event));
+        debug_assert!(first_write, "position {} written twice", event.position);
+    }
+
+    /// The event at `offset`, if it is published.
+    #[inline]
+    pub(crate) fn get(&self, offset: usize) -> Option<Arc<Event<T>>> {
+        self.slots[offset].get()
+    }
+
+    /// Whether the event at `offset` is published (no reference taken).
+    #[inline]
+    pub(crate) fn is_published(&self, offset: usize) -> bool {
+        self.slots[offset].is_set()
+    }
+}
