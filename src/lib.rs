@@ -43,8 +43,9 @@
 //!   map's shard lock, taken to look a session up by key, create or remove
 //!   it; a [`SessionHandle`] takes none. Writers never wait for readers: a
 //!   slow reader falls behind and is told so.
-//! * **One allocation per append** (the event's `Arc`); storage grows
-//!   lazily, in chunks, up to the capacity; replay costs what it returns.
+//! * **One allocation per append** (the event's `Arc`), plus one segment
+//!   per 64 appends; storage grows lazily, a segment at a time, up to the
+//!   capacity; replay costs what it returns.
 //! * **Nothing accepted is silently lost**: an append that returned `Ok` is
 //!   replayable, or reported to whoever asks for it as a gap.
 //! * **Subscriptions** yield every event after their cursor exactly once,
@@ -77,19 +78,19 @@
 //!
 //! # The ring algorithm
 //!
-//! Each session is a ring of `capacity` slots, each holding an atomically
-//! swappable `Option<Arc<Event>>` ([`arc-swap`](arc_swap)); every event
-//! carries its own position. A writer claims a position with one
-//! `fetch_add`, then installs its event by compare-and-swap only while the
-//! slot holds an older position, so an event lapped by a faster writer never
-//! overwrites a newer one. A reader looking for position `p` compares: the
-//! event at `p` is served; a newer one means `p` was trimmed; an older or
-//! empty slot means `p` is not published yet. The published tail is derived
-//! by walking forward from a hint while the next slot is filled, so readers
-//! stop at the first unpublished position and never skip it. Batches are
-//! installed last to first. Trimming raises a monotonic floor, then frees
-//! slots by compare-and-swap against the exact event seen. The invariants
-//! are listed in the `ring` module's source; every concurrent protocol is
+//! Each session's positions are cut into segments of up to 64 write-once
+//! slots; a small directory of `arc-swap` cells holds the segments covering
+//! the newest `capacity` positions. A writer claims a position with one
+//! `fetch_add` and writes its event into that position's slot, which no
+//! other thread ever writes; when a segment is needed it installs it by
+//! compare-and-swap over the exact older segment it saw, so a writer that
+//! was lapped can never replace newer data. The published tail is derived
+//! by walking forward from a hint while the next slot is written, so
+//! readers stop at the first unpublished position and never skip it.
+//! Batches are written last to first. Trimming raises a monotonic floor,
+//! then takes segments lying wholly below it out of the directory; memory is
+//! freed when the last reader lets go of a segment. The invariants are
+//! listed in the `ring` module's source; every concurrent protocol is
 //! model-checked with `loom` (`loom-tests/`).
 //!
 //! Sessions live in a `dashmap`; each has a random incarnation carried in

@@ -8,7 +8,9 @@
 //!
 //! Invariants:
 //! * the segment number held by an entry never decreases, except that a
-//!   trim may empty an entry whose positions are all at or below the floor;
+//!   trim may empty an entry whose positions are all at or below the floor
+//!   (a lapped writer may then put an older segment back; everything it
+//!   covers is below the floor, so readers report it trimmed);
 //! * a writer installs a new segment by compare-and-swap over the exact
 //!   older segment (or empty entry) it saw, so a writer that was lapped can
 //!   never replace a newer segment with an older one;
