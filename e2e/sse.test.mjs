@@ -26,6 +26,15 @@ const CHROMIUM_ARGS = [
   "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ];
 
+// Where two texts first differ, with a little context, for failure messages.
+function textDiff(page, want) {
+  let at = 0;
+  while (at < page.length && at < want.length && page[at] === want[at]) at += 1;
+  const around = (text) => JSON.stringify(text.slice(Math.max(0, at - 30), at + 50));
+  return `page text (${page.length} chars) differs from the transcript (${want.length} chars) at ${at}:\n` +
+    `    page: …${around(page)}\n    want: …${around(want)}`;
+}
+
 function check(failures, condition, message) {
   if (!condition) failures.push(message);
 }
@@ -38,9 +47,13 @@ async function runPage(browser, baseUrl, session, screenshot) {
   page.on("pageerror", (error) => consoleErrors.push(String(error)));
   try {
     await page.goto(`${baseUrl}/?session=${session}`, { timeout: 15_000 });
-    await page.waitForFunction(() => document.body.dataset.finished === "true", null, {
-      timeout: 60_000, polling: 100,
-    });
+    // Bounded: a turn takes a few seconds; a page that never finishes (say,
+    // restarting from the top on every reconnect) is reported, not waited on.
+    const finished = await page
+      .waitForFunction(() => document.body.dataset.finished === "true", null, {
+        timeout: 30_000, polling: 100,
+      })
+      .then(() => true, () => false);
     const shown = await page.evaluate(() => ({
       text: document.getElementById("text").textContent,
       notices: [...document.querySelectorAll("#notices li")].map((li) => li.textContent),
@@ -51,6 +64,7 @@ async function runPage(browser, baseUrl, session, screenshot) {
     const response = await fetch(`${baseUrl}/sessions/${session}/transcript`);
     shown.transcript = await response.text();
     shown.consoleErrors = consoleErrors;
+    shown.finished = finished;
     return shown;
   } finally {
     await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
@@ -65,9 +79,9 @@ const tests = [
       const tokens = Number(env("TOKENS_RESUME"));
       const shown = await runPage(browser, env("RESUME_URL"), "e2e-resume", join(artifacts, "sse.png"));
       const failures = [];
+      check(failures, shown.finished, `the page did not report the turn finished within 30 s (${shown.tokens} tokens, ${shown.problems} problems shown)`);
       check(failures, shown.transcript.length > 0, "the server's transcript is empty");
-      check(failures, shown.text === shown.transcript,
-        `page text differs from the transcript:\n  page: ${JSON.stringify(shown.text)}\n  want: ${JSON.stringify(shown.transcript)}`);
+      check(failures, shown.text === shown.transcript, textDiff(shown.text, shown.transcript));
       check(failures, shown.tokens === tokens, `page counted ${shown.tokens} tokens, the turn appends ${tokens}`);
       check(failures, shown.problems === 0, `page saw ${shown.problems} out-of-order, lost or repeated events`);
       check(failures, shown.reconnects >= 2, `only ${shown.reconnects} reconnects; --drop-every should force several`);
@@ -84,8 +98,8 @@ const tests = [
       const tokens = Number(env("TOKENS_GAP"));
       const shown = await runPage(browser, env("GAP_URL"), "e2e-gap", join(artifacts, "sse-gap.png"));
       const failures = [];
-      check(failures, shown.text === shown.transcript,
-        `page text differs from the transcript:\n  page: ${JSON.stringify(shown.text)}\n  want: ${JSON.stringify(shown.transcript)}`);
+      check(failures, shown.finished, `the page did not report the turn finished within 30 s (${shown.tokens} tokens, ${shown.problems} problems shown)`);
+      check(failures, shown.text === shown.transcript, textDiff(shown.text, shown.transcript));
       check(failures, shown.tokens === tokens, `page counted ${shown.tokens} tokens, the turn appends ${tokens}`);
       check(failures, shown.problems === 0, `page saw ${shown.problems} out-of-order, lost or repeated events`);
       check(failures, shown.gaps >= 1, "no gap although the window is tiny and the retry slow");
