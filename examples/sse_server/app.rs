@@ -33,7 +33,8 @@ use axum::routing::get;
 use axum::Router;
 use futures_core::Stream;
 use livereplay::{
-    Cursor, CursorError, Error, Event, Gap, ReplayStore, Revision, SessionKey, Subscription,
+    Cursor, CursorError, Error, Event, Gap, ReplayStore, Revision, SessionHandle, SessionKey,
+    Subscription,
 };
 
 /// Every demo session lives under this tenant.
@@ -190,41 +191,18 @@ impl App {
     }
 
     fn run_turn(&self, key: &SessionKey, transcript: &Mutex<Transcript>, plan: TurnPlan) {
+        // A handle appends with no map lookup, and keeps the session from
+        // being evicted while the turn runs.
+        let Ok(session) = self.store.session(key) else {
+            return;
+        };
         for index in 0..plan.tokens {
             std::thread::sleep(plan.interval);
-            if self.record(key, transcript, token_text(index)).is_err() {
+            if record(&session, transcript, token_text(index)).is_err() {
                 return;
             }
         }
-        let _ = self.record_done(key, transcript);
-    }
-
-    /// Appends a token: first to the durable transcript, then to the live
-    /// store, under the transcript's lock so a snapshot always pairs its text
-    /// with the cursor that covers exactly that text. The store's append
-    /// itself is synchronous and lock-free.
-    fn record(
-        &self,
-        key: &SessionKey,
-        transcript: &Mutex<Transcript>,
-        token: String,
-    ) -> Result<Arc<Event<TurnEvent>>, Error> {
-        let mut durable = lock(transcript);
-        durable.text.push_str(&token);
-        durable.tokens += 1;
-        self.store.append(key, Revision(1), TurnEvent::Token(token))
-    }
-
-    fn record_done(
-        &self,
-        key: &SessionKey,
-        transcript: &Mutex<Transcript>,
-    ) -> Result<Arc<Event<TurnEvent>>, Error> {
-        let mut durable = lock(transcript);
-        durable.done = true;
-        let tokens = durable.tokens;
-        self.store
-            .append(key, Revision(1), TurnEvent::Done { tokens })
+        let _ = record_done(&session, transcript);
     }
 
     /// Appends a token to `key`'s session by hand (tests, or a host without
@@ -235,13 +213,17 @@ impl App {
         key: &SessionKey,
         token: impl Into<String>,
     ) -> Result<Arc<Event<TurnEvent>>, Error> {
-        self.record(key, &self.transcript(key), token.into())
+        record(
+            &self.store.session(key)?,
+            &self.transcript(key),
+            token.into(),
+        )
     }
 
     /// Appends the `done` event to `key`'s session by hand.
     #[allow(dead_code)] // used by tests/sse.rs, not by the binary
     pub fn finish_turn(&self, key: &SessionKey) -> Result<Arc<Event<TurnEvent>>, Error> {
-        self.record_done(key, &self.transcript(key))
+        record_done(&self.store.session(key)?, &self.transcript(key))
     }
 
     /// The durable text so far with the live cursor that covers it.
@@ -283,6 +265,32 @@ impl App {
             }
         }
     }
+}
+
+/// Appends a token: first to the durable transcript, then to the live store,
+/// under the transcript's lock so a snapshot always pairs its text with the
+/// cursor that covers exactly that text. The store's append itself is
+/// synchronous and lock-free.
+fn record(
+    session: &SessionHandle<TurnEvent>,
+    transcript: &Mutex<Transcript>,
+    token: String,
+) -> Result<Arc<Event<TurnEvent>>, Error> {
+    let mut durable = lock(transcript);
+    durable.text.push_str(&token);
+    durable.tokens += 1;
+    session.append(Revision(1), TurnEvent::Token(token))
+}
+
+/// Appends the turn's `done` event, the same way.
+fn record_done(
+    session: &SessionHandle<TurnEvent>,
+    transcript: &Mutex<Transcript>,
+) -> Result<Arc<Event<TurnEvent>>, Error> {
+    let mut durable = lock(transcript);
+    durable.done = true;
+    let tokens = durable.tokens;
+    session.append(Revision(1), TurnEvent::Done { tokens })
 }
 
 /// The demo's deterministic answer, one word per token.
