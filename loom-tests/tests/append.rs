@@ -57,11 +57,13 @@ fn two_writers_and_a_replayer() {
     });
 }
 
-/// Model 2a: capacity 1, position 1 already stored, two writers race for
-/// positions 2 and 3 (the writer of 3 may lap the writer of 2 before it
-/// installs). A concurrent replay after 1 gets event 2 or nothing, or a
-/// `Trimmed` gap once 3 is in; never event 3 posing as the run after 1.
-/// Afterwards the slot holds position 3, never the older 2.
+/// Model 2a: capacity 1, position 1 already stored; one writer appends
+/// once and another twice, so positions 2, 3 and 4 race, and the writer of
+/// 4 may lap the writer of 2 (same storage place) before 2 is in. A
+/// concurrent replay after 1 gets event 2 or nothing, or a `Trimmed` gap;
+/// never another position's event posing as the run after 1. Afterwards
+/// the newest event is readable at its place, never the older one it
+/// lapped.
 #[test]
 fn lapping_writers_keep_the_newest_event() {
     check("lapping_writers_keep_the_newest_event", || {
@@ -69,45 +71,52 @@ fn lapping_writers_keep_the_newest_event() {
         let key = key();
         let handle = store.session(&key).unwrap();
         let first = handle.append(Revision(1), 1).unwrap();
-        let by_handle = thread::spawn(move || handle.append(Revision(1), 100).unwrap());
-        let by_key = {
+        let once = thread::spawn(move || vec![handle.append(Revision(1), 100).unwrap()]);
+        let twice = {
             let (store, key) = (Arc::clone(&store), key.clone());
-            thread::spawn(move || store.append(&key, Revision(2), 200).unwrap())
+            thread::spawn(move || {
+                let a = store.append(&key, Revision(2), 200).unwrap();
+                let b = store.append(&key, Revision(2), 201).unwrap();
+                vec![a, b]
+            })
         };
 
         let after_first = store.replay_after_cursor(&first.cursor());
 
-        let a = by_handle.join().unwrap();
-        let b = by_key.join().unwrap();
-        let (second, third) = if a.position() == 2 { (a, b) } else { (b, a) };
-        assert_eq!((second.position(), third.position()), (2, 3));
+        let mut appended = once.join().unwrap();
+        appended.extend(twice.join().unwrap());
+        appended.sort_by_key(|event| event.position());
+        assert_eq!(positions(&appended), [2, 3, 4]);
         match after_first {
             Ok(events) if events.is_empty() => {}
             Ok(events) => {
                 assert_eq!(events.len(), 1, "capacity 1 holds one event");
-                assert!(is_one_of(&events[0], &[&second]), "the run after 1 is 2");
+                assert!(is_one_of(&events[0], &[&appended[0]]), "the run after 1 is 2");
             }
             Err(error) => assert_eq!(expect_gap(Err::<(), _>(error)).reason, GapReason::Trimmed),
         }
 
-        assert_eq!(store.current_cursor(&key).position(), 3);
-        let last = store.replay_after_position(&key, 2).unwrap();
+        assert_eq!(store.current_cursor(&key).position(), 4);
+        let last = store.replay_after_position(&key, 3).unwrap();
         assert_eq!(last.len(), 1);
         assert!(
-            is_one_of(&last[0], &[&third]),
-            "the slot holds position 3, not the lapped 2"
+            is_one_of(&last[0], &[&appended[2]]),
+            "position 4 holds its own event, not the lapped 2"
         );
+        for after in 0..3 {
+            let gap = expect_gap(store.replay_after_position(&key, after));
+            assert_eq!(gap.reason, GapReason::Trimmed, "only position 4 is retained");
+            assert_eq!(gap.latest.position(), 4);
+        }
         let gap = expect_gap(store.replay_after_cursor(&first.cursor()));
-        assert_eq!(gap.reason, GapReason::Trimmed);
-        assert_eq!(gap.missed, Some(1));
-        assert_eq!(gap.latest.position(), 3);
+        assert_eq!(gap.missed, Some(2));
     });
 }
 
 /// Model 2b: capacity 1, a subscriber reading position after position
-/// while one writer appends 2 then 3 (3 overwrites 2 in the only slot). The
-/// subscriber gets each position's own event, in order, or a `Trimmed`
-/// gap; never event 3 when it asked for 2.
+/// while one writer appends 2, 3 and 4 (4 takes the storage place of 2).
+/// The subscriber gets each position's own event, in order, or a `Trimmed`
+/// gap; never a later event when it asked for an earlier position.
 #[test]
 fn a_reader_on_a_lapped_slot_gets_its_event_or_a_gap() {
     check("a_reader_on_a_lapped_slot_gets_its_event_or_a_gap", || {
@@ -117,15 +126,20 @@ fn a_reader_on_a_lapped_slot_gets_its_event_or_a_gap() {
         let first = handle.append(Revision(1), 1).unwrap();
         let mut subscription = handle.subscribe_after(&first.cursor()).unwrap();
         let writer = thread::spawn(move || {
-            let second = handle.append(Revision(1), 2).unwrap();
-            let third = handle.append(Revision(1), 3).unwrap();
-            (second, third)
+            (2..=4)
+                .map(|payload| handle.append(Revision(1), payload).unwrap())
+                .collect::<Vec<_>>()
         });
 
-        let reads = [subscription.try_next(), subscription.try_next()];
+        let reads = [
+            subscription.try_next(),
+            subscription.try_next(),
+            subscription.try_next(),
+        ];
 
-        let (second, third) = writer.join().unwrap();
-        let mut expected = [&second, &third].into_iter();
+        let appended = writer.join().unwrap();
+        assert_eq!(positions(&appended), [2, 3, 4]);
+        let mut expected = appended.iter();
         for read in reads {
             match read {
                 Ok(event) => assert!(
@@ -138,7 +152,7 @@ fn a_reader_on_a_lapped_slot_gets_its_event_or_a_gap() {
                     assert!(subscription.is_ended());
                     break;
                 }
-                Err(TryNextError::Ended) => assert!(subscription.is_ended()),
+                Err(TryNextError::Ended) => panic!("ended without a gap"),
             }
         }
     });

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use livereplay::{Arc, Cursor, Error, GapReason, Refusal, Revision};
+use livereplay::{Arc, Cursor, Error, GapReason, Refusal, Revision, TryNextError};
 use loom::thread;
 use loom_tests::{check, expect_gap, key, positions, store, store_with_clock, MAX_AGE};
 
@@ -147,8 +147,9 @@ fn sweep_racing_a_handle_append() {
 
 /// Model 8: `release_through` from two threads (watermarks 2 and 1) races
 /// an append and replays. A replay that starts after a release returned
-/// never yields a position at or below its watermark, a lower watermark
-/// never lowers the floor, and every released event is counted once.
+/// never yields a position at or below its watermark, a subscriber never
+/// finds an already published position empty, a lower watermark never
+/// lowers the floor, and every released event is counted once.
 #[test]
 fn release_through_is_monotonic_and_hides_what_it_released() {
     check(
@@ -157,8 +158,10 @@ fn release_through_is_monotonic_and_hides_what_it_released() {
             let store = Arc::new(store(8));
             let key = key();
             let handle = store.session(&key).unwrap();
-            handle.append(Revision(1), 1).unwrap();
+            let one = handle.append(Revision(1), 1).unwrap();
             handle.append(Revision(1), 2).unwrap();
+            let mut reading = store.subscribe_after_cursor(&one.cursor()).unwrap();
+            let mut idle = store.subscribe_after_cursor(&one.cursor()).unwrap();
             let writer = thread::spawn(move || handle.append(Revision(1), 3).unwrap());
             let releaser = {
                 let (store, key) = (Arc::clone(&store), key.clone());
@@ -174,6 +177,11 @@ fn release_through_is_monotonic_and_hides_what_it_released() {
                 })
             };
 
+            match reading.try_next() {
+                Ok(event) => assert_eq!(event.position(), 2),
+                Err(TryNextError::Gap(gap)) => assert_eq!(gap.reason, GapReason::Trimmed),
+                Err(other) => panic!("position 2 is published: read it or a gap, not {other:?}"),
+            }
             let freed_here = store.release_through(&key, 1);
             assert_eq!(
                 expect_gap(store.replay_after_position(&key, 0)).reason,
@@ -192,6 +200,10 @@ fn release_through_is_monotonic_and_hides_what_it_released() {
             let freed_there = releaser.join().unwrap();
             writer.join().unwrap();
             assert_eq!(freed_here + freed_there, 2, "each event is freed once");
+            match idle.try_next() {
+                Err(TryNextError::Gap(gap)) => assert_eq!(gap.reason, GapReason::Trimmed),
+                other => panic!("position 2 was released: expected a gap, got {other:?}"),
+            }
             let gap = expect_gap(store.replay_after_position(&key, 1));
             assert_eq!(gap.reason, GapReason::Trimmed, "the higher watermark holds");
             assert_eq!(gap.missed, Some(1));
