@@ -46,7 +46,7 @@ async function runPage(browser, baseUrl, session, screenshot) {
   const consoleErrors = [];
   page.on("pageerror", (error) => consoleErrors.push(String(error)));
   try {
-    await page.goto(`${baseUrl}/?session=${session}`, { timeout: 15_000 });
+    await page.goto(`${baseUrl}/?session=${session}`, { timeout: 30_000 });
     // Bounded: a turn takes a few seconds; a page that never finishes (say,
     // restarting from the top on every reconnect) is reported, not waited on.
     const finished = await page
