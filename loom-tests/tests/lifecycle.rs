@@ -216,3 +216,57 @@ fn release_through_is_monotonic_and_hides_what_it_released() {
         },
     );
 }
+
+/// Model 8b: with capacity 2 a storage segment holds two positions, so
+/// `release_through(2)` frees the whole first segment while a subscriber
+/// and a replay may be reading it and a writer appends position 3. Readers
+/// get position 1's own event or a `Trimmed` gap, never an empty answer for
+/// a published position; after the release returned, nothing at or below 2
+/// is served.
+#[test]
+fn release_through_frees_a_segment_under_readers() {
+    check("release_through_frees_a_segment_under_readers", || {
+        let store = Arc::new(store(2));
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let one = handle.append(Revision(1), 1).unwrap();
+        handle.append(Revision(1), 2).unwrap();
+        let mut reading = handle.subscribe_after(&Cursor::start(key.clone())).unwrap();
+        let mut idle = handle.subscribe_after(&Cursor::start(key.clone())).unwrap();
+        let writer = thread::spawn(move || handle.append(Revision(1), 3).unwrap());
+        let releaser = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || {
+                store.release_through(&key, 2);
+                let rest = store.replay_after_position(&key, 2).unwrap();
+                assert!(positions(&rest).iter().all(|&p| p == 3));
+                let gap = expect_gap(store.replay_after_position(&key, 1));
+                assert_eq!(gap.reason, GapReason::Trimmed);
+            })
+        };
+
+        match reading.try_next() {
+            Ok(event) => assert!(Arc::ptr_eq(&event, &one)),
+            Err(TryNextError::Gap(gap)) => assert_eq!(gap.reason, GapReason::Trimmed),
+            Err(other) => panic!("position 1 is published: read it or a gap, not {other:?}"),
+        }
+        match store.replay_after_position(&key, 0) {
+            Ok(events) => assert_eq!(
+                positions(&events),
+                (1..=events.len() as u64).collect::<Vec<_>>()
+            ),
+            Err(error) => assert_eq!(expect_gap(Err::<(), _>(error)).reason, GapReason::Trimmed),
+        }
+
+        releaser.join().unwrap();
+        let three = writer.join().unwrap();
+        match idle.try_next() {
+            Err(TryNextError::Gap(gap)) => assert_eq!(gap.reason, GapReason::Trimmed),
+            other => panic!("positions 1 and 2 were released: expected a gap, got {other:?}"),
+        }
+        let rest = store.replay_after_position(&key, 2).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(Arc::ptr_eq(&rest[0], &three));
+        assert_eq!(store.event_count(&key), 1);
+    });
+}
