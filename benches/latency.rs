@@ -12,6 +12,10 @@
 //!   session's last 1024 events in a loop (a host reconnecting over and
 //!   over); and the same without the reader, for comparison.
 //!
+//! The machine these run on is shared and its load drifts, so designs take
+//! turns: delivery samples alternate between designs one by one, append
+//! samples are taken in rounds that alternate designs and cases.
+//!
 //! Prints p50/p99/p99.9/max and writes `target/livereplay-bench/`
 //! `append_latency.csv`, `delivery_latency.csv` (quantiles, for
 //! `scripts/plot_latency.py`) and `latency-summary.csv`.
@@ -99,40 +103,66 @@ fn nanos_since(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Appends `samples` timestamped events with `append`, one at a time, each
-/// after the subscriber thread (`receive` returns the next payload,
-/// blocking) took the previous one and had time to park again. Returns the
-/// append-to-delivery latencies.
+/// One design in the delivery measurement: how the writer appends a
+/// timestamp, and how its subscriber (on its own thread) blocks for the
+/// next one.
+struct DeliveryDesign<'a> {
+    name: &'static str,
+    append: Box<dyn Fn(u64) + 'a>,
+    receive: Box<dyn FnMut() -> u64 + Send + 'a>,
+}
+
+/// Appends `samples` timestamped events to every design, one at a time and
+/// taking turns (so a change in the machine's load hits every design
+/// alike), each after that design's subscriber took the previous one and
+/// had time to park again. Returns each design's append-to-delivery
+/// latencies.
 fn delivery_latencies(
     samples: usize,
-    base: Instant,
-    append: impl Fn(u64),
-    mut receive: impl FnMut() -> u64 + Send,
-) -> Vec<u64> {
-    let delivered = AtomicUsize::new(0);
+    designs: Vec<DeliveryDesign<'_>>,
+) -> Vec<(&'static str, Vec<u64>)> {
+    let base = Instant::now();
+    let delivered: Vec<AtomicUsize> = designs.iter().map(|_| AtomicUsize::new(0)).collect();
     thread::scope(|scope| {
-        let subscriber = scope.spawn(|| {
-            let mut latencies = Vec::with_capacity(samples);
-            for count in 1..=samples {
-                let sent = receive();
-                latencies.push(nanos_since(base).saturating_sub(sent));
-                delivered.store(count, Ordering::Release);
-            }
-            latencies
-        });
+        let mut appends = Vec::new();
+        let mut subscribers = Vec::new();
+        for (design, delivered) in designs.into_iter().zip(&delivered) {
+            let DeliveryDesign {
+                name,
+                append,
+                mut receive,
+            } = design;
+            appends.push(append);
+            let subscriber = scope.spawn(move || {
+                let mut latencies = Vec::with_capacity(samples);
+                for count in 1..=samples {
+                    let sent = receive();
+                    latencies.push(nanos_since(base).saturating_sub(sent));
+                    delivered.store(count, Ordering::Release);
+                }
+                latencies
+            });
+            subscribers.push((name, subscriber));
+        }
         for count in 1..=samples {
-            thread::sleep(PARK_PAUSE);
-            append(nanos_since(base));
-            let waiting_since = Instant::now();
-            while delivered.load(Ordering::Acquire) < count {
-                assert!(
-                    waiting_since.elapsed() < WAIT_LIMIT,
-                    "the subscriber did not receive event {count}"
-                );
-                std::hint::spin_loop();
+            for turn in 0..appends.len() {
+                let design = (turn + count) % appends.len();
+                thread::sleep(PARK_PAUSE);
+                appends[design](nanos_since(base));
+                let waiting_since = Instant::now();
+                while delivered[design].load(Ordering::Acquire) < count {
+                    assert!(
+                        waiting_since.elapsed() < WAIT_LIMIT,
+                        "a subscriber did not receive event {count}"
+                    );
+                    std::hint::spin_loop();
+                }
             }
         }
-        subscriber.join().expect("subscriber thread")
+        subscribers
+            .into_iter()
+            .map(|(name, subscriber)| (name, subscriber.join().expect("subscriber thread")))
+            .collect()
     })
 }
 
@@ -140,7 +170,7 @@ fn delivery_latencies(
 /// another thread if given. Returns the latencies and how many reads ran.
 fn append_latencies(
     samples: usize,
-    mut append: impl FnMut(u64),
+    append: &mut dyn FnMut(u64),
     reader: Option<&(dyn Fn() + Sync)>,
 ) -> (Vec<u64>, u64) {
     let stop = AtomicBool::new(false);
@@ -221,62 +251,62 @@ impl Summary {
 
 fn delivery(settings: &Settings, summary: &mut String) {
     let samples = settings.samples(20_000, 300);
-    println!("\n== subscribe-to-delivery latency across threads (subscriber parked; {samples} samples) ==");
+    println!("\n== subscribe-to-delivery latency across threads (subscriber parked; {samples} samples per design, designs taking turns) ==");
     let mut out = Summary::new("design");
-    let base = Instant::now();
     let key = session_key();
-    let mut p99s = Vec::new();
 
-    {
-        let store = ReplayStore::<u64>::default();
-        let handle = store.session(&key).expect("session");
-        let mut subscription = handle
-            .subscribe_after(&handle.current_cursor())
-            .expect("subscribe");
-        let latencies = delivery_latencies(
-            samples,
-            base,
-            |sent| {
+    let store = ReplayStore::<u64>::default();
+    let handle = store.session(&key).expect("session");
+    let mut subscription = handle
+        .subscribe_after(&handle.current_cursor())
+        .expect("subscribe");
+
+    let reference = ReferenceStore::<u64>::with_defaults();
+    let (_, mut reference_receiver) = reference
+        .subscribe_after_cursor(&reference.current_cursor(REFERENCE_ID))
+        .expect("subscribe");
+
+    let channel = BroadcastSession::<u64>::new(CAPACITY);
+    let mut channel_receiver = channel.subscribe();
+
+    let designs = vec![
+        DeliveryDesign {
+            name: "ours",
+            append: Box::new(|sent| {
                 handle.append(Revision(1), sent).expect("append");
-            },
-            move || {
+            }),
+            receive: Box::new(move || {
                 *subscription
                     .next_timeout(WAIT_LIMIT)
                     .expect("an event")
                     .payload()
-            },
-        );
-        p99s.push(("ours", out.record("delivery", "ours", latencies)));
-    }
-    {
-        let reference = ReferenceStore::<u64>::with_defaults();
-        let (_, mut receiver) = reference
-            .subscribe_after_cursor(&reference.current_cursor(REFERENCE_ID))
-            .expect("subscribe");
-        let latencies = delivery_latencies(
-            samples,
-            base,
-            |sent| {
+            }),
+        },
+        DeliveryDesign {
+            name: "reference",
+            append: Box::new(|sent| {
                 reference.append(REFERENCE_ID, 1, sent);
-            },
-            move || receiver.blocking_recv().expect("an event").payload,
-        );
-        p99s.push(("reference", out.record("delivery", "reference", latencies)));
-    }
-    {
-        let channel = BroadcastSession::<u64>::new(CAPACITY);
-        let mut receiver = channel.subscribe();
-        let latencies = delivery_latencies(
-            samples,
-            base,
-            |sent| {
+            }),
+            receive: Box::new(move || {
+                reference_receiver
+                    .blocking_recv()
+                    .expect("an event")
+                    .payload
+            }),
+        },
+        DeliveryDesign {
+            name: "broadcast",
+            append: Box::new(|sent| {
                 channel.append(sent);
-            },
-            move || receiver.blocking_recv().expect("an event").payload,
-        );
-        p99s.push(("broadcast", out.record("delivery", "broadcast", latencies)));
-    }
-    print_ratios(&p99s);
+            }),
+            receive: Box::new(move || channel_receiver.blocking_recv().expect("an event").payload),
+        },
+    ];
+    let results: Vec<(&str, Percentiles)> = delivery_latencies(samples, designs)
+        .into_iter()
+        .map(|(name, latencies)| (name, out.record("delivery", name, latencies)))
+        .collect();
+    print_ratios(&results);
     summary.push_str(&out.summary);
     support::write_out("delivery_latency.csv", &out.csv);
 }
@@ -295,72 +325,97 @@ fn print_ratios(results: &[(&str, Percentiles)]) {
     }
 }
 
+/// One design in the append measurement: an append, and the reader that
+/// replays the same session's last `REPLAY_WINDOW` events.
+struct AppendDesign<'a> {
+    name: &'static str,
+    append: Box<dyn FnMut(u64) + 'a>,
+    replay: Box<dyn Fn() + Sync + 'a>,
+}
+
 fn append_under_reader(settings: &Settings, summary: &mut String) {
     let samples = settings.samples(1_000_000, 20_000);
+    let rounds = settings.samples(10, 2);
     println!(
-        "\n== append latency, back to back, without and with a reader replaying the last {REPLAY_WINDOW} events in a loop ({samples} samples) =="
+        "\n== append latency, back to back, without and with a reader replaying the last {REPLAY_WINDOW} events in a loop ({samples} samples per case, in {rounds} rounds taking turns) =="
     );
     let mut out = Summary::new("design,reader");
     let key = session_key();
-    let mut results = Vec::new();
 
-    {
-        let store = ReplayStore::<u64>::default();
-        let handle = store.session(&key).expect("session");
-        for i in 0..CAPACITY as u64 {
-            handle.append(Revision(1), i).expect("append");
-        }
-        let append = |i| {
-            black_box(handle.append(Revision(1), i).expect("append"));
-        };
-        let (alone, _) = append_latencies(samples, append, None);
-        results.push(("ours, no reader", out.record("append", "ours,none", alone)));
-        let replay = || {
-            let tail = store.current_cursor(&key);
-            let from = Cursor::new(
-                key.clone(),
-                tail.incarnation(),
-                tail.revision(),
-                tail.position() - REPLAY_WINDOW,
-            );
-            // A writer lapping the reader mid-replay is a gap: still a read.
-            let _ = black_box(store.replay_after_cursor(&from));
-        };
-        let (shared, reads) = append_latencies(samples, append, Some(&replay));
-        results.push((
-            "ours, reader",
-            out.record("append", "ours,replaying", shared),
-        ));
-        println!("  (ours: the reader replayed {reads} times meanwhile)");
+    let store = ReplayStore::<u64>::default();
+    let handle = store.session(&key).expect("session");
+    for i in 0..CAPACITY as u64 {
+        handle.append(Revision(1), i).expect("append");
     }
-    {
-        let reference = ReferenceStore::<u64>::with_defaults();
-        for i in 0..CAPACITY as u64 {
-            reference.append(REFERENCE_ID, 1, i);
+    let reference = ReferenceStore::<u64>::with_defaults();
+    for i in 0..CAPACITY as u64 {
+        reference.append(REFERENCE_ID, 1, i);
+    }
+    let mut designs = [
+        AppendDesign {
+            name: "ours",
+            append: Box::new(|i| {
+                black_box(handle.append(Revision(1), i).expect("append"));
+            }),
+            replay: Box::new(|| {
+                let tail = store.current_cursor(&key);
+                let from = Cursor::new(
+                    key.clone(),
+                    tail.incarnation(),
+                    tail.revision(),
+                    tail.position() - REPLAY_WINDOW,
+                );
+                // A writer lapping the reader mid-replay is a gap: still a read.
+                let _ = black_box(store.replay_after_cursor(&from));
+            }),
+        },
+        AppendDesign {
+            name: "reference",
+            append: Box::new(|i| {
+                black_box(reference.append(REFERENCE_ID, 1, i));
+            }),
+            replay: Box::new(|| {
+                let tail = reference.current_cursor(REFERENCE_ID);
+                let _ = black_box(
+                    reference.replay_after_cursor(&tail.at(tail.position - REPLAY_WINDOW)),
+                );
+            }),
+        },
+    ];
+    // [design][0: no reader, 1: reader replaying]
+    let mut latencies = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut reads = [0u64; 2];
+    for round in 0..rounds {
+        for turn in 0..designs.len() {
+            let index = (turn + round) % designs.len();
+            let design = &mut designs[index];
+            for case in [round % 2, 1 - round % 2] {
+                let reader = (case == 1).then_some(&*design.replay);
+                let (taken, read) = append_latencies(samples / rounds, &mut *design.append, reader);
+                latencies[index][case].extend(taken);
+                reads[index] += read;
+            }
         }
-        let append = |i| {
-            black_box(reference.append(REFERENCE_ID, 1, i));
-        };
-        let (alone, _) = append_latencies(samples, append, None);
+    }
+    let mut results = Vec::new();
+    for (index, [alone, shared]) in latencies.into_iter().enumerate() {
+        let name = designs[index].name;
         results.push((
-            "reference, no reader",
-            out.record("append", "reference,none", alone),
+            format!("{name}, no reader"),
+            out.record("append", &format!("{name},none"), alone),
         ));
-        let replay = || {
-            let tail = reference.current_cursor(REFERENCE_ID);
-            let _ =
-                black_box(reference.replay_after_cursor(&tail.at(tail.position - REPLAY_WINDOW)));
-        };
-        let (shared, reads) = append_latencies(samples, append, Some(&replay));
         results.push((
-            "reference, reader",
-            out.record("append", "reference,replaying", shared),
+            format!("{name}, reader"),
+            out.record("append", &format!("{name},replaying"), shared),
         ));
-        println!("  (reference: the reader replayed {reads} times meanwhile)");
+        println!(
+            "  ({name}: the reader replayed {} times meanwhile)",
+            reads[index]
+        );
     }
     for (without, with) in [(0, 2), (1, 3)] {
-        let (ours_name, ours) = results[without];
-        let (other_name, other) = results[with];
+        let (ours_name, ours) = &results[without];
+        let (other_name, other) = &results[with];
         println!(
             "  {other_name} / {ours_name}: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
             other.p50 as f64 / ours.p50.max(1) as f64,
