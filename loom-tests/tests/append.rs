@@ -91,7 +91,10 @@ fn lapping_writers_keep_the_newest_event() {
             Ok(events) if events.is_empty() => {}
             Ok(events) => {
                 assert_eq!(events.len(), 1, "capacity 1 holds one event");
-                assert!(is_one_of(&events[0], &[&appended[0]]), "the run after 1 is 2");
+                assert!(
+                    is_one_of(&events[0], &[&appended[0]]),
+                    "the run after 1 is 2"
+                );
             }
             Err(error) => assert_eq!(expect_gap(Err::<(), _>(error)).reason, GapReason::Trimmed),
         }
@@ -105,7 +108,11 @@ fn lapping_writers_keep_the_newest_event() {
         );
         for after in 0..3 {
             let gap = expect_gap(store.replay_after_position(&key, after));
-            assert_eq!(gap.reason, GapReason::Trimmed, "only position 4 is retained");
+            assert_eq!(
+                gap.reason,
+                GapReason::Trimmed,
+                "only position 4 is retained"
+            );
             assert_eq!(gap.latest.position(), 4);
         }
         let gap = expect_gap(store.replay_after_cursor(&first.cursor()));
