@@ -112,23 +112,28 @@ impl<T> SessionMap<T> {
     pub(crate) fn sweep(&self, shared: &Shared<T>) -> usize {
         self.created_since_sweep.store(0, Relaxed);
         let now = shared.now();
-        let mut evicted = 0;
+        // Evicted sessions are dropped only after the sweep has accounted
+        // for them: a payload whose `Drop` panics must not leave the counts
+        // wrong (or unwind out of the map's shard lock).
+        let mut evicted = Vec::new();
         self.map.retain(|_, session| {
             let evict = Session::is_evictable(session, now);
             if evict {
-                evicted += 1;
-                shared
-                    .counters
-                    .appends_of_gone_sessions
-                    .add(session.ring.claimed());
+                evicted.push(Arc::clone(session));
             }
             !evict
         });
-        if evicted > 0 {
-            self.live.fetch_sub(evicted, Relaxed);
-            self.evicted.fetch_add(evicted as u64, Relaxed);
+        for session in &evicted {
+            shared
+                .counters
+                .appends_of_gone_sessions
+                .add(session.ring.claimed());
         }
-        evicted
+        if !evicted.is_empty() {
+            self.live.fetch_sub(evicted.len(), Relaxed);
+            self.evicted.fetch_add(evicted.len() as u64, Relaxed);
+        }
+        evicted.len()
     }
 
     /// Trims one session and evicts it if that left it idle.

@@ -155,7 +155,7 @@ fn assert_no_leak(
 /// stops there for good (later appends return `Ok` but are never readable,
 /// subscribers see nothing, the session is never evictable).
 #[test]
-#[ignore = "core bug: a payload Drop panic during a segment lap leaves a permanent hole at the lapping position"]
+
 fn a_payload_panicking_when_the_ring_laps_it() {
     let live = Arc::new(AtomicUsize::new(0));
     let mut guard = Guard::default();
@@ -327,7 +327,7 @@ fn payloads_are_moved_never_cloned() {
 /// from the session count: `stats().sessions` stays high forever and
 /// `max_sessions` refuses creations the store has room for.
 #[test]
-#[ignore = "core bug: a payload Drop panic inside sweep() leaks the evicted sessions' places in the session count"]
+
 fn a_payload_panicking_while_a_sweep_evicts_other_sessions() {
     const IDLE: usize = 40;
     let live = Arc::new(AtomicUsize::new(0));

@@ -107,31 +107,37 @@ impl<T> Directory<T> {
     }
 
     /// Publishes `event` at its place, installing its segment first if it
-    /// is not there yet. Returns `false` if the place was already lapped
-    /// (the event is outside the window: readers report it trimmed).
-    pub(crate) fn publish(&self, event: &Arc<Event<T>>) -> bool {
+    /// is not there yet. If the place was already lapped, the event is
+    /// outside the window and is not stored (readers report it trimmed).
+    ///
+    /// Returns the older segment it took out of the directory, if any, for
+    /// the caller to drop once the append is announced: a payload whose
+    /// `Drop` panics must not stop this event from being published.
+    #[must_use = "dropping the displaced segment frees its events"]
+    pub(crate) fn publish(&self, event: &Arc<Event<T>>) -> Option<Arc<Segment<T>>> {
         let place = self.place(event.position);
         let entry = &self.entries[place.entry];
+        let mut displaced = None;
         loop {
             let done = entry.with(|held| match held {
                 Some(segment) if segment.number() == place.segment => {
                     segment.publish(place.offset, event);
-                    Some(true)
+                    true
                 }
-                Some(segment) if segment.number() > place.segment => Some(false),
+                Some(segment) if segment.number() > place.segment => true,
                 _ => {
                     // Older or empty: install ours over exactly what we saw.
                     // If another writer of the same segment won the race,
-                    // the next turn finds its segment; ours is dropped.
+                    // the next turn finds its segment and ours is dropped.
                     let fresh = Arc::new(Segment::new(place.segment, self.segment_len as usize));
-                    // The displaced older segment is freed here unless a
-                    // reader still holds it.
-                    let _displaced = entry.compare_and_set(held, Some(fresh));
-                    None
+                    if let Some(older) = entry.compare_and_set(held, Some(fresh)) {
+                        displaced = older;
+                    }
+                    false
                 }
             });
-            if let Some(published) = done {
-                return published;
+            if done {
+                return displaced;
             }
         }
     }

@@ -136,21 +136,27 @@ impl<T> Ring<T> {
     /// Publishes one claimed event, advances the tail and wakes subscribers.
     #[inline]
     pub(crate) fn publish(&self, event: &Arc<Event<T>>) {
-        self.directory.publish(event);
+        let displaced = self.directory.publish(event);
         self.advance_past(event.position, event.position);
         self.doorbell.ring();
+        // Only now, with the append announced, may a lapped payload's
+        // `Drop` run (and panic).
+        drop(displaced);
     }
 
     /// Publishes a claimed batch (consecutive positions, ascending) last to
     /// first, so that it becomes visible all at once (invariant 4).
     pub(crate) fn publish_batch(&self, events: &[Arc<Event<T>>]) {
-        for event in events.iter().rev() {
-            self.directory.publish(event);
-        }
+        let displaced: Vec<_> = events
+            .iter()
+            .rev()
+            .filter_map(|event| self.directory.publish(event))
+            .collect();
         if let (Some(first), Some(last)) = (events.first(), events.last()) {
             self.advance_past(first.position, last.position);
         }
         self.doorbell.ring();
+        drop(displaced);
     }
 
     /// The published tail `P`: every position `<= P` is settled.
