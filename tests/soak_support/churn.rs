@@ -392,7 +392,9 @@ pub fn run(
         clock.advance(config.max_age + config.clock_step);
         shared.store.sweep();
         settled_rss[phase] = sample("settled", &mut samples);
-        settled_heap[phase] = heap_bytes();
+        // Not the soak's own record of samples, which grows with the run.
+        let samples_bytes = (samples.capacity() * std::mem::size_of::<Sample>()) as u64;
+        settled_heap[phase] = heap_bytes().map(|bytes| bytes.saturating_sub(samples_bytes));
         settled_payloads[phase] = LIVE_PAYLOADS.load(Relaxed);
         settled_stats[phase] = shared.store.stats();
     }
