@@ -293,14 +293,19 @@ fn run_writers_readers_subscriber(capacity: usize, per_writer: u64) -> Run {
         "positions are exactly 1..=total"
     );
     assert_eq!(store.latest_position(&key), Some(total));
-    Run {
+    let run = Run {
         acknowledged,
         readers: readers
             .into_iter()
             .map(|reader| reader.join().expect("reader panicked"))
             .collect(),
         subscriber: subscriber.join().expect("subscriber panicked"),
-    }
+    };
+    let stats = store.stats();
+    assert_eq!(stats.appends, total);
+    assert_eq!(stats.retained_events, total.min(capacity as u64));
+    assert_eq!((stats.subscribers, stats.parked_subscribers), (0, 0));
+    run
 }
 
 /// What every observer must satisfy whatever the capacity.
