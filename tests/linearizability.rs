@@ -198,16 +198,22 @@ fn ticket() -> u64 {
 }
 
 const THREADS: u64 = 3;
-const OPERATIONS_PER_THREAD: u64 = 120;
-const ROUNDS: u64 = 10;
+const OPERATIONS_PER_THREAD: u64 = 400;
+const ROUNDS: u64 = 8;
 
 /// One thread's deterministic mix of operations on one session: appends
 /// through a handle and by key, replays from the start and after the last
 /// cursor it saw, and `current_cursor`.
-fn run_thread(store: &ReplayStore<u64>, key: &SessionKey, thread: u64) -> Vec<Operation> {
+fn run_thread(
+    store: &ReplayStore<u64>,
+    key: &SessionKey,
+    thread: u64,
+    start: &Barrier,
+) -> Vec<Operation> {
     let handle = store.session(key).expect("no bound is configured");
     let mut last_cursor = Cursor::start(key.clone());
     let mut history = Vec::with_capacity(OPERATIONS_PER_THREAD as usize);
+    start.wait();
     for step in 0..OPERATIONS_PER_THREAD {
         let payload = thread * 1_000_000 + step;
         let invoked = ticket();
@@ -266,6 +272,9 @@ fn run_thread(store: &ReplayStore<u64>, key: &SessionKey, thread: u64) -> Vec<Op
             returned,
             outcome,
         });
+        // Offer the core to the other threads between operations, so their
+        // operations interleave more often than one time slice each.
+        thread::yield_now();
     }
     history
 }
@@ -288,10 +297,7 @@ fn record_history() -> Vec<Operation> {
     let threads: Vec<_> = (0..THREADS)
         .map(|thread| {
             let (store, key, start) = (store.clone(), key.clone(), start.clone());
-            thread::spawn(move || {
-                start.wait();
-                run_thread(&store, &key, thread)
-            })
+            thread::spawn(move || run_thread(&store, &key, thread, &start))
         })
         .collect();
     threads
