@@ -256,14 +256,20 @@ impl<T> Session<T> {
                 }
             }
         }
-        let missed = self.first_retained(tail, now) - (after + 1);
+        let missed = self
+            .first_retained(after + 1, tail, now)
+            .saturating_sub(after + 1);
         Err(self.gap(GapReason::Trimmed, cursor, Some(missed)))
     }
 
-    /// The oldest position still readable (`tail + 1` if none is).
-    fn first_retained(&self, tail: u64, now: Timestamp) -> u64 {
-        let window_start =
-            (tail.saturating_sub(self.ring.capacity()) + 1).max(self.ring.floor() + 1);
+    /// The oldest position `>= from` still readable (`tail + 1` if none
+    /// is). Starting at `from` keeps "missed" counts honest when a later
+    /// event carries an older timestamp (several writers, a clock stepping
+    /// back): the count never goes below zero.
+    fn first_retained(&self, from: u64, tail: u64, now: Timestamp) -> u64 {
+        let window_start = (tail.saturating_sub(self.ring.capacity()) + 1)
+            .max(self.ring.floor() + 1)
+            .max(from);
         (window_start..=tail)
             .find(|&position| match self.ring.read(position) {
                 Read::Event(event) => !self.shared.is_expired(&event, now),
@@ -284,7 +290,10 @@ impl<T> Session<T> {
         if from <= tail && self.ring.read_range(from, tail, &mut events).is_err() {
             // Trimmed while we read: the run from the cursor can no longer
             // be served whole.
-            let missed = self.first_retained(tail, self.shared.now()) - (cursor.position() + 1);
+            let from = cursor.position() + 1;
+            let missed = self
+                .first_retained(from, tail, self.shared.now())
+                .saturating_sub(from);
             return Err(self.gap(GapReason::Trimmed, cursor, Some(missed)));
         }
         Ok(events)
@@ -302,7 +311,9 @@ impl<T> Session<T> {
                 if self.shared.is_expired(&event, self.shared.now()) {
                     self.shared.counters.lagged_subscribers.add(1);
                     let tail = self.ring.published_tail();
-                    let missed = self.first_retained(tail, self.shared.now()) - next;
+                    let missed = self
+                        .first_retained(next, tail, self.shared.now())
+                        .saturating_sub(next);
                     return Err(self.gap(GapReason::Trimmed, last_seen, Some(missed)));
                 }
                 Ok(Some(event))
@@ -320,7 +331,7 @@ impl<T> Session<T> {
             Read::Trimmed => {
                 let tail = self.ring.published_tail();
                 let missed = self
-                    .first_retained(tail, self.shared.now())
+                    .first_retained(next, tail, self.shared.now())
                     .saturating_sub(next);
                 self.shared.counters.lagged_subscribers.add(1);
                 Err(self.gap(GapReason::Trimmed, last_seen, Some(missed)))
@@ -354,7 +365,7 @@ impl<T> Session<T> {
     /// already unreadable).
     pub(crate) fn release_through(&self, watermark: u64) -> usize {
         let tail = self.ring.published_tail();
-        let first_readable = self.first_retained(tail, self.shared.now());
+        let first_readable = self.first_retained(1, tail, self.shared.now());
         self.ring.raise_floor(watermark, first_readable - 1)
     }
 
@@ -365,7 +376,7 @@ impl<T> Session<T> {
     /// Events readable now.
     pub(crate) fn retained(&self, now: Timestamp) -> u64 {
         let tail = self.ring.published_tail();
-        tail + 1 - self.first_retained(tail, now)
+        tail + 1 - self.first_retained(1, tail, now)
     }
 
     /// Whether the store may evict this session: nobody but the map holds

@@ -326,7 +326,6 @@ fn a_subscriber_behind_by_age_gets_one_trimmed_gap_then_ends() {
 /// See the contract test of the same situation: a later position with an
 /// older timestamp (several writers, or a wall clock stepping back).
 #[test]
-#[ignore = "core bug: missed = first_retained - next underflows when next expires before next - 1"]
 fn a_subscriber_whose_next_event_ages_out_before_the_last_one_gets_a_sane_gap() {
     let (store, clock) = aging_store();
     let k = key("t", "s");
