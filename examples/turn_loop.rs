@@ -60,13 +60,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // The host.
-    let words = |text: &str| text.split_inclusive(' ').map(str::to_string).collect::<Vec<_>>();
+    let words = |text: &str| {
+        text.split_inclusive(' ')
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     let mut shown = String::new();
 
     // 1. Subscribe from the start, read a few tokens live, then lose the
     //    connection. All the host keeps is the cursor string it last saw.
     let mut live = store.subscribe_scoped(&key, &Cursor::start(key.clone()))?;
-    steps.send(Step::Stream(words("The quick brown fox jumps over the lazy dog. ")))?;
+    steps.send(Step::Stream(words(
+        "The quick brown fox jumps over the lazy dog. ",
+    )))?;
     for _ in 0..4 {
         shown.push_str(live.next_timeout(WAIT)?.payload());
     }
@@ -82,10 +88,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let saved = live.cursor().clone();
     drop(live);
-    println!("host: resumed after position {}, text now {shown:?}", resume_from.position());
+    println!(
+        "host: resumed after position {}, text now {shown:?}",
+        resume_from.position()
+    );
 
     // 3. Stay away while the runtime streams more than the ring keeps.
-    let long_answer = (1..=3 * CAPACITY).map(|i| format!("w{i} ")).collect::<Vec<_>>();
+    let long_answer = (1..=3 * CAPACITY)
+        .map(|i| format!("w{i} "))
+        .collect::<Vec<_>>();
     steps.send(Step::Stream(long_answer))?;
     let target = transcript_len_after(&transcript, saved.position() as usize + 3 * CAPACITY);
     println!("runtime: streamed {target} tokens in all while the host was away");
