@@ -12,7 +12,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -535,15 +535,14 @@ fn hosts_dropping_subscriptions_while_writers_ring() {
         .collect();
     // An async host polls a stream once (arming it) and drops it while the
     // writers keep ringing.
-    let mut armed_and_dropped = 0;
     while done.load(SeqCst) < SUBSCRIBERS {
         let mut stream = store
             .subscribe_after_cursor(&store.current_cursor(&k))
             .unwrap();
         let mut context = Context::from_waker(Waker::noop());
-        if let Poll::Pending = std::pin::Pin::new(&mut stream).poll_next(&mut context) {
-            armed_and_dropped += 1;
-        }
+        // Pending (armed) or an event, depending on timing: either way the
+        // stream is dropped while the writers keep ringing.
+        let _ = std::pin::Pin::new(&mut stream).poll_next(&mut context);
         drop(stream);
         thread::yield_now();
     }
@@ -552,9 +551,6 @@ fn hosts_dropping_subscriptions_while_writers_ring() {
     let appended: u64 = writers.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(delivered > 0, "subscribers were woken");
     assert!(appended > 0);
-    // Whether a poll found nothing (and armed) depends on timing; all that
-    // matters is that dropping armed streams left nothing behind.
-    let _ = armed_and_dropped;
     let stats = store.stats();
     assert_eq!(stats.subscribers, 0);
     assert_eq!(stats.parked_subscribers, 0);
