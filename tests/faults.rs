@@ -149,13 +149,10 @@ fn assert_no_leak(
 /// it its place: every claimed position is published, or the session's
 /// tail would stop there for good.
 ///
-/// Fails since the segment ring (452a091): `Directory::publish` drops the
-/// displaced segment (and its events) before writing the new event, so the
-/// panic leaves its position claimed and never written; the published tail
-/// stops there for good (later appends return `Ok` but are never readable,
-/// subscribers see nothing, the session is never evictable).
+/// (Failed with the first segment ring, 452a091: the displaced segment was
+/// dropped before the new event was written, so the panic left a hole that
+/// stalled the tail for good. Fixed in 9cc5313.)
 #[test]
-
 fn a_payload_panicking_when_the_ring_laps_it() {
     let live = Arc::new(AtomicUsize::new(0));
     let mut guard = Guard::default();
@@ -322,12 +319,11 @@ fn payloads_are_moved_never_cloned() {
     assert_no_leak(store, &live, Guard::default(), 0);
 }
 
-/// A sweep that evicted some sessions and then hit a panicking payload
-/// (while trimming another session) never subtracts the ones it evicted
-/// from the session count: `stats().sessions` stays high forever and
-/// `max_sessions` refuses creations the store has room for.
+/// A sweep that evicts some sessions and then hits a panicking payload
+/// must still count the ones it evicted: otherwise `stats().sessions`
+/// stays high forever and `max_sessions` refuses creations the store has
+/// room for. (Failed before 9cc5313.)
 #[test]
-
 fn a_payload_panicking_while_a_sweep_evicts_other_sessions() {
     const IDLE: usize = 40;
     let live = Arc::new(AtomicUsize::new(0));
