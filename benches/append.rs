@@ -31,7 +31,7 @@ use livereplay::{Config, NextTimeoutError, ReplayStore, Revision, SessionKey, Su
 use tokio::sync::broadcast::error::RecvError;
 
 use baselines::{floor_append, BroadcastStore, RefReceiver, ReferenceStore};
-use support::Comparison;
+use support::{Comparison, Contender};
 
 const CAPACITY: usize = 2048;
 const SPREAD_SESSIONS: usize = 10_000;
@@ -469,6 +469,169 @@ fn report_scaling(since: SystemTime) {
     support::write_out("append-scaling.csv", &csv);
 }
 
+/// The headline ratios again, robust to the machine's load drifting: the
+/// designs take turns in short batches (see `support::paired`).
+fn paired_append() {
+    let mut csv = String::from(support::PAIRED_CSV_HEADER);
+    println!(
+        "\n== append: paired comparisons (ratio = other / first; > 1 means the first is faster) =="
+    );
+    let session_key = key(0);
+    let id = reference_id(0);
+    let store = ReplayStore::<u64>::default();
+    let handle = store.session(&session_key).expect("session");
+    let reference = ReferenceStore::<u64>::with_defaults();
+    let broadcast = BroadcastStore::<u64>::new(CAPACITY);
+    let channel = broadcast.session(&id);
+    for i in 0..CAPACITY as u64 {
+        handle.append(Revision(1), i).expect("append");
+        reference.append(&id, 1, i);
+    }
+    support::paired(
+        "append_one_session_handle",
+        vec![
+            Contender::new("ours_handle", |n| {
+                for i in 0..n {
+                    black_box(handle.append(Revision(1), i).expect("append"));
+                }
+            }),
+            Contender::new("floor", |n| {
+                for i in 0..n {
+                    black_box(floor_append(&session_key, i, i));
+                }
+            }),
+            Contender::new("broadcast_handle", |n| {
+                for i in 0..n {
+                    black_box(channel.append(i));
+                }
+            }),
+            Contender::new("reference", |n| {
+                for i in 0..n {
+                    black_box(reference.append(black_box(&id), 1, i));
+                }
+            }),
+        ],
+        &mut csv,
+    );
+    support::paired(
+        "append_one_session_key",
+        vec![
+            Contender::new("ours_key", |n| {
+                for i in 0..n {
+                    black_box(store.append(&session_key, Revision(1), i).expect("append"));
+                }
+            }),
+            Contender::new("reference", |n| {
+                for i in 0..n {
+                    black_box(reference.append(black_box(&id), 1, i));
+                }
+            }),
+            Contender::new("broadcast_key", |n| {
+                for i in 0..n {
+                    black_box(broadcast.append(black_box(&id), i));
+                }
+            }),
+        ],
+        &mut csv,
+    );
+    drop((handle, store, reference, channel, broadcast));
+
+    let keys: Vec<SessionKey> = (0..SPREAD_SESSIONS).map(key).collect();
+    let ids: Vec<String> = (0..SPREAD_SESSIONS).map(reference_id).collect();
+    let store =
+        ReplayStore::<u64>::new(Config::default().with_capacity(SPREAD_CAPACITY)).expect("config");
+    let handles: Vec<_> = keys
+        .iter()
+        .map(|key| store.session(key).expect("session"))
+        .collect();
+    let reference = ReferenceStore::<u64>::new(SPREAD_CAPACITY, Duration::from_secs(120));
+    for (handle, id) in handles.iter().zip(&ids) {
+        for i in 0..SPREAD_CAPACITY as u64 {
+            handle.append(Revision(1), i).expect("append");
+            reference.append(id, 1, i);
+        }
+    }
+    let turns = [0usize; 3].map(std::cell::Cell::new);
+    let next = |which: usize| {
+        let turn = (turns[which].get() + 1) % SPREAD_SESSIONS;
+        turns[which].set(turn);
+        turn
+    };
+    support::paired(
+        "append_10k_sessions",
+        vec![
+            Contender::new("ours_key", |n| {
+                for i in 0..n {
+                    black_box(
+                        store
+                            .append(&keys[next(0)], Revision(1), i)
+                            .expect("append"),
+                    );
+                }
+            }),
+            Contender::new("reference", |n| {
+                for i in 0..n {
+                    black_box(reference.append(&ids[next(1)], 1, i));
+                }
+            }),
+            Contender::new("ours_handle", |n| {
+                for i in 0..n {
+                    black_box(handles[next(2)].append(Revision(1), i).expect("append"));
+                }
+            }),
+        ],
+        &mut csv,
+    );
+    drop((handles, store, reference));
+
+    let keys = [key(0), key(1)];
+    let ids = [reference_id(0), reference_id(1)];
+    let store = ReplayStore::<u64>::default();
+    let handles = keys
+        .clone()
+        .map(|key| store.session(&key).expect("session"));
+    let reference = ReferenceStore::<u64>::with_defaults();
+    for (handle, id) in handles.iter().zip(&ids) {
+        for i in 0..CAPACITY as u64 {
+            handle.append(Revision(1), i).expect("append");
+            reference.append(id, 1, i);
+        }
+    }
+    let ours = |t: usize, i: u64| {
+        black_box(handles[t].append(Revision(1), i).expect("append"));
+    };
+    let theirs = |t: usize, i: u64| {
+        black_box(reference.append(&ids[t], 1, i));
+    };
+    println!("(two threads: time per iteration is one append on each thread; scaling = 2 / ratio; {} cores)",
+        thread::available_parallelism().map_or(0, |n| n.get()));
+    // The floor needs no shared state at all: how far this machine lets
+    // two threads scale right now (on a loaded 2-core machine, not 2x).
+    let control = |_: usize, i: u64| {
+        black_box(floor_append(&keys[0], i, i));
+    };
+    for (name, append) in [
+        ("ours_handle", &ours as &(dyn Fn(usize, u64) + Sync)),
+        ("reference", &theirs),
+        ("floor_control", &control),
+    ] {
+        support::paired_batches(
+            &format!("append_two_threads_{name}"),
+            vec![
+                Contender::new("1_thread", |n| {
+                    black_box(parallel(1, n, &append));
+                }),
+                Contender::new("2_threads", |n| {
+                    black_box(parallel(2, n, &append));
+                }),
+            ],
+            Duration::from_millis(20),
+            &mut csv,
+        );
+    }
+    support::write_out("append-paired.csv", &csv);
+}
+
 fn main() {
     let since = SystemTime::now();
     let mut criterion = support::criterion();
@@ -479,4 +642,7 @@ fn main() {
     criterion.final_summary();
     support::report("append", since, COMPARISONS);
     report_scaling(since);
+    if support::paired_enabled() {
+        paired_append();
+    }
 }

@@ -27,7 +27,7 @@ use criterion::Criterion;
 use livereplay::{Config, Cursor, Error, GapReason, ReplayStore, Revision, SessionKey};
 
 use baselines::{RefGapReason, ReferenceStore};
-use support::Comparison;
+use support::{Comparison, Contender};
 
 const CAPACITY: usize = 2048;
 const REPLAYED: usize = 100;
@@ -256,6 +256,110 @@ const COMPARISONS: &[Comparison] = &[
     },
 ];
 
+/// The headline ratios again, robust to the machine's load drifting: the
+/// designs take turns in short batches (see `support::paired`).
+fn paired_replay() {
+    let mut csv = String::from(support::PAIRED_CSV_HEADER);
+    println!(
+        "\n== replay: paired comparisons (ratio = other / first; > 1 means the first is faster) =="
+    );
+    let key = session_key();
+    let store = ReplayStore::<u64>::default();
+    let handle = store.session(&key).expect("session");
+    let events: Vec<_> = (0..CAPACITY as u64)
+        .map(|i| handle.append(Revision(1), i).expect("append"))
+        .collect();
+    let cursor = events[CAPACITY - REPLAYED - 1].cursor();
+    drop(events);
+    let reference = ReferenceStore::<u64>::with_defaults();
+    for i in 0..CAPACITY as u64 {
+        reference.append(REFERENCE_ID, 1, i);
+    }
+    let reference_cursor = reference
+        .current_cursor(REFERENCE_ID)
+        .at((CAPACITY - REPLAYED) as u64);
+    let replay_reference = |n| {
+        for _ in 0..n {
+            let events = reference
+                .replay_after_cursor(&reference_cursor)
+                .expect("replay");
+            assert_eq!(events.len(), REPLAYED);
+        }
+    };
+    support::paired(
+        "replay_100",
+        vec![
+            Contender::new("ours_key", |n| {
+                for _ in 0..n {
+                    let events = store.replay_after_cursor(&cursor).expect("replay");
+                    assert_eq!(events.len(), REPLAYED);
+                }
+            }),
+            Contender::new("reference", replay_reference),
+            Contender::new("ours_handle", |n| {
+                for _ in 0..n {
+                    let events = handle.replay_after(&cursor).expect("replay");
+                    assert_eq!(events.len(), REPLAYED);
+                }
+            }),
+        ],
+        &mut csv,
+    );
+    support::paired(
+        "replay_at_tail",
+        vec![
+            Contender::new("ours_key", |n| {
+                for _ in 0..n {
+                    let tail = store.current_cursor(&key);
+                    assert!(store.replay_after_cursor(&tail).expect("replay").is_empty());
+                }
+            }),
+            Contender::new("reference", |n| {
+                for _ in 0..n {
+                    let tail = reference.current_cursor(REFERENCE_ID);
+                    assert!(reference
+                        .replay_after_cursor(&tail)
+                        .expect("replay")
+                        .is_empty());
+                }
+            }),
+            Contender::new("ours_handle", |n| {
+                for _ in 0..n {
+                    let tail = handle.current_cursor();
+                    assert!(handle.replay_after(&tail).expect("replay").is_empty());
+                }
+            }),
+        ],
+        &mut csv,
+    );
+    drop((handle, store, reference));
+
+    let store =
+        ReplayStore::<u64>::new(Config::default().with_capacity(TURN_CAPACITY)).expect("config");
+    let small =
+        ReplayStore::<u64>::new(Config::default().with_capacity(SMALL_CAPACITY)).expect("config");
+    let max_age = Duration::from_secs(120);
+    let reference = ReferenceStore::<u64>::new(TURN_CAPACITY, max_age);
+    let reference_small = ReferenceStore::<u64>::new(SMALL_CAPACITY, max_age);
+    support::paired(
+        "pressure_turn",
+        vec![
+            Contender::new("ours", |n| {
+                for _ in 0..n {
+                    pressure_turn_ours(&store, &small, &key);
+                }
+            }),
+            Contender::new("reference", |n| {
+                for _ in 0..n {
+                    pressure_turn_reference(&reference, &reference_small, REFERENCE_ID);
+                }
+            }),
+        ],
+        &mut csv,
+    );
+    support::write_out("replay-paired.csv", &csv);
+}
+
 fn main() {
     let since = SystemTime::now();
     let mut criterion = support::criterion();
@@ -264,4 +368,7 @@ fn main() {
     pressure_turn(&mut criterion);
     criterion.final_summary();
     support::report("replay", since, COMPARISONS);
+    if support::paired_enabled() {
+        paired_replay();
+    }
 }

@@ -200,3 +200,154 @@ pub fn report(bench: &str, since: SystemTime, comparisons: &[Comparison]) {
     }
     write_out(&format!("{bench}-medians.csv"), &csv);
 }
+
+/// One design in a paired comparison: `run(iters)` performs `iters`
+/// iterations of the measured operation.
+pub struct Contender<'a> {
+    pub name: &'static str,
+    pub run: Box<dyn FnMut(u64) + 'a>,
+}
+
+impl<'a> Contender<'a> {
+    pub fn new(name: &'static str, run: impl FnMut(u64) + 'a) -> Self {
+        Self {
+            name,
+            run: Box::new(run),
+        }
+    }
+}
+
+/// How many rounds a paired comparison takes.
+pub fn paired_rounds() -> usize {
+    samples(200, 10)
+}
+
+/// Times every contender in short batches (about `BATCH` each), taking
+/// turns round after round, so that a change in the machine's load hits
+/// every design alike. Returns, per contender, the median time per
+/// iteration and, for every contender after the first, the median and
+/// quartiles of the per-round ratio `contender / first` (> 1: the first
+/// is faster). Prints them and appends them to `csv`.
+pub fn paired(scenario: &str, contenders: Vec<Contender<'_>>, csv: &mut String) {
+    paired_batches(scenario, contenders, Duration::from_millis(2), csv);
+}
+
+/// [`paired`] with batches of about `batch` (longer for contenders that
+/// start threads).
+pub fn paired_batches(
+    scenario: &str,
+    mut contenders: Vec<Contender<'_>>,
+    batch: Duration,
+    csv: &mut String,
+) {
+    let rounds = paired_rounds();
+    // Calibrate: iterations per batch for each contender.
+    let iters: Vec<u64> = contenders
+        .iter_mut()
+        .map(|contender| {
+            let mut n = 16u64;
+            loop {
+                let start = std::time::Instant::now();
+                (contender.run)(n);
+                let took = start.elapsed();
+                if took >= batch / 4 || n >= 1 << 30 {
+                    let per = took.as_secs_f64() / n as f64;
+                    break ((batch.as_secs_f64() / per) as u64).max(1);
+                }
+                n *= 4;
+            }
+        })
+        .collect();
+    let mut per_iter: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); contenders.len()];
+    for round in 0..rounds {
+        for turn in 0..contenders.len() {
+            let index = (turn + round) % contenders.len();
+            let start = std::time::Instant::now();
+            (contenders[index].run)(iters[index]);
+            per_iter[index].push(start.elapsed().as_nanos() as f64 / iters[index] as f64);
+        }
+    }
+    let median = |values: &[f64], q: f64| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    };
+    println!(
+        "{scenario}  (paired: {rounds} rounds of ~{} ms batches, designs taking turns)",
+        batch.as_millis()
+    );
+    let first = &per_iter[0];
+    for (index, contender) in contenders.iter().enumerate() {
+        let times = &per_iter[index];
+        let ratios: Vec<f64> = times.iter().zip(first).map(|(t, f)| t / f).collect();
+        let ratio = median(&ratios, 0.5);
+        if index == 0 {
+            println!("  {:<34} {:>12}", contender.name, human(median(times, 0.5)));
+        } else {
+            println!(
+                "  {:<34} {:>12}   ratio {ratio:.2} (quartiles {:.2}..{:.2})",
+                contender.name,
+                human(median(times, 0.5)),
+                median(&ratios, 0.25),
+                median(&ratios, 0.75)
+            );
+        }
+        let _ = writeln!(
+            csv,
+            "{scenario},{},{:.2},{ratio:.3},{:.3},{:.3}",
+            contender.name,
+            median(times, 0.5),
+            median(&ratios, 0.25),
+            median(&ratios, 0.75)
+        );
+    }
+}
+
+/// The header of the CSV `paired` appends to.
+pub const PAIRED_CSV_HEADER: &str =
+    "scenario,design,median_ns_per_iter,ratio_over_first,ratio_q1,ratio_q3\n";
+
+/// The name filter given on the command line (criterion's positional
+/// argument), if any, skipping flags and their values.
+pub fn name_filter() -> Option<String> {
+    const WITH_VALUE: &[&str] = &[
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--profile-time",
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--color",
+        "--output-format",
+        "--plotting-backend",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--format",
+    ];
+    let mut args = std::env::args().skip(1);
+    let mut filter = None;
+    while let Some(arg) = args.next() {
+        if WITH_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            filter = Some(arg);
+        }
+    }
+    filter
+}
+
+/// Whether the paired comparisons run: not when criterion profiles, lists
+/// or runs as a test (no `--bench`), and not when a name filter excludes
+/// `paired`.
+pub fn paired_enabled() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let mode_ok = args.iter().any(|arg| arg == "--bench")
+        && !args
+            .iter()
+            .any(|arg| arg == "--profile-time" || arg == "--list");
+    mode_ok && name_filter().is_none_or(|filter| "paired".contains(filter.as_str()))
+}
