@@ -6,6 +6,7 @@
 # the run took. Removes the worktree at the end.
 #
 #   loom-tests/mutants/run.sh [MUTATION...]       (default: all)
+#   ONLY='regex' loom-tests/mutants/run.sh        (only the models matching)
 #   STANDIN=write-once loom-tests/mutants/run.sh  (first apply
 #       write-once-standin.patch: a loom stand-in for the write-once slots
 #       that lets loom show stale reads; see ../README.md)
@@ -42,7 +43,8 @@ for mutation in "${mutations[@]}"; do
         binary=$(cargo test -q -p loom-tests --release --test "$test_name" --no-run \
             --message-format=json 2>/dev/null |
             sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
-        for model in $("$binary" --list 2>/dev/null | sed -n 's/: test$//p'); do
+        for model in $("$binary" --list 2>/dev/null | sed -n 's/: test$//p' |
+            grep -E "${ONLY:-.}" || true); do
             started=$(date +%s%N)
             output=$(timeout 600 "$binary" --exact "$model" --nocapture 2>&1) &&
                 status=0 || status=$?
