@@ -62,6 +62,11 @@ MUTATIONS = {
          "self.published.store(last, Release);",
          "self.published.store(last, Relaxed);"),
     ],
+    # A writer advances the tail past its own position even when a lower
+    # position is still in flight (a hole below it).
+    "tail-skips-hole": [("src/ring/mod.rs",
+        "if hint + 1 < first {",
+        "if false {")],
     # A replay does not re-check the floor after reading its run.
     "read-range-no-floor-check": [("src/ring/mod.rs",
         "if from <= self.floor().min(to) {",
