@@ -18,6 +18,8 @@
 //!
 //! Run: `cargo run --release --example alloc_profile` (about a minute;
 //! `LIVEREPLAY_BENCH_QUICK=1` uses 10 000 sessions instead of 100 000).
+//! `alloc_profile --op <name> <n>` runs one operation `n` times, for
+//! counting instructions under `valgrind --tool=callgrind`.
 
 #[path = "../benches/baselines/mod.rs"]
 mod baselines;
@@ -488,13 +490,72 @@ fn eviction() {
     black_box(Cursor::start(last_key));
 }
 
+/// `--op <name> <n>`: fills the stores, then runs one operation `n` times,
+/// for `valgrind --tool=callgrind` (instructions per operation = the
+/// difference between `n` and `0`, divided by `n`; see BENCHMARKS.md).
+fn single_op(op: &str, n: u64) {
+    let session_key = key(0);
+    let id = reference_id(0);
+    let store = ReplayStore::<u64>::default();
+    let handle = store.session(&session_key).expect("session");
+    let reference = ReferenceStore::<u64>::with_defaults();
+    // Two laps, so every ring is full and overwrites.
+    for i in 0..2 * CAPACITY as u64 {
+        handle.append(Revision(1), i).expect("append");
+        reference.append(&id, 1, i);
+    }
+    let tail = handle.current_cursor();
+    let ours_100 = Cursor::new(
+        session_key.clone(),
+        tail.incarnation(),
+        tail.revision(),
+        tail.position() - 100,
+    );
+    let reference_tail = reference.current_cursor(&id);
+    let reference_100 = reference_tail.at(reference_tail.position - 100);
+    match op {
+        "ours_handle" => (0..n).for_each(|i| {
+            black_box(handle.append(Revision(1), i).expect("append"));
+        }),
+        "ours_key" => (0..n).for_each(|i| {
+            black_box(store.append(&session_key, Revision(1), i).expect("append"));
+        }),
+        "floor" => (0..n).for_each(|i| {
+            black_box(baselines::floor_append(&session_key, i, i));
+        }),
+        "reference" => (0..n).for_each(|i| {
+            black_box(reference.append(&id, 1, i));
+        }),
+        "ours_replay100" => (0..n).for_each(|_| {
+            black_box(store.replay_after_cursor(&ours_100).expect("replay"));
+        }),
+        "reference_replay100" => (0..n).for_each(|_| {
+            black_box(
+                reference
+                    .replay_after_cursor(&reference_100)
+                    .expect("replay"),
+            );
+        }),
+        "ours_tail" => (0..n).for_each(|_| {
+            let tail = store.current_cursor(&session_key);
+            black_box(store.replay_after_cursor(&tail).expect("replay"));
+        }),
+        "reference_tail" => (0..n).for_each(|_| {
+            let tail = reference.current_cursor(&id);
+            black_box(reference.replay_after_cursor(&tail).expect("replay"));
+        }),
+        other => panic!("unknown op {other}"),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [flag, design] = args.as_slice() {
-        if flag == "--memory" {
-            memory_child(design);
-            return;
+    match args.as_slice() {
+        [flag, design] if flag == "--memory" => return memory_child(design),
+        [flag, op, n] if flag == "--op" => {
+            return single_op(op, n.parse().expect("--op <name> <count>"));
         }
+        _ => {}
     }
     appends();
     reads();
