@@ -104,6 +104,11 @@ fn a_parked_subscriber_is_woken_by_every_append() {
         let (first, second) = writer.join().unwrap();
         assert!(Arc::ptr_eq(&woken[0], &first));
         assert!(Arc::ptr_eq(&woken[1], &second));
+        assert_eq!(
+            store.stats().parked_subscribers,
+            0,
+            "every arm was disarmed: writers pay nothing for a subscriber that stopped waiting"
+        );
     });
 }
 
@@ -126,6 +131,7 @@ fn a_pending_stream_is_woken_by_an_append() {
             .expect("nothing is trimmed");
         assert!(Arc::ptr_eq(&event, &appended));
         assert_eq!(subscription.try_next().unwrap_err(), TryNextError::Empty);
+        assert_eq!(store.stats().parked_subscribers, 0, "the stream disarmed");
     });
 }
 
@@ -152,5 +158,30 @@ fn removing_the_session_wakes_a_parked_subscriber() {
             other => panic!("expected a Reset gap, got {other:?}"),
         }
         assert!(subscription.is_ended());
+    });
+}
+
+/// Model 5d: two subscribers parked in `next_timeout` on their own threads
+/// are both woken by one append (the doorbell wakes every armed listener),
+/// and neither stays counted as parked.
+#[test]
+fn one_append_wakes_every_parked_subscriber() {
+    check("one_append_wakes_every_parked_subscriber", || {
+        let store = store(8);
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let subscribers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut subscription = handle.subscribe_after(&Cursor::start(key.clone())).unwrap();
+                thread::spawn(move || subscription.next_timeout(FOREVER).unwrap())
+            })
+            .collect();
+
+        let appended = handle.append(Revision(1), 1).unwrap();
+
+        for subscriber in subscribers {
+            assert!(Arc::ptr_eq(&subscriber.join().unwrap(), &appended));
+        }
+        assert_eq!(store.stats().parked_subscribers, 0);
     });
 }
