@@ -69,6 +69,38 @@ fn remove_racing_a_handle_append() {
     });
 }
 
+/// Model 7d: `remove_session` races a batch append through a handle: the
+/// batch is refused whole or lands whole in the removed incarnation (a
+/// close never splits a batch's claim).
+#[test]
+fn remove_racing_a_batch_append() {
+    check("remove_racing_a_batch_append", || {
+        let store = store(8);
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let writer = {
+            let handle = handle.clone();
+            thread::spawn(move || handle.append_batch(Revision(1), [1, 2]))
+        };
+
+        assert!(store.remove_session(&key));
+
+        let raced = writer.join().unwrap();
+        let replayed = handle.replay_after(&Cursor::start(key.clone())).unwrap();
+        match raced {
+            Ok(batch) => {
+                assert_eq!(positions(&batch), [1, 2]);
+                assert_eq!(positions(&replayed), [1, 2], "the batch landed whole");
+            }
+            Err(error) => {
+                assert_eq!(error, Error::Refused(Refusal::SessionRemoved));
+                assert!(replayed.is_empty(), "a refused batch stored nothing");
+            }
+        }
+        assert!(!store.contains_session(&key));
+    });
+}
+
 /// Checks, after an eviction raced an append that returned `appended`,
 /// that the append is replayable by key, and that the cursor of the expired
 /// event `expired` reads `Reset` if the append started a new incarnation.
