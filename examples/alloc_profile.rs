@@ -25,6 +25,7 @@
 mod baselines;
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::hint::black_box;
 use std::process::Command;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -43,22 +44,35 @@ static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
 
+thread_local! {
+    /// Allocations made by the current thread (no destructor, so it stays
+    /// readable while a thread is torn down).
+    static THREAD_ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_allocation(size: usize) {
+    ALLOCATIONS.fetch_add(1, Relaxed);
+    ALLOCATED_BYTES.fetch_add(size as u64, Relaxed);
+    LIVE_BYTES.fetch_add(size as i64, Relaxed);
+    let _ = THREAD_ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+}
+
+fn thread_allocations() -> u64 {
+    THREAD_ALLOCATIONS.with(Cell::get)
+}
+
 // SAFETY: every method forwards its arguments unchanged to `System`, which
 // upholds the `GlobalAlloc` contract; the counters are plain atomics and
 // never allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        ALLOCATED_BYTES.fetch_add(layout.size() as u64, Relaxed);
-        LIVE_BYTES.fetch_add(layout.size() as i64, Relaxed);
+        count_allocation(layout.size());
         // SAFETY: forwarded as received.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        ALLOCATED_BYTES.fetch_add(layout.size() as u64, Relaxed);
-        LIVE_BYTES.fetch_add(layout.size() as i64, Relaxed);
+        count_allocation(layout.size());
         // SAFETY: forwarded as received.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -70,9 +84,8 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        ALLOCATED_BYTES.fetch_add(new_size as u64, Relaxed);
-        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
+        count_allocation(new_size);
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Relaxed);
         // SAFETY: forwarded as received.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -350,6 +363,73 @@ fn reads() {
     );
 }
 
+/// A subscriber that parks between events (as a host waiting for tokens
+/// does): allocations made on the subscriber's thread per delivered event,
+/// counted there, so the writer's own allocations do not mix in.
+fn parked_deliveries() {
+    const RUNS: u64 = 2_000;
+    const PATIENCE: Duration = Duration::from_secs(10);
+    const PARK_PAUSE: Duration = Duration::from_micros(300);
+    println!(
+        "\n== allocations on a parked subscriber's thread per delivered event ({RUNS} wake-ups) =="
+    );
+    let session_key = key(0);
+    let id = reference_id(0);
+
+    let store = ReplayStore::<u64>::default();
+    let handle = store.session(&session_key).expect("session");
+    let mut subscription = handle
+        .subscribe_after(&handle.current_cursor())
+        .expect("subscribe");
+    let per_event = std::thread::scope(|scope| {
+        let subscriber = scope.spawn(move || {
+            let before = thread_allocations();
+            for i in 0..RUNS {
+                let event = subscription.next_timeout(PATIENCE).expect("an event");
+                assert_eq!(*event.payload(), i);
+            }
+            thread_allocations() - before
+        });
+        for i in 0..RUNS {
+            // Give the subscriber time to park, so (nearly) every delivery
+            // is a wake-up.
+            std::thread::sleep(PARK_PAUSE);
+            handle.append(Revision(1), i).expect("append");
+        }
+        subscriber.join().expect("subscriber")
+    });
+    println!(
+        "  {:<44} {:>8.3} allocations/event",
+        "ours, next_timeout after parking",
+        per(per_event, RUNS)
+    );
+
+    let reference = ReferenceStore::<u64>::with_defaults();
+    let (_, mut receiver) = reference
+        .subscribe_after_cursor(&reference.current_cursor(&id))
+        .expect("subscribe");
+    let per_event = std::thread::scope(|scope| {
+        let subscriber = scope.spawn(move || {
+            let before = thread_allocations();
+            for i in 0..RUNS {
+                let event = receiver.blocking_recv().expect("an event");
+                assert_eq!(event.payload, i);
+            }
+            thread_allocations() - before
+        });
+        for i in 0..RUNS {
+            std::thread::sleep(PARK_PAUSE);
+            reference.append(&id, 1, i);
+        }
+        subscriber.join().expect("subscriber")
+    });
+    println!(
+        "  {:<44} {:>8.3} allocations/event",
+        "reference, blocking_recv (parks when empty)",
+        per(per_event, RUNS)
+    );
+}
+
 /// In a child process: fills one design with `sessions` x 16 events of
 /// 64-byte payloads and prints what that cost in heap and resident memory.
 fn memory_child(design: &str) {
@@ -559,6 +639,7 @@ fn main() {
     }
     appends();
     reads();
+    parked_deliveries();
     memory();
     eviction();
 }
