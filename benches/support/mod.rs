@@ -57,9 +57,19 @@ pub fn out_dir() -> PathBuf {
     dir
 }
 
+/// Whether this is a benchmark run (`cargo bench` passes `--bench`), not
+/// `cargo test --benches` running each bench once.
+pub fn bench_mode() -> bool {
+    std::env::args().any(|arg| arg == "--bench")
+}
+
 /// Writes `text` to `out_dir()/name`, reporting (not failing on) errors:
-/// a bench run is still worth its printed figures.
+/// a bench run is still worth its printed figures. A test run writes
+/// nothing, so it never overwrites a bench run's figures.
 pub fn write_out(name: &str, text: &str) {
+    if !bench_mode() {
+        return;
+    }
     let path = out_dir().join(name);
     match std::fs::write(&path, text) {
         Ok(()) => println!("wrote {}", path.display()),
@@ -345,7 +355,7 @@ pub fn name_filter() -> Option<String> {
 /// `paired`.
 pub fn paired_enabled() -> bool {
     let args: Vec<String> = std::env::args().collect();
-    let mode_ok = args.iter().any(|arg| arg == "--bench")
+    let mode_ok = bench_mode()
         && !args
             .iter()
             .any(|arg| arg == "--profile-time" || arg == "--list");
