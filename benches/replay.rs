@@ -21,6 +21,7 @@
 mod baselines;
 mod support;
 
+use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use criterion::Criterion;
@@ -67,6 +68,10 @@ fn replay_100(c: &mut Criterion) {
                 events
             })
         });
+        // The floor of a replay that returns shared events: one vector and
+        // one reference count increment per event (and their drops).
+        let tail = &events[CAPACITY - REPLAYED..];
+        group.bench_function("floor", |b| b.iter(|| tail.to_vec()));
     }
     {
         let reference = ReferenceStore::<u64>::with_defaults();
@@ -232,7 +237,10 @@ const COMPARISONS: &[Comparison] = &[
     Comparison {
         scenario: "replay of 100 events after a cursor, buffer full (2048), by key",
         ours: "replay_100/ours_key",
-        others: &[("reference (seed 002)", "replay_100/reference")],
+        others: &[
+            ("reference (seed 002)", "replay_100/reference"),
+            ("floor (clone 100 Arcs into a Vec)", "replay_100/floor"),
+        ],
     },
     Comparison {
         scenario: "replay of 100 events after a cursor, buffer full (2048), through the handle",
@@ -270,7 +278,7 @@ fn paired_replay() {
         .map(|i| handle.append(Revision(1), i).expect("append"))
         .collect();
     let cursor = events[CAPACITY - REPLAYED - 1].cursor();
-    drop(events);
+    let tail = &events[CAPACITY - REPLAYED..];
     let reference = ReferenceStore::<u64>::with_defaults();
     for i in 0..CAPACITY as u64 {
         reference.append(REFERENCE_ID, 1, i);
@@ -300,6 +308,11 @@ fn paired_replay() {
                 for _ in 0..n {
                     let events = handle.replay_after(&cursor).expect("replay");
                     assert_eq!(events.len(), REPLAYED);
+                }
+            }),
+            Contender::new("floor", |n| {
+                for _ in 0..n {
+                    black_box(tail.to_vec());
                 }
             }),
         ],
@@ -332,7 +345,7 @@ fn paired_replay() {
         ],
         &mut csv,
     );
-    drop((handle, store, reference));
+    drop((events, handle, store, reference));
 
     let store =
         ReplayStore::<u64>::new(Config::default().with_capacity(TURN_CAPACITY)).expect("config");
