@@ -16,6 +16,9 @@
 //! turns: delivery samples alternate between designs one by one, append
 //! samples are taken in rounds that alternate designs and cases.
 //!
+//! * **Wake-up primitives alone**: the same wake-up, with nothing but the
+//!   primitive each design parks its subscriber on.
+//!
 //! Prints p50/p99/p99.9/max and writes `target/livereplay-bench/`
 //! `append_latency.csv`, `delivery_latency.csv` (quantiles, for
 //! `scripts/plot_latency.py`) and `latency-summary.csv`.
@@ -23,8 +26,8 @@
 //! Run: `cargo bench --bench latency`. Quick mode
 //! (`LIVEREPLAY_BENCH_QUICK=1`, or run without `--bench` as `cargo test
 //! --benches` does) takes few samples. Criterion flags are accepted and
-//! ignored; a name filter that matches neither `delivery_latency` nor
-//! `append_latency` skips that part.
+//! ignored; a name filter that matches neither `delivery_latency`,
+//! `append_latency` nor `wake_primitives` skips that part.
 
 mod baselines;
 mod support;
@@ -427,6 +430,99 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
     support::write_out("append_latency.csv", &out.csv);
 }
 
+/// The wake-up primitives under the designs, without the designs: a thread
+/// parked on an `event_listener::Event` (what livereplay's doorbell uses),
+/// on `std::thread::park`, and on a tokio broadcast receiver, woken by
+/// another thread the same way as in `delivery`.
+fn wake_primitives(settings: &Settings, summary: &mut String) {
+    use event_listener::{Event, Listener};
+    let samples = settings.samples(10_000, 200);
+    println!("\n== wake-up primitives alone: notify to wake-up across threads ({samples} samples each) ==");
+    let mut out = Summary::new("design");
+
+    fn measure(samples: usize, wait: impl Fn(&AtomicU64) + Sync, wake: impl Fn()) -> Vec<u64> {
+        let base = Instant::now();
+        // The send time, 0 while nothing is pending.
+        let sent = AtomicU64::new(0);
+        let delivered = AtomicUsize::new(0);
+        thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let mut latencies = Vec::with_capacity(samples);
+                for count in 1..=samples {
+                    let waiting_since = Instant::now();
+                    while sent.load(Ordering::Acquire) == 0 {
+                        assert!(waiting_since.elapsed() < WAIT_LIMIT, "never woken");
+                        wait(&sent);
+                    }
+                    let at = sent.swap(0, Ordering::AcqRel);
+                    latencies.push(nanos_since(base).saturating_sub(at));
+                    delivered.store(count, Ordering::Release);
+                }
+                latencies
+            });
+            for count in 1..=samples {
+                thread::sleep(PARK_PAUSE);
+                sent.store(nanos_since(base).max(1), Ordering::SeqCst);
+                wake();
+                let waiting_since = Instant::now();
+                while delivered.load(Ordering::Acquire) < count {
+                    assert!(waiting_since.elapsed() < WAIT_LIMIT, "never woken");
+                    std::hint::spin_loop();
+                }
+            }
+            waiter.join().expect("waiter thread")
+        })
+    }
+
+    let event = Event::new();
+    let latencies = measure(
+        samples,
+        |sent| {
+            let listener = event.listen();
+            if sent.load(Ordering::SeqCst) == 0 {
+                listener.wait_timeout(WAIT_LIMIT);
+            }
+        },
+        || {
+            event.notify(usize::MAX);
+        },
+    );
+    out.record("wake", "event-listener", latencies);
+
+    let parked = std::sync::Mutex::new(None::<thread::Thread>);
+    let latencies = measure(
+        samples,
+        |sent| {
+            *parked.lock().expect("not poisoned") = Some(thread::current());
+            if sent.load(Ordering::SeqCst) == 0 {
+                thread::park_timeout(WAIT_LIMIT);
+            }
+        },
+        || {
+            if let Some(waiter) = parked.lock().expect("not poisoned").as_ref() {
+                waiter.unpark();
+            }
+        },
+    );
+    out.record("wake", "thread-park", latencies);
+
+    let (sender, receiver) = tokio::sync::broadcast::channel::<u64>(16);
+    let receiver = std::sync::Mutex::new(receiver);
+    let latencies = measure(
+        samples,
+        |sent| {
+            if sent.load(Ordering::SeqCst) == 0 {
+                let _ = receiver.lock().expect("not poisoned").blocking_recv();
+            }
+        },
+        || {
+            let _ = sender.send(1);
+        },
+    );
+    out.record("wake", "tokio-broadcast", latencies);
+    summary.push_str(&out.summary);
+}
+
 fn main() {
     let settings = Settings::from_args();
     if settings.quick {
@@ -439,6 +535,9 @@ fn main() {
     }
     if settings.runs("append_latency") {
         append_under_reader(&settings, &mut summary);
+    }
+    if settings.runs("wake_primitives") {
+        wake_primitives(&settings, &mut summary);
     }
     support::write_out("latency-summary.csv", &summary);
 }
