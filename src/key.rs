@@ -6,9 +6,10 @@
 //! each, no control characters, and a non-empty session id. The tenant may be
 //! empty (single-tenant deployments).
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 use thiserror::Error;
 
@@ -78,6 +79,10 @@ pub struct SessionKey {
     text: Arc<str>,
     /// Byte length of the tenant prefix of `text`.
     tenant_len: usize,
+    /// The key's hash, computed once with a per-process random seed (so it
+    /// resists hash flooding) and handed to the session map as is: a by-key
+    /// lookup does not hash the ids again.
+    hash: u64,
 }
 
 impl SessionKey {
@@ -91,9 +96,11 @@ impl SessionKey {
         let mut text = String::with_capacity(tenant.len() + session.len());
         text.push_str(tenant);
         text.push_str(session);
+        let hash = key_hasher().hash_one((tenant.len(), text.as_str()));
         Ok(Self {
             text: Arc::from(text),
             tenant_len: tenant.len(),
+            hash,
         })
     }
 
@@ -106,6 +113,12 @@ impl SessionKey {
     pub fn session(&self) -> &str {
         &self.text[self.tenant_len..]
     }
+}
+
+/// The process-wide seeded hasher of session keys.
+fn key_hasher() -> &'static RandomState {
+    static HASHER: OnceLock<RandomState> = OnceLock::new();
+    HASHER.get_or_init(RandomState::new)
 }
 
 fn check_id(part: IdPart, id: &str) -> Result<(), KeyError> {
@@ -132,8 +145,8 @@ impl Eq for SessionKey {}
 
 impl Hash for SessionKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.tenant_len.hash(state);
-        self.text.hash(state);
+        // Equal keys have equal precomputed hashes (same ids, same seed).
+        state.write_u64(self.hash);
     }
 }
 
@@ -155,6 +168,23 @@ impl fmt::Display for SessionKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_keys_hash_equal() {
+        use std::collections::hash_map::DefaultHasher;
+        let hash = |key: &SessionKey| {
+            let mut hasher = DefaultHasher::new();
+            key.hash(&mut hasher);
+            hasher.finish()
+        };
+        let a = SessionKey::new("t", "s").unwrap();
+        assert_eq!(hash(&a), hash(&SessionKey::new("t", "s").unwrap()));
+        // The split point is hashed too (a collision here has odds 2^-64).
+        assert_ne!(
+            hash(&SessionKey::new("ab", "c").unwrap()),
+            hash(&SessionKey::new("a", "bc").unwrap())
+        );
+    }
 
     #[test]
     fn parts_round_trip_and_do_not_collide() {

@@ -10,8 +10,8 @@
 //!
 //! | real type | stand-in under loom | why the stand-in is faithful |
 //! | --- | --- | --- |
-//! | [`arc_swap::ArcSwapOption`] ([`AtomicArcCell`]) | a `loom::sync::Mutex<Option<Arc<_>>>` | every `ArcSwap` operation (load, compare-and-swap) is atomic and linearizable, and each is at least acquire (loads) / release (stores); a mutex gives exactly that and no more |
-//! | [`std::sync::OnceLock`] ([`WriteOnce`]) | a `loom::sync::Mutex<Option<Arc<_>>>` | a slot is set once, by one writer (its position's), with release, and read with acquire; `OnceLock`'s blocking path is never taken with a single setter, so `set` and `get` are atomic and linearizable, which a mutex is too |
+//! | [`arc_swap::ArcSwapOption`] ([`AtomicArcCell`]) | a `loom::sync::Mutex<Option<Arc<_>>>` | every `ArcSwap` operation (load, compare-and-swap) is atomic and linearizable, and `arc-swap` performs them with `SeqCst` accesses; a mutex totally orders them too. This is the one stand-in stronger than acquire/release: the protocols never rely on a directory entry for ordering (slots and fences carry it), and the models are checked with the weaker slot stand-in below |
+//! | [`std::sync::OnceLock`] ([`WriteOnce`]) | a `std::sync::OnceLock` published by a loom `AtomicBool` (release on set, acquire on get) | a slot is set once, by one writer (its position's), with release, and read with acquire, exactly what `OnceLock` does; with a loom atomic as the flag, loom may show a reader a stale "unset", so a missing fence elsewhere is found (a mutex here hid three such mutations) |
 //! | [`dashmap::DashMap`] ([`ShardedMap`]) | a `loom::sync::Mutex<HashMap<_, _>>` | each `DashMap` call runs under its shard's lock, so per key it is linearizable; one global lock is the same behaviour with a coarser shard |
 //!
 //! `event-listener` is not replaced: it supports loom itself (its `loom`
@@ -164,30 +164,47 @@ mod once {
 
 #[cfg(loom)]
 mod once {
-    use loom::sync::{Arc, Mutex};
+    use std::sync::atomic::Ordering::{Acquire, Release};
+    use std::sync::OnceLock;
 
-    pub(crate) struct WriteOnce<E>(Mutex<Option<Arc<E>>>);
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
+
+    /// Like `std::sync::OnceLock`: the value is written, then published by
+    /// a release store of the "set" state; readers acquire that state. The
+    /// state is a loom atomic, so loom may show a reader a stale "unset"
+    /// (a mutex would always show the latest value and hide missing fences).
+    pub(crate) struct WriteOnce<E> {
+        published: AtomicBool,
+        value: OnceLock<Arc<E>>,
+    }
 
     impl<E> WriteOnce<E> {
         pub(crate) fn new() -> Self {
-            Self(Mutex::new(None))
+            Self {
+                published: AtomicBool::new(false),
+                value: OnceLock::new(),
+            }
         }
 
         pub(crate) fn set(&self, value: Arc<E>) -> bool {
-            let mut slot = self.0.lock().unwrap();
-            if slot.is_some() {
+            if self.value.set(value).is_err() {
                 return false;
             }
-            *slot = Some(value);
+            self.published.store(true, Release);
             true
         }
 
         pub(crate) fn get(&self) -> Option<Arc<E>> {
-            self.0.lock().unwrap().clone()
+            if self.published.load(Acquire) {
+                self.value.get().cloned()
+            } else {
+                None
+            }
         }
 
         pub(crate) fn is_set(&self) -> bool {
-            self.0.lock().unwrap().is_some()
+            self.published.load(Acquire)
         }
     }
 }
@@ -196,16 +213,40 @@ mod once {
 mod map {
     use std::hash::Hash;
 
+    use std::hash::{BuildHasherDefault, Hasher};
+
     use dashmap::mapref::entry::Entry;
     use dashmap::DashMap;
 
+    /// Passes a key's precomputed 64-bit hash through (session keys hash
+    /// themselves once, seeded, at creation). Anything else written is
+    /// folded in, so it stays a correct, if plain, hasher.
+    #[derive(Default)]
+    pub(crate) struct PrehashedKeys(u64);
+
+    impl Hasher for PrehashedKeys {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+
+        fn write(&mut self, bytes: &[u8]) {
+            for &byte in bytes {
+                self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+
+        fn write_u64(&mut self, hash: u64) {
+            self.0 ^= hash;
+        }
+    }
+
     /// The session map: a concurrent hash map whose only lock is a shard
     /// lock held for the duration of one call.
-    pub(crate) struct ShardedMap<K, V>(DashMap<K, V>);
+    pub(crate) struct ShardedMap<K, V>(DashMap<K, V, BuildHasherDefault<PrehashedKeys>>);
 
     impl<K: Eq + Hash + Clone, V: Clone> ShardedMap<K, V> {
         pub(crate) fn new() -> Self {
-            Self(DashMap::new())
+            Self(DashMap::default())
         }
 
         /// Runs `f` on the value while the shard's read lock is held, so a
