@@ -74,15 +74,19 @@ pub enum KeyError {
 /// # Ok::<(), livereplay::KeyError>(())
 /// ```
 #[derive(Clone)]
-pub struct SessionKey {
-    /// `tenant` followed by `session`, in one allocation.
-    text: Arc<str>,
-    /// Byte length of the tenant prefix of `text`.
-    tenant_len: usize,
+pub struct SessionKey(Arc<KeyParts>);
+
+/// Shared by every clone of a key (events and cursors hold keys): one
+/// pointer per key, so a cursor stays small.
+struct KeyParts {
     /// The key's hash, computed once with a per-process random seed (so it
     /// resists hash flooding) and handed to the session map as is: a by-key
     /// lookup does not hash the ids again.
     hash: u64,
+    /// Byte length of the tenant prefix of `text`.
+    tenant_len: usize,
+    /// `tenant` followed by `session`.
+    text: Box<str>,
 }
 
 impl SessionKey {
@@ -97,21 +101,21 @@ impl SessionKey {
         text.push_str(tenant);
         text.push_str(session);
         let hash = key_hasher().hash_one((tenant.len(), text.as_str()));
-        Ok(Self {
-            text: Arc::from(text),
-            tenant_len: tenant.len(),
+        Ok(Self(Arc::new(KeyParts {
             hash,
-        })
+            tenant_len: tenant.len(),
+            text: text.into_boxed_str(),
+        })))
     }
 
     /// The tenant id (may be empty).
     pub fn tenant(&self) -> &str {
-        &self.text[..self.tenant_len]
+        &self.0.text[..self.0.tenant_len]
     }
 
     /// The session id (never empty).
     pub fn session(&self) -> &str {
-        &self.text[self.tenant_len..]
+        &self.0.text[self.0.tenant_len..]
     }
 }
 
@@ -137,7 +141,9 @@ fn check_id(part: IdPart, id: &str) -> Result<(), KeyError> {
 
 impl PartialEq for SessionKey {
     fn eq(&self, other: &Self) -> bool {
-        self.tenant_len == other.tenant_len && self.text == other.text
+        let (a, b) = (&*self.0, &*other.0);
+        Arc::ptr_eq(&self.0, &other.0)
+            || (a.hash == b.hash && a.tenant_len == b.tenant_len && a.text == b.text)
     }
 }
 
@@ -146,7 +152,7 @@ impl Eq for SessionKey {}
 impl Hash for SessionKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // Equal keys have equal precomputed hashes (same ids, same seed).
-        state.write_u64(self.hash);
+        state.write_u64(self.0.hash);
     }
 }
 
