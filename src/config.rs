@@ -30,7 +30,7 @@ pub const MAX_SESSIONS_LIMIT: usize = 1 << 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Events kept per session (default 2048). Storage grows lazily, in
-    /// chunks of 64 slots, up to this.
+    /// segments of up to 64 slots, up to this (plus one segment).
     pub capacity: usize,
     /// How long an event is kept (default 120 s).
     pub max_age: Duration,

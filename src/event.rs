@@ -1,9 +1,9 @@
 //! Events: what an append stores and a replay returns.
 //!
 //! An event is immutable once built and shared as `Arc<Event<T>>`: the ring
-//! holds one reference, every reader that returned it holds others. It
-//! knows its own position, which is what lets a ring slot tell a current
-//! event from a stale or a newer one (see [`crate::ring`]).
+//! holds one reference (in its segment), every reader that returned it holds
+//! others. It knows its own position and incarnation, so it can always name
+//! its own cursor.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -229,9 +229,10 @@ impl<T> Ring<T> {
     #[inline]
     pub(crate) fn floor(&self) -> u64 {
         // Relaxed: a reader that needs the floor to be current is one that
-        // saw a slot emptied by a trim; the trim raised the floor before
-        // clearing the slot, and the reader's load of the slot acquired
-        // that clear.
+        // found a segment taken out of the directory by a trim; the trim
+        // raised the floor before taking it out, and the reader's load of
+        // the directory entry acquired that removal (or a later RMW of the
+        // entry, which carries it along).
         self.floor.load(Relaxed)
     }
 
