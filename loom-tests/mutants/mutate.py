@@ -22,12 +22,12 @@ MUTATIONS = {
         "let rechecked: Result<Arc<Event<T>>, TryNextError> = Err(TryNextError::Empty);")],
     # A lapped writer installs its older segment over the newer one.
     "lapped-writer-installs": [("src/ring/directory.rs",
-        "                Some(segment) if segment.number() > place.segment => Some(false),\n",
+        "                Some(segment) if segment.number() > place.segment => true,\n",
         "")],
     # A batch is written first to last.
     "batch-first-to-last": [("src/ring/mod.rs",
-        "for event in events.iter().rev() {",
-        "for event in events.iter() {")],
+        "            .iter()\n            .rev()\n",
+        "            .iter()\n")],
     # Eviction ignores that a handle still holds the session.
     "evict-no-strong-count": [("src/session.rs",
         "if Arc::strong_count(this) != 1 {",

@@ -7,9 +7,6 @@
 #
 #   loom-tests/mutants/run.sh [MUTATION...]       (default: all)
 #   ONLY='regex' loom-tests/mutants/run.sh        (only the models matching)
-#   STANDIN=write-once loom-tests/mutants/run.sh  (first apply
-#       write-once-standin.patch: a loom stand-in for the write-once slots
-#       that lets loom show stale reads; see ../README.md)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(git -C "$here" rev-parse --show-toplevel)
@@ -29,7 +26,6 @@ trap 'git -C "$root" worktree remove --force "$worktree"' EXIT
 cd "$worktree"
 base() {
     git checkout -q -- src
-    if [ "${STANDIN:-}" = write-once ]; then git apply "$here/write-once-standin.patch"; fi
 }
 
 for mutation in "${mutations[@]}"; do
