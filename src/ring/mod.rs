@@ -161,9 +161,9 @@ impl<T> Ring<T> {
 
     /// The published tail `P`: every position `<= P` is settled.
     pub(crate) fn published_tail(&self) -> u64 {
-        // Acquire: pairs with the Release `fetch_max` in `walk`, so the slot
-        // contents that let another thread advance the hint are visible to
-        // our reads of those slots.
+        // Acquire: pairs with the Release store or `fetch_max` that raised
+        // the hint, so the slot contents that let another thread advance it
+        // are visible to our reads of those slots.
         let hint = self.published.load(Acquire);
         self.walk(hint, hint)
     }
