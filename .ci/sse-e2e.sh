@@ -33,7 +33,7 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "sse-e2e: installing chromium from Debian"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >"$artifacts/apt.log" 2>&1 || fail "apt-get update failed (see $artifacts/apt.log)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >>"$artifacts/apt.log" 2>&1 || fail "apt-get install chromium failed (see $artifacts/apt.log)"
+  apt-get install -y -qq chromium >>"$artifacts/apt.log" 2>&1 || fail "apt-get install chromium failed (see $artifacts/apt.log)"
 fi
 
 echo "sse-e2e: installing playwright-core (npm ci)"
