@@ -308,13 +308,9 @@ impl<T> Session<T> {
     ) -> Result<Option<Arc<Event<T>>>, Gap> {
         match self.ring.read(next) {
             Read::Event(event) => {
-                if self.shared.is_expired(&event, self.shared.now()) {
-                    self.shared.counters.lagged_subscribers.add(1);
-                    let tail = self.ring.published_tail();
-                    let missed = self
-                        .first_retained(next, tail, self.shared.now())
-                        .saturating_sub(next);
-                    return Err(self.gap(GapReason::Trimmed, last_seen, Some(missed)));
+                let now = self.shared.now();
+                if self.shared.is_expired(&event, now) {
+                    return Err(self.lag_gap(next, last_seen, now));
                 }
                 Ok(Some(event))
             }
@@ -328,15 +324,16 @@ impl<T> Session<T> {
                 })
             }
             Read::Pending => Ok(None),
-            Read::Trimmed => {
-                let tail = self.ring.published_tail();
-                let missed = self
-                    .first_retained(next, tail, self.shared.now())
-                    .saturating_sub(next);
-                self.shared.counters.lagged_subscribers.add(1);
-                Err(self.gap(GapReason::Trimmed, last_seen, Some(missed)))
-            }
+            Read::Trimmed => Err(self.lag_gap(next, last_seen, self.shared.now())),
         }
+    }
+
+    /// The gap of a subscriber whose next position left the window.
+    fn lag_gap(&self, next: u64, last_seen: &Cursor, now: Timestamp) -> Gap {
+        self.shared.counters.lagged_subscribers.add(1);
+        let tail = self.ring.published_tail();
+        let missed = self.first_retained(next, tail, now).saturating_sub(next);
+        self.gap(GapReason::Trimmed, last_seen, Some(missed))
     }
 
     /// Applies age retention now: raises the floor past expired events and
