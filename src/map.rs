@@ -4,6 +4,10 @@
 //! lookup, creation or removal (and, for an append by key, for the append
 //! itself under the shard's *read* lock, which other readers share).
 //!
+//! Its counters (`live`, creations, evictions) are `Relaxed` atomics: they
+//! count and bound, and publish no data; the bound holds through the
+//! read-modify-write order of `live` alone.
+//!
 //! Invariants:
 //! * at most `max_sessions` sessions are in the map: a creation reserves its
 //!   place in `live` before inserting and gives it back if it did not insert;

@@ -236,8 +236,8 @@ impl<T> Ring<T> {
         self.floor.load(Relaxed)
     }
 
-    /// What a reader finds at `position` (`>= 1`). Positions more than
-    /// `capacity` behind `tail` read as trimmed.
+    /// What a reader finds at `position` (`>= 1`). Positions `capacity` or
+    /// more behind the published tail read as trimmed.
     #[inline]
     pub(crate) fn read(&self, position: u64) -> Read<T> {
         if position <= self.floor() || self.beyond_capacity(position) {
