@@ -101,8 +101,10 @@
 #![warn(missing_docs)]
 
 mod clock;
+mod codec;
 mod config;
 mod cursor;
+pub mod durable;
 mod error;
 mod event;
 mod key;
@@ -115,6 +117,9 @@ mod sync;
 mod traits;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "postcard")]
+pub use crate::codec::Postcard;
+pub use crate::codec::{Codec, CodecError, RawBytes, Utf8};
 pub use crate::config::{Config, ConfigError, MAX_CAPACITY, MAX_SESSIONS_LIMIT};
 pub use crate::cursor::{Cursor, CursorError, Incarnation, Revision, MAX_CURSOR_LEN};
 pub use crate::error::{Error, Gap, GapReason, NextTimeoutError, Refusal, TryNextError};

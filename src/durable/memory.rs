@@ -1,0 +1,258 @@
+//! [`MemoryLog`]: the durable-log contract in memory, for tests and for
+//! hosts that want catch-up across eviction without a disk.
+//!
+//! One mutex over a map of sessions. It is called only by the persister and
+//! by catch-up readers, never on the append path, so a lock is fine here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use super::{DurableLog, LogError, LogRecord, RecordBody, SessionMeta, SessionWrite};
+use crate::key::SessionKey;
+
+/// A [`DurableLog`] in memory. Cloning the `Arc` that holds it shares it;
+/// it is lost with the process.
+///
+/// ```
+/// use std::sync::Arc;
+/// use livereplay::durable::{DurableLog, MemoryLog};
+/// use livereplay::SessionKey;
+///
+/// let log = Arc::new(MemoryLog::new());
+/// assert!(log.meta(&SessionKey::new("t", "s")?)?.is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryLog {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<SessionKey, SessionLog>,
+    /// Order in which sessions were first recorded, for newest-first lists.
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+struct SessionLog {
+    seq: u64,
+    meta: SessionMeta,
+    /// Records by first position.
+    records: BTreeMap<u64, LogRecord>,
+}
+
+impl MemoryLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied write
+        // (writes are validated before anything changes), so a poisoned
+        // lock is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Checks one session's write against its current state; changes nothing.
+pub(crate) fn validate_write(
+    key: &SessionKey,
+    meta: Option<&SessionMeta>,
+    write: &SessionWrite<'_>,
+) -> Result<(), LogError> {
+    let tail = meta.map_or(0, |m| m.durable_tail);
+    if let Some(life) = write.new_life {
+        let reused = meta.is_some_and(|m| m.life_of(life.incarnation).is_some());
+        if life.first_position != tail + 1 || reused {
+            return Err(LogError::BadLife {
+                key: key.clone(),
+                expected: tail + 1,
+            });
+        }
+    } else if meta.is_none_or(|m| m.lives.is_empty()) && !write.records.is_empty() {
+        return Err(LogError::BadLife {
+            key: key.clone(),
+            expected: tail + 1,
+        });
+    }
+    let current = write
+        .new_life
+        .or_else(|| meta.and_then(SessionMeta::current_life));
+    let mut next = tail + 1;
+    for record in write.records {
+        if record.position != next {
+            return Err(LogError::NotContiguous {
+                key: key.clone(),
+                tail: next - 1,
+                got: record.position,
+            });
+        }
+        if record.is_empty() {
+            return Err(LogError::InvalidRecord {
+                key: key.clone(),
+                position: record.position,
+                what: "a hole must cover at least one position",
+            });
+        }
+        if current.is_some_and(|life| life.incarnation != record.incarnation) {
+            return Err(LogError::InvalidRecord {
+                key: key.clone(),
+                position: record.position,
+                what: "a record must carry the incarnation of the session's newest life",
+            });
+        }
+        next = record.last_position() + 1;
+    }
+    Ok(())
+}
+
+/// Applies a validated write to `meta`.
+pub(crate) fn apply_to_meta(meta: &mut SessionMeta, write: &SessionWrite<'_>) {
+    if let Some(life) = write.new_life {
+        meta.lives.push(life);
+    }
+    for record in write.records {
+        meta.durable_tail = record.last_position();
+        if let RecordBody::Event(event) = &record.body {
+            meta.last_revision = event.revision;
+            meta.event_count += 1;
+        }
+    }
+}
+
+/// A new session's empty meta.
+pub(crate) fn empty_meta() -> SessionMeta {
+    SessionMeta {
+        durable_tail: 0,
+        archived_through: 0,
+        last_revision: 0,
+        lives: Vec::new(),
+        event_count: 0,
+    }
+}
+
+impl DurableLog for MemoryLog {
+    fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+        let mut inner = self.lock();
+        // Validate everything first: one call is all or nothing. A session
+        // written twice in one call is validated against its state after
+        // the earlier write.
+        let mut staged: HashMap<&SessionKey, SessionMeta> = HashMap::new();
+        for write in writes {
+            let meta = staged
+                .get(write.key)
+                .cloned()
+                .or_else(|| inner.sessions.get(write.key).map(|s| s.meta.clone()));
+            validate_write(write.key, meta.as_ref(), write)?;
+            let mut meta = meta.unwrap_or_else(empty_meta);
+            apply_to_meta(&mut meta, write);
+            staged.insert(write.key, meta);
+        }
+        for write in writes {
+            if !inner.sessions.contains_key(write.key) {
+                let seq = inner.next_seq;
+                inner.next_seq += 1;
+                inner.sessions.insert(
+                    write.key.clone(),
+                    SessionLog {
+                        seq,
+                        meta: empty_meta(),
+                        records: BTreeMap::new(),
+                    },
+                );
+            }
+            let Some(session) = inner.sessions.get_mut(write.key) else {
+                continue;
+            };
+            apply_to_meta(&mut session.meta, write);
+            for record in write.records {
+                session.records.insert(record.position, record.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn load_after(
+        &self,
+        key: &SessionKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        let inner = self.lock();
+        let Some(session) = inner.sessions.get(key) else {
+            return Ok(Vec::new());
+        };
+        let from = after.max(session.meta.archived_through) + 1;
+        // A hole starting before `from` may cover it.
+        let start = session
+            .records
+            .range(..=from)
+            .next_back()
+            .filter(|(_, record)| record.last_position() >= from)
+            .map_or(from, |(&position, _)| position);
+        Ok(session
+            .records
+            .range(start..)
+            .take(limit)
+            .map(|(_, record)| record.clone())
+            .collect())
+    }
+
+    fn meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError> {
+        Ok(self.lock().sessions.get(key).map(|s| s.meta.clone()))
+    }
+
+    fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.get_mut(key) else {
+            return Ok(0);
+        };
+        let watermark = watermark.min(session.meta.durable_tail);
+        if watermark <= session.meta.archived_through {
+            return Ok(0);
+        }
+        session.meta.archived_through = watermark;
+        let mut archived = 0;
+        // Drop every record wholly at or below the watermark; a hole that
+        // straddles it stays (loads skip its archived part).
+        let gone: Vec<u64> = session
+            .records
+            .range(..=watermark)
+            .filter(|(_, record)| record.last_position() <= watermark)
+            .map(|(&position, _)| position)
+            .collect();
+        for position in gone {
+            if let Some(record) = session.records.remove(&position) {
+                if matches!(record.body, RecordBody::Event(_)) {
+                    archived += 1;
+                }
+            }
+        }
+        session.meta.event_count -= archived;
+        Ok(archived)
+    }
+
+    fn sessions(
+        &self,
+        tenant: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<SessionKey>, LogError> {
+        let inner = self.lock();
+        let mut found: Vec<(u64, &SessionKey)> = inner
+            .sessions
+            .iter()
+            .filter(|(key, _)| key.tenant() == tenant)
+            .map(|(key, session)| (session.seq, key))
+            .collect();
+        found.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        Ok(found
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, key)| key.clone())
+            .collect())
+    }
+}

@@ -1,0 +1,330 @@
+//! The durable tier's log: what it stores, and the one small trait every
+//! backend implements.
+//!
+//! The ring (`crate::ring`) is the hot, bounded, memory-only tier. Behind it a
+//! persister thread (`crate::persist`) drains each session's published events,
+//! in position order and many per commit, into a [`DurableLog`]. Catch-up
+//! (`crate::catchup`) reads the log for positions the ring no longer holds.
+//!
+//! # Records
+//!
+//! A session's log is a contiguous run of positions `archived_through + 1 ..=
+//! durable_tail`, each covered by exactly one [`LogRecord`]:
+//!
+//! * an **event** ([`RecordBody::Event`]) at one position: revision,
+//!   timestamp, optional causal [`Links`], and the payload encoded by the
+//!   store's [`Codec`](crate::Codec);
+//! * a **hole** ([`RecordBody::Hole`]) over `count` positions that were
+//!   accepted but never reached the log (the ring lapped them while the log
+//!   stalled or failed). Holes are explicit so that a reader is told, with
+//!   the count, instead of finding nothing.
+//!
+//! Every record names the [`Incarnation`] (the *life*) that appended it. A
+//! session's lives are listed in its [`SessionMeta`]: each process life of a
+//! session that was restored from the log appends under a fresh incarnation,
+//! starting right after the durable tail it found, so a position is never
+//! handed out twice under one incarnation even when a crash lost positions
+//! that clients had already seen.
+//!
+//! # Invariants every backend keeps (the conformance suite checks them)
+//!
+//! 1. **Contiguity.** [`DurableLog::append`] accepts a session's records only
+//!    if they start at `durable_tail + 1` and are contiguous (an event covers
+//!    one position, a hole `count >= 1`); otherwise it refuses the whole call
+//!    with [`LogError::NotContiguous`] and changes nothing.
+//! 2. **Atomicity.** One `append` call is one commit: after a crash either
+//!    every session write of the call is there or none is.
+//! 3. **Monotonic archive.** [`DurableLog::archive_before`] only moves
+//!    forward, never past the durable tail; archived positions are no longer
+//!    loaded, and the tail and the lives survive archiving everything.
+//! 4. **Tenant scope.** Every call names a [`SessionKey`]; listings are per
+//!    tenant. Keys that differ only in where the tenant ends are different
+//!    sessions.
+
+mod memory;
+
+pub use self::memory::MemoryLog;
+
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::cursor::Incarnation;
+use crate::key::SessionKey;
+
+/// One life of a session in the log: the incarnation that appended from
+/// `first_position` on (until the next life's first position, or the tail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Life {
+    /// The incarnation its events and cursors carry.
+    pub incarnation: Incarnation,
+    /// The first position it could append: the durable tail it started
+    /// after, plus one.
+    pub first_position: u64,
+}
+
+/// What the log knows of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionMeta {
+    /// The highest position recorded (event or hole); 0 if none.
+    pub durable_tail: u64,
+    /// Every position `<= archived_through` was archived and is no longer
+    /// loaded.
+    pub archived_through: u64,
+    /// The revision of the last event recorded (0 if none).
+    pub last_revision: u64,
+    /// The session's lives, by ascending `first_position` (at least one).
+    pub lives: Vec<Life>,
+    /// Events (not holes) recorded and not archived.
+    pub event_count: u64,
+}
+
+impl SessionMeta {
+    /// The life that appended `incarnation`'s cursors, and the last position
+    /// it covers (`durable_tail` for the newest life).
+    pub fn life_of(&self, incarnation: Incarnation) -> Option<(Life, u64)> {
+        let index = self
+            .lives
+            .iter()
+            .position(|life| life.incarnation == incarnation)?;
+        let end = match self.lives.get(index + 1) {
+            Some(next) => next.first_position - 1,
+            None => self.durable_tail,
+        };
+        Some((self.lives[index], end))
+    }
+
+    /// The newest life.
+    pub fn current_life(&self) -> Option<Life> {
+        self.lives.last().copied()
+    }
+}
+
+/// Why a hole was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HoleReason {
+    /// The ring overwrote the events before the persister could write them:
+    /// the log was stalled or failing for longer than the ring's window.
+    Lapped,
+    /// The events could not be encoded by the store's codec.
+    Unencodable,
+}
+
+impl HoleReason {
+    /// A stable one-byte tag, for backends that store the reason.
+    pub fn to_tag(self) -> u8 {
+        match self {
+            HoleReason::Lapped => 1,
+            HoleReason::Unencodable => 2,
+        }
+    }
+
+    /// The reason for a tag written by [`HoleReason::to_tag`].
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            1 => Some(HoleReason::Lapped),
+            2 => Some(HoleReason::Unencodable),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for HoleReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HoleReason::Lapped => "lapped by the ring before it was persisted",
+            HoleReason::Unencodable => "the payload could not be encoded",
+        })
+    }
+}
+
+/// A reference to an event of the same tenant: its session id and position.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventRef {
+    /// The session id (the tenant is the referring event's).
+    pub session: Box<str>,
+    /// The position in that session.
+    pub position: u64,
+}
+
+/// Causal links an event may carry (parent, correlation, kind, lane, and
+/// whether it waits for an acknowledgement). The log stores them with the
+/// event from the start, so that indexes over them can be built by the
+/// persister later without migrating records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    /// The event this one follows from.
+    pub parent: Option<EventRef>,
+    /// A correlation id shared by related events.
+    pub correlation: Option<Box<str>>,
+    /// What kind of event this is (the caller's vocabulary).
+    pub kind: Option<Box<str>>,
+    /// The lane (sub-agent, tool, UI) it belongs to.
+    pub lane: Option<Box<str>>,
+    /// Whether the event waits for an acknowledgement.
+    pub requires_ack: bool,
+}
+
+impl Links {
+    /// Whether there is no link at all (the common case, stored as one byte).
+    pub fn is_empty(&self) -> bool {
+        *self == Links::default()
+    }
+}
+
+/// An event as the log stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The revision given at append.
+    pub revision: u64,
+    /// The append's timestamp, nanoseconds since the UNIX epoch.
+    pub timestamp_nanos: u64,
+    /// Causal links, empty for most events.
+    pub links: Links,
+    /// The payload, as encoded by the store's codec.
+    pub payload: Vec<u8>,
+}
+
+/// What a record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordBody {
+    /// One event at the record's position.
+    Event(StoredEvent),
+    /// `count >= 1` positions from the record's position on that no tier
+    /// holds.
+    Hole {
+        /// Positions covered.
+        count: u64,
+        /// Why.
+        reason: HoleReason,
+    },
+}
+
+/// One record of a session's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// The (first) position it covers.
+    pub position: u64,
+    /// The life that appended it.
+    pub incarnation: Incarnation,
+    /// The event or hole.
+    pub body: RecordBody,
+}
+
+impl LogRecord {
+    /// How many positions it covers.
+    pub fn len(&self) -> u64 {
+        match &self.body {
+            RecordBody::Event(_) => 1,
+            RecordBody::Hole { count, .. } => *count,
+        }
+    }
+
+    /// Whether it covers no position (never true of a valid record).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The last position it covers.
+    pub fn last_position(&self) -> u64 {
+        self.position + self.len().saturating_sub(1)
+    }
+}
+
+/// One session's part of a [`DurableLog::append`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionWrite<'a> {
+    /// The session.
+    pub key: &'a SessionKey,
+    /// A life to register before the records (its `first_position` must be
+    /// `durable_tail + 1`); `None` when the records continue the newest life.
+    pub new_life: Option<Life>,
+    /// Contiguous records from `durable_tail + 1` on; may be empty (only
+    /// registering the life).
+    pub records: &'a [LogRecord],
+}
+
+/// Why a log call failed. The persister retries failed writes by itself;
+/// readers get the error.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The records do not continue the session's log contiguously (a bug in
+    /// the caller, or two writers on one log); nothing was written.
+    #[error("records for {key} start at position {got}, but the durable tail is {tail}: a log takes contiguous records from one writer")]
+    NotContiguous {
+        /// The session.
+        key: SessionKey,
+        /// The tail the log has.
+        tail: u64,
+        /// Where the records started.
+        got: u64,
+    },
+    /// A new life does not start right after the durable tail, or reuses an
+    /// incarnation the session already had.
+    #[error("a new life of {key} must start at the durable tail + 1 ({expected}) with a fresh incarnation")]
+    BadLife {
+        /// The session.
+        key: SessionKey,
+        /// The first position it must start at.
+        expected: u64,
+    },
+    /// A record is malformed (a hole of zero positions, say).
+    #[error("invalid record at position {position} of {key}: {what}")]
+    InvalidRecord {
+        /// The session.
+        key: SessionKey,
+        /// The record's position.
+        position: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// Stored bytes could not be read back: the file is damaged or was
+    /// written by an incompatible version.
+    #[error("the log is corrupt: {0}")]
+    Corrupt(String),
+    /// The backend failed (I/O error, disk full, connection lost). Retrying
+    /// later may succeed.
+    #[error("the log backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A durable, per-session, append-only log of [`LogRecord`]s.
+///
+/// Synchronous and object-safe: the store holds an `Arc<dyn DurableLog>`
+/// and calls it from its persister thread and from catch-up readers, never
+/// from the append path. Implementations: [`MemoryLog`] (tests), `RedbLog`
+/// (feature `redb`, one crash-safe file).
+pub trait DurableLog: Send + Sync + 'static {
+    /// Writes every session's records (and new lives) in one atomic commit.
+    /// See the module invariants for what is refused.
+    fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError>;
+
+    /// Records covering positions after `after`, in order, at most `limit`
+    /// records: the first one covers `max(after, archived_through) + 1`
+    /// (a hole may start before it). Empty if nothing is recorded there.
+    fn load_after(
+        &self,
+        key: &SessionKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, LogError>;
+
+    /// What the log knows of the session; `None` if it never recorded it.
+    fn meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError>;
+
+    /// Archives every position `<= watermark` (clamped to the durable tail).
+    /// Monotonic: a watermark at or below the current one is a no-op.
+    /// Returns how many events (not hole positions) it newly archived.
+    fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, LogError>;
+
+    /// The sessions of `tenant` the log knows, newest first (by when the log
+    /// first recorded them), skipping `offset`, at most `limit`.
+    fn sessions(
+        &self,
+        tenant: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<SessionKey>, LogError>;
+}
