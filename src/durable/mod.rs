@@ -42,8 +42,12 @@
 //!    sessions.
 
 mod memory;
+#[cfg(feature = "redb")]
+mod redb;
 
 pub use self::memory::MemoryLog;
+#[cfg(feature = "redb")]
+pub use self::redb::{RedbDurability, RedbLog, RedbOptions};
 
 use std::fmt;
 

@@ -1,0 +1,142 @@
+//! Every durable-log backend against the one conformance suite in
+//! `support/durable_suite.rs`: `MemoryLog` always, `RedbLog` with the
+//! `redb` feature (a fresh file in a fresh temporary directory per test,
+//! plus the reopen tests). A new backend adds a fixture and one macro call
+//! here (or in its own test file that includes the suite the same way).
+
+#[path = "support/durable_suite.rs"]
+#[macro_use]
+mod durable_suite;
+
+use livereplay::durable::{DurableLog, MemoryLog};
+
+struct MemoryBackend(MemoryLog);
+
+impl durable_suite::Backend for MemoryBackend {
+    fn log(&self) -> &dyn DurableLog {
+        &self.0
+    }
+}
+
+mod memory {
+    durable_conformance!(crate::MemoryBackend(livereplay::durable::MemoryLog::new()));
+}
+
+#[cfg(feature = "redb")]
+mod redb_log {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use livereplay::durable::{DurableLog, RedbLog};
+
+    use crate::durable_suite::{Backend, Reopen};
+
+    /// A `RedbLog` in its own temporary directory, removed on drop (also
+    /// when the test fails).
+    pub struct RedbBackend {
+        dir: PathBuf,
+        log: Option<RedbLog>,
+    }
+
+    impl RedbBackend {
+        pub fn new() -> Self {
+            // Tests run in parallel threads, and several test processes may
+            // share the temporary directory: the pid, a counter and the
+            // time make the name unique.
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let dir = std::env::temp_dir().join(format!(
+                "livereplay-conformance-{}-{}-{nanos}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).expect("create the temporary directory");
+            let log = RedbLog::open(dir.join("log.redb")).expect("open a new redb log");
+            Self {
+                dir,
+                log: Some(log),
+            }
+        }
+    }
+
+    impl Backend for RedbBackend {
+        fn log(&self) -> &dyn DurableLog {
+            self.log.as_ref().expect("the log is open")
+        }
+    }
+
+    impl Reopen for RedbBackend {
+        fn reopen(&mut self) {
+            // Drop first: redb locks the file, so a second handle on it
+            // would be refused.
+            drop(self.log.take());
+            self.log = Some(RedbLog::open(self.dir.join("log.redb")).expect("reopen the redb log"));
+        }
+    }
+
+    impl Drop for RedbBackend {
+        fn drop(&mut self) {
+            drop(self.log.take());
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    durable_conformance!(RedbBackend::new());
+    durable_reopen_conformance!(RedbBackend::new());
+
+    /// Backend-specific: a second handle on an open file is refused with a
+    /// typed error rather than sharing (and corrupting) it.
+    #[test]
+    fn a_second_handle_on_an_open_file_is_refused() {
+        let backend = RedbBackend::new();
+        let second = RedbLog::open(backend.dir.join("log.redb"));
+        assert!(
+            matches!(second, Err(livereplay::durable::LogError::Backend(_))),
+            "{second:?}"
+        );
+    }
+
+    /// Backend-specific: a file that is not a redb database is refused
+    /// with an error, not a panic.
+    #[test]
+    fn a_foreign_file_is_refused() {
+        let backend = RedbBackend::new();
+        let path = backend.dir.join("not-a-log.redb");
+        std::fs::write(&path, vec![0x5a; 8192]).expect("write a foreign file");
+        assert!(RedbLog::open(&path).is_err());
+    }
+
+    /// Backend-specific: deferred durability still reads back at once, and
+    /// `sync` plus a clean close keep it.
+    #[test]
+    fn deferred_durability_reads_back_and_survives_a_clean_close() {
+        use livereplay::durable::{RedbDurability, RedbOptions};
+
+        let backend = RedbBackend::new();
+        let path = backend.dir.join("deferred.redb");
+        let options = RedbOptions::new().durability(RedbDurability::Deferred);
+        let key = crate::durable_suite::key("t", "s");
+        {
+            let log = RedbLog::open_with(&path, options.clone()).expect("open");
+            crate::durable_suite::append_ok(
+                &log,
+                &key,
+                Some(crate::durable_suite::life(1, 1)),
+                &crate::durable_suite::events(1..=3, 1),
+            );
+            log.sync().expect("sync");
+            crate::durable_suite::append_ok(
+                &log,
+                &key,
+                None,
+                &crate::durable_suite::events(4..=5, 1),
+            );
+            assert_eq!(crate::durable_suite::meta_of(&log, &key).durable_tail, 5);
+        }
+        let log = RedbLog::open_with(&path, options).expect("reopen");
+        assert_eq!(crate::durable_suite::meta_of(&log, &key).durable_tail, 5);
+        assert_eq!(crate::durable_suite::load_all(&log, &key).len(), 5);
+    }
+}
