@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         &config,
         || Some(LIVE_BYTES.load(Relaxed)),
         |sample| {
-            if taken % every == 0 || sample.phase == "settled" {
+            if taken.is_multiple_of(every) || sample.phase == "settled" {
                 println!("{}", sample.line());
             }
             taken += 1;

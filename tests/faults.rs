@@ -361,9 +361,9 @@ fn a_payload_panicking_while_a_sweep_evicts_other_sessions() {
             panics_before + 1,
             "round {round}: the sweep dropped it"
         );
-        let gone = idle.iter().filter(|k| !store.contains_session(k)).count();
+        let gone = idle.iter().filter(|k| !store.is_resident(k)).count();
         evicted_before_the_panic += gone;
-        let remaining = IDLE - gone + usize::from(store.contains_session(&victim));
+        let remaining = IDLE - gone + usize::from(store.is_resident(&victim));
         // The panic interrupted the sweep; the next one finishes it.
         assert_eq!(store.sweep(), remaining, "round {round}");
         let stats = store.stats();
@@ -521,7 +521,7 @@ fn hosts_dropping_subscriptions_while_writers_ring() {
                         .append(&k, Revision(w), Probe::new(&live, appended))
                         .unwrap();
                     appended += 1;
-                    if appended % 64 == 0 {
+                    if appended.is_multiple_of(64) {
                         thread::yield_now();
                     }
                 }

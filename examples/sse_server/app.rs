@@ -325,7 +325,7 @@ pub fn token_text(index: u64) -> String {
     // Each lap of the sentence is numbered so repeated words stay distinct.
     let lap = index / WORDS.len() as u64;
     let word = WORDS[(index % WORDS.len() as u64) as usize];
-    if index % WORDS.len() as u64 == 0 {
+    if index.is_multiple_of(WORDS.len() as u64) {
         format!("[{}] {word} ", lap + 1)
     } else {
         format!("{word} ")
@@ -498,6 +498,7 @@ fn gap_frame(gap: &Gap, snapshot: &Snapshot) -> SseEvent {
         livereplay::GapReason::Trimmed => "trimmed",
         livereplay::GapReason::Unavailable => "unavailable",
         livereplay::GapReason::Reset => "reset",
+        livereplay::GapReason::Lost => "lost",
     };
     SseEvent::default()
         .id(snapshot.cursor.to_string())
