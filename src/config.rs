@@ -44,6 +44,17 @@ pub struct Config {
     /// prefers to call [`ReplayStore::sweep`](crate::ReplayStore::sweep) on
     /// its own schedule can turn this off.
     pub auto_sweep: bool,
+    /// How many evicted sessions are remembered as tombstones at most
+    /// (default 100 000; 0 forgets evicted sessions at once). A tombstone
+    /// keeps a session's identity (incarnation, last position and revision)
+    /// so that cursors are answered as if it had never left memory and a
+    /// re-created session continues its positions. Beyond the bound the
+    /// oldest are forgotten first.
+    pub tombstones: usize,
+    /// How long a tombstone is remembered (default 1 hour). After that a
+    /// session that has no durable log behind it is unknown again: its
+    /// cursors get `Unavailable`, then `Reset` once it is re-created.
+    pub tombstone_ttl: Duration,
 }
 
 impl Default for Config {
@@ -53,6 +64,8 @@ impl Default for Config {
             max_age: Duration::from_secs(120),
             max_sessions: 100_000,
             auto_sweep: true,
+            tombstones: 100_000,
+            tombstone_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -79,6 +92,13 @@ impl Config {
     /// Sets [`Config::auto_sweep`].
     pub fn with_auto_sweep(mut self, auto_sweep: bool) -> Self {
         self.auto_sweep = auto_sweep;
+        self
+    }
+
+    /// Sets [`Config::tombstones`] and [`Config::tombstone_ttl`].
+    pub fn with_tombstones(mut self, max: usize, ttl: Duration) -> Self {
+        self.tombstones = max;
+        self.tombstone_ttl = ttl;
         self
     }
 
@@ -111,6 +131,11 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    pub(crate) fn tombstone_ttl_nanos(&self) -> u64 {
+        // Saturating: a longer time-to-live than 584 years is "forever".
+        u64::try_from(self.tombstone_ttl.as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn max_age_nanos(&self) -> u64 {
@@ -152,5 +177,11 @@ pub enum ConfigError {
         max_sessions: usize,
         /// The limit.
         max: usize,
+    },
+    /// The durable tier's persister thread could not be started.
+    #[error("the persister thread could not be started: {reason}")]
+    PersisterThread {
+        /// What the OS said.
+        reason: String,
     },
 }

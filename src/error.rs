@@ -25,6 +25,11 @@ pub enum GapReason {
     /// The cursor belongs to an earlier incarnation of the session (it was
     /// evicted, removed, or the process restarted).
     Reset,
+    /// Events after the cursor were accepted but no tier holds them: the
+    /// ring overwrote them while the durable log stalled or failed (a hole
+    /// the log recorded), or the process crashed before they were persisted
+    /// (the cursor is beyond its life's durable end). `missed` says how many.
+    Lost,
 }
 
 impl fmt::Display for GapReason {
@@ -33,6 +38,7 @@ impl fmt::Display for GapReason {
             GapReason::Trimmed => "the events after the cursor were trimmed",
             GapReason::Unavailable => "the cursor is not available here",
             GapReason::Reset => "the session was reset since the cursor was issued",
+            GapReason::Lost => "the events after the cursor were lost before they were persisted",
         })
     }
 }
@@ -53,7 +59,7 @@ pub struct Gap {
     /// taken now covers, and where to resume after reloading it.
     pub latest: Cursor,
     /// How many events after `requested` can no longer be served, where
-    /// known (trimming); `None` for `Unavailable` and `Reset`.
+    /// known (trimming, losses); `None` for `Unavailable` and `Reset`.
     pub missed: Option<u64>,
 }
 
@@ -89,6 +95,14 @@ pub enum Refusal {
     /// held; get a new handle with `ReplayStore::session`.
     #[error("the session was removed; get a new handle from the store to start a new incarnation")]
     SessionRemoved,
+    /// The session is not in memory and the durable log, which knows where
+    /// its positions continue, could not be read. Nothing was appended; try
+    /// again once the log is reachable.
+    #[error("the durable log could not be read to restore the session ({reason}); retry later")]
+    LogUnavailable {
+        /// What the log said.
+        reason: String,
+    },
 }
 
 /// Any error of the store's methods.

@@ -100,6 +100,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod catchup;
 mod clock;
 mod codec;
 mod config;
@@ -109,6 +110,7 @@ mod error;
 mod event;
 mod key;
 mod map;
+mod persist;
 mod ring;
 mod session;
 mod store;
@@ -116,6 +118,7 @@ mod subscription;
 mod sync;
 mod traits;
 
+pub use crate::catchup::{CatchUp, LOG_BATCH};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
@@ -125,8 +128,9 @@ pub use crate::cursor::{Cursor, CursorError, Incarnation, Revision, MAX_CURSOR_L
 pub use crate::error::{Error, Gap, GapReason, NextTimeoutError, Refusal, TryNextError};
 pub use crate::event::{Event, Timestamp};
 pub use crate::key::{IdPart, KeyError, SessionKey, MAX_ID_LEN};
+pub use crate::persist::DurableOptions;
 pub use crate::session::SessionHandle;
-pub use crate::store::{ReplayStore, Stats, StoreBuilder};
+pub use crate::store::{DurableError, DurableStats, ReplayStore, Stats, StoreBuilder};
 pub use crate::subscription::Subscription;
 pub use crate::traits::LiveReplayStore;
 

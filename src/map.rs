@@ -1,8 +1,25 @@
-//! The session map: key → current incarnation of the session.
+//! The session map: key → the session, resident or dormant.
 //!
 //! This is the only place with a lock: the map's shard lock, held for one
 //! lookup, creation or removal (and, for an append by key, for the append
 //! itself under the shard's *read* lock, which other readers share).
+//!
+//! # Tombstones
+//!
+//! Evicting a session does not forget it: its entry turns *dormant*, a
+//! [`Tombstone`] of a few dozen bytes holding its [`Identity`] and its last
+//! position and revision. While the tombstone lives, cursors are answered as
+//! if the session had stayed (its events read as trimmed, with the count),
+//! and re-creating it continues the same incarnation at the next position,
+//! so eviction is invisible to cursors except as trimming. Tombstones are
+//! bounded by count and age (`Config::tombstones`,
+//! `Config::tombstone_ttl`); once one expires the session is forgotten here
+//! (a durable log, if any, still knows it).
+//!
+//! Turning a session dormant and reviving it both happen under the shard's
+//! write lock, so they are totally ordered with each other and with every
+//! by-key lookup; the handle and subscription holders that the lock cannot
+//! see are excluded by the eviction check (nobody but the map holds it).
 //!
 //! Its counters (`live`, creations, evictions) are `Relaxed` atomics: they
 //! count and bound, and publish no data; the bound holds through the
@@ -12,7 +29,8 @@
 //! * at most `max_sessions` sessions are in the map: a creation reserves its
 //!   place in `live` before inserting and gives it back if it did not insert;
 //! * a session is evicted only when nobody but the map holds it (no handle,
-//!   no subscription) and it retains no event, decided under the shard's
+//!   no subscription, no persister) and it retains no event (and, with a
+//!   durable log, everything it holds is durable), decided under the shard's
 //!   write lock. No by-key operation can take a reference meanwhile (they
 //!   need the shard's read lock), so no append can race an eviction: an
 //!   append that returned `Ok` is in a session that is still in the map, or
@@ -22,24 +40,104 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc as StdArc;
 
-use crate::error::Refusal;
+use crate::cursor::Cursor;
+use crate::error::{Gap, GapReason, Refusal};
+use crate::event::Timestamp;
 use crate::key::SessionKey;
-use crate::session::{Session, Shared};
+use crate::session::{Identity, Session, Shared};
 use crate::sync::{Arc, AtomicU64, AtomicUsize, ShardedMap};
 
 /// The fewest creations between two automatic sweeps.
 const MIN_SWEEP_INTERVAL: usize = 1024;
 
+/// What an evicted session leaves behind.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tombstone {
+    /// Who it was; `start` is its last position, `start_revision` that
+    /// position's revision.
+    pub(crate) identity: Identity,
+    /// Its creation order, kept so listings stay newest first.
+    pub(crate) created: u64,
+    /// When it was evicted, for the tombstone's age bound.
+    pub(crate) evicted_at: Timestamp,
+}
+
+impl Tombstone {
+    /// The cursor at the session's last position.
+    pub(crate) fn latest(&self, key: &SessionKey) -> Cursor {
+        let last = self.identity.start;
+        Cursor::new(
+            key.clone(),
+            (last > 0).then(|| self.identity.incarnation_at(last)),
+            self.identity.start_revision,
+            last,
+        )
+    }
+
+    /// The contract's answer to `cursor` on the dormant session: as if the
+    /// session were resident with every event trimmed.
+    pub(crate) fn answer(&self, cursor: &Cursor) -> Result<(), Gap> {
+        let key = cursor.key();
+        let last = self.identity.start;
+        let after = cursor.position();
+        let gap = |reason, missed| Gap {
+            reason,
+            requested: cursor.clone(),
+            latest: self.latest(key),
+            missed,
+        };
+        if after > 0 {
+            match (cursor.incarnation(), self.identity.previous) {
+                (Some(i), _) if i == self.identity.incarnation => {}
+                (Some(i), Some((previous, end))) if i == previous => {
+                    if after > end {
+                        return Err(gap(GapReason::Lost, Some(after - end)));
+                    }
+                }
+                (Some(_), _) => return Err(gap(GapReason::Reset, None)),
+                (None, _) => {}
+            }
+        }
+        if after > last {
+            return Err(gap(GapReason::Unavailable, None));
+        }
+        if after < last {
+            return Err(gap(GapReason::Trimmed, Some(last - after)));
+        }
+        Ok(())
+    }
+}
+
+/// A map entry.
+pub(crate) enum Entry<T> {
+    /// In memory, with its ring.
+    Resident(Arc<Session<T>>),
+    /// Evicted; its identity is remembered.
+    Dormant(Tombstone),
+}
+
+/// What a by-key lookup found.
+pub(crate) enum Found<'a, T> {
+    Resident(&'a Arc<Session<T>>),
+    Dormant(&'a Tombstone),
+}
+
 pub(crate) struct SessionMap<T> {
-    map: ShardedMap<SessionKey, Arc<Session<T>>>,
-    /// Sessions in the map (plus in-flight reservations).
+    map: ShardedMap<SessionKey, Entry<T>>,
+    /// Resident sessions in the map (plus in-flight reservations).
     live: AtomicUsize,
+    /// Dormant sessions in the map.
+    dormant: AtomicUsize,
     /// Creations since the last sweep.
     created_since_sweep: AtomicUsize,
     /// Creation counter, for "newest first".
     next_created: AtomicU64,
     /// Sessions evicted over the store's life.
     evicted: AtomicU64,
+    /// Sessions revived from a tombstone over the store's life.
+    revived: AtomicU64,
+    /// Tombstones dropped (by age or count) over the store's life.
+    forgotten: AtomicU64,
 }
 
 impl<T> SessionMap<T> {
@@ -47,31 +145,54 @@ impl<T> SessionMap<T> {
         Self {
             map: ShardedMap::new(),
             live: AtomicUsize::new(0),
+            dormant: AtomicUsize::new(0),
             created_since_sweep: AtomicUsize::new(0),
             next_created: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            revived: AtomicU64::new(0),
+            forgotten: AtomicU64::new(0),
         }
     }
 
-    /// Runs `f` on the session while the shard's read lock is held.
+    /// Runs `f` on the resident session while the shard's read lock is held.
     #[inline]
     pub(crate) fn with<R>(
         &self,
         key: &SessionKey,
         f: impl FnOnce(&Arc<Session<T>>) -> R,
     ) -> Option<R> {
-        self.map.with(key, f)
+        self.map
+            .with(key, |entry| match entry {
+                Entry::Resident(session) => Some(f(session)),
+                Entry::Dormant(_) => None,
+            })
+            .flatten()
+    }
+
+    /// Runs `f` on whatever the map holds for `key`, under the read lock.
+    pub(crate) fn with_found<R>(
+        &self,
+        key: &SessionKey,
+        f: impl FnOnce(Found<'_, T>) -> R,
+    ) -> Option<R> {
+        self.map.with(key, |entry| match entry {
+            Entry::Resident(session) => f(Found::Resident(session)),
+            Entry::Dormant(tombstone) => f(Found::Dormant(tombstone)),
+        })
     }
 
     pub(crate) fn get(&self, key: &SessionKey) -> Option<Arc<Session<T>>> {
-        self.map.with(key, Arc::clone)
+        self.with(key, Arc::clone)
     }
 
-    /// The session for `key`, created if absent (subject to `max_sessions`).
+    /// The resident session for `key`: revived from its tombstone, or
+    /// created with the identity `restore` gives (called outside the lock;
+    /// the durable tier reads the log there), subject to `max_sessions`.
     pub(crate) fn get_or_create(
         &self,
         key: &SessionKey,
         shared: &StdArc<Shared<T>>,
+        restore: &dyn Fn() -> Result<(Identity, bool), Refusal>,
     ) -> Result<Arc<Session<T>>, Refusal> {
         if let Some(session) = self.get(key) {
             return Ok(session);
@@ -86,20 +207,81 @@ impl<T> SessionMap<T> {
                 return Err(Refusal::TooManySessions { max });
             }
         }
-        let (session, inserted) = self.map.get_or_try_insert(key, || {
-            let created = self.next_created.fetch_add(1, Relaxed);
-            Ok::<_, Refusal>(Arc::new(Session::new(
+        // Only a key the map does not know at all needs `restore`; ask it
+        // before taking the write lock, so no I/O happens under it.
+        let unknown = self.map.with(key, |_| ()).is_none();
+        let restored = if unknown { Some(restore()) } else { None };
+        let restored = match restored.transpose() {
+            Ok(restored) => restored,
+            Err(refusal) => {
+                self.live.fetch_sub(1, Relaxed);
+                return Err(refusal);
+            }
+        };
+        enum Outcome<T> {
+            Existing(Arc<Session<T>>),
+            Created(Arc<Session<T>>),
+            Revived(Arc<Session<T>>),
+            /// The entry appeared or changed between the two looks.
+            Retry,
+        }
+        let make = |identity, record_life, created| {
+            Arc::new(Session::new(
                 key.clone(),
+                identity,
+                record_life,
                 created,
                 StdArc::clone(shared),
-            )))
-        })?;
-        if !inserted {
-            self.live.fetch_sub(1, Relaxed);
-        } else if shared.config.auto_sweep {
-            self.maybe_sweep(shared);
+            ))
+        };
+        let outcome = self.map.update(key, |entry| match entry {
+            Some(Entry::Resident(session)) => (None, Outcome::Existing(Arc::clone(session))),
+            Some(entry @ Entry::Dormant(_)) => {
+                let Entry::Dormant(tombstone) = *entry else {
+                    return (None, Outcome::Retry);
+                };
+                let session = make(tombstone.identity, false, tombstone.created);
+                *entry = Entry::Resident(Arc::clone(&session));
+                (None, Outcome::Revived(session))
+            }
+            None => match restored {
+                Some((identity, record_life)) => {
+                    let created = self.next_created.fetch_add(1, Relaxed);
+                    let session = make(identity, record_life, created);
+                    (
+                        Some(Entry::Resident(Arc::clone(&session))),
+                        Outcome::Created(session),
+                    )
+                }
+                None => (None, Outcome::Retry),
+            },
+        });
+        match outcome {
+            Outcome::Existing(session) => {
+                self.live.fetch_sub(1, Relaxed);
+                Ok(session)
+            }
+            Outcome::Revived(session) => {
+                self.dormant.fetch_sub(1, Relaxed);
+                self.revived.fetch_add(1, Relaxed);
+                Ok(session)
+            }
+            Outcome::Created(session) => {
+                if shared.config.auto_sweep {
+                    self.maybe_sweep(shared);
+                }
+                if let Some(persistence) = &shared.persistence {
+                    persistence.created(&session);
+                }
+                Ok(session)
+            }
+            Outcome::Retry => {
+                // A tombstone was forgotten between our look and the lock:
+                // the key is unknown now, so restore it properly.
+                self.live.fetch_sub(1, Relaxed);
+                self.get_or_create(key, shared, restore)
+            }
         }
-        Ok(session)
     }
 
     /// Sweeps when enough sessions were created since the last sweep that
@@ -111,60 +293,138 @@ impl<T> SessionMap<T> {
         }
     }
 
-    /// Evicts every idle session (trimmed to nothing, nobody holding it).
-    /// Returns how many it evicted.
+    /// The tombstone a resident session leaves if it is evictable now.
+    fn evict(session: &Arc<Session<T>>, now: Timestamp) -> Option<Tombstone> {
+        if !Session::is_evictable(session, now) {
+            return None;
+        }
+        let mut identity = session.identity();
+        identity.start = session.ring.published_tail();
+        identity.start_revision = session.ring.revision_at(identity.start);
+        Some(Tombstone {
+            identity,
+            created: session.created(),
+            evicted_at: now,
+        })
+    }
+
+    /// Turns every idle session dormant (trimmed to nothing, nobody holding
+    /// it) and forgets tombstones past their age or count bound. Returns
+    /// how many sessions it evicted.
     pub(crate) fn sweep(&self, shared: &Shared<T>) -> usize {
         self.created_since_sweep.store(0, Relaxed);
         let now = shared.now();
-        // Evicted sessions are dropped only after the sweep has accounted
-        // for them: a payload whose `Drop` panics must not leave the counts
-        // wrong (or unwind out of the map's shard lock).
+        let ttl = shared.config.tombstone_ttl_nanos();
+        let keep_tombstones = shared.config.tombstones;
+        // Each eviction is counted as it happens, and evicted sessions are
+        // dropped only after the sweep: a payload whose `Drop` panics (in
+        // the eviction check's trim) must not leave the counts wrong.
         let mut evicted = Vec::new();
-        self.map.retain(|_, session| {
-            let evict = Session::is_evictable(session, now);
-            if evict {
-                evicted.push(Arc::clone(session));
+        let mut forgotten = 0;
+        let mut dormant_since = Vec::new();
+        self.map.retain(|_, entry| {
+            let tombstone = match entry {
+                Entry::Resident(session) => match Self::evict(session, now) {
+                    Some(tombstone) => tombstone,
+                    None => return true,
+                },
+                Entry::Dormant(tombstone) => {
+                    let age = now
+                        .as_nanos()
+                        .saturating_sub(tombstone.evicted_at.as_nanos());
+                    if age > ttl {
+                        forgotten += 1;
+                        return false;
+                    }
+                    dormant_since.push(tombstone.evicted_at);
+                    return true;
+                }
+            };
+            let Entry::Resident(session) = std::mem::replace(entry, Entry::Dormant(tombstone))
+            else {
+                return true;
+            };
+            // A session that never had a position has nothing to remember.
+            let remembered = tombstone.identity.start > 0 && keep_tombstones > 0;
+            self.account_eviction(shared, &session, remembered);
+            evicted.push(session);
+            if remembered {
+                dormant_since.push(tombstone.evicted_at);
             }
-            !evict
+            remembered
         });
-        for session in &evicted {
-            shared
-                .counters
-                .appends_of_gone_sessions
-                .add(session.ring.claimed());
+        // Over the count bound: forget the oldest tombstones.
+        if dormant_since.len() > keep_tombstones {
+            let excess = dormant_since.len() - keep_tombstones;
+            let (_, &mut cutoff, _) = dormant_since.select_nth_unstable(excess - 1);
+            let mut left = excess;
+            self.map.retain(|_, entry| match entry {
+                Entry::Dormant(tombstone) if left > 0 && tombstone.evicted_at <= cutoff => {
+                    left -= 1;
+                    forgotten += 1;
+                    false
+                }
+                _ => true,
+            });
         }
-        if !evicted.is_empty() {
-            self.live.fetch_sub(evicted.len(), Relaxed);
-            self.evicted.fetch_add(evicted.len() as u64, Relaxed);
-        }
+        self.dormant.fetch_sub(forgotten, Relaxed);
+        self.forgotten.fetch_add(forgotten as u64, Relaxed);
         evicted.len()
     }
 
-    /// Trims one session and evicts it if that left it idle.
+    /// Counts one eviction; `remembered` if it left a tombstone.
+    fn account_eviction(&self, shared: &Shared<T>, session: &Session<T>, remembered: bool) {
+        shared
+            .counters
+            .appends_of_gone_sessions
+            .add(session.ring.claimed() - session.identity().start);
+        self.live.fetch_sub(1, Relaxed);
+        self.evicted.fetch_add(1, Relaxed);
+        if remembered {
+            self.dormant.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Trims one session and turns it dormant if that left it idle.
     pub(crate) fn trim(&self, key: &SessionKey, shared: &Shared<T>) -> usize {
         let now = shared.now();
-        let Some(freed) = self.map.with(key, |session| session.trim(now)) else {
+        let Some(freed) = self.with(key, |session| session.trim(now)) else {
             return 0;
         };
-        if let Some(session) = self
-            .map
-            .remove_if(key, |session| Session::is_evictable(session, now))
-        {
-            shared
-                .counters
-                .appends_of_gone_sessions
-                .add(session.ring.claimed());
-            self.live.fetch_sub(1, Relaxed);
-            self.evicted.fetch_add(1, Relaxed);
+        let keep_tombstones = shared.config.tombstones > 0;
+        let evicted = self.map.update(key, |entry| {
+            let Some(entry) = entry else {
+                return (None, None);
+            };
+            let Entry::Resident(session) = &*entry else {
+                return (None, None);
+            };
+            let Some(tombstone) = Self::evict(session, now) else {
+                return (None, None);
+            };
+            let Entry::Resident(session) = std::mem::replace(entry, Entry::Dormant(tombstone))
+            else {
+                return (None, None);
+            };
+            (None, Some((session, tombstone)))
+        });
+        if let Some((session, tombstone)) = evicted {
+            let remembered = tombstone.identity.start > 0 && keep_tombstones;
+            self.account_eviction(shared, &session, remembered);
+            if !remembered {
+                self.map
+                    .remove_if(key, |entry| matches!(entry, Entry::Dormant(_)));
+            }
         }
         freed
     }
 
-    /// Removes the session whatever holds it; later appends through a
-    /// handle are refused and subscribers end with a `Reset` gap.
+    /// Removes the session whatever holds it, tombstone included; later
+    /// appends through a handle are refused and subscribers end with a
+    /// `Reset` gap.
     pub(crate) fn remove(&self, key: &SessionKey, shared: &Shared<T>) -> bool {
         match self.map.remove_if(key, |_| true) {
-            Some(session) => {
+            Some(Entry::Resident(session)) => {
                 self.live.fetch_sub(1, Relaxed);
                 session.ring.close();
                 // Appends racing the close may still land: count what was
@@ -172,27 +432,49 @@ impl<T> SessionMap<T> {
                 shared
                     .counters
                     .appends_of_gone_sessions
-                    .add(session.ring.claimed());
+                    .add(session.ring.claimed() - session.identity().start);
+                true
+            }
+            Some(Entry::Dormant(_)) => {
+                self.dormant.fetch_sub(1, Relaxed);
                 true
             }
             None => false,
         }
     }
 
+    /// Resident sessions.
     pub(crate) fn len(&self) -> usize {
         self.live.load(Relaxed)
+    }
+
+    /// Dormant sessions (tombstones).
+    pub(crate) fn dormant(&self) -> usize {
+        self.dormant.load(Relaxed)
     }
 
     pub(crate) fn evicted(&self) -> u64 {
         self.evicted.load(Relaxed)
     }
 
-    /// The sessions of `tenant`, newest first.
+    pub(crate) fn revived(&self) -> u64 {
+        self.revived.load(Relaxed)
+    }
+
+    pub(crate) fn forgotten(&self) -> u64 {
+        self.forgotten.load(Relaxed)
+    }
+
+    /// The sessions of `tenant` (resident or dormant), newest first.
     pub(crate) fn of_tenant(&self, tenant: &str, limit: usize, offset: usize) -> Vec<SessionKey> {
         let mut found = Vec::new();
-        self.map.for_each(|key, session| {
+        self.map.for_each(|key, entry| {
             if key.tenant() == tenant {
-                found.push((session.created(), key.clone()));
+                let created = match entry {
+                    Entry::Resident(session) => session.created(),
+                    Entry::Dormant(tombstone) => tombstone.created,
+                };
+                found.push((created, key.clone()));
             }
         });
         found.sort_unstable_by_key(|(created, _)| std::cmp::Reverse(*created));
@@ -204,7 +486,12 @@ impl<T> SessionMap<T> {
             .collect()
     }
 
-    pub(crate) fn for_each(&self, f: impl FnMut(&SessionKey, &Arc<Session<T>>)) {
-        self.map.for_each(f);
+    /// Visits every resident session.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&SessionKey, &Arc<Session<T>>)) {
+        self.map.for_each(|key, entry| {
+            if let Entry::Resident(session) = entry {
+                f(key, session);
+            }
+        });
     }
 }

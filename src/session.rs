@@ -7,8 +7,19 @@
 //! which the ring does not know about.
 //!
 //! Invariants kept here:
-//! * a session's incarnation never changes; a cursor of another incarnation
-//!   (with a position > 0) is always answered with `Reset`;
+//! * a session's incarnation never changes. A cursor names the life that
+//!   wrote its position: a cursor of this incarnation, or of the life this
+//!   one continues (`Identity::previous`, a restore from the durable log) at
+//!   or below where that life ended, is served by position arithmetic; one
+//!   of the previous life beyond its end gets `Lost` with the count; any
+//!   other (with a position > 0) gets `Reset`;
+//! * positions continue: a session revived from a tombstone or restored
+//!   from the log starts its ring after the last position known, so a
+//!   position is never handed out twice under one incarnation;
+//! * with a durable log, nothing above the durable watermark is trimmed by
+//!   age or watermark (only lapping can take it, and the persister records
+//!   that as a hole), and an append marks the session dirty *after* its
+//!   publish fence (see [`Session::append`]);
 //! * an event is readable only while it is newer than `max_age`; replay and
 //!   subscriptions check the age of the first event they return, trims
 //!   raise the floor past expired events and free them.
@@ -24,7 +35,7 @@ use crate::event::{Event, Timestamp};
 use crate::key::SessionKey;
 use crate::ring::{Read, Ring};
 use crate::subscription::Subscription;
-use crate::sync::{fence, Arc};
+use crate::sync::{fence, Arc, AtomicBool, AtomicU64};
 
 /// Weighs a payload for [`Refusal::PayloadTooLarge`].
 pub(crate) type Weigher<T> = Box<dyn Fn(&T) -> usize + Send + Sync>;
@@ -37,6 +48,8 @@ pub(crate) struct Shared<T> {
     pub(crate) clock: StdArc<dyn Clock>,
     pub(crate) payload_limit: Option<(usize, Weigher<T>)>,
     pub(crate) counters: Counters,
+    /// The durable tier, if the store has one.
+    pub(crate) persistence: Option<StdArc<crate::persist::Persistence<T>>>,
 }
 
 /// Store-wide counters of rare events (gaps, lag, eviction). Nothing on the
@@ -47,6 +60,7 @@ pub(crate) struct Counters {
     pub(crate) gaps_trimmed: AtomicCounter,
     pub(crate) gaps_unavailable: AtomicCounter,
     pub(crate) gaps_reset: AtomicCounter,
+    pub(crate) gaps_lost: AtomicCounter,
     pub(crate) lagged_subscribers: AtomicCounter,
     /// Appends of sessions no longer in the map.
     pub(crate) appends_of_gone_sessions: AtomicCounter,
@@ -58,6 +72,7 @@ impl Counters {
             GapReason::Trimmed => &self.gaps_trimmed,
             GapReason::Unavailable => &self.gaps_unavailable,
             GapReason::Reset => &self.gaps_reset,
+            GapReason::Lost => &self.gaps_lost,
         }
         .add(1);
     }
@@ -117,15 +132,62 @@ impl<T> Shared<T> {
     }
 }
 
+/// Who a session is: its incarnation, where its ring starts, and the life
+/// it continues. Kept by tombstones, so eviction forgets only events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    /// The incarnation this session appends under.
+    pub(crate) incarnation: Incarnation,
+    /// The last position before the ring's first (0 for a new session).
+    pub(crate) start: u64,
+    /// The revision of the event at `start`.
+    pub(crate) start_revision: Revision,
+    /// The life this incarnation continues after a restore from the durable
+    /// log, and the last position that life wrote (where this one began).
+    pub(crate) previous: Option<(Incarnation, u64)>,
+}
+
+impl Identity {
+    /// A session seen for the first time.
+    pub(crate) fn fresh() -> Self {
+        Self {
+            incarnation: Incarnation::fresh(),
+            start: 0,
+            start_revision: Revision::default(),
+            previous: None,
+        }
+    }
+
+    /// The first position this incarnation wrote or will write.
+    pub(crate) fn first_own_position(&self) -> u64 {
+        self.previous.map_or(1, |(_, end)| end + 1)
+    }
+
+    /// The incarnation a cursor at `position` names: the life that wrote it.
+    pub(crate) fn incarnation_at(&self, position: u64) -> Incarnation {
+        match self.previous {
+            Some((previous, _)) if position > 0 && position < self.first_own_position() => previous,
+            _ => self.incarnation,
+        }
+    }
+}
+
 pub(crate) struct Session<T> {
     key: SessionKey,
-    incarnation: Incarnation,
+    identity: Identity,
     /// Creation order in the store, for "newest first" listings.
     created: u64,
     pub(crate) ring: Ring<T>,
     pub(crate) shared: StdArc<Shared<T>>,
     /// Live subscriptions (statistics only).
     pub(crate) subscribers: std::sync::atomic::AtomicUsize,
+    /// Every position `<= durable` is in the durable log (0 without one).
+    pub(crate) durable: AtomicU64,
+    /// Set by an append that found it clear, which then queues the session
+    /// for the persister; cleared by the persister before it reads.
+    pub(crate) dirty: AtomicBool,
+    /// This incarnation is not yet recorded as a life in the log.
+    pub(crate) life_unrecorded: std::sync::atomic::AtomicBool,
 }
 
 /// How a read after a cursor starts, once the cursor is checked.
@@ -137,14 +199,60 @@ pub(crate) enum Resume<T> {
 }
 
 impl<T> Session<T> {
-    pub(crate) fn new(key: SessionKey, created: u64, shared: StdArc<Shared<T>>) -> Self {
+    /// A session with `identity`, whose positions up to `identity.start`
+    /// are all durable already (`durable_through`), and whose life must be
+    /// recorded in the log if `record_life`.
+    pub(crate) fn new(
+        key: SessionKey,
+        identity: Identity,
+        record_life: bool,
+        created: u64,
+        shared: StdArc<Shared<T>>,
+    ) -> Self {
         Self {
             key,
-            incarnation: Incarnation::fresh(),
             created,
-            ring: Ring::new(shared.config.capacity),
+            ring: Ring::continuing(
+                shared.config.capacity,
+                identity.start,
+                identity.start_revision,
+            ),
+            identity,
             shared,
             subscribers: std::sync::atomic::AtomicUsize::new(0),
+            durable: AtomicU64::new(identity.start),
+            dirty: AtomicBool::new(false),
+            life_unrecorded: std::sync::atomic::AtomicBool::new(record_life),
+        }
+    }
+
+    pub(crate) fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// The durable watermark: every position `<=` it is in the log.
+    pub(crate) fn durable(&self) -> u64 {
+        // Acquire: pairs with the persister's Release store after its
+        // commit, so a reader that sees the watermark finds the records.
+        self.durable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// How far age and watermark trims may go: with a durable log, never
+    /// past what is durable (the ring is the only copy of the rest).
+    fn trim_limit(&self) -> u64 {
+        if self.shared.persistence.is_some() {
+            self.durable()
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// After a publish: queue the session for the persister unless it is
+    /// queued already.
+    #[inline]
+    fn mark_dirty(this: &Arc<Self>) {
+        if let Some(persistence) = &this.shared.persistence {
+            persistence.mark_dirty(this);
         }
     }
 
@@ -153,7 +261,7 @@ impl<T> Session<T> {
     }
 
     pub(crate) fn incarnation(&self) -> Incarnation {
-        self.incarnation
+        self.identity.incarnation
     }
 
     pub(crate) fn created(&self) -> u64 {
@@ -169,7 +277,7 @@ impl<T> Session<T> {
     ) -> Arc<Event<T>> {
         Arc::new(Event {
             key: self.key.clone(),
-            incarnation: self.incarnation,
+            incarnation: self.identity.incarnation,
             revision,
             position,
             timestamp,
@@ -177,35 +285,49 @@ impl<T> Session<T> {
         })
     }
 
-    pub(crate) fn append(&self, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Refusal> {
-        self.shared.check_payload(&payload)?;
-        let timestamp = self.shared.now();
-        let position = self.ring.claim(1).ok_or(Refusal::SessionRemoved)?;
-        let event = self.build(position, revision, timestamp, payload);
-        self.ring.publish(&event);
+    /// Appends one event.
+    ///
+    /// With a durable log, the session is marked dirty *after* the publish:
+    /// `Ring::publish` ends with the doorbell's SeqCst fence, which also
+    /// orders our publish before the `dirty` load against the persister's
+    /// clear-fence-read (see `crate::persist`): either the persister's read
+    /// sees this event, or this load sees the flag cleared and queues the
+    /// session again.
+    pub(crate) fn append(
+        this: &Arc<Self>,
+        revision: Revision,
+        payload: T,
+    ) -> Result<Arc<Event<T>>, Refusal> {
+        this.shared.check_payload(&payload)?;
+        let timestamp = this.shared.now();
+        let position = this.ring.claim(1).ok_or(Refusal::SessionRemoved)?;
+        let event = this.build(position, revision, timestamp, payload);
+        this.ring.publish(&event);
+        Self::mark_dirty(this);
         Ok(event)
     }
 
     pub(crate) fn append_batch(
-        &self,
+        this: &Arc<Self>,
         revision: Revision,
         payloads: Vec<T>,
     ) -> Result<Vec<Arc<Event<T>>>, Refusal> {
         if payloads.is_empty() {
             return Ok(Vec::new());
         }
-        self.shared.check_batch(&payloads)?;
-        let timestamp = self.shared.now();
-        let first = self
+        this.shared.check_batch(&payloads)?;
+        let timestamp = this.shared.now();
+        let first = this
             .ring
             .claim(payloads.len() as u64)
             .ok_or(Refusal::SessionRemoved)?;
         let events: Vec<_> = payloads
             .into_iter()
             .zip(first..)
-            .map(|(payload, position)| self.build(position, revision, timestamp, payload))
+            .map(|(payload, position)| this.build(position, revision, timestamp, payload))
             .collect();
-        self.ring.publish_batch(&events);
+        this.ring.publish_batch(&events);
+        Self::mark_dirty(this);
         Ok(events)
     }
 
@@ -215,10 +337,11 @@ impl<T> Session<T> {
         self.cursor_at(tail)
     }
 
-    fn cursor_at(&self, position: u64) -> Cursor {
+    /// The cursor at `position`: it names the life that wrote the position.
+    pub(crate) fn cursor_at(&self, position: u64) -> Cursor {
         Cursor::new(
             self.key.clone(),
-            Some(self.incarnation),
+            Some(self.identity.incarnation_at(position)),
             self.ring.revision_at(position),
             position,
         )
@@ -238,9 +361,27 @@ impl<T> Session<T> {
     /// gap table and finds the first event after it.
     pub(crate) fn resume(&self, cursor: &Cursor) -> Result<Resume<T>, Gap> {
         let after = cursor.position();
-        if after > 0 && cursor.incarnation().is_some_and(|i| i != self.incarnation) {
-            return Err(self.gap(GapReason::Reset, cursor, None));
+        if after > 0 {
+            match cursor.incarnation() {
+                Some(i) if i == self.identity.incarnation => {}
+                Some(i) => match self.identity.previous {
+                    Some((previous, end)) if i == previous => {
+                        if after > end {
+                            return Err(self.gap(GapReason::Lost, cursor, Some(after - end)));
+                        }
+                    }
+                    _ => return Err(self.gap(GapReason::Reset, cursor, None)),
+                },
+                None => {}
+            }
         }
+        self.resume_at(cursor)
+    }
+
+    /// [`Session::resume`] by position alone (the cursor's life is known to
+    /// lead to this session's positions).
+    pub(crate) fn resume_at(&self, cursor: &Cursor) -> Result<Resume<T>, Gap> {
+        let after = cursor.position();
         let tail = self.ring.published_tail();
         if after > tail {
             return Err(self.gap(GapReason::Unavailable, cursor, None));
@@ -301,16 +442,19 @@ impl<T> Session<T> {
 
     /// Reads position `next` for a subscription: the event, nothing yet, or
     /// the gap that ends the subscription.
+    /// `counted`: whether a lag gap counts in the statistics (catch-up
+    /// falls back to the log instead, so its lag is no gap).
     pub(crate) fn read_next(
         &self,
         next: u64,
         last_seen: &Cursor,
+        counted: bool,
     ) -> Result<Option<Arc<Event<T>>>, Gap> {
         match self.ring.read(next) {
             Read::Event(event) => {
                 let now = self.shared.now();
                 if self.shared.is_expired(&event, now) {
-                    return Err(self.lag_gap(next, last_seen, now));
+                    return Err(self.lag_gap(next, last_seen, now, counted));
                 }
                 Ok(Some(event))
             }
@@ -324,16 +468,47 @@ impl<T> Session<T> {
                 })
             }
             Read::Pending => Ok(None),
-            Read::Trimmed => Err(self.lag_gap(next, last_seen, self.shared.now())),
+            Read::Trimmed => Err(self.lag_gap(next, last_seen, self.shared.now(), counted)),
         }
     }
 
     /// The gap of a subscriber whose next position left the window.
-    fn lag_gap(&self, next: u64, last_seen: &Cursor, now: Timestamp) -> Gap {
-        self.shared.counters.lagged_subscribers.add(1);
+    fn lag_gap(&self, next: u64, last_seen: &Cursor, now: Timestamp, counted: bool) -> Gap {
         let tail = self.ring.published_tail();
         let missed = self.first_retained(next, tail, now).saturating_sub(next);
+        if !counted {
+            return Gap {
+                reason: GapReason::Trimmed,
+                requested: last_seen.clone(),
+                latest: self.current_cursor(),
+                missed: Some(missed),
+            };
+        }
+        self.shared.counters.lagged_subscribers.add(1);
         self.gap(GapReason::Trimmed, last_seen, Some(missed))
+    }
+
+    /// How many positions after `after` the ring can no longer serve.
+    pub(crate) fn missed_after(&self, after: u64) -> u64 {
+        let tail = self.ring.published_tail();
+        self.first_retained(after + 1, tail, self.shared.now())
+            .saturating_sub(after + 1)
+    }
+
+    /// Whether the ring can serve everything after `after` now: it is the
+    /// tail, or the next event is retained. Counts nothing.
+    pub(crate) fn serves_after(&self, after: u64) -> bool {
+        let tail = self.ring.published_tail();
+        if after == tail {
+            return true;
+        }
+        if after > tail || tail - after > self.ring.capacity() {
+            return false;
+        }
+        match self.ring.read(after + 1) {
+            Read::Event(first) => !self.shared.is_expired(&first, self.shared.now()),
+            _ => false,
+        }
     }
 
     /// Applies age retention now: raises the floor past expired events and
@@ -351,7 +526,8 @@ impl<T> Session<T> {
                 _ => break,
             }
         }
-        if expired_through == 0 {
+        let expired_through = expired_through.min(self.trim_limit());
+        if expired_through <= self.ring.floor() {
             return 0;
         }
         self.ring.raise_floor(expired_through, 0)
@@ -363,7 +539,8 @@ impl<T> Session<T> {
     pub(crate) fn release_through(&self, watermark: u64) -> usize {
         let tail = self.ring.published_tail();
         let first_readable = self.first_retained(1, tail, self.shared.now());
-        self.ring.raise_floor(watermark, first_readable - 1)
+        self.ring
+            .raise_floor(watermark.min(self.trim_limit()), first_readable - 1)
     }
 
     pub(crate) fn latest_position(&self) -> Option<u64> {
@@ -390,7 +567,9 @@ impl<T> Session<T> {
         fence(std::sync::atomic::Ordering::Acquire);
         this.trim(now);
         let tail = this.ring.published_tail();
-        tail == this.ring.claimed() && this.ring.floor() >= tail
+        tail == this.ring.claimed()
+            && this.ring.floor() >= tail
+            && (this.shared.persistence.is_none() || this.durable() >= tail)
     }
 }
 
@@ -398,7 +577,7 @@ impl<T> fmt::Debug for Session<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("key", &self.key)
-            .field("incarnation", &self.incarnation)
+            .field("incarnation", &self.identity.incarnation)
             .field("published", &self.ring.published_tail())
             .finish_non_exhaustive()
     }
@@ -452,7 +631,7 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
     /// Appends one event; see [`ReplayStore::append`](crate::ReplayStore::append).
     #[inline]
     pub fn append(&self, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Error> {
-        Ok(self.session.append(revision, payload)?)
+        Ok(Session::append(&self.session, revision, payload)?)
     }
 
     /// Appends a batch visible all at once; see
@@ -462,9 +641,11 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
         revision: Revision,
         payloads: impl IntoIterator<Item = T>,
     ) -> Result<Vec<Arc<Event<T>>>, Error> {
-        Ok(self
-            .session
-            .append_batch(revision, payloads.into_iter().collect())?)
+        Ok(Session::append_batch(
+            &self.session,
+            revision,
+            payloads.into_iter().collect(),
+        )?)
     }
 
     /// Events after `cursor`, which must be for this session.

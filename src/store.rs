@@ -3,20 +3,33 @@
 //! `ReplayStore` is a thin layer over the [session map](crate::map) and the
 //! [sessions](crate::session): it resolves a key (or a cursor's key) to the
 //! current incarnation and applies the by-key rules (an unknown session is
-//! empty at position 0 and `Unavailable` beyond; scoped calls refuse
-//! cursors of other keys).
+//! empty at position 0 and `Unavailable` beyond; a dormant one answers from
+//! its tombstone; scoped calls refuse cursors of other keys).
+//!
+//! With a durable log ([`StoreBuilder::durable`]) it also owns the
+//! [persister](crate::persist) thread, and offers the calls that read
+//! beyond memory: [catch-up](crate::catchup), durable watermarks, waits and
+//! archiving. The ring's own calls stay memory-only and never block.
 
 use std::fmt;
 use std::sync::Arc as StdArc;
 
+use std::time::{Duration, Instant};
+
+use thiserror::Error as ThisError;
+
+use crate::catchup::CatchUp;
 use crate::clock::{Clock, SystemClock};
+use crate::codec::Codec;
 use crate::config::{Config, ConfigError};
 use crate::cursor::{Cursor, Revision};
+use crate::durable::{DurableLog, LogError};
 use crate::error::{Error, Gap, GapReason};
 use crate::event::Event;
 use crate::key::SessionKey;
-use crate::map::SessionMap;
-use crate::session::{SessionHandle, Shared, Weigher};
+use crate::map::{Found, SessionMap};
+use crate::persist::{restore_identity, DurableOptions, Persistence};
+use crate::session::{Session, SessionHandle, Shared, Weigher};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 
@@ -44,7 +57,14 @@ use crate::sync::Arc;
 /// ```
 pub struct ReplayStore<T> {
     shared: StdArc<Shared<T>>,
-    sessions: SessionMap<T>,
+    sessions: StdArc<SessionMap<T>>,
+}
+
+/// The durable tier a builder was given.
+struct DurableParts<T> {
+    log: StdArc<dyn DurableLog>,
+    codec: Box<dyn Codec<T>>,
+    options: DurableOptions,
 }
 
 /// Builds a [`ReplayStore`] with a custom clock or a payload limit.
@@ -65,6 +85,7 @@ pub struct StoreBuilder<T> {
     config: Config,
     clock: StdArc<dyn Clock>,
     payload_limit: Option<(usize, Weigher<T>)>,
+    durable: Option<DurableParts<T>>,
 }
 
 impl<T: Send + Sync + 'static> StoreBuilder<T> {
@@ -91,9 +112,55 @@ impl<T: Send + Sync + 'static> StoreBuilder<T> {
         self
     }
 
-    /// Checks the configuration and builds the store.
+    /// Puts a durable log behind the rings: a persister thread writes every
+    /// appended event to `log` (payloads through `codec`), catch-up serves
+    /// any cursor from it, and sessions it remembers are restored on first
+    /// touch. The append path gains one load in the common case.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use livereplay::durable::MemoryLog;
+    /// use livereplay::{ReplayStore, Revision, SessionKey, Utf8};
+    ///
+    /// let store = ReplayStore::<String>::builder()
+    ///     .durable(Arc::new(MemoryLog::new()), Utf8)
+    ///     .build()?;
+    /// let key = SessionKey::new("acme", "chat-1")?;
+    /// let event = store.append(&key, Revision(1), "hello".to_string())?;
+    /// store.wait_durable(&key, event.position(), Duration::from_secs(5))?;
+    /// assert_eq!(store.durable_position(&key)?, Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn durable(mut self, log: StdArc<dyn DurableLog>, codec: impl Codec<T>) -> Self {
+        self.durable = Some(DurableParts {
+            log,
+            codec: Box::new(codec),
+            options: DurableOptions::default(),
+        });
+        self
+    }
+
+    /// Tunes the durable tier (no effect without [`StoreBuilder::durable`]).
+    pub fn durable_options(mut self, options: DurableOptions) -> Self {
+        if let Some(durable) = self.durable.as_mut() {
+            durable.options = options;
+        }
+        self
+    }
+
+    /// Checks the configuration and builds the store (and starts its
+    /// persister, with a durable log).
     pub fn build(self) -> Result<ReplayStore<T>, ConfigError> {
         self.config.validate()?;
+        let persistence = self
+            .durable
+            .map(|parts| StdArc::new(Persistence::new(parts.log, parts.codec, parts.options)));
+        if let Some(persistence) = &persistence {
+            Persistence::start(persistence).map_err(|error| ConfigError::PersisterThread {
+                reason: error.to_string(),
+            })?;
+        }
         Ok(ReplayStore {
             shared: StdArc::new(Shared {
                 max_age_nanos: self.config.max_age_nanos(),
@@ -101,8 +168,9 @@ impl<T: Send + Sync + 'static> StoreBuilder<T> {
                 clock: self.clock,
                 payload_limit: self.payload_limit,
                 counters: Default::default(),
+                persistence,
             }),
-            sessions: SessionMap::new(),
+            sessions: StdArc::new(SessionMap::new()),
         })
     }
 }
@@ -127,6 +195,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             config: Config::default(),
             clock: StdArc::new(SystemClock),
             payload_limit: None,
+            durable: None,
         }
     }
 
@@ -140,8 +209,15 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// evicted while the handle lives.
     pub fn session(&self, key: &SessionKey) -> Result<SessionHandle<T>, Error> {
         Ok(SessionHandle {
-            session: self.sessions.get_or_create(key, &self.shared)?,
+            session: self.resident(key)?,
         })
+    }
+
+    /// The resident session for `key`: revived from its tombstone, restored
+    /// from the durable log, or new.
+    fn resident(&self, key: &SessionKey) -> Result<Arc<Session<T>>, crate::Refusal> {
+        self.sessions
+            .get_or_create(key, &self.shared, &|| restore_identity(&self.shared, key))
     }
 
     /// Appends one event to `key`'s session (created if absent) and returns
@@ -155,7 +231,9 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     ) -> Result<Arc<Event<T>>, Error> {
         let mut payload = Some(payload);
         let appended = self.sessions.with(key, |session| {
-            payload.take().map(|p| session.append(revision, p))
+            payload
+                .take()
+                .map(|p| Session::append(session, revision, p))
         });
         if let Some(Some(result)) = appended {
             return Ok(result?);
@@ -166,8 +244,8 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         };
         // A refused append changes nothing, not even the session map.
         self.shared.check_payload(&payload)?;
-        let session = self.sessions.get_or_create(key, &self.shared)?;
-        Ok(session.append(revision, payload)?)
+        let session = self.resident(key)?;
+        Ok(Session::append(&session, revision, payload)?)
     }
 
     /// Appends `payloads` with consecutive positions, visible all at once: a
@@ -185,18 +263,22 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         }
         // A refused batch changes nothing, not even the session map.
         self.shared.check_batch(&payloads)?;
-        let session = self.sessions.get_or_create(key, &self.shared)?;
-        Ok(session.append_batch(revision, payloads)?)
+        let session = self.resident(key)?;
+        Ok(Session::append_batch(&session, revision, payloads)?)
     }
 
     /// Every event after `cursor`, in position order, as one contiguous run
     /// starting right after it, or the [`Gap`] that prevents it (see the
     /// crate docs for the gap table).
     pub fn replay_after_cursor(&self, cursor: &Cursor) -> Result<Vec<Arc<Event<T>>>, Error> {
-        match self
-            .sessions
-            .with(cursor.key(), |session| session.replay_after(cursor))
-        {
+        let found = self.sessions.with_found(cursor.key(), |found| match found {
+            Found::Resident(session) => session.replay_after(cursor),
+            Found::Dormant(tombstone) => tombstone
+                .answer(cursor)
+                .map(|()| Vec::new())
+                .inspect_err(|gap| self.shared.counters.count_gap(gap.reason)),
+        });
+        match found {
             Some(result) => Ok(result?),
             None if cursor.position() == 0 => Ok(Vec::new()),
             None => Err(self.unknown_session_gap(cursor)),
@@ -234,13 +316,20 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// session if it does not exist and the cursor is at position 0, so a
     /// host can subscribe before the runtime's first append.
     pub fn subscribe_after_cursor(&self, cursor: &Cursor) -> Result<Subscription<T>, Error> {
-        let session = if cursor.position() == 0 {
-            self.sessions.get_or_create(cursor.key(), &self.shared)?
-        } else {
-            match self.sessions.get(cursor.key()) {
-                Some(session) => session,
-                None => return Err(self.unknown_session_gap(cursor)),
+        let known = self.sessions.with_found(cursor.key(), |found| match found {
+            Found::Resident(_) => Ok(()),
+            Found::Dormant(tombstone) => tombstone.answer(cursor),
+        });
+        let session = match known {
+            // A dormant session answers from its tombstone; a subscriber at
+            // its tail revives it and waits there.
+            Some(Err(gap)) => {
+                self.shared.counters.count_gap(gap.reason);
+                return Err(gap.into());
             }
+            Some(Ok(())) => self.resident(cursor.key())?,
+            None if cursor.position() == 0 => self.resident(cursor.key())?,
+            None => return Err(self.unknown_session_gap(cursor)),
         };
         Ok(Subscription::start(session, cursor)?)
     }
@@ -260,7 +349,10 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// session does not exist.
     pub fn current_cursor(&self, key: &SessionKey) -> Cursor {
         self.sessions
-            .with(key, |session| session.current_cursor())
+            .with_found(key, |found| match found {
+                Found::Resident(session) => session.current_cursor(),
+                Found::Dormant(tombstone) => tombstone.latest(key),
+            })
             .unwrap_or_else(|| Cursor::start(key.clone()))
     }
 
@@ -300,7 +392,12 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// or does not exist.
     pub fn latest_position(&self, key: &SessionKey) -> Option<u64> {
         self.sessions
-            .with(key, |session| session.latest_position())
+            .with_found(key, |found| match found {
+                Found::Resident(session) => session.latest_position(),
+                Found::Dormant(tombstone) => {
+                    Some(tombstone.identity.start).filter(|&last| last > 0)
+                }
+            })
             .flatten()
     }
 
@@ -312,8 +409,14 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             .unwrap_or(0)
     }
 
-    /// Whether the session exists.
+    /// Whether the store knows the session: resident, or dormant (evicted,
+    /// with its identity kept in a tombstone).
     pub fn contains_session(&self, key: &SessionKey) -> bool {
+        self.sessions.with_found(key, |_| ()).is_some()
+    }
+
+    /// Whether the session is resident: in memory, with its ring.
+    pub fn is_resident(&self, key: &SessionKey) -> bool {
         self.sessions.with(key, |_| ()).is_some()
     }
 
@@ -332,17 +435,42 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         let counters = &self.shared.counters;
         let mut stats = Stats {
             sessions: self.sessions.len(),
+            dormant_sessions: self.sessions.dormant(),
             evicted_sessions: self.sessions.evicted(),
+            revived_sessions: self.sessions.revived(),
+            forgotten_tombstones: self.sessions.forgotten(),
             appends: counters.appends_of_gone_sessions.get(),
             gaps_trimmed: counters.gaps_trimmed.get(),
             gaps_unavailable: counters.gaps_unavailable.get(),
             gaps_reset: counters.gaps_reset.get(),
+            gaps_lost: counters.gaps_lost.get(),
             lagged_subscribers: counters.lagged_subscribers.get(),
             ..Stats::default()
         };
+        if let Some(persistence) = &self.shared.persistence {
+            let c = &persistence.counters;
+            stats.durable = Some(DurableStats {
+                persisted_events: c.persisted_events.get(),
+                commits: c.commits.get(),
+                holes: c.holes.get(),
+                lost_events: c.lost_events.get(),
+                unencodable_events: c.unencodable_events.get(),
+                undecodable_events: c.undecodable_events.get(),
+                log_failures: c.log_failures.get(),
+                restored_sessions: c.restored_sessions.get(),
+                undurable_events: 0,
+                last_error: persistence.last_error(),
+            });
+        }
         let now = self.shared.now();
         self.sessions.for_each(|_, session| {
-            stats.appends += session.ring.claimed();
+            if let Some(durable) = stats.durable.as_mut() {
+                durable.undurable_events += session
+                    .ring
+                    .published_tail()
+                    .saturating_sub(session.durable());
+            }
+            stats.appends += session.ring.claimed() - session.identity().start;
             stats.retained_events += session.retained(now);
             stats.subscribers += session
                 .subscribers
@@ -381,6 +509,247 @@ pub struct Stats {
     pub allocated_slots: usize,
     /// Sessions evicted since the store was built.
     pub evicted_sessions: u64,
+    /// Evicted sessions remembered by a tombstone now.
+    pub dormant_sessions: usize,
+    /// Sessions revived from a tombstone (continuing their positions).
+    pub revived_sessions: u64,
+    /// Tombstones forgotten by age or count.
+    pub forgotten_tombstones: u64,
+    /// Gaps reported with reason `Lost`.
+    pub gaps_lost: u64,
+    /// The durable tier's counters, if the store has one.
+    pub durable: Option<DurableStats>,
+}
+
+/// The durable tier's counters; see [`ReplayStore::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DurableStats {
+    /// Events written to the log.
+    pub persisted_events: u64,
+    /// Commits that succeeded.
+    pub commits: u64,
+    /// Hole records written (positions no tier holds).
+    pub holes: u64,
+    /// Positions covered by holes: accepted events lost because the ring
+    /// lapped them before the log took them, or the codec refused them.
+    pub lost_events: u64,
+    /// Payloads the codec could not encode (each also in a hole).
+    pub unencodable_events: u64,
+    /// Stored payloads the codec could not decode (catch-up reported them
+    /// as lost).
+    pub undecodable_events: u64,
+    /// Commits that failed (each retried until it succeeds).
+    pub log_failures: u64,
+    /// Sessions restored from the log (a new life after its durable tail).
+    pub restored_sessions: u64,
+    /// Events published in resident sessions but not yet durable.
+    pub undurable_events: u64,
+    /// The last error the log returned, if any.
+    pub last_error: Option<String>,
+}
+
+/// Why [`ReplayStore::wait_durable`] returned without the position being
+/// durable.
+#[derive(Debug, Clone, PartialEq, Eq, ThisError)]
+#[non_exhaustive]
+pub enum DurableError {
+    /// The store has no durable log; build it with [`StoreBuilder::durable`].
+    #[error("the store has no durable log: build it with StoreBuilder::durable")]
+    NoDurableTier,
+    /// The position is not durable yet; `durable` is how far the session is.
+    #[error("position {position} is not durable after the timeout (durable through {durable}); the log may be stalled: see stats().durable")]
+    Timeout {
+        /// The position waited for.
+        position: u64,
+        /// The session's durable watermark at the deadline.
+        durable: u64,
+    },
+    /// The session has no such position (nothing was appended there).
+    #[error("position {position} was never appended (the session's last position is {last})")]
+    NoSuchPosition {
+        /// The position asked for.
+        position: u64,
+        /// The session's last position.
+        last: u64,
+    },
+    /// The log could not be read.
+    #[error("the durable log failed: {0}")]
+    Log(String),
+}
+
+impl From<LogError> for DurableError {
+    fn from(error: LogError) -> Self {
+        DurableError::Log(error.to_string())
+    }
+}
+
+/// The durable tier's calls.
+impl<T: Send + Sync + 'static> ReplayStore<T> {
+    /// Every event after `cursor`, from the durable log, then the ring,
+    /// then live: any cursor this store (or an earlier process over the same
+    /// log) ever issued. Each event is delivered exactly once, in order,
+    /// with no seam between the tiers; the only gaps are positions no tier
+    /// holds (archived: `Trimmed`; a recorded hole or a crash:
+    /// `Lost`), each with its count.
+    ///
+    /// Without a durable log it serves what memory holds, like
+    /// [`subscribe_after_cursor`](Self::subscribe_after_cursor).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use livereplay::durable::MemoryLog;
+    /// use livereplay::{Config, Cursor, ReplayStore, Revision, SessionKey, Utf8};
+    ///
+    /// let store = ReplayStore::<String>::builder()
+    ///     .config(Config::default().with_capacity(4))
+    ///     .durable(Arc::new(MemoryLog::new()), Utf8)
+    ///     .build()?;
+    /// let key = SessionKey::new("acme", "chat-1")?;
+    /// for token in ["a", "b", "c", "d", "e", "f"] {
+    ///     let event = store.append(&key, Revision(1), token.to_string())?;
+    ///     // (A writer faster than the log would lap it: holes, `Lost`.)
+    ///     store.wait_durable(&key, event.position(), Duration::from_secs(5))?;
+    /// }
+    /// // The ring holds only the last 4; the log has the rest.
+    /// let mut all = store.catch_up(&Cursor::start(key.clone()))?;
+    /// let mut text = String::new();
+    /// for _ in 0..6 {
+    ///     text += all.next_timeout(Duration::from_secs(5))?.payload();
+    /// }
+    /// assert_eq!(text, "abcdef");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn catch_up(&self, cursor: &Cursor) -> Result<CatchUp<T>, Error> {
+        Ok(CatchUp::start(
+            StdArc::clone(&self.sessions),
+            StdArc::clone(&self.shared),
+            cursor,
+        )?)
+    }
+
+    /// [`catch_up`](Self::catch_up), refusing a cursor for another key.
+    pub fn catch_up_scoped(&self, key: &SessionKey, cursor: &Cursor) -> Result<CatchUp<T>, Error> {
+        cursor.check_key(key)?;
+        self.catch_up(cursor)
+    }
+
+    /// Up to `limit` events after `cursor` from every tier, without waiting
+    /// for new ones (a one-shot [`catch_up`](Self::catch_up)). Reads the log.
+    pub fn catch_up_replay(
+        &self,
+        cursor: &Cursor,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event<T>>>, Error> {
+        let mut catch_up = self.catch_up(cursor)?;
+        let mut events = Vec::new();
+        while events.len() < limit {
+            match catch_up.try_next() {
+                Ok(event) => events.push(event),
+                Err(crate::TryNextError::Gap(gap)) if events.is_empty() => return Err(gap.into()),
+                Err(_) => break,
+            }
+        }
+        Ok(events)
+    }
+
+    /// The session's durable watermark: every position at or below it is
+    /// in the log. `None` without a durable log or for a session neither
+    /// memory nor the log knows. Reads the log for sessions not in memory.
+    pub fn durable_position(&self, key: &SessionKey) -> Result<Option<u64>, DurableError> {
+        let Some(persistence) = &self.shared.persistence else {
+            return Ok(None);
+        };
+        let in_memory = self.sessions.with_found(key, |found| match found {
+            Found::Resident(session) => session.durable(),
+            Found::Dormant(tombstone) => tombstone.identity.start,
+        });
+        if let Some(durable) = in_memory {
+            return Ok(Some(durable));
+        }
+        Ok(persistence.log.meta(key)?.map(|meta| meta.durable_tail))
+    }
+
+    /// Waits until `position` of `key`'s session is durable, at most
+    /// `timeout`; returns the watermark then. For callers that want "durable
+    /// when it returns" (seed 003) — never the turn loop.
+    pub fn wait_durable(
+        &self,
+        key: &SessionKey,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<u64, DurableError> {
+        let Some(persistence) = &self.shared.persistence else {
+            return Err(DurableError::NoDurableTier);
+        };
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let resident = self.sessions.get(key);
+            let durable = match &resident {
+                Some(session) => {
+                    let last = session.ring.claimed();
+                    if position > last {
+                        return Err(DurableError::NoSuchPosition { position, last });
+                    }
+                    session.durable()
+                }
+                None => {
+                    let durable = self.durable_position(key)?.unwrap_or(0);
+                    if position > durable {
+                        return Err(DurableError::NoSuchPosition {
+                            position,
+                            last: durable,
+                        });
+                    }
+                    durable
+                }
+            };
+            if durable >= position {
+                return Ok(durable);
+            }
+            let listener = persistence.listen();
+            if resident.as_ref().is_some_and(|s| s.durable() >= position) {
+                continue;
+            }
+            persistence.nudge();
+            let remaining = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::MAX,
+            };
+            if remaining.is_zero() {
+                return Err(DurableError::Timeout { position, durable });
+            }
+            crate::sync::wait_listener(listener, remaining);
+        }
+    }
+
+    /// Archives every position `<= watermark` of the session in the durable
+    /// log (seed `archive_before`) and releases it from the ring. Monotonic;
+    /// clamped to what is durable. Returns how many events the log archived.
+    pub fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, DurableError> {
+        let Some(persistence) = &self.shared.persistence else {
+            return Err(DurableError::NoDurableTier);
+        };
+        let archived = persistence.log.archive_before(key, watermark)?;
+        self.release_through(key, watermark);
+        Ok(archived)
+    }
+
+    /// The durable log, if the store has one.
+    pub fn durable_log(&self) -> Option<&StdArc<dyn DurableLog>> {
+        self.shared.persistence.as_ref().map(|p| &p.log)
+    }
+}
+
+impl<T> Drop for ReplayStore<T> {
+    fn drop(&mut self) {
+        // Write what is left (bounded by the shutdown timeout), then stop
+        // the persister thread.
+        if let Some(persistence) = &self.shared.persistence {
+            persistence.shutdown();
+        }
+    }
 }
 
 impl<T> ReplayStore<T> {

@@ -58,6 +58,9 @@ pub struct Subscription<T> {
     ended: bool,
     /// Armed listener; while `Some`, this subscription is counted as parked.
     listener: Option<EventListener>,
+    /// Whether falling out of the window counts as a gap in the statistics
+    /// (not for catch-up, which falls back to the log).
+    counted: bool,
 }
 
 impl<T> Subscription<T> {
@@ -83,7 +86,26 @@ impl<T> Subscription<T> {
             last_seen,
             ended: false,
             listener: None,
+            counted: true,
         })
+    }
+
+    /// Starts reading after `last_seen` with no check: catch-up checked
+    /// the cursor against every tier already. A lag ends it with an
+    /// uncounted gap.
+    pub(crate) fn start_unchecked(session: Arc<Session<T>>, last_seen: Cursor) -> Self {
+        // Relaxed: a statistic.
+        session
+            .subscribers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            session,
+            next: last_seen.position() + 1,
+            last_seen,
+            ended: false,
+            listener: None,
+            counted: false,
+        }
     }
 
     /// The cursor of the last event yielded (where to resume from if this
@@ -102,7 +124,10 @@ impl<T> Subscription<T> {
         if self.ended {
             return Err(TryNextError::Ended);
         }
-        match self.session.read_next(self.next, &self.last_seen) {
+        match self
+            .session
+            .read_next(self.next, &self.last_seen, self.counted)
+        {
             Ok(Some(event)) => {
                 self.next += 1;
                 self.last_seen = event.cursor();

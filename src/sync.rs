@@ -12,6 +12,7 @@
 //! | --- | --- | --- |
 //! | [`arc_swap::ArcSwapOption`] ([`AtomicArcCell`]) | a `loom::sync::Mutex<Option<Arc<_>>>` | every `ArcSwap` operation (load, compare-and-swap) is atomic and linearizable, and `arc-swap` performs them with `SeqCst` accesses; a mutex totally orders them too. This is the one stand-in stronger than acquire/release: the protocols never rely on a directory entry for ordering (slots and fences carry it), and the models are checked with the weaker slot stand-in below |
 //! | [`std::sync::OnceLock`] ([`WriteOnce`]) | a `std::sync::OnceLock` published by a loom `AtomicBool` (release on set, acquire on get) | a slot is set once, by one writer (its position's), with release, and read with acquire, exactly what `OnceLock` does; with a loom atomic as the flag, loom may show a reader a stale "unset", so a missing fence elsewhere is found (a mutex here hid three such mutations) |
+//! | [`crossbeam_queue::SegQueue`] ([`Queue`]) | a `loom::sync::Mutex<VecDeque<_>>` | `SegQueue` is a linearizable MPMC FIFO whose push happens-before the pop that takes the value; a mutex gives exactly that |
 //! | [`dashmap::DashMap`] ([`ShardedMap`]) | a `loom::sync::Mutex<HashMap<_, _>>` | each `DashMap` call runs under its shard's lock, so per key it is linearizable; one global lock is the same behaviour with a coarser shard |
 //!
 //! `event-listener` is not replaced: it supports loom itself (its `loom`
@@ -19,18 +20,19 @@
 //! Loom cannot model timeouts, so under loom a timed wait waits without one.
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicU64, AtomicUsize};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
 #[cfg(not(loom))]
 pub use std::sync::Arc;
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
 #[cfg(loom)]
 pub use loom::sync::Arc;
 
 pub(crate) use cell::AtomicArcCell;
 pub(crate) use map::ShardedMap;
 pub(crate) use once::WriteOnce;
+pub(crate) use queue::Queue;
 
 /// Waits on an `event-listener` listener for at most `timeout`; returns
 /// whether it was notified.
@@ -244,7 +246,7 @@ mod map {
     /// lock held for the duration of one call.
     pub(crate) struct ShardedMap<K, V>(DashMap<K, V, BuildHasherDefault<PrehashedKeys>>);
 
-    impl<K: Eq + Hash + Clone, V: Clone> ShardedMap<K, V> {
+    impl<K: Eq + Hash + Clone, V> ShardedMap<K, V> {
         pub(crate) fn new() -> Self {
             Self(DashMap::default())
         }
@@ -256,19 +258,28 @@ mod map {
             self.0.get(key).map(|entry| f(entry.value()))
         }
 
-        /// Returns the value for `key`, inserting `make()` if absent.
-        /// `Ok((value, inserted))`; `make`'s error leaves the map unchanged.
-        pub(crate) fn get_or_try_insert<E>(
+        /// Under the shard's write lock, `f` sees the value for `key` (and
+        /// may change it in place) and returns a value to store in its
+        /// place (or to insert), if any, and a result.
+        pub(crate) fn update<R>(
             &self,
             key: &K,
-            make: impl FnOnce() -> Result<V, E>,
-        ) -> Result<(V, bool), E> {
+            f: impl FnOnce(Option<&mut V>) -> (Option<V>, R),
+        ) -> R {
             match self.0.entry(key.clone()) {
-                Entry::Occupied(entry) => Ok((entry.get().clone(), false)),
+                Entry::Occupied(mut entry) => {
+                    let (new, result) = f(Some(entry.get_mut()));
+                    if let Some(value) = new {
+                        entry.insert(value);
+                    }
+                    result
+                }
                 Entry::Vacant(entry) => {
-                    let value = make()?;
-                    entry.insert(value.clone());
-                    Ok((value, true))
+                    let (new, result) = f(None);
+                    if let Some(value) = new {
+                        entry.insert(value);
+                    }
+                    result
                 }
             }
         }
@@ -280,8 +291,9 @@ mod map {
                 .map(|(_, value)| value)
         }
 
-        /// Keeps the entries for which `keep` holds, one shard at a time.
-        pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        /// Keeps the entries for which `keep` holds (which may change them
+        /// in place), one shard at a time under its write lock.
+        pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &mut V) -> bool) {
             self.0.retain(|key, value| keep(key, value));
         }
 
@@ -303,7 +315,7 @@ mod map {
 
     pub(crate) struct ShardedMap<K, V>(Mutex<HashMap<K, V>>);
 
-    impl<K: Eq + Hash + Clone, V: Clone> ShardedMap<K, V> {
+    impl<K: Eq + Hash + Clone, V> ShardedMap<K, V> {
         pub(crate) fn new() -> Self {
             Self(Mutex::new(HashMap::new()))
         }
@@ -312,18 +324,17 @@ mod map {
             self.0.lock().unwrap().get(key).map(f)
         }
 
-        pub(crate) fn get_or_try_insert<E>(
+        pub(crate) fn update<R>(
             &self,
             key: &K,
-            make: impl FnOnce() -> Result<V, E>,
-        ) -> Result<(V, bool), E> {
+            f: impl FnOnce(Option<&mut V>) -> (Option<V>, R),
+        ) -> R {
             let mut map = self.0.lock().unwrap();
-            if let Some(value) = map.get(key) {
-                return Ok((value.clone(), false));
+            let (new, result) = f(map.get_mut(key));
+            if let Some(value) = new {
+                map.insert(key.clone(), value);
             }
-            let value = make()?;
-            map.insert(key.clone(), value.clone());
-            Ok((value, true))
+            result
         }
 
         pub(crate) fn remove_if(&self, key: &K, pred: impl FnOnce(&V) -> bool) -> Option<V> {
@@ -335,7 +346,7 @@ mod map {
             }
         }
 
-        pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &mut V) -> bool) {
             self.0.lock().unwrap().retain(|key, value| keep(key, value));
         }
 
@@ -343,6 +354,52 @@ mod map {
             for (key, value) in self.0.lock().unwrap().iter() {
                 f(key, value);
             }
+        }
+    }
+}
+
+#[cfg(not(loom))]
+mod queue {
+    use crossbeam_queue::SegQueue;
+
+    /// An unbounded lock-free MPMC queue (the persister's dirty sessions).
+    pub(crate) struct Queue<E>(SegQueue<E>);
+
+    impl<E> Queue<E> {
+        pub(crate) fn new() -> Self {
+            Self(SegQueue::new())
+        }
+
+        #[inline]
+        pub(crate) fn push(&self, value: E) {
+            self.0.push(value);
+        }
+
+        pub(crate) fn pop(&self) -> Option<E> {
+            self.0.pop()
+        }
+    }
+}
+
+#[cfg(loom)]
+mod queue {
+    use std::collections::VecDeque;
+
+    use loom::sync::Mutex;
+
+    pub(crate) struct Queue<E>(Mutex<VecDeque<E>>);
+
+    impl<E> Queue<E> {
+        pub(crate) fn new() -> Self {
+            Self(Mutex::new(VecDeque::new()))
+        }
+
+        pub(crate) fn push(&self, value: E) {
+            self.0.lock().unwrap().push_back(value);
+        }
+
+        pub(crate) fn pop(&self) -> Option<E> {
+            self.0.lock().unwrap().pop_front()
         }
     }
 }

@@ -382,13 +382,20 @@ fn trim_session_frees_expired_events_then_evicts_the_idle_session() {
 
     clock.advance(MAX_AGE + Duration::from_secs(1));
     assert_eq!(store.trim_session(&k), 3);
-    assert!(!store.contains_session(&k));
+    // Evicted: its events are gone, its identity is kept (section 10).
+    assert!(!store.is_resident(&k));
+    assert!(store.contains_session(&k), "dormant, not forgotten");
     assert_eq!(store.stats().evicted_sessions, 1);
     assert_eq!(store.stats().sessions, 0);
-    // Its cursors now name a session the store does not know.
-    let gap = expect_gap(store.replay_after_cursor(&events[2].cursor()));
-    assert_eq!(gap.reason, GapReason::Unavailable);
-    // Trimming an unknown session is a no-op.
+    assert_eq!(store.stats().dormant_sessions, 1);
+    // A cursor at the evicted tail is at the tail; the start cursor was
+    // trimmed, with the exact count.
+    assert!(expect_events(store.replay_after_cursor(&events[2].cursor())).is_empty());
+    let gap = expect_gap(store.replay_after_cursor(&Cursor::start(k.clone())));
+    assert_eq!(gap.reason, GapReason::Trimmed);
+    assert_eq!(gap.missed, Some(3));
+    assert_eq!(gap.latest, events[2].cursor());
+    // Trimming a dormant session is a no-op.
     assert_eq!(store.trim_session(&k), 0);
 }
 
@@ -548,8 +555,33 @@ fn an_unknown_session_is_unavailable_past_zero_and_empty_at_zero() {
 }
 
 #[test]
-fn an_old_cursor_gets_reset_after_the_session_is_evicted_and_recreated() {
+fn an_evicted_session_recreated_continues_its_incarnation() {
     let (store, clock) = aging_store();
+    let k = key("t", "s");
+    let first = append_all(&store, &k, [1, 2]);
+    clock.advance(MAX_AGE + Duration::from_secs(1));
+    store.trim_session(&k);
+    assert!(!store.is_resident(&k));
+
+    let next = store.append(&k, Revision(1), 3).unwrap();
+    assert_eq!(next.position(), 3, "positions continue after eviction");
+    assert_eq!(next.incarnation(), first[0].incarnation());
+    assert_eq!(store.stats().revived_sessions, 1);
+    // Eviction shows to cursors only as trimming.
+    let rest = expect_events(store.replay_after_cursor(&first[1].cursor()));
+    assert_eq!(rest.iter().map(|e| *e.payload()).collect::<Vec<_>>(), [3]);
+    let gap = expect_gap(store.replay_after_cursor(&first[0].cursor()));
+    assert_eq!(gap.reason, GapReason::Trimmed);
+    assert_eq!(gap.missed, Some(1));
+}
+
+#[test]
+fn an_old_cursor_gets_reset_after_the_tombstone_is_forgotten_and_recreated() {
+    let (store, clock) = store_with_clock(
+        Config::default()
+            .with_max_age(MAX_AGE)
+            .with_tombstones(0, Duration::from_secs(1)),
+    );
     let k = key("t", "s");
     let first_life = append_all(&store, &k, [1, 2]);
     clock.advance(MAX_AGE + Duration::from_secs(1));
@@ -571,7 +603,11 @@ fn an_old_cursor_gets_reset_after_the_session_is_evicted_and_recreated() {
 
 #[test]
 fn sweep_evicts_idle_sessions_and_their_old_cursors_get_reset() {
-    let (store, clock) = aging_store();
+    let (store, clock) = store_with_clock(
+        Config::default()
+            .with_max_age(MAX_AGE)
+            .with_tombstones(0, Duration::from_secs(1)),
+    );
     let (idle, busy) = (key("t", "idle"), key("t", "busy"));
     let old = store.append(&idle, Revision(1), 1).unwrap();
     clock.advance(MAX_AGE + Duration::from_secs(1));
@@ -1043,7 +1079,8 @@ fn trait_trim_session_applies_age_retention() {
     store.append(&k, Revision(1), 2).unwrap();
     clock.advance(MAX_AGE + Duration::from_secs(1));
     assert_eq!(store.trim_session(&k), Ok(2));
-    assert_eq!(store.current_cursor(&k), Cursor::start(k));
+    // Evicted, but its identity stays: the cursor is still at position 2.
+    assert_eq!(store.current_cursor(&k).position(), 2);
 }
 
 // ---------------------------------------------------------------------------
@@ -1193,15 +1230,18 @@ fn stats_count_a_known_sequence() {
     let old_a = store.current_cursor(&a);
     clock.advance(MAX_AGE + Duration::from_secs(1));
     assert_eq!(store.trim_session(&a), 4);
-    store.append(&a, Revision(1), 7).unwrap();
-    expect_gap(store.replay_after_cursor(&old_a)); // Reset
+    assert_eq!(store.stats().dormant_sessions, 1);
+    store.append(&a, Revision(1), 7).unwrap(); // revives `a` at position 7
+    assert_eq!(expect_events(store.replay_after_cursor(&old_a)).len(), 1);
     let stats = store.stats();
     assert_eq!(stats.evicted_sessions, 1);
+    assert_eq!(stats.revived_sessions, 1);
+    assert_eq!(stats.dormant_sessions, 0);
     assert_eq!(stats.sessions, 2);
     assert_eq!(stats.appends, 9);
     assert_eq!(stats.retained_events, 1, "only the new event of `a`");
     assert_eq!(stats.subscribers, 0);
-    assert_eq!(stats.gaps_reset, 1);
+    assert_eq!(stats.gaps_reset, 0);
 }
 
 // ---------------------------------------------------------------------------

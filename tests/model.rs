@@ -278,6 +278,7 @@ struct ModelStats {
     gaps_trimmed: u64,
     gaps_unavailable: u64,
     gaps_reset: u64,
+    gaps_lost: u64,
     lagged_subscribers: u64,
     evicted_sessions: u64,
 }
@@ -384,6 +385,7 @@ impl Model {
             GapReason::Trimmed => self.stats.gaps_trimmed += 1,
             GapReason::Unavailable => self.stats.gaps_unavailable += 1,
             GapReason::Reset => self.stats.gaps_reset += 1,
+            GapReason::Lost => self.stats.gaps_lost += 1,
         }
     }
 
@@ -821,7 +823,11 @@ fn run_case(params: Params, ops: Vec<Op>) {
                 .with_max_sessions(params.max_sessions)
                 // Automatic sweeps run every 1024 creations; a case never
                 // gets there, and an explicit Sweep op covers the logic.
-                .with_auto_sweep(false),
+                .with_auto_sweep(false)
+                // This model is of the ring alone: an evicted session is
+                // forgotten. Tombstones have their own tests
+                // (tests/tombstones.rs).
+                .with_tombstones(0, Duration::from_secs(1)),
         )
         .clock(clock.clone())
         .build()
@@ -1090,6 +1096,7 @@ fn compare_state(real: &Real, model: &Model, keys: &[SessionKey], at: &str) {
         gaps_trimmed: stats.gaps_trimmed,
         gaps_unavailable: stats.gaps_unavailable,
         gaps_reset: stats.gaps_reset,
+        gaps_lost: stats.gaps_lost,
         lagged_subscribers: stats.lagged_subscribers,
         evicted_sessions: stats.evicted_sessions,
     };

@@ -637,7 +637,7 @@ fn a_subscription_keeps_its_session_from_being_evicted() {
     clock.advance(MAX_AGE + Duration::from_secs(1));
     assert_eq!(store.trim_session(&k), 1);
     assert_eq!(store.sweep(), 0);
-    assert!(store.contains_session(&k));
+    assert!(store.is_resident(&k));
     // The next append continues the incarnation the subscriber listens to.
     let second = store.append(&k, Revision(1), 2).unwrap();
     assert_eq!(second.incarnation(), first.incarnation());
@@ -646,5 +646,5 @@ fn a_subscription_keeps_its_session_from_being_evicted() {
     drop(subscription);
     clock.advance(MAX_AGE + Duration::from_secs(1));
     assert_eq!(store.sweep(), 1);
-    assert!(!store.contains_session(&k));
+    assert!(!store.is_resident(&k), "evicted once nobody holds it");
 }

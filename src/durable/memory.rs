@@ -80,7 +80,7 @@ pub(crate) fn validate_write(
     let current = write
         .new_life
         .or_else(|| meta.and_then(SessionMeta::current_life));
-    let mut next = tail + 1;
+    let mut next = tail.saturating_add(1);
     for record in write.records {
         if record.position != next {
             return Err(LogError::NotContiguous {
@@ -103,7 +103,16 @@ pub(crate) fn validate_write(
                 what: "a record must carry the incarnation of the session's newest life",
             });
         }
-        next = record.last_position() + 1;
+        next = match record.last_position().checked_add(1) {
+            Some(next) if record.position.checked_add(record.len() - 1).is_some() => next,
+            _ => {
+                return Err(LogError::InvalidRecord {
+                    key: key.clone(),
+                    position: record.position,
+                    what: "the record runs past the largest position",
+                })
+            }
+        };
     }
     Ok(())
 }
@@ -151,6 +160,11 @@ impl DurableLog for MemoryLog {
             staged.insert(write.key, meta);
         }
         for write in writes {
+            // Nothing to record for a session the log does not know: not
+            // listed, no meta.
+            if write.new_life.is_none() && write.records.is_empty() {
+                continue;
+            }
             if !inner.sessions.contains_key(write.key) {
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
@@ -184,7 +198,9 @@ impl DurableLog for MemoryLog {
         let Some(session) = inner.sessions.get(key) else {
             return Ok(Vec::new());
         };
-        let from = after.max(session.meta.archived_through) + 1;
+        let Some(from) = after.max(session.meta.archived_through).checked_add(1) else {
+            return Ok(Vec::new());
+        };
         // A hole starting before `from` may cover it.
         let start = session
             .records

@@ -232,7 +232,7 @@ impl LogRecord {
 
     /// The last position it covers.
     pub fn last_position(&self) -> u64 {
-        self.position + self.len().saturating_sub(1)
+        self.position.saturating_add(self.len().saturating_sub(1))
     }
 }
 

@@ -306,6 +306,11 @@ impl DurableLog for RedbLog {
                     },
                 };
                 validate_write(write.key, meta.as_ref(), write)?;
+                // Nothing to record for a session the log does not know
+                // (as in `MemoryLog`): not listed, no meta.
+                if meta.is_none() && write.new_life.is_none() && write.records.is_empty() {
+                    continue;
+                }
                 let mut meta = meta.unwrap_or_else(empty_meta);
                 apply_to_meta(&mut meta, write);
                 match slot {

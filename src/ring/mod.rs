@@ -103,12 +103,21 @@ pub(crate) struct Ring<T> {
 }
 
 impl<T> Ring<T> {
+    #[cfg(test)]
     pub(crate) fn new(capacity: usize) -> Self {
+        Self::continuing(capacity, 0, Revision::default())
+    }
+
+    /// A ring whose positions `1..=last` are already settled and trimmed:
+    /// the next claim is `last + 1`. A session that continues after
+    /// eviction or a restart starts here, so its positions carry on and
+    /// cursors at or below `last` read as trimmed, never as another event.
+    pub(crate) fn continuing(capacity: usize, last: u64, last_revision: Revision) -> Self {
         Self {
-            claimed: CachePadded::new(AtomicU64::new(0)),
-            published: CachePadded::new(AtomicU64::new(0)),
-            floor: AtomicU64::new(0),
-            floor_revision: AtomicU64::new(0),
+            claimed: CachePadded::new(AtomicU64::new(last)),
+            published: CachePadded::new(AtomicU64::new(last)),
+            floor: AtomicU64::new(last),
+            floor_revision: AtomicU64::new(last_revision.0),
             capacity: capacity as u64,
             directory: Directory::new(capacity),
             doorbell: Doorbell::new(),
@@ -510,6 +519,23 @@ mod tests {
             "the tail's revision survives its trim"
         );
         assert_eq!(ring.published_tail(), 5);
+    }
+
+    #[test]
+    fn a_continuing_ring_starts_after_its_last_position() {
+        let ring = Ring::continuing(4, 70, Revision(9));
+        assert_eq!(ring.published_tail(), 70);
+        assert!(matches!(ring.read(70), Read::Trimmed));
+        assert_eq!(ring.revision_at(70), Revision(9));
+        assert_eq!(ring.claim(1), Some(71));
+        ring.publish(&event(71));
+        assert_eq!(ring.published_tail(), 71);
+        assert_eq!(position_at(&ring, 71), Some(71));
+        assert_eq!(
+            ring.allocated_slots(),
+            4,
+            "no storage for the old positions"
+        );
     }
 
     #[test]

@@ -317,7 +317,10 @@ pub fn run(
             Config::default()
                 .with_capacity(config.capacity)
                 .with_max_age(config.max_age)
-                .with_max_sessions(1_000_000),
+                .with_max_sessions(1_000_000)
+                // Tombstones live as long as events: a quiet period's
+                // second sweep forgets them, so "empty" is checkable.
+                .with_tombstones(100_000, config.max_age),
         )
         .clock(clock.clone())
         .build()
@@ -389,6 +392,9 @@ pub fn run(
             thread::park_timeout(Duration::from_millis(1));
         }
         // Quiet: the age bound passes, the sweep evicts everything idle.
+        clock.advance(config.max_age + config.clock_step);
+        shared.store.sweep();
+        // The sessions that sweep turned dormant are forgotten by the next.
         clock.advance(config.max_age + config.clock_step);
         shared.store.sweep();
         settled_rss[phase] = sample("settled", &mut samples);

@@ -1,0 +1,529 @@
+//! Catch-up: any cursor ever issued, served from the durable log, then the
+//! ring, then live — each event exactly once, in order, with no seam.
+//!
+//! # Algorithm
+//!
+//! A catch-up keeps one number, the position `c` of the last event it
+//! delivered, and repeats one step:
+//!
+//! 1. if the session's ring can serve everything after `c` (its tail is
+//!    `c`, or event `c + 1` is retained), it hands over to an ordinary ring
+//!    subscription after `c` — the same position arithmetic, so there is no
+//!    seam;
+//! 2. otherwise it reads a batch of records after `c` from the log and
+//!    delivers their events, advancing `c`;
+//! 3. if neither holds `c + 1` yet (the ring lapped it and the persister
+//!    has not reached it), it waits for the persister's next commit, which
+//!    writes `c + 1` as an event or as a recorded hole.
+//!
+//! A ring subscription that falls behind (the ring laps it) is not a gap
+//! here: the catch-up returns to step 2 from its `c`. Because the ring only
+//! drops what is durable or what it laps (and the persister records every
+//! lapped position as a hole), one of the steps always makes progress, and
+//! every event is read from exactly one place.
+//!
+//! # Gaps
+//!
+//! Only positions that no tier holds end a catch-up, with the count:
+//! archived on purpose (`archive_before`: [`GapReason::Trimmed`]) or lost
+//! ([`GapReason::Lost`]: a recorded hole, or a cursor beyond the durable
+//! end of its life after a crash). A cursor of an incarnation that no tier
+//! knows gets [`GapReason::Reset`]; one beyond a live session's tail
+//! [`GapReason::Unavailable`].
+//!
+//! Reading the log is synchronous I/O (a local redb read of at most
+//! [`LOG_BATCH`] records per step), also inside `Stream::poll_next`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use event_listener::EventListener;
+use futures_core::Stream;
+
+use crate::cursor::{Cursor, Incarnation, Revision};
+use crate::durable::{LogRecord, RecordBody, SessionMeta};
+use crate::error::{Gap, GapReason, NextTimeoutError, TryNextError};
+use crate::event::{Event, Timestamp};
+use crate::key::SessionKey;
+use crate::map::{Found, SessionMap};
+use crate::session::{Identity, Shared};
+use crate::subscription::Subscription;
+use crate::sync::{self, Arc};
+
+/// Records read from the log per step.
+pub const LOG_BATCH: usize = 512;
+
+/// The longest a waiting catch-up sleeps before it looks again, in case the
+/// ring became able to serve it without a commit to announce it.
+const MAX_WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// Every event after a cursor: from the durable log, then the ring, then
+/// live. Made by [`ReplayStore::catch_up`](crate::ReplayStore::catch_up).
+///
+/// Like a [`Subscription`] it yields events exactly once and in order,
+/// never blocks in [`try_next`](Self::try_next), waits with
+/// [`next_timeout`](Self::next_timeout) or as a [`Stream`], and ends after
+/// one gap.
+pub struct CatchUp<T> {
+    sessions: StdArc<SessionMap<T>>,
+    shared: StdArc<Shared<T>>,
+    key: SessionKey,
+    /// The cursor of the last event delivered (or the starting cursor).
+    last_seen: Cursor,
+    /// Events read from the log, not yet delivered.
+    buffer: VecDeque<Arc<Event<T>>>,
+    /// Set once the ring serves us.
+    ring: Option<Subscription<T>>,
+    /// Armed on the persister's progress while waiting outside the ring.
+    listener: Option<EventListener>,
+    ended: bool,
+}
+
+impl<T: Send + Sync + 'static> CatchUp<T> {
+    /// Checks `cursor` against every tier, then starts after it.
+    pub(crate) fn start(
+        sessions: StdArc<SessionMap<T>>,
+        shared: StdArc<Shared<T>>,
+        cursor: &Cursor,
+    ) -> Result<Self, Gap> {
+        let this = Self {
+            sessions,
+            shared,
+            key: cursor.key().clone(),
+            last_seen: cursor.clone(),
+            buffer: VecDeque::new(),
+            ring: None,
+            listener: None,
+            ended: false,
+        };
+        if let Err(gap) = this.check(cursor) {
+            this.shared.counters.count_gap(gap.reason);
+            return Err(gap);
+        }
+        Ok(this)
+    }
+
+    /// The gap table for a cursor, against memory first, then the log.
+    fn check(&self, cursor: &Cursor) -> Result<(), Gap> {
+        let after = cursor.position();
+        if after == 0 {
+            return Ok(());
+        }
+        let in_memory = self.sessions.with_found(&self.key, |found| match found {
+            Found::Resident(session) => (session.identity(), session.ring.published_tail()),
+            Found::Dormant(tombstone) => (tombstone.identity, tombstone.identity.start),
+        });
+        if let Some((identity, tail)) = in_memory {
+            if let Some(verdict) = judge(&identity, tail, cursor) {
+                return verdict.map_err(|(reason, missed)| self.gap(reason, missed));
+            }
+        }
+        let meta = self.meta();
+        match (cursor.incarnation(), meta) {
+            (Some(incarnation), Some(meta)) => match meta.life_of(incarnation) {
+                Some((_, end)) if after > end => Err(self.gap(GapReason::Lost, Some(after - end))),
+                Some(_) => Ok(()),
+                None => Err(self.gap(GapReason::Reset, None)),
+            },
+            (None, Some(meta)) if after <= meta.durable_tail => Ok(()),
+            (Some(_), None) if in_memory.is_some() => Err(self.gap(GapReason::Reset, None)),
+            _ => Err(self.gap(GapReason::Unavailable, None)),
+        }
+    }
+
+    fn meta(&self) -> Option<SessionMeta> {
+        let persistence = self.shared.persistence.as_ref()?;
+        persistence.log.meta(&self.key).ok().flatten()
+    }
+
+    /// The session's latest cursor, from whichever tier knows it best.
+    fn latest(&self) -> Cursor {
+        let in_memory = self.sessions.with_found(&self.key, |found| match found {
+            Found::Resident(session) => session.current_cursor(),
+            Found::Dormant(tombstone) => tombstone.latest(&self.key),
+        });
+        if let Some(cursor) = in_memory {
+            return cursor;
+        }
+        match self.meta() {
+            Some(meta) if meta.durable_tail > 0 => Cursor::new(
+                self.key.clone(),
+                meta.current_life().map(|life| life.incarnation),
+                Revision(meta.last_revision),
+                meta.durable_tail,
+            ),
+            _ => Cursor::start(self.key.clone()),
+        }
+    }
+
+    fn gap(&self, reason: GapReason, missed: Option<u64>) -> Gap {
+        Gap {
+            reason,
+            requested: self.last_seen.clone(),
+            latest: self.latest(),
+            missed,
+        }
+    }
+
+    /// The cursor of the last event delivered: where to resume from.
+    pub fn cursor(&self) -> &Cursor {
+        &self.last_seen
+    }
+
+    /// Whether the catch-up has reached the ring (it now reads live).
+    pub fn is_live(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Whether it has ended (after its gap).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The next event if one is available now; never waits for one (it
+    /// may read the log).
+    pub fn try_next(&mut self) -> Result<Arc<Event<T>>, TryNextError> {
+        if self.ended {
+            return Err(TryNextError::Ended);
+        }
+        match self.step() {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Err(TryNextError::Empty),
+            Err(gap) => {
+                self.end(&gap);
+                Err(TryNextError::Gap(gap))
+            }
+        }
+    }
+
+    /// The next event, waiting up to `timeout` for one. Blocks the thread.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Arc<Event<T>>, NextTimeoutError> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            match self.try_next() {
+                Err(TryNextError::Empty) => {}
+                Ok(event) => return Ok(event),
+                Err(TryNextError::Gap(gap)) => return Err(NextTimeoutError::Gap(gap)),
+                Err(TryNextError::Ended) => return Err(NextTimeoutError::Ended),
+            }
+            let remaining = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::MAX,
+            };
+            if remaining.is_zero() {
+                return Err(NextTimeoutError::Timeout);
+            }
+            if let Some(subscription) = self.ring.as_mut() {
+                match subscription.next_timeout(remaining) {
+                    Ok(event) => {
+                        self.last_seen = event.cursor();
+                        return Ok(event);
+                    }
+                    Err(NextTimeoutError::Gap(gap)) if gap.reason == GapReason::Trimmed => {
+                        self.ring = None;
+                    }
+                    Err(NextTimeoutError::Gap(gap)) => {
+                        self.end(&gap);
+                        return Err(NextTimeoutError::Gap(gap));
+                    }
+                    Err(other) => return Err(other),
+                }
+                continue;
+            }
+            // Off the ring and nothing durable yet: wait for a commit.
+            let Some(persistence) = self.shared.persistence.clone() else {
+                continue;
+            };
+            let listener = persistence.listen();
+            match self.try_next() {
+                Err(TryNextError::Empty) => {}
+                Ok(event) => return Ok(event),
+                Err(TryNextError::Gap(gap)) => return Err(NextTimeoutError::Gap(gap)),
+                Err(TryNextError::Ended) => return Err(NextTimeoutError::Ended),
+            }
+            persistence.nudge();
+            sync::wait_listener(listener, remaining.min(MAX_WAIT_SLICE));
+        }
+    }
+
+    fn end(&mut self, gap: &Gap) {
+        self.ended = true;
+        self.ring = None;
+        self.listener = None;
+        self.buffer.clear();
+        self.shared.counters.count_gap(gap.reason);
+    }
+
+    /// One step of the algorithm (module docs): an event, nothing yet, or
+    /// the gap that ends the catch-up.
+    fn step(&mut self) -> Result<Option<Arc<Event<T>>>, Gap> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                self.last_seen = event.cursor();
+                return Ok(Some(event));
+            }
+            if let Some(subscription) = self.ring.as_mut() {
+                match subscription.try_next() {
+                    Ok(event) => {
+                        self.last_seen = event.cursor();
+                        return Ok(Some(event));
+                    }
+                    Err(TryNextError::Empty) => return Ok(None),
+                    // Lapped: back to the log from where we are.
+                    Err(TryNextError::Gap(gap))
+                        if gap.reason == GapReason::Trimmed
+                            && self.shared.persistence.is_some() =>
+                    {
+                        self.ring = None;
+                        continue;
+                    }
+                    Err(TryNextError::Gap(gap)) => return Err(gap),
+                    Err(TryNextError::Ended) => return Err(self.gap(GapReason::Reset, None)),
+                }
+            }
+            let after = self.last_seen.position();
+            if let Some(session) = self.sessions.get(&self.key) {
+                if session.serves_after(after) {
+                    self.ring = Some(Subscription::start_unchecked(
+                        session,
+                        self.last_seen.clone(),
+                    ));
+                    continue;
+                }
+            }
+            match self.read_log(after)? {
+                LogStep::Read => continue,
+                LogStep::Nothing => {}
+                LogStep::AtTail => {
+                    // Nothing after us anywhere: wait on the ring, making
+                    // the session resident (as a subscribe at the tail does).
+                    let restore = || crate::persist::restore_identity(&self.shared, &self.key);
+                    if let Ok(session) =
+                        self.sessions
+                            .get_or_create(&self.key, &self.shared, &restore)
+                    {
+                        if session.serves_after(after) {
+                            self.ring = Some(Subscription::start_unchecked(
+                                session,
+                                self.last_seen.clone(),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            }
+            return Ok(None);
+        }
+    }
+
+    /// Reads the log after `after` into the buffer.
+    fn read_log(&mut self, after: u64) -> Result<LogStep, Gap> {
+        let Some(persistence) = self.shared.persistence.as_ref() else {
+            // No log: what the ring cannot serve is trimmed, or not there.
+            let resident = self.sessions.get(&self.key);
+            return match resident {
+                Some(session) if session.ring.published_tail() > after => {
+                    let missed = session.missed_after(after);
+                    Err(self.gap(GapReason::Trimmed, Some(missed)))
+                }
+                Some(_) => Ok(LogStep::Nothing),
+                None => match self.sessions.with_found(&self.key, |found| match found {
+                    Found::Dormant(tombstone) => Some(tombstone.identity.start),
+                    Found::Resident(_) => None,
+                }) {
+                    Some(Some(last)) if last > after => {
+                        Err(self.gap(GapReason::Trimmed, Some(last - after)))
+                    }
+                    _ => Ok(LogStep::AtTail),
+                },
+            };
+        };
+        let log = StdArc::clone(&persistence.log);
+        let Ok(meta) = log.meta(&self.key) else {
+            return Ok(LogStep::Nothing);
+        };
+        let Some(meta) = meta else {
+            let resident = self.sessions.get(&self.key);
+            return Ok(match resident {
+                Some(_) => LogStep::Nothing,
+                None => LogStep::AtTail,
+            });
+        };
+        if meta.archived_through > after {
+            return Err(self.gap(GapReason::Trimmed, Some(meta.archived_through - after)));
+        }
+        if meta.durable_tail <= after {
+            let resident = self.sessions.get(&self.key);
+            return Ok(match resident {
+                Some(_) => LogStep::Nothing,
+                None => LogStep::AtTail,
+            });
+        }
+        let Ok(records) = log.load_after(&self.key, after, LOG_BATCH) else {
+            return Ok(LogStep::Nothing);
+        };
+        for (expected, record) in (after + 1..).zip(records) {
+            if record.position > expected || record.last_position() < expected {
+                // Not contiguous with what we have: stop and read again.
+                break;
+            }
+            match record.body {
+                RecordBody::Hole { .. } => {
+                    if self.buffer.is_empty() {
+                        let missed = record.last_position() - after;
+                        return Err(self.gap(GapReason::Lost, Some(missed)));
+                    }
+                    break;
+                }
+                RecordBody::Event(_) => match self.decode(record) {
+                    Some(event) => self.buffer.push_back(event),
+                    None => {
+                        if self.buffer.is_empty() {
+                            return Err(self.gap(GapReason::Lost, Some(1)));
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+        Ok(if self.buffer.is_empty() {
+            LogStep::Nothing
+        } else {
+            LogStep::Read
+        })
+    }
+
+    fn decode(&self, record: LogRecord) -> Option<Arc<Event<T>>> {
+        let persistence = self.shared.persistence.as_ref()?;
+        let RecordBody::Event(stored) = record.body else {
+            return None;
+        };
+        match persistence.codec.decode(&stored.payload) {
+            Ok(payload) => Some(Arc::new(Event {
+                key: self.key.clone(),
+                incarnation: record.incarnation,
+                revision: Revision(stored.revision),
+                position: record.position,
+                timestamp: Timestamp::from_nanos(stored.timestamp_nanos),
+                payload,
+            })),
+            Err(_) => {
+                persistence.counters.undecodable_events.add(1);
+                None
+            }
+        }
+    }
+}
+
+/// What a look at the log found.
+enum LogStep {
+    /// Events were buffered.
+    Read,
+    /// Nothing after us is durable yet (the persister will get there).
+    Nothing,
+    /// Nothing after us exists in any tier, and no session is resident.
+    AtTail,
+}
+
+/// The gap table for `cursor` against a session known in memory; `None`
+/// if its incarnation is not this session's (the log may know it).
+fn judge(
+    identity: &Identity,
+    tail: u64,
+    cursor: &Cursor,
+) -> Option<Result<(), (GapReason, Option<u64>)>> {
+    let after = cursor.position();
+    let own = |incarnation: Incarnation| incarnation == identity.incarnation;
+    match (cursor.incarnation(), identity.previous) {
+        (Some(i), _) if own(i) => Some(if after > tail {
+            Err((GapReason::Unavailable, None))
+        } else {
+            Ok(())
+        }),
+        (Some(i), Some((previous, end))) if i == previous => Some(if after > end {
+            Err((GapReason::Lost, Some(after - end)))
+        } else {
+            Ok(())
+        }),
+        (Some(_), _) => None,
+        (None, _) if after > tail => None,
+        (None, _) => Some(Ok(())),
+    }
+}
+
+impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
+    type Item = Result<Arc<Event<T>>, Gap>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.try_next() {
+                Ok(event) => {
+                    this.listener = None;
+                    return Poll::Ready(Some(Ok(event)));
+                }
+                Err(TryNextError::Gap(gap)) => return Poll::Ready(Some(Err(gap))),
+                Err(TryNextError::Ended) => return Poll::Ready(None),
+                Err(TryNextError::Empty) => {}
+            }
+            if let Some(subscription) = this.ring.as_mut() {
+                match Pin::new(subscription).poll_next(cx) {
+                    Poll::Ready(Some(Ok(event))) => {
+                        this.last_seen = event.cursor();
+                        return Poll::Ready(Some(Ok(event)));
+                    }
+                    Poll::Ready(Some(Err(gap)))
+                        if gap.reason == GapReason::Trimmed
+                            && this.shared.persistence.is_some() =>
+                    {
+                        this.ring = None;
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(gap))) => {
+                        this.end(&gap);
+                        return Poll::Ready(Some(Err(gap)));
+                    }
+                    Poll::Ready(None) => {
+                        let gap = this.gap(GapReason::Reset, None);
+                        this.end(&gap);
+                        return Poll::Ready(Some(Err(gap)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let Some(persistence) = this.shared.persistence.as_ref() else {
+                // No log to wait for (the session could not be made
+                // resident): look again on the next poll.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            };
+            match this.listener.as_mut() {
+                // Arm, then loop to re-check before waiting.
+                None => {
+                    this.listener = Some(persistence.listen());
+                    persistence.nudge();
+                }
+                Some(listener) => match Pin::new(listener).poll(cx) {
+                    Poll::Ready(()) => this.listener = None,
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for CatchUp<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CatchUp")
+            .field("key", &self.key)
+            .field("after", &self.last_seen.position())
+            .field("live", &self.ring.is_some())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}

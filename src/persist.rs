@@ -1,0 +1,442 @@
+//! The persister: write-behind from the rings to the durable log, which the
+//! turn loop never waits for.
+//!
+//! # Protocol
+//!
+//! Each session has a `dirty` flag and a durable watermark. An append, after
+//! publishing, loads `dirty` (one uncontended load in the common case); if
+//! it is clear it sets it and pushes the session onto a lock-free queue of
+//! dirty sessions. The persister thread pops sessions, **clears `dirty`
+//! before reading**, reads each ring from its watermark to its published
+//! tail, writes every session's run in **one commit**, and then raises the
+//! watermarks and notifies waiters.
+//!
+//! No lost write (the store-buffer pattern again): the appender does
+//! `publish; fence(SeqCst); load dirty`, the persister does
+//! `store dirty = false; fence(SeqCst); load tail`. The appender's fence is
+//! the doorbell's (`Ring::publish` ends with it), so persistence adds no
+//! fence to the append path. Whichever fence comes first in their total
+//! order, either the persister's read sees the event, or the appender sees
+//! the flag clear and queues the session again.
+//!
+//! # Invariants
+//!
+//! 1. The persister is the only writer of the log and of the watermarks;
+//!    a watermark only grows, and only after the commit that covers it.
+//! 2. Records go to the log in position order, contiguous from the
+//!    watermark: positions the ring no longer holds (it lapped them while
+//!    the log stalled or failed) are written as one hole record with their
+//!    count, never skipped; so are payloads the codec refused.
+//! 3. With a log, rings never trim past the watermark by age or watermark,
+//!    and a session is never evicted with undurable events (the queue holds
+//!    a reference to it while it is dirty).
+//! 4. A failed commit changes no watermark: its sessions go back on the
+//!    queue and are retried with exponential backoff (10 ms to 1 s), so
+//!    persistence resumes by itself when the log recovers. Appends never
+//!    see the failure; `stats()` counts it.
+
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::{Arc as StdArc, Mutex, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use event_listener::{Event as Notifier, EventListener};
+
+use crate::codec::Codec;
+use crate::cursor::{Incarnation, Revision};
+use crate::durable::{
+    DurableLog, HoleReason, Life, Links, LogRecord, RecordBody, SessionWrite, StoredEvent,
+};
+use crate::error::Refusal;
+use crate::key::SessionKey;
+use crate::ring::Read;
+use crate::session::{AtomicCounter, Identity, Session, Shared};
+use crate::sync::{fence, Arc, Queue};
+
+/// Tuning of the durable tier.
+///
+/// ```
+/// use std::time::Duration;
+/// use livereplay::DurableOptions;
+///
+/// let options = DurableOptions::default().with_flush_interval(Duration::from_millis(5));
+/// assert_eq!(options.max_batch_events, 8192);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableOptions {
+    /// How long the persister sleeps when it found nothing to write
+    /// (default 2 ms): the latency a quiet session's event waits before it
+    /// is written. [`ReplayStore::wait_durable`](crate::ReplayStore::wait_durable)
+    /// wakes it at once.
+    pub flush_interval: Duration,
+    /// The most events one commit writes (default 8192); more are written
+    /// by the next commit, at once.
+    pub max_batch_events: usize,
+    /// How long dropping the store waits for the persister to write what is
+    /// left (default 5 s). A log that is failing then loses what was not
+    /// written; `stats()` of a store that lives on counts it.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for DurableOptions {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_millis(2),
+            max_batch_events: 8192,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DurableOptions {
+    /// Sets [`DurableOptions::flush_interval`].
+    pub fn with_flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// Sets [`DurableOptions::max_batch_events`] (at least 1).
+    pub fn with_max_batch_events(mut self, events: usize) -> Self {
+        self.max_batch_events = events.max(1);
+        self
+    }
+
+    /// Sets [`DurableOptions::shutdown_timeout`].
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}
+
+/// Counters of the durable tier (Relaxed: they publish nothing).
+#[derive(Default)]
+pub(crate) struct PersistCounters {
+    pub(crate) persisted_events: AtomicCounter,
+    pub(crate) commits: AtomicCounter,
+    pub(crate) holes: AtomicCounter,
+    pub(crate) lost_events: AtomicCounter,
+    pub(crate) unencodable_events: AtomicCounter,
+    pub(crate) log_failures: AtomicCounter,
+    pub(crate) restored_sessions: AtomicCounter,
+    pub(crate) undecodable_events: AtomicCounter,
+}
+
+/// The durable tier of one store.
+pub(crate) struct Persistence<T> {
+    pub(crate) log: StdArc<dyn DurableLog>,
+    pub(crate) codec: Box<dyn Codec<T>>,
+    pub(crate) options: DurableOptions,
+    queue: Queue<Arc<Session<T>>>,
+    /// Notified after every commit (and on shutdown).
+    progress: Notifier,
+    stop: std::sync::atomic::AtomicBool,
+    thread: OnceLock<Thread>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) counters: PersistCounters,
+    last_error: Mutex<Option<String>>,
+}
+
+/// One session's share of a commit.
+struct Pending<T> {
+    session: Arc<Session<T>>,
+    new_life: Option<Life>,
+    records: Vec<LogRecord>,
+    /// The watermark once committed.
+    through: u64,
+    /// The tail was further than one batch: queue again after the commit.
+    more: bool,
+}
+
+impl<T: Send + Sync + 'static> Persistence<T> {
+    pub(crate) fn new(
+        log: StdArc<dyn DurableLog>,
+        codec: Box<dyn Codec<T>>,
+        options: DurableOptions,
+    ) -> Self {
+        Self {
+            log,
+            codec,
+            options,
+            queue: Queue::new(),
+            progress: Notifier::new(),
+            stop: std::sync::atomic::AtomicBool::new(false),
+            thread: OnceLock::new(),
+            handle: Mutex::new(None),
+            counters: PersistCounters::default(),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Starts the persister thread.
+    pub(crate) fn start(this: &StdArc<Self>) -> std::io::Result<()> {
+        let worker = StdArc::clone(this);
+        let handle = std::thread::Builder::new()
+            .name("livereplay-persister".into())
+            .spawn(move || worker.run())?;
+        let _ = this.thread.set(handle.thread().clone());
+        *this.handle.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
+    }
+}
+
+impl<T> Persistence<T> {
+    /// Append side, after the publish (and its fence): queue the session
+    /// unless it is queued already.
+    #[inline]
+    pub(crate) fn mark_dirty(&self, session: &Arc<Session<T>>) {
+        // Relaxed: ordered after the publish by the doorbell's SeqCst fence
+        // (module docs); already set is the common case, one load.
+        if !session.dirty.load(Relaxed) && !session.dirty.swap(true, Relaxed) {
+            self.queue.push(Arc::clone(session));
+        }
+    }
+
+    /// A session was created: if its life is new to the log, have the
+    /// persister record it now, so cursors of this life are known to the
+    /// log even if the process dies before its first event is written.
+    pub(crate) fn created(&self, session: &Arc<Session<T>>) {
+        if session.life_unrecorded.load(Relaxed) {
+            self.mark_dirty(session);
+        }
+    }
+
+    /// Wakes the persister now.
+    pub(crate) fn nudge(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    /// A listener notified after the next commit.
+    pub(crate) fn listen(&self) -> EventListener {
+        self.progress.listen()
+    }
+
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops the persister after it has written what is queued (or after
+    /// the shutdown timeout), and waits for it.
+    pub(crate) fn shutdown(&self) {
+        // Release: the persister that sees the stop also sees every queue
+        // push made before it.
+        self.stop.store(true, Release);
+        self.nudge();
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Persistence<T> {
+    fn run(&self) {
+        let mut backoff = Duration::ZERO;
+        let mut stop_deadline = None;
+        loop {
+            // Acquire: see `shutdown`.
+            if stop_deadline.is_none() && self.stop.load(Acquire) {
+                stop_deadline = Some(Instant::now() + self.options.shutdown_timeout);
+            }
+            let mut batch = Vec::new();
+            let mut events = 0;
+            while events < self.options.max_batch_events {
+                let Some(session) = self.queue.pop() else {
+                    break;
+                };
+                let pending = self.collect(session, self.options.max_batch_events - events);
+                events += pending.records.len();
+                batch.push(pending);
+            }
+            if batch.is_empty() {
+                if stop_deadline.is_some() {
+                    break;
+                }
+                std::thread::park_timeout(self.options.flush_interval);
+                continue;
+            }
+            if self.commit(batch) {
+                backoff = Duration::ZERO;
+            } else {
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    break;
+                }
+                std::thread::park_timeout(backoff);
+            }
+        }
+        self.progress.notify(usize::MAX);
+    }
+
+    /// Reads one session's undurable run (at most `room` positions).
+    fn collect(&self, session: Arc<Session<T>>, room: usize) -> Pending<T> {
+        // Clear first, then read (module docs): Relaxed store, ordered
+        // before the reads by the SeqCst fence.
+        session.dirty.store(false, Relaxed);
+        fence(SeqCst);
+        // Relaxed: the persister is the only writer of the watermark.
+        let from = session.durable.load(Relaxed) + 1;
+        let tail = session.ring.published_tail();
+        let through = tail.min(from.saturating_add(room.max(1) as u64 - 1));
+        let incarnation = session.incarnation();
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut payload = Vec::new();
+        for position in from..=through {
+            let hole = match session.ring.read(position) {
+                Read::Event(event) => {
+                    payload.clear();
+                    match self.codec.encode(event.payload(), &mut payload) {
+                        Ok(()) => {
+                            records.push(LogRecord {
+                                position,
+                                incarnation,
+                                body: RecordBody::Event(StoredEvent {
+                                    revision: event.revision().0,
+                                    timestamp_nanos: event.timestamp().as_nanos(),
+                                    links: Links::default(),
+                                    payload: payload.clone(),
+                                }),
+                            });
+                            continue;
+                        }
+                        Err(_) => {
+                            self.counters.unencodable_events.add(1);
+                            HoleReason::Unencodable
+                        }
+                    }
+                }
+                Read::Trimmed => HoleReason::Lapped,
+                // Below the published tail every position is settled.
+                Read::Pending => break,
+            };
+            match records.last_mut() {
+                Some(LogRecord {
+                    body:
+                        RecordBody::Hole {
+                            count,
+                            reason: previous,
+                        },
+                    ..
+                }) if *previous == hole => *count += 1,
+                _ => records.push(LogRecord {
+                    position,
+                    incarnation,
+                    body: RecordBody::Hole {
+                        count: 1,
+                        reason: hole,
+                    },
+                }),
+            }
+        }
+        let through = records.last().map_or(from - 1, LogRecord::last_position);
+        let new_life = session.life_unrecorded.load(Relaxed).then(|| Life {
+            incarnation,
+            first_position: session.identity().start + 1,
+        });
+        Pending {
+            more: through < tail,
+            session,
+            new_life,
+            records,
+            through,
+        }
+    }
+
+    /// Writes one commit; raises the watermarks if it succeeded, queues the
+    /// sessions again if it failed. Returns whether it succeeded.
+    fn commit(&self, batch: Vec<Pending<T>>) -> bool {
+        let keys: Vec<_> = batch.iter().map(|p| p.session.key().clone()).collect();
+        let writes: Vec<SessionWrite<'_>> = batch
+            .iter()
+            .zip(&keys)
+            .map(|(pending, key)| SessionWrite {
+                key,
+                new_life: pending.new_life,
+                records: &pending.records,
+            })
+            .collect();
+        let result = self.log.append(&writes);
+        drop(writes);
+        let ok = result.is_ok();
+        match result {
+            Ok(()) => {
+                self.counters.commits.add(1);
+                for pending in &batch {
+                    for record in &pending.records {
+                        match record.body {
+                            RecordBody::Event(_) => self.counters.persisted_events.add(1),
+                            RecordBody::Hole { count, .. } => {
+                                self.counters.holes.add(1);
+                                self.counters.lost_events.add(count);
+                            }
+                        }
+                    }
+                    pending.session.life_unrecorded.store(false, Relaxed);
+                    // Release: a reader that acquires the watermark finds
+                    // the committed records in the log.
+                    pending.session.durable.store(pending.through, Release);
+                }
+            }
+            Err(error) => {
+                self.counters.log_failures.add(1);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(error.to_string());
+            }
+        }
+        for pending in batch {
+            if !ok || pending.more {
+                self.mark_dirty(&pending.session);
+            }
+        }
+        self.progress.notify(usize::MAX);
+        ok
+    }
+}
+
+/// The identity of a session the map does not know: restored from the
+/// durable log if it remembers the session (a new life that continues
+/// after the durable tail), else new. The flag says whether the life must
+/// be recorded in the log.
+///
+/// A restored session always starts a new incarnation: the previous
+/// process may have handed out positions past the durable tail before it
+/// died, so continuing its incarnation could hand a position out twice.
+pub(crate) fn restore_identity<T>(
+    shared: &Shared<T>,
+    key: &SessionKey,
+) -> Result<(Identity, bool), Refusal> {
+    let Some(persistence) = shared.persistence.as_ref() else {
+        return Ok((Identity::fresh(), false));
+    };
+    let meta = persistence
+        .log
+        .meta(key)
+        .map_err(|error| Refusal::LogUnavailable {
+            reason: error.to_string(),
+        })?;
+    let Some(meta) = meta else {
+        return Ok((Identity::fresh(), true));
+    };
+    let mut incarnation = Incarnation::fresh();
+    while meta.life_of(incarnation).is_some() {
+        incarnation = Incarnation::fresh();
+    }
+    persistence.counters.restored_sessions.add(1);
+    Ok((
+        Identity {
+            incarnation,
+            start: meta.durable_tail,
+            start_revision: Revision(meta.last_revision),
+            previous: meta
+                .current_life()
+                .map(|life| (life.incarnation, meta.durable_tail)),
+        },
+        true,
+    ))
+}
