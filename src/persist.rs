@@ -167,7 +167,15 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         }
     }
 
+    /// Starts the persister thread. Under loom there is none: models run
+    /// [`Persistence::round`] on threads of their own.
+    #[cfg(loom)]
+    pub(crate) fn start(_: &StdArc<Self>) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Starts the persister thread.
+    #[cfg(not(loom))]
     pub(crate) fn start(this: &StdArc<Self>) -> std::io::Result<()> {
         let worker = StdArc::clone(this);
         let handle = std::thread::Builder::new()
@@ -236,6 +244,7 @@ impl<T> Persistence<T> {
 }
 
 impl<T: Send + Sync + 'static> Persistence<T> {
+    #[cfg_attr(loom, allow(dead_code))]
     fn run(&self) {
         let mut backoff = Duration::ZERO;
         let mut stop_deadline = None;
@@ -244,24 +253,14 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             if stop_deadline.is_none() && self.stop.load(Acquire) {
                 stop_deadline = Some(Instant::now() + self.options.shutdown_timeout);
             }
-            let mut batch = Vec::new();
-            let mut events = 0;
-            while events < self.options.max_batch_events {
-                let Some(session) = self.queue.pop() else {
-                    break;
-                };
-                let pending = self.collect(session, self.options.max_batch_events - events);
-                events += pending.records.len();
-                batch.push(pending);
-            }
-            if batch.is_empty() {
+            let Some(committed) = self.round() else {
                 if stop_deadline.is_some() {
                     break;
                 }
                 std::thread::park_timeout(self.options.flush_interval);
                 continue;
-            }
-            if self.commit(batch) {
+            };
+            if committed {
                 backoff = Duration::ZERO;
             } else {
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -272,6 +271,26 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             }
         }
         self.progress.notify(usize::MAX);
+    }
+
+    /// One round: pops the dirty sessions (up to a batch of events), reads
+    /// them and writes one commit. `None` if nothing was queued, else
+    /// whether the commit succeeded.
+    pub(crate) fn round(&self) -> Option<bool> {
+        let mut batch = Vec::new();
+        let mut events = 0;
+        while events < self.options.max_batch_events {
+            let Some(session) = self.queue.pop() else {
+                break;
+            };
+            let pending = self.collect(session, self.options.max_batch_events - events);
+            events += pending.records.len();
+            batch.push(pending);
+        }
+        if batch.is_empty() {
+            return None;
+        }
+        Some(self.commit(batch))
     }
 
     /// Reads one session's undurable run (at most `room` positions).

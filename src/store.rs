@@ -736,6 +736,15 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         Ok(archived)
     }
 
+    /// Runs one persister round on the calling thread (loom models only:
+    /// under `--cfg loom` the store starts no persister thread). Returns
+    /// `None` if nothing was queued, else whether the commit succeeded.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn persist_round(&self) -> Option<bool> {
+        self.shared.persistence.as_ref()?.round()
+    }
+
     /// The durable log, if the store has one.
     pub fn durable_log(&self) -> Option<&StdArc<dyn DurableLog>> {
         self.shared.persistence.as_ref().map(|p| &p.log)

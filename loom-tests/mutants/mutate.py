@@ -71,6 +71,41 @@ MUTATIONS = {
     "read-range-no-floor-check": [("src/ring/mod.rs",
         "if from <= self.floor().min(to) {",
         "if false {")],
+    # Tiers. A revived session forgets its tombstone's identity.
+    "revive-fresh-identity": [("src/map.rs",
+        "let session = make(tombstone.identity, false, tombstone.created);",
+        "let session = make(crate::session::Identity::fresh(), false, tombstone.created);")],
+    # The persister clears the dirty flag after reading, not before.
+    "persister-clears-after-read": [
+        ("src/persist.rs",
+         "        session.dirty.store(false, Relaxed);\n        fence(SeqCst);\n",
+         ""),
+        ("src/persist.rs",
+         "        let tail = session.ring.published_tail();\n",
+         "        let tail = session.ring.published_tail();\n"
+         "        session.dirty.store(false, Relaxed);\n"),
+    ],
+    # The persister's clear-then-read without its SeqCst fence.
+    "persister-no-fence": [("src/persist.rs",
+        "        session.dirty.store(false, Relaxed);\n        fence(SeqCst);\n",
+        "        session.dirty.store(false, Relaxed);\n")],
+    # An append checks the dirty flag before publishing (before the
+    # doorbell's fence), not after.
+    "dirty-before-publish": [
+        ("src/session.rs",
+         "        this.ring.publish(&event);\n        Self::mark_dirty(this);\n",
+         "        Self::mark_dirty(this);\n        this.ring.publish(&event);\n"),
+    ],
+    # Catch-up treats its ring subscription's lag as the end (no fallback
+    # to the log).
+    "catch-up-no-log-fallback": [("src/catchup.rs",
+        "                    Err(TryNextError::Gap(gap))\n                        if gap.reason == GapReason::Trimmed\n                            && self.shared.persistence.is_some() =>\n",
+        "                    Err(TryNextError::Gap(gap))\n                        if false && gap.reason == GapReason::Trimmed =>\n")],
+    # The persister skips positions the ring lapped instead of recording
+    # a hole.
+    "persister-skips-lapped": [("src/persist.rs",
+        "                Read::Trimmed => HoleReason::Lapped,",
+        "                Read::Trimmed => continue,")],
 }
 
 
