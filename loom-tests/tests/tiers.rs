@@ -180,3 +180,47 @@ fn catch_up_hands_over_exactly_once() {
         }
     });
 }
+
+/// Model T4: a persister round races a writer that laps a ring of one
+/// slot. Position 1 reaches the log as its event (read before the lap) or
+/// as a recorded hole of exactly one position (lapped first), never skipped;
+/// `stats()` counts the loss, and catch-up reports it with its count.
+#[test]
+fn lapped_positions_become_a_recorded_hole() {
+    check("lapped_positions_become_a_recorded_hole", || {
+        let (store, log) = durable_store(1);
+        let store = Arc::new(store);
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let writer = thread::spawn(move || {
+            handle.append(Revision(1), 1).unwrap();
+            handle.append(Revision(1), 2).unwrap();
+        });
+        store.persist_round();
+        writer.join().unwrap();
+        persist_all(&store);
+        let records = log.load_after(&key, 0, 10).unwrap();
+        let lost = store.stats().durable.unwrap().lost_events;
+        match &records[0].body {
+            RecordBody::Event(_) => assert_eq!(lost, 0),
+            RecordBody::Hole { count, .. } => {
+                assert_eq!((*count, lost), (1, 1), "one position, counted");
+                let gap = match store
+                    .catch_up(&Cursor::start(key.clone()))
+                    .unwrap()
+                    .try_next()
+                {
+                    Err(TryNextError::Gap(gap)) => gap,
+                    other => panic!("expected the hole's gap, got {other:?}"),
+                };
+                assert_eq!((gap.reason, gap.missed), (GapReason::Lost, Some(1)));
+            }
+        }
+        assert_eq!(
+            records.last().unwrap().position,
+            2,
+            "contiguous to the tail"
+        );
+        assert_eq!(store.durable_position(&key).unwrap(), Some(2));
+    });
+}
