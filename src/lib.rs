@@ -64,6 +64,7 @@
 //! | event `c + 1` was trimmed (capacity, age, watermark) | [`GapReason::Trimmed`], with the number missed |
 //! | `c > P`, or the session is unknown and `c > 0` | [`GapReason::Unavailable`] |
 //! | the cursor's incarnation is not the session's (and `c > 0`) | [`GapReason::Reset`] |
+//! | events after `c` were accepted but no tier holds them (a recorded hole, or lost in a crash before they were durable) | [`GapReason::Lost`], with the number missed |
 //! | the string is not a cursor | [`CursorError::Malformed`] |
 //! | a scoped call got another key's cursor | [`CursorError::WrongSession`] |
 //!
@@ -94,8 +95,44 @@
 //! model-checked with `loom` (`loom-tests/`).
 //!
 //! Sessions live in a `dashmap`; each has a random incarnation carried in
-//! its cursors, so a session recreated after eviction, removal or a restart
-//! never serves an old cursor's positions.
+//! its cursors, so a session recreated after removal or a restart never
+//! serves an old cursor's positions.
+//!
+//! # Tiers: the ring forgets nothing it was told
+//!
+//! ```text
+//!   turn loop ── append (no I/O, no lock) ──▶ ring (hot, bounded, lock-free)
+//!                                               │  dirty sessions (lock-free queue)
+//!                                               ▼
+//!                                          persister thread ── one commit per round ──▶ durable log
+//!                                                                                        (redb file, or memory)
+//!   host ── catch_up(cursor) ──▶ log: (c, durable] ──▶ ring: (durable, tail] ──▶ live
+//! ```
+//!
+//! * **Identity outlives events.** Evicting an idle session leaves a
+//!   tombstone (incarnation, last position and revision; bounded by
+//!   [`Config::tombstones`] and [`Config::tombstone_ttl`]): cursors are
+//!   answered as if it had stayed, and re-creating it continues the same
+//!   incarnation at the next position.
+//! * **Write-behind.** With [`StoreBuilder::durable`] a persister thread
+//!   writes every event to a [`durable::DurableLog`] in position order,
+//!   many per commit; the append path gains one load when the session is
+//!   already queued. [`ReplayStore::wait_durable`] waits for a position
+//!   (never call it from the turn loop). If the log stalls or fails, appends
+//!   still succeed; events the ring laps meanwhile are recorded in the log
+//!   as a hole, counted in [`Stats::durable`], and reported as
+//!   [`GapReason::Lost`] with the count. Persistence resumes by itself.
+//! * **Catch-up.** [`ReplayStore::catch_up`] serves any cursor ever issued:
+//!   from the log, then the ring, then live, each event exactly once.
+//! * **Restarts.** A store over an existing log restores a session's
+//!   identity on first touch, as a new *life* (incarnation) that continues
+//!   after the durable tail, so no position is handed out twice under one
+//!   incarnation. A cursor names the life that wrote its position: one at
+//!   or below that life's durable end resumes exactly; one beyond it (seen
+//!   by a client, lost in a crash) gets [`GapReason::Lost`] with the count.
+//! * The ring's own calls (replay, subscribe, `current_cursor`, …) stay
+//!   memory-only and never block; only catch-up, the durable watermark
+//!   calls and the [`adapters`] read the log.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
