@@ -267,7 +267,22 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                     break;
                 }
-                std::thread::park_timeout(backoff);
+                // Sleep out the whole backoff: `park_timeout` returns on any
+                // unpark, and every failed commit wakes the callers waiting
+                // in `wait_durable` (or a catch-up), which nudge us again at
+                // once, so a bare park turned the retry into a hot loop
+                // against a failing log (thousands of attempts a second).
+                // Only a first stop request cuts it short, for one prompt
+                // retry before shutting down.
+                let until = Instant::now() + backoff;
+                loop {
+                    let now = Instant::now();
+                    // Acquire: see `shutdown`.
+                    if now >= until || (stop_deadline.is_none() && self.stop.load(Acquire)) {
+                        break;
+                    }
+                    std::thread::park_timeout(until - now);
+                }
             }
         }
         self.progress.notify(usize::MAX);
