@@ -294,13 +294,28 @@ impl<T: Send + Sync + 'static> Persistence<T> {
     pub(crate) fn round(&self) -> Option<bool> {
         let mut batch = Vec::new();
         let mut events = 0;
+        // A session appended to after `collect` cleared its flag is queued
+        // again and may be popped again in this same round. Collecting it
+        // twice would write its run (and a new life) twice in one commit,
+        // which the log refuses whole, failing every session of the batch
+        // into the backoff. So a key is collected once per round; a second
+        // pop is queued again (still dirty) for the next round.
+        let mut keys = std::collections::HashSet::new();
+        let mut again = Vec::new();
         while events < self.options.max_batch_events {
             let Some(session) = self.queue.pop() else {
                 break;
             };
+            if !keys.insert(session.key().clone()) {
+                again.push(session);
+                continue;
+            }
             let pending = self.collect(session, self.options.max_batch_events - events);
             events += pending.records.len();
             batch.push(pending);
+        }
+        for session in again {
+            self.queue.push(session);
         }
         if batch.is_empty() {
             return None;
