@@ -44,7 +44,7 @@ use crate::cursor::Cursor;
 use crate::error::{Gap, GapReason, Refusal};
 use crate::event::Timestamp;
 use crate::key::SessionKey;
-use crate::session::{Identity, Session, Shared};
+use crate::session::{Identity, Restored, Session, Shared};
 use crate::sync::{Arc, AtomicU64, AtomicUsize, ShardedMap};
 
 /// The fewest creations between two automatic sweeps.
@@ -192,7 +192,7 @@ impl<T> SessionMap<T> {
         &self,
         key: &SessionKey,
         shared: &StdArc<Shared<T>>,
-        restore: &dyn Fn() -> Result<(Identity, bool), Refusal>,
+        restore: &dyn Fn() -> Result<Restored<T>, Refusal>,
     ) -> Result<Arc<Session<T>>, Refusal> {
         if let Some(session) = self.get(key) {
             return Ok(session);
@@ -225,11 +225,10 @@ impl<T> SessionMap<T> {
             /// The entry appeared or changed between the two looks.
             Retry,
         }
-        let make = |identity, record_life, created| {
+        let make = |restored, created| {
             Arc::new(Session::new(
                 key.clone(),
-                identity,
-                record_life,
+                restored,
                 created,
                 StdArc::clone(shared),
             ))
@@ -240,14 +239,14 @@ impl<T> SessionMap<T> {
                 let Entry::Dormant(tombstone) = *entry else {
                     return (None, Outcome::Retry);
                 };
-                let session = make(tombstone.identity, false, tombstone.created);
+                let session = make(Restored::continuing(tombstone.identity), tombstone.created);
                 *entry = Entry::Resident(Arc::clone(&session));
                 (None, Outcome::Revived(session))
             }
             None => match restored {
-                Some((identity, record_life)) => {
+                Some(restored) => {
                     let created = self.next_created.fetch_add(1, Relaxed);
-                    let session = make(identity, record_life, created);
+                    let session = make(restored, created);
                     (
                         Some(Entry::Resident(Arc::clone(&session))),
                         Outcome::Created(session),
@@ -426,13 +425,18 @@ impl<T> SessionMap<T> {
         match self.map.remove_if(key, |_| true) {
             Some(Entry::Resident(session)) => {
                 self.live.fetch_sub(1, Relaxed);
-                session.ring.close();
+                let last = session.ring.close();
                 // Appends racing the close may still land: count what was
                 // claimed when it closed.
                 shared
                     .counters
                     .appends_of_gone_sessions
-                    .add(session.ring.claimed() - session.identity().start);
+                    .add(last - session.identity().start);
+                // Its accepted events still go to the log; a re-created
+                // session must continue after them.
+                if let Some(persistence) = &shared.persistence {
+                    persistence.removed(&session, last);
+                }
                 true
             }
             Some(Entry::Dormant(_)) => {

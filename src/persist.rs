@@ -34,6 +34,11 @@
 //!    queue and are retried with exponential backoff (10 ms to 1 s), so
 //!    persistence resumes by itself when the log recovers. Appends never
 //!    see the failure; `stats()` counts it.
+//! 5. A removed session's accepted events still reach the log. A session
+//!    re-created under its key meanwhile continues after the removed one's
+//!    last position, as a new life that the persister records only once the
+//!    removed one is durable, so the log stays contiguous and one session's
+//!    wait never fails another's commit.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc as StdArc, Mutex, OnceLock};
@@ -50,7 +55,7 @@ use crate::durable::{
 use crate::error::Refusal;
 use crate::key::SessionKey;
 use crate::ring::Read;
-use crate::session::{AtomicCounter, Identity, Session, Shared};
+use crate::session::{AtomicCounter, Identity, Restored, Session, Shared};
 use crate::sync::{fence, Arc, Queue};
 
 /// Tuning of the durable tier.
@@ -134,7 +139,14 @@ pub(crate) struct Persistence<T> {
     handle: Mutex<Option<JoinHandle<()>>>,
     pub(crate) counters: PersistCounters,
     last_error: Mutex<Option<String>>,
+    /// Removed sessions whose accepted events are not all durable yet, with
+    /// the last position they claimed: a session re-created under the same
+    /// key continues after them, and its life waits for them (invariant 5).
+    removed: Mutex<std::collections::HashMap<SessionKey, RemovedSession<T>>>,
 }
+
+/// A removed session and the last position it claimed.
+type RemovedSession<T> = (Arc<Session<T>>, u64);
 
 /// One session's share of a commit.
 struct Pending<T> {
@@ -164,6 +176,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             handle: Mutex::new(None),
             counters: PersistCounters::default(),
             last_error: Mutex::new(None),
+            removed: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -206,6 +219,28 @@ impl<T> Persistence<T> {
         if session.life_unrecorded.load(Relaxed) {
             self.mark_dirty(session);
         }
+    }
+
+    /// A session was removed after claiming `last` positions; remember it
+    /// until its events are durable.
+    pub(crate) fn removed(&self, session: &Arc<Session<T>>, last: u64) {
+        if session.durable() < last {
+            self.removed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(session.key().clone(), (Arc::clone(session), last));
+        }
+    }
+
+    /// The removed incarnation of `key` still waiting for the log, if any.
+    fn removed_pending(&self, key: &SessionKey) -> Option<RemovedSession<T>> {
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        let (session, last) = removed.get(key)?;
+        if session.durable() >= *last {
+            removed.remove(key);
+            return None;
+        }
+        Some((Arc::clone(session), *last))
     }
 
     /// Wakes the persister now.
@@ -298,15 +333,17 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // again and may be popped again in this same round. Collecting it
         // twice would write its run (and a new life) twice in one commit,
         // which the log refuses whole, failing every session of the batch
-        // into the backoff. So a key is collected once per round; a second
-        // pop is queued again (still dirty) for the next round.
+        // into the backoff. So a session is collected once per round; a
+        // second pop is queued again (still dirty) for the next round. So is
+        // a session whose removed predecessor is not durable yet.
         let mut keys = std::collections::HashSet::new();
         let mut again = Vec::new();
         while events < self.options.max_batch_events {
             let Some(session) = self.queue.pop() else {
                 break;
             };
-            if !keys.insert(session.key().clone()) {
+            if !keys.insert(Arc::as_ptr(&session) as usize) || self.waits_for_predecessor(&session)
+            {
                 again.push(session);
                 continue;
             }
@@ -321,6 +358,23 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             return None;
         }
         Some(self.commit(batch))
+    }
+
+    /// Whether `session`'s life must wait for its removed predecessor's
+    /// events to be durable (invariant 5). Drops the predecessor once they
+    /// are.
+    fn waits_for_predecessor(&self, session: &Arc<Session<T>>) -> bool {
+        let mut predecessor = session
+            .predecessor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let waiting = predecessor
+            .as_ref()
+            .is_some_and(|old| old.durable() < session.identity().start);
+        if !waiting {
+            *predecessor = None;
+        }
+        waiting
     }
 
     /// Reads one session's undurable run (at most `room` positions).
@@ -459,10 +513,28 @@ impl<T: Send + Sync + 'static> Persistence<T> {
 pub(crate) fn restore_identity<T>(
     shared: &Shared<T>,
     key: &SessionKey,
-) -> Result<(Identity, bool), Refusal> {
+) -> Result<Restored<T>, Refusal> {
     let Some(persistence) = shared.persistence.as_ref() else {
-        return Ok((Identity::fresh(), false));
+        return Ok(Restored {
+            identity: Identity::fresh(),
+            record_life: false,
+            predecessor: None,
+        });
     };
+    // A removed incarnation still being written: continue after its last
+    // claimed position (the log does not have it yet).
+    if let Some((removed, last)) = persistence.removed_pending(key) {
+        return Ok(Restored {
+            identity: Identity {
+                incarnation: Incarnation::fresh(),
+                start: last,
+                start_revision: removed.ring.revision_at(last),
+                previous: Some((removed.incarnation(), last)),
+            },
+            record_life: true,
+            predecessor: Some(removed),
+        });
+    }
     let meta = persistence
         .log
         .meta(key)
@@ -470,15 +542,19 @@ pub(crate) fn restore_identity<T>(
             reason: error.to_string(),
         })?;
     let Some(meta) = meta else {
-        return Ok((Identity::fresh(), true));
+        return Ok(Restored {
+            identity: Identity::fresh(),
+            record_life: true,
+            predecessor: None,
+        });
     };
     let mut incarnation = Incarnation::fresh();
     while meta.life_of(incarnation).is_some() {
         incarnation = Incarnation::fresh();
     }
     persistence.counters.restored_sessions.add(1);
-    Ok((
-        Identity {
+    Ok(Restored {
+        identity: Identity {
             incarnation,
             start: meta.durable_tail,
             start_revision: Revision(meta.last_revision),
@@ -486,6 +562,7 @@ pub(crate) fn restore_identity<T>(
                 .current_life()
                 .map(|life| (life.incarnation, meta.durable_tail)),
         },
-        true,
-    ))
+        record_life: true,
+        predecessor: None,
+    })
 }

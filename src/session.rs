@@ -172,6 +172,26 @@ impl Identity {
     }
 }
 
+/// Where a session that the map did not hold starts: its identity, whether
+/// its life must be recorded in the durable log, and the removed
+/// incarnation it must wait for, if any.
+pub(crate) struct Restored<T> {
+    pub(crate) identity: Identity,
+    pub(crate) record_life: bool,
+    pub(crate) predecessor: Option<Arc<Session<T>>>,
+}
+
+impl<T> Restored<T> {
+    /// A session that continues `identity` with nothing to record.
+    pub(crate) fn continuing(identity: Identity) -> Self {
+        Self {
+            identity,
+            record_life: false,
+            predecessor: None,
+        }
+    }
+}
+
 pub(crate) struct Session<T> {
     key: SessionKey,
     identity: Identity,
@@ -188,6 +208,11 @@ pub(crate) struct Session<T> {
     pub(crate) dirty: AtomicBool,
     /// This incarnation is not yet recorded as a life in the log.
     pub(crate) life_unrecorded: std::sync::atomic::AtomicBool,
+    /// A removed incarnation of the same key whose last events are still
+    /// on their way to the log: this life is recorded only after them
+    /// (the persister waits), so the log stays contiguous. Taken (and
+    /// dropped) by the persister once it is durable.
+    pub(crate) predecessor: std::sync::Mutex<Option<Arc<Session<T>>>>,
 }
 
 /// How a read after a cursor starts, once the cursor is checked.
@@ -204,11 +229,15 @@ impl<T> Session<T> {
     /// recorded in the log if `record_life`.
     pub(crate) fn new(
         key: SessionKey,
-        identity: Identity,
-        record_life: bool,
+        restored: Restored<T>,
         created: u64,
         shared: StdArc<Shared<T>>,
     ) -> Self {
+        let Restored {
+            identity,
+            record_life,
+            predecessor,
+        } = restored;
         Self {
             key,
             created,
@@ -223,6 +252,7 @@ impl<T> Session<T> {
             durable: AtomicU64::new(identity.start),
             dirty: AtomicBool::new(false),
             life_unrecorded: std::sync::atomic::AtomicBool::new(record_life),
+            predecessor: std::sync::Mutex::new(predecessor),
         }
     }
 

@@ -377,6 +377,11 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// handles are refused afterwards; its subscribers end with a `Reset`
     /// gap; its cursors read as `Unavailable` (or `Reset` once a new
     /// incarnation exists). Returns whether it existed.
+    ///
+    /// With a durable log, the events it accepted still reach the log, and
+    /// a session re-created under the key continues after them as a new
+    /// life, so catch-up serves the removed incarnation's cursors from the
+    /// log.
     pub fn remove_session(&self, key: &SessionKey) -> bool {
         self.sessions.remove(key, &self.shared)
     }

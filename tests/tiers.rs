@@ -1042,14 +1042,12 @@ fn waiting_on_a_failing_log_keeps_the_backoff() {
     assert_eq!(store.wait_durable(&k, 1, WAIT), Ok(1));
 }
 
-/// Known bug, not fixed here (it needs a decision on what `remove_session`
-/// means for the log): a session removed while its events are still on the
-/// way to the log, then re-created, restores from the log's *stale* meta
-/// (a fresh life from position 1) while the removed incarnation's records
-/// 1..=5 still land afterwards. The new life's first write is then refused
-/// for ever (`BadLife`), so the re-created session never becomes durable.
+/// A session removed while its events are still on the way to the log,
+/// then re-created: the removed incarnation's events still land, and the
+/// new life continues after its last position (recorded only once they
+/// are durable), so both become durable and the log stays contiguous.
+/// (It used to restore from the log's stale meta and be refused for ever.)
 #[test]
-#[ignore = "known bug: remove_session + re-create races the persister (see the report)"]
 fn removed_then_recreated_session_becomes_durable() {
     let flaky = Arc::new(FlakyLog::new(Mode::Stalled));
     let store = ReplayStore::builder()
@@ -1068,11 +1066,21 @@ fn removed_then_recreated_session_becomes_durable() {
     wait_until("the persister is stalled", || flaky.stalled_calls() > 0);
     assert!(store.remove_session(&k));
     let again = store.append(&k, Revision(1), payload(1)).unwrap();
+    assert_eq!(again.position(), 6, "continues after the removed life");
     flaky.set(Mode::Healthy);
     assert_eq!(
         store.wait_durable(&k, again.position(), Duration::from_secs(2)),
         Ok(again.position()),
         "{:?}",
         store.stats().durable
+    );
+    let meta = flaky.meta(&k).unwrap().unwrap();
+    assert_eq!(meta.lives.len(), 2);
+    assert_eq!(meta.lives[1].first_position, 6);
+    assert_eq!(meta.durable_tail, 6);
+    assert_eq!(
+        store.stats().durable.unwrap().log_failures,
+        0,
+        "nothing refused"
     );
 }

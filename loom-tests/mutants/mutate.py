@@ -73,8 +73,8 @@ MUTATIONS = {
         "if false {")],
     # Tiers. A revived session forgets its tombstone's identity.
     "revive-fresh-identity": [("src/map.rs",
-        "let session = make(tombstone.identity, false, tombstone.created);",
-        "let session = make(crate::session::Identity::fresh(), false, tombstone.created);")],
+        "let session = make(Restored::continuing(tombstone.identity), tombstone.created);",
+        "let session = make(Restored::continuing(Identity::fresh()), tombstone.created);")],
     # The persister clears the dirty flag after reading, not before.
     "persister-clears-after-read": [
         ("src/persist.rs",
