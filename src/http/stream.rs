@@ -47,7 +47,8 @@ type GapHook = Box<dyn FnOnce(&Gap) -> Option<String> + Send>;
 /// A cursor the store cannot serve is not an error: the response is a `200`
 /// whose stream is that one gap frame (see the [module docs](super)).
 /// `Err` only for a cursor of another session (`403`) or a store that
-/// cannot start (`503`).
+/// cannot start (`503`). Call it inside a tokio runtime (as axum handlers
+/// are): see [`SseCatchUp::serve`].
 ///
 /// ```
 /// use axum::extract::{Path, State};
@@ -92,6 +93,8 @@ where
 /// use livereplay::http::{Frame, SseCatchUp};
 /// use livereplay::{Cursor, ReplayStore, SessionKey};
 ///
+/// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// # let _inside = runtime.enter(); // as in any axum handler
 /// let store = ReplayStore::<String>::default();
 /// let key = SessionKey::new("acme", "chat-1")?;
 /// let response = SseCatchUp::new(|event: &livereplay::Event<String>| Frame::named("token", event.payload().clone()))
@@ -171,6 +174,11 @@ impl<T: Send + Sync + 'static> SseCatchUp<T> {
 
     /// Starts the catch-up after `cursor` in `key`'s session and returns
     /// the SSE response. See [`sse_catch_up`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with timers (the keep-alive is a tokio
+    /// timer); an axum handler always runs inside one.
     pub fn serve(
         self,
         store: &ReplayStore<T>,
