@@ -146,6 +146,8 @@ mod cursor;
 pub mod durable;
 mod error;
 mod event;
+#[cfg(feature = "axum")]
+pub mod http;
 mod key;
 mod map;
 mod persist;
