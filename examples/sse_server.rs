@@ -4,11 +4,13 @@
 //! events synchronously); `GET /sessions/{id}/events` streams them with each
 //! event's cursor as its SSE `id:`, so a browser's `EventSource` resumes
 //! exactly where it stopped; a cursor that fell out of the window gets one
-//! `gap` event with a snapshot to reload from. Open the printed address in
-//! a browser.
+//! `gap` event with a snapshot to reload from. The resume protocol itself
+//! is `livereplay::http`; this binary is the demo around it. Open the
+//! printed address in a browser.
 //!
 //! ```text
 //! cargo run --example sse_server --features sse-demo -- --port 3000 --drop-every 7
+//! cargo run --example sse_server --features sse-demo -- --port 3000 --data-dir /tmp/lr-demo
 //! ```
 //!
 //! Flags (all optional):
@@ -22,6 +24,12 @@
 //!   it small to force gaps.
 //! * `--retry-ms MS`, `--keep-alive-ms MS` — the `retry:` hint and the
 //!   keep-alive interval.
+//! * `--data-dir DIR` — keep every event in a redb log at `DIR/log.redb`
+//!   (created if missing). Streams then serve any cursor from the log and
+//!   send only durable events, and a server restarted (even after `kill
+//!   -9`) on the same directory continues each turn where the log ends: a
+//!   connected browser resumes with no gap, nothing lost or repeated.
+//!   Without it, the store is memory-only and a restart starts over.
 
 #[path = "sse_server/app.rs"]
 mod app;
@@ -29,19 +37,23 @@ mod app;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU64;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use livereplay::{Config, ReplayStore};
+use livereplay::durable::RedbLog;
+use livereplay::{Config, Postcard, ReplayStore};
 
 use app::{App, Settings, TurnPlan};
 
 const USAGE: &str = "usage: sse_server [--port N] [--tokens N] [--token-ms MS] [--drop-every N] \
-[--capacity N] [--max-age-ms MS] [--retry-ms MS] [--keep-alive-ms MS]";
+[--capacity N] [--max-age-ms MS] [--retry-ms MS] [--keep-alive-ms MS] [--data-dir DIR]";
 
 struct Options {
     port: u16,
     config: Config,
     settings: Settings,
+    data_dir: Option<PathBuf>,
 }
 
 fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -49,6 +61,7 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
         port: 0,
         config: Config::default(),
         settings: Settings::default(),
+        data_dir: None,
     };
     let mut plan = options.settings.turn.unwrap_or(TurnPlan {
         tokens: 120,
@@ -62,6 +75,10 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
         let value = args
             .next()
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        if flag == "--data-dir" {
+            options.data_dir = Some(PathBuf::from(value));
+            continue;
+        }
         let number: u64 = value
             .parse()
             .map_err(|_| format!("{flag} takes a whole number, not {value:?}\n{USAGE}"))?;
@@ -95,6 +112,28 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
     Ok(options)
 }
 
+/// A memory-only store, or one over `DIR/log.redb`.
+fn build_store(
+    config: Config,
+    data_dir: Option<&std::path::Path>,
+) -> Result<ReplayStore<app::TurnEvent>, String> {
+    let builder = ReplayStore::builder().config(config);
+    let builder = match data_dir {
+        None => builder,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|error| format!("cannot create --data-dir {}: {error}", dir.display()))?;
+            let path = dir.join("log.redb");
+            let log = RedbLog::open(&path)
+                .map_err(|error| format!("cannot open the log {}: {error}", path.display()))?;
+            builder.durable(Arc::new(log), Postcard)
+        }
+    };
+    builder
+        .build()
+        .map_err(|error| format!("invalid store configuration: {error}"))
+}
+
 #[tokio::main]
 async fn main() {
     let options = match parse_options(std::env::args().skip(1)) {
@@ -104,10 +143,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let store = match ReplayStore::new(options.config) {
+    let store = match build_store(options.config, options.data_dir.as_deref()) {
         Ok(store) => store,
         Err(error) => {
-            eprintln!("invalid store configuration: {error}");
+            eprintln!("{error}");
             std::process::exit(2);
         }
     };

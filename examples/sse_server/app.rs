@@ -1,41 +1,31 @@
 //! The SSE demo's application: a simulated agent turn loop per session that
 //! appends token events synchronously, and an axum router that streams them
-//! as Server-Sent Events a browser can resume with `Last-Event-ID`.
+//! with [`livereplay::http`] — which owns the resume protocol (cursor
+//! extraction, cursor ids, the one gap frame, keep-alives). What is left
+//! here is the demo itself: the turn, its transcript, the page.
 //!
 //! It lives in its own file so `tests/sse.rs` can serve the very same router
 //! in-process (`#[path = "../examples/sse_server/app.rs"] mod app;`).
 //!
-//! Resume protocol, as a browser's `EventSource` sees it:
-//!
-//! * every token carries its cursor as the SSE `id:`, so the browser sends it
-//!   back as `Last-Event-ID` when it reconnects (a `?cursor=` query parameter
-//!   does the same for clients that cannot set headers);
-//! * a cursor the store can no longer serve gets ONE `event: gap` whose `id:`
-//!   is the latest cursor and whose data is a snapshot of the text so far,
-//!   read from the demo's own durable transcript; the stream then continues
-//!   live after that cursor;
-//! * keep-alive frames are comments, so they never move the browser's
-//!   last event id.
+//! With a durable store (`--data-dir`), a restarted server picks every
+//! session up from the log on its first request: the transcript is read
+//! back, the turn continues with the tokens it had not appended yet, and
+//! streams send only durable events, so a browser's cursor resumes exactly
+//! even after the server was killed.
 
-use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::num::NonZeroU64;
-use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures_core::Stream;
-use livereplay::{
-    Cursor, CursorError, Error, Event, Gap, ReplayStore, Revision, SessionHandle, SessionKey,
-    Subscription,
-};
+use livereplay::http::{Frame, ResumeCursor, SseCatchUp};
+use livereplay::{Cursor, Error, Event, ReplayStore, Revision, SessionHandle, SessionKey};
 
 /// Every demo session lives under this tenant.
 pub const TENANT: &str = "demo";
@@ -46,8 +36,9 @@ pub const MAX_SESSION_ID_LEN: usize = 64;
 /// The page at `/`.
 const INDEX_HTML: &str = include_str!("index.html");
 
-/// What the turn loop appends to the live store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the turn loop appends to the store (and, with `--data-dir`, what
+/// the durable log keeps, through the `Postcard` codec).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TurnEvent {
     /// A piece of the answer's text.
     Token(String),
@@ -99,34 +90,53 @@ impl Default for Settings {
     }
 }
 
-/// The demo's durable record of a session: what a real host keeps in its
-/// database and reloads from after a gap. The live store is not that.
+/// The demo's record of a session, by position: what a real host keeps in
+/// its database and reloads from after a gap. `events[i]` is position
+/// `i + 1`.
 #[derive(Debug, Default)]
 struct Transcript {
-    text: String,
-    tokens: u64,
-    done: bool,
+    events: Vec<TurnEvent>,
 }
 
-/// The text so far and the cursor it covers, taken together.
-#[derive(Debug, Clone)]
+impl Transcript {
+    /// The snapshot of positions `1..=upto`.
+    fn snapshot(&self, upto: u64) -> Snapshot {
+        let upto = usize::try_from(upto)
+            .unwrap_or(usize::MAX)
+            .min(self.events.len());
+        let mut snapshot = Snapshot::default();
+        for event in &self.events[..upto] {
+            match event {
+                TurnEvent::Token(text) => {
+                    snapshot.text.push_str(text);
+                    snapshot.tokens += 1;
+                }
+                TurnEvent::Done { .. } => snapshot.done = true,
+            }
+        }
+        snapshot
+    }
+}
+
+/// The text up to a position.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Snapshot {
-    /// The full text appended so far.
+    /// The text of the tokens.
     pub text: String,
     /// How many tokens that is.
     pub tokens: u64,
-    /// Whether the turn has finished.
+    /// Whether the turn's `done` is among them.
     pub done: bool,
-    /// The live store's cursor at the moment the snapshot was taken.
-    pub cursor: Cursor,
 }
 
 /// Shared server state.
 pub struct App {
-    store: ReplayStore<TurnEvent>,
+    store: Arc<ReplayStore<TurnEvent>>,
     settings: Settings,
-    /// Durable transcripts by session, and which sessions have a turn.
+    /// Transcripts by session; a session is here once it was opened.
     transcripts: Mutex<HashMap<SessionKey, Arc<Mutex<Transcript>>>>,
+    /// Set by [`App::stop`]: turn loops return at their next token.
+    stopping: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,48 +149,77 @@ impl App {
     /// An app serving `store` with `settings`.
     pub fn new(store: ReplayStore<TurnEvent>, settings: Settings) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            store: Arc::new(store),
             settings,
             transcripts: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
         })
     }
 
-    /// The live store (tests read cursors from it).
+    /// The store (tests read cursors from it).
     #[allow(dead_code)] // used by tests/sse.rs, not by the binary
     pub fn store(&self) -> &ReplayStore<TurnEvent> {
         &self.store
     }
 
-    /// The session's transcript, created empty if absent.
-    fn transcript(&self, key: &SessionKey) -> Arc<Mutex<Transcript>> {
-        lock(&self.transcripts)
-            .entry(key.clone())
-            .or_default()
-            .clone()
+    /// Stops every turn loop at its next token (tests simulate a server
+    /// going down mid-turn with it).
+    #[allow(dead_code)] // used by tests/sse.rs, not by the binary
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
-    /// Opens the session on its first request and starts its simulated
-    /// turn; refuses new sessions beyond [`Settings::max_sessions`].
+    /// The session's transcript as the durable log has it (empty without a
+    /// log, or for a new session). Reads the log: called once per session
+    /// and process.
+    fn restore(&self, key: &SessionKey) -> Transcript {
+        if self.store.durable_log().is_none() {
+            return Transcript::default();
+        }
+        let events = self
+            .store
+            .catch_up_replay(&Cursor::start(key.clone()), usize::MAX)
+            .unwrap_or_default();
+        Transcript {
+            events: events.iter().map(|event| event.payload().clone()).collect(),
+        }
+    }
+
+    /// The session's transcript, restored if this process has not seen the
+    /// session yet; `None` if that would exceed [`Settings::max_sessions`].
+    /// `true` with it if this call created it.
+    fn open(&self, key: &SessionKey) -> Option<(Arc<Mutex<Transcript>>, bool)> {
+        if let Some(found) = lock(&self.transcripts).get(key) {
+            return Some((found.clone(), false));
+        }
+        // Read the log outside the map's lock; a racing request may win.
+        let restored = self.restore(key);
+        let mut transcripts = lock(&self.transcripts);
+        if let Some(found) = transcripts.get(key) {
+            return Some((found.clone(), false));
+        }
+        if transcripts.len() >= self.settings.max_sessions {
+            return None;
+        }
+        let created = Arc::new(Mutex::new(restored));
+        transcripts.insert(key.clone(), created.clone());
+        Some((created, true))
+    }
+
+    /// Opens the session on its first request and starts (or, after a
+    /// restart, continues) its simulated turn; refuses new sessions beyond
+    /// [`Settings::max_sessions`].
     fn ensure_turn(self: &Arc<Self>, key: &SessionKey) -> Result<(), Refused> {
-        let transcript = {
-            let mut transcripts = lock(&self.transcripts);
-            if transcripts.contains_key(key) {
-                return Ok(());
-            }
-            if transcripts.len() >= self.settings.max_sessions {
-                return Err(Refused {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    message: format!(
-                        "this demo serves at most {} sessions; reuse one or restart the server",
-                        self.settings.max_sessions
-                    ),
-                });
-            }
-            let created = Arc::new(Mutex::new(Transcript::default()));
-            transcripts.insert(key.clone(), created.clone());
-            created
+        let Some((transcript, created)) = self.open(key) else {
+            return Err(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this demo serves at most {} sessions; reuse one or restart the server",
+                    self.settings.max_sessions
+                ),
+            ));
         };
-        if let Some(plan) = self.settings.turn {
+        if let (true, Some(plan)) = (created, self.settings.turn) {
             let app = self.clone();
             let key = key.clone();
             // A plain thread, like a runtime's turn loop: appending is
@@ -190,15 +229,23 @@ impl App {
         Ok(())
     }
 
+    /// Appends the turn's tokens from where the transcript stands (0 for a
+    /// new session; after a restart, what the log kept), then `done`.
     fn run_turn(&self, key: &SessionKey, transcript: &Mutex<Transcript>, plan: TurnPlan) {
         // A handle appends with no map lookup, and keeps the session from
         // being evicted while the turn runs.
         let Ok(session) = self.store.session(key) else {
             return;
         };
-        for index in 0..plan.tokens {
+        let so_far = lock(transcript).snapshot(u64::MAX);
+        if so_far.done {
+            return;
+        }
+        for index in so_far.tokens..plan.tokens {
             std::thread::sleep(plan.interval);
-            if record(&session, transcript, token_text(index)).is_err() {
+            if self.stopping.load(Ordering::SeqCst)
+                || record(&session, transcript, TurnEvent::Token(token_text(index))).is_err()
+            {
                 return;
             }
         }
@@ -213,73 +260,43 @@ impl App {
         key: &SessionKey,
         token: impl Into<String>,
     ) -> Result<Arc<Event<TurnEvent>>, Error> {
+        let (transcript, _) = self.open(key).expect("within max_sessions");
         record(
             &self.store.session(key)?,
-            &self.transcript(key),
-            token.into(),
+            &transcript,
+            TurnEvent::Token(token.into()),
         )
     }
 
     /// Appends the `done` event to `key`'s session by hand.
     #[allow(dead_code)] // used by tests/sse.rs, not by the binary
     pub fn finish_turn(&self, key: &SessionKey) -> Result<Arc<Event<TurnEvent>>, Error> {
-        record_done(&self.store.session(key)?, &self.transcript(key))
+        let (transcript, _) = self.open(key).expect("within max_sessions");
+        record_done(&self.store.session(key)?, &transcript)
     }
 
-    /// The durable text so far with the live cursor that covers it.
-    pub fn snapshot(&self, key: &SessionKey) -> Snapshot {
+    /// The session's text up to position `upto` (everything: `u64::MAX`).
+    pub fn snapshot(&self, key: &SessionKey, upto: u64) -> Snapshot {
         // Looked up, not created: only the events route opens sessions.
         let transcript = lock(&self.transcripts).get(key).cloned();
-        let Some(transcript) = transcript else {
-            return Snapshot {
-                text: String::new(),
-                tokens: 0,
-                done: false,
-                cursor: self.store.current_cursor(key),
-            };
-        };
-        let durable = lock(&transcript);
-        Snapshot {
-            text: durable.text.clone(),
-            tokens: durable.tokens,
-            done: durable.done,
-            cursor: self.store.current_cursor(key),
-        }
-    }
-
-    /// After a gap: reload a snapshot and subscribe after the cursor it
-    /// covers. Retried a few times in case the window moves past that cursor
-    /// before the subscription starts.
-    fn reload_after_gap(
-        &self,
-        key: &SessionKey,
-        gap: &Gap,
-    ) -> Result<(SseEvent, Subscription<TurnEvent>), Error> {
-        let mut attempts = 0;
-        loop {
-            let snapshot = self.snapshot(key);
-            match self.store.subscribe_scoped(key, &snapshot.cursor) {
-                Ok(subscription) => return Ok((gap_frame(gap, &snapshot), subscription)),
-                Err(Error::Gap(_)) if attempts < 3 => attempts += 1,
-                Err(other) => return Err(other),
-            }
-        }
+        transcript
+            .map(|transcript| lock(&transcript).snapshot(upto))
+            .unwrap_or_default()
     }
 }
 
-/// Appends a token: first to the durable transcript, then to the live store,
-/// under the transcript's lock so a snapshot always pairs its text with the
-/// cursor that covers exactly that text. The store's append itself is
-/// synchronous and lock-free.
+/// Appends an event: first to the transcript, then to the store, under the
+/// transcript's lock so the transcript's positions are the store's. The
+/// store's append itself is synchronous and lock-free.
 fn record(
     session: &SessionHandle<TurnEvent>,
     transcript: &Mutex<Transcript>,
-    token: String,
+    event: TurnEvent,
 ) -> Result<Arc<Event<TurnEvent>>, Error> {
-    let mut durable = lock(transcript);
-    durable.text.push_str(&token);
-    durable.tokens += 1;
-    session.append(Revision(1), TurnEvent::Token(token))
+    let mut transcript = lock(transcript);
+    let appended = session.append(Revision(1), event.clone())?;
+    transcript.events.push(event);
+    Ok(appended)
 }
 
 /// Appends the turn's `done` event, the same way.
@@ -287,10 +304,8 @@ fn record_done(
     session: &SessionHandle<TurnEvent>,
     transcript: &Mutex<Transcript>,
 ) -> Result<Arc<Event<TurnEvent>>, Error> {
-    let mut durable = lock(transcript);
-    durable.done = true;
-    let tokens = durable.tokens;
-    session.append(Revision(1), TurnEvent::Done { tokens })
+    let tokens = lock(transcript).snapshot(u64::MAX).tokens;
+    record(session, transcript, TurnEvent::Done { tokens })
 }
 
 /// The demo's deterministic answer, one word per token.
@@ -332,7 +347,8 @@ pub fn token_text(index: u64) -> String {
     }
 }
 
-/// The router: `/` (the page) and `/sessions/{id}/events` (the stream).
+/// The router: `/` (the page), `/sessions/{id}/events` (the stream) and
+/// `/sessions/{id}/transcript` (the text so far).
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
@@ -341,8 +357,8 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Why a request was refused, as an HTTP status with a message a person can
-/// act on.
+/// Why the demo refused a request, as a status with a message a person can
+/// act on (cursor refusals are `livereplay::http::ResumeError`s).
 #[derive(Debug)]
 pub struct Refused {
     status: StatusCode,
@@ -360,210 +376,83 @@ impl IntoResponse for Refused {
     }
 }
 
+fn refused(status: StatusCode, message: String) -> Refused {
+    Refused { status, message }
+}
+
 /// The session's key, if its id is `[A-Za-z0-9_-]{1,64}`.
 pub fn session_key(id: &str) -> Result<SessionKey, Refused> {
     let valid = (1..=MAX_SESSION_ID_LEN).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    let refused = || {
-        Refused {
-        status: StatusCode::BAD_REQUEST,
-        message: format!(
-            "invalid session id: use 1 to {MAX_SESSION_ID_LEN} characters from A-Z, a-z, 0-9, '_' and '-'"
-        ),
-    }
+    let invalid = || {
+        refused(
+            StatusCode::BAD_REQUEST,
+            format!("invalid session id: use 1 to {MAX_SESSION_ID_LEN} characters from A-Z, a-z, 0-9, '_' and '-'"),
+        )
     };
     if !valid {
-        return Err(refused());
+        return Err(invalid());
     }
-    SessionKey::new(TENANT, id).map_err(|_| refused())
+    SessionKey::new(TENANT, id).map_err(|_| invalid())
 }
 
-/// Where a client resumes: its `Last-Event-ID` header (what `EventSource`
-/// sends on reconnect) unless empty, else a `cursor` query parameter, else
-/// the start.
-/// The cursor must belong to `key`: another session's cursor is refused
-/// with 403, a malformed one with 400, so a client never reads another
-/// session's events by presenting its cursor.
-pub fn resume_cursor(
-    key: &SessionKey,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-) -> Result<Cursor, Refused> {
-    // An empty Last-Event-ID is what a client sends before it saw any id.
-    let header = headers
-        .get("last-event-id")
-        .filter(|value| !value.is_empty());
-    let text = match header {
-        Some(value) => value.to_str().map_err(|_| Refused {
-            status: StatusCode::BAD_REQUEST,
-            message: "malformed Last-Event-ID: it is not printable ASCII; send back the id of the last event you received"
-                .to_string(),
-        })?,
-        None => match query.get("cursor") {
-            Some(text) => text.as_str(),
-            None => return Ok(Cursor::start(key.clone())),
-        },
-    };
-    // So is an empty `?cursor=`.
-    if text.is_empty() {
-        return Ok(Cursor::start(key.clone()));
+/// A token (or the final `done`) as the data of its SSE frame; the library
+/// adds the cursor as its `id:`.
+fn render(event: &Event<TurnEvent>) -> Frame {
+    match event.payload() {
+        TurnEvent::Token(text) => Frame::named(
+            "token",
+            serde_json::json!({ "p": event.position(), "t": text }).to_string(),
+        ),
+        TurnEvent::Done { tokens } => Frame::named(
+            "done",
+            serde_json::json!({ "p": event.position(), "tokens": tokens }).to_string(),
+        ),
     }
-    Cursor::parse_for(key, text).map_err(|error| match error {
-        CursorError::WrongSession => Refused {
-            status: StatusCode::FORBIDDEN,
-            message: format!(
-                "cursor refused: it belongs to another session, not to session {:?}; resume with a cursor this session's stream sent",
-                key.session()
-            ),
-        },
-        other => Refused {
-            status: StatusCode::BAD_REQUEST,
-            message: format!("malformed cursor: {other}"),
-        },
-    })
 }
 
 /// `GET /sessions/{id}/events`: the session's events as SSE, resumed after
-/// the client's cursor.
+/// the client's cursor (400 malformed, 403 another session's). A gap ends
+/// the response with the text up to the gap's latest cursor as its
+/// snapshot; the browser reloads it and reconnects after that cursor.
 async fn events(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, Refused> {
-    let key = session_key(&id)?;
-    let cursor = resume_cursor(&key, &headers, &query)?;
-    app.ensure_turn(&key)?;
-    let resumed = cursor.position();
-    let mut first = VecDeque::from([SseEvent::default()
-        .comment(format!("resuming after position {resumed}"))
-        .retry(app.settings.retry)]);
-    let subscription = match app.store.subscribe_scoped(&key, &cursor) {
-        Ok(subscription) => subscription,
-        Err(Error::Gap(gap)) => {
-            let (gap_event, subscription) = app.reload_after_gap(&key, &gap).map_err(internal)?;
-            first.push_back(gap_event);
-            subscription
-        }
-        Err(other) => return Err(internal(other)),
-    };
-    let stream = SessionStream {
-        app: app.clone(),
-        key,
-        subscription: Some(subscription),
-        pending: first,
-        sent: 0,
-    };
-    let keep_alive = KeepAlive::new()
-        .interval(app.settings.keep_alive)
-        .text("keep-alive");
-    Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
+    resume: ResumeCursor,
+) -> Result<Response, Response> {
+    let key = session_key(&id).map_err(IntoResponse::into_response)?;
+    let cursor = resume
+        .for_session(&key)
+        .map_err(IntoResponse::into_response)?;
+    app.ensure_turn(&key).map_err(IntoResponse::into_response)?;
+    let snapshots = app.clone();
+    let gap_key = key.clone();
+    let mut options = SseCatchUp::new(render)
+        .retry(app.settings.retry)
+        .keep_alive(app.settings.keep_alive)
+        .on_gap(move |gap| {
+            let snapshot = snapshots.snapshot(&gap_key, gap.latest.position());
+            serde_json::to_string(&snapshot).ok()
+        })
+        // A no-op without --data-dir; with it, nothing a crash can take back
+        // reaches the browser.
+        .durable_only(app.store.clone());
+    if let Some(every) = app.settings.drop_every {
+        options = options.max_events(every);
+    }
+    match options.serve(&app.store, &key, &cursor) {
+        Ok(sse) => Ok(sse.into_response()),
+        Err(error) => Err(error.into_response()),
+    }
 }
 
-/// `GET /sessions/{id}/transcript`: the durable text, as plain text.
+/// `GET /sessions/{id}/transcript`: the text so far, as plain text.
 async fn transcript(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<String, Refused> {
     let key = session_key(&id)?;
-    Ok(app.snapshot(&key).text)
-}
-
-fn internal(error: Error) -> Refused {
-    Refused {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: format!("cannot stream this session now: {error}; retry shortly"),
-    }
-}
-
-/// A token (or the final `done`) as an SSE event whose `id:` is its cursor.
-fn event_frame(event: &Event<TurnEvent>) -> SseEvent {
-    let frame = SseEvent::default().id(event.cursor().to_string());
-    match event.payload() {
-        TurnEvent::Token(text) => frame
-            .event("token")
-            .data(serde_json::json!({ "p": event.position(), "t": text }).to_string()),
-        TurnEvent::Done { tokens } => frame
-            .event("done")
-            .data(serde_json::json!({ "p": event.position(), "tokens": tokens }).to_string()),
-    }
-}
-
-/// The one `gap` event: the latest cursor as its `id:` and a snapshot the
-/// page reloads from.
-fn gap_frame(gap: &Gap, snapshot: &Snapshot) -> SseEvent {
-    let reason = match gap.reason {
-        livereplay::GapReason::Trimmed => "trimmed",
-        livereplay::GapReason::Unavailable => "unavailable",
-        livereplay::GapReason::Reset => "reset",
-        livereplay::GapReason::Lost => "lost",
-    };
-    SseEvent::default()
-        .id(snapshot.cursor.to_string())
-        .event("gap")
-        .data(
-            serde_json::json!({
-                "reason": reason,
-                "requested": gap.requested.position(),
-                "missed": gap.missed,
-                "p": snapshot.cursor.position(),
-                "cursor": snapshot.cursor.to_string(),
-                "text": snapshot.text,
-                "tokens": snapshot.tokens,
-                "done": snapshot.done,
-            })
-            .to_string(),
-        )
-}
-
-/// Adapts a [`Subscription`] to SSE frames: queued frames first (the
-/// `retry:` hint, a gap snapshot), then one frame per event; a gap in the
-/// middle of the stream reloads a snapshot and goes on live.
-struct SessionStream {
-    app: Arc<App>,
-    key: SessionKey,
-    subscription: Option<Subscription<TurnEvent>>,
-    pending: VecDeque<SseEvent>,
-    /// Events sent on this connection, for `--drop-every`.
-    sent: u64,
-}
-
-impl Stream for SessionStream {
-    type Item = Result<SseEvent, Infallible>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if let Some(frame) = this.pending.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        if let Some(every) = this.app.settings.drop_every {
-            if this.sent >= every.get() {
-                // Ending the body closes the response: the browser reconnects
-                // with its Last-Event-ID after `retry`.
-                return Poll::Ready(None);
-            }
-        }
-        let Some(subscription) = this.subscription.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(subscription).poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(event))) => {
-                this.sent += 1;
-                Poll::Ready(Some(Ok(event_frame(&event))))
-            }
-            Poll::Ready(Some(Err(gap))) => match this.app.reload_after_gap(&this.key, &gap) {
-                Ok((frame, subscription)) => {
-                    this.subscription = Some(subscription);
-                    this.sent += 1;
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                // The client reconnects and is served from a fresh snapshot.
-                Err(_) => Poll::Ready(None),
-            },
-            Poll::Ready(None) => Poll::Ready(None),
-        }
-    }
+    Ok(app.snapshot(&key, u64::MAX).text)
 }
