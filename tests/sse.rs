@@ -6,8 +6,11 @@
 //! It checks the resume protocol end to end: a client that drops and
 //! reconnects with `Last-Event-ID` (or `?cursor=`) gets every event exactly
 //! once; one that stayed away past the window gets ONE `gap` event with a
-//! snapshot and a cursor it can resume from; another session's cursor and
-//! malformed cursors are refused; keep-alive frames carry no `id:`.
+//! snapshot and a cursor it can resume from, and the response ends there;
+//! another session's cursor and malformed cursors are refused; keep-alive
+//! frames carry no `id:`; a server restarted over the same redb log resumes
+//! a client's cursor exactly (the protocol is `livereplay::http`, the turn
+//! and the page are the demo's).
 //!
 //! The tests run on a current-thread runtime: while a test appends without
 //! awaiting, the server cannot run, which makes "the client fell behind the
@@ -22,7 +25,8 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livereplay::{Config, Cursor, ManualClock, ReplayStore, Revision, SessionKey};
+use livereplay::durable::RedbLog;
+use livereplay::{Config, Cursor, ManualClock, Postcard, ReplayStore, Revision, SessionKey};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,12 +48,23 @@ fn manual_settings() -> Settings {
 }
 
 async fn serve(store: ReplayStore<app::TurnEvent>, settings: Settings) -> (SocketAddr, Arc<App>) {
+    let (address, app, _server) = serve_with_handle(store, settings).await;
+    (address, app)
+}
+
+/// [`serve`], with the server's task, to stop it.
+async fn serve_with_handle(
+    store: ReplayStore<app::TurnEvent>,
+    settings: Settings,
+) -> (SocketAddr, Arc<App>, tokio::task::JoinHandle<()>) {
     let app = App::new(store, settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("local address");
     let router = app::router(app.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (address, app)
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (address, app, server)
 }
 
 fn key(session: &str) -> SessionKey {
@@ -273,7 +288,10 @@ impl Client {
                 self.done = true;
             }
             Some("gap") => {
-                self.text = data["text"].as_str().expect("snapshot").to_string();
+                self.text = data["snapshot"]["text"]
+                    .as_str()
+                    .expect("snapshot")
+                    .to_string();
                 self.positions.clear();
                 self.gaps.push(frame.clone());
             }
@@ -379,7 +397,7 @@ async fn a_simulated_turn_survives_forced_drops() {
         assert!(client.done || on_this_connection == 6);
     }
     assert_eq!(client.text, expected_text((0..40).map(app::token_text)));
-    assert_eq!(client.text, app.snapshot(&key("turn-1")).text);
+    assert_eq!(client.text, app.snapshot(&key("turn-1"), u64::MAX).text);
     assert_eq!(client.positions, (1..=41).collect::<Vec<u64>>());
     assert!(
         connections >= 41 / 6,
@@ -415,32 +433,33 @@ async fn a_client_past_the_window_gets_one_gap_with_a_usable_cursor() {
     let data = gap.json();
     let latest = app.store().current_cursor(&key);
     assert_eq!(data["reason"], "trimmed");
-    assert_eq!(data["requested"], 2);
     assert_eq!(data["missed"], 7, "positions 3..=9 were trimmed");
-    assert_eq!(data["p"], 13);
-    assert_eq!(data["cursor"], latest.to_string());
+    assert_eq!(data["latest"], latest.to_string());
+    assert_eq!(latest.position(), 13);
     assert_eq!(gap.id.as_deref(), Some(latest.to_string().as_str()));
-    assert_eq!(data["text"], expected_text(tokens[..13].to_vec()));
+    assert_eq!(
+        data["snapshot"]["text"],
+        expected_text(tokens[..13].to_vec()),
+        "the snapshot covers exactly up to the gap's cursor"
+    );
+    assert_eq!(data["snapshot"]["tokens"], 13);
     client.take(&gap);
+    // The gap is the last frame: the response ends.
+    assert!(stream.event().await.is_none(), "nothing after the gap");
+    drop(stream);
 
-    // The stream goes on live after the snapshot, with no second gap.
+    // The gap's id resumes on a fresh connection: the events after it,
+    // live, no second gap.
     for token in &tokens[13..15] {
         app.append_token(&key, token.clone()).unwrap();
     }
+    let mut stream = open(address, path, gap.id.as_deref()).await;
     for _ in 13..15 {
         client.take(&stream.event().await.unwrap());
     }
     assert_eq!(client.gaps.len(), 1);
     assert_eq!(client.text, expected_text(tokens[..15].to_vec()));
     assert_eq!(client.positions, vec![14, 15]);
-    drop(stream);
-
-    // The gap's cursor is usable on a fresh connection: no gap, the events
-    // after it.
-    let mut stream = open(address, path, gap.id.as_deref()).await;
-    let first = stream.event().await.unwrap();
-    assert_eq!(first.event.as_deref(), Some("token"));
-    assert_eq!(first.json()["p"], 14);
     drop(stream);
 
     // A connected client that falls behind mid-stream: the server cannot
@@ -463,10 +482,11 @@ async fn a_client_past_the_window_gets_one_gap_with_a_usable_cursor() {
     );
     client.take(&frame);
     assert_eq!(
-        frame.json()["done"],
+        frame.json()["snapshot"]["done"],
         true,
         "the snapshot says the turn ended"
     );
+    assert!(stream.event().await.is_none(), "nothing after the gap");
     assert_eq!(client.text, expected_text(tokens.clone()));
     assert_eq!(client.gaps.len(), 2);
 }
@@ -495,8 +515,13 @@ async fn an_expired_cursor_gets_a_gap_by_age() {
     let gap = stream.event().await.unwrap();
     assert_eq!(gap.event.as_deref(), Some("gap"));
     assert_eq!(gap.json()["reason"], "trimmed");
-    assert_eq!(gap.json()["text"], "old0 old1 old2 new ");
-    assert_eq!(gap.json()["p"], 4);
+    assert_eq!(gap.json()["snapshot"]["text"], "old0 old1 old2 new ");
+    assert_eq!(
+        gap.json()["latest"],
+        app.store().current_cursor(&key).to_string()
+    );
+    assert!(gap.id.as_deref().unwrap().starts_with("lr1."));
+    assert_eq!(gap.json()["latest"].as_str(), gap.id.as_deref());
 }
 
 #[tokio::test]
@@ -610,4 +635,102 @@ async fn sessions_beyond_the_bound_are_refused_and_empty_ids_mean_start() {
     assert_eq!(status, 503);
     assert!(body.contains("at most 1 sessions"), "{body}");
     assert!(!app.store().contains_session(&key("two")));
+}
+
+#[tokio::test]
+async fn a_restarted_server_over_the_same_log_resumes_exactly() {
+    let dir = std::env::temp_dir().join(format!(
+        "livereplay-sse-restart-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("log.redb");
+    let settings = Settings {
+        turn: Some(TurnPlan {
+            tokens: 40,
+            interval: Duration::from_millis(3),
+        }),
+        // Quick keep-alives: a server whose client left notices at once.
+        keep_alive: Duration::from_millis(50),
+        ..manual_settings()
+    };
+    let path = "/sessions/restart/events";
+    let key = key("restart");
+    let mut client = Client::default();
+
+    // First life: read 10 events of the turn, then the server goes down
+    // mid-turn (the turn stops, the client's connection drops, the server
+    // and its store are dropped).
+    let store = ReplayStore::builder()
+        .durable(Arc::new(RedbLog::open(&log_path).unwrap()), Postcard)
+        .build()
+        .unwrap();
+    let (address, app, server) = serve_with_handle(store, settings.clone()).await;
+    let mut stream = open(address, path, None).await;
+    for _ in 0..10 {
+        client.take(&stream.event().await.expect("a token"));
+    }
+    app.stop();
+    drop(stream);
+    server.abort();
+    let gone = Arc::downgrade(&app);
+    drop(app);
+    within("the first store to be dropped", async {
+        while gone.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let first_life = parse_cursor(client.last_event_id.as_deref());
+
+    // Second life over the same file (retried while the first one's
+    // persister thread lets go of it).
+    let log = within("the log to reopen", async {
+        loop {
+            match RedbLog::open(&log_path) {
+                Ok(log) => break log,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    let store = ReplayStore::builder()
+        .durable(Arc::new(log), Postcard)
+        .build()
+        .unwrap();
+    let durable = store
+        .durable_position(&key)
+        .unwrap()
+        .expect("the log knows it");
+    assert!(
+        (10..41).contains(&durable),
+        "the first life stopped mid-turn, with {durable} events durable"
+    );
+    let (address, app) = serve(store, settings).await;
+    let mut stream = open(address, path, client.last_event_id.as_deref()).await;
+    while !client.done {
+        client.take(&stream.event().await.expect("a token or done"));
+    }
+
+    assert_eq!(client.text, expected_text((0..40).map(app::token_text)));
+    assert_eq!(client.positions, (1..=41).collect::<Vec<u64>>());
+    assert!(client.gaps.is_empty(), "no gap across the restart");
+    assert_eq!(client.text, app.snapshot(&key, u64::MAX).text);
+    let last = parse_cursor(client.last_event_id.as_deref());
+    assert_ne!(
+        last.incarnation(),
+        first_life.incarnation(),
+        "the turn was finished by the second life"
+    );
+    drop(stream);
+    app.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn parse_cursor(text: Option<&str>) -> Cursor {
+    text.expect("an id").parse().expect("a cursor")
 }
