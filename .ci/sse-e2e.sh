@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Headless Chromium end-to-end test of the SSE demo (examples/sse_server):
 # a real browser's EventSource must resume by Last-Event-ID across the
-# connection drops the server forces, and reload from the gap snapshot when
-# its cursor left the window. Installs what it needs (Debian's chromium,
-# playwright-core from npm; never a browser download), starts two servers on
-# ephemeral ports, runs e2e/sse.test.mjs, and kills the servers on exit.
+# connection drops the server forces, reload from the gap snapshot when its
+# cursor left the window, and resume with no gap when a server with
+# --data-dir is killed (SIGKILL) mid-stream and restarted on the same port.
+# Installs what it needs (Debian's chromium, playwright-core from npm; never
+# a browser download), starts two servers on ephemeral ports (the test
+# itself starts and kills the restart scenario's server), runs
+# e2e/sse.test.mjs, and kills every server on exit.
 # Screenshots land in target/e2e/. Last line: "e2e: N passed, M failed".
 set -uo pipefail
 
@@ -12,14 +15,27 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 artifacts="$root/target/e2e"
 mkdir -p "$artifacts"
-tests_total=2
+tests_total=3
 pids=()
+restart_dir=""
 
 cleanup() {
   for pid in "${pids[@]}"; do
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
   done
+  # The restart scenario's servers, started by the test: it writes their
+  # pids here; kill any it could not (only if it is still our server).
+  if [ -n "$restart_dir" ]; then
+    if [ -f "$restart_dir/pids" ]; then
+      while read -r pid; do
+        if grep -q sse_server "/proc/$pid/cmdline" 2>/dev/null; then
+          kill -9 "$pid" 2>/dev/null
+        fi
+      done <"$restart_dir/pids"
+    fi
+    rm -rf "$restart_dir"
+  fi
 }
 trap cleanup EXIT
 
@@ -74,9 +90,21 @@ gap_url="$(start_server "$artifacts/server-gap.log" \
   || fail "the gap server did not start (see $artifacts/server-gap.log)"
 echo "sse-e2e: servers at $resume_url and $gap_url"
 
+# The restart scenario: a fixed free port (the restarted server must come
+# back where the browser reconnects) and a fresh data directory.
+tokens_restart=80
+restart_dir="$(mktemp -d "${TMPDIR:-/tmp}/livereplay-e2e-restart.XXXXXX")" \
+  || fail "cannot create a data directory"
+restart_port="$(node -e 'const s = require("net").createServer();
+s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')" \
+  || fail "cannot pick a free port"
+echo "sse-e2e: restart scenario on port $restart_port, data in $restart_dir"
+
 RESUME_URL="$resume_url" GAP_URL="$gap_url" \
   TOKENS_RESUME="$tokens_resume" TOKENS_GAP="$tokens_gap" ARTIFACTS="$artifacts" \
-  timeout 180 node e2e/sse.test.mjs
+  SERVER_BIN="$server" RESTART_PORT="$restart_port" RESTART_DIR="$restart_dir" \
+  TOKENS_RESTART="$tokens_restart" \
+  timeout 240 node e2e/sse.test.mjs
 status=$?
 if [ "$status" -eq 124 ]; then
   echo "sse-e2e: the browser test timed out" >&2

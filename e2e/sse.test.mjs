@@ -1,17 +1,27 @@
 // Headless Chromium against the SSE demo server: the page's own EventSource
 // must resume by Last-Event-ID across the connection drops the server forces
-// (--drop-every), and reload from the gap snapshot when the server's window
-// moved past it, ending with the full text exactly once, in order.
+// (--drop-every), reload from the gap snapshot when the server's window
+// moved past it, and resume with no gap when a server with --data-dir is
+// killed (SIGKILL) mid-stream and restarted on the same port, each time
+// ending with the full text exactly once, in order.
 //
-// .ci/sse-e2e.sh starts the servers and passes their addresses:
+// .ci/sse-e2e.sh starts the first two servers and passes their addresses:
 //   RESUME_URL  a server with forced drops and a default window
 //   GAP_URL     a server with forced drops, a tiny window and a slow retry
 //   TOKENS_RESUME, TOKENS_GAP  how many tokens each server's turn appends
-//   ARTIFACTS   where screenshots go
+//   ARTIFACTS   where screenshots and server logs go
+// and what the restart scenario starts (and kills) itself:
+//   SERVER_BIN      the sse_server binary
+//   RESTART_PORT    a free port, used by both lives of the server
+//   RESTART_DIR     an empty data directory (it also gets a `pids` file,
+//                   so the script can kill a server this test could not)
+//   TOKENS_RESTART  how many tokens that turn appends
 import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { appendFileSync, createWriteStream, mkdtempSync, rmSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 
 const env = (name) => {
   const value = process.env[name];
@@ -39,6 +49,76 @@ function check(failures, condition, message) {
   if (!condition) failures.push(message);
 }
 
+// The demo's deterministic answer (token_text in examples/sse_server/app.rs).
+const WORDS = ["Live", "replay", "keeps", "a", "bounded", "window", "of", "recent", "events", "per",
+  "session,", "so", "a", "browser", "that", "lost", "its", "connection", "resumes", "from", "the",
+  "last", "cursor", "it", "saw."];
+const tokenText = (i) => (i % WORDS.length === 0
+  ? `[${Math.floor(i / WORDS.length) + 1}] ${WORDS[i % WORDS.length]} `
+  : `${WORDS[i % WORDS.length]} `);
+
+// Servers this test started; killed on exit whatever happens.
+const children = new Set();
+process.on("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+for (const signal of ["SIGTERM", "SIGINT"]) {
+  process.on(signal, () => process.exit(1));
+}
+
+// Starts the server binary with `args`, logging to `log`; resolves once it
+// printed its address (bounded).
+function startServer(args, log) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(env("SERVER_BIN"), args, { stdio: ["ignore", "pipe", "pipe"] });
+    children.add(child);
+    appendFileSync(join(env("RESTART_DIR"), "pids"), `${child.pid}\n`);
+    const out = createWriteStream(log);
+    child.stderr.pipe(out);
+    let seen = "";
+    const timer = setTimeout(() => reject(new Error(`the server did not start within 15 s (see ${log})`)), 15_000);
+    child.stdout.on("data", (chunk) => {
+      out.write(chunk);
+      seen += chunk;
+      if (seen.includes("listening on ")) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.on("exit", (code, signal) => {
+      children.delete(child);
+      clearTimeout(timer);
+      reject(new Error(`the server exited (${code ?? signal}) before listening (see ${log})`));
+    });
+  });
+}
+
+// Kills a server and waits (bounded) until it is gone.
+async function killServer(child, signal) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill(signal);
+  await Promise.race([exited, sleep(10_000)]);
+}
+
+// What the page shows, next to the server's transcript.
+async function readPage(page, baseUrl, session) {
+  const shown = await page.evaluate(() => ({
+    text: document.getElementById("text").textContent,
+    notices: [...document.querySelectorAll("#notices li")].map((li) => li.textContent),
+    ...Object.fromEntries(
+      ["tokens", "reconnects", "gaps", "problems"].map((k) => [k, Number(document.body.dataset[k])]),
+    ),
+  }));
+  const response = await fetch(`${baseUrl}/sessions/${session}/transcript`);
+  shown.transcript = await response.text();
+  return shown;
+}
+
+const waitFinished = (page, timeout) => page
+  .waitForFunction(() => document.body.dataset.finished === "true", null, { timeout, polling: 100 })
+  .then(() => true, () => false);
+
 // Loads the page for a fresh session, waits (bounded) for the turn to
 // finish, and returns what the page shows next to the server's transcript.
 async function runPage(browser, baseUrl, session, screenshot) {
@@ -49,20 +129,8 @@ async function runPage(browser, baseUrl, session, screenshot) {
     await page.goto(`${baseUrl}/?session=${session}`, { timeout: 30_000 });
     // Bounded: a turn takes a few seconds; a page that never finishes (say,
     // restarting from the top on every reconnect) is reported, not waited on.
-    const finished = await page
-      .waitForFunction(() => document.body.dataset.finished === "true", null, {
-        timeout: 30_000, polling: 100,
-      })
-      .then(() => true, () => false);
-    const shown = await page.evaluate(() => ({
-      text: document.getElementById("text").textContent,
-      notices: [...document.querySelectorAll("#notices li")].map((li) => li.textContent),
-      ...Object.fromEntries(
-        ["tokens", "reconnects", "gaps", "problems"].map((k) => [k, Number(document.body.dataset[k])]),
-      ),
-    }));
-    const response = await fetch(`${baseUrl}/sessions/${session}/transcript`);
-    shown.transcript = await response.text();
+    const finished = await waitFinished(page, 30_000);
+    const shown = await readPage(page, baseUrl, session);
     shown.consoleErrors = consoleErrors;
     shown.finished = finished;
     return shown;
@@ -106,6 +174,62 @@ const tests = [
       check(failures, shown.notices.some((n) => n.includes("reloaded")), "no 'gap, reloaded' notice");
       check(failures, shown.consoleErrors.length === 0, `page errors: ${shown.consoleErrors}`);
       return { failures, summary: `${shown.tokens} tokens, ${shown.reconnects} reconnects, ${shown.gaps} gaps` };
+    },
+  },
+  {
+    name: "the page resumes with no gap across a server killed (SIGKILL) and restarted on its --data-dir",
+    async run(browser) {
+      const tokens = Number(env("TOKENS_RESTART"));
+      const port = env("RESTART_PORT");
+      const baseUrl = `http://127.0.0.1:${port}`;
+      const session = "e2e-restart";
+      const args = ["--port", port, "--data-dir", env("RESTART_DIR"), "--tokens", String(tokens),
+        "--token-ms", "40", "--retry-ms", "300"];
+      let server = await startServer(args, join(artifacts, "server-restart-1.log"));
+      const page = await browser.newPage();
+      const consoleErrors = [];
+      page.on("pageerror", (error) => consoleErrors.push(String(error)));
+      const failures = [];
+      let atKill = -1;
+      let whileDown = "";
+      let shown;
+      let finished = false;
+      try {
+        await page.goto(`${baseUrl}/?session=${session}`, { timeout: 30_000 });
+        // Mid-stream: a third of the turn is on the page.
+        const third = Math.floor(tokens / 3);
+        await page.waitForFunction((n) => Number(document.body.dataset.tokens) >= n, third,
+          { timeout: 30_000, polling: 20 });
+        await killServer(server, "SIGKILL");
+        atKill = await page.evaluate(() => Number(document.body.dataset.tokens));
+        // Down for a while: the page notices and keeps retrying.
+        await sleep(1_000);
+        whileDown = await page.evaluate(() => document.getElementById("status").textContent);
+        server = await startServer(args, join(artifacts, "server-restart-2.log"));
+        finished = await waitFinished(page, 60_000);
+        shown = await readPage(page, baseUrl, session);
+      } finally {
+        await page.screenshot({ path: join(artifacts, "sse-restart.png"), fullPage: true }).catch(() => {});
+        await page.close();
+        await killServer(server, "SIGTERM");
+      }
+      const want = Array.from({ length: tokens }, (_, i) => tokenText(i)).join("");
+      check(failures, finished, `the page did not report the turn finished within 60 s of the restart (${shown.tokens} tokens, ${shown.problems} problems shown)`);
+      check(failures, atKill > 0 && atKill < tokens, `the server was not killed mid-stream: the page had ${atKill} of ${tokens} tokens`);
+      check(failures, whileDown.includes("reconnecting"), `while the server was down the page said ${JSON.stringify(whileDown)}`);
+      check(failures, shown.text === want, textDiff(shown.text, want));
+      check(failures, shown.transcript === want, `the restarted server's transcript: ${textDiff(shown.transcript, want)}`);
+      check(failures, shown.tokens === tokens, `page counted ${shown.tokens} tokens, the turn appends ${tokens}`);
+      check(failures, shown.problems === 0, `page saw ${shown.problems} out-of-order, lost or repeated events`);
+      check(failures, shown.gaps === 0, `gaps across the restart: ${shown.gaps}`);
+      check(failures, shown.reconnects >= 1, "the page never reconnected");
+      check(failures, shown.notices.some((n) => n.includes("reconnected, resumed from position")),
+        "no 'reconnected, resumed from' notice");
+      check(failures, consoleErrors.length === 0, `page errors: ${consoleErrors}`);
+      return {
+        failures,
+        summary: `killed at ${atKill}/${tokens} tokens, ${shown.tokens} tokens, ${shown.reconnects} reconnects, ${shown.gaps} gaps`,
+      };
     },
   },
 ];
