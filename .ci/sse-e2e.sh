@@ -16,24 +16,29 @@ cd "$root"
 artifacts="$root/target/e2e"
 mkdir -p "$artifacts"
 tests_total=3
-pids=()
+# Servers are started inside $(...) (a subshell), so their pids go to a file,
+# not to a variable of this shell.
+server_pids="$artifacts/servers.pids"
+: >"$server_pids"
 restart_dir=""
 
-cleanup() {
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-  done
-  # The restart scenario's servers, started by the test: it writes their
-  # pids here; kill any it could not (only if it is still our server).
-  if [ -n "$restart_dir" ]; then
-    if [ -f "$restart_dir/pids" ]; then
-      while read -r pid; do
-        if grep -q sse_server "/proc/$pid/cmdline" 2>/dev/null; then
-          kill -9 "$pid" 2>/dev/null
-        fi
-      done <"$restart_dir/pids"
+# Kills the servers whose pids are listed in file $1 (only those that are
+# still our server binary).
+kill_listed() {
+  [ -f "$1" ] || return 0
+  while read -r pid; do
+    if grep -q sse_server "/proc/$pid/cmdline" 2>/dev/null; then
+      kill "$pid" 2>/dev/null
     fi
+  done <"$1"
+}
+
+cleanup() {
+  kill_listed "$server_pids"
+  # The restart scenario's servers, started by the test itself, which lists
+  # their pids there: any it could not kill.
+  if [ -n "$restart_dir" ]; then
+    kill_listed "$restart_dir/pids"
     rm -rf "$restart_dir"
   fi
 }
@@ -65,7 +70,7 @@ start_server() {
   local log="$1"
   shift
   "$server" --port 0 "$@" >"$log" 2>&1 &
-  pids+=($!)
+  echo "$!" >>"$server_pids"
   # Bounded wait for the first line: "listening on http://127.0.0.1:PORT".
   for _ in $(seq 1 100); do
     if grep -q '^listening on ' "$log" 2>/dev/null; then
