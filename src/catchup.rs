@@ -132,6 +132,11 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             },
             (None, Some(meta)) if after <= meta.durable_tail => Ok(()),
             (Some(_), None) if in_memory.is_some() => Err(self.gap(GapReason::Reset, None)),
+            // The log never heard of the session, yet a cursor of it exists:
+            // its first life (from position 1) died before its first commit.
+            (Some(_), None) if self.shared.persistence.is_some() => {
+                Err(self.gap(GapReason::Lost, Some(after)))
+            }
             _ => Err(self.gap(GapReason::Unavailable, None)),
         }
     }
@@ -299,6 +304,10 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             match self.read_log(after)? {
                 LogStep::Read => continue,
                 LogStep::Nothing => {}
+                // With a log, wait for a writer to make the session
+                // resident (its commit wakes us): a reader does not restore
+                // a session, which would record a new life for every read.
+                LogStep::AtTail if self.shared.persistence.is_some() => {}
                 LogStep::AtTail => {
                     // Nothing after us anywhere: wait on the ring, making
                     // the session resident (as a subscribe at the tail does).

@@ -143,6 +143,9 @@ pub(crate) struct Persistence<T> {
     /// the last position they claimed: a session re-created under the same
     /// key continues after them, and its life waits for them (invariant 5).
     removed: Mutex<std::collections::HashMap<SessionKey, RemovedSession<T>>>,
+    /// Held for every write to the log, so that a life recorded at restore
+    /// time and the persister's commits never record one life twice.
+    commit_lock: Mutex<()>,
 }
 
 /// A removed session and the last position it claimed.
@@ -177,6 +180,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             counters: PersistCounters::default(),
             last_error: Mutex::new(None),
             removed: Mutex::new(std::collections::HashMap::new()),
+            commit_lock: Mutex::new(()),
         }
     }
 
@@ -215,10 +219,53 @@ impl<T> Persistence<T> {
     /// A session was created: if its life is new to the log, have the
     /// persister record it now, so cursors of this life are known to the
     /// log even if the process dies before its first event is written.
+    ///
+    /// A session restored from the log (a new life after its durable tail)
+    /// records its life **now**, before the caller gets it: if the process
+    /// died before the persister's next commit, cursors of this life would
+    /// be unknown to the log, and a reader could not be told how many of
+    /// its events were lost. This is the one write on the path of a first
+    /// touch, once per session per process life (take a handle off the
+    /// turn loop to keep it there). If it fails, the persister records the
+    /// life with the first events.
     pub(crate) fn created(&self, session: &Arc<Session<T>>) {
-        if session.life_unrecorded.load(Relaxed) {
-            self.mark_dirty(session);
+        if !session.life_unrecorded.load(Relaxed) {
+            return;
         }
+        let restored = session.identity().previous.is_some();
+        let waits = session
+            .predecessor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if restored && !waits {
+            let _writing = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+            if session.life_unrecorded.load(Relaxed) {
+                let life = Life {
+                    incarnation: session.incarnation(),
+                    first_position: session.identity().start + 1,
+                };
+                let write = SessionWrite {
+                    key: session.key(),
+                    new_life: Some(life),
+                    records: &[],
+                };
+                match self.log.append(&[write]) {
+                    Ok(()) => {
+                        self.counters.commits.add(1);
+                        session.life_unrecorded.store(false, Relaxed);
+                        return;
+                    }
+                    Err(error) => self.failed(&error),
+                }
+            }
+        }
+        self.mark_dirty(session);
+    }
+
+    fn failed(&self, error: &crate::durable::LogError) {
+        self.counters.log_failures.add(1);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
     }
 
     /// A session was removed after claiming `last` positions; remember it
@@ -455,12 +502,16 @@ impl<T: Send + Sync + 'static> Persistence<T> {
     /// sessions again if it failed. Returns whether it succeeded.
     fn commit(&self, batch: Vec<Pending<T>>) -> bool {
         let keys: Vec<_> = batch.iter().map(|p| p.session.key().clone()).collect();
+        let writing = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let writes: Vec<SessionWrite<'_>> = batch
             .iter()
             .zip(&keys)
             .map(|(pending, key)| SessionWrite {
                 key,
-                new_life: pending.new_life,
+                // Recorded at restore time meanwhile: not again.
+                new_life: pending
+                    .new_life
+                    .filter(|_| pending.session.life_unrecorded.load(Relaxed)),
                 records: &pending.records,
             })
             .collect();
@@ -486,12 +537,9 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                     pending.session.durable.store(pending.through, Release);
                 }
             }
-            Err(error) => {
-                self.counters.log_failures.add(1);
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(error.to_string());
-            }
+            Err(error) => self.failed(&error),
         }
+        drop(writing);
         for pending in batch {
             if !ok || pending.more {
                 self.mark_dirty(&pending.session);

@@ -216,6 +216,9 @@ impl RedbLog {
     /// not read.
     pub fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, LogError> {
         let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            Self::create_whole(&path, &options)?;
+        }
         let db = Builder::new()
             .set_cache_size(options.cache_bytes)
             .set_check_integrity_on_open(options.check_integrity)
@@ -231,6 +234,45 @@ impl RedbLog {
         };
         log.init()?;
         Ok(log)
+    }
+
+    /// Creates a new, initialised log file at `path` so that a crash never
+    /// leaves a half-created one there (redb refuses a file whose header
+    /// was never written, for ever): it is built and made durable under a
+    /// temporary name, then linked into place, which fails harmlessly if
+    /// another process created `path` meanwhile.
+    fn create_whole(path: &Path, options: &RedbOptions) -> Result<(), LogError> {
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(format!(".creating-{}", std::process::id()));
+        let temporary = std::path::PathBuf::from(temporary);
+        // A leftover of our own pid is from an earlier crash of this pid.
+        let _ = std::fs::remove_file(&temporary);
+        let db = Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(&temporary)
+            .map_err(backend)?;
+        let log = Self {
+            db,
+            durability: Durability::Immediate,
+            path: temporary.clone(),
+        };
+        log.init()?;
+        drop(log);
+        let linked = std::fs::hard_link(&temporary, path);
+        let _ = std::fs::remove_file(&temporary);
+        match linked {
+            Ok(()) => {
+                // The new name must survive a crash too.
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::File::open(dir)
+                        .and_then(|dir| dir.sync_all())
+                        .map_err(|e| LogError::Backend(Box::new(e)))?;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(LogError::Backend(Box::new(e))),
+        }
     }
 
     /// The file it writes.
