@@ -10,7 +10,9 @@
 //!   payloads, each design measured in a fresh child process so one
 //!   design's freed pages do not flatter the other;
 //! * what an idle session leaves behind once its events expired and it was
-//!   evicted (a `ManualClock` moves time; the store is swept).
+//!   evicted (a `ManualClock` moves time; the store is swept);
+//! * the live heap per tombstone: 100 000 sessions of one event each,
+//!   expired and swept until `stats().dormant_sessions` is 100 000.
 //!
 //! Allocation counts are measured figures and are only printed; what the
 //! contract promises is asserted (evicted sessions are gone, nothing is
@@ -504,8 +506,15 @@ fn eviction() {
     println!("\n== idle sessions after their events expire: {sessions} sessions x {EVENTS_PER_SESSION} events ==");
     let payload: Payload = [7; 64];
     let clock = Arc::new(ManualClock::new());
+    // Tombstones off: this measures what a forgotten session leaves (with
+    // them on, the default, an evicted session stays known: `tombstones()`
+    // below measures that).
     let store = ReplayStore::<Payload>::builder()
-        .config(Config::default().with_max_sessions(200_000))
+        .config(
+            Config::default()
+                .with_max_sessions(200_000)
+                .with_tombstones(0, Duration::from_secs(3600)),
+        )
         .clock(clock.clone())
         .build()
         .expect("config");
@@ -568,6 +577,60 @@ fn eviction() {
     );
     drop(store);
     black_box(Cursor::start(last_key));
+}
+
+/// What a tombstone costs: sessions with one event each, expired and swept,
+/// so every one turns dormant (its identity remembered for its cursors).
+/// Live heap before the sessions were created and after the sweep, divided
+/// by the count: the tombstone and its map entry (key included).
+fn tombstones() {
+    const SESSIONS: usize = 100_000;
+    println!("\n== tombstones: {SESSIONS} sessions x 1 event, expired and swept (ManualClock past max_age) ==");
+    let clock = Arc::new(ManualClock::new());
+    let store = ReplayStore::<Payload>::builder()
+        .config(
+            Config::default()
+                .with_max_sessions(2 * SESSIONS)
+                .with_tombstones(SESSIONS, Duration::from_secs(3600)),
+        )
+        .clock(clock.clone())
+        .build()
+        .expect("config");
+    let heap_before = live_bytes();
+    for s in 0..SESSIONS {
+        store.append(&key(s), Revision(1), [7; 64]).expect("append");
+    }
+    let heap_resident = live_bytes() - heap_before;
+    let last_key = key(SESSIONS - 1);
+    let last_cursor = store.current_cursor(&last_key);
+
+    clock.advance(store.config().max_age + Duration::from_secs(1));
+    let evicted = store.sweep();
+    let heap_dormant = live_bytes() - heap_before;
+    let stats = store.stats();
+    assert_eq!(evicted, SESSIONS, "sweep evicted every session");
+    assert_eq!(stats.sessions, 0, "no session is resident");
+    assert_eq!(
+        stats.dormant_sessions, SESSIONS,
+        "every session is a tombstone"
+    );
+    assert!(store.contains_session(&last_key));
+    assert!(
+        store
+            .replay_after_cursor(&last_cursor)
+            .expect("at the tail")
+            .is_empty(),
+        "a tombstone answers its last cursor as if the session were resident"
+    );
+    println!(
+        "  ours: resident {:.1} MiB ({:.0} B/session with its event); dormant {:.1} MiB = {:.1} B per tombstone (stats().dormant_sessions = {})",
+        heap_resident as f64 / 1048576.0,
+        heap_resident as f64 / SESSIONS as f64,
+        heap_dormant as f64 / 1048576.0,
+        heap_dormant as f64 / SESSIONS as f64,
+        stats.dormant_sessions
+    );
+    drop(store);
 }
 
 /// `--op <name> <n>`: fills the stores, then runs one operation `n` times,
@@ -642,4 +705,5 @@ fn main() {
     parked_deliveries();
     memory();
     eviction();
+    tombstones();
 }
