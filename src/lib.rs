@@ -170,7 +170,9 @@ pub use crate::event::{Event, Timestamp};
 pub use crate::key::{IdPart, KeyError, SessionKey, MAX_ID_LEN};
 pub use crate::persist::DurableOptions;
 pub use crate::session::SessionHandle;
-pub use crate::store::{DurableError, DurableStats, ReplayStore, Stats, StoreBuilder};
+pub use crate::store::{
+    DurableError, DurableProgress, DurableStats, ReplayStore, Stats, StoreBuilder,
+};
 pub use crate::subscription::Subscription;
 pub use crate::traits::LiveReplayStore;
 

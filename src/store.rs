@@ -554,6 +554,33 @@ pub struct DurableStats {
     pub last_error: Option<String>,
 }
 
+/// Resolves after the persister's next commit; see
+/// [`ReplayStore::durable_progress`].
+#[must_use = "a future does nothing unless awaited"]
+pub struct DurableProgress(Option<event_listener::EventListener>);
+
+impl std::future::Future for DurableProgress {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.get_mut().0.as_mut() {
+            Some(listener) => std::pin::Pin::new(listener).poll(cx),
+            None => std::task::Poll::Ready(()),
+        }
+    }
+}
+
+impl fmt::Debug for DurableProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableProgress")
+            .field("pending", &self.0.is_some())
+            .finish()
+    }
+}
+
 /// Why [`ReplayStore::wait_durable`] returned without the position being
 /// durable.
 #[derive(Debug, Clone, PartialEq, Eq, ThisError)]
@@ -727,6 +754,19 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             }
             crate::sync::wait_listener(listener, remaining);
         }
+    }
+
+    /// A future that resolves after the persister's next commit (at once
+    /// without a durable log), for async callers that wait for a position
+    /// to become durable: check [`durable_position`](Self::durable_position),
+    /// take this, check again, then await it. It wakes the persister so the
+    /// commit comes soon. Runtime-agnostic.
+    pub fn durable_progress(&self) -> DurableProgress {
+        DurableProgress(self.shared.persistence.as_ref().map(|persistence| {
+            let listener = persistence.listen();
+            persistence.nudge();
+            listener
+        }))
     }
 
     /// Archives every position `<= watermark` of the session in the durable

@@ -27,11 +27,6 @@ use crate::sync::Arc;
 /// The default interval between keep-alive comments.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// How long a durable-only stream first waits before it looks at the
-/// watermark again; it doubles up to [`MAX_DURABLE_POLL`].
-const MIN_DURABLE_POLL: Duration = Duration::from_millis(1);
-const MAX_DURABLE_POLL: Duration = Duration::from_millis(20);
-
 /// The response [`sse_catch_up`] and [`SseCatchUp::serve`] return.
 pub type CatchUpSse<T> = Sse<KeepAliveStream<CatchUpEvents<T>>>;
 
@@ -165,8 +160,9 @@ impl<T: Send + Sync + 'static> SseCatchUp<T> {
     /// store the stream is served from), so a client never sees an event a
     /// crash could take back: after a restart every cursor it holds resumes
     /// exactly. Costs each event the persister's latency. No effect on a
-    /// store without a durable log. (The stream polls the durable watermark
-    /// while it holds an event back, every 1 to 20 ms.)
+    /// store without a durable log. (While it holds an event back the stream
+    /// waits on [`ReplayStore::durable_progress`], the persister's next
+    /// commit, which it also hurries.)
     pub fn durable_only(mut self, store: StdArc<ReplayStore<T>>) -> Self {
         self.durable_only = store.durable_log().is_some().then_some(store);
         self
@@ -230,8 +226,7 @@ impl<T: Send + Sync + 'static> SseCatchUp<T> {
             durable: self.durable_only.map(|store| DurableGate {
                 store,
                 held: None,
-                sleep: None,
-                poll: MIN_DURABLE_POLL,
+                progress: None,
             }),
             ended: false,
         })
@@ -254,8 +249,8 @@ impl<T> fmt::Debug for SseCatchUp<T> {
 struct DurableGate<T> {
     store: StdArc<ReplayStore<T>>,
     held: Option<Arc<Event<T>>>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    poll: Duration,
+    /// Armed on the persister's next commit while an event is held.
+    progress: Option<crate::DurableProgress>,
 }
 
 /// The frames of a [`CatchUpSse`] response: the opening comment, then one
@@ -300,22 +295,30 @@ impl<T: Send + Sync + 'static> CatchUpEvents<T> {
             let Some(gate) = self.durable.as_mut() else {
                 return Poll::Ready(Some(Ok(event)));
             };
-            let durable = gate.store.durable_position(&self.key).ok().flatten();
-            if durable.is_some_and(|durable| durable >= event.position()) {
-                gate.sleep = None;
-                gate.poll = MIN_DURABLE_POLL;
+            let is_durable = |gate: &DurableGate<T>| {
+                let durable = gate.store.durable_position(&self.key).ok().flatten();
+                durable.is_some_and(|durable| durable >= event.position())
+            };
+            if is_durable(gate) {
+                gate.progress = None;
                 return Poll::Ready(Some(Ok(event)));
             }
-            gate.held = Some(event);
-            let sleep = gate
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(gate.poll)));
-            match sleep.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) => {
-                    gate.sleep = None;
-                    gate.poll = (gate.poll * 2).min(MAX_DURABLE_POLL);
+            // Arm on the next commit, then look again before waiting: a
+            // commit between the look and the arming is not missed.
+            if gate.progress.is_none() {
+                gate.progress = Some(gate.store.durable_progress());
+                if is_durable(gate) {
+                    gate.progress = None;
+                    return Poll::Ready(Some(Ok(event)));
                 }
+            }
+            gate.held = Some(event);
+            let Some(progress) = gate.progress.as_mut() else {
+                continue;
+            };
+            match Pin::new(progress).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => gate.progress = None,
             }
         }
     }
