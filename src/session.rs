@@ -35,7 +35,7 @@ use crate::event::{Event, Timestamp};
 use crate::key::SessionKey;
 use crate::ring::{Read, Ring};
 use crate::subscription::Subscription;
-use crate::sync::{fence, Arc, AtomicBool, AtomicU64};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize};
 
 /// Weighs a payload for [`Refusal::PayloadTooLarge`].
 pub(crate) type Weigher<T> = Box<dyn Fn(&T) -> usize + Send + Sync>;
@@ -201,6 +201,13 @@ pub(crate) struct Session<T> {
     pub(crate) shared: StdArc<Shared<T>>,
     /// Live subscriptions (statistics only).
     pub(crate) subscribers: std::sync::atomic::AtomicUsize,
+    /// Handles and subscriptions holding the session. Eviction requires 0,
+    /// read with Acquire against each holder's Release when it lets go, so
+    /// the store sees a holder's last appends before it decides the session
+    /// is empty. (The `Arc` count guards the transient references taken
+    /// under the map's lock too, but loom cannot see its orderings; this
+    /// counter is the part of the protocol a model checks.)
+    holders: AtomicUsize,
     /// Every position `<= durable` is in the durable log (0 without one).
     pub(crate) durable: AtomicU64,
     /// Set by an append that found it clear, which then queues the session
@@ -249,6 +256,7 @@ impl<T> Session<T> {
             identity,
             shared,
             subscribers: std::sync::atomic::AtomicUsize::new(0),
+            holders: AtomicUsize::new(0),
             durable: AtomicU64::new(identity.start),
             dirty: AtomicBool::new(false),
             life_unrecorded: std::sync::atomic::AtomicBool::new(record_life),
@@ -258,6 +266,23 @@ impl<T> Session<T> {
 
     pub(crate) fn identity(&self) -> Identity {
         self.identity
+    }
+
+    /// A handle or subscription starts holding the session.
+    pub(crate) fn hold(&self) {
+        // Relaxed: a new holder is made from a reference that already
+        // keeps the session from eviction (the map's lock, or another
+        // holder); only letting go needs ordering.
+        self.holders
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A holder lets go, after its last append.
+    pub(crate) fn let_go(&self) {
+        // Release: pairs with the Acquire in `is_evictable`, so our appends
+        // are visible to the store that sees us gone.
+        self.holders
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
     }
 
     /// The durable watermark: every position `<=` it is in the log.
@@ -587,14 +612,17 @@ impl<T> Session<T> {
     /// it and it retains no event. Call with the map's shard lock held, so
     /// no by-key operation can take a new reference meanwhile.
     pub(crate) fn is_evictable(this: &Arc<Self>, now: Timestamp) -> bool {
+        // Acquire: pairs with the Release of the last holder's `let_go`,
+        // which came after its last append: those appends are visible to
+        // the checks below.
+        if this.holders.load(std::sync::atomic::Ordering::Acquire) != 0 {
+            return false;
+        }
+        // Nobody else holds a reference either (a transient one taken under
+        // the map's lock, or the persister's while the session is dirty).
         if Arc::strong_count(this) != 1 {
             return false;
         }
-        // Acquire fence: the last holder (a handle or subscription) released
-        // its reference after its last append; this makes those appends
-        // visible to the checks below, as `Arc::drop` does for the last
-        // reference.
-        fence(std::sync::atomic::Ordering::Acquire);
         this.trim(now);
         let tail = this.ring.published_tail();
         tail == this.ring.claimed()
@@ -636,14 +664,25 @@ impl<T> fmt::Debug for Session<T> {
 /// [`ReplayStore::session`]: crate::ReplayStore::session
 /// [`ReplayStore::remove_session`]: crate::ReplayStore::remove_session
 pub struct SessionHandle<T> {
-    pub(crate) session: Arc<Session<T>>,
+    session: Arc<Session<T>>,
+}
+
+impl<T> SessionHandle<T> {
+    pub(crate) fn new(session: Arc<Session<T>>) -> Self {
+        session.hold();
+        Self { session }
+    }
 }
 
 impl<T> Clone for SessionHandle<T> {
     fn clone(&self) -> Self {
-        Self {
-            session: Arc::clone(&self.session),
-        }
+        Self::new(Arc::clone(&self.session))
+    }
+}
+
+impl<T> Drop for SessionHandle<T> {
+    fn drop(&mut self) {
+        self.session.let_go();
     }
 }
 

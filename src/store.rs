@@ -208,9 +208,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// reads through it take no lock and no map lookup. The session is not
     /// evicted while the handle lives.
     pub fn session(&self, key: &SessionKey) -> Result<SessionHandle<T>, Error> {
-        Ok(SessionHandle {
-            session: self.resident(key)?,
-        })
+        Ok(SessionHandle::new(self.resident(key)?))
     }
 
     /// The resident session for `key`: revived from its tombstone, restored

@@ -80,6 +80,7 @@ impl<T> Subscription<T> {
         session
             .subscribers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        session.hold();
         Ok(Self {
             session,
             next: cursor.position() + 1,
@@ -98,6 +99,7 @@ impl<T> Subscription<T> {
         session
             .subscribers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        session.hold();
         Self {
             session,
             next: last_seen.position() + 1,
@@ -230,6 +232,7 @@ impl<T> Drop for Subscription<T> {
         self.session
             .subscribers
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.session.let_go();
     }
 }
 

@@ -4,13 +4,13 @@
 //! and thread-visible cells from here, so that `RUSTFLAGS="--cfg loom"` runs
 //! the crate's real code under loom's model checker.
 //!
-//! Three third-party primitives cannot be seen into by loom; under
+//! Four third-party primitives cannot be seen into by loom; under
 //! `cfg(loom)` each is replaced by a small stand-in that is **linearizable**,
 //! which is the only property of the real type the protocols rely on:
 //!
 //! | real type | stand-in under loom | why the stand-in is faithful |
 //! | --- | --- | --- |
-//! | [`arc_swap::ArcSwapOption`] ([`AtomicArcCell`]) | a `loom::sync::Mutex<Option<Arc<_>>>` | every `ArcSwap` operation (load, compare-and-swap) is atomic and linearizable, and `arc-swap` performs them with `SeqCst` accesses; a mutex totally orders them too. This is the one stand-in stronger than acquire/release: the protocols never rely on a directory entry for ordering (slots and fences carry it), and the models are checked with the weaker slot stand-in below |
+//! | [`arc_swap::ArcSwapOption`] ([`AtomicArcCell`]) | a loom `AtomicUsize` index (into every value stored, kept alive) loaded and compared-and-swapped with `SeqCst` | `arc-swap` performs its load and compare-and-swap with `SeqCst` accesses to one pointer; the index is that pointer. Unlike a mutex (the first stand-in), a load synchronises only with the store it reads, so a reader's look at an entry gives it no ordering with another reader, as with the real cell |
 //! | [`std::sync::OnceLock`] ([`WriteOnce`]) | a `std::sync::OnceLock` published by a loom `AtomicBool` (release on set, acquire on get) | a slot is set once, by one writer (its position's), with release, and read with acquire, exactly what `OnceLock` does; with a loom atomic as the flag, loom may show a reader a stale "unset", so a missing fence elsewhere is found (a mutex here hid three such mutations) |
 //! | [`crossbeam_queue::SegQueue`] ([`Queue`]) | a `loom::sync::Mutex<VecDeque<_>>` | `SegQueue` is a linearizable MPMC FIFO whose push happens-before the pop that takes the value; a mutex gives exactly that |
 //! | [`dashmap::DashMap`] ([`ShardedMap`]) | a `loom::sync::Mutex<HashMap<_, _>>` | each `DashMap` call runs under its shard's lock, so per key it is linearizable; one global lock is the same behaviour with a coarser shard |
@@ -101,18 +101,39 @@ mod cell {
 
 #[cfg(loom)]
 mod cell {
-    use loom::sync::{Arc, Mutex};
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Mutex as StdMutex;
 
-    pub(crate) struct AtomicArcCell<E>(Mutex<Option<Arc<E>>>);
+    use loom::sync::atomic::AtomicUsize;
+    use loom::sync::Arc;
+
+    /// Like `ArcSwapOption`: the current value is a loom atomic (an index
+    /// into every value ever stored, 0 for none) loaded and compared-and-
+    /// swapped with SeqCst, as arc-swap does with its pointer. A load
+    /// synchronises only with the store it reads, never with other loads,
+    /// so the stand-in adds no ordering the real cell lacks. Values stay
+    /// alive for the model's execution, as arc-swap keeps a value alive for
+    /// a reader that loaded it.
+    pub(crate) struct AtomicArcCell<E> {
+        current: AtomicUsize,
+        values: StdMutex<Vec<Arc<E>>>,
+    }
 
     impl<E> AtomicArcCell<E> {
         pub(crate) fn empty() -> Self {
-            Self(Mutex::new(None))
+            Self {
+                current: AtomicUsize::new(0),
+                values: StdMutex::new(Vec::new()),
+            }
+        }
+
+        fn value(&self, index: usize) -> Option<Arc<E>> {
+            let values = self.values.lock().unwrap();
+            index.checked_sub(1).map(|i| Arc::clone(&values[i]))
         }
 
         pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<E>>) -> R) -> R {
-            // Clone out so `f` runs outside the lock, as it does with arc-swap.
-            let current = self.0.lock().unwrap().clone();
+            let current = self.value(self.current.load(SeqCst));
             f(current.as_ref())
         }
 
@@ -121,13 +142,34 @@ mod cell {
             current: Option<&Arc<E>>,
             new: Option<Arc<E>>,
         ) -> Option<Option<Arc<E>>> {
-            let mut value = self.0.lock().unwrap();
-            let same = match (value.as_ref(), current) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
+            let new_index = match new {
+                Some(value) => {
+                    let mut values = self.values.lock().unwrap();
+                    values.push(value);
+                    values.len()
+                }
+                None => 0,
             };
-            same.then(|| std::mem::replace(&mut *value, new))
+            let mut seen = self.current.load(SeqCst);
+            loop {
+                let held = self.value(seen);
+                let same = match (held.as_ref(), current) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                if !same {
+                    return None;
+                }
+                match self
+                    .current
+                    .compare_exchange(seen, new_index, SeqCst, SeqCst)
+                {
+                    Ok(_) => return Some(held),
+                    // Another index that may hold the same value: look again.
+                    Err(actual) => seen = actual,
+                }
+            }
         }
     }
 }

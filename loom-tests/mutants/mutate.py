@@ -71,6 +71,27 @@ MUTATIONS = {
     "read-range-no-floor-check": [("src/ring/mod.rs",
         "if from <= self.floor().min(to) {",
         "if false {")],
+    # Eviction ignores the explicit holder count (handles, subscriptions).
+    "evict-no-holders-check": [("src/session.rs",
+        "if this.holders.load(std::sync::atomic::Ordering::Acquire) != 0 {",
+        "if false {")],
+    # Eviction reads the holder count without Acquire.
+    "holders-load-relaxed": [("src/session.rs",
+        "if this.holders.load(std::sync::atomic::Ordering::Acquire) != 0 {",
+        "if this.holders.load(std::sync::atomic::Ordering::Relaxed) != 0 {")],
+    # A holder lets go without Release.
+    "let-go-relaxed": [("src/session.rs",
+        "self.holders.fetch_sub(1, std::sync::atomic::Ordering::Release);",
+        "self.holders.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);")],
+    # Eviction ignores both the holder count and the Arc count.
+    "evict-no-holder-guards": [
+        ("src/session.rs",
+         "if this.holders.load(std::sync::atomic::Ordering::Acquire) != 0 {",
+         "if false {"),
+        ("src/session.rs",
+         "if Arc::strong_count(this) != 1 {",
+         "if false {"),
+    ],
     # Tiers. A revived session forgets its tombstone's identity.
     "revive-fresh-identity": [("src/map.rs",
         "let session = make(Restored::continuing(tombstone.identity), tombstone.created);",

@@ -302,3 +302,35 @@ fn release_through_frees_a_segment_under_readers() {
         assert_eq!(store.event_count(&key), 1);
     });
 }
+
+/// Model 7e: a handle appends and is dropped while a sweep decides whether
+/// the session is empty. The sweep may evict only after seeing the handle
+/// gone (the holder count, Acquire against the handle's Release), and then
+/// it sees the append too: the event stays replayable, whether the session
+/// stayed resident or turned dormant and was revived. (Loom cannot see the
+/// `Arc` count's orderings; the holder count is what this model checks.)
+#[test]
+fn a_dropped_handles_last_append_survives_a_sweep() {
+    check("a_dropped_handles_last_append_survives_a_sweep", || {
+        let store = Arc::new(store(8));
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let first = handle.append(Revision(1), 1).unwrap();
+        // Empty the ring: the session is evictable as soon as nobody holds it.
+        assert_eq!(handle.release_through(1), 1);
+        let writer = thread::spawn(move || {
+            let second = handle.append(Revision(1), 2).unwrap();
+            drop(handle);
+            second
+        });
+        store.sweep();
+        let second = writer.join().unwrap();
+        let rest = store.replay_after_cursor(&first.cursor()).unwrap();
+        assert_eq!(
+            positions(&rest),
+            [second.position()],
+            "the last append survived"
+        );
+        assert_eq!(store.current_cursor(&key), second.cursor());
+    });
+}
