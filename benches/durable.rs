@@ -142,7 +142,8 @@ struct Out {
 
 impl Out {
     fn row(&mut self, scenario: &str, design: &str, metric: &str, value: f64) {
-        let _ = writeln!(self.csv, "{scenario},{design},{metric},{value:.3}");
+        // Design names contain commas: quoted.
+        let _ = writeln!(self.csv, "{scenario},\"{design}\",{metric},{value:.3}");
     }
 }
 
@@ -402,7 +403,7 @@ fn append_latency(settings: &Settings, temp: &TempDir, out: &mut Out) {
         let percentiles = Percentiles::of(&mut sorted);
         let p9999 = support::quantile(&sorted, 0.9999);
         for (q, ns) in support::chart_quantiles(&sorted) {
-            let _ = writeln!(out.quantiles, "{},{q},{ns}", design.name);
+            let _ = writeln!(out.quantiles, "\"{}\",{q},{ns}", design.name);
         }
         println!(
             "  {:<24} n={:<8} p50 {:>9}  p99 {:>9}  p99.9 {:>9}  p99.99 {:>9}  max {:>9}  mean {:>9}",
@@ -699,7 +700,7 @@ fn persist_throughput(settings: &Settings, temp: &TempDir, out: &mut Out) {
         }
         let _ = write!(
             line,
-            "; {:.0} commits, {:.0} events/commit; writer alone {}; lost {}{}",
+            "; {:.0} commits, {:.0} events/commit; the writer appended at {}; lost {}{}",
             at_quantile(&result.commits, 0.5),
             at_quantile(&result.per_commit, 0.5),
             per_second(at_quantile(&result.append_rate, 0.5)),
@@ -1072,30 +1073,17 @@ fn reopen(settings: &Settings, temp: &TempDir, out: &mut Out) {
             spread(&times[index][1], millis),
             spread(&times[index][2], millis),
         );
-        out.row(
-            "reopen",
-            &name,
-            "first_event_ms_median",
-            at_quantile(&times[index][2], 0.5) / 1e6,
-        );
-        out.row(
-            "reopen",
-            &name,
-            "first_event_ms_min",
-            at_quantile(&times[index][2], 0.0) / 1e6,
-        );
-        out.row(
-            "reopen",
-            &name,
-            "first_event_ms_max",
-            at_quantile(&times[index][2], 1.0) / 1e6,
-        );
-        out.row(
-            "reopen",
-            &name,
-            "open_ms_median",
-            at_quantile(&times[index][0], 0.5) / 1e6,
-        );
+        let ms = |phase: usize, q: f64| at_quantile(&times[index][phase], q) / 1e6;
+        for (metric, value) in [
+            ("first_event_ms_median", ms(3, 0.5)),
+            ("first_event_ms_min", ms(3, 0.0)),
+            ("first_event_ms_max", ms(3, 1.0)),
+            ("open_ms_median", ms(0, 0.5)),
+            ("build_ms_median", ms(1, 0.5)),
+            ("catch_up_first_event_ms_median", ms(2, 0.5)),
+        ] {
+            out.row("reopen", &name, metric, value);
+        }
     }
     let ratio = at_quantile(&times[0][3], 0.5) / at_quantile(&times[1][3], 0.5);
     println!(
