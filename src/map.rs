@@ -19,7 +19,8 @@
 //! Turning a session dormant and reviving it both happen under the shard's
 //! write lock, so they are totally ordered with each other and with every
 //! by-key lookup; the handle and subscription holders that the lock cannot
-//! see are excluded by the eviction check (nobody but the map holds it).
+//! see are excluded by the eviction check (nobody holds it: every
+//! reference that leaves the lock is a counted `Held`).
 //!
 //! Its counters (`live`, creations, evictions) are `Relaxed` atomics: they
 //! count and bound, and publish no data; the bound holds through the
@@ -44,7 +45,7 @@ use crate::cursor::Cursor;
 use crate::error::{Gap, GapReason, Refusal};
 use crate::event::Timestamp;
 use crate::key::SessionKey;
-use crate::session::{Identity, Restored, Session, Shared};
+use crate::session::{Held, Identity, Restored, Session, Shared};
 use crate::sync::{Arc, AtomicU64, AtomicUsize, ShardedMap};
 
 /// The fewest creations between two automatic sweeps.
@@ -181,8 +182,10 @@ impl<T> SessionMap<T> {
         })
     }
 
-    pub(crate) fn get(&self, key: &SessionKey) -> Option<Arc<Session<T>>> {
-        self.with(key, Arc::clone)
+    /// The resident session, held (taken under the shard's lock, so no
+    /// eviction can slip between the look and the hold).
+    pub(crate) fn get(&self, key: &SessionKey) -> Option<Held<T>> {
+        self.with(key, Held::new)
     }
 
     /// The resident session for `key`: revived from its tombstone, or
@@ -193,7 +196,7 @@ impl<T> SessionMap<T> {
         key: &SessionKey,
         shared: &StdArc<Shared<T>>,
         restore: &dyn Fn() -> Result<Restored<T>, Refusal>,
-    ) -> Result<Arc<Session<T>>, Refusal> {
+    ) -> Result<Held<T>, Refusal> {
         if let Some(session) = self.get(key) {
             return Ok(session);
         }
@@ -219,9 +222,9 @@ impl<T> SessionMap<T> {
             }
         };
         enum Outcome<T> {
-            Existing(Arc<Session<T>>),
-            Created(Arc<Session<T>>),
-            Revived(Arc<Session<T>>),
+            Existing(Held<T>),
+            Created(Held<T>),
+            Revived(Held<T>),
             /// The entry appeared or changed between the two looks.
             Retry,
         }
@@ -234,23 +237,22 @@ impl<T> SessionMap<T> {
             ))
         };
         let outcome = self.map.update(key, |entry| match entry {
-            Some(Entry::Resident(session)) => (None, Outcome::Existing(Arc::clone(session))),
+            Some(Entry::Resident(session)) => (None, Outcome::Existing(Held::new(session))),
             Some(entry @ Entry::Dormant(_)) => {
                 let Entry::Dormant(tombstone) = *entry else {
                     return (None, Outcome::Retry);
                 };
                 let session = make(Restored::continuing(tombstone.identity), tombstone.created);
-                *entry = Entry::Resident(Arc::clone(&session));
-                (None, Outcome::Revived(session))
+                let held = Held::new(&session);
+                *entry = Entry::Resident(session);
+                (None, Outcome::Revived(held))
             }
             None => match restored {
                 Some(restored) => {
                     let created = self.next_created.fetch_add(1, Relaxed);
                     let session = make(restored, created);
-                    (
-                        Some(Entry::Resident(Arc::clone(&session))),
-                        Outcome::Created(session),
-                    )
+                    let held = Held::new(&session);
+                    (Some(Entry::Resident(session)), Outcome::Created(held))
                 }
                 None => (None, Outcome::Retry),
             },

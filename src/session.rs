@@ -201,12 +201,12 @@ pub(crate) struct Session<T> {
     pub(crate) shared: StdArc<Shared<T>>,
     /// Live subscriptions (statistics only).
     pub(crate) subscribers: std::sync::atomic::AtomicUsize,
-    /// Handles and subscriptions holding the session. Eviction requires 0,
-    /// read with Acquire against each holder's Release when it lets go, so
-    /// the store sees a holder's last appends before it decides the session
-    /// is empty. (The `Arc` count guards the transient references taken
-    /// under the map's lock too, but loom cannot see its orderings; this
-    /// counter is the part of the protocol a model checks.)
+    /// References to the session outside the map ([`Held`]: handles,
+    /// subscriptions, and every transient one a by-key call takes). Eviction
+    /// requires 0, read with Acquire against each holder's Release when it
+    /// lets go, so the store sees a holder's last appends before it decides
+    /// the session is empty. An explicit count, not `Arc::strong_count`, so
+    /// that loom sees the protocol's orderings.
     holders: AtomicUsize,
     /// Every position `<= durable` is in the durable log (0 without one).
     pub(crate) durable: AtomicU64,
@@ -268,17 +268,17 @@ impl<T> Session<T> {
         self.identity
     }
 
-    /// A handle or subscription starts holding the session.
-    pub(crate) fn hold(&self) {
-        // Relaxed: a new holder is made from a reference that already
-        // keeps the session from eviction (the map's lock, or another
-        // holder); only letting go needs ordering.
+    /// A new holder; see [`Held`].
+    fn hold(&self) {
+        // Relaxed: a new holder is made under the map's lock (which orders
+        // it before any eviction that could see it) or from another holder;
+        // only letting go needs ordering.
         self.holders
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A holder lets go, after its last append.
-    pub(crate) fn let_go(&self) {
+    fn let_go(&self) {
         // Release: pairs with the Acquire in `is_evictable`, so our appends
         // are visible to the store that sees us gone.
         self.holders
@@ -618,16 +618,16 @@ impl<T> Session<T> {
         if this.holders.load(std::sync::atomic::Ordering::Acquire) != 0 {
             return false;
         }
-        // Nobody else holds a reference either (a transient one taken under
-        // the map's lock, or the persister's while the session is dirty).
-        if Arc::strong_count(this) != 1 {
-            return false;
-        }
         this.trim(now);
         let tail = this.ring.published_tail();
-        tail == this.ring.claimed()
-            && this.ring.floor() >= tail
-            && (this.shared.persistence.is_none() || this.durable() >= tail)
+        // With a log: everything durable, and the life recorded (a tombstone
+        // revives a session as a life the log already knows).
+        let settled = this.shared.persistence.is_none()
+            || (this.durable() >= tail
+                && !this
+                    .life_unrecorded
+                    .load(std::sync::atomic::Ordering::Relaxed));
+        tail == this.ring.claimed() && this.ring.floor() >= tail && settled
     }
 }
 
@@ -664,25 +664,54 @@ impl<T> fmt::Debug for Session<T> {
 /// [`ReplayStore::session`]: crate::ReplayStore::session
 /// [`ReplayStore::remove_session`]: crate::ReplayStore::remove_session
 pub struct SessionHandle<T> {
-    session: Arc<Session<T>>,
+    session: Held<T>,
 }
 
 impl<T> SessionHandle<T> {
-    pub(crate) fn new(session: Arc<Session<T>>) -> Self {
-        session.hold();
+    pub(crate) fn new(session: Held<T>) -> Self {
         Self { session }
     }
 }
 
 impl<T> Clone for SessionHandle<T> {
     fn clone(&self) -> Self {
-        Self::new(Arc::clone(&self.session))
+        Self {
+            session: self.session.clone(),
+        }
     }
 }
 
-impl<T> Drop for SessionHandle<T> {
+/// A reference to a resident session that keeps it from eviction: the
+/// only way a session leaves the map's lock. Made under that lock (or from
+/// another `Held`), it counts itself in the session's holders and lets go
+/// when dropped.
+pub(crate) struct Held<T>(Arc<Session<T>>);
+
+impl<T> Held<T> {
+    /// Holds `session`; call with the map's shard lock held.
+    pub(crate) fn new(session: &Arc<Session<T>>) -> Self {
+        session.hold();
+        Self(Arc::clone(session))
+    }
+}
+
+impl<T> Clone for Held<T> {
+    fn clone(&self) -> Self {
+        Self::new(&self.0)
+    }
+}
+
+impl<T> std::ops::Deref for Held<T> {
+    type Target = Arc<Session<T>>;
+
+    fn deref(&self) -> &Arc<Session<T>> {
+        &self.0
+    }
+}
+
+impl<T> Drop for Held<T> {
     fn drop(&mut self) {
-        self.session.let_go();
+        self.0.let_go();
     }
 }
 
@@ -726,7 +755,7 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
     /// Subscribes after `cursor`, which must be for this session.
     pub fn subscribe_after(&self, cursor: &Cursor) -> Result<Subscription<T>, Error> {
         cursor.check_key(self.key())?;
-        Ok(Subscription::start(Arc::clone(&self.session), cursor)?)
+        Ok(Subscription::start(self.session.clone(), cursor)?)
     }
 
     /// The cursor at the published tail.
@@ -759,6 +788,8 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
 
 impl<T> fmt::Debug for SessionHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SessionHandle").field(&self.session).finish()
+        f.debug_tuple("SessionHandle")
+            .field(&*self.session.0)
+            .finish()
     }
 }

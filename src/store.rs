@@ -29,7 +29,7 @@ use crate::event::Event;
 use crate::key::SessionKey;
 use crate::map::{Found, SessionMap};
 use crate::persist::{restore_identity, DurableOptions, Persistence};
-use crate::session::{Session, SessionHandle, Shared, Weigher};
+use crate::session::{Held, Session, SessionHandle, Shared, Weigher};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 
@@ -213,7 +213,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
 
     /// The resident session for `key`: revived from its tombstone, restored
     /// from the durable log, or new.
-    fn resident(&self, key: &SessionKey) -> Result<Arc<Session<T>>, crate::Refusal> {
+    fn resident(&self, key: &SessionKey) -> Result<Held<T>, crate::Refusal> {
         self.sessions
             .get_or_create(key, &self.shared, &|| restore_identity(&self.shared, key))
     }

@@ -31,7 +31,7 @@ use futures_core::Stream;
 use crate::cursor::Cursor;
 use crate::error::{Gap, NextTimeoutError, TryNextError};
 use crate::event::Event;
-use crate::session::{Resume, Session};
+use crate::session::{Held, Resume};
 use crate::sync::{self, Arc};
 
 /// Every event after a cursor, buffered first and then live.
@@ -50,7 +50,7 @@ use crate::sync::{self, Arc};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Subscription<T> {
-    session: Arc<Session<T>>,
+    session: Held<T>,
     /// The next position to yield.
     next: u64,
     /// The cursor of the last event yielded (or the starting cursor).
@@ -66,7 +66,7 @@ pub struct Subscription<T> {
 impl<T> Subscription<T> {
     /// Checks `cursor` (already scoped to the session's key) like a replay,
     /// then starts reading after it.
-    pub(crate) fn start(session: Arc<Session<T>>, cursor: &Cursor) -> Result<Self, Gap> {
+    pub(crate) fn start(session: Held<T>, cursor: &Cursor) -> Result<Self, Gap> {
         let last_seen = match session.resume(cursor)? {
             Resume::AtTail => Cursor::new(
                 cursor.key().clone(),
@@ -80,7 +80,6 @@ impl<T> Subscription<T> {
         session
             .subscribers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        session.hold();
         Ok(Self {
             session,
             next: cursor.position() + 1,
@@ -94,12 +93,11 @@ impl<T> Subscription<T> {
     /// Starts reading after `last_seen` with no check: catch-up checked
     /// the cursor against every tier already. A lag ends it with an
     /// uncounted gap.
-    pub(crate) fn start_unchecked(session: Arc<Session<T>>, last_seen: Cursor) -> Self {
+    pub(crate) fn start_unchecked(session: Held<T>, last_seen: Cursor) -> Self {
         // Relaxed: a statistic.
         session
             .subscribers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        session.hold();
         Self {
             session,
             next: last_seen.position() + 1,
@@ -232,7 +230,6 @@ impl<T> Drop for Subscription<T> {
         self.session
             .subscribers
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.session.let_go();
     }
 }
 

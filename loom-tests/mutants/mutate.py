@@ -28,10 +28,6 @@ MUTATIONS = {
     "batch-first-to-last": [("src/ring/mod.rs",
         "            .iter()\n            .rev()\n",
         "            .iter()\n")],
-    # Eviction ignores that a handle still holds the session.
-    "evict-no-strong-count": [("src/session.rs",
-        "if Arc::strong_count(this) != 1 {",
-        "if false {")],
     # A claim after close is not refused.
     "claim-no-closed-check": [("src/ring/mod.rs",
         "if previous & CLOSED != 0 {",
@@ -81,17 +77,8 @@ MUTATIONS = {
         "if this.holders.load(std::sync::atomic::Ordering::Relaxed) != 0 {")],
     # A holder lets go without Release.
     "let-go-relaxed": [("src/session.rs",
-        "self.holders.fetch_sub(1, std::sync::atomic::Ordering::Release);",
-        "self.holders.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);")],
-    # Eviction ignores both the holder count and the Arc count.
-    "evict-no-holder-guards": [
-        ("src/session.rs",
-         "if this.holders.load(std::sync::atomic::Ordering::Acquire) != 0 {",
-         "if false {"),
-        ("src/session.rs",
-         "if Arc::strong_count(this) != 1 {",
-         "if false {"),
-    ],
+        ".fetch_sub(1, std::sync::atomic::Ordering::Release);",
+        ".fetch_sub(1, std::sync::atomic::Ordering::Relaxed);")],
     # Tiers. A revived session forgets its tombstone's identity.
     "revive-fresh-identity": [("src/map.rs",
         "let session = make(Restored::continuing(tombstone.identity), tombstone.created);",
