@@ -23,7 +23,8 @@
 //! 3. **Catch-up** of 100 000 events of one session from the log (ring
 //!    capacity 2048, so all but the last 2048 come from disk), redb against
 //!    a `MemoryLog`; then, once `is_live()`, append-to-delivery latency of
-//!    the caught-up reader against a plain subscription on the same store.
+//!    the caught-up reader against a plain subscription on the same store
+//!    (to a session holding as many events).
 //! 4. **Reopen to first served cursor** with 10 000 sessions in the log:
 //!    `RedbLog::open` + build the store + `catch_up` of a cursor issued
 //!    before the restart + its first event; against a log of one session.
@@ -882,24 +883,29 @@ fn catch_up(settings: &Settings, temp: &TempDir, out: &mut Out) {
     out.row("catch_up", "RedbLog", "ratio_over_memorylog", ratio);
 
     let reader = live_reader.expect("a redb catch-up that went live");
-    live_delivery(settings, &redb, &key, reader, out);
+    live_delivery(settings, &redb, &key, events, reader, out);
 }
 
 /// Append-to-delivery latency of a caught-up (live) catch-up, against a
-/// plain subscription on another session of the same store; one sample
-/// each in turn, the reader parked before each.
+/// plain subscription on another session of the same store, filled with
+/// the same `events` first (a full ring with history behind it delivers
+/// slower than a fresh one, so a fresh session would not isolate the
+/// reader); one sample each in turn, the reader parked before each.
 fn live_delivery(
     settings: &Settings,
     store: &Arc<Store>,
     key: &SessionKey,
+    events: usize,
     mut reader: CatchUp<Vec<u8>>,
     out: &mut Out,
 ) {
     let samples = settings.size(2_000, 100);
     println!(
-        "  hand-over to live: append-to-delivery latency, reader parked ({samples} samples each, taking turns, same store and persister)"
+        "  hand-over to live: append-to-delivery latency, reader parked ({samples} samples each, taking turns, same store and persister; the subscription's session holds {events} events too)"
     );
     let baseline_key = self::key("live-baseline");
+    fill_paced(store, &baseline_key, events);
+    assert_eq!(durable_stats(store).lost_events, 0);
     let caught_up = store.session(key).expect("session");
     let baseline = store.session(&baseline_key).expect("session");
     let mut subscription: Subscription<Vec<u8>> = baseline
