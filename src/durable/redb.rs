@@ -292,6 +292,11 @@ impl RedbLog {
     /// Creates the tables and checks the layout version, durably, so that
     /// readers always find every table.
     fn init(&self) -> Result<(), LogError> {
+        // An existing log of this format needs no write (a durable write
+        // transaction costs an fsync on every open).
+        if self.initialised()? {
+            return Ok(());
+        }
         let mut txn = self.db.begin_write().map_err(backend)?;
         txn.set_durability(Durability::Immediate).map_err(backend)?;
         {
@@ -314,6 +319,19 @@ impl RedbLog {
             }
         }
         txn.commit().map_err(backend)
+    }
+
+    /// Whether every table exists and the format is this version's.
+    fn initialised(&self) -> Result<bool, LogError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let tables_exist = txn.open_table(RECORDS).is_ok()
+            && txn.open_table(META).is_ok()
+            && txn.open_table(LISTING).is_ok();
+        let Ok(state) = txn.open_table(STATE) else {
+            return Ok(false);
+        };
+        let format = state.get(FORMAT_KEY).map_err(backend)?.map(|v| v.value());
+        Ok(tables_exist && format == Some(FORMAT))
     }
 
     fn begin_write(&self) -> Result<WriteTransaction, LogError> {
