@@ -187,7 +187,13 @@ impl RedbOptions {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct RedbLog {
-    db: Database,
+    /// The open database; `None` after a failed write, until the next call
+    /// reopens it (redb refuses every write after an I/O error until the
+    /// database is reopened, so this is how persistence resumes by itself
+    /// once the disk recovers).
+    db: std::sync::RwLock<Option<std::sync::Arc<Database>>>,
+    /// Opens the database again.
+    opener: Box<dyn Fn() -> Result<Database, ::redb::DatabaseError> + Send + Sync>,
     durability: Durability,
     path: PathBuf,
 }
@@ -219,13 +225,49 @@ impl RedbLog {
         if !path.exists() {
             Self::create_whole(&path, &options)?;
         }
-        let db = Builder::new()
-            .set_cache_size(options.cache_bytes)
-            .set_check_integrity_on_open(options.check_integrity)
-            .create(&path)
-            .map_err(backend)?;
+        let opened_path = path.clone();
+        Self::with_opener(
+            path,
+            &options,
+            Box::new(move || {
+                Builder::new()
+                    .set_cache_size(options.cache_bytes)
+                    .set_check_integrity_on_open(options.check_integrity)
+                    .create(&opened_path)
+            }),
+        )
+    }
+
+    /// A log over a custom redb storage backend, made by `make` at open and
+    /// again at each reopen after a failed write (tests inject I/O errors
+    /// this way). `name` stands for the path in messages.
+    #[doc(hidden)]
+    pub fn open_with_backend<B: ::redb::StorageBackend>(
+        name: impl Into<PathBuf>,
+        options: RedbOptions,
+        make: impl Fn() -> B + Send + Sync + 'static,
+    ) -> Result<Self, LogError> {
+        let cache = options.cache_bytes;
+        Self::with_opener(
+            name.into(),
+            &options,
+            Box::new(move || {
+                Builder::new()
+                    .set_cache_size(cache)
+                    .create_with_backend(make())
+            }),
+        )
+    }
+
+    fn with_opener(
+        path: PathBuf,
+        options: &RedbOptions,
+        opener: Box<dyn Fn() -> Result<Database, ::redb::DatabaseError> + Send + Sync>,
+    ) -> Result<Self, LogError> {
+        let db = opener().map_err(backend)?;
         let log = Self {
-            db,
+            db: std::sync::RwLock::new(Some(std::sync::Arc::new(db))),
+            opener,
             durability: match options.durability {
                 RedbDurability::Immediate => Durability::Immediate,
                 RedbDurability::Deferred => Durability::None,
@@ -234,6 +276,30 @@ impl RedbLog {
         };
         log.init()?;
         Ok(log)
+    }
+
+    /// The open database, reopened first if a failed write closed it.
+    fn database(&self) -> Result<std::sync::Arc<Database>, LogError> {
+        if let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(std::sync::Arc::clone(db));
+        }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(std::sync::Arc::clone(db));
+        }
+        let db = std::sync::Arc::new((self.opener)().map_err(backend)?);
+        *slot = Some(std::sync::Arc::clone(&db));
+        Ok(db)
+    }
+
+    /// A write failed: close the database, so the next call reopens it
+    /// (redb refuses writes after an I/O error until then). It closes when
+    /// the last reader in flight lets go.
+    fn write_failed<R>(&self, result: Result<R, LogError>) -> Result<R, LogError> {
+        if let Err(LogError::Backend(_)) = &result {
+            *self.db.write().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        result
     }
 
     /// Creates a new, initialised log file at `path` so that a crash never
@@ -247,16 +313,13 @@ impl RedbLog {
         let temporary = std::path::PathBuf::from(temporary);
         // A leftover of our own pid is from an earlier crash of this pid.
         let _ = std::fs::remove_file(&temporary);
-        let db = Builder::new()
-            .set_cache_size(options.cache_bytes)
-            .create(&temporary)
-            .map_err(backend)?;
-        let log = Self {
-            db,
-            durability: Durability::Immediate,
-            path: temporary.clone(),
-        };
-        log.init()?;
+        let cache = options.cache_bytes;
+        let at = temporary.clone();
+        let log = Self::with_opener(
+            temporary.clone(),
+            &RedbOptions::default(),
+            Box::new(move || Builder::new().set_cache_size(cache).create(&at)),
+        )?;
         drop(log);
         let linked = std::fs::hard_link(&temporary, path);
         let _ = std::fs::remove_file(&temporary);
@@ -284,9 +347,12 @@ impl RedbLog {
     /// `Immediate` durability). A no-op in effect under
     /// [`RedbDurability::Immediate`], where every commit already is.
     pub fn sync(&self) -> Result<(), LogError> {
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::Immediate).map_err(backend)?;
-        txn.commit().map_err(backend)
+        let db = self.database()?;
+        self.write_failed((|| {
+            let mut txn = db.begin_write().map_err(backend)?;
+            txn.set_durability(Durability::Immediate).map_err(backend)?;
+            txn.commit().map_err(backend)
+        })())
     }
 
     /// Creates the tables and checks the layout version, durably, so that
@@ -297,7 +363,8 @@ impl RedbLog {
         if self.initialised()? {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(backend)?;
+        let db = self.database()?;
+        let mut txn = db.begin_write().map_err(backend)?;
         txn.set_durability(Durability::Immediate).map_err(backend)?;
         {
             txn.open_table(RECORDS).map_err(backend)?;
@@ -323,7 +390,7 @@ impl RedbLog {
 
     /// Whether every table exists and the format is this version's.
     fn initialised(&self) -> Result<bool, LogError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.database()?.begin_read().map_err(backend)?;
         let tables_exist = txn.open_table(RECORDS).is_ok()
             && txn.open_table(META).is_ok()
             && txn.open_table(LISTING).is_ok();
@@ -334,19 +401,75 @@ impl RedbLog {
         Ok(tables_exist && format == Some(FORMAT))
     }
 
-    fn begin_write(&self) -> Result<WriteTransaction, LogError> {
-        let mut txn = self.db.begin_write().map_err(backend)?;
+    fn begin_write(&self, db: &Database) -> Result<WriteTransaction, LogError> {
+        let mut txn = db.begin_write().map_err(backend)?;
         txn.set_durability(self.durability).map_err(backend)?;
         Ok(txn)
     }
 }
 
-impl DurableLog for RedbLog {
-    fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+impl RedbLog {
+    fn archive_in(&self, db: &Database, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
+        // Read and decide inside the write transaction: the persister may
+        // be appending, and the tail checked must be the tail archived.
+        let txn = self.begin_write(db)?;
+        let archived;
+        {
+            let mut metas = txn.open_table(META).map_err(backend)?;
+            let Some((seq, mut meta)) = read_meta(&metas, key)? else {
+                return Ok(0);
+            };
+            let watermark = watermark.min(meta.durable_tail);
+            if watermark <= meta.archived_through {
+                return Ok(0);
+            }
+            let (tenant, session) = (key.tenant(), key.session());
+            let mut records = txn.open_table(RECORDS).map_err(backend)?;
+            // Records are contiguous, so only the last one at or below the
+            // watermark can reach past it (a straddling hole); it stays, and
+            // loads skip its archived part.
+            let mut gone = Vec::new();
+            let mut events = 0u64;
+            for entry in records
+                .range((tenant, session, 0)..=(tenant, session, watermark))
+                .map_err(backend)?
+            {
+                let (k, v) = entry.map_err(backend)?;
+                let position = k.value().2;
+                let (header, _) = decode_header(key, position, v.value())?;
+                if last_position(key, position, &header)? <= watermark {
+                    gone.push(position);
+                    if matches!(header.body, BodyV1::Event { .. }) {
+                        events += 1;
+                    }
+                }
+            }
+            for position in gone {
+                records
+                    .remove((tenant, session, position))
+                    .map_err(backend)?;
+            }
+            meta.event_count = meta.event_count.checked_sub(events).ok_or_else(|| {
+                LogError::Corrupt(format!(
+                    "{key}: the meta counts {} events, but {events} were archived",
+                    meta.event_count
+                ))
+            })?;
+            meta.archived_through = watermark;
+            let bytes = encode_meta(seq, &meta)?;
+            metas
+                .insert((tenant, session), bytes.as_slice())
+                .map_err(backend)?;
+            archived = events;
+        }
+        txn.commit().map_err(backend)?;
+        Ok(archived)
+    }
+    fn append_in(&self, db: &Database, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
         if writes.is_empty() {
             return Ok(());
         }
-        let txn = self.begin_write()?;
+        let txn = self.begin_write(db)?;
         {
             let mut metas = txn.open_table(META).map_err(backend)?;
             // Validate everything before writing anything: one call is all
@@ -429,6 +552,13 @@ impl DurableLog for RedbLog {
         }
         txn.commit().map_err(backend)
     }
+}
+
+impl DurableLog for RedbLog {
+    fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+        let db = self.database()?;
+        self.write_failed(self.append_in(&db, writes))
+    }
 
     fn load_after(
         &self,
@@ -436,7 +566,7 @@ impl DurableLog for RedbLog {
         after: u64,
         limit: usize,
     ) -> Result<Vec<LogRecord>, LogError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.database()?.begin_read().map_err(backend)?;
         let metas = txn.open_table(META).map_err(backend)?;
         let Some((_, meta)) = read_meta(&metas, key)? else {
             return Ok(Vec::new());
@@ -479,66 +609,14 @@ impl DurableLog for RedbLog {
     }
 
     fn meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.database()?.begin_read().map_err(backend)?;
         let metas = txn.open_table(META).map_err(backend)?;
         Ok(read_meta(&metas, key)?.map(|(_, meta)| meta))
     }
 
     fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
-        // Read and decide inside the write transaction: the persister may
-        // be appending, and the tail checked must be the tail archived.
-        let txn = self.begin_write()?;
-        let archived;
-        {
-            let mut metas = txn.open_table(META).map_err(backend)?;
-            let Some((seq, mut meta)) = read_meta(&metas, key)? else {
-                return Ok(0);
-            };
-            let watermark = watermark.min(meta.durable_tail);
-            if watermark <= meta.archived_through {
-                return Ok(0);
-            }
-            let (tenant, session) = (key.tenant(), key.session());
-            let mut records = txn.open_table(RECORDS).map_err(backend)?;
-            // Records are contiguous, so only the last one at or below the
-            // watermark can reach past it (a straddling hole); it stays, and
-            // loads skip its archived part.
-            let mut gone = Vec::new();
-            let mut events = 0u64;
-            for entry in records
-                .range((tenant, session, 0)..=(tenant, session, watermark))
-                .map_err(backend)?
-            {
-                let (k, v) = entry.map_err(backend)?;
-                let position = k.value().2;
-                let (header, _) = decode_header(key, position, v.value())?;
-                if last_position(key, position, &header)? <= watermark {
-                    gone.push(position);
-                    if matches!(header.body, BodyV1::Event { .. }) {
-                        events += 1;
-                    }
-                }
-            }
-            for position in gone {
-                records
-                    .remove((tenant, session, position))
-                    .map_err(backend)?;
-            }
-            meta.event_count = meta.event_count.checked_sub(events).ok_or_else(|| {
-                LogError::Corrupt(format!(
-                    "{key}: the meta counts {} events, but {events} were archived",
-                    meta.event_count
-                ))
-            })?;
-            meta.archived_through = watermark;
-            let bytes = encode_meta(seq, &meta)?;
-            metas
-                .insert((tenant, session), bytes.as_slice())
-                .map_err(backend)?;
-            archived = events;
-        }
-        txn.commit().map_err(backend)?;
-        Ok(archived)
+        let db = self.database()?;
+        self.write_failed(self.archive_in(&db, key, watermark))
     }
 
     fn sessions(
@@ -550,7 +628,7 @@ impl DurableLog for RedbLog {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.database()?.begin_read().map_err(backend)?;
         let listing = txn.open_table(LISTING).map_err(backend)?;
         let mut out = Vec::new();
         // Creation numbers ascend, so walking the tenant's range backwards
