@@ -44,10 +44,14 @@
 mod memory;
 #[cfg(feature = "redb")]
 mod redb;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use self::memory::MemoryLog;
 #[cfg(feature = "redb")]
 pub use self::redb::{RedbDurability, RedbLog, RedbOptions};
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisLog, RedisOptions};
 
 use std::fmt;
 
