@@ -474,6 +474,29 @@ fn a_killed_server_fails_calls_and_a_restarted_one_serves_again() {
     assert!(log
         .wait_after(&k, 7, Duration::from_secs(1))
         .expect("wait_after after the restart"));
+    assert_eq!(listed(&log, "t"), std::slice::from_ref(&k));
+
+    // Killed and restarted between two calls: the log's connections are
+    // stale, yet the very next calls succeed (one fresh retry each).
+    backend.server.kill9();
+    backend.server.restart();
+    assert_eq!(meta_of(&log, &k).durable_tail, 8);
+    backend.server.kill9();
+    backend.server.restart();
+    append_ok(&log, &k, None, &events(9..=9, 1));
+    backend.server.kill9();
+    backend.server.restart();
+    assert!(log
+        .wait_after(&k, 8, Duration::from_secs(1))
+        .expect("wait_after on a stale idle connection"));
+    backend.server.kill9();
+    backend.server.restart();
+    assert_eq!(positions(&load_all(&log, &k)), [3, 4, 5, 6, 8, 9]);
+    backend.server.kill9();
+    backend.server.restart();
+    assert_eq!(log.archive_before(&k, 8).expect("archive"), 4);
+    backend.server.kill9();
+    backend.server.restart();
     assert_eq!(listed(&log, "t"), [k]);
 }
 

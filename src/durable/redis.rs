@@ -92,14 +92,25 @@
 //!
 //! One connection, behind a mutex, carries every call but
 //! [`RedisLog::wait_after`] (which blocks, so it uses idle connections of
-//! its own). Any failure drops the connection; the next call connects
-//! again, so a restarted server is picked up by the same `RedisLog`.
+//! its own); calls are serialized on it. Any transport failure drops the
+//! connection and the next call connects again; a call whose first round
+//! trip (which never writes) fails on a connection an earlier call opened,
+//! other than by a timeout, tries once more on a fresh one, so a restarted server is served from the
+//! first call after it is back.
+//!
+//! A write whose `EXEC` reply is lost (the connection broke, or the server
+//! was killed after writing its append-only file but before replying) fails
+//! with [`LogError::Backend`] although it may have been applied: Redis is
+//! across a network, and the outcome of that round trip is unknown. A retry
+//! of the same records is then refused as [`LogError::NotContiguous`] (the
+//! tail moved); the caller has to read [`DurableLog::meta`] to learn which.
 //!
 //! Transactions touch the keys of every session of a call plus the counter
 //! and the listings: on Redis Cluster that is several slots, which `MULTI`
 //! refuses (`CROSSSLOT`). This backend is for one primary (with replicas, or
 //! a Sentinel-managed failover in front).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -225,7 +236,7 @@ impl RedisLog {
             conn: Mutex::new(None),
             waiters: Mutex::new(Vec::new()),
         };
-        let mut slot = log.connection()?;
+        let (mut slot, _) = log.connection()?;
         let info = round_trip(&mut slot, &[cmd("INFO").arg("server").clone()])?;
         let text = bulk(info.into_iter().next().unwrap_or(Value::Nil), "INFO")?.unwrap_or_default();
         check_version(&String::from_utf8_lossy(&text))?;
@@ -257,6 +268,7 @@ impl RedisLog {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
+        let reused = idle.is_some();
         let mut slot = match idle {
             Some(con) => Some(con),
             None => Some(self.connect()?),
@@ -264,12 +276,23 @@ impl RedisLog {
         let millis = u64::try_from(timeout.as_millis())
             .unwrap_or(u64::MAX)
             .min(i64::MAX as u64);
-        if let Some(con) = slot.as_mut() {
-            // The block plus the usual allowance for the reply.
-            let read = timeout.saturating_add(self.options.io_timeout);
-            con.set_read_timeout(nonzero(read)).map_err(backend)?;
+        // The block plus the usual allowance for the reply.
+        let read_timeout = nonzero(timeout.saturating_add(self.options.io_timeout));
+        let get = [cmd("GET").arg(&keys.meta).clone()];
+        let prepare = |con: &Connection| con.set_read_timeout(read_timeout).map_err(backend);
+        if let Some(con) = slot.as_ref() {
+            prepare(con)?;
         }
-        let replies = round_trip(&mut slot, &[cmd("GET").arg(&keys.meta).clone()])?;
+        let mut replies = round_trip(&mut slot, &get);
+        if reused && slot.is_none() && replies.as_ref().is_err_and(|e| !is_timeout(e)) {
+            // An idle connection that failed at once is stale (the server
+            // restarted): once more on a fresh one.
+            let con = self.connect()?;
+            prepare(&con)?;
+            slot = Some(con);
+            replies = round_trip(&mut slot, &get);
+        }
+        let replies = replies?;
         let meta = decode_meta(key, one(replies, "GET")?)?;
         let found = if meta.is_some_and(|(_, m, _)| m.durable_tail > after) {
             true
@@ -318,93 +341,123 @@ impl RedisLog {
         Ok(con)
     }
 
-    /// The shared connection, connected.
-    fn connection(&self) -> Result<MutexGuard<'_, Option<Connection>>, LogError> {
+    /// The shared connection, connected, and whether it was open already
+    /// (it may be stale: the server may have restarted since).
+    fn connection(&self) -> Result<(MutexGuard<'_, Option<Connection>>, bool), LogError> {
         let mut slot = self.conn.lock().unwrap_or_else(|poisoned| {
             // A panic mid-call may have left a WATCH or MULTI open on it.
             let mut slot = poisoned.into_inner();
             *slot = None;
             slot
         });
-        if slot.is_none() {
+        let reused = slot.is_some();
+        if !reused {
             *slot = Some(self.connect()?);
         }
-        Ok(slot)
+        Ok((slot, reused))
+    }
+
+    /// The first round trip of a call, which writes nothing: if it fails on
+    /// the transport of a connection opened by an earlier call (the server
+    /// restarted, an idle connection was cut), it is tried once more on a
+    /// fresh connection, so a restarted server is served from the first call.
+    fn first_trip(
+        &self,
+        slot: &mut Option<Connection>,
+        reused: bool,
+        cmds: &[Cmd],
+    ) -> Result<Vec<Value>, LogError> {
+        match round_trip(slot, cmds) {
+            Err(e) if reused && slot.is_none() && !is_timeout(&e) => {
+                *slot = Some(self.connect()?);
+                round_trip(slot, cmds)
+            }
+            result => result,
+        }
     }
 
     /// One attempt of [`DurableLog::append`]: `Ok(false)` if a watched
-    /// key changed and the call must start over.
+    /// key changed and the call must start over. Leaves nothing watched.
     fn try_append(
         &self,
         slot: &mut Option<Connection>,
+        reused: bool,
         writes: &[SessionWrite<'_>],
     ) -> Result<bool, LogError> {
         // Sessions in the order they first appear: the order new ones get
         // their creation numbers (as in the other backends).
+        let mut index: HashMap<&SessionKey, usize> = HashMap::new();
         let mut sessions: Vec<&SessionKey> = Vec::new();
         for write in writes {
-            if !sessions.contains(&write.key) {
+            index.entry(write.key).or_insert_with(|| {
                 sessions.push(write.key);
-            }
+                sessions.len() - 1
+            });
         }
         let keys: Vec<SessionKeys> = sessions
             .iter()
             .map(|key| SessionKeys::new(&self.options.prefix, key))
             .collect();
-        let mut read = Vec::with_capacity(keys.len() + 1);
         let mut watch = cmd("WATCH");
         for k in &keys {
             watch.arg(&k.meta);
         }
-        read.push(watch);
+        let mut read = vec![watch];
         read.extend(keys.iter().map(|k| cmd("GET").arg(&k.meta).clone()));
-        let mut replies = round_trip(slot, &read)?.into_iter();
+        let replies = self.first_trip(slot, reused, &read)?;
+        match self.stage_append(slot, writes, &index, &sessions, &keys, replies) {
+            Ok(Some(tx)) => exec(slot, &tx, "append"),
+            Ok(None) => {
+                // Only empty writes to known sessions: nothing changes.
+                unwatch(slot);
+                Ok(true)
+            }
+            Err(e) => {
+                unwatch(slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// Validates an append against the metas read under `WATCH` and builds
+    /// its transaction; `None` if it changes nothing.
+    fn stage_append(
+        &self,
+        slot: &mut Option<Connection>,
+        writes: &[SessionWrite<'_>],
+        index: &HashMap<&SessionKey, usize>,
+        sessions: &[&SessionKey],
+        keys: &[SessionKeys],
+        replies: Vec<Value>,
+    ) -> Result<Option<Vec<Cmd>>, LogError> {
+        let mut replies = replies.into_iter();
         ok_reply(replies.next().unwrap_or(Value::Nil), "WATCH")?;
-        let mut staged = Vec::with_capacity(keys.len());
+        let mut staged = Vec::with_capacity(sessions.len());
         for (key, reply) in sessions.iter().zip(replies) {
-            let decoded = decode_meta(key, reply);
-            let stage = match decoded {
-                Ok(Some((seq, meta, holes))) => Staged {
-                    seq: Some(seq),
-                    meta: Some(meta),
-                    holes,
-                    changed: false,
-                    first_recorded: false,
-                },
-                Ok(None) => Staged {
-                    seq: None,
-                    meta: None,
-                    holes: Vec::new(),
-                    changed: false,
-                    first_recorded: false,
-                },
-                Err(e) => {
-                    unwatch(slot);
-                    return Err(e);
-                }
+            let (seq, meta, holes) = match decode_meta(key, reply)? {
+                Some((seq, meta, holes)) => (Some(seq), Some(meta), holes),
+                None => (None, None, Vec::new()),
             };
-            staged.push(stage);
+            staged.push(Staged {
+                seq,
+                meta,
+                holes,
+                changed: false,
+                first_recorded: false,
+            });
         }
         // Validate everything before writing anything. A session written
         // twice in one call validates against its state after the earlier
         // write.
         for write in writes {
-            let index = sessions
-                .iter()
-                .position(|k| *k == write.key)
-                .unwrap_or_default();
-            let stage = &mut staged[index];
-            if let Err(e) = validate_write(write.key, stage.meta.as_ref(), write) {
-                unwatch(slot);
-                return Err(e);
-            }
+            let stage = &mut staged[index[write.key]];
+            validate_write(write.key, stage.meta.as_ref(), write)?;
             // Nothing to record for a session the log does not know: not
             // listed, no meta (as in the other backends).
             if write.new_life.is_none() && write.records.is_empty() {
                 continue;
             }
-            let meta = stage.meta.get_or_insert_with(empty_meta);
-            apply_to_meta(meta, write);
+            apply_to_meta(stage.meta.get_or_insert_with(empty_meta), write);
             stage
                 .holes
                 .extend(write.records.iter().filter_map(|r| match r.body {
@@ -413,20 +466,19 @@ impl RedisLog {
                 }));
             stage.changed = true;
         }
+        if !staged.iter().any(|s| s.changed) {
+            return Ok(None);
+        }
         let new = staged
             .iter()
             .filter(|s| s.changed && s.seq.is_none())
             .count() as u64;
         if new > 0 {
+            // Creation numbers, outside the transaction (its commands
+            // cannot use each other's results); an abort wastes them.
             let counter = format!("{}:seq", self.options.prefix);
-            let reply = round_trip(slot, &[cmd("INCRBY").arg(counter).arg(new).clone()]);
-            let last = match reply.and_then(|r| int(one(r, "INCRBY")?, "INCRBY")) {
-                Ok(last) => last,
-                Err(e) => {
-                    unwatch(slot);
-                    return Err(e);
-                }
-            };
+            let reply = round_trip(slot, &[cmd("INCRBY").arg(counter).arg(new).clone()])?;
+            let last = int(one(reply, "INCRBY")?, "INCRBY")?;
             let first = last.saturating_sub(new - 1);
             let unlisted = staged.iter_mut().filter(|s| s.changed && s.seq.is_none());
             for (seq, stage) in (first..).zip(unlisted) {
@@ -434,31 +486,20 @@ impl RedisLog {
                 stage.first_recorded = true;
             }
         }
-
         let mut tx = vec![cmd("MULTI")];
         for write in writes {
-            let log = &keys[sessions
-                .iter()
-                .position(|k| *k == write.key)
-                .unwrap_or_default()]
-            .log;
+            let log = &keys[index[write.key]].log;
             for record in write.records {
                 tx.push(xadd(log, record)?);
             }
         }
-        for ((key, k), stage) in sessions.iter().zip(&keys).zip(&staged) {
-            let (Some(seq), Some(meta)) = (stage.seq, stage.meta.as_ref()) else {
+        for ((key, k), stage) in sessions.iter().zip(keys).zip(&staged) {
+            let (true, Some(seq), Some(meta)) = (stage.changed, stage.seq, stage.meta.as_ref())
+            else {
                 continue;
             };
-            if !stage.changed {
-                continue;
-            }
-            tx.push(
-                cmd("SET")
-                    .arg(&k.meta)
-                    .arg(encode_meta(seq, meta, &stage.holes)?)
-                    .clone(),
-            );
+            let bytes = encode_meta(seq, meta, &stage.holes)?;
+            tx.push(cmd("SET").arg(&k.meta).arg(bytes).clone());
             if stage.first_recorded {
                 tx.push(
                     cmd("ZADD")
@@ -470,86 +511,84 @@ impl RedisLog {
                 );
             }
         }
-        if tx.len() == 1 {
-            // Only empty writes to known sessions: nothing changes.
-            unwatch(slot);
-            return Ok(true);
-        }
         tx.push(cmd("EXEC"));
-        exec(slot, &tx, "append")
+        Ok(Some(tx))
     }
 
     /// One attempt of [`DurableLog::archive_before`]; `None` if a watched
-    /// key changed.
+    /// key changed. Leaves nothing watched.
     fn try_archive(
         &self,
         slot: &mut Option<Connection>,
+        reused: bool,
         key: &SessionKey,
         watermark: u64,
     ) -> Result<Option<u64>, LogError> {
         let keys = SessionKeys::new(&self.options.prefix, key);
-        let replies = round_trip(
+        let replies = self.first_trip(
             slot,
+            reused,
             &[
                 cmd("WATCH").arg(&keys.meta).clone(),
                 cmd("GET").arg(&keys.meta).clone(),
             ],
         )?;
-        let mut replies = replies.into_iter();
-        ok_reply(replies.next().unwrap_or(Value::Nil), "WATCH")?;
-        let decoded = decode_meta(key, replies.next().unwrap_or(Value::Nil));
-        let (seq, mut meta, mut holes) = match decoded {
-            Ok(Some(found)) => found,
+        match stage_archive(key, &keys, watermark, replies) {
+            Ok(Some((tx, events))) => Ok(exec(slot, &tx, "archive")?.then_some(events)),
             Ok(None) => {
                 unwatch(slot);
-                return Ok(Some(0));
+                Ok(Some(0))
             }
             Err(e) => {
                 unwatch(slot);
-                return Err(e);
+                Err(e)
             }
-        };
-        let watermark = watermark.min(meta.durable_tail);
-        if watermark <= meta.archived_through {
-            unwatch(slot);
-            return Ok(Some(0));
         }
-        let plan = plan_archive(key, &meta, &holes, watermark);
-        let (min_id, events) = match plan {
-            Ok(plan) => plan,
-            Err(e) => {
-                unwatch(slot);
-                return Err(e);
-            }
-        };
-        meta.event_count = match meta.event_count.checked_sub(events) {
-            Some(count) => count,
-            None => {
-                unwatch(slot);
-                return Err(LogError::Corrupt(format!(
-                    "{key}: the meta counts {} events, but {events} are archived",
-                    meta.event_count
-                )));
-            }
-        };
-        meta.archived_through = watermark;
-        holes.retain(|&(position, count)| position + (count - 1) > watermark);
-        let tx = [
-            cmd("MULTI"),
-            cmd("XTRIM")
-                .arg(&keys.log)
-                .arg("MINID")
-                .arg("=")
-                .arg(format!("{min_id}-0"))
-                .clone(),
-            cmd("SET")
-                .arg(&keys.meta)
-                .arg(encode_meta(seq, &meta, &holes)?)
-                .clone(),
-            cmd("EXEC"),
-        ];
-        Ok(exec(slot, &tx, "archive")?.then_some(events))
     }
+}
+
+/// Plans an archive from the meta read under `WATCH`: its transaction and
+/// the events it archives, or `None` if there is nothing to archive.
+fn stage_archive(
+    key: &SessionKey,
+    keys: &SessionKeys,
+    watermark: u64,
+    replies: Vec<Value>,
+) -> Result<Option<([Cmd; 4], u64)>, LogError> {
+    let mut replies = replies.into_iter();
+    ok_reply(replies.next().unwrap_or(Value::Nil), "WATCH")?;
+    let Some((seq, mut meta, mut holes)) = decode_meta(key, replies.next().unwrap_or(Value::Nil))?
+    else {
+        return Ok(None);
+    };
+    let watermark = watermark.min(meta.durable_tail);
+    if watermark <= meta.archived_through {
+        return Ok(None);
+    }
+    let (min_id, events) = plan_archive(key, &meta, &holes, watermark)?;
+    meta.event_count = meta.event_count.checked_sub(events).ok_or_else(|| {
+        LogError::Corrupt(format!(
+            "{key}: the meta counts {} events, but {events} are archived",
+            meta.event_count
+        ))
+    })?;
+    meta.archived_through = watermark;
+    holes.retain(|&(position, count)| position + (count - 1) > watermark);
+    let tx = [
+        cmd("MULTI"),
+        cmd("XTRIM")
+            .arg(&keys.log)
+            .arg("MINID")
+            .arg("=")
+            .arg(format!("{min_id}-0"))
+            .clone(),
+        cmd("SET")
+            .arg(&keys.meta)
+            .arg(encode_meta(seq, &meta, &holes)?)
+            .clone(),
+        cmd("EXEC"),
+    ];
+    Ok(Some((tx, events)))
 }
 
 impl DurableLog for RedisLog {
@@ -557,9 +596,9 @@ impl DurableLog for RedisLog {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut slot = self.connection()?;
-        for _ in 0..MAX_ATTEMPTS {
-            if self.try_append(&mut slot, writes)? {
+        let (mut slot, reused) = self.connection()?;
+        for attempt in 0..MAX_ATTEMPTS {
+            if self.try_append(&mut slot, reused && attempt == 0, writes)? {
                 return Ok(());
             }
         }
@@ -603,8 +642,8 @@ impl DurableLog for RedisLog {
                 .clone(),
             cmd("EXEC"),
         ];
-        let mut slot = self.connection()?;
-        let replies = round_trip(&mut slot, &tx)?;
+        let (mut slot, reused) = self.connection()?;
+        let replies = self.first_trip(&mut slot, reused, &tx)?;
         drop(slot);
         let [get, before, from] = exec_replies::<3>(replies, "load_after")?;
         let Some((_, meta, _)) = decode_meta(key, get)? else {
@@ -656,16 +695,18 @@ impl DurableLog for RedisLog {
 
     fn meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError> {
         let keys = SessionKeys::new(&self.options.prefix, key);
-        let mut slot = self.connection()?;
-        let replies = round_trip(&mut slot, &[cmd("GET").arg(&keys.meta).clone()])?;
+        let (mut slot, reused) = self.connection()?;
+        let replies = self.first_trip(&mut slot, reused, &[cmd("GET").arg(&keys.meta).clone()])?;
         drop(slot);
         Ok(decode_meta(key, one(replies, "GET")?)?.map(|(_, meta, _)| meta))
     }
 
     fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
-        let mut slot = self.connection()?;
-        for _ in 0..MAX_ATTEMPTS {
-            if let Some(archived) = self.try_archive(&mut slot, key, watermark)? {
+        let (mut slot, reused) = self.connection()?;
+        for attempt in 0..MAX_ATTEMPTS {
+            if let Some(archived) =
+                self.try_archive(&mut slot, reused && attempt == 0, key, watermark)?
+            {
                 return Ok(archived);
             }
         }
@@ -685,9 +726,10 @@ impl DurableLog for RedisLog {
         }
         let limit = u64::try_from(limit).unwrap_or(u64::MAX);
         let stop = offset.saturating_add(limit - 1).min(max);
-        let mut slot = self.connection()?;
-        let replies = round_trip(
+        let (mut slot, reused) = self.connection()?;
+        let replies = self.first_trip(
             &mut slot,
+            reused,
             &[cmd("ZREVRANGE")
                 .arg(listing_key(&self.options.prefix, tenant))
                 .arg(offset)
@@ -1016,6 +1058,17 @@ fn contended(what: &str) -> LogError {
         )
         .into(),
     )
+}
+
+/// Whether a call failed by waiting too long (a slow or frozen server: a
+/// fresh connection would wait as long), rather than on a broken one.
+fn is_timeout(error: &LogError) -> bool {
+    match error {
+        LogError::Backend(source) => source
+            .downcast_ref::<::redis::RedisError>()
+            .is_some_and(::redis::RedisError::is_timeout),
+        _ => false,
+    }
 }
 
 fn nonzero(duration: Duration) -> Option<Duration> {
