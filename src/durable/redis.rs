@@ -70,7 +70,7 @@
 //!
 //! | call | commands | round trips |
 //! |---|---|---|
-//! | `append` | `WATCH` metas + `GET` each; (`INCRBY <prefix>:seq n` when it records new sessions); `MULTI`, `XADD <log> <position>-0 …` per record, `SET` meta per changed session, `ZADD … NX` per new session, `EXEC` | 2 (3 when new sessions are recorded; 1 more per retry) |
+//! | `append` | `WATCH` metas + `GET` each; (`INCRBY <prefix>:seq n` when it records new sessions); `MULTI`, `XADD <log> <position>-0 …` per record, `SET` meta per changed session, `ZADD … NX` per new session, `EXEC` | 2 (3 when new sessions are recorded; 2 more per retry; a refused call: the read and an `UNWATCH`) |
 //! | `load_after` | `MULTI`, `GET` meta, `XREVRANGE <log> (<after+1>-0 - COUNT 1` (a hole covering `after + 1` starts before it), `XRANGE <log> <after+1>-0 + COUNT <limit>`, `EXEC` | 1 |
 //! | `meta` | `GET` | 1 |
 //! | `archive_before` | `WATCH` meta + `GET`; `MULTI`, `XTRIM <log> MINID <m>-0`, `SET` meta, `EXEC` | 2 (1 when nothing is to archive) |
@@ -88,7 +88,9 @@
 //! and the default `appendfsync everysec`, a killed `redis-server` loses
 //! nothing it acknowledged (the append-only file is written before the
 //! reply), a power loss up to a second; `appendfsync always` closes that
-//! second at the cost of an `fsync` per write.
+//! second at the cost of an `fsync` per write. The server must not evict
+//! keys (`maxmemory-policy noeviction`, the default): an evicted stream or
+//! meta is history silently gone.
 //!
 //! One connection, behind a mutex, carries every call but
 //! [`RedisLog::wait_after`] (which blocks, so it uses idle connections of
