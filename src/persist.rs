@@ -22,7 +22,9 @@
 //! # Invariants
 //!
 //! 1. The persister is the only writer of the log and of the watermarks;
-//!    a watermark only grows, and only after the commit that covers it.
+//!    a watermark only grows, and only after the commit that covers it
+//!    (unless the log is found to have lost writes it acknowledged: then
+//!    it follows the log back, see invariant 6).
 //! 2. Records go to the log in position order, contiguous from the
 //!    watermark: positions the ring no longer holds (it lapped them while
 //!    the log stalled or failed) are written as one hole record with their
@@ -39,6 +41,14 @@
 //!    last position, as a new life that the persister records only once the
 //!    removed one is durable, so the log stays contiguous and one session's
 //!    wait never fails another's commit.
+//! 6. The log refusing one session's records (its tail is not our
+//!    watermark) never holds the others back: that session is taken out of
+//!    the commit, and the log's tail re-read. If the session's newest life
+//!    is ours, we adopt the tail (an earlier write landed though its reply
+//!    was lost, or the log lost acknowledged writes: `stats()` counts a
+//!    regression) and write on from there; otherwise another writer has the
+//!    session and it is *fenced*: its events stay in the ring, counted in
+//!    `stats()`, and are no longer written.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc as StdArc, Mutex, OnceLock};
@@ -50,7 +60,7 @@ use event_listener::{Event as Notifier, EventListener};
 use crate::codec::Codec;
 use crate::cursor::{Incarnation, Revision};
 use crate::durable::{
-    DurableLog, HoleReason, Life, Links, LogRecord, RecordBody, SessionWrite, StoredEvent,
+    DurableLog, HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionWrite, StoredEvent,
 };
 use crate::error::Refusal;
 use crate::key::SessionKey;
@@ -124,6 +134,8 @@ pub(crate) struct PersistCounters {
     pub(crate) log_failures: AtomicCounter,
     pub(crate) restored_sessions: AtomicCounter,
     pub(crate) undecodable_events: AtomicCounter,
+    pub(crate) fenced_sessions: AtomicCounter,
+    pub(crate) log_regressions: AtomicCounter,
 }
 
 /// The durable tier of one store.
@@ -389,6 +401,11 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             let Some(session) = self.queue.pop() else {
                 break;
             };
+            if session.fenced.load(Relaxed) {
+                // Another writer has it: it leaves the queue, and stays
+                // dirty, so appends never queue it again.
+                continue;
+            }
             if !keys.insert(Arc::as_ptr(&session) as usize) || self.waits_for_predecessor(&session)
             {
                 again.push(session);
@@ -500,26 +517,49 @@ impl<T: Send + Sync + 'static> Persistence<T> {
 
     /// Writes one commit; raises the watermarks if it succeeded, queues the
     /// sessions again if it failed. Returns whether it succeeded.
-    fn commit(&self, batch: Vec<Pending<T>>) -> bool {
-        let keys: Vec<_> = batch.iter().map(|p| p.session.key().clone()).collect();
+    fn commit(&self, mut batch: Vec<Pending<T>>) -> bool {
         let writing = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let writes: Vec<SessionWrite<'_>> = batch
-            .iter()
-            .zip(&keys)
-            .map(|(pending, key)| SessionWrite {
-                key,
-                // Recorded at restore time meanwhile: not again.
-                new_life: pending
-                    .new_life
-                    .filter(|_| pending.session.life_unrecorded.load(Relaxed)),
-                records: &pending.records,
-            })
-            .collect();
-        let result = self.log.append(&writes);
-        drop(writes);
+        // Sessions the log refused by name, taken out of the commit so that
+        // one session's refusal never holds the others back (invariant 6).
+        let mut set_aside = Vec::new();
+        let result = loop {
+            let keys: Vec<_> = batch.iter().map(|p| p.session.key().clone()).collect();
+            let writes: Vec<SessionWrite<'_>> = batch
+                .iter()
+                .zip(&keys)
+                .map(|(pending, key)| SessionWrite {
+                    key,
+                    // Recorded at restore time meanwhile: not again.
+                    new_life: pending
+                        .new_life
+                        .filter(|_| pending.session.life_unrecorded.load(Relaxed)),
+                    records: &pending.records,
+                })
+                .collect();
+            let result = self.log.append(&writes);
+            drop(writes);
+            let refused = match &result {
+                Err(
+                    LogError::NotContiguous { key, .. }
+                    | LogError::BadLife { key, .. }
+                    | LogError::InvalidRecord { key, .. },
+                ) => batch.iter().position(|p| p.session.key() == key),
+                _ => None,
+            };
+            let (Some(index), Err(error)) = (refused, &result) else {
+                break result;
+            };
+            self.failed(error);
+            let pending = batch.remove(index);
+            self.resync(&pending.session);
+            set_aside.push(pending);
+            if batch.is_empty() {
+                break Ok(());
+            }
+        };
         let ok = result.is_ok();
         match result {
-            Ok(()) => {
+            Ok(()) if !batch.is_empty() => {
                 self.counters.commits.add(1);
                 for pending in &batch {
                     for record in &pending.records {
@@ -537,6 +577,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                     pending.session.durable.store(pending.through, Release);
                 }
             }
+            Ok(()) => {}
             Err(error) => self.failed(&error),
         }
         drop(writing);
@@ -545,8 +586,47 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 self.mark_dirty(&pending.session);
             }
         }
+        for pending in set_aside {
+            if !pending.session.fenced.load(Relaxed) {
+                self.mark_dirty(&pending.session);
+            }
+        }
         self.progress.notify(usize::MAX);
         ok
+    }
+
+    /// The log refused `session`'s records: its tail is not where our
+    /// watermark says. Either an earlier write of ours landed though its
+    /// reply was lost (a network log), or the log lost writes it had
+    /// acknowledged, or another writer owns the session now. Re-reads the
+    /// log and adopts its tail in the first two cases (the next round
+    /// writes from there: what the ring still holds, else a hole), and
+    /// fences the session in the third.
+    fn resync(&self, session: &Arc<Session<T>>) {
+        let Ok(meta) = self.log.meta(session.key()) else {
+            return; // unreachable log: retried later, from where we were
+        };
+        let tail = meta.as_ref().map_or(0, |meta| meta.durable_tail);
+        let newest = meta.as_ref().and_then(|meta| meta.current_life());
+        let ours = newest.is_some_and(|life| life.incarnation == session.incarnation());
+        if ours {
+            session.life_unrecorded.store(false, Relaxed);
+            let published = session.ring.published_tail();
+            let durable = session.durable();
+            if tail > durable {
+                // Release: as in `commit`.
+                session.durable.store(tail.min(published), Release);
+            } else if tail < durable {
+                self.counters.log_regressions.add(1);
+                // Release: as in `commit`.
+                session.durable.store(tail, Release);
+            }
+        } else if !(session.life_unrecorded.load(Relaxed) && tail == session.identity().start) {
+            // Another life is the newest (or the log moved on under a life
+            // we have not recorded yet): another writer has the session.
+            session.fenced.store(true, Relaxed);
+            self.counters.fenced_sessions.add(1);
+        }
     }
 }
 

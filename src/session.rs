@@ -215,6 +215,9 @@ pub(crate) struct Session<T> {
     pub(crate) dirty: AtomicBool,
     /// This incarnation is not yet recorded as a life in the log.
     pub(crate) life_unrecorded: std::sync::atomic::AtomicBool,
+    /// Another writer owns the session in the log: the persister no longer
+    /// writes it (see `crate::persist`, invariant 6).
+    pub(crate) fenced: std::sync::atomic::AtomicBool,
     /// A removed incarnation of the same key whose last events are still
     /// on their way to the log: this life is recorded only after them
     /// (the persister waits), so the log stays contiguous. Taken (and
@@ -260,6 +263,7 @@ impl<T> Session<T> {
             durable: AtomicU64::new(identity.start),
             dirty: AtomicBool::new(false),
             life_unrecorded: std::sync::atomic::AtomicBool::new(record_life),
+            fenced: std::sync::atomic::AtomicBool::new(false),
             predecessor: std::sync::Mutex::new(predecessor),
         }
     }

@@ -461,6 +461,8 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 undecodable_events: c.undecodable_events.get(),
                 log_failures: c.log_failures.get(),
                 restored_sessions: c.restored_sessions.get(),
+                fenced_sessions: c.fenced_sessions.get(),
+                log_regressions: c.log_regressions.get(),
                 undurable_events: 0,
                 last_error: persistence.last_error(),
             });
@@ -546,6 +548,13 @@ pub struct DurableStats {
     pub log_failures: u64,
     /// Sessions restored from the log (a new life after its durable tail).
     pub restored_sessions: u64,
+    /// Sessions another writer took over in the log (a newer life there):
+    /// their later events stay in this store's rings and are not written.
+    pub fenced_sessions: u64,
+    /// Times the log's tail was found behind a watermark it had
+    /// acknowledged (it lost writes, e.g. a Redis restart without fsync):
+    /// what the ring still held was written again, the rest as a hole.
+    pub log_regressions: u64,
     /// Events published in resident sessions but not yet durable.
     pub undurable_events: u64,
     /// The last error the log returned, if any.

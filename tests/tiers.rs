@@ -1088,3 +1088,84 @@ fn removed_then_recreated_session_becomes_durable() {
         "nothing refused"
     );
 }
+
+/// A write that reached the log but whose reply was lost (a network log):
+/// the persister's retry is refused as not contiguous, so it re-reads the
+/// log, adopts the tail its own write left there, and writes on. Every
+/// position is in the log exactly once, and nothing is fenced.
+#[test]
+fn a_lost_reply_is_adopted_not_written_twice() {
+    let flaky = Arc::new(FlakyLog::new(Mode::Healthy));
+    let store = ReplayStore::builder()
+        .config(Config::default().with_capacity(64))
+        .durable(flaky.clone(), Utf8)
+        .build()
+        .unwrap();
+    let k = key("lost-reply");
+    let other = key("bystander");
+    for position in 1..=5 {
+        store.append(&k, Revision(1), payload(position)).unwrap();
+    }
+    assert_eq!(store.wait_durable(&k, 5, WAIT), Ok(5));
+    flaky.set(Mode::LoseReply);
+    for position in 6..=10 {
+        store.append(&k, Revision(1), payload(position)).unwrap();
+        store
+            .append(&other, Revision(1), payload(position))
+            .unwrap();
+    }
+    assert_eq!(store.wait_durable(&k, 10, WAIT), Ok(10));
+    assert_eq!(store.wait_durable(&other, 5, WAIT), Ok(5));
+    let records = flaky.load_after(&k, 0, 100).unwrap();
+    let positions: Vec<u64> = records.iter().map(|r| r.position).collect();
+    assert_eq!(positions, (1..=10).collect::<Vec<_>>(), "each exactly once");
+    let stats = store.stats().durable.unwrap();
+    assert!(flaky.failed_calls() >= 1);
+    assert_eq!((stats.fenced_sessions, stats.lost_events), (0, 0));
+}
+
+/// Two stores writing one session through one log (two nodes, one
+/// session): the second store's first touch records a newer life, so the
+/// first store's next write for that session is refused. It fences that
+/// session (its later events stay in its ring, counted) and keeps writing
+/// its other sessions: one session's refusal never holds the others back.
+#[test]
+fn a_session_taken_over_by_another_writer_is_fenced_alone() {
+    let log = Arc::new(MemoryLog::new());
+    let store_a = ReplayStore::builder()
+        .durable(log.clone(), Utf8)
+        .build()
+        .unwrap();
+    let store_b = ReplayStore::builder()
+        .durable(log.clone(), Utf8)
+        .build()
+        .unwrap();
+    let (shared, own) = (key("shared"), key("own"));
+    store_a.append(&shared, Revision(1), payload(1)).unwrap();
+    assert_eq!(store_a.wait_durable(&shared, 1, WAIT), Ok(1));
+    // Node B touches the session: a new life after the durable tail.
+    let b_event = store_b.append(&shared, Revision(1), payload(2)).unwrap();
+    assert_eq!(b_event.position(), 2);
+    assert_eq!(store_b.wait_durable(&shared, 2, WAIT), Ok(2));
+    // Node A writes on, to both sessions, in the same rounds.
+    store_a.append(&shared, Revision(1), payload(2)).unwrap();
+    for position in 1..=3 {
+        store_a
+            .append(&own, Revision(1), payload(position))
+            .unwrap();
+    }
+    assert_eq!(store_a.wait_durable(&own, 3, WAIT), Ok(3), "not held back");
+    wait_until("node A fences the shared session", || {
+        store_a.stats().durable.unwrap().fenced_sessions == 1
+    });
+    let meta = log.meta(&shared).unwrap().unwrap();
+    assert_eq!(
+        meta.durable_tail, 2,
+        "A's second event never reached the log"
+    );
+    assert_eq!(
+        meta.current_life().unwrap().incarnation,
+        b_event.incarnation()
+    );
+    assert_eq!(store_a.durable_position(&shared).unwrap(), Some(1));
+}

@@ -29,6 +29,9 @@ pub enum Mode {
     /// Blocks until the mode changes (at most [`MAX_STALL`]), then acts on
     /// the new mode.
     Stalled,
+    /// Writes through, then answers `LogError::Backend` as if the reply
+    /// were lost on the way back (a network log); once, then healthy.
+    LoseReply,
 }
 
 #[derive(Debug)]
@@ -103,6 +106,13 @@ impl DurableLog for FlakyLog {
         loop {
             match *mode {
                 Mode::Healthy => break,
+                Mode::LoseReply => {
+                    *mode = Mode::Healthy;
+                    drop(mode);
+                    self.failed_calls.fetch_add(1, SeqCst);
+                    self.inner.append(writes)?;
+                    return Err(LogError::Backend("injected: the reply was lost".into()));
+                }
                 Mode::Failing => {
                     self.failed_calls.fetch_add(1, SeqCst);
                     return Err(LogError::Backend("injected failure (FlakyLog)".into()));
