@@ -31,6 +31,20 @@
 //! knows gets [`GapReason::Reset`]; one beyond a live session's tail
 //! [`GapReason::Unavailable`].
 //!
+//! # Several nodes, one shared log
+//!
+//! On a node that does not write the session (a host serving another
+//! node's sessions from Redis), a catch-up never restores the session: it
+//! reads the log, and waits for the writer's records through the log's
+//! [`LogWatch`](crate::durable::LogWatch) (one tailer thread per store,
+//! `crate::tail`). With a shared log ([`is_shared`](crate::durable::DurableLog::is_shared)),
+//! a cursor beyond the durable end of the session's *newest* life is not a
+//! loss: its writer may be alive and not have shipped it yet, so the
+//! catch-up waits for it. If a newer life appears instead (the writer
+//! restarted), the positions the reader saw diverge from the log's, and
+//! the catch-up ends with `Lost` and the count: a record of another life
+//! must begin that life exactly, or the reader's history is not the log's.
+//!
 //! Reading the log is synchronous I/O (a local redb read of at most
 //! [`LOG_BATCH`] records per step), also inside `Stream::poll_next`.
 
@@ -126,6 +140,10 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         let meta = self.meta();
         match (cursor.incarnation(), meta) {
             (Some(incarnation), Some(meta)) => match meta.life_of(incarnation) {
+                // A shared log's newest life may have a writer alive on
+                // another node that has not shipped `after` yet: wait for
+                // it (`read_log` reports a loss if another life takes over).
+                Some((life, _)) if self.shared_log() && meta.current_life() == Some(life) => Ok(()),
                 Some((_, end)) if after > end => Err(self.gap(GapReason::Lost, Some(after - end))),
                 Some(_) => Ok(()),
                 None => Err(self.gap(GapReason::Reset, None)),
@@ -139,6 +157,28 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             }
             _ => Err(self.gap(GapReason::Unavailable, None)),
         }
+    }
+
+    fn shared_log(&self) -> bool {
+        self.shared
+            .persistence
+            .as_ref()
+            .is_some_and(|persistence| persistence.log.is_shared())
+    }
+
+    /// Arms the wake-up of a catch-up waiting off the ring: another writer
+    /// of a shared log recording after us (a session not resident here), or
+    /// this store's next commit. Look once more after arming, then wait.
+    fn arm(&self) -> Option<EventListener> {
+        let persistence = self.shared.persistence.as_ref()?;
+        if self.sessions.with(&self.key, |_| ()).is_none() {
+            if let Some(listener) = persistence.tail_listen(&self.key, self.last_seen.position()) {
+                return Some(listener);
+            }
+        }
+        let listener = persistence.listen();
+        persistence.nudge();
+        Some(listener)
     }
 
     fn meta(&self) -> Option<SessionMeta> {
@@ -240,18 +280,17 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                 }
                 continue;
             }
-            // Off the ring and nothing durable yet: wait for a commit.
-            let Some(persistence) = self.shared.persistence.clone() else {
+            // Off the ring and nothing durable yet: wait for a commit (ours,
+            // or another writer's on a shared log).
+            let Some(listener) = self.arm() else {
                 continue;
             };
-            let listener = persistence.listen();
             match self.try_next() {
                 Err(TryNextError::Empty) => {}
                 Ok(event) => return Ok(event),
                 Err(TryNextError::Gap(gap)) => return Err(NextTimeoutError::Gap(gap)),
                 Err(TryNextError::Ended) => return Err(NextTimeoutError::Ended),
             }
-            persistence.nudge();
             sync::wait_listener(listener, remaining.min(MAX_WAIT_SLICE));
         }
     }
@@ -376,10 +415,35 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         let Ok(records) = log.load_after(&self.key, after, LOG_BATCH) else {
             return Ok(LogStep::Nothing);
         };
+        // The life of the last event delivered or buffered: a record of
+        // another life must begin that life exactly (a life boundary), or
+        // the reader's history and the log's diverged at a crash.
+        let mut life = self
+            .buffer
+            .back()
+            .map(|event| event.incarnation)
+            .or(self.last_seen.incarnation());
         for (expected, record) in (after + 1..).zip(records) {
             if record.position > expected || record.last_position() < expected {
                 // Not contiguous with what we have: stop and read again.
                 break;
+            }
+            if let RecordBody::Event(_) = &record.body {
+                if life.is_some_and(|seen| seen != record.incarnation) {
+                    let began = meta
+                        .life_of(record.incarnation)
+                        .map_or(record.position, |(life, _)| life.first_position);
+                    if began < record.position {
+                        // Positions `began..record.position` the reader saw
+                        // from its life; the log holds another life's there.
+                        if self.buffer.is_empty() {
+                            let missed = record.position - began;
+                            return Err(self.gap(GapReason::Lost, Some(missed)));
+                        }
+                        break;
+                    }
+                }
+                life = Some(record.incarnation);
             }
             match record.body {
                 RecordBody::Hole { .. } => {
@@ -505,18 +569,15 @@ impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            let Some(persistence) = this.shared.persistence.as_ref() else {
+            if this.shared.persistence.is_none() {
                 // No log to wait for (the session could not be made
                 // resident): look again on the next poll.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
-            };
+            }
             match this.listener.as_mut() {
                 // Arm, then loop to re-check before waiting.
-                None => {
-                    this.listener = Some(persistence.listen());
-                    persistence.nudge();
-                }
+                None => this.listener = this.arm(),
                 Some(listener) => match Pin::new(listener).poll(cx) {
                     Poll::Ready(()) => this.listener = None,
                     Poll::Pending => return Poll::Pending,

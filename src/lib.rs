@@ -156,6 +156,7 @@ mod session;
 mod store;
 mod subscription;
 mod sync;
+mod tail;
 mod traits;
 
 pub use crate::catchup::{CatchUp, LOG_BATCH};

@@ -158,6 +158,8 @@ pub(crate) struct Persistence<T> {
     /// Held for every write to the log, so that a life recorded at restore
     /// time and the persister's commits never record one life twice.
     commit_lock: Mutex<()>,
+    /// Wakes catch-ups of sessions other writers of a shared log write.
+    tailer: StdArc<crate::tail::Tailer>,
 }
 
 /// A removed session and the last position it claimed.
@@ -181,6 +183,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         options: DurableOptions,
     ) -> Self {
         Self {
+            tailer: StdArc::new(crate::tail::Tailer::new(StdArc::clone(&log))),
             log,
             codec,
             options,
@@ -314,6 +317,15 @@ impl<T> Persistence<T> {
         self.progress.listen()
     }
 
+    /// A listener woken once another writer of the shared log records a
+    /// position after `after` in `key`'s session; `None` if the log cannot
+    /// be waited on.
+    pub(crate) fn tail_listen(&self, key: &SessionKey, after: u64) -> Option<EventListener> {
+        self.tailer
+            .available()
+            .then(|| self.tailer.listen(key, after))
+    }
+
     pub(crate) fn last_error(&self) -> Option<String> {
         self.last_error
             .lock()
@@ -334,6 +346,7 @@ impl<T> Persistence<T> {
                 let _ = handle.join();
             }
         }
+        self.tailer.shutdown();
     }
 }
 

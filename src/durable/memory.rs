@@ -5,9 +5,10 @@
 //! by catch-up readers, never on the append path, so a lock is fine here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use super::{DurableLog, LogError, LogRecord, RecordBody, SessionMeta, SessionWrite};
+use super::{DurableLog, LogError, LogRecord, LogWatch, RecordBody, SessionMeta, SessionWrite};
 use crate::key::SessionKey;
 
 /// A [`DurableLog`] in memory. Cloning the `Arc` that holds it shares it;
@@ -25,6 +26,10 @@ use crate::key::SessionKey;
 #[derive(Debug, Default)]
 pub struct MemoryLog {
     inner: Mutex<Inner>,
+    /// Notified after every append, for [`LogWatch::wait_any`].
+    appended: Condvar,
+    /// Whether several stores write it ([`MemoryLog::shared`]).
+    shared: bool,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +51,16 @@ impl MemoryLog {
     /// An empty log.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty log that several stores in this process write, as nodes
+    /// share one Redis ([`DurableLog::is_shared`]): for testing many-node
+    /// behaviour in one process.
+    pub fn shared() -> Self {
+        Self {
+            shared: true,
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -185,7 +200,17 @@ impl DurableLog for MemoryLog {
                 session.records.insert(record.position, record.clone());
             }
         }
+        drop(inner);
+        self.appended.notify_all();
         Ok(())
+    }
+
+    fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    fn watch(&self) -> Option<&dyn LogWatch> {
+        Some(self)
     }
 
     fn load_after(
@@ -270,5 +295,39 @@ impl DurableLog for MemoryLog {
             .take(limit)
             .map(|(_, key)| key.clone())
             .collect())
+    }
+}
+
+impl LogWatch for MemoryLog {
+    fn wait_any(
+        &self,
+        interest: &[(SessionKey, u64)],
+        timeout: Duration,
+    ) -> Result<Vec<usize>, LogError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut inner = self.lock();
+        loop {
+            let ready: Vec<usize> = interest
+                .iter()
+                .enumerate()
+                .filter(|(_, (key, after))| {
+                    inner
+                        .sessions
+                        .get(key)
+                        .is_some_and(|session| session.meta.durable_tail > *after)
+                })
+                .map(|(index, _)| index)
+                .collect();
+            let now = Instant::now();
+            let remaining = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now));
+            if !ready.is_empty() || remaining.is_zero() {
+                return Ok(ready);
+            }
+            inner = self
+                .appended
+                .wait_timeout(inner, remaining)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }

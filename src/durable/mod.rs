@@ -335,4 +335,33 @@ pub trait DurableLog: Send + Sync + 'static {
         limit: usize,
         offset: usize,
     ) -> Result<Vec<SessionKey>, LogError>;
+
+    /// Whether other processes may write this log too (several nodes, one
+    /// Redis). Then a cursor beyond the durable end of its life may still
+    /// be written by a writer that is alive elsewhere: catch-up waits for
+    /// it instead of reporting it lost, until a newer life shows the writer
+    /// restarted. Default: `false` (one process owns the log, as redb's
+    /// file lock ensures).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// How a node that does not write a session waits for another writer's
+    /// records, if this log can tell (a catch-up on a host node uses it for
+    /// live events). Default: `None` (only this store's persister writes).
+    fn watch(&self) -> Option<&dyn LogWatch> {
+        None
+    }
+}
+
+/// Waiting for records written by other writers of a shared log.
+pub trait LogWatch: Send + Sync {
+    /// Blocks until the log holds a record after `after` for at least one
+    /// `(session, after)` of `interest`, or `timeout` passes; returns the
+    /// indices into `interest` of those that do (empty at the timeout).
+    fn wait_any(
+        &self,
+        interest: &[(SessionKey, u64)],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<usize>, LogError>;
 }

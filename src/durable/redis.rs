@@ -123,8 +123,8 @@ use serde::{Deserialize, Serialize};
 
 use super::memory::{apply_to_meta, empty_meta, validate_write};
 use super::{
-    DurableLog, EventRef, HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionMeta,
-    SessionWrite, StoredEvent,
+    DurableLog, EventRef, HoleReason, Life, Links, LogError, LogRecord, LogWatch, RecordBody,
+    SessionMeta, SessionWrite, StoredEvent,
 };
 use crate::cursor::Incarnation;
 use crate::key::SessionKey;
@@ -253,18 +253,34 @@ impl RedisLog {
 
     /// Waits until the log records a position after `after` in `key`'s
     /// session, at most `timeout`: `Ok(true)` as soon as one is there
-    /// (at once if it already is), `Ok(false)` at the timeout.
-    ///
-    /// One `GET` of the meta, then `XREAD BLOCK` on the session's stream
-    /// from `<after>-0`, on a connection of its own (so it never holds up
-    /// the persister's writes). A record written from any node wakes it.
+    /// (at once if it already is), `Ok(false)` at the timeout. One key of
+    /// [`LogWatch::wait_any`].
     pub fn wait_after(
         &self,
         key: &SessionKey,
         after: u64,
         timeout: Duration,
     ) -> Result<bool, LogError> {
-        let keys = SessionKeys::new(&self.options.prefix, key);
+        Ok(!self.wait_any(&[(key.clone(), after)], timeout)?.is_empty())
+    }
+
+    /// [`LogWatch::wait_any`]: one pipelined `GET` of every session's meta
+    /// (a tail already past `after`, a hole that starts before it included,
+    /// answers at once), then one `XREAD BLOCK` over all their streams from
+    /// `<after>-0`, on a connection of its own (so it never holds up the
+    /// persister's writes). A record written from any node wakes it.
+    fn wait_on_streams(
+        &self,
+        interest: &[(SessionKey, u64)],
+        timeout: Duration,
+    ) -> Result<Vec<usize>, LogError> {
+        if interest.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<SessionKeys> = interest
+            .iter()
+            .map(|(key, _)| SessionKeys::new(&self.options.prefix, key))
+            .collect();
         let idle = self
             .waiters
             .lock()
@@ -280,43 +296,66 @@ impl RedisLog {
             .min(i64::MAX as u64);
         // The block plus the usual allowance for the reply.
         let read_timeout = nonzero(timeout.saturating_add(self.options.io_timeout));
-        let get = [cmd("GET").arg(&keys.meta).clone()];
+        let gets: Vec<Cmd> = keys
+            .iter()
+            .map(|keys| cmd("GET").arg(&keys.meta).clone())
+            .collect();
         let prepare = |con: &Connection| con.set_read_timeout(read_timeout).map_err(backend);
         if let Some(con) = slot.as_ref() {
             prepare(con)?;
         }
-        let mut replies = round_trip(&mut slot, &get);
+        let mut replies = round_trip(&mut slot, &gets);
         if reused && slot.is_none() && replies.as_ref().is_err_and(|e| !is_timeout(e)) {
             // An idle connection that failed at once is stale (the server
             // restarted): once more on a fresh one.
             let con = self.connect()?;
             prepare(&con)?;
             slot = Some(con);
-            replies = round_trip(&mut slot, &get);
+            replies = round_trip(&mut slot, &gets);
         }
-        let replies = replies?;
-        let meta = decode_meta(key, one(replies, "GET")?)?;
-        let found = if meta.is_some_and(|(_, m, _)| m.durable_tail > after) {
-            true
-        } else {
+        let mut ready = Vec::new();
+        for (index, reply) in replies?.into_iter().enumerate() {
+            let Some((key, after)) = interest.get(index) else {
+                break;
+            };
+            if decode_meta(key, reply)?.is_some_and(|(_, meta, _)| meta.durable_tail > *after) {
+                ready.push(index);
+            }
+        }
+        if ready.is_empty() {
             let mut xread = cmd("XREAD");
             xread.arg("COUNT").arg(1);
             // BLOCK 0 would wait for ever: a zero timeout only looks.
             if millis > 0 {
                 xread.arg("BLOCK").arg(millis);
             }
-            xread
-                .arg("STREAMS")
-                .arg(&keys.log)
-                .arg(format!("{after}-0"));
-            match one(round_trip(&mut slot, &[xread])?, "XREAD")? {
-                Value::Nil => false,
-                Value::Array(streams) => !streams.is_empty(),
-                Value::Map(streams) => !streams.is_empty(),
+            xread.arg("STREAMS");
+            for keys in &keys {
+                xread.arg(&keys.log);
+            }
+            for (_, after) in interest {
+                xread.arg(format!("{after}-0"));
+            }
+            let streams: Vec<Value> = match one(round_trip(&mut slot, &[xread])?, "XREAD")? {
+                Value::Nil => Vec::new(),
+                Value::Array(streams) => streams
+                    .into_iter()
+                    .filter_map(|stream| match stream {
+                        Value::Array(mut parts) if !parts.is_empty() => Some(parts.swap_remove(0)),
+                        _ => None,
+                    })
+                    .collect(),
+                Value::Map(streams) => streams.into_iter().map(|(name, _)| name).collect(),
                 Value::ServerError(e) => return Err(server_error(e)),
                 other => return Err(unexpected("XREAD", &other)),
+            };
+            for name in streams {
+                let name = bulk(name, "XREAD")?.unwrap_or_default();
+                if let Some(index) = keys.iter().position(|keys| keys.log.as_bytes() == name) {
+                    ready.push(index);
+                }
             }
-        };
+        }
         if let Some(con) = slot {
             if con
                 .set_read_timeout(nonzero(self.options.io_timeout))
@@ -328,7 +367,7 @@ impl RedisLog {
                 }
             }
         }
-        Ok(found)
+        Ok(ready)
     }
 
     fn connect(&self) -> Result<Connection, LogError> {
@@ -593,7 +632,27 @@ fn stage_archive(
     Ok(Some((tx, events)))
 }
 
+impl LogWatch for RedisLog {
+    fn wait_any(
+        &self,
+        interest: &[(SessionKey, u64)],
+        timeout: Duration,
+    ) -> Result<Vec<usize>, LogError> {
+        self.wait_on_streams(interest, timeout)
+    }
+}
+
 impl DurableLog for RedisLog {
+    /// Several nodes write one Redis: a cursor beyond a live writer's
+    /// shipped tail may still arrive.
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn watch(&self) -> Option<&dyn LogWatch> {
+        Some(self)
+    }
+
     fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
         if writes.is_empty() {
             return Ok(());
