@@ -11,6 +11,9 @@
 //! ```text
 //! cargo run --example sse_server --features sse-demo -- --port 3000 --drop-every 7
 //! cargo run --example sse_server --features sse-demo -- --port 3000 --data-dir /tmp/lr-demo
+//! # two nodes over one redis-server (examples/two_nodes.sh starts all three):
+//! cargo run --example sse_server --features sse-demo -- --port 3000 --redis redis://127.0.0.1:6379/
+//! cargo run --example sse_server --features sse-demo -- --port 3001 --redis redis://127.0.0.1:6379/ --host-only
 //! ```
 //!
 //! Flags (all optional):
@@ -30,6 +33,15 @@
 //!   -9`) on the same directory continues each turn where the log ends: a
 //!   connected browser resumes with no gap, nothing lost or repeated.
 //!   Without it, the store is memory-only and a restart starts over.
+//! * `--redis URL` — keep every event in Redis Streams instead (`RedisLog`,
+//!   e.g. `redis://127.0.0.1:6379/`), a log several nodes share: a browser's
+//!   reconnect may land on any of them and resumes exactly. The same
+//!   durable-only delivery and restart behaviour as `--data-dir` (give one
+//!   or the other, not both).
+//! * `--host-only` — run no turns: serve sessions that another node (one
+//!   without this flag, on the same `--redis`) runs and writes. Streams are
+//!   catch-ups from the log (history, then live as the writer ships); a
+//!   session is never opened or made resident here. Needs `--redis`.
 
 #[path = "sse_server/app.rs"]
 mod app;
@@ -41,19 +53,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livereplay::durable::RedbLog;
+use livereplay::durable::{RedbLog, RedisLog};
 use livereplay::{Config, Postcard, ReplayStore};
 
 use app::{App, Settings, TurnPlan};
 
 const USAGE: &str = "usage: sse_server [--port N] [--tokens N] [--token-ms MS] [--drop-every N] \
-[--capacity N] [--max-age-ms MS] [--retry-ms MS] [--keep-alive-ms MS] [--data-dir DIR]";
+[--capacity N] [--max-age-ms MS] [--retry-ms MS] [--keep-alive-ms MS] \
+[--data-dir DIR | --redis URL [--host-only]]";
 
 struct Options {
     port: u16,
     config: Config,
     settings: Settings,
     data_dir: Option<PathBuf>,
+    redis: Option<String>,
+    host_only: bool,
 }
 
 fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -62,6 +77,8 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
         config: Config::default(),
         settings: Settings::default(),
         data_dir: None,
+        redis: None,
+        host_only: false,
     };
     let mut plan = options.settings.turn.unwrap_or(TurnPlan {
         tokens: 120,
@@ -72,11 +89,19 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
         if flag == "--help" || flag == "-h" {
             return Err(USAGE.to_string());
         }
+        if flag == "--host-only" {
+            options.host_only = true;
+            continue;
+        }
         let value = args
             .next()
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         if flag == "--data-dir" {
             options.data_dir = Some(PathBuf::from(value));
+            continue;
+        }
+        if flag == "--redis" {
+            options.redis = Some(value);
             continue;
         }
         let number: u64 = value
@@ -109,18 +134,34 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
     if options.settings.keep_alive.is_zero() {
         return Err("--keep-alive-ms must be at least 1".to_string());
     }
+    if options.data_dir.is_some() && options.redis.is_some() {
+        return Err(format!(
+            "--data-dir and --redis are two logs: give one\n{USAGE}"
+        ));
+    }
+    if options.host_only && options.redis.is_none() {
+        return Err(format!(
+            "--host-only serves sessions other nodes write to a shared log: it needs --redis URL\n{USAGE}"
+        ));
+    }
     Ok(options)
 }
 
-/// A memory-only store, or one over `DIR/log.redb`.
+/// A memory-only store, or one over `DIR/log.redb`, or one over Redis.
 fn build_store(
     config: Config,
     data_dir: Option<&std::path::Path>,
+    redis: Option<&str>,
 ) -> Result<ReplayStore<app::TurnEvent>, String> {
     let builder = ReplayStore::builder().config(config);
-    let builder = match data_dir {
-        None => builder,
-        Some(dir) => {
+    let builder = match (data_dir, redis) {
+        (None, None) => builder,
+        (_, Some(url)) => {
+            let log = RedisLog::open(url)
+                .map_err(|error| format!("cannot open the Redis log at {url}: {error}"))?;
+            builder.durable(Arc::new(log), Postcard)
+        }
+        (Some(dir), None) => {
             std::fs::create_dir_all(dir)
                 .map_err(|error| format!("cannot create --data-dir {}: {error}", dir.display()))?;
             let path = dir.join("log.redb");
@@ -143,7 +184,11 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let store = match build_store(options.config, options.data_dir.as_deref()) {
+    let store = match build_store(
+        options.config,
+        options.data_dir.as_deref(),
+        options.redis.as_deref(),
+    ) {
         Ok(store) => store,
         Err(error) => {
             eprintln!("{error}");
@@ -162,7 +207,11 @@ async fn main() {
     // The first line is the address, for scripts that start us on port 0.
     println!("listening on http://{bound}");
     let _ = std::io::stdout().flush();
-    let app = App::new(store, options.settings);
+    let app = if options.host_only {
+        App::new_host_only(store, options.settings)
+    } else {
+        App::new(store, options.settings)
+    };
     if let Err(error) = axum::serve(listener, app::router(app)).await {
         eprintln!("server error: {error}");
         std::process::exit(1);

@@ -12,6 +12,13 @@
 //! back, the turn continues with the tokens it had not appended yet, and
 //! streams send only durable events, so a browser's cursor resumes exactly
 //! even after the server was killed.
+//!
+//! Several nodes over one shared log (`--redis`): the node that runs a
+//! session's turn writes it, and a host-only node ([`App::new_host_only`])
+//! serves any session from the log without ever running a turn or making
+//! the session resident (catch-up only; its transcripts and gap snapshots
+//! are read from the log). Event streams answer cross-origin requests from
+//! loopback pages, so one page can alternate between the nodes.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -20,12 +27,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use livereplay::durable::RecordBody;
 use livereplay::http::{Frame, ResumeCursor, SseCatchUp};
-use livereplay::{Cursor, Error, Event, ReplayStore, Revision, SessionHandle, SessionKey};
+use livereplay::{
+    Codec, Cursor, Error, Event, Postcard, ReplayStore, Revision, SessionHandle, SessionKey,
+    LOG_BATCH,
+};
 
 /// Every demo session lives under this tenant.
 pub const TENANT: &str = "demo";
@@ -137,6 +148,9 @@ pub struct App {
     transcripts: Mutex<HashMap<SessionKey, Arc<Mutex<Transcript>>>>,
     /// Set by [`App::stop`]: turn loops return at their next token.
     stopping: AtomicBool,
+    /// A host-only node: runs no turns, never opens a session, serves every
+    /// session from the (shared) durable log.
+    host_only: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -148,11 +162,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl App {
     /// An app serving `store` with `settings`.
     pub fn new(store: ReplayStore<TurnEvent>, settings: Settings) -> Arc<Self> {
+        Self::with_role(store, settings, false)
+    }
+
+    /// A host-only app: it serves sessions another node writes to the
+    /// store's shared log (`--host-only --redis URL`). It never starts a
+    /// turn and never makes a session resident: every stream is a catch-up
+    /// from the log, and transcripts and gap snapshots are read from the
+    /// log. ([`App::append_token`] and [`App::finish_turn`] are not for it.)
+    #[allow(dead_code)] // used by the binary and tests/redis_nodes.rs, not tests/sse.rs
+    pub fn new_host_only(store: ReplayStore<TurnEvent>, settings: Settings) -> Arc<Self> {
+        Self::with_role(store, settings, true)
+    }
+
+    fn with_role(store: ReplayStore<TurnEvent>, settings: Settings, host_only: bool) -> Arc<Self> {
         Arc::new(Self {
             store: Arc::new(store),
             settings,
             transcripts: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            host_only,
         })
     }
 
@@ -277,11 +306,54 @@ impl App {
 
     /// The session's text up to position `upto` (everything: `u64::MAX`).
     pub fn snapshot(&self, key: &SessionKey, upto: u64) -> Snapshot {
+        if self.host_only {
+            return self.log_snapshot(key, upto);
+        }
         // Looked up, not created: only the events route opens sessions.
         let transcript = lock(&self.transcripts).get(key).cloned();
         transcript
             .map(|transcript| lock(&transcript).snapshot(upto))
             .unwrap_or_default()
+    }
+}
+
+impl App {
+    /// The text up to `upto` as the durable log has it (a host-only node's
+    /// transcript): the events' payloads in position order; a recorded hole
+    /// contributes nothing (the log does not know that text). Reads the log
+    /// record by record, never through a catch-up, so no session is opened.
+    fn log_snapshot(&self, key: &SessionKey, upto: u64) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        let Some(log) = self.store.durable_log() else {
+            return snapshot;
+        };
+        let mut after = 0;
+        while after < upto {
+            let Ok(records) = log.load_after(key, after, LOG_BATCH) else {
+                break;
+            };
+            let Some(next) = records.last().map(|record| record.last_position()) else {
+                break;
+            };
+            for record in records.iter().filter(|record| record.position <= upto) {
+                let RecordBody::Event(stored) = &record.body else {
+                    continue;
+                };
+                match Codec::<TurnEvent>::decode(&Postcard, &stored.payload) {
+                    Ok(TurnEvent::Token(text)) => {
+                        snapshot.text.push_str(&text);
+                        snapshot.tokens += 1;
+                    }
+                    Ok(TurnEvent::Done { .. }) => snapshot.done = true,
+                    Err(_) => {}
+                }
+            }
+            if next <= after {
+                break;
+            }
+            after = next;
+        }
+        snapshot
     }
 }
 
@@ -420,13 +492,54 @@ fn render(event: &Event<TurnEvent>) -> Frame {
 async fn events(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     resume: ResumeCursor,
-) -> Result<Response, Response> {
-    let key = session_key(&id).map_err(IntoResponse::into_response)?;
-    let cursor = resume
-        .for_session(&key)
-        .map_err(IntoResponse::into_response)?;
-    app.ensure_turn(&key).map_err(IntoResponse::into_response)?;
+) -> Response {
+    let mut response = stream(app, id, resume);
+    allow_loopback_origin(&headers, response.headers_mut());
+    response
+}
+
+/// The page of one node may read another node's stream (the two-node demo
+/// alternates between them): a cross-origin request from a loopback page
+/// is allowed, any other origin is not. The request carries its cursor in
+/// `?cursor=` (a new `EventSource` per node sends no `Last-Event-ID`).
+fn allow_loopback_origin(request: &HeaderMap, response: &mut HeaderMap) {
+    let Some(origin) = request.get(header::ORIGIN) else {
+        return;
+    };
+    let loopback = origin.to_str().is_ok_and(|origin| {
+        ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
+            .iter()
+            .any(|prefix| {
+                origin.strip_prefix(prefix).is_some_and(|port| {
+                    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                })
+            })
+    });
+    if loopback {
+        response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    }
+    response.append(header::VARY, HeaderValue::from_static("origin"));
+}
+
+/// The stream (or the refusal) [`events`] sends.
+fn stream(app: Arc<App>, id: String, resume: ResumeCursor) -> Response {
+    let key = match session_key(&id) {
+        Ok(key) => key,
+        Err(refused) => return refused.into_response(),
+    };
+    let cursor = match resume.for_session(&key) {
+        Ok(cursor) => cursor,
+        Err(error) => return error.into_response(),
+    };
+    if !app.host_only {
+        // A host-only node never opens a session: the catch-up below reads
+        // the log and waits for the writer's records there.
+        if let Err(refused) = app.ensure_turn(&key) {
+            return refused.into_response();
+        }
+    }
     let snapshots = app.clone();
     let gap_key = key.clone();
     let mut options = SseCatchUp::new(render)
@@ -436,15 +549,16 @@ async fn events(
             let snapshot = snapshots.snapshot(&gap_key, gap.latest.position());
             serde_json::to_string(&snapshot).ok()
         })
-        // A no-op without --data-dir; with it, nothing a crash can take back
-        // reaches the browser.
+        // A no-op without a log (--data-dir or --redis); with one, nothing a
+        // crash can take back reaches the browser. (A host-only node's
+        // events all come from the log: each check is one read of it.)
         .durable_only(app.store.clone());
     if let Some(every) = app.settings.drop_every {
         options = options.max_events(every);
     }
     match options.serve(&app.store, &key, &cursor) {
-        Ok(sse) => Ok(sse.into_response()),
-        Err(error) => Err(error.into_response()),
+        Ok(sse) => sse.into_response(),
+        Err(error) => error.into_response(),
     }
 }
 
