@@ -585,9 +585,8 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                         }
                     }
                     pending.session.life_unrecorded.store(false, Relaxed);
-                    // Release: a reader that acquires the watermark finds
-                    // the committed records in the log.
-                    pending.session.durable.store(pending.through, Release);
+                    // Relaxed: see `Session::durable`.
+                    pending.session.durable.store(pending.through, Relaxed);
                 }
             }
             Ok(()) => {}
@@ -627,12 +626,12 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             let published = session.ring.published_tail();
             let durable = session.durable();
             if tail > durable {
-                // Release: as in `commit`.
-                session.durable.store(tail.min(published), Release);
+                // Relaxed: see `Session::durable`.
+                session.durable.store(tail.min(published), Relaxed);
             } else if tail < durable {
                 self.counters.log_regressions.add(1);
-                // Release: as in `commit`.
-                session.durable.store(tail, Release);
+                // Relaxed: see `Session::durable`.
+                session.durable.store(tail, Relaxed);
             }
         } else if !(session.life_unrecorded.load(Relaxed) && tail == session.identity().start) {
             // Another life is the newest (or the log moved on under a life

@@ -291,9 +291,13 @@ impl<T> Session<T> {
 
     /// The durable watermark: every position `<=` it is in the log.
     pub(crate) fn durable(&self) -> u64 {
-        // Acquire: pairs with the persister's Release store after its
-        // commit, so a reader that sees the watermark finds the records.
-        self.durable.load(std::sync::atomic::Ordering::Acquire)
+        // Relaxed: the watermark publishes no data of its own. Records are
+        // read from the log, whose own synchronisation (a lock, a
+        // transaction, a server) orders that read after the commit that
+        // preceded the store in the persister: a load that sees the value
+        // cannot be ordered before that commit. The mutation sweep confirms
+        // no model depends on more (loom-tests/README.md).
+        self.durable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How far age and watermark trims may go: with a durable log, never
