@@ -3,11 +3,17 @@
 # a real browser's EventSource must resume by Last-Event-ID across the
 # connection drops the server forces, reload from the gap snapshot when its
 # cursor left the window, and resume with no gap when a server with
-# --data-dir is killed (SIGKILL) mid-stream and restarted on the same port.
+# --data-dir is killed (SIGKILL) mid-stream and restarted on the same port,
+# and deliver the text exactly once when its reconnects alternate between
+# two servers over one redis-server (node A runs the turn with --redis,
+# node B is --host-only).
 # Installs what it needs (Debian's chromium, playwright-core from npm; never
 # a browser download), starts two servers on ephemeral ports (the test
-# itself starts and kills the restart scenario's server), runs
-# e2e/sse.test.mjs, and kills every server on exit.
+# itself starts and kills the restart scenario's server), and a
+# redis-server on a free loopback port with its own temporary directory
+# (append-only file on) for the two nodes, runs e2e/sse.test.mjs, and kills
+# every server on exit. Without redis-server the two-node scenario is
+# skipped loudly (a failure under CI=true).
 # Screenshots land in target/e2e/. Last line: "e2e: N passed, M failed".
 set -uo pipefail
 
@@ -15,12 +21,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 artifacts="$root/target/e2e"
 mkdir -p "$artifacts"
-tests_total=3
+tests_total=4
 # Servers are started inside $(...) (a subshell), so their pids go to a file,
 # not to a variable of this shell.
 server_pids="$artifacts/servers.pids"
 : >"$server_pids"
 restart_dir=""
+redis_pid=""
+redis_dir=""
 
 # Kills the servers whose pids are listed in file $1 (only those that are
 # still our server binary).
@@ -35,6 +43,19 @@ kill_listed() {
 
 cleanup() {
   kill_listed "$server_pids"
+  # The two nodes' redis-server (only if that pid is still it).
+  # SIGTERM (bash reports a SIGKILLed job after the last line), SIGKILL
+  # if it is still there after 5 s.
+  if [ -n "$redis_pid" ] && grep -q redis-server "/proc/$redis_pid/cmdline" 2>/dev/null; then
+    kill "$redis_pid" 2>/dev/null
+    for _ in $(seq 1 50); do
+      [ -d "/proc/$redis_pid" ] || break
+      sleep 0.1
+    done
+    kill -9 "$redis_pid" 2>/dev/null
+    wait "$redis_pid" 2>/dev/null
+  fi
+  [ -n "$redis_dir" ] && rm -rf "$redis_dir"
   # The restart scenario's servers, started by the test itself, which lists
   # their pids there: any it could not kill.
   if [ -n "$restart_dir" ]; then
@@ -105,10 +126,65 @@ s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')
   || fail "cannot pick a free port"
 echo "sse-e2e: restart scenario on port $restart_port, data in $restart_dir"
 
+# The two-node scenario: one redis-server (a free loopback port, a fresh
+# directory, append-only file on) and two servers over it.
+free_port() {
+  node -e 'const s = require("net").createServer();
+s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
+}
+# Whether the redis-server on port $1 answers PING with PONG.
+redis_ping() {
+  local reply=""
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'PING\r\n' >&3
+  read -r -t 1 reply <&3
+  exec 3<&- 3>&-
+  [[ "$reply" == +PONG* ]]
+}
+tokens_two_nodes=60
+node_a_url=""
+node_b_url=""
+if command -v redis-server >/dev/null 2>&1; then
+  redis_dir="$(mktemp -d "${TMPDIR:-/tmp}/livereplay-e2e-redis.XXXXXX")" \
+    || fail "cannot create the redis directory"
+  redis_port="$(free_port)" || fail "cannot pick a free port for redis-server"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$redis_dir" \
+    --appendonly yes --save "" --daemonize no --logfile "$redis_dir/redis.log" \
+    >/dev/null 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 1 100); do
+    redis_ping "$redis_port" 2>/dev/null && break
+    sleep 0.1
+  done
+  redis_ping "$redis_port" 2>/dev/null \
+    || fail "redis-server did not start on port $redis_port (see $redis_dir/redis.log)"
+  redis_url="redis://127.0.0.1:$redis_port/"
+  # Node A runs the turns; node B only serves what A writes to Redis.
+  # Every response ends after 5 events, so the page reconnects (to the
+  # other node) a dozen times.
+  node_a_url="$(start_server "$artifacts/server-node-a.log" --redis "$redis_url" \
+    --tokens "$tokens_two_nodes" --token-ms 30 --drop-every 5 --retry-ms 200)" \
+    || fail "node A did not start (see $artifacts/server-node-a.log)"
+  node_b_url="$(start_server "$artifacts/server-node-b.log" --redis "$redis_url" \
+    --host-only --drop-every 5 --retry-ms 200)" \
+    || fail "node B did not start (see $artifacts/server-node-b.log)"
+  echo "sse-e2e: two nodes over $redis_url: A at $node_a_url, B (--host-only) at $node_b_url"
+elif [ "${CI:-}" = "true" ]; then
+  fail "redis-server is not installed and CI=true: the two-node scenario must run"
+else
+  tests_total=3
+  echo "" >&2
+  echo "==================================================================" >&2
+  echo "SKIPPED: redis-server not found; the two-node scenario did not run." >&2
+  echo "Install it (apt-get install redis-server) to run it." >&2
+  echo "==================================================================" >&2
+fi
+
 RESUME_URL="$resume_url" GAP_URL="$gap_url" \
   TOKENS_RESUME="$tokens_resume" TOKENS_GAP="$tokens_gap" ARTIFACTS="$artifacts" \
   SERVER_BIN="$server" RESTART_PORT="$restart_port" RESTART_DIR="$restart_dir" \
   TOKENS_RESTART="$tokens_restart" \
+  NODE_A_URL="$node_a_url" NODE_B_URL="$node_b_url" TOKENS_TWO_NODES="$tokens_two_nodes" \
   timeout 240 node e2e/sse.test.mjs
 status=$?
 if [ "$status" -eq 124 ]; then

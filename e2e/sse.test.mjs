@@ -2,8 +2,10 @@
 // must resume by Last-Event-ID across the connection drops the server forces
 // (--drop-every), reload from the gap snapshot when the server's window
 // moved past it, and resume with no gap when a server with --data-dir is
-// killed (SIGKILL) mid-stream and restarted on the same port, each time
-// ending with the full text exactly once, in order.
+// killed (SIGKILL) mid-stream and restarted on the same port, and alternate
+// its reconnects between two servers over one Redis log (node A runs the
+// turn, node B is --host-only), each time ending with the full text exactly
+// once, in order.
 //
 // .ci/sse-e2e.sh starts the first two servers and passes their addresses:
 //   RESUME_URL  a server with forced drops and a default window
@@ -16,6 +18,10 @@
 //   RESTART_DIR     an empty data directory (it also gets a `pids` file,
 //                   so the script can kill a server this test could not)
 //   TOKENS_RESTART  how many tokens that turn appends
+// and, when redis-server is installed, the two nodes it started over one
+// redis-server (empty otherwise: that scenario is left out):
+//   NODE_A_URL, NODE_B_URL  node A (--redis) and node B (--host-only --redis)
+//   TOKENS_TWO_NODES        how many tokens node A's turn appends
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
 import { appendFileSync, createWriteStream, mkdtempSync, rmSync, mkdirSync } from "node:fs";
@@ -232,7 +238,59 @@ const tests = [
       };
     },
   },
-];
+  {
+    name: "the page alternates between two nodes over one Redis (A runs the turn, B is --host-only) and gets the text exactly once",
+    skip: !process.env.NODE_A_URL,
+    async run(browser) {
+      const tokens = Number(env("TOKENS_TWO_NODES"));
+      const nodeA = env("NODE_A_URL");
+      const nodeB = env("NODE_B_URL");
+      const session = "e2e-two-nodes";
+      const page = await browser.newPage();
+      const consoleErrors = [];
+      page.on("pageerror", (error) => consoleErrors.push(String(error)));
+      let shown;
+      let finished = false;
+      let perNode = {};
+      let onB = "";
+      try {
+        // Served by A (whose first request starts the turn); every
+        // reconnect goes to the other node, resuming with ?cursor=.
+        const nodes = encodeURIComponent(`${nodeA},${nodeB}`);
+        await page.goto(`${nodeA}/?session=${session}&nodes=${nodes}&retry=200`, { timeout: 30_000 });
+        finished = await waitFinished(page, 60_000);
+        shown = await readPage(page, nodeA, session);
+        perNode = JSON.parse(await page.evaluate(() => document.body.dataset.opensPerNode || "{}"));
+        onB = await (await fetch(`${nodeB}/sessions/${session}/transcript`)).text();
+      } finally {
+        await page.screenshot({ path: join(artifacts, "sse-two-nodes.png"), fullPage: true }).catch(() => {});
+        await page.close();
+      }
+      const want = Array.from({ length: tokens }, (_, i) => tokenText(i)).join("");
+      const failures = [];
+      check(failures, finished, `the page did not report the turn finished within 60 s (${shown.tokens} tokens, ${shown.problems} problems shown)`);
+      check(failures, shown.text === want, textDiff(shown.text, want));
+      check(failures, shown.transcript === want, `node A's transcript: ${textDiff(shown.transcript, want)}`);
+      check(failures, onB === want, `node B's transcript (read from Redis): ${textDiff(onB, want)}`);
+      check(failures, shown.tokens === tokens, `page counted ${shown.tokens} tokens, the turn appends ${tokens}`);
+      check(failures, shown.problems === 0, `page saw ${shown.problems} out-of-order, lost or repeated events`);
+      check(failures, shown.gaps === 0, `unexpected gaps: ${shown.gaps}`);
+      check(failures, shown.reconnects >= 4, `only ${shown.reconnects} reconnects; --drop-every 5 should force a dozen`);
+      check(failures, (perNode[nodeA] || 0) >= 2 && (perNode[nodeB] || 0) >= 2,
+        `connections per node ${JSON.stringify(perNode)}: both nodes should have served several`);
+      check(failures, shown.notices.some((n) => n.includes(`resumed from position`) && n.includes(`on ${nodeB}`)),
+        "no 'resumed from position … on node B' notice");
+      check(failures, consoleErrors.length === 0, `page errors: ${consoleErrors}`);
+      return {
+        failures,
+        summary: `${shown.tokens} tokens, ${shown.reconnects} reconnects, connections per node ${JSON.stringify(perNode)}, ${shown.gaps} gaps`,
+      };
+    },
+  },
+].filter((test) => {
+  if (test.skip) console.log(`SKIPPED ${test.name} (no redis-server)`);
+  return !test.skip;
+});
 
 const userDataDir = mkdtempSync(join(tmpdir(), "livereplay-e2e-"));
 let passed = 0;
