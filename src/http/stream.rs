@@ -227,6 +227,7 @@ impl<T: Send + Sync + 'static> SseCatchUp<T> {
                 store,
                 held: None,
                 progress: None,
+                known_durable: 0,
             }),
             ended: false,
         })
@@ -251,6 +252,9 @@ struct DurableGate<T> {
     held: Option<Arc<Event<T>>>,
     /// Armed on the persister's next commit while an event is held.
     progress: Option<crate::DurableProgress>,
+    /// The highest durable position seen: events at or below it pass
+    /// without asking again (on a host node each ask reads the log).
+    known_durable: u64,
 }
 
 /// The frames of a [`CatchUpSse`] response: the opening comment, then one
@@ -295,9 +299,12 @@ impl<T: Send + Sync + 'static> CatchUpEvents<T> {
             let Some(gate) = self.durable.as_mut() else {
                 return Poll::Ready(Some(Ok(event)));
             };
-            let is_durable = |gate: &DurableGate<T>| {
-                let durable = gate.store.durable_position(&self.key).ok().flatten();
-                durable.is_some_and(|durable| durable >= event.position())
+            let is_durable = |gate: &mut DurableGate<T>| {
+                if gate.known_durable < event.position() {
+                    let durable = gate.store.durable_position(&self.key).ok().flatten();
+                    gate.known_durable = gate.known_durable.max(durable.unwrap_or(0));
+                }
+                gate.known_durable >= event.position()
             };
             if is_durable(gate) {
                 gate.progress = None;
