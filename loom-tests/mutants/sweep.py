@@ -17,7 +17,7 @@ until one fails (caught: FAIL or DEADLOCK) or all pass (survived).
 
     python3 loom-tests/mutants/sweep.py --list            # the mutations, no run
     python3 loom-tests/mutants/sweep.py                   # all of them
-    python3 loom-tests/mutants/sweep.py --sample doorbell,persist.rs   # ids containing any of these
+    python3 loom-tests/mutants/sweep.py --sample 'fence(SeqCst)'   # ids or lines containing any of these
     python3 loom-tests/mutants/sweep.py --out sweep.md    # also write the table
 
 Exits non-zero if a mutation survived that is not listed in EXPLAINED
@@ -171,7 +171,7 @@ def check(worktree, env, only, timeout):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
-    parser.add_argument("--sample", help="comma-separated substrings; run only ids containing one")
+    parser.add_argument("--sample", help="comma-separated substrings; run only the mutations whose id or line contains one")
     parser.add_argument("--only", help="regex: run only the models matching it")
     parser.add_argument("--named", action="store_true", help="also run mutate.py's named mutations")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model (default 600)")
@@ -186,7 +186,15 @@ def main():
         jobs += [(f"named:{name}", name) for name in mutate.MUTATIONS]
     if args.sample:
         wanted = [part for part in args.sample.split(",") if part]
-        jobs = [job for job in jobs if any(part in job[0] for part in wanted)]
+
+        def matches(job):
+            job_id, job_site = job
+            line = "" if isinstance(job_site, str) else job_site[2]
+            return any(part in job_id or part in line for part in wanted)
+
+        jobs = [job for job in jobs if matches(job)]
+        if not jobs:
+            sys.exit(f"--sample {args.sample!r} matches no mutation: the code moved?")
     if args.list:
         for job_id, _ in jobs:
             print(job_id)
