@@ -545,6 +545,53 @@ impl Rng {
     }
 }
 
+/// The task ids of this process's persister threads (Linux; empty
+/// elsewhere). The thread is named `livereplay-persister`, which the
+/// kernel truncates to 15 bytes.
+fn persister_tasks() -> std::collections::BTreeSet<u64> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Default::default();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            comm.starts_with("livereplay-pers")
+                .then(|| task.file_name().to_str()?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Builds a store with `build` and finds its persister thread (it names
+/// itself once it runs: looked for up to a second).
+fn with_persister(build: impl FnOnce() -> Arc<Store>) -> (Arc<Store>, Option<u64>) {
+    let before = persister_tasks();
+    let store = build();
+    let since = Instant::now();
+    loop {
+        let new: Vec<u64> = persister_tasks().difference(&before).copied().collect();
+        if new.len() == 1 {
+            return (store, Some(new[0]));
+        }
+        if since.elapsed() > Duration::from_secs(1) {
+            return (store, None);
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Nanoseconds task `tid` has run on a CPU (`/proc/.../schedstat`), if
+/// readable.
+fn cpu_nanos(tid: Option<u64>) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/self/task/{}/schedstat", tid?))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 // ---------------------------------------------------------------------------
 // 1. A→B delivery latency.
 
@@ -587,12 +634,15 @@ fn delivery(settings: &Settings, server: &RedisServer, out: &mut Out) {
     let prefix = "delivery";
     let default_options = DurableOptions::default();
     let fast_options = DurableOptions::default().with_flush_interval(Duration::from_micros(100));
-    let a_default = durable_store(
-        redis_log(&url, prefix),
-        Config::default(),
-        default_options.clone(),
-    );
-    let a_fast = durable_store(redis_log(&url, prefix), Config::default(), fast_options);
+    let (a_default, default_persister) = with_persister(|| {
+        durable_store(
+            redis_log(&url, prefix),
+            Config::default(),
+            default_options.clone(),
+        )
+    });
+    let (a_fast, fast_persister) =
+        with_persister(|| durable_store(redis_log(&url, prefix), Config::default(), fast_options));
     // Host nodes: their own connections, never writing.
     let hosts: Vec<Arc<Store>> = (0..3)
         .map(|_| {
@@ -662,6 +712,7 @@ fn delivery(settings: &Settings, server: &RedisServer, out: &mut Out) {
     let stop_idle = AtomicBool::new(false);
     let base = Instant::now();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let persister_cpu_before = [cpu_nanos(default_persister), cpu_nanos(fast_persister)];
     let latencies: Vec<Vec<u64>> = thread::scope(|scope| {
         let delivered = &delivered;
         let stop_idle = &stop_idle;
@@ -753,6 +804,15 @@ fn delivery(settings: &Settings, server: &RedisServer, out: &mut Out) {
         latencies
     });
 
+    // What the two flush intervals cost A's persister over the part (it
+    // mostly polls an empty queue: samples are milliseconds apart).
+    let wall = base.elapsed().as_nanos() as f64;
+    let persister_share: Vec<Option<f64>> = [default_persister, fast_persister]
+        .iter()
+        .zip(persister_cpu_before)
+        .map(|(&tid, before)| Some((cpu_nanos(tid)? - before?) as f64 / wall))
+        .collect();
+
     // One loopback round trip, for scale.
     let pings = settings.size(1_000, 50);
     let mut rtt: Vec<u64> = (0..pings)
@@ -805,7 +865,16 @@ fn delivery(settings: &Settings, server: &RedisServer, out: &mut Out) {
         if p50[2] <= 1e6 { "met" } else { "MISSED" },
         p50[2] / 1e6
     );
+    let share = |s: Option<f64>| s.map_or("?".into(), |s| format!("{:.1}%", s * 100.0));
+    println!(
+        "  A's persister CPU over the part (mostly idle polling): flush_interval 2 ms {}, 0.1 ms {} of one CPU",
+        share(persister_share[0]),
+        share(persister_share[1])
+    );
     for (index, name) in [(0, reader_names[0]), (2, reader_names[2])] {
+        if let Some(s) = persister_share[index / 2] {
+            out.row("delivery", name, "persister_cpu_share", s);
+        }
         out.row("delivery", name, "p50_ratio_over_raw", p50[index] / p50[4]);
         out.row(
             "delivery",
@@ -831,6 +900,7 @@ struct ShipResult {
     net_in: Vec<f64>,
     net_out: Vec<f64>,
     cpu_us: Vec<f64>,
+    persister_cpu_us: Vec<f64>,
     memory: Vec<f64>,
     stream_memory: Vec<f64>,
     /// Calls per command, summed over the repetitions.
@@ -853,7 +923,8 @@ fn ship_once(
         .with_capacity(per_session.next_power_of_two().max(64))
         .with_max_age(Duration::from_secs(3600));
     let log = redis_log(url, prefix);
-    let store = durable_store(log.clone(), config, DurableOptions::default());
+    let (store, persister) =
+        with_persister(|| durable_store(log.clone(), config, DurableOptions::default()));
     let keys: Vec<SessionKey> = (0..sessions).map(session_key).collect();
     let handles: Vec<_> = keys
         .iter()
@@ -866,6 +937,7 @@ fn ship_once(
     let memory_before = used_memory(admin);
     let calls_before = command_calls(admin);
     let counters_before = server_counters(admin);
+    let persister_before = cpu_nanos(persister);
 
     let start = Instant::now();
     for i in 0..events {
@@ -878,6 +950,7 @@ fn ship_once(
         settle(&store, key, handle.latest_position().expect("appended"));
     }
     let took = start.elapsed();
+    let persister_after = cpu_nanos(persister);
 
     let counters_after = server_counters(admin);
     let calls_after = command_calls(admin);
@@ -916,6 +989,11 @@ fn ship_once(
     result
         .cpu_us
         .push((counters_after.cpu_seconds - counters_before.cpu_seconds) * 1e6 / n);
+    if let (Some(before), Some(after)) = (persister_before, persister_after) {
+        result
+            .persister_cpu_us
+            .push((after - before) as f64 / 1e3 / n);
+    }
     result.memory.push((memory_after - memory_before) / n);
     result
         .stream_memory
@@ -962,13 +1040,18 @@ fn shipping(settings: &Settings, server: &RedisServer, out: &mut Out) {
             })
             .collect();
         println!(
-            "  {:<12} per event: {} Redis commands ({}), {} bytes in, {} bytes out, {} µs of server CPU",
+            "  {:<12} per event: {} Redis commands ({}), {} bytes in, {} bytes out, {} µs of server CPU, {} µs of A's persister thread",
             "",
             spread(&result.commands, |v| format!("{v:.3}")),
             breakdown.join(", "),
             spread(&result.net_in, |v| format!("{v:.1}")),
             spread(&result.net_out, |v| format!("{v:.1}")),
             spread(&result.cpu_us, |v| format!("{v:.2}")),
+            if result.persister_cpu_us.is_empty() {
+                "?".to_string()
+            } else {
+                spread(&result.persister_cpu_us, |v| format!("{v:.2}"))
+            },
         );
         println!(
             "  {:<12} memory per retained event: used_memory {} B; one session's stream (MEMORY USAGE) {} B",
@@ -982,9 +1065,13 @@ fn shipping(settings: &Settings, server: &RedisServer, out: &mut Out) {
             ("net_in_bytes_per_event", &result.net_in),
             ("net_out_bytes_per_event", &result.net_out),
             ("server_cpu_us_per_event", &result.cpu_us),
+            ("persister_cpu_us_per_event", &result.persister_cpu_us),
             ("used_memory_bytes_per_event", &result.memory),
             ("stream_memory_bytes_per_event", &result.stream_memory),
         ] {
+            if values.is_empty() {
+                continue;
+            }
             out.row(
                 "shipping",
                 &name,
@@ -1059,10 +1146,13 @@ fn catch_up(settings: &Settings, server: &RedisServer, out: &mut Out) {
         ("MemoryLog (shared)", &memory_host),
     ];
     let mut rates: [Vec<f64>; 2] = Default::default();
+    // The server's CPU time per event read (Redis only).
+    let mut server_cpu_us: Vec<f64> = Vec::new();
     for rep in 0..reps {
         for turn in 0..logs.len() {
             let index = (turn + rep) % logs.len();
             let host = logs[index].1;
+            let counters_before = (index == 0).then(|| server_counters(&mut admin));
             let start = Instant::now();
             let mut reader = host
                 .catch_up(&Cursor::start(key.clone()))
@@ -1076,10 +1166,27 @@ fn catch_up(settings: &Settings, server: &RedisServer, out: &mut Out) {
             assert!(!reader.is_live(), "the host has no ring for the session");
             assert!(!host.is_resident(&key), "a reader never restores it");
             rates[index].push(events as f64 / took.as_secs_f64());
+            if let Some(before) = counters_before {
+                let after = server_counters(&mut admin);
+                server_cpu_us.push((after.cpu_seconds - before.cpu_seconds) * 1e6 / events as f64);
+            }
         }
     }
     for (index, (name, _)) in logs.iter().enumerate() {
         println!("  {name:<20} {}", spread(&rates[index], per_second));
+        if index == 0 {
+            println!(
+                "  {:<20} server CPU {} µs per event read",
+                "",
+                spread(&server_cpu_us, |v| format!("{v:.2}"))
+            );
+            out.row(
+                "catch_up",
+                name,
+                "server_cpu_us_per_event_median",
+                at_quantile(&server_cpu_us, 0.5),
+            );
+        }
         out.row(
             "catch_up",
             name,
@@ -1115,13 +1222,13 @@ fn catch_up(settings: &Settings, server: &RedisServer, out: &mut Out) {
 fn freeze(settings: &Settings, server: &RedisServer, out: &mut Out) {
     const INTERVAL: Duration = Duration::from_micros(20);
     let phase = Duration::from_millis(settings.size(2_000, 500) as u64);
-    let pairs = settings.size(3, 1);
+    let pairs = settings.size(5, 1);
     let per_phase = (phase.as_nanos() / INTERVAL.as_nanos()) as usize;
     // A phase's events plus as many again of backlog (a frozen phase's
     // events are all undurable at its end), rounded up: never lapped.
     let capacity = (2 * per_phase).next_power_of_two();
     println!(
-        "\n== 6. append latency on A, one append every {} µs through a handle, Redis running vs frozen (SIGSTOP for {} ms, then SIGCONT); {pairs} pairs of phases, alternating; ring capacity {capacity} ({per_phase} appends per phase) ==",
+        "\n== 6. append latency on A, one append every {} µs through a handle, Redis running vs frozen (SIGSTOP for {} ms, then SIGCONT); {pairs} pairs of phases, alternating; ring capacity {capacity}, filled first ({per_phase} appends per phase) ==",
         INTERVAL.as_micros(),
         phase.as_millis()
     );
@@ -1139,13 +1246,23 @@ fn freeze(settings: &Settings, server: &RedisServer, out: &mut Out) {
     let key = session_key(0);
     let handle = store.session(&key).expect("session");
     wait_recorded(log.as_ref(), &key);
+    // Start full, so every phase overwrites as in the steady state (the
+    // first phases would otherwise only allocate, which is cheaper at the
+    // tail, and bias whichever condition comes first).
+    let mut next_value = 0u64;
+    for _ in 0..capacity {
+        next_value += 1;
+        handle
+            .append(Revision(1), payload(next_value))
+            .expect("append");
+    }
+    settle(&store, &key, next_value);
     let before = durable_stats(&store);
     let names = ["Redis running", "Redis frozen (SIGSTOP)"];
     let mut all: [Vec<u64>; 2] = Default::default();
     let mut per_phase_p999: [Vec<f64>; 2] = Default::default();
     let mut undurable_at_end: [Vec<f64>; 2] = Default::default();
     let mut catch_up_after: Vec<f64> = Vec::new();
-    let mut next_value = 0u64;
     for pair in 0..pairs {
         for turn in 0..2 {
             // Alternate which condition comes first in a pair.
@@ -1221,11 +1338,28 @@ fn freeze(settings: &Settings, server: &RedisServer, out: &mut Out) {
         spread(&catch_up_after, |v| format!("{v:.0} ms")),
         if lost == 0 { " (valid)" } else { " (INVALID: the ring lapped the persister)" },
     );
+    // Frozen over running p99.9 within each pair (the phases next to each
+    // other in time).
+    let pair_ratios: Vec<f64> = per_phase_p999[1]
+        .iter()
+        .zip(&per_phase_p999[0])
+        .map(|(frozen, running)| frozen / running.max(1.0))
+        .collect();
+    println!(
+        "  p99.9 frozen / running within each pair: {}",
+        spread(&pair_ratios, |v| format!("{v:.2}x"))
+    );
     out.row(
         "freeze",
         names[1],
         "p999_ratio_over_running",
         ratio(frozen.p999, running.p999),
+    );
+    out.row(
+        "freeze",
+        names[1],
+        "p999_pair_ratio_median",
+        at_quantile(&pair_ratios, 0.5),
     );
     out.row("freeze", names[1], "lost_events", lost as f64);
     out.row("freeze", names[1], "failed_commits", failures as f64);
