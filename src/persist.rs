@@ -91,6 +91,14 @@ pub struct DurableOptions {
     /// left (default 5 s). A log that is failing then loses what was not
     /// written; `stats()` of a store that lives on counts it.
     pub shutdown_timeout: Duration,
+    /// Wake the persister when a session becomes dirty (default `false`).
+    /// An event then reaches the log, and other nodes, in a fraction of a
+    /// millisecond instead of up to `flush_interval` later, and a quiet
+    /// store can use a long `flush_interval` without idle polling. It costs
+    /// the append that dirties a session a thread wake-up (a futex call
+    /// when the persister sleeps); appends to a session already queued pay
+    /// nothing more. See BENCHMARKS.md, "Redis Streams".
+    pub wake_on_dirty: bool,
 }
 
 impl Default for DurableOptions {
@@ -99,6 +107,7 @@ impl Default for DurableOptions {
             flush_interval: Duration::from_millis(2),
             max_batch_events: 8192,
             shutdown_timeout: Duration::from_secs(5),
+            wake_on_dirty: false,
         }
     }
 }
@@ -113,6 +122,12 @@ impl DurableOptions {
     /// Sets [`DurableOptions::max_batch_events`] (at least 1).
     pub fn with_max_batch_events(mut self, events: usize) -> Self {
         self.max_batch_events = events.max(1);
+        self
+    }
+
+    /// Sets [`DurableOptions::wake_on_dirty`].
+    pub fn with_wake_on_dirty(mut self, wake: bool) -> Self {
+        self.wake_on_dirty = wake;
         self
     }
 
@@ -228,6 +243,9 @@ impl<T> Persistence<T> {
         // (module docs); already set is the common case, one load.
         if !session.dirty.load(Relaxed) && !session.dirty.swap(true, Relaxed) {
             self.queue.push(Arc::clone(session));
+            if self.options.wake_on_dirty {
+                self.nudge();
+            }
         }
     }
 

@@ -10,9 +10,12 @@
 //!
 //! Invariants:
 //! * an interest is `(session, after)`: the smallest `after` any waiting
-//!   catch-up of that session registered; it is dropped when the log has
-//!   a record after it (its catch-ups are woken and register again if they
-//!   still wait) or when no catch-up listens to it any more;
+//!   catch-up of that session registered. When the log has a record after
+//!   it, its catch-ups are woken and the interest moves to the log's tail,
+//!   so the session stays watched while they read and register again (a
+//!   registration cannot interrupt a wait in progress on the other
+//!   sessions). It is dropped once no catch-up has listened to it for
+//!   `IDLE_GRACE`;
 //! * a catch-up registers *before* it looks at the log a last time, so a
 //!   record that lands between its look and its wait is not missed: either
 //!   its look sees it, or the tailer's next wait does;
@@ -38,9 +41,15 @@ const WAIT_SLICE: Duration = Duration::from_millis(200);
 /// After a failed wait, the pause before the next (the log is down).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// How long an interest nobody listens to is kept (its catch-ups may be
+/// reading, about to register again).
+const IDLE_GRACE: Duration = Duration::from_secs(2);
+
 struct Interest {
     after: u64,
     woken: Arc<Notifier>,
+    /// Since when nobody listens, if nobody does.
+    idle_since: Option<std::time::Instant>,
 }
 
 pub(crate) struct Tailer {
@@ -77,8 +86,10 @@ impl Tailer {
         let interest = interests.entry(key.clone()).or_insert_with(|| Interest {
             after,
             woken: Arc::new(Notifier::new()),
+            idle_since: None,
         });
         interest.after = interest.after.min(after);
+        interest.idle_since = None;
         let listener = interest.woken.listen();
         drop(interests);
         self.arrived.notify_one();
@@ -122,8 +133,16 @@ impl Tailer {
         while !self.stop.load(Relaxed) {
             let snapshot: Vec<(SessionKey, u64)> = {
                 let mut interests = self.interests.lock().unwrap_or_else(|e| e.into_inner());
-                // Nobody waits on these any more.
-                interests.retain(|_, interest| interest.woken.total_listeners() > 0);
+                // Nobody has waited on these for a while.
+                let now = std::time::Instant::now();
+                interests.retain(|_, interest| {
+                    if interest.woken.total_listeners() > 0 {
+                        interest.idle_since = None;
+                        return true;
+                    }
+                    let since = *interest.idle_since.get_or_insert(now);
+                    now.duration_since(since) < IDLE_GRACE
+                });
                 if interests.is_empty() {
                     let _ = self
                         .arrived
@@ -138,17 +157,31 @@ impl Tailer {
             };
             match watch.wait_any(&snapshot, WAIT_SLICE) {
                 Ok(ready) => {
+                    // Where each woken session's log ends now: its interest
+                    // moves there, so it stays watched.
+                    let tails: Vec<(usize, Option<u64>)> = ready
+                        .into_iter()
+                        .map(|index| {
+                            let tail = snapshot.get(index).and_then(|(key, _)| {
+                                self.log.meta(key).ok().flatten().map(|m| m.durable_tail)
+                            });
+                            (index, tail)
+                        })
+                        .collect();
                     let mut interests = self.interests.lock().unwrap_or_else(|e| e.into_inner());
-                    for index in ready {
+                    for (index, tail) in tails {
                         let Some((key, after)) = snapshot.get(index) else {
                             continue;
                         };
+                        let Some(interest) = interests.get_mut(key) else {
+                            continue;
+                        };
                         // Only if no catch-up registered a lower position
-                        // meanwhile (it would still be waiting for it).
-                        if interests.get(key).is_some_and(|i| i.after >= *after) {
-                            if let Some(interest) = interests.remove(key) {
-                                interest.woken.notify(usize::MAX);
-                            }
+                        // meanwhile (it still waits for that one: the next
+                        // wait answers it at once).
+                        if interest.after >= *after {
+                            interest.after = tail.unwrap_or(*after).max(*after);
+                            interest.woken.notify(usize::MAX);
                         }
                     }
                 }
