@@ -11,12 +11,18 @@
 //! `write slot; fence; read parked`. The two fences are totally ordered: if
 //! the writer's comes first, the subscriber's re-check sees the event; if
 //! the subscriber's comes first, the writer sees `parked > 0` and notifies,
-//! and the listener registered before `parked` was raised receives it.
+//! and the listener registered before `parked` was raised receives it:
+//! `event-listener` orders its own `listen` and `notify`, and a writer that
+//! read the raised `parked` cannot take the listener list before the
+//! `listen` that came before the raise (its read would read from a store
+//! that happens after it). So `parked` itself needs no Acquire or Release:
+//! the fences and the listener list carry the ordering (the mutation sweep,
+//! loom-tests/README.md, confirms no model depends on more).
 
 use event_listener::{Event as Notifier, EventListener};
 
 use crate::sync::{fence, AtomicUsize};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 pub(crate) struct Doorbell {
     notifier: Notifier,
@@ -37,9 +43,9 @@ impl Doorbell {
         // SeqCst fence: orders our publish before the `parked` load against
         // the subscriber's `parked` increment before its re-check.
         fence(SeqCst);
-        // Acquire: when we see a subscriber's increment we also see the
-        // listener it registered before, so the notification reaches it.
-        if self.parked.load(Acquire) != 0 {
+        // Relaxed: the fence above orders it; the listener list orders the
+        // notification after the listener's registration (module docs).
+        if self.parked.load(Relaxed) != 0 {
             self.notifier.notify(usize::MAX);
         }
     }
@@ -54,9 +60,9 @@ impl Doorbell {
     /// [`Doorbell::disarm`] once for every `arm` when it stops waiting.
     pub(crate) fn arm(&self) -> EventListener {
         let listener = self.notifier.listen();
-        // Release: publishes the listener registration to a writer that
-        // reads this increment (see `ring`).
-        self.parked.fetch_add(1, Release);
+        // Relaxed: the registration is ordered by the listener list, the
+        // increment by the fence below (module docs).
+        self.parked.fetch_add(1, Relaxed);
         // SeqCst fence: pairs with the fence in `ring` (module docs).
         fence(SeqCst);
         listener
