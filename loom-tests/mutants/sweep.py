@@ -24,6 +24,7 @@ Exits non-zero if a mutation survived that is not listed in EXPLAINED
 below (loom-tests/README.md says why each listed one survives).
 """
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -114,10 +115,34 @@ def run(cmd, cwd, env=None, timeout=None):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def models(worktree, env):
-    """[(binary, model)] for every loom model."""
+# Which models are likeliest to catch a mutation of a file: they run first,
+# so a caught mutation costs seconds, not a whole run.
+FIRST = [
+    ("src/persist.rs", "tiers"),
+    ("src/catchup.rs", "tiers"),
+    ("src/tail.rs", "tiers"),
+    ("src/map.rs", "lifecycle"),
+    ("src/session.rs", "lifecycle"),
+    ("src/ring/doorbell.rs", "subscribe"),
+    ("src/subscription.rs", "subscribe"),
+    ("src/ring/", "append"),
+]
+
+
+def first_for(paths):
+    """The loom test file to run first for mutations of `paths`."""
+    for prefix, test in FIRST:
+        if any(path.startswith(prefix) for path in paths):
+            return test
+    return None
+
+
+def models(worktree, env, first=None):
+    """[(binary, model)] for every loom model, `first`'s models first."""
     found = []
-    for name in sorted(os.listdir(os.path.join(worktree, "loom-tests", "tests"))):
+    names = sorted(os.listdir(os.path.join(worktree, "loom-tests", "tests")))
+    names.sort(key=lambda name: name[:-3] != first)
+    for name in names:
         if not name.endswith(".rs"):
             continue
         test = name[:-3]
@@ -140,12 +165,12 @@ def models(worktree, env):
     return found
 
 
-def check(worktree, env, only, timeout):
+def check(worktree, env, only, timeout, first=None):
     """Builds and runs the models; (verdict, model, seconds)."""
     build = run(["cargo", "test", "-q", "-p", "loom-tests", "--release", "--no-run"], worktree, env)
     if build.returncode != 0:
         return ("BUILD-FAILED", build.stderr.strip().splitlines()[-1:] or [""], 0.0)
-    listed = models(worktree, env)
+    listed = models(worktree, env, first)
     if listed is None:
         return ("BUILD-FAILED", "no loom binary", 0.0)
     total = 0.0
@@ -200,7 +225,9 @@ def main():
             print(job_id)
         return 0
 
-    worktree = os.environ.get("SWEEP_WORKTREE", "/tmp/lr-sweep")
+    # One scratch worktree per checkout, so two checkouts never share one.
+    tag = hashlib.sha1(root.encode()).hexdigest()[:10]
+    worktree = os.environ.get("SWEEP_WORKTREE", f"/tmp/lr-sweep-{tag}")
     if os.path.exists(worktree):
         run(["git", "worktree", "remove", "--force", worktree], root)
         shutil.rmtree(worktree, ignore_errors=True)
@@ -229,10 +256,12 @@ def main():
                 finally:
                     os.chdir(cwd)
                 line = ""
+                first = first_for([edit[0] for edit in mutate.MUTATIONS[job]])
             else:
                 apply_site(worktree, job)
                 line = job[2].strip()
-            verdict, model, seconds = check(worktree, env, args.only, args.timeout)
+                first = first_for([job[0]])
+            verdict, model, seconds = check(worktree, env, args.only, args.timeout, first)
             rows.append((job_id, line, verdict, model, seconds))
             print(f"{job_id:58} {verdict:9} {model} {seconds:.1f} s", flush=True)
             if verdict == "survived" and not isinstance(job, str):
