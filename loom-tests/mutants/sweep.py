@@ -42,22 +42,37 @@ ORDERING = re.compile(
 )
 FENCE = re.compile(r"^\s*(?:crate::sync::)?fence\((?:std::sync::atomic::)?(?:Ordering::)?(Acquire|Release|AcqRel|SeqCst)\);\s*$")
 
-# Survivors with an argument in loom-tests/README.md ("Survivors of the
+# Survivors with an argument in loom-tests/README.md ("The mutation
 # sweep"): the sweep fails only on a survivor not listed here. Keys are
-# (file, the mutated line's text stripped, ordering -> weaker).
+# (file, enclosing fn, the mutated line's text stripped, ordering -> weaker).
 EXPLAINED = {
     # Shutdown handshake of the persister thread (not loom-modelled: under
     # loom there is no persister thread); a missed stop is a bounded delay.
-    ("src/persist.rs", "self.stop.store(true, Release);", "Release->Relaxed"),
-    ("src/persist.rs", "if stop_deadline.is_none() && self.stop.load(Acquire) {", "Acquire->Relaxed"),
-    ("src/persist.rs", "if now >= until || (stop_deadline.is_none() && self.stop.load(Acquire)) {", "Acquire->Relaxed"),
+    ("src/persist.rs", "shutdown", "self.stop.store(true, Release);", "Release->Relaxed"),
+    ("src/persist.rs", "run", "if stop_deadline.is_none() && self.stop.load(Acquire) {", "Acquire->Relaxed"),
+    ("src/persist.rs", "run", "if now >= until || (stop_deadline.is_none() && self.stop.load(Acquire)) {", "Acquire->Relaxed"),
     # The holder's Release (see the README's holder-count section).
-    ("src/session.rs", ".fetch_sub(1, std::sync::atomic::Ordering::Release);", "Release->Relaxed"),
+    ("src/session.rs", "let_go", ".fetch_sub(1, std::sync::atomic::Ordering::Release);", "Release->Relaxed"),
+    # The writer's Acquire of the hint carries other writers' slots into its
+    # Release store of the raised hint (transitivity); no model has two
+    # writers hand the hint over that way yet.
+    ("src/ring/mod.rs", "advance_past", "let hint = self.published.load(Acquire);", "Acquire->Relaxed"),
 }
+
+FN = re.compile(r"\bfn\s+([a-z_][a-z0-9_]*)")
+
+
+def enclosing_fn(lines, number):
+    """The name of the fn the 1-based line `number` is in."""
+    for line in reversed(lines[: number - 1]):
+        match = FN.search(line)
+        if match:
+            return match.group(1)
+    return ""
 
 
 def scan(root):
-    """Every (file, line number, line, ordering, weaker, kind) in the core."""
+    """Every (file, line number, line, ordering, weaker, kind, fn) in the core."""
     sites = []
     for directory, _, files in os.walk(os.path.join(root, "src")):
         for name in sorted(files):
@@ -77,8 +92,9 @@ def scan(root):
                     continue
                 code = line.split("//")[0]
                 fence = FENCE.match(code)
+                function = enclosing_fn(lines, number)
                 if fence:
-                    sites.append((path, number, line, fence.group(1), "removed", "fence"))
+                    sites.append((path, number, line, fence.group(1), "removed", "fence", function))
                     continue
                 for match in ORDERING.finditer(code):
                     order = match.group("order")
@@ -89,17 +105,17 @@ def scan(root):
                         "SeqCst": ["AcqRel"],
                     }[order]
                     for weak in weaker:
-                        sites.append((path, number, line, order, weak, "op"))
+                        sites.append((path, number, line, order, weak, "op", function))
     return sites
 
 
 def mutation_id(site):
-    path, number, _, order, weak, _ = site
+    path, number, _, order, weak, _, _ = site
     return f"{path}:{number}:{order}->{weak}"
 
 
 def apply_site(worktree, site):
-    path, number, line, order, weak, kind = site
+    path, number, line, order, weak, kind, _ = site
     full = os.path.join(worktree, path)
     lines = open(full).read().split("\n")
     if lines[number - 1] != line:
@@ -242,7 +258,7 @@ def main():
         for job_id, job in jobs:
             run(["git", "checkout", "-q", "--", "src"], worktree)
             if not isinstance(job, str) and not args.all:
-                key = (job[0], job[2].strip(), f"{job[3]}->{job[4]}")
+                key = (job[0], job[6], job[2].strip(), f"{job[3]}->{job[4]}")
                 if key in EXPLAINED:
                     rows.append((job_id, job[2].strip(), "explained", "", 0.0))
                     print(f"{job_id:58} explained (not run; see EXPLAINED)", flush=True)
@@ -265,7 +281,7 @@ def main():
             rows.append((job_id, line, verdict, model, seconds))
             print(f"{job_id:58} {verdict:9} {model} {seconds:.1f} s", flush=True)
             if verdict == "survived" and not isinstance(job, str):
-                key = (job[0], line, f"{job[3]}->{job[4]}")
+                key = (job[0], job[6], line, f"{job[3]}->{job[4]}")
                 if key not in EXPLAINED:
                     unexplained.append(job_id)
     finally:
