@@ -58,7 +58,7 @@ use livereplay::{
     SessionHandle, SessionKey, Subscription,
 };
 
-use support::Percentiles;
+use support::{Percentiles, Settings};
 
 type Store = ReplayStore<Vec<u8>>;
 
@@ -67,48 +67,6 @@ const PAYLOAD_BYTES: usize = 64;
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 /// How long the writer leaves a reader to park between two samples.
 const PARK_PAUSE: Duration = Duration::from_micros(50);
-
-struct Settings {
-    quick: bool,
-    filter: Option<String>,
-}
-
-impl Settings {
-    fn from_args() -> Self {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let bench_mode = args.iter().any(|arg| arg == "--bench");
-        let mut filter = None;
-        let mut skip_value = false;
-        for arg in &args {
-            if skip_value {
-                skip_value = false;
-            } else if arg.starts_with("--") {
-                skip_value =
-                    !matches!(arg.as_str(), "--bench" | "--test" | "--list") && !arg.contains('=');
-            } else {
-                filter = Some(arg.clone());
-            }
-        }
-        Self {
-            quick: support::quick() || !bench_mode,
-            filter,
-        }
-    }
-
-    fn runs(&self, name: &str) -> bool {
-        self.filter
-            .as_ref()
-            .is_none_or(|filter| name.contains(filter.as_str()))
-    }
-
-    fn size(&self, full: usize, quick: usize) -> usize {
-        if self.quick {
-            quick
-        } else {
-            full
-        }
-    }
-}
 
 /// A directory under the system temp dir for this run's log files, removed
 /// when dropped (also while a panic unwinds).

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use livereplay::{Cursor, ReplayStore, Revision, SessionKey};
 
 use baselines::{BroadcastSession, ReferenceStore};
-use support::Percentiles;
+use support::{Percentiles, Settings};
 
 const CAPACITY: usize = 2048;
 const REPLAY_WINDOW: u64 = 1024;
@@ -55,51 +55,6 @@ fn session_key() -> SessionKey {
 }
 
 const REFERENCE_ID: &str = "acme/chat-000000";
-
-struct Settings {
-    quick: bool,
-    filter: Option<String>,
-}
-
-impl Settings {
-    fn from_args() -> Self {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let bench_mode = args.iter().any(|arg| arg == "--bench");
-        // Criterion-style flags take a value; a positional argument is a
-        // name filter.
-        let mut filter = None;
-        let mut skip_value = false;
-        for arg in &args {
-            if skip_value {
-                skip_value = false;
-            } else if arg.starts_with("--") {
-                skip_value =
-                    !matches!(arg.as_str(), "--bench" | "--test" | "--list") && !arg.contains('=');
-            } else {
-                filter = Some(arg.clone());
-            }
-        }
-        Self {
-            quick: support::quick() || !bench_mode,
-            filter,
-        }
-    }
-
-    fn runs(&self, name: &str) -> bool {
-        match &self.filter {
-            Some(filter) => name.contains(filter.as_str()),
-            None => true,
-        }
-    }
-
-    fn samples(&self, full: usize, quick: usize) -> usize {
-        if self.quick {
-            quick
-        } else {
-            full
-        }
-    }
-}
 
 /// Nanoseconds since `base`, as a payload that crosses threads.
 fn nanos_since(base: Instant) -> u64 {
@@ -253,7 +208,7 @@ impl Summary {
 }
 
 fn delivery(settings: &Settings, summary: &mut String) {
-    let samples = settings.samples(20_000, 300);
+    let samples = settings.size(20_000, 300);
     println!("\n== subscribe-to-delivery latency across threads (subscriber parked; {samples} samples per design, designs taking turns) ==");
     let mut out = Summary::new("design");
     let key = session_key();
@@ -337,8 +292,8 @@ struct AppendDesign<'a> {
 }
 
 fn append_under_reader(settings: &Settings, summary: &mut String) {
-    let samples = settings.samples(1_000_000, 20_000);
-    let rounds = settings.samples(10, 2);
+    let samples = settings.size(1_000_000, 20_000);
+    let rounds = settings.size(10, 2);
     println!(
         "\n== append latency, back to back, without and with a reader replaying the last {REPLAY_WINDOW} events in a loop ({samples} samples per case, in {rounds} rounds taking turns) =="
     );
@@ -436,7 +391,7 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
 /// another thread the same way as in `delivery`.
 fn wake_primitives(settings: &Settings, summary: &mut String) {
     use event_listener::{Event, Listener};
-    let samples = settings.samples(10_000, 200);
+    let samples = settings.size(10_000, 200);
     println!("\n== wake-up primitives alone: notify to wake-up across threads ({samples} samples each) ==");
     let mut out = Summary::new("design");
 

@@ -66,55 +66,13 @@ use livereplay::{
 };
 use redis::Value;
 
-use support::Percentiles;
+use support::{Percentiles, Settings};
 
 type Store = ReplayStore<Vec<u8>>;
 
 const PAYLOAD_BYTES: usize = 64;
 /// No single wait in this bench lasts longer.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
-
-struct Settings {
-    quick: bool,
-    filter: Option<String>,
-}
-
-impl Settings {
-    fn from_args() -> Self {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let bench_mode = args.iter().any(|arg| arg == "--bench");
-        let mut filter = None;
-        let mut skip_value = false;
-        for arg in &args {
-            if skip_value {
-                skip_value = false;
-            } else if arg.starts_with("--") {
-                skip_value =
-                    !matches!(arg.as_str(), "--bench" | "--test" | "--list") && !arg.contains('=');
-            } else {
-                filter = Some(arg.clone());
-            }
-        }
-        Self {
-            quick: support::quick() || !bench_mode,
-            filter,
-        }
-    }
-
-    fn runs(&self, name: &str) -> bool {
-        self.filter
-            .as_ref()
-            .is_none_or(|filter| name.contains(filter.as_str()))
-    }
-
-    fn size(&self, full: usize, quick: usize) -> usize {
-        if self.quick {
-            quick
-        } else {
-            full
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The server (adapted from tests/support/redis_server.rs: the bench needs

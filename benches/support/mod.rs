@@ -361,3 +361,51 @@ pub fn paired_enabled() -> bool {
             .any(|arg| arg == "--profile-time" || arg == "--list");
     mode_ok && name_filter().is_none_or(|filter| "paired".contains(filter.as_str()))
 }
+
+/// What a custom (non-criterion) bench target takes from its command line:
+/// quick mode (also when run without `--bench`, as `cargo test --benches`
+/// does) and a name filter, the first positional argument. Criterion-style
+/// flags are accepted and ignored (with their values).
+pub struct Settings {
+    pub quick: bool,
+    pub filter: Option<String>,
+}
+
+impl Settings {
+    pub fn from_args() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let bench_mode = args.iter().any(|arg| arg == "--bench");
+        let mut filter = None;
+        let mut skip_value = false;
+        for arg in &args {
+            if skip_value {
+                skip_value = false;
+            } else if arg.starts_with("--") {
+                skip_value =
+                    !matches!(arg.as_str(), "--bench" | "--test" | "--list") && !arg.contains('=');
+            } else {
+                filter = Some(arg.clone());
+            }
+        }
+        Self {
+            quick: quick() || !bench_mode,
+            filter,
+        }
+    }
+
+    /// Whether the part named `name` runs (no filter, or it matches).
+    pub fn runs(&self, name: &str) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|filter| name.contains(filter.as_str()))
+    }
+
+    /// `quick` in quick mode, else `full`.
+    pub fn size(&self, full: usize, quick: usize) -> usize {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
