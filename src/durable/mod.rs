@@ -46,6 +46,8 @@ mod memory;
 mod redb;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "postcard")]
+mod stored;
 
 pub use self::memory::MemoryLog;
 #[cfg(feature = "redb")]

@@ -73,8 +73,9 @@ use ::redb::{
 use serde::{Deserialize, Serialize};
 
 use super::memory::{apply_to_meta, empty_meta, validate_write};
+use super::stored::LinksV1;
 use super::{
-    DurableLog, EventRef, HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionMeta,
+    DurableLog, HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionMeta,
     SessionWrite, StoredEvent,
 };
 use crate::cursor::Incarnation;
@@ -723,19 +724,6 @@ enum BodyV1<'a> {
     },
 }
 
-#[derive(Serialize, Deserialize)]
-struct LinksV1<'a> {
-    #[serde(borrow)]
-    parent: Option<(&'a str, u64)>,
-    #[serde(borrow)]
-    correlation: Option<&'a str>,
-    #[serde(borrow)]
-    kind: Option<&'a str>,
-    #[serde(borrow)]
-    lane: Option<&'a str>,
-    requires_ack: bool,
-}
-
 fn encode_meta(seq: u64, meta: &SessionMeta) -> Result<Vec<u8>, LogError> {
     let stored = MetaV1 {
         seq,
@@ -803,17 +791,7 @@ fn encode_record(record: &LogRecord, buf: &mut Vec<u8>) -> Result<(), LogError> 
         RecordBody::Event(event) => BodyV1::Event {
             revision: event.revision,
             timestamp_nanos: event.timestamp_nanos,
-            links: (!event.links.is_empty()).then(|| LinksV1 {
-                parent: event
-                    .links
-                    .parent
-                    .as_ref()
-                    .map(|p| (&*p.session, p.position)),
-                correlation: event.links.correlation.as_deref(),
-                kind: event.links.kind.as_deref(),
-                lane: event.links.lane.as_deref(),
-                requires_ack: event.links.requires_ack,
-            }),
+            links: LinksV1::of(&event.links),
         },
         RecordBody::Hole { count, reason } => BodyV1::Hole {
             count: *count,
@@ -870,16 +848,7 @@ fn decode_record(key: &SessionKey, position: u64, bytes: &[u8]) -> Result<LogRec
         } => RecordBody::Event(StoredEvent {
             revision,
             timestamp_nanos,
-            links: links.map_or_else(Links::default, |links| Links {
-                parent: links.parent.map(|(session, position)| EventRef {
-                    session: session.into(),
-                    position,
-                }),
-                correlation: links.correlation.map(Into::into),
-                kind: links.kind.map(Into::into),
-                lane: links.lane.map(Into::into),
-                requires_ack: links.requires_ack,
-            }),
+            links: links.map_or_else(Links::default, LinksV1::into_links),
             payload: rest.to_vec(),
         }),
         BodyV1::Hole { count, reason } => {

@@ -122,9 +122,10 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
 use super::memory::{apply_to_meta, empty_meta, validate_write};
+use super::stored::LinksV1;
 use super::{
-    DurableLog, EventRef, HoleReason, Life, Links, LogError, LogRecord, LogWatch, RecordBody,
-    SessionMeta, SessionWrite, StoredEvent,
+    DurableLog, HoleReason, Life, Links, LogError, LogRecord, LogWatch, RecordBody, SessionMeta,
+    SessionWrite, StoredEvent,
 };
 use crate::cursor::Incarnation;
 use crate::key::SessionKey;
@@ -1173,19 +1174,6 @@ struct MetaV1 {
     holes: Vec<(u64, u64)>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct LinksV1<'a> {
-    #[serde(borrow)]
-    parent: Option<(&'a str, u64)>,
-    #[serde(borrow)]
-    correlation: Option<&'a str>,
-    #[serde(borrow)]
-    kind: Option<&'a str>,
-    #[serde(borrow)]
-    lane: Option<&'a str>,
-    requires_ack: bool,
-}
-
 fn encode_meta(seq: u64, meta: &SessionMeta, holes: &[(u64, u64)]) -> Result<Vec<u8>, LogError> {
     let stored = MetaV1 {
         seq,
@@ -1286,18 +1274,7 @@ fn xadd(log: &str, record: &LogRecord) -> Result<Cmd, LogError> {
                 .arg(event.revision)
                 .arg("t")
                 .arg(event.timestamp_nanos);
-            if !event.links.is_empty() {
-                let links = LinksV1 {
-                    parent: event
-                        .links
-                        .parent
-                        .as_ref()
-                        .map(|p| (&*p.session, p.position)),
-                    correlation: event.links.correlation.as_deref(),
-                    kind: event.links.kind.as_deref(),
-                    lane: event.links.lane.as_deref(),
-                    requires_ack: event.links.requires_ack,
-                };
+            if let Some(links) = LinksV1::of(&event.links) {
                 let bytes =
                     postcard::to_stdvec(&links).map_err(|e| LogError::Backend(Box::new(e)))?;
                 c.arg("l").arg(bytes);
@@ -1409,16 +1386,7 @@ fn decode_entry(key: &SessionKey, entry: Value) -> Result<LogRecord, LogError> {
                 if !rest.is_empty() {
                     return Err(bad("trailing bytes after the links".into()));
                 }
-                Links {
-                    parent: links.parent.map(|(session, position)| EventRef {
-                        session: session.into(),
-                        position,
-                    }),
-                    correlation: links.correlation.map(Into::into),
-                    kind: links.kind.map(Into::into),
-                    lane: links.lane.map(Into::into),
-                    requires_ack: links.requires_ack,
-                }
+                links.into_links()
             }
         };
         RecordBody::Event(StoredEvent {
