@@ -58,7 +58,7 @@ use livereplay::{
     SessionHandle, SessionKey, Subscription,
 };
 
-use support::{Percentiles, Settings};
+use support::{at_quantile, nanos, nanos_since, per_second, spread, Percentiles, Settings};
 
 type Store = ReplayStore<Vec<u8>>;
 
@@ -155,44 +155,6 @@ fn settle(store: &Store, key: &SessionKey, position: u64) {
             "{key}: position {position} not durable: {error}; {:?}",
             store.stats().durable
         );
-    }
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
-fn nanos_since(base: Instant) -> u64 {
-    nanos(base.elapsed())
-}
-
-/// The value at quantile `q` of `values` (sorted copy, nearest rank).
-fn at_quantile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-/// `median (min..max)` of repeated measurements.
-fn spread(values: &[f64], show: impl Fn(f64) -> String) -> String {
-    if values.len() == 1 {
-        return show(values[0]);
-    }
-    format!(
-        "{} ({}..{})",
-        show(at_quantile(values, 0.5)),
-        show(at_quantile(values, 0.0)),
-        show(at_quantile(values, 1.0))
-    )
-}
-
-fn per_second(rate: f64) -> String {
-    if rate < 1e4 {
-        format!("{rate:.0} events/s")
-    } else if rate >= 1e6 {
-        format!("{:.2} M events/s", rate / 1e6)
-    } else {
-        format!("{:.0} k events/s", rate / 1e3)
     }
 }
 

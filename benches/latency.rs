@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use livereplay::{Cursor, ReplayStore, Revision, SessionKey};
 
 use baselines::{BroadcastSession, ReferenceStore};
-use support::{Percentiles, Settings};
+use support::{nanos_since, Percentiles, Settings};
 
 const CAPACITY: usize = 2048;
 const REPLAY_WINDOW: u64 = 1024;
@@ -55,11 +55,6 @@ fn session_key() -> SessionKey {
 }
 
 const REFERENCE_ID: &str = "acme/chat-000000";
-
-/// Nanoseconds since `base`, as a payload that crosses threads.
-fn nanos_since(base: Instant) -> u64 {
-    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// One design in the delivery measurement: how the writer appends a
 /// timestamp, and how its subscriber (on its own thread) blocks for the

@@ -409,3 +409,44 @@ impl Settings {
         }
     }
 }
+
+/// A duration in whole nanoseconds (saturating).
+pub fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Nanoseconds since `base`.
+pub fn nanos_since(base: std::time::Instant) -> u64 {
+    nanos(base.elapsed())
+}
+
+/// The value at quantile `q` of `values` (sorted copy, nearest rank).
+pub fn at_quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// `median (min..max)` of repeated measurements.
+pub fn spread(values: &[f64], show: impl Fn(f64) -> String) -> String {
+    if values.len() == 1 {
+        return show(values[0]);
+    }
+    format!(
+        "{} ({}..{})",
+        show(at_quantile(values, 0.5)),
+        show(at_quantile(values, 0.0)),
+        show(at_quantile(values, 1.0))
+    )
+}
+
+/// An event rate, in events/s, k or M.
+pub fn per_second(rate: f64) -> String {
+    if rate < 1e4 {
+        format!("{rate:.0} events/s")
+    } else if rate >= 1e6 {
+        format!("{:.2} M events/s", rate / 1e6)
+    } else {
+        format!("{:.0} k events/s", rate / 1e3)
+    }
+}
