@@ -472,23 +472,34 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
     }
 
     fn decode(&self, record: LogRecord) -> Option<Arc<Event<T>>> {
-        let persistence = self.shared.persistence.as_ref()?;
-        let RecordBody::Event(stored) = record.body else {
-            return None;
-        };
-        match persistence.codec.decode(&stored.payload) {
-            Ok(payload) => Some(Arc::new(Event {
-                key: self.key.clone(),
-                incarnation: record.incarnation,
-                revision: Revision(stored.revision),
-                position: record.position,
-                timestamp: Timestamp::from_nanos(stored.timestamp_nanos),
-                payload,
-            })),
-            Err(_) => {
-                persistence.counters.undecodable_events.add(1);
-                None
-            }
+        decode_record(&self.shared, &self.key, record)
+    }
+}
+
+/// The event a log record holds, decoded with the store's codec; `None`
+/// for a hole, or a payload the codec refuses (counted).
+pub(crate) fn decode_record<T: Send + Sync + 'static>(
+    shared: &Shared<T>,
+    key: &SessionKey,
+    record: LogRecord,
+) -> Option<Arc<Event<T>>> {
+    let persistence = shared.persistence.as_ref()?;
+    let RecordBody::Event(stored) = record.body else {
+        return None;
+    };
+    match persistence.codec.decode(&stored.payload) {
+        Ok(payload) => Some(Arc::new(Event {
+            key: key.clone(),
+            incarnation: record.incarnation,
+            revision: Revision(stored.revision),
+            position: record.position,
+            timestamp: Timestamp::from_nanos(stored.timestamp_nanos),
+            links: (!stored.links.is_empty()).then(|| Box::new(stored.links)),
+            payload,
+        })),
+        Err(_) => {
+            persistence.counters.undecodable_events.add(1);
+            None
         }
     }
 }

@@ -13,6 +13,7 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::cursor::{Cursor, CursorError};
+use crate::links::LinkError;
 
 /// Why a cursor cannot be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +118,9 @@ pub enum Error {
     /// A configured bound refused the call.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The append's links are malformed; nothing was appended.
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
 impl Error {

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cursor::{Cursor, Incarnation, Revision};
 use crate::key::SessionKey;
+use crate::links::{EventRef, Links};
 
 /// Wall-clock time of an append, in nanoseconds since the UNIX epoch, as
 /// read from the store's [`Clock`](crate::Clock).
@@ -46,6 +47,8 @@ pub struct Event<T> {
     pub(crate) revision: Revision,
     pub(crate) position: u64,
     pub(crate) timestamp: Timestamp,
+    /// `None` for an event appended without links: one word, no allocation.
+    pub(crate) links: Option<Box<Links>>,
     pub(crate) payload: T,
 }
 
@@ -75,6 +78,16 @@ impl<T> Event<T> {
         self.timestamp
     }
 
+    /// The causal links it was appended with, if any.
+    pub fn links(&self) -> Option<&Links> {
+        self.links.as_deref()
+    }
+
+    /// The reference other events use to name it as their parent.
+    pub fn reference(&self) -> EventRef {
+        EventRef::new(self.key.clone(), self.position)
+    }
+
     /// The payload.
     pub fn payload(&self) -> &T {
         &self.payload
@@ -100,6 +113,7 @@ impl<T: fmt::Debug> fmt::Debug for Event<T> {
             .field("revision", &self.revision.0)
             .field("position", &self.position)
             .field("timestamp", &self.timestamp)
+            .field("links", &self.links)
             .field("payload", &self.payload)
             .finish()
     }

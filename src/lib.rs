@@ -143,12 +143,15 @@ mod clock;
 mod codec;
 mod config;
 mod cursor;
+#[cfg(feature = "dag")]
+pub mod dag;
 pub mod durable;
 mod error;
 mod event;
 #[cfg(feature = "axum")]
 pub mod http;
 mod key;
+mod links;
 mod map;
 mod persist;
 mod ring;
@@ -169,6 +172,7 @@ pub use crate::cursor::{Cursor, CursorError, Incarnation, Revision, MAX_CURSOR_L
 pub use crate::error::{Error, Gap, GapReason, NextTimeoutError, Refusal, TryNextError};
 pub use crate::event::{Event, Timestamp};
 pub use crate::key::{IdPart, KeyError, SessionKey, MAX_ID_LEN};
+pub use crate::links::{EventRef, LinkError, Links, MAX_LINK_LEN};
 pub use crate::persist::DurableOptions;
 pub use crate::session::SessionHandle;
 pub use crate::store::{

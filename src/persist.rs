@@ -60,7 +60,7 @@ use event_listener::{Event as Notifier, EventListener};
 use crate::codec::Codec;
 use crate::cursor::{Incarnation, Revision};
 use crate::durable::{
-    DurableLog, HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionWrite, StoredEvent,
+    DurableLog, HoleReason, Life, LogError, LogRecord, RecordBody, SessionWrite, StoredEvent,
 };
 use crate::error::Refusal;
 use crate::key::SessionKey;
@@ -497,7 +497,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                                 body: RecordBody::Event(StoredEvent {
                                     revision: event.revision().0,
                                     timestamp_nanos: event.timestamp().as_nanos(),
-                                    links: Links::default(),
+                                    links: event.links().cloned().unwrap_or_default(),
                                     payload: payload.clone(),
                                 }),
                             });

@@ -33,6 +33,7 @@ use crate::cursor::{Cursor, Incarnation, Revision};
 use crate::error::{Error, Gap, GapReason, Refusal};
 use crate::event::{Event, Timestamp};
 use crate::key::SessionKey;
+use crate::links::Links;
 use crate::ring::{Read, Ring};
 use crate::subscription::Subscription;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize};
@@ -336,6 +337,7 @@ impl<T> Session<T> {
         position: u64,
         revision: Revision,
         timestamp: Timestamp,
+        links: Option<Box<Links>>,
         payload: T,
     ) -> Arc<Event<T>> {
         Arc::new(Event {
@@ -344,6 +346,7 @@ impl<T> Session<T> {
             revision,
             position,
             timestamp,
+            links,
             payload,
         })
     }
@@ -356,15 +359,27 @@ impl<T> Session<T> {
     /// clear-fence-read (see `crate::persist`): either the persister's read
     /// sees this event, or this load sees the flag cleared and queues the
     /// session again.
+    #[inline]
     pub(crate) fn append(
         this: &Arc<Self>,
         revision: Revision,
         payload: T,
     ) -> Result<Arc<Event<T>>, Refusal> {
+        Self::append_with(this, revision, payload, None)
+    }
+
+    /// Appends one event carrying `links` (already checked for shape).
+    #[inline]
+    pub(crate) fn append_with(
+        this: &Arc<Self>,
+        revision: Revision,
+        payload: T,
+        links: Option<Box<Links>>,
+    ) -> Result<Arc<Event<T>>, Refusal> {
         this.shared.check_payload(&payload)?;
         let timestamp = this.shared.now();
         let position = this.ring.claim(1).ok_or(Refusal::SessionRemoved)?;
-        let event = this.build(position, revision, timestamp, payload);
+        let event = this.build(position, revision, timestamp, links, payload);
         this.ring.publish(&event);
         Self::mark_dirty(this);
         Ok(event)
@@ -387,7 +402,7 @@ impl<T> Session<T> {
         let events: Vec<_> = payloads
             .into_iter()
             .zip(first..)
-            .map(|(payload, position)| this.build(position, revision, timestamp, payload))
+            .map(|(payload, position)| this.build(position, revision, timestamp, None, payload))
             .collect();
         this.ring.publish_batch(&events);
         Self::mark_dirty(this);
@@ -738,6 +753,24 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
     #[inline]
     pub fn append(&self, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Error> {
         Ok(Session::append(&self.session, revision, payload)?)
+    }
+
+    /// Appends one event with causal links; see
+    /// [`ReplayStore::append_linked`](crate::ReplayStore::append_linked).
+    pub fn append_linked(
+        &self,
+        revision: Revision,
+        payload: T,
+        links: Links,
+    ) -> Result<Arc<Event<T>>, Error> {
+        links.check_for(self.key())?;
+        let links = (!links.is_empty()).then(|| Box::new(links));
+        Ok(Session::append_with(
+            &self.session,
+            revision,
+            payload,
+            links,
+        )?)
     }
 
     /// Appends a batch visible all at once; see

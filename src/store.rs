@@ -27,8 +27,10 @@ use crate::durable::{DurableLog, LogError};
 use crate::error::{Error, Gap, GapReason};
 use crate::event::Event;
 use crate::key::SessionKey;
+use crate::links::{EventRef, Links};
 use crate::map::{Found, SessionMap};
 use crate::persist::{restore_identity, DurableOptions, Persistence};
+use crate::ring::Read;
 use crate::session::{Held, Session, SessionHandle, Shared, Weigher};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
@@ -244,6 +246,52 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         self.shared.check_payload(&payload)?;
         let session = self.resident(key)?;
         Ok(Session::append(&session, revision, payload)?)
+    }
+
+    /// Appends one event carrying causal [`Links`] (a parent, a correlation
+    /// id, a kind, a lane, whether it waits for an acknowledgement).
+    ///
+    /// Exactly as cheap and as wait-free as [`append`](Self::append) when
+    /// `links` is empty. Links are checked for shape only (see
+    /// [`Links::check_for`]): a parent in another tenant is refused with
+    /// [`Error::Link`], a parent that does not exist is accepted (the
+    /// causal index reports it as missing).
+    ///
+    /// ```
+    /// use livereplay::{Config, Links, ReplayStore, Revision, SessionKey};
+    ///
+    /// let store = ReplayStore::<String>::new(Config::default())?;
+    /// let key = SessionKey::new("acme", "turn-1")?;
+    /// let call = store.append_linked(&key, Revision(1), "search(\"rust\")".into(),
+    ///     Links::new().kind("tool_call").correlation("call-1"))?;
+    /// let result = store.append_linked(&key, Revision(1), "3 hits".into(),
+    ///     Links::new().parent(call.reference()).kind("tool_result"))?;
+    /// assert_eq!(result.links().unwrap().parent, Some(call.reference()));
+    ///
+    /// let other = SessionKey::new("globex", "turn-1")?;
+    /// assert!(store.append_linked(&other, Revision(1), "x".into(),
+    ///     Links::new().parent(call.reference())).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_linked(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        payload: T,
+        links: Links,
+    ) -> Result<Arc<Event<T>>, Error> {
+        if links.is_empty() {
+            return self.append(key, revision, payload);
+        }
+        links.check_for(key)?;
+        self.shared.check_payload(&payload)?;
+        let session = self.resident(key)?;
+        Ok(Session::append_with(
+            &session,
+            revision,
+            payload,
+            Some(Box::new(links)),
+        )?)
     }
 
     /// Appends `payloads` with consecutive positions, visible all at once: a
@@ -691,6 +739,39 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             }
         }
         Ok(events)
+    }
+
+    /// The event at `event`'s position if the session is resident and its
+    /// ring still holds it.
+    #[cfg(feature = "dag")]
+    pub(crate) fn event_in_ring(&self, event: &EventRef) -> Option<Arc<Event<T>>> {
+        self.sessions
+            .with(&event.key, |session| {
+                match session.ring.read(event.position) {
+                    Read::Event(found) => Some(found),
+                    _ => None,
+                }
+            })
+            .flatten()
+    }
+
+    /// The event at `event`'s position as the durable log holds it; `None`
+    /// without a log, or where the log holds a hole, nothing, or a payload
+    /// the codec refuses.
+    #[cfg(feature = "dag")]
+    pub(crate) fn event_in_log(&self, event: &EventRef) -> Result<Option<Arc<Event<T>>>, LogError> {
+        let Some(persistence) = &self.shared.persistence else {
+            return Ok(None);
+        };
+        let Some(before) = event.position.checked_sub(1) else {
+            return Ok(None);
+        };
+        let record = persistence.log.load_after(&event.key, before, 1)?;
+        Ok(record
+            .into_iter()
+            .next()
+            .filter(|record| record.position == event.position)
+            .and_then(|record| crate::catchup::decode_record(&self.shared, &event.key, record)))
     }
 
     /// The session's durable watermark: every position at or below it is

@@ -35,6 +35,9 @@ pub struct MemoryLog {
 #[derive(Debug, Default)]
 struct Inner {
     sessions: HashMap<SessionKey, SessionLog>,
+    /// The causal index's key-value space ([`super::IndexStore`]).
+    #[cfg(feature = "dag")]
+    index: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Order in which sessions were first recorded, for newest-first lists.
     next_seq: u64,
 }
@@ -200,6 +203,10 @@ impl DurableLog for MemoryLog {
                 session.records.insert(record.position, record.clone());
             }
         }
+        // The index reads and writes only values it encoded itself, so it
+        // fails only on a bug; the records are in either way.
+        #[cfg(feature = "dag")]
+        crate::dag::index_appended(&mut IndexView(&mut inner), writes)?;
         drop(inner);
         self.appended.notify_all();
         Ok(())
@@ -210,6 +217,11 @@ impl DurableLog for MemoryLog {
     }
 
     fn watch(&self) -> Option<&dyn LogWatch> {
+        Some(self)
+    }
+
+    #[cfg(feature = "dag")]
+    fn index(&self) -> Option<&dyn super::IndexStore> {
         Some(self)
     }
 
@@ -329,5 +341,99 @@ impl LogWatch for MemoryLog {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+/// The index over the log's state, under its lock.
+#[cfg(feature = "dag")]
+struct IndexView<'a>(&'a mut Inner);
+
+#[cfg(feature = "dag")]
+impl super::IndexRead for IndexView<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(self.0.index.get(key).cloned())
+    }
+
+    fn scan(
+        &mut self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<super::IndexEntries, LogError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_vec()),
+            _ => Bound::Included(prefix.to_vec()),
+        };
+        Ok(self
+            .0
+            .index
+            .range((start, Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .take(limit)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn is_event(&mut self, key: &SessionKey, position: u64) -> Result<bool, LogError> {
+        Ok(self.0.sessions.get(key).is_some_and(|session| {
+            position > session.meta.archived_through
+                && session
+                    .records
+                    .get(&position)
+                    .is_some_and(|record| matches!(record.body, RecordBody::Event(_)))
+        }))
+    }
+}
+
+#[cfg(feature = "dag")]
+impl super::IndexWrite for IndexView<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
+        self.0.index.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), LogError> {
+        self.0.index.remove(key);
+        Ok(())
+    }
+}
+
+/// Reads lock the log per call: a query holds no lock between its steps
+/// (it loads events through the log in between).
+#[cfg(feature = "dag")]
+struct IndexReader<'a>(&'a MemoryLog);
+
+#[cfg(feature = "dag")]
+impl super::IndexRead for IndexReader<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        IndexView(&mut self.0.lock()).get(key)
+    }
+
+    fn scan(
+        &mut self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<super::IndexEntries, LogError> {
+        IndexView(&mut self.0.lock()).scan(prefix, after, limit)
+    }
+
+    fn is_event(&mut self, key: &SessionKey, position: u64) -> Result<bool, LogError> {
+        IndexView(&mut self.0.lock()).is_event(key, position)
+    }
+}
+
+#[cfg(feature = "dag")]
+impl super::IndexStore for MemoryLog {
+    fn read(&self) -> Result<Box<dyn super::IndexRead + '_>, LogError> {
+        Ok(Box::new(IndexReader(self)))
+    }
+
+    fn write(
+        &self,
+        update: &mut dyn FnMut(&mut dyn super::IndexWrite) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        update(&mut IndexView(&mut self.lock()))
     }
 }

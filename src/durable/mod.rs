@@ -41,6 +41,7 @@
 //!    tenant. Keys that differ only in where the tenant ends are different
 //!    sessions.
 
+mod index;
 mod memory;
 #[cfg(feature = "redb")]
 mod redb;
@@ -49,6 +50,7 @@ mod redis;
 #[cfg(feature = "postcard")]
 mod stored;
 
+pub use self::index::{IndexEntries, IndexRead, IndexStore, IndexWrite};
 pub use self::memory::MemoryLog;
 #[cfg(feature = "redb")]
 pub use self::redb::{RedbDurability, RedbLog, RedbOptions};
@@ -61,6 +63,7 @@ use thiserror::Error;
 
 use crate::cursor::Incarnation;
 use crate::key::SessionKey;
+pub use crate::links::{EventRef, Links};
 
 /// One life of a session in the log: the incarnation that appended from
 /// `first_position` on (until the next life's first position, or the tail).
@@ -146,40 +149,6 @@ impl fmt::Display for HoleReason {
             HoleReason::Lapped => "lapped by the ring before it was persisted",
             HoleReason::Unencodable => "the payload could not be encoded",
         })
-    }
-}
-
-/// A reference to an event of the same tenant: its session id and position.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EventRef {
-    /// The session id (the tenant is the referring event's).
-    pub session: Box<str>,
-    /// The position in that session.
-    pub position: u64,
-}
-
-/// Causal links an event may carry (parent, correlation, kind, lane, and
-/// whether it waits for an acknowledgement). The log stores them with the
-/// event from the start, so that indexes over them can be built by the
-/// persister later without migrating records.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Links {
-    /// The event this one follows from.
-    pub parent: Option<EventRef>,
-    /// A correlation id shared by related events.
-    pub correlation: Option<Box<str>>,
-    /// What kind of event this is (the caller's vocabulary).
-    pub kind: Option<Box<str>>,
-    /// The lane (sub-agent, tool, UI) it belongs to.
-    pub lane: Option<Box<str>>,
-    /// Whether the event waits for an acknowledgement.
-    pub requires_ack: bool,
-}
-
-impl Links {
-    /// Whether there is no link at all (the common case, stored as one byte).
-    pub fn is_empty(&self) -> bool {
-        *self == Links::default()
     }
 }
 
@@ -352,6 +321,13 @@ pub trait DurableLog: Send + Sync + 'static {
     /// records, if this log can tell (a catch-up on a host node uses it for
     /// live events). Default: `None` (only this store's persister writes).
     fn watch(&self) -> Option<&dyn LogWatch> {
+        None
+    }
+
+    /// The causal index this log keeps with its records (see
+    /// [`IndexStore`]), if it keeps one: the built-in backends do when the
+    /// `dag` feature is on. Default: `None` (the `dag` queries refuse).
+    fn index(&self) -> Option<&dyn IndexStore> {
         None
     }
 }

@@ -75,8 +75,8 @@ use serde::{Deserialize, Serialize};
 use super::memory::{apply_to_meta, empty_meta, validate_write};
 use super::stored::LinksV1;
 use super::{
-    DurableLog, HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionMeta,
-    SessionWrite, StoredEvent,
+    DurableLog, HoleReason, IndexEntries, IndexRead, IndexStore, IndexWrite, Life, Links, LogError,
+    LogRecord, RecordBody, SessionMeta, SessionWrite, StoredEvent,
 };
 use crate::cursor::Incarnation;
 use crate::key::SessionKey;
@@ -88,6 +88,8 @@ const RECORDS: TableDefinition<(&str, &str, u64), &[u8]> =
 const META: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("livereplay.meta");
 /// `(tenant, creation seq)` → session id.
 const LISTING: TableDefinition<(&str, u64), &str> = TableDefinition::new("livereplay.listing");
+/// The causal index's key-value space (`crate::dag`): tuple-encoded keys.
+const INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("livereplay.index");
 /// Small named counters.
 const STATE: TableDefinition<&str, u64> = TableDefinition::new("livereplay.state");
 
@@ -371,6 +373,7 @@ impl RedbLog {
             txn.open_table(RECORDS).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
             txn.open_table(LISTING).map_err(backend)?;
+            txn.open_table(INDEX).map_err(backend)?;
             let mut state = txn.open_table(STATE).map_err(backend)?;
             let format = state.get(FORMAT_KEY).map_err(backend)?.map(|v| v.value());
             match format {
@@ -394,7 +397,8 @@ impl RedbLog {
         let txn = self.database()?.begin_read().map_err(backend)?;
         let tables_exist = txn.open_table(RECORDS).is_ok()
             && txn.open_table(META).is_ok()
-            && txn.open_table(LISTING).is_ok();
+            && txn.open_table(LISTING).is_ok()
+            && txn.open_table(INDEX).is_ok();
         let Ok(state) = txn.open_table(STATE) else {
             return Ok(false);
         };
@@ -550,6 +554,16 @@ impl RedbLog {
                         .map_err(backend)?;
                 }
             }
+            // The index in the same transaction: durable exactly when the
+            // records are.
+            let mut index = txn.open_table(INDEX).map_err(backend)?;
+            crate::dag::index_appended(
+                &mut IndexTxn {
+                    index: &mut index,
+                    records: &records,
+                },
+                writes,
+            )?;
         }
         txn.commit().map_err(backend)
     }
@@ -559,6 +573,10 @@ impl DurableLog for RedbLog {
     fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
         let db = self.database()?;
         self.write_failed(self.append_in(&db, writes))
+    }
+
+    fn index(&self) -> Option<&dyn IndexStore> {
+        Some(self)
     }
 
     fn load_after(
@@ -651,6 +669,148 @@ impl DurableLog for RedbLog {
             out.push(key);
         }
         Ok(out)
+    }
+}
+
+type IndexTable<'txn> = ::redb::Table<'txn, &'static [u8], &'static [u8]>;
+type RecordsTable<'txn> = ::redb::Table<'txn, (&'static str, &'static str, u64), &'static [u8]>;
+
+/// The causal index inside a write transaction.
+struct IndexTxn<'a, 'txn> {
+    index: &'a mut IndexTable<'txn>,
+    records: &'a RecordsTable<'txn>,
+}
+
+/// The causal index in one read transaction (a consistent snapshot).
+struct IndexSnapshot {
+    index: ::redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    records: ::redb::ReadOnlyTable<(&'static str, &'static str, u64), &'static [u8]>,
+}
+
+fn index_get(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, LogError> {
+    Ok(table.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
+}
+
+fn index_scan(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<IndexEntries, LogError> {
+    use std::ops::Bound;
+    let start = match after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    };
+    let mut out = Vec::new();
+    for entry in table
+        .range::<&[u8]>((start, Bound::Unbounded))
+        .map_err(backend)?
+    {
+        let (k, v) = entry.map_err(backend)?;
+        if out.len() >= limit || !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn record_is_event(
+    records: &impl ReadableTable<(&'static str, &'static str, u64), &'static [u8]>,
+    key: &SessionKey,
+    position: u64,
+) -> Result<bool, LogError> {
+    // Archiving removes records, so a record that is there is not archived.
+    let Some(bytes) = records
+        .get((key.tenant(), key.session(), position))
+        .map_err(backend)?
+    else {
+        return Ok(false);
+    };
+    let (header, _) = decode_header(key, position, bytes.value())?;
+    Ok(matches!(header.body, BodyV1::Event { .. }))
+}
+
+impl IndexRead for IndexTxn<'_, '_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        index_get(&*self.index, key)
+    }
+
+    fn scan(
+        &mut self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<IndexEntries, LogError> {
+        index_scan(&*self.index, prefix, after, limit)
+    }
+
+    fn is_event(&mut self, key: &SessionKey, position: u64) -> Result<bool, LogError> {
+        record_is_event(self.records, key, position)
+    }
+}
+
+impl IndexWrite for IndexTxn<'_, '_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
+        self.index.insert(key, value).map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), LogError> {
+        self.index.remove(key).map_err(backend)?;
+        Ok(())
+    }
+}
+
+impl IndexRead for IndexSnapshot {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        index_get(&self.index, key)
+    }
+
+    fn scan(
+        &mut self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<IndexEntries, LogError> {
+        index_scan(&self.index, prefix, after, limit)
+    }
+
+    fn is_event(&mut self, key: &SessionKey, position: u64) -> Result<bool, LogError> {
+        record_is_event(&self.records, key, position)
+    }
+}
+
+impl IndexStore for RedbLog {
+    fn read(&self) -> Result<Box<dyn IndexRead + '_>, LogError> {
+        let txn = self.database()?.begin_read().map_err(backend)?;
+        Ok(Box::new(IndexSnapshot {
+            index: txn.open_table(INDEX).map_err(backend)?,
+            records: txn.open_table(RECORDS).map_err(backend)?,
+        }))
+    }
+
+    fn write(
+        &self,
+        update: &mut dyn FnMut(&mut dyn IndexWrite) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        let db = self.database()?;
+        self.write_failed((|| {
+            let txn = self.begin_write(&db)?;
+            {
+                let mut index = txn.open_table(INDEX).map_err(backend)?;
+                let records = txn.open_table(RECORDS).map_err(backend)?;
+                update(&mut IndexTxn {
+                    index: &mut index,
+                    records: &records,
+                })?;
+            }
+            txn.commit().map_err(backend)
+        })())
     }
 }
 
@@ -848,7 +1008,12 @@ fn decode_record(key: &SessionKey, position: u64, bytes: &[u8]) -> Result<LogRec
         } => RecordBody::Event(StoredEvent {
             revision,
             timestamp_nanos,
-            links: links.map_or_else(Links::default, LinksV1::into_links),
+            links: match links {
+                None => Links::default(),
+                Some(links) => links.into_links(key.tenant()).ok_or_else(|| {
+                    corrupt(key, position, "the links' parent is not a valid session id")
+                })?,
+            },
             payload: rest.to_vec(),
         }),
         BodyV1::Hole { count, reason } => {

@@ -1386,7 +1386,9 @@ fn decode_entry(key: &SessionKey, entry: Value) -> Result<LogRecord, LogError> {
                 if !rest.is_empty() {
                     return Err(bad("trailing bytes after the links".into()));
                 }
-                links.into_links()
+                links
+                    .into_links(key.tenant())
+                    .ok_or_else(|| bad("the links' parent is not a valid session id".into()))?
             }
         };
         RecordBody::Event(StoredEvent {

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{EventRef, Links};
+use crate::key::SessionKey;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct LinksV1<'a> {
@@ -27,7 +28,7 @@ impl<'a> LinksV1<'a> {
     /// The stored form of `links`; `None` when there is no link at all.
     pub(super) fn of(links: &'a Links) -> Option<Self> {
         (!links.is_empty()).then(|| Self {
-            parent: links.parent.as_ref().map(|p| (&*p.session, p.position)),
+            parent: links.parent.as_ref().map(|p| (p.key.session(), p.position)),
             correlation: links.correlation.as_deref(),
             kind: links.kind.as_deref(),
             lane: links.lane.as_deref(),
@@ -35,17 +36,22 @@ impl<'a> LinksV1<'a> {
         })
     }
 
-    /// The links it stands for.
-    pub(super) fn into_links(self) -> Links {
-        Links {
-            parent: self.parent.map(|(session, position)| EventRef {
-                session: session.into(),
+    /// The links it stands for, on an event of `tenant`; `None` when the
+    /// stored parent is not a valid session id (the bytes are damaged).
+    pub(super) fn into_links(self, tenant: &str) -> Option<Links> {
+        let parent = match self.parent {
+            Some((session, position)) => Some(EventRef {
+                key: SessionKey::new(tenant, session).ok()?,
                 position,
             }),
+            None => None,
+        };
+        Some(Links {
+            parent,
             correlation: self.correlation.map(Into::into),
             kind: self.kind.map(Into::into),
             lane: self.lane.map(Into::into),
             requires_ack: self.requires_ack,
-        }
+        })
     }
 }

@@ -208,9 +208,11 @@ impl<T: Send + Sync + 'static> SseCatchUp<T> {
                     error,
                 })
             }
-            Err(Error::Refused(refusal)) => {
+            // Catch-up appends nothing, so `Link` cannot happen; it is
+            // reported as a refusal rather than trusted away.
+            Err(error @ (Error::Refused(_) | Error::Link(_))) => {
                 return Err(ResumeError::Unavailable {
-                    reason: refusal.to_string(),
+                    reason: error.to_string(),
                 })
             }
         };

@@ -412,6 +412,7 @@ mod tests {
             revision: Revision(position),
             position,
             timestamp: Timestamp::default(),
+            links: None,
             payload: position,
         })
     }

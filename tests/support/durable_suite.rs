@@ -913,10 +913,7 @@ fn with_links(position: u64, links: Links, payload: Vec<u8>) -> LogRecord {
 pub fn links_round_trip(log: &dyn DurableLog) {
     let k = key("t", "s");
     let full = Links {
-        parent: Some(EventRef {
-            session: "other/session ✓".into(),
-            position: u64::MAX,
-        }),
+        parent: Some(EventRef::new(key("t", "other/session ✓"), u64::MAX)),
         correlation: Some("corr-42".into()),
         kind: Some("tool.call".into()),
         lane: Some("sub-agent 3".into()),
@@ -935,10 +932,7 @@ pub fn links_round_trip(log: &dyn DurableLog) {
         with_links(
             3,
             Links {
-                parent: Some(EventRef {
-                    session: "p".into(),
-                    position: 0,
-                }),
+                parent: Some(EventRef::new(key("t", "p"), 0)),
                 ..Links::default()
             },
             vec![0; 3],
@@ -1017,10 +1011,7 @@ fn populate(log: &dyn DurableLog) -> Vec<SessionKey> {
             with_links(
                 4,
                 Links {
-                    parent: Some(EventRef {
-                        session: "b".into(),
-                        position: 1,
-                    }),
+                    parent: Some(EventRef::new(b.clone(), 1)),
                     correlation: Some("c".into()),
                     kind: None,
                     lane: Some("l".into()),
