@@ -27,9 +27,12 @@ use crate::durable::{DurableLog, LogError};
 use crate::error::{Error, Gap, GapReason};
 use crate::event::Event;
 use crate::key::SessionKey;
-use crate::links::{EventRef, Links};
+#[cfg(feature = "dag")]
+use crate::links::EventRef;
+use crate::links::Links;
 use crate::map::{Found, SessionMap};
 use crate::persist::{restore_identity, DurableOptions, Persistence};
+#[cfg(feature = "dag")]
 use crate::ring::Read;
 use crate::session::{Held, Session, SessionHandle, Shared, Weigher};
 use crate::subscription::Subscription;

@@ -47,7 +47,7 @@ mod memory;
 mod redb;
 #[cfg(feature = "redis")]
 mod redis;
-#[cfg(feature = "postcard")]
+#[cfg(any(feature = "redb", feature = "redis"))]
 mod stored;
 
 pub use self::index::{IndexEntries, IndexRead, IndexStore, IndexWrite};
