@@ -60,6 +60,9 @@ const OPEN: u8 = b'O';
 const ACKED: u8 = b'A';
 const STATE: u8 = b'S';
 
+/// The key of the index's state, for backends that read it ahead.
+pub const STATE_KEY: &[u8] = &[STATE];
+
 /// How many entries one scan of the cascade or a query reads at a time.
 const SCAN_CHUNK: usize = 256;
 
@@ -209,7 +212,7 @@ fn kind_key(tenant: &str, kind: &str, depth: u32, number: u64) -> KeyBuf {
 }
 
 pub(crate) fn read_state(kv: &mut dyn IndexRead) -> Result<State, LogError> {
-    match kv.get(KeyBuf::table(STATE).bytes())? {
+    match kv.get(STATE_KEY)? {
         Some(bytes) => decode(&bytes),
         None => Ok(State::default()),
     }
@@ -331,7 +334,7 @@ pub fn index_appended(
         }
     }
     if (state.number, state.orphans) != before {
-        kv.put(KeyBuf::table(STATE).bytes(), &encode(&state)?)?;
+        kv.put(STATE_KEY, &encode(&state)?)?;
     }
     Ok(())
 }

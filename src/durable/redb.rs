@@ -14,6 +14,7 @@
 //! | `livereplay.meta` | `(tenant, session)` | postcard [`SessionMeta`] plus the session's creation sequence number |
 //! | `livereplay.listing` | `(tenant, creation seq)` | the session id |
 //! | `livereplay.state` | name | `format` (the layout version) and `next_session_seq` |
+//! | `livereplay.index` | the causal index's tuple-encoded key (`crate::dag`) | its value; written in the transaction that writes the records it indexes |
 //!
 //! redb orders tuple keys element by element, and a `&str` element is stored
 //! with its length, so `("ab", "c")` and `("a", "bc")` are different keys

@@ -24,6 +24,7 @@
 //! | `<prefix>:{<t>:<s>}:meta` | string | format byte `1`, then postcard meta (below) |
 //! | `<prefix>:tenant:{<t>}:sessions` | sorted set | member: session id, score: creation number |
 //! | `<prefix>:seq` | string | the last creation number handed out (`INCRBY`) |
+//! | `<prefix>:index`, `<prefix>:index:keys` | hash, sorted set | the causal index (see `index.rs`) |
 //!
 //! A record is one stream entry whose id is its (first) position, so
 //! `XRANGE`/`XREAD` ranges are position ranges and a cursor's position is an
@@ -70,7 +71,7 @@
 //!
 //! | call | commands | round trips |
 //! |---|---|---|
-//! | `append` | `WATCH` metas + `GET` each; (`INCRBY <prefix>:seq n` when it records new sessions); `MULTI`, `XADD <log> <position>-0 …` per record, `SET` meta per changed session, `ZADD … NX` per new session, `EXEC` | 2 (3 when new sessions are recorded; 2 more per retry; a refused call: the read and an `UNWATCH`) |
+//! | `append` | `WATCH` metas and the index hash + `GET` each meta + `HGET` the index state; (one more round trip per index read an event with links needs: its parent's node, and whether a parent without links is an event); (`INCRBY <prefix>:seq n` when it records new sessions); `MULTI`, `XADD <log> <position>-0 …` per record, `SET` meta per changed session, `ZADD … NX` per new session, `EXEC` | 2 (3 when new sessions are recorded; 2 more per retry; a refused call: the read and an `UNWATCH`) |
 //! | `load_after` | `MULTI`, `GET` meta, `XREVRANGE <log> (<after+1>-0 - COUNT 1` (a hole covering `after + 1` starts before it), `XRANGE <log> <after+1>-0 + COUNT <limit>`, `EXEC` | 1 |
 //! | `meta` | `GET` | 1 |
 //! | `archive_before` | `WATCH` meta + `GET`; `MULTI`, `XTRIM <log> MINID <m>-0`, `SET` meta, `EXEC` | 2 (1 when nothing is to archive) |
@@ -120,6 +121,8 @@ use std::time::Duration;
 use ::redis::{Client, Cmd, Connection, ConnectionLike, ServerError, Value};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
+
+mod index;
 
 use super::memory::{apply_to_meta, empty_meta, validate_write};
 use super::stored::LinksV1;
@@ -440,14 +443,36 @@ impl RedisLog {
             .iter()
             .map(|key| SessionKeys::new(&self.options.prefix, key))
             .collect();
+        // The causal index is watched with the metas, and its state read
+        // ahead (every append reads it; see `index`).
+        let index_hash = index::hash_key(&self.options.prefix);
         let mut watch = cmd("WATCH");
         for k in &keys {
             watch.arg(&k.meta);
         }
+        watch.arg(&index_hash);
         let mut read = vec![watch];
         read.extend(keys.iter().map(|k| cmd("GET").arg(&k.meta).clone()));
-        let replies = self.first_trip(slot, reused, &read)?;
-        match self.stage_append(slot, writes, &index, &sessions, &keys, replies) {
+        read.push(
+            cmd("HGET")
+                .arg(&index_hash)
+                .arg(crate::dag::STATE_KEY)
+                .clone(),
+        );
+        let mut replies = self.first_trip(slot, reused, &read)?;
+        let state = match replies.pop().map(|reply| bulk(reply, "HGET")) {
+            Some(Ok(state)) => state,
+            Some(Err(e)) => {
+                unwatch(slot);
+                return Err(e);
+            }
+            None => None,
+        };
+        let first = FirstTrip {
+            replies,
+            index_state: state,
+        };
+        match self.stage_append(slot, writes, &index, &sessions, &keys, first) {
             Ok(Some(tx)) => exec(slot, &tx, "append"),
             Ok(None) => {
                 // Only empty writes to known sessions: nothing changes.
@@ -470,9 +495,10 @@ impl RedisLog {
         index: &HashMap<&SessionKey, usize>,
         sessions: &[&SessionKey],
         keys: &[SessionKeys],
-        replies: Vec<Value>,
+        first: FirstTrip,
     ) -> Result<Option<Vec<Cmd>>, LogError> {
-        let mut replies = replies.into_iter();
+        let known_index = HashMap::from([(crate::dag::STATE_KEY.to_vec(), first.index_state)]);
+        let mut replies = first.replies.into_iter();
         ok_reply(replies.next().unwrap_or(Value::Nil), "WATCH")?;
         let mut staged = Vec::with_capacity(sessions.len());
         for (key, reply) in sessions.iter().zip(replies) {
@@ -553,6 +579,10 @@ impl RedisLog {
                 );
             }
         }
+        // The index's writes, planned with reads under the same WATCH.
+        let mut staged_index = index::Staged::new(slot, &self.options.prefix, known_index);
+        crate::dag::index_appended(&mut staged_index, writes)?;
+        tx.extend(staged_index.commands());
         tx.push(cmd("EXEC"));
         Ok(Some(tx))
     }
@@ -587,6 +617,14 @@ impl RedisLog {
             }
         }
     }
+}
+
+/// What an append's first round trip read.
+struct FirstTrip {
+    /// `WATCH`'s reply, then each session's meta.
+    replies: Vec<Value>,
+    /// The causal index's state.
+    index_state: Option<Vec<u8>>,
 }
 
 /// Plans an archive from the meta read under `WATCH`: its transaction and
@@ -651,6 +689,10 @@ impl DurableLog for RedisLog {
     }
 
     fn watch(&self) -> Option<&dyn LogWatch> {
+        Some(self)
+    }
+
+    fn index(&self) -> Option<&dyn super::IndexStore> {
         Some(self)
     }
 
