@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use livereplay::adapters::{AdapterError, DagEvent, DagPosition, EventDag};
 use livereplay::dag::{DagError, UpstreamSignal};
 use livereplay::durable::{DurableLog, MemoryLog};
 use livereplay::{
@@ -631,6 +632,150 @@ pub fn a_long_chain_walks_within_its_limit(f: Fixture) {
     assert_eq!(deep.events[0].payload(), "250");
 }
 
+// --- seed 004's shape -------------------------------------------------------
+
+fn seed_event(
+    session: &str,
+    parent: Option<&EventRef>,
+    kind: &str,
+    text: &str,
+) -> DagEvent<String> {
+    DagEvent {
+        session: session.into(),
+        parent: parent.cloned(),
+        correlation: None,
+        kind: Some(kind.into()),
+        lane: 0,
+        requires_ack: false,
+        payload: text.into(),
+    }
+}
+
+fn seed_dag(store: Arc<ReplayStore<String>>) -> EventDag<String> {
+    EventDag::new(store, "acme", |signal, target| {
+        format!("{} for {}", signal.kind(), target)
+    })
+    .expect("an adapter")
+}
+
+pub fn seed_adapter_walks_reads_and_positions(mut f: Fixture) {
+    let store = Arc::new(f.store.take().expect("a store"));
+    let dag = seed_dag(store.clone());
+    let root = dag
+        .append(seed_event("main", None, "user", "root"))
+        .unwrap();
+    let mut call = seed_event("main", Some(&root), "tool_call", "call");
+    call.correlation = Some(root.clone());
+    call.lane = 7;
+    let call = dag.append(call).unwrap();
+    let mut sub = seed_event("sub", Some(&call), "tool_call", "sub");
+    sub.correlation = Some(root.clone());
+    let sub = dag.append(sub).unwrap();
+
+    // Appends return indexed: every query sees them at once.
+    let up = dag.walk_ancestors(&sub, 10).unwrap();
+    assert_eq!(
+        texts(&up),
+        ["sub", "call", "root"],
+        "from `from` toward the root"
+    );
+    assert_eq!(
+        texts(&dag.walk_ancestors(&sub, 2).unwrap()),
+        ["sub", "call"]
+    );
+    assert!(dag.walk_ancestors(&sub, 0).unwrap().is_empty());
+    assert_eq!(
+        texts(&dag.walk_descendants(&root, 10).unwrap()),
+        ["call", "sub"]
+    );
+    assert_eq!(
+        dag.read(&call).unwrap().links().unwrap().lane.as_deref(),
+        Some("7")
+    );
+    assert_eq!(
+        dag.next_position(Some(&sub), 3).unwrap(),
+        DagPosition { depth: 3, lane: 3 }
+    );
+    assert_eq!(dag.next_position(None, 1).unwrap().depth, 0);
+    assert_eq!(
+        texts(&dag.find_correlation_chain("acme", &root).unwrap()),
+        ["call", "sub"]
+    );
+    assert_eq!(
+        texts(&dag.find_by_kind("tool_call", 2, 2, 10).unwrap()),
+        ["sub"]
+    );
+    assert!(dag
+        .find_by_kind_for_tenant("globex", "tool_call", 0, 9, 10)
+        .unwrap()
+        .is_empty());
+
+    let nowhere = EventRef::new(key("main"), 99);
+    assert!(matches!(
+        dag.read(&nowhere),
+        Err(AdapterError::NotFound { .. })
+    ));
+    assert!(dag.next_position(Some(&nowhere), 0).is_err());
+    let foreign = EventRef::new(SessionKey::new("globex", "main").unwrap(), 1);
+    assert!(matches!(
+        dag.read(&foreign),
+        Err(AdapterError::WrongTenant { .. })
+    ));
+    // A parent in another tenant is the store's typed refusal.
+    assert!(matches!(
+        dag.append(seed_event("main", Some(&foreign), "k", "x")),
+        Err(AdapterError::Store(Error::Link(
+            LinkError::CrossTenant { .. }
+        )))
+    ));
+    drop(dag);
+    f.store = Arc::into_inner(store);
+}
+
+pub fn seed_adapter_acknowledges_and_signals_upstream(mut f: Fixture) {
+    let store = Arc::new(f.store.take().expect("a store"));
+    let dag = seed_dag(store.clone());
+    let turn = dag
+        .append(seed_event("runtime", None, "turn", "turn"))
+        .unwrap();
+    let mut ui = seed_event("ui", Some(&turn), "render", "render");
+    ui.requires_ack = true;
+    let ui = dag.append(ui).unwrap();
+    let mut other = seed_event("ui", Some(&turn), "render", "render 2");
+    other.requires_ack = true;
+    let other = dag.append(other).unwrap();
+    assert_eq!(
+        texts(&dag.unacknowledged(10).unwrap()),
+        ["render", "render 2"]
+    );
+
+    let before = store.latest_position(&key("runtime")).unwrap();
+    dag.acknowledge(&ui, true).unwrap();
+    dag.acknowledge(&ui, false).unwrap();
+    assert_eq!(texts(&dag.unacknowledged(10).unwrap()), ["render 2"]);
+    // The runtime's own session got the ack, naming its turn.
+    let signal = store
+        .replay_after_position(&key("runtime"), before)
+        .unwrap();
+    assert_eq!(signal.len(), 1);
+    assert_eq!(
+        signal[0].payload(),
+        &format!("livereplay.signal.ack for {turn}")
+    );
+    drop(dag);
+
+    // After a restart the acknowledgement and the open one are still there.
+    f.store = Arc::into_inner(store);
+    f.restart();
+    let store = Arc::new(f.store.take().expect("a store"));
+    let dag = seed_dag(store.clone());
+    assert_eq!(texts(&dag.unacknowledged(10).unwrap()), ["render 2"]);
+    dag.acknowledge(&other, false).unwrap();
+    assert!(dag.unacknowledged(10).unwrap().is_empty());
+    drop(dag);
+    f.store = Arc::into_inner(store);
+}
+
 pub fn a_store_without_a_log_has_no_dag() {
     let store = ReplayStore::<String>::new(Config::default()).unwrap();
     assert!(matches!(store.dag(), Err(DagError::NoDurableTier)));
@@ -664,6 +809,8 @@ macro_rules! dag_suite {
             the_index_survives_a_restart,
             walks_go_on_through_archived_events,
             a_long_chain_walks_within_its_limit,
+            seed_adapter_walks_reads_and_positions,
+            seed_adapter_acknowledges_and_signals_upstream,
         );
     };
     (@tests $fixture:expr; $($name:ident),* $(,)?) => {

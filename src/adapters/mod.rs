@@ -1,5 +1,6 @@
-//! The seeds' shapes over a durable store: [`SessionLog`] (seeds 000/001)
-//! and [`EventStore`] (seed 003), for code written against those traits.
+//! The seeds' shapes over a durable store: [`SessionLog`] (seeds 000/001),
+//! [`EventStore`] (seed 003) and, with the `dag` feature, `EventDag` (seed
+//! 004), for code written against those traits.
 //!
 //! Both are thin, synchronous views of a [`ReplayStore`] built with a
 //! durable log ([`StoreBuilder::durable`](crate::StoreBuilder::durable)):
@@ -13,9 +14,13 @@
 //! The turn loop appends to the store itself; these are for the other
 //! callers (importers, tools, tests, code ported from the seeds).
 
+#[cfg(feature = "dag")]
+mod event_dag;
 mod event_store;
 mod session_log;
 
+#[cfg(feature = "dag")]
+pub use self::event_dag::{DagEvent, DagPosition, EventDag};
 pub use self::event_store::EventStore;
 pub use self::session_log::SessionLog;
 
@@ -61,6 +66,25 @@ pub enum AdapterError {
         expected: String,
         /// The tenant named.
         got: String,
+    },
+    /// No tier holds the event named.
+    #[error("no tier holds {event}")]
+    NotFound {
+        /// The event.
+        event: crate::links::EventRef,
+    },
+    /// The event is not in the causal index (not durable yet, or never
+    /// appended) within the wait.
+    #[error("{event} is not indexed (not durable yet, or never appended)")]
+    NotIndexed {
+        /// The event.
+        event: crate::links::EventRef,
+    },
+    /// The causal index could not be used (no index, or the log failed).
+    #[error("the causal index failed: {reason}")]
+    Index {
+        /// What went wrong.
+        reason: String,
     },
 }
 
