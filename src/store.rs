@@ -758,23 +758,32 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             .flatten()
     }
 
-    /// The event at `event`'s position as the durable log holds it; `None`
-    /// without a log, or where the log holds a hole, nothing, or a payload
-    /// the codec refuses.
+    /// The events the durable log holds at positions `first ..= last` of
+    /// `key`'s session, in position order: holes, archived positions and
+    /// payloads the codec refuses are left out. One log read (`last -
+    /// first + 1` records at most).
     #[cfg(feature = "dag")]
-    pub(crate) fn event_in_log(&self, event: &EventRef) -> Result<Option<Arc<Event<T>>>, LogError> {
+    pub(crate) fn events_in_log(
+        &self,
+        key: &SessionKey,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<Arc<Event<T>>>, LogError> {
         let Some(persistence) = &self.shared.persistence else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
-        let Some(before) = event.position.checked_sub(1) else {
-            return Ok(None);
+        let (Some(before), Some(span)) = (first.checked_sub(1), last.checked_sub(first)) else {
+            return Ok(Vec::new());
         };
-        let record = persistence.log.load_after(&event.key, before, 1)?;
-        Ok(record
+        let limit = usize::try_from(span)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let records = persistence.log.load_after(key, before, limit)?;
+        Ok(records
             .into_iter()
-            .next()
-            .filter(|record| record.position == event.position)
-            .and_then(|record| crate::catchup::decode_record(&self.shared, &event.key, record)))
+            .filter(|record| (first..=last).contains(&record.position))
+            .filter_map(|record| crate::catchup::decode_record(&self.shared, key, record))
+            .collect())
     }
 
     /// The session's durable watermark: every position at or below it is

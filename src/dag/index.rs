@@ -46,6 +46,8 @@
 //! the store can produce) stays at unknown depth: the cascade only starts
 //! from a known depth, and walks stop at an event they have seen.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::durable::{IndexRead, IndexWrite, LogError, RecordBody, SessionWrite};
@@ -72,7 +74,9 @@ pub(crate) struct KeyBuf(Vec<u8>);
 
 impl KeyBuf {
     fn table(tag: u8) -> Self {
-        Self(vec![tag])
+        let mut key = Vec::with_capacity(64);
+        key.push(tag);
+        Self(key)
     }
 
     fn str(mut self, part: &str) -> Self {
@@ -148,16 +152,19 @@ impl<'a> KeyReader<'a> {
     }
 }
 
-/// What the index knows of one event with links.
+/// What the index knows of one event with links. Strings are borrowed
+/// when the index writes a node (from the record) and owned when it reads
+/// one back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Node {
-    /// The parent's session id (same tenant) and position.
-    pub(crate) parent: Option<(String, u64)>,
+pub(crate) struct Node<'a> {
+    /// The parent's session id (same tenant) and position. First, with the
+    /// depth: [`read_head`] decodes only these two.
+    pub(crate) parent: Option<(Cow<'a, str>, u64)>,
     /// Distance to the root; `None` while an ancestor is missing.
     pub(crate) depth: Option<u32>,
-    pub(crate) kind: Option<String>,
-    pub(crate) correlation: Option<String>,
-    pub(crate) lane: Option<String>,
+    pub(crate) kind: Option<Cow<'a, str>>,
+    pub(crate) correlation: Option<Cow<'a, str>>,
+    pub(crate) lane: Option<Cow<'a, str>>,
     pub(crate) requires_ack: bool,
     pub(crate) timestamp_nanos: u64,
     /// The index number (module docs).
@@ -223,11 +230,28 @@ pub(crate) fn read_node(
     tenant: &str,
     session: &str,
     position: u64,
-) -> Result<Option<Node>, LogError> {
+) -> Result<Option<Node<'static>>, LogError> {
     match kv.get(node_key(tenant, session, position).bytes())? {
         Some(bytes) => decode(&bytes).map(Some),
         None => Ok(None),
     }
+}
+
+/// A node's depth only (`None`: no node), decoded without allocating: the
+/// index reads a parent's depth for every event with a parent.
+fn read_depth(
+    kv: &mut dyn IndexRead,
+    tenant: &str,
+    session: &str,
+    position: u64,
+) -> Result<Option<Option<u32>>, LogError> {
+    let Some(bytes) = kv.get(node_key(tenant, session, position).bytes())? else {
+        return Ok(None);
+    };
+    type Head<'b> = (Option<(&'b str, u64)>, Option<u32>);
+    let ((_, depth), _): (Head<'_>, _) = postcard::take_from_bytes(&bytes)
+        .map_err(|e| LogError::Corrupt(format!("causal index value: {e}")))?;
+    Ok(Some(depth))
 }
 
 /// A reference stored as a value (`s p`).
@@ -271,8 +295,8 @@ pub fn index_appended(
                 None => Some(0),
                 Some(parent) => {
                     let (ps, pp) = (parent.key.session(), parent.position);
-                    match read_node(kv, tenant, ps, pp)? {
-                        Some(node) => node.depth.map(|d| d.saturating_add(1)),
+                    match read_depth(kv, tenant, ps, pp)? {
+                        Some(depth) => depth.map(|d| d.saturating_add(1)),
                         None if in_writes(writes, &parent.key, pp)
                             || kv.is_event(&parent.key, pp)? =>
                         {
@@ -289,11 +313,11 @@ pub fn index_appended(
                 parent: links
                     .parent
                     .as_ref()
-                    .map(|p| (p.key.session().to_owned(), p.position)),
+                    .map(|p| (Cow::Borrowed(p.key.session()), p.position)),
                 depth,
-                kind: links.kind.as_deref().map(str::to_owned),
-                correlation: links.correlation.as_deref().map(str::to_owned),
-                lane: links.lane.as_deref().map(str::to_owned),
+                kind: links.kind.as_deref().map(Cow::Borrowed),
+                correlation: links.correlation.as_deref().map(Cow::Borrowed),
+                lane: links.lane.as_deref().map(Cow::Borrowed),
                 requires_ack: links.requires_ack,
                 timestamp_nanos: event.timestamp_nanos,
                 number: state.number,

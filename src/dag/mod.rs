@@ -210,7 +210,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
 /// A step of a walk: the event's links as indexed, or that it is an event
 /// without links, or that the log does not hold it.
 enum Step {
-    Linked(index::Node),
+    Linked(index::Node<'static>),
     Plain,
     Missing,
 }
@@ -239,7 +239,10 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
         if let Some(found) = self.store.event_in_ring(event) {
             return Ok(Some(found));
         }
-        Ok(self.store.event_in_log(event)?)
+        let found = self
+            .store
+            .events_in_log(&event.key, event.position, event.position)?;
+        Ok(found.into_iter().next())
     }
 
     /// What the index knows of `event`; `None` if it is not indexed or has
@@ -251,11 +254,11 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
             return Ok(None);
         };
         let acknowledged = index::is_acknowledged(&mut *kv, event)?;
-        let parent = match node.parent {
+        let parent = match &node.parent {
             Some((session, position)) => Some(EventRef::new(
-                SessionKey::new(tenant, &session)
+                SessionKey::new(tenant, session)
                     .map_err(|e| LogError::Corrupt(format!("causal index: {e}")))?,
-                position,
+                *position,
             )),
             None => None,
         };
@@ -293,7 +296,7 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
         };
         let mut seen = HashSet::from([(from.key.session().to_owned(), from.position)]);
         while let Some((session, position)) = parent.take() {
-            if refs.len() >= limit || !seen.insert((session.clone(), position)) {
+            if refs.len() >= limit || !seen.insert((session.to_string(), position)) {
                 break;
             }
             let event = EventRef::new(
@@ -435,7 +438,7 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
         let mut seen = HashSet::new();
         while let Some((session, position)) = parent.take() {
             walked += 1;
-            if walked > MAX_SIGNAL_DEPTH || !seen.insert((session.clone(), position)) {
+            if walked > MAX_SIGNAL_DEPTH || !seen.insert((session.to_string(), position)) {
                 break;
             }
             let event = EventRef::new(
@@ -508,13 +511,46 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
         }
     }
 
-    /// Loads the events `refs` name, keeping their order.
+    /// Loads the events `refs` name, keeping their order: from the ring
+    /// where it still holds them, the rest from the log with one read per
+    /// run of consecutive positions of a session (a walk along one
+    /// session's chain is a handful of reads, not one per step).
     fn load(&self, refs: Vec<EventRef>, as_of: u64) -> Result<DagAnswer<T>, DagError> {
+        let mut found: Vec<Option<Arc<Event<T>>>> =
+            refs.iter().map(|r| self.store.event_in_ring(r)).collect();
+        let mut wanted: Vec<(&SessionKey, u64, usize)> = refs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| found[*i].is_none())
+            .map(|(i, r)| (&r.key, r.position, i))
+            .collect();
+        wanted.sort_by(|a, b| (a.0.session(), a.1).cmp(&(b.0.session(), b.1)));
+        let mut rest = wanted.as_slice();
+        while let Some(&(key, first, _)) = rest.first() {
+            // The run: same session, each position at most one past the last.
+            let mut end = 1;
+            let mut last = first;
+            while let Some(&(k, position, _)) = rest.get(end) {
+                if k != key || position > last + 1 || position - first >= MAX_RUN {
+                    break;
+                }
+                last = position;
+                end += 1;
+            }
+            let events = self.store.events_in_log(key, first, last)?;
+            for &(_, position, i) in &rest[..end] {
+                found[i] = events
+                    .binary_search_by_key(&position, |e| e.position())
+                    .ok()
+                    .map(|at| events[at].clone());
+            }
+            rest = &rest[end..];
+        }
         let mut events = Vec::with_capacity(refs.len());
         let mut archived = Vec::new();
-        for event in refs {
-            match self.read(&event)? {
-                Some(found) => events.push(found),
+        for (event, loaded) in refs.into_iter().zip(found) {
+            match loaded {
+                Some(loaded) => events.push(loaded),
                 None => archived.push(event),
             }
         }
@@ -526,3 +562,6 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
         })
     }
 }
+
+/// The most positions one log read of [`Dag`]'s loads covers.
+const MAX_RUN: u64 = 4096;
