@@ -242,7 +242,7 @@ fn chain_store(temp: &TempDir, name: &str, n: u64) -> Store {
         store
             .append_linked(&k, Revision(1), payload(i), chain_links(&k, i))
             .expect("append");
-        if i % 32 == 31 {
+        if (i + 1).is_multiple_of(32) {
             settle(&store, &k, i + 1);
         }
     }
@@ -298,7 +298,7 @@ fn correlation(settings: &Settings, temp: &TempDir) {
                 Links::new().correlation("turn-1"),
             )
             .expect("append");
-        if i % 32 == 31 {
+        if (i + 1).is_multiple_of(32) {
             settle(&store, &k, i + 1);
         }
     }
@@ -335,7 +335,7 @@ fn unacknowledged(settings: &Settings, temp: &TempDir) {
         let event = store
             .append_linked(&k, Revision(1), payload(i), Links::new().requires_ack())
             .expect("append");
-        if event.position() % 32 == 0 {
+        if event.position().is_multiple_of(32) {
             settle(&store, &k, event.position());
         }
     }
