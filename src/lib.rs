@@ -130,9 +130,14 @@
 //!   incarnation. A cursor names the life that wrote its position: one at
 //!   or below that life's durable end resumes exactly; one beyond it (seen
 //!   by a client, lost in a crash) gets [`GapReason::Lost`] with the count.
+//! * **Causal links.** [`ReplayStore::append_linked`] attaches [`Links`]
+//!   (parent, correlation, kind, lane, whether it waits for an
+//!   acknowledgement) to an event, checked for shape only. The log's
+//!   backend indexes them in the same commit as the records; module `dag`
+//!   (feature `dag`) queries that index and records acknowledgements.
 //! * The ring's own calls (replay, subscribe, `current_cursor`, …) stay
 //!   memory-only and never block; only catch-up, the durable watermark
-//!   calls and the [`adapters`] read the log.
+//!   calls, the causal queries and the [`adapters`] read the log.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

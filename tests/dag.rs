@@ -776,6 +776,70 @@ pub fn seed_adapter_acknowledges_and_signals_upstream(mut f: Fixture) {
     f.store = Arc::into_inner(store);
 }
 
+// --- many nodes ----------------------------------------------------------------
+
+/// Two nodes (stores) over one shared log: node A appends a child whose
+/// parent node B has not written yet; it is an orphan in the one index until
+/// B's event is durable, then both nodes see its depth.
+fn two_nodes_share_one_index(a: ReplayStore<String>, b: ReplayStore<String>) {
+    let parent = EventRef::new(key("b-session"), 1);
+    let child = append(
+        &a,
+        "a-session",
+        "child",
+        Links::new().parent(parent.clone()).kind("k"),
+    );
+    settle(&a, &["a-session"]);
+    assert_eq!(
+        b.dag()
+            .unwrap()
+            .node(&child.reference())
+            .unwrap()
+            .unwrap()
+            .depth,
+        None,
+        "node B sees node A's orphan"
+    );
+    let root = append(&b, "b-session", "root", Links::new().kind("root"));
+    assert_eq!(root.reference(), parent);
+    settle(&b, &["b-session"]);
+    for (name, store) in [("A", &a), ("B", &b)] {
+        let dag = store.dag().unwrap();
+        let up = dag.ancestors(&child.reference(), 10).unwrap();
+        assert_eq!(texts(&up.events), ["root"], "node {name}");
+        assert_eq!(
+            texts(&dag.find_by_kind("acme", "k", 1, 1, 10).unwrap().events),
+            ["child"],
+            "node {name}"
+        );
+    }
+}
+
+#[test]
+fn two_nodes_share_one_memory_index() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::shared());
+    two_nodes_share_one_index(store_over(log.clone()), store_over(log));
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn two_nodes_share_one_redis_index() {
+    use livereplay::durable::{RedisLog, RedisOptions};
+    let Some(server) = redis_server::RedisServer::start() else {
+        eprintln!("SKIPPED: no redis-server on PATH");
+        return;
+    };
+    let open = || -> Arc<dyn DurableLog> {
+        let options = RedisOptions {
+            prefix: "twonodes".into(),
+            connect_timeout: Duration::from_secs(2),
+            ..RedisOptions::default()
+        };
+        Arc::new(RedisLog::open_with(&server.url(), options).expect("a Redis log"))
+    };
+    two_nodes_share_one_index(store_over(open()), store_over(open()));
+}
+
 pub fn a_store_without_a_log_has_no_dag() {
     let store = ReplayStore::<String>::new(Config::default()).unwrap();
     assert!(matches!(store.dag(), Err(DagError::NoDurableTier)));

@@ -192,6 +192,16 @@ pub struct DagNode {
     pub number: u64,
 }
 
+/// The causal index's counters ([`Dag::index_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndexStats {
+    /// Events with links indexed so far, log-wide (the latest `as_of`).
+    pub indexed: u64,
+    /// Events indexed while their parent was not in the log and still
+    /// waiting for it (their depth, and their descendants', is unknown).
+    pub orphans: u64,
+}
+
 /// Causal queries over a store's durable log; from [`ReplayStore::dag`].
 pub struct Dag<'s, T> {
     store: &'s ReplayStore<T>,
@@ -231,6 +241,16 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
                 None => Step::Missing,
             },
         )
+    }
+
+    /// The index's counters, log-wide.
+    pub fn index_stats(&self) -> Result<IndexStats, DagError> {
+        let mut kv = self.index.read()?;
+        let state = index::read_state(&mut *kv)?;
+        Ok(IndexStats {
+            indexed: state.number,
+            orphans: state.orphans,
+        })
     }
 
     /// The event `event` names, from the ring if it still holds it, else
