@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
 export RUSTFLAGS="--cfg loom"
 # A separate target dir: loom builds every crate with another cfg.
-export CARGO_TARGET_DIR=target/loom
+# LOOM_TARGET_DIR overrides it (a machine shared by several checkouts gives
+# each its own).
+export CARGO_TARGET_DIR="${LOOM_TARGET_DIR:-target/loom}"
 cargo_test() { cargo test --quiet -p loom-tests --release "$@"; }
 
 cargo test -p loom-tests --release --no-run

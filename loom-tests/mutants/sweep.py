@@ -53,10 +53,6 @@ EXPLAINED = {
     ("src/persist.rs", "run", "if now >= until || (stop_deadline.is_none() && self.stop.load(Acquire)) {", "Acquire->Relaxed"),
     # The holder's Release (see the README's holder-count section).
     ("src/session.rs", "let_go", ".fetch_sub(1, std::sync::atomic::Ordering::Release);", "Release->Relaxed"),
-    # The writer's Acquire of the hint carries other writers' slots into its
-    # Release store of the raised hint (transitivity); no model has two
-    # writers hand the hint over that way yet.
-    ("src/ring/mod.rs", "advance_past", "let hint = self.published.load(Acquire);", "Acquire->Relaxed"),
 }
 
 FN = re.compile(r"\bfn\s+([a-z_][a-z0-9_]*)")

@@ -57,6 +57,54 @@ fn two_writers_and_a_replayer() {
     });
 }
 
+/// Model 1b: two writers and a reader, all through handles (no map lock
+/// between them, unlike model 1, whose by-key writer and replayer are
+/// ordered by the map's lock). The writer of position 2 may find the hint
+/// already raised to 1 by the writer of 1 and raise it to 2 with a plain
+/// store, without reading slot 1; a reader that acquires that 2 trusts
+/// slot 1 too. Only that writer's Acquire load of the hint
+/// (`Ring::advance_past`) carries the other writer's slot into its Release
+/// store, so that the reader's replay from the start is a contiguous run
+/// from 1 of the writers' own events, never a `Trimmed` gap.
+///
+/// The reader takes its own handle after the spawns, and not only for
+/// realism: the clone touches the holder count, which each writer's handle
+/// touches last, when its thread ends. Without that access loom never
+/// runs the writers' hint stores before the reader's first load of the
+/// hint: its DPOR remembers one last access per atomic, and each writer
+/// loads the hint just before it stores it, which hides the reader's
+/// earlier load (tokio-rs/loom#166, #392). With it, loom explores the
+/// writers finishing before the replay (see loom-tests/README.md).
+#[test]
+fn a_writer_hands_the_hint_on_over_another_writers_slot() {
+    check(
+        "a_writer_hands_the_hint_on_over_another_writers_slot",
+        || {
+            let store = store(8);
+            let key = key();
+            let handle = store.session(&key).unwrap();
+            let (first, second) = (handle.clone(), handle.clone());
+            let first = thread::spawn(move || first.append(Revision(1), 100).unwrap());
+            let second = thread::spawn(move || second.append(Revision(1), 200).unwrap());
+
+            // The reader takes a handle of its own (see above), then replays.
+            let reader = handle.clone();
+            let seen = reader
+                .replay_after(&Cursor::start(key))
+                .expect("nothing is trimmed, so a replay from the start succeeds");
+
+            let a = first.join().unwrap();
+            let b = second.join().unwrap();
+            assert_eq!(
+                positions(&seen),
+                (1..=seen.len() as u64).collect::<Vec<_>>(),
+                "a replay is a contiguous run from 1"
+            );
+            assert!(seen.iter().all(|event| is_one_of(event, &[&a, &b])));
+        },
+    );
+}
+
 /// Model 2a: capacity 1, position 1 already stored; one writer appends
 /// once and another twice, so positions 2, 3 and 4 race, and the writer of
 /// 4 may lap the writer of 2 (same storage place) before 2 is in. A
