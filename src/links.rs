@@ -153,7 +153,11 @@ impl Links {
 
     /// Whether there is no link at all (the common case, stored as one byte).
     pub fn is_empty(&self) -> bool {
-        *self == Links::default()
+        self.parent.is_none()
+            && self.correlation.is_none()
+            && self.kind.is_none()
+            && self.lane.is_none()
+            && !self.requires_ack
     }
 
     /// Checks the shape of links an event of `key`'s session would carry
