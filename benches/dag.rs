@@ -22,12 +22,20 @@
 //! 5. **`unacknowledged` over 100 000 open events** (redb): the first page
 //!    of 100, and then all of them.
 //!
-//! Run: `cargo bench --features redb --bench dag`. Quick mode
+//! With the `redis` feature, part 2 adds a Redis row and parts 3 to 5 run
+//! on Redis too, against a `redis-server` the bench starts on loopback
+//! (`tests/support/redis_server.rs`; SKIPPED without one, except in CI).
+//!
+//! Run: `cargo bench --features redb --bench dag` (`--features redb,redis`
+//! for Redis). Quick mode
 //! (`LIVEREPLAY_BENCH_QUICK=1`, or without `--bench`) uses small sizes. A
 //! name filter that matches neither `append`, `index_build`, `ancestors`,
 //! `correlation` nor `unacknowledged` skips that part. Every wait is
 //! bounded.
 
+#[cfg(feature = "redis")]
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::hint::black_box;
@@ -180,7 +188,7 @@ fn persist_rate(log: Arc<dyn DurableLog>, n: u64, with_links: bool) -> f64 {
     rate
 }
 
-fn index_build(settings: &Settings, temp: &TempDir) {
+fn index_build(settings: &Settings, temp: &TempDir, redis: Option<Backend<'_>>) {
     let n = settings.size(200_000, 5_000) as u64;
     let runs = settings.size(3, 1);
     println!("\n== 2. persist throughput with and without links: {n} events to one session, until durable; {runs} runs each, taking turns ==");
@@ -211,6 +219,13 @@ fn index_build(settings: &Settings, temp: &TempDir) {
             Box::new(|_, _| Arc::new(MemoryLog::new()) as Arc<dyn DurableLog>),
         ),
     ];
+    let mut logs = logs;
+    if let Some((name, open)) = redis {
+        logs.push((
+            name,
+            Box::new(move |run, links| open(&format!("build-{run}-{links}"))),
+        ));
+    }
     for (name, make) in &logs {
         let mut without = Vec::new();
         let mut with = Vec::new();
@@ -233,11 +248,14 @@ fn index_build(settings: &Settings, temp: &TempDir) {
 
 // ---------------------------------------------------------------------------
 
-/// A redb store holding a chain of `n` linked events in session `chain`,
+/// Opens a fresh log of the backend under test, named `name`.
+type Backend<'a> = (&'static str, &'a dyn Fn(&str) -> Arc<dyn DurableLog>);
+
+/// A store holding a chain of `n` linked events in session `chain`,
 /// durable; the ring holds only the last 64.
-fn chain_store(temp: &TempDir, name: &str, n: u64) -> Store {
+fn chain_store(log: Arc<dyn DurableLog>, n: u64) -> Store {
     let k = key("chain");
-    let store = store_over(redb(temp, name, RedbDurability::Deferred), 64);
+    let store = store_over(log, 64);
     for i in 0..n {
         store
             .append_linked(&k, Revision(1), payload(i), chain_links(&k, i))
@@ -260,14 +278,14 @@ fn time_runs(runs: usize, mut f: impl FnMut()) -> Vec<f64> {
         .collect()
 }
 
-fn ancestors(settings: &Settings, temp: &TempDir) {
+fn ancestors(settings: &Settings, (backend, open): Backend<'_>) {
     let n = 1_000u64;
     let runs = settings.size(51, 5);
     println!(
-        "\n== 3. walk of {} ancestors (redb, ring of 64: all but the last 64 events are read from the log), {runs} walks ==",
+        "\n== 3. walk of {} ancestors ({backend}, ring of 64: all but the last 64 events are read from the log), {runs} walks ==",
         n - 1
     );
-    let store = chain_store(temp, "ancestors.redb", n);
+    let store = chain_store(open("ancestors"), n);
     let dag = store.dag().expect("a dag");
     let last = livereplay::EventRef::new(key("chain"), n);
     let found = dag.ancestors(&last, 1000).expect("walk").events.len();
@@ -283,12 +301,12 @@ fn ancestors(settings: &Settings, temp: &TempDir) {
     );
 }
 
-fn correlation(settings: &Settings, temp: &TempDir) {
+fn correlation(settings: &Settings, (backend, open): Backend<'_>) {
     let n = settings.size(10_000, 1_000) as u64;
     let runs = settings.size(11, 3);
-    println!("\n== 4. a correlation chain of {n} events (redb), all of them, {runs} reads ==");
+    println!("\n== 4. a correlation chain of {n} events ({backend}), all of them, {runs} reads ==");
     let k = key("corr");
-    let store = store_over(redb(temp, "correlation.redb", RedbDurability::Deferred), 64);
+    let store = store_over(open("correlation"), 64);
     for i in 0..n {
         store
             .append_linked(
@@ -324,12 +342,12 @@ fn correlation(settings: &Settings, temp: &TempDir) {
     );
 }
 
-fn unacknowledged(settings: &Settings, temp: &TempDir) {
+fn unacknowledged(settings: &Settings, (backend, open): Backend<'_>) {
     let n = settings.size(100_000, 2_000) as u64;
     let runs = settings.size(21, 3);
-    println!("\n== 5. unacknowledged with {n} open events (redb): the first 100, and all; {runs} reads each ==");
+    println!("\n== 5. unacknowledged with {n} open events ({backend}): the first 100, and all; {runs} reads each ==");
     let sessions = 16u64;
-    let store = store_over(redb(temp, "acks.redb", RedbDurability::Deferred), 64);
+    let store = store_over(open("acks"), 64);
     for i in 0..n {
         let k = key(&format!("ui-{}", i % sessions));
         let event = store
@@ -370,19 +388,43 @@ fn unacknowledged(settings: &Settings, temp: &TempDir) {
 fn main() {
     let settings = Settings::from_args();
     let temp = TempDir::new();
+    let open_redb = |name: &str| redb(&temp, &format!("{name}.redb"), RedbDurability::Deferred);
+    let mut backends: Vec<Backend<'_>> = vec![("redb", &open_redb)];
+    // With the `redis` feature, the same parts on a real redis-server on
+    // loopback (started here, stopped at the end; a prefix per log).
+    #[cfg(feature = "redis")]
+    let server = redis_server::RedisServer::start();
+    #[cfg(feature = "redis")]
+    let open_redis = |name: &str| -> Arc<dyn DurableLog> {
+        let server = server.as_ref().expect("a server");
+        let options = livereplay::durable::RedisOptions {
+            prefix: format!("bench-{name}"),
+            ..Default::default()
+        };
+        Arc::new(
+            livereplay::durable::RedisLog::open_with(&server.url(), options)
+                .expect("open the Redis log"),
+        )
+    };
+    #[cfg(feature = "redis")]
+    if server.is_some() {
+        backends.push(("Redis", &open_redis));
+    }
     if settings.runs("append") {
         append_with_links(&settings);
     }
     if settings.runs("index_build") {
-        index_build(&settings, &temp);
+        index_build(&settings, &temp, backends.get(1).copied());
     }
-    if settings.runs("ancestors") {
-        ancestors(&settings, &temp);
-    }
-    if settings.runs("correlation") {
-        correlation(&settings, &temp);
-    }
-    if settings.runs("unacknowledged") {
-        unacknowledged(&settings, &temp);
+    for &backend in &backends {
+        if settings.runs("ancestors") {
+            ancestors(&settings, backend);
+        }
+        if settings.runs("correlation") {
+            correlation(&settings, backend);
+        }
+        if settings.runs("unacknowledged") {
+            unacknowledged(&settings, backend);
+        }
     }
 }

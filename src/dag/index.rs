@@ -62,6 +62,15 @@ const OPEN: u8 = b'O';
 const ACKED: u8 = b'A';
 const STATE: u8 = b'S';
 
+/// Whether `key` belongs to a table the queries scan by range (children,
+/// correlation, kind, open acknowledgements); the others (nodes,
+/// acknowledgements, the state) are only read by their exact key, so a
+/// backend whose ordered structure costs more than a hash (Redis) may keep
+/// them out of it.
+pub fn is_scanned(key: &[u8]) -> bool {
+    matches!(key.first(), Some(&(CHILDREN | CORRELATION | KIND | OPEN)))
+}
+
 /// The key of the index's state, for backends that read it ahead.
 pub const STATE_KEY: &[u8] = &[STATE];
 

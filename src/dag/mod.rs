@@ -69,7 +69,7 @@
 
 mod index;
 
-pub use self::index::{index_appended, STATE_KEY};
+pub use self::index::{index_appended, is_scanned, STATE_KEY};
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;

@@ -6,7 +6,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `<prefix>:index` | hash | index key → value |
-//! | `<prefix>:index:keys` | sorted set | every index key, score 0 |
+//! | `<prefix>:index:keys` | sorted set | every index key a query scans (`crate::dag::is_scanned`), score 0 |
 //!
 //! # Invariants
 //!
@@ -167,23 +167,47 @@ impl<'c> Staged<'c> {
         }
     }
 
-    /// The commands that make the staged writes, for the `MULTI`.
+    /// The commands that make the staged writes, for the `MULTI`: at most
+    /// one each of `HSET`, `ZADD`, `HDEL`, `ZREM`, however many keys (a
+    /// command per key would cost Redis more than the keys do). Keys that
+    /// are only ever read by their exact value stay out of the sorted set.
     pub(super) fn commands(self) -> Vec<Cmd> {
         let (hash, set) = (hash_key(self.prefix), keys_key(self.prefix));
-        let mut out = Vec::with_capacity(self.writes.len() * 2);
+        let mut hset = cmd("HSET");
+        hset.arg(&hash);
+        let mut zadd = cmd("ZADD");
+        zadd.arg(&set);
+        let mut hdel = cmd("HDEL");
+        hdel.arg(&hash);
+        let mut zrem = cmd("ZREM");
+        zrem.arg(&set);
+        let (mut puts, mut ordered, mut deletes, mut unordered) = (0, 0, 0, 0);
         for (key, value) in self.writes {
+            let scanned = crate::dag::is_scanned(&key);
             match value {
                 Some(value) => {
-                    out.push(cmd("HSET").arg(&hash).arg(&key).arg(value).clone());
-                    out.push(cmd("ZADD").arg(&set).arg(0).arg(key).clone());
+                    if scanned {
+                        zadd.arg(0).arg(key.as_slice());
+                        ordered += 1;
+                    }
+                    hset.arg(key).arg(value);
+                    puts += 1;
                 }
                 None => {
-                    out.push(cmd("HDEL").arg(&hash).arg(&key).clone());
-                    out.push(cmd("ZREM").arg(&set).arg(key).clone());
+                    if scanned {
+                        zrem.arg(key.as_slice());
+                        unordered += 1;
+                    }
+                    hdel.arg(key);
+                    deletes += 1;
                 }
             }
         }
-        out
+        [(hset, puts), (zadd, ordered), (hdel, deletes), (zrem, unordered)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(command, _)| command)
+            .collect()
     }
 }
 
@@ -261,16 +285,19 @@ struct Reader<'a>(&'a RedisLog);
 impl Reader<'_> {
     fn with<R>(
         &self,
-        f: impl FnOnce(&mut Option<Connection>, &str) -> Result<R, LogError>,
+        f: impl Fn(&mut Option<Connection>, &str) -> Result<R, LogError>,
     ) -> Result<R, LogError> {
         let (mut slot, reused) = self.0.connection()?;
         let prefix = self.0.options.prefix.as_str();
-        // A connection an earlier call opened may be stale (the server
-        // restarted): one ping, on a fresh connection if it fails.
-        if reused {
-            self.0.first_trip(&mut slot, true, &[cmd("PING")])?;
+        // Reads only: a transport failure on a connection an earlier call
+        // opened (the server restarted) is tried once more on a fresh one.
+        match f(&mut slot, prefix) {
+            Err(e) if reused && slot.is_none() && !super::is_timeout(&e) => {
+                *slot = Some(self.0.connect()?);
+                f(&mut slot, prefix)
+            }
+            result => result,
         }
-        f(&mut slot, prefix)
     }
 }
 
