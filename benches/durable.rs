@@ -30,6 +30,11 @@
 //!    before the restart + its first event; against a log of one session.
 //! 5. **Bytes on disk per event** (file size / events) after the
 //!    throughput runs, open and after the clean close.
+//! 6. **What `wake_on_dirty` costs an append.** Sparse appends (300 µs
+//!    apart, spinning in between), so that each finds its session clean
+//!    and the persister idle: the append that queues the session, and with
+//!    `wake_on_dirty` also unparks the persister. Persister off / on
+//!    (default) / on with `wake_on_dirty`, designs taking turns.
 //!
 //! (Bytes per tombstone are in `examples/alloc_profile.rs`, which has the
 //! counting allocator.)
@@ -37,8 +42,8 @@
 //! Run: `cargo bench --features redb --bench durable`. Quick mode
 //! (`LIVEREPLAY_BENCH_QUICK=1`, or run without `--bench` as `cargo test
 //! --benches` does) uses small sizes and writes no CSV. A name filter that
-//! matches neither `append_latency`, `persist_throughput`, `catch_up` nor
-//! `reopen` skips that part. Every wait is bounded: a stuck run fails
+//! matches neither `append_latency`, `persist_throughput`, `catch_up`,
+//! `reopen` nor `wake_cost` skips that part. Every wait is bounded: a stuck run fails
 //! instead of hanging. The log files live in a directory under the system
 //! temp dir, removed at the end (also when a part panics).
 
@@ -1020,6 +1025,110 @@ fn reopen(settings: &Settings, temp: &TempDir, out: &mut Out) {
     out.row("reopen", "many/one", "first_event_ratio", ratio);
 }
 
+// ---------------------------------------------------------------------------
+// 6. What `wake_on_dirty` costs the append that dirties a session.
+
+/// Spins (no syscall, so the persister gets the other core) for `pause`.
+fn spin_for(pause: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < pause {
+        std::hint::spin_loop();
+    }
+}
+
+fn wake_cost(settings: &Settings, out: &mut Out) {
+    let samples = settings.size(20_000, 500);
+    let pause = Duration::from_micros(300);
+    println!(
+        "\n== 6. sparse appends ({samples} per design, {} µs apart, so each finds its session clean and the persister idle): the append that dirties a session, persister off / on (MemoryLog, default) / on with wake_on_dirty; designs taking turns ==",
+        pause.as_micros()
+    );
+    let config = Config::default().with_capacity(4096);
+    let key = session_key(0);
+    let make = |log: Option<Arc<dyn DurableLog>>, wake: bool| {
+        let store = match log {
+            Some(log) => durable_store(
+                log,
+                config.clone(),
+                DurableOptions::default().with_wake_on_dirty(wake),
+            ),
+            None => Arc::new(Store::new(config.clone()).expect("config")),
+        };
+        let handle = store.session(&key).expect("session");
+        (store, handle)
+    };
+    let designs = [
+        ("off (plain store)", make(None, false)),
+        (
+            "on, default",
+            make(
+                Some(Arc::new(MemoryLog::new()) as Arc<dyn DurableLog>),
+                false,
+            ),
+        ),
+        (
+            "on, wake_on_dirty",
+            make(
+                Some(Arc::new(MemoryLog::new()) as Arc<dyn DurableLog>),
+                true,
+            ),
+        ),
+    ];
+    let mut latencies: Vec<Vec<u64>> = designs
+        .iter()
+        .map(|_| Vec::with_capacity(samples))
+        .collect();
+    for i in 0..samples {
+        for turn in 0..designs.len() {
+            let index = (turn + i) % designs.len();
+            let (_, (_, handle)) = &designs[index];
+            spin_for(pause);
+            let start = Instant::now();
+            black_box(
+                handle
+                    .append(Revision(1), payload(i as u64))
+                    .expect("append"),
+            );
+            latencies[index].push(nanos(start.elapsed()));
+        }
+    }
+    let mut results = Vec::new();
+    for (index, (name, (store, _))) in designs.iter().enumerate() {
+        let p = Percentiles::of(&mut latencies[index]);
+        println!(
+            "  {name:<20} p50 {:>9}  p99 {:>9}  p99.9 {:>9}  mean {:>9}",
+            support::human(p.p50 as f64),
+            support::human(p.p99 as f64),
+            support::human(p.p999 as f64),
+            support::human(p.mean),
+        );
+        for (metric, value) in [
+            ("p50_ns", p.p50 as f64),
+            ("p99_ns", p.p99 as f64),
+            ("p999_ns", p.p999 as f64),
+            ("mean_ns", p.mean),
+        ] {
+            out.row("wake_cost", name, metric, value);
+        }
+        if let Some(stats) = store.stats().durable {
+            assert_eq!(
+                stats.lost_events, 0,
+                "{name}: the ring lapped the persister"
+            );
+        }
+        results.push(p);
+    }
+    let base = results[1];
+    let wake = results[2];
+    println!(
+        "  wake_on_dirty / default: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  mean {:.2}x",
+        wake.p50 as f64 / base.p50.max(1) as f64,
+        wake.p99 as f64 / base.p99.max(1) as f64,
+        wake.p999 as f64 / base.p999.max(1) as f64,
+        wake.mean / base.mean.max(1.0),
+    );
+}
+
 fn main() {
     let settings = Settings::from_args();
     if settings.quick {
@@ -1041,6 +1150,9 @@ fn main() {
     }
     if settings.runs("reopen") {
         reopen(&settings, &temp, &mut out);
+    }
+    if settings.runs("wake_cost") {
+        wake_cost(&settings, &mut out);
     }
     support::write_out("durable-summary.csv", &out.csv);
     support::write_out("durable_append_latency.csv", &out.quantiles);

@@ -203,11 +203,16 @@ impl<'c> Staged<'c> {
                 }
             }
         }
-        [(hset, puts), (zadd, ordered), (hdel, deletes), (zrem, unordered)]
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(command, _)| command)
-            .collect()
+        [
+            (hset, puts),
+            (zadd, ordered),
+            (hdel, deletes),
+            (zrem, unordered),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(command, _)| command)
+        .collect()
     }
 }
 
