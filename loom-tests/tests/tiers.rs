@@ -382,9 +382,9 @@ fn lapped_positions_become_a_recorded_hole() {
 /// The releaser first takes (and drops) a durable-progress listener, as an
 /// async caller waiting for durability does. This is the kind of trigger
 /// model 1b needs: the listener list is what the round touches last (its
-/// commit's notification), while the watermark's last access in the round
-/// is the persister's own load just before its store, which hides an
-/// earlier load by the releaser from loom's DPOR (tokio-rs/loom#166). Here
+/// commit's notification), while the round's last access to the watermark
+/// before its store is its own load (in `collect`), which hides an earlier
+/// load by the releaser from loom's DPOR (tokio-rs/loom#166). Here
 /// it is not needed (other races, on the ring, already make loom run the
 /// round's store before the release's load: bound 3, 139 executions, 31 of
 /// them free), but it is cheap and explores more (989 executions, 366
