@@ -23,7 +23,13 @@ total_started=$(date +%s%N)
 for file in loom-tests/tests/*.rs; do
     test_name=$(basename "$file" .rs)
     models=$(cargo_test --test "$test_name" -- --list 2>/dev/null | sed -n 's/: test$//p')
+    # `#[ignore]`d models (a known failure kept for its fix) are listed, not run.
+    ignored=$(cargo_test --test "$test_name" -- --list --ignored 2>/dev/null | sed -n 's/: test$//p')
     for model in $models; do
+        if grep -qxF "$model" <<<"$ignored"; then
+            printf '%-8s %-60s\n' ignored "$test_name::$model"
+            continue
+        fi
         started=$(date +%s%N)
         output=$(cargo_test --test "$test_name" -- --exact "$model" --nocapture 2>&1) &&
             status=0 || status=$?

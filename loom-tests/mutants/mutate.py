@@ -10,8 +10,16 @@ MUTATIONS = {
     # Doorbell::ring without its SeqCst fence: the store-buffering race
     # between a writer's publish and a parking subscriber's re-check.
     "ring-no-fence": [("src/ring/doorbell.rs",
-        "        fence(SeqCst);\n        // Acquire: when we see",
-        "        // Acquire: when we see")],
+        "        fence(SeqCst);\n        // Relaxed: the fence above orders it;",
+        "        // Relaxed: the fence above orders it;")],
+    # Issue 11 follow-up: the fences moved across the Relaxed `parked`
+    # accesses they order (the argument for Relaxed there). 5a, 5b.
+    "arm-fence-before-increment": [("src/ring/doorbell.rs",
+        "        self.parked.fetch_add(1, Relaxed);\n        // SeqCst fence: pairs with the fence in `ring` (module docs).\n        fence(SeqCst);\n",
+        "        fence(SeqCst);\n        self.parked.fetch_add(1, Relaxed);\n")],
+    "ring-load-before-fence": [("src/ring/doorbell.rs",
+        "        fence(SeqCst);\n        // Relaxed: the fence above orders it; the listener list orders the\n        // notification after the listener's registration (module docs).\n        if self.parked.load(Relaxed) != 0 {",
+        "        let parked = self.parked.load(Relaxed);\n        fence(SeqCst);\n        if parked != 0 {")],
     # Doorbell::arm without its SeqCst fence (the other half).
     "arm-no-fence": [("src/ring/doorbell.rs",
         "        fence(SeqCst);\n        listener",
@@ -114,6 +122,23 @@ MUTATIONS = {
     "persister-skips-lapped": [("src/persist.rs",
         "                Read::Trimmed => HoleReason::Lapped,",
         "                Read::Trimmed => continue,")],
+    # Issue 11 follow-up. The persister raises the watermark before its
+    # commit reaches the log (T5).
+    "watermark-before-commit": [("src/persist.rs",
+        "            let result = self.log.append(&writes);",
+        "            for pending in &batch {\n"
+        "                pending.session.durable.store(pending.through, Relaxed);\n"
+        "            }\n"
+        "            let result = self.log.append(&writes);")],
+    # The commit notifies waiters before raising the watermark (T6).
+    "notify-before-watermark": [
+        ("src/persist.rs",
+         "        self.progress.notify(usize::MAX);\n        ok\n",
+         "        ok\n"),
+        ("src/persist.rs",
+         "        let ok = result.is_ok();",
+         "        self.progress.notify(usize::MAX);\n        let ok = result.is_ok();"),
+    ],
 }
 
 

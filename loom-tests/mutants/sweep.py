@@ -51,8 +51,8 @@ EXPLAINED = {
     ("src/persist.rs", "shutdown", "self.stop.store(true, Release);", "Release->Relaxed"),
     ("src/persist.rs", "run", "if stop_deadline.is_none() && self.stop.load(Acquire) {", "Acquire->Relaxed"),
     ("src/persist.rs", "run", "if now >= until || (stop_deadline.is_none() && self.stop.load(Acquire)) {", "Acquire->Relaxed"),
-    # The holder's Release (see the README's holder-count section).
-    ("src/session.rs", "let_go", ".fetch_sub(1, std::sync::atomic::Ordering::Release);", "Release->Relaxed"),
+    # (The holder's Release in `let_go`, listed here until issue 11's
+    # follow-up, is caught by model 7f.)
 }
 
 FN = re.compile(r"\bfn\s+([a-z_][a-z0-9_]*)")

@@ -12,6 +12,8 @@
 
 #[cfg(loom)]
 mod scaffolding {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc as StdArc;
     use std::time::{Duration, Instant};
@@ -47,6 +49,28 @@ mod scaffolding {
             executions.load(Ordering::Relaxed),
             started.elapsed()
         );
+        let outcomes = OUTCOMES.with(|outcomes| std::mem::take(&mut *outcomes.borrow_mut()));
+        if !outcomes.is_empty() {
+            let counts: Vec<String> = outcomes
+                .iter()
+                .map(|(outcome, count)| format!("{outcome}: {count}"))
+                .collect();
+            eprintln!("loom model {name}: outcomes {}", counts.join(", "));
+        }
+    }
+
+    thread_local! {
+        /// Outcomes a model counted ([`tally`]), outside the model: loom
+        /// runs every model thread as a coroutine on the test's own thread.
+        static OUTCOMES: RefCell<BTreeMap<&'static str, usize>> =
+            const { RefCell::new(BTreeMap::new()) };
+    }
+
+    /// Counts one execution's `outcome`; [`check`] prints the counts. A
+    /// model tallies the outcomes that show loom explored an interleaving
+    /// (an outcome never counted is an interleaving never explored).
+    pub fn tally(outcome: &'static str) {
+        OUTCOMES.with(|outcomes| *outcomes.borrow_mut().entry(outcome).or_default() += 1);
     }
 
     /// A store whose sessions keep `capacity` events, with a manual clock

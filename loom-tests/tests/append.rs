@@ -9,7 +9,7 @@
 
 use livereplay::{Arc, Cursor, Event, GapReason, Revision, TryNextError};
 use loom::thread;
-use loom_tests::{check, expect_gap, key, positions, store};
+use loom_tests::{check, expect_gap, key, positions, store, tally};
 
 /// The one of `candidates` that is the very event object `event` is.
 fn is_one_of(event: &Arc<Event<u64>>, candidates: &[&Arc<Event<u64>>]) -> bool {
@@ -40,6 +40,13 @@ fn two_writers_and_a_replayer() {
 
         let a = by_handle.join().unwrap();
         let b = by_key.join().unwrap();
+        tally(match (seen.len(), seen.first().map(|e| *e.payload())) {
+            (0, _) => "replay empty",
+            (1, Some(100)) => "replay [handle's]",
+            (1, _) => "replay [by key's]",
+            (_, Some(100)) => "replay [handle's, by key's]",
+            _ => "replay [by key's, handle's]",
+        });
         let mut claimed = [a.position(), b.position()];
         claimed.sort_unstable();
         assert_eq!(claimed, [1, 2], "positions are unique and contiguous");
@@ -241,6 +248,15 @@ fn current_cursor_never_points_past_the_published_tail() {
 
             let a = by_handle.join().unwrap();
             let b = by_key.join().unwrap();
+            tally(
+                match (cursor.position(), from_start.len(), after_cursor.len()) {
+                    (0, 0, 0) => "cursor 0, replays empty",
+                    (0, _, _) => "cursor 0, replays see more",
+                    (1, 1, 0) => "cursor 1, replays see no more",
+                    (1, _, _) => "cursor 1, replays see more",
+                    _ => "cursor 2",
+                },
+            );
             assert!(from_start.len() as u64 >= cursor.position());
             assert_eq!(
                 positions(&from_start),
@@ -314,6 +330,14 @@ fn a_batch_is_seen_whole_or_not_at_all() {
 
         let batch = batch_writer.join().unwrap();
         let single = single_writer.join().unwrap();
+        tally(match (batch_seen, seen.len(), streamed.len()) {
+            (0, 0, _) => "replay empty",
+            (0, _, _) => "replay [single]",
+            (2, 2, _) => "replay [batch]",
+            (2, _, 3) => "replay all three, stream all three",
+            (2, _, _) => "replay all three, stream fewer",
+            _ => "other",
+        });
         assert_eq!(batch[1].position(), batch[0].position() + 1);
         assert!(single.position() == 1 || single.position() == 3);
         let all = store.replay_after_cursor(&Cursor::start(key)).unwrap();

@@ -334,3 +334,47 @@ fn a_dropped_handles_last_append_survives_a_sweep() {
         assert_eq!(store.current_cursor(&key), second.cursor());
     });
 }
+
+/// Model 7f: like 7e, but the handle is dropped on another thread than the
+/// one that appended through it (a handle is `Send`: handed to a thread
+/// that then lets it go; the join is that hand-over). The appender's
+/// SeqCst fence (the doorbell's, at the end of every publish) comes before
+/// its own thread's later accesses only, not before the dropper's holder
+/// decrement; so only that decrement's Release (`Session::let_go`),
+/// carried on by the join, orders the append before a sweep that reads
+/// the holder count at 0. In 7e the appender drops its own handle, and the
+/// fence, sequenced before that Relaxed-or-not decrement, already
+/// synchronises with the sweep's Acquire: why 7e cannot catch a Relaxed
+/// `let_go` (loom-tests/README.md).
+#[test]
+fn a_handle_dropped_on_another_thread_keeps_its_append() {
+    check(
+        "a_handle_dropped_on_another_thread_keeps_its_append",
+        || {
+            let store = Arc::new(store(8));
+            let key = key();
+            let handle = store.session(&key).unwrap();
+            let first = handle.append(Revision(1), 1).unwrap();
+            // Empty the ring: the session is evictable as soon as nobody holds it.
+            assert_eq!(handle.release_through(1), 1);
+            let writer = thread::spawn(move || {
+                let second = handle.append(Revision(1), 2).unwrap();
+                (handle, second)
+            });
+            let dropper = thread::spawn(move || {
+                let (handle, second) = writer.join().unwrap();
+                drop(handle);
+                second
+            });
+            store.sweep();
+            let second = dropper.join().unwrap();
+            let rest = store.replay_after_cursor(&first.cursor()).unwrap();
+            assert_eq!(
+                positions(&rest),
+                [second.position()],
+                "the last append survived"
+            );
+            assert_eq!(store.current_cursor(&key), second.cursor());
+        },
+    );
+}
