@@ -607,8 +607,9 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                         }
                     }
                     pending.session.life_unrecorded.store(false, Relaxed);
-                    // Relaxed: see `Session::durable`.
-                    pending.session.durable.store(pending.through, Relaxed);
+                    // Release: a reader that acquires the raised watermark
+                    // (a release, a trim) is ordered after the commit.
+                    pending.session.durable.store(pending.through, Release);
                 }
             }
             Ok(()) => {}
@@ -648,12 +649,12 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             let published = session.ring.published_tail();
             let durable = session.durable();
             if tail > durable {
-                // Relaxed: see `Session::durable`.
-                session.durable.store(tail.min(published), Relaxed);
+                // Release: as in `commit`, after the log's read of the tail.
+                session.durable.store(tail.min(published), Release);
             } else if tail < durable {
                 self.counters.log_regressions.add(1);
-                // Relaxed: see `Session::durable`.
-                session.durable.store(tail, Relaxed);
+                // Release: as in `commit`, after the log's read of the tail.
+                session.durable.store(tail, Release);
             }
         } else if !(session.life_unrecorded.load(Relaxed) && tail == session.identity().start) {
             // Another life is the newest (or the log moved on under a life

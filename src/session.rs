@@ -292,13 +292,12 @@ impl<T> Session<T> {
 
     /// The durable watermark: every position `<=` it is in the log.
     pub(crate) fn durable(&self) -> u64 {
-        // Relaxed: the watermark publishes no data of its own. Records are
-        // read from the log, whose own synchronisation (a lock, a
-        // transaction, a server) orders that read after the commit that
-        // preceded the store in the persister: a load that sees the value
-        // cannot be ordered before that commit. The mutation sweep confirms
-        // no model depends on more (loom-tests/README.md).
-        self.durable.load(std::sync::atomic::Ordering::Relaxed)
+        // Acquire, paired with the persister's Release stores: whoever sees
+        // the watermark (a release, a trim) is ordered after the commit
+        // that raised it, so a log read it then makes sees those records
+        // even on a log that publishes commits by Release/Acquire alone
+        // (loom model T5w fails with Relaxed here).
+        self.durable.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How far age and watermark trims may go: with a durable log, never

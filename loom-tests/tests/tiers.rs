@@ -436,20 +436,13 @@ fn a_release_frees_only_what_the_log_holds() {
 }
 
 /// Model T5w: the same with a log that publishes its commits only by
-/// Release/Acquire (`PublishedLog`), not a lock. **Fails on the current
-/// code** (issue 11 follow-up): the watermark's store (`commit`) and load
-/// (`Session::durable`) are Relaxed, so a releaser that reads the raised
-/// watermark is not ordered after the commit, and its read of such a log
-/// may miss the records it has just freed from the ring (loom: the release
-/// frees positions 1 and 2, the log read right after returns nothing).
-/// Passes (989 executions at bound 3) with the watermark stored with
-/// Release (`commit` and both stores of `resync`) and loaded with Acquire.
-/// Not a bug of the built-in backends (each orders a read after every
-/// earlier commit: model T5); a requirement on `DurableLog` that its docs
-/// do not state. Fix: restore Release/Acquire on the watermark, or state
-/// the requirement on the trait (loom-tests/README.md).
+/// Release/Acquire (`PublishedLog`), not a lock. With the watermark's
+/// store (`commit`) and load (`Session::durable`) Relaxed, as they once
+/// were, it failed: a releaser that read the raised watermark was not
+/// ordered after the commit, and its read of such a log missed the records
+/// it had just freed from the ring. The watermark is now stored with
+/// Release and loaded with Acquire; weakening either fails this model.
 #[test]
-#[ignore = "fails: the Relaxed durable watermark needs a log with a lock-like order (README, issue 11 follow-up)"]
 fn a_release_frees_only_what_a_published_log_holds() {
     check("a_release_frees_only_what_a_published_log_holds", || {
         release_gated_by_the_watermark(PublishedLog::new());

@@ -40,6 +40,14 @@
 //! 4. **Tenant scope.** Every call names a [`SessionKey`]; listings are per
 //!    tenant. Keys that differ only in where the tenant ends are different
 //!    sessions.
+//! 5. **Read after commit.** A read ([`DurableLog::load_after`],
+//!    [`DurableLog::meta`], the index's reads) that happens after an
+//!    `append` returned — in the same thread, or in one that synchronised
+//!    with it (the store hands the durable watermark over with
+//!    Release/Acquire) — sees that append. A lock, a transaction or a
+//!    server gives it; a lock-free log must publish each commit with
+//!    Release and read with Acquire. The ring frees events once they are
+//!    durable, so a read that missed them would find them nowhere.
 
 mod index;
 mod memory;
