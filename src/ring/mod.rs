@@ -62,12 +62,13 @@ mod doorbell;
 mod segment;
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::task::Waker;
 
 use crossbeam_utils::CachePadded;
-use event_listener::EventListener;
 
 use self::directory::{Directory, Lookup};
 use self::doorbell::Doorbell;
+pub(crate) use self::doorbell::{park_timeout, thread_waker, Ticket};
 use crate::cursor::Revision;
 use crate::event::Event;
 use crate::sync::{Arc, AtomicU64};
@@ -381,12 +382,21 @@ impl<T> Ring<T> {
         self.claimed.load(Relaxed) & !CLOSED
     }
 
-    pub(crate) fn arm(&self) -> EventListener {
-        self.doorbell.arm()
+    /// Registers `waker` to be woken by the next publish or the close; see
+    /// the `doorbell` module for the protocol (re-check, then wait).
+    pub(crate) fn arm(&self, waker: Waker) -> Ticket {
+        self.doorbell.arm(waker)
     }
 
-    pub(crate) fn disarm(&self) {
-        self.doorbell.disarm();
+    /// Whether the armed `ticket` was rung; if not, it stays armed with
+    /// `waker`.
+    pub(crate) fn poll_armed(&self, ticket: Ticket, waker: &Waker) -> bool {
+        self.doorbell.poll(ticket, waker)
+    }
+
+    /// Gives an armed ticket back.
+    pub(crate) fn disarm(&self, ticket: Ticket) {
+        self.doorbell.disarm(ticket);
     }
 
     pub(crate) fn parked(&self) -> usize {
