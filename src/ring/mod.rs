@@ -269,6 +269,12 @@ impl<T> Ring<T> {
     /// Appends the events at `from..=to` (all `<= P`) to `out`, one
     /// directory lookup per segment. Returns the first position it could not
     /// read (trimmed meanwhile), if any.
+    ///
+    /// A segment is read in place, through the directory's guard, without
+    /// taking a reference to it: the segment's reference count shares a
+    /// cache line with the segment number and slot pointer every append
+    /// reads, so a replayer that counted references would make each of
+    /// the writer's appends fetch that line back.
     pub(crate) fn read_range(
         &self,
         from: u64,
@@ -278,16 +284,21 @@ impl<T> Ring<T> {
         let mut position = from;
         while position <= to {
             let place = self.directory.place(position);
-            let Lookup::Current(segment) = self.directory.lookup(place) else {
-                return Err(position);
-            };
             let segment_end =
                 to.min(position + (self.directory.segment_len() - place.offset as u64) - 1);
-            for offset in place.offset..=place.offset + (segment_end - position) as usize {
-                match segment.get(offset) {
-                    Some(event) => out.push(event),
-                    None => return Err(position + (offset - place.offset) as u64),
+            let read = self.directory.with_current(place, |segment| {
+                for offset in place.offset..=place.offset + (segment_end - position) as usize {
+                    match segment.get(offset) {
+                        Some(event) => out.push(event),
+                        None => return Err(position + (offset - place.offset) as u64),
+                    }
                 }
+                Ok(())
+            });
+            match read {
+                Ok(Ok(())) => {}
+                Ok(Err(unread)) => return Err(unread),
+                Err(_) => return Err(position),
             }
             position = segment_end + 1;
         }
