@@ -160,7 +160,7 @@ mod tail;
 mod traits;
 
 pub use crate::catchup::{CatchUp, LOG_BATCH};
-pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::clock::{Clock, CoarseClock, ManualClock, SystemClock};
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{Codec, CodecError, RawBytes, Utf8};
