@@ -158,6 +158,7 @@ mod subscription;
 mod sync;
 mod tail;
 mod traits;
+mod wire;
 
 pub use crate::catchup::{CatchUp, LOG_BATCH};
 pub use crate::clock::{Clock, CoarseClock, ManualClock, SystemClock};
