@@ -30,7 +30,7 @@ use futures_core::Stream;
 use crate::cursor::{Cursor, Incarnation, Revision};
 use crate::error::{Gap, NextTimeoutError, TryNextError};
 use crate::event::Event;
-use crate::ring::{park_timeout, thread_waker, Read, Ticket};
+use crate::ring::{park_timeout, thread_waker, Read, Segment, Ticket};
 use crate::session::{Held, Resume};
 use crate::sync::Arc;
 
@@ -60,6 +60,9 @@ pub struct Subscription<T> {
     last: Option<(Incarnation, Revision)>,
     /// [`Subscription::cursor`], built from `last` when first asked for.
     cursor: OnceLock<Cursor>,
+    /// The segment the next position was last looked for in: reading on
+    /// in it needs no directory lookup. Keeps at most one segment alive.
+    segment: Option<Arc<Segment<T>>>,
     ended: bool,
     /// Armed doorbell slot; while `Some`, this subscription is counted as
     /// parked.
@@ -92,6 +95,7 @@ impl<T> Subscription<T> {
             start: last_seen,
             last: None,
             cursor: OnceLock::new(),
+            segment: None,
             ended: false,
             armed: None,
             counted: true,
@@ -112,6 +116,7 @@ impl<T> Subscription<T> {
             start: last_seen,
             last: None,
             cursor: OnceLock::new(),
+            segment: None,
             ended: false,
             armed: None,
             counted: false,
@@ -150,7 +155,7 @@ impl<T> Subscription<T> {
         // through the session's `read_next`, which reads the ring again
         // and builds the gap.
         let ring = &self.session.ring;
-        match ring.read(self.next) {
+        match ring.read_forward(self.next, &mut self.segment) {
             Read::Event(event) => {
                 let shared = &self.session.shared;
                 let age = shared
@@ -221,6 +226,7 @@ impl<T> Subscription<T> {
 
     fn end(&mut self) {
         self.ended = true;
+        self.segment = None;
         self.disarm();
     }
 

@@ -98,6 +98,16 @@ impl<T> Directory<T> {
         })
     }
 
+    /// The place's segment, with a reference taken (for a reader that
+    /// keeps it across reads), or `None` if the entry holds another.
+    #[inline]
+    pub(crate) fn current(&self, place: Place) -> Option<Arc<Segment<T>>> {
+        self.entries[place.entry].with(|held| {
+            held.filter(|segment| segment.number() == place.segment)
+                .cloned()
+        })
+    }
+
     /// Publishes `event` at its place, installing its segment first if it
     /// is not there yet. If the place was already lapped, the event is
     /// outside the window and is not stored (readers report it trimmed).

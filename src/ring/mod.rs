@@ -69,6 +69,7 @@ use crossbeam_utils::CachePadded;
 use self::directory::{Directory, Lookup};
 use self::doorbell::Doorbell;
 pub(crate) use self::doorbell::{park_timeout, thread_waker, Ticket};
+pub(crate) use self::segment::Segment;
 use crate::cursor::Revision;
 use crate::event::Event;
 use crate::sync::{Arc, AtomicU64};
@@ -264,6 +265,47 @@ impl<T> Ring<T> {
             Ok(None) | Err(_) if position <= self.floor() => Read::Trimmed,
             Ok(None) | Err(_) => Read::Pending,
         }
+    }
+
+    /// [`Ring::read`] for a reader going forward one position at a time
+    /// (a subscription): it keeps the segment it reads from in `held`, so
+    /// that reading the next position of the same segment costs no
+    /// directory lookup, and takes one reference per segment instead.
+    ///
+    /// Same answers as `read`: the floor and capacity checks come first,
+    /// and a set slot holds its position's one event whichever object of
+    /// the segment holds it (a slot is written once, by its position's
+    /// writer). Anything else (an unset slot, another segment) is answered
+    /// by `read` itself.
+    #[inline]
+    pub(crate) fn read_forward(
+        &self,
+        position: u64,
+        held: &mut Option<Arc<Segment<T>>>,
+    ) -> Read<T> {
+        if position <= self.floor() || self.beyond_capacity(position) {
+            return Read::Trimmed;
+        }
+        let place = self.directory.place(position);
+        match held {
+            Some(segment) if segment.number() == place.segment => {
+                if let Some(event) = segment.get(place.offset) {
+                    return Read::Event(event);
+                }
+            }
+            _ => {
+                if let Some(segment) = self.directory.current(place) {
+                    let event = segment.get(place.offset);
+                    // The segment left behind is dropped here (its events
+                    // with it, if this was the last reference).
+                    *held = Some(segment);
+                    if let Some(event) = event {
+                        return Read::Event(event);
+                    }
+                }
+            }
+        }
+        self.read(position)
     }
 
     /// Appends the events at `from..=to` (all `<= P`) to `out`, one
