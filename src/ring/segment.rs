@@ -8,8 +8,6 @@
 //! Slots are never reused; memory is returned a segment at a time, when the
 //! whole segment leaves the window (see [`super::directory`]).
 
-use crossbeam_utils::CachePadded;
-
 use crate::event::Event;
 use crate::sync::{Arc, WriteOnce};
 
@@ -18,9 +16,13 @@ pub(crate) struct Segment<T> {
     /// (which the `Arc` puts just before it): every append reads the
     /// number and the slot pointer, and a reader that takes or drops a
     /// reference to the segment must not make the writer fetch them again.
-    fields: CachePadded<Fields<T>>,
+    fields: Fields<T>,
 }
 
+/// Aligned to a cache line (64 bytes: coherence is per line; not
+/// `CachePadded`'s 128, which would double the allocation for nothing the
+/// writer reads).
+#[repr(align(64))]
 struct Fields<T> {
     /// Which segment of the session this is: positions
     /// `number * len + 1 ..= (number + 1) * len`.
@@ -31,10 +33,10 @@ struct Fields<T> {
 impl<T> Segment<T> {
     pub(crate) fn new(number: u64, len: usize) -> Self {
         Self {
-            fields: CachePadded::new(Fields {
+            fields: Fields {
                 number,
                 slots: (0..len).map(|_| WriteOnce::new()).collect(),
-            }),
+            },
         }
     }
 
