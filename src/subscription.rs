@@ -6,9 +6,20 @@
 //! an event racing the subscribe call could be lost or repeated. A
 //! subscription yields every event after its cursor exactly once, in order.
 //!
-//! When nothing new is published it arms the ring's doorbell, **re-checks**
-//! the ring, and only then waits (blocking with [`Subscription::next_timeout`]
-//! or as a [`Stream`]); writers ring the doorbell after publishing.
+//! When nothing new is published it arms the ring's doorbell with a waker
+//! (a per-thread cached one that unparks the thread, for
+//! [`Subscription::next_timeout`]; the task's, as a [`Stream`]),
+//! **re-checks** the ring, and only then waits; writers ring the doorbell
+//! after publishing. Every `arm` is paired with one `disarm` before the
+//! subscription returns or is dropped.
+//!
+//! Reading on costs no shared write but the event's own reference count:
+//! the subscription keeps the segment it reads from (one reference per
+//! segment, not a directory lookup per event) and the last event's cursor
+//! as its parts (the `Cursor`, which shares the session key, is built only
+//! when asked for). Every event's age is checked against the store's clock
+//! before it is yielded, as lib.rs documents; gaps are built by the
+//! session's `read_next`.
 //!
 //! Lag: if the next position was overwritten, released or expired, the
 //! subscription yields one [`Gap`] (reason `Trimmed`, with the latest
