@@ -99,12 +99,12 @@ impl<T> Directory<T> {
     }
 
     /// The place's segment, with a reference taken (for a reader that
-    /// keeps it across reads), or `None` if the entry holds another.
+    /// keeps it across reads), or what the entry holds instead.
     #[inline]
-    pub(crate) fn current(&self, place: Place) -> Option<Arc<Segment<T>>> {
-        self.entries[place.entry].with(|held| {
-            held.filter(|segment| segment.number() == place.segment)
-                .cloned()
+    pub(crate) fn current(&self, place: Place) -> Result<Arc<Segment<T>>, Lookup> {
+        self.entries[place.entry].with(|held| match held {
+            Some(segment) if segment.number() == place.segment => Ok(Arc::clone(segment)),
+            _ => Err(classify(held, place)),
         })
     }
 

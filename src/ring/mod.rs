@@ -272,11 +272,11 @@ impl<T> Ring<T> {
     /// that reading the next position of the same segment costs no
     /// directory lookup, and takes one reference per segment instead.
     ///
-    /// Same answers as `read`: the floor and capacity checks come first,
-    /// and a set slot holds its position's one event whichever object of
-    /// the segment holds it (a slot is written once, by its position's
-    /// writer). Anything else (an unset slot, another segment) is answered
-    /// by `read` itself.
+    /// Same answers as `read`, from one look at the directory at most: the
+    /// floor and capacity checks come first; a set slot of the held segment
+    /// holds its position's one event (a slot is written once, by its
+    /// position's writer, whichever object of the segment holds it); any
+    /// other case looks the entry up once and classifies it as `read` does.
     #[inline]
     pub(crate) fn read_forward(
         &self,
@@ -287,25 +287,30 @@ impl<T> Ring<T> {
             return Read::Trimmed;
         }
         let place = self.directory.place(position);
-        match held {
+        let found = match held {
             Some(segment) if segment.number() == place.segment => {
                 if let Some(event) = segment.get(place.offset) {
                     return Read::Event(event);
                 }
+                // Not there yet, or the held segment left the directory.
+                self.directory
+                    .with_current(place, |segment| segment.get(place.offset))
             }
-            _ => {
-                if let Some(segment) = self.directory.current(place) {
-                    let event = segment.get(place.offset);
-                    // The segment left behind is dropped here (its events
-                    // with it, if this was the last reference).
-                    *held = Some(segment);
-                    if let Some(event) = event {
-                        return Read::Event(event);
-                    }
-                }
-            }
+            _ => self.directory.current(place).map(|segment| {
+                let event = segment.get(place.offset);
+                // The segment left behind is dropped here (its events with
+                // it, if this was the last reference).
+                *held = Some(segment);
+                event
+            }),
+        };
+        match found {
+            Ok(Some(event)) => Read::Event(event),
+            Err(Lookup::Newer) => Read::Trimmed,
+            // Freed by a trim that raced us, or not yet published.
+            Ok(None) | Err(_) if position <= self.floor() => Read::Trimmed,
+            Ok(None) | Err(_) => Read::Pending,
         }
-        self.read(position)
     }
 
     /// Appends the events at `from..=to` (all `<= P`) to `out`, one
