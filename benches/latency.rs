@@ -54,6 +54,17 @@ fn session_key() -> SessionKey {
     SessionKey::new("acme", "chat-000000").expect("a valid key")
 }
 
+/// The `n`th session of the bench's tenant.
+fn session_key_n(n: usize) -> SessionKey {
+    SessionKey::new("acme", &format!("chat-{n:06}")).expect("a valid key")
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a tokio runtime")
+}
+
 const REFERENCE_ID: &str = "acme/chat-000000";
 
 /// One design in the delivery measurement: how the writer appends a
@@ -222,6 +233,18 @@ fn delivery(settings: &Settings, summary: &mut String) {
     let channel = BroadcastSession::<u64>::new(CAPACITY);
     let mut channel_receiver = channel.subscribe();
 
+    // The async forms, each polled by a current-thread tokio runtime on its
+    // subscriber's thread (the same executor for both): `Subscription` as a
+    // `Stream`, and a broadcast receiver's `recv().await`.
+    let stream_handle = store.session(&session_key_n(1)).expect("session");
+    let mut stream = stream_handle
+        .subscribe_after(&stream_handle.current_cursor())
+        .expect("subscribe");
+    let stream_runtime = current_thread_runtime();
+    let async_channel = BroadcastSession::<u64>::new(CAPACITY);
+    let mut async_receiver = async_channel.subscribe();
+    let async_runtime = current_thread_runtime();
+
     let designs = vec![
         DeliveryDesign {
             name: "ours",
@@ -254,23 +277,46 @@ fn delivery(settings: &Settings, summary: &mut String) {
             }),
             receive: Box::new(move || channel_receiver.blocking_recv().expect("an event").payload),
         },
+        DeliveryDesign {
+            name: "ours-stream",
+            append: Box::new(|sent| {
+                stream_handle.append(Revision(1), sent).expect("append");
+            }),
+            receive: Box::new(move || {
+                let next = stream_runtime.block_on(futures_util::StreamExt::next(&mut stream));
+                *next.expect("not ended").expect("an event").payload()
+            }),
+        },
+        DeliveryDesign {
+            name: "broadcast-async",
+            append: Box::new(|sent| {
+                async_channel.append(sent);
+            }),
+            receive: Box::new(move || {
+                async_runtime
+                    .block_on(async_receiver.recv())
+                    .expect("an event")
+                    .payload
+            }),
+        },
     ];
     let results: Vec<(&str, Percentiles)> = delivery_latencies(samples, designs)
         .into_iter()
         .map(|(name, latencies)| (name, out.record("delivery", name, latencies)))
         .collect();
-    print_ratios(&results);
+    print_ratios(&results[..3]);
+    print_ratios(&results[3..]);
     summary.push_str(&out.summary);
     support::write_out("delivery_latency.csv", &out.csv);
 }
 
 fn print_ratios(results: &[(&str, Percentiles)]) {
-    let Some((_, ours)) = results.first() else {
+    let Some((ours_name, ours)) = results.first() else {
         return;
     };
     for (name, other) in &results[1..] {
         println!(
-            "  {name} / ours: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
+            "  {name} / {ours_name}: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
             other.p50 as f64 / ours.p50.max(1) as f64,
             other.p99 as f64 / ours.p99.max(1) as f64,
             other.p999 as f64 / ours.p999.max(1) as f64,

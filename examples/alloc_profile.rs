@@ -406,6 +406,43 @@ fn parked_deliveries() {
         per(per_event, RUNS)
     );
 
+    // The same through the `Stream`, polled by a current-thread tokio
+    // runtime on the subscriber's thread.
+    let stream_key = key(1);
+    let handle = store.session(&stream_key).expect("session");
+    let mut stream = handle
+        .subscribe_after(&handle.current_cursor())
+        .expect("subscribe");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a tokio runtime");
+    let per_event = std::thread::scope(|scope| {
+        let subscriber = scope.spawn(move || {
+            // The runtime's first poll sets up its own state: not counted.
+            let first = runtime.block_on(futures_util::StreamExt::next(&mut stream));
+            assert!(first.is_some());
+            let before = thread_allocations();
+            for i in 1..RUNS {
+                let event = runtime
+                    .block_on(futures_util::StreamExt::next(&mut stream))
+                    .expect("not ended")
+                    .expect("an event");
+                assert_eq!(*event.payload(), i);
+            }
+            thread_allocations() - before
+        });
+        for i in 0..RUNS {
+            std::thread::sleep(PARK_PAUSE);
+            handle.append(Revision(1), i).expect("append");
+        }
+        subscriber.join().expect("subscriber")
+    });
+    println!(
+        "  {:<44} {:>8.3} allocations/event",
+        "ours, Stream after parking (tokio block_on)",
+        per(per_event, RUNS - 1)
+    );
+
     let reference = ReferenceStore::<u64>::with_defaults();
     let (_, mut receiver) = reference
         .subscribe_after_cursor(&reference.current_cursor(&id))

@@ -23,6 +23,7 @@
 //! panics. Strings longer than [`MAX_CURSOR_LEN`] are refused before any
 //! work.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::num::NonZeroU64;
 use std::str::FromStr;
@@ -170,7 +171,17 @@ impl Cursor {
 
     /// Parses a cursor string and checks that it belongs to `key`, as a host
     /// does with a cursor that came from a client.
+    ///
+    /// When the string names `key` (the common case) this allocates
+    /// nothing: the ids are compared in their encoded form and the cursor
+    /// shares `key`.
     pub fn parse_for(key: &SessionKey, text: &str) -> Result<Self, CursorError> {
+        let wire = Wire::split(text)?;
+        if wire.names(key.tenant(), key.session()) {
+            return Ok(wire.cursor(key.clone()));
+        }
+        // Another key, or ids not in canonical form: the full parse says
+        // which.
         let cursor: Cursor = text.parse()?;
         cursor.check_key(key)?;
         Ok(cursor)
@@ -240,6 +251,30 @@ impl FromStr for Cursor {
     type Err = CursorError;
 
     fn from_str(text: &str) -> Result<Self, CursorError> {
+        let wire = Wire::split(text)?;
+        let (tenant, session) = wire.decoded_ids()?;
+        let key = SessionKey::new(&tenant, &session).map_err(|_| CursorError::Malformed {
+            reason: "invalid session key",
+        })?;
+        Ok(wire.cursor(key))
+    }
+}
+
+/// A cursor string cut into its fields, every field but the ids checked
+/// (and canonical: no leading zeros, lowercase hex); the ids are still
+/// percent-encoded.
+pub(crate) struct Wire<'a> {
+    incarnation: Option<Incarnation>,
+    revision: u64,
+    position: u64,
+    tenant: &'a str,
+    session: &'a str,
+}
+
+impl<'a> Wire<'a> {
+    /// Cuts `text` into its fields; never allocates. One pass over the
+    /// bytes: this is on every reconnect's path.
+    pub(crate) fn split(text: &'a str) -> Result<Self, CursorError> {
         if text.len() > MAX_CURSOR_LEN {
             return Err(CursorError::TooLong {
                 len: text.len(),
@@ -247,59 +282,143 @@ impl FromStr for Cursor {
             });
         }
         let malformed = |reason| CursorError::Malformed { reason };
-        let mut fields = text.split('.');
-        let mut next = |what| fields.next().ok_or(malformed(what));
-        if next("empty")? != VERSION {
+        let bytes = text.as_bytes();
+        // Each field ends at the next '.'; `field` returns it and moves
+        // `at` past the '.' (past the end, for the last field).
+        let mut at = 0;
+        fn next_field<'t>(bytes: &'t [u8], at: &mut usize) -> Option<&'t [u8]> {
+            let rest = bytes.get(*at..)?;
+            let len = rest.iter().position(|&b| b == b'.').unwrap_or(rest.len());
+            *at += len + 1;
+            Some(&rest[..len])
+        }
+        let field = |at: &mut usize, what| next_field(bytes, at).ok_or(malformed(what));
+        if field(&mut at, "empty")? != VERSION.as_bytes() {
             return Err(malformed("unknown version prefix"));
         }
-        let incarnation = match next("missing incarnation")? {
-            "-" => None,
+        let incarnation = match field(&mut at, "missing incarnation")? {
+            b"-" => None,
             hex => Some(parse_incarnation(hex).ok_or(malformed("bad incarnation"))?),
         };
-        let revision = parse_decimal(next("missing revision")?).ok_or(malformed("bad revision"))?;
-        let position = parse_decimal(next("missing position")?).ok_or(malformed("bad position"))?;
-        let tenant = decode_id(next("missing tenant")?).ok_or(malformed("bad tenant encoding"))?;
-        let session =
-            decode_id(next("missing session")?).ok_or(malformed("bad session encoding"))?;
-        if fields.next().is_some() {
+        let revision =
+            parse_decimal(field(&mut at, "missing revision")?).ok_or(malformed("bad revision"))?;
+        let position =
+            parse_decimal(field(&mut at, "missing position")?).ok_or(malformed("bad position"))?;
+        let tenant_start = at;
+        let tenant = field(&mut at, "missing tenant")?;
+        let session_start = at;
+        let session = field(&mut at, "missing session")?;
+        if at <= bytes.len() {
             return Err(malformed("too many fields"));
         }
-        let key =
-            SessionKey::new(&tenant, &session).map_err(|_| malformed("invalid session key"))?;
-        let cursor = Cursor::new(key, incarnation, Revision(revision), position);
+        // Both ids end at a '.' or the end of the string: char boundaries.
+        let (Some(tenant), Some(session)) = (
+            text.get(tenant_start..tenant_start + tenant.len()),
+            text.get(session_start..session_start + session.len()),
+        ) else {
+            return Err(malformed("bad id"));
+        };
+        Ok(Self {
+            incarnation,
+            revision,
+            position,
+            tenant,
+            session,
+        })
+    }
+
+    /// Whether the ids are exactly the canonical encoding of `tenant` and
+    /// `session`; compared piece by piece, with no allocation.
+    pub(crate) fn names(&self, tenant: &str, session: &str) -> bool {
+        encodes_to(tenant, self.tenant) && encodes_to(session, self.session)
+    }
+
+    /// The decoded ids, checked to be in canonical form. They borrow from
+    /// the string unless an id has escapes.
+    pub(crate) fn decoded_ids(&self) -> Result<(Cow<'a, str>, Cow<'a, str>), CursorError> {
+        let malformed = |reason| CursorError::Malformed { reason };
+        let tenant = decode_id(self.tenant).ok_or(malformed("bad tenant encoding"))?;
+        let session = decode_id(self.session).ok_or(malformed("bad session encoding"))?;
         // Canonical form only: one cursor, one string.
-        if cursor.to_string() != text {
+        if !self.names(&tenant, &session) {
             return Err(malformed("not in canonical form"));
         }
-        Ok(cursor)
+        Ok((tenant, session))
+    }
+
+    /// The cursor, for `key` (whose ids the caller checked).
+    pub(crate) fn cursor(&self, key: SessionKey) -> Cursor {
+        Cursor::new(
+            key,
+            self.incarnation,
+            Revision(self.revision),
+            self.position,
+        )
     }
 }
 
-fn parse_incarnation(hex: &str) -> Option<Incarnation> {
-    if hex.len() != 16
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+/// Whether `encoded` is exactly `utf8_percent_encode(id, ID_ESCAPES)`:
+/// the unreserved bytes as they are, every other byte as `%` and two
+/// uppercase hex digits. Byte by byte, with no allocation.
+fn encodes_to(id: &str, encoded: &str) -> bool {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut encoded = encoded.as_bytes();
+    for &byte in id.as_bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'~') {
+            match encoded.split_first() {
+                Some((&first, rest)) if first == byte => encoded = rest,
+                _ => return false,
+            }
+        } else {
+            match encoded {
+                [b'%', high, low, rest @ ..]
+                    if *high == HEX[usize::from(byte >> 4)]
+                        && *low == HEX[usize::from(byte & 0xf)] =>
+                {
+                    encoded = rest;
+                }
+                _ => return false,
+            }
+        }
+    }
+    encoded.is_empty()
+}
+
+/// 16 lowercase hex digits, not all zero.
+fn parse_incarnation(hex: &[u8]) -> Option<Incarnation> {
+    if hex.len() != 16 {
         return None;
     }
-    u64::from_str_radix(hex, 16)
-        .ok()
-        .and_then(Incarnation::from_raw)
+    let mut value = 0u64;
+    for &b in hex {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        value = (value << 4) | u64::from(digit);
+    }
+    Incarnation::from_raw(value)
 }
 
-fn parse_decimal(digits: &str) -> Option<u64> {
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+/// A decimal in canonical form (what `u64`'s `Display` writes): digits
+/// only, no leading zero but in "0", within `u64`.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') {
         return None;
     }
-    digits.parse().ok()
+    let mut value = 0u64;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(value)
 }
 
-fn decode_id(encoded: &str) -> Option<String> {
-    percent_decode_str(encoded)
-        .decode_utf8()
-        .ok()
-        .map(|id| id.into_owned())
+fn decode_id(encoded: &str) -> Option<Cow<'_, str>> {
+    percent_decode_str(encoded).decode_utf8().ok()
 }
 
 #[cfg(feature = "serde")]
@@ -396,6 +515,34 @@ mod tests {
         let debug = format!("{cursor:?}");
         assert!(!debug.contains(&cursor.to_string()));
         assert!(debug.contains("position: 9"));
+    }
+
+    #[test]
+    fn parse_for_agrees_with_the_full_parse() {
+        let incarnation = Incarnation::fresh();
+        for (tenant, session) in [("t", "s"), ("a.b", "c d/ü"), ("", "x~y_z-0")] {
+            let key = key(tenant, session);
+            for cursor in [
+                Cursor::start(key.clone()),
+                Cursor::new(key.clone(), Some(incarnation), Revision(7), 42),
+            ] {
+                let wire = cursor.to_string();
+                assert_eq!(Cursor::parse_for(&key, &wire), Ok(cursor.clone()));
+                assert_eq!(wire.parse::<Cursor>(), Ok(cursor));
+            }
+        }
+        let key = key("t", "s");
+        // Non-canonical escapes of the right ids are malformed, not another
+        // session.
+        for bad in ["lr1.-.0.0.%74.s", "lr1.-.0.0.t.%73", "lr1.-.01.0.t.s"] {
+            assert!(
+                matches!(
+                    Cursor::parse_for(&key, bad),
+                    Err(CursorError::Malformed { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! scoped to.
 //!
 //! Invariants: a key is immutable, cheap to clone (one shared allocation),
-//! and holds only ids that can cross the wire: at most [`MAX_ID_LEN`] bytes
+//! hashed once at creation (a [`KeyProbe`] of the same ids hashes equal, so
+//! the session map can be searched by borrowed ids), and holds only ids
+//! that can cross the wire: at most [`MAX_ID_LEN`] bytes
 //! each, no control characters, and a non-empty session id. The tenant may be
 //! empty (single-tenant deployments).
 
+use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -100,7 +103,7 @@ impl SessionKey {
         let mut text = String::with_capacity(tenant.len() + session.len());
         text.push_str(tenant);
         text.push_str(session);
-        let hash = key_hasher().hash_one((tenant.len(), text.as_str()));
+        let hash = hash_parts(tenant, session);
         Ok(Self(Arc::new(KeyParts {
             hash,
             tenant_len: tenant.len(),
@@ -118,6 +121,87 @@ impl SessionKey {
         &self.0.text[self.0.tenant_len..]
     }
 }
+
+/// The hash of a key with these ids: the one a [`SessionKey`] stores, and
+/// the one a [`KeyProbe`] computes without building a key. The tenant's
+/// length is hashed too, so the split point is part of the identity.
+fn hash_parts(tenant: &str, session: &str) -> u64 {
+    let mut hasher = key_hasher().build_hasher();
+    hasher.write_usize(tenant.len());
+    hasher.write(tenant.as_bytes());
+    hasher.write(session.as_bytes());
+    hasher.finish()
+}
+
+/// A key's identity seen through a reference: what the session map can be
+/// searched by. A [`SessionKey`] is one; a [`KeyProbe`] is one made of
+/// borrowed ids, so looking a key up by its ids allocates nothing.
+pub(crate) trait KeyView {
+    /// The key's precomputed hash ([`hash_parts`] of its ids).
+    fn key_hash(&self) -> u64;
+    /// The tenant and session ids.
+    fn ids(&self) -> (&str, &str);
+}
+
+impl KeyView for SessionKey {
+    fn key_hash(&self) -> u64 {
+        self.0.hash
+    }
+
+    fn ids(&self) -> (&str, &str) {
+        (self.tenant(), self.session())
+    }
+}
+
+/// Borrowed ids and their hash: a lookup key for the session map that
+/// costs one hash of the ids and no allocation.
+pub(crate) struct KeyProbe<'a> {
+    hash: u64,
+    tenant: &'a str,
+    session: &'a str,
+}
+
+impl<'a> KeyProbe<'a> {
+    pub(crate) fn new(tenant: &'a str, session: &'a str) -> Self {
+        Self {
+            hash: hash_parts(tenant, session),
+            tenant,
+            session,
+        }
+    }
+}
+
+impl KeyView for KeyProbe<'_> {
+    fn key_hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn ids(&self) -> (&str, &str) {
+        (self.tenant, self.session)
+    }
+}
+
+// Hash and equality of the view agree with `SessionKey`'s own (the hash is
+// written the same way, and equal ids are equal keys), as `Borrow` requires.
+impl<'a> Borrow<dyn KeyView + 'a> for SessionKey {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn KeyView + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.key_hash());
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_hash() == other.key_hash() && self.ids() == other.ids()
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
 
 /// The process-wide seeded hasher of session keys.
 fn key_hasher() -> &'static RandomState {
@@ -190,6 +274,23 @@ mod tests {
             hash(&SessionKey::new("ab", "c").unwrap()),
             hash(&SessionKey::new("a", "bc").unwrap())
         );
+    }
+
+    #[test]
+    fn a_probe_finds_the_key_by_its_ids() {
+        use std::collections::HashSet;
+        let key = SessionKey::new("acme", "chat-1").unwrap();
+        let keys: HashSet<SessionKey> = [key.clone()].into_iter().collect();
+        let probe = KeyProbe::new("acme", "chat-1");
+        let found = keys.get(&probe as &dyn KeyView).expect("found");
+        assert!(Arc::ptr_eq(&found.0, &key.0), "the stored key itself");
+        for (tenant, session) in [("acm", "echat-1"), ("acme", "chat-2"), ("", "acmechat-1")] {
+            let probe = KeyProbe::new(tenant, session);
+            assert!(
+                !keys.contains(&probe as &dyn KeyView),
+                "{tenant:?}/{session:?}"
+            );
+        }
     }
 
     #[test]

@@ -166,9 +166,10 @@ mod subscription;
 mod sync;
 mod tail;
 mod traits;
+mod wire;
 
 pub use crate::catchup::{CatchUp, LOG_BATCH};
-pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::clock::{Clock, CoarseClock, ManualClock, SystemClock};
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{Codec, CodecError, RawBytes, Utf8};

@@ -44,7 +44,7 @@ use std::sync::Arc as StdArc;
 use crate::cursor::Cursor;
 use crate::error::{Gap, GapReason, Refusal};
 use crate::event::Timestamp;
-use crate::key::SessionKey;
+use crate::key::{KeyProbe, KeyView, SessionKey};
 use crate::session::{Held, Identity, Restored, Session, Shared};
 use crate::sync::{Arc, AtomicU64, AtomicUsize, ShardedMap};
 
@@ -180,6 +180,14 @@ impl<T> SessionMap<T> {
             Entry::Resident(session) => f(Found::Resident(session)),
             Entry::Dormant(tombstone) => f(Found::Dormant(tombstone)),
         })
+    }
+
+    /// The key the map holds for these ids (resident or dormant), found
+    /// without building a key: one hash of the ids, no allocation.
+    pub(crate) fn known_key(&self, tenant: &str, session: &str) -> Option<SessionKey> {
+        let probe = KeyProbe::new(tenant, session);
+        self.map
+            .with_entry(&probe as &dyn KeyView, |key, _| key.clone())
     }
 
     /// The resident session, held (taken under the shard's lock, so no

@@ -62,7 +62,7 @@ use crate::sync::Arc;
 /// ```
 pub struct ReplayStore<T> {
     shared: StdArc<Shared<T>>,
-    sessions: StdArc<SessionMap<T>>,
+    pub(crate) sessions: StdArc<SessionMap<T>>,
 }
 
 /// The durable tier a builder was given.

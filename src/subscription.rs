@@ -6,9 +6,20 @@
 //! an event racing the subscribe call could be lost or repeated. A
 //! subscription yields every event after its cursor exactly once, in order.
 //!
-//! When nothing new is published it arms the ring's doorbell, **re-checks**
-//! the ring, and only then waits (blocking with [`Subscription::next_timeout`]
-//! or as a [`Stream`]); writers ring the doorbell after publishing.
+//! When nothing new is published it arms the ring's doorbell with a waker
+//! (a per-thread cached one that unparks the thread, for
+//! [`Subscription::next_timeout`]; the task's, as a [`Stream`]),
+//! **re-checks** the ring, and only then waits; writers ring the doorbell
+//! after publishing. Every `arm` is paired with one `disarm` before the
+//! subscription returns or is dropped.
+//!
+//! Reading on costs no shared write but the event's own reference count:
+//! the subscription keeps the segment it reads from (one reference per
+//! segment, not a directory lookup per event) and the last event's cursor
+//! as its parts (the `Cursor`, which shares the session key, is built only
+//! when asked for). Every event's age is checked against the store's clock
+//! before it is yielded, as lib.rs documents; gaps are built by the
+//! session's `read_next`.
 //!
 //! Lag: if the next position was overwritten, released or expired, the
 //! subscription yields one [`Gap`] (reason `Trimmed`, with the latest
@@ -20,19 +31,19 @@
 //! for it afterwards.
 
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use event_listener::EventListener;
 use futures_core::Stream;
 
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, Incarnation, Revision};
 use crate::error::{Gap, NextTimeoutError, TryNextError};
 use crate::event::Event;
+use crate::ring::{park_timeout, thread_waker, Read, Segment, Ticket};
 use crate::session::{Held, Resume};
-use crate::sync::{self, Arc};
+use crate::sync::Arc;
 
 /// Every event after a cursor, buffered first and then live.
 ///
@@ -53,11 +64,20 @@ pub struct Subscription<T> {
     session: Held<T>,
     /// The next position to yield.
     next: u64,
-    /// The cursor of the last event yielded (or the starting cursor).
-    last_seen: Cursor,
+    /// The starting cursor, until an event is yielded.
+    start: Cursor,
+    /// The last event yielded, as the parts of its cursor: copied per
+    /// event, so yielding one touches no reference count of the key.
+    last: Option<(Incarnation, Revision)>,
+    /// [`Subscription::cursor`], built from `last` when first asked for.
+    cursor: OnceLock<Cursor>,
+    /// The segment the next position was last looked for in: reading on
+    /// in it needs no directory lookup. Keeps at most one segment alive.
+    segment: Option<Arc<Segment<T>>>,
     ended: bool,
-    /// Armed listener; while `Some`, this subscription is counted as parked.
-    listener: Option<EventListener>,
+    /// Armed doorbell slot; while `Some`, this subscription is counted as
+    /// parked.
+    armed: Option<Ticket>,
     /// Whether falling out of the window counts as a gap in the statistics
     /// (not for catch-up, which falls back to the log).
     counted: bool,
@@ -83,9 +103,12 @@ impl<T> Subscription<T> {
         Ok(Self {
             session,
             next: cursor.position() + 1,
-            last_seen,
+            start: last_seen,
+            last: None,
+            cursor: OnceLock::new(),
+            segment: None,
             ended: false,
-            listener: None,
+            armed: None,
             counted: true,
         })
     }
@@ -101,9 +124,12 @@ impl<T> Subscription<T> {
         Self {
             session,
             next: last_seen.position() + 1,
-            last_seen,
+            start: last_seen,
+            last: None,
+            cursor: OnceLock::new(),
+            segment: None,
             ended: false,
-            listener: None,
+            armed: None,
             counted: false,
         }
     }
@@ -111,7 +137,17 @@ impl<T> Subscription<T> {
     /// The cursor of the last event yielded (where to resume from if this
     /// subscription is dropped).
     pub fn cursor(&self) -> &Cursor {
-        &self.last_seen
+        match self.last {
+            None => &self.start,
+            Some((incarnation, revision)) => self.cursor.get_or_init(|| {
+                Cursor::new(
+                    self.session.key().clone(),
+                    Some(incarnation),
+                    revision,
+                    self.next - 1,
+                )
+            }),
+        }
     }
 
     /// Whether the subscription has ended (after its gap).
@@ -124,13 +160,33 @@ impl<T> Subscription<T> {
         if self.ended {
             return Err(TryNextError::Ended);
         }
+        // The common cases read the ring directly: an event young enough
+        // to yield, or nothing new on an open ring. What ends the
+        // subscription (a trimmed, expired or removed position) goes
+        // through the session's `read_next`, which reads the ring again
+        // and builds the gap.
+        let ring = &self.session.ring;
+        match ring.read_forward(self.next, &mut self.segment) {
+            Read::Event(event) => {
+                let shared = &self.session.shared;
+                let age = shared
+                    .now()
+                    .as_nanos()
+                    .saturating_sub(event.timestamp.as_nanos());
+                if age <= shared.max_age_nanos {
+                    self.yielded(&event);
+                    return Ok(event);
+                }
+            }
+            Read::Pending if !ring.is_closed() => return Err(TryNextError::Empty),
+            Read::Pending | Read::Trimmed => {}
+        }
         match self
             .session
-            .read_next(self.next, &self.last_seen, self.counted)
+            .read_next(self.next, self.cursor(), self.counted)
         {
             Ok(Some(event)) => {
-                self.next += 1;
-                self.last_seen = event.cursor();
+                self.yielded(&event);
                 Ok(event)
             }
             Ok(None) => Err(TryNextError::Empty),
@@ -139,6 +195,13 @@ impl<T> Subscription<T> {
                 Err(TryNextError::Gap(gap))
             }
         }
+    }
+
+    fn yielded(&mut self, event: &Event<T>) {
+        self.next += 1;
+        self.last = Some((event.incarnation, event.revision));
+        // Built again from `last` if asked for.
+        self.cursor = OnceLock::new();
     }
 
     /// The next event, waiting up to `timeout` for one. Blocks the thread:
@@ -150,39 +213,37 @@ impl<T> Subscription<T> {
                 Err(TryNextError::Empty) => {}
                 other => return other.map_err(into_timeout_error),
             }
-            let listener = self.session.ring.arm();
-            // Re-check after arming: an append that raced the check above
-            // either is visible now or will notify the listener.
-            let rechecked = self.try_next();
-            if !matches!(rechecked, Err(TryNextError::Empty)) {
-                self.session.ring.disarm();
-                return rechecked.map_err(into_timeout_error);
-            }
             let remaining = match deadline {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()),
                 None => Duration::MAX,
             };
             if remaining.is_zero() {
-                self.session.ring.disarm();
                 return Err(NextTimeoutError::Timeout);
             }
-            let notified = sync::wait_listener(listener, remaining);
-            self.session.ring.disarm();
-            if !notified {
-                // One last look: the deadline passed, not necessarily empty.
-                return self.try_next().map_err(into_timeout_error);
+            // The thread's cached waker: arming clones a reference count.
+            let ticket = self.session.ring.arm(thread_waker());
+            // Re-check after arming: an append that raced the check above
+            // either is visible now or will wake this thread.
+            let rechecked = self.try_next();
+            if !matches!(rechecked, Err(TryNextError::Empty)) {
+                self.session.ring.disarm(ticket);
+                return rechecked.map_err(into_timeout_error);
             }
+            // Woken, timed out or spurious: the loop looks again either way.
+            park_timeout(remaining);
+            self.session.ring.disarm(ticket);
         }
     }
 
     fn end(&mut self) {
         self.ended = true;
+        self.segment = None;
         self.disarm();
     }
 
     fn disarm(&mut self) {
-        if self.listener.take().is_some() {
-            self.session.ring.disarm();
+        if let Some(ticket) = self.armed.take() {
+            self.session.ring.disarm(ticket);
         }
     }
 }
@@ -212,13 +273,16 @@ impl<T> Stream for Subscription<T> {
                 Err(TryNextError::Ended) => return Poll::Ready(None),
                 Err(TryNextError::Empty) => {}
             }
-            match this.listener.as_mut() {
+            match this.armed {
                 // Arm, then loop to re-check before waiting.
-                None => this.listener = Some(this.session.ring.arm()),
-                Some(listener) => match Pin::new(listener).poll(cx) {
-                    Poll::Ready(()) => this.disarm(),
-                    Poll::Pending => return Poll::Pending,
-                },
+                None => this.armed = Some(this.session.ring.arm(cx.waker().clone())),
+                Some(ticket) => {
+                    if this.session.ring.poll_armed(ticket, cx.waker()) {
+                        this.disarm();
+                    } else {
+                        return Poll::Pending;
+                    }
+                }
             }
         }
     }

@@ -300,6 +300,18 @@ mod map {
             self.0.get(key).map(|entry| f(entry.value()))
         }
 
+        /// Runs `f` on the stored key and value of the entry that `key`
+        /// (any borrowed form of the map's key) finds, while the shard's
+        /// read lock is held.
+        #[inline]
+        pub(crate) fn with_entry<Q, R>(&self, key: &Q, f: impl FnOnce(&K, &V) -> R) -> Option<R>
+        where
+            K: std::borrow::Borrow<Q>,
+            Q: Hash + Eq + ?Sized,
+        {
+            self.0.get(key).map(|entry| f(entry.key(), entry.value()))
+        }
+
         /// Under the shard's write lock, `f` sees the value for `key` (and
         /// may change it in place) and returns a value to store in its
         /// place (or to insert), if any, and a result.
@@ -364,6 +376,18 @@ mod map {
 
         pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
             self.0.lock().unwrap().get(key).map(f)
+        }
+
+        pub(crate) fn with_entry<Q, R>(&self, key: &Q, f: impl FnOnce(&K, &V) -> R) -> Option<R>
+        where
+            K: std::borrow::Borrow<Q>,
+            Q: Hash + Eq + ?Sized,
+        {
+            self.0
+                .lock()
+                .unwrap()
+                .get_key_value(key)
+                .map(|(key, value)| f(key, value))
         }
 
         pub(crate) fn update<R>(

@@ -39,10 +39,8 @@ pub(crate) struct Place {
     pub(crate) offset: usize,
 }
 
-/// What an entry says about a place.
-pub(crate) enum Lookup<T> {
-    /// The entry holds the place's segment.
-    Current(Arc<Segment<T>>),
+/// What an entry holding another segment than the place's says about it.
+pub(crate) enum Lookup {
     /// The entry holds a later segment: the place was lapped (trimmed).
     Newer,
     /// The entry is empty or holds an earlier segment: nothing was
@@ -86,12 +84,6 @@ impl<T> Directory<T> {
         }
     }
 
-    /// Looks the place's segment up (one `arc-swap` load).
-    #[inline]
-    pub(crate) fn lookup(&self, place: Place) -> Lookup<T> {
-        self.entries[place.entry].with(|held| classify(held, place))
-    }
-
     /// Runs `f` on the place's segment without taking a reference to it,
     /// or returns what the entry holds instead.
     #[inline]
@@ -99,9 +91,19 @@ impl<T> Directory<T> {
         &self,
         place: Place,
         f: impl FnOnce(&Segment<T>) -> R,
-    ) -> Result<R, Lookup<T>> {
+    ) -> Result<R, Lookup> {
         self.entries[place.entry].with(|held| match held {
             Some(segment) if segment.number() == place.segment => Ok(f(segment)),
+            _ => Err(classify(held, place)),
+        })
+    }
+
+    /// The place's segment, with a reference taken (for a reader that
+    /// keeps it across reads), or what the entry holds instead.
+    #[inline]
+    pub(crate) fn current(&self, place: Place) -> Result<Arc<Segment<T>>, Lookup> {
+        self.entries[place.entry].with(|held| match held {
+            Some(segment) if segment.number() == place.segment => Ok(Arc::clone(segment)),
             _ => Err(classify(held, place)),
         })
     }
@@ -182,10 +184,10 @@ impl<T> Directory<T> {
     }
 }
 
+/// What `held` says about `place`, whose segment it is not.
 #[inline]
-fn classify<T>(held: Option<&Arc<Segment<T>>>, place: Place) -> Lookup<T> {
+fn classify<T>(held: Option<&Arc<Segment<T>>>, place: Place) -> Lookup {
     match held {
-        Some(segment) if segment.number() == place.segment => Lookup::Current(Arc::clone(segment)),
         Some(segment) if segment.number() > place.segment => Lookup::Newer,
         _ => Lookup::Older,
     }

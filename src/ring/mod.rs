@@ -62,12 +62,14 @@ mod doorbell;
 mod segment;
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::task::Waker;
 
 use crossbeam_utils::CachePadded;
-use event_listener::EventListener;
 
 use self::directory::{Directory, Lookup};
 use self::doorbell::Doorbell;
+pub(crate) use self::doorbell::{park_timeout, thread_waker, Ticket};
+pub(crate) use self::segment::Segment;
 use crate::cursor::Revision;
 use crate::event::Event;
 use crate::sync::{Arc, AtomicU64};
@@ -265,9 +267,61 @@ impl<T> Ring<T> {
         }
     }
 
+    /// [`Ring::read`] for a reader going forward one position at a time
+    /// (a subscription): it keeps the segment it reads from in `held`, so
+    /// that reading the next position of the same segment costs no
+    /// directory lookup, and takes one reference per segment instead.
+    ///
+    /// Same answers as `read`, from one look at the directory at most: the
+    /// floor and capacity checks come first; a set slot of the held segment
+    /// holds its position's one event (a slot is written once, by its
+    /// position's writer, whichever object of the segment holds it); any
+    /// other case looks the entry up once and classifies it as `read` does.
+    #[inline]
+    pub(crate) fn read_forward(
+        &self,
+        position: u64,
+        held: &mut Option<Arc<Segment<T>>>,
+    ) -> Read<T> {
+        if position <= self.floor() || self.beyond_capacity(position) {
+            return Read::Trimmed;
+        }
+        let place = self.directory.place(position);
+        let found = match held {
+            Some(segment) if segment.number() == place.segment => {
+                if let Some(event) = segment.get(place.offset) {
+                    return Read::Event(event);
+                }
+                // Not there yet, or the held segment left the directory.
+                self.directory
+                    .with_current(place, |segment| segment.get(place.offset))
+            }
+            _ => self.directory.current(place).map(|segment| {
+                let event = segment.get(place.offset);
+                // The segment left behind is dropped here (its events with
+                // it, if this was the last reference).
+                *held = Some(segment);
+                event
+            }),
+        };
+        match found {
+            Ok(Some(event)) => Read::Event(event),
+            Err(Lookup::Newer) => Read::Trimmed,
+            // Freed by a trim that raced us, or not yet published.
+            Ok(None) | Err(_) if position <= self.floor() => Read::Trimmed,
+            Ok(None) | Err(_) => Read::Pending,
+        }
+    }
+
     /// Appends the events at `from..=to` (all `<= P`) to `out`, one
     /// directory lookup per segment. Returns the first position it could not
     /// read (trimmed meanwhile), if any.
+    ///
+    /// A segment is read in place, through the directory's guard, without
+    /// taking a reference to it: the segment's reference count shares a
+    /// cache line with the segment number and slot pointer every append
+    /// reads, so a replayer that counted references would make each of
+    /// the writer's appends fetch that line back.
     pub(crate) fn read_range(
         &self,
         from: u64,
@@ -277,16 +331,21 @@ impl<T> Ring<T> {
         let mut position = from;
         while position <= to {
             let place = self.directory.place(position);
-            let Lookup::Current(segment) = self.directory.lookup(place) else {
-                return Err(position);
-            };
             let segment_end =
                 to.min(position + (self.directory.segment_len() - place.offset as u64) - 1);
-            for offset in place.offset..=place.offset + (segment_end - position) as usize {
-                match segment.get(offset) {
-                    Some(event) => out.push(event),
-                    None => return Err(position + (offset - place.offset) as u64),
+            let read = self.directory.with_current(place, |segment| {
+                for offset in place.offset..=place.offset + (segment_end - position) as usize {
+                    match segment.get(offset) {
+                        Some(event) => out.push(event),
+                        None => return Err(position + (offset - place.offset) as u64),
+                    }
                 }
+                Ok(())
+            });
+            match read {
+                Ok(Ok(())) => {}
+                Ok(Err(unread)) => return Err(unread),
+                Err(_) => return Err(position),
             }
             position = segment_end + 1;
         }
@@ -381,12 +440,21 @@ impl<T> Ring<T> {
         self.claimed.load(Relaxed) & !CLOSED
     }
 
-    pub(crate) fn arm(&self) -> EventListener {
-        self.doorbell.arm()
+    /// Registers `waker` to be woken by the next publish or the close; see
+    /// the `doorbell` module for the protocol (re-check, then wait).
+    pub(crate) fn arm(&self, waker: Waker) -> Ticket {
+        self.doorbell.arm(waker)
     }
 
-    pub(crate) fn disarm(&self) {
-        self.doorbell.disarm();
+    /// Whether the armed `ticket` was rung; if not, it stays armed with
+    /// `waker`.
+    pub(crate) fn poll_armed(&self, ticket: Ticket, waker: &Waker) -> bool {
+        self.doorbell.poll(ticket, waker)
+    }
+
+    /// Gives an armed ticket back.
+    pub(crate) fn disarm(&self, ticket: Ticket) {
+        self.doorbell.disarm(ticket);
     }
 
     pub(crate) fn parked(&self) -> usize {

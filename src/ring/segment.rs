@@ -12,6 +12,18 @@ use crate::event::Event;
 use crate::sync::{Arc, WriteOnce};
 
 pub(crate) struct Segment<T> {
+    /// On a cache line of its own, away from the `Arc`'s reference counts
+    /// (which the `Arc` puts just before it): every append reads the
+    /// number and the slot pointer, and a reader that takes or drops a
+    /// reference to the segment must not make the writer fetch them again.
+    fields: Fields<T>,
+}
+
+/// Aligned to a cache line (64 bytes: coherence is per line; not
+/// `CachePadded`'s 128, which would double the allocation for nothing the
+/// writer reads).
+#[repr(align(64))]
+struct Fields<T> {
     /// Which segment of the session this is: positions
     /// `number * len + 1 ..= (number + 1) * len`.
     number: u64,
@@ -21,32 +33,34 @@ pub(crate) struct Segment<T> {
 impl<T> Segment<T> {
     pub(crate) fn new(number: u64, len: usize) -> Self {
         Self {
-            number,
-            slots: (0..len).map(|_| WriteOnce::new()).collect(),
+            fields: Fields {
+                number,
+                slots: (0..len).map(|_| WriteOnce::new()).collect(),
+            },
         }
     }
 
     pub(crate) fn number(&self) -> u64 {
-        self.number
+        self.fields.number
     }
 
     /// Publishes `event` in slot `offset`. Only the writer that claimed the
     /// position calls this, once.
     #[inline]
     pub(crate) fn publish(&self, offset: usize, event: &Arc<Event<T>>) {
-        let first_write = self.slots[offset].set(Arc::clone(event));
+        let first_write = self.fields.slots[offset].set(Arc::clone(event));
         debug_assert!(first_write, "position {} written twice", event.position);
     }
 
     /// The event at `offset`, if it is published.
     #[inline]
     pub(crate) fn get(&self, offset: usize) -> Option<Arc<Event<T>>> {
-        self.slots[offset].get()
+        self.fields.slots[offset].get()
     }
 
     /// Whether the event at `offset` is published (no reference taken).
     #[inline]
     pub(crate) fn is_published(&self, offset: usize) -> bool {
-        self.slots[offset].is_set()
+        self.fields.slots[offset].is_set()
     }
 }
