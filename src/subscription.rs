@@ -41,9 +41,10 @@ use futures_core::Stream;
 use crate::cursor::{Cursor, Incarnation, Revision};
 use crate::error::{Gap, NextTimeoutError, TryNextError};
 use crate::event::Event;
-use crate::ring::{park_timeout, thread_waker, Read, Segment, Ticket};
+use crate::ring::{Read, Segment, Ticket};
 use crate::session::{Held, Resume};
 use crate::sync::Arc;
+use crate::sync::{park_timeout, thread_waker};
 
 /// Every event after a cursor, buffered first and then live.
 ///

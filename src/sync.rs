@@ -21,8 +21,14 @@
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
+// The doorbell's wait list: std's mutex, loom's under `cfg(loom)` (a std
+// primitive loom models itself, not a stand-in).
+#[cfg(loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
 #[cfg(not(loom))]
 pub use std::sync::Arc;
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
@@ -32,6 +38,7 @@ pub use loom::sync::Arc;
 pub(crate) use cell::AtomicArcCell;
 pub(crate) use map::ShardedMap;
 pub(crate) use once::WriteOnce;
+pub(crate) use park::{park_timeout, thread_waker};
 pub(crate) use queue::Queue;
 
 /// Waits on an `event-listener` listener for at most `timeout`; returns
@@ -467,5 +474,69 @@ mod queue {
         pub(crate) fn pop(&self) -> Option<E> {
             self.0.lock().unwrap().pop_front()
         }
+    }
+}
+
+/// Blocking waits on the current thread: a waker that unparks it, and a
+/// park with a timeout (std's, or loom's, which has no timeout).
+mod park {
+    use std::task::Waker;
+
+    /// A waker that unparks the current thread, for blocking waits. Cached per
+    /// thread: after a thread's first wait, arming clones a reference count.
+    #[cfg(not(loom))]
+    pub(crate) fn thread_waker() -> Waker {
+        use std::sync::Arc;
+        use std::task::Wake;
+
+        struct Unparker(std::thread::Thread);
+
+        impl Wake for Unparker {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+
+            fn wake_by_ref(self: &Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+
+        thread_local! {
+            static WAKER: Waker = Waker::from(Arc::new(Unparker(std::thread::current())));
+        }
+        WAKER
+            .try_with(Waker::clone)
+            // In a thread-local destructor: build one for this wait.
+            .unwrap_or_else(|_| Waker::from(Arc::new(Unparker(std::thread::current()))))
+    }
+
+    /// Parks the current thread until woken (or spuriously) or `timeout`.
+    #[cfg(not(loom))]
+    pub(crate) fn park_timeout(timeout: std::time::Duration) {
+        std::thread::park_timeout(timeout);
+    }
+
+    /// Under loom: a waker that unparks the current loom thread.
+    #[cfg(loom)]
+    pub(crate) fn thread_waker() -> Waker {
+        use std::sync::Arc;
+        use std::task::Wake;
+
+        struct Unparker(loom::thread::Thread);
+
+        impl Wake for Unparker {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+
+        Waker::from(Arc::new(Unparker(loom::thread::current())))
+    }
+
+    /// Under loom a timeout cannot be modelled: park until unparked, so a lost
+    /// wake-up shows up as the deadlock loom reports.
+    #[cfg(loom)]
+    pub(crate) fn park_timeout(_timeout: std::time::Duration) {
+        loom::thread::park();
     }
 }

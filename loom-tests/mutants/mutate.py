@@ -18,12 +18,12 @@ MUTATIONS = {
         "        self.parked.fetch_add(1, Relaxed);\n        // SeqCst fence: pairs with the fence in `ring` (module docs).\n        fence(SeqCst);\n",
         "        fence(SeqCst);\n        self.parked.fetch_add(1, Relaxed);\n")],
     "ring-load-before-fence": [("src/ring/doorbell.rs",
-        "        fence(SeqCst);\n        // Relaxed: the fence above orders it; the listener list orders the\n        // notification after the listener's registration (module docs).\n        if self.parked.load(Relaxed) != 0 {",
+        "        fence(SeqCst);\n        // Relaxed: the fence above orders it; the mutex orders the list\n        // after the registration (module docs).\n        if self.parked.load(Relaxed) != 0 {",
         "        let parked = self.parked.load(Relaxed);\n        fence(SeqCst);\n        if parked != 0 {")],
     # Doorbell::arm without its SeqCst fence (the other half).
     "arm-no-fence": [("src/ring/doorbell.rs",
-        "        fence(SeqCst);\n        listener",
-        "        listener")],
+        "        fence(SeqCst);\n        ticket\n",
+        "        ticket\n")],
     # next_timeout waits without re-checking the ring after arming.
     "no-recheck-after-arm": [("src/subscription.rs",
         "let rechecked = self.try_next();",

@@ -33,14 +33,8 @@
 
 use std::task::Waker;
 
-use crate::sync::{fence, AtomicUsize};
+use crate::sync::{fence, AtomicUsize, Mutex, MutexGuard};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-
-#[cfg(not(loom))]
-use std::sync::{Mutex, MutexGuard};
-
-#[cfg(loom)]
-use loom::sync::{Mutex, MutexGuard};
 
 /// Wakers woken per turn of the lock: a writer takes up to this many, lets
 /// the lock go, wakes them, and comes back for more.
@@ -200,62 +194,4 @@ impl Doorbell {
     pub(crate) fn parked(&self) -> usize {
         self.parked.load(Relaxed)
     }
-}
-
-/// A waker that unparks the current thread, for blocking waits. Cached per
-/// thread: after a thread's first wait, arming clones a reference count.
-#[cfg(not(loom))]
-pub(crate) fn thread_waker() -> Waker {
-    use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Unparker(std::thread::Thread);
-
-    impl Wake for Unparker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    thread_local! {
-        static WAKER: Waker = Waker::from(Arc::new(Unparker(std::thread::current())));
-    }
-    WAKER
-        .try_with(Waker::clone)
-        // In a thread-local destructor: build one for this wait.
-        .unwrap_or_else(|_| Waker::from(Arc::new(Unparker(std::thread::current()))))
-}
-
-/// Parks the current thread until woken (or spuriously) or `timeout`.
-#[cfg(not(loom))]
-pub(crate) fn park_timeout(timeout: std::time::Duration) {
-    std::thread::park_timeout(timeout);
-}
-
-/// Under loom: a waker that unparks the current loom thread.
-#[cfg(loom)]
-pub(crate) fn thread_waker() -> Waker {
-    use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Unparker(loom::thread::Thread);
-
-    impl Wake for Unparker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    Waker::from(Arc::new(Unparker(loom::thread::current())))
-}
-
-/// Under loom a timeout cannot be modelled: park until unparked, so a lost
-/// wake-up shows up as the deadlock loom reports.
-#[cfg(loom)]
-pub(crate) fn park_timeout(_timeout: std::time::Duration) {
-    loom::thread::park();
 }

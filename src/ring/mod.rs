@@ -68,7 +68,7 @@ use crossbeam_utils::CachePadded;
 
 use self::directory::{Directory, Lookup};
 use self::doorbell::Doorbell;
-pub(crate) use self::doorbell::{park_timeout, thread_waker, Ticket};
+pub(crate) use self::doorbell::Ticket;
 pub(crate) use self::segment::Segment;
 use crate::cursor::Revision;
 use crate::event::Event;
