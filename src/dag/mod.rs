@@ -437,6 +437,12 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
     ///
     /// `from` must be indexed (see [`Dag::wait_indexed`]); ancestors are
     /// walked up to [`MAX_SIGNAL_DEPTH`].
+    ///
+    /// The signals are appended through this store. On a log shared by
+    /// several nodes (Redis), a session has one writer: call this on the
+    /// node that runs the ancestors' sessions, or a session another node is
+    /// writing would get a second writer (the log refuses it and that
+    /// node's persister fences the session, see `stats().durable`).
     pub fn signal_upstream(
         &self,
         from: &EventRef,
