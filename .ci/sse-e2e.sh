@@ -121,17 +121,33 @@ echo "sse-e2e: servers at $resume_url and $gap_url"
 tokens_restart=80
 restart_dir="$(mktemp -d "${TMPDIR:-/tmp}/livereplay-e2e-restart.XXXXXX")" \
   || fail "cannot create a data directory"
-restart_port="$(node -e 'const s = require("net").createServer();
-s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')" \
-  || fail "cannot pick a free port"
+# A free loopback port that a server binds later, by number: picked below
+# the kernel's ephemeral range, so no port-0 bind in the meantime (the
+# other servers, the browser's connections) can take it, and never one of
+# the ports given as arguments. (Picking with port 0 and closing raced: the
+# kernel handed the restart scenario's port to redis-server too.)
+free_port() {
+  node -e '
+const net = require("net");
+const [low] = require("fs").readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8")
+  .trim().split(/\s+/).map(Number);
+const taken = new Set(process.argv.slice(1).map(Number));
+const floor = 10000, ceiling = Math.max(floor + 1000, low || 32768);
+let tries = 0;
+(function attempt() {
+  if (++tries > 200) { console.error("no free port below " + ceiling); process.exit(1); }
+  const port = floor + Math.floor(Math.random() * (ceiling - floor));
+  if (taken.has(port)) return attempt();
+  const s = net.createServer();
+  s.once("error", attempt);
+  s.listen(port, "127.0.0.1", () => { console.log(port); s.close(); });
+})();' "$@"
+}
+restart_port="$(free_port)" || fail "cannot pick a free port"
 echo "sse-e2e: restart scenario on port $restart_port, data in $restart_dir"
 
 # The two-node scenario: one redis-server (a free loopback port, a fresh
 # directory, append-only file on) and two servers over it.
-free_port() {
-  node -e 'const s = require("net").createServer();
-s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
-}
 # Whether the redis-server on port $1 answers PING with PONG.
 redis_ping() {
   local reply=""
@@ -147,7 +163,7 @@ node_b_url=""
 if command -v redis-server >/dev/null 2>&1; then
   redis_dir="$(mktemp -d "${TMPDIR:-/tmp}/livereplay-e2e-redis.XXXXXX")" \
     || fail "cannot create the redis directory"
-  redis_port="$(free_port)" || fail "cannot pick a free port for redis-server"
+  redis_port="$(free_port "$restart_port")" || fail "cannot pick a free port for redis-server"
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$redis_dir" \
     --appendonly yes --save "" --daemonize no --logfile "$redis_dir/redis.log" \
     >/dev/null 2>&1 &
