@@ -36,9 +36,40 @@ fn runner() -> TestRunner {
 }
 
 /// The parser's contract on any input: no panic, and whatever parses is
-/// the canonical form of what it parsed to.
+/// the canonical form of what it parsed to. The fast paths from the wire
+/// (`Cursor::parse_for`, `ReplayStore::parse_cursor`, which skip building
+/// the key) agree with `str::parse` on every input, for a session the
+/// store knows and for one it does not.
 fn check_parse(text: &str) -> Result<(), TestCaseError> {
-    match text.parse::<Cursor>() {
+    static STORE: std::sync::OnceLock<ReplayStore<u8>> = std::sync::OnceLock::new();
+    let store = STORE.get_or_init(ReplayStore::default);
+    let parsed = text.parse::<Cursor>();
+    prop_assert_eq!(
+        &store.parse_cursor(text),
+        &parsed,
+        "parse_cursor, unknown or known"
+    );
+    let other = SessionKey::new("hostile", "other").expect("a valid key");
+    match &parsed {
+        Ok(cursor) => {
+            prop_assert_eq!(&Cursor::parse_for(cursor.key(), text), &parsed);
+            if cursor.key() != &other {
+                prop_assert_eq!(
+                    Cursor::parse_for(&other, text),
+                    Err(CursorError::WrongSession)
+                );
+            }
+            // Now the store knows the session: the map's own key is used.
+            store
+                .append(cursor.key(), Revision(0), 0)
+                .expect("append to a valid key");
+            prop_assert_eq!(&store.parse_cursor(text), &parsed, "parse_cursor, known");
+        }
+        Err(error) => {
+            prop_assert_eq!(&Cursor::parse_for(&other, text), &Err(error.clone()));
+        }
+    }
+    match parsed {
         Ok(cursor) => {
             prop_assert_eq!(
                 cursor.to_string(),
