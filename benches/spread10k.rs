@@ -1,0 +1,449 @@
+//! The 10 000-session append (issue 13), measured so that two methods can
+//! be compared on the same thing: one design, one heap layout, one key
+//! order, per process. BENCHMARKS.md ("10 000 sessions: why the two methods
+//! disagreed") has the runs and what they show.
+//!
+//! `append` measures this case twice and the two disagreed: criterion (each
+//! design populated and timed alone, the other store not yet built or
+//! already dropped) against `support::paired` (both stores populated
+//! session by session into one heap, then timed in turns). This target
+//! separates the factors. Environment:
+//!
+//! * `SPREAD_DESIGN`: `ours_key` (default), `ours_handle` or `reference`;
+//! * `SPREAD_LAYOUT`: what is populated before timing:
+//!   `alone` (default; only the measured design, as criterion in `append`),
+//!   `interleaved` (both, session by session, as `paired` in `append`), or
+//!   `blocks` (both, ours first then the reference, each contiguous);
+//! * `SPREAD_ORDER`: `round_robin` (default; 0, 1, ..., 9 999, 0, ... as in
+//!   `append`) or `random` (a fixed pseudo-random sequence, the same for
+//!   every design and method);
+//! * `SPREAD_AGE=N`: N turnover cycles (640 000 appends) on every populated
+//!   design before any timing;
+//! * `SPREAD_METHOD`: `criterion` (default), `batches` (the 2 ms batches
+//!   `paired` times, one design only), `paired` (`support::paired`, the
+//!   measured design and the other one; `SPREAD_THIRD=ours_handle` adds the
+//!   third contender `append` has, on its own round-robin counter unless
+//!   `SPREAD_THIRD_SHARED=1`), or `cycles` (designs taking turns of one
+//!   whole turnover cycle each, mean per append);
+//! * `SPREAD_HISTORY=one_session`: first run and drop the one-session
+//!   stores, as `append`'s paired part does before this case;
+//! * `SPREAD_ROUNDS` (batches, cycles) and `SPREAD_TRACE=1` (print every
+//!   batch or turn).
+//!
+//! Run one combination per process, for example `SPREAD_ORDER=random
+//! SPREAD_LAYOUT=interleaved SPREAD_AGE=6 SPREAD_DESIGN=reference cargo
+//! bench --bench spread10k`. Without `--bench` (`cargo test --benches`) it
+//! populates and runs 1 000 appends, timing nothing.
+
+mod baselines;
+mod support;
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Throughput;
+use livereplay::{Config, ReplayStore, Revision, SessionHandle, SessionKey};
+
+use baselines::{floor_append, BroadcastStore, ReferenceStore};
+use support::Contender;
+
+const SESSIONS: usize = 10_000;
+const CAPACITY: usize = 128;
+
+fn key(i: usize) -> SessionKey {
+    SessionKey::new("acme", &format!("chat-{i:06}")).expect("a valid key")
+}
+
+fn reference_id(i: usize) -> String {
+    format!("acme/chat-{i:06}")
+}
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+struct Stores {
+    keys: Vec<SessionKey>,
+    ids: Vec<String>,
+    /// `SPREAD_ORDER=random`: the sessions visited, in turn (read
+    /// cyclically; the same sequence for every design). Empty: round robin.
+    order: Vec<u32>,
+    ours: Option<(ReplayStore<u64>, Vec<SessionHandle<u64>>)>,
+    reference: Option<ReferenceStore<u64>>,
+}
+
+fn new_ours(keys: &[SessionKey]) -> (ReplayStore<u64>, Vec<SessionHandle<u64>>) {
+    let store = ReplayStore::<u64>::new(Config::default().with_capacity(CAPACITY)).expect("config");
+    let handles = keys
+        .iter()
+        .map(|key| store.session(key).expect("session"))
+        .collect();
+    (store, handles)
+}
+
+fn fill_ours(handle: &SessionHandle<u64>) {
+    for i in 0..CAPACITY as u64 {
+        handle.append(Revision(1), i).expect("append");
+    }
+}
+
+fn fill_reference(reference: &ReferenceStore<u64>, id: &str) {
+    for i in 0..CAPACITY as u64 {
+        reference.append(id, 1, i);
+    }
+}
+
+fn populate(layout: &str, design: &str) -> Stores {
+    let keys: Vec<SessionKey> = (0..SESSIONS).map(key).collect();
+    let ids: Vec<String> = (0..SESSIONS).map(reference_id).collect();
+    let measured_ours = design.starts_with("ours");
+    let (ours, reference) = match layout {
+        "alone" if measured_ours => {
+            let ours = new_ours(&keys);
+            ours.1.iter().for_each(fill_ours);
+            (Some(ours), None)
+        }
+        "alone" => {
+            let reference = ReferenceStore::new(CAPACITY, Duration::from_secs(120));
+            ids.iter().for_each(|id| fill_reference(&reference, id));
+            (None, Some(reference))
+        }
+        "interleaved" => {
+            let ours = new_ours(&keys);
+            let reference = ReferenceStore::new(CAPACITY, Duration::from_secs(120));
+            for (handle, id) in ours.1.iter().zip(&ids) {
+                fill_ours(handle);
+                fill_reference(&reference, id);
+            }
+            (Some(ours), Some(reference))
+        }
+        "blocks" => {
+            let ours = new_ours(&keys);
+            ours.1.iter().for_each(fill_ours);
+            let reference = ReferenceStore::new(CAPACITY, Duration::from_secs(120));
+            ids.iter().for_each(|id| fill_reference(&reference, id));
+            (Some(ours), Some(reference))
+        }
+        other => panic!("SPREAD_LAYOUT={other}: alone, interleaved or blocks"),
+    };
+    let order = match env("SPREAD_ORDER", "round_robin").as_str() {
+        "round_robin" => Vec::new(),
+        // xorshift64, fixed seed: 2^20 uniform session indices.
+        "random" => {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64;
+            (0..1 << 20)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % SESSIONS as u64) as u32
+                })
+                .collect()
+        }
+        other => panic!("SPREAD_ORDER={other}: round_robin or random"),
+    };
+    Stores {
+        keys,
+        ids,
+        order,
+        ours,
+        reference,
+    }
+}
+
+/// `run(iters)` for `design`: `iters` appends, keys round robin from where
+/// the previous call stopped.
+fn runner<'a>(stores: &'a Stores, design: &str, turn: &'a Cell<usize>) -> Run<'a> {
+    let order = &stores.order;
+    let next = move || {
+        if order.is_empty() {
+            let t = (turn.get() + 1) % SESSIONS;
+            turn.set(t);
+            t
+        } else {
+            let t = (turn.get() + 1) % order.len();
+            turn.set(t);
+            order[t] as usize
+        }
+    };
+    match design {
+        "ours_key" => {
+            let (store, _) = stores.ours.as_ref().expect("ours populated");
+            Box::new(move |n| {
+                for i in 0..n {
+                    black_box(
+                        store
+                            .append(&stores.keys[next()], Revision(1), i)
+                            .expect("append"),
+                    );
+                }
+            })
+        }
+        "ours_handle" => {
+            let (_, handles) = stores.ours.as_ref().expect("ours populated");
+            Box::new(move |n| {
+                for i in 0..n {
+                    black_box(handles[next()].append(Revision(1), i).expect("append"));
+                }
+            })
+        }
+        "reference" => {
+            let reference = stores.reference.as_ref().expect("reference populated");
+            Box::new(move |n| {
+                for i in 0..n {
+                    black_box(reference.append(&stores.ids[next()], 1, i));
+                }
+            })
+        }
+        other => panic!("SPREAD_DESIGN={other}: ours_key, ours_handle or reference"),
+    }
+}
+
+/// One design alone in `paired`'s batches: calibrated to ~2 ms, then
+/// `rounds` batches; prints the median and range of ns per append.
+fn batches(label: &str, mut run: Run<'_>, rounds: usize) {
+    let batch = Duration::from_millis(2);
+    let mut n = 16u64;
+    let iters = loop {
+        let start = Instant::now();
+        run(n);
+        let took = start.elapsed();
+        if took >= batch / 4 {
+            break ((batch.as_secs_f64() / (took.as_secs_f64() / n as f64)) as u64).max(1);
+        }
+        n *= 4;
+    };
+    let mut per: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            run(iters);
+            start.elapsed().as_nanos() as f64 / iters as f64
+        })
+        .collect();
+    if std::env::var_os("SPREAD_TRACE").is_some() {
+        let trace: Vec<String> = per.iter().map(|ns| format!("{ns:.0}")).collect();
+        println!(
+            "spread10k {label} trace (ns per append, batch by batch): {}",
+            trace.join(" ")
+        );
+    }
+    let mean = per.iter().sum::<f64>() / per.len() as f64;
+    per.sort_by(f64::total_cmp);
+    println!("spread10k {label} batches: mean of batches {mean:.1} ns");
+    println!(
+        "spread10k {label} batches: median {:.1} ns (q1 {:.1}, q3 {:.1}; {rounds} x {iters} appends)",
+        support::at_quantile(&per, 0.5),
+        support::at_quantile(&per, 0.25),
+        support::at_quantile(&per, 0.75),
+    );
+}
+
+/// What `append`'s paired part runs before its 10 000-session case: the
+/// one-session stores (capacity 2048) appended to in turn, then dropped.
+/// Leaves the heap as that process leaves it for the 10 000 sessions.
+fn one_session_history(appends: u64) {
+    let session_key = key(0);
+    let id = reference_id(0);
+    let store = ReplayStore::<u64>::default();
+    let handle = store.session(&session_key).expect("session");
+    let reference = ReferenceStore::<u64>::with_defaults();
+    let broadcast = BroadcastStore::<u64>::new(2048);
+    let channel = broadcast.session(&id);
+    // In batches, as `paired` takes turns: ~2 ms of each design.
+    for round in 0..appends / 10_000 {
+        for i in round * 10_000..(round + 1) * 10_000 {
+            black_box(handle.append(Revision(1), i).expect("append"));
+        }
+        for i in round * 10_000..(round + 1) * 10_000 {
+            black_box(floor_append(&session_key, i, i));
+            black_box(channel.append(i));
+        }
+        for i in round * 10_000..(round + 1) * 10_000 {
+            black_box(reference.append(&id, 1, i));
+        }
+        for i in round * 10_000..(round + 1) * 10_000 {
+            black_box(store.append(&session_key, Revision(1), i).expect("append"));
+            black_box(broadcast.append(&id, i));
+        }
+    }
+    drop((handle, store, reference, channel, broadcast));
+}
+
+/// Appends per turnover cycle: with capacity 128 a session's ring is cut
+/// into segments of 64 positions, and round robin brings every session to a
+/// segment boundary in the same lap, so one lap in 64 allocates and drops a
+/// segment on every append. A timing that covers whole cycles weighs those
+/// laps as a long run does.
+const CYCLE: u64 = SESSIONS as u64 * 64;
+
+/// `iters` appends of one design.
+type Run<'a> = Box<dyn FnMut(u64) + 'a>;
+
+/// Designs taking turns (as `paired`), but each turn exactly one turnover
+/// cycle (640 000 appends) and the figure the mean over it.
+fn cycles(contenders: &mut [(&str, Run<'_>)], rounds: usize, per_turn: u64) {
+    let mut per: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    for round in 0..rounds {
+        for turn in 0..contenders.len() {
+            let index = (turn + round) % contenders.len();
+            let start = Instant::now();
+            (contenders[index].1)(per_turn);
+            per[index].push(start.elapsed().as_nanos() as f64 / per_turn as f64);
+        }
+    }
+    println!(
+        "spread10k cycles: {rounds} rounds, turns of {per_turn} appends, designs taking turns"
+    );
+    for (index, (name, _)) in contenders.iter().enumerate() {
+        if std::env::var_os("SPREAD_TRACE").is_some() {
+            let trace: Vec<String> = per[index].iter().map(|ns| format!("{ns:.0}")).collect();
+            println!(
+                "  {name:<12} turn by turn (ns per append): {}",
+                trace.join(" ")
+            );
+        }
+        let ratios: Vec<f64> = per[index].iter().zip(&per[0]).map(|(t, f)| t / f).collect();
+        println!(
+            "  {name:<12} mean per append {}   ratio to first {}",
+            support::spread(&per[index], |ns| format!("{ns:.1} ns")),
+            support::spread(&ratios, |r| format!("{r:.2}")),
+        );
+    }
+}
+
+fn main() {
+    let history = env("SPREAD_HISTORY", "none");
+    if history == "one_session" {
+        one_session_history(if support::bench_mode() {
+            2_000_000
+        } else {
+            20_000
+        });
+    }
+    let design = env("SPREAD_DESIGN", "ours_key");
+    let layout = env("SPREAD_LAYOUT", "alone");
+    let method = env("SPREAD_METHOD", "criterion");
+    let label = format!("{design}/{layout}/{method}/history={history}");
+    let stores = populate(&layout, &design);
+    let turn = Cell::new(0);
+    // `SPREAD_AGE=N`: before any timing, N turnover cycles of appends on
+    // every populated design, so the allocator's free lists are as a long
+    // run leaves them, whatever the method (both designs slow down as
+    // their heap ages; see BENCHMARKS.md).
+    let age: u64 = std::env::var("SPREAD_AGE")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    if age > 0 && support::bench_mode() {
+        let aging = Cell::new(0);
+        let mut designs = Vec::new();
+        if stores.ours.is_some() {
+            designs.push("ours_key");
+        }
+        if stores.reference.is_some() {
+            designs.push("reference");
+        }
+        for _ in 0..age {
+            for design in &designs {
+                runner(&stores, design, &aging)(CYCLE);
+            }
+        }
+    }
+    if !support::bench_mode() {
+        // `cargo test --benches`: check the combination runs, time nothing.
+        runner(&stores, &design, &turn)(1_000);
+        return;
+    }
+    match method.as_str() {
+        "criterion" => {
+            let mut criterion = support::criterion();
+            let mut group = criterion.benchmark_group("spread10k");
+            group.throughput(Throughput::Elements(1));
+            let mut run = runner(&stores, &design, &turn);
+            group.bench_function(format!("{design}_{layout}"), |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    run(iters);
+                    start.elapsed()
+                })
+            });
+            group.finish();
+            criterion.final_summary();
+        }
+        "batches" => batches(
+            &label,
+            runner(&stores, &design, &turn),
+            std::env::var("SPREAD_ROUNDS")
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(support::paired_rounds()),
+        ),
+        "paired" => {
+            let other = if design == "reference" {
+                "ours_key"
+            } else {
+                "reference"
+            };
+            let turn_other = Cell::new(0);
+            let turn_third = Cell::new(0);
+            let mut csv = String::new();
+            let mut contenders = vec![
+                Contender {
+                    name: if design == "reference" {
+                        "reference"
+                    } else {
+                        "ours"
+                    },
+                    run: runner(&stores, &design, &turn),
+                },
+                Contender {
+                    name: if other == "reference" {
+                        "reference"
+                    } else {
+                        "ours_key"
+                    },
+                    run: runner(&stores, other, &turn_other),
+                },
+            ];
+            // `SPREAD_THIRD=ours_handle`: the third contender `append` has.
+            if let Ok(third) = std::env::var("SPREAD_THIRD") {
+                contenders.push(Contender {
+                    name: "third",
+                    // `SPREAD_THIRD_SHARED=1`: one round-robin counter for
+                    // both contenders on our store (as criterion's
+                    // `append_10k_sessions` has), so neither revisits the
+                    // sessions the other has just warmed.
+                    run: if std::env::var_os("SPREAD_THIRD_SHARED").is_some() {
+                        runner(&stores, &third, &turn)
+                    } else {
+                        runner(&stores, &third, &turn_third)
+                    },
+                });
+            }
+            support::paired(
+                &format!("spread10k {layout} history={history}"),
+                contenders,
+                &mut csv,
+            );
+        }
+        "cycles" => {
+            let turn_other = Cell::new(0);
+            let mut contenders = vec![(design.as_str(), runner(&stores, &design, &turn))];
+            if stores.ours.is_some() && stores.reference.is_some() {
+                let other = if design == "reference" {
+                    "ours_key"
+                } else {
+                    "reference"
+                };
+                contenders.push((other, runner(&stores, other, &turn_other)));
+            }
+            let rounds = std::env::var("SPREAD_ROUNDS")
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(support::samples(5, 1));
+            cycles(&mut contenders, rounds, CYCLE);
+        }
+        other => panic!("SPREAD_METHOD={other}: criterion, batches, paired or cycles"),
+    }
+}
