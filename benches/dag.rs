@@ -116,7 +116,7 @@ fn chain_links(key: &SessionKey, i: u64) -> Links {
 
 // ---------------------------------------------------------------------------
 
-fn append_with_links(settings: &Settings) {
+fn append_with_links() {
     println!("\n== 1. append through a handle, plain store (no log), 64-byte payloads: without links / empty links / parent + kind + correlation ==");
     let store = Store::new(Config::default().with_capacity(4096)).expect("config");
     let plain = store.session(&key("plain")).expect("session");
@@ -125,7 +125,6 @@ fn append_with_links(settings: &Settings) {
     let parent = livereplay::EventRef::new(key("linked"), 1);
     let mut n = 0u64;
     let mut csv = String::from(PAIRED_CSV_HEADER);
-    let _ = settings;
     paired(
         "append",
         vec![
@@ -411,7 +410,7 @@ fn main() {
         backends.push(("Redis", &open_redis));
     }
     if settings.runs("append") {
-        append_with_links(&settings);
+        append_with_links();
     }
     if settings.runs("index_build") {
         index_build(&settings, &temp, backends.get(1).copied());

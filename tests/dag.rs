@@ -435,6 +435,22 @@ pub fn an_orphan_gets_its_depth_when_its_parent_arrives(f: Fixture) {
         .events
         .is_empty());
     assert_eq!(dag.node(&orphan.reference()).unwrap().unwrap().depth, None);
+    assert_eq!(
+        dag.index_stats().unwrap().orphans,
+        1,
+        "the orphan is counted; the grandchild, whose parent is there, is not"
+    );
+    // A signal goes to the sessions of the ancestors the log holds, not to
+    // the session of the missing parent.
+    let signals = dag
+        .signal_upstream(
+            &grandchild.reference(),
+            &UpstreamSignal::Backpressure,
+            |s, _| s.kind().into(),
+        )
+        .unwrap();
+    let sessions: Vec<&str> = signals.iter().map(|e| e.key().session()).collect();
+    assert_eq!(sessions, ["main"]);
 
     // The parent arrives (with links of its own, one level below a root).
     let root = append(store, "later", "root", Links::new());
@@ -452,6 +468,7 @@ pub fn an_orphan_gets_its_depth_when_its_parent_arrives(f: Fixture) {
         dag.node(&grandchild.reference()).unwrap().unwrap().depth,
         Some(2)
     );
+    assert_eq!(dag.index_stats().unwrap().orphans, 0);
 }
 
 // --- acknowledgements -------------------------------------------------------

@@ -303,9 +303,22 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
     /// parent no tier holds ([`DagAnswer::missing`]).
     pub fn ancestors(&self, from: &EventRef, limit: usize) -> Result<DagAnswer<T>, DagError> {
         let (mut kv, as_of) = self.snapshot()?;
-        let mut refs = Vec::new();
-        let mut missing = None;
-        let mut parent = match Self::step(&mut *kv, from)? {
+        let (refs, missing) = Self::walk_up(&mut *kv, from, limit)?;
+        drop(kv);
+        let mut answer = self.load(refs, as_of)?;
+        answer.missing = missing;
+        Ok(answer)
+    }
+
+    /// The ancestors of `from` the log holds, most recent first, at most
+    /// `limit`, and the parent the walk stopped at because the log does not
+    /// hold it. Stops at a root or at an event seen before (a cycle).
+    fn walk_up(
+        kv: &mut dyn IndexRead,
+        from: &EventRef,
+        limit: usize,
+    ) -> Result<(Vec<EventRef>, Option<EventRef>), DagError> {
+        let mut parent = match Self::step(kv, from)? {
             Step::Linked(node) => node.parent,
             Step::Plain => None,
             Step::Missing => {
@@ -314,6 +327,7 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
                 })
             }
         };
+        let mut refs = Vec::new();
         let mut seen = HashSet::from([(from.key.session().to_owned(), from.position)]);
         while let Some((session, position)) = parent.take() {
             if refs.len() >= limit || !seen.insert((session.to_string(), position)) {
@@ -324,19 +338,16 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
                     .map_err(|e| LogError::Corrupt(format!("causal index: {e}")))?,
                 position,
             );
-            match Self::step(&mut *kv, &event)? {
+            match Self::step(kv, &event)? {
                 Step::Linked(node) => {
                     parent = node.parent;
                     refs.push(event);
                 }
                 Step::Plain => refs.push(event),
-                Step::Missing => missing = Some(event),
+                Step::Missing => return Ok((refs, Some(event))),
             }
         }
-        drop(kv);
-        let mut answer = self.load(refs, as_of)?;
-        answer.missing = missing;
-        Ok(answer)
+        Ok((refs, None))
     }
 
     /// Up to `limit` descendants of `from`, breadth first (children in
@@ -436,7 +447,8 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
     /// the nearest ancestor in that session. Returns the signal events.
     ///
     /// `from` must be indexed (see [`Dag::wait_indexed`]); ancestors are
-    /// walked up to [`MAX_SIGNAL_DEPTH`].
+    /// walked up to [`MAX_SIGNAL_DEPTH`], and a parent the log does not hold
+    /// ends the walk (no signal goes to a session for it).
     ///
     /// The signals are appended through this store. On a log shared by
     /// several nodes (Redis), a session has one writer: call this on the
@@ -450,37 +462,15 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
         mut payload: impl FnMut(&UpstreamSignal, &EventRef) -> T,
     ) -> Result<Vec<Arc<Event<T>>>, DagError> {
         let (mut kv, _) = self.snapshot()?;
+        let (ancestors, _) = Self::walk_up(&mut *kv, from, MAX_SIGNAL_DEPTH)?;
+        drop(kv);
+        // The nearest ancestor of each session, in walk order.
         let mut targets: Vec<EventRef> = Vec::new();
-        let mut parent = match Self::step(&mut *kv, from)? {
-            Step::Linked(node) => node.parent,
-            Step::Plain => None,
-            Step::Missing => {
-                return Err(DagError::NotIndexed {
-                    event: from.clone(),
-                })
-            }
-        };
-        let mut walked = 0;
-        let mut seen = HashSet::new();
-        while let Some((session, position)) = parent.take() {
-            walked += 1;
-            if walked > MAX_SIGNAL_DEPTH || !seen.insert((session.to_string(), position)) {
-                break;
-            }
-            let event = EventRef::new(
-                SessionKey::new(from.key.tenant(), &session)
-                    .map_err(|e| LogError::Corrupt(format!("causal index: {e}")))?,
-                position,
-            );
-            parent = match Self::step(&mut *kv, &event)? {
-                Step::Linked(node) => node.parent,
-                Step::Plain | Step::Missing => None,
-            };
-            if !targets.iter().any(|t| t.key == event.key) {
-                targets.push(event);
+        for ancestor in ancestors {
+            if !targets.iter().any(|t| t.key == ancestor.key) {
+                targets.push(ancestor);
             }
         }
-        drop(kv);
         let mut sent = Vec::with_capacity(targets.len());
         for target in targets {
             let links = Links::new()
