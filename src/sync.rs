@@ -210,6 +210,12 @@ mod once {
         pub(crate) fn is_set(&self) -> bool {
             self.0.get().is_some()
         }
+
+        /// Empties the slot. `&mut`: only the slot's one owner can.
+        #[inline]
+        pub(crate) fn take(&mut self) -> Option<Arc<E>> {
+            self.0.take()
+        }
     }
 }
 
@@ -256,6 +262,11 @@ mod once {
 
         pub(crate) fn is_set(&self) -> bool {
             self.published.load(Acquire)
+        }
+
+        pub(crate) fn take(&mut self) -> Option<Arc<E>> {
+            self.published = AtomicBool::new(false);
+            self.value.take()
         }
     }
 }

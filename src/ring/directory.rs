@@ -21,6 +21,7 @@
 //! `segment_len` appends, so `arc-swap`'s writer cost (which grows with the
 //! number of threads that use it) is paid once per segment, not per event.
 
+use super::recycler::Recycler;
 use super::segment::Segment;
 use crate::event::Event;
 use crate::sync::{Arc, AtomicArcCell};
@@ -53,6 +54,8 @@ pub(crate) struct Directory<T> {
     /// A power of two, so locating a position is shifts and masks.
     segment_len: u64,
     segment_shift: u32,
+    /// Where displaced segments go, and where new ones come from.
+    recycler: Recycler<T>,
 }
 
 impl<T> Directory<T> {
@@ -64,6 +67,7 @@ impl<T> Directory<T> {
             entries: (0..entries).map(|_| AtomicArcCell::empty()).collect(),
             segment_len: segment_len as u64,
             segment_shift: segment_len.trailing_zeros(),
+            recycler: Recycler::new(segment_len as u64),
         }
     }
 
@@ -113,8 +117,9 @@ impl<T> Directory<T> {
     /// outside the window and is not stored (readers report it trimmed).
     ///
     /// Returns the older segment it took out of the directory, if any, for
-    /// the caller to drop once the append is announced: a payload whose
-    /// `Drop` panics must not stop this event from being published.
+    /// the caller to [retire](Directory::retire) once the append is
+    /// announced: a payload whose `Drop` panics must not stop this event
+    /// from being published.
     #[must_use = "dropping the displaced segment frees its events"]
     pub(crate) fn publish(&self, event: &Arc<Event<T>>) -> Option<Arc<Segment<T>>> {
         let place = self.place(event.position);
@@ -131,7 +136,9 @@ impl<T> Directory<T> {
                     // Older or empty: install ours over exactly what we saw.
                     // If another writer of the same segment won the race,
                     // the next turn finds its segment and ours is dropped.
-                    let fresh = Arc::new(Segment::new(place.segment, self.segment_len as usize));
+                    let fresh = self
+                        .recycler
+                        .segment(place.segment, self.segment_len as usize);
                     if let Some(older) = entry.compare_and_set(held, Some(fresh)) {
                         displaced = older;
                     }
@@ -173,14 +180,28 @@ impl<T> Directory<T> {
         freed
     }
 
-    /// Segments currently allocated, and their length.
+    /// Hands a displaced segment to the recycler (see [`Recycler::retire`]).
+    #[inline]
+    pub(crate) fn retire(&self, displaced: Arc<Segment<T>>) {
+        self.recycler.retire(displaced);
+    }
+
+    /// The recycler's step for the append of `position`: frees a few events
+    /// of a retired segment (see [`Recycler::step`]).
+    #[inline]
+    pub(crate) fn recycle_step(&self, position: u64) {
+        self.recycler.step(position);
+    }
+
+    /// Segments currently allocated (in the directory or held by the
+    /// recycler), and their length.
     pub(crate) fn allocated_slots(&self) -> usize {
         let segments = self
             .entries
             .iter()
             .filter(|entry| entry.with(|held| held.is_some()))
             .count();
-        segments * self.segment_len as usize
+        (segments + self.recycler.held_segments()) * self.segment_len as usize
     }
 }
 

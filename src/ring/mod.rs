@@ -37,6 +37,12 @@
 //!   (positions `<= floor` read as trimmed), then take every segment lying
 //!   wholly at or below it out of the directory by compare-and-swap against
 //!   the exact segment seen.
+//! * **Retire.** A segment a writer displaced goes to the ring's
+//!   [recycler], not straight to the allocator: if no reader holds it, the
+//!   writers of the next positions free its events a few at a time, and
+//!   the emptied segment is renumbered for the next installation. A steady
+//!   ring thus allocates only its events, and no append frees a whole
+//!   segment's worth of them.
 //! * **Close.** Removing a session sets the `CLOSED` bit of `claimed`: a
 //!   claim that sees it is refused, so every append is either before the
 //!   removal (and belongs to the removed incarnation) or refused.
@@ -54,11 +60,13 @@
 //! 5. No operation waits for another thread: every loop is a CAS retry that
 //!    fails only when another thread made progress, or a walk bounded by the
 //!    claimed positions.
-//! 6. Memory is freed only by dropping a segment's last `Arc`: never under
-//!    a reader.
+//! 6. Memory is never freed under a reader: a segment's events go when its
+//!    last `Arc` is dropped, or when the recycler, holding that last `Arc`
+//!    alone, empties its slots.
 
 mod directory;
 mod doorbell;
+mod recycler;
 mod segment;
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -152,7 +160,10 @@ impl<T> Ring<T> {
         self.doorbell.ring();
         // Only now, with the append announced, may a lapped payload's
         // `Drop` run (and panic).
-        drop(displaced);
+        if let Some(displaced) = displaced {
+            self.directory.retire(displaced);
+        }
+        self.directory.recycle_step(event.position);
     }
 
     /// Publishes a claimed batch (consecutive positions, ascending) last to
@@ -167,7 +178,14 @@ impl<T> Ring<T> {
             self.advance_past(first.position, last.position);
         }
         self.doorbell.ring();
-        drop(displaced);
+        // Oldest first: a batch that laps twice retires the older segment
+        // first, so the recycler keeps the newer one draining.
+        for segment in displaced.into_iter().rev() {
+            self.directory.retire(segment);
+        }
+        for event in events {
+            self.directory.recycle_step(event.position);
+        }
     }
 
     /// The published tail `P`: every position `<= P` is settled.
@@ -605,6 +623,100 @@ mod tests {
             4,
             "no storage for the old positions"
         );
+    }
+
+    fn segment_at(ring: &Ring<u64>, position: u64) -> Arc<Segment<u64>> {
+        let place = ring.directory.place(position);
+        match ring.directory.current(place) {
+            Ok(segment) => segment,
+            Err(_) => panic!("position {position} has no segment"),
+        }
+    }
+
+    #[test]
+    fn a_lapped_segment_is_freed_over_the_next_appends_then_reused() {
+        // Capacity 4: segments of 4 positions, 2 directory entries, and
+        // a recycler step of 4.
+        let ring = Ring::new(4);
+        let events: Vec<_> = (1..=16).map(event).collect();
+        let publish = |position: u64| {
+            ring.claim(1);
+            ring.publish(&events[position as usize - 1]);
+        };
+        for position in 1..=8 {
+            publish(position);
+        }
+        let first_segment = Arc::as_ptr(&segment_at(&ring, 1));
+        publish(9);
+        // Segment 0 (positions 1..=4) was displaced: retired, not freed.
+        assert!(matches!(ring.read(1), Read::Trimmed));
+        assert_eq!(Arc::strong_count(&events[0]), 2, "held until a step");
+        for position in 10..=11 {
+            publish(position);
+            assert_eq!(Arc::strong_count(&events[0]), 2, "not a step yet");
+        }
+        publish(12);
+        for event in &events[..4] {
+            assert_eq!(Arc::strong_count(event), 1, "freed by the step at 12");
+        }
+        assert_eq!(ring.allocated_slots(), 12, "two in the directory, a spare");
+        publish(13);
+        assert_eq!(
+            Arc::as_ptr(&segment_at(&ring, 13)),
+            first_segment,
+            "the spare came back as segment 3"
+        );
+        assert_eq!(position_at(&ring, 13), Some(13));
+        assert!(matches!(ring.read(14), Read::Pending), "its slots are empty");
+        for position in 14..=16 {
+            publish(position);
+            assert_eq!(position_at(&ring, position), Some(position));
+        }
+        assert!(matches!(ring.read(12), Read::Trimmed));
+        assert_eq!(ring.published_tail(), 16);
+    }
+
+    #[test]
+    fn a_lapped_segment_a_reader_holds_is_left_whole() {
+        let ring = Ring::new(4);
+        let events: Vec<_> = (1..=12).map(event).collect();
+        for event in &events[..4] {
+            ring.claim(1);
+            ring.publish(event);
+        }
+        let mut held = None;
+        assert!(matches!(ring.read_forward(2, &mut held), Read::Event(_)));
+        for event in &events[4..] {
+            ring.claim(1);
+            ring.publish(event);
+        }
+        let segment = held.expect("the reader keeps its segment");
+        for offset in 0..4 {
+            assert_eq!(
+                segment.get(offset).map(|event| event.payload),
+                Some(offset as u64 + 1),
+                "never emptied under its reader"
+            );
+        }
+        drop(segment);
+        assert_eq!(Arc::strong_count(&events[0]), 1, "freed by its last holder");
+    }
+
+    #[test]
+    fn a_batch_that_laps_frees_what_it_displaced() {
+        let ring = Ring::new(4);
+        let events: Vec<_> = (1..=20).map(event).collect();
+        let first = ring.claim(20).unwrap();
+        assert_eq!(first, 1);
+        ring.publish_batch(&events);
+        assert_eq!(ring.published_tail(), 20);
+        for event in &events[..12] {
+            assert_eq!(Arc::strong_count(event), 1, "outside the window: freed");
+        }
+        let mut read = Vec::new();
+        assert!(ring.read_range(17, 20, &mut read).is_ok());
+        assert_eq!(read.len(), 4);
+        assert!(ring.allocated_slots() <= 16, "two segments, a spare at most");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! claimed `p`, exactly once, and never changes afterwards while the
 //! segment lives. Readers therefore never race a replacement: a slot is
 //! empty (not published yet) or holds the one event of its position.
-//! Slots are never reused; memory is returned a segment at a time, when the
-//! whole segment leaves the window (see [`super::directory`]).
+//! A segment's storage is reused only once it has left the window and no
+//! other thread holds a reference to it: its owner then empties the slots
+//! (`&mut`, see [`super::recycler`]) and gives it a new number before it
+//! goes back into the directory, so no reader ever sees a slot change.
 
 use crate::event::Event;
 use crate::sync::{Arc, WriteOnce};
@@ -62,5 +64,27 @@ impl<T> Segment<T> {
     #[inline]
     pub(crate) fn is_published(&self, offset: usize) -> bool {
         self.fields.slots[offset].is_set()
+    }
+
+    /// Slots in the segment.
+    pub(crate) fn len(&self) -> usize {
+        self.fields.slots.len()
+    }
+
+    /// Empties slot `offset` (out of range: `None`). Needs the segment
+    /// exclusively: a segment out of the directory that no one else holds.
+    #[inline]
+    pub(crate) fn take(&mut self, offset: usize) -> Option<Arc<Event<T>>> {
+        self.fields.slots.get_mut(offset)?.take()
+    }
+
+    /// Makes an emptied segment segment `number` (exclusively held, like
+    /// [`Segment::take`]).
+    pub(crate) fn renumber(&mut self, number: u64) {
+        debug_assert!(
+            (0..self.len()).all(|offset| !self.is_published(offset)),
+            "a segment is renumbered only once emptied"
+        );
+        self.fields.number = number;
     }
 }
