@@ -49,6 +49,9 @@ pub(crate) enum Lookup {
     Older,
 }
 
+/// `repr(C)`: the fields every read needs first, the recycler (which only
+/// writers touch) last, on a line of its own (see `Ring`'s layout).
+#[repr(C)]
 pub(crate) struct Directory<T> {
     entries: Box<[AtomicArcCell<Segment<T>>]>,
     /// A power of two, so locating a position is shifts and masks.
