@@ -35,6 +35,12 @@ pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
 #[cfg(loom)]
 pub use loom::sync::Arc;
 
+/// An atomic that is only ever a hint: whatever a load returns, the code
+/// reading it stays correct (it only decides whether to look behind a lock
+/// that guards the real state). `std`'s under both configurations: loom
+/// would only multiply interleavings on a value no outcome depends on.
+pub(crate) type HintUsize = std::sync::atomic::AtomicUsize;
+
 pub(crate) use cell::AtomicArcCell;
 pub(crate) use map::ShardedMap;
 pub(crate) use once::WriteOnce;

@@ -51,13 +51,17 @@
 //! Under loom the directory's cell stand-in keeps every value it ever held
 //! alive, so a displaced segment is never unique there and these paths do
 //! not run in the models: what they rely on is `Arc`'s uniqueness and a
-//! try-lock, not an ordering of this crate's atomics.
+//! try-lock, not an ordering of this crate's atomics. (Loom still sees the
+//! uniqueness check of every retired segment; the `work` hint it does not
+//! see, see [`HintUsize`].) What the models cannot reach, `tests/stress.rs`
+//! does: writers lapping a tiny ring under readers, with every event
+//! checked, fail at once if a segment comes back with its old events.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::segment::Segment;
 use crate::event::Event;
-use crate::sync::{Arc, AtomicUsize, Mutex};
+use crate::sync::{Arc, HintUsize, Mutex};
 
 /// Events freed per step, at most (the step is also at most the segment
 /// length, so that a segment drains in exactly `len / step` steps).
@@ -71,8 +75,9 @@ const SPARE: usize = 2;
 pub(crate) struct Recycler<T> {
     /// Which of `DRAINING` and `SPARE` the state holds: lets the append
     /// path skip the lock when there is nothing to do. Written under the
-    /// lock; read Relaxed, as a hint only (the lock orders the state).
-    work: AtomicUsize,
+    /// lock; read Relaxed, as a hint only (the lock orders the state; a
+    /// stale reading skips a step or finds nothing to do).
+    work: HintUsize,
     state: Mutex<State<T>>,
     /// `min(DRAIN_STEP, segment length)`: a power of two.
     step: u64,
@@ -87,7 +92,7 @@ struct State<T> {
 impl<T> Recycler<T> {
     pub(crate) fn new(segment_len: u64) -> Self {
         Self {
-            work: AtomicUsize::new(0),
+            work: HintUsize::new(0),
             state: Mutex::new(State {
                 draining: None,
                 spare: None,
