@@ -31,9 +31,11 @@ STYLES = {
     ("ours", "replaying"): ("livereplay, reader replaying", "tab:blue", "--"),
     ("reference", "none"): ("reference (seed 002), no reader", "tab:red", "-"),
     ("reference", "replaying"): ("reference (seed 002), reader replaying", "tab:red", "--"),
-    ("ours",): ("livereplay", "tab:blue", "-"),
+    ("ours",): ("livereplay, next_timeout", "tab:blue", "-"),
     ("reference",): ("reference (seed 002)", "tab:red", "-"),
-    ("broadcast",): ("tokio broadcast", "tab:green", "-"),
+    ("broadcast",): ("tokio broadcast, blocking_recv", "tab:green", "-"),
+    ("ours-stream",): ("livereplay as a Stream", "tab:blue", ":"),
+    ("broadcast-async",): ("tokio broadcast, recv().await", "tab:green", ":"),
 }
 
 
