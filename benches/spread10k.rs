@@ -3,11 +3,14 @@
 //! order, per process. BENCHMARKS.md ("10 000 sessions: why the two methods
 //! disagreed") has the runs and what they show.
 //!
-//! `append` measures this case twice and the two disagreed: criterion (each
+//! `append` measured this case twice and the two disagreed: criterion (each
 //! design populated and timed alone, the other store not yet built or
 //! already dropped) against `support::paired` (both stores populated
 //! session by session into one heap, then timed in turns). This target
-//! separates the factors. Environment:
+//! separates the factors. `append` now uses this target's setup for the
+//! combination on which the methods agree (`support/spread.rs`, shared by
+//! both); "as in `append`" below means as it was before that change.
+//! Environment:
 //!
 //! * `SPREAD_DESIGN`: `ours_key` (default), `ours_handle` or `reference`;
 //! * `SPREAD_LAYOUT`: what is populated before timing:
