@@ -241,8 +241,8 @@ impl Stores {
         }
     }
 
-    /// Every populated store's design (ours by key), the order aging and
-    /// whole-cycle turns use.
+    /// Every populated store's design (ours by key), in the order [`age`]
+    /// runs them.
     pub fn populated(&self) -> Vec<Design> {
         let mut designs = Vec::new();
         if self.ours.is_some() {
