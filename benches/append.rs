@@ -5,7 +5,12 @@
 //!   the floor (`Arc::new` + wall clock), one broadcast channel, and the
 //!   seed's reference store;
 //! * appends spread over 10 000 sessions (capacity 128 each, so the run's
-//!   memory stays bounded);
+//!   memory stays bounded), set up as `spread10k` sets it up (one
+//!   implementation, `support/spread.rs`): keys in a fixed pseudo-random
+//!   order, ours and the reference populated session by session into one
+//!   heap, six turnover cycles of each before any timing; criterion, and in
+//!   the paired part whole-cycle turns (BENCHMARKS.md, "10 000 sessions:
+//!   why the two methods disagreed");
 //! * one session with a live subscriber draining it on another thread;
 //! * two threads appending to two distinct sessions: the 2-thread / 1-thread
 //!   throughput ratio.
@@ -18,8 +23,11 @@
 //! cargo bench --bench append -- --warm-up-time 0.1 --measurement-time 0.2`.
 
 mod baselines;
+#[path = "support/spread.rs"]
+mod spread;
 mod support;
 
+use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
@@ -27,24 +35,14 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput};
-use livereplay::{Config, NextTimeoutError, ReplayStore, Revision, SessionKey, Subscription};
+use livereplay::{NextTimeoutError, ReplayStore, Revision, Subscription};
 use tokio::sync::broadcast::error::RecvError;
 
 use baselines::{floor_append, BroadcastStore, RefReceiver, ReferenceStore};
+use spread::{key, reference_id, Design, Layout, Order, Stores};
 use support::{Comparison, Contender};
 
 const CAPACITY: usize = 2048;
-const SPREAD_SESSIONS: usize = 10_000;
-const SPREAD_CAPACITY: usize = 128;
-
-fn key(i: usize) -> SessionKey {
-    SessionKey::new("acme", &format!("chat-{i:06}")).expect("a valid key")
-}
-
-/// The reference design keys sessions by one string: the same text.
-fn reference_id(i: usize) -> String {
-    format!("acme/chat-{i:06}")
-}
 
 fn append_one_session(c: &mut Criterion) {
     let mut group = c.benchmark_group("append_one_session");
@@ -111,68 +109,68 @@ fn append_one_session(c: &mut Criterion) {
     group.finish();
 }
 
+/// The 10 000-session stores as `spread10k` measures them where criterion
+/// and whole-cycle turns agree (`SPREAD_ORDER=random
+/// SPREAD_LAYOUT=interleaved SPREAD_AGE=6`): ours and the reference filled
+/// session by session into one heap, keys in the fixed random order, and
+/// `spread::AGE_CYCLES` turnover cycles of each (one in quick mode, none
+/// in a test run) before any timing. Round robin on a freshly filled heap,
+/// as this case had before, visits memory in the order it was laid out and
+/// brings every one of our sessions to a segment boundary in the same lap:
+/// its figures drifted with the process's age and with the method.
+fn spread_stores() -> Stores {
+    let stores = spread::populate(Layout::Interleaved, Design::OursKey, Order::Random);
+    if support::bench_mode() {
+        spread::age(
+            &stores,
+            support::samples(spread::AGE_CYCLES as usize, 1) as u64,
+        );
+    }
+    assert_eq!(
+        stores
+            .ours
+            .as_ref()
+            .map(|(store, _)| store.stats().sessions),
+        Some(spread::SESSIONS)
+    );
+    assert_eq!(
+        stores.reference.as_ref().map(ReferenceStore::session_count),
+        Some(spread::SESSIONS)
+    );
+    stores
+}
+
 fn append_spread(c: &mut Criterion) {
     let mut group = c.benchmark_group("append_10k_sessions");
     group.throughput(Throughput::Elements(1));
-    let keys: Vec<SessionKey> = (0..SPREAD_SESSIONS).map(key).collect();
-    let ids: Vec<String> = (0..SPREAD_SESSIONS).map(reference_id).collect();
-    let mut next = 0u64;
-    let mut turn = 0usize;
-    let mut round_robin = move || {
-        turn = (turn + 1) % SPREAD_SESSIONS;
-        turn
-    };
-
-    {
-        let store = ReplayStore::<u64>::new(Config::default().with_capacity(SPREAD_CAPACITY))
-            .expect("config");
-        let handles: Vec<_> = keys
-            .iter()
-            .map(|key| store.session(key).expect("session"))
-            .collect();
-        for handle in &handles {
-            for i in 0..SPREAD_CAPACITY as u64 {
-                handle.append(Revision(1), i).expect("append");
-            }
-        }
-        group.bench_function("ours_key", |b| {
-            b.iter(|| {
-                next += 1;
-                store.append(&keys[round_robin()], Revision(1), next)
+    let stores = spread_stores();
+    // One counter for every design, as before: no design revisits the
+    // sessions another has just brought into cache.
+    let turn = Cell::new(0);
+    for design in [Design::OursKey, Design::OursHandle, Design::Reference] {
+        let mut run = spread::runner(&stores, design, &turn);
+        group.bench_function(design.name(), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                run(iters);
+                start.elapsed()
             })
         });
-        group.bench_function("ours_handle", |b| {
-            b.iter(|| {
-                next += 1;
-                handles[round_robin()].append(Revision(1), next)
-            })
-        });
-        assert_eq!(store.stats().sessions, SPREAD_SESSIONS);
     }
     {
-        let reference = ReferenceStore::<u64>::new(SPREAD_CAPACITY, Duration::from_secs(120));
-        for id in &ids {
-            for i in 0..SPREAD_CAPACITY as u64 {
-                reference.append(id, 1, i);
-            }
-        }
-        group.bench_function("reference", |b| {
-            b.iter(|| {
-                next += 1;
-                reference.append(&ids[round_robin()], 1, next)
-            })
-        });
-        assert_eq!(reference.session_count(), SPREAD_SESSIONS);
-    }
-    {
-        let broadcast = BroadcastStore::<u64>::new(SPREAD_CAPACITY);
-        for id in &ids {
+        // Keeps nothing when nobody listens, so there is no heap to age:
+        // same key order, built after the others are timed.
+        let broadcast = BroadcastStore::<u64>::new(spread::CAPACITY);
+        for id in &stores.ids {
             broadcast.session(id);
         }
         group.bench_function("broadcast_key", |b| {
-            b.iter(|| {
-                next += 1;
-                broadcast.append(&ids[round_robin()], next)
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(broadcast.append(&stores.ids[stores.next_session(&turn)], i));
+                }
+                start.elapsed()
             })
         });
     }
@@ -416,7 +414,7 @@ const COMPARISONS: &[Comparison] = &[
         ],
     },
     Comparison {
-        scenario: "append spread over 10 000 sessions, by key",
+        scenario: "append spread over 10 000 sessions (random order, one aged heap), by key",
         ours: "append_10k_sessions/ours_key",
         others: &[
             ("reference (seed 002)", "append_10k_sessions/reference"),
@@ -427,7 +425,8 @@ const COMPARISONS: &[Comparison] = &[
         ],
     },
     Comparison {
-        scenario: "append spread over 10 000 sessions, through handles",
+        scenario:
+            "append spread over 10 000 sessions (random order, one aged heap), through handles",
         ours: "append_10k_sessions/ours_handle",
         others: &[("reference (seed 002)", "append_10k_sessions/reference")],
     },
@@ -536,53 +535,42 @@ fn paired_append() {
     );
     drop((handle, store, reference, channel, broadcast));
 
-    let keys: Vec<SessionKey> = (0..SPREAD_SESSIONS).map(key).collect();
-    let ids: Vec<String> = (0..SPREAD_SESSIONS).map(reference_id).collect();
-    let store =
-        ReplayStore::<u64>::new(Config::default().with_capacity(SPREAD_CAPACITY)).expect("config");
-    let handles: Vec<_> = keys
+    // Whole-cycle turns, not 2 ms batches: a batch is shorter than one lap
+    // of 10 000 sessions, so each would start on lines the other design has
+    // just evicted, inflating both (BENCHMARKS.md, issue 13).
+    let stores = spread_stores();
+    let designs = [Design::OursKey, Design::Reference, Design::OursHandle];
+    let turns = designs.map(|_| Cell::new(0));
+    let mut contenders: Vec<_> = designs
         .iter()
-        .map(|key| store.session(key).expect("session"))
+        .zip(&turns)
+        .map(|(&design, turn)| (design.name(), spread::runner(&stores, design, turn)))
         .collect();
-    let reference = ReferenceStore::<u64>::new(SPREAD_CAPACITY, Duration::from_secs(120));
-    for (handle, id) in handles.iter().zip(&ids) {
-        for i in 0..SPREAD_CAPACITY as u64 {
-            handle.append(Revision(1), i).expect("append");
-            reference.append(id, 1, i);
-        }
-    }
-    let turns = [0usize; 3].map(std::cell::Cell::new);
-    let next = |which: usize| {
-        let turn = (turns[which].get() + 1) % SPREAD_SESSIONS;
-        turns[which].set(turn);
-        turn
-    };
-    support::paired(
-        "append_10k_sessions",
-        vec![
-            Contender::new("ours_key", |n| {
-                for i in 0..n {
-                    black_box(
-                        store
-                            .append(&keys[next(0)], Revision(1), i)
-                            .expect("append"),
-                    );
-                }
-            }),
-            Contender::new("reference", |n| {
-                for i in 0..n {
-                    black_box(reference.append(&ids[next(1)], 1, i));
-                }
-            }),
-            Contender::new("ours_handle", |n| {
-                for i in 0..n {
-                    black_box(handles[next(2)].append(Revision(1), i).expect("append"));
-                }
-            }),
-        ],
-        &mut csv,
+    let rounds = support::samples(6, 1);
+    let per = spread::take_turns(&mut contenders, rounds, spread::CYCLE);
+    let names: Vec<&str> = contenders.iter().map(|(name, _)| *name).collect();
+    spread::print_turns(
+        &format!(
+            "append_10k_sessions  (whole cycles: {rounds} rounds, turns of {} appends, designs taking turns; random order, one aged heap)",
+            spread::CYCLE
+        ),
+        &names,
+        &per,
+        false,
     );
-    drop((handles, store, reference));
+    for ((name, times), ratios) in names.iter().zip(&per).zip(spread::ratios_to_first(&per)) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            csv,
+            "append_10k_sessions,{name},{:.2},{:.3},{:.3},{:.3}",
+            support::at_quantile(times, 0.5),
+            support::at_quantile(&ratios, 0.5),
+            support::at_quantile(&ratios, 0.25),
+            support::at_quantile(&ratios, 0.75),
+        );
+    }
+    drop(contenders);
+    drop(stores);
 
     let keys = [key(0), key(1)];
     let ids = [reference_id(0), reference_id(1)];

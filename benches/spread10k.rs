@@ -3,11 +3,14 @@
 //! order, per process. BENCHMARKS.md ("10 000 sessions: why the two methods
 //! disagreed") has the runs and what they show.
 //!
-//! `append` measures this case twice and the two disagreed: criterion (each
+//! `append` measured this case twice and the two disagreed: criterion (each
 //! design populated and timed alone, the other store not yet built or
 //! already dropped) against `support::paired` (both stores populated
 //! session by session into one heap, then timed in turns). This target
-//! separates the factors. Environment:
+//! separates the factors. `append` now uses this target's setup for the
+//! combination on which the methods agree (`support/spread.rs`, shared by
+//! both); "as in `append`" below means as it was before that change.
+//! Environment:
 //!
 //! * `SPREAD_DESIGN`: `ours_key` (default), `ours_handle` or `reference`;
 //! * `SPREAD_LAYOUT`: what is populated before timing:
@@ -36,6 +39,8 @@
 //! populates and runs 1 000 appends, timing nothing.
 
 mod baselines;
+#[path = "support/spread.rs"]
+mod spread;
 mod support;
 
 use std::cell::Cell;
@@ -43,161 +48,19 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Throughput;
-use livereplay::{Config, ReplayStore, Revision, SessionHandle, SessionKey};
+use livereplay::{ReplayStore, Revision};
 
 use baselines::{floor_append, BroadcastStore, ReferenceStore};
+use spread::{key, reference_id, runner, Design, Layout, Order, Run, CYCLE};
 use support::Contender;
-
-const SESSIONS: usize = 10_000;
-const CAPACITY: usize = 128;
-
-fn key(i: usize) -> SessionKey {
-    SessionKey::new("acme", &format!("chat-{i:06}")).expect("a valid key")
-}
-
-fn reference_id(i: usize) -> String {
-    format!("acme/chat-{i:06}")
-}
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-struct Stores {
-    keys: Vec<SessionKey>,
-    ids: Vec<String>,
-    /// `SPREAD_ORDER=random`: the sessions visited, in turn (read
-    /// cyclically; the same sequence for every design). Empty: round robin.
-    order: Vec<u32>,
-    ours: Option<(ReplayStore<u64>, Vec<SessionHandle<u64>>)>,
-    reference: Option<ReferenceStore<u64>>,
-}
-
-fn new_ours(keys: &[SessionKey]) -> (ReplayStore<u64>, Vec<SessionHandle<u64>>) {
-    let store = ReplayStore::<u64>::new(Config::default().with_capacity(CAPACITY)).expect("config");
-    let handles = keys
-        .iter()
-        .map(|key| store.session(key).expect("session"))
-        .collect();
-    (store, handles)
-}
-
-fn fill_ours(handle: &SessionHandle<u64>) {
-    for i in 0..CAPACITY as u64 {
-        handle.append(Revision(1), i).expect("append");
-    }
-}
-
-fn fill_reference(reference: &ReferenceStore<u64>, id: &str) {
-    for i in 0..CAPACITY as u64 {
-        reference.append(id, 1, i);
-    }
-}
-
-fn populate(layout: &str, design: &str) -> Stores {
-    let keys: Vec<SessionKey> = (0..SESSIONS).map(key).collect();
-    let ids: Vec<String> = (0..SESSIONS).map(reference_id).collect();
-    let measured_ours = design.starts_with("ours");
-    let (ours, reference) = match layout {
-        "alone" if measured_ours => {
-            let ours = new_ours(&keys);
-            ours.1.iter().for_each(fill_ours);
-            (Some(ours), None)
-        }
-        "alone" => {
-            let reference = ReferenceStore::new(CAPACITY, Duration::from_secs(120));
-            ids.iter().for_each(|id| fill_reference(&reference, id));
-            (None, Some(reference))
-        }
-        "interleaved" => {
-            let ours = new_ours(&keys);
-            let reference = ReferenceStore::new(CAPACITY, Duration::from_secs(120));
-            for (handle, id) in ours.1.iter().zip(&ids) {
-                fill_ours(handle);
-                fill_reference(&reference, id);
-            }
-            (Some(ours), Some(reference))
-        }
-        "blocks" => {
-            let ours = new_ours(&keys);
-            ours.1.iter().for_each(fill_ours);
-            let reference = ReferenceStore::new(CAPACITY, Duration::from_secs(120));
-            ids.iter().for_each(|id| fill_reference(&reference, id));
-            (Some(ours), Some(reference))
-        }
-        other => panic!("SPREAD_LAYOUT={other}: alone, interleaved or blocks"),
-    };
-    let order = match env("SPREAD_ORDER", "round_robin").as_str() {
-        "round_robin" => Vec::new(),
-        // xorshift64, fixed seed: 2^20 uniform session indices.
-        "random" => {
-            let mut state = 0x9E37_79B9_7F4A_7C15u64;
-            (0..1 << 20)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state % SESSIONS as u64) as u32
-                })
-                .collect()
-        }
-        other => panic!("SPREAD_ORDER={other}: round_robin or random"),
-    };
-    Stores {
-        keys,
-        ids,
-        order,
-        ours,
-        reference,
-    }
-}
-
-/// `run(iters)` for `design`: `iters` appends, keys round robin from where
-/// the previous call stopped.
-fn runner<'a>(stores: &'a Stores, design: &str, turn: &'a Cell<usize>) -> Run<'a> {
-    let order = &stores.order;
-    let next = move || {
-        if order.is_empty() {
-            let t = (turn.get() + 1) % SESSIONS;
-            turn.set(t);
-            t
-        } else {
-            let t = (turn.get() + 1) % order.len();
-            turn.set(t);
-            order[t] as usize
-        }
-    };
-    match design {
-        "ours_key" => {
-            let (store, _) = stores.ours.as_ref().expect("ours populated");
-            Box::new(move |n| {
-                for i in 0..n {
-                    black_box(
-                        store
-                            .append(&stores.keys[next()], Revision(1), i)
-                            .expect("append"),
-                    );
-                }
-            })
-        }
-        "ours_handle" => {
-            let (_, handles) = stores.ours.as_ref().expect("ours populated");
-            Box::new(move |n| {
-                for i in 0..n {
-                    black_box(handles[next()].append(Revision(1), i).expect("append"));
-                }
-            })
-        }
-        "reference" => {
-            let reference = stores.reference.as_ref().expect("reference populated");
-            Box::new(move |n| {
-                for i in 0..n {
-                    black_box(reference.append(&stores.ids[next()], 1, i));
-                }
-            })
-        }
-        other => panic!("SPREAD_DESIGN={other}: ours_key, ours_handle or reference"),
-    }
+fn parse_design(name: &str) -> Design {
+    Design::parse(name)
+        .unwrap_or_else(|| panic!("SPREAD_DESIGN={name}: ours_key, ours_handle or reference"))
 }
 
 /// One design alone in `paired`'s batches: calibrated to ~2 ms, then
@@ -270,48 +133,6 @@ fn one_session_history(appends: u64) {
     drop((handle, store, reference, channel, broadcast));
 }
 
-/// Appends per turnover cycle: with capacity 128 a session's ring is cut
-/// into segments of 64 positions, and round robin brings every session to a
-/// segment boundary in the same lap, so one lap in 64 allocates and drops a
-/// segment on every append. A timing that covers whole cycles weighs those
-/// laps as a long run does.
-const CYCLE: u64 = SESSIONS as u64 * 64;
-
-/// `iters` appends of one design.
-type Run<'a> = Box<dyn FnMut(u64) + 'a>;
-
-/// Designs taking turns (as `paired`), but each turn exactly one turnover
-/// cycle (640 000 appends) and the figure the mean over it.
-fn cycles(contenders: &mut [(&str, Run<'_>)], rounds: usize, per_turn: u64) {
-    let mut per: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
-    for round in 0..rounds {
-        for turn in 0..contenders.len() {
-            let index = (turn + round) % contenders.len();
-            let start = Instant::now();
-            (contenders[index].1)(per_turn);
-            per[index].push(start.elapsed().as_nanos() as f64 / per_turn as f64);
-        }
-    }
-    println!(
-        "spread10k cycles: {rounds} rounds, turns of {per_turn} appends, designs taking turns"
-    );
-    for (index, (name, _)) in contenders.iter().enumerate() {
-        if std::env::var_os("SPREAD_TRACE").is_some() {
-            let trace: Vec<String> = per[index].iter().map(|ns| format!("{ns:.0}")).collect();
-            println!(
-                "  {name:<12} turn by turn (ns per append): {}",
-                trace.join(" ")
-            );
-        }
-        let ratios: Vec<f64> = per[index].iter().zip(&per[0]).map(|(t, f)| t / f).collect();
-        println!(
-            "  {name:<12} mean per append {}   ratio to first {}",
-            support::spread(&per[index], |ns| format!("{ns:.1} ns")),
-            support::spread(&ratios, |r| format!("{r:.2}")),
-        );
-    }
-}
-
 fn main() {
     let history = env("SPREAD_HISTORY", "none");
     if history == "one_session" {
@@ -325,7 +146,17 @@ fn main() {
     let layout = env("SPREAD_LAYOUT", "alone");
     let method = env("SPREAD_METHOD", "criterion");
     let label = format!("{design}/{layout}/{method}/history={history}");
-    let stores = populate(&layout, &design);
+    let measured = parse_design(&design);
+    let stores = spread::populate(
+        Layout::parse(&layout)
+            .unwrap_or_else(|| panic!("SPREAD_LAYOUT={layout}: alone, interleaved or blocks")),
+        measured,
+        {
+            let order = env("SPREAD_ORDER", "round_robin");
+            Order::parse(&order)
+                .unwrap_or_else(|| panic!("SPREAD_ORDER={order}: round_robin or random"))
+        },
+    );
     let turn = Cell::new(0);
     // `SPREAD_AGE=N`: before any timing, N turnover cycles of appends on
     // every populated design, so the allocator's free lists are as a long
@@ -336,23 +167,11 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(0);
     if age > 0 && support::bench_mode() {
-        let aging = Cell::new(0);
-        let mut designs = Vec::new();
-        if stores.ours.is_some() {
-            designs.push("ours_key");
-        }
-        if stores.reference.is_some() {
-            designs.push("reference");
-        }
-        for _ in 0..age {
-            for design in &designs {
-                runner(&stores, design, &aging)(CYCLE);
-            }
-        }
+        spread::age(&stores, age);
     }
     if !support::bench_mode() {
         // `cargo test --benches`: check the combination runs, time nothing.
-        runner(&stores, &design, &turn)(1_000);
+        runner(&stores, measured, &turn)(1_000);
         return;
     }
     match method.as_str() {
@@ -360,7 +179,7 @@ fn main() {
             let mut criterion = support::criterion();
             let mut group = criterion.benchmark_group("spread10k");
             group.throughput(Throughput::Elements(1));
-            let mut run = runner(&stores, &design, &turn);
+            let mut run = runner(&stores, measured, &turn);
             group.bench_function(format!("{design}_{layout}"), |b| {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
@@ -373,32 +192,32 @@ fn main() {
         }
         "batches" => batches(
             &label,
-            runner(&stores, &design, &turn),
+            runner(&stores, measured, &turn),
             std::env::var("SPREAD_ROUNDS")
                 .ok()
                 .and_then(|value| value.parse().ok())
                 .unwrap_or(support::paired_rounds()),
         ),
         "paired" => {
-            let other = if design == "reference" {
-                "ours_key"
+            let other = if measured == Design::Reference {
+                Design::OursKey
             } else {
-                "reference"
+                Design::Reference
             };
             let turn_other = Cell::new(0);
             let turn_third = Cell::new(0);
             let mut csv = String::new();
             let mut contenders = vec![
                 Contender {
-                    name: if design == "reference" {
+                    name: if measured == Design::Reference {
                         "reference"
                     } else {
                         "ours"
                     },
-                    run: runner(&stores, &design, &turn),
+                    run: runner(&stores, measured, &turn),
                 },
                 Contender {
-                    name: if other == "reference" {
+                    name: if other == Design::Reference {
                         "reference"
                     } else {
                         "ours_key"
@@ -408,6 +227,7 @@ fn main() {
             ];
             // `SPREAD_THIRD=ours_handle`: the third contender `append` has.
             if let Ok(third) = std::env::var("SPREAD_THIRD") {
+                let third = parse_design(&third);
                 contenders.push(Contender {
                     name: "third",
                     // `SPREAD_THIRD_SHARED=1`: one round-robin counter for
@@ -415,9 +235,9 @@ fn main() {
                     // `append_10k_sessions` has), so neither revisits the
                     // sessions the other has just warmed.
                     run: if std::env::var_os("SPREAD_THIRD_SHARED").is_some() {
-                        runner(&stores, &third, &turn)
+                        runner(&stores, third, &turn)
                     } else {
-                        runner(&stores, &third, &turn_third)
+                        runner(&stores, third, &turn_third)
                     },
                 });
             }
@@ -429,20 +249,29 @@ fn main() {
         }
         "cycles" => {
             let turn_other = Cell::new(0);
-            let mut contenders = vec![(design.as_str(), runner(&stores, &design, &turn))];
+            let mut contenders = vec![(design.as_str(), runner(&stores, measured, &turn))];
             if stores.ours.is_some() && stores.reference.is_some() {
-                let other = if design == "reference" {
-                    "ours_key"
+                let other = if measured == Design::Reference {
+                    Design::OursKey
                 } else {
-                    "reference"
+                    Design::Reference
                 };
-                contenders.push((other, runner(&stores, other, &turn_other)));
+                contenders.push((other.name(), runner(&stores, other, &turn_other)));
             }
             let rounds = std::env::var("SPREAD_ROUNDS")
                 .ok()
                 .and_then(|value| value.parse().ok())
                 .unwrap_or(support::samples(5, 1));
-            cycles(&mut contenders, rounds, CYCLE);
+            let per = spread::take_turns(&mut contenders, rounds, CYCLE);
+            let names: Vec<&str> = contenders.iter().map(|(name, _)| *name).collect();
+            spread::print_turns(
+                &format!(
+                    "spread10k cycles: {rounds} rounds, turns of {CYCLE} appends, designs taking turns"
+                ),
+                &names,
+                &per,
+                std::env::var_os("SPREAD_TRACE").is_some(),
+            );
         }
         other => panic!("SPREAD_METHOD={other}: criterion, batches, paired or cycles"),
     }
