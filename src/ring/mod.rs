@@ -688,7 +688,10 @@ mod tests {
             "the spare came back as segment 3"
         );
         assert_eq!(position_at(&ring, 13), Some(13));
-        assert!(matches!(ring.read(14), Read::Pending), "its slots are empty");
+        assert!(
+            matches!(ring.read(14), Read::Pending),
+            "its slots are empty"
+        );
         for position in 14..=16 {
             publish(position);
             assert_eq!(position_at(&ring, position), Some(position));
@@ -737,7 +740,10 @@ mod tests {
         let mut read = Vec::new();
         assert!(ring.read_range(17, 20, &mut read).is_ok());
         assert_eq!(read.len(), 4);
-        assert!(ring.allocated_slots() <= 16, "two segments, a spare at most");
+        assert!(
+            ring.allocated_slots() <= 16,
+            "two segments, a spare at most"
+        );
     }
 
     #[test]
