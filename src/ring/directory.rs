@@ -6,6 +6,17 @@
 //! `capacity` positions always fit, and storage grows lazily: an entry is
 //! filled when its first position is written.
 //!
+//! **A short first segment.** With full-length segments (64), segment 0
+//! holds only the first `PROLOGUE` (16) positions, and segment `n >= 1`
+//! holds `PROLOGUE + (n - 1) * len + 1 ..= PROLOGUE + n * len`: a session
+//! that stays small (most of them) allocates 16 slots, not 64. The entry
+//! count does not change, because segment `n` still lies more than
+//! `capacity` positions after segment `n - entries` (its first position
+//! minus the other's last is `1 + (entries - 1) * len` for every `n`, the
+//! short one included), and once the first lap is over the ring is exactly
+//! as before, shifted by 16 positions. Shorter segments (rings of capacity
+//! under 64) have no short first segment.
+//!
 //! Invariants:
 //! * the segment number held by an entry never decreases, except that a
 //!   trim may empty an entry whose positions are all at or below the floor
@@ -28,6 +39,11 @@ use crate::sync::{Arc, AtomicArcCell};
 
 /// Positions per segment at most: 64 slots of 16 bytes.
 pub(crate) const MAX_SEGMENT_LEN: usize = 64;
+
+/// Positions in segment 0 when segments are `MAX_SEGMENT_LEN` long: a
+/// multiple of the recycler's step, so its steps stay aligned with the
+/// segments that follow.
+const PROLOGUE: u64 = 16;
 
 /// Where position `p` lives.
 #[derive(Clone, Copy)]
@@ -57,6 +73,8 @@ pub(crate) struct Directory<T> {
     /// A power of two, so locating a position is shifts and masks.
     segment_len: u64,
     segment_shift: u32,
+    /// Positions in segment 0 if it is short (`PROLOGUE`), or 0.
+    prologue: u32,
     /// Where displaced segments go, and where new ones come from.
     recycler: Recycler<T>,
 }
@@ -66,28 +84,58 @@ impl<T> Directory<T> {
         // The largest power of two <= min(capacity, MAX_SEGMENT_LEN).
         let segment_len = 1usize << capacity.min(MAX_SEGMENT_LEN).ilog2();
         let entries = capacity.div_ceil(segment_len) + 1;
+        let prologue = if segment_len == MAX_SEGMENT_LEN {
+            PROLOGUE as u32
+        } else {
+            0
+        };
         Self {
             entries: (0..entries).map(|_| AtomicArcCell::empty()).collect(),
             segment_len: segment_len as u64,
             segment_shift: segment_len.trailing_zeros(),
+            prologue,
             recycler: Recycler::new(segment_len as u64),
         }
     }
 
-    pub(crate) fn segment_len(&self) -> u64 {
-        self.segment_len
+    /// Positions in segment `number`.
+    #[inline]
+    pub(crate) fn segment_len_of(&self, number: u64) -> u64 {
+        if number == 0 && self.prologue != 0 {
+            u64::from(self.prologue)
+        } else {
+            self.segment_len
+        }
+    }
+
+    /// The first position of segment `number`.
+    fn first_position(&self, number: u64) -> u64 {
+        match (number, u64::from(self.prologue)) {
+            (_, 0) => number * self.segment_len + 1,
+            (0, _) => 1,
+            (_, prologue) => prologue + (number - 1) * self.segment_len + 1,
+        }
     }
 
     #[inline]
     pub(crate) fn place(&self, position: u64) -> Place {
         debug_assert!(position > 0, "positions are 1-based");
         let index = position - 1;
-        let segment = index >> self.segment_shift;
+        let prologue = u64::from(self.prologue);
+        let (segment, offset) = if index < prologue {
+            (0, index)
+        } else {
+            let index = index - prologue;
+            (
+                (index >> self.segment_shift) + u64::from(prologue != 0),
+                index & (self.segment_len - 1),
+            )
+        };
         Place {
             segment,
             // Fewer entries than MAX_CAPACITY, so it fits in usize.
             entry: (segment % self.entries.len() as u64) as usize,
-            offset: (index & (self.segment_len - 1)) as usize,
+            offset: offset as usize,
         }
     }
 
@@ -141,7 +189,7 @@ impl<T> Directory<T> {
                     // the next turn finds its segment and ours is dropped.
                     let fresh = self
                         .recycler
-                        .segment(place.segment, self.segment_len as usize);
+                        .segment(place.segment, self.segment_len_of(place.segment) as usize);
                     if let Some(older) = entry.compare_and_set(held, Some(fresh)) {
                         displaced = older;
                     }
@@ -166,11 +214,11 @@ impl<T> Directory<T> {
         let first = self.place(from).segment;
         let last = self.place(to).segment;
         for number in first..=last {
-            let segment_last = (number + 1) * self.segment_len;
-            if segment_last > to {
+            let segment_first = self.first_position(number);
+            if segment_first + self.segment_len_of(number) - 1 > to {
                 break;
             }
-            let place = self.place(number * self.segment_len + 1);
+            let place = self.place(segment_first);
             let entry = &self.entries[place.entry];
             let taken = entry.with(|held| match held {
                 Some(segment) if segment.number() == number => {
@@ -199,12 +247,12 @@ impl<T> Directory<T> {
     /// Segments currently allocated (in the directory or held by the
     /// recycler), and their length.
     pub(crate) fn allocated_slots(&self) -> usize {
-        let segments = self
+        let in_entries: usize = self
             .entries
             .iter()
-            .filter(|entry| entry.with(|held| held.is_some()))
-            .count();
-        (segments + self.recycler.held_segments()) * self.segment_len as usize
+            .map(|entry| entry.with(|held| held.map_or(0, |segment| segment.len())))
+            .sum();
+        in_entries + self.recycler.held_segments() * self.segment_len as usize
     }
 }
 

@@ -362,8 +362,8 @@ impl<T> Ring<T> {
         let mut position = from;
         while position <= to {
             let place = self.directory.place(position);
-            let segment_end =
-                to.min(position + (self.directory.segment_len() - place.offset as u64) - 1);
+            let segment_len = self.directory.segment_len_of(place.segment);
+            let segment_end = to.min(position + (segment_len - place.offset as u64) - 1);
             let read = self.directory.with_current(place, |segment| {
                 for offset in place.offset..=place.offset + (segment_end - position) as usize {
                     match segment.get(offset) {
@@ -747,6 +747,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_length_ring_laps_through_its_short_first_segment() {
+        // Capacity 64: segments of 64 after a first one of 16, 2 entries.
+        let ring = Ring::new(64);
+        let events: Vec<_> = (1..=400).map(event).collect();
+        for event in &events {
+            let position = event.position;
+            ring.claim(1);
+            ring.publish(event);
+            let window = position.saturating_sub(63).max(1)..=position;
+            let mut read = Vec::new();
+            assert!(ring.read_range(*window.start(), position, &mut read).is_ok());
+            assert!(read.iter().map(|e| e.payload).eq(window), "at {position}");
+            if position > 64 {
+                assert!(matches!(ring.read(position - 64), Read::Trimmed));
+            }
+            // Two segments in the directory, one draining or spare.
+            assert!(ring.allocated_slots() <= 3 * 64, "at {position}");
+        }
+        for event in &events[..400 - 64 - 2 * 64] {
+            assert_eq!(Arc::strong_count(event), 1, "{} is freed", event.position);
+        }
+    }
+
+    #[test]
     fn storage_grows_one_segment_at_a_time() {
         let ring = Ring::new(2048);
         assert_eq!(ring.allocated_slots(), 0);
@@ -754,11 +778,17 @@ mod tests {
             ring.claim(1);
             ring.publish(&event(position));
         }
-        assert_eq!(ring.allocated_slots(), 64);
-        for position in 11..=65 {
+        assert_eq!(ring.allocated_slots(), 16, "a short first segment");
+        for position in 11..=80 {
             ring.claim(1);
             ring.publish(&event(position));
         }
-        assert_eq!(ring.allocated_slots(), 128);
+        assert_eq!(ring.allocated_slots(), 16 + 64, "17..=80: one full one");
+        ring.claim(1);
+        ring.publish(&event(81));
+        assert_eq!(ring.allocated_slots(), 16 + 2 * 64);
+        let mut read = Vec::new();
+        assert!(ring.read_range(1, 81, &mut read).is_ok(), "across both seams");
+        assert!(read.iter().map(|e| e.payload).eq(1..=81));
     }
 }

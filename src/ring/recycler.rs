@@ -80,7 +80,10 @@ pub(crate) struct Recycler<T> {
     work: HintUsize,
     state: Mutex<State<T>>,
     /// `min(DRAIN_STEP, segment length)`: a power of two.
-    step: u64,
+    step: u32,
+    /// Length of the segments it keeps as spares: a ring's short first
+    /// segment is drained like the others, then dropped.
+    segment_len: u32,
 }
 
 struct State<T> {
@@ -97,7 +100,9 @@ impl<T> Recycler<T> {
                 draining: None,
                 spare: None,
             }),
-            step: DRAIN_STEP.min(segment_len),
+            // Both at most MAX_SEGMENT_LEN.
+            step: DRAIN_STEP.min(segment_len) as u32,
+            segment_len: segment_len as u32,
         }
     }
 
@@ -144,7 +149,7 @@ impl<T> Recycler<T> {
     /// position frees up to `step` events of the draining segment.
     #[inline]
     pub(crate) fn step(&self, position: u64) {
-        if position & (self.step - 1) != 0 || self.work.load(Relaxed) & DRAINING == 0 {
+        if position & (u64::from(self.step) - 1) != 0 || self.work.load(Relaxed) & DRAINING == 0 {
             return;
         }
         self.drain(self.step as usize);
@@ -170,7 +175,7 @@ impl<T> Recycler<T> {
                 }
                 if next < exclusive.len() {
                     state.draining = Some((segment, next));
-                } else if state.spare.is_none() {
+                } else if state.spare.is_none() && exclusive.len() == self.segment_len as usize {
                     state.spare = Some(segment);
                     self.work.fetch_or(SPARE, Relaxed);
                 } else {
