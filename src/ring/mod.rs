@@ -72,7 +72,6 @@ mod segment;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::task::Waker;
 
-use crossbeam_utils::CachePadded;
 
 use self::directory::{Directory, Lookup};
 use self::doorbell::Doorbell;
@@ -81,6 +80,18 @@ pub(crate) use self::segment::Segment;
 use crate::cursor::Revision;
 use crate::event::Event;
 use crate::sync::{Arc, AtomicU64};
+
+/// A value on a cache line (64 bytes) of its own.
+#[repr(align(64))]
+struct OwnLine<V>(V);
+
+impl<V> std::ops::Deref for OwnLine<V> {
+    type Target = V;
+
+    fn deref(&self) -> &V {
+        &self.0
+    }
+}
 
 /// Set in `claimed` once the ring is closed; positions never reach it.
 const CLOSED: u64 = 1 << 63;
@@ -97,22 +108,26 @@ pub(crate) enum Read<T> {
 }
 
 /// `repr(C)`, to place its fields on cache lines (64 bytes) by what
-/// touches them, at 384 bytes in all:
+/// touches them, at 256 bytes in all:
 ///
 /// | bytes | what | who |
 /// | --- | --- | --- |
-/// | 0..128 | `claimed` | every append writes it; nobody else reads it often |
-/// | 128..192 | the doorbell | subscribers arming; appends read `parked` |
-/// | 192..256 | `published`, the floor, the capacity, the directory's slice and shape | every append writes `published`; every read reads this line and nothing else of the ring |
-/// | 256..304 | the directory's recycler | the writers, every fourth append |
+/// | 0..64 | `claimed` | every append writes it; nobody else reads it often |
+/// | 64..128 | the doorbell | subscribers arming; appends read `parked` |
+/// | 128..192 | `published`, the floor, the capacity, the directory's slice and shape | every append writes `published`; every read reads this line and nothing else of the ring |
+/// | 192..240 | the directory's recycler | the writers, every fourth append |
 ///
 /// `published` shares its line with what readers read anyway, so a
-/// replay fetches one line of the ring instead of two.
+/// replay fetches one line of the ring instead of two. Lines are aligned
+/// to 64 bytes, not `CachePadded`'s 128 (which guards against the
+/// prefetcher's pairing of adjacent lines): the ring is part of every
+/// session, and 128-byte alignment cost each resident session 192 bytes
+/// (the ring's own padding, and the session `Arc`'s counts padded to 128).
 #[repr(C)]
 pub(crate) struct Ring<T> {
     /// Positions handed out so far (the last claimed position), plus the
     /// `CLOSED` bit. Written by every append: its own cache line.
-    claimed: CachePadded<AtomicU64>,
+    claimed: OwnLine<AtomicU64>,
     doorbell: Doorbell,
     /// A lower bound of the published tail (see module docs).
     published: AtomicU64,
@@ -137,7 +152,7 @@ impl<T> Ring<T> {
     /// cursors at or below `last` read as trimmed, never as another event.
     pub(crate) fn continuing(capacity: usize, last: u64, last_revision: Revision) -> Self {
         Self {
-            claimed: CachePadded::new(AtomicU64::new(last)),
+            claimed: OwnLine(AtomicU64::new(last)),
             published: AtomicU64::new(last),
             floor: AtomicU64::new(last),
             floor_revision: AtomicU64::new(last_revision.0),
@@ -503,8 +518,9 @@ mod tests {
     fn the_ring_keeps_its_layout() {
         // The table in `Ring`'s docs; a field added in the wrong place
         // costs every resident session 128 bytes.
-        assert_eq!(std::mem::size_of::<Ring<Vec<u8>>>(), 384);
-        assert_eq!(std::mem::offset_of!(Ring<Vec<u8>>, published), 192);
+        assert_eq!(std::mem::size_of::<Ring<Vec<u8>>>(), 256);
+        assert_eq!(std::mem::offset_of!(Ring<Vec<u8>>, published), 128);
+        assert_eq!(std::mem::offset_of!(Ring<Vec<u8>>, directory) % 64, 32);
     }
 
     use super::*;
