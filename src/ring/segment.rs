@@ -13,21 +13,15 @@
 use crate::event::Event;
 use crate::sync::{Arc, WriteOnce};
 
+/// Not aligned to a cache line: the `Arc`'s reference counts share the
+/// line with the number and slot pointer every append reads. A replay reads
+/// a segment in place without counting a reference; only a subscription
+/// takes one, once per segment it enters. Aligning the fields to their own
+/// line measured the same (append with a replaying reader, fan-out to 64
+/// subscribers, delivery) and cost every session 88 bytes.
 pub(crate) struct Segment<T> {
-    /// On a cache line of its own, away from the `Arc`'s reference counts
-    /// (which the `Arc` puts just before it): every append reads the
-    /// number and the slot pointer, and a reader that takes or drops a
-    /// reference to the segment must not make the writer fetch them again.
-    fields: Fields<T>,
-}
-
-/// Aligned to a cache line (64 bytes: coherence is per line; not
-/// `CachePadded`'s 128, which would double the allocation for nothing the
-/// writer reads).
-#[repr(align(64))]
-struct Fields<T> {
-    /// Which segment of the session this is: positions
-    /// `number * len + 1 ..= (number + 1) * len`.
+    /// Which segment of the session this is (see the directory for the
+    /// positions it covers).
     number: u64,
     slots: Box<[WriteOnce<Event<T>>]>,
 }
@@ -35,47 +29,45 @@ struct Fields<T> {
 impl<T> Segment<T> {
     pub(crate) fn new(number: u64, len: usize) -> Self {
         Self {
-            fields: Fields {
-                number,
-                slots: (0..len).map(|_| WriteOnce::new()).collect(),
-            },
+            number,
+            slots: (0..len).map(|_| WriteOnce::new()).collect(),
         }
     }
 
     pub(crate) fn number(&self) -> u64 {
-        self.fields.number
+        self.number
     }
 
     /// Publishes `event` in slot `offset`. Only the writer that claimed the
     /// position calls this, once.
     #[inline]
     pub(crate) fn publish(&self, offset: usize, event: &Arc<Event<T>>) {
-        let first_write = self.fields.slots[offset].set(Arc::clone(event));
+        let first_write = self.slots[offset].set(Arc::clone(event));
         debug_assert!(first_write, "position {} written twice", event.position);
     }
 
     /// The event at `offset`, if it is published.
     #[inline]
     pub(crate) fn get(&self, offset: usize) -> Option<Arc<Event<T>>> {
-        self.fields.slots[offset].get()
+        self.slots[offset].get()
     }
 
     /// Whether the event at `offset` is published (no reference taken).
     #[inline]
     pub(crate) fn is_published(&self, offset: usize) -> bool {
-        self.fields.slots[offset].is_set()
+        self.slots[offset].is_set()
     }
 
     /// Slots in the segment.
     pub(crate) fn len(&self) -> usize {
-        self.fields.slots.len()
+        self.slots.len()
     }
 
     /// Empties slot `offset` (out of range: `None`). Needs the segment
     /// exclusively: a segment out of the directory that no one else holds.
     #[inline]
     pub(crate) fn take(&mut self, offset: usize) -> Option<Arc<Event<T>>> {
-        self.fields.slots.get_mut(offset)?.take()
+        self.slots.get_mut(offset)?.take()
     }
 
     /// Makes an emptied segment segment `number` (exclusively held, like
@@ -85,6 +77,6 @@ impl<T> Segment<T> {
             (0..self.len()).all(|offset| !self.is_published(offset)),
             "a segment is renumbered only once emptied"
         );
-        self.fields.number = number;
+        self.number = number;
     }
 }
