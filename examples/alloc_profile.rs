@@ -471,14 +471,21 @@ fn parked_deliveries() {
 
 /// In a child process: fills one design with `sessions` x 16 events of
 /// 64-byte payloads and prints what that cost in heap and resident memory.
-fn memory_child(design: &str) {
-    let sessions = sessions_for_memory();
+/// Full sessions for the bytes-per-event figure: each appended to twice its
+/// capacity, so it has lapped and holds what a steady ring holds.
+fn full_sessions_for_memory() -> usize {
+    sessions_for_memory() / 500
+}
+
+fn memory_child(design: &str, sessions: usize, appends_per_session: usize) {
     let payload: Payload = [7; 64];
+    // What stays: the appends, or the capacity once a session has lapped.
+    let retained = appends_per_session.min(CAPACITY);
     let (heap_before, resident_before) = (live_bytes(), resident_bytes());
     let report = |label: &str| {
         let heap = (live_bytes() - heap_before) as f64;
         let resident = resident_bytes().saturating_sub(resident_before) as f64;
-        let events = (sessions * EVENTS_PER_SESSION) as f64;
+        let events = (sessions * retained) as f64;
         println!(
             "  {label:<34} heap {:>7.1} MiB ({:>6.0} B/session, {:>5.0} B/event)   resident {:>7.1} MiB ({:>6.0} B/session)",
             heap / 1048576.0,
@@ -490,11 +497,15 @@ fn memory_child(design: &str) {
     };
     match design {
         "ours" => {
-            let store = ReplayStore::<Payload>::new(Config::default().with_max_sessions(200_000))
-                .expect("config");
+            let store = ReplayStore::<Payload>::new(
+                Config::default()
+                    .with_max_sessions(200_000)
+                    .with_capacity(CAPACITY),
+            )
+            .expect("config");
             for s in 0..sessions {
                 let key = key(s);
-                for _ in 0..EVENTS_PER_SESSION {
+                for _ in 0..appends_per_session {
                     store.append(&key, Revision(1), payload).expect("append");
                 }
             }
@@ -506,7 +517,7 @@ fn memory_child(design: &str) {
             let store = ReferenceStore::<Payload>::with_defaults();
             for s in 0..sessions {
                 let id = reference_id(s);
-                for _ in 0..EVENTS_PER_SESSION {
+                for _ in 0..appends_per_session {
                     store.append(&id, 1, payload);
                 }
             }
@@ -519,22 +530,35 @@ fn memory_child(design: &str) {
 }
 
 fn memory() {
-    println!(
-        "\n== memory for {} sessions x {EVENTS_PER_SESSION} events of 64-byte payloads (each in a fresh process; heap = live bytes allocated) ==",
-        sessions_for_memory()
-    );
-    let exe = std::env::current_exe().expect("the example's own path");
-    for design in ["ours", "reference"] {
-        let output = Command::new(&exe)
-            .args(["--memory", design])
-            .output()
-            .expect("run the memory child");
-        print!("{}", String::from_utf8_lossy(&output.stdout));
-        assert!(
-            output.status.success(),
-            "memory child for {design} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+    let small = (sessions_for_memory(), EVENTS_PER_SESSION);
+    let full = (full_sessions_for_memory(), 2 * CAPACITY);
+    for (sessions, appends) in [small, full] {
+        let shape = if appends > CAPACITY {
+            format!("{appends} appends each (full: {CAPACITY} kept)")
+        } else {
+            format!("{appends} events")
+        };
+        println!(
+            "\n== memory for {sessions} sessions x {shape} of 64-byte payloads (each in a fresh process; heap = live bytes allocated) =="
         );
+        let exe = std::env::current_exe().expect("the example's own path");
+        for design in ["ours", "reference"] {
+            let output = Command::new(&exe)
+                .args([
+                    "--memory",
+                    design,
+                    &sessions.to_string(),
+                    &appends.to_string(),
+                ])
+                .output()
+                .expect("run the memory child");
+            print!("{}", String::from_utf8_lossy(&output.stdout));
+            assert!(
+                output.status.success(),
+                "memory child for {design} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
     }
 }
 
@@ -731,7 +755,10 @@ fn single_op(op: &str, n: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
-        [flag, design] if flag == "--memory" => return memory_child(design),
+        [flag, design, sessions, appends] if flag == "--memory" => {
+            let count = |n: &String| n.parse().expect("--memory <design> <sessions> <appends>");
+            return memory_child(design, count(sessions), count(appends));
+        }
         [flag, op, n] if flag == "--op" => {
             return single_op(op, n.parse().expect("--op <name> <count>"));
         }

@@ -72,7 +72,6 @@ mod segment;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::task::Waker;
 
-
 use self::directory::{Directory, Lookup};
 use self::doorbell::Doorbell;
 pub(crate) use self::doorbell::Ticket;
@@ -773,7 +772,9 @@ mod tests {
             ring.publish(event);
             let window = position.saturating_sub(63).max(1)..=position;
             let mut read = Vec::new();
-            assert!(ring.read_range(*window.start(), position, &mut read).is_ok());
+            assert!(ring
+                .read_range(*window.start(), position, &mut read)
+                .is_ok());
             assert!(read.iter().map(|e| e.payload).eq(window), "at {position}");
             if position > 64 {
                 assert!(matches!(ring.read(position - 64), Read::Trimmed));
@@ -804,7 +805,10 @@ mod tests {
         ring.publish(&event(81));
         assert_eq!(ring.allocated_slots(), 16 + 2 * 64);
         let mut read = Vec::new();
-        assert!(ring.read_range(1, 81, &mut read).is_ok(), "across both seams");
+        assert!(
+            ring.read_range(1, 81, &mut read).is_ok(),
+            "across both seams"
+        );
         assert!(read.iter().map(|e| e.payload).eq(1..=81));
     }
 }
