@@ -8,7 +8,8 @@
 //! * **Claim.** A writer claims positions with one `fetch_add` on
 //!   `claimed` (`n` at once for a batch). Positions are therefore unique
 //!   and contiguous whatever the number of writers.
-//! * **Publish.** Positions are cut into [segments](segment) of up to 64;
+//! * **Publish.** Positions are cut into [segments](segment) of up to 64
+//!   (the first one 16, so that a small session stays small);
 //!   the directory keeps the segments covering the newest `capacity`
 //!   positions (plus one). The writer of position `p` writes its event into
 //!   `p`'s slot of `p`'s segment, which only it ever writes, once; if the
