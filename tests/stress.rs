@@ -374,6 +374,26 @@ fn concurrent_writers_readers_and_subscriber_overrunning_a_tiny_capacity() {
     );
 }
 
+#[test]
+fn concurrent_writers_readers_and_subscriber_lapping_a_full_length_ring() {
+    // Capacity 64: full-length segments after a short first one, so the
+    // writers lap through the short segment and then recycle the long ones
+    // (a tiny capacity has neither).
+    const PER_WRITER: u64 = 2000;
+    let run = run_writers_readers_subscriber(64, PER_WRITER);
+    let total = WRITERS as u64 * PER_WRITER;
+    for (index, reader) in run.readers.iter().enumerate() {
+        let who = format!("reader {index}");
+        check_observer(&run, reader, &who);
+        assert_eq!(reader.seen.len() as u64 + reader.missed_count(), total);
+    }
+    check_observer(&run, &run.subscriber, "subscriber");
+    assert_eq!(
+        run.subscriber.seen.len() as u64 + run.subscriber.missed_count(),
+        total
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Batches: visible all at once
 // ---------------------------------------------------------------------------
@@ -535,6 +555,11 @@ fn run_batch_writers_and_readers(capacity: usize, batches_per_writer: u64) {
 fn concurrent_batches_are_never_seen_in_part_with_room_for_everything() {
     // 3 writers × 200 batches × 3.8 events on average = 2280 events.
     run_batch_writers_and_readers(4096, 200);
+}
+
+#[test]
+fn concurrent_batches_are_never_seen_in_part_while_lapping_a_full_length_ring() {
+    run_batch_writers_and_readers(64, 400);
 }
 
 #[test]
