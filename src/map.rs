@@ -170,6 +170,22 @@ impl<T> SessionMap<T> {
             .flatten()
     }
 
+    /// Runs `f` on the resident session with `state` while the shard's
+    /// read lock is held; `Err(state)` if `key` is not resident (absent or
+    /// dormant), so the caller keeps what it moved in.
+    #[inline]
+    pub(crate) fn with_resident<S, R>(
+        &self,
+        key: &SessionKey,
+        state: S,
+        f: impl FnOnce(&Arc<Session<T>>, S) -> R,
+    ) -> Result<R, S> {
+        self.map.with_state(key, state, |entry, state| match entry {
+            Entry::Resident(session) => Ok(f(session, state)),
+            Entry::Dormant(_) => Err(state),
+        })
+    }
+
     /// Runs `f` on whatever the map holds for `key`, under the read lock.
     pub(crate) fn with_found<R>(
         &self,

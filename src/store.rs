@@ -226,25 +226,36 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// Appends one event to `key`'s session (created if absent) and returns
     /// it, with its position and cursor. Never waits for another thread
     /// beyond the map's shard lock for the lookup.
+    #[inline]
     pub fn append(
         &self,
         key: &SessionKey,
         revision: Revision,
         payload: T,
     ) -> Result<Arc<Event<T>>, Error> {
-        let mut payload = Some(payload);
-        let appended = self.sessions.with(key, |session| {
-            payload
-                .take()
-                .map(|p| Session::append(session, revision, p))
-        });
-        if let Some(Some(result)) = appended {
-            return Ok(result?);
+        // Resident: append under the shard's read lock (no reference
+        // leaves it, so nothing to count or let go).
+        match self
+            .sessions
+            .with_resident(key, payload, |session, payload| {
+                Session::append(session, revision, payload)
+            }) {
+            Ok(appended) => Ok(appended?),
+            // Absent or dormant: the payload came back untouched.
+            Err(payload) => self.append_to_new(key, revision, payload),
         }
-        // Absent: create it. `payload` is still ours (the closure did not run).
-        let Some(payload) = payload else {
-            unreachable!("the payload is consumed only by an append that returned")
-        };
+    }
+
+    /// [`append`](Self::append) to a session that is not resident: creates
+    /// or revives it first. Out of line, so the resident path stays small.
+    #[cold]
+    #[inline(never)]
+    fn append_to_new(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        payload: T,
+    ) -> Result<Arc<Event<T>>, Error> {
         // A refused append changes nothing, not even the session map.
         self.shared.check_payload(&payload)?;
         let session = self.resident(key)?;

@@ -324,6 +324,23 @@ mod map {
             self.0.get(key).map(|entry| f(entry.value()))
         }
 
+        /// Like [`with`](Self::with), handing `state` to `f` by value, or
+        /// back as `Err(state)` if the key is absent (or if `f` gives it
+        /// back): a caller that moves something into the call (an append's
+        /// payload) gets it back without wrapping it in an `Option`.
+        #[inline]
+        pub(crate) fn with_state<S, R>(
+            &self,
+            key: &K,
+            state: S,
+            f: impl FnOnce(&V, S) -> Result<R, S>,
+        ) -> Result<R, S> {
+            match self.0.get(key) {
+                Some(entry) => f(entry.value(), state),
+                None => Err(state),
+            }
+        }
+
         /// Runs `f` on the stored key and value of the entry that `key`
         /// (any borrowed form of the map's key) finds, while the shard's
         /// read lock is held.
@@ -400,6 +417,18 @@ mod map {
 
         pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
             self.0.lock().unwrap().get(key).map(f)
+        }
+
+        pub(crate) fn with_state<S, R>(
+            &self,
+            key: &K,
+            state: S,
+            f: impl FnOnce(&V, S) -> Result<R, S>,
+        ) -> Result<R, S> {
+            match self.0.lock().unwrap().get(key) {
+                Some(value) => f(value, state),
+                None => Err(state),
+            }
         }
 
         pub(crate) fn with_entry<Q, R>(&self, key: &Q, f: impl FnOnce(&K, &V) -> R) -> Option<R>
