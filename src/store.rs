@@ -226,13 +226,29 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// Appends one event to `key`'s session (created if absent) and returns
     /// it, with its position and cursor. Never waits for another thread
     /// beyond the map's shard lock for the lookup.
-    #[inline]
+    #[inline(always)]
     pub fn append(
         &self,
         key: &SessionKey,
         revision: Revision,
         payload: T,
     ) -> Result<Arc<Event<T>>, Error> {
+        // Widened to `Error` here, in the caller, as a handle's append
+        // does: what crosses the call is the small `Refusal` result, not
+        // `Error` (80 bytes, which a caller that moves the result copies
+        // back from memory it was just written to).
+        Ok(self.append_by_key(key, revision, payload)?)
+    }
+
+    /// [`append`](Self::append), refused with a [`Refusal`](crate::Refusal)
+    /// (the only way it fails).
+    #[inline(never)]
+    fn append_by_key(
+        &self,
+        key: &SessionKey,
+        revision: Revision,
+        payload: T,
+    ) -> Result<Arc<Event<T>>, crate::Refusal> {
         // Resident: append under the shard's read lock (no reference
         // leaves it, so nothing to count or let go).
         match self
@@ -240,7 +256,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             .with_resident(key, payload, |session, payload| {
                 Session::append(session, revision, payload)
             }) {
-            Ok(appended) => Ok(appended?),
+            Ok(appended) => appended,
             // Absent or dormant: the payload came back untouched.
             Err(payload) => self.append_to_new(key, revision, payload),
         }
@@ -255,11 +271,11 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         key: &SessionKey,
         revision: Revision,
         payload: T,
-    ) -> Result<Arc<Event<T>>, Error> {
+    ) -> Result<Arc<Event<T>>, crate::Refusal> {
         // A refused append changes nothing, not even the session map.
         self.shared.check_payload(&payload)?;
         let session = self.resident(key)?;
-        Ok(Session::append(&session, revision, payload)?)
+        Session::append(&session, revision, payload)
     }
 
     /// Appends one event carrying causal [`Links`] (a parent, a correlation
