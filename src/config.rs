@@ -30,7 +30,9 @@ pub const MAX_SESSIONS_LIMIT: usize = 1 << 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Events kept per session (default 2048). Storage grows lazily, in
-    /// segments of up to 64 slots, up to this (plus one segment).
+    /// segments of up to 64 slots (the first of 16), up to this plus one
+    /// segment, and up to two more while the ring laps (one being freed,
+    /// one kept for reuse).
     pub capacity: usize,
     /// How long an event is kept (default 120 s).
     pub max_age: Duration,

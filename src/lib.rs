@@ -43,9 +43,11 @@
 //!   map's shard lock, taken to look a session up by key, create or remove
 //!   it; a [`SessionHandle`] takes none. Writers never wait for readers: a
 //!   slow reader falls behind and is told so.
-//! * **One allocation per append** (the event's `Arc`), plus one segment
-//!   per 64 appends; storage grows lazily, a segment at a time, up to the
-//!   capacity; replay costs what it returns.
+//! * **One allocation per append** (the event's `Arc`): storage grows
+//!   lazily, a segment at a time (the first one short, for small
+//!   sessions), up to the capacity; a full ring reuses the segments that
+//!   leave its window and frees their events a few per append, so no
+//!   append pays for a whole segment; replay costs what it returns.
 //! * **Nothing accepted is silently lost**: an append that returned `Ok` is
 //!   replayable, or reported to whoever asks for it as a gap.
 //! * **Subscriptions** yield every event after their cursor exactly once,
@@ -90,7 +92,9 @@
 //! readers stop at the first unpublished position and never skip it.
 //! Batches are written last to first. Trimming raises a monotonic floor,
 //! then takes segments lying wholly below it out of the directory; memory is
-//! freed when the last reader lets go of a segment. The invariants are
+//! freed when the last reader lets go of a segment, or a few events per
+//! append by the ring's recycler once no reader holds a lapped segment,
+//! whose storage then serves the next segment. The invariants are
 //! listed in the `ring` module's source; every concurrent protocol is
 //! model-checked with `loom` (`loom-tests/`).
 //!
