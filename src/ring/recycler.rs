@@ -54,8 +54,12 @@
 //! try-lock, not an ordering of this crate's atomics. (Loom still sees the
 //! uniqueness check of every retired segment; the `work` hint it does not
 //! see, see [`HintUsize`].) What the models cannot reach, `tests/stress.rs`
-//! does: writers lapping a tiny ring under readers, with every event
-//! checked, fail at once if a segment comes back with its old events.
+//! does: writers lapping a tiny ring and a full-length one under readers
+//! and a subscriber, with every event checked, fail at once if a segment
+//! comes back with its old events.
+//!
+//! `allocated_slots` counts a draining segment as full-length, also while
+//! it is a ring's short first one (once per ring, for one lap).
 
 use std::sync::atomic::Ordering::Relaxed;
 
