@@ -110,11 +110,12 @@ impl<T> Recycler<T> {
         }
     }
 
-    /// A segment for `number`: the spare, renumbered, if there is one at
-    /// hand; otherwise a new allocation.
+    /// A segment for `number`, of `len` slots: the spare, renumbered, if
+    /// there is one at hand and it is that long; otherwise a new
+    /// allocation.
     #[inline]
     pub(crate) fn segment(&self, number: u64, len: usize) -> Arc<Segment<T>> {
-        if self.work.load(Relaxed) & SPARE != 0 {
+        if self.work.load(Relaxed) & SPARE != 0 && len == self.segment_len as usize {
             if let Ok(mut state) = self.state.try_lock() {
                 if let Some(mut spare) = state.spare.take() {
                     self.work.fetch_and(!SPARE, Relaxed);
