@@ -38,11 +38,15 @@
 //! * **Readers see only the published prefix**: never a hole, a reordering,
 //!   a duplicate, or a stale event from a reused slot.
 //! * **Batches** ([`ReplayStore::append_batch`]) become visible all at once.
-//! * **No waiting**: append, replay, subscribe, `current_cursor`, trim and
-//!   release never wait for another thread. The only lock is the session
-//!   map's shard lock, taken to look a session up by key, create or remove
-//!   it; a [`SessionHandle`] takes none. Writers never wait for readers: a
-//!   slow reader falls behind and is told so.
+//! * **No waiting on progress**: append, replay, subscribe,
+//!   `current_cursor`, trim and release never wait for another thread to
+//!   make progress. The locks they take are short and never held while
+//!   user code runs: the session map's shard lock, to look a session up by
+//!   key, create or remove it (a [`SessionHandle`] takes none); and, only
+//!   while subscribers are parked on a session, its doorbell's wait list,
+//!   which an append takes to wake them. The ring's recycler has a lock an
+//!   append only ever tries (taken: the step is skipped). Writers never
+//!   wait for readers: a slow reader falls behind and is told so.
 //! * **One allocation per append** (the event's `Arc`): storage grows
 //!   lazily, a segment at a time (the first one short, for small
 //!   sessions), up to the capacity; a full ring reuses the segments that
