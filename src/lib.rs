@@ -80,8 +80,10 @@
 //! Choices where the contract is silent: a cursor at position 0 is served
 //! from the start of the current incarnation whatever incarnation it names;
 //! age retention is checked on the first event a replay returns (later
-//! events are newer), and on every event a subscription yields; a
-//! watermark beyond the published tail is clamped to it.
+//! events are newer), and on every event a subscription yields, against
+//! one clock reading per run of at most 16 events (a run ends when the
+//! subscription catches up; see [`Subscription`]); a watermark beyond the
+//! published tail is clamped to it.
 //!
 //! # The ring algorithm
 //!

@@ -17,9 +17,19 @@
 //! the subscription keeps the segment it reads from (one reference per
 //! segment, not a directory lookup per event) and the last event's cursor
 //! as its parts (the `Cursor`, which shares the session key, is built only
-//! when asked for). Every event's age is checked against the store's clock
-//! before it is yielded, as lib.rs documents; gaps are built by the
-//! session's `read_next`.
+//! when asked for). Gaps are built by the session's `read_next`.
+//!
+//! Age: every event is checked against `max_age` before it is yielded, but
+//! not against a clock reading of its own. Events are read in *runs*: a run
+//! starts with the first event found after the subscription caught up, takes
+//! one clock reading, checks at most 16 events against it, and ends early
+//! when the subscription finds nothing new. So a yielded event was younger
+//! than `max_age` at a reading taken no earlier than the subscription's
+//! last look at an empty ring and no more than 15 yields before: the
+//! guarantee a replay gives for its whole result at one reading. A
+//! subscription kept busy by a fast writer pays one reading per 16 events
+//! instead of one per event; one woken for each event still reads the clock
+//! once per wake-up.
 //!
 //! Lag: if the next position was overwritten, released or expired, the
 //! subscription yields one [`Gap`] (reason `Trimmed`, with the latest
@@ -82,6 +92,46 @@ pub struct Subscription<T> {
     /// Whether falling out of the window counts as a gap in the statistics
     /// (not for catch-up, which falls back to the log).
     counted: bool,
+    /// The clock reading the current run of events is checked against.
+    run: Run,
+}
+
+/// The clock reading a run of events is checked against, and how many
+/// more events it may check.
+///
+/// A run starts at the first event read after the subscription caught up
+/// (or after the previous run's [`RUN_LENGTH`] events) and takes one clock
+/// reading; it ends when the subscription finds nothing new, so an event
+/// published after a caught-up subscription looked is never checked against
+/// a reading older than that look.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    /// Nanoseconds since the epoch, as the store's clock read them.
+    now: u64,
+    /// Events the reading may still check; 0: the next one reads the clock.
+    left: u32,
+}
+
+/// How many events one clock reading checks at most: the cost of the
+/// reading is spread over up to this many events, and an event is never
+/// checked against a reading taken more than this many yields earlier.
+const RUN_LENGTH: u32 = 16;
+
+impl Run {
+    /// The run's reading, taken with `read_clock` if the run is new.
+    #[inline]
+    fn reading(&mut self, read_clock: impl FnOnce() -> u64) -> u64 {
+        if self.left == 0 {
+            self.now = read_clock();
+            self.left = RUN_LENGTH;
+        }
+        self.left -= 1;
+        self.now
+    }
+
+    fn end(&mut self) {
+        self.left = 0;
+    }
 }
 
 impl<T> Subscription<T> {
@@ -111,6 +161,7 @@ impl<T> Subscription<T> {
             ended: false,
             armed: None,
             counted: true,
+            run: Run::default(),
         })
     }
 
@@ -132,6 +183,7 @@ impl<T> Subscription<T> {
             ended: false,
             armed: None,
             counted: false,
+            run: Run::default(),
         }
     }
 
@@ -169,17 +221,17 @@ impl<T> Subscription<T> {
         let ring = &self.session.ring;
         match ring.read_forward(self.next, &mut self.segment) {
             Read::Event(event) => {
-                let shared = &self.session.shared;
-                let age = shared
-                    .now()
-                    .as_nanos()
-                    .saturating_sub(event.timestamp.as_nanos());
-                if age <= shared.max_age_nanos {
+                if self.is_young(&event) {
                     self.yielded(&event);
                     return Ok(event);
                 }
             }
-            Read::Pending if !ring.is_closed() => return Err(TryNextError::Empty),
+            Read::Pending if !ring.is_closed() => {
+                // Caught up: whatever comes next is checked against a
+                // reading taken after it was found.
+                self.run.end();
+                return Err(TryNextError::Empty);
+            }
             Read::Pending | Read::Trimmed => {}
         }
         match self
@@ -196,6 +248,15 @@ impl<T> Subscription<T> {
                 Err(TryNextError::Gap(gap))
             }
         }
+    }
+
+    /// Whether `event` was younger than the session's `max_age` at the
+    /// current run's clock reading (taken now if the run is new).
+    #[inline]
+    fn is_young(&mut self, event: &Event<T>) -> bool {
+        let shared = &self.session.shared;
+        let now = self.run.reading(|| shared.now().as_nanos());
+        now.saturating_sub(event.timestamp.as_nanos()) <= shared.max_age_nanos
     }
 
     fn yielded(&mut self, event: &Event<T>) {

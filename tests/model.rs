@@ -270,7 +270,14 @@ struct ModelSubscription {
     next: u64,
     last_seen: Cursor,
     ended: bool,
+    /// The clock reading of the current run of events, and how many more
+    /// events it checks (0: the next event reads the clock).
+    run_now: u64,
+    run_left: u32,
 }
+
+/// Events checked against one clock reading (the subscription's runs).
+const RUN_LENGTH: u32 = 16;
 
 #[derive(Default, Debug, PartialEq)]
 struct ModelStats {
@@ -337,8 +344,12 @@ impl Model {
     }
 
     fn expired(&self, id: usize, position: u64) -> bool {
+        self.expired_at(id, position, self.now)
+    }
+
+    fn expired_at(&self, id: usize, position: u64, now: u64) -> bool {
         let timestamp = self.sessions[id].events[position as usize - 1].timestamp;
-        self.now.saturating_sub(timestamp) > self.params.max_age_nanos
+        now.saturating_sub(timestamp) > self.params.max_age_nanos
     }
 
     fn readable(&self, id: usize, position: u64) -> bool {
@@ -655,6 +666,8 @@ impl Model {
             next: cursor.position() + 1,
             last_seen,
             ended: false,
+            run_now: 0,
+            run_left: 0,
         });
         Ok(())
     }
@@ -669,8 +682,21 @@ impl Model {
             subscription.next,
             subscription.last_seen.clone(),
         );
-        let result = match self.read(id, next) {
-            Slot::Event if self.expired(id, next) => {
+        let slot = self.read(id, next);
+        // A subscription checks ages against its run's clock reading.
+        let run_now = if slot == Slot::Event {
+            let subscription = &mut self.subscriptions[index];
+            if subscription.run_left == 0 {
+                subscription.run_now = self.now;
+                subscription.run_left = RUN_LENGTH;
+            }
+            subscription.run_left -= 1;
+            subscription.run_now
+        } else {
+            self.now
+        };
+        let result = match slot {
+            Slot::Event if self.expired_at(id, next, run_now) => {
                 self.stats.lagged_subscribers += 1;
                 let missed = self.first_retained(id) - next;
                 Err(TryNextError::Gap(self.gap(
@@ -701,7 +727,11 @@ impl Model {
                     missed: None,
                 }))
             }
-            Slot::Pending => return Err(TryNextError::Empty),
+            Slot::Pending => {
+                // Caught up: the run ends.
+                self.subscriptions[index].run_left = 0;
+                return Err(TryNextError::Empty);
+            }
             Slot::Trimmed => {
                 self.stats.lagged_subscribers += 1;
                 let missed = self.first_retained(id).saturating_sub(next);

@@ -307,10 +307,13 @@ fn a_subscriber_behind_by_age_gets_one_trimmed_gap_then_ends() {
     let k = key("t", "s");
     let mut subscription = subscribe_from_start(&store, &k);
     let first = store.append(&k, Revision(1), 1).unwrap();
+    assert_eq!(subscription.try_next().unwrap().position(), 1);
+    assert_eq!(subscription.try_next().unwrap_err(), TryNextError::Empty);
     store.append(&k, Revision(1), 2).unwrap();
     let last = store.append(&k, Revision(1), 3).unwrap();
-    assert_eq!(subscription.try_next().unwrap().position(), 1);
 
+    // Having caught up, the subscription checks what comes next against a
+    // fresh clock reading.
     clock.advance(MAX_AGE + Duration::from_secs(1));
     let TryNextError::Gap(gap) = subscription.try_next().unwrap_err() else {
         panic!("expected a gap")
@@ -320,6 +323,32 @@ fn a_subscriber_behind_by_age_gets_one_trimmed_gap_then_ends() {
     assert_eq!(gap.missed, Some(2), "positions 2 and 3 aged out");
     assert_eq!(gap.latest, last.cursor());
     assert_eq!(subscription.try_next().unwrap_err(), TryNextError::Ended);
+    assert_eq!(store.stats().lagged_subscribers, 1);
+}
+
+/// One clock reading checks a run of at most 16 events: an event that aged
+/// out after its run began is still yielded, the 17th is checked against a
+/// new reading.
+#[test]
+fn a_run_of_events_is_checked_against_one_clock_reading_and_is_at_most_16_long() {
+    let (store, clock) = aging_store();
+    let k = key("t", "s");
+    let mut subscription = subscribe_from_start(&store, &k);
+    for payload in 1..=20 {
+        store.append(&k, Revision(1), payload).unwrap();
+    }
+    assert_eq!(subscription.try_next().unwrap().position(), 1);
+
+    clock.advance(MAX_AGE + Duration::from_secs(1));
+    for position in 2..=16 {
+        assert_eq!(subscription.try_next().unwrap().position(), position);
+    }
+    let TryNextError::Gap(gap) = subscription.try_next().unwrap_err() else {
+        panic!("expected a gap: the 17th event starts a run with a new reading")
+    };
+    assert_eq!(gap.reason, GapReason::Trimmed);
+    assert_eq!(gap.requested.position(), 16);
+    assert_eq!(gap.missed, Some(4), "positions 17 to 20 aged out");
     assert_eq!(store.stats().lagged_subscribers, 1);
 }
 
