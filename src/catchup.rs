@@ -247,6 +247,8 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
     }
 
     /// The next event, waiting up to `timeout` for one. Blocks the thread.
+    /// As with [`Subscription::next_timeout`], `Duration::MAX` waits with
+    /// no timer.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Arc<Event<T>>, NextTimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
         loop {

@@ -428,6 +428,30 @@ fn next_timeout_is_woken_by_an_append_from_another_thread() {
     assert_eq!(store.stats().parked_subscribers, 0);
 }
 
+/// `Duration::MAX` waits with no timer: the wake-up alone must deliver.
+/// The wait runs on its own thread so that a lost wake-up fails the test
+/// after `PATIENCE` instead of hanging it.
+#[test]
+fn next_timeout_without_a_deadline_is_woken_by_an_append() {
+    let store = Arc::new(ReplayStore::<u64>::default());
+    let k = key("t", "s");
+    let mut subscription = subscribe_from_start(&store, &k);
+    let (delivered, received) = std::sync::mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let result = subscription.next_timeout(Duration::MAX);
+        let _ = delivered.send(result.map(|event| *event.payload()));
+    });
+    assert!(wait_until_parked(&store, 1), "the subscriber never parked");
+    store.append(&k, Revision(1), 42).unwrap();
+    let payload = received
+        .recv_timeout(PATIENCE)
+        .expect("woken within PATIENCE")
+        .unwrap();
+    assert_eq!(payload, 42);
+    waiter.join().unwrap();
+    assert_eq!(store.stats().parked_subscribers, 0);
+}
+
 #[test]
 fn next_timeout_times_out_when_nothing_comes_and_stays_usable() {
     let store = ReplayStore::<u64>::default();
