@@ -135,6 +135,34 @@ fn a_pending_stream_is_woken_by_an_append() {
     });
 }
 
+/// Model 5e: a `Stream` woken twice, by two appends: the second wait arms
+/// afresh after the first disarmed, and re-checks before `Pending`.
+#[test]
+fn a_stream_is_woken_by_every_append() {
+    check("a_stream_is_woken_by_every_append", || {
+        let store = store(8);
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let mut subscription = handle.subscribe_after(&Cursor::start(key)).unwrap();
+        let writer = thread::spawn(move || {
+            let first = handle.append(Revision(1), 1).unwrap();
+            let second = handle.append(Revision(1), 2).unwrap();
+            (first, second)
+        });
+
+        let woken = [
+            loom::future::block_on(next(&mut subscription)),
+            loom::future::block_on(next(&mut subscription)),
+        ]
+        .map(|item| item.expect("not ended").expect("nothing is trimmed"));
+
+        let (first, second) = writer.join().unwrap();
+        assert!(Arc::ptr_eq(&woken[0], &first));
+        assert!(Arc::ptr_eq(&woken[1], &second));
+        assert_eq!(store.stats().parked_subscribers, 0, "the stream disarmed");
+    });
+}
+
 /// Model 5c: removing the session wakes a parked subscriber, which ends
 /// with a `Reset` gap rather than waiting forever.
 #[test]
