@@ -1,13 +1,13 @@
 //! Where append timestamps come from, and what age retention compares
 //! against.
 //!
-//! The store reads its clock once per append and once per replay or
-//! delivered event; tests inject a [`ManualClock`] and move time forward
-//! explicitly instead of sleeping. [`SystemClock`] (the default) reads the
-//! wall clock each time; [`CoarseClock`] reads a copy of it that a
-//! background thread refreshes every tick, for hosts where the clock read
-//! is a measurable share of an append or a delivery (a fan-out to many
-//! subscribers reads it once per subscriber and event).
+//! The store reads its clock once per append, once per replay, and once
+//! per run of up to 16 events a subscription delivers (see
+//! [`Subscription`](crate::Subscription)); tests inject a [`ManualClock`]
+//! and move time forward explicitly instead of sleeping. [`SystemClock`]
+//! (the default) reads the wall clock each time; [`CoarseClock`] reads a
+//! copy of it that a background thread refreshes every tick, for hosts
+//! where the clock read is a measurable share of an append or a delivery.
 //!
 //! Invariant: every clock here gives nanoseconds since the Unix epoch (or,
 //! for [`ManualClock`], whatever the test sets); none of them is monotonic,
