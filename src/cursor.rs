@@ -2,26 +2,9 @@
 //!
 //! A cursor names a session ([`SessionKey`]), the session's
 //! [`Incarnation`] (which life of the session it belongs to), the
-//! [`Revision`] of the event it points at, and the position. Position 0
-//! means "nothing seen yet"; the start cursor ([`Cursor::start`]) has no
-//! incarnation and means "from the beginning of whatever incarnation exists".
-//!
-//! # Wire form
-//!
-//! Cursors cross the wire (an SSE `id:`, a `Last-Event-ID` header, a query
-//! parameter) as strings of printable ASCII without spaces:
-//!
-//! ```text
-//! lr1.<incarnation>.<revision>.<position>.<tenant>.<session>
-//! ```
-//!
-//! `<incarnation>` is 16 lowercase hex digits or `-` for none; revision and
-//! position are decimal; tenant and session id are percent-encoded (every
-//! byte except ASCII letters, digits, `-`, `_` and `~`), so `.`, `:`, `/`,
-//! spaces and unicode all round-trip. Parsing accepts only the canonical
-//! form: every string that parses re-encodes to itself, and parsing never
-//! panics. Strings longer than [`MAX_CURSOR_LEN`] are refused before any
-//! work.
+//! [`Revision`] of the event it points at, and the position. [`Cursor`]
+//! documents the start cursor and the wire form (the module is private,
+//! so the public docs live on the type).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -123,8 +106,27 @@ pub enum CursorError {
     WrongSession,
 }
 
-/// A position in one incarnation of one session. See the [module docs](self)
-/// for the meaning and the wire form.
+/// A position in one incarnation of one session: "I have seen every event
+/// of this session up to this position". Position 0 means "nothing seen
+/// yet"; the start cursor ([`Cursor::start`]) has no incarnation and means
+/// "from the beginning of whatever incarnation exists".
+///
+/// # Wire form
+///
+/// Cursors cross the wire (an SSE `id:`, a `Last-Event-ID` header, a query
+/// parameter) as strings of printable ASCII without spaces:
+///
+/// ```text
+/// lr1.<incarnation>.<revision>.<position>.<tenant>.<session>
+/// ```
+///
+/// `<incarnation>` is 16 lowercase hex digits or `-` for none; revision and
+/// position are decimal; tenant and session id are percent-encoded (every
+/// byte except ASCII letters, digits, `-`, `_` and `~`), so `.`, `:`, `/`,
+/// spaces and unicode all round-trip. Parsing accepts only the canonical
+/// form: every string that parses re-encodes to itself, and parsing never
+/// panics. Strings longer than [`MAX_CURSOR_LEN`] are refused before any
+/// work.
 ///
 /// ```
 /// use livereplay::{Cursor, SessionKey};

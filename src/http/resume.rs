@@ -160,7 +160,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ResumeCursor {
 /// Where a client resumes in `key`'s session: its `Last-Event-ID` header,
 /// else its `cursor` query parameter (`query` is the raw query string,
 /// percent-encoded, as in [`Uri::query`](axum::http::Uri::query)), else the
-/// start. See the [module docs](self) for the rules.
+/// start. An empty header or parameter counts as absent.
 ///
 /// ```
 /// use axum::http::HeaderMap;
