@@ -13,7 +13,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_core::Stream;
-use livereplay::{Arc, Cursor, GapReason, NextTimeoutError, Revision, TryNextError};
+use livereplay::{
+    Arc, Cursor, Event, GapReason, NextTimeoutError, Revision, Subscription, TryNextError,
+};
 use loom::thread;
 use loom_tests::{check, key, store};
 
@@ -81,34 +83,38 @@ fn subscribe_after_a_cursor_racing_an_append_sees_it_once() {
     );
 }
 
+/// A writer appends twice while the subscriber, from the start, waits for
+/// each event with `wait`: it gets both, in order, the very events the
+/// writer got back, and is not counted as parked afterwards.
+fn woken_by_two_appends(wait: impl Fn(&mut Subscription<u64>) -> Arc<Event<u64>>) {
+    let store = store(8);
+    let key = key();
+    let handle = store.session(&key).unwrap();
+    let mut subscription = handle.subscribe_after(&Cursor::start(key)).unwrap();
+    let writer = thread::spawn(move || {
+        let first = handle.append(Revision(1), 1).unwrap();
+        let second = handle.append(Revision(1), 2).unwrap();
+        (first, second)
+    });
+
+    let woken = [wait(&mut subscription), wait(&mut subscription)];
+
+    let (first, second) = writer.join().unwrap();
+    assert!(Arc::ptr_eq(&woken[0], &first));
+    assert!(Arc::ptr_eq(&woken[1], &second));
+    assert_eq!(
+        store.stats().parked_subscribers,
+        0,
+        "every arm was disarmed: writers pay nothing for a subscriber that stopped waiting"
+    );
+}
+
 /// Model 5a: a subscriber blocked in `next_timeout` is woken by each of two
 /// appends it has not seen, in order (a lost wake-up is a loom deadlock).
 #[test]
 fn a_parked_subscriber_is_woken_by_every_append() {
     check("a_parked_subscriber_is_woken_by_every_append", || {
-        let store = store(8);
-        let key = key();
-        let handle = store.session(&key).unwrap();
-        let mut subscription = handle.subscribe_after(&Cursor::start(key)).unwrap();
-        let writer = thread::spawn(move || {
-            let first = handle.append(Revision(1), 1).unwrap();
-            let second = handle.append(Revision(1), 2).unwrap();
-            (first, second)
-        });
-
-        let woken = [
-            subscription.next_timeout(FOREVER).unwrap(),
-            subscription.next_timeout(FOREVER).unwrap(),
-        ];
-
-        let (first, second) = writer.join().unwrap();
-        assert!(Arc::ptr_eq(&woken[0], &first));
-        assert!(Arc::ptr_eq(&woken[1], &second));
-        assert_eq!(
-            store.stats().parked_subscribers,
-            0,
-            "every arm was disarmed: writers pay nothing for a subscriber that stopped waiting"
-        );
+        woken_by_two_appends(|subscription| subscription.next_timeout(FOREVER).unwrap());
     });
 }
 
@@ -135,31 +141,16 @@ fn a_pending_stream_is_woken_by_an_append() {
     });
 }
 
-/// Model 5e: a `Stream` woken twice, by two appends: the second wait arms
-/// afresh after the first disarmed, and re-checks before `Pending`.
+/// Model 5e: a `Stream` woken by two appends in a row: the second wait
+/// arms afresh after the first disarmed, and re-checks before `Pending`.
 #[test]
 fn a_stream_is_woken_by_every_append() {
     check("a_stream_is_woken_by_every_append", || {
-        let store = store(8);
-        let key = key();
-        let handle = store.session(&key).unwrap();
-        let mut subscription = handle.subscribe_after(&Cursor::start(key)).unwrap();
-        let writer = thread::spawn(move || {
-            let first = handle.append(Revision(1), 1).unwrap();
-            let second = handle.append(Revision(1), 2).unwrap();
-            (first, second)
+        woken_by_two_appends(|subscription| {
+            loom::future::block_on(next(subscription))
+                .expect("not ended")
+                .expect("nothing is trimmed")
         });
-
-        let woken = [
-            loom::future::block_on(next(&mut subscription)),
-            loom::future::block_on(next(&mut subscription)),
-        ]
-        .map(|item| item.expect("not ended").expect("nothing is trimmed"));
-
-        let (first, second) = writer.join().unwrap();
-        assert!(Arc::ptr_eq(&woken[0], &first));
-        assert!(Arc::ptr_eq(&woken[1], &second));
-        assert_eq!(store.stats().parked_subscribers, 0, "the stream disarmed");
     });
 }
 
