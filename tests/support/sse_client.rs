@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 client for SSE tests (copied from `tests/sse.rs`'s
-//! client, trimmed): a GET with an optional `Last-Event-ID`, a chunked-body
+//! A minimal HTTP/1.1 client for the SSE tests (`tests/sse.rs`,
+//! `tests/redis_nodes.rs`): a GET with an optional `Last-Event-ID`, a chunked-body
 //! decoder and an SSE frame parser, so a test checks the bytes a browser
 //! would get. Every read has a deadline, so a broken server fails a test
 //! instead of hanging it.
@@ -123,6 +123,18 @@ pub async fn open(address: SocketAddr, path: &str, last_event_id: Option<&str>) 
     match get(address, path, last_event_id).await {
         Reply::Stream(reader) => reader,
         Reply::Body { status, body } => panic!("expected a stream, got {status}: {body}"),
+    }
+}
+
+/// A response that is not an event stream (a refusal), or a panic.
+pub async fn refused(
+    address: SocketAddr,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> (u16, String) {
+    match get(address, path, last_event_id).await {
+        Reply::Body { status, body } => (status, body),
+        Reply::Stream(_) => panic!("expected {path} to be refused, got a stream"),
     }
 }
 
