@@ -46,14 +46,12 @@
 //! SKIPPED line and exits 0, except under `CI=true`, where it fails. Every
 //! wait is bounded: a stuck run fails instead of hanging.
 
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -66,6 +64,7 @@ use livereplay::{
 };
 use redis::Value;
 
+use redis_server::RedisServer;
 use support::{at_quantile, nanos, nanos_since, per_second, spread, Percentiles, Settings};
 
 type Store = ReplayStore<Vec<u8>>;
@@ -75,191 +74,35 @@ const PAYLOAD_BYTES: usize = 64;
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
-// The server (adapted from tests/support/redis_server.rs: the bench needs
-// its own configuration).
+// The server: the tests' own (tests/support/redis_server.rs), with the
+// bench's configuration.
 
-/// How long a start may take before the run fails.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a SIGTERM gets before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the bench adds to the tests' server configuration: the
+/// append-only file fsynced once a second, stated rather than left to the
+/// server's defaults, and no automatic AOF rewrite (a rewrite forks mid-run
+/// and would land in one repetition's figures at random).
+const BENCH_SERVER_ARGS: &[&str] = &[
+    "--appendfsync",
+    "everysec",
+    "--auto-aof-rewrite-percentage",
+    "0",
+];
 
-/// A `redis-server` owned by this run: stopped (SIGCONT, SIGTERM, then
-/// SIGKILL) and its directory removed on drop, also while a panic unwinds.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    /// Starts a server, or returns `None` (after saying so loudly) when
-    /// `redis-server` is not installed and this is not CI.
-    fn start() -> Option<Self> {
-        let Some(binary) = find_on_path("redis-server") else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "redis-server is not on PATH and CI=true: the Redis bench must run in CI \
-                     (.ci/run installs it with apt-get)"
-                );
-            }
-            println!(
-                "\n==================================================================\n\
-                 SKIPPED: redis-server not found on PATH; the Redis bench did not run.\n\
-                 Install it (apt-get install redis-server) to run it.\n\
-                 ==================================================================\n"
-            );
-            return None;
-        };
-        let dir =
-            std::env::temp_dir().join(format!("livereplay-bench-redis-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the server's temporary directory");
-        let mut last_error = String::new();
-        // The port is free when asked for, but another process may take it
-        // before the server binds it: then the server exits, and a new port
-        // is tried.
-        for _ in 0..10 {
-            let port = free_port();
-            match spawn(&binary, port, &dir) {
-                Ok(child) => {
-                    return Some(Self {
-                        child: Some(child),
-                        port,
-                        dir,
-                    })
-                }
-                Err(e) => last_error = e,
-            }
-        }
-        let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-        let _ = std::fs::remove_dir_all(&dir);
-        panic!("could not start redis-server: {last_error}\n{log}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("the server runs")
-    }
-
-    /// SIGSTOP: connections stay open, nothing is answered until
-    /// [`RedisServer::thaw`].
-    fn freeze(&self) -> Frozen<'_> {
-        signal(self.pid(), "-STOP");
-        Frozen(self)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "-CONT");
-            signal(child.id(), "-TERM");
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            let mut exited = false;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    exited = true;
-                    break;
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
-            if !exited {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A frozen server, thawed (SIGCONT) when dropped, also on a panic.
+/// SIGSTOP until dropped (SIGCONT), also while a panic unwinds:
+/// connections stay open, nothing is answered.
 struct Frozen<'a>(&'a RedisServer);
+
+impl<'a> Frozen<'a> {
+    fn new(server: &'a RedisServer) -> Self {
+        server.freeze();
+        Self(server)
+    }
+}
 
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
-        signal(self.0.pid(), "-CONT");
+        self.0.thaw();
     }
-}
-
-/// Starts `redis-server` and waits for PONG; kills it on failure.
-fn spawn(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
-    let mut child = Command::new(binary)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .arg("--dir")
-        .arg(dir)
-        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-        .args(["--auto-aof-rewrite-percentage", "0"])
-        .args(["--save", "", "--daemonize", "no"])
-        .arg("--logfile")
-        .arg(dir.join("redis.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("redis-server exited at start ({status})"));
-        }
-        if ping(port) {
-            return Ok(child);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("no PONG on port {port} within {READY_TIMEOUT:?}"));
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Whether a server on `port` answers PING with PONG (not `-LOADING`).
-fn ping(port: u16) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
-        return false;
-    }
-    let mut reply = [0u8; 64];
-    match stream.read(&mut reply) {
-        Ok(n) => reply[..n].starts_with(b"+PONG"),
-        Err(_) => false,
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("bind 127.0.0.1:0 for a free port")
-}
-
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 // ---------------------------------------------------------------------------
@@ -1214,7 +1057,7 @@ fn freeze(settings: &Settings, server: &RedisServer, out: &mut Out) {
         for turn in 0..2 {
             // Alternate which condition comes first in a pair.
             let frozen = (turn + pair) % 2 == 1;
-            let guard = frozen.then(|| server.freeze());
+            let guard = frozen.then(|| Frozen::new(server));
             let mut samples = Vec::with_capacity(per_phase);
             let start = Instant::now();
             for i in 0..per_phase {
@@ -1327,13 +1170,13 @@ fn main() {
     if settings.quick {
         println!("redis: quick mode (small sizes; figures are not meaningful)");
     }
-    let Some(server) = RedisServer::start() else {
+    let Some(server) = RedisServer::start_with(BENCH_SERVER_ARGS) else {
         return;
     };
     println!(
         "redis-server on 127.0.0.1:{} (pid {}), appendonly yes, appendfsync everysec, no RDB, no automatic AOF rewrite",
-        server.port,
-        server.pid()
+        server.port(),
+        server.pid().unwrap_or(0)
     );
     let mut out = Out {
         csv: String::from("scenario,design,metric,value\n"),

@@ -30,6 +30,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A running (or deliberately killed) `redis-server` owned by one test.
 pub struct RedisServer {
     binary: PathBuf,
+    /// Configuration beyond the defaults below, kept for restarts.
+    extra_args: &'static [&'static str],
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
@@ -39,11 +41,18 @@ impl RedisServer {
     /// Starts a server, or returns `None` (after saying so loudly) when
     /// `redis-server` is not installed and this is not CI.
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with more configuration: `extra_args` go to
+    /// `redis-server` after the defaults (loopback, a free port, its own
+    /// directory, append-only file on, no RDB snapshots), at every start.
+    pub fn start_with(extra_args: &'static [&'static str]) -> Option<Self> {
         let Some(binary) = find_on_path("redis-server") else {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!(
-                    "redis-server is not on PATH and CI=true: the Redis tests must run in CI \
-                     (.ci/run installs it with apt-get)"
+                    "redis-server is not on PATH and CI=true: the Redis tests and benches \
+                     must run in CI (.ci/run installs it with apt-get)"
                 );
             }
             // Straight to the process's stderr: the test harness captures
@@ -54,7 +63,7 @@ impl RedisServer {
                 let _ = writeln!(
                     std::io::stderr(),
                     "\n==================================================================\n\
-                 SKIPPED: redis-server not found on PATH; the Redis tests did not run.\n\
+                 SKIPPED: redis-server not found on PATH; the Redis tests/bench did not run.\n\
                  Install it (apt-get install redis-server) to run it.\n\
                  ==================================================================\n"
                 );
@@ -68,10 +77,11 @@ impl RedisServer {
         // is tried.
         for _ in 0..10 {
             let port = free_port();
-            match spawn(&binary, port, &dir) {
+            match spawn(&binary, port, &dir, extra_args) {
                 Ok(child) => {
                     return Some(Self {
                         binary,
+                        extra_args,
                         child: Some(child),
                         port,
                         dir,
@@ -137,7 +147,7 @@ impl RedisServer {
         loop {
             // The old socket may linger for a moment, or the port may have
             // been taken meanwhile: retry until the deadline.
-            match spawn(&self.binary, self.port, &self.dir) {
+            match spawn(&self.binary, self.port, &self.dir, self.extra_args) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -182,7 +192,7 @@ impl Drop for RedisServer {
 }
 
 /// Starts `redis-server` and waits for PONG; kills it on failure.
-fn spawn(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
+fn spawn(binary: &Path, port: u16, dir: &Path, extra_args: &[&str]) -> Result<Child, String> {
     let mut child = Command::new(binary)
         .arg("--port")
         .arg(port.to_string())
@@ -198,6 +208,7 @@ fn spawn(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
         .arg("no")
         .arg("--logfile")
         .arg(dir.join("redis.log"))
+        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
