@@ -232,6 +232,12 @@ fn delivery(settings: &Settings, summary: &mut String) {
 
     let channel = BroadcastSession::<u64>::new(CAPACITY);
     let mut channel_receiver = channel.subscribe();
+    // An A/A control: the same design again, on its own channel and
+    // subscriber thread. Its ratio to `broadcast` is how far two identical
+    // designs land apart in one run (thread placement, caches): the
+    // method's resolution for every other ratio here.
+    let control = BroadcastSession::<u64>::new(CAPACITY);
+    let mut control_receiver = control.subscribe();
 
     // The async forms, each polled by a current-thread tokio runtime on its
     // subscriber's thread (the same executor for both): `Subscription` as a
@@ -315,6 +321,13 @@ fn delivery(settings: &Settings, summary: &mut String) {
             }),
             receive: Box::new(move || *timed.next_timeout(WAIT_LIMIT).expect("an event").payload()),
         },
+        DeliveryDesign {
+            name: "broadcast-control",
+            append: Box::new(|sent| {
+                control.append(sent);
+            }),
+            receive: Box::new(move || control_receiver.blocking_recv().expect("an event").payload),
+        },
     ];
     let results: Vec<(&str, Percentiles)> = delivery_latencies(samples, designs)
         .into_iter()
@@ -324,6 +337,8 @@ fn delivery(settings: &Settings, summary: &mut String) {
     print_ratios(&results[3..5]);
     // What the timer costs: a ratio above 1 is the timed wait's extra.
     print_ratios(&[results[0], results[5]]);
+    // The A/A control: identical designs, apart only by their threads.
+    print_ratios(&[results[2], results[6]]);
     summary.push_str(&out.summary);
     support::write_out("delivery_latency.csv", &out.csv);
 }
