@@ -35,10 +35,11 @@ mod support;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use livereplay::{Cursor, ReplayStore, Revision, SessionKey};
+use livereplay::{CoarseClock, Cursor, ReplayStore, Revision, SessionKey};
 
 use baselines::{BroadcastSession, ReferenceStore};
 use support::{nanos_since, Percentiles, Settings};
@@ -80,11 +81,12 @@ struct DeliveryDesign<'a> {
 /// taking turns (so a change in the machine's load hits every design
 /// alike), each after that design's subscriber took the previous one and
 /// had time to park again. Returns each design's append-to-delivery
-/// latencies.
+/// latencies, and how long each of its append calls took (the writer's
+/// side of a wake-up: the append, the wake, and whatever follows it).
 fn delivery_latencies(
     samples: usize,
     designs: Vec<DeliveryDesign<'_>>,
-) -> Vec<(&'static str, Vec<u64>)> {
+) -> Vec<(&'static str, Vec<u64>, Vec<u64>)> {
     let base = Instant::now();
     let delivered: Vec<AtomicUsize> = designs.iter().map(|_| AtomicUsize::new(0)).collect();
     thread::scope(|scope| {
@@ -108,11 +110,17 @@ fn delivery_latencies(
             });
             subscribers.push((name, subscriber));
         }
+        let mut append_calls: Vec<Vec<u64>> = appends
+            .iter()
+            .map(|_| Vec::with_capacity(samples))
+            .collect();
         for count in 1..=samples {
             for turn in 0..appends.len() {
                 let design = (turn + count) % appends.len();
                 thread::sleep(PARK_PAUSE);
+                let called = Instant::now();
                 appends[design](nanos_since(base));
+                append_calls[design].push(called.elapsed().as_nanos() as u64);
                 let waiting_since = Instant::now();
                 while delivered[design].load(Ordering::Acquire) < count {
                     assert!(
@@ -125,7 +133,10 @@ fn delivery_latencies(
         }
         subscribers
             .into_iter()
-            .map(|(name, subscriber)| (name, subscriber.join().expect("subscriber thread")))
+            .zip(append_calls)
+            .map(|((name, subscriber), calls)| {
+                (name, subscriber.join().expect("subscriber thread"), calls)
+            })
             .collect()
     })
 }
@@ -217,13 +228,15 @@ fn delivery(settings: &Settings, summary: &mut String) {
     let samples = settings.size(20_000, 300);
     println!("\n== subscribe-to-delivery latency across threads (subscriber parked; {samples} samples per design, designs taking turns) ==");
     let mut out = Summary::new("design");
-    let key = session_key();
 
     let store = ReplayStore::<u64>::default();
-    let handle = store.session(&key).expect("session");
-    let mut subscription = handle
-        .subscribe_after(&handle.current_cursor())
-        .expect("subscribe");
+    // `CoarseClock`: neither the append nor the subscriber's run reads the
+    // wall clock (one relaxed load each), so ours against ours-coarse is
+    // what the two clock readings on the delivery path cost.
+    let coarse_store = ReplayStore::<u64>::builder()
+        .clock(Arc::new(CoarseClock::default()))
+        .build()
+        .expect("a store");
 
     let reference = ReferenceStore::<u64>::with_defaults();
     let (_, mut reference_receiver) = reference
@@ -242,37 +255,14 @@ fn delivery(settings: &Settings, summary: &mut String) {
     // The async forms, each polled by a current-thread tokio runtime on its
     // subscriber's thread (the same executor for both): `Subscription` as a
     // `Stream`, and a broadcast receiver's `recv().await`.
-    let stream_handle = store.session(&session_key_n(1)).expect("session");
-    let mut stream = stream_handle
-        .subscribe_after(&stream_handle.current_cursor())
-        .expect("subscribe");
-    let stream_runtime = current_thread_runtime();
     let async_channel = BroadcastSession::<u64>::new(CAPACITY);
     let mut async_receiver = async_channel.subscribe();
     let async_runtime = current_thread_runtime();
 
-    // The same blocking wait with a finite timeout: the kernel arms a timer
-    // for every wait (the no-timer form above is what `blocking_recv` does).
-    let timed_handle = store.session(&session_key_n(2)).expect("session");
-    let mut timed = timed_handle
-        .subscribe_after(&timed_handle.current_cursor())
-        .expect("subscribe");
-
     let designs = vec![
-        DeliveryDesign {
-            name: "ours",
-            append: Box::new(|sent| {
-                handle.append(Revision(1), sent).expect("append");
-            }),
-            // No timer, as `blocking_recv`: the writer's wait for the
-            // delivery is bounded by `WAIT_LIMIT` instead.
-            receive: Box::new(move || {
-                *subscription
-                    .next_timeout(Duration::MAX)
-                    .expect("an event")
-                    .payload()
-            }),
-        },
+        // No timer, as `blocking_recv`: the writer's wait for the delivery
+        // is bounded by `WAIT_LIMIT` instead.
+        ours_blocking("ours", &store, 0, Duration::MAX),
         DeliveryDesign {
             name: "reference",
             append: Box::new(|sent| {
@@ -292,16 +282,7 @@ fn delivery(settings: &Settings, summary: &mut String) {
             }),
             receive: Box::new(move || channel_receiver.blocking_recv().expect("an event").payload),
         },
-        DeliveryDesign {
-            name: "ours-stream",
-            append: Box::new(|sent| {
-                stream_handle.append(Revision(1), sent).expect("append");
-            }),
-            receive: Box::new(move || {
-                let next = stream_runtime.block_on(futures_util::StreamExt::next(&mut stream));
-                *next.expect("not ended").expect("an event").payload()
-            }),
-        },
+        ours_stream("ours-stream", &store, 1),
         DeliveryDesign {
             name: "broadcast-async",
             append: Box::new(|sent| {
@@ -314,13 +295,8 @@ fn delivery(settings: &Settings, summary: &mut String) {
                     .payload
             }),
         },
-        DeliveryDesign {
-            name: "ours-timed",
-            append: Box::new(|sent| {
-                timed_handle.append(Revision(1), sent).expect("append");
-            }),
-            receive: Box::new(move || *timed.next_timeout(WAIT_LIMIT).expect("an event").payload()),
-        },
+        // A finite timeout: the kernel arms a timer for every wait.
+        ours_blocking("ours-timed", &store, 2, WAIT_LIMIT),
         DeliveryDesign {
             name: "broadcast-control",
             append: Box::new(|sent| {
@@ -328,10 +304,17 @@ fn delivery(settings: &Settings, summary: &mut String) {
             }),
             receive: Box::new(move || control_receiver.blocking_recv().expect("an event").payload),
         },
+        ours_blocking("ours-coarse", &coarse_store, 0, Duration::MAX),
+        ours_stream("ours-stream-coarse", &coarse_store, 1),
     ];
-    let results: Vec<(&str, Percentiles)> = delivery_latencies(samples, designs)
+    let measured = delivery_latencies(samples, designs);
+    let mut calls = Vec::new();
+    let results: Vec<(&str, Percentiles)> = measured
         .into_iter()
-        .map(|(name, latencies)| (name, out.record("delivery", name, latencies)))
+        .map(|(name, latencies, append_calls)| {
+            calls.push((name, append_calls));
+            (name, out.record("delivery", name, latencies))
+        })
         .collect();
     print_ratios(&results[..3]);
     print_ratios(&results[3..5]);
@@ -339,8 +322,76 @@ fn delivery(settings: &Settings, summary: &mut String) {
     print_ratios(&[results[0], results[5]]);
     // The A/A control: identical designs, apart only by their threads.
     print_ratios(&[results[2], results[6]]);
+    // With `CoarseClock`: broadcast against ours without the clock
+    // readings, blocking and async.
+    print_ratios(&[results[7], results[2]]);
+    print_ratios(&[results[8], results[4]]);
+    // What the default clock's readings cost on the delivery path.
+    print_ratios(&[results[7], results[0]]);
+    print_ratios(&[results[8], results[3]]);
     summary.push_str(&out.summary);
     support::write_out("delivery_latency.csv", &out.csv);
+
+    // The writer's side: the append call that wakes the parked subscriber,
+    // timed from the caller (the wake's system call included).
+    println!("  the append call that wakes the subscriber, as the writer sees it:");
+    let mut writer = Summary::new("design");
+    let calls: Vec<(&str, Percentiles)> = calls
+        .into_iter()
+        .map(|(name, append_calls)| {
+            (
+                name,
+                writer.record("delivery_append_call", name, append_calls),
+            )
+        })
+        .collect();
+    print_ratios(&[calls[0], calls[2]]);
+    print_ratios(&[calls[3], calls[4]]);
+    summary.push_str(&writer.summary);
+}
+
+/// Ours, blocking: a new session of `store` whose subscriber waits in
+/// `next_timeout(wait)`.
+fn ours_blocking(
+    name: &'static str,
+    store: &ReplayStore<u64>,
+    session: usize,
+    wait: Duration,
+) -> DeliveryDesign<'static> {
+    let handle = store.session(&session_key_n(session)).expect("session");
+    let mut subscription = handle
+        .subscribe_after(&handle.current_cursor())
+        .expect("subscribe");
+    DeliveryDesign {
+        name,
+        append: Box::new(move |sent| {
+            handle.append(Revision(1), sent).expect("append");
+        }),
+        receive: Box::new(move || *subscription.next_timeout(wait).expect("an event").payload()),
+    }
+}
+
+/// Ours as a `Stream`, polled by a current-thread tokio runtime of its own.
+fn ours_stream(
+    name: &'static str,
+    store: &ReplayStore<u64>,
+    session: usize,
+) -> DeliveryDesign<'static> {
+    let handle = store.session(&session_key_n(session)).expect("session");
+    let mut stream = handle
+        .subscribe_after(&handle.current_cursor())
+        .expect("subscribe");
+    let runtime = current_thread_runtime();
+    DeliveryDesign {
+        name,
+        append: Box::new(move |sent| {
+            handle.append(Revision(1), sent).expect("append");
+        }),
+        receive: Box::new(move || {
+            let next = runtime.block_on(futures_util::StreamExt::next(&mut stream));
+            *next.expect("not ended").expect("an event").payload()
+        }),
+    }
 }
 
 fn print_ratios(results: &[(&str, Percentiles)]) {
