@@ -4,23 +4,25 @@
 //! and thread-visible cells from here, so that `RUSTFLAGS="--cfg loom"` runs
 //! the crate's real code under loom's model checker.
 //!
-//! Four third-party primitives cannot be seen into by loom; under
+//! Three third-party primitives cannot be seen into by loom; under
 //! `cfg(loom)` each is replaced by a small stand-in that is **linearizable**,
 //! which is the only property of the real type the protocols rely on:
 //!
 //! | real type | stand-in under loom | why the stand-in is faithful |
 //! | --- | --- | --- |
 //! | [`arc_swap::ArcSwapOption`] ([`AtomicArcCell`]) | a loom `AtomicUsize` index (into every value stored, kept alive) loaded and compared-and-swapped with `SeqCst` | `arc-swap` performs its load and compare-and-swap with `SeqCst` accesses to one pointer; the index is that pointer. Unlike a mutex (the first stand-in), a load synchronises only with the store it reads, so a reader's look at an entry gives it no ordering with another reader, as with the real cell |
-//! | [`std::sync::OnceLock`] ([`WriteOnce`]) | a `std::sync::OnceLock` published by a loom `AtomicBool` (release on set, acquire on get) | a slot is set once, by one writer (its position's), with release, and read with acquire, exactly what `OnceLock` does; with a loom atomic as the flag, loom may show a reader a stale "unset", so a missing fence elsewhere is found (a mutex here hid three such mutations) |
 //! | [`crossbeam_queue::SegQueue`] ([`Queue`]) | a `loom::sync::Mutex<VecDeque<_>>` | `SegQueue` is a linearizable MPMC FIFO whose push happens-before the pop that takes the value; a mutex gives exactly that |
 //! | [`dashmap::DashMap`] ([`ShardedMap`]) | a `loom::sync::Mutex<HashMap<_, _>>` | each `DashMap` call runs under its shard's lock, so per key it is linearizable; one global lock is the same behaviour with a coarser shard |
 //!
 //! `event-listener` is not replaced: it supports loom itself (its `loom`
 //! feature is switched on under `cfg(loom)`), so its real code is checked.
+//! Nor is the ring's write-once slot (`ring::slot`): it is the crate's own
+//! code on loom's `AtomicPtr` and `Arc`, with a [`Witness`] that lets loom
+//! check that every read of an event is ordered after its write.
 //! Loom cannot model timeouts, so under loom a timed wait waits without one.
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 // The doorbell's wait list: std's mutex, loom's under `cfg(loom)` (a std
 // primitive loom models itself, not a stand-in).
 #[cfg(loom)]
@@ -31,7 +33,7 @@ pub use std::sync::Arc;
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 #[cfg(loom)]
 pub use loom::sync::Arc;
 
@@ -43,9 +45,9 @@ pub(crate) type HintUsize = std::sync::atomic::AtomicUsize;
 
 pub(crate) use cell::AtomicArcCell;
 pub(crate) use map::ShardedMap;
-pub(crate) use once::WriteOnce;
 pub(crate) use park::{park, thread_waker};
 pub(crate) use queue::Queue;
+pub(crate) use witness::Witness;
 
 /// Waits on an `event-listener` listener for at most `timeout`; returns
 /// whether it was notified.
@@ -68,6 +70,71 @@ pub(crate) fn wait_listener(
     use event_listener::Listener;
     listener.wait();
     true
+}
+
+/// Takes the pointer out of an atomic held exclusively, leaving null, with
+/// no atomic operation (`&mut` is the synchronisation).
+#[inline]
+pub(crate) fn take_ptr<T>(atomic: &mut AtomicPtr<T>) -> *mut T {
+    #[cfg(not(loom))]
+    return std::mem::replace(atomic.get_mut(), std::ptr::null_mut());
+    #[cfg(loom)]
+    return atomic.with_mut(|value| std::mem::replace(value, std::ptr::null_mut()));
+}
+
+#[cfg(not(loom))]
+mod witness {
+    /// Nothing outside loom: see the loom version.
+    pub(crate) struct Witness;
+
+    impl Witness {
+        pub(crate) fn new() -> Self {
+            Self
+        }
+
+        #[inline(always)]
+        pub(crate) fn write(&self) {}
+
+        #[inline(always)]
+        pub(crate) fn read(&self) {}
+
+        #[inline(always)]
+        pub(crate) fn take(&mut self) {}
+    }
+}
+
+#[cfg(loom)]
+#[allow(unsafe_code)]
+mod witness {
+    /// Stands for the data a write-once slot publishes: the writer records
+    /// a write, each reader a read, the owner that empties the slot a
+    /// write, on a loom cell, so loom reports ("causality violation") any
+    /// read or write not ordered after the previous write. The data itself
+    /// (an `Arc`'s allocation) is plain memory loom does not track.
+    pub(crate) struct Witness(loom::cell::UnsafeCell<()>);
+
+    // SAFETY: the cell holds `()` and is never dereferenced: `with` and
+    // `with_mut` only record an access in loom's model, whose state loom
+    // keeps for one running thread at a time.
+    unsafe impl Sync for Witness {}
+
+    impl Witness {
+        pub(crate) fn new() -> Self {
+            Self(loom::cell::UnsafeCell::new(()))
+        }
+
+        pub(crate) fn write(&self) {
+            self.0.with_mut(|_| ());
+        }
+
+        pub(crate) fn read(&self) {
+            self.0.with(|_| ());
+        }
+
+        pub(crate) fn take(&mut self) {
+            self.0.with_mut(|_| ());
+        }
+    }
 }
 
 #[cfg(not(loom))]
@@ -183,96 +250,6 @@ mod cell {
                     Err(actual) => seen = actual,
                 }
             }
-        }
-    }
-}
-
-#[cfg(not(loom))]
-mod once {
-    use std::sync::{Arc, OnceLock};
-
-    /// A slot for one `Arc<E>`, set at most once. Only one thread ever sets
-    /// a given slot, so `OnceLock` never makes anyone wait; readers never
-    /// wait either.
-    pub(crate) struct WriteOnce<E>(OnceLock<Arc<E>>);
-
-    impl<E> WriteOnce<E> {
-        pub(crate) fn new() -> Self {
-            Self(OnceLock::new())
-        }
-
-        /// Sets the value; `false` if it was already set.
-        #[inline]
-        pub(crate) fn set(&self, value: Arc<E>) -> bool {
-            self.0.set(value).is_ok()
-        }
-
-        #[inline]
-        pub(crate) fn get(&self) -> Option<Arc<E>> {
-            self.0.get().cloned()
-        }
-
-        #[inline]
-        pub(crate) fn is_set(&self) -> bool {
-            self.0.get().is_some()
-        }
-
-        /// Empties the slot. `&mut`: only the slot's one owner can.
-        #[inline]
-        pub(crate) fn take(&mut self) -> Option<Arc<E>> {
-            self.0.take()
-        }
-    }
-}
-
-#[cfg(loom)]
-mod once {
-    use std::sync::atomic::Ordering::{Acquire, Release};
-    use std::sync::OnceLock;
-
-    use loom::sync::atomic::AtomicBool;
-    use loom::sync::Arc;
-
-    /// Like `std::sync::OnceLock`: the value is written, then published by
-    /// a release store of the "set" state; readers acquire that state. The
-    /// state is a loom atomic, so loom may show a reader a stale "unset"
-    /// (a mutex would always show the latest value and hide missing fences).
-    pub(crate) struct WriteOnce<E> {
-        published: AtomicBool,
-        value: OnceLock<Arc<E>>,
-    }
-
-    impl<E> WriteOnce<E> {
-        pub(crate) fn new() -> Self {
-            Self {
-                published: AtomicBool::new(false),
-                value: OnceLock::new(),
-            }
-        }
-
-        pub(crate) fn set(&self, value: Arc<E>) -> bool {
-            if self.value.set(value).is_err() {
-                return false;
-            }
-            self.published.store(true, Release);
-            true
-        }
-
-        pub(crate) fn get(&self) -> Option<Arc<E>> {
-            if self.published.load(Acquire) {
-                self.value.get().cloned()
-            } else {
-                None
-            }
-        }
-
-        pub(crate) fn is_set(&self) -> bool {
-            self.published.load(Acquire)
-        }
-
-        pub(crate) fn take(&mut self) -> Option<Arc<E>> {
-            self.published = AtomicBool::new(false);
-            self.value.take()
         }
     }
 }

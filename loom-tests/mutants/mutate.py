@@ -36,6 +36,15 @@ MUTATIONS = {
     "batch-first-to-last": [("src/ring/mod.rs",
         "            .iter()\n            .rev()\n",
         "            .iter()\n")],
+    # Issue 13, fourth round: the write-once slot publishes its event with a
+    # Relaxed store, or a reader loads it Relaxed: the slot's loom witness
+    # reports the read of an event not ordered after its write.
+    "slot-publish-relaxed": [("src/ring/slot.rs",
+        "self.value.store(Arc::into_raw(value).cast_mut(), Release);",
+        "self.value.store(Arc::into_raw(value).cast_mut(), Relaxed);")],
+    "slot-read-relaxed": [("src/ring/slot.rs",
+        "        let value = self.value.load(Acquire);\n        if value.is_null() {\n            return None;",
+        "        let value = self.value.load(Relaxed);\n        if value.is_null() {\n            return None;")],
     # A claim after close is not refused.
     "claim-no-closed-check": [("src/ring/mod.rs",
         "if previous & CLOSED != 0 {",

@@ -69,6 +69,7 @@ mod directory;
 mod doorbell;
 mod recycler;
 mod segment;
+mod slot;
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::task::Waker;

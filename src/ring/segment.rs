@@ -10,8 +10,9 @@
 //! (`&mut`, see [`super::recycler`]) and gives it a new number before it
 //! goes back into the directory, so no reader ever sees a slot change.
 
+use super::slot::WriteOnce;
 use crate::event::Event;
-use crate::sync::{Arc, WriteOnce};
+use crate::sync::Arc;
 
 /// Not aligned to a cache line: the `Arc`'s reference counts share the
 /// line with the number and slot pointer every append reads. A replay reads
