@@ -149,8 +149,9 @@
 //!   memory-only and never block; only catch-up, the durable watermark
 //!   calls, the causal queries and the [`adapters`] read the log.
 
-// One module may use `unsafe`: the ring's write-once slot (`ring::slot`),
-// with a `SAFETY` proof at each use, checked under Miri by `.ci/run`.
+// One module uses `unsafe`: the ring's write-once slot (`ring::slot`),
+// with a `SAFETY` proof at each use, checked under Miri by `.ci/run`. (Loom
+// builds add one more, the `Sync` of the slot's loom witness in `sync`.)
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -2,7 +2,8 @@
 //! the writer that claimed its position, read by anyone, emptied only by
 //! its exclusive owner.
 //!
-//! This is the crate's one module with `unsafe` code. A slot is an
+//! This is the one module of the crate as built with `unsafe` code (a
+//! loom build adds the `Sync` of its witness). A slot is an
 //! [`AtomicPtr`] that is null (empty) or the pointer of an `Arc<E>` made by
 //! [`Arc::into_raw`]; while it is non-null, the slot owns that one strong
 //! reference. Setting a slot is a plain release store; `std::sync::OnceLock`
