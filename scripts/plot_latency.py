@@ -37,6 +37,9 @@ STYLES = {
     ("broadcast",): ("tokio broadcast, blocking_recv", "tab:green", "-"),
     ("ours-stream",): ("livereplay as a Stream", "tab:blue", ":"),
     ("broadcast-async",): ("tokio broadcast, recv().await", "tab:green", ":"),
+    ("broadcast-control",): ("tokio broadcast again (A/A control)", "tab:olive", "-."),
+    ("ours-coarse",): ("livereplay, next_timeout, CoarseClock", "tab:purple", "-"),
+    ("ours-stream-coarse",): ("livereplay as a Stream, CoarseClock", "tab:purple", ":"),
 }
 
 
