@@ -262,7 +262,7 @@ fn delivery(settings: &Settings, summary: &mut String) {
     let designs = vec![
         // No timer, as `blocking_recv`: the writer's wait for the delivery
         // is bounded by `WAIT_LIMIT` instead.
-        ours_blocking("ours", &store, 0, Duration::MAX),
+        ours("ours", &store, 0, OursWait::Blocking(Duration::MAX)),
         DeliveryDesign {
             name: "reference",
             append: Box::new(|sent| {
@@ -282,7 +282,7 @@ fn delivery(settings: &Settings, summary: &mut String) {
             }),
             receive: Box::new(move || channel_receiver.blocking_recv().expect("an event").payload),
         },
-        ours_stream("ours-stream", &store, 1),
+        ours("ours-stream", &store, 1, OursWait::Stream),
         DeliveryDesign {
             name: "broadcast-async",
             append: Box::new(|sent| {
@@ -296,7 +296,7 @@ fn delivery(settings: &Settings, summary: &mut String) {
             }),
         },
         // A finite timeout: the kernel arms a timer for every wait.
-        ours_blocking("ours-timed", &store, 2, WAIT_LIMIT),
+        ours("ours-timed", &store, 2, OursWait::Blocking(WAIT_LIMIT)),
         DeliveryDesign {
             name: "broadcast-control",
             append: Box::new(|sent| {
@@ -304,8 +304,13 @@ fn delivery(settings: &Settings, summary: &mut String) {
             }),
             receive: Box::new(move || control_receiver.blocking_recv().expect("an event").payload),
         },
-        ours_blocking("ours-coarse", &coarse_store, 0, Duration::MAX),
-        ours_stream("ours-stream-coarse", &coarse_store, 1),
+        ours(
+            "ours-coarse",
+            &coarse_store,
+            0,
+            OursWait::Blocking(Duration::MAX),
+        ),
+        ours("ours-stream-coarse", &coarse_store, 1, OursWait::Stream),
     ];
     let measured = delivery_latencies(samples, designs);
     let mut calls = Vec::new();
@@ -350,47 +355,46 @@ fn delivery(settings: &Settings, summary: &mut String) {
     summary.push_str(&writer.summary);
 }
 
-/// Ours, blocking: a new session of `store` whose subscriber waits in
-/// `next_timeout(wait)`.
-fn ours_blocking(
+/// How one of our subscribers waits.
+enum OursWait {
+    /// `next_timeout` with this timeout, on its thread.
+    Blocking(Duration),
+    /// As a `Stream`, polled by a current-thread tokio runtime of its own.
+    Stream,
+}
+
+/// Ours: a new session of `store`, and a subscriber waiting on it as told.
+fn ours(
     name: &'static str,
     store: &ReplayStore<u64>,
     session: usize,
-    wait: Duration,
+    wait: OursWait,
 ) -> DeliveryDesign<'static> {
     let handle = store.session(&session_key_n(session)).expect("session");
     let mut subscription = handle
         .subscribe_after(&handle.current_cursor())
         .expect("subscribe");
+    let receive: Box<dyn FnMut() -> u64 + Send> = match wait {
+        OursWait::Blocking(timeout) => Box::new(move || {
+            *subscription
+                .next_timeout(timeout)
+                .expect("an event")
+                .payload()
+        }),
+        OursWait::Stream => {
+            let runtime = current_thread_runtime();
+            Box::new(move || {
+                let next = runtime.block_on(futures_util::StreamExt::next(&mut subscription));
+                *next.expect("not ended").expect("an event").payload()
+            })
+        }
+    };
     DeliveryDesign {
         name,
         append: Box::new(move |sent| {
             handle.append(Revision(1), sent).expect("append");
         }),
-        receive: Box::new(move || *subscription.next_timeout(wait).expect("an event").payload()),
-    }
-}
-
-/// Ours as a `Stream`, polled by a current-thread tokio runtime of its own.
-fn ours_stream(
-    name: &'static str,
-    store: &ReplayStore<u64>,
-    session: usize,
-) -> DeliveryDesign<'static> {
-    let handle = store.session(&session_key_n(session)).expect("session");
-    let mut stream = handle
-        .subscribe_after(&handle.current_cursor())
-        .expect("subscribe");
-    let runtime = current_thread_runtime();
-    DeliveryDesign {
-        name,
-        append: Box::new(move |sent| {
-            handle.append(Revision(1), sent).expect("append");
-        }),
-        receive: Box::new(move || {
-            let next = runtime.block_on(futures_util::StreamExt::next(&mut stream));
-            *next.expect("not ended").expect("an event").payload()
-        }),
+        receive,
     }
 }
 
