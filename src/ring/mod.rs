@@ -12,7 +12,7 @@
 //!   (the first one 16, so that a small session stays small);
 //!   the directory keeps the segments covering the newest `capacity`
 //!   positions (plus one). The writer of position `p` writes its event into
-//!   `p`'s [slot](slot) of `p`'s segment, which only it ever writes, once
+//!   `p`'s [slot] of `p`'s segment, which only it ever writes, once
 //!   (a release store of a pointer: the crate's one `unsafe` module); if the
 //!   segment is not in the directory yet, the writer installs it by
 //!   compare-and-swap over the exact older segment it saw. If the entry
