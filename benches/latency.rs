@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use livereplay::{CoarseClock, Cursor, ReplayStore, Revision, SessionKey};
+use livereplay::{CoarseClock, Config, Cursor, ReplayStore, Revision, SessionKey, MAX_CAPACITY};
 
 use baselines::{BroadcastSession, ReferenceStore};
 use support::{nanos_since, Percentiles, Settings};
@@ -438,6 +438,17 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
     for i in 0..CAPACITY as u64 {
         reference.append(REFERENCE_ID, 1, i);
     }
+    // The same session in a ring that never laps during the run (the
+    // largest capacity; the run appends at most 2 M events), so no append
+    // frees an event: against `ours`, what lapping costs the writer while
+    // a reader replays. Its tail is not the steady ring's: every segment
+    // is new memory (page faults).
+    let unlapped =
+        ReplayStore::<u64>::new(Config::default().with_capacity(MAX_CAPACITY)).expect("a store");
+    let unlapped_handle = unlapped.session(&key).expect("session");
+    for i in 0..CAPACITY as u64 {
+        unlapped_handle.append(Revision(1), i).expect("append");
+    }
     let mut designs = [
         AppendDesign {
             name: "ours",
@@ -457,6 +468,22 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
             }),
         },
         AppendDesign {
+            name: "ours-unlapped",
+            append: Box::new(|i| {
+                black_box(unlapped_handle.append(Revision(1), i).expect("append"));
+            }),
+            replay: Box::new(|| {
+                let tail = unlapped.current_cursor(&key);
+                let from = Cursor::new(
+                    key.clone(),
+                    tail.incarnation(),
+                    tail.revision(),
+                    tail.position() - REPLAY_WINDOW,
+                );
+                let _ = black_box(unlapped.replay_after_cursor(&from));
+            }),
+        },
+        AppendDesign {
             name: "reference",
             append: Box::new(|i| {
                 black_box(reference.append(REFERENCE_ID, 1, i));
@@ -470,8 +497,9 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
         },
     ];
     // [design][0: no reader, 1: reader replaying]
-    let mut latencies = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
-    let mut reads = [0u64; 2];
+    let mut latencies: Vec<[Vec<u64>; 2]> =
+        designs.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    let mut reads = vec![0u64; designs.len()];
     for round in 0..rounds {
         for turn in 0..designs.len() {
             let index = (turn + round) % designs.len();
@@ -500,7 +528,9 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
             reads[index]
         );
     }
-    for (without, with) in [(0, 2), (1, 3)] {
+    // Reference against ours, each case; then what the reader costs each
+    // of our rings (a ratio above 1 is the slowdown).
+    for (without, with) in [(0, 4), (1, 5), (0, 1), (2, 3)] {
         let (ours_name, ours) = &results[without];
         let (other_name, other) = &results[with];
         println!(

@@ -29,6 +29,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 STYLES = {
     ("ours", "none"): ("livereplay, no reader", "tab:blue", "-"),
     ("ours", "replaying"): ("livereplay, reader replaying", "tab:blue", "--"),
+    ("ours-unlapped", "none"): ("livereplay, ring never lapping, no reader", "tab:gray", "-"),
+    ("ours-unlapped", "replaying"): ("livereplay, ring never lapping, reader replaying", "tab:gray", "--"),
     ("reference", "none"): ("reference (seed 002), no reader", "tab:red", "-"),
     ("reference", "replaying"): ("reference (seed 002), reader replaying", "tab:red", "--"),
     ("ours",): ("livereplay, next_timeout (no timer)", "tab:blue", "-"),
