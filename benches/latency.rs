@@ -420,6 +420,36 @@ struct AppendDesign<'a> {
     replay: Box<dyn Fn() + Sync + 'a>,
 }
 
+/// Ours: `key`'s session in `store`, filled with `CAPACITY` events, and a
+/// reader replaying its last `REPLAY_WINDOW` events by key.
+fn ours_appending<'a>(
+    name: &'static str,
+    store: &'a ReplayStore<u64>,
+    key: &'a SessionKey,
+) -> AppendDesign<'a> {
+    let handle = store.session(key).expect("session");
+    for i in 0..CAPACITY as u64 {
+        handle.append(Revision(1), i).expect("append");
+    }
+    AppendDesign {
+        name,
+        append: Box::new(move |i| {
+            black_box(handle.append(Revision(1), i).expect("append"));
+        }),
+        replay: Box::new(move || {
+            let tail = store.current_cursor(key);
+            let from = Cursor::new(
+                key.clone(),
+                tail.incarnation(),
+                tail.revision(),
+                tail.position() - REPLAY_WINDOW,
+            );
+            // A writer lapping the reader mid-replay is a gap: still a read.
+            let _ = black_box(store.replay_after_cursor(&from));
+        }),
+    }
+}
+
 fn append_under_reader(settings: &Settings, summary: &mut String) {
     let samples = settings.size(1_000_000, 20_000);
     let rounds = settings.size(10, 2);
@@ -430,10 +460,6 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
     let key = session_key();
 
     let store = ReplayStore::<u64>::default();
-    let handle = store.session(&key).expect("session");
-    for i in 0..CAPACITY as u64 {
-        handle.append(Revision(1), i).expect("append");
-    }
     let reference = ReferenceStore::<u64>::with_defaults();
     for i in 0..CAPACITY as u64 {
         reference.append(REFERENCE_ID, 1, i);
@@ -445,44 +471,9 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
     // is new memory (page faults).
     let unlapped =
         ReplayStore::<u64>::new(Config::default().with_capacity(MAX_CAPACITY)).expect("a store");
-    let unlapped_handle = unlapped.session(&key).expect("session");
-    for i in 0..CAPACITY as u64 {
-        unlapped_handle.append(Revision(1), i).expect("append");
-    }
     let mut designs = [
-        AppendDesign {
-            name: "ours",
-            append: Box::new(|i| {
-                black_box(handle.append(Revision(1), i).expect("append"));
-            }),
-            replay: Box::new(|| {
-                let tail = store.current_cursor(&key);
-                let from = Cursor::new(
-                    key.clone(),
-                    tail.incarnation(),
-                    tail.revision(),
-                    tail.position() - REPLAY_WINDOW,
-                );
-                // A writer lapping the reader mid-replay is a gap: still a read.
-                let _ = black_box(store.replay_after_cursor(&from));
-            }),
-        },
-        AppendDesign {
-            name: "ours-unlapped",
-            append: Box::new(|i| {
-                black_box(unlapped_handle.append(Revision(1), i).expect("append"));
-            }),
-            replay: Box::new(|| {
-                let tail = unlapped.current_cursor(&key);
-                let from = Cursor::new(
-                    key.clone(),
-                    tail.incarnation(),
-                    tail.revision(),
-                    tail.position() - REPLAY_WINDOW,
-                );
-                let _ = black_box(unlapped.replay_after_cursor(&from));
-            }),
-        },
+        ours_appending("ours", &store, &key),
+        ours_appending("ours-unlapped", &unlapped, &key),
         AppendDesign {
             name: "reference",
             append: Box::new(|i| {
