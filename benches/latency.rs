@@ -6,11 +6,15 @@
 //!   it was appended; a subscriber blocked on another thread receives it and
 //!   records how long it took. The writer waits for each delivery, then
 //!   pauses so the subscriber is parked again: every sample is a wake-up of
-//!   a waiting subscriber, as with a token stream.
+//!   a waiting subscriber, as with a token stream. Our two waits also run
+//!   with `CoarseClock` (no clock reading on the delivery path), and each
+//!   append call that wakes a subscriber is timed from the writer's side.
 //! * **Append tail latency while a reader replays**: a writer appends back
 //!   to back, timing each append, while another thread replays the same
 //!   session's last 1024 events in a loop (a host reconnecting over and
-//!   over); and the same without the reader, for comparison.
+//!   over); and the same without the reader, for comparison. Ours runs
+//!   twice: in the steady ring, and in a ring that never laps during the
+//!   run (no append frees an event), which isolates what the lapping costs.
 //!
 //! The machine these run on is shared and its load drifts, so designs take
 //! turns: delivery samples alternate between designs one by one, append

@@ -15,9 +15,12 @@
 //! * `arc_clone_drop`: an `Arc` clone and its drop (the slot's own
 //!   reference to the event, and the caller's);
 //! * `once_lock_set`: `OnceLock::set` of an `Arc` clone into a fresh slot
-//!   (the write-once slot), with that clone's drop when the slots are reset
-//!   every 2048 sets, as a lapped ring frees them: subtract
-//!   `arc_clone_drop` for the set alone;
+//!   (the write-once slot until issue 13's fourth round), with that clone's
+//!   drop when the slots are reset every 2048 sets, as a lapped ring frees
+//!   them: subtract `arc_clone_drop` for the set alone;
+//! * `release_store`: a relaxed load and a release store of a pointer (the
+//!   write-once slot since then, `ring::slot`, without the `Arc` clone it
+//!   stores);
 //! * `arc_swap_load`: an `arc-swap` load and its guard's drop (the
 //!   directory's entry);
 //! * `try_lock_unlock`: an uncontended `Mutex::try_lock` and unlock (the
@@ -28,7 +31,7 @@
 mod baselines;
 
 use std::hint::black_box;
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwapOption;
@@ -83,6 +86,20 @@ fn pieces(c: &mut Criterion) {
             let stored = slots[next].set(Arc::clone(&event)).is_ok();
             next += 1;
             stored
+        })
+    });
+
+    // The slot's set: a pointer that stays valid (the bench's own event),
+    // stored where the check found null, as `WriteOnce::set` does.
+    let stored = AtomicPtr::new(std::ptr::null_mut::<u64>());
+    let pointer = Arc::as_ptr(&event).cast_mut();
+    group.bench_function("release_store", |b| {
+        b.iter(|| {
+            // Relaxed then Release, as the slot: one writer per slot.
+            let was_empty = stored.load(Ordering::Relaxed).is_null();
+            stored.store(black_box(pointer), Ordering::Release);
+            stored.store(std::ptr::null_mut(), Ordering::Relaxed);
+            was_empty
         })
     });
 

@@ -35,8 +35,9 @@
 //! Under `cfg(loom)` the same code runs on loom's `AtomicPtr` and `Arc`,
 //! and a [`Witness`] records the write of the event and each read of it, so
 //! loom reports a read that the `Release`/`Acquire` pair does not order
-//! after the write (a weakened ordering fails every model that reads an
-//! event written on another thread; `loom-tests/README.md`).
+//! after the write (a weakened ordering fails the models in which a reader
+//! takes an event written on another thread with no other synchronisation
+//! between them; `loom-tests/README.md` lists them).
 
 #![allow(unsafe_code)]
 
