@@ -51,7 +51,9 @@
 //!   lazily, a segment at a time (the first one short, for small
 //!   sessions), up to the capacity; a full ring reuses the segments that
 //!   leave its window and frees their events a few per append, so no
-//!   append pays for a whole segment; replay costs what it returns.
+//!   append pays for a whole segment; replay costs what it returns, and
+//!   [`ReplayStore::replay_with`] lends the events in place instead (no
+//!   reference counted, no vector).
 //! * **Nothing accepted is silently lost**: an append that returned `Ok` is
 //!   replayable, or reported to whoever asks for it as a gap.
 //! * **Subscriptions** yield every event after their cursor exactly once,
@@ -193,6 +195,7 @@ pub use crate::event::{Event, Timestamp};
 pub use crate::key::{IdPart, KeyError, SessionKey, MAX_ID_LEN};
 pub use crate::links::{EventRef, LinkError, Links, MAX_LINK_LEN};
 pub use crate::persist::DurableOptions;
+pub use crate::ring::LentEvents;
 pub use crate::session::SessionHandle;
 pub use crate::store::{
     DurableError, DurableProgress, DurableStats, ReplayStore, Stats, StoreBuilder,

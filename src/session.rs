@@ -34,7 +34,7 @@ use crate::error::{Error, Gap, GapReason, Refusal};
 use crate::event::{Event, Timestamp};
 use crate::key::SessionKey;
 use crate::links::Links;
-use crate::ring::{Read, Ring};
+use crate::ring::{LentEvents, Read, Ring};
 use crate::subscription::Subscription;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize};
 
@@ -227,11 +227,12 @@ pub(crate) struct Session<T> {
 }
 
 /// How a read after a cursor starts, once the cursor is checked.
-pub(crate) enum Resume<T> {
+pub(crate) enum Resume {
     /// Nothing after the cursor yet.
     AtTail,
-    /// Events after the cursor up to `tail`; the first one is `first`.
-    From { first: Arc<Event<T>>, tail: u64 },
+    /// Events after the cursor up to `tail`; the first one had not aged
+    /// out when it was checked.
+    From { tail: u64 },
 }
 
 impl<T> Session<T> {
@@ -436,7 +437,7 @@ impl<T> Session<T> {
 
     /// Checks `cursor` (already scoped to this session's key) against the
     /// gap table and finds the first event after it.
-    pub(crate) fn resume(&self, cursor: &Cursor) -> Result<Resume<T>, Gap> {
+    pub(crate) fn resume(&self, cursor: &Cursor) -> Result<Resume, Gap> {
         let after = cursor.position();
         if after > 0 {
             match cursor.incarnation() {
@@ -457,7 +458,7 @@ impl<T> Session<T> {
 
     /// [`Session::resume`] by position alone (the cursor's life is known to
     /// lead to this session's positions).
-    pub(crate) fn resume_at(&self, cursor: &Cursor) -> Result<Resume<T>, Gap> {
+    pub(crate) fn resume_at(&self, cursor: &Cursor) -> Result<Resume, Gap> {
         let after = cursor.position();
         let tail = self.ring.published_tail();
         if after > tail {
@@ -467,12 +468,15 @@ impl<T> Session<T> {
             return Ok(Resume::AtTail);
         }
         let now = self.shared.now();
-        if tail - after <= self.ring.capacity() {
-            if let Read::Event(first) = self.ring.read(after + 1) {
-                if !self.shared.is_expired(&first, now) {
-                    return Ok(Resume::From { first, tail });
-                }
-            }
+        // The first event is only looked at, not counted: a replay that
+        // lends the events must not write to their lines.
+        let first_is_live = tail - after <= self.ring.capacity()
+            && self
+                .ring
+                .with_event(after + 1, |first| !self.shared.is_expired(first, now))
+                .unwrap_or(false);
+        if first_is_live {
+            return Ok(Resume::From { tail });
         }
         let missed = self
             .first_retained(after + 1, tail, now)
@@ -498,23 +502,43 @@ impl<T> Session<T> {
 
     /// Every event after `cursor`, or the gap that prevents it.
     pub(crate) fn replay_after(&self, cursor: &Cursor) -> Result<Vec<Arc<Event<T>>>, Gap> {
-        let (first, tail) = match self.resume(cursor)? {
+        let tail = match self.resume(cursor)? {
             Resume::AtTail => return Ok(Vec::new()),
-            Resume::From { first, tail } => (first, tail),
+            Resume::From { tail } => tail,
         };
-        let mut events = Vec::with_capacity((tail - first.position + 1) as usize);
-        let from = first.position + 1;
-        events.push(first);
-        if from <= tail && self.ring.read_range(from, tail, &mut events).is_err() {
-            // Trimmed while we read: the run from the cursor can no longer
-            // be served whole.
-            let from = cursor.position() + 1;
-            let missed = self
-                .first_retained(from, tail, self.shared.now())
-                .saturating_sub(from);
-            return Err(self.gap(GapReason::Trimmed, cursor, Some(missed)));
+        let from = cursor.position() + 1;
+        let mut events = Vec::with_capacity((tail - from + 1) as usize);
+        match self.ring.read_range(from, tail, &mut events) {
+            Ok(()) => Ok(events),
+            Err(_) => Err(self.trimmed_while_read(cursor, tail)),
         }
-        Ok(events)
+    }
+
+    /// [`Session::replay_after`], lending the events to `lend` in place
+    /// (see `ring::lend`): the same events and the same gaps, and `lend`
+    /// runs only if there is no gap.
+    pub(crate) fn lend_after<R>(
+        &self,
+        cursor: &Cursor,
+        lend: impl FnOnce(LentEvents<'_, T>) -> R,
+    ) -> Result<R, Gap> {
+        let tail = match self.resume(cursor)? {
+            Resume::AtTail => return Ok(lend(LentEvents::empty())),
+            Resume::From { tail } => tail,
+        };
+        self.ring
+            .lend_range(cursor.position() + 1, tail, lend)
+            .map_err(|_| self.trimmed_while_read(cursor, tail))
+    }
+
+    /// The gap of a replay whose run was trimmed while it read: the run
+    /// from the cursor can no longer be served whole.
+    fn trimmed_while_read(&self, cursor: &Cursor, tail: u64) -> Gap {
+        let from = cursor.position() + 1;
+        let missed = self
+            .first_retained(from, tail, self.shared.now())
+            .saturating_sub(from);
+        self.gap(GapReason::Trimmed, cursor, Some(missed))
     }
 
     /// Reads position `next` for a subscription: the event, nothing yet, or
@@ -790,6 +814,36 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
     pub fn replay_after(&self, cursor: &Cursor) -> Result<Vec<Arc<Event<T>>>, Error> {
         cursor.check_key(self.key())?;
         Ok(self.session.replay_after(cursor)?)
+    }
+
+    /// The events after `cursor` (which must be for this session), lent
+    /// to `read` in place instead of returned: the same events and the
+    /// same gaps as [`replay_after`](Self::replay_after), with no
+    /// reference counted per event. See
+    /// [`ReplayStore::replay_with`](crate::ReplayStore::replay_with).
+    ///
+    /// ```
+    /// use livereplay::{Cursor, ReplayStore, Revision, SessionKey};
+    ///
+    /// let store = ReplayStore::<String>::default();
+    /// let handle = store.session(&SessionKey::new("tenant", "chat")?)?;
+    /// for word in ["lent", "not", "cloned"] {
+    ///     handle.append(Revision(1), word.to_owned())?;
+    /// }
+    /// let start = Cursor::start(handle.key().clone());
+    /// let line = handle.replay_with(&start, |events| {
+    ///     events.map(|event| event.payload().as_str()).collect::<Vec<_>>().join(" ")
+    /// })?;
+    /// assert_eq!(line, "lent not cloned");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn replay_with<R>(
+        &self,
+        cursor: &Cursor,
+        read: impl FnOnce(LentEvents<'_, T>) -> R,
+    ) -> Result<R, Error> {
+        cursor.check_key(self.key())?;
+        Ok(self.session.lend_after(cursor, read)?)
     }
 
     /// Subscribes after `cursor`, which must be for this session.

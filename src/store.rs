@@ -32,6 +32,7 @@ use crate::links::EventRef;
 use crate::links::Links;
 use crate::map::{Found, SessionMap};
 use crate::persist::{restore_identity, DurableOptions, Persistence};
+use crate::ring::LentEvents;
 #[cfg(feature = "dag")]
 use crate::ring::Read;
 use crate::session::{Held, Session, SessionHandle, Shared, Weigher};
@@ -357,6 +358,63 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         match found {
             Some(result) => Ok(result?),
             None if cursor.position() == 0 => Ok(Vec::new()),
+            None => Err(self.unknown_session_gap(cursor)),
+        }
+    }
+
+    /// The events after `cursor`, lent to `read` in place instead of
+    /// returned: the same events, in the same order, with the same gaps as
+    /// [`replay_after_cursor`](Self::replay_after_cursor), and `read` runs
+    /// only when there is no gap (with no events for a cursor at the tail).
+    ///
+    /// A replay that returns events counts a reference to each (an atomic
+    /// write to the event) and the caller drops it later (another). Lending
+    /// writes nothing to the events: a host that encodes the events it
+    /// sends, or keeps a few of them (`Arc::new(event.clone())`, or the
+    /// bytes), pays for what it keeps only. It matters most while another
+    /// thread appends to the same session, whose appends free the oldest
+    /// events: an event a replay wrote to must be fetched back from the
+    /// replaying core (BENCHMARKS.md, "lending replay").
+    ///
+    /// While `read` runs, the segments it reads from stay allocated, even
+    /// if writers lap them: keep it short (encode, copy, send to a
+    /// buffer), not a wait on a socket. It runs on the calling thread,
+    /// outside the session map's lock, and may call back into the store.
+    ///
+    /// ```
+    /// use livereplay::{Cursor, ReplayStore, Revision, SessionKey};
+    ///
+    /// let store = ReplayStore::<u64>::default();
+    /// let key = SessionKey::new("tenant", "counter")?;
+    /// for n in 1..=10 {
+    ///     store.append(&key, Revision(1), n)?;
+    /// }
+    /// let after_three = Cursor::new(key.clone(), None, Revision(1), 3);
+    /// let (count, sum) = store.replay_with(&after_three, |events| {
+    ///     (events.len(), events.map(|event| *event.payload()).sum::<u64>())
+    /// })?;
+    /// assert_eq!((count, sum), (7, (4..=10).sum()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn replay_with<R>(
+        &self,
+        cursor: &Cursor,
+        read: impl FnOnce(LentEvents<'_, T>) -> R,
+    ) -> Result<R, Error> {
+        // The session leaves the map's lock held (so no eviction can free
+        // it), and `read` runs outside the lock.
+        let found = self.sessions.with_found(cursor.key(), |found| match found {
+            Found::Resident(session) => Ok(Some(Held::new(session))),
+            Found::Dormant(tombstone) => tombstone
+                .answer(cursor)
+                .map(|()| None)
+                .inspect_err(|gap| self.shared.counters.count_gap(gap.reason)),
+        });
+        match found {
+            Some(Ok(Some(session))) => Ok(session.lend_after(cursor, read)?),
+            Some(Ok(None)) => Ok(read(LentEvents::empty())),
+            Some(Err(gap)) => Err(gap.into()),
+            None if cursor.position() == 0 => Ok(read(LentEvents::empty())),
             None => Err(self.unknown_session_gap(cursor)),
         }
     }

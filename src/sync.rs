@@ -43,7 +43,7 @@ pub use loom::sync::Arc;
 /// would only multiply interleavings on a value no outcome depends on.
 pub(crate) type HintUsize = std::sync::atomic::AtomicUsize;
 
-pub(crate) use cell::AtomicArcCell;
+pub(crate) use cell::{AtomicArcCell, Loaded};
 pub(crate) use map::ShardedMap;
 pub(crate) use park::{park, thread_waker};
 pub(crate) use queue::Queue;
@@ -161,6 +161,14 @@ mod cell {
             f(guard.as_ref())
         }
 
+        /// The current value, held without touching its reference count
+        /// while the [`Loaded`] lives (arc-swap's guard; a thread holding
+        /// more than a few at once gets counted references for the rest).
+        #[inline]
+        pub(crate) fn load(&self) -> Loaded<E> {
+            Loaded(self.0.load())
+        }
+
         /// Replaces the value with `new` if it is still exactly `current`
         /// (pointer identity). `Some(displaced)` if it did, `None` if the
         /// value had changed. The displaced value is handed back so the
@@ -175,6 +183,17 @@ mod cell {
             let previous = self.0.compare_and_swap(current_ptr, new);
             let previous_ptr = previous.as_ref().map_or(std::ptr::null(), Arc::as_ptr);
             (previous_ptr == current_ptr).then(|| arc_swap::Guard::into_inner(previous))
+        }
+    }
+
+    /// A value of an [`AtomicArcCell`] as it was loaded, kept alive (not
+    /// freed, whatever the cell holds meanwhile) until this is dropped.
+    pub(crate) struct Loaded<E>(arc_swap::Guard<Option<Arc<E>>>);
+
+    impl<E> Loaded<E> {
+        #[inline]
+        pub(crate) fn get(&self) -> Option<&Arc<E>> {
+            self.0.as_ref()
         }
     }
 }
@@ -213,8 +232,11 @@ mod cell {
         }
 
         pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<E>>) -> R) -> R {
-            let current = self.value(self.current.load(SeqCst));
-            f(current.as_ref())
+            f(self.load().get())
+        }
+
+        pub(crate) fn load(&self) -> Loaded<E> {
+            Loaded(self.value(self.current.load(SeqCst)))
         }
 
         pub(crate) fn compare_and_set(
@@ -250,6 +272,16 @@ mod cell {
                     Err(actual) => seen = actual,
                 }
             }
+        }
+    }
+
+    /// A loaded value, kept alive by its own reference (the values list
+    /// keeps it alive anyway, as arc-swap's guard does).
+    pub(crate) struct Loaded<E>(Option<Arc<E>>);
+
+    impl<E> Loaded<E> {
+        pub(crate) fn get(&self) -> Option<&Arc<E>> {
+            self.0.as_ref()
         }
     }
 }

@@ -35,7 +35,7 @@
 use super::recycler::Recycler;
 use super::segment::Segment;
 use crate::event::Event;
-use crate::sync::{Arc, AtomicArcCell};
+use crate::sync::{Arc, AtomicArcCell, Loaded};
 
 /// Positions per segment at most: 64 slots of 16 bytes.
 pub(crate) const MAX_SEGMENT_LEN: usize = 64;
@@ -151,6 +151,14 @@ impl<T> Directory<T> {
             Some(segment) if segment.number() == place.segment => Ok(f(segment)),
             _ => Err(classify(held, place)),
         })
+    }
+
+    /// What the place's entry holds now, kept alive while the returned
+    /// [`Loaded`] lives, without taking a reference to it (for a reader
+    /// that lends what it read; see `ring::lend`).
+    #[inline]
+    pub(crate) fn load(&self, place: Place) -> Loaded<Segment<T>> {
+        self.entries[place.entry].load()
     }
 
     /// The place's segment, with a reference taken (for a reader that

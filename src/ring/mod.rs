@@ -28,7 +28,9 @@
 //! * **Read.** A reader asking for `p <= P` finds `p`'s segment: the event
 //!   in its slot is returned; a later segment in the entry means `p` was
 //!   lapped (trimmed); an earlier or empty entry means `p` was freed by a
-//!   trim (the floor is at or past `p`) or is not published yet.
+//!   trim (the floor is at or past `p`) or is not published yet. A replay
+//!   either counts a reference to each event it returns, or [lends](lend)
+//!   them in place while it holds their segments.
 //! * **Capacity.** `p` is readable only while `p > P - capacity`; the
 //!   directory keeps one segment more than that, so nothing in the window is
 //!   ever freed early.
@@ -68,6 +70,7 @@
 
 mod directory;
 mod doorbell;
+mod lend;
 mod recycler;
 mod segment;
 mod slot;
@@ -78,6 +81,7 @@ use std::task::Waker;
 use self::directory::{Directory, Lookup};
 use self::doorbell::Doorbell;
 pub(crate) use self::doorbell::Ticket;
+pub use self::lend::LentEvents;
 pub(crate) use self::segment::Segment;
 use crate::cursor::Revision;
 use crate::event::Event;
@@ -315,6 +319,26 @@ impl<T> Ring<T> {
         }
     }
 
+    /// [`Ring::read`] lending the event to `f` instead of counting a
+    /// reference to it, for a caller that knows `position` is within the
+    /// capacity of a tail it read: `None` unless the position's event is
+    /// above the floor and still in the directory.
+    ///
+    /// It does not check the capacity window itself, because that reads
+    /// `claimed`, the line every append writes: a replay's reader would
+    /// take it from the writer twice per replay.
+    #[inline]
+    pub(crate) fn with_event<R>(&self, position: u64, f: impl FnOnce(&Event<T>) -> R) -> Option<R> {
+        if position <= self.floor() {
+            return None;
+        }
+        let place = self.directory.place(position);
+        self.directory
+            .with_current(place, |segment| segment.peek(place.offset).map(f))
+            .ok()
+            .flatten()
+    }
+
     /// [`Ring::read`] for a reader going forward one position at a time
     /// (a subscription): it keeps the segment it reads from in `held`, so
     /// that reading the next position of the same segment costs no
@@ -461,11 +485,11 @@ impl<T> Ring<T> {
         if position == 0 {
             return Revision::default();
         }
-        match self.read(position) {
-            Read::Event(event) => event.revision,
+        // Looked at, not counted: every cursor at the tail reads the newest
+        // event, which its writer may still be touching.
+        self.with_event(position, |event| event.revision)
             // Relaxed: informational only.
-            _ => Revision(self.floor_revision.load(Relaxed)),
-        }
+            .unwrap_or_else(|| Revision(self.floor_revision.load(Relaxed)))
     }
 
     /// Closes the ring: later claims are refused; subscribers are woken.

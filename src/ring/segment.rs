@@ -53,6 +53,13 @@ impl<T> Segment<T> {
         self.slots[offset].get()
     }
 
+    /// The event at `offset`, if it is published, lent for as long as the
+    /// segment is borrowed (no reference taken).
+    #[inline]
+    pub(crate) fn peek(&self, offset: usize) -> Option<&Event<T>> {
+        self.slots.get(offset)?.peek()
+    }
+
     /// Whether the event at `offset` is published (no reference taken).
     #[inline]
     pub(crate) fn is_published(&self, offset: usize) -> bool {

@@ -101,6 +101,30 @@ impl<E> WriteOnce<E> {
         }
     }
 
+    /// The value, if set, borrowed for as long as the slot is: no
+    /// reference count is touched, so a reader that only looks at the
+    /// value leaves its cache line shared with the writer instead of
+    /// writing to it (see `ring::lend`).
+    #[inline]
+    pub(crate) fn peek(&self) -> Option<&E> {
+        // Acquire: pairs with `set`'s Release (invariant 3).
+        let value = self.value.load(Acquire);
+        if value.is_null() {
+            return None;
+        }
+        self.witness.read();
+        // SAFETY: `value` came from `Arc::into_raw`, so it points to the
+        // live `E` of an `Arc` allocation, and the slot holds one strong
+        // reference to it (invariant 1). That reference is released only
+        // through `&mut self` (invariant 2), which cannot exist while the
+        // returned borrow, tied to `&self`, does: the `E` outlives the
+        // borrow. Nobody can have it mutably meanwhile: an `Arc` lends
+        // `&mut E` only to the holder of its one reference (`get_mut`), and
+        // while the slot holds one, any other holder sees a count of at
+        // least two.
+        Some(unsafe { &*value })
+    }
+
     /// Whether the value is set (no reference taken).
     #[inline]
     pub(crate) fn is_set(&self) -> bool {
@@ -174,6 +198,18 @@ mod tests {
         assert_eq!(Arc::strong_count(&event), 1);
     }
 
+    #[test]
+    fn a_peek_lends_the_value_without_counting_a_reference() {
+        let slot = WriteOnce::new();
+        assert!(slot.peek().is_none());
+        let event = Arc::new(String::from("lent"));
+        slot.set(Arc::clone(&event));
+        let lent = slot.peek().expect("set");
+        assert!(std::ptr::eq(lent, &*event), "the value itself, not a copy");
+        assert_eq!(Arc::strong_count(&event), 2, "the slot's and ours only");
+        assert_eq!(lent, "lent");
+    }
+
     /// Readers racing the one writer see nothing or the whole value; under
     /// Miri (`.ci/run`) this also checks the accesses for data races.
     #[test]
@@ -183,7 +219,9 @@ mod tests {
             let readers: Vec<_> = (0..2)
                 .map(|_| {
                     scope.spawn(|| loop {
-                        if let Some(value) = slot.get() {
+                        if let Some(lent) = slot.peek() {
+                            assert_eq!(*lent, [7_u64; 4]);
+                            let value = slot.get().expect("set for good");
                             assert_eq!(*value, [7_u64; 4]);
                             return;
                         }
