@@ -72,6 +72,10 @@ enum Op {
         pick: usize,
         scope: Option<usize>,
     },
+    /// `ReplayObserved` through `replay_with`: the events lent in place.
+    ReplayLent {
+        pick: usize,
+    },
     ReplayForged {
         key: usize,
         incarnation: ForgedIncarnation,
@@ -124,6 +128,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(|pick| Op::DropHandle { pick }),
         5 => (any::<usize>(), proptest::option::of(key.clone()))
             .prop_map(|(pick, scope)| Op::ReplayObserved { pick, scope }),
+        3 => any::<usize>().prop_map(|pick| Op::ReplayLent { pick }),
         2 => (key.clone(), incarnation, position.clone())
             .prop_map(|(key, incarnation, position)| Op::ReplayForged { key, incarnation, position }),
         3 => (key.clone(), position.clone())
@@ -219,6 +224,10 @@ struct EventView {
 }
 
 fn view(event: &Arc<Event<u64>>) -> EventView {
+    lent_view(event)
+}
+
+fn lent_view(event: &Event<u64>) -> EventView {
     EventView {
         key: event.key().clone(),
         incarnation: event.incarnation(),
@@ -956,6 +965,18 @@ fn run_case(params: Params, ops: Vec<Op>) {
                     None => model.replay(&cursor),
                 };
                 assert_eq!(got.map(|e| views(&e)), expected, "{at}: from {cursor:?}");
+            }
+            Op::ReplayLent { pick } => {
+                let cursor = pool.pick(pick);
+                let got = store.replay_with(&cursor, |events| {
+                    let len = events.len();
+                    let lent: Vec<_> = events.map(lent_view).collect();
+                    assert_eq!(lent.len(), len, "{at}: the length a loan announces");
+                    lent
+                });
+                let expected = model.replay(&cursor);
+                pool.add_result(&got, |_| Vec::new());
+                assert_eq!(got, expected, "{at}: lent from {cursor:?}");
             }
             Op::ReplayForged {
                 key,
