@@ -43,8 +43,21 @@ MUTATIONS = {
         "self.value.store(Arc::into_raw(value).cast_mut(), Release);",
         "self.value.store(Arc::into_raw(value).cast_mut(), Relaxed);")],
     "slot-read-relaxed": [("src/ring/slot.rs",
-        "        let value = self.value.load(Acquire);\n        if value.is_null() {\n            return None;",
-        "        let value = self.value.load(Relaxed);\n        if value.is_null() {\n            return None;")],
+        "    pub(crate) fn get(&self) -> Option<Arc<E>> {\n        // Acquire: pairs with `set`'s Release (invariant 3).\n        let value = self.value.load(Acquire);",
+        "    pub(crate) fn get(&self) -> Option<Arc<E>> {\n        let value = self.value.load(Relaxed);")],
+    # Issue 13, fifth round: the lending read (`peek`) loads the slot
+    # Relaxed; a loan lends a segment without checking it is the place's
+    # own (a newer one, after a lap, or an older one put back); a loan is
+    # made without re-checking the floor after the read.
+    "slot-peek-relaxed": [("src/ring/slot.rs",
+        "    pub(crate) fn peek(&self) -> Option<&E> {\n        // Acquire: pairs with `set`'s Release (invariant 3).\n        let value = self.value.load(Acquire);",
+        "    pub(crate) fn peek(&self) -> Option<&E> {\n        let value = self.value.load(Relaxed);")],
+    "lend-any-segment": [("src/ring/lend.rs",
+        "                Some(segment) if segment.number() == place.segment => {\n",
+        "                Some(segment) => {\n")],
+    "lend-no-floor-recheck": [("src/ring/lend.rs",
+        "        if from <= self.floor().min(to) {\n            // A trim raised the floor into what we read: not servable whole.\n            return Err(from);\n        }\n        Ok(lend(",
+        "        Ok(lend(")],
     # A claim after close is not refused.
     "claim-no-closed-check": [("src/ring/mod.rs",
         "if previous & CLOSED != 0 {",

@@ -175,6 +175,75 @@ fn lapping_writers_keep_the_newest_event() {
     });
 }
 
+/// Model 2c: model 2a's race, with the replay lending the events in place
+/// (`replay_with`) instead of returning them. The loan is event 2 itself
+/// or nothing, or a `Trimmed` gap, and never runs its closure for a gap;
+/// each lent event reads as its writer wrote it (the slot's loom witness
+/// checks that every lending read is ordered after the write).
+#[test]
+fn a_lending_replay_races_lapping_writers() {
+    check("a_lending_replay_races_lapping_writers", || {
+        let store = Arc::new(store(1));
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let first = handle.append(Revision(1), 1).unwrap();
+        let once = thread::spawn(move || vec![handle.append(Revision(1), 100).unwrap()]);
+        let twice = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || {
+                let a = store.append(&key, Revision(2), 200).unwrap();
+                let b = store.append(&key, Revision(2), 201).unwrap();
+                vec![a, b]
+            })
+        };
+
+        let lent = store.replay_with(&first.cursor(), |events| {
+            let announced = events.len();
+            let lent: Vec<_> = events
+                .map(|event| {
+                    (
+                        event as *const Event<u64>,
+                        event.position(),
+                        *event.payload(),
+                    )
+                })
+                .collect();
+            assert_eq!(lent.len(), announced, "a loan's length is exact");
+            lent
+        });
+
+        let mut appended = once.join().unwrap();
+        appended.extend(twice.join().unwrap());
+        appended.sort_by_key(|event| event.position());
+        assert_eq!(positions(&appended), [2, 3, 4]);
+        match lent {
+            Ok(lent) if lent.is_empty() => tally("lent nothing"),
+            Ok(lent) => {
+                tally("lent event 2");
+                assert_eq!(lent.len(), 1, "capacity 1 holds one event");
+                let (lent, position, payload) = lent[0];
+                let two = &appended[0];
+                assert!(std::ptr::eq(lent, Arc::as_ptr(two)), "the run after 1 is 2");
+                assert_eq!((position, payload), (2, *two.payload()));
+            }
+            Err(error) => {
+                tally("gap");
+                assert_eq!(expect_gap(Err::<(), _>(error)).reason, GapReason::Trimmed);
+            }
+        }
+        let last = store
+            .replay_with(&appended[1].cursor(), |events| {
+                events.map(|e| e.position()).collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert_eq!(
+            last,
+            [4],
+            "position 4 holds its own event, not the lapped 2"
+        );
+    });
+}
+
 /// Model 2b: capacity 1, a subscriber reading position after position
 /// while one writer appends 2, 3 and 4 (4 takes the storage place of 2).
 /// The subscriber gets each position's own event, in order, or a `Trimmed`

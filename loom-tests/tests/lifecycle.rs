@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use livereplay::{Arc, Cursor, Error, GapReason, Refusal, Revision, TryNextError};
 use loom::thread;
-use loom_tests::{check, expect_gap, key, positions, store, store_with_clock, MAX_AGE};
+use loom_tests::{check, expect_gap, key, positions, store, store_with_clock, tally, MAX_AGE};
 
 /// Model 7a: `remove_session` races an append through a handle. The append
 /// is either refused or lands in the removed incarnation, where the handle
@@ -300,6 +300,65 @@ fn release_through_frees_a_segment_under_readers() {
         assert_eq!(rest.len(), 1);
         assert!(Arc::ptr_eq(&rest[0], &three));
         assert_eq!(store.event_count(&key), 1);
+    });
+}
+
+/// Model 8c: model 8b's release of a whole segment, racing a replay that
+/// lends the events in place (`replay_with`) and a writer appending 3. The
+/// loan is a run from 1 of the writers' own events, each read as written,
+/// or a `Trimmed` gap (its closure never runs then); once the release
+/// returned, no loan holds a position at or below 2.
+#[test]
+fn release_through_frees_a_segment_under_a_loan() {
+    check("release_through_frees_a_segment_under_a_loan", || {
+        let store = Arc::new(store(2));
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        handle.append(Revision(1), 1).unwrap();
+        handle.append(Revision(1), 2).unwrap();
+        let writer = thread::spawn(move || handle.append(Revision(1), 3).unwrap());
+        let releaser = {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            thread::spawn(move || {
+                store.release_through(&key, 2);
+                let after = Cursor::new(key.clone(), None, Revision(1), 0);
+                let gap = expect_gap(store.replay_with(&after, |_| panic!("lent after a gap")));
+                assert_eq!(gap.reason, GapReason::Trimmed);
+                let rest = Cursor::new(key, None, Revision(1), 2);
+                let lent = store
+                    .replay_with(&rest, |events| {
+                        events.map(|e| e.position()).collect::<Vec<_>>()
+                    })
+                    .unwrap();
+                assert!(lent.iter().all(|&p| p == 3), "nothing at or below 2");
+            })
+        };
+
+        let lent = store.replay_with(&Cursor::start(key.clone()), |events| {
+            events
+                .map(|event| (event.position(), *event.payload()))
+                .collect::<Vec<_>>()
+        });
+        match lent {
+            Ok(lent) => {
+                tally(if lent.is_empty() {
+                    "lent nothing"
+                } else {
+                    "lent a run"
+                });
+                for (index, &(position, payload)) in lent.iter().enumerate() {
+                    assert_eq!(position, index as u64 + 1, "a run from 1");
+                    assert_eq!(payload, position, "each event as its writer wrote it");
+                }
+            }
+            Err(error) => {
+                tally("gap");
+                assert_eq!(expect_gap(Err::<(), _>(error)).reason, GapReason::Trimmed);
+            }
+        }
+
+        releaser.join().unwrap();
+        writer.join().unwrap();
     });
 }
 
