@@ -43,6 +43,7 @@ use std::iter::FusedIterator;
 use std::ops::Range;
 
 use super::segment::Segment;
+use super::slot::WriteOnce;
 use super::Ring;
 use crate::event::Event;
 use crate::sync::Loaded;
@@ -53,6 +54,16 @@ struct Span<T> {
     offsets: Range<usize>,
 }
 
+impl<T> Span<T> {
+    /// The span's slots (none if the segment were gone, which a span's
+    /// making rules out).
+    fn slots(&self) -> &[WriteOnce<Event<T>>] {
+        self.segment
+            .get()
+            .map_or(&[], |segment| segment.slots(self.offsets.clone()))
+    }
+}
+
 /// Events lent by a replay, oldest first: an iterator of `&Event<T>` that
 /// lives no longer than the closure it was lent to.
 ///
@@ -61,26 +72,23 @@ struct Span<T> {
 /// Its length is exact, and cloning it is cheap (it restarts from where
 /// the clone was made, without touching the events).
 pub struct LentEvents<'a, T> {
+    /// The spans not entered yet.
     spans: &'a [Span<T>],
-    /// The offsets of `spans[0]` not yet yielded.
-    offsets: Range<usize>,
+    /// The slots of the span being read, not yet yielded.
+    slots: std::slice::Iter<'a, WriteOnce<Event<T>>>,
     remaining: usize,
 }
 
 impl<'a, T> LentEvents<'a, T> {
     /// No events (a cursor at the tail).
     pub(crate) fn empty() -> Self {
-        Self {
-            spans: &[],
-            offsets: 0..0,
-            remaining: 0,
-        }
+        Self::new(&[], 0)
     }
 
     fn new(spans: &'a [Span<T>], count: usize) -> Self {
         Self {
             spans,
-            offsets: spans.first().map_or(0..0, |span| span.offsets.clone()),
+            slots: [].iter(),
             remaining: count,
         }
     }
@@ -92,20 +100,19 @@ impl<'a, T> Iterator for LentEvents<'a, T> {
     #[inline]
     fn next(&mut self) -> Option<&'a Event<T>> {
         loop {
-            let span = self.spans.first()?;
-            match self.offsets.next() {
-                Some(offset) => {
-                    // Always set and always in its segment (invariants 2
-                    // and 3); a miss would only shorten the loan.
-                    let lent = span.segment.get().and_then(|s| s.peek(offset));
-                    if let Some(event) = lent {
+            match self.slots.next() {
+                // Always set (invariants 2 and 3); an empty slot would
+                // only shorten the loan.
+                Some(slot) => {
+                    if let Some(event) = slot.peek() {
                         self.remaining = self.remaining.saturating_sub(1);
                         return Some(event);
                     }
                 }
                 None => {
-                    self.spans = &self.spans[1..];
-                    self.offsets = self.spans.first().map_or(0..0, |s| s.offsets.clone());
+                    let (span, rest) = self.spans.split_first()?;
+                    self.spans = rest;
+                    self.slots = span.slots().iter();
                 }
             }
         }
@@ -125,7 +132,7 @@ impl<T> Clone for LentEvents<'_, T> {
     fn clone(&self) -> Self {
         Self {
             spans: self.spans,
-            offsets: self.offsets.clone(),
+            slots: self.slots.clone(),
             remaining: self.remaining,
         }
     }

@@ -60,6 +60,13 @@ impl<T> Segment<T> {
         self.slots.get(offset)?.peek()
     }
 
+    /// The slots at `offsets` (clamped to the segment), for a reader that
+    /// goes through them in order (see `ring::lend`).
+    #[inline]
+    pub(crate) fn slots(&self, offsets: std::ops::Range<usize>) -> &[WriteOnce<Event<T>>] {
+        self.slots.get(offsets).unwrap_or(&[])
+    }
+
     /// Whether the event at `offset` is published (no reference taken).
     #[inline]
     pub(crate) fn is_published(&self, offset: usize) -> bool {

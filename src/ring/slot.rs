@@ -21,9 +21,11 @@
 //! 2. **The pointer never changes while the slot is shared.** `set` stores
 //!    only over null, and only `take`/`Drop` (which hold `&mut`) empty a
 //!    slot; so a reader that loaded a pointer holding `&self` knows the
-//!    slot's reference is alive for as long as its borrow lasts.
-//! 3. **What a reader sees is complete.** `set` publishes with `Release`,
-//!    `get` and `is_set` load with `Acquire`: a reader that sees the
+//!    slot's reference is alive for as long as its borrow lasts. That is
+//!    what lets [`WriteOnce::peek`] lend the value for the borrow instead
+//!    of counting a reference.
+//! 3. **What a reader sees is complete.** `set` publishes with `Release`;
+//!    `get`, `peek` and `is_set` load with `Acquire`: a reader that sees the
 //!    pointer sees the event written behind it (the allocation and every
 //!    field written before the `Arc` reached `set`).
 //!
