@@ -147,19 +147,90 @@ fn delivery_latencies(
 
 /// Times `samples` back-to-back appends, while `reader` runs in a loop on
 /// another thread if given. Returns the latencies and how many reads ran.
+/// How the reader runs while the writer is timed.
+#[derive(Clone, Copy, PartialEq)]
+enum ReaderCase {
+    /// No reader.
+    None,
+    /// Replays back to back, as fast as the design lets it.
+    Loop,
+    /// Starts one replay every `READER_PACE` (or right after the last one,
+    /// if that took longer): designs compared at the same replay rate.
+    Paced,
+}
+
+impl ReaderCase {
+    const ALL: [ReaderCase; 3] = [ReaderCase::None, ReaderCase::Loop, ReaderCase::Paced];
+
+    fn label(self) -> &'static str {
+        match self {
+            ReaderCase::None => "none",
+            ReaderCase::Loop => "replaying",
+            ReaderCase::Paced => "paced",
+        }
+    }
+}
+
+/// The median time for a cache line to go from one thread to another and
+/// back, over `trips` round trips: what every line the writer and the
+/// reader both touch costs at worst, where the two threads run now.
+fn line_round_trip(trips: u64) -> Duration {
+    let ball = AtomicU64::new(0);
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            for trip in 0..trips {
+                let waiting_since = Instant::now();
+                while ball.load(Ordering::Acquire) != 2 * trip + 1 {
+                    assert!(waiting_since.elapsed() < WAIT_LIMIT, "no serve");
+                    std::hint::spin_loop();
+                }
+                ball.store(2 * trip + 2, Ordering::Release);
+            }
+        });
+        let mut taken = Vec::with_capacity(trips as usize);
+        for trip in 0..trips {
+            let start = Instant::now();
+            ball.store(2 * trip + 1, Ordering::Release);
+            while ball.load(Ordering::Acquire) != 2 * trip + 2 {
+                assert!(start.elapsed() < WAIT_LIMIT, "no return");
+                std::hint::spin_loop();
+            }
+            taken.push(start.elapsed());
+        }
+        taken.sort_unstable();
+        taken[taken.len() / 2]
+    })
+}
+
+/// The paced reader's period: 100 000 replays a second at most.
+const READER_PACE: Duration = Duration::from_micros(10);
+
+/// Times `samples` appends, with `reader` running on another thread as
+/// `case` says; returns the latencies, how many replays it made, and how
+/// long the appends took (the reader's rate is replays over that time).
 fn append_latencies(
     samples: usize,
     append: &mut dyn FnMut(u64),
-    reader: Option<&(dyn Fn() + Sync)>,
-) -> (Vec<u64>, u64) {
+    reader: &(dyn Fn() + Sync),
+    case: ReaderCase,
+) -> (Vec<u64>, u64, Duration) {
     let stop = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
     thread::scope(|scope| {
-        if let Some(reader) = reader {
+        if case != ReaderCase::None {
             scope.spawn(|| {
+                let started = Instant::now();
+                let mut made = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     reader();
+                    made += 1;
                     reads.fetch_add(1, Ordering::Relaxed);
+                    if case == ReaderCase::Paced {
+                        let next = READER_PACE * made;
+                        while started.elapsed() < next && !stop.load(Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                    }
                 }
             });
             // Measure only while the reader is really running.
@@ -170,13 +241,15 @@ fn append_latencies(
             }
         }
         let mut latencies = Vec::with_capacity(samples);
+        let appending_since = Instant::now();
         for i in 0..samples as u64 {
             let start = Instant::now();
             append(i);
             latencies.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
+        let appending = appending_since.elapsed();
         stop.store(true, Ordering::Relaxed);
-        (latencies, reads.load(Ordering::Relaxed))
+        (latencies, reads.load(Ordering::Relaxed), appending)
     })
 }
 
@@ -424,12 +497,23 @@ struct AppendDesign<'a> {
     replay: Box<dyn Fn() + Sync + 'a>,
 }
 
+/// How our reader replays.
+#[derive(Clone, Copy)]
+enum OursReplay {
+    /// `replay_after_cursor`: a `Vec` of `Arc`s, dropped unread.
+    Cloning,
+    /// `replay_with`: the events lent in place; the reader sums their
+    /// payloads (it reads every event, which the cloning reader does not).
+    Lending,
+}
+
 /// Ours: `key`'s session in `store`, filled with `CAPACITY` events, and a
 /// reader replaying its last `REPLAY_WINDOW` events by key.
 fn ours_appending<'a>(
     name: &'static str,
     store: &'a ReplayStore<u64>,
     key: &'a SessionKey,
+    how: OursReplay,
 ) -> AppendDesign<'a> {
     let handle = store.session(key).expect("session");
     for i in 0..CAPACITY as u64 {
@@ -449,7 +533,16 @@ fn ours_appending<'a>(
                 tail.position() - REPLAY_WINDOW,
             );
             // A writer lapping the reader mid-replay is a gap: still a read.
-            let _ = black_box(store.replay_after_cursor(&from));
+            match how {
+                OursReplay::Cloning => {
+                    let _ = black_box(store.replay_after_cursor(&from));
+                }
+                OursReplay::Lending => {
+                    let _ = black_box(store.replay_with(&from, |events| {
+                        events.map(|event| *event.payload()).sum::<u64>()
+                    }));
+                }
+            }
         }),
     }
 }
@@ -475,9 +568,11 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
     // is new memory (page faults).
     let unlapped =
         ReplayStore::<u64>::new(Config::default().with_capacity(MAX_CAPACITY)).expect("a store");
+    let lending = ReplayStore::<u64>::default();
     let mut designs = [
-        ours_appending("ours", &store, &key),
-        ours_appending("ours-unlapped", &unlapped, &key),
+        ours_appending("ours", &store, &key, OursReplay::Cloning),
+        ours_appending("ours-lending", &lending, &key, OursReplay::Lending),
+        ours_appending("ours-unlapped", &unlapped, &key, OursReplay::Cloning),
         AppendDesign {
             name: "reference",
             append: Box::new(|i| {
@@ -491,48 +586,88 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
             }),
         },
     ];
-    // [design][0: no reader, 1: reader replaying]
-    let mut latencies: Vec<[Vec<u64>; 2]> =
-        designs.iter().map(|_| [Vec::new(), Vec::new()]).collect();
-    let mut reads = vec![0u64; designs.len()];
+    // [design][case], cases in `ReaderCase::ALL`'s order.
+    let mut latencies: Vec<[Vec<u64>; 3]> = designs.iter().map(|_| Default::default()).collect();
+    let mut reads: Vec<[(u64, Duration); 3]> = vec![[(0, Duration::ZERO); 3]; designs.len()];
+    // The two threads' placement (which this VM cannot see) decides what
+    // sharing a line costs, and it can change from one round to the next.
+    let mut round_trips = Vec::new();
     for round in 0..rounds {
+        round_trips.push(line_round_trip(2_000).as_nanos());
         for turn in 0..designs.len() {
             let index = (turn + round) % designs.len();
             let design = &mut designs[index];
-            for case in [round % 2, 1 - round % 2] {
-                let reader = (case == 1).then_some(&*design.replay);
-                let (taken, read) = append_latencies(samples / rounds, &mut *design.append, reader);
+            for step in 0..ReaderCase::ALL.len() {
+                let case = (round + step) % ReaderCase::ALL.len();
+                let (taken, read, took) = append_latencies(
+                    samples / rounds,
+                    &mut *design.append,
+                    &*design.replay,
+                    ReaderCase::ALL[case],
+                );
                 latencies[index][case].extend(taken);
-                reads[index] += read;
+                reads[index][case].0 += read;
+                reads[index][case].1 += took;
             }
         }
     }
-    let mut results = Vec::new();
-    for (index, [alone, shared]) in latencies.into_iter().enumerate() {
-        let name = designs[index].name;
-        results.push((
-            format!("{name}, no reader"),
-            out.record("append", &format!("{name},none"), alone),
-        ));
-        results.push((
-            format!("{name}, reader"),
-            out.record("append", &format!("{name},replaying"), shared),
-        ));
+    println!("  a cache line's round trip between two threads, by round: {round_trips:?} ns (median of 2000)");
+    let results: Vec<[Percentiles; 3]> = latencies
+        .into_iter()
+        .enumerate()
+        .map(|(index, cases)| {
+            let name = designs[index].name;
+            let [none, looping, paced] = cases;
+            let mut record = |case: ReaderCase, taken| {
+                out.record("append", &format!("{name},{}", case.label()), taken)
+            };
+            let recorded = [
+                record(ReaderCase::None, none),
+                record(ReaderCase::Loop, looping),
+                record(ReaderCase::Paced, paced),
+            ];
+            let rate = |(replays, took): (u64, Duration)| {
+                format!(
+                    "{replays} times ({:.0} per ms)",
+                    replays as f64 / took.as_secs_f64() / 1e3
+                )
+            };
+            println!(
+                "  ({name}: the reader replayed {} in a loop, {} paced)",
+                rate(reads[index][1]),
+                rate(reads[index][2])
+            );
+            recorded
+        })
+        .collect();
+    let ratio = |label: &str, numerator: &Percentiles, denominator: &Percentiles| {
         println!(
-            "  ({name}: the reader replayed {} times meanwhile)",
-            reads[index]
+            "  {label}: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
+            numerator.p50 as f64 / denominator.p50.max(1) as f64,
+            numerator.p99 as f64 / denominator.p99.max(1) as f64,
+            numerator.p999 as f64 / denominator.p999.max(1) as f64,
         );
-    }
-    // Reference against ours, each case; then what the reader costs each
-    // of our rings (a ratio above 1 is the slowdown).
-    for (without, with) in [(0, 4), (1, 5), (0, 1), (2, 3)] {
-        let (ours_name, ours) = &results[without];
-        let (other_name, other) = &results[with];
-        println!(
-            "  {other_name} / {ours_name}: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
-            other.p50 as f64 / ours.p50.max(1) as f64,
-            other.p99 as f64 / ours.p99.max(1) as f64,
-            other.p999 as f64 / ours.p999.max(1) as f64,
+    };
+    // The reference is the last design; ours come first.
+    let reference = &results[designs.len() - 1];
+    ratio("reference / ours, no reader", &reference[0], &results[0][0]);
+    ratio(
+        "reference / ours, reader in a loop",
+        &reference[1],
+        &results[0][1],
+    );
+    // What the reader costs each design: above 1 is the slowdown.
+    for (design, cases) in designs.iter().zip(&results) {
+        let name = design.name;
+        ratio(
+            &format!("{name}, reader in a loop / no reader"),
+            &cases[1],
+            &cases[0],
+        );
+        ratio(
+            &format!("{name}, reader paced / no reader"),
+            &cases[2],
+            &cases[0],
         );
     }
     summary.push_str(&out.summary);

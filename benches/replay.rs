@@ -25,7 +25,7 @@ use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use criterion::Criterion;
-use livereplay::{Config, Cursor, Error, GapReason, ReplayStore, Revision, SessionKey};
+use livereplay::{Config, Cursor, Error, Event, GapReason, ReplayStore, Revision, SessionKey};
 
 use baselines::{RefGapReason, ReferenceStore};
 use support::{Comparison, Contender};
@@ -43,6 +43,13 @@ fn session_key() -> SessionKey {
 }
 
 const REFERENCE_ID: &str = "acme/chat-000000";
+
+/// What a reader of the replayed events does with them in these benches:
+/// reads each payload (and checks there were `REPLAYED`).
+fn sum_payloads<'a>(events: impl ExactSizeIterator<Item = &'a Event<u64>>) -> u64 {
+    assert_eq!(events.len(), REPLAYED);
+    events.map(|event| *event.payload()).sum()
+}
 
 fn replay_100(c: &mut Criterion) {
     let mut group = c.benchmark_group("replay_100");
@@ -72,6 +79,31 @@ fn replay_100(c: &mut Criterion) {
         // one reference count increment per event (and their drops).
         let tail = &events[CAPACITY - REPLAYED..];
         group.bench_function("floor", |b| b.iter(|| tail.to_vec()));
+        // A reader that uses what it replays: the same three ways, each
+        // reading every payload. The floor reads them through a slice.
+        group.bench_function("ours_key_read", |b| {
+            b.iter(|| {
+                let events = store.replay_after_cursor(&cursor).expect("replay");
+                sum_payloads(events.iter().map(|event| &**event))
+            })
+        });
+        group.bench_function("ours_lend_key", |b| {
+            b.iter(|| {
+                store
+                    .replay_with(&cursor, |events| sum_payloads(events))
+                    .expect("replay")
+            })
+        });
+        group.bench_function("ours_lend_handle", |b| {
+            b.iter(|| {
+                handle
+                    .replay_with(&cursor, |events| sum_payloads(events))
+                    .expect("replay")
+            })
+        });
+        group.bench_function("floor_read", |b| {
+            b.iter(|| sum_payloads(black_box(tail).iter().map(|event| &**event)))
+        });
     }
     {
         let reference = ReferenceStore::<u64>::with_defaults();
@@ -243,6 +275,22 @@ const COMPARISONS: &[Comparison] = &[
         ],
     },
     Comparison {
+        scenario: "replay of 100 events lent in place (replay_with), each payload read, by key",
+        ours: "replay_100/ours_lend_key",
+        others: &[
+            ("replay_after_cursor, then each payload read", "replay_100/ours_key_read"),
+            ("floor (read 100 payloads through a slice of Arcs)", "replay_100/floor_read"),
+        ],
+    },
+    Comparison {
+        scenario: "replay of 100 events lent in place (replay_with), each payload read, through the handle",
+        ours: "replay_100/ours_lend_handle",
+        others: &[
+            ("replay_after_cursor, then each payload read", "replay_100/ours_key_read"),
+            ("floor (read 100 payloads through a slice of Arcs)", "replay_100/floor_read"),
+        ],
+    },
+    Comparison {
         scenario: "replay of 100 events after a cursor, buffer full (2048), through the handle",
         ours: "replay_100/ours_handle",
         others: &[("reference (seed 002)", "replay_100/reference")],
@@ -313,6 +361,41 @@ fn paired_replay() {
             Contender::new("floor", |n| {
                 for _ in 0..n {
                     black_box(tail.to_vec());
+                }
+            }),
+        ],
+        &mut csv,
+    );
+    support::paired(
+        "replay_100_read",
+        vec![
+            Contender::new("ours_lend_key", |n| {
+                for _ in 0..n {
+                    black_box(
+                        store
+                            .replay_with(&cursor, |events| sum_payloads(events))
+                            .expect("replay"),
+                    );
+                }
+            }),
+            Contender::new("ours_key_read", |n| {
+                for _ in 0..n {
+                    let events = store.replay_after_cursor(&cursor).expect("replay");
+                    black_box(sum_payloads(events.iter().map(|event| &**event)));
+                }
+            }),
+            Contender::new("ours_lend_handle", |n| {
+                for _ in 0..n {
+                    black_box(
+                        handle
+                            .replay_with(&cursor, |events| sum_payloads(events))
+                            .expect("replay"),
+                    );
+                }
+            }),
+            Contender::new("floor_read", |n| {
+                for _ in 0..n {
+                    black_box(sum_payloads(black_box(tail).iter().map(|event| &**event)));
                 }
             }),
         ],
