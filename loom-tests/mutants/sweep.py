@@ -53,6 +53,11 @@ EXPLAINED = {
     ("src/persist.rs", "run", "if now >= until || (stop_deadline.is_none() && self.stop.load(Acquire)) {", "Acquire->Relaxed"),
     # (The holder's Release in `let_go`, listed here until issue 11's
     # follow-up, is caught by model 7f.)
+    # The lending read's Acquire: every caller reads only positions at or
+    # below a published tail it loaded with Acquire (or found set through
+    # `is_set`'s Acquire), which orders the event for it already; the
+    # Acquire keeps `peek`'s SAFETY argument local to the slot.
+    ("src/ring/slot.rs", "peek", "let value = self.value.load(Acquire);", "Acquire->Relaxed"),
 }
 
 FN = re.compile(r"\bfn\s+([a-z_][a-z0-9_]*)")
