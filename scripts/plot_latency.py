@@ -6,7 +6,8 @@ Reads the quantile CSVs `cargo bench --bench latency` writes to
 p90, p99, p99.9, ...) with a log latency axis:
 
 * left: append latency of livereplay and of seed 002's reference store,
-  alone and while another thread replays the same session in a loop;
+  alone and while another thread replays the same session in a loop or
+  paced (livereplay's reader cloning or lending the events);
 * right: subscribe-to-delivery latency across threads.
 
 Run by hand after the bench (needs matplotlib: `pip install matplotlib`):
@@ -29,10 +30,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 STYLES = {
     ("ours", "none"): ("livereplay, no reader", "tab:blue", "-"),
     ("ours", "replaying"): ("livereplay, reader replaying", "tab:blue", "--"),
+    ("ours", "paced"): ("livereplay, reader paced (100/ms)", "tab:blue", ":"),
+    ("ours-lending", "none"): ("livereplay, no reader (the lending runs' store)", "tab:orange", "-"),
+    ("ours-lending", "replaying"): ("livereplay, lending reader replaying", "tab:orange", "--"),
+    ("ours-lending", "paced"): ("livereplay, lending reader paced (100/ms)", "tab:orange", ":"),
     ("ours-unlapped", "none"): ("livereplay, ring never lapping, no reader", "tab:gray", "-"),
     ("ours-unlapped", "replaying"): ("livereplay, ring never lapping, reader replaying", "tab:gray", "--"),
+    ("ours-unlapped", "paced"): ("livereplay, ring never lapping, reader paced", "tab:gray", ":"),
     ("reference", "none"): ("reference (seed 002), no reader", "tab:red", "-"),
     ("reference", "replaying"): ("reference (seed 002), reader replaying", "tab:red", "--"),
+    ("reference", "paced"): ("reference (seed 002), reader paced", "tab:red", ":"),
     ("ours",): ("livereplay, next_timeout (no timer)", "tab:blue", "-"),
     ("ours-timed",): ("livereplay, next_timeout (10 s timeout)", "tab:cyan", "--"),
     ("reference",): ("reference (seed 002)", "tab:red", "-"),
