@@ -468,8 +468,8 @@ impl<T> Session<T> {
             return Ok(Resume::AtTail);
         }
         let now = self.shared.now();
-        // The first event is only looked at, not counted: a replay that
-        // lends the events must not write to their lines.
+        // The first event is only looked at, not counted, so that a
+        // lending replay writes nothing to the events it reads.
         let first_is_live = tail - after <= self.ring.capacity()
             && self
                 .ring

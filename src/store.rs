@@ -368,13 +368,13 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// only when there is no gap (with no events for a cursor at the tail).
     ///
     /// A replay that returns events counts a reference to each (an atomic
-    /// write to the event) and the caller drops it later (another). Lending
-    /// writes nothing to the events: a host that encodes the events it
-    /// sends, or keeps a few of them (`Arc::new(event.clone())`, or the
-    /// bytes), pays for what it keeps only. It matters most while another
-    /// thread appends to the same session, whose appends free the oldest
-    /// events: an event a replay wrote to must be fetched back from the
-    /// replaying core (BENCHMARKS.md, "lending replay").
+    /// write to the event), the caller drops it later (another), and the
+    /// references travel in a `Vec`. Lending writes nothing to the events
+    /// and collects nothing: a host that encodes the events it sends, or
+    /// copies out what it keeps, pays for that only. A replay of 100
+    /// events read this way costs about a sixth of a cloning one
+    /// (BENCHMARKS.md, "Issue 13, fifth round"). To keep events themselves
+    /// (`Arc`s), use [`replay_after_cursor`](Self::replay_after_cursor).
     ///
     /// While `read` runs, the segments it reads from stay allocated, even
     /// if writers lap them: keep it short (encode, copy, send to a

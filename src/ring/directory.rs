@@ -37,7 +37,7 @@ use super::segment::Segment;
 use crate::event::Event;
 use crate::sync::{Arc, AtomicArcCell, Loaded};
 
-/// Positions per segment at most: 64 slots of 16 bytes.
+/// Positions per segment at most: 64 slots of 8 bytes.
 pub(crate) const MAX_SEGMENT_LEN: usize = 64;
 
 /// Positions in segment 0 when segments are `MAX_SEGMENT_LEN` long: a

@@ -1,21 +1,24 @@
 //! A replay that lends the events in place instead of handing out
 //! references to them.
 //!
-//! `Ring::read_range` clones an `Arc` for every event it returns, and the
-//! caller drops it later: two writes to each event's reference count, on
-//! the line that also starts the event. A writer that later frees those
-//! events (lapping, at the far end of the window) must take each line
-//! back from the reader's cache. With one thread appending and another
-//! replaying the same session, that is what slowed the appends 1.7 to 2.7
-//! times at the median; on a ring that never laps, the same reader cost
-//! the writer nothing measurable (BENCHMARKS.md, "Issue 13, fourth round").
+//! `Ring::read_range` clones an `Arc` for every event it returns, into a
+//! `Vec`, and the caller drops them later: two atomic writes to each event
+//! (about 10 ns each on the machine BENCHMARKS.md was measured on) and an
+//! allocation, which a host that only encodes and sends the events does
+//! not need. A loan of 100 events costs about a sixth of that replay.
+//!
+//! It does not make a concurrent writer's appends cheaper. What a
+//! replaying reader costs a writer whose ring laps is the reuse of memory
+//! the reader has read, whether or not the reader wrote to it; a lending
+//! reader at the same replay rate costs the writer about as much
+//! (BENCHMARKS.md, "Issue 13, fifth round").
 //!
 //! [`Ring::lend_range`] reads the same range through the same directory
 //! entries, but keeps each segment it read alive with the entry's guard
 //! ([`Loaded`]: no reference count) and lends the events to the caller's
 //! closure as `&Event<T>` ([`LentEvents`]). The reader then only reads the
-//! events' lines; a caller keeps what it needs (say, one `Arc::clone` of a
-//! single event, or the bytes it encoded).
+//! events' lines; a caller copies out what it keeps (a payload, or the
+//! bytes it encoded).
 //!
 //! # Invariants
 //!

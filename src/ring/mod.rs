@@ -324,9 +324,9 @@ impl<T> Ring<T> {
     /// capacity of a tail it read: `None` unless the position's event is
     /// above the floor and still in the directory.
     ///
-    /// It does not check the capacity window itself, because that reads
-    /// `claimed`, the line every append writes: a replay's reader would
-    /// take it from the writer twice per replay.
+    /// It does not check the capacity window itself: that reads
+    /// `claimed`, the line every append writes, and its callers already
+    /// checked the window against the tail they read.
     #[inline]
     pub(crate) fn with_event<R>(&self, position: u64, f: impl FnOnce(&Event<T>) -> R) -> Option<R> {
         if position <= self.floor() {
