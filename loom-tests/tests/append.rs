@@ -7,7 +7,7 @@
 //! that nothing panics.
 #![cfg(loom)]
 
-use livereplay::{Arc, Cursor, Event, GapReason, Revision, TryNextError};
+use livereplay::{Arc, Cursor, Event, GapReason, ReplayStore, Revision, SessionKey, TryNextError};
 use loom::thread;
 use loom_tests::{check, expect_gap, key, positions, store, tally};
 
@@ -112,6 +112,41 @@ fn a_writer_hands_the_hint_on_over_another_writers_slot() {
     );
 }
 
+/// Events as the writers of a model got them back.
+type Events = Vec<Arc<Event<u64>>>;
+
+/// Models 2a and 2c: a capacity-1 store holding position 1, and two
+/// writers racing for positions 2, 3 and 4: one appends once through a
+/// handle, the other twice by key. Returns the store, the key, event 1,
+/// and a join of the writers that gives their events in position order.
+fn lapping_writers() -> (
+    Arc<ReplayStore<u64>>,
+    SessionKey,
+    Arc<Event<u64>>,
+    impl FnOnce() -> Events,
+) {
+    let store = Arc::new(store(1));
+    let key = key();
+    let handle = store.session(&key).unwrap();
+    let first = handle.append(Revision(1), 1).unwrap();
+    let once = thread::spawn(move || vec![handle.append(Revision(1), 100).unwrap()]);
+    let twice = {
+        let (store, key) = (Arc::clone(&store), key.clone());
+        thread::spawn(move || {
+            let a = store.append(&key, Revision(2), 200).unwrap();
+            let b = store.append(&key, Revision(2), 201).unwrap();
+            vec![a, b]
+        })
+    };
+    let join_writers = move || {
+        let mut appended = once.join().unwrap();
+        appended.extend(twice.join().unwrap());
+        appended.sort_by_key(|event| event.position());
+        appended
+    };
+    (store, key, first, join_writers)
+}
+
 /// Model 2a: capacity 1, position 1 already stored; one writer appends
 /// once and another twice, so positions 2, 3 and 4 race, and the writer of
 /// 4 may lap the writer of 2 (same storage place) before 2 is in. A
@@ -122,25 +157,11 @@ fn a_writer_hands_the_hint_on_over_another_writers_slot() {
 #[test]
 fn lapping_writers_keep_the_newest_event() {
     check("lapping_writers_keep_the_newest_event", || {
-        let store = Arc::new(store(1));
-        let key = key();
-        let handle = store.session(&key).unwrap();
-        let first = handle.append(Revision(1), 1).unwrap();
-        let once = thread::spawn(move || vec![handle.append(Revision(1), 100).unwrap()]);
-        let twice = {
-            let (store, key) = (Arc::clone(&store), key.clone());
-            thread::spawn(move || {
-                let a = store.append(&key, Revision(2), 200).unwrap();
-                let b = store.append(&key, Revision(2), 201).unwrap();
-                vec![a, b]
-            })
-        };
+        let (store, key, first, join_writers) = lapping_writers();
 
         let after_first = store.replay_after_cursor(&first.cursor());
 
-        let mut appended = once.join().unwrap();
-        appended.extend(twice.join().unwrap());
-        appended.sort_by_key(|event| event.position());
+        let appended = join_writers();
         assert_eq!(positions(&appended), [2, 3, 4]);
         match after_first {
             Ok(events) if events.is_empty() => {}
@@ -183,19 +204,7 @@ fn lapping_writers_keep_the_newest_event() {
 #[test]
 fn a_lending_replay_races_lapping_writers() {
     check("a_lending_replay_races_lapping_writers", || {
-        let store = Arc::new(store(1));
-        let key = key();
-        let handle = store.session(&key).unwrap();
-        let first = handle.append(Revision(1), 1).unwrap();
-        let once = thread::spawn(move || vec![handle.append(Revision(1), 100).unwrap()]);
-        let twice = {
-            let (store, key) = (Arc::clone(&store), key.clone());
-            thread::spawn(move || {
-                let a = store.append(&key, Revision(2), 200).unwrap();
-                let b = store.append(&key, Revision(2), 201).unwrap();
-                vec![a, b]
-            })
-        };
+        let (store, _, first, join_writers) = lapping_writers();
 
         let lent = store.replay_with(&first.cursor(), |events| {
             let announced = events.len();
@@ -212,9 +221,7 @@ fn a_lending_replay_races_lapping_writers() {
             lent
         });
 
-        let mut appended = once.join().unwrap();
-        appended.extend(twice.join().unwrap());
-        appended.sort_by_key(|event| event.position());
+        let appended = join_writers();
         assert_eq!(positions(&appended), [2, 3, 4]);
         match lent {
             Ok(lent) if lent.is_empty() => tally("lent nothing"),

@@ -197,23 +197,9 @@ impl<T> Ring<T> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use super::super::tests::event;
     use super::*;
-    use crate::cursor::{Incarnation, Revision};
-    use crate::event::Timestamp;
-    use crate::key::SessionKey;
     use crate::sync::Arc;
-
-    fn event(position: u64) -> Arc<Event<u64>> {
-        Arc::new(Event {
-            key: SessionKey::new("t", "s").unwrap(),
-            incarnation: Incarnation::from_raw(1).unwrap(),
-            revision: Revision(position),
-            position,
-            timestamp: Timestamp::default(),
-            links: None,
-            payload: position,
-        })
-    }
 
     fn filled(capacity: usize, events: &[Arc<Event<u64>>]) -> Ring<u64> {
         let ring = Ring::new(capacity);

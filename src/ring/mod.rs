@@ -554,7 +554,8 @@ mod tests {
     use crate::event::Timestamp;
     use crate::key::SessionKey;
 
-    fn event(position: u64) -> Arc<Event<u64>> {
+    /// Event `position` of a test session, its payload its position.
+    pub(super) fn event(position: u64) -> Arc<Event<u64>> {
         Arc::new(Event {
             key: SessionKey::new("t", "s").unwrap(),
             incarnation: Incarnation::from_raw(1).unwrap(),
