@@ -182,6 +182,7 @@ mod sync;
 mod tail;
 mod traits;
 mod wire;
+mod writer;
 
 pub use crate::catchup::{CatchUp, LOG_BATCH};
 pub use crate::clock::{Clock, CoarseClock, ManualClock, SystemClock};
@@ -202,6 +203,7 @@ pub use crate::store::{
 };
 pub use crate::subscription::Subscription;
 pub use crate::traits::LiveReplayStore;
+pub use crate::writer::SessionWriter;
 
 /// The `Arc` events are shared through: `std::sync::Arc`, or loom's under
 /// `cfg(loom)` so model checks see every reference.

@@ -34,9 +34,10 @@ use crate::error::{Error, Gap, GapReason, Refusal};
 use crate::event::{Event, Timestamp};
 use crate::key::SessionKey;
 use crate::links::Links;
-use crate::ring::{LentEvents, Read, Ring};
+use crate::ring::{LentEvents, Read, Ring, Segment};
 use crate::subscription::Subscription;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize};
+use crate::writer::SessionWriter;
 
 /// Weighs a payload for [`Refusal::PayloadTooLarge`].
 pub(crate) type Weigher<T> = Box<dyn Fn(&T) -> usize + Send + Sync>;
@@ -376,13 +377,42 @@ impl<T> Session<T> {
         payload: T,
         links: Option<Box<Links>>,
     ) -> Result<Arc<Event<T>>, Refusal> {
-        this.shared.check_payload(&payload)?;
-        let timestamp = this.shared.now();
-        let position = this.ring.claim(1).ok_or(Refusal::SessionRemoved)?;
-        let event = this.build(position, revision, timestamp, links, payload);
+        let event = this.claim_and_build(revision, payload, links)?;
         this.ring.publish(&event);
         Self::mark_dirty(this);
         Ok(event)
+    }
+
+    /// [`Session::append`] for a [`SessionWriter`](crate::SessionWriter):
+    /// through the writer's cached segment, the event given up to the ring.
+    /// Returns its position.
+    #[inline]
+    pub(crate) fn append_through(
+        this: &Arc<Self>,
+        revision: Revision,
+        payload: T,
+        cached: &mut Option<Arc<Segment<T>>>,
+    ) -> Result<u64, Refusal> {
+        let event = this.claim_and_build(revision, payload, None)?;
+        let position = event.position;
+        this.ring.publish_through(event, cached);
+        Self::mark_dirty(this);
+        Ok(position)
+    }
+
+    /// Checks the payload, reads the clock, claims one position and builds
+    /// its event.
+    #[inline]
+    fn claim_and_build(
+        &self,
+        revision: Revision,
+        payload: T,
+        links: Option<Box<Links>>,
+    ) -> Result<Arc<Event<T>>, Refusal> {
+        self.shared.check_payload(&payload)?;
+        let timestamp = self.shared.now();
+        let position = self.ring.claim(1).ok_or(Refusal::SessionRemoved)?;
+        Ok(self.build(position, revision, timestamp, links, payload))
     }
 
     pub(crate) fn append_batch(
@@ -717,6 +747,10 @@ impl<T> SessionHandle<T> {
     pub(crate) fn new(session: Held<T>) -> Self {
         Self { session }
     }
+
+    pub(crate) fn session(&self) -> &Arc<Session<T>> {
+        &self.session
+    }
 }
 
 impl<T> Clone for SessionHandle<T> {
@@ -776,6 +810,12 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
     #[inline]
     pub fn append(&self, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Error> {
         Ok(Session::append(&self.session, revision, payload)?)
+    }
+
+    /// A writer for one thread: appends that skip the directory lookup and
+    /// hand back the position instead of the event (see [`SessionWriter`]).
+    pub fn writer(&self) -> SessionWriter<T> {
+        SessionWriter::new(self.clone())
     }
 
     /// Appends one event with causal links; see

@@ -231,21 +231,32 @@ fn run_writers_readers_subscriber(capacity: usize, per_writer: u64) -> Run {
         .map(|writer| {
             let (store, key, start) = (Arc::clone(&store), key.clone(), Arc::clone(&start));
             thread::spawn(move || {
-                // One writer appends through a handle, the others by key:
-                // both paths share the session's counter.
+                // One writer appends through a handle, one through a
+                // `SessionWriter` (its kept segment lapped by the others),
+                // the others by key: all paths share the session's counter.
                 // Nothing fallible before the barrier: a panic there would
                 // leave the other threads waiting for ever.
                 start.wait();
                 let handle = (writer == 0).then(|| store.session(&key).unwrap());
+                let mut session_writer =
+                    (writer == 1).then(|| store.session(&key).unwrap().writer());
                 (0..per_writer)
                     .map(|seq| {
                         let payload = (writer, seq);
-                        let event = match &handle {
-                            Some(handle) => handle.append(Revision(1), payload),
-                            None => store.append(&key, Revision(1), payload),
+                        let position = match (&handle, &mut session_writer) {
+                            (Some(handle), _) => handle.append(Revision(1), payload).map(|event| {
+                                assert_eq!(*event.payload(), payload);
+                                event.position()
+                            }),
+                            (_, Some(session_writer)) => {
+                                session_writer.append(Revision(1), payload)
+                            }
+                            _ => store.append(&key, Revision(1), payload).map(|event| {
+                                assert_eq!(*event.payload(), payload);
+                                event.position()
+                            }),
                         }
                         .expect("an append within the bounds is accepted");
-                        assert_eq!(*event.payload(), payload);
                         // Let readers in now and then, each writer at its
                         // own pace: on two cores a writer would otherwise
                         // finish within its first time slice and nothing
@@ -253,7 +264,7 @@ fn run_writers_readers_subscriber(capacity: usize, per_writer: u64) -> Run {
                         if seq % (writer as u64 + 3) == 0 {
                             thread::yield_now();
                         }
-                        (event.position(), payload)
+                        (position, payload)
                     })
                     .collect::<Vec<_>>()
             })

@@ -190,14 +190,53 @@ impl<T> Ring<T> {
     #[inline]
     pub(crate) fn publish(&self, event: &Arc<Event<T>>) {
         let displaced = self.directory.publish(event);
-        self.advance_past(event.position, event.position);
+        self.announce(event.position, displaced);
+    }
+
+    /// [`Ring::publish`] for a writer that keeps the segment it last wrote
+    /// to in `cached` and gives its event up: when the position is in that
+    /// segment, the event moves into its slot with no directory lookup and
+    /// no second reference. See the `writer` module for why a cached
+    /// segment that left the directory is still a correct place to write.
+    #[inline]
+    pub(crate) fn publish_through(
+        &self,
+        event: Arc<Event<T>>,
+        cached: &mut Option<Arc<Segment<T>>>,
+    ) {
+        let position = event.position;
+        let place = self.directory.place(position);
+        let (displaced, let_go) = match cached {
+            Some(segment) if segment.number() == place.segment => {
+                segment.publish_owned(place.offset, event);
+                (None, None)
+            }
+            _ => {
+                let displaced = self.directory.publish(&event);
+                // The segment that holds the position now (none if it was
+                // lapped already), for the writer's next appends.
+                let current = self.directory.current(place).ok();
+                (displaced, std::mem::replace(cached, current))
+            }
+        };
+        self.announce(position, displaced);
+        // Like a displaced segment, the one the writer lets go of may be
+        // the last reference to its events: dropped after the announce.
+        drop(let_go);
+    }
+
+    /// What follows a publish: advances the tail past `position`, wakes
+    /// subscribers, then retires what the publish displaced.
+    #[inline]
+    fn announce(&self, position: u64, displaced: Option<Arc<Segment<T>>>) {
+        self.advance_past(position, position);
         self.doorbell.ring();
         // Only now, with the append announced, may a lapped payload's
         // `Drop` run (and panic).
         if let Some(displaced) = displaced {
             self.directory.retire(displaced);
         }
-        self.directory.recycle_step(event.position);
+        self.directory.recycle_step(position);
     }
 
     /// Publishes a claimed batch (consecutive positions, ascending) last to

@@ -43,8 +43,15 @@ impl<T> Segment<T> {
     /// position calls this, once.
     #[inline]
     pub(crate) fn publish(&self, offset: usize, event: &Arc<Event<T>>) {
-        let first_write = self.slots[offset].set(Arc::clone(event));
-        debug_assert!(first_write, "position {} written twice", event.position);
+        self.publish_owned(offset, Arc::clone(event));
+    }
+
+    /// [`Segment::publish`], moving the writer's reference into the slot.
+    #[inline]
+    pub(crate) fn publish_owned(&self, offset: usize, event: Arc<Event<T>>) {
+        let position = event.position;
+        let first_write = self.slots[offset].set(event);
+        debug_assert!(first_write, "position {position} written twice");
     }
 
     /// The event at `offset`, if it is published.
