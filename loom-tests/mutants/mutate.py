@@ -58,6 +58,11 @@ MUTATIONS = {
     "lend-no-floor-recheck": [("src/ring/lend.rs",
         "        if from <= self.floor().min(to) {\n            // A trim raised the floor into what we read: not servable whole.\n            return Err(from);\n        }\n        Ok(lend(",
         "        Ok(lend(")],
+    # Issue 13, fifth round: a `SessionWriter` writes into its kept segment
+    # whatever segment the position is in.
+    "writer-kept-any-segment": [("src/ring/mod.rs",
+        "            Some(segment) if segment.number() == place.segment => {\n                segment.publish_owned",
+        "            Some(segment) => {\n                segment.publish_owned")],
     # A claim after close is not refused.
     "claim-no-closed-check": [("src/ring/mod.rs",
         "if previous & CLOSED != 0 {",

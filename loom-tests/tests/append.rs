@@ -251,6 +251,83 @@ fn a_lending_replay_races_lapping_writers() {
     });
 }
 
+/// Model 2d: capacity 2 (segments of two positions). A `SessionWriter`
+/// wrote position 1 and keeps segment 0. On its own thread it appends once
+/// more, while a writer by key appends three times (position 5's segment
+/// takes segment 0's directory entry) and a reader replays from the start.
+/// The kept segment may be displaced between the writer's claim and its
+/// write: that write must never surface, and no position may be lost.
+/// The replay is a run from 1 of the writers' own payloads, or `Trimmed`;
+/// afterwards the tail is 5 and the window holds positions 4 and 5 with
+/// their own writers' payloads.
+#[test]
+fn a_writer_keeping_its_segment_races_a_lapping_writer() {
+    check(
+        "a_writer_keeping_its_segment_races_a_lapping_writer",
+        || {
+            let store = Arc::new(store(2));
+            let key = key();
+            let mut writer = store.session(&key).unwrap().writer();
+            assert_eq!(writer.append(Revision(1), 1).unwrap(), 1);
+            let kept = thread::spawn(move || (writer.append(Revision(1), 100).unwrap(), 100));
+            let by_key = {
+                let (store, key) = (Arc::clone(&store), key.clone());
+                thread::spawn(move || {
+                    (200..203)
+                        .map(|payload| {
+                            (
+                                store.append(&key, Revision(2), payload).unwrap().position(),
+                                payload,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            };
+
+            let seen = store.replay_after_cursor(&Cursor::start(key.clone()));
+
+            let mut payload_at = vec![(1, 1), kept.join().unwrap()];
+            payload_at.extend(by_key.join().unwrap());
+            payload_at.sort_unstable();
+            let claimed: Vec<u64> = payload_at.iter().map(|&(position, _)| position).collect();
+            assert_eq!(
+                claimed,
+                [1, 2, 3, 4, 5],
+                "positions are unique and contiguous"
+            );
+            match seen {
+                Ok(events) => {
+                    tally(if events.is_empty() {
+                        "replay empty"
+                    } else {
+                        "replay a run"
+                    });
+                    for (event, expected) in events.iter().zip(&payload_at) {
+                        assert_eq!((event.position(), *event.payload()), *expected);
+                    }
+                }
+                Err(error) => {
+                    tally("gap");
+                    assert_eq!(expect_gap(Err::<(), _>(error)).reason, GapReason::Trimmed);
+                }
+            }
+
+            assert_eq!(store.current_cursor(&key).position(), 5, "no position lost");
+            let window: Vec<_> = store
+                .replay_after_position(&key, 3)
+                .unwrap()
+                .iter()
+                .map(|event| (event.position(), *event.payload()))
+                .collect();
+            assert_eq!(
+                window,
+                payload_at[3..],
+                "positions 4 and 5 hold their own events"
+            );
+        },
+    );
+}
+
 /// Model 2b: capacity 1, a subscriber reading position after position
 /// while one writer appends 2, 3 and 4 (4 takes the storage place of 2).
 /// The subscriber gets each position's own event, in order, or a `Trimmed`
