@@ -68,6 +68,15 @@ fn append_one_session(c: &mut Criterion) {
             store.append(&session_key, Revision(1), next)
         })
     });
+    // A one-thread writer: keeps its segment, hands back the position.
+    let mut writer = handle.writer();
+    group.bench_function("ours_writer", |b| {
+        b.iter(|| {
+            next += 1;
+            writer.append(Revision(1), next)
+        })
+    });
+    drop(writer);
     assert_eq!(store.event_count(&session_key), CAPACITY as u64);
     drop(handle);
     drop(store);
@@ -403,6 +412,16 @@ const COMPARISONS: &[Comparison] = &[
         ],
     },
     Comparison {
+        scenario:
+            "append, one session, no subscriber, through a SessionWriter (returns the position)",
+        ours: "append_one_session/ours_writer",
+        others: &[
+            ("floor (Arc::new + clock)", "append_one_session/floor"),
+            ("ours through the handle", "append_one_session/ours_handle"),
+            ("reference (seed 002)", "append_one_session/reference"),
+        ],
+    },
+    Comparison {
         scenario: "append, one session, no subscriber, by key",
         ours: "append_one_session/ours_key",
         others: &[
@@ -486,12 +505,18 @@ fn paired_append() {
         handle.append(Revision(1), i).expect("append");
         reference.append(&id, 1, i);
     }
+    let mut writer = handle.writer();
     support::paired(
         "append_one_session_handle",
         vec![
             Contender::new("ours_handle", |n| {
                 for i in 0..n {
                     black_box(handle.append(Revision(1), i).expect("append"));
+                }
+            }),
+            Contender::new("ours_writer", |n| {
+                for i in 0..n {
+                    black_box(writer.append(Revision(1), i).expect("append"));
                 }
             }),
             Contender::new("floor", |n| {

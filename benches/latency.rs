@@ -12,9 +12,16 @@
 //! * **Append tail latency while a reader replays**: a writer appends back
 //!   to back, timing each append, while another thread replays the same
 //!   session's last 1024 events in a loop (a host reconnecting over and
-//!   over); and the same without the reader, for comparison. Ours runs
-//!   twice: in the steady ring, and in a ring that never laps during the
-//!   run (no append frees an event), which isolates what the lapping costs.
+//!   over), or paced to one replay per 10 µs (designs compared at the same
+//!   rate); and the same without the reader, for comparison. Ours runs
+//!   four ways: through a handle in the steady ring; through a
+//!   `SessionWriter`; with a reader that lends instead of cloning
+//!   (`replay_with`); and in a ring that never laps during the run (no
+//!   append frees an event), which isolates what the lapping costs. Each
+//!   run prints the readers' rates and a cache line's round trip between
+//!   the two threads, per round: how much sharing a line costs decides
+//!   how much the reader slows the writer (BENCHMARKS.md, issue 13's
+//!   fifth round).
 //!
 //! The machine these run on is shared and its load drifts, so designs take
 //! turns: delivery samples alternate between designs one by one, append
@@ -497,6 +504,15 @@ struct AppendDesign<'a> {
     replay: Box<dyn Fn() + Sync + 'a>,
 }
 
+/// How our writer appends.
+#[derive(Clone, Copy)]
+enum OursAppend {
+    /// `SessionHandle::append`, which hands the event back.
+    Handle,
+    /// `SessionWriter::append`: the kept segment, the position back.
+    Writer,
+}
+
 /// How our reader replays.
 #[derive(Clone, Copy)]
 enum OursReplay {
@@ -514,16 +530,26 @@ fn ours_appending<'a>(
     store: &'a ReplayStore<u64>,
     key: &'a SessionKey,
     how: OursReplay,
+    through: OursAppend,
 ) -> AppendDesign<'a> {
     let handle = store.session(key).expect("session");
     for i in 0..CAPACITY as u64 {
         handle.append(Revision(1), i).expect("append");
     }
-    AppendDesign {
-        name,
-        append: Box::new(move |i| {
+    let append: Box<dyn FnMut(u64)> = match through {
+        OursAppend::Handle => Box::new(move |i| {
             black_box(handle.append(Revision(1), i).expect("append"));
         }),
+        OursAppend::Writer => {
+            let mut writer = handle.writer();
+            Box::new(move |i| {
+                black_box(writer.append(Revision(1), i).expect("append"));
+            })
+        }
+    };
+    AppendDesign {
+        name,
+        append,
         replay: Box::new(move || {
             let tail = store.current_cursor(key);
             let from = Cursor::new(
@@ -569,10 +595,36 @@ fn append_under_reader(settings: &Settings, summary: &mut String) {
     let unlapped =
         ReplayStore::<u64>::new(Config::default().with_capacity(MAX_CAPACITY)).expect("a store");
     let lending = ReplayStore::<u64>::default();
+    let writer = ReplayStore::<u64>::default();
     let mut designs = [
-        ours_appending("ours", &store, &key, OursReplay::Cloning),
-        ours_appending("ours-lending", &lending, &key, OursReplay::Lending),
-        ours_appending("ours-unlapped", &unlapped, &key, OursReplay::Cloning),
+        ours_appending(
+            "ours",
+            &store,
+            &key,
+            OursReplay::Cloning,
+            OursAppend::Handle,
+        ),
+        ours_appending(
+            "ours-writer",
+            &writer,
+            &key,
+            OursReplay::Cloning,
+            OursAppend::Writer,
+        ),
+        ours_appending(
+            "ours-lending",
+            &lending,
+            &key,
+            OursReplay::Lending,
+            OursAppend::Handle,
+        ),
+        ours_appending(
+            "ours-unlapped",
+            &unlapped,
+            &key,
+            OursReplay::Cloning,
+            OursAppend::Handle,
+        ),
         AppendDesign {
             name: "reference",
             append: Box::new(|i| {
