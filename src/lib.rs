@@ -31,6 +31,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A turn loop that appends from one thread and does not need the events
+//! back can take a [`SessionWriter`] from its handle: it keeps the segment
+//! it writes to and returns positions (about 1.4x the cost of allocating
+//! the event and reading the clock, against 1.8x through the handle). A
+//! host that only encodes what it replays can borrow the events with
+//! [`ReplayStore::replay_with`] instead of taking references to them.
+//!
 //! # Guarantees
 //!
 //! * **Positions** are per session, 1-based, unique and contiguous, also
