@@ -189,7 +189,7 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_whose_segment_was_lapped_and_trimmed_writes_nothing_stale() {
+    fn a_writer_moves_on_from_a_segment_lapped_and_trimmed_under_it() {
         // Capacity 2: segments of 2 positions. The writer keeps segment 0
         // (positions 1 and 2) while a handle laps it and a release trims.
         let store = ReplayStore::<u64>::new(Config::default().with_capacity(2)).unwrap();

@@ -243,15 +243,13 @@ fn run_writers_readers_subscriber(capacity: usize, per_writer: u64) -> Run {
                 (0..per_writer)
                     .map(|seq| {
                         let payload = (writer, seq);
-                        let position = match (&handle, &mut session_writer) {
-                            (Some(handle), _) => handle.append(Revision(1), payload).map(|event| {
-                                assert_eq!(*event.payload(), payload);
-                                event.position()
-                            }),
-                            (_, Some(session_writer)) => {
-                                session_writer.append(Revision(1), payload)
+                        let position = match &mut session_writer {
+                            Some(session_writer) => session_writer.append(Revision(1), payload),
+                            None => match &handle {
+                                Some(handle) => handle.append(Revision(1), payload),
+                                None => store.append(&key, Revision(1), payload),
                             }
-                            _ => store.append(&key, Revision(1), payload).map(|event| {
+                            .map(|event| {
                                 assert_eq!(*event.payload(), payload);
                                 event.position()
                             }),
