@@ -103,6 +103,14 @@ pub struct DurableOptions {
     /// Appends to a session already queued pay nothing more. Off by default
     /// for that reason: a turn loop must not wait on the scheduler.
     pub wake_on_dirty: bool,
+    /// Run a persister thread (default `true`). Without one, nothing is
+    /// written until the host calls
+    /// [`ReplayStore::persist_round`](crate::ReplayStore::persist_round):
+    /// for deterministic simulation (one thread drives every node, its
+    /// log and its faults from one seed) and for hosts with a scheduler of
+    /// their own. Dropping such a store writes nothing more: what was not
+    /// persisted is lost, as in a crash.
+    pub persister_thread: bool,
 }
 
 impl Default for DurableOptions {
@@ -112,6 +120,7 @@ impl Default for DurableOptions {
             max_batch_events: 8192,
             shutdown_timeout: Duration::from_secs(5),
             wake_on_dirty: false,
+            persister_thread: true,
         }
     }
 }
@@ -132,6 +141,12 @@ impl DurableOptions {
     /// Sets [`DurableOptions::wake_on_dirty`].
     pub fn with_wake_on_dirty(mut self, wake: bool) -> Self {
         self.wake_on_dirty = wake;
+        self
+    }
+
+    /// Sets [`DurableOptions::persister_thread`].
+    pub fn with_persister_thread(mut self, thread: bool) -> Self {
+        self.persister_thread = thread;
         self
     }
 
@@ -225,9 +240,12 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         Ok(())
     }
 
-    /// Starts the persister thread.
+    /// Starts the persister thread, unless the host drives the rounds.
     #[cfg(not(loom))]
     pub(crate) fn start(this: &StdArc<Self>) -> std::io::Result<()> {
+        if !this.options.persister_thread {
+            return Ok(());
+        }
         let worker = StdArc::clone(this);
         let handle = std::thread::Builder::new()
             .name("livereplay-persister".into())
@@ -346,6 +364,12 @@ impl<T> Persistence<T> {
         self.tailer
             .available()
             .then(|| self.tailer.listen(key, after))
+    }
+
+    /// Whether a persister thread writes the log (else the host calls
+    /// `persist_round`).
+    pub(crate) fn has_thread(&self) -> bool {
+        self.thread.get().is_some()
     }
 
     pub(crate) fn last_error(&self) -> Option<String> {

@@ -966,13 +966,36 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         Ok(archived)
     }
 
-    /// Runs one persister round on the calling thread (loom models only:
-    /// under `--cfg loom` the store starts no persister thread). Returns
-    /// `None` if nothing was queued, else whether the commit succeeded.
-    #[cfg(loom)]
-    #[doc(hidden)]
+    /// Runs one persister round on the calling thread, for a store built
+    /// with [`DurableOptions::with_persister_thread`]`(false)`: a
+    /// deterministic simulation drives every node's persistence this way,
+    /// in an order its seed chooses. Returns `None` if nothing was queued
+    /// (or the store has a persister thread, which does this itself), else
+    /// whether the commit succeeded.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use livereplay::durable::MemoryLog;
+    /// use livereplay::{DurableOptions, ReplayStore, Revision, SessionKey, Utf8};
+    ///
+    /// let store = ReplayStore::<String>::builder()
+    ///     .durable(Arc::new(MemoryLog::new()), Utf8)
+    ///     .durable_options(DurableOptions::default().with_persister_thread(false))
+    ///     .build()?;
+    /// let key = SessionKey::new("acme", "chat-1")?;
+    /// store.append(&key, Revision(1), "hello".to_string())?;
+    /// assert_eq!(store.durable_position(&key)?, Some(0));
+    /// assert_eq!(store.persist_round(), Some(true));
+    /// assert_eq!(store.durable_position(&key)?, Some(1));
+    /// assert_eq!(store.persist_round(), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn persist_round(&self) -> Option<bool> {
-        self.shared.persistence.as_ref()?.round()
+        let persistence = self.shared.persistence.as_ref()?;
+        if persistence.has_thread() {
+            return None;
+        }
+        persistence.round()
     }
 
     /// The durable log, if the store has one.
