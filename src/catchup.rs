@@ -60,7 +60,7 @@ use event_listener::EventListener;
 use futures_core::Stream;
 
 use crate::cursor::{Cursor, Incarnation, Revision};
-use crate::durable::{LogRecord, RecordBody, SessionMeta};
+use crate::durable::{LogError, LogRecord, RecordBody, SessionMeta};
 use crate::error::{Gap, GapReason, NextTimeoutError, TryNextError};
 use crate::event::{Event, Timestamp};
 use crate::key::SessionKey;
@@ -99,12 +99,14 @@ pub struct CatchUp<T> {
 }
 
 impl<T: Send + Sync + 'static> CatchUp<T> {
-    /// Checks `cursor` against every tier, then starts after it.
+    /// Checks `cursor` against every tier, then starts after it. A log that
+    /// cannot answer is an error to retry (`LogUnavailable`), never a gap:
+    /// a gap tells the client to throw its state away.
     pub(crate) fn start(
         sessions: StdArc<SessionMap<T>>,
         shared: StdArc<Shared<T>>,
         cursor: &Cursor,
-    ) -> Result<Self, Gap> {
+    ) -> Result<Self, crate::Error> {
         let this = Self {
             sessions,
             shared,
@@ -115,18 +117,24 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             listener: None,
             ended: false,
         };
-        if let Err(gap) = this.check(cursor) {
+        let verdict = this
+            .check(cursor)
+            .map_err(|error| crate::Refusal::LogUnavailable {
+                reason: error.to_string(),
+            })?;
+        if let Err(gap) = verdict {
             this.shared.counters.count_gap(gap.reason);
-            return Err(gap);
+            return Err(gap.into());
         }
         Ok(this)
     }
 
-    /// The gap table for a cursor, against memory first, then the log.
-    fn check(&self, cursor: &Cursor) -> Result<(), Gap> {
+    /// The gap table for a cursor, against memory first, then the log
+    /// (whose error is the outer `Err`).
+    fn check(&self, cursor: &Cursor) -> Result<Result<(), Gap>, LogError> {
         let after = cursor.position();
         if after == 0 {
-            return Ok(());
+            return Ok(Ok(()));
         }
         let in_memory = self.sessions.with_found(&self.key, |found| match found {
             Found::Resident(session) => (session.identity(), session.ring.published_tail()),
@@ -134,11 +142,14 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         });
         if let Some((identity, tail)) = in_memory {
             if let Some(verdict) = judge(&identity, tail, cursor) {
-                return verdict.map_err(|(reason, missed)| self.gap(reason, missed));
+                return Ok(verdict.map_err(|(reason, missed)| self.gap(reason, missed)));
             }
         }
-        let meta = self.meta();
-        match (cursor.incarnation(), meta) {
+        let meta = match &self.shared.persistence {
+            Some(persistence) => persistence.log.meta(&self.key)?,
+            None => None,
+        };
+        Ok(match (cursor.incarnation(), meta) {
             (Some(incarnation), Some(meta)) => match meta.life_of(incarnation) {
                 // A shared log's newest life may have a writer alive on
                 // another node that has not shipped `after` yet: wait for
@@ -156,7 +167,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                 Err(self.gap(GapReason::Lost, Some(after)))
             }
             _ => Err(self.gap(GapReason::Unavailable, None)),
-        }
+        })
     }
 
     fn shared_log(&self) -> bool {
@@ -181,6 +192,8 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         Some(listener)
     }
 
+    /// The log's meta for a gap's `latest` cursor: best effort (the gap is
+    /// already decided; a log that cannot answer leaves the start cursor).
     fn meta(&self) -> Option<SessionMeta> {
         let persistence = self.shared.persistence.as_ref()?;
         persistence.log.meta(&self.key).ok().flatten()

@@ -38,7 +38,7 @@
 //!   was removed explicitly with `remove_session` (and its cursors then read
 //!   as `Reset` or `Unavailable`).
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc as StdArc;
 
 use crate::cursor::Cursor;
@@ -52,7 +52,7 @@ use crate::sync::{Arc, AtomicU64, AtomicUsize, ShardedMap};
 const MIN_SWEEP_INTERVAL: usize = 1024;
 
 /// What an evicted session leaves behind.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tombstone {
     /// Who it was; `start` is its last position, `start_revision` that
     /// position's revision.
@@ -73,6 +73,15 @@ impl Tombstone {
             self.identity.start_revision,
             last,
         )
+    }
+
+    /// Whether a restore from a shared log found this tombstone's life
+    /// still the newest there, ending where the tombstone ends (no other
+    /// node wrote the session since), or found a removed session of this
+    /// node still on its way to the log.
+    fn is_current_in<T>(&self, restored: &Restored<T>) -> bool {
+        restored.predecessor.is_some()
+            || restored.identity.previous == Some((self.identity.incarnation, self.identity.start))
     }
 
     /// The contract's answer to `cursor` on the dormant session: as if the
@@ -139,7 +148,19 @@ pub(crate) struct SessionMap<T> {
     revived: AtomicU64,
     /// Tombstones dropped (by age or count) over the store's life.
     forgotten: AtomicU64,
+    /// Entries that left the map, counted per stripe of keys: a restore
+    /// (log I/O outside the lock) is used only if its key's stripe did not
+    /// move meanwhile. Striped so that churn on other keys rarely sends a
+    /// restore round again.
+    departures: Box<[AtomicU64]>,
 }
+
+/// Departure stripes: a restore retries when another key of its stripe
+/// left the map while it read the log (1 in 256 at worst).
+#[cfg(not(loom))]
+const DEPARTURE_STRIPES: usize = 256;
+#[cfg(loom)]
+const DEPARTURE_STRIPES: usize = 2;
 
 impl<T> SessionMap<T> {
     pub(crate) fn new() -> Self {
@@ -152,6 +173,7 @@ impl<T> SessionMap<T> {
             evicted: AtomicU64::new(0),
             revived: AtomicU64::new(0),
             forgotten: AtomicU64::new(0),
+            departures: (0..DEPARTURE_STRIPES).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -215,6 +237,13 @@ impl<T> SessionMap<T> {
     /// The resident session for `key`: revived from its tombstone, or
     /// created with the identity `restore` gives (called outside the lock;
     /// the durable tier reads the log there), subject to `max_sessions`.
+    ///
+    /// A restore is used only if no session of the key left the map while
+    /// it ran (its answer may predate that session's writes: the key's
+    /// departure stripe is compared under the write lock). Over a shared
+    /// log a tombstone is revived only if the log's newest life is still
+    /// the tombstone's, ending where it ended; otherwise another node wrote
+    /// the session meanwhile and it is restored after that node's tail.
     pub(crate) fn get_or_create(
         &self,
         key: &SessionKey,
@@ -234,10 +263,27 @@ impl<T> SessionMap<T> {
                 return Err(Refusal::TooManySessions { max });
             }
         }
-        // Only a key the map does not know at all needs `restore`; ask it
-        // before taking the write lock, so no I/O happens under it.
-        let unknown = self.map.with(key, |_| ()).is_none();
-        let restored = if unknown { Some(restore()) } else { None };
+        // Before the look (and the restore): a departure after this is seen
+        // under the lock below.
+        let departures = self.departures_seen(key);
+        // What the map holds now: nothing, or a tombstone.
+        let seen: Option<Option<Tombstone>> = self.map.with(key, |entry| match entry {
+            Entry::Dormant(tombstone) => Some(*tombstone),
+            Entry::Resident(_) => None,
+        });
+        let shared_log = shared
+            .persistence
+            .as_ref()
+            .is_some_and(|persistence| persistence.log.is_shared());
+        // Only a key the map does not know at all, or a tombstone another
+        // node may have written past, needs `restore`; ask it before taking
+        // the write lock, so no I/O happens under it.
+        let ask = match seen {
+            None => true,
+            Some(Some(_)) => shared_log,
+            Some(None) => false,
+        };
+        let restored = if ask { Some(restore()) } else { None };
         let restored = match restored.transpose() {
             Ok(restored) => restored,
             Err(refusal) => {
@@ -260,26 +306,37 @@ impl<T> SessionMap<T> {
                 StdArc::clone(shared),
             ))
         };
-        let outcome = self.map.update(key, |entry| match entry {
-            Some(Entry::Resident(session)) => (None, Outcome::Existing(Held::new(session))),
-            Some(entry @ Entry::Dormant(_)) => {
-                let Entry::Dormant(tombstone) = *entry else {
-                    return (None, Outcome::Retry);
-                };
-                let session = make(Restored::continuing(tombstone.identity), tombstone.created);
-                let held = Held::new(&session);
-                *entry = Entry::Resident(session);
-                (None, Outcome::Revived(held))
-            }
-            None => match restored {
-                Some(restored) => {
-                    let created = self.next_created.fetch_add(1, Relaxed);
-                    let session = make(restored, created);
+        let outcome = self.map.update(key, |entry| {
+            // Relaxed: departures of this key are counted under this lock.
+            let unchanged = self.departures[self.stripe(key)].load(Relaxed) == departures;
+            match entry {
+                Some(Entry::Resident(session)) => (None, Outcome::Existing(Held::new(session))),
+                Some(entry @ Entry::Dormant(_)) => {
+                    let Entry::Dormant(tombstone) = *entry else {
+                        return (None, Outcome::Retry);
+                    };
+                    if !unchanged || seen.is_none_or(|seen| seen != Some(tombstone)) {
+                        return (None, Outcome::Retry);
+                    }
+                    let restored = match restored {
+                        Some(restored) if !tombstone.is_current_in(&restored) => restored,
+                        _ => Restored::continuing(tombstone.identity),
+                    };
+                    let session = make(restored, tombstone.created);
                     let held = Held::new(&session);
-                    (Some(Entry::Resident(session)), Outcome::Created(held))
+                    *entry = Entry::Resident(session);
+                    (None, Outcome::Revived(held))
                 }
-                None => (None, Outcome::Retry),
-            },
+                None => match restored {
+                    Some(restored) if unchanged && seen.is_none() => {
+                        let created = self.next_created.fetch_add(1, Relaxed);
+                        let session = make(restored, created);
+                        let held = Held::new(&session);
+                        (Some(Entry::Resident(session)), Outcome::Created(held))
+                    }
+                    _ => (None, Outcome::Retry),
+                },
+            }
         });
         match outcome {
             Outcome::Existing(session) => {
@@ -289,6 +346,9 @@ impl<T> SessionMap<T> {
             Outcome::Revived(session) => {
                 self.dormant.fetch_sub(1, Relaxed);
                 self.revived.fetch_add(1, Relaxed);
+                if let Some(persistence) = &shared.persistence {
+                    persistence.created(&session);
+                }
                 Ok(session)
             }
             Outcome::Created(session) => {
@@ -301,12 +361,33 @@ impl<T> SessionMap<T> {
                 Ok(session)
             }
             Outcome::Retry => {
-                // A tombstone was forgotten between our look and the lock:
-                // the key is unknown now, so restore it properly.
+                // The key changed between our look and the lock (a session
+                // left, a tombstone was forgotten or replaced): look again.
                 self.live.fetch_sub(1, Relaxed);
                 self.get_or_create(key, shared, restore)
             }
         }
+    }
+
+    /// The departure stripe of `key`.
+    fn stripe(&self, key: &SessionKey) -> usize {
+        (KeyView::key_hash(key) as usize) % self.departures.len()
+    }
+
+    /// How many sessions of `key`'s stripe have left the map.
+    fn departures_seen(&self, key: &SessionKey) -> u64 {
+        // Acquire: pairs with `departed`'s Release, so a restore that
+        // starts after it sees what the departure registered (a removed
+        // session waiting for the log).
+        self.departures[self.stripe(key)].load(Acquire)
+    }
+
+    /// `key`'s entry leaves the map (removed, or its tombstone forgotten):
+    /// restores that began before must not be used. Call under the shard's
+    /// write lock, after registering what the departure leaves behind.
+    fn departed(&self, key: &SessionKey) {
+        // Release: see `departures_seen`.
+        self.departures[self.stripe(key)].fetch_add(1, Release);
     }
 
     /// Sweeps when enough sessions were created since the last sweep that
@@ -347,7 +428,7 @@ impl<T> SessionMap<T> {
         let mut evicted = Vec::new();
         let mut forgotten = 0;
         let mut dormant_since = Vec::new();
-        self.map.retain(|_, entry| {
+        self.map.retain(|key, entry| {
             let tombstone = match entry {
                 Entry::Resident(session) => match Self::evict(session, now) {
                     Some(tombstone) => tombstone,
@@ -359,6 +440,7 @@ impl<T> SessionMap<T> {
                         .saturating_sub(tombstone.evicted_at.as_nanos());
                     if age > ttl {
                         forgotten += 1;
+                        self.departed(key);
                         return false;
                     }
                     dormant_since.push(tombstone.evicted_at);
@@ -371,6 +453,9 @@ impl<T> SessionMap<T> {
             };
             // A session that never had a position has nothing to remember.
             let remembered = tombstone.identity.start > 0 && keep_tombstones > 0;
+            if !remembered {
+                self.departed(key);
+            }
             self.account_eviction(shared, &session, remembered);
             evicted.push(session);
             if remembered {
@@ -383,10 +468,11 @@ impl<T> SessionMap<T> {
             let excess = dormant_since.len() - keep_tombstones;
             let (_, &mut cutoff, _) = dormant_since.select_nth_unstable(excess - 1);
             let mut left = excess;
-            self.map.retain(|_, entry| match entry {
+            self.map.retain(|key, entry| match entry {
                 Entry::Dormant(tombstone) if left > 0 && tombstone.evicted_at <= cutoff => {
                     left -= 1;
                     forgotten += 1;
+                    self.departed(key);
                     false
                 }
                 _ => true,
@@ -437,8 +523,13 @@ impl<T> SessionMap<T> {
             let remembered = tombstone.identity.start > 0 && keep_tombstones;
             self.account_eviction(shared, &session, remembered);
             if !remembered {
-                self.map
-                    .remove_if(key, |entry| matches!(entry, Entry::Dormant(_)));
+                self.map.remove_if(key, |entry| {
+                    let dormant = matches!(entry, Entry::Dormant(_));
+                    if dormant {
+                        self.departed(key);
+                    }
+                    dormant
+                });
             }
         }
         freed
@@ -447,22 +538,35 @@ impl<T> SessionMap<T> {
     /// Removes the session whatever holds it, tombstone included; later
     /// appends through a handle are refused and subscribers end with a
     /// `Reset` gap.
+    ///
+    /// Under the shard's write lock, before the entry leaves, the ring is
+    /// sealed and, with a log, the session is registered as the key's
+    /// removed predecessor: a by-key re-creation (which needs that lock)
+    /// then continues after its last position. Subscribers are woken only
+    /// after the lock is let go (a waker may run anything).
     pub(crate) fn remove(&self, key: &SessionKey, shared: &Shared<T>) -> bool {
-        match self.map.remove_if(key, |_| true) {
+        let removed = self.map.remove_if(key, |entry| {
+            if let Entry::Resident(session) = entry {
+                let last = session.ring.seal();
+                // Its accepted events still go to the log; a re-created
+                // session must continue after them.
+                if let Some(persistence) = &shared.persistence {
+                    persistence.removed(session, last);
+                }
+            }
+            self.departed(key);
+            true
+        });
+        match removed {
             Some(Entry::Resident(session)) => {
                 self.live.fetch_sub(1, Relaxed);
-                let last = session.ring.close();
-                // Appends racing the close may still land: count what was
+                session.ring.wake_closed();
+                // Appends racing the seal may still land: count what was
                 // claimed when it closed.
                 shared
                     .counters
                     .appends_of_gone_sessions
-                    .add(last - session.identity().start);
-                // Its accepted events still go to the log; a re-created
-                // session must continue after them.
-                if let Some(persistence) = &shared.persistence {
-                    persistence.removed(&session, last);
-                }
+                    .add(session.ring.claimed() - session.identity().start);
                 true
             }
             Some(Entry::Dormant(_)) => {

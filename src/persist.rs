@@ -48,7 +48,18 @@
 //!    was lost, or the log lost acknowledged writes: `stats()` counts a
 //!    regression) and write on from there; otherwise another writer has the
 //!    session and it is *fenced*: its events stay in the ring, counted in
-//!    `stats()`, and are no longer written.
+//!    `stats()`, and are no longer written. A fenced session may be
+//!    evicted, and a successor never waits for a fenced predecessor.
+//! 7. A record the log refuses for good (`InvalidRecord`: too large for it,
+//!    say) is written as a hole (`HoleReason::Refused`), counted with its
+//!    key; it never stalls its session or the sessions batched with it.
+//! 8. Holes are lost, not durable: the watermark passes them (the log
+//!    holds the positions as lost), but every position written as a hole
+//!    is remembered by its session (`LostPositions`) and no wait reports
+//!    it durable.
+//! 9. A removed session is let go once nothing more of it will be
+//!    written (all durable, or fenced); dropping the store lets every
+//!    queued and removed session go.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc as StdArc, Mutex, OnceLock};
@@ -170,6 +181,61 @@ pub(crate) struct PersistCounters {
     pub(crate) undecodable_events: AtomicCounter,
     pub(crate) fenced_sessions: AtomicCounter,
     pub(crate) log_regressions: AtomicCounter,
+    pub(crate) refused_records: AtomicCounter,
+}
+
+/// The positions of one session the persister wrote as holes, so that no
+/// wait reports them durable. Holes are rare (the log failed or stalled
+/// past the ring, or refused a record), so a short list: past
+/// [`LostPositions::MAX_RANGES`] the oldest ranges are dropped and the
+/// positions they covered are looked up in the log instead.
+#[derive(Debug, Default)]
+pub(crate) struct LostPositions {
+    /// `(first, last, reason)`, ascending, adjacent ranges of one reason
+    /// merged.
+    ranges: Vec<(u64, u64, HoleReason)>,
+    /// Positions at or below this may be in a dropped range.
+    forgotten_through: u64,
+}
+
+/// Whether a position is known lost.
+pub(crate) enum Lost {
+    /// The persister wrote it as a hole, for this reason.
+    Yes(HoleReason),
+    /// It did not (as far as this session knows).
+    No,
+    /// Ask the log: the position is older than what this session tracks.
+    AskTheLog,
+}
+
+impl LostPositions {
+    const MAX_RANGES: usize = 64;
+
+    fn record(&mut self, first: u64, last: u64, reason: HoleReason) {
+        match self.ranges.last_mut() {
+            Some((_, end, previous)) if *end + 1 == first && *previous == reason => *end = last,
+            _ => self.ranges.push((first, last, reason)),
+        }
+        if self.ranges.len() > Self::MAX_RANGES {
+            let (_, end, _) = self.ranges.remove(0);
+            self.forgotten_through = end;
+        }
+    }
+
+    /// Whether `position` (of a session that starts after `start`) is lost.
+    pub(crate) fn at(&self, position: u64, start: u64) -> Lost {
+        if position <= start || position <= self.forgotten_through {
+            return Lost::AskTheLog;
+        }
+        match self
+            .ranges
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&position))
+        {
+            Some(&(_, _, reason)) => Lost::Yes(reason),
+            None => Lost::No,
+        }
+    }
 }
 
 /// The durable tier of one store.
@@ -194,10 +260,31 @@ pub(crate) struct Persistence<T> {
     commit_lock: Mutex<()>,
     /// Wakes catch-ups of sessions other writers of a shared log write.
     tailer: StdArc<crate::tail::Tailer>,
+    /// The last session fenced, and the last whose record the log refused
+    /// for good: for an operator reading `stats()`.
+    last_fenced: Mutex<Option<SessionKey>>,
+    last_refused: Mutex<Option<SessionKey>>,
 }
 
 /// A removed session and the last position it claimed.
 type RemovedSession<T> = (Arc<Session<T>>, u64);
+
+impl<T> Pending<T> {
+    /// Turns the event record at `position` into a hole (the log refused
+    /// it for good); `false` if no event record is there.
+    fn refuse(&mut self, position: u64) -> bool {
+        let Some(record) = self.records.iter_mut().find(|record| {
+            record.position == position && matches!(record.body, RecordBody::Event(_))
+        }) else {
+            return false;
+        };
+        record.body = RecordBody::Hole {
+            count: 1,
+            reason: HoleReason::Refused,
+        };
+        true
+    }
+}
 
 /// One session's share of a commit.
 struct Pending<T> {
@@ -230,6 +317,8 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             last_error: Mutex::new(None),
             removed: Mutex::new(std::collections::HashMap::new()),
             commit_lock: Mutex::new(()),
+            last_fenced: Mutex::new(None),
+            last_refused: Mutex::new(None),
         }
     }
 
@@ -324,14 +413,78 @@ impl<T> Persistence<T> {
     }
 
     /// A session was removed after claiming `last` positions; remember it
-    /// until its events are durable.
+    /// until its events are durable (or it is fenced: they never will be).
+    /// Called under the map's shard lock, before the entry leaves, so a
+    /// re-creation by key finds it.
     pub(crate) fn removed(&self, session: &Arc<Session<T>>, last: u64) {
-        if session.durable() < last {
+        if session.durable() < last && !session.fenced.load(Relaxed) {
             self.removed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(session.key().clone(), (Arc::clone(session), last));
         }
+    }
+
+    /// Lets a removed session go once nothing more of it will reach the
+    /// log (all durable, or fenced), so its ring is freed without waiting
+    /// for its key to be used again.
+    fn settle_removed(&self, session: &Arc<Session<T>>) {
+        if !session.ring.is_closed() {
+            return;
+        }
+        let done = session.fenced.load(Relaxed) || session.written() >= session.ring.claimed();
+        if !done {
+            return;
+        }
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        if removed
+            .get(session.key())
+            .is_some_and(|(held, _)| Arc::ptr_eq(held, session))
+        {
+            removed.remove(session.key());
+        }
+    }
+
+    /// Counts a session fenced (another writer has it in the log).
+    fn fence(&self, session: &Arc<Session<T>>) {
+        session.fenced.store(true, Relaxed);
+        self.counters.fenced_sessions.add(1);
+        *self.last_fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.key().clone());
+    }
+
+    /// The last session fenced and the last whose record the log refused.
+    pub(crate) fn given_up(&self) -> (Option<SessionKey>, Option<SessionKey>) {
+        let fenced = self.last_fenced.lock().unwrap_or_else(|e| e.into_inner());
+        let refused = self.last_refused.lock().unwrap_or_else(|e| e.into_inner());
+        (fenced.clone(), refused.clone())
+    }
+
+    /// Whether `position` of `session` was written as a hole: from the
+    /// session's own record of its holes, or from the log for positions
+    /// older than that record.
+    pub(crate) fn lost_at(
+        &self,
+        key: &SessionKey,
+        session: Option<&Session<T>>,
+        position: u64,
+    ) -> Result<Option<HoleReason>, LogError> {
+        if let Some(session) = session {
+            let lost = session.lost.lock().unwrap_or_else(|e| e.into_inner());
+            match lost.at(position, session.identity().start) {
+                Lost::Yes(reason) => return Ok(Some(reason)),
+                Lost::No => return Ok(None),
+                Lost::AskTheLog => {}
+            }
+        }
+        let first = self.log.load_after(key, position.saturating_sub(1), 1)?;
+        Ok(first.first().and_then(|record| match record.body {
+            RecordBody::Hole { reason, .. }
+                if (record.position..=record.last_position()).contains(&position) =>
+            {
+                Some(reason)
+            }
+            _ => None,
+        }))
     }
 
     /// The removed incarnation of `key` still waiting for the log, if any.
@@ -392,6 +545,13 @@ impl<T> Persistence<T> {
                 let _ = handle.join();
             }
         }
+        // Nothing more will be written: let the sessions still queued or
+        // removed go (they hold the store's shared state, which holds them).
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        while self.queue.pop().is_some() {}
         self.tailer.shutdown();
     }
 }
@@ -491,9 +651,12 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             .predecessor
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let waiting = predecessor
-            .as_ref()
-            .is_some_and(|old| old.durable() < session.identity().start);
+        // A fenced predecessor will never be durable: its events are lost
+        // to another writer (counted when it was fenced), and this life
+        // goes ahead (the log decides whether it is still ours).
+        let waiting = predecessor.as_ref().is_some_and(|old| {
+            !old.fenced.load(Relaxed) && old.written() < session.identity().start
+        });
         if !waiting {
             *predecessor = None;
         }
@@ -506,8 +669,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // before the reads by the SeqCst fence.
         session.dirty.store(false, Relaxed);
         fence(SeqCst);
-        // Relaxed: the persister is the only writer of the watermark.
-        let from = session.durable.load(Relaxed) + 1;
+        let from = session.written() + 1;
         let tail = session.ring.published_tail();
         let through = tail.min(from.saturating_add(room.max(1) as u64 - 1));
         let incarnation = session.incarnation();
@@ -575,12 +737,15 @@ impl<T: Send + Sync + 'static> Persistence<T> {
     }
 
     /// Writes one commit; raises the watermarks if it succeeded, queues the
-    /// sessions again if it failed. Returns whether it succeeded.
+    /// sessions again if it failed. Returns whether it made progress: a
+    /// round whose every session the log refused, and that re-reading the
+    /// log did not resolve, is a failure (the caller backs off).
     fn commit(&self, mut batch: Vec<Pending<T>>) -> bool {
         let writing = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         // Sessions the log refused by name, taken out of the commit so that
-        // one session's refusal never holds the others back (invariant 6).
-        let mut set_aside = Vec::new();
+        // one session's refusal never holds the others back (invariant 6),
+        // with whether re-reading the log resolved the refusal.
+        let mut set_aside: Vec<(Pending<T>, bool)> = Vec::new();
         let result = loop {
             let keys: Vec<_> = batch.iter().map(|p| p.session.key().clone()).collect();
             let writes: Vec<SessionWrite<'_>> = batch
@@ -597,6 +762,19 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 .collect();
             let result = self.log.append(&writes);
             drop(writes);
+            // A record the log refuses for good (malformed for it, too
+            // large) is written as a hole instead: the rest of its session
+            // and of the commit go on (invariant 7).
+            if let Err(error @ LogError::InvalidRecord { key, position, .. }) = &result {
+                let refused = batch.iter_mut().find(|p| p.session.key() == key);
+                if refused.is_some_and(|pending| pending.refuse(*position)) {
+                    self.failed(error);
+                    self.counters.refused_records.add(1);
+                    *self.last_refused.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(key.clone());
+                    continue;
+                }
+            }
             let refused = match &result {
                 Err(
                     LogError::NotContiguous { key, .. }
@@ -610,26 +788,43 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             };
             self.failed(error);
             let pending = batch.remove(index);
-            self.resync(&pending.session);
-            set_aside.push(pending);
+            let resolved = self.resync(&pending.session);
+            set_aside.push((pending, resolved));
             if batch.is_empty() {
                 break Ok(());
             }
         };
-        let ok = result.is_ok();
+        let ok = match &result {
+            Ok(()) => !batch.is_empty() || set_aside.iter().any(|(_, resolved)| *resolved),
+            Err(_) => false,
+        };
         match result {
             Ok(()) if !batch.is_empty() => {
                 self.counters.commits.add(1);
                 for pending in &batch {
+                    let mut lost = None;
                     for record in &pending.records {
                         match record.body {
                             RecordBody::Event(_) => self.counters.persisted_events.add(1),
-                            RecordBody::Hole { count, .. } => {
+                            RecordBody::Hole { count, reason } => {
                                 self.counters.holes.add(1);
                                 self.counters.lost_events.add(count);
+                                lost.get_or_insert_with(|| {
+                                    pending
+                                        .session
+                                        .lost
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                })
+                                .record(
+                                    record.position,
+                                    record.last_position(),
+                                    reason,
+                                );
                             }
                         }
                     }
+                    drop(lost);
                     pending.session.life_unrecorded.store(false, Relaxed);
                     // Release: a reader that acquires the raised watermark
                     // (a release, a trim) is ordered after the commit.
@@ -643,10 +838,14 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         for pending in batch {
             if !ok || pending.more {
                 self.mark_dirty(&pending.session);
+            } else {
+                self.settle_removed(&pending.session);
             }
         }
-        for pending in set_aside {
-            if !pending.session.fenced.load(Relaxed) {
+        for (pending, _) in set_aside {
+            if pending.session.fenced.load(Relaxed) {
+                self.settle_removed(&pending.session);
+            } else {
                 self.mark_dirty(&pending.session);
             }
         }
@@ -660,18 +859,20 @@ impl<T: Send + Sync + 'static> Persistence<T> {
     /// acknowledged, or another writer owns the session now. Re-reads the
     /// log and adopts its tail in the first two cases (the next round
     /// writes from there: what the ring still holds, else a hole), and
-    /// fences the session in the third.
-    fn resync(&self, session: &Arc<Session<T>>) {
+    /// fences the session in the third. Returns whether that resolved the
+    /// refusal (`false`: the log could not be read, or agrees with us and
+    /// refused anyway: retrying at once would only be refused again).
+    fn resync(&self, session: &Arc<Session<T>>) -> bool {
         let Ok(meta) = self.log.meta(session.key()) else {
-            return; // unreachable log: retried later, from where we were
+            return false; // unreachable log: retried later, from where we were
         };
         let tail = meta.as_ref().map_or(0, |meta| meta.durable_tail);
         let newest = meta.as_ref().and_then(|meta| meta.current_life());
         let ours = newest.is_some_and(|life| life.incarnation == session.incarnation());
         if ours {
-            session.life_unrecorded.store(false, Relaxed);
+            let unrecorded = session.life_unrecorded.swap(false, Relaxed);
             let published = session.ring.published_tail();
-            let durable = session.durable();
+            let durable = session.written();
             if tail > durable {
                 // Release: as in `commit`, after the log's read of the tail.
                 session.durable.store(tail.min(published), Release);
@@ -680,11 +881,14 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 // Release: as in `commit`, after the log's read of the tail.
                 session.durable.store(tail, Release);
             }
+            unrecorded || tail != durable
         } else if !(session.life_unrecorded.load(Relaxed) && tail == session.identity().start) {
             // Another life is the newest (or the log moved on under a life
             // we have not recorded yet): another writer has the session.
-            session.fenced.store(true, Relaxed);
-            self.counters.fenced_sessions.add(1);
+            self.fence(session);
+            true
+        } else {
+            false
         }
     }
 }

@@ -225,6 +225,9 @@ pub(crate) struct Session<T> {
     /// (the persister waits), so the log stays contiguous. Taken (and
     /// dropped) by the persister once it is durable.
     pub(crate) predecessor: std::sync::Mutex<Option<Arc<Session<T>>>>,
+    /// Positions of this session the persister wrote as holes: no tier
+    /// holds them, so no wait may report them durable.
+    pub(crate) lost: std::sync::Mutex<crate::persist::LostPositions>,
 }
 
 /// How a read after a cursor starts, once the cursor is checked.
@@ -268,6 +271,7 @@ impl<T> Session<T> {
             life_unrecorded: std::sync::atomic::AtomicBool::new(record_life),
             fenced: std::sync::atomic::AtomicBool::new(false),
             predecessor: std::sync::Mutex::new(predecessor),
+            lost: std::sync::Mutex::new(Default::default()),
         }
     }
 
@@ -292,14 +296,31 @@ impl<T> Session<T> {
             .fetch_sub(1, std::sync::atomic::Ordering::Release);
     }
 
-    /// The durable watermark: every position `<=` it is in the log.
+    /// The durable watermark: every position `<=` it is in the log (as an
+    /// event, or as a hole the log records as lost). A session that
+    /// continues a removed one still on its way to the log reports that
+    /// one's watermark until it is through: its own starts where the
+    /// removed one ended, which is not durable yet.
     pub(crate) fn durable(&self) -> u64 {
         // Acquire, paired with the persister's Release stores: whoever sees
         // the watermark (a release, a trim) is ordered after the commit
         // that raised it, so a log read it then makes sees those records
         // even on a log that publishes commits by Release/Acquire alone
         // (loom model T5w fails with Relaxed here).
-        self.durable.load(std::sync::atomic::Ordering::Acquire)
+        let own = self.durable.load(std::sync::atomic::Ordering::Acquire);
+        if own == self.identity.start && self.identity.previous.is_some() {
+            let predecessor = self.predecessor.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = predecessor.as_ref() {
+                return own.min(old.durable());
+            }
+        }
+        own
+    }
+
+    /// The persister's own watermark: where its next write starts.
+    pub(crate) fn written(&self) -> u64 {
+        // Relaxed: the persister is the only writer of the watermark.
+        self.durable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How far age and watermark trims may go: with a durable log, never
@@ -697,12 +718,14 @@ impl<T> Session<T> {
         this.trim(now);
         let tail = this.ring.published_tail();
         // With a log: everything durable, and the life recorded (a tombstone
-        // revives a session as a life the log already knows).
+        // revives a session as a life the log already knows); or fenced,
+        // when another writer has the session and nothing more of this life
+        // will be written (its loss is counted; over a shared log a revival
+        // asks the log, so the tombstone is never revived over the writer).
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
         let settled = this.shared.persistence.is_none()
-            || (this.durable() >= tail
-                && !this
-                    .life_unrecorded
-                    .load(std::sync::atomic::Ordering::Relaxed));
+            || this.fenced.load(relaxed)
+            || (this.durable() >= tail && !this.life_unrecorded.load(relaxed));
         tail == this.ring.claimed() && this.ring.floor() >= tail && settled
     }
 }

@@ -588,6 +588,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         };
         if let Some(persistence) = &self.shared.persistence {
             let c = &persistence.counters;
+            let (last_fenced, last_refused) = persistence.given_up();
             stats.durable = Some(DurableStats {
                 persisted_events: c.persisted_events.get(),
                 commits: c.commits.get(),
@@ -600,6 +601,10 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 fenced_sessions: c.fenced_sessions.get(),
                 log_regressions: c.log_regressions.get(),
                 undurable_events: 0,
+                last_fenced,
+                waiting_sessions: 0,
+                refused_records: c.refused_records.get(),
+                last_refused,
                 last_error: persistence.last_error(),
             });
         }
@@ -610,6 +615,9 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                     .ring
                     .published_tail()
                     .saturating_sub(session.durable());
+                if session.durable() < session.identity().start {
+                    durable.waiting_sessions += 1;
+                }
             }
             stats.appends += session.ring.claimed() - session.identity().start;
             stats.retained_events += session.retained(now);
@@ -691,6 +699,15 @@ pub struct DurableStats {
     /// acknowledged (it lost writes, e.g. a Redis restart without fsync):
     /// what the ring still held was written again, the rest as a hole.
     pub log_regressions: u64,
+    /// The last session fenced, for an operator to look at.
+    pub last_fenced: Option<SessionKey>,
+    /// Re-created sessions whose life waits now for a removed predecessor's
+    /// events to reach the log.
+    pub waiting_sessions: u64,
+    /// Records the log refused for good (written as holes instead).
+    pub refused_records: u64,
+    /// The session of the last record the log refused.
+    pub last_refused: Option<SessionKey>,
     /// Events published in resident sessions but not yet durable.
     pub undurable_events: u64,
     /// The last error the log returned, if any.
@@ -748,6 +765,15 @@ pub enum DurableError {
         /// The session's last position.
         last: u64,
     },
+    /// The log recorded the position as lost (a hole): no tier holds its
+    /// event, and it will never be durable.
+    #[error("position {position} will never be durable: the log recorded it as lost ({reason})")]
+    Lost {
+        /// The position waited for.
+        position: u64,
+        /// Why the log has a hole there.
+        reason: crate::durable::HoleReason,
+    },
     /// The log could not be read.
     #[error("the durable log failed: {0}")]
     Log(String),
@@ -797,11 +823,11 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn catch_up(&self, cursor: &Cursor) -> Result<CatchUp<T>, Error> {
-        Ok(CatchUp::start(
+        CatchUp::start(
             StdArc::clone(&self.sessions),
             StdArc::clone(&self.shared),
             cursor,
-        )?)
+        )
     }
 
     /// [`catch_up`](Self::catch_up), refusing a cursor for another key.
@@ -872,7 +898,8 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     }
 
     /// The session's durable watermark: every position at or below it is
-    /// in the log. `None` without a durable log or for a session neither
+    /// settled in the log, as an event or recorded as lost (a hole;
+    /// [`wait_durable`](Self::wait_durable) tells them apart). `None` without a durable log or for a session neither
     /// memory nor the log knows. Reads the log for sessions not in memory.
     pub fn durable_position(&self, key: &SessionKey) -> Result<Option<u64>, DurableError> {
         let Some(persistence) = &self.shared.persistence else {
@@ -889,7 +916,8 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     }
 
     /// Waits until `position` of `key`'s session is durable, at most
-    /// `timeout`; returns the watermark then. For callers that want "durable
+    /// `timeout`; returns the watermark then. A position the log recorded
+    /// as lost is [`DurableError::Lost`], never durable. For callers that want "durable
     /// when it returns" (seed 003) — never the turn loop.
     pub fn wait_durable(
         &self,
@@ -923,6 +951,11 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 }
             };
             if durable >= position {
+                // Settled: in the log as an event, or recorded as lost.
+                let session = resident.as_deref().map(|session| &**session);
+                if let Some(reason) = persistence.lost_at(key, session, position)? {
+                    return Err(DurableError::Lost { position, reason });
+                }
                 return Ok(durable);
             }
             let listener = persistence.listen();
@@ -1010,6 +1043,12 @@ impl<T> Drop for ReplayStore<T> {
         // the persister thread.
         if let Some(persistence) = &self.shared.persistence {
             persistence.shutdown();
+            // Nothing will write the rings any more: refuse what handles
+            // that outlive the store would append, instead of accepting
+            // events no tier will ever hold.
+            self.sessions.for_each(|_, session| {
+                session.ring.close();
+            });
         }
     }
 }

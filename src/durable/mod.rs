@@ -130,6 +130,9 @@ pub enum HoleReason {
     Lapped,
     /// The events could not be encoded by the store's codec.
     Unencodable,
+    /// The log refused the record for good (malformed for it, or too
+    /// large), so it was written as a hole instead.
+    Refused,
 }
 
 impl HoleReason {
@@ -138,6 +141,7 @@ impl HoleReason {
         match self {
             HoleReason::Lapped => 1,
             HoleReason::Unencodable => 2,
+            HoleReason::Refused => 3,
         }
     }
 
@@ -146,6 +150,7 @@ impl HoleReason {
         match tag {
             1 => Some(HoleReason::Lapped),
             2 => Some(HoleReason::Unencodable),
+            3 => Some(HoleReason::Refused),
             _ => None,
         }
     }
@@ -156,6 +161,7 @@ impl fmt::Display for HoleReason {
         f.write_str(match self {
             HoleReason::Lapped => "lapped by the ring before it was persisted",
             HoleReason::Unencodable => "the payload could not be encoded",
+            HoleReason::Refused => "the log refused the record",
         })
     }
 }

@@ -534,11 +534,24 @@ impl<T> Ring<T> {
     /// Closes the ring: later claims are refused; subscribers are woken.
     /// Returns how many positions were claimed before it closed.
     pub(crate) fn close(&self) -> u64 {
-        // Relaxed: claims synchronise through the RMW order only; the wake
-        // below carries its own fences.
-        let claimed = self.claimed.fetch_or(CLOSED, Relaxed) & !CLOSED;
-        self.doorbell.ring_all();
+        let claimed = self.seal();
+        self.wake_closed();
         claimed
+    }
+
+    /// Closes the ring without waking anyone (a caller under a lock must
+    /// not run a subscriber's waker there): later claims are refused.
+    /// Returns how many positions were claimed before it closed; call
+    /// [`Ring::wake_closed`] once the lock is let go.
+    pub(crate) fn seal(&self) -> u64 {
+        // Relaxed: claims synchronise through the RMW order only; the wake
+        // that follows carries its own fences.
+        self.claimed.fetch_or(CLOSED, Relaxed) & !CLOSED
+    }
+
+    /// Wakes the subscribers of a sealed ring, so they see it closed.
+    pub(crate) fn wake_closed(&self) {
+        self.doorbell.ring_all();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
