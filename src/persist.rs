@@ -200,8 +200,9 @@ pub(crate) struct LostPositions {
 
 /// Whether a position is known lost.
 pub(crate) enum Lost {
-    /// The persister wrote it as a hole, for this reason.
-    Yes(HoleReason),
+    /// The persister wrote it in a hole, for this reason, through this
+    /// position.
+    Yes(HoleReason, u64),
     /// It did not (as far as this session knows).
     No,
     /// Ask the log: the position is older than what this session tracks.
@@ -232,7 +233,7 @@ impl LostPositions {
             .iter()
             .find(|(first, last, _)| (*first..=*last).contains(&position))
         {
-            Some(&(_, _, reason)) => Lost::Yes(reason),
+            Some(&(_, last, reason)) => Lost::Yes(reason, last),
             None => Lost::No,
         }
     }
@@ -459,19 +460,19 @@ impl<T> Persistence<T> {
         (fenced.clone(), refused.clone())
     }
 
-    /// Whether `position` of `session` was written as a hole: from the
-    /// session's own record of its holes, or from the log for positions
-    /// older than that record.
+    /// Whether `position` of `session` was written as a hole (why, and
+    /// the hole's last position): from the session's own record of its
+    /// holes, or from the log for positions older than that record.
     pub(crate) fn lost_at(
         &self,
         key: &SessionKey,
         session: Option<&Session<T>>,
         position: u64,
-    ) -> Result<Option<HoleReason>, LogError> {
+    ) -> Result<Option<(HoleReason, u64)>, LogError> {
         if let Some(session) = session {
             let lost = session.lost.lock().unwrap_or_else(|e| e.into_inner());
             match lost.at(position, session.identity().start) {
-                Lost::Yes(reason) => return Ok(Some(reason)),
+                Lost::Yes(reason, last) => return Ok(Some((reason, last))),
                 Lost::No => return Ok(None),
                 Lost::AskTheLog => {}
             }
@@ -481,7 +482,7 @@ impl<T> Persistence<T> {
             RecordBody::Hole { reason, .. }
                 if (record.position..=record.last_position()).contains(&position) =>
             {
-                Some(reason)
+                Some((reason, record.last_position()))
             }
             _ => None,
         }))

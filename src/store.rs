@@ -767,10 +767,12 @@ pub enum DurableError {
     },
     /// The log recorded the position as lost (a hole): no tier holds its
     /// event, and it will never be durable.
-    #[error("position {position} will never be durable: the log recorded it as lost ({reason})")]
+    #[error("position {position} will never be durable: the log recorded positions up to {through} as lost ({reason})")]
     Lost {
         /// The position waited for.
         position: u64,
+        /// The last position of the hole it is in.
+        through: u64,
         /// Why the log has a hole there.
         reason: crate::durable::HoleReason,
     },
@@ -953,8 +955,12 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             if durable >= position {
                 // Settled: in the log as an event, or recorded as lost.
                 let session = resident.as_deref().map(|session| &**session);
-                if let Some(reason) = persistence.lost_at(key, session, position)? {
-                    return Err(DurableError::Lost { position, reason });
+                if let Some((reason, through)) = persistence.lost_at(key, session, position)? {
+                    return Err(DurableError::Lost {
+                        position,
+                        through,
+                        reason,
+                    });
                 }
                 return Ok(durable);
             }
@@ -972,6 +978,23 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             }
             crate::sync::wait_listener(listener, remaining);
         }
+    }
+
+    /// If this store's persister wrote `position` of `key`'s resident
+    /// session as a hole, the hole's last position: an event a reader took
+    /// from the ring is then lost after all (the ring lapped it before the
+    /// log took it), and no durable-only reader may send it. `None` for a
+    /// session not resident here: the log serves its events, never a hole.
+    #[cfg(feature = "axum")]
+    pub(crate) fn lost_after_read(&self, key: &SessionKey, position: u64) -> Option<u64> {
+        let persistence = self.shared.persistence.as_ref()?;
+        let session = self.sessions.get(key)?;
+        let lost = persistence.lost_at(key, Some(&**session), position);
+        // A log that cannot answer (only for positions older than what the
+        // session tracks): the event came from the ring, so send it.
+        let through = lost.ok().flatten().map(|(_, through)| through)?;
+        self.shared.counters.count_gap(GapReason::Lost);
+        Some(through)
     }
 
     /// A future that resolves after the persister's next commit (at once

@@ -467,6 +467,7 @@ fn a_hole_is_not_durable() {
     match store.wait_durable(&k, 3, WAIT) {
         Err(DurableError::Lost {
             position: 3,
+            through: 6,
             reason,
         }) => {
             assert_eq!(reason, HoleReason::Lapped)

@@ -18,7 +18,7 @@ use super::frame::{event_frame, gap_frame, opening_frame, Frame};
 use super::resume::{CursorSource, ResumeError};
 use crate::catchup::CatchUp;
 use crate::cursor::{Cursor, CursorError};
-use crate::error::{Error, Gap};
+use crate::error::{Error, Gap, GapReason};
 use crate::event::Event;
 use crate::key::SessionKey;
 use crate::store::ReplayStore;
@@ -230,6 +230,7 @@ impl<T: Send + Sync + 'static> SseCatchUp<T> {
                 held: None,
                 progress: None,
                 known_durable: 0,
+                last_sent: cursor.clone(),
             }),
             ended: false,
         })
@@ -257,6 +258,9 @@ struct DurableGate<T> {
     /// The highest durable position seen: events at or below it pass
     /// without asking again (on a host node each ask reads the log).
     known_durable: u64,
+    /// The cursor of the last event sent (or the starting cursor): where a
+    /// gap for an event found lost starts.
+    last_sent: Cursor,
 }
 
 /// The frames of a [`CatchUpSse`] response: the opening comment, then one
@@ -308,18 +312,27 @@ impl<T: Send + Sync + 'static> CatchUpEvents<T> {
                 }
                 gate.known_durable >= event.position()
             };
-            if is_durable(gate) {
-                gate.progress = None;
-                return Poll::Ready(Some(Ok(event)));
-            }
             // Arm on the next commit, then look again before waiting: a
             // commit between the look and the arming is not missed.
-            if gate.progress.is_none() {
+            let mut durable = is_durable(gate);
+            if !durable && gate.progress.is_none() {
                 gate.progress = Some(gate.store.durable_progress());
-                if is_durable(gate) {
-                    gate.progress = None;
-                    return Poll::Ready(Some(Ok(event)));
+                durable = is_durable(gate);
+            }
+            if durable {
+                gate.progress = None;
+                // Taken from the ring, then lapped before the log took it:
+                // the log holds a hole there, so it is lost, not durable.
+                if let Some(through) = gate.store.lost_after_read(&self.key, event.position()) {
+                    return Poll::Ready(Some(Err(Gap {
+                        reason: GapReason::Lost,
+                        requested: gate.last_sent.clone(),
+                        latest: gate.store.current_cursor(&self.key),
+                        missed: Some(through - gate.last_sent.position()),
+                    })));
                 }
+                gate.last_sent = event.cursor();
+                return Poll::Ready(Some(Ok(event)));
             }
             gate.held = Some(event);
             let Some(progress) = gate.progress.as_mut() else {
@@ -522,6 +535,45 @@ mod tests {
         let other = Cursor::start(SessionKey::new("t", "other").unwrap());
         let refused = sse_catch_up(&store, &key(), &other, render).unwrap_err();
         assert_eq!(refused.status(), axum::http::StatusCode::FORBIDDEN);
+    }
+
+    /// Issue 21, item 5: an event the stream took from the ring and held
+    /// until durable, which the ring then lapped before the log took it,
+    /// is lost: the stream ends with a `lost` gap over the hole, and never
+    /// sends the event.
+    #[tokio::test]
+    async fn durable_only_never_sends_an_event_the_log_recorded_as_lost() {
+        let store = StdArc::new(
+            ReplayStore::<String>::builder()
+                .config(crate::Config::default().with_capacity(4))
+                .durable(StdArc::new(MemoryLog::new()), Utf8)
+                .durable_options(crate::DurableOptions::default().with_persister_thread(false))
+                .build()
+                .unwrap(),
+        );
+        let mut events = SseCatchUp::new(render)
+            .durable_only(store.clone())
+            .events(&store, &key(), &Cursor::start(key()))
+            .unwrap();
+        next(&mut events).await.unwrap();
+        store.append(&key(), Revision(1), "e1".into()).unwrap();
+        // The stream takes e1 from the ring and holds it: not durable yet.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut events).poll_next(&mut cx).is_pending());
+        for n in 2..=8 {
+            store.append(&key(), Revision(1), format!("e{n}")).unwrap();
+        }
+        // The ring lapped 1..=4 before this commit: a hole there.
+        assert_eq!(store.persist_round(), Some(true));
+        let frame = next(&mut events).await.unwrap();
+        assert!(!frame.contains("data: e1"), "{frame}");
+        assert!(
+            frame.contains("event: gap") && frame.contains("lost"),
+            "{frame}"
+        );
+        assert!(frame.contains("\"missed\":4"), "{frame}");
+        assert_eq!(next(&mut events).await, None);
+        assert_eq!(store.stats().gaps_lost, 1);
     }
 
     #[tokio::test]
