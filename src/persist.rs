@@ -255,10 +255,10 @@ pub(crate) struct Persistence<T> {
     /// Removed sessions whose accepted events are not all durable yet, with
     /// the last position they claimed: a session re-created under the same
     /// key continues after them, and its life waits for them (invariant 5).
-    removed: Mutex<std::collections::HashMap<SessionKey, RemovedSession<T>>>,
+    removed: crate::sync::Mutex<std::collections::HashMap<SessionKey, RemovedSession<T>>>,
     /// Held for every write to the log, so that a life recorded at restore
     /// time and the persister's commits never record one life twice.
-    commit_lock: Mutex<()>,
+    commit_lock: crate::sync::Mutex<()>,
     /// Wakes catch-ups of sessions other writers of a shared log write.
     tailer: StdArc<crate::tail::Tailer>,
     /// The last session fenced, and the last whose record the log refused
@@ -316,8 +316,8 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             handle: Mutex::new(None),
             counters: PersistCounters::default(),
             last_error: Mutex::new(None),
-            removed: Mutex::new(std::collections::HashMap::new()),
-            commit_lock: Mutex::new(()),
+            removed: crate::sync::Mutex::new(std::collections::HashMap::new()),
+            commit_lock: crate::sync::Mutex::new(()),
             last_fenced: Mutex::new(None),
             last_refused: Mutex::new(None),
         }
@@ -438,12 +438,12 @@ impl<T> Persistence<T> {
             return;
         }
         let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
-        if removed
+        let settled = removed
             .get(session.key())
             .is_some_and(|(held, _)| Arc::ptr_eq(held, session))
-        {
-            removed.remove(session.key());
-        }
+            .then(|| removed.remove(session.key()));
+        drop(removed);
+        drop(settled);
     }
 
     /// Counts a session fenced (another writer has it in the log).

@@ -224,10 +224,10 @@ pub(crate) struct Session<T> {
     /// on their way to the log: this life is recorded only after them
     /// (the persister waits), so the log stays contiguous. Taken (and
     /// dropped) by the persister once it is durable.
-    pub(crate) predecessor: std::sync::Mutex<Option<Arc<Session<T>>>>,
+    pub(crate) predecessor: crate::sync::Mutex<Option<Arc<Session<T>>>>,
     /// Positions of this session the persister wrote as holes: no tier
     /// holds them, so no wait may report them durable.
-    pub(crate) lost: std::sync::Mutex<crate::persist::LostPositions>,
+    pub(crate) lost: crate::sync::Mutex<crate::persist::LostPositions>,
 }
 
 /// How a read after a cursor starts, once the cursor is checked.
@@ -270,8 +270,8 @@ impl<T> Session<T> {
             dirty: AtomicBool::new(false),
             life_unrecorded: std::sync::atomic::AtomicBool::new(record_life),
             fenced: std::sync::atomic::AtomicBool::new(false),
-            predecessor: std::sync::Mutex::new(predecessor),
-            lost: std::sync::Mutex::new(Default::default()),
+            predecessor: crate::sync::Mutex::new(predecessor),
+            lost: crate::sync::Mutex::new(Default::default()),
         }
     }
 

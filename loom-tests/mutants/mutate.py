@@ -166,6 +166,35 @@ MUTATIONS = {
          "        let ok = result.is_ok();",
          "        self.progress.notify(usize::MAX);\n        let ok = result.is_ok();"),
     ],
+    # Issue 21. The removed session is registered with the persister after
+    # its entry left the map, not under the shard's lock (T9).
+    "remove-registers-after-leaving": [
+        ("src/map.rs",
+         "                if let Some(persistence) = &shared.persistence {\n                    persistence.removed(session, last);\n                }\n",
+         "                let _ = last;\n"),
+        ("src/map.rs",
+         "                self.live.fetch_sub(1, Relaxed);\n                session.ring.wake_closed();\n",
+         "                self.live.fetch_sub(1, Relaxed);\n"
+         "                if let Some(persistence) = &shared.persistence {\n"
+         "                    persistence.removed(&session, session.ring.claimed());\n"
+         "                }\n"
+         "                session.ring.wake_closed();\n"),
+    ],
+    # A restore is used even if a session of its key left the map while it
+    # read the log (T9).
+    "restore-ignores-departures": [("src/map.rs",
+        "let unchanged = self.departures[self.stripe(key)].load(Relaxed) == departures;",
+        "let unchanged = self.departures[self.stripe(key)].load(Relaxed) >= departures;")],
+    # Over a shared log a tombstone is revived without asking the log (T10).
+    "revive-without-asking-the-log": [("src/map.rs",
+        "            Some(Some(_)) => shared_log,",
+        "            Some(Some(_)) => false,")],
+    # The watermark passes a hole before the session records it (T11).
+    "watermark-before-holes-recorded": [("src/persist.rs",
+        "                for pending in &batch {\n                    let mut lost = None;\n",
+        "                for pending in &batch {\n"
+        "                    pending.session.durable.store(pending.through, Release);\n"
+        "                    let mut lost = None;\n")],
 }
 
 

@@ -59,6 +59,14 @@ impl LockedLog {
             inner: MemoryLog::new(),
         }
     }
+
+    /// One log that several stores (nodes) write, as over one Redis.
+    fn shared() -> Self {
+        Self {
+            lock: Mutex::new(()),
+            inner: MemoryLog::shared(),
+        }
+    }
 }
 
 impl DurableLog for LockedLog {
@@ -95,6 +103,10 @@ impl DurableLog for LockedLog {
     ) -> Result<Vec<SessionKey>, LogError> {
         let _locked = self.lock.lock().unwrap();
         self.inner.sessions(tenant, limit, offset)
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
     }
 }
 
@@ -476,5 +488,205 @@ fn wait_durable_is_woken_by_the_commit() {
             .unwrap();
         assert_eq!(durable, 2);
         persister.join().unwrap();
+    });
+}
+
+/// The events a log holds for `key`, as `(position, payload)`.
+fn logged_events(log: &dyn DurableLog, key: &SessionKey) -> Vec<(u64, u64)> {
+    log.load_after(key, 0, 16)
+        .unwrap()
+        .into_iter()
+        .filter_map(|record| match record.body {
+            RecordBody::Event(event) => {
+                let payload = u64::from_le_bytes(event.payload.try_into().unwrap());
+                Some((record.position, payload))
+            }
+            RecordBody::Hole { .. } => None,
+        })
+        .collect()
+}
+
+/// Model T9 (issue 21, item 1): an append by key that creates the session
+/// races another thread's append and `remove_session` of it, with a log
+/// and nothing persisted yet. A re-creation continues after the removed
+/// session's last position (it is registered under the map's lock before
+/// it leaves), and a restore that read the log before the removal is not
+/// used (the key's departure stripe moved): every accepted event reaches
+/// the log once, at a position no other event has, and nothing is fenced.
+/// Mutations: `remove-registers-after-leaving`, `restore-ignores-departures`.
+#[test]
+fn removal_racing_recreation_by_key() {
+    check("removal_racing_recreation_by_key", || {
+        let (store, log) = durable_store_with(4, LockedLog::new());
+        let store = Arc::new(store);
+        let key = key();
+        let remover = {
+            let store = Arc::clone(&store);
+            let key = key.clone();
+            thread::spawn(move || {
+                let first = store.append(&key, Revision(1), 1);
+                assert!(store.remove_session(&key));
+                first.unwrap().position()
+            })
+        };
+        let second = store.append(&key, Revision(1), 2);
+        let first = remover.join().unwrap();
+        persist_all(&store);
+        let mut expected = vec![(first, 1)];
+        match second {
+            Ok(second) => {
+                tally(if second.position() > first {
+                    "re-created after the removal"
+                } else {
+                    "created before the other append"
+                });
+                expected.push((second.position(), 2));
+            }
+            // It found the session resident, and the removal sealed it
+            // before the append claimed a position.
+            Err(livereplay::Error::Refused(livereplay::Refusal::SessionRemoved)) => {
+                tally("refused: removed meanwhile");
+            }
+            Err(other) => panic!("unexpected refusal {other}"),
+        }
+        expected.sort_unstable();
+        assert_eq!(logged_events(&*log, &key), expected);
+        assert_eq!(store.stats().durable.unwrap().fenced_sessions, 0);
+    });
+}
+
+/// Model T10 (issue 21, item 4): node A evicted a session to a tombstone;
+/// node B writes the session over the shared log while A appends to it
+/// again. If B's write was in the log before A's append began, A must
+/// continue after it (asking the log), not revive its tombstone at B's
+/// position and be fenced. Mutation: `revive-without-asking-the-log`.
+#[test]
+fn tombstone_revival_against_another_nodes_life() {
+    check("tombstone_revival_against_another_nodes_life", || {
+        let log = StdArc::new(LockedLog::shared());
+        let (a, _) = durable_store_with(4, SharedHandle(StdArc::clone(&log)));
+        let (b, _) = durable_store_with(4, SharedHandle(StdArc::clone(&log)));
+        let key = key();
+        a.append(&key, Revision(1), 1).unwrap();
+        persist_all(&a);
+        a.release_through(&key, 1);
+        a.trim_session(&key);
+        assert!(!a.is_resident(&key), "A keeps only a tombstone");
+        let b_wrote = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let node_b = {
+            let b_wrote = Arc::clone(&b_wrote);
+            let key = key.clone();
+            thread::spawn(move || {
+                b.append(&key, Revision(1), 2).unwrap();
+                persist_all(&b);
+                // SeqCst: the model's own flag, read by node A below.
+                b_wrote.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        // SeqCst: see above.
+        let after_b = b_wrote.load(std::sync::atomic::Ordering::SeqCst);
+        let appended = a.append(&key, Revision(1), 3).unwrap();
+        while a.persist_round().is_some() {}
+        node_b.join().unwrap();
+        let fenced = a.stats().durable.unwrap().fenced_sessions;
+        if after_b {
+            tally("A appended after B's commit");
+            assert_eq!(
+                appended.position(),
+                3,
+                "A revived its tombstone under B's position"
+            );
+            assert_eq!(fenced, 0, "A was fenced though it came after B");
+        } else {
+            // Two writers at once: the log takes one life; a fenced one is
+            // counted (the contract's take-over rule).
+            tally(if fenced == 0 {
+                "concurrent: A's life stands"
+            } else {
+                "concurrent: A fenced"
+            });
+        }
+        // The log never holds a position twice, and holds A's event unless
+        // A was fenced.
+        let logged = logged_events(&*log, &key);
+        let mut positions: Vec<u64> = logged.iter().map(|(position, _)| *position).collect();
+        positions.dedup();
+        assert_eq!(positions.len(), logged.len());
+        assert_eq!(logged.iter().any(|&(_, payload)| payload == 3), fenced == 0);
+    });
+}
+
+/// A second handle on one shared log, so two stores can write it.
+struct SharedHandle(StdArc<LockedLog>);
+
+impl DurableLog for SharedHandle {
+    fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+        self.0.append(writes)
+    }
+
+    fn load_after(
+        &self,
+        key: &SessionKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        self.0.load_after(key, after, limit)
+    }
+
+    fn meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError> {
+        self.0.meta(key)
+    }
+
+    fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
+        self.0.archive_before(key, watermark)
+    }
+
+    fn sessions(
+        &self,
+        tenant: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<SessionKey>, LogError> {
+        self.0.sessions(tenant, limit, offset)
+    }
+
+    fn is_shared(&self) -> bool {
+        self.0.is_shared()
+    }
+}
+
+/// Model T11 (issue 21, item 5): a wait for a position races the commit
+/// that writes it as a hole (the ring lapped it). The session records its
+/// holes before the watermark passes them, so the wait never answers
+/// "durable" for a lost position: it times out before the commit, or
+/// answers `Lost` after. Mutation: `watermark-before-holes-recorded`.
+#[test]
+fn a_wait_never_vouches_for_a_hole() {
+    check("a_wait_never_vouches_for_a_hole", || {
+        let (store, log) = durable_store_with(2, LockedLog::new());
+        let store = Arc::new(store);
+        let key = key();
+        for payload in 1..=3 {
+            store.append(&key, Revision(1), payload).unwrap();
+        }
+        let persister = {
+            let store = Arc::clone(&store);
+            thread::spawn(move || {
+                store.persist_round();
+            })
+        };
+        match store.wait_durable(&key, 1, Duration::ZERO) {
+            Err(livereplay::DurableError::Lost { through: 1, .. }) => tally("lost"),
+            Err(livereplay::DurableError::Timeout { .. }) => tally("not yet"),
+            other => panic!("position 1 is a hole, yet the wait said {other:?}"),
+        }
+        persister.join().unwrap();
+        persist_all(&store);
+        assert_eq!(logged_events(&*log, &key), vec![(2, 2), (3, 3)]);
+        assert!(matches!(
+            store.wait_durable(&key, 1, Duration::ZERO),
+            Err(livereplay::DurableError::Lost { .. })
+        ));
+        assert_eq!(store.wait_durable(&key, 3, Duration::ZERO).unwrap(), 3);
     });
 }
