@@ -520,16 +520,22 @@ impl<T> SessionMap<T> {
             (None, Some((session, tombstone)))
         });
         if let Some((session, tombstone)) = evicted {
+            // Counted as dormant: it is, until the removal below, and a
+            // revival in between counts it out (counting only remembered
+            // ones let such a revival take `dormant` below zero).
+            self.account_eviction(shared, &session, true);
             let remembered = tombstone.identity.start > 0 && keep_tombstones;
-            self.account_eviction(shared, &session, remembered);
             if !remembered {
-                self.map.remove_if(key, |entry| {
+                let forgotten = self.map.remove_if(key, |entry| {
                     let dormant = matches!(entry, Entry::Dormant(_));
                     if dormant {
                         self.departed(key);
                     }
                     dormant
                 });
+                if forgotten.is_some() {
+                    self.dormant.fetch_sub(1, Relaxed);
+                }
             }
         }
         freed

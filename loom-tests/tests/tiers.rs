@@ -690,3 +690,49 @@ fn a_wait_never_vouches_for_a_hole() {
         assert_eq!(store.wait_durable(&key, 3, Duration::ZERO).unwrap(), 3);
     });
 }
+
+/// Model T12 (issue 21, item 10): with tombstones off, a trim that evicts
+/// an empty session races an append by key that revives it between the
+/// eviction and the forgetting of its tombstone. The dormant count never
+/// goes below zero (it is a usize: it would wrap). Found by reading;
+/// confirmed by this model.
+#[test]
+fn a_revival_racing_a_trim_keeps_the_dormant_count() {
+    check("a_revival_racing_a_trim_keeps_the_dormant_count", || {
+        let store = Arc::new(
+            ReplayStore::<u64>::builder()
+                .config(
+                    Config::default()
+                        .with_capacity(4)
+                        .with_max_age(MAX_AGE)
+                        .with_auto_sweep(false)
+                        .with_tombstones(0, MAX_AGE),
+                )
+                .clock(StdArc::new(ManualClock::new()))
+                .build()
+                .unwrap(),
+        );
+        let key = key();
+        store.append(&key, Revision(1), 1).unwrap();
+        store.release_through(&key, 1);
+        let trimmer = {
+            let store = Arc::clone(&store);
+            let key = key.clone();
+            thread::spawn(move || {
+                store.trim_session(&key);
+            })
+        };
+        store.append(&key, Revision(1), 2).unwrap();
+        trimmer.join().unwrap();
+        let stats = store.stats();
+        assert!(
+            stats.dormant_sessions <= 1,
+            "dormant count wrapped: {stats:?}"
+        );
+        tally(if store.is_resident(&key) {
+            "resident"
+        } else {
+            "trimmed after"
+        });
+    });
+}
