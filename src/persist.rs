@@ -489,7 +489,7 @@ impl<T> Persistence<T> {
     }
 
     /// The removed incarnation of `key` still waiting for the log, if any.
-    fn removed_pending(&self, key: &SessionKey) -> Option<RemovedSession<T>> {
+    pub(crate) fn removed_pending(&self, key: &SessionKey) -> Option<RemovedSession<T>> {
         let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         let (session, last) = removed.get(key)?;
         if session.durable() >= *last {

@@ -932,10 +932,20 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         };
         let deadline = Instant::now().checked_add(timeout);
         loop {
+            // The resident session, or one removed whose events are still
+            // on their way to the log (it answers until they are through).
             let resident = self.sessions.get(key);
-            let durable = match &resident {
-                Some(session) => {
-                    let last = session.ring.claimed();
+            let removed = match resident {
+                Some(_) => None,
+                None => persistence.removed_pending(key),
+            };
+            let tracked = match (&resident, &removed) {
+                (Some(held), _) => Some((&***held, held.ring.claimed())),
+                (None, Some((session, last))) => Some((&**session, *last)),
+                (None, None) => None,
+            };
+            let durable = match tracked {
+                Some((session, last)) => {
                     if position > last {
                         return Err(DurableError::NoSuchPosition { position, last });
                     }
@@ -954,7 +964,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             };
             if durable >= position {
                 // Settled: in the log as an event, or recorded as lost.
-                let session = resident.as_deref().map(|session| &**session);
+                let session = tracked.map(|(session, _)| session);
                 if let Some((reason, through)) = persistence.lost_at(key, session, position)? {
                     return Err(DurableError::Lost {
                         position,
@@ -965,7 +975,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 return Ok(durable);
             }
             let listener = persistence.listen();
-            if resident.as_ref().is_some_and(|s| s.durable() >= position) {
+            if tracked.is_some_and(|(session, _)| session.durable() >= position) {
                 continue;
             }
             persistence.nudge();

@@ -546,3 +546,33 @@ fn a_refused_round_backs_off() {
     );
     log.refuse_appends.store(false, SeqCst);
 }
+
+/// Item 10: `wait_durable` on a session removed a moment ago waits for its
+/// events to reach the log (they still do), instead of answering that the
+/// position was never appended.
+#[test]
+fn a_wait_on_a_just_removed_session_waits_for_its_events() {
+    let log = Arc::new(MemoryLog::new());
+    let store = Arc::new(manual_store(log, 16));
+    let k = key("just-removed");
+    for n in 1..=3 {
+        store.append(&k, Revision(1), format!("e{n}")).unwrap();
+    }
+    assert!(store.remove_session(&k));
+    let persister = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drain(&*store);
+        })
+    };
+    assert_eq!(store.wait_durable(&k, 3, WAIT).unwrap(), 3);
+    persister.join().unwrap();
+    assert!(matches!(
+        store.wait_durable(&k, 4, WAIT),
+        Err(DurableError::NoSuchPosition {
+            position: 4,
+            last: 3
+        })
+    ));
+}
