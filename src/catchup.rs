@@ -284,7 +284,11 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                         self.last_seen = event.cursor();
                         return Ok(event);
                     }
-                    Err(NextTimeoutError::Gap(gap)) if gap.reason == GapReason::Trimmed => {
+                    Err(NextTimeoutError::Gap(gap))
+                        if gap.reason == GapReason::Trimmed
+                            || (gap.reason == GapReason::Reset
+                                && self.shared.persistence.is_some()) =>
+                    {
                         self.ring = None;
                     }
                     Err(NextTimeoutError::Gap(gap)) => {
@@ -333,15 +337,22 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                         return Ok(Some(event));
                     }
                     Err(TryNextError::Empty) => return Ok(None),
-                    // Lapped: back to the log from where we are.
+                    // Lapped, or the session was removed under us (its
+                    // events still reach the log, and a re-created session
+                    // continues after them): back to the log from where
+                    // we are.
                     Err(TryNextError::Gap(gap))
-                        if gap.reason == GapReason::Trimmed
+                        if matches!(gap.reason, GapReason::Trimmed | GapReason::Reset)
                             && self.shared.persistence.is_some() =>
                     {
                         self.ring = None;
                         continue;
                     }
                     Err(TryNextError::Gap(gap)) => return Err(gap),
+                    Err(TryNextError::Ended) if self.shared.persistence.is_some() => {
+                        self.ring = None;
+                        continue;
+                    }
                     Err(TryNextError::Ended) => return Err(self.gap(GapReason::Reset, None)),
                 }
             }

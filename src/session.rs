@@ -611,7 +611,11 @@ impl<T> Session<T> {
                 Ok(Some(event))
             }
             Read::Pending if self.ring.is_closed() => {
-                self.shared.counters.count_gap(GapReason::Reset);
+                // A catch-up's subscription (`counted` false) leaves the
+                // counting to the catch-up, which reports the gap itself.
+                if counted {
+                    self.shared.counters.count_gap(GapReason::Reset);
+                }
                 Err(Gap {
                     reason: GapReason::Reset,
                     requested: last_seen.clone(),

@@ -576,3 +576,62 @@ fn a_wait_on_a_just_removed_session_waits_for_its_events() {
         })
     ));
 }
+
+/// Item 10: a catch-up in flight when its session is removed (and then
+/// re-created) goes on from the log, which continues the history: the
+/// removed life's events, then the new life's, exactly once, no gap.
+#[test]
+fn a_catch_up_survives_the_removal_of_its_session() {
+    let log = Arc::new(MemoryLog::new());
+    let store = manual_store(log, 16);
+    let k = key("removed-under-a-reader");
+    for n in 1..=3 {
+        store.append(&k, Revision(1), format!("e{n}")).unwrap();
+    }
+    drain(&store);
+    let mut catch_up = store
+        .catch_up(&livereplay::Cursor::start(k.clone()))
+        .unwrap();
+    assert_eq!(*catch_up.try_next().unwrap().payload(), "e1");
+    assert!(store.remove_session(&k));
+    store.append(&k, Revision(2), "e4".into()).unwrap();
+    drain(&store);
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        match catch_up.next_timeout(WAIT) {
+            Ok(event) => rest.push(event.payload().clone()),
+            Err(error) => panic!("after {rest:?}: {error:?}"),
+        }
+    }
+    assert_eq!(rest, ["e2", "e3", "e4"]);
+    let stats = store.stats();
+    assert_eq!(
+        stats.gaps_reset + stats.gaps_lost + stats.gaps_unavailable,
+        0
+    );
+}
+
+/// Item 10: without a log, a catch-up whose session is removed ends with
+/// one `Reset` gap, counted once.
+#[test]
+fn a_reset_gap_is_counted_once() {
+    let store = ReplayStore::<String>::new(Config::default()).unwrap();
+    let k = key("reset-once");
+    store.append(&k, Revision(1), "e1".into()).unwrap();
+    let mut catch_up = store
+        .catch_up(&livereplay::Cursor::start(k.clone()))
+        .unwrap();
+    assert_eq!(*catch_up.try_next().unwrap().payload(), "e1");
+    assert!(matches!(
+        catch_up.try_next(),
+        Err(livereplay::TryNextError::Empty)
+    ));
+    assert!(store.remove_session(&k));
+    match catch_up.try_next() {
+        Err(livereplay::TryNextError::Gap(gap)) => {
+            assert_eq!(gap.reason, livereplay::GapReason::Reset)
+        }
+        other => panic!("expected a reset gap, got {other:?}"),
+    }
+    assert_eq!(store.stats().gaps_reset, 1);
+}

@@ -116,8 +116,8 @@ MUTATIONS = {
         ".fetch_sub(1, std::sync::atomic::Ordering::Relaxed);")],
     # Tiers. A revived session forgets its tombstone's identity.
     "revive-fresh-identity": [("src/map.rs",
-        "let session = make(Restored::continuing(tombstone.identity), tombstone.created);",
-        "let session = make(Restored::continuing(Identity::fresh()), tombstone.created);")],
+        "                        _ => Restored::continuing(tombstone.identity),\n",
+        "                        _ => Restored::continuing(Identity::fresh()),\n")],
     # The persister clears the dirty flag after reading, not before.
     "persister-clears-after-read": [
         ("src/persist.rs",
@@ -142,8 +142,8 @@ MUTATIONS = {
     # Catch-up treats its ring subscription's lag as the end (no fallback
     # to the log).
     "catch-up-no-log-fallback": [("src/catchup.rs",
-        "                    Err(TryNextError::Gap(gap))\n                        if gap.reason == GapReason::Trimmed\n                            && self.shared.persistence.is_some() =>\n",
-        "                    Err(TryNextError::Gap(gap))\n                        if false && gap.reason == GapReason::Trimmed =>\n")],
+        "                        if matches!(gap.reason, GapReason::Trimmed | GapReason::Reset)\n                            && self.shared.persistence.is_some() =>\n",
+        "                        if false && matches!(gap.reason, GapReason::Trimmed | GapReason::Reset) =>\n")],
     # The persister skips positions the ring lapped instead of recording
     # a hole.
     "persister-skips-lapped": [("src/persist.rs",
@@ -163,8 +163,8 @@ MUTATIONS = {
          "        self.progress.notify(usize::MAX);\n        ok\n",
          "        ok\n"),
         ("src/persist.rs",
-         "        let ok = result.is_ok();",
-         "        self.progress.notify(usize::MAX);\n        let ok = result.is_ok();"),
+         "        let ok = match &result {",
+         "        self.progress.notify(usize::MAX);\n        let ok = match &result {"),
     ],
     # Issue 21. The removed session is registered with the persister after
     # its entry left the map, not under the shard's lock (T9).
