@@ -95,6 +95,9 @@ pub struct CatchUp<T> {
     ring: Option<Subscription<T>>,
     /// Armed on the persister's progress while waiting outside the ring.
     listener: Option<EventListener>,
+    /// The last log read failed: wait for the persister's next round (not
+    /// a commit, which an idle session may never see) to try again.
+    read_failed: bool,
     ended: bool,
 }
 
@@ -115,6 +118,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             buffer: VecDeque::new(),
             ring: None,
             listener: None,
+            read_failed: false,
             ended: false,
         };
         let verdict = this
@@ -182,6 +186,11 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
     /// this store's next commit. Look once more after arming, then wait.
     fn arm(&self) -> Option<EventListener> {
         let persistence = self.shared.persistence.as_ref()?;
+        if self.read_failed {
+            let listener = persistence.retry_listen();
+            persistence.nudge();
+            return Some(listener);
+        }
         if self.sessions.with(&self.key, |_| ()).is_none() {
             if let Some(listener) = persistence.tail_listen(&self.key, self.last_seen.position()) {
                 return Some(listener);
@@ -418,7 +427,9 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             };
         };
         let log = StdArc::clone(&persistence.log);
+        self.read_failed = false;
         let Ok(meta) = log.meta(&self.key) else {
+            self.read_failed = true;
             return Ok(LogStep::Nothing);
         };
         let Some(meta) = meta else {
@@ -439,6 +450,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             });
         }
         let Ok(records) = log.load_after(&self.key, after, LOG_BATCH) else {
+            self.read_failed = true;
             return Ok(LogStep::Nothing);
         };
         // The life of the last event delivered or buffered: a record of
@@ -587,8 +599,10 @@ impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
                         this.last_seen = event.cursor();
                         return Poll::Ready(Some(Ok(event)));
                     }
+                    // Lapped, or removed under us: back to the log (see
+                    // `step`).
                     Poll::Ready(Some(Err(gap)))
-                        if gap.reason == GapReason::Trimmed
+                        if matches!(gap.reason, GapReason::Trimmed | GapReason::Reset)
                             && this.shared.persistence.is_some() =>
                     {
                         this.ring = None;
@@ -597,6 +611,10 @@ impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
                     Poll::Ready(Some(Err(gap))) => {
                         this.end(&gap);
                         return Poll::Ready(Some(Err(gap)));
+                    }
+                    Poll::Ready(None) if this.shared.persistence.is_some() => {
+                        this.ring = None;
+                        continue;
                     }
                     Poll::Ready(None) => {
                         let gap = this.gap(GapReason::Reset, None);

@@ -79,6 +79,10 @@ use crate::ring::Read;
 use crate::session::{AtomicCounter, Identity, Restored, Session, Shared};
 use crate::sync::{fence, Arc, Queue};
 
+/// How often readers whose log read failed try again (a log that is down
+/// is read at most this often by each of them).
+const READ_RETRY: Duration = Duration::from_millis(50);
+
 /// Tuning of the durable tier.
 ///
 /// ```
@@ -247,6 +251,10 @@ pub(crate) struct Persistence<T> {
     queue: Queue<Arc<Session<T>>>,
     /// Notified after every commit (and on shutdown).
     progress: Notifier,
+    /// Notified by the persister thread every [`READ_RETRY`] (and by every
+    /// `persist_round` a host drives): readers whose log read failed try
+    /// again then, even on a session with no commit to wake them.
+    retry: Notifier,
     stop: std::sync::atomic::AtomicBool,
     thread: OnceLock<Thread>,
     handle: Mutex<Option<JoinHandle<()>>>,
@@ -311,6 +319,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             options,
             queue: Queue::new(),
             progress: Notifier::new(),
+            retry: Notifier::new(),
             stop: std::sync::atomic::AtomicBool::new(false),
             thread: OnceLock::new(),
             handle: Mutex::new(None),
@@ -511,6 +520,17 @@ impl<T> Persistence<T> {
         self.progress.listen()
     }
 
+    /// A listener notified within [`READ_RETRY`]: a reader whose log read
+    /// failed waits on it to try again.
+    pub(crate) fn retry_listen(&self) -> EventListener {
+        self.retry.listen()
+    }
+
+    /// Wakes the readers waiting to retry a failed log read.
+    pub(crate) fn retry_reads(&self) {
+        self.retry.notify(usize::MAX);
+    }
+
     /// A listener woken once another writer of the shared log records a
     /// position after `after` in `key`'s session; `None` if the log cannot
     /// be waited on.
@@ -562,7 +582,12 @@ impl<T: Send + Sync + 'static> Persistence<T> {
     fn run(&self) {
         let mut backoff = Duration::ZERO;
         let mut stop_deadline = None;
+        let mut retried = Instant::now();
         loop {
+            if retried.elapsed() >= READ_RETRY {
+                self.retry_reads();
+                retried = Instant::now();
+            }
             // Acquire: see `shutdown`.
             if stop_deadline.is_none() && self.stop.load(Acquire) {
                 stop_deadline = Some(Instant::now() + self.options.shutdown_timeout);

@@ -1061,6 +1061,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         if persistence.has_thread() {
             return None;
         }
+        persistence.retry_reads();
         persistence.round()
     }
 

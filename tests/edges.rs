@@ -635,3 +635,51 @@ fn a_reset_gap_is_counted_once() {
     }
     assert_eq!(store.stats().gaps_reset, 1);
 }
+
+/// Item 10: a catch-up read as a `Stream` whose log read failed (a blip)
+/// tries again by itself once the log is back, on an idle session with
+/// no commit to wake it (the writer's node: the session is resident, its
+/// ring holds only the newest events, the reader is behind them).
+#[tokio::test]
+async fn a_catch_up_stream_retries_after_a_log_blip() {
+    let log = Arc::new(SteeredLog::new(MemoryLog::new()));
+    let store = ReplayStore::<String>::builder()
+        .config(Config::default().with_capacity(4))
+        .durable(log.clone(), Utf8)
+        .build()
+        .unwrap();
+    let k = key("blip");
+    let mut cursors = Vec::new();
+    for n in 1..=8 {
+        let event = store.append(&k, Revision(1), format!("e{n}")).unwrap();
+        store.wait_durable(&k, event.position(), WAIT).unwrap();
+        cursors.push(event.cursor());
+    }
+    let mut catch_up = store.catch_up(&cursors[1]).unwrap();
+    log.fail_meta.store(true, SeqCst);
+    let healer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            log.fail_meta.store(false, SeqCst);
+        })
+    };
+    // Polled while the log fails, then left to its waker. (A timeout's
+    // own timer would poll it again when it fires: the time it took is
+    // what tells a retry from a stall.)
+    let started = Instant::now();
+    let next = tokio::time::timeout(
+        Duration::from_secs(3),
+        std::future::poll_fn(|cx| {
+            futures_util::Stream::poll_next(std::pin::Pin::new(&mut catch_up), cx)
+        }),
+    )
+    .await;
+    let took = started.elapsed();
+    healer.join().unwrap();
+    assert!(
+        took < Duration::from_secs(2),
+        "the catch-up stalled for {took:?} after the log came back"
+    );
+    assert_eq!(*next.unwrap().unwrap().unwrap().payload(), "e3");
+}
