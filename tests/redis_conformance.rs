@@ -82,6 +82,7 @@ fn options(prefix: &str) -> RedisOptions {
         prefix: prefix.into(),
         connect_timeout: Duration::from_secs(2),
         io_timeout: Duration::from_secs(5),
+        ..RedisOptions::default()
     }
 }
 
@@ -602,4 +603,46 @@ fn damaged_keys_are_corrupt_not_panics() {
     let fine = key("t", "fine");
     append_ok(log, &fine, Some(life(1, 1)), &events(1..=2, 1));
     assert_eq!(positions(&load_all(log, &fine)), [1, 2]);
+}
+
+/// Issue 21, item 10: a payload over the server's bulk limit is refused by
+/// Redis with a plain protocol error, which failed the whole commit, so
+/// every session batched with it stalled for good. The log now refuses the
+/// record by name before sending (`InvalidRecord`), and the persister
+/// writes it as a hole, counted with its key, while the rest is written.
+#[test]
+fn a_payload_over_the_bulk_limit_is_a_hole_not_a_stalled_batch() {
+    use livereplay::{DurableError, DurableOptions, ReplayStore, Revision, Utf8};
+    let Some(server) = RedisServer::start_with(&["--proto-max-bulk-len", "1mb"]) else {
+        return;
+    };
+    let log = Arc::new(open(&server, &unique_prefix()));
+    let store = ReplayStore::<String>::builder()
+        .durable(log.clone(), Utf8)
+        .durable_options(DurableOptions::default().with_persister_thread(false))
+        .build()
+        .unwrap();
+    let big = key("t", "big");
+    let small = key("t", "small");
+    store
+        .append(&big, Revision(1), "x".repeat(2 << 20))
+        .unwrap();
+    store.append(&big, Revision(1), "after".into()).unwrap();
+    store.append(&small, Revision(1), "small".into()).unwrap();
+    let mut rounds = 0;
+    while let Some(committed) = store.persist_round() {
+        assert!(committed, "a commit failed: {:?}", store.stats().durable);
+        rounds += 1;
+        assert!(rounds < 10, "the persister never finished");
+    }
+    assert!(matches!(
+        store.wait_durable(&big, 1, Duration::ZERO),
+        Err(DurableError::Lost { position: 1, .. })
+    ));
+    assert_eq!(store.wait_durable(&big, 2, Duration::ZERO).unwrap(), 2);
+    assert_eq!(store.wait_durable(&small, 1, Duration::ZERO).unwrap(), 1);
+    let durable = store.stats().durable.unwrap();
+    assert_eq!(durable.refused_records, 1);
+    assert_eq!(durable.last_refused.as_ref(), Some(&big));
+    assert_eq!(positions(&load_all(log.as_ref(), &big)), vec![1, 2]);
 }

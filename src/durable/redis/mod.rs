@@ -171,7 +171,18 @@ pub struct RedisOptions {
     /// The longest wait for one reply or write on the socket (default 5 s).
     /// Zero means none.
     pub io_timeout: Duration,
+    /// The largest payload one record may carry
+    /// (default `None`: the server's `proto-max-bulk-len`, asked at open,
+    /// or Redis's default of 512 MiB where `CONFIG` is not allowed). Redis
+    /// answers a larger bulk string by closing the connection, which would
+    /// fail the whole commit; the log refuses such a record by name
+    /// instead ([`LogError::InvalidRecord`]), and the store writes it as a
+    /// hole.
+    pub max_record_bytes: Option<usize>,
 }
+
+/// Redis's default `proto-max-bulk-len`.
+const DEFAULT_BULK_LIMIT: usize = 512 << 20;
 
 impl Default for RedisOptions {
     fn default() -> Self {
@@ -179,6 +190,7 @@ impl Default for RedisOptions {
             prefix: "lr".into(),
             connect_timeout: Duration::from_secs(2),
             io_timeout: Duration::from_secs(5),
+            max_record_bytes: None,
         }
     }
 }
@@ -202,6 +214,8 @@ pub struct RedisLog {
     conn: Mutex<Option<Connection>>,
     /// Idle connections for blocking reads ([`RedisLog::wait_after`]).
     waiters: Mutex<Vec<Connection>>,
+    /// The largest bulk string a record may send (`max_record_bytes`).
+    bulk_limit: usize,
 }
 
 impl fmt::Debug for RedisLog {
@@ -236,8 +250,9 @@ impl RedisLog {
             ));
         }
         let client = Client::open(url).map_err(backend)?;
-        let log = Self {
+        let mut log = Self {
             client,
+            bulk_limit: options.max_record_bytes.unwrap_or(DEFAULT_BULK_LIMIT),
             options,
             conn: Mutex::new(None),
             waiters: Mutex::new(Vec::new()),
@@ -246,7 +261,14 @@ impl RedisLog {
         let info = round_trip(&mut slot, &[cmd("INFO").arg("server").clone()])?;
         let text = bulk(info.into_iter().next().unwrap_or(Value::Nil), "INFO")?.unwrap_or_default();
         check_version(&String::from_utf8_lossy(&text))?;
+        let asked = match log.options.max_record_bytes {
+            Some(_) => None,
+            None => server_bulk_limit(&mut slot),
+        };
         drop(slot);
+        if let Some(limit) = asked {
+            log.bulk_limit = limit;
+        }
         Ok(log)
     }
 
@@ -700,6 +722,7 @@ impl DurableLog for RedisLog {
         if writes.is_empty() {
             return Ok(());
         }
+        self.check_sizes(writes)?;
         let (mut slot, reused) = self.connection()?;
         for attempt in 0..MAX_ATTEMPTS {
             if self.try_append(&mut slot, reused && attempt == 0, writes)? {
@@ -986,6 +1009,47 @@ fn round_trip(slot: &mut Option<Connection>, cmds: &[Cmd]) -> Result<Vec<Value>,
             Err(backend(e))
         }
     }
+}
+
+impl RedisLog {
+    /// Refuses, by name, a record whose payload or links the server would
+    /// not take (its bulk limit): Redis closes the connection on such a
+    /// command, which would fail every session of the commit.
+    fn check_sizes(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+        for write in writes {
+            for record in write.records {
+                let RecordBody::Event(event) = &record.body else {
+                    continue;
+                };
+                // Links are bounded far below any bulk limit by their check
+                // at append (`Links::check_for`); the payload is not.
+                if event.payload.len() > self.bulk_limit {
+                    return Err(LogError::InvalidRecord {
+                        key: write.key.clone(),
+                        position: record.position,
+                        what: "the payload is larger than the Redis server's bulk limit (proto-max-bulk-len)",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The server's `proto-max-bulk-len`, if `CONFIG GET` is allowed.
+fn server_bulk_limit(slot: &mut Option<Connection>) -> Option<usize> {
+    let reply = round_trip(
+        slot,
+        &[cmd("CONFIG").arg("GET").arg("proto-max-bulk-len").clone()],
+    )
+    .ok()?;
+    let values: Vec<Value> = match reply.into_iter().next()? {
+        Value::Array(values) => values,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    let value = bulk(values.into_iter().nth(1)?, "CONFIG GET").ok()??;
+    std::str::from_utf8(&value).ok()?.parse().ok()
 }
 
 /// Forgets a `WATCH` after a refused or failed write, so that the next
