@@ -140,7 +140,18 @@
 //!   (never call it from the turn loop). If the log stalls or fails, appends
 //!   still succeed; events the ring laps meanwhile are recorded in the log
 //!   as a hole, counted in [`Stats::durable`], and reported as
-//!   [`GapReason::Lost`] with the count. Persistence resumes by itself.
+//!   [`GapReason::Lost`] with the count; a wait for a position in a hole
+//!   is [`DurableError::Lost`], never durable. Persistence resumes by
+//!   itself.
+//! * **Removal and take-over.** A session removed and created again (on
+//!   this node, or on another over a shared log) continues after every
+//!   position the removed one handed out, and its watermark never vouches
+//!   for the removed one's events before they are in the log; the removed
+//!   session is freed once they are. A session another node took over is
+//!   *fenced*: counted, with its key, in [`Stats::durable`], and evictable.
+//!   A host that drives persistence itself (deterministic tests) builds the
+//!   store with [`DurableOptions::with_persister_thread`]`(false)` and calls
+//!   [`ReplayStore::persist_round`].
 //! * **Catch-up.** [`ReplayStore::catch_up`] serves any cursor ever issued:
 //!   from the log, then the ring, then live, each event exactly once.
 //! * **Restarts.** A store over an existing log restores a session's

@@ -167,7 +167,7 @@ MUTATIONS = {
          "        self.progress.notify(usize::MAX);\n        let ok = match &result {"),
     ],
     # Issue 21. The removed session is registered with the persister after
-    # its entry left the map, not under the shard's lock (T9).
+    # its entry left the map, not under the shard's lock (T7).
     "remove-registers-after-leaving": [
         ("src/map.rs",
          "                if let Some(persistence) = &shared.persistence {\n                    persistence.removed(session, last);\n                }\n",
@@ -181,15 +181,15 @@ MUTATIONS = {
          "                session.ring.wake_closed();\n"),
     ],
     # A restore is used even if a session of its key left the map while it
-    # read the log (T9).
+    # read the log (T7).
     "restore-ignores-departures": [("src/map.rs",
         "let unchanged = self.departures[self.stripe(key)].load(Relaxed) == departures;",
         "let unchanged = self.departures[self.stripe(key)].load(Relaxed) >= departures;")],
-    # Over a shared log a tombstone is revived without asking the log (T10).
+    # Over a shared log a tombstone is revived without asking the log (T8).
     "revive-without-asking-the-log": [("src/map.rs",
         "            Some(Some(_)) => shared_log,",
         "            Some(Some(_)) => false,")],
-    # The watermark passes a hole before the session records it (T11).
+    # The watermark passes a hole before the session records it (T9).
     "watermark-before-holes-recorded": [("src/persist.rs",
         "                for pending in &batch {\n                    let mut lost = None;\n",
         "                for pending in &batch {\n"
@@ -197,7 +197,7 @@ MUTATIONS = {
         "                    let mut lost = None;\n")],
     # A trim counts only a remembered tombstone as dormant, so a revival
     # between the eviction and the forgetting takes the count below zero
-    # (T12; the code before issue 21).
+    # (T10; the code before issue 21).
     "trim-counts-only-remembered": [
         ("src/map.rs",
          "            self.account_eviction(shared, &session, true);\n",

@@ -506,7 +506,7 @@ fn logged_events(log: &dyn DurableLog, key: &SessionKey) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Model T9 (issue 21, item 1): an append by key that creates the session
+/// Model T7 (issue 21, item 1): an append by key that creates the session
 /// races another thread's append and `remove_session` of it, with a log
 /// and nothing persisted yet. A re-creation continues after the removed
 /// session's last position (it is registered under the map's lock before
@@ -555,7 +555,7 @@ fn removal_racing_recreation_by_key() {
     });
 }
 
-/// Model T10 (issue 21, item 4): node A evicted a session to a tombstone;
+/// Model T8 (issue 21, item 4): node A evicted a session to a tombstone;
 /// node B writes the session over the shared log while A appends to it
 /// again. If B's write was in the log before A's append began, A must
 /// continue after it (asking the log), not revive its tombstone at B's
@@ -655,7 +655,7 @@ impl DurableLog for SharedHandle {
     }
 }
 
-/// Model T11 (issue 21, item 5): a wait for a position races the commit
+/// Model T9 (issue 21, item 5): a wait for a position races the commit
 /// that writes it as a hole (the ring lapped it). The session records its
 /// holes before the watermark passes them, so the wait never answers
 /// "durable" for a lost position: it times out before the commit, or
@@ -691,7 +691,7 @@ fn a_wait_never_vouches_for_a_hole() {
     });
 }
 
-/// Model T12 (issue 21, item 10): with tombstones off, a trim that evicts
+/// Model T10 (issue 21, item 10): with tombstones off, a trim that evicts
 /// an empty session races an append by key that revives it between the
 /// eviction and the forgetting of its tombstone. The dormant count never
 /// goes below zero (it is a usize: it would wrap). Found by reading;
