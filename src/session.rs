@@ -325,8 +325,11 @@ impl<T> Session<T> {
 
     /// How far age and watermark trims may go: with a durable log, never
     /// past what is durable (the ring is the only copy of the rest).
+    /// A fenced session's ring is no longer written to the log (another
+    /// writer has the session): it is trimmed like a memory-only one.
     fn trim_limit(&self) -> u64 {
-        if self.shared.persistence.is_some() {
+        let fenced = self.fenced.load(std::sync::atomic::Ordering::Relaxed);
+        if self.shared.persistence.is_some() && !fenced {
             self.durable()
         } else {
             u64::MAX

@@ -683,3 +683,49 @@ async fn a_catch_up_stream_retries_after_a_log_blip() {
     );
     assert_eq!(*next.unwrap().unwrap().unwrap().payload(), "e3");
 }
+
+/// Item 4: a session fenced by another node's take-over is evictable (it
+/// leaked a resident session per take-over until `max_sessions` refused new
+/// ones): its ring may be trimmed, and a sweep evicts it.
+#[test]
+fn a_fenced_session_is_evicted() {
+    let log = Arc::new(MemoryLog::shared());
+    let a = manual_store(log.clone(), 16);
+    let b = manual_store(log.clone(), 16);
+    let k = key("fenced-evicted");
+    a.append(&k, Revision(1), "a1".into()).unwrap();
+    drain(&a);
+    b.append(&k, Revision(1), "b2".into()).unwrap();
+    drain(&b);
+    a.append(&k, Revision(1), "a2".into()).unwrap(); // clashes with B's 2
+    drain(&a);
+    assert_eq!(a.stats().durable.unwrap().fenced_sessions, 1);
+    a.release_through(&k, 2);
+    assert_eq!(a.sweep(), 1, "the fenced session was not evicted");
+    assert!(!a.is_resident(&k));
+    // The next append on A asks the shared log and continues after B.
+    assert_eq!(
+        a.append(&k, Revision(1), "a3".into()).unwrap().position(),
+        3
+    );
+    drain(&a);
+    let payloads: Vec<_> = logged(&*log, &k)
+        .into_iter()
+        .map(|r| r.2.unwrap())
+        .collect();
+    assert_eq!(payloads, ["a1", "b2", "a3"]);
+}
+
+/// Item 10: a handle that outlives its durable store is refused, instead of
+/// accepting events no tier will ever hold.
+#[test]
+fn a_handle_outliving_its_store_is_refused() {
+    let store = manual_store(Arc::new(MemoryLog::new()), 16);
+    let handle = store.session(&key("outlived")).unwrap();
+    handle.append(Revision(1), "kept".into()).unwrap();
+    drop(store);
+    assert!(matches!(
+        handle.append(Revision(1), "after".into()),
+        Err(Error::Refused(Refusal::SessionRemoved))
+    ));
+}
