@@ -1,0 +1,164 @@
+//! The shared log every node writes, behind a fault layer the seed drives.
+//!
+//! `FaultLog` forwards to one `MemoryLog::shared()` (as nodes share one
+//! Redis) and, depending on its state, refuses appends, applies one and
+//! loses its reply, or fails the next few reads. The simulator reads the
+//! `MemoryLog` underneath directly for its ground truth, so checking never
+//! consumes an injected fault.
+
+use std::sync::{Arc, Mutex};
+
+use livereplay::durable::{
+    DurableLog, IndexStore, LogError, LogRecord, LogWatch, MemoryLog, SessionMeta, SessionWrite,
+};
+use livereplay::SessionKey;
+
+/// How the next `append` calls behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendMode {
+    /// Writes through.
+    Healthy,
+    /// Refuses every append with `LogError::Backend`, applying nothing.
+    Failing,
+    /// Applies the next append, then answers `LogError::Backend` (a reply
+    /// lost on the network); healthy afterwards.
+    LoseReply,
+}
+
+#[derive(Debug)]
+struct Faults {
+    append: AppendMode,
+    /// How many of the next reads (`meta`, `load_after`) fail.
+    failing_reads: u32,
+    /// Whether a reply was ever lost (the persister's counters then miss
+    /// a commit that landed, so the counter check is skipped).
+    lost_a_reply: bool,
+}
+
+/// A `DurableLog` over a shared `MemoryLog` with injected faults.
+#[derive(Debug)]
+pub struct FaultLog {
+    inner: Arc<MemoryLog>,
+    faults: Mutex<Faults>,
+}
+
+fn injected(what: &str) -> LogError {
+    LogError::Backend(format!("injected by the simulator: {what}").into())
+}
+
+impl FaultLog {
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(MemoryLog::shared()),
+            faults: Mutex::new(Faults {
+                append: AppendMode::Healthy,
+                failing_reads: 0,
+                lost_a_reply: false,
+            }),
+        }
+    }
+
+    fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The log underneath: the ground truth, read without faults.
+    pub fn truth(&self) -> &MemoryLog {
+        &self.inner
+    }
+
+    pub fn set_append(&self, mode: AppendMode) {
+        self.faults().append = mode;
+    }
+
+    pub fn fail_reads(&self, count: u32) {
+        self.faults().failing_reads = count;
+    }
+
+    pub fn heal(&self) {
+        let mut faults = self.faults();
+        faults.append = AppendMode::Healthy;
+        faults.failing_reads = 0;
+    }
+
+    pub fn lost_a_reply(&self) -> bool {
+        self.faults().lost_a_reply
+    }
+
+    fn read_fails(&self) -> bool {
+        let mut faults = self.faults();
+        if faults.failing_reads > 0 {
+            faults.failing_reads -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl DurableLog for FaultLog {
+    fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+        let mode = {
+            let mut faults = self.faults();
+            let mode = faults.append;
+            if mode == AppendMode::LoseReply {
+                faults.append = AppendMode::Healthy;
+                faults.lost_a_reply = true;
+            }
+            mode
+        };
+        match mode {
+            AppendMode::Healthy => self.inner.append(writes),
+            AppendMode::Failing => Err(injected("append refused")),
+            AppendMode::LoseReply => {
+                self.inner.append(writes)?;
+                Err(injected("append applied, reply lost"))
+            }
+        }
+    }
+
+    fn load_after(
+        &self,
+        key: &SessionKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        if self.read_fails() {
+            return Err(injected("load_after failed"));
+        }
+        self.inner.load_after(key, after, limit)
+    }
+
+    fn meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError> {
+        if self.read_fails() {
+            return Err(injected("meta failed"));
+        }
+        self.inner.meta(key)
+    }
+
+    fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
+        self.inner.archive_before(key, watermark)
+    }
+
+    fn sessions(
+        &self,
+        tenant: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<SessionKey>, LogError> {
+        self.inner.sessions(tenant, limit, offset)
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+
+    /// No watch: the simulator is single-threaded and must never block.
+    fn watch(&self) -> Option<&dyn LogWatch> {
+        None
+    }
+
+    fn index(&self) -> Option<&dyn IndexStore> {
+        self.inner.index()
+    }
+}

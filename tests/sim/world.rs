@@ -1,0 +1,943 @@
+//! The simulated world: nodes (stores) over one faulty shared log, the
+//! model of every accepted append, and the checks against both.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use livereplay::durable::{DurableLog, LogRecord, RecordBody, SessionMeta};
+use livereplay::{
+    CatchUp, Codec, CodecError, Config, Cursor, DurableOptions, Error, Event, Gap, GapReason,
+    ManualClock, Refusal, ReplayStore, Revision, SessionHandle, SessionKey, TryNextError,
+};
+
+use super::log::{AppendMode, FaultLog};
+use super::ops::{Op, Shape, HANDLE_SLOTS, READER_SLOTS};
+
+/// Events older than this are trimmed from the rings.
+const MAX_AGE: Duration = Duration::from_secs(60);
+/// Rounds a drain may take before persistence counts as stuck.
+const DRAIN_ROUNDS: usize = 256;
+
+/// A payload that knows which store generation appended it: the
+/// generation's probe counts how many of its payloads are still alive, so
+/// the memory check can tell which store keeps events it should have let
+/// go. Decoded payloads (read back from the log) carry no probe.
+#[derive(Debug)]
+pub struct Payload {
+    text: String,
+    /// Held, never read: the probe's count is what the check reads.
+    #[allow(dead_code)]
+    probe: Option<Arc<()>>,
+}
+
+pub struct PayloadCodec;
+
+impl Codec<Payload> for PayloadCodec {
+    fn encode(&self, payload: &Payload, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(payload.text.as_bytes());
+        Ok(())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Payload, CodecError> {
+        Ok(Payload {
+            text: String::from_utf8(bytes.to_vec()).map_err(CodecError::new)?,
+            probe: None,
+        })
+    }
+}
+
+/// A broken invariant: which one (a stable name, compared when
+/// shrinking) and what was seen.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+fn violation<T>(invariant: &'static str, detail: String) -> Result<T, Violation> {
+    Err(Violation { invariant, detail })
+}
+
+/// An append the store accepted (`Ok`).
+#[derive(Debug)]
+struct Accepted {
+    key: u8,
+    position: u64,
+    incarnation: u64,
+    generation: u32,
+}
+
+struct Node {
+    store: Option<ReplayStore<Payload>>,
+    generation: u32,
+}
+
+struct Handle {
+    node: u8,
+    generation: u32,
+    key: u8,
+    handle: SessionHandle<Payload>,
+}
+
+struct Reader {
+    node: u8,
+    generation: u32,
+    key: u8,
+    catch_up: CatchUp<Payload>,
+    /// Position of the last event delivered (or of the start cursor).
+    last: u64,
+    /// Incarnation of the last event delivered (or of the start cursor).
+    incarnation: Option<u64>,
+    ended: bool,
+}
+
+pub struct World {
+    shape: Shape,
+    log: Arc<FaultLog>,
+    clock: Arc<ManualClock>,
+    nodes: Vec<Node>,
+    keys: Vec<SessionKey>,
+    /// The node that writes each key now.
+    writer: Vec<u8>,
+    accepted: Vec<Accepted>,
+    /// Accepted appends by payload text.
+    by_payload: HashMap<String, usize>,
+    /// `(key, incarnation, position)` of every accepted append.
+    handed_out: BTreeSet<(u8, u64, u64)>,
+    /// The first position each incarnation handed out: where its life
+    /// begins.
+    first_position: BTreeMap<u64, u64>,
+    /// Cursors of accepted appends, per key, for readers to start from.
+    cursors: Vec<Vec<Cursor>>,
+    /// Generations dropped without a full drain (a crash): their
+    /// undurable events may be lost.
+    crashed: BTreeSet<u32>,
+    /// Each generation's payload probe (see [`Payload`]).
+    probes: Vec<Arc<()>>,
+    handles: Vec<Option<Handle>>,
+    readers: Vec<Option<Reader>>,
+    next_payload: u64,
+    archived: bool,
+}
+
+impl World {
+    pub fn new(shape: &Shape) -> Self {
+        let keys = (0..shape.tenants)
+            .flat_map(|t| {
+                (0..shape.sessions)
+                    .map(move |s| SessionKey::new(&format!("t{t}"), &format!("s{s}")).unwrap())
+            })
+            .collect();
+        let mut world = Self {
+            shape: shape.clone(),
+            log: Arc::new(FaultLog::new()),
+            clock: Arc::new(ManualClock::new()),
+            nodes: Vec::new(),
+            keys,
+            writer: vec![0; usize::from(shape.keys())],
+            accepted: Vec::new(),
+            by_payload: HashMap::new(),
+            handed_out: BTreeSet::new(),
+            first_position: BTreeMap::new(),
+            cursors: vec![Vec::new(); usize::from(shape.keys())],
+            crashed: BTreeSet::new(),
+            probes: Vec::new(),
+            handles: (0..HANDLE_SLOTS).map(|_| None).collect(),
+            readers: (0..READER_SLOTS).map(|_| None).collect(),
+            next_payload: 0,
+            archived: false,
+        };
+        for _ in 0..shape.nodes {
+            let node = world.build_node();
+            world.nodes.push(node);
+        }
+        world
+    }
+
+    fn build_node(&mut self) -> Node {
+        let config = Config::default()
+            .with_capacity(self.shape.capacity)
+            .with_max_age(MAX_AGE)
+            .with_auto_sweep(self.shape.auto_sweep)
+            .with_tombstones(64, Duration::from_secs(600));
+        let log: Arc<dyn DurableLog> = self.log.clone();
+        let store = ReplayStore::builder()
+            .config(config)
+            .clock(self.clock.clone())
+            .durable(log, PayloadCodec)
+            .durable_options(
+                DurableOptions::default()
+                    .with_persister_thread(false)
+                    .with_max_batch_events(self.shape.max_batch_events),
+            )
+            .build()
+            .expect("the simulator's configuration is valid");
+        let generation = self.probes.len() as u32;
+        self.probes.push(Arc::new(()));
+        Node {
+            store: Some(store),
+            generation,
+        }
+    }
+
+    fn store(&self, node: u8) -> &ReplayStore<Payload> {
+        self.nodes[usize::from(node) % self.nodes.len()]
+            .store
+            .as_ref()
+            .expect("every node has a store between operations")
+    }
+
+    fn node_index(&self, node: u8) -> u8 {
+        node % self.nodes.len() as u8
+    }
+
+    fn key_index(&self, key: u8) -> u8 {
+        key % self.keys.len() as u8
+    }
+
+    fn payload(&mut self, node: u8) -> Payload {
+        self.next_payload += 1;
+        let generation = self.nodes[usize::from(node)].generation;
+        Payload {
+            text: format!("e{}", self.next_payload),
+            probe: Some(Arc::clone(&self.probes[generation as usize])),
+        }
+    }
+
+    /// Records an accepted append; checks that its position is new under
+    /// its incarnation (invariant 2).
+    fn accept(&mut self, node: u8, key: u8, event: &Event<Payload>) -> Result<(), Violation> {
+        if event.key() != &self.keys[usize::from(key)] {
+            return violation(
+                "append returned another session's event",
+                format!("appended to {} got {:?}", self.keys[usize::from(key)], event.key()),
+            );
+        }
+        let incarnation = event.incarnation().get();
+        let position = event.position();
+        if !self.handed_out.insert((key, incarnation, position)) {
+            return violation(
+                "2. position handed out twice under one incarnation",
+                format!(
+                    "{} position {position} incarnation {incarnation:#x} again (node {node})",
+                    self.keys[usize::from(key)]
+                ),
+            );
+        }
+        let first = self.first_position.entry(incarnation).or_insert(position);
+        *first = (*first).min(position);
+        self.by_payload
+            .insert(event.payload().text.clone(), self.accepted.len());
+        self.accepted.push(Accepted {
+            key,
+            position,
+            incarnation,
+            generation: self.nodes[usize::from(node)].generation,
+        });
+        self.cursors[usize::from(key)].push(event.cursor());
+        Ok(())
+    }
+
+    fn refused(what: &str, error: &Error) -> Result<(), Violation> {
+        match error {
+            // The log could not be read to restore the session: allowed.
+            Error::Refused(Refusal::LogUnavailable { .. }) => Ok(()),
+            other => violation(
+                "3. an append was refused without a configured bound",
+                format!("{what}: {other}"),
+            ),
+        }
+    }
+
+    /// Drops the handles and readers of `node` (its process is gone, or
+    /// it stopped writing `key`).
+    fn forget_node(&mut self, node: u8, key: Option<u8>) {
+        for slot in &mut self.handles {
+            if slot
+                .as_ref()
+                .is_some_and(|h| h.node == node && key.is_none_or(|k| k == h.key))
+            {
+                *slot = None;
+            }
+        }
+        if key.is_none() {
+            for slot in &mut self.readers {
+                if slot.as_ref().is_some_and(|r| r.node == node) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+
+    /// Runs `persist_round` on `node` until nothing is queued; whether it
+    /// got there within [`DRAIN_ROUNDS`].
+    fn drain(&self, node: u8) -> bool {
+        let store = self.store(node);
+        (0..DRAIN_ROUNDS).any(|_| store.persist_round().is_none())
+    }
+
+    fn rebuild(&mut self, node: u8, crashed: bool) {
+        self.forget_node(node, None);
+        let generation = self.nodes[usize::from(node)].generation;
+        if crashed {
+            self.crashed.insert(generation);
+        }
+        self.nodes[usize::from(node)].store = None;
+        let fresh = self.build_node();
+        self.nodes[usize::from(node)] = fresh;
+    }
+
+    /// The log's records of `key` from `after + 1` on, read without faults.
+    fn truth(&self, key: u8, after: u64) -> (Option<SessionMeta>, Vec<LogRecord>) {
+        let key = &self.keys[usize::from(key)];
+        let truth = self.log.truth();
+        let meta = truth.meta(key).expect("the memory log does not fail");
+        let records = truth
+            .load_after(key, after, usize::MAX)
+            .expect("the memory log does not fail");
+        (meta, records)
+    }
+
+    /// The record covering `position`, read without faults.
+    fn record_at(&self, key: u8, position: u64) -> Option<LogRecord> {
+        let (_, records) = self.truth(key, position.saturating_sub(1));
+        records
+            .into_iter()
+            .next()
+            .filter(|r| r.position <= position && r.last_position() >= position)
+    }
+
+    pub fn step(&mut self, op: &Op) -> Result<(), Violation> {
+        match *op {
+            Op::Append { key } => {
+                let key = self.key_index(key);
+                let node = self.writer[usize::from(key)];
+                let payload = self.payload(node);
+                let k = self.keys[usize::from(key)].clone();
+                match self.store(node).append(&k, Revision(1), payload) {
+                    Ok(event) => self.accept(node, key, &event)?,
+                    Err(error) => Self::refused("append", &error)?,
+                }
+            }
+            Op::AppendBatch { key, len } => {
+                let key = self.key_index(key);
+                let node = self.writer[usize::from(key)];
+                let payloads: Vec<Payload> = (0..len).map(|_| self.payload(node)).collect();
+                let k = self.keys[usize::from(key)].clone();
+                let too_large = usize::from(len) > self.shape.capacity;
+                match self.store(node).append_batch(&k, Revision(1), payloads) {
+                    Ok(events) if too_large => {
+                        return violation(
+                            "3. a batch larger than the capacity was accepted",
+                            format!("{len} events, capacity {}", self.shape.capacity),
+                        )
+                        .map(|()| drop(events))
+                    }
+                    Ok(events) => {
+                        for pair in events.windows(2) {
+                            if pair[1].position() != pair[0].position() + 1 {
+                                return violation(
+                                    "3. a batch's positions are not consecutive",
+                                    format!("{} then {}", pair[0].position(), pair[1].position()),
+                                );
+                            }
+                        }
+                        for event in &events {
+                            self.accept(node, key, event)?;
+                        }
+                    }
+                    Err(Error::Refused(Refusal::BatchTooLarge { .. })) if too_large => {}
+                    Err(error) => Self::refused("append_batch", &error)?,
+                }
+            }
+            Op::OpenHandle { key, slot } => {
+                let key = self.key_index(key);
+                let node = self.writer[usize::from(key)];
+                let k = self.keys[usize::from(key)].clone();
+                let generation = self.nodes[usize::from(node)].generation;
+                match self.store(node).session(&k) {
+                    Ok(handle) => {
+                        self.handles[usize::from(slot)] = Some(Handle {
+                            node,
+                            generation,
+                            key,
+                            handle,
+                        })
+                    }
+                    Err(error) => Self::refused("session", &error)?,
+                }
+            }
+            Op::HandleAppend { slot } => {
+                let Some(held) = self.handles[usize::from(slot)].as_ref() else {
+                    return Ok(());
+                };
+                let (node, key) = (held.node, held.key);
+                // Only the key's writer appends: a handle on another node
+                // belongs to a writer that handed the session over.
+                if self.writer[usize::from(key)] != node
+                    || self.nodes[usize::from(node)].generation != held.generation
+                {
+                    self.handles[usize::from(slot)] = None;
+                    return Ok(());
+                }
+                let payload = self.payload(node);
+                let held = self.handles[usize::from(slot)].as_ref().unwrap();
+                match held.handle.append(Revision(1), payload) {
+                    Ok(event) => self.accept(node, key, &event)?,
+                    Err(Error::Refused(Refusal::SessionRemoved)) => {}
+                    Err(error) => Self::refused("handle append", &error)?,
+                }
+            }
+            Op::DropHandle { slot } => self.handles[usize::from(slot)] = None,
+            Op::Remove { node, key } => {
+                let (node, key) = (self.node_index(node), self.key_index(key));
+                self.store(node).remove_session(&self.keys[usize::from(key)]);
+            }
+            Op::Sweep { node } => {
+                self.store(node).sweep();
+            }
+            Op::Trim { node, key } => {
+                let key = self.key_index(key);
+                self.store(node).trim_session(&self.keys[usize::from(key)]);
+            }
+            Op::AdvanceClock { secs } => self.clock.advance(Duration::from_secs(secs.into())),
+            Op::Persist { node } => {
+                self.store(node).persist_round();
+            }
+            Op::Crash { node } => self.rebuild(self.node_index(node), true),
+            Op::Restart { node } => {
+                let node = self.node_index(node);
+                let clean = self.drain(node);
+                self.rebuild(node, !clean);
+            }
+            Op::TakeOver { key, to, evict } => self.take_over(key, to, evict),
+            Op::Archive { key, back } => {
+                let key = self.key_index(key);
+                let node = self.writer[usize::from(key)];
+                let last = self.cursors[usize::from(key)]
+                    .iter()
+                    .map(Cursor::position)
+                    .max()
+                    .unwrap_or(0);
+                let k = &self.keys[usize::from(key)];
+                if self.store(node).archive_before(k, last.saturating_sub(back.into())).is_ok() {
+                    self.archived = true;
+                }
+            }
+            Op::StartReader {
+                node,
+                key,
+                from,
+                slot,
+            } => self.start_reader(node, key, from, slot)?,
+            Op::StepReader { slot, events } => self.step_reader(slot, events.into())?,
+            Op::DropReader { slot } => self.readers[usize::from(slot)] = None,
+            Op::CheckDurable { node, key } => {
+                self.check_durable(self.node_index(node), self.key_index(key))?
+            }
+            Op::FailAppends => self.log.set_append(AppendMode::Failing),
+            Op::LoseReply => self.log.set_append(AppendMode::LoseReply),
+            Op::FailReads { count } => self.log.fail_reads(count.into()),
+            Op::Heal => self.log.heal(),
+        }
+        Ok(())
+    }
+
+    /// Hands `key` over to node `to` the way a host moves a session: the
+    /// old writer drains, then lets the session go (evicted or removed).
+    /// If it cannot (the log fails, a reader holds the session), the
+    /// writer stays where it was.
+    fn take_over(&mut self, key: u8, to: u8, evict: bool) {
+        let (key, to) = (self.key_index(key), self.node_index(to));
+        let from = self.writer[usize::from(key)];
+        if from == to {
+            return;
+        }
+        self.forget_node(from, Some(key));
+        if !self.drain(from) {
+            return;
+        }
+        let k = self.keys[usize::from(key)].clone();
+        let store = self.store(from);
+        if evict {
+            self.clock.advance(MAX_AGE + Duration::from_secs(1));
+            store.trim_session(&k);
+            if store.is_resident(&k) {
+                return;
+            }
+        } else {
+            store.remove_session(&k);
+            if !self.drain(from) {
+                return;
+            }
+        }
+        self.writer[usize::from(key)] = to;
+    }
+
+    fn start_reader(&mut self, node: u8, key: u8, from: u16, slot: u8) -> Result<(), Violation> {
+        let (node, key) = (self.node_index(node), self.key_index(key));
+        let k = self.keys[usize::from(key)].clone();
+        let cursors = &self.cursors[usize::from(key)];
+        let cursor = match from {
+            0 => Cursor::start(k.clone()),
+            1 => self.store(node).current_cursor(&k),
+            // A cursor no append gave out: no incarnation, a small position.
+            n if cursors.is_empty() => Cursor::new(k.clone(), None, Revision(1), u64::from(n) % 8),
+            n => cursors[usize::from(n - 2) % cursors.len()].clone(),
+        };
+        let (meta, _) = self.truth(key, u64::MAX);
+        match self.store(node).catch_up(&cursor) {
+            Ok(catch_up) => {
+                self.readers[usize::from(slot)] = Some(Reader {
+                    node,
+                    generation: self.nodes[usize::from(node)].generation,
+                    key,
+                    catch_up,
+                    last: cursor.position(),
+                    incarnation: cursor.incarnation().map(|i| i.get()),
+                    ended: false,
+                });
+                Ok(())
+            }
+            Err(Error::Gap(gap)) => {
+                // The log vouches for the cursor: its life is recorded and
+                // reaches the cursor's position. No gap is right then; a
+                // failing read must not pass for "never heard of it".
+                let vouched = match (cursor.incarnation(), &meta) {
+                    (Some(incarnation), Some(meta)) => {
+                        meta.life_of(incarnation).is_some_and(|(life, end)| {
+                            cursor.position() + 1 >= life.first_position
+                                && cursor.position() <= end
+                        })
+                    }
+                    (None, Some(meta)) => cursor.position() <= meta.durable_tail,
+                    _ => cursor.position() == 0,
+                };
+                if vouched {
+                    return violation(
+                        "1. catch-up refused a cursor the log vouches for",
+                        format!("node {node} cursor {k} @{}: {}", cursor.position(), describe(&gap)),
+                    );
+                }
+                Ok(())
+            }
+            Err(other) => violation(
+                "1. catch-up failed with something other than a gap",
+                format!("{other}"),
+            ),
+        }
+    }
+
+    fn step_reader(&mut self, slot: u8, events: usize) -> Result<(), Violation> {
+        let Some(mut reader) = self.readers[usize::from(slot)].take() else {
+            return Ok(());
+        };
+        let result = self.advance(&mut reader, events);
+        self.readers[usize::from(slot)] = Some(reader);
+        result.map(|_| ())
+    }
+
+    /// Up to `events` `try_next` calls; whether the reader is now at what
+    /// it can read (`Empty`), as opposed to ended or still reading.
+    fn advance(&self, reader: &mut Reader, events: usize) -> Result<bool, Violation> {
+        if reader.ended {
+            return Ok(false);
+        }
+        for _ in 0..events {
+            match reader.catch_up.try_next() {
+                Ok(event) => self.delivered(reader, &event)?,
+                Err(TryNextError::Empty) => return Ok(true),
+                Err(TryNextError::Gap(gap)) => {
+                    reader.ended = true;
+                    return self.check_gap(reader, &gap).map(|()| false);
+                }
+                Err(TryNextError::Ended) => {
+                    reader.ended = true;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Invariant 1 for one delivered event: the next position, an event
+    /// someone appended there, and a change of incarnation only where the
+    /// new life begins.
+    fn delivered(&self, reader: &mut Reader, event: &Event<Payload>) -> Result<(), Violation> {
+        let key = &self.keys[usize::from(reader.key)];
+        let where_ = format!("reader on node {} of {key} after {}", reader.node, reader.last);
+        if event.key() != key {
+            return violation(
+                "1. a reader got another session's event",
+                format!("{where_}: {:?}", event.key()),
+            );
+        }
+        if event.position() != reader.last + 1 {
+            return violation(
+                "1. a reader skipped or repeated positions",
+                format!("{where_}: got position {}", event.position()),
+            );
+        }
+        let incarnation = event.incarnation().get();
+        let Some(&index) = self.by_payload.get(&event.payload().text) else {
+            return violation(
+                "1. a reader got an event nobody appended",
+                format!("{where_}: {:?}", event.payload().text),
+            );
+        };
+        let accepted = &self.accepted[index];
+        if (accepted.key, accepted.position, accepted.incarnation)
+            != (reader.key, event.position(), incarnation)
+        {
+            return violation(
+                "1. a reader got an event at another position or life than appended",
+                format!(
+                    "{where_}: {:?} read at {} inc {incarnation:#x}, appended at {} inc {:#x}",
+                    event.payload().text,
+                    event.position(),
+                    accepted.position,
+                    accepted.incarnation
+                ),
+            );
+        }
+        if let Some(previous) = reader.incarnation {
+            let begins = self.first_position.get(&incarnation).copied();
+            if previous != incarnation && begins != Some(event.position()) {
+                return violation(
+                    "1. a reader crossed into another life where that life does not begin",
+                    format!(
+                        "{where_}: position {} of inc {incarnation:#x} (its first: {begins:?}) after inc {previous:#x}",
+                        event.position()
+                    ),
+                );
+            }
+        }
+        reader.last = event.position();
+        reader.incarnation = Some(incarnation);
+        Ok(())
+    }
+
+    /// Invariant 1 for a gap that ended a reader: `Trimmed` only for what
+    /// was archived, with that count; `Lost` only where the log holds no
+    /// event of the reader's history, and for a hole with the hole's count.
+    /// `Reset` and `Unavailable` mid-stream are not judged (module docs).
+    fn check_gap(&self, reader: &Reader, gap: &Gap) -> Result<(), Violation> {
+        let after = reader.last;
+        let where_ = format!(
+            "reader on node {} of {} after {after}: {}",
+            reader.node,
+            self.keys[usize::from(reader.key)],
+            describe(gap)
+        );
+        let (meta, _) = self.truth(reader.key, u64::MAX);
+        let archived = meta.as_ref().map_or(0, |m| m.archived_through);
+        match gap.reason {
+            GapReason::Trimmed if archived > after => {
+                if gap.missed != Some(archived - after) {
+                    return violation(
+                        "1. a Trimmed gap's count is not what was archived",
+                        format!("{where_}; archived through {archived}"),
+                    );
+                }
+            }
+            GapReason::Trimmed => {
+                return violation(
+                    "1. a catch-up reported Trimmed for what was not archived",
+                    format!("{where_}; archived through {archived}"),
+                )
+            }
+            GapReason::Lost => match self.record_at(reader.key, after + 1) {
+                Some(record) => match record.body {
+                    RecordBody::Hole { .. } => {
+                        let expected = record.last_position() - after;
+                        if gap.missed != Some(expected) {
+                            return violation(
+                                "1. a Lost gap's count is not the hole's",
+                                format!("{where_}; hole {}..={}", record.position, record.last_position()),
+                            );
+                        }
+                    }
+                    RecordBody::Event(_) => {
+                        let incarnation = record.incarnation.get();
+                        let begins = self.first_position.get(&incarnation) == Some(&(after + 1));
+                        if reader.incarnation == Some(incarnation) || begins {
+                            return violation(
+                                "1. a Lost gap for a position the log holds",
+                                format!("{where_}; the log has an event of inc {incarnation:#x} at {}", after + 1),
+                            );
+                        }
+                    }
+                },
+                None => {}
+            },
+            GapReason::Reset | GapReason::Unavailable => {}
+        }
+        Ok(())
+    }
+
+    /// Invariant 3: `durable_position` never vouches for a position the
+    /// log does not hold as an event.
+    fn check_durable(&self, node: u8, key: u8) -> Result<(), Violation> {
+        let k = &self.keys[usize::from(key)];
+        let Ok(Some(durable)) = self.store(node).durable_position(k) else {
+            return Ok(());
+        };
+        let (meta, records) = self.truth(key, 0);
+        let tail = meta.as_ref().map_or(0, |m| m.durable_tail);
+        let where_ = format!("node {node} {k}: durable_position {durable}");
+        if durable > tail {
+            return violation(
+                "3. durable_position beyond what the log holds",
+                format!("{where_}, log tail {tail}"),
+            );
+        }
+        if let Some(hole) = records.iter().find(|r| {
+            r.position <= durable && matches!(r.body, RecordBody::Hole { .. })
+        }) {
+            return violation(
+                "3. durable_position vouches for a hole",
+                format!("{where_}, hole {}..={}", hole.position, hole.last_position()),
+            );
+        }
+        Ok(())
+    }
+
+    /// The end of a run: heal the log, drain every node, then check that
+    /// every accepted append reached the log (or was lost in a crash),
+    /// that a catch-up from the start reads each session to its tail, the
+    /// durable counters, and that removing every session frees its memory.
+    pub fn finish(&mut self) -> Result<(), Violation> {
+        self.log.heal();
+        for node in 0..self.nodes.len() as u8 {
+            if !self.drain(node) {
+                return violation(
+                    "persistence never runs dry on a healthy log",
+                    format!("node {node} still has work after {DRAIN_ROUNDS} rounds"),
+                );
+            }
+        }
+        self.check_accepted_in_log()?;
+        for key in 0..self.keys.len() as u8 {
+            for node in 0..self.nodes.len() as u8 {
+                self.check_durable(node, key)?;
+                self.read_to_tail(node, key)?;
+            }
+        }
+        self.check_counters()?;
+        self.check_memory()
+    }
+
+    /// Every accepted append is in the log (same life, same payload), or
+    /// covered by a hole of its life, or archived, or lost with a store
+    /// that crashed.
+    fn check_accepted_in_log(&self) -> Result<(), Violation> {
+        let mut logs = BTreeMap::new();
+        for key in 0..self.keys.len() as u8 {
+            let (meta, records) = self.truth(key, 0);
+            let by_position: BTreeMap<u64, LogRecord> =
+                records.into_iter().map(|r| (r.position, r)).collect();
+            logs.insert(key, (meta, by_position));
+        }
+        let mut by_index: Vec<(&String, &usize)> = self.by_payload.iter().collect();
+        by_index.sort_by_key(|(_, index)| **index);
+        for (text, &index) in by_index {
+            let accepted = &self.accepted[index];
+            let (meta, records) = &logs[&accepted.key];
+            let archived = meta.as_ref().map_or(0, |m| m.archived_through);
+            if accepted.position <= archived {
+                continue;
+            }
+            let covering = records
+                .range(..=accepted.position)
+                .next_back()
+                .map(|(_, r)| r)
+                .filter(|r| r.last_position() >= accepted.position);
+            let crashed = self.crashed.contains(&accepted.generation);
+            let what = format!(
+                "{text} = {} position {} inc {:#x} (generation {}{})",
+                self.keys[usize::from(accepted.key)],
+                accepted.position,
+                accepted.incarnation,
+                accepted.generation,
+                if crashed { ", crashed" } else { "" }
+            );
+            match covering {
+                Some(record) if record.incarnation.get() == accepted.incarnation => {
+                    if let RecordBody::Event(stored) = &record.body {
+                        if stored.payload != text.as_bytes() {
+                            return violation(
+                                "2. the log holds another event at an accepted position of the same life",
+                                format!("{what}; log has {:?}", String::from_utf8_lossy(&stored.payload)),
+                            );
+                        }
+                    }
+                }
+                Some(_) | None if crashed => {}
+                Some(record) => {
+                    return violation(
+                        "1. an accepted event was replaced in the log by another life",
+                        format!("{what}; log has inc {:#x} there", record.incarnation.get()),
+                    )
+                }
+                None => {
+                    return violation(
+                        "1. an accepted event never reached the log",
+                        format!(
+                            "{what}; log tail {}",
+                            meta.as_ref().map_or(0, |m| m.durable_tail)
+                        ),
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A catch-up from the start on `node` reads `key` up to the log's
+    /// tail (or ends with a gap the checks accept).
+    fn read_to_tail(&self, node: u8, key: u8) -> Result<(), Violation> {
+        let k = &self.keys[usize::from(key)];
+        let store = self.store(node);
+        let catch_up = match store.catch_up(&Cursor::start(k.clone())) {
+            Ok(catch_up) => catch_up,
+            Err(error) => {
+                return violation(
+                    "1. catch-up from the start cursor refused",
+                    format!("node {node} {k}: {error}"),
+                )
+            }
+        };
+        let mut reader = Reader {
+            node,
+            generation: self.nodes[usize::from(node)].generation,
+            key,
+            catch_up,
+            last: 0,
+            incarnation: None,
+            ended: false,
+        };
+        let (meta, _) = self.truth(key, u64::MAX);
+        let tail = meta.as_ref().map_or(0, |m| m.durable_tail);
+        let budget = tail as usize + 4 * self.shape.capacity + 16;
+        let at_rest = self.advance(&mut reader, budget)?;
+        if at_rest && reader.last < tail {
+            return violation(
+                "1. a catch-up stops short of the log's tail",
+                format!("node {node} {k}: read to {}, log tail {tail}", reader.last),
+            );
+        }
+        let _ = reader.generation;
+        Ok(())
+    }
+
+    /// Invariant 6: a drained store's `stats().durable` agrees with what
+    /// the log holds from its incarnations. Only checked when no reply
+    /// was lost (a commit then landed uncounted) and nothing was archived
+    /// (archiving drops records), and only for live stores.
+    fn check_counters(&self) -> Result<(), Violation> {
+        if self.log.lost_a_reply() || self.archived {
+            return Ok(());
+        }
+        let mut written: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for key in 0..self.keys.len() as u8 {
+            for record in self.truth(key, 0).1 {
+                let entry = written.entry(record.incarnation.get()).or_default();
+                match record.body {
+                    RecordBody::Event(_) => entry.0 += 1,
+                    RecordBody::Hole { count, .. } => entry.1 += count,
+                }
+            }
+        }
+        let mut incarnations: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+        for accepted in &self.accepted {
+            incarnations
+                .entry(accepted.generation)
+                .or_default()
+                .insert(accepted.incarnation);
+        }
+        for (index, node) in self.nodes.iter().enumerate() {
+            let stats = node.store.as_ref().unwrap().stats();
+            let durable = stats.durable.expect("every node has a durable tier");
+            let (mut events, mut lost) = (0, 0);
+            for incarnation in incarnations.get(&node.generation).into_iter().flatten() {
+                let (e, l) = written.get(incarnation).copied().unwrap_or_default();
+                events += e;
+                lost += l;
+            }
+            if (durable.persisted_events, durable.lost_events) != (events, lost) {
+                return violation(
+                    "6. durable counters disagree with the log",
+                    format!(
+                        "node {index}: persisted_events {} lost_events {}, the log holds {events} events and {lost} hole positions of its incarnations",
+                        durable.persisted_events, durable.lost_events
+                    ),
+                );
+            }
+            if durable.undurable_events > 0 && durable.fenced_sessions == 0 {
+                return violation(
+                    "6. undurable events left after a full drain",
+                    format!("node {index}: {}", durable.undurable_events),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Invariant 4: with every handle and reader dropped and every session
+    /// removed and drained, no store holds a session, a tombstone, a slot
+    /// or a payload; and no dropped store keeps its payloads alive.
+    fn check_memory(&mut self) -> Result<(), Violation> {
+        for slot in &mut self.handles {
+            *slot = None;
+        }
+        for slot in &mut self.readers {
+            *slot = None;
+        }
+        for node in 0..self.nodes.len() as u8 {
+            for key in &self.keys {
+                self.store(node).remove_session(key);
+            }
+            self.drain(node);
+        }
+        for (index, node) in self.nodes.iter().enumerate() {
+            let stats = node.store.as_ref().unwrap().stats();
+            if stats.sessions != 0 || stats.dormant_sessions != 0 || stats.allocated_slots != 0 {
+                return violation(
+                    "4. sessions or slots left after removing every session",
+                    format!(
+                        "node {index}: sessions {} dormant {} allocated_slots {}",
+                        stats.sessions, stats.dormant_sessions, stats.allocated_slots
+                    ),
+                );
+            }
+        }
+        let live: BTreeSet<u32> = self.nodes.iter().map(|n| n.generation).collect();
+        for (generation, probe) in self.probes.iter().enumerate() {
+            let alive = Arc::strong_count(probe) - 1;
+            if alive == 0 {
+                continue;
+            }
+            if live.contains(&(generation as u32)) {
+                return violation(
+                    "4. removed sessions' events stay in memory after they are durable",
+                    format!("store generation {generation} still holds {alive} payloads"),
+                );
+            }
+            return violation(
+                "4. a dropped store's events stay in memory",
+                format!("dropped store generation {generation} still holds {alive} payloads"),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn describe(gap: &Gap) -> String {
+    format!(
+        "gap {:?} missed {:?} latest @{}",
+        gap.reason,
+        gap.missed,
+        gap.latest.position()
+    )
+}
