@@ -142,8 +142,15 @@ fn plan(seed: u64, steps: usize) -> (Shape, Vec<Op>) {
     (shape, ops)
 }
 
-/// Executes `ops` in a fresh world of `shape`, then the end-of-run checks.
-fn run(shape: &Shape, ops: &[Op]) -> Option<Failure> {
+/// Executes `ops` in a fresh world of `shape`, then the end-of-run
+/// checks. A run goes on after a violation (so that one broken invariant
+/// does not hide the others) and returns the first violation of each
+/// invariant, in the order they happened; a panic ends it.
+fn run(shape: &Shape, ops: &[Op]) -> Vec<Failure> {
+    run_traced(shape, ops, false)
+}
+
+fn run_traced(shape: &Shape, ops: &[Op], trace: bool) -> Vec<Failure> {
     quiet_panics();
     QUIET.with(|q| q.set(true));
     let panicked = |at, panic: Box<dyn Any + Send>| Failure {
@@ -153,37 +160,49 @@ fn run(shape: &Shape, ops: &[Op]) -> Option<Failure> {
             detail: panic_message(&*panic),
         },
     };
-    let outcome = catch_unwind(|| World::new(shape)).map_err(|p| panicked(Some(0), p));
-    let failure = match outcome {
-        Err(failure) => Some(failure),
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut note = |failure: Failure| {
+        if !failures
+            .iter()
+            .any(|f| f.violation.invariant == failure.violation.invariant)
+        {
+            failures.push(failure);
+        }
+    };
+    match catch_unwind(|| World::new(shape)) {
+        Err(panic) => note(panicked(Some(0), panic)),
         Ok(world) => {
             let mut world = AssertUnwindSafe(world);
-            let mut failure = None;
+            world.trace = trace;
+            let mut alive = true;
             for (index, op) in ops.iter().enumerate() {
                 match catch_unwind(AssertUnwindSafe(|| world.step(op))) {
                     Ok(Ok(())) => {}
-                    Ok(Err(violation)) => failure = Some(Failure { at: Some(index), violation }),
-                    Err(panic) => failure = Some(panicked(Some(index), panic)),
-                }
-                if failure.is_some() {
-                    break;
+                    Ok(Err(violation)) => note(Failure { at: Some(index), violation }),
+                    Err(panic) => {
+                        note(panicked(Some(index), panic));
+                        alive = false;
+                        break;
+                    }
                 }
             }
-            if failure.is_none() {
-                failure = match catch_unwind(AssertUnwindSafe(|| world.finish())) {
-                    Ok(Ok(())) => None,
-                    Ok(Err(violation)) => Some(Failure { at: None, violation }),
-                    Err(panic) => Some(panicked(None, panic)),
-                };
+            if alive {
+                match catch_unwind(AssertUnwindSafe(|| world.finish())) {
+                    Ok(violations) => {
+                        for violation in violations {
+                            note(Failure { at: None, violation });
+                        }
+                    }
+                    Err(panic) => note(panicked(None, panic)),
+                }
             }
             // Tearing down a world that broke may panic again: that is
             // the same failure, not a new one.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(world)));
-            failure
         }
-    };
+    }
     QUIET.with(|q| q.set(false));
-    failure
+    failures
 }
 
 /// The smallest list of operations found that still breaks `invariant`:
@@ -194,7 +213,9 @@ fn shrink(shape: &Shape, ops: &[Op], failure: &Failure, budget: Duration) -> Vec
     let deadline = Instant::now() + budget;
     let invariant = failure.violation.invariant;
     let breaks = |candidate: &[Op]| {
-        run(shape, candidate).is_some_and(|f| f.violation.invariant == invariant)
+        run(shape, candidate)
+            .iter()
+            .any(|f| f.violation.invariant == invariant)
     };
     let mut ops = match failure.at {
         Some(at) if breaks(&ops[..=at]) => ops[..=at].to_vec(),
@@ -277,7 +298,11 @@ fn report(seed: u64, steps: usize, shape: &Shape, failure: &Failure, shrunk: &[O
     for op in shrunk {
         out += &format!("    {op:?}\n");
     }
-    if let Some(failure) = run(shape, shrunk) {
+    let again = run(shape, shrunk);
+    if let Some(failure) = again
+        .iter()
+        .find(|f| f.violation.invariant == failure.violation.invariant)
+    {
         out += &format!("  shrunk run sees: {}\n", failure.violation.detail);
     }
     out
@@ -287,15 +312,17 @@ fn shrink_budget() -> Duration {
     Duration::from_secs(env_u64("SIM_SHRINK_SECONDS").unwrap_or(20))
 }
 
-/// Runs one seed; its report if it breaks an invariant.
-fn check_seed(seed: u64, steps: usize) -> Option<(&'static str, String)> {
+/// Runs one seed; a report per invariant it breaks, with the shrunk
+/// operations.
+fn check_seed(seed: u64, steps: usize) -> Vec<(String, Shape, Vec<Op>)> {
     let (shape, ops) = plan(seed, steps);
-    let failure = run(&shape, &ops)?;
-    let shrunk = shrink(&shape, &ops, &failure, shrink_budget());
-    Some((
-        failure.violation.invariant,
-        report(seed, steps, &shape, &failure, &shrunk),
-    ))
+    run(&shape, &ops)
+        .into_iter()
+        .map(|failure| {
+            let shrunk = shrink(&shape, &ops, &failure, shrink_budget());
+            (report(seed, steps, &shape, &failure, &shrunk), shape.clone(), shrunk)
+        })
+        .collect()
 }
 
 /// Fresh seeds for a fixed time budget. Each seed stops at its first
@@ -315,6 +342,7 @@ fn ci_budget() {
     let deadline = started + Duration::from_secs(seconds);
     let mut first: BTreeMap<&'static str, (u64, Shape, Vec<Op>, Failure)> = BTreeMap::new();
     let mut broken = 0u64;
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut seeds = 0u64;
     while Instant::now() < deadline && seeds < max_seeds {
         // Spread consecutive seeds over the whole space.
@@ -324,11 +352,15 @@ fn ci_budget() {
             .rotate_left(17);
         seeds += 1;
         let (shape, ops) = plan(seed, steps);
-        if let Some(failure) = run(&shape, &ops) {
+        let failures = run(&shape, &ops);
+        if !failures.is_empty() {
             broken += 1;
+        }
+        for failure in failures {
+            *counts.entry(failure.violation.invariant).or_default() += 1;
             first
                 .entry(failure.violation.invariant)
-                .or_insert((seed, shape, ops, failure));
+                .or_insert_with(|| (seed, shape.clone(), ops.clone(), failure));
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -337,6 +369,9 @@ fn ci_budget() {
         seeds as f64 / elapsed,
         (seeds * steps as u64) as f64 / elapsed,
     );
+    for (invariant, count) in &counts {
+        println!("sim: {count:>6} seeds broke: {invariant}");
+    }
     if first.is_empty() {
         return;
     }
@@ -366,8 +401,20 @@ fn reproduce() {
         println!("reproduce: set SIM_SEED and SIM_STEPS to replay a run; nothing to do");
         return;
     };
-    if let Some((_, report)) = check_seed(seed, steps as usize) {
-        panic!("{report}");
+    let reports = check_seed(seed, steps as usize);
+    if reports.is_empty() {
+        println!("{}: no violation", repro_line(seed, steps as usize));
+        return;
     }
-    println!("{}: no violation", repro_line(seed, steps as usize));
+    let trace = env_u64("SIM_TRACE").is_some_and(|t| t > 0);
+    let mut all = String::new();
+    for (report, shape, shrunk) in &reports {
+        if trace {
+            println!("trace of the shrunk run:");
+            let _ = run_traced(shape, shrunk, true);
+        }
+        all += report;
+        all += "\n";
+    }
+    panic!("{} invariants broken:\n{all}", reports.len());
 }

@@ -119,6 +119,9 @@ pub struct World {
     readers: Vec<Option<Reader>>,
     next_payload: u64,
     archived: bool,
+    /// Print every operation and each node's counters after it
+    /// (`SIM_TRACE=1` with `reproduce`).
+    pub trace: bool,
 }
 
 impl World {
@@ -147,6 +150,7 @@ impl World {
             readers: (0..READER_SLOTS).map(|_| None).collect(),
             next_payload: 0,
             archived: false,
+            trace: false,
         };
         for _ in 0..shape.nodes {
             let node = world.build_node();
@@ -216,15 +220,9 @@ impl World {
         }
         let incarnation = event.incarnation().get();
         let position = event.position();
-        if !self.handed_out.insert((key, incarnation, position)) {
-            return violation(
-                "2. position handed out twice under one incarnation",
-                format!(
-                    "{} position {position} incarnation {incarnation:#x} again (node {node})",
-                    self.keys[usize::from(key)]
-                ),
-            );
-        }
+        // Recorded even when it breaks the invariant, so that a run that
+        // goes on after the violation does not mistake it for a stranger.
+        let fresh = self.handed_out.insert((key, incarnation, position));
         let first = self.first_position.entry(incarnation).or_insert(position);
         *first = (*first).min(position);
         self.by_payload
@@ -236,6 +234,15 @@ impl World {
             generation: self.nodes[usize::from(node)].generation,
         });
         self.cursors[usize::from(key)].push(event.cursor());
+        if !fresh {
+            return violation(
+                "2. position handed out twice under one incarnation",
+                format!(
+                    "{} position {position} incarnation {incarnation:#x} again (node {node})",
+                    self.keys[usize::from(key)]
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -309,6 +316,28 @@ impl World {
     }
 
     pub fn step(&mut self, op: &Op) -> Result<(), Violation> {
+        let result = self.apply(op);
+        if self.trace {
+            println!("  {op:?} -> {result:?}");
+            self.print_nodes();
+        }
+        result
+    }
+
+    fn print_nodes(&self) {
+        for (index, node) in self.nodes.iter().enumerate() {
+            let stats = node.store.as_ref().unwrap().stats();
+            let d = stats.durable.unwrap_or_default();
+            println!(
+                "      node {index} gen {}: sessions {} dormant {} | persisted {} holes {} lost {} failures {} restored {} fenced {} undurable {} | {:?}",
+                node.generation, stats.sessions, stats.dormant_sessions, d.persisted_events,
+                d.holes, d.lost_events, d.log_failures, d.restored_sessions, d.fenced_sessions,
+                d.undurable_events, d.last_error
+            );
+        }
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), Violation> {
         match *op {
             Op::Append { key } => {
                 let key = self.key_index(key);
@@ -343,9 +372,9 @@ impl World {
                                 );
                             }
                         }
-                        for event in &events {
-                            self.accept(node, key, event)?;
-                        }
+                        let accepted: Vec<_> =
+                            events.iter().map(|e| self.accept(node, key, e)).collect();
+                        accepted.into_iter().collect::<Result<(), _>>()?;
                     }
                     Err(Error::Refused(Refusal::BatchTooLarge { .. })) if too_large => {}
                     Err(error) => Self::refused("append_batch", &error)?,
@@ -534,7 +563,11 @@ impl World {
             return Ok(());
         };
         let result = self.advance(&mut reader, events);
-        self.readers[usize::from(slot)] = Some(reader);
+        // A reader that broke an invariant is dropped: what it reads next
+        // would only repeat the same violation under other names.
+        if result.is_ok() {
+            self.readers[usize::from(slot)] = Some(reader);
+        }
         result.map(|_| ())
     }
 
@@ -707,25 +740,31 @@ impl World {
     /// every accepted append reached the log (or was lost in a crash),
     /// that a catch-up from the start reads each session to its tail, the
     /// durable counters, and that removing every session frees its memory.
-    pub fn finish(&mut self) -> Result<(), Violation> {
+    pub fn finish(&mut self) -> Vec<Violation> {
         self.log.heal();
         for node in 0..self.nodes.len() as u8 {
             if !self.drain(node) {
-                return violation(
-                    "persistence never runs dry on a healthy log",
-                    format!("node {node} still has work after {DRAIN_ROUNDS} rounds"),
-                );
+                return vec![Violation {
+                    invariant: "persistence never runs dry on a healthy log",
+                    detail: format!("node {node} still has work after {DRAIN_ROUNDS} rounds"),
+                }];
             }
         }
-        self.check_accepted_in_log()?;
+        if self.trace {
+            println!("  (healed and drained every node)");
+            self.print_nodes();
+        }
+        let mut found = Vec::new();
+        found.extend(self.check_accepted_in_log().err());
         for key in 0..self.keys.len() as u8 {
             for node in 0..self.nodes.len() as u8 {
-                self.check_durable(node, key)?;
-                self.read_to_tail(node, key)?;
+                found.extend(self.check_durable(node, key).err());
+                found.extend(self.read_to_tail(node, key).err());
             }
         }
-        self.check_counters()?;
-        self.check_memory()
+        found.extend(self.check_counters().err());
+        found.extend(self.check_memory().err());
+        found
     }
 
     /// Every accepted append is in the log (same life, same payload), or
