@@ -340,6 +340,7 @@ fn ci_budget() {
     });
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
+    world::take_coverage();
     let mut first: BTreeMap<&'static str, (u64, Shape, Vec<Op>, Failure)> = BTreeMap::new();
     let mut broken = 0u64;
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -369,6 +370,9 @@ fn ci_budget() {
         seeds as f64 / elapsed,
         (seeds * steps as u64) as f64 / elapsed,
     );
+    for (path, count) in world::take_coverage() {
+        println!("sim: coverage {count:>9}  {path}");
+    }
     for (invariant, count) in &counts {
         println!("sim: {count:>6} seeds broke: {invariant}");
     }

@@ -30,9 +30,9 @@ struct Faults {
     append: AppendMode,
     /// How many of the next reads (`meta`, `load_after`) fail.
     failing_reads: u32,
-    /// Whether a reply was ever lost (the persister's counters then miss
-    /// a commit that landed, so the counter check is skipped).
-    lost_a_reply: bool,
+    /// Replies lost so far (the persister's counters then miss a commit
+    /// that landed, so the counter check skips the stores alive then).
+    lost_replies: u64,
 }
 
 /// A `DurableLog` over a shared `MemoryLog` with injected faults.
@@ -53,7 +53,7 @@ impl FaultLog {
             faults: Mutex::new(Faults {
                 append: AppendMode::Healthy,
                 failing_reads: 0,
-                lost_a_reply: false,
+                lost_replies: 0,
             }),
         }
     }
@@ -81,8 +81,8 @@ impl FaultLog {
         faults.failing_reads = 0;
     }
 
-    pub fn lost_a_reply(&self) -> bool {
-        self.faults().lost_a_reply
+    pub fn lost_replies(&self) -> u64 {
+        self.faults().lost_replies
     }
 
     fn read_fails(&self) -> bool {
@@ -103,7 +103,7 @@ impl DurableLog for FaultLog {
             let mode = faults.append;
             if mode == AppendMode::LoseReply {
                 faults.append = AppendMode::Healthy;
-                faults.lost_a_reply = true;
+                faults.lost_replies += 1;
             }
             mode
         };
