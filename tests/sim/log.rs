@@ -33,6 +33,8 @@ struct Faults {
     /// Replies lost so far (the persister's counters then miss a commit
     /// that landed, so the counter check skips the stores alive then).
     lost_replies: u64,
+    /// Append calls that returned `Ok`.
+    acknowledged: u64,
 }
 
 /// A `DurableLog` over a shared `MemoryLog` with injected faults.
@@ -54,6 +56,7 @@ impl FaultLog {
                 append: AppendMode::Healthy,
                 failing_reads: 0,
                 lost_replies: 0,
+                acknowledged: 0,
             }),
         }
     }
@@ -85,6 +88,11 @@ impl FaultLog {
         self.faults().lost_replies
     }
 
+    /// Append calls that returned `Ok` so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.faults().acknowledged
+    }
+
     fn read_fails(&self) -> bool {
         let mut faults = self.faults();
         if faults.failing_reads > 0 {
@@ -108,7 +116,13 @@ impl DurableLog for FaultLog {
             mode
         };
         match mode {
-            AppendMode::Healthy => self.inner.append(writes),
+            AppendMode::Healthy => {
+                let result = self.inner.append(writes);
+                if result.is_ok() {
+                    self.faults().acknowledged += 1;
+                }
+                result
+            }
             AppendMode::Failing => Err(injected("append refused")),
             AppendMode::LoseReply => {
                 self.inner.append(writes)?;

@@ -466,7 +466,14 @@ impl World {
             }
             Op::AdvanceClock { secs } => self.clock.advance(Duration::from_secs(secs.into())),
             Op::Persist { node } => {
-                self.store(node).persist_round();
+                let acknowledged = self.log.acknowledged();
+                let round = self.store(node).persist_round();
+                if round == Some(true) && self.log.acknowledged() == acknowledged {
+                    return violation(
+                        "6. persist_round reported a commit the log never acknowledged",
+                        format!("node {}: Some(true), no append returned Ok", self.node_index(node)),
+                    );
+                }
             }
             Op::Crash { node } => self.rebuild(self.node_index(node), true),
             Op::Restart { node } => {
@@ -1023,7 +1030,7 @@ impl World {
             }
             if live.contains(&(generation as u32)) {
                 return violation(
-                    "4. removed sessions' events stay in memory after they are durable",
+                    "4. removed sessions' events stay in memory after the drain",
                     format!("store generation {generation} still holds {alive} payloads"),
                 );
             }
