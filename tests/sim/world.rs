@@ -99,7 +99,6 @@ struct Handle {
 
 struct Reader {
     node: u8,
-    generation: u32,
     key: u8,
     catch_up: CatchUp<Payload>,
     /// Position of the last event delivered (or of the start cursor).
@@ -573,7 +572,6 @@ impl World {
                 covered("catch-up started");
                 self.readers[usize::from(slot)] = Some(Reader {
                     node,
-                    generation: self.nodes[usize::from(node)].generation,
                     key,
                     catch_up,
                     last: cursor.position(),
@@ -607,6 +605,25 @@ impl World {
                         "1. catch-up refused a cursor the log vouches for",
                         format!("node {node} cursor {k} @{}: {}", cursor.position(), describe(&gap)),
                     );
+                }
+                // A cursor past its life's durable end (a crash lost the
+                // rest): `Lost` with exactly the positions past that end.
+                let life_end = cursor
+                    .incarnation()
+                    .and_then(|i| meta.as_ref()?.life_of(i))
+                    .map(|(_, end)| end);
+                if let (GapReason::Lost, Some(end)) = (gap.reason, life_end) {
+                    covered("catch-up start: Lost count judged");
+                    if gap.missed != Some(cursor.position() - end) {
+                        return violation(
+                            "1. a Lost gap's count is not the positions past its life's end",
+                            format!(
+                                "node {node} cursor {k} @{}: {}; the life ends at {end}",
+                                cursor.position(),
+                                describe(&gap)
+                            ),
+                        );
+                    }
                 }
                 Ok(())
             }
@@ -824,6 +841,13 @@ impl World {
         }
         let mut found = Vec::new();
         found.extend(self.check_accepted_in_log().err());
+        // Every reader still open reads on to the log's tail.
+        for slot in 0..self.readers.len() {
+            let Some(mut reader) = self.readers[slot].take() else {
+                continue;
+            };
+            found.extend(self.read_on(&mut reader).err());
+        }
         for key in 0..self.keys.len() as u8 {
             for node in 0..self.nodes.len() as u8 {
                 found.extend(self.check_durable(node, key).err());
@@ -917,25 +941,34 @@ impl World {
         };
         let mut reader = Reader {
             node,
-            generation: self.nodes[usize::from(node)].generation,
             key,
             catch_up,
             last: 0,
             incarnation: None,
             ended: false,
         };
-        let (meta, _) = self.truth(key, u64::MAX);
+        self.read_on(&mut reader)
+    }
+
+    /// Reads until the reader has nothing more; it must then be at the
+    /// log's tail at least (every node has drained into the log).
+    fn read_on(&self, reader: &mut Reader) -> Result<(), Violation> {
+        let (meta, _) = self.truth(reader.key, u64::MAX);
         let tail = meta.as_ref().map_or(0, |m| m.durable_tail);
         let budget = tail as usize + 4 * self.shape.capacity + 16;
-        let at_rest = self.advance(&mut reader, budget)?;
+        let at_rest = self.advance(reader, budget)?;
         covered(if at_rest { "final catch-up: at rest" } else { "final catch-up: ended by a gap" });
         if at_rest && reader.last < tail {
             return violation(
                 "1. a catch-up stops short of the log's tail",
-                format!("node {node} {k}: read to {}, log tail {tail}", reader.last),
+                format!(
+                    "reader on node {} of {}: read to {}, log tail {tail}",
+                    reader.node,
+                    self.keys[usize::from(reader.key)],
+                    reader.last
+                ),
             );
         }
-        let _ = reader.generation;
         Ok(())
     }
 
