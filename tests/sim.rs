@@ -69,19 +69,44 @@
 //!    that lost a reply (a commit landed but was counted as failed) or
 //!    archived (records left the log).
 //!
-//! # Reproducing and running long
+//! Where the contract leaves room, the simulator does not judge: a
+//! `Reset` or `Unavailable` that ends a reader mid-stream (a removed
+//! session ends its ring subscription so), a `Lost` for a cursor past the
+//! log's tail, and a reader on another node given a cursor of a life the
+//! log has not recorded yet (it cannot know that life).
 //!
-//! A failure prints one line, e.g.
+//! # Running, reproducing, triage
+//!
+//! A run goes on after a violation and reports the first violation of
+//! each invariant, so one bug does not hide the others. A failure prints
+//! one line, e.g.
 //! `SIM_SEED=0x1234 SIM_STEPS=300 cargo test --test sim -- reproduce`,
-//! the invariant, what was seen, and the operation list shrunk by removing
-//! chunks and single operations while the same invariant still breaks.
-//! `ci_budget` runs fresh seeds for `SIM_SECONDS` (default 60; at most
-//! `SIM_SEEDS` seeds) of `SIM_STEPS` steps (default 300), from
-//! `SIM_SEED_BASE` (default: the clock); it reports the first seed that
-//! breaks each invariant and which known bug that looks like, then fails.
-//! Run long with `SIM_SECONDS=3600 cargo test --release --test sim --
-//! ci_budget --nocapture`. Shrinking takes up to `SIM_SHRINK_SECONDS`
-//! (default 20) per failure.
+//! the invariant, what was seen, a guess at which known bug it is, and
+//! the operation list shrunk (delta debugging: chunks of halving size,
+//! then single operations) while the same invariant still breaks.
+//!
+//! * `ci_budget` runs fresh seeds for `SIM_SECONDS` (default 60; at most
+//!   `SIM_SEEDS` seeds) of `SIM_STEPS` steps (default 300) from
+//!   `SIM_SEED_BASE` (default: the clock), prints how many seeds and steps
+//!   it ran, how often each checked path ran (coverage) and each invariant
+//!   broke, then reports the first seed that broke each invariant, shrunk
+//!   (up to `SIM_SHRINK_SECONDS`, default 20, each), and fails naming the
+//!   known bugs. Run long with
+//!   `SIM_SECONDS=3600 cargo test --release --test sim -- ci_budget --nocapture`.
+//!   Runs leak what the stores leak (a dropped store keeps its queued
+//!   sessions in a reference cycle), so it stops early past
+//!   `SIM_MAX_RSS_MB` (default 2048) and says so.
+//! * `reproduce` replays `SIM_SEED`/`SIM_STEPS` and reports every
+//!   invariant it breaks; with `SIM_TRACE=1` it also prints each shrunk
+//!   run step by step with every node's counters.
+//! * `find` collects `SIM_FIND_COUNT` seeds breaking an invariant whose
+//!   name contains `SIM_FIND`, shrunk, to tell apart causes behind one
+//!   name.
+//! * `runs_are_deterministic` runs seeds twice and compares.
+//! * The `regression_*` tests are shrunk runs of the bugs found, written
+//!   out as operation lists; each fails until its bug is fixed.
+//!   `clean_history_reads_back_everywhere` is a plain history that must
+//!   pass.
 
 #[path = "sim/log.rs"]
 mod log;
@@ -493,6 +518,26 @@ fn find() {
         if found == count {
             break;
         }
+    }
+}
+
+/// A run is a function of its seed: twice the same seed, the same
+/// violations at the same steps and the same paths taken. (Incarnations
+/// are random; nothing may depend on more than their equality.)
+#[test]
+fn runs_are_deterministic() {
+    for seed in 1..=40u64 {
+        let (shape, ops) = plan(seed, 200);
+        let outcome = || {
+            world::take_coverage();
+            let failures: Vec<_> = run(&shape, &ops)
+                .into_iter()
+                .map(|f| (f.violation.invariant, f.at))
+                .collect();
+            (failures, world::take_coverage())
+        };
+        let first = outcome();
+        assert_eq!(first, outcome(), "{} ran differently twice", repro_line(seed, 200));
     }
 }
 
