@@ -57,8 +57,9 @@ pub enum Op {
     /// and lets the session go (evicted to a tombstone if `evict`, else
     /// removed), then `to` writes it.
     TakeOver { key: u8, to: u8, evict: bool },
-    /// `archive_before(key, last - back)` on the key's writer node.
-    Archive { key: u8, back: u8 },
+    /// `archive_before(key, last - back)` on `node` (an operator's call:
+    /// any node), where `last` is the key's highest accepted position.
+    Archive { node: u8, key: u8, back: u8 },
     /// Starts a catch-up on `node` in `slot`: from the start cursor
     /// (`from == 0`), the node's current cursor (`from == 1`), or a cursor
     /// of an earlier append (`from - 2`, modulo how many there are).
@@ -66,6 +67,9 @@ pub enum Op {
     /// Up to `events` `try_next` calls on the reader in `slot`.
     StepReader { slot: u8, events: u8 },
     DropReader { slot: u8 },
+    /// `replay_after_cursor` on `node`, from a cursor picked as for
+    /// `StartReader`.
+    Replay { node: u8, key: u8, from: u16 },
     /// Checks `durable_position` on `node` against the log.
     CheckDurable { node: u8, key: u8 },
     /// The log refuses appends until healed.
@@ -113,7 +117,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
     // A run persists often or rarely, so some runs lap their rings.
     let persist_weight = pick(rng, &[2u64, 8, 20]);
     let fault_weight = pick(rng, &[0u64, 1, 3]);
-    let table: [(u64, u8); 22] = [
+    let table: [(u64, u8); 23] = [
         (30, 0),  // append
         (6, 1),   // batch
         (3, 2),   // open handle
@@ -136,6 +140,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
         (fault_weight, 19),
         (fault_weight, 20),
         (fault_weight * 2 + 1, 21), // heal
+        (3, 22), // replay
     ];
     let total: u64 = table.iter().map(|(w, _)| w).sum();
     (0..steps)
@@ -170,7 +175,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
                 10 => Op::Crash { node },
                 11 => Op::Restart { node },
                 12 => Op::TakeOver { key, to: node, evict: below(rng, 2) == 0 },
-                13 => Op::Archive { key, back: below(rng, 6) as u8 },
+                13 => Op::Archive { node, key, back: below(rng, 6) as u8 },
                 14 => Op::StartReader { node, key, from: below(rng, 64) as u16, slot: reader },
                 15 => Op::StepReader { slot: reader, events: 1 + below(rng, 8) as u8 },
                 16 => Op::DropReader { slot: reader },
@@ -178,7 +183,8 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
                 18 => Op::FailAppends,
                 19 => Op::LoseReply,
                 20 => Op::FailReads { count: 1 + below(rng, 3) as u8 },
-                _ => Op::Heal,
+                21 => Op::Heal,
+                _ => Op::Replay { node, key, from: below(rng, 64) as u16 },
             }
         })
         .collect()

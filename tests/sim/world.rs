@@ -33,7 +33,9 @@ pub fn take_coverage() -> BTreeMap<&'static str, u64> {
 
 /// Events older than this are trimmed from the rings.
 const MAX_AGE: Duration = Duration::from_secs(60);
-/// Rounds a drain may take before persistence counts as stuck.
+/// Rounds a drain may take, beyond one per accepted event (a round writes
+/// at least one record when it succeeds), before persistence counts as
+/// stuck.
 const DRAIN_ROUNDS: usize = 256;
 
 /// A payload that knows which store generation appended it: the
@@ -100,7 +102,8 @@ struct Handle {
 struct Reader {
     node: u8,
     key: u8,
-    catch_up: CatchUp<Payload>,
+    /// `None` for the one-shot check of a `replay_after_cursor`.
+    catch_up: Option<CatchUp<Payload>>,
     /// Position of the last event delivered (or of the start cursor).
     last: u64,
     /// Incarnation of the last event delivered (or of the start cursor).
@@ -303,10 +306,10 @@ impl World {
     }
 
     /// Runs `persist_round` on `node` until nothing is queued; whether it
-    /// got there within [`DRAIN_ROUNDS`].
+    /// got there within [`DRAIN_ROUNDS`] plus one round per accepted event.
     fn drain(&self, node: u8) -> bool {
         let store = self.store(node);
-        (0..DRAIN_ROUNDS).any(|_| store.persist_round().is_none())
+        (0..DRAIN_ROUNDS + self.accepted.len()).any(|_| store.persist_round().is_none())
     }
 
     fn rebuild(&mut self, node: u8, crashed: bool) {
@@ -482,9 +485,8 @@ impl World {
                 self.rebuild(node, !clean);
             }
             Op::TakeOver { key, to, evict } => self.take_over(key, to, evict),
-            Op::Archive { key, back } => {
-                let key = self.key_index(key);
-                let node = self.writer[usize::from(key)];
+            Op::Archive { node, key, back } => {
+                let (node, key) = (self.node_index(node), self.key_index(key));
                 let last = self.cursors[usize::from(key)]
                     .iter()
                     .map(Cursor::position)
@@ -512,6 +514,7 @@ impl World {
             } => self.start_reader(node, key, from, slot)?,
             Op::StepReader { slot, events } => self.step_reader(slot, events.into())?,
             Op::DropReader { slot } => self.readers[usize::from(slot)] = None,
+            Op::Replay { node, key, from } => self.replay(node, key, from)?,
             Op::CheckDurable { node, key } => {
                 self.check_durable(self.node_index(node), self.key_index(key))?
             }
@@ -558,14 +561,7 @@ impl World {
     fn start_reader(&mut self, node: u8, key: u8, from: u16, slot: u8) -> Result<(), Violation> {
         let (node, key) = (self.node_index(node), self.key_index(key));
         let k = self.keys[usize::from(key)].clone();
-        let cursors = &self.cursors[usize::from(key)];
-        let cursor = match from {
-            0 => Cursor::start(k.clone()),
-            1 => self.store(node).current_cursor(&k),
-            // A cursor no append gave out: no incarnation, a small position.
-            n if cursors.is_empty() => Cursor::new(k.clone(), None, Revision(1), u64::from(n) % 8),
-            n => cursors[usize::from(n - 2) % cursors.len()].clone(),
-        };
+        let cursor = self.pick_cursor(node, key, from);
         let (meta, _) = self.truth(key, u64::MAX);
         match self.store(node).catch_up(&cursor) {
             Ok(catch_up) => {
@@ -573,7 +569,7 @@ impl World {
                 self.readers[usize::from(slot)] = Some(Reader {
                     node,
                     key,
-                    catch_up,
+                    catch_up: Some(catch_up),
                     last: cursor.position(),
                     incarnation: cursor.incarnation().map(|i| i.get()),
                     ended: false,
@@ -634,6 +630,54 @@ impl World {
         }
     }
 
+    /// A cursor for a reader of `key` on `node`: the start cursor
+    /// (`from == 0`), the node's current cursor (`1`), or an earlier
+    /// append's (`from - 2`, modulo how many there are).
+    fn pick_cursor(&self, node: u8, key: u8, from: u16) -> Cursor {
+        let k = self.keys[usize::from(key)].clone();
+        let cursors = &self.cursors[usize::from(key)];
+        match from {
+            0 => Cursor::start(k),
+            1 => self.store(node).current_cursor(&k),
+            // A cursor no append gave out: no incarnation, a small position.
+            n if cursors.is_empty() => Cursor::new(k, None, Revision(1), u64::from(n) % 8),
+            n => cursors[usize::from(n - 2) % cursors.len()].clone(),
+        }
+    }
+
+    /// The ring tier's replay (sections 5 and 10): what it returns is a
+    /// run of the reader's next positions, each an accepted event, with
+    /// the same life rules as a catch-up. Its gaps are not judged here.
+    fn replay(&mut self, node: u8, key: u8, from: u16) -> Result<(), Violation> {
+        let (node, key) = (self.node_index(node), self.key_index(key));
+        let cursor = self.pick_cursor(node, key, from);
+        match self.store(node).replay_after_cursor(&cursor) {
+            Ok(events) => {
+                covered("replay returned events");
+                let mut reader = Reader {
+                    node,
+                    key,
+                    catch_up: None,
+                    last: cursor.position(),
+                    incarnation: cursor.incarnation().map(|i| i.get()),
+                    ended: false,
+                };
+                for event in &events {
+                    self.delivered(&mut reader, event)?;
+                }
+                Ok(())
+            }
+            Err(Error::Gap(_)) => {
+                covered("replay: gap, unjudged");
+                Ok(())
+            }
+            Err(other) => violation(
+                "1. replay failed with something other than a gap",
+                format!("{other}"),
+            ),
+        }
+    }
+
     fn step_reader(&mut self, slot: u8, events: usize) -> Result<(), Violation> {
         let Some(mut reader) = self.readers[usize::from(slot)].take() else {
             return Ok(());
@@ -654,7 +698,10 @@ impl World {
             return Ok(false);
         }
         for _ in 0..events {
-            match reader.catch_up.try_next() {
+            let Some(catch_up) = reader.catch_up.as_mut() else {
+                return Ok(false);
+            };
+            match catch_up.try_next() {
                 Ok(event) => self.delivered(reader, &event)?,
                 Err(TryNextError::Empty) => return Ok(true),
                 Err(TryNextError::Gap(gap)) => {
@@ -831,7 +878,10 @@ impl World {
             if !self.drain(node) {
                 return vec![Violation {
                     invariant: "persistence never runs dry on a healthy log",
-                    detail: format!("node {node} still has work after {DRAIN_ROUNDS} rounds"),
+                    detail: format!(
+                        "node {node} still has work after {} rounds",
+                        DRAIN_ROUNDS + self.accepted.len()
+                    ),
                 }];
             }
         }
@@ -942,7 +992,7 @@ impl World {
         let mut reader = Reader {
             node,
             key,
-            catch_up,
+            catch_up: Some(catch_up),
             last: 0,
             incarnation: None,
             ended: false,
