@@ -905,7 +905,7 @@ impl World {
             }
         }
         found.extend(self.check_counters().err());
-        found.extend(self.check_memory().err());
+        found.extend(self.check_memory());
         found
     }
 
@@ -1080,7 +1080,7 @@ impl World {
     /// Invariant 4: with every handle and reader dropped and every session
     /// removed and drained, no store holds a session, a tombstone, a slot
     /// or a payload; and no dropped store keeps its payloads alive.
-    fn check_memory(&mut self) -> Result<(), Violation> {
+    fn check_memory(&mut self) -> Vec<Violation> {
         for slot in &mut self.handles {
             *slot = None;
         }
@@ -1093,36 +1093,46 @@ impl World {
             }
             self.drain(node);
         }
+        let mut found = Vec::new();
         for (index, node) in self.nodes.iter().enumerate() {
             let stats = node.store.as_ref().unwrap().stats();
             if stats.sessions != 0 || stats.dormant_sessions != 0 || stats.allocated_slots != 0 {
-                return violation(
-                    "4. sessions or slots left after removing every session",
-                    format!(
+                found.push(Violation {
+                    invariant: "4. sessions or slots left after removing every session",
+                    detail: format!(
                         "node {index}: sessions {} dormant {} allocated_slots {}",
                         stats.sessions, stats.dormant_sessions, stats.allocated_slots
                     ),
-                );
+                });
+                break;
             }
         }
         let live: BTreeSet<u32> = self.nodes.iter().map(|n| n.generation).collect();
+        let (mut in_live, mut in_dropped) = (Vec::new(), Vec::new());
         for (generation, probe) in self.probes.iter().enumerate() {
             let alive = Arc::strong_count(probe) - 1;
-            if alive == 0 {
-                continue;
+            if alive > 0 {
+                let list = if live.contains(&(generation as u32)) {
+                    &mut in_live
+                } else {
+                    &mut in_dropped
+                };
+                list.push(format!("generation {generation}: {alive}"));
             }
-            if live.contains(&(generation as u32)) {
-                return violation(
-                    "4. removed sessions' events stay in memory after the drain",
-                    format!("store generation {generation} still holds {alive} payloads"),
-                );
-            }
-            return violation(
-                "4. a dropped store's events stay in memory",
-                format!("dropped store generation {generation} still holds {alive} payloads"),
-            );
         }
-        Ok(())
+        if !in_live.is_empty() {
+            found.push(Violation {
+                invariant: "4. removed sessions' events stay in memory after the drain",
+                detail: format!("payloads still alive in live stores: {}", in_live.join(", ")),
+            });
+        }
+        if !in_dropped.is_empty() {
+            found.push(Violation {
+                invariant: "4. a dropped store's events stay in memory",
+                detail: format!("payloads still alive in dropped stores: {}", in_dropped.join(", ")),
+            });
+        }
+        found
     }
 }
 
