@@ -289,6 +289,9 @@ fn known_bug(invariant: &str) -> &'static str {
         i if i.contains("log vouches for") || i.contains("past its life's end") => {
             "known bug 6 (a failing read at catch-up start reads as an unknown session)"
         }
+        i if i.contains("latest cursor is behind") => {
+            "known bug 4's stale tombstone answering for a session another node wrote, or bug 6's failed read"
+        }
         i if i.contains("stops short of the log's tail") => {
             "known bug 4 (the fenced, revived session's ring shadows the log on its node)"
         }

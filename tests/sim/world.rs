@@ -583,6 +583,7 @@ impl World {
                     GapReason::Reset => "catch-up start: Reset",
                     GapReason::Lost => "catch-up start: Lost",
                 });
+                self.check_latest(&gap, key, &format!("catch-up start on node {node}"))?;
                 // The log vouches for the cursor: its life is recorded and
                 // reaches the cursor's position. No gap is right then; a
                 // failing read must not pass for "never heard of it".
@@ -790,6 +791,7 @@ impl World {
             self.keys[usize::from(reader.key)],
             describe(gap)
         );
+        self.check_latest(gap, reader.key, &where_)?;
         let (meta, _) = self.truth(reader.key, u64::MAX);
         let archived = meta.as_ref().map_or(0, |m| m.archived_through);
         match gap.reason {
@@ -834,8 +836,40 @@ impl World {
                 },
                 None => covered("reader gap Lost: past the log, unjudged"),
             },
-            GapReason::Reset => covered("reader gap Reset: unjudged"),
+            // With a log, a removed session's events still reach the log
+            // and catch-up serves its cursors from there (contract 10:
+            // the only gaps left are positions no tier holds).
+            GapReason::Reset => {
+                let known = reader.incarnation.is_some_and(|incarnation| {
+                    meta.as_ref().is_some_and(|m| {
+                        m.lives.iter().any(|life| life.incarnation.get() == incarnation)
+                    })
+                });
+                if known {
+                    return violation(
+                        "1. a catch-up ended with Reset though the log records its life",
+                        where_,
+                    );
+                }
+                covered("reader gap Reset: life not in the log, unjudged")
+            }
             GapReason::Unavailable => covered("reader gap Unavailable: unjudged"),
+        }
+        Ok(())
+    }
+
+    /// A gap's latest cursor is where to resume after reloading a snapshot
+    /// (section 5): never behind what the log already holds, or the
+    /// snapshot would miss events no reader is told about.
+    fn check_latest(&self, gap: &Gap, key: u8, where_: &str) -> Result<(), Violation> {
+        let (meta, _) = self.truth(key, u64::MAX);
+        let tail = meta.as_ref().map_or(0, |m| m.durable_tail);
+        covered("gap latest cursor judged");
+        if gap.latest.position() < tail {
+            return violation(
+                "1. a gap's latest cursor is behind the log's tail",
+                format!("{where_}: {}; log tail {tail}", describe(gap)),
+            );
         }
         Ok(())
     }
