@@ -87,15 +87,17 @@
 //!
 //! * `ci_budget` runs fresh seeds for `SIM_SECONDS` (default 60; at most
 //!   `SIM_SEEDS` seeds) of `SIM_STEPS` steps (default 300) from
-//!   `SIM_SEED_BASE` (default: the clock), prints how many seeds and steps
-//!   it ran, how often each checked path ran (coverage) and each invariant
-//!   broke, then reports the first seed that broke each invariant, shrunk
-//!   (up to `SIM_SHRINK_SECONDS`, default 20, each), and fails naming the
-//!   known bugs. Run long with
+//!   `SIM_SEED_BASE` (default: the clock), in child processes of this test
+//!   binary of at most `SIM_CHUNK_SECONDS` (default 60) each: runs leak
+//!   what the stores leak (a dropped store keeps its queued sessions in a
+//!   reference cycle), and a child's leaks die with it (a process also
+//!   stops early past `SIM_MAX_RSS_MB`, default 2048, and says so). It
+//!   prints how many seeds and steps it ran, how often each checked path
+//!   ran (coverage) and how many seeds broke each invariant, then shrinks
+//!   the first seed that broke each invariant (up to
+//!   `SIM_SHRINK_SECONDS`, default 20, each), reports it, and fails
+//!   naming the known bugs. Run long with
 //!   `SIM_SECONDS=3600 cargo test --release --test sim -- ci_budget --nocapture`.
-//!   Runs leak what the stores leak (a dropped store keeps its queued
-//!   sessions in a reference cycle), so it stops early past
-//!   `SIM_MAX_RSS_MB` (default 2048) and says so.
 //! * `reproduce` replays `SIM_SEED`/`SIM_STEPS` and reports every
 //!   invariant it breaks; with `SIM_TRACE=1` it also prints each shrunk
 //!   run step by step with every node's counters.
@@ -380,9 +382,145 @@ fn check_seed(seed: u64, steps: usize) -> Vec<(String, Shape, Vec<Op>)> {
         .collect()
 }
 
-/// Fresh seeds for a fixed time budget. Each seed stops at its first
-/// violation; the test reports the first seed that breaks each distinct
-/// invariant (shrunk) and fails if there is any.
+/// What a stretch of fresh seeds found.
+#[derive(Default)]
+struct Exploration {
+    seeds: u64,
+    broken: u64,
+    /// Seeds that broke each invariant.
+    counts: BTreeMap<String, u64>,
+    /// The first seed that broke each invariant.
+    first: BTreeMap<String, u64>,
+    coverage: BTreeMap<String, u64>,
+    /// Resident memory when it stopped at the cap, if it did.
+    stopped: Option<u64>,
+}
+
+impl Exploration {
+    fn merge(&mut self, other: Exploration) {
+        self.seeds += other.seeds;
+        self.broken += other.broken;
+        for (invariant, count) in other.counts {
+            *self.counts.entry(invariant).or_default() += count;
+        }
+        for (invariant, seed) in other.first {
+            self.first.entry(invariant).or_insert(seed);
+        }
+        for (path, count) in other.coverage {
+            *self.coverage.entry(path).or_default() += count;
+        }
+        self.stopped = self.stopped.or(other.stopped);
+    }
+}
+
+/// The `n`th seed from `base`, spread over the whole space.
+fn nth_seed(base: u64, n: u64) -> u64 {
+    base.wrapping_add(n)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(17)
+}
+
+/// Runs seeds `nth_seed(base, 0..)` in this process until `deadline`,
+/// `max_seeds`, or the memory cap.
+fn explore(base: u64, steps: usize, deadline: Instant, max_seeds: u64) -> Exploration {
+    world::take_coverage();
+    let mut found = Exploration::default();
+    while Instant::now() < deadline && found.seeds < max_seeds {
+        if found.seeds % 256 == 0 {
+            found.stopped = over_memory_cap();
+            if found.stopped.is_some() {
+                break;
+            }
+        }
+        let seed = nth_seed(base, found.seeds);
+        found.seeds += 1;
+        let (shape, ops) = plan(seed, steps);
+        let failures = run(&shape, &ops);
+        if !failures.is_empty() {
+            found.broken += 1;
+        }
+        for failure in failures {
+            let invariant = failure.violation.invariant.to_string();
+            *found.counts.entry(invariant.clone()).or_default() += 1;
+            found.first.entry(invariant).or_insert(seed);
+        }
+    }
+    found.coverage = world::take_coverage()
+        .into_iter()
+        .map(|(path, count)| (path.to_string(), count))
+        .collect();
+    found
+}
+
+/// The child's side of `ci_budget`: one stretch, printed as
+/// `SIMCHILD` lines for the parent to read.
+fn explore_as_child(base: u64, steps: usize, seconds: u64, max_seeds: u64) {
+    let found = explore(base, steps, Instant::now() + Duration::from_secs(seconds), max_seeds);
+    println!("SIMCHILD seeds {} {}", found.seeds, found.broken);
+    if let Some(rss) = found.stopped {
+        println!("SIMCHILD stopped {rss}");
+    }
+    for (invariant, count) in &found.counts {
+        println!("SIMCHILD count {count} {invariant}");
+    }
+    for (invariant, seed) in &found.first {
+        println!("SIMCHILD first {seed} {invariant}");
+    }
+    for (path, count) in &found.coverage {
+        println!("SIMCHILD coverage {count} {path}");
+    }
+}
+
+/// Runs one stretch in a child process (this test binary, `ci_budget`
+/// with `SIM_CHILD=1`), so that what the stores leak dies with it.
+/// `None` if the child could not run.
+fn explore_in_child(base: u64, steps: usize, seconds: u64, max_seeds: u64) -> Option<Exploration> {
+    let output = std::process::Command::new(std::env::current_exe().ok()?)
+        .args(["ci_budget", "--exact", "--nocapture", "--test-threads=1"])
+        .env("SIM_CHILD", "1")
+        .env("SIM_SEED_BASE", base.to_string())
+        .env("SIM_STEPS", steps.to_string())
+        .env("SIM_SECONDS", seconds.to_string())
+        .env("SIM_SEEDS", max_seeds.to_string())
+        .output()
+        .ok()?;
+    let mut found = Exploration::default();
+    let mut answered = false;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        // The harness may print "test ci_budget ... " on the same line.
+        let Some(rest) = line.find("SIMCHILD ").map(|at| &line[at + "SIMCHILD ".len()..]) else {
+            continue;
+        };
+        let mut words = rest.splitn(3, ' ');
+        let (kind, number, text) = (words.next(), words.next(), words.next());
+        let number: u64 = number.and_then(|n| n.parse().ok()).unwrap_or(0);
+        match (kind, text) {
+            (Some("seeds"), Some(broken)) => {
+                answered = true;
+                found.seeds = number;
+                found.broken = broken.parse().unwrap_or(0);
+            }
+            (Some("stopped"), _) => found.stopped = Some(number),
+            (Some("count"), Some(invariant)) => {
+                found.counts.insert(invariant.to_string(), number);
+            }
+            (Some("first"), Some(invariant)) => {
+                found.first.insert(invariant.to_string(), number);
+            }
+            (Some("coverage"), Some(path)) => {
+                found.coverage.insert(path.to_string(), number);
+            }
+            _ => {}
+        }
+    }
+    answered.then_some(found)
+}
+
+/// Fresh seeds for a fixed time budget, in child processes of at most
+/// `SIM_CHUNK_SECONDS` (default 60) each (in this process if a child
+/// cannot run). Each seed's run reports the first violation of each
+/// invariant; the test then shrinks the first seed that broke each
+/// invariant, reports it, and fails naming the known bugs.
 #[test]
 fn ci_budget() {
     let seconds = env_u64("SIM_SECONDS").unwrap_or(60);
@@ -393,72 +531,81 @@ fn ci_budget() {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
+    if std::env::var("SIM_CHILD").is_ok() {
+        explore_as_child(base, steps, seconds, max_seeds);
+        return;
+    }
+    let chunk = env_u64("SIM_CHUNK_SECONDS").unwrap_or(60).max(1);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
-    world::take_coverage();
-    let mut first: BTreeMap<&'static str, (u64, Shape, Vec<Op>, Failure)> = BTreeMap::new();
-    let mut broken = 0u64;
-    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut seeds = 0u64;
-    let mut stopped = None;
-    while Instant::now() < deadline && seeds < max_seeds {
-        if seeds % 256 == 0 {
-            stopped = over_memory_cap();
-            if stopped.is_some() {
+    let mut found = Exploration::default();
+    let mut children = 0;
+    while found.seeds < max_seeds {
+        let left = deadline.saturating_duration_since(Instant::now()).as_secs();
+        if left == 0 {
+            break;
+        }
+        let stretch_base = base.wrapping_add(found.seeds);
+        let seeds_left = max_seeds - found.seeds;
+        match explore_in_child(stretch_base, steps, left.min(chunk), seeds_left) {
+            Some(stretch) => {
+                children += 1;
+                found.merge(stretch);
+            }
+            None => {
+                println!("sim: could not run a child process; exploring in this one");
+                found.merge(explore(stretch_base, steps, deadline, seeds_left));
                 break;
             }
-        }
-        // Spread consecutive seeds over the whole space.
-        let seed = base
-            .wrapping_add(seeds)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(17);
-        seeds += 1;
-        let (shape, ops) = plan(seed, steps);
-        let failures = run(&shape, &ops);
-        if !failures.is_empty() {
-            broken += 1;
-        }
-        for failure in failures {
-            *counts.entry(failure.violation.invariant).or_default() += 1;
-            first
-                .entry(failure.violation.invariant)
-                .or_insert_with(|| (seed, shape.clone(), ops.clone(), failure));
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "sim: {seeds} seeds x {steps} steps in {elapsed:.1} s ({:.0} seeds/s, {:.0} steps/s), base {base:#x}; {broken} seeds broke an invariant",
-        seeds as f64 / elapsed,
-        (seeds * steps as u64) as f64 / elapsed,
+        "sim: {} seeds x {steps} steps in {elapsed:.1} s ({:.0} seeds/s, {:.0} steps/s) in {children} child processes, base {base:#x}; {} seeds broke an invariant",
+        found.seeds,
+        found.seeds as f64 / elapsed,
+        (found.seeds * steps as u64) as f64 / elapsed,
+        found.broken,
     );
-    if let Some(rss) = stopped {
-        println!("sim: stopped early: the process holds {rss} MiB, over SIM_MAX_RSS_MB (leaked by the stores)");
+    if let Some(rss) = found.stopped {
+        println!("sim: a stretch stopped early: its process held {rss} MiB, over SIM_MAX_RSS_MB (leaked by the stores)");
     }
-    for (path, count) in world::take_coverage() {
+    for (path, count) in &found.coverage {
         println!("sim: coverage {count:>9}  {path}");
     }
-    for (invariant, count) in &counts {
+    for (invariant, count) in &found.counts {
         println!("sim: {count:>6} seeds broke: {invariant}");
     }
-    if first.is_empty() {
+    if found.first.is_empty() {
         return;
     }
     let mut reports = String::new();
-    for (invariant, (seed, shape, ops, failure)) in &first {
-        let shrunk = shrink(shape, ops, failure, shrink_budget());
+    for (invariant, seed) in &found.first {
         println!("sim: {invariant}: {}", known_bug(invariant));
-        reports += &report(*seed, steps, shape, failure, &shrunk);
+        let (shape, ops) = plan(*seed, steps);
+        let Some(failure) = run(&shape, &ops)
+            .into_iter()
+            .find(|f| f.violation.invariant == invariant)
+        else {
+            reports += &format!(
+                "{}\n  violated (in the child, not again here: nondeterminism?): {invariant}\n\n",
+                repro_line(*seed, steps)
+            );
+            continue;
+        };
+        let shrunk = shrink(&shape, &ops, &failure, shrink_budget());
+        reports += &report(*seed, steps, &shape, &failure, &shrunk);
         reports += "\n";
     }
     println!("{reports}");
-    let bugs: Vec<String> = first
+    let bugs: Vec<String> = found
+        .first
         .keys()
         .map(|invariant| format!("{invariant} [{}]", known_bug(invariant)))
         .collect();
     panic!(
         "{} distinct invariants broken; first seen:\n  {}",
-        first.len(),
+        found.first.len(),
         bugs.join("\n  ")
     );
 }
@@ -507,7 +654,7 @@ fn find() {
             println!("find: stopped at the memory cap after {n} seeds");
             break;
         }
-        let seed = base.wrapping_add(n).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+        let seed = nth_seed(base, n);
         let (shape, ops) = plan(seed, steps);
         let Some(failure) = run(&shape, &ops)
             .into_iter()
@@ -743,6 +890,26 @@ fn regression_known_bug_8_set_aside_round_is_not_a_success() {
             Op::OpenHandle { key: 1, slot: 0 },
             Op::Persist { node: 0 },
             Op::Persist { node: 0 },
+        ],
+    );
+}
+
+/// New: a catch-up reading live from the ring ends with `Reset` (and a
+/// latest cursor at 0) when its session is removed, although the log
+/// records the life, the removed session's events still reach it, and a
+/// catch-up started from the same cursor afterwards is served.
+#[test]
+fn regression_catch_up_survives_the_removal_of_its_session() {
+    assert_clean(
+        &shape(1, 8, 1),
+        &[
+            Op::OpenHandle { key: 1, slot: 1 },
+            Op::Persist { node: 0 }, // the life is recorded
+            Op::HandleAppend { slot: 1 },
+            Op::StartReader { node: 0, key: 1, from: 0, slot: 2 },
+            Op::StepReader { slot: 2, events: 5 }, // live on the ring
+            Op::Remove { node: 0, key: 1 },
+            Op::StepReader { slot: 2, events: 4 },
         ],
     );
 }
