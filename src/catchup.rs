@@ -146,31 +146,47 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         });
         if let Some((identity, tail)) = in_memory {
             if let Some(verdict) = judge(&identity, tail, cursor) {
-                return Ok(verdict.map_err(|(reason, missed)| self.gap(reason, missed)));
+                let Err((reason, missed)) = verdict else {
+                    return Ok(Ok(()));
+                };
+                // Over a shared log another node may have written past what
+                // memory knows: the gap's latest cursor comes from the log,
+                // and a log that cannot say is an error, not a stale cursor.
+                if let Some(persistence) = self
+                    .shared
+                    .persistence
+                    .as_ref()
+                    .filter(|_| self.shared_log())
+                {
+                    let meta = persistence.log.meta(&self.key)?;
+                    return Ok(Err(self.gap_with(Some(meta.as_ref()), reason, missed)));
+                }
+                return Ok(Err(self.gap(reason, missed)));
             }
         }
         let meta = match &self.shared.persistence {
             Some(persistence) => persistence.log.meta(&self.key)?,
             None => None,
         };
-        Ok(match (cursor.incarnation(), meta) {
+        let gap = |reason, missed| self.gap_with(Some(meta.as_ref()), reason, missed);
+        Ok(match (cursor.incarnation(), meta.as_ref()) {
             (Some(incarnation), Some(meta)) => match meta.life_of(incarnation) {
                 // A shared log's newest life may have a writer alive on
                 // another node that has not shipped `after` yet: wait for
                 // it (`read_log` reports a loss if another life takes over).
                 Some((life, _)) if self.shared_log() && meta.current_life() == Some(life) => Ok(()),
-                Some((_, end)) if after > end => Err(self.gap(GapReason::Lost, Some(after - end))),
+                Some((_, end)) if after > end => Err(gap(GapReason::Lost, Some(after - end))),
                 Some(_) => Ok(()),
-                None => Err(self.gap(GapReason::Reset, None)),
+                None => Err(gap(GapReason::Reset, None)),
             },
             (None, Some(meta)) if after <= meta.durable_tail => Ok(()),
-            (Some(_), None) if in_memory.is_some() => Err(self.gap(GapReason::Reset, None)),
+            (Some(_), None) if in_memory.is_some() => Err(gap(GapReason::Reset, None)),
             // The log never heard of the session, yet a cursor of it exists:
             // its first life (from position 1) died before its first commit.
             (Some(_), None) if self.shared.persistence.is_some() => {
-                Err(self.gap(GapReason::Lost, Some(after)))
+                Err(gap(GapReason::Lost, Some(after)))
             }
-            _ => Err(self.gap(GapReason::Unavailable, None)),
+            _ => Err(gap(GapReason::Unavailable, None)),
         })
     }
 
@@ -208,31 +224,62 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         persistence.log.meta(&self.key).ok().flatten()
     }
 
-    /// The session's latest cursor, from whichever tier knows it best.
+    /// The session's latest cursor, from whichever tier knows it best:
+    /// memory, unless the log is shared and another node wrote further.
     fn latest(&self) -> Cursor {
+        self.latest_with(None)
+    }
+
+    /// [`latest`](Self::latest), with the log's meta if the caller read it
+    /// already (one read fewer, and a log that fails the second read
+    /// cannot leave a stale cursor in a gap the first read decided).
+    fn latest_with(&self, read: Option<Option<&SessionMeta>>) -> Cursor {
         let in_memory = self.sessions.with_found(&self.key, |found| match found {
             Found::Resident(session) => session.current_cursor(),
             Found::Dormant(tombstone) => tombstone.latest(&self.key),
         });
-        if let Some(cursor) = in_memory {
-            return cursor;
+        if let Some(cursor) = &in_memory {
+            if !self.shared_log() {
+                return cursor.clone();
+            }
         }
-        match self.meta() {
-            Some(meta) if meta.durable_tail > 0 => Cursor::new(
+        let meta = match read {
+            Some(meta) => meta.cloned(),
+            None => self.meta(),
+        };
+        let logged = match meta {
+            Some(meta) if meta.durable_tail > 0 => Some(Cursor::new(
                 self.key.clone(),
                 meta.current_life().map(|life| life.incarnation),
                 Revision(meta.last_revision),
                 meta.durable_tail,
-            ),
-            _ => Cursor::start(self.key.clone()),
+            )),
+            _ => None,
+        };
+        match (in_memory, logged) {
+            (Some(memory), Some(log)) if log.position() > memory.position() => log,
+            (Some(memory), _) => memory,
+            (None, Some(log)) => log,
+            (None, None) => Cursor::start(self.key.clone()),
         }
     }
 
     fn gap(&self, reason: GapReason, missed: Option<u64>) -> Gap {
+        self.gap_with(None, reason, missed)
+    }
+
+    /// [`gap`](Self::gap) with the log's meta if the caller read it
+    /// (`Some(None)`: the log has no such session).
+    fn gap_with(
+        &self,
+        meta: Option<Option<&SessionMeta>>,
+        reason: GapReason,
+        missed: Option<u64>,
+    ) -> Gap {
         Gap {
             reason,
             requested: self.last_seen.clone(),
-            latest: self.latest(),
+            latest: self.latest_with(meta),
             missed,
         }
     }
@@ -367,7 +414,17 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             }
             let after = self.last_seen.position();
             if let Some(session) = self.sessions.get(&self.key) {
-                if session.serves_after(after) {
+                // The ring serves the reader only if its cursor names this
+                // life or the one it continues, up to where that one ended
+                // (a crash may have lost the rest: `Lost`, with the count);
+                // a cursor of another life reads the log, which knows the
+                // lives in between.
+                let tail = session.ring.published_tail();
+                let verdict = judge(&session.identity(), tail, &self.last_seen);
+                if let Some(Err((reason, missed))) = verdict {
+                    return Err(self.gap(reason, missed));
+                }
+                if verdict.is_some() && session.serves_after(after) {
                     self.ring = Some(Subscription::start_unchecked(
                         session,
                         self.last_seen.clone(),
@@ -440,7 +497,11 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             });
         };
         if meta.archived_through > after {
-            return Err(self.gap(GapReason::Trimmed, Some(meta.archived_through - after)));
+            return Err(self.gap_with(
+                Some(Some(&meta)),
+                GapReason::Trimmed,
+                Some(meta.archived_through - after),
+            ));
         }
         if meta.durable_tail <= after {
             let resident = self.sessions.get(&self.key);
@@ -466,28 +527,45 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                 // Not contiguous with what we have: stop and read again.
                 break;
             }
-            if let RecordBody::Event(_) = &record.body {
-                if life.is_some_and(|seen| seen != record.incarnation) {
-                    let began = meta
-                        .life_of(record.incarnation)
-                        .map_or(record.position, |(life, _)| life.first_position);
-                    if began < record.position {
-                        // Positions `began..record.position` the reader saw
-                        // from its life; the log holds another life's there.
-                        if self.buffer.is_empty() {
-                            let missed = record.position - began;
-                            return Err(self.gap(GapReason::Lost, Some(missed)));
-                        }
-                        break;
+            if life.is_some_and(|seen| seen != record.incarnation) {
+                let began = meta
+                    .life_of(record.incarnation)
+                    .map_or(record.position, |(life, _)| life.first_position);
+                let reader_life_end = life.and_then(|seen| meta.life_of(seen)).map(|(_, end)| end);
+                if began < expected || reader_life_end.is_some_and(|end| end < expected - 1) {
+                    // Positions `began..expected` the reader has from its
+                    // own life; the log holds another life's there (an
+                    // event, or a hole that life recorded).
+                    if self.buffer.is_empty() {
+                        // The reader's own life ended before what it saw
+                        // (a crash lost the rest): every position it saw
+                        // past that end is lost, whatever lives came
+                        // between.
+                        let missed = match life.and_then(|seen| meta.life_of(seen)) {
+                            Some((_, end)) if end < after => after - end,
+                            _ => expected - began,
+                        };
+                        return Err(self.gap_with(
+                            Some(Some(&meta)),
+                            GapReason::Lost,
+                            Some(missed),
+                        ));
                     }
+                    break;
                 }
+            }
+            if let RecordBody::Event(_) = &record.body {
                 life = Some(record.incarnation);
             }
             match record.body {
                 RecordBody::Hole { .. } => {
                     if self.buffer.is_empty() {
                         let missed = record.last_position() - after;
-                        return Err(self.gap(GapReason::Lost, Some(missed)));
+                        return Err(self.gap_with(
+                            Some(Some(&meta)),
+                            GapReason::Lost,
+                            Some(missed),
+                        ));
                     }
                     break;
                 }
@@ -495,7 +573,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                     Some(event) => self.buffer.push_back(event),
                     None => {
                         if self.buffer.is_empty() {
-                            return Err(self.gap(GapReason::Lost, Some(1)));
+                            return Err(self.gap_with(Some(Some(&meta)), GapReason::Lost, Some(1)));
                         }
                         break;
                     }

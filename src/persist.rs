@@ -186,6 +186,7 @@ pub(crate) struct PersistCounters {
     pub(crate) fenced_sessions: AtomicCounter,
     pub(crate) log_regressions: AtomicCounter,
     pub(crate) refused_records: AtomicCounter,
+    pub(crate) recovered_replies: AtomicCounter,
 }
 
 /// The positions of one session the persister wrote as holes, so that no
@@ -224,6 +225,23 @@ impl LostPositions {
         if self.ranges.len() > Self::MAX_RANGES {
             let (_, end, _) = self.ranges.remove(0);
             self.forgotten_through = end;
+        }
+    }
+
+    /// The log was found ahead of the watermark (a commit landed though
+    /// its reply was lost): which of those positions are holes only the
+    /// log knows, so ask it for everything up to `tail`.
+    fn ask_the_log_through(&mut self, tail: u64) {
+        self.forgotten_through = self.forgotten_through.max(tail);
+    }
+
+    /// The log was found behind the watermark (it lost writes it had
+    /// acknowledged): what is above `tail` is written again, holes
+    /// included, and recorded then.
+    fn forget_above(&mut self, tail: u64) {
+        self.ranges.retain(|&(first, _, _)| first <= tail);
+        if let Some((_, last, _)) = self.ranges.last_mut() {
+            *last = (*last).min(tail);
         }
     }
 
@@ -442,17 +460,33 @@ impl<T> Persistence<T> {
         if !session.ring.is_closed() {
             return;
         }
-        let done = session.fenced.load(Relaxed) || session.written() >= session.ring.claimed();
-        if !done {
-            return;
-        }
+        let fenced = session.fenced.load(Relaxed);
         let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        // Against the position it was sealed at: appends refused after the
+        // seal still count in the ring's `claimed`.
         let settled = removed
             .get(session.key())
-            .is_some_and(|(held, _)| Arc::ptr_eq(held, session))
+            .is_some_and(|(held, last)| {
+                Arc::ptr_eq(held, session) && (fenced || session.written() >= *last)
+            })
             .then(|| removed.remove(session.key()));
         drop(removed);
         drop(settled);
+    }
+
+    /// Whether `session` was removed with nothing left to write: its ring
+    /// is sealed, and it is not (or no longer) registered as a removed
+    /// session waiting for the log, or its watermark reached where it was
+    /// sealed.
+    fn removed_and_written(&self, session: &Arc<Session<T>>) -> bool {
+        if !session.ring.is_closed() {
+            return false;
+        }
+        let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        match removed.get(session.key()) {
+            Some((held, last)) if Arc::ptr_eq(held, session) => session.written() >= *last,
+            _ => true,
+        }
     }
 
     /// Counts a session fenced (another writer has it in the log).
@@ -657,6 +691,12 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 continue;
             }
             let pending = self.collect(session, self.options.max_batch_events - events);
+            if pending.records.is_empty() && pending.new_life.is_none() {
+                // Nothing to write (an abandoned life, or a wake-up with no
+                // new event): nothing to commit for it.
+                self.settle_removed(&pending.session);
+                continue;
+            }
             events += pending.records.len();
             batch.push(pending);
         }
@@ -680,8 +720,11 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // A fenced predecessor will never be durable: its events are lost
         // to another writer (counted when it was fenced), and this life
         // goes ahead (the log decides whether it is still ours).
+        // `durable()`, not the predecessor's own watermark: a predecessor
+        // that itself waits (removed before it wrote anything) reports its
+        // own predecessor's, so a chain of removals is written in order.
         let waiting = predecessor.as_ref().is_some_and(|old| {
-            !old.fenced.load(Relaxed) && old.written() < session.identity().start
+            !old.fenced.load(Relaxed) && old.durable() < session.identity().start
         });
         if !waiting {
             *predecessor = None;
@@ -749,7 +792,11 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             }
         }
         let through = records.last().map_or(from - 1, LogRecord::last_position);
-        let new_life = session.life_unrecorded.load(Relaxed).then(|| Life {
+        // A removed session that handed out no position of its own has no
+        // cursor to answer for: its life is never recorded (recorded late,
+        // it would come after a successor's and fence it).
+        let abandoned = records.is_empty() && self.removed_and_written(&session);
+        let new_life = (session.life_unrecorded.load(Relaxed) && !abandoned).then(|| Life {
             incarnation,
             first_position: session.identity().start + 1,
         });
@@ -896,18 +943,25 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         let newest = meta.as_ref().and_then(|meta| meta.current_life());
         let ours = newest.is_some_and(|life| life.incarnation == session.incarnation());
         if ours {
-            let unrecorded = session.life_unrecorded.swap(false, Relaxed);
+            session.life_unrecorded.store(false, Relaxed);
             let published = session.ring.published_tail();
             let durable = session.written();
             if tail > durable {
+                self.counters.recovered_replies.add(1);
+                let lost = &mut session.lost.lock().unwrap_or_else(|e| e.into_inner());
+                lost.ask_the_log_through(tail);
                 // Release: as in `commit`, after the log's read of the tail.
                 session.durable.store(tail.min(published), Release);
             } else if tail < durable {
                 self.counters.log_regressions.add(1);
+                let lost = &mut session.lost.lock().unwrap_or_else(|e| e.into_inner());
+                lost.forget_above(tail);
                 // Release: as in `commit`, after the log's read of the tail.
                 session.durable.store(tail, Release);
             }
-            unrecorded || tail != durable
+            // Only a moved watermark is progress; a life found recorded
+            // alone is retried after the usual backoff.
+            tail != durable
         } else if !(session.life_unrecorded.load(Relaxed) && tail == session.identity().start) {
             // Another life is the newest (or the log moved on under a life
             // we have not recorded yet): another writer has the session.

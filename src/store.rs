@@ -604,6 +604,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 last_fenced,
                 waiting_sessions: 0,
                 refused_records: c.refused_records.get(),
+                recovered_replies: c.recovered_replies.get(),
                 last_refused,
                 last_error: persistence.last_error(),
             });
@@ -706,6 +707,10 @@ pub struct DurableStats {
     pub waiting_sessions: u64,
     /// Records the log refused for good (written as holes instead).
     pub refused_records: u64,
+    /// Times the log was found ahead of a watermark: a commit had landed
+    /// though its reply was lost (a network log), and the watermark
+    /// adopted the log's tail.
+    pub recovered_replies: u64,
     /// The session of the last record the log refused.
     pub last_refused: Option<SessionKey>,
     /// Events published in resident sessions but not yet durable.
@@ -913,6 +918,12 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         });
         if let Some(durable) = in_memory {
             return Ok(Some(durable));
+        }
+        // Removed, its events on their way: it answers, as in
+        // `wait_durable` (the log may be ahead of it after a lost reply,
+        // until the persister re-reads it).
+        if let Some((removed, _)) = persistence.removed_pending(key) {
+            return Ok(Some(removed.durable()));
         }
         Ok(persistence.log.meta(key)?.map(|meta| meta.durable_tail))
     }

@@ -35,6 +35,8 @@ struct Faults {
     lost_replies: u64,
     /// Append calls that returned `Ok`.
     acknowledged: u64,
+    /// Reads that failed so far.
+    failed_reads: u64,
 }
 
 /// A `DurableLog` over a shared `MemoryLog` with injected faults.
@@ -57,6 +59,7 @@ impl FaultLog {
                 failing_reads: 0,
                 lost_replies: 0,
                 acknowledged: 0,
+                failed_reads: 0,
             }),
         }
     }
@@ -93,10 +96,16 @@ impl FaultLog {
         self.faults().acknowledged
     }
 
+    /// Reads (`meta`, `load_after`) that failed so far.
+    pub fn failed_reads(&self) -> u64 {
+        self.faults().failed_reads
+    }
+
     fn read_fails(&self) -> bool {
         let mut faults = self.faults();
         if faults.failing_reads > 0 {
             faults.failing_reads -= 1;
+            faults.failed_reads += 1;
             true
         } else {
             false

@@ -32,59 +32,116 @@ impl Shape {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// `store.append` on the key's writer node.
-    Append { key: u8 },
+    Append {
+        key: u8,
+    },
     /// `store.append_batch` of `len` events on the key's writer node.
-    AppendBatch { key: u8, len: u8 },
+    AppendBatch {
+        key: u8,
+        len: u8,
+    },
     /// `store.session(key)` on the key's writer node, kept in `slot`.
-    OpenHandle { key: u8, slot: u8 },
+    OpenHandle {
+        key: u8,
+        slot: u8,
+    },
     /// An append through the handle in `slot`, if its node still writes
     /// its key.
-    HandleAppend { slot: u8 },
-    DropHandle { slot: u8 },
+    HandleAppend {
+        slot: u8,
+    },
+    DropHandle {
+        slot: u8,
+    },
     /// `remove_session` on `node`.
-    Remove { node: u8, key: u8 },
-    Sweep { node: u8 },
-    Trim { node: u8, key: u8 },
-    AdvanceClock { secs: u16 },
+    Remove {
+        node: u8,
+        key: u8,
+    },
+    Sweep {
+        node: u8,
+    },
+    Trim {
+        node: u8,
+        key: u8,
+    },
+    AdvanceClock {
+        secs: u16,
+    },
     /// One `persist_round` on `node`.
-    Persist { node: u8 },
+    Persist {
+        node: u8,
+    },
     /// Drops the node's store without writing anything more, then builds
     /// a new one over the same log.
-    Crash { node: u8 },
+    Crash {
+        node: u8,
+    },
     /// Drains the node's persistence, then drops and rebuilds it.
-    Restart { node: u8 },
+    Restart {
+        node: u8,
+    },
     /// Hands `key`'s writer over to node `to`: the old writer node drains
     /// and lets the session go (evicted to a tombstone if `evict`, else
     /// removed), then `to` writes it.
-    TakeOver { key: u8, to: u8, evict: bool },
+    TakeOver {
+        key: u8,
+        to: u8,
+        evict: bool,
+    },
     /// `archive_before(key, last - back)` on `node` (an operator's call:
     /// any node), where `last` is the key's highest accepted position.
-    Archive { node: u8, key: u8, back: u8 },
+    Archive {
+        node: u8,
+        key: u8,
+        back: u8,
+    },
     /// Starts a catch-up on `node` in `slot`: from the start cursor
     /// (`from == 0`), the node's current cursor (`from == 1`), or a cursor
     /// of an earlier append (`from - 2`, modulo how many there are).
-    StartReader { node: u8, key: u8, from: u16, slot: u8 },
+    StartReader {
+        node: u8,
+        key: u8,
+        from: u16,
+        slot: u8,
+    },
     /// Up to `events` `try_next` calls on the reader in `slot`.
-    StepReader { slot: u8, events: u8 },
-    DropReader { slot: u8 },
+    StepReader {
+        slot: u8,
+        events: u8,
+    },
+    DropReader {
+        slot: u8,
+    },
     /// `replay_after_cursor` on `node`, from a cursor picked as for
     /// `StartReader`.
-    Replay { node: u8, key: u8, from: u16 },
+    Replay {
+        node: u8,
+        key: u8,
+        from: u16,
+    },
     /// Checks `durable_position` on `node` against the log.
-    CheckDurable { node: u8, key: u8 },
+    CheckDurable {
+        node: u8,
+        key: u8,
+    },
     /// The log refuses appends until healed.
     FailAppends,
     /// The log applies the next append and loses its reply.
     LoseReply,
     /// The log fails the next `count` reads.
-    FailReads { count: u8 },
+    FailReads {
+        count: u8,
+    },
     Heal,
 }
 
 pub fn rng_for(seed: u64) -> TestRng {
     let mut bytes = [0u8; 32];
     for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(&(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes());
+        chunk.copy_from_slice(
+            &(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes(),
+        );
     }
     TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
 }
@@ -118,29 +175,29 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
     let persist_weight = pick(rng, &[2u64, 8, 20]);
     let fault_weight = pick(rng, &[0u64, 1, 3]);
     let table: [(u64, u8); 23] = [
-        (30, 0),  // append
-        (6, 1),   // batch
-        (3, 2),   // open handle
-        (10, 3),  // handle append
-        (2, 4),   // drop handle
-        (3, 5),   // remove
-        (2, 6),   // sweep
-        (3, 7),   // trim
-        (3, 8),   // clock
+        (30, 0), // append
+        (6, 1),  // batch
+        (3, 2),  // open handle
+        (10, 3), // handle append
+        (2, 4),  // drop handle
+        (3, 5),  // remove
+        (2, 6),  // sweep
+        (3, 7),  // trim
+        (3, 8),  // clock
         (persist_weight, 9),
-        (1, 10), // crash
-        (1, 11), // restart
-        (2, 12), // take-over
-        (1, 13), // archive
-        (5, 14), // start reader
+        (1, 10),  // crash
+        (1, 11),  // restart
+        (2, 12),  // take-over
+        (1, 13),  // archive
+        (5, 14),  // start reader
         (12, 15), // step reader
-        (1, 16), // drop reader
-        (4, 17), // durable check
+        (1, 16),  // drop reader
+        (4, 17),  // durable check
         (fault_weight, 18),
         (fault_weight, 19),
         (fault_weight, 20),
         (fault_weight * 2 + 1, 21), // heal
-        (3, 22), // replay
+        (3, 22),                    // replay
     ];
     let total: u64 = table.iter().map(|(w, _)| w).sum();
     (0..steps)
@@ -163,28 +220,55 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
             let reader = below(rng, u64::from(READER_SLOTS)) as u8;
             match kind {
                 0 => Op::Append { key },
-                1 => Op::AppendBatch { key, len: 1 + below(rng, shape.capacity as u64 + 1) as u8 },
+                1 => Op::AppendBatch {
+                    key,
+                    len: 1 + below(rng, shape.capacity as u64 + 1) as u8,
+                },
                 2 => Op::OpenHandle { key, slot: handle },
                 3 => Op::HandleAppend { slot: handle },
                 4 => Op::DropHandle { slot: handle },
                 5 => Op::Remove { node, key },
                 6 => Op::Sweep { node },
                 7 => Op::Trim { node, key },
-                8 => Op::AdvanceClock { secs: pick(rng, &[1u16, 10, 70, 700]) },
+                8 => Op::AdvanceClock {
+                    secs: pick(rng, &[1u16, 10, 70, 700]),
+                },
                 9 => Op::Persist { node },
                 10 => Op::Crash { node },
                 11 => Op::Restart { node },
-                12 => Op::TakeOver { key, to: node, evict: below(rng, 2) == 0 },
-                13 => Op::Archive { node, key, back: below(rng, 6) as u8 },
-                14 => Op::StartReader { node, key, from: below(rng, 64) as u16, slot: reader },
-                15 => Op::StepReader { slot: reader, events: 1 + below(rng, 8) as u8 },
+                12 => Op::TakeOver {
+                    key,
+                    to: node,
+                    evict: below(rng, 2) == 0,
+                },
+                13 => Op::Archive {
+                    node,
+                    key,
+                    back: below(rng, 6) as u8,
+                },
+                14 => Op::StartReader {
+                    node,
+                    key,
+                    from: below(rng, 64) as u16,
+                    slot: reader,
+                },
+                15 => Op::StepReader {
+                    slot: reader,
+                    events: 1 + below(rng, 8) as u8,
+                },
                 16 => Op::DropReader { slot: reader },
                 17 => Op::CheckDurable { node, key },
                 18 => Op::FailAppends,
                 19 => Op::LoseReply,
-                20 => Op::FailReads { count: 1 + below(rng, 3) as u8 },
+                20 => Op::FailReads {
+                    count: 1 + below(rng, 3) as u8,
+                },
                 21 => Op::Heal,
-                _ => Op::Replay { node, key, from: below(rng, 64) as u16 },
+                _ => Op::Replay {
+                    node,
+                    key,
+                    from: below(rng, 64) as u16,
+                },
             }
         })
         .collect()

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use livereplay::durable::{DurableLog, LogRecord, RecordBody, SessionMeta};
 use livereplay::{
-    CatchUp, Codec, CodecError, Config, Cursor, DurableOptions, Error, Event, Gap, GapReason,
-    ManualClock, Refusal, ReplayStore, Revision, SessionHandle, SessionKey, TryNextError,
+    CatchUp, Codec, CodecError, Config, Cursor, DurableError, DurableOptions, Error, Event, Gap,
+    GapReason, ManualClock, Refusal, ReplayStore, Revision, SessionHandle, SessionKey,
+    TryNextError,
 };
 
 use super::log::{AppendMode, FaultLog};
@@ -240,7 +241,11 @@ impl World {
         if event.key() != &self.keys[usize::from(key)] {
             return violation(
                 "append returned another session's event",
-                format!("appended to {} got {:?}", self.keys[usize::from(key)], event.key()),
+                format!(
+                    "appended to {} got {:?}",
+                    self.keys[usize::from(key)],
+                    event.key()
+                ),
             );
         }
         let incarnation = event.incarnation().get();
@@ -347,7 +352,8 @@ impl World {
         let lost_replies = self.log.lost_replies();
         let result = self.apply(op);
         if self.log.lost_replies() != lost_replies {
-            self.unjudged.extend(self.nodes.iter().map(|n| n.generation));
+            self.unjudged
+                .extend(self.nodes.iter().map(|n| n.generation));
         }
         if self.trace {
             println!("  {op:?} -> {result:?}");
@@ -457,7 +463,8 @@ impl World {
             Op::DropHandle { slot } => self.handles[usize::from(slot)] = None,
             Op::Remove { node, key } => {
                 let (node, key) = (self.node_index(node), self.key_index(key));
-                self.store(node).remove_session(&self.keys[usize::from(key)]);
+                self.store(node)
+                    .remove_session(&self.keys[usize::from(key)]);
             }
             Op::Sweep { node } => {
                 self.store(node).sweep();
@@ -468,12 +475,32 @@ impl World {
             }
             Op::AdvanceClock { secs } => self.clock.advance(Duration::from_secs(secs.into())),
             Op::Persist { node } => {
+                // `Some(true)` means the round made progress: a commit the
+                // log acknowledged, or a refusal resolved by re-reading the
+                // log (the watermark adopted the log's tail, or the session
+                // was fenced). A round that did neither must back off.
+                let progress = |store: &ReplayStore<Payload>| {
+                    let durable = store.stats().durable.unwrap_or_default();
+                    (
+                        durable.undurable_events,
+                        durable.fenced_sessions,
+                        durable.log_regressions,
+                        durable.recovered_replies,
+                    )
+                };
                 let acknowledged = self.log.acknowledged();
+                let before = progress(self.store(node));
                 let round = self.store(node).persist_round();
-                if round == Some(true) && self.log.acknowledged() == acknowledged {
+                if round == Some(true)
+                    && self.log.acknowledged() == acknowledged
+                    && progress(self.store(node)) == before
+                {
                     return violation(
-                        "6. persist_round reported a commit the log never acknowledged",
-                        format!("node {}: Some(true), no append returned Ok", self.node_index(node)),
+                        "6. persist_round reported progress it did not make",
+                        format!(
+                            "node {}: Some(true), no append returned Ok and no refusal was resolved",
+                            self.node_index(node)
+                        ),
                     );
                 }
             }
@@ -481,7 +508,11 @@ impl World {
             Op::Restart { node } => {
                 let node = self.node_index(node);
                 let clean = self.drain(node);
-                covered(if clean { "restart: clean" } else { "restart: drain failed, a crash" });
+                covered(if clean {
+                    "restart: clean"
+                } else {
+                    "restart: drain failed, a crash"
+                });
                 self.rebuild(node, !clean);
             }
             Op::TakeOver { key, to, evict } => self.take_over(key, to, evict),
@@ -555,7 +586,11 @@ impl World {
             }
         }
         self.writer[usize::from(key)] = to;
-        covered(if evict { "take-over: evicted" } else { "take-over: removed" });
+        covered(if evict {
+            "take-over: evicted"
+        } else {
+            "take-over: removed"
+        });
     }
 
     fn start_reader(&mut self, node: u8, key: u8, from: u16, slot: u8) -> Result<(), Violation> {
@@ -563,6 +598,7 @@ impl World {
         let k = self.keys[usize::from(key)].clone();
         let cursor = self.pick_cursor(node, key, from);
         let (meta, _) = self.truth(key, u64::MAX);
+        let failed_reads = self.log.failed_reads();
         match self.store(node).catch_up(&cursor) {
             Ok(catch_up) => {
                 covered("catch-up started");
@@ -590,8 +626,7 @@ impl World {
                 let vouched = match (cursor.incarnation(), &meta) {
                     (Some(incarnation), Some(meta)) => {
                         meta.life_of(incarnation).is_some_and(|(life, end)| {
-                            cursor.position() + 1 >= life.first_position
-                                && cursor.position() <= end
+                            cursor.position() + 1 >= life.first_position && cursor.position() <= end
                         })
                     }
                     (None, Some(meta)) => cursor.position() <= meta.durable_tail,
@@ -600,7 +635,11 @@ impl World {
                 if vouched {
                     return violation(
                         "1. catch-up refused a cursor the log vouches for",
-                        format!("node {node} cursor {k} @{}: {}", cursor.position(), describe(&gap)),
+                        format!(
+                            "node {node} cursor {k} @{}: {}",
+                            cursor.position(),
+                            describe(&gap)
+                        ),
                     );
                 }
                 // A cursor past its life's durable end (a crash lost the
@@ -622,6 +661,14 @@ impl World {
                         );
                     }
                 }
+                Ok(())
+            }
+            // A log that could not answer is an error to retry, never a
+            // gap; it is right only when a read really failed.
+            Err(Error::Refused(Refusal::LogUnavailable { .. }))
+                if self.log.failed_reads() > failed_reads =>
+            {
+                covered("catch-up start: the log could not answer");
                 Ok(())
             }
             Err(other) => violation(
@@ -723,7 +770,10 @@ impl World {
     /// new life begins.
     fn delivered(&self, reader: &mut Reader, event: &Event<Payload>) -> Result<(), Violation> {
         let key = &self.keys[usize::from(reader.key)];
-        let where_ = format!("reader on node {} of {key} after {}", reader.node, reader.last);
+        let where_ = format!(
+            "reader on node {} of {key} after {}",
+            reader.node, reader.last
+        );
         if event.key() != key {
             return violation(
                 "1. a reader got another session's event",
@@ -770,7 +820,10 @@ impl World {
                 );
             }
         }
-        if reader.incarnation.is_some_and(|previous| previous != incarnation) {
+        if reader
+            .incarnation
+            .is_some_and(|previous| previous != incarnation)
+        {
             covered("reader crossed a life boundary");
         }
         covered("reader got an event");
@@ -794,7 +847,28 @@ impl World {
         self.check_latest(gap, reader.key, &where_)?;
         let (meta, _) = self.truth(reader.key, u64::MAX);
         let archived = meta.as_ref().map_or(0, |m| m.archived_through);
+        // Where the reader's life ends in the log, if before its position:
+        // a crash lost the rest of that life, which the reader had seen.
+        let life_end = reader.incarnation.and_then(|incarnation| {
+            let meta = meta.as_ref()?;
+            let life = meta
+                .lives
+                .iter()
+                .find(|life| life.incarnation.get() == incarnation)?;
+            let (_, end) = meta.life_of(life.incarnation)?;
+            (end < after).then_some(end)
+        });
         match gap.reason {
+            GapReason::Lost if life_end.is_some() => {
+                covered("reader gap Lost: past its life's end judged");
+                let end = life_end.unwrap_or_default();
+                if gap.missed != Some(after - end) {
+                    return violation(
+                        "1. a Lost gap's count is not the positions past its life's end",
+                        format!("{where_}; the reader's life ends at {end}"),
+                    );
+                }
+            }
             GapReason::Trimmed if archived > after => {
                 covered("reader gap Trimmed: archive count judged");
                 if gap.missed != Some(archived - after) {
@@ -810,39 +884,48 @@ impl World {
                     format!("{where_}; archived through {archived}"),
                 )
             }
-            GapReason::Lost => match self.record_at(reader.key, after + 1) {
-                Some(record) => match record.body {
-                    RecordBody::Hole { .. } => {
-                        covered("reader gap Lost: hole count judged");
-                        let expected = record.last_position() - after;
-                        if gap.missed != Some(expected) {
-                            return violation(
-                                "1. a Lost gap's count is not the hole's",
-                                format!("{where_}; hole {}..={}", record.position, record.last_position()),
-                            );
+            GapReason::Lost => {
+                match self.record_at(reader.key, after + 1) {
+                    Some(record) => match record.body {
+                        RecordBody::Hole { .. } => {
+                            covered("reader gap Lost: hole count judged");
+                            let expected = record.last_position() - after;
+                            if gap.missed != Some(expected) {
+                                return violation(
+                                    "1. a Lost gap's count is not the hole's",
+                                    format!(
+                                        "{where_}; hole {}..={}",
+                                        record.position,
+                                        record.last_position()
+                                    ),
+                                );
+                            }
                         }
-                    }
-                    RecordBody::Event(_) => {
-                        covered("reader gap Lost: event of another life judged");
-                        let incarnation = record.incarnation.get();
-                        let begins = self.first_position.get(&incarnation) == Some(&(after + 1));
-                        if reader.incarnation == Some(incarnation) || begins {
-                            return violation(
+                        RecordBody::Event(_) => {
+                            covered("reader gap Lost: event of another life judged");
+                            let incarnation = record.incarnation.get();
+                            let begins =
+                                self.first_position.get(&incarnation) == Some(&(after + 1));
+                            if reader.incarnation == Some(incarnation) || begins {
+                                return violation(
                                 "1. a Lost gap for a position the log holds",
                                 format!("{where_}; the log has an event of inc {incarnation:#x} at {}", after + 1),
                             );
+                            }
                         }
-                    }
-                },
-                None => covered("reader gap Lost: past the log, unjudged"),
-            },
+                    },
+                    None => covered("reader gap Lost: past the log, unjudged"),
+                }
+            }
             // With a log, a removed session's events still reach the log
             // and catch-up serves its cursors from there (contract 10:
             // the only gaps left are positions no tier holds).
             GapReason::Reset => {
                 let known = reader.incarnation.is_some_and(|incarnation| {
                     meta.as_ref().is_some_and(|m| {
-                        m.lives.iter().any(|life| life.incarnation.get() == incarnation)
+                        m.lives
+                            .iter()
+                            .any(|life| life.incarnation.get() == incarnation)
                     })
                 });
                 if known {
@@ -874,8 +957,14 @@ impl World {
         Ok(())
     }
 
-    /// Invariant 3: `durable_position` never vouches for a position the
-    /// log does not hold as an event.
+    /// Invariant 3: `durable_position` is the settled watermark: never
+    /// beyond what the log holds; every position at or below it is in the
+    /// log as an event or recorded as lost. A position in a hole is never
+    /// reported durable: `wait_durable` answers `Lost` with the hole's end.
+    /// (The store's reading of contract section 10, "durable means held":
+    /// one number cannot skip a hole, so the per-position answer is
+    /// `wait_durable`'s, which is what every "durable when it returns"
+    /// promise and the durable-only SSE gate use.)
     fn check_durable(&self, node: u8, key: u8) -> Result<(), Violation> {
         let k = &self.keys[usize::from(key)];
         let Ok(Some(durable)) = self.store(node).durable_position(k) else {
@@ -891,13 +980,41 @@ impl World {
                 format!("{where_}, log tail {tail}"),
             );
         }
-        if let Some(hole) = records.iter().find(|r| {
-            r.position <= durable && matches!(r.body, RecordBody::Hole { .. })
+        let archived = meta.as_ref().map_or(0, |m| m.archived_through);
+        for hole in records.iter().filter(|r| {
+            r.position <= durable
+                && r.last_position() > archived
+                && matches!(r.body, RecordBody::Hole { .. })
         }) {
-            return violation(
-                "3. durable_position vouches for a hole",
-                format!("{where_}, hole {}..={}", hole.position, hole.last_position()),
-            );
+            covered("durable_position over a hole: wait_durable judged");
+            let position = hole.position.max(archived + 1);
+            // The run of contiguous holes from this one: a session merges
+            // adjacent holes it wrote (of one reason) into one range.
+            let mut run_end = hole.last_position();
+            for next in records
+                .iter()
+                .filter(|r| matches!(r.body, RecordBody::Hole { .. }))
+            {
+                if next.position == run_end + 1 {
+                    run_end = next.last_position();
+                }
+            }
+            match self.store(node).wait_durable(k, position, Duration::ZERO) {
+                Err(DurableError::Lost { through, .. })
+                    if (hole.last_position()..=run_end).contains(&through) => {}
+                // The read went through the fault layer: inconclusive.
+                Err(DurableError::Log(_)) => {}
+                other => {
+                    return violation(
+                        "3. a position in a hole is reported durable",
+                        format!(
+                            "{where_}, hole {}..={}: wait_durable({position}) = {other:?}",
+                            hole.position,
+                            hole.last_position()
+                        ),
+                    )
+                }
+            }
         }
         Ok(())
     }
@@ -1041,7 +1158,11 @@ impl World {
         let tail = meta.as_ref().map_or(0, |m| m.durable_tail);
         let budget = tail as usize + 4 * self.shape.capacity + 16;
         let at_rest = self.advance(reader, budget)?;
-        covered(if at_rest { "final catch-up: at rest" } else { "final catch-up: ended by a gap" });
+        covered(if at_rest {
+            "final catch-up: at rest"
+        } else {
+            "final catch-up: ended by a gap"
+        });
         if at_rest && reader.last < tail {
             return violation(
                 "1. a catch-up stops short of the log's tail",
@@ -1157,13 +1278,19 @@ impl World {
         if !in_live.is_empty() {
             found.push(Violation {
                 invariant: "4. removed sessions' events stay in memory after the drain",
-                detail: format!("payloads still alive in live stores: {}", in_live.join(", ")),
+                detail: format!(
+                    "payloads still alive in live stores: {}",
+                    in_live.join(", ")
+                ),
             });
         }
         if !in_dropped.is_empty() {
             found.push(Violation {
                 invariant: "4. a dropped store's events stay in memory",
-                detail: format!("payloads still alive in dropped stores: {}", in_dropped.join(", ")),
+                detail: format!(
+                    "payloads still alive in dropped stores: {}",
+                    in_dropped.join(", ")
+                ),
             });
         }
         found
