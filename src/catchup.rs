@@ -226,13 +226,9 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
 
     /// The session's latest cursor, from whichever tier knows it best:
     /// memory, unless the log is shared and another node wrote further.
-    fn latest(&self) -> Cursor {
-        self.latest_with(None)
-    }
-
-    /// [`latest`](Self::latest), with the log's meta if the caller read it
-    /// already (one read fewer, and a log that fails the second read
-    /// cannot leave a stale cursor in a gap the first read decided).
+    /// With the log's meta if the caller read it already (one read fewer,
+    /// and a log that fails a second read cannot leave a stale cursor in a
+    /// gap the first read decided); `None` reads it (best effort).
     fn latest_with(&self, read: Option<Option<&SessionMeta>>) -> Cursor {
         let in_memory = self.sessions.with_found(&self.key, |found| match found {
             Found::Resident(session) => session.current_cursor(),
