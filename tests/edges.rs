@@ -376,24 +376,38 @@ fn a_successor_does_not_report_its_predecessors_positions_durable() {
     assert_eq!(store.wait_durable(&k, 2, WAIT).unwrap(), 4);
 }
 
+/// Two nodes over one shared log: node A wrote "a1" at position 1 of
+/// `session` and persisted it, then node B took the session over and wrote
+/// `b_payloads` from position 2 on, persisted. A still holds its session.
+fn taken_over(
+    session: &str,
+    b_payloads: &[&str],
+) -> (
+    Arc<MemoryLog>,
+    ReplayStore<String>,
+    ReplayStore<String>,
+    SessionKey,
+) {
+    let log = Arc::new(MemoryLog::shared());
+    let a = manual_store(log.clone(), 16);
+    let b = manual_store(log.clone(), 16);
+    let k = key(session);
+    a.append(&k, Revision(1), "a1".into()).unwrap();
+    drain(&a);
+    for (payload, position) in b_payloads.iter().zip(2..) {
+        let event = b.append(&k, Revision(1), (*payload).into()).unwrap();
+        assert_eq!(event.position(), position, "B continues after A");
+    }
+    drain(&b);
+    (log, a, b, k)
+}
+
 /// Item 3: a removed session that another writer fenced can never become
 /// durable; its successor on this node must not wait for it for ever.
 /// Both are counted, with the key.
 #[test]
 fn a_fenced_predecessor_does_not_block_its_key() {
-    let log = Arc::new(MemoryLog::shared());
-    let a = manual_store(log.clone(), 16);
-    let b = manual_store(log.clone(), 16);
-    let k = key("fenced-predecessor");
-    a.append(&k, Revision(1), "a1".into()).unwrap();
-    drain(&a);
-    // B takes the session over and writes positions 2 and 3 under its life.
-    assert_eq!(
-        b.append(&k, Revision(1), "b2".into()).unwrap().position(),
-        2
-    );
-    b.append(&k, Revision(1), "b3".into()).unwrap();
-    drain(&b);
+    let (log, a, _b, k) = taken_over("fenced-predecessor", &["b2", "b3"]);
     // A, still resident, appends (its position 2 clashes), removes, and
     // re-creates the session, which continues after A's position 2.
     a.append(&k, Revision(1), "a2".into()).unwrap();
@@ -689,14 +703,7 @@ async fn a_catch_up_stream_retries_after_a_log_blip() {
 /// ones): its ring may be trimmed, and a sweep evicts it.
 #[test]
 fn a_fenced_session_is_evicted() {
-    let log = Arc::new(MemoryLog::shared());
-    let a = manual_store(log.clone(), 16);
-    let b = manual_store(log.clone(), 16);
-    let k = key("fenced-evicted");
-    a.append(&k, Revision(1), "a1".into()).unwrap();
-    drain(&a);
-    b.append(&k, Revision(1), "b2".into()).unwrap();
-    drain(&b);
+    let (log, a, _b, k) = taken_over("fenced-evicted", &["b2"]);
     a.append(&k, Revision(1), "a2".into()).unwrap(); // clashes with B's 2
     drain(&a);
     assert_eq!(a.stats().durable.unwrap().fenced_sessions, 1);

@@ -28,7 +28,12 @@ fn durable_store(capacity: usize) -> (ReplayStore<u64>, StdArc<MemoryLog>) {
 /// A store with `log` as its durable log and no persister thread.
 fn durable_store_with<L: DurableLog>(capacity: usize, log: L) -> (ReplayStore<u64>, StdArc<L>) {
     let log = StdArc::new(log);
-    let store = ReplayStore::builder()
+    (durable_store_on(capacity, log.clone()), log)
+}
+
+/// A store over a log other stores may share (nodes), no persister thread.
+fn durable_store_on(capacity: usize, log: StdArc<dyn DurableLog>) -> ReplayStore<u64> {
+    ReplayStore::builder()
         .config(
             Config::default()
                 .with_capacity(capacity)
@@ -36,10 +41,9 @@ fn durable_store_with<L: DurableLog>(capacity: usize, log: L) -> (ReplayStore<u6
                 .with_auto_sweep(false),
         )
         .clock(StdArc::new(ManualClock::new()))
-        .durable(log.clone(), U64Codec)
+        .durable(log, U64Codec)
         .build()
-        .expect("a valid model configuration");
-    (store, log)
+        .expect("a valid model configuration")
 }
 
 /// The in-memory log with every call under a loom mutex. `MemoryLog`'s own
@@ -564,8 +568,8 @@ fn removal_racing_recreation_by_key() {
 fn tombstone_revival_against_another_nodes_life() {
     check("tombstone_revival_against_another_nodes_life", || {
         let log = StdArc::new(LockedLog::shared());
-        let (a, _) = durable_store_with(4, SharedHandle(StdArc::clone(&log)));
-        let (b, _) = durable_store_with(4, SharedHandle(StdArc::clone(&log)));
+        let a = durable_store_on(4, log.clone());
+        let b = durable_store_on(4, log.clone());
         let key = key();
         a.append(&key, Revision(1), 1).unwrap();
         persist_all(&a);
@@ -614,45 +618,6 @@ fn tombstone_revival_against_another_nodes_life() {
         assert_eq!(positions.len(), logged.len());
         assert_eq!(logged.iter().any(|&(_, payload)| payload == 3), fenced == 0);
     });
-}
-
-/// A second handle on one shared log, so two stores can write it.
-struct SharedHandle(StdArc<LockedLog>);
-
-impl DurableLog for SharedHandle {
-    fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
-        self.0.append(writes)
-    }
-
-    fn load_after(
-        &self,
-        key: &SessionKey,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<LogRecord>, LogError> {
-        self.0.load_after(key, after, limit)
-    }
-
-    fn meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError> {
-        self.0.meta(key)
-    }
-
-    fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
-        self.0.archive_before(key, watermark)
-    }
-
-    fn sessions(
-        &self,
-        tenant: &str,
-        limit: usize,
-        offset: usize,
-    ) -> Result<Vec<SessionKey>, LogError> {
-        self.0.sessions(tenant, limit, offset)
-    }
-
-    fn is_shared(&self) -> bool {
-        self.0.is_shared()
-    }
 }
 
 /// Model T9 (issue 21, item 5): a wait for a position races the commit
