@@ -120,16 +120,16 @@ MUTATIONS = {
         "                        _ => Restored::continuing(Identity::fresh()),\n")],
     # The persister clears the dirty flag after reading, not before.
     "persister-clears-after-read": [
-        ("src/persist.rs",
+        ("src/persist/mod.rs",
          "        session.dirty.store(false, Relaxed);\n        fence(SeqCst);\n",
          ""),
-        ("src/persist.rs",
+        ("src/persist/mod.rs",
          "        let tail = session.ring.published_tail();\n",
          "        let tail = session.ring.published_tail();\n"
          "        session.dirty.store(false, Relaxed);\n"),
     ],
     # The persister's clear-then-read without its SeqCst fence.
-    "persister-no-fence": [("src/persist.rs",
+    "persister-no-fence": [("src/persist/mod.rs",
         "        session.dirty.store(false, Relaxed);\n        fence(SeqCst);\n",
         "        session.dirty.store(false, Relaxed);\n")],
     # An append checks the dirty flag before publishing (before the
@@ -146,12 +146,12 @@ MUTATIONS = {
         "                        if false && matches!(gap.reason, GapReason::Trimmed | GapReason::Reset) =>\n")],
     # The persister skips positions the ring lapped instead of recording
     # a hole.
-    "persister-skips-lapped": [("src/persist.rs",
+    "persister-skips-lapped": [("src/persist/mod.rs",
         "                Read::Trimmed => HoleReason::Lapped,",
         "                Read::Trimmed => continue,")],
     # Issue 11 follow-up. The persister raises the watermark before its
     # commit reaches the log (T5).
-    "watermark-before-commit": [("src/persist.rs",
+    "watermark-before-commit": [("src/persist/mod.rs",
         "            let result = self.log.append(&writes);",
         "            for pending in &batch {\n"
         "                pending.session.durable.store(pending.through, Relaxed);\n"
@@ -159,10 +159,10 @@ MUTATIONS = {
         "            let result = self.log.append(&writes);")],
     # The commit notifies waiters before raising the watermark (T6).
     "notify-before-watermark": [
-        ("src/persist.rs",
+        ("src/persist/mod.rs",
          "        self.progress.notify(usize::MAX);\n        ok\n",
          "        ok\n"),
-        ("src/persist.rs",
+        ("src/persist/mod.rs",
          "        let ok = match &result {",
          "        self.progress.notify(usize::MAX);\n        let ok = match &result {"),
     ],
@@ -190,7 +190,7 @@ MUTATIONS = {
         "            Some(Some(_)) => shared_log,",
         "            Some(Some(_)) => false,")],
     # The watermark passes a hole before the session records it (T9).
-    "watermark-before-holes-recorded": [("src/persist.rs",
+    "watermark-before-holes-recorded": [("src/persist/mod.rs",
         "                for pending in &batch {\n                    let mut lost = None;\n",
         "                for pending in &batch {\n"
         "                    pending.session.durable.store(pending.through, Release);\n"

@@ -48,9 +48,9 @@ FENCE = re.compile(r"^\s*(?:crate::sync::)?fence\((?:std::sync::atomic::)?(?:Ord
 EXPLAINED = {
     # Shutdown handshake of the persister thread (not loom-modelled: under
     # loom there is no persister thread); a missed stop is a bounded delay.
-    ("src/persist.rs", "shutdown", "self.stop.store(true, Release);", "Release->Relaxed"),
-    ("src/persist.rs", "run", "if stop_deadline.is_none() && self.stop.load(Acquire) {", "Acquire->Relaxed"),
-    ("src/persist.rs", "run", "if now >= until || (stop_deadline.is_none() && self.stop.load(Acquire)) {", "Acquire->Relaxed"),
+    ("src/persist/mod.rs", "shutdown", "self.stop.store(true, Release);", "Release->Relaxed"),
+    ("src/persist/mod.rs", "run", "if stop_deadline.is_none() && self.stop.load(Acquire) {", "Acquire->Relaxed"),
+    ("src/persist/mod.rs", "run", "if now >= until || (stop_deadline.is_none() && self.stop.load(Acquire)) {", "Acquire->Relaxed"),
     # (The holder's Release in `let_go`, listed here until issue 11's
     # follow-up, is caught by model 7f.)
     # The lending read's Acquire: every caller reads only positions at or
@@ -135,7 +135,7 @@ def run(cmd, cwd, env=None, timeout=None):
 # Which models are likeliest to catch a mutation of a file: they run first,
 # so a caught mutation costs seconds, not a whole run.
 FIRST = [
-    ("src/persist.rs", "tiers"),
+    ("src/persist/", "tiers"),
     ("src/catchup.rs", "tiers"),
     ("src/tail.rs", "tiers"),
     ("src/map.rs", "lifecycle"),

@@ -69,108 +69,25 @@ use std::time::{Duration, Instant};
 use event_listener::{Event as Notifier, EventListener};
 
 use crate::codec::Codec;
-use crate::cursor::{Incarnation, Revision};
 use crate::durable::{
     DurableLog, HoleReason, Life, LogError, LogRecord, RecordBody, SessionWrite, StoredEvent,
 };
-use crate::error::Refusal;
 use crate::key::SessionKey;
 use crate::ring::Read;
-use crate::session::{AtomicCounter, Identity, Restored, Session, Shared};
+use crate::session::{AtomicCounter, Session};
 use crate::sync::{fence, Arc, Queue};
+
+mod lost;
+mod options;
+mod restore;
+
+pub(crate) use self::lost::{Lost, LostPositions};
+pub use self::options::DurableOptions;
+pub(crate) use self::restore::restore_identity;
 
 /// How often readers whose log read failed try again (a log that is down
 /// is read at most this often by each of them).
 const READ_RETRY: Duration = Duration::from_millis(50);
-
-/// Tuning of the durable tier.
-///
-/// ```
-/// use std::time::Duration;
-/// use livereplay::DurableOptions;
-///
-/// let options = DurableOptions::default().with_flush_interval(Duration::from_millis(5));
-/// assert_eq!(options.max_batch_events, 8192);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DurableOptions {
-    /// How long the persister sleeps when it found nothing to write
-    /// (default 2 ms): the latency a quiet session's event waits before it
-    /// is written. [`ReplayStore::wait_durable`](crate::ReplayStore::wait_durable)
-    /// wakes it at once.
-    pub flush_interval: Duration,
-    /// The most events one commit writes (default 8192); more are written
-    /// by the next commit, at once.
-    pub max_batch_events: usize,
-    /// How long dropping the store waits for the persister to write what is
-    /// left (default 5 s). A log that is failing then loses what was not
-    /// written; `stats()` of a store that lives on counts it.
-    pub shutdown_timeout: Duration,
-    /// Wake the persister when a session becomes dirty (default `false`).
-    /// An event then reaches the log, and other nodes, in a fraction of a
-    /// millisecond instead of up to `flush_interval` later, and a quiet
-    /// store can use a long `flush_interval` without idle polling. It costs
-    /// the append that dirties a session a thread wake-up (a futex call
-    /// when the persister sleeps), and on a machine with few cores the
-    /// woken persister may take the appender's core: measured on a loaded
-    /// 2-core VM, sparse appends went from 0.3 µs to 11–14 µs at p50 and to
-    /// 0.9–1.5 ms at p99 (BENCHMARKS.md, "What `wake_on_dirty` costs").
-    /// Appends to a session already queued pay nothing more. Off by default
-    /// for that reason: a turn loop must not wait on the scheduler.
-    pub wake_on_dirty: bool,
-    /// Run a persister thread (default `true`). Without one, nothing is
-    /// written until the host calls
-    /// [`ReplayStore::persist_round`](crate::ReplayStore::persist_round):
-    /// for deterministic simulation (one thread drives every node, its
-    /// log and its faults from one seed) and for hosts with a scheduler of
-    /// their own. Dropping such a store writes nothing more: what was not
-    /// persisted is lost, as in a crash.
-    pub persister_thread: bool,
-}
-
-impl Default for DurableOptions {
-    fn default() -> Self {
-        Self {
-            flush_interval: Duration::from_millis(2),
-            max_batch_events: 8192,
-            shutdown_timeout: Duration::from_secs(5),
-            wake_on_dirty: false,
-            persister_thread: true,
-        }
-    }
-}
-
-impl DurableOptions {
-    /// Sets [`DurableOptions::flush_interval`].
-    pub fn with_flush_interval(mut self, interval: Duration) -> Self {
-        self.flush_interval = interval;
-        self
-    }
-
-    /// Sets [`DurableOptions::max_batch_events`] (at least 1).
-    pub fn with_max_batch_events(mut self, events: usize) -> Self {
-        self.max_batch_events = events.max(1);
-        self
-    }
-
-    /// Sets [`DurableOptions::wake_on_dirty`].
-    pub fn with_wake_on_dirty(mut self, wake: bool) -> Self {
-        self.wake_on_dirty = wake;
-        self
-    }
-
-    /// Sets [`DurableOptions::persister_thread`].
-    pub fn with_persister_thread(mut self, thread: bool) -> Self {
-        self.persister_thread = thread;
-        self
-    }
-
-    /// Sets [`DurableOptions::shutdown_timeout`].
-    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
-        self
-    }
-}
 
 /// Counters of the durable tier (Relaxed: they publish nothing).
 #[derive(Default)]
@@ -187,78 +104,6 @@ pub(crate) struct PersistCounters {
     pub(crate) log_regressions: AtomicCounter,
     pub(crate) refused_records: AtomicCounter,
     pub(crate) recovered_replies: AtomicCounter,
-}
-
-/// The positions of one session the persister wrote as holes, so that no
-/// wait reports them durable. Holes are rare (the log failed or stalled
-/// past the ring, or refused a record), so a short list: past
-/// [`LostPositions::MAX_RANGES`] the oldest ranges are dropped and the
-/// positions they covered are looked up in the log instead.
-#[derive(Debug, Default)]
-pub(crate) struct LostPositions {
-    /// `(first, last, reason)`, ascending, adjacent ranges of one reason
-    /// merged.
-    ranges: Vec<(u64, u64, HoleReason)>,
-    /// Positions at or below this may be in a dropped range.
-    forgotten_through: u64,
-}
-
-/// Whether a position is known lost.
-pub(crate) enum Lost {
-    /// The persister wrote it in a hole, for this reason, through this
-    /// position.
-    Yes(HoleReason, u64),
-    /// It did not (as far as this session knows).
-    No,
-    /// Ask the log: the position is older than what this session tracks.
-    AskTheLog,
-}
-
-impl LostPositions {
-    const MAX_RANGES: usize = 64;
-
-    fn record(&mut self, first: u64, last: u64, reason: HoleReason) {
-        match self.ranges.last_mut() {
-            Some((_, end, previous)) if *end + 1 == first && *previous == reason => *end = last,
-            _ => self.ranges.push((first, last, reason)),
-        }
-        if self.ranges.len() > Self::MAX_RANGES {
-            let (_, end, _) = self.ranges.remove(0);
-            self.forgotten_through = end;
-        }
-    }
-
-    /// The log was found ahead of the watermark (a commit landed though
-    /// its reply was lost): which of those positions are holes only the
-    /// log knows, so ask it for everything up to `tail`.
-    fn ask_the_log_through(&mut self, tail: u64) {
-        self.forgotten_through = self.forgotten_through.max(tail);
-    }
-
-    /// The log was found behind the watermark (it lost writes it had
-    /// acknowledged): what is above `tail` is written again, holes
-    /// included, and recorded then.
-    fn forget_above(&mut self, tail: u64) {
-        self.ranges.retain(|&(first, _, _)| first <= tail);
-        if let Some((_, last, _)) = self.ranges.last_mut() {
-            *last = (*last).min(tail);
-        }
-    }
-
-    /// Whether `position` (of a session that starts after `start`) is lost.
-    pub(crate) fn at(&self, position: u64, start: u64) -> Lost {
-        if position <= start || position <= self.forgotten_through {
-            return Lost::AskTheLog;
-        }
-        match self
-            .ranges
-            .iter()
-            .find(|(first, last, _)| (*first..=*last).contains(&position))
-        {
-            Some(&(_, last, reason)) => Lost::Yes(reason, last),
-            None => Lost::No,
-        }
-    }
 }
 
 /// The durable tier of one store.
@@ -971,69 +816,4 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             false
         }
     }
-}
-
-/// The identity of a session the map does not know: restored from the
-/// durable log if it remembers the session (a new life that continues
-/// after the durable tail), else new. The flag says whether the life must
-/// be recorded in the log.
-///
-/// A restored session always starts a new incarnation: the previous
-/// process may have handed out positions past the durable tail before it
-/// died, so continuing its incarnation could hand a position out twice.
-pub(crate) fn restore_identity<T>(
-    shared: &Shared<T>,
-    key: &SessionKey,
-) -> Result<Restored<T>, Refusal> {
-    let Some(persistence) = shared.persistence.as_ref() else {
-        return Ok(Restored {
-            identity: Identity::fresh(),
-            record_life: false,
-            predecessor: None,
-        });
-    };
-    // A removed incarnation still being written: continue after its last
-    // claimed position (the log does not have it yet).
-    if let Some((removed, last)) = persistence.removed_pending(key) {
-        return Ok(Restored {
-            identity: Identity {
-                incarnation: Incarnation::fresh(),
-                start: last,
-                start_revision: removed.ring.revision_at(last),
-                previous: Some((removed.incarnation(), last)),
-            },
-            record_life: true,
-            predecessor: Some(removed),
-        });
-    }
-    let meta = persistence
-        .log
-        .meta(key)
-        .map_err(|error| Refusal::LogUnavailable {
-            reason: error.to_string(),
-        })?;
-    let Some(meta) = meta else {
-        return Ok(Restored {
-            identity: Identity::fresh(),
-            record_life: true,
-            predecessor: None,
-        });
-    };
-    let mut incarnation = Incarnation::fresh();
-    while meta.life_of(incarnation).is_some() {
-        incarnation = Incarnation::fresh();
-    }
-    persistence.counters.restored_sessions.add(1);
-    Ok(Restored {
-        identity: Identity {
-            incarnation,
-            start: meta.durable_tail,
-            start_revision: Revision(meta.last_revision),
-            previous: meta
-                .current_life()
-                .map(|life| (life.incarnation, meta.durable_tail)),
-        },
-        record_life: true,
-        predecessor: None,
-    })
 }

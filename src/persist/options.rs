@@ -1,0 +1,93 @@
+//! [`DurableOptions`]: how the persister batches, sleeps, wakes and shuts
+//! down. Plain data; the persister (`super`) reads it.
+
+use std::time::Duration;
+
+/// Tuning of the durable tier.
+///
+/// ```
+/// use std::time::Duration;
+/// use livereplay::DurableOptions;
+///
+/// let options = DurableOptions::default().with_flush_interval(Duration::from_millis(5));
+/// assert_eq!(options.max_batch_events, 8192);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableOptions {
+    /// How long the persister sleeps when it found nothing to write
+    /// (default 2 ms): the latency a quiet session's event waits before it
+    /// is written. [`ReplayStore::wait_durable`](crate::ReplayStore::wait_durable)
+    /// wakes it at once.
+    pub flush_interval: Duration,
+    /// The most events one commit writes (default 8192); more are written
+    /// by the next commit, at once.
+    pub max_batch_events: usize,
+    /// How long dropping the store waits for the persister to write what is
+    /// left (default 5 s). A log that is failing then loses what was not
+    /// written; `stats()` of a store that lives on counts it.
+    pub shutdown_timeout: Duration,
+    /// Wake the persister when a session becomes dirty (default `false`).
+    /// An event then reaches the log, and other nodes, in a fraction of a
+    /// millisecond instead of up to `flush_interval` later, and a quiet
+    /// store can use a long `flush_interval` without idle polling. It costs
+    /// the append that dirties a session a thread wake-up (a futex call
+    /// when the persister sleeps), and on a machine with few cores the
+    /// woken persister may take the appender's core: measured on a loaded
+    /// 2-core VM, sparse appends went from 0.3 µs to 11–14 µs at p50 and to
+    /// 0.9–1.5 ms at p99 (BENCHMARKS.md, "What `wake_on_dirty` costs").
+    /// Appends to a session already queued pay nothing more. Off by default
+    /// for that reason: a turn loop must not wait on the scheduler.
+    pub wake_on_dirty: bool,
+    /// Run a persister thread (default `true`). Without one, nothing is
+    /// written until the host calls
+    /// [`ReplayStore::persist_round`](crate::ReplayStore::persist_round):
+    /// for deterministic simulation (one thread drives every node, its
+    /// log and its faults from one seed) and for hosts with a scheduler of
+    /// their own. Dropping such a store writes nothing more: what was not
+    /// persisted is lost, as in a crash.
+    pub persister_thread: bool,
+}
+
+impl Default for DurableOptions {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_millis(2),
+            max_batch_events: 8192,
+            shutdown_timeout: Duration::from_secs(5),
+            wake_on_dirty: false,
+            persister_thread: true,
+        }
+    }
+}
+
+impl DurableOptions {
+    /// Sets [`DurableOptions::flush_interval`].
+    pub fn with_flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// Sets [`DurableOptions::max_batch_events`] (at least 1).
+    pub fn with_max_batch_events(mut self, events: usize) -> Self {
+        self.max_batch_events = events.max(1);
+        self
+    }
+
+    /// Sets [`DurableOptions::wake_on_dirty`].
+    pub fn with_wake_on_dirty(mut self, wake: bool) -> Self {
+        self.wake_on_dirty = wake;
+        self
+    }
+
+    /// Sets [`DurableOptions::persister_thread`].
+    pub fn with_persister_thread(mut self, thread: bool) -> Self {
+        self.persister_thread = thread;
+        self
+    }
+
+    /// Sets [`DurableOptions::shutdown_timeout`].
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}

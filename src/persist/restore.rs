@@ -1,0 +1,74 @@
+//! Where a session the map does not hold starts: after a removed session
+//! still on its way to the log, after the log's durable tail as a new life,
+//! or new. Called outside the map's lock (it may read the log); the map
+//! decides under its lock whether the answer is still current.
+
+use crate::cursor::{Incarnation, Revision};
+use crate::error::Refusal;
+use crate::key::SessionKey;
+use crate::session::{Identity, Restored, Shared};
+
+/// The identity of a session the map does not know: restored from the
+/// durable log if it remembers the session (a new life that continues
+/// after the durable tail), else new. The flag says whether the life must
+/// be recorded in the log.
+///
+/// A restored session always starts a new incarnation: the previous
+/// process may have handed out positions past the durable tail before it
+/// died, so continuing its incarnation could hand a position out twice.
+pub(crate) fn restore_identity<T>(
+    shared: &Shared<T>,
+    key: &SessionKey,
+) -> Result<Restored<T>, Refusal> {
+    let Some(persistence) = shared.persistence.as_ref() else {
+        return Ok(Restored {
+            identity: Identity::fresh(),
+            record_life: false,
+            predecessor: None,
+        });
+    };
+    // A removed incarnation still being written: continue after its last
+    // claimed position (the log does not have it yet).
+    if let Some((removed, last)) = persistence.removed_pending(key) {
+        return Ok(Restored {
+            identity: Identity {
+                incarnation: Incarnation::fresh(),
+                start: last,
+                start_revision: removed.ring.revision_at(last),
+                previous: Some((removed.incarnation(), last)),
+            },
+            record_life: true,
+            predecessor: Some(removed),
+        });
+    }
+    let meta = persistence
+        .log
+        .meta(key)
+        .map_err(|error| Refusal::LogUnavailable {
+            reason: error.to_string(),
+        })?;
+    let Some(meta) = meta else {
+        return Ok(Restored {
+            identity: Identity::fresh(),
+            record_life: true,
+            predecessor: None,
+        });
+    };
+    let mut incarnation = Incarnation::fresh();
+    while meta.life_of(incarnation).is_some() {
+        incarnation = Incarnation::fresh();
+    }
+    persistence.counters.restored_sessions.add(1);
+    Ok(Restored {
+        identity: Identity {
+            incarnation,
+            start: meta.durable_tail,
+            start_revision: Revision(meta.last_revision),
+            previous: meta
+                .current_life()
+                .map(|life| (life.incarnation, meta.durable_tail)),
+        },
+        record_life: true,
+        predecessor: None,
+    })
+}
