@@ -9,8 +9,8 @@
 //!   implementation, `support/spread.rs`): keys in a fixed pseudo-random
 //!   order, ours and the reference populated session by session into one
 //!   heap, six turnover cycles of each before any timing; criterion, and in
-//!   the paired part whole-cycle turns (BENCHMARKS.md, "10 000 sessions:
-//!   why the two methods disagreed");
+//!   the paired part whole-cycle turns (docs/benchmark-history.md, "10 000
+//!   sessions: why the two methods disagreed");
 //! * one session with a live subscriber draining it on another thread;
 //! * two threads appending to two distinct sessions: the 2-thread / 1-thread
 //!   throughput ratio.
@@ -562,7 +562,8 @@ fn paired_append() {
 
     // Whole-cycle turns, not 2 ms batches: a batch is shorter than one lap
     // of 10 000 sessions, so each would start on lines the other design has
-    // just evicted, inflating both (BENCHMARKS.md, issue 13).
+    // just evicted, inflating both (docs/benchmark-history.md, "10 000
+    // sessions: why the two methods disagreed", point 4).
     let stores = spread_stores();
     let designs = [Design::OursKey, Design::Reference, Design::OursHandle];
     let turns = designs.map(|_| Cell::new(0));

@@ -20,8 +20,8 @@
 //!   append frees an event), which isolates what the lapping costs. Each
 //!   run prints the readers' rates and a cache line's round trip between
 //!   the two threads, per round: how much sharing a line costs decides
-//!   how much the reader slows the writer (BENCHMARKS.md, issue 13's
-//!   fifth round).
+//!   how much the reader slows the writer (docs/benchmark-history.md,
+//!   "Append with a replaying reader, re-measured", issue 13's fifth round).
 //!
 //! The machine these run on is shared and its load drifts, so designs take
 //! turns: delivery samples alternate between designs one by one, append

@@ -2,10 +2,10 @@
 //! the primitives the ring is built from cost on this machine, next to the
 //! floor (`Arc::new` of an event + the wall clock) measured in the same run.
 //!
-//! BENCHMARKS.md ("where a handle append's time above the floor goes")
-//! adds these up against the append itself: the extras each pay for a
-//! guarantee, and together they bound how close to the floor an append
-//! can come without a cheaper primitive.
+//! docs/benchmark-history.md ("Issue 13, third round: where a handle
+//! append's time above the floor goes") adds these up against the append
+//! itself: the extras each pay for a guarantee, and together they bound
+//! how close to the floor an append can come without a cheaper primitive.
 //!
 //! * `floor`: the floor itself (`baselines::floor_append`);
 //! * `clock`: `SystemTime::now` since the epoch, as `SystemClock` reads it;

@@ -1,7 +1,7 @@
 //! The 10 000-session append (issue 13), measured so that two methods can
 //! be compared on the same thing: one design, one heap layout, one key
-//! order, per process. BENCHMARKS.md ("10 000 sessions: why the two methods
-//! disagreed") has the runs and what they show.
+//! order, per process. docs/benchmark-history.md ("10 000 sessions: why the
+//! two methods disagreed") has the runs and what they show.
 //!
 //! `append` measured this case twice and the two disagreed: criterion (each
 //! design populated and timed alone, the other store not yet built or
@@ -161,7 +161,8 @@ fn main() {
     // `SPREAD_AGE=N`: before any timing, N turnover cycles of appends on
     // every populated design, so the allocator's free lists are as a long
     // run leaves them, whatever the method (both designs slow down as
-    // their heap ages; see BENCHMARKS.md).
+    // their heap ages; see docs/benchmark-history.md, "10 000 sessions: why
+    // the two methods disagreed").
     let age: u64 = std::env::var("SPREAD_AGE")
         .ok()
         .and_then(|value| value.parse().ok())

@@ -696,7 +696,8 @@ fn tombstones() {
 
 /// `--op <name> <n>`: fills the stores, then runs one operation `n` times,
 /// for `valgrind --tool=callgrind` (instructions per operation = the
-/// difference between `n` and `0`, divided by `n`; see BENCHMARKS.md).
+/// difference between `n` and `0`, divided by `n`; see
+/// docs/benchmark-history.md, "Instructions per operation (callgrind)").
 fn single_op(op: &str, n: u64) {
     let session_key = key(0);
     let id = reference_id(0);

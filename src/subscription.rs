@@ -272,8 +272,8 @@ impl<T> Subscription<T> {
     /// A timeout too long to be a deadline, such as [`Duration::MAX`],
     /// waits for as long as it takes with no timer, as a blocking receive
     /// does. Any other timeout arms the operating system's timer for each
-    /// wait, which on Linux adds about 0.1 µs to a wake-up (BENCHMARKS.md,
-    /// "Delivery without a timer").
+    /// wait, which on Linux adds about 0.1 µs to a wake-up
+    /// (docs/benchmark-history.md, "Delivery without a timer").
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Arc<Event<T>>, NextTimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
         loop {

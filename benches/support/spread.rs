@@ -4,8 +4,8 @@
 //! session full, the designs populated into one heap or alone, keys visited
 //! round robin or in a fixed pseudo-random order, the heap aged by whole
 //! turnover cycles before any timing, and designs timed in whole-cycle
-//! turns. BENCHMARKS.md ("10 000 sessions: why the two methods disagreed")
-//! has why each of these matters.
+//! turns. docs/benchmark-history.md ("10 000 sessions: why the two methods
+//! disagreed") has why each of these matters.
 //!
 //! Not a module of `support` (several targets use `support` without
 //! `baselines`, which this needs): a target includes it with
@@ -34,7 +34,8 @@ pub const CAPACITY: usize = 128;
 pub const CYCLE: u64 = SESSIONS as u64 * 64;
 
 /// Turnover cycles per design before timing in the measurement on which
-/// criterion and whole-cycle turns agree (BENCHMARKS.md: `SPREAD_AGE=6`).
+/// criterion and whole-cycle turns agree (`SPREAD_AGE=6` in
+/// docs/benchmark-history.md, "10 000 sessions: why the two methods disagreed").
 pub const AGE_CYCLES: u64 = 6;
 
 pub fn key(i: usize) -> SessionKey {
@@ -294,7 +295,8 @@ pub fn runner<'a>(stores: &'a Stores, design: Design, turn: &'a Cell<usize>) -> 
 /// `cycles` turnover cycles of appends on every populated design (ours by
 /// key, then the reference, cycle after cycle, on one counter), so the
 /// allocator's free lists are as a long run leaves them whatever the method
-/// (both designs slow down as their heap ages; see BENCHMARKS.md).
+/// (both designs slow down as their heap ages; see docs/benchmark-history.md,
+/// "10 000 sessions: why the two methods disagreed").
 pub fn age(stores: &Stores, cycles: u64) {
     let aging = Cell::new(0);
     let designs = stores.populated();

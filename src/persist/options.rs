@@ -34,7 +34,8 @@ pub struct DurableOptions {
     /// when the persister sleeps), and on a machine with few cores the
     /// woken persister may take the appender's core: measured on a loaded
     /// 2-core VM, sparse appends went from 0.3 µs to 11–14 µs at p50 and to
-    /// 0.9–1.5 ms at p99 (BENCHMARKS.md, "What `wake_on_dirty` costs").
+    /// 0.9–1.5 ms at p99 (docs/benchmark-history.md, "What `wake_on_dirty`
+    /// costs an append").
     /// Appends to a session already queued pay nothing more. Off by default
     /// for that reason: a turn loop must not wait on the scheduler.
     pub wake_on_dirty: bool,

@@ -11,7 +11,7 @@
 //! replaying reader costs a writer whose ring laps is the reuse of memory
 //! the reader has read, whether or not the reader wrote to it; a lending
 //! reader at the same replay rate costs the writer about as much
-//! (BENCHMARKS.md, "Issue 13, fifth round").
+//! (docs/benchmark-history.md, "Issue 13, fifth round").
 //!
 //! [`Ring::lend_range`] reads the same range through the same directory
 //! entries, but keeps each segment it read alive with the entry's guard

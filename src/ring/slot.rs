@@ -10,7 +10,7 @@
 //! does the same job with two locked read-modify-writes (it must let
 //! several threads race to set it, which a claimed position never does).
 //! That was 10 to 12 ns of a 125 ns append, and a slot is now 8 bytes
-//! instead of 16 (BENCHMARKS.md, "Issue 13, fourth round").
+//! instead of 16 (docs/benchmark-history.md, "Issue 13, fourth round").
 //!
 //! # Invariants
 //!

@@ -248,7 +248,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// and collects nothing: a host that encodes the events it sends, or
     /// copies out what it keeps, pays for that only. A replay of 100
     /// events read this way costs about a sixth of a cloning one
-    /// (BENCHMARKS.md, "Issue 13, fifth round"). To keep events themselves
+    /// (BENCHMARKS.md, "Replay"). To keep events themselves
     /// (`Arc`s), use [`replay_after_cursor`](Self::replay_after_cursor).
     ///
     /// While `read` runs, the segments it reads from stay allocated, even
