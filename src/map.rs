@@ -36,7 +36,15 @@
 //!   need the shard's read lock), so no append can race an eviction: an
 //!   append that returned `Ok` is in a session that is still in the map, or
 //!   was removed explicitly with `remove_session` (and its cursors then read
-//!   as `Reset` or `Unavailable`).
+//!   as `Reset` or `Unavailable`);
+//! * a removed session is sealed and registered with the persister under
+//!   the shard's write lock, before its entry leaves, so a re-creation by
+//!   key (which needs that lock) continues after its last position;
+//! * a restore's answer (read from the log outside the lock) is used only
+//!   if its key's departure stripe did not move while it read: no entry of
+//!   the key left the map meanwhile, so the answer is not older than what
+//!   the map forgot. Over a shared log, a tombstone is revived only if the
+//!   log's newest life is still the tombstone's.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc as StdArc;
