@@ -298,40 +298,29 @@ impl<T> Persistence<T> {
         }
     }
 
-    /// Lets a removed session go once nothing more of it will reach the
-    /// log (all durable, or fenced), so its ring is freed without waiting
-    /// for its key to be used again.
-    fn settle_removed(&self, session: &Arc<Session<T>>) {
-        if !session.ring.is_closed() {
-            return;
-        }
-        let fenced = session.fenced.load(Relaxed);
-        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
-        // Against the position it was sealed at: appends refused after the
-        // seal still count in the ring's `claimed`.
-        let settled = removed
-            .get(session.key())
-            .is_some_and(|(held, last)| {
-                Arc::ptr_eq(held, session) && (fenced || session.written() >= *last)
-            })
-            .then(|| removed.remove(session.key()));
-        drop(removed);
-        drop(settled);
-    }
-
-    /// Whether `session` was removed with nothing left to write: its ring
-    /// is sealed, and it is not (or no longer) registered as a removed
-    /// session waiting for the log, or its watermark reached where it was
-    /// sealed.
-    fn removed_and_written(&self, session: &Arc<Session<T>>) -> bool {
+    /// Whether `session` was removed with nothing more of it to write: its
+    /// ring is sealed, and it is fenced, or its watermark reached the
+    /// position it was sealed at (appends refused after the seal still
+    /// count in the ring's `claimed`), or it is not registered as a removed
+    /// session waiting for the log. If so it is let go, so its ring is
+    /// freed without waiting for its key to be used again.
+    fn settle_removed(&self, session: &Arc<Session<T>>) -> bool {
         if !session.ring.is_closed() {
             return false;
         }
-        let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
-        match removed.get(session.key()) {
-            Some((held, last)) if Arc::ptr_eq(held, session) => session.written() >= *last,
-            _ => true,
-        }
+        let fenced = session.fenced.load(Relaxed);
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, registered) = match removed.get(session.key()) {
+            Some((held, last)) if Arc::ptr_eq(held, session) => {
+                (fenced || session.written() >= *last, true)
+            }
+            _ => (true, false),
+        };
+        // Dropped after the lock is let go.
+        let settled = (done && registered).then(|| removed.remove(session.key()));
+        drop(removed);
+        drop(settled);
+        done
     }
 
     /// Counts a session fenced (another writer has it in the log).
@@ -539,7 +528,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             if pending.records.is_empty() && pending.new_life.is_none() {
                 // Nothing to write (an abandoned life, or a wake-up with no
                 // new event): nothing to commit for it.
-                self.settle_removed(&pending.session);
+                let _ = self.settle_removed(&pending.session);
                 continue;
             }
             events += pending.records.len();
@@ -640,7 +629,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // A removed session that handed out no position of its own has no
         // cursor to answer for: its life is never recorded (recorded late,
         // it would come after a successor's and fence it).
-        let abandoned = records.is_empty() && self.removed_and_written(&session);
+        let abandoned = records.is_empty() && self.settle_removed(&session);
         let new_life = (session.life_unrecorded.load(Relaxed) && !abandoned).then(|| Life {
             incarnation,
             first_position: session.identity().start + 1,
@@ -757,12 +746,12 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             if !ok || pending.more {
                 self.mark_dirty(&pending.session);
             } else {
-                self.settle_removed(&pending.session);
+                let _ = self.settle_removed(&pending.session);
             }
         }
         for (pending, _) in set_aside {
             if pending.session.fenced.load(Relaxed) {
-                self.settle_removed(&pending.session);
+                let _ = self.settle_removed(&pending.session);
             } else {
                 self.mark_dirty(&pending.session);
             }
