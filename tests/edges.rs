@@ -76,6 +76,15 @@ fn logged(log: &dyn DurableLog, key: &SessionKey) -> Vec<(u64, u64, Option<Strin
     out
 }
 
+/// The payloads of the events the log holds for `key`, in order; panics
+/// on a hole (the tests that call it expect none).
+fn logged_payloads(log: &dyn DurableLog, key: &SessionKey) -> Vec<String> {
+    logged(log, key)
+        .into_iter()
+        .map(|(position, _, payload)| payload.unwrap_or_else(|| panic!("a hole at {position}")))
+        .collect()
+}
+
 /// A log the tests steer: reads of the meta can be made to fail or to stop
 /// at a gate (for calls from threads named [`GATED`]), and appends can be
 /// refused as the log would refuse a writer it does not follow.
@@ -223,9 +232,7 @@ fn a_recreation_inside_the_removals_close_continues_after_it() {
         "the new life must continue after the removed one"
     );
     drain(&store);
-    let records = logged(&*log, &k);
-    let payloads: Vec<_> = records.iter().map(|r| r.2.clone().unwrap()).collect();
-    assert_eq!(payloads, ["old1", "old2", "old3", "new4"]);
+    assert_eq!(logged_payloads(&*log, &k), ["old1", "old2", "old3", "new4"]);
     assert_eq!(store.stats().durable.unwrap().fenced_sessions, 0);
 }
 
@@ -258,10 +265,7 @@ fn a_restore_that_read_the_log_before_a_removal_is_not_used() {
         "a stale restore handed out a position again"
     );
     drain(&*store);
-    let payloads: Vec<_> = logged(&*log, &k)
-        .into_iter()
-        .map(|r| r.2.unwrap())
-        .collect();
+    let payloads = logged_payloads(&*log, &k);
     assert_eq!(payloads, ["old1", "old2", "old3", "slow"]);
     assert_eq!(store.stats().durable.unwrap().fenced_sessions, 0);
 }
@@ -422,10 +426,7 @@ fn a_fenced_predecessor_does_not_block_its_key() {
     assert_eq!(durable.waiting_sessions, 0, "{durable:?}");
     assert_eq!(durable.last_fenced.as_ref(), Some(&k));
     // Nothing of A's after the take-over is in the log, and B's data stands.
-    let payloads: Vec<_> = logged(&*log, &k)
-        .into_iter()
-        .map(|r| r.2.unwrap())
-        .collect();
+    let payloads = logged_payloads(&*log, &k);
     assert_eq!(payloads, ["a1", "b2", "b3"]);
 }
 
@@ -459,10 +460,7 @@ fn a_tombstone_is_not_revived_over_another_nodes_newer_life() {
     );
     drain(&a);
     assert_eq!(a.stats().durable.unwrap().fenced_sessions, 0);
-    let payloads: Vec<_> = logged(&*log, &k)
-        .into_iter()
-        .map(|r| r.2.unwrap())
-        .collect();
+    let payloads = logged_payloads(&*log, &k);
     assert_eq!(payloads, ["a1", "b2", "a3"]);
 }
 
@@ -716,10 +714,7 @@ fn a_fenced_session_is_evicted() {
         3
     );
     drain(&a);
-    let payloads: Vec<_> = logged(&*log, &k)
-        .into_iter()
-        .map(|r| r.2.unwrap())
-        .collect();
+    let payloads = logged_payloads(&*log, &k);
     assert_eq!(payloads, ["a1", "b2", "a3"]);
 }
 
