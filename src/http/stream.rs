@@ -230,7 +230,7 @@ impl<T: Send + Sync + 'static> SseCatchUp<T> {
                 held: None,
                 progress: None,
                 known_durable: 0,
-                last_sent: cursor.clone(),
+                last_sent: LastSent::of_cursor(cursor),
             }),
             ended: false,
         })
@@ -258,9 +258,32 @@ struct DurableGate<T> {
     /// The highest durable position seen: events at or below it pass
     /// without asking again (on a host node each ask reads the log).
     known_durable: u64,
-    /// The cursor of the last event sent (or the starting cursor): where a
-    /// gap for an event found lost starts.
-    last_sent: Cursor,
+    /// The last event sent (or the starting cursor): where a gap for an
+    /// event found lost starts. Kept as plain values, not a `Cursor`, so
+    /// that sending an event counts no reference to the key.
+    last_sent: LastSent,
+}
+
+/// What a [`Cursor`] at the last event sent holds, but its key.
+#[derive(Clone, Copy)]
+struct LastSent {
+    incarnation: Option<crate::cursor::Incarnation>,
+    revision: crate::cursor::Revision,
+    position: u64,
+}
+
+impl LastSent {
+    fn of_cursor(cursor: &Cursor) -> Self {
+        Self {
+            incarnation: cursor.incarnation(),
+            revision: cursor.revision(),
+            position: cursor.position(),
+        }
+    }
+
+    fn cursor(self, key: &SessionKey) -> Cursor {
+        Cursor::new(key.clone(), self.incarnation, self.revision, self.position)
+    }
 }
 
 /// The frames of a [`CatchUpSse`] response: the opening comment, then one
@@ -326,12 +349,16 @@ impl<T: Send + Sync + 'static> CatchUpEvents<T> {
                 if let Some(through) = gate.store.lost_after_read(&self.key, event.position()) {
                     return Poll::Ready(Some(Err(Gap {
                         reason: GapReason::Lost,
-                        requested: gate.last_sent.clone(),
+                        requested: gate.last_sent.cursor(&self.key),
                         latest: gate.store.current_cursor(&self.key),
-                        missed: Some(through - gate.last_sent.position()),
+                        missed: Some(through - gate.last_sent.position),
                     })));
                 }
-                gate.last_sent = event.cursor();
+                gate.last_sent = LastSent {
+                    incarnation: Some(event.incarnation),
+                    revision: event.revision,
+                    position: event.position(),
+                };
                 return Poll::Ready(Some(Ok(event)));
             }
             gate.held = Some(event);

@@ -315,6 +315,17 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     #[cfg(feature = "axum")]
     pub(crate) fn lost_after_read(&self, key: &SessionKey, position: u64) -> Option<u64> {
         let persistence = self.shared.persistence.as_ref()?;
+        // The common case, asked for every event a durable-only stream
+        // sends: this store never wrote a hole (nor adopted a commit whose
+        // reply was lost, which may have written one), so no session of
+        // it can hold one. Two loads, no lookup. (Relaxed counters, but
+        // each is raised before the Release store of the watermark that
+        // made the caller find the event durable, which it read with
+        // Acquire: a hole under that watermark is counted here.)
+        let counters = &persistence.counters;
+        if counters.holes.get() == 0 && counters.recovered_replies.get() == 0 {
+            return None;
+        }
         let session = self.sessions.get(key)?;
         let lost = persistence.lost_at(key, Some(&**session), position);
         // A log that cannot answer (only for positions older than what the
