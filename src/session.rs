@@ -737,6 +737,20 @@ impl<T> Session<T> {
     }
 }
 
+impl<T> Drop for Session<T> {
+    /// A fenced session's accepted events that were never written are lost
+    /// to this node: counted once, when the session is gone (while it is
+    /// resident they show in `undurable_events`).
+    fn drop(&mut self) {
+        if let Some(persistence) = &self.shared.persistence {
+            if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+                let lost = self.ring.published_tail().saturating_sub(self.written());
+                persistence.counters.fenced_events.add(lost);
+            }
+        }
+    }
+}
+
 impl<T> fmt::Debug for Session<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")

@@ -708,6 +708,8 @@ fn a_fenced_session_is_evicted() {
     a.release_through(&k, 2);
     assert_eq!(a.sweep(), 1, "the fenced session was not evicted");
     assert!(!a.is_resident(&k));
+    // A's "a2" was accepted and never written: counted once it is gone.
+    assert_eq!(a.stats().durable.unwrap().fenced_events, 1);
     // The next append on A asks the shared log and continues after B.
     assert_eq!(
         a.append(&k, Revision(1), "a3".into()).unwrap().position(),

@@ -104,6 +104,7 @@ pub(crate) struct PersistCounters {
     pub(crate) log_regressions: AtomicCounter,
     pub(crate) refused_records: AtomicCounter,
     pub(crate) recovered_replies: AtomicCounter,
+    pub(crate) fenced_events: AtomicCounter,
 }
 
 /// The durable tier of one store.

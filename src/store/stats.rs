@@ -42,6 +42,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 log_failures: c.log_failures.get(),
                 restored_sessions: c.restored_sessions.get(),
                 fenced_sessions: c.fenced_sessions.get(),
+                fenced_events: c.fenced_events.get(),
                 log_regressions: c.log_regressions.get(),
                 undurable_events: 0,
                 last_fenced,
@@ -55,11 +56,9 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         let now = self.shared.now();
         self.sessions.for_each(|_, session| {
             if let Some(durable) = stats.durable.as_mut() {
-                durable.undurable_events += session
-                    .ring
-                    .published_tail()
-                    .saturating_sub(session.durable());
-                if session.durable() < session.identity().start {
+                let watermark = session.durable();
+                durable.undurable_events += session.ring.published_tail().saturating_sub(watermark);
+                if watermark < session.identity().start {
                     durable.waiting_sessions += 1;
                 }
             }
@@ -139,6 +138,11 @@ pub struct DurableStats {
     /// Sessions another writer took over in the log (a newer life there):
     /// their later events stay in this store's rings and are not written.
     pub fenced_sessions: u64,
+    /// Events accepted by fenced sessions of this store and never written
+    /// (another writer had the session), counted when such a session is
+    /// dropped from memory (evicted or removed and let go); while it is
+    /// resident they are in `undurable_events`.
+    pub fenced_events: u64,
     /// Times the log's tail was found behind a watermark it had
     /// acknowledged (it lost writes, e.g. a Redis restart without fsync):
     /// what the ring still held was written again, the rest as a hole.
