@@ -39,8 +39,9 @@ use crate::subscription::Subscription;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize};
 use crate::writer::SessionWriter;
 
-/// Weighs a payload for [`Refusal::PayloadTooLarge`].
-pub(crate) type Weigher<T> = Box<dyn Fn(&T) -> usize + Send + Sync>;
+/// Weighs a payload for [`Refusal::PayloadTooLarge`] (and for the
+/// durable tier's budget of undurable events).
+pub(crate) type Weigher<T> = crate::ring::Weigh<T>;
 
 /// What every session of a store shares: the bounds, the clock and the
 /// store-wide counters.
@@ -261,6 +262,12 @@ impl<T> Session<T> {
                 shared.config.capacity,
                 identity.start,
                 identity.start_revision,
+                shared.persistence.as_ref().map(|persistence| {
+                    Box::new(crate::ring::Kept::new(
+                        StdArc::clone(&persistence.keep_budget),
+                        identity.start,
+                    ))
+                }),
             ),
             identity,
             shared,

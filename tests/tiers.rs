@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use livereplay::durable::{DurableLog, HoleReason, MemoryLog, RecordBody};
 use livereplay::{
-    Config, Cursor, CursorError, DurableError, Error, Event, Gap, GapReason, Incarnation,
-    ManualClock, NextTimeoutError, ReplayStore, Revision, SessionKey, TryNextError, Utf8,
+    Config, Cursor, CursorError, DurableError, DurableOptions, Error, Event, Gap, GapReason,
+    Incarnation, ManualClock, NextTimeoutError, ReplayStore, Revision, SessionKey, TryNextError,
+    Utf8,
 };
 
 use flaky_log::{FlakyLog, HealOnDrop, Mode};
@@ -70,6 +71,17 @@ fn durable_store(log: Arc<dyn DurableLog>, capacity: usize) -> ReplayStore<Strin
     ReplayStore::builder()
         .config(Config::default().with_capacity(capacity))
         .durable(log, Utf8)
+        .build()
+        .unwrap()
+}
+
+/// [`durable_store`] with no budget for undurable events: what a ring laps
+/// before the persister wrote it is a hole at once.
+fn no_budget_store(log: Arc<dyn DurableLog>, capacity: usize) -> ReplayStore<String> {
+    ReplayStore::builder()
+        .config(Config::default().with_capacity(capacity))
+        .durable(log, Utf8)
+        .durable_options(DurableOptions::default().with_undurable_budget(0))
         .build()
         .unwrap()
 }
@@ -463,7 +475,9 @@ fn persister_keeps_up_with_many_sessions_on_two_threads() {
 #[test]
 fn failing_log_records_one_lapped_hole_and_recovers_by_itself() {
     let flaky = Arc::new(FlakyLog::new(Mode::Failing));
-    let store = durable_store(flaky.clone(), 8);
+    // No budget for undurable events: the ring's first segment (1..=8),
+    // lapped by 17..=20 while the log fails, is let go at once.
+    let store = no_budget_store(flaky.clone(), 8);
     // Declared after the store, so dropped before it: the store's Drop
     // flushes, which must not wait on a failing log.
     let _heal = HealOnDrop(&flaky);
@@ -497,50 +511,87 @@ fn failing_log_records_one_lapped_hole_and_recovers_by_itself() {
     let records = flaky.inner().load_after(&k, 0, 100).unwrap();
     assert_eq!(
         records.len(),
-        1 + 8,
-        "one hole, then the 8 events the ring kept"
+        1 + 12,
+        "one hole, then the 12 events the ring still held"
     );
     assert_eq!(records[0].position, 1);
     assert_eq!(
         records[0].body,
         RecordBody::Hole {
-            count: 12,
+            count: 8,
             reason: HoleReason::Lapped
         }
     );
-    for (record, position) in records[1..].iter().zip(13..) {
+    for (record, position) in records[1..].iter().zip(9..) {
         assert_eq!(record.position, position);
         assert!(matches!(record.body, RecordBody::Event(_)));
     }
     let durable = store.stats().durable.unwrap();
-    assert_eq!((durable.holes, durable.lost_events), (1, 12));
+    assert_eq!((durable.holes, durable.lost_events), (1, 8));
+    assert_eq!(durable.let_go_segments, 1);
     assert!(durable.log_failures > 0);
-    assert_eq!(durable.persisted_events, 8);
+    assert_eq!(durable.persisted_events, 12);
 
-    // Later events go through again, one by one (the ring laps 13..=20).
+    // Later events go through again, one by one.
     append_durably(&store, &k, 10);
     assert_eq!(store.durable_position(&k), Ok(Some(30)));
     let durable = store.stats().durable.unwrap();
-    assert_eq!((durable.persisted_events, durable.lost_events), (18, 12));
+    assert_eq!((durable.persisted_events, durable.lost_events), (22, 8));
 
     // Readers are told, with the count.
     let mut from_start = store.catch_up(&Cursor::start(k.clone())).unwrap();
     let gap = try_next_gap(&mut from_start);
-    assert_eq!((gap.reason, gap.missed), (GapReason::Lost, Some(12)));
+    assert_eq!((gap.reason, gap.missed), (GapReason::Lost, Some(8)));
     assert_eq!(gap.latest.position(), 30);
     assert!(from_start.is_ended());
     let mut inside = store.catch_up(&events[4].cursor()).unwrap();
     let gap = try_next_gap(&mut inside);
-    assert_eq!((gap.reason, gap.missed), (GapReason::Lost, Some(7)));
+    assert_eq!((gap.reason, gap.missed), (GapReason::Lost, Some(3)));
     let gap = expect_gap(store.catch_up_replay(&Cursor::start(k.clone()), 100));
-    assert_eq!((gap.reason, gap.missed), (GapReason::Lost, Some(12)));
+    assert_eq!((gap.reason, gap.missed), (GapReason::Lost, Some(8)));
     assert!(store.stats().gaps_lost >= 3);
 
-    // Just after the hole: the rest, 13..=20 from the log, then the ring.
-    let mut after_hole = store.catch_up(&events[11].cursor()).unwrap();
-    read_exactly(&mut after_hole, 12, 18);
+    // Just after the hole: the rest, 9..=20 from the log, then the ring.
+    let mut after_hole = store.catch_up(&events[7].cursor()).unwrap();
+    read_exactly(&mut after_hole, 8, 22);
     assert_eq!(after_hole.try_next().unwrap_err(), TryNextError::Empty);
     assert!(after_hole.is_live());
+}
+
+/// Issue 21, item 11: the same outage within the budget for undurable
+/// events loses nothing: the ring keeps what it laps for the persister,
+/// which writes all of it once the log heals, and gives the bytes back.
+#[test]
+fn failing_log_within_the_budget_loses_nothing() {
+    let flaky = Arc::new(FlakyLog::new(Mode::Failing));
+    let store = durable_store(flaky.clone(), 8);
+    let _heal = HealOnDrop(&flaky);
+    let k = key("flaky-kept");
+    for position in 1..=200 {
+        store.append(&k, Revision(1), payload(position)).unwrap();
+    }
+    wait_until("the persister has failed", || {
+        store.stats().durable.unwrap().log_failures > 0
+    });
+    let durable = store.stats().durable.unwrap();
+    assert!(
+        durable.kept_segments > 0 && durable.kept_bytes > 0,
+        "{durable:?}"
+    );
+    assert_eq!(
+        store.event_count(&k),
+        8,
+        "readers are served the window only"
+    );
+    flaky.set(Mode::Healthy);
+    assert_eq!(store.wait_durable(&k, 200, WAIT), Ok(200));
+    assert_log_holds(&store, &k, 200);
+    let durable = store.stats().durable.unwrap();
+    assert_eq!((durable.holes, durable.lost_events), (0, 0));
+    assert_eq!((durable.kept_bytes, durable.let_go_segments), (0, 0));
+    // A reader from the start reads every event, from the log.
+    let mut from_start = store.catch_up(&Cursor::start(k.clone())).unwrap();
+    read_exactly(&mut from_start, 0, 200);
 }
 
 // ---------------------------------------------------------------------------

@@ -73,7 +73,7 @@ use crate::durable::{
     DurableLog, HoleReason, Life, LogError, LogRecord, RecordBody, SessionWrite, StoredEvent,
 };
 use crate::key::SessionKey;
-use crate::ring::Read;
+use crate::ring::{KeepBudget, Undurable};
 use crate::session::{AtomicCounter, Session};
 use crate::sync::{fence, Arc, Queue};
 
@@ -137,6 +137,8 @@ pub(crate) struct Persistence<T> {
     /// for good: for an operator reading `stats()`.
     last_fenced: Mutex<Option<SessionKey>>,
     last_refused: Mutex<Option<SessionKey>>,
+    /// The budget every ring's kept undurable segments share (invariant 10).
+    pub(crate) keep_budget: StdArc<KeepBudget<T>>,
 }
 
 /// A removed session and the last position it claimed.
@@ -175,8 +177,10 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         log: StdArc<dyn DurableLog>,
         codec: Box<dyn Codec<T>>,
         options: DurableOptions,
+        weigh: Option<crate::ring::Weigh<T>>,
     ) -> Self {
         Self {
+            keep_budget: StdArc::new(KeepBudget::new(options.undurable_budget, weigh)),
             tailer: StdArc::new(crate::tail::Tailer::new(StdArc::clone(&log))),
             log,
             codec,
@@ -327,6 +331,8 @@ impl<T> Persistence<T> {
     /// Counts a session fenced (another writer has it in the log).
     fn fence(&self, session: &Arc<Session<T>>) {
         session.fenced.store(true, Relaxed);
+        // Never written now: what the ring kept for the log goes.
+        session.ring.release_all_kept();
         self.counters.fenced_sessions.add(1);
         *self.last_fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.key().clone());
     }
@@ -580,8 +586,8 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         let mut records: Vec<LogRecord> = Vec::new();
         let mut payload = Vec::new();
         for position in from..=through {
-            let hole = match session.ring.read(position) {
-                Read::Event(event) => {
+            let hole = match session.ring.read_undurable(position) {
+                Undurable::Event(event) => {
                     payload.clear();
                     match self.codec.encode(event.payload(), &mut payload) {
                         Ok(()) => {
@@ -603,9 +609,10 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                         }
                     }
                 }
-                Read::Trimmed => HoleReason::Lapped,
-                // Below the published tail every position is settled.
-                Read::Pending => break,
+                Undurable::Lost => HoleReason::Lapped,
+                // A lapped segment's hand-over in flight (`ring::kept`):
+                // its writer queues the session again.
+                Undurable::NotYet => break,
             };
             match records.last_mut() {
                 Some(LogRecord {
@@ -737,6 +744,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                     // Release: a reader that acquires the raised watermark
                     // (a release, a trim) is ordered after the commit.
                     pending.session.durable.store(pending.through, Release);
+                    pending.session.ring.release_kept(pending.through);
                 }
             }
             Ok(()) => {}
@@ -787,6 +795,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 lost.ask_the_log_through(tail);
                 // Release: as in `commit`, after the log's read of the tail.
                 session.durable.store(tail.min(published), Release);
+                session.ring.release_kept(tail.min(published));
             } else if tail < durable {
                 self.counters.log_regressions.add(1);
                 let lost = &mut session.lost.lock().unwrap_or_else(|e| e.into_inner());

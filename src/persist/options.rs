@@ -47,6 +47,17 @@ pub struct DurableOptions {
     /// their own. Dropping such a store writes nothing more: what was not
     /// persisted is lost, as in a crash.
     pub persister_thread: bool,
+    /// Bytes of undurable events the store keeps past its rings' windows
+    /// (default 64 MiB), for all sessions together. A ring's `capacity` is
+    /// what readers are served from memory; a persister that falls behind
+    /// a burst still finds every event it has not written, until this
+    /// budget is spent: only then do lapped events become holes. Weighed
+    /// as each event's own size plus its payload as the store's
+    /// [`payload_limit`](crate::StoreBuilder::payload_limit) weigher says
+    /// (without one, payloads' heap bytes are not counted). `0` keeps
+    /// nothing: what a ring holds (its capacity, and the segment of up to
+    /// 64 positions it is filling) is the bound.
+    pub undurable_budget: usize,
 }
 
 impl Default for DurableOptions {
@@ -57,6 +68,7 @@ impl Default for DurableOptions {
             shutdown_timeout: Duration::from_secs(5),
             wake_on_dirty: false,
             persister_thread: true,
+            undurable_budget: 64 << 20,
         }
     }
 }
@@ -77,6 +89,12 @@ impl DurableOptions {
     /// Sets [`DurableOptions::wake_on_dirty`].
     pub fn with_wake_on_dirty(mut self, wake: bool) -> Self {
         self.wake_on_dirty = wake;
+        self
+    }
+
+    /// Sets [`DurableOptions::undurable_budget`].
+    pub fn with_undurable_budget(mut self, bytes: usize) -> Self {
+        self.undurable_budget = bytes;
         self
     }
 

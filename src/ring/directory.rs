@@ -108,6 +108,12 @@ impl<T> Directory<T> {
         }
     }
 
+    /// The last position of segment `number`.
+    #[inline]
+    pub(crate) fn last_position(&self, number: u64) -> u64 {
+        self.first_position(number) + self.segment_len_of(number) - 1
+    }
+
     /// The first position of segment `number`.
     fn first_position(&self, number: u64) -> u64 {
         match (number, u64::from(self.prologue)) {
@@ -179,18 +185,24 @@ impl<T> Directory<T> {
     /// the caller to [retire](Directory::retire) once the append is
     /// announced: a payload whose `Drop` panics must not stop this event
     /// from being published.
+    ///
+    /// Also says whether the event was lapped before it could be stored.
     #[must_use = "dropping the displaced segment frees its events"]
-    pub(crate) fn publish(&self, event: &Arc<Event<T>>) -> Option<Arc<Segment<T>>> {
+    pub(crate) fn publish(&self, event: &Arc<Event<T>>) -> (Option<Arc<Segment<T>>>, bool) {
         let place = self.place(event.position);
         let entry = &self.entries[place.entry];
         let mut displaced = None;
+        let mut lapped = false;
         loop {
             let done = entry.with(|held| match held {
                 Some(segment) if segment.number() == place.segment => {
                     segment.publish(place.offset, event);
                     true
                 }
-                Some(segment) if segment.number() > place.segment => true,
+                Some(segment) if segment.number() > place.segment => {
+                    lapped = true;
+                    true
+                }
                 _ => {
                     // Older or empty: install ours over exactly what we saw.
                     // If another writer of the same segment won the race,
@@ -205,7 +217,7 @@ impl<T> Directory<T> {
                 }
             });
             if done {
-                return displaced;
+                return (displaced, lapped);
             }
         }
     }

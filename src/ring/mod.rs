@@ -70,6 +70,7 @@
 
 mod directory;
 mod doorbell;
+mod kept;
 mod lend;
 mod recycler;
 mod segment;
@@ -81,6 +82,8 @@ use std::task::Waker;
 use self::directory::{Directory, Lookup};
 use self::doorbell::Doorbell;
 pub(crate) use self::doorbell::Ticket;
+use self::kept::KeptRead;
+pub(crate) use self::kept::{KeepBudget, Kept, Weigh};
 pub use self::lend::LentEvents;
 pub(crate) use self::segment::Segment;
 use crate::cursor::Revision;
@@ -113,6 +116,17 @@ pub(crate) enum Read<T> {
     Pending,
 }
 
+/// What the persister finds at a position it has not written yet.
+pub(crate) enum Undurable<T> {
+    /// The event.
+    Event(Arc<Event<T>>),
+    /// No tier holds it: trimmed, or lapped and let go (see `kept`).
+    Lost,
+    /// Not readable yet (a hand-over in flight, or not published): the
+    /// persister stops before it for this round.
+    NotYet,
+}
+
 /// `repr(C)`, to place its fields on cache lines (64 bytes) by what
 /// touches them, at 256 bytes in all:
 ///
@@ -122,6 +136,7 @@ pub(crate) enum Read<T> {
 /// | 64..128 | the doorbell | subscribers arming; appends read `parked` |
 /// | 128..192 | `published`, the floor, the capacity, the directory's slice and shape | every append writes `published`; every read reads this line and nothing else of the ring |
 /// | 192..240 | the directory's recycler | the writers, every fourth append |
+/// | 240..248 | the segments kept past the window ([`Kept`]) | a writer that displaces a segment; the persister |
 ///
 /// `published` shares its line with what readers read anyway, so a
 /// replay fetches one line of the ring instead of two. Lines are aligned
@@ -144,19 +159,29 @@ pub(crate) struct Ring<T> {
     floor_revision: AtomicU64,
     capacity: u64,
     directory: Directory<T>,
+    /// With a durable log: where lapped undurable segments are kept until
+    /// the persister has written them (module `kept`).
+    kept: Option<Box<Kept<T>>>,
 }
 
 impl<T> Ring<T> {
     #[cfg(test)]
     pub(crate) fn new(capacity: usize) -> Self {
-        Self::continuing(capacity, 0, Revision::default())
+        Self::continuing(capacity, 0, Revision::default(), None)
     }
 
     /// A ring whose positions `1..=last` are already settled and trimmed:
     /// the next claim is `last + 1`. A session that continues after
     /// eviction or a restart starts here, so its positions carry on and
     /// cursors at or below `last` read as trimmed, never as another event.
-    pub(crate) fn continuing(capacity: usize, last: u64, last_revision: Revision) -> Self {
+    /// A ring over a durable log `kept`s the segments it laps before the
+    /// persister wrote them.
+    pub(crate) fn continuing(
+        capacity: usize,
+        last: u64,
+        last_revision: Revision,
+        kept: Option<Box<Kept<T>>>,
+    ) -> Self {
         Self {
             claimed: OwnLine(AtomicU64::new(last)),
             published: AtomicU64::new(last),
@@ -165,6 +190,7 @@ impl<T> Ring<T> {
             capacity: capacity as u64,
             directory: Directory::new(capacity),
             doorbell: Doorbell::new(),
+            kept,
         }
     }
 
@@ -189,8 +215,8 @@ impl<T> Ring<T> {
     /// Publishes one claimed event, advances the tail and wakes subscribers.
     #[inline]
     pub(crate) fn publish(&self, event: &Arc<Event<T>>) {
-        let displaced = self.directory.publish(event);
-        self.announce(event.position, displaced);
+        let (displaced, lapped) = self.directory.publish(event);
+        self.announce(event.position, displaced, lapped);
     }
 
     /// [`Ring::publish`] for a writer that keeps the segment it last wrote
@@ -206,29 +232,38 @@ impl<T> Ring<T> {
     ) {
         let position = event.position;
         let place = self.directory.place(position);
-        let (displaced, let_go) = match cached {
+        let (displaced, lapped, let_go) = match cached {
             Some(segment) if segment.number() == place.segment => {
                 segment.publish_owned(place.offset, event);
-                (None, None)
+                (None, false, None)
             }
             _ => {
-                let displaced = self.directory.publish(&event);
+                let (displaced, lapped) = self.directory.publish(&event);
                 // The segment that holds the position now (none if it was
                 // lapped already), for the writer's next appends.
                 let current = self.directory.current(place).ok();
-                (displaced, std::mem::replace(cached, current))
+                (displaced, lapped, std::mem::replace(cached, current))
             }
         };
-        self.announce(position, displaced);
+        self.announce(position, displaced, lapped);
         // Like a displaced segment, the one the writer lets go of may be
         // the last reference to its events: dropped after the announce.
         drop(let_go);
     }
 
-    /// What follows a publish: advances the tail past `position`, wakes
-    /// subscribers, then retires what the publish displaced.
+    /// What follows a publish: keeps what it displaced if the log still
+    /// needs it, advances the tail past `position`, wakes subscribers, then
+    /// retires what the publish displaced and was not kept.
     #[inline]
-    fn announce(&self, position: u64, displaced: Option<Arc<Segment<T>>>) {
+    fn announce(&self, position: u64, displaced: Option<Arc<Segment<T>>>, lapped: bool) {
+        // Before the doorbell's fence (module `kept`, invariant 2).
+        let displaced = match displaced {
+            Some(segment) => self.keep(segment),
+            None => None,
+        };
+        if lapped {
+            self.lapped_before_publish(position);
+        }
         self.advance_past(position, position);
         self.doorbell.ring();
         // Only now, with the append announced, may a lapped payload's
@@ -242,11 +277,15 @@ impl<T> Ring<T> {
     /// Publishes a claimed batch (consecutive positions, ascending) last to
     /// first, so that it becomes visible all at once (invariant 4).
     pub(crate) fn publish_batch(&self, events: &[Arc<Event<T>>]) {
-        let displaced: Vec<_> = events
-            .iter()
-            .rev()
-            .filter_map(|event| self.directory.publish(event))
-            .collect();
+        let mut displaced = Vec::new();
+        for event in events.iter().rev() {
+            let (segment, lapped) = self.directory.publish(event);
+            // Before the doorbell's fence (module `kept`, invariant 2).
+            displaced.extend(segment.and_then(|segment| self.keep(segment)));
+            if lapped {
+                self.lapped_before_publish(event.position);
+            }
+        }
         if let (Some(first), Some(last)) = (events.first(), events.last()) {
             self.advance_past(first.position, last.position);
         }
@@ -258,6 +297,70 @@ impl<T> Ring<T> {
         }
         for event in events {
             self.directory.recycle_step(event.position);
+        }
+    }
+
+    /// Offers a displaced segment to the kept tail; returns it if it is
+    /// not kept (for the recycler).
+    #[inline]
+    fn keep(&self, segment: Arc<Segment<T>>) -> Option<Arc<Segment<T>>> {
+        match &self.kept {
+            Some(kept) => {
+                let last = self.directory.last_position(segment.number());
+                kept.offer(segment, last)
+            }
+            None => Some(segment),
+        }
+    }
+
+    /// A writer found its position lapped before it could store its event.
+    #[cold]
+    fn lapped_before_publish(&self, position: u64) {
+        if let Some(kept) = &self.kept {
+            kept.let_go(position);
+        }
+    }
+
+    /// The persister's read of `position` (`<= P`, above its watermark):
+    /// from the directory whether or not it is in the readers' window,
+    /// else from the kept segments.
+    pub(crate) fn read_undurable(&self, position: u64) -> Undurable<T> {
+        if position <= self.floor() {
+            return Undurable::Lost;
+        }
+        let place = self.directory.place(position);
+        match self
+            .directory
+            .with_current(place, |segment| segment.get(place.offset))
+        {
+            Ok(Some(event)) => Undurable::Event(event),
+            Err(Lookup::Newer) => match &self.kept {
+                Some(kept) => match kept.read(place.segment, place.offset, position) {
+                    KeptRead::Event(event) => Undurable::Event(event),
+                    KeptRead::LetGo => Undurable::Lost,
+                    KeptRead::InFlight => Undurable::NotYet,
+                },
+                None => Undurable::Lost,
+            },
+            // Freed by a trim that raced us, or not yet published.
+            Ok(None) | Err(Lookup::Older) if position <= self.floor() => Undurable::Lost,
+            Ok(None) | Err(Lookup::Older) => Undurable::NotYet,
+        }
+    }
+
+    /// Every position `<= durable` is in the log: the kept segments wholly
+    /// at or below it are dropped.
+    pub(crate) fn release_kept(&self, durable: u64) {
+        if let Some(kept) = &self.kept {
+            kept.release_through(durable);
+        }
+    }
+
+    /// Nothing more of this ring will be written to the log: drops the
+    /// kept segments and keeps none from now on.
+    pub(crate) fn release_all_kept(&self) {
+        if let Some(kept) = &self.kept {
+            kept.release_all();
         }
     }
 
@@ -591,7 +694,7 @@ impl<T> Ring<T> {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     #[test]
     fn the_ring_keeps_its_layout() {
         // The table in `Ring`'s docs; a field added in the wrong place
@@ -607,7 +710,7 @@ mod tests {
     use crate::key::SessionKey;
 
     /// Event `position` of a test session, its payload its position.
-    pub(super) fn event(position: u64) -> Arc<Event<u64>> {
+    pub(crate) fn event(position: u64) -> Arc<Event<u64>> {
         Arc::new(Event {
             key: SessionKey::new("t", "s").unwrap(),
             incarnation: Incarnation::from_raw(1).unwrap(),
@@ -726,7 +829,7 @@ mod tests {
 
     #[test]
     fn a_continuing_ring_starts_after_its_last_position() {
-        let ring = Ring::continuing(4, 70, Revision(9));
+        let ring = Ring::continuing(4, 70, Revision(9), None);
         assert_eq!(ring.published_tail(), 70);
         assert!(matches!(ring.read(70), Read::Trimmed));
         assert_eq!(ring.revision_at(70), Revision(9));

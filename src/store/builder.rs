@@ -62,7 +62,7 @@ impl<T: Send + Sync + 'static> StoreBuilder<T> {
         max_bytes: usize,
         weigh: impl Fn(&T) -> usize + Send + Sync + 'static,
     ) -> Self {
-        self.payload_limit = Some((max_bytes, Box::new(weigh)));
+        self.payload_limit = Some((max_bytes, StdArc::new(weigh)));
         self
     }
 
@@ -107,9 +107,18 @@ impl<T: Send + Sync + 'static> StoreBuilder<T> {
     /// persister, with a durable log).
     pub fn build(self) -> Result<ReplayStore<T>, ConfigError> {
         self.config.validate()?;
-        let persistence = self
-            .durable
-            .map(|parts| StdArc::new(Persistence::new(parts.log, parts.codec, parts.options)));
+        let weigh = self
+            .payload_limit
+            .as_ref()
+            .map(|(_, weigh)| StdArc::clone(weigh));
+        let persistence = self.durable.map(|parts| {
+            StdArc::new(Persistence::new(
+                parts.log,
+                parts.codec,
+                parts.options,
+                weigh,
+            ))
+        });
         if let Some(persistence) = &persistence {
             Persistence::start(persistence).map_err(|error| ConfigError::PersisterThread {
                 reason: error.to_string(),

@@ -50,6 +50,9 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 refused_records: c.refused_records.get(),
                 recovered_replies: c.recovered_replies.get(),
                 last_refused,
+                kept_bytes: persistence.keep_budget.used(),
+                kept_segments: persistence.keep_budget.segments().0,
+                let_go_segments: persistence.keep_budget.segments().1,
                 last_error: persistence.last_error(),
             });
         }
@@ -162,6 +165,16 @@ pub struct DurableStats {
     pub last_refused: Option<SessionKey>,
     /// Events published in resident sessions but not yet durable.
     pub undurable_events: u64,
+    /// Bytes of undurable events kept now past their rings' windows, for
+    /// the persister (at most about
+    /// [`DurableOptions::undurable_budget`](crate::DurableOptions::undurable_budget)).
+    pub kept_bytes: u64,
+    /// Lapped segments kept for the persister so far (each up to 64
+    /// events).
+    pub kept_segments: u64,
+    /// Lapped undurable segments let go because the budget was spent:
+    /// their events are written as holes (in `lost_events`).
+    pub let_go_segments: u64,
     /// The last error the log returned, if any.
     pub last_error: Option<String>,
 }
