@@ -735,6 +735,7 @@ fn shape(nodes: u8, capacity: usize, max_batch_events: usize) -> Shape {
         capacity,
         max_batch_events,
         auto_sweep: false,
+        undurable_budget: 0,
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Shape {
     pub capacity: usize,
     pub max_batch_events: usize,
     pub auto_sweep: bool,
+    /// `DurableOptions::undurable_budget`: none (a lap is a hole at once),
+    /// about one segment's worth, or the default.
+    pub undurable_budget: usize,
 }
 
 impl Shape {
@@ -162,6 +165,7 @@ pub fn shape(rng: &mut TestRng) -> Shape {
         capacity: pick(rng, &[4, 8, 16]),
         max_batch_events: pick(rng, &[1, 3, 8, 64]),
         auto_sweep: below(rng, 2) == 0,
+        undurable_budget: pick(rng, &[0, 1024, 64 << 20]),
     }
 }
 

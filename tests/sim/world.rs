@@ -199,7 +199,8 @@ impl World {
             .durable_options(
                 DurableOptions::default()
                     .with_persister_thread(false)
-                    .with_max_batch_events(self.shape.max_batch_events),
+                    .with_max_batch_events(self.shape.max_batch_events)
+                    .with_undurable_budget(self.shape.undurable_budget),
             )
             .build()
             .expect("the simulator's configuration is valid");
@@ -1258,6 +1259,17 @@ impl World {
                         "node {index}: sessions {} dormant {} allocated_slots {}",
                         stats.sessions, stats.dormant_sessions, stats.allocated_slots
                     ),
+                });
+                break;
+            }
+            let kept = stats
+                .durable
+                .as_ref()
+                .map_or(0, |durable| durable.kept_bytes);
+            if kept != 0 {
+                found.push(Violation {
+                    invariant: "4. kept undurable bytes left after removing every session",
+                    detail: format!("node {index}: kept_bytes {kept}"),
                 });
                 break;
             }
