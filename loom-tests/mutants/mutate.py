@@ -198,6 +198,35 @@ MUTATIONS = {
     # A trim counts only a remembered tombstone as dormant, so a revival
     # between the eviction and the forgetting takes the count below zero
     # (T10; the code before issue 21).
+    # A lapped segment is handed to the kept tail after the append's fence
+    # (T11): the persister can miss the hand-over while the writer misses
+    # the cleared dirty flag, and the session is never queued again.
+    "keep-after-the-fence": [("src/ring/mod.rs",
+        "        // Before the doorbell's fence (module `kept`, invariant 2).\n"
+        "        let displaced = match displaced {\n"
+        "            Some(segment) => self.keep(segment),\n"
+        "            None => None,\n"
+        "        };\n"
+        "        if lapped {\n"
+        "            self.lapped_before_publish(position);\n"
+        "        }\n"
+        "        self.advance_past(position, position);\n"
+        "        self.doorbell.ring();\n",
+        "        if lapped {\n"
+        "            self.lapped_before_publish(position);\n"
+        "        }\n"
+        "        self.advance_past(position, position);\n"
+        "        self.doorbell.ring();\n"
+        "        let displaced = match displaced {\n"
+        "            Some(segment) => self.keep(segment),\n"
+        "            None => None,\n"
+        "        };\n")],
+    # A segment let go for want of budget is not counted in
+    # `let_go_through` (T4): the persister waits for a hand-over that never
+    # comes, and the lapped position is never written, not even as a hole.
+    "let-go-unmarked": [("src/ring/kept.rs",
+        "            self.let_go(last_position);\n",
+        "")],
     "trim-counts-only-remembered": [
         ("src/map.rs",
          "            self.account_eviction(shared, &session, true);\n",

@@ -13,7 +13,8 @@ use livereplay::durable::{
     DurableLog, LogError, LogRecord, MemoryLog, RecordBody, SessionMeta, SessionWrite,
 };
 use livereplay::{
-    Arc, Config, Cursor, GapReason, ManualClock, ReplayStore, Revision, SessionKey, TryNextError,
+    Arc, Config, Cursor, DurableOptions, GapReason, ManualClock, ReplayStore, Revision, SessionKey,
+    TryNextError,
 };
 use loom::sync::atomic::AtomicU64;
 use loom::sync::Mutex;
@@ -31,8 +32,20 @@ fn durable_store_with<L: DurableLog>(capacity: usize, log: L) -> (ReplayStore<u6
     (durable_store_on(capacity, log.clone()), log)
 }
 
-/// A store over a log other stores may share (nodes), no persister thread.
+/// A store over a log other stores may share (nodes), no persister thread,
+/// and no budget for undurable events (a lapped segment is a hole at once:
+/// the models of holes need laps to lose events).
 fn durable_store_on(capacity: usize, log: StdArc<dyn DurableLog>) -> ReplayStore<u64> {
+    durable_store_keeping(capacity, log, 0)
+}
+
+/// [`durable_store_on`] with `budget` bytes for undurable events kept past
+/// the rings' windows.
+fn durable_store_keeping(
+    capacity: usize,
+    log: StdArc<dyn DurableLog>,
+    budget: usize,
+) -> ReplayStore<u64> {
     ReplayStore::builder()
         .config(
             Config::default()
@@ -42,6 +55,7 @@ fn durable_store_on(capacity: usize, log: StdArc<dyn DurableLog>) -> ReplayStore
         )
         .clock(StdArc::new(ManualClock::new()))
         .durable(log, U64Codec)
+        .durable_options(DurableOptions::default().with_undurable_budget(budget))
         .build()
         .expect("a valid model configuration")
 }
@@ -344,9 +358,11 @@ fn catch_up_hands_over_exactly_once() {
 }
 
 /// Model T4: a persister round races a writer that laps a ring of one
-/// slot. Position 1 reaches the log as its event (read before the lap) or
-/// as a recorded hole of exactly one position (lapped first), never skipped;
-/// `stats()` counts the loss, and catch-up reports it with its count.
+/// slot (its directory holds two: position 3 displaces position 1), with
+/// no budget to keep what it laps. Position 1 reaches the log as its event
+/// (read before the lap) or as a recorded hole of exactly one position
+/// (lapped first), never skipped; `stats()` counts the loss, and catch-up
+/// reports it with its count. Mutation: `let-go-unmarked`.
 #[test]
 fn lapped_positions_become_a_recorded_hole() {
     check("lapped_positions_become_a_recorded_hole", || {
@@ -355,8 +371,9 @@ fn lapped_positions_become_a_recorded_hole() {
         let key = key();
         let handle = store.session(&key).unwrap();
         let writer = thread::spawn(move || {
-            handle.append(Revision(1), 1).unwrap();
-            handle.append(Revision(1), 2).unwrap();
+            for payload in 1..=3 {
+                handle.append(Revision(1), payload).unwrap();
+            }
         });
         store.persist_round();
         writer.join().unwrap();
@@ -379,11 +396,47 @@ fn lapped_positions_become_a_recorded_hole() {
             }
         }
         assert_eq!(
-            records.last().unwrap().position,
-            2,
+            records.last().unwrap().last_position(),
+            3,
             "contiguous to the tail"
         );
-        assert_eq!(store.durable_position(&key).unwrap(), Some(2));
+        assert_eq!(store.durable_position(&key).unwrap(), Some(3));
+    });
+}
+
+/// Model T11 (issue 21, item 11): T4 with a budget for undurable events.
+/// The writer's lap hands position 1's segment to the ring's kept tail;
+/// the persister, racing it, reads position 1 before the lap, from the
+/// kept tail after the hand-over, or stops before it while the hand-over
+/// is in flight, and the writer's append then queues the session again.
+/// Whichever: every position reaches the log as its event, nothing is a
+/// hole, and the kept bytes go back to zero. Mutation:
+/// `keep-after-the-fence`.
+#[test]
+fn a_lap_within_the_budget_loses_nothing() {
+    check("a_lap_within_the_budget_loses_nothing", || {
+        let log = StdArc::new(LockedLog::new());
+        let store = Arc::new(durable_store_keeping(1, log.clone(), 1 << 20));
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        let writer = thread::spawn(move || {
+            for payload in 1..=3 {
+                handle.append(Revision(1), payload).unwrap();
+            }
+        });
+        if store.persist_round() == Some(true) {
+            tally("a round during the writes");
+        }
+        writer.join().unwrap();
+        persist_all(&store);
+        assert_eq!(logged_events(&*log, &key), vec![(1, 1), (2, 2), (3, 3)]);
+        let durable = store.stats().durable.unwrap();
+        assert_eq!((durable.lost_events, durable.kept_bytes), (0, 0));
+        tally(if durable.kept_segments == 1 {
+            "position 1 kept"
+        } else {
+            "position 1 written before the lap"
+        });
     });
 }
 
@@ -628,7 +681,8 @@ fn tombstone_revival_against_another_nodes_life() {
 #[test]
 fn a_wait_never_vouches_for_a_hole() {
     check("a_wait_never_vouches_for_a_hole", || {
-        let (store, log) = durable_store_with(2, LockedLog::new());
+        // Capacity 1: the directory holds two positions, 3 laps 1.
+        let (store, log) = durable_store_with(1, LockedLog::new());
         let store = Arc::new(store);
         let key = key();
         for payload in 1..=3 {
