@@ -405,12 +405,13 @@ fn lapped_positions_become_a_recorded_hole() {
 }
 
 /// Model T11 (issue 21, item 11): T4 with a budget for undurable events.
-/// The writer's lap hands position 1's segment to the ring's kept tail;
-/// the persister, racing it, reads position 1 before the lap, from the
-/// kept tail after the hand-over, or stops before it while the hand-over
-/// is in flight, and the writer's append then queues the session again.
-/// Whichever: every position reaches the log as its event, nothing is a
-/// hole, and the kept bytes go back to zero. Mutation:
+/// Position 1 is durable (and the life recorded) before the race; then the
+/// writer appends 2..=4, and 4 laps position 2, handing its segment to the
+/// ring's kept tail. The persister, racing it, reads position 2 before the
+/// lap, from the kept tail after the hand-over, or stops before it while
+/// the hand-over is in flight, and the writer's append then queues the
+/// session again. Whichever: every position reaches the log as its event,
+/// nothing is a hole, and the kept bytes go back to zero. Mutation:
 /// `keep-after-the-fence`.
 #[test]
 fn a_lap_within_the_budget_loses_nothing() {
@@ -419,8 +420,10 @@ fn a_lap_within_the_budget_loses_nothing() {
         let store = Arc::new(durable_store_keeping(1, log.clone(), 1 << 20));
         let key = key();
         let handle = store.session(&key).unwrap();
+        handle.append(Revision(1), 1).unwrap();
+        persist_all(&store);
         let writer = thread::spawn(move || {
-            for payload in 1..=3 {
+            for payload in 2..=4 {
                 handle.append(Revision(1), payload).unwrap();
             }
         });
@@ -429,13 +432,14 @@ fn a_lap_within_the_budget_loses_nothing() {
         }
         writer.join().unwrap();
         persist_all(&store);
-        assert_eq!(logged_events(&*log, &key), vec![(1, 1), (2, 2), (3, 3)]);
+        let expected: Vec<(u64, u64)> = (1..=4).map(|p| (p, p)).collect();
+        assert_eq!(logged_events(&*log, &key), expected);
         let durable = store.stats().durable.unwrap();
         assert_eq!((durable.lost_events, durable.kept_bytes), (0, 0));
         tally(if durable.kept_segments == 1 {
-            "position 1 kept"
+            "position 2 kept"
         } else {
-            "position 1 written before the lap"
+            "position 2 written before the lap"
         });
     });
 }
