@@ -412,7 +412,7 @@ fn lapped_positions_become_a_recorded_hole() {
 /// the hand-over is in flight, and the writer's append then queues the
 /// session again. Whichever: every position reaches the log as its event,
 /// nothing is a hole, and the kept bytes go back to zero. Mutation:
-/// `keep-after-the-fence`.
+/// `in-flight-read-as-let-go`.
 #[test]
 fn a_lap_within_the_budget_loses_nothing() {
     check("a_lap_within_the_budget_loses_nothing", || {
