@@ -30,12 +30,15 @@ MUTATIONS = {
         "let rechecked: Result<Arc<Event<T>>, TryNextError> = Err(TryNextError::Empty);")],
     # A lapped writer installs its older segment over the newer one.
     "lapped-writer-installs": [("src/ring/directory.rs",
-        "                Some(segment) if segment.number() > place.segment => true,\n",
+        "                Some(segment) if segment.number() > place.segment => {\n"
+        "                    lapped = true;\n"
+        "                    true\n"
+        "                }\n",
         "")],
     # A batch is written first to last.
     "batch-first-to-last": [("src/ring/mod.rs",
-        "            .iter()\n            .rev()\n",
-        "            .iter()\n")],
+        "        for event in events.iter().rev() {\n",
+        "        for event in events.iter() {\n")],
     # Issue 13, fourth round: the write-once slot publishes its event with a
     # Relaxed store, or a reader loads it Relaxed: the slot's loom witness
     # reports the read of an event not ordered after its write.
@@ -147,8 +150,8 @@ MUTATIONS = {
     # The persister skips positions the ring lapped instead of recording
     # a hole.
     "persister-skips-lapped": [("src/persist/mod.rs",
-        "                Read::Trimmed => HoleReason::Lapped,",
-        "                Read::Trimmed => continue,")],
+        "                Undurable::Lost => HoleReason::Lapped,",
+        "                Undurable::Lost => continue,")],
     # Issue 11 follow-up. The persister raises the watermark before its
     # commit reaches the log (T5).
     "watermark-before-commit": [("src/persist/mod.rs",
