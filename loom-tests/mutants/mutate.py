@@ -31,7 +31,9 @@ MUTATIONS = {
     # A lapped writer installs its older segment over the newer one.
     "lapped-writer-installs": [("src/ring/directory.rs",
         "                Some(segment) if segment.number() > place.segment => {\n"
-        "                    lapped = true;\n"
+        "                    // Release: pairs with the persister's Acquire (module\n"
+        "                    // `kept`): it then sees what this writer kept before.\n"
+        "                    self.lapped_through.fetch_max(event.position, Release);\n"
         "                    true\n"
         "                }\n",
         "")],

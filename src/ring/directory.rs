@@ -35,7 +35,9 @@
 use super::recycler::Recycler;
 use super::segment::Segment;
 use crate::event::Event;
-use crate::sync::{Arc, AtomicArcCell, Loaded};
+use std::sync::atomic::Ordering::{Acquire, Release};
+
+use crate::sync::{Arc, AtomicArcCell, AtomicU64, Loaded};
 
 /// Positions per segment at most: 64 slots of 8 bytes.
 pub(crate) const MAX_SEGMENT_LEN: usize = 64;
@@ -77,6 +79,9 @@ pub(crate) struct Directory<T> {
     prologue: u32,
     /// Where displaced segments go, and where new ones come from.
     recycler: Recycler<T>,
+    /// The highest position whose writer found it lapped before it could
+    /// store its event (no segment ever held it).
+    lapped_through: AtomicU64,
 }
 
 impl<T> Directory<T> {
@@ -95,6 +100,7 @@ impl<T> Directory<T> {
             segment_shift: segment_len.trailing_zeros(),
             prologue,
             recycler: Recycler::new(segment_len as u64),
+            lapped_through: AtomicU64::new(0),
         }
     }
 
@@ -106,6 +112,13 @@ impl<T> Directory<T> {
         } else {
             self.segment_len
         }
+    }
+
+    /// See the field: every position at or below it that no segment holds
+    /// was lapped before its writer stored it.
+    pub(crate) fn lapped_through(&self) -> u64 {
+        // Acquire: see `publish`.
+        self.lapped_through.load(Acquire)
     }
 
     /// The last position of segment `number`.
@@ -186,13 +199,13 @@ impl<T> Directory<T> {
     /// announced: a payload whose `Drop` panics must not stop this event
     /// from being published.
     ///
-    /// Also says whether the event was lapped before it could be stored.
+    /// An event lapped before it could be stored raises
+    /// [`Directory::lapped_through`] to its position.
     #[must_use = "dropping the displaced segment frees its events"]
-    pub(crate) fn publish(&self, event: &Arc<Event<T>>) -> (Option<Arc<Segment<T>>>, bool) {
+    pub(crate) fn publish(&self, event: &Arc<Event<T>>) -> Option<Arc<Segment<T>>> {
         let place = self.place(event.position);
         let entry = &self.entries[place.entry];
         let mut displaced = None;
-        let mut lapped = false;
         loop {
             let done = entry.with(|held| match held {
                 Some(segment) if segment.number() == place.segment => {
@@ -200,7 +213,9 @@ impl<T> Directory<T> {
                     true
                 }
                 Some(segment) if segment.number() > place.segment => {
-                    lapped = true;
+                    // Release: pairs with the persister's Acquire (module
+                    // `kept`): it then sees what this writer kept before.
+                    self.lapped_through.fetch_max(event.position, Release);
                     true
                 }
                 _ => {
@@ -217,7 +232,7 @@ impl<T> Directory<T> {
                 }
             });
             if done {
-                return (displaced, lapped);
+                return displaced;
             }
         }
     }

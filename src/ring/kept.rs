@@ -14,21 +14,22 @@
 //! # Protocol
 //!
 //! * **Keep or let go.** The writer whose publish displaced segment `S`
-//!   (or found its own position already lapped) decides, *before* the
-//!   doorbell's `SeqCst` fence of its append: if `S`'s last position is
-//!   above `kept_above` (a lower bound of the durable watermark) and the
-//!   budget has room for `S`'s weight, `S` goes onto `arrivals` (a
-//!   lock-free queue); otherwise, if `S` holds undurable positions,
-//!   `let_go_through` is raised to its last position. A writer whose own
-//!   position was lapped before it could publish it raises
-//!   `let_go_through` to that position.
+//!   decides, *before* the doorbell's `SeqCst` fence of its append: if
+//!   `S`'s last position is above `kept_above` (a lower bound of the
+//!   durable watermark) and the budget has room for `S`'s weight, `S` goes
+//!   onto `arrivals` (a lock-free queue); otherwise, if `S` holds
+//!   undurable positions, `let_go_through` is raised to its last position.
+//!   A writer whose own position was lapped before any segment held it
+//!   raises the directory's `lapped_through` instead (in the rare branch
+//!   of `Directory::publish` that finds it, so the append path returns
+//!   nothing more).
 //! * **Read.** The persister reading position `p` whose segment the
-//!   directory no longer holds (a newer one is there) moves every arrival
-//!   into `held` (its own, ordered by segment number) and looks `p` up
-//!   there. Found: the event. Not found and `p <= let_go_through`: a hole.
-//!   Neither: the writer that displaced `p`'s segment is between its
-//!   compare-and-swap and its hand-over: the persister stops before `p`
-//!   for this round.
+//!   directory no longer holds (a newer one is there) first reads both
+//!   marks, then moves every arrival into `held` (its own, ordered by
+//!   segment number) and looks `p` up there. Found: the event. Not found
+//!   and `p` at or below a mark: a hole. Neither: the writer that
+//!   displaced `p`'s segment is between its compare-and-swap and its
+//!   hand-over: the persister stops before `p` for this round.
 //! * **Release.** After a commit raises the watermark to `w`, the persister
 //!   raises `kept_above` to `w` and drops every held segment wholly at or
 //!   below it, returning its weight to the budget. A fenced session (no
@@ -61,6 +62,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc as StdArc;
 
+use super::directory::Place;
 use super::segment::Segment;
 use crate::event::Event;
 use crate::sync::{Arc, AtomicU64, Mutex, Queue};
@@ -106,10 +108,15 @@ impl<T> KeepBudget<T> {
     }
 
     /// The weight of `segment`: each slot's event's own size (and the
-    /// slot), plus each published payload as the store weighs it.
-    fn weight_of(&self, segment: &Segment<T>) -> u64 {
+    /// slot), plus each published payload as the store weighs it. `None`
+    /// when the events' own size alone does not fit the budget's limit
+    /// (so a spent or zero budget costs no weighing).
+    fn weight_of(&self, segment: &Segment<T>) -> Option<u64> {
         let own = std::mem::size_of::<Event<T>>() + std::mem::size_of::<usize>();
         let mut bytes = own * segment.len();
+        if (bytes as u64).saturating_add(self.used()) > self.limit {
+            return None;
+        }
         if let Some(weigh) = &self.weigh {
             for offset in 0..segment.len() {
                 if let Some(event) = segment.peek(offset) {
@@ -117,7 +124,7 @@ impl<T> KeepBudget<T> {
                 }
             }
         }
-        bytes as u64
+        Some(bytes as u64)
     }
 
     /// Reserves `weight` bytes if the budget has room for them.
@@ -200,7 +207,7 @@ impl<T> Kept<T> {
             return Some(segment);
         }
         let weight = self.budget.weight_of(&segment);
-        if self.budget.reserve(weight) {
+        if let Some(weight) = weight.filter(|&weight| self.budget.reserve(weight)) {
             self.budget.kept_segments.fetch_add(1, Relaxed);
             self.arrivals.push(KeptSegment {
                 segment,
@@ -216,15 +223,24 @@ impl<T> Kept<T> {
     }
 
     /// Every undurable position up to `position` that is not kept is lost.
-    pub(crate) fn let_go(&self, position: u64) {
-        // Release: pairs with the persister's Acquire, so that a persister
-        // that sees it also sees the arrivals pushed before it.
+    fn let_go(&self, position: u64) {
+        // Release: pairs with the persister's Acquire in `read`, so that a
+        // persister that sees it also sees the arrivals pushed before it.
         self.let_go_through.fetch_max(position, Release);
     }
 
-    /// The persister's read of `position` in segment `number` at `offset`,
-    /// which the directory no longer holds.
-    pub(crate) fn read(&self, number: u64, offset: usize, position: u64) -> KeptRead<T> {
+    /// The persister's read of `position` (at `place`), which the
+    /// directory no longer holds; `lapped_through` reads the directory's
+    /// count of positions lapped before their writers stored them.
+    pub(crate) fn read(
+        &self,
+        place: Place,
+        position: u64,
+        lapped_through: impl FnOnce() -> u64,
+    ) -> KeptRead<T> {
+        // Read before the arrivals (Acquire, see `let_go`): a writer's
+        // arrivals pushed before it let a later segment go are then seen.
+        let let_go_through = self.let_go_through.load(Acquire).max(lapped_through());
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(arrival) = self.arrivals.pop() {
             let number = arrival.segment.number();
@@ -234,11 +250,11 @@ impl<T> Kept<T> {
                 self.budget.give_back(twice.weight);
             }
         }
-        if let Some(event) = held.get(&number).and_then(|kept| kept.segment.get(offset)) {
+        let found = held.get(&place.segment);
+        if let Some(event) = found.and_then(|kept| kept.segment.get(place.offset)) {
             return KeptRead::Event(event);
         }
-        // Acquire: see `let_go`.
-        if position <= self.let_go_through.load(Acquire) {
+        if position <= let_go_through {
             KeptRead::LetGo
         } else {
             KeptRead::InFlight

@@ -215,8 +215,8 @@ impl<T> Ring<T> {
     /// Publishes one claimed event, advances the tail and wakes subscribers.
     #[inline]
     pub(crate) fn publish(&self, event: &Arc<Event<T>>) {
-        let (displaced, lapped) = self.directory.publish(event);
-        self.announce(event.position, displaced, lapped);
+        let displaced = self.directory.publish(event);
+        self.announce(event.position, displaced);
     }
 
     /// [`Ring::publish`] for a writer that keeps the segment it last wrote
@@ -232,20 +232,20 @@ impl<T> Ring<T> {
     ) {
         let position = event.position;
         let place = self.directory.place(position);
-        let (displaced, lapped, let_go) = match cached {
+        let (displaced, let_go) = match cached {
             Some(segment) if segment.number() == place.segment => {
                 segment.publish_owned(place.offset, event);
-                (None, false, None)
+                (None, None)
             }
             _ => {
-                let (displaced, lapped) = self.directory.publish(&event);
+                let displaced = self.directory.publish(&event);
                 // The segment that holds the position now (none if it was
                 // lapped already), for the writer's next appends.
                 let current = self.directory.current(place).ok();
-                (displaced, lapped, std::mem::replace(cached, current))
+                (displaced, std::mem::replace(cached, current))
             }
         };
-        self.announce(position, displaced, lapped);
+        self.announce(position, displaced);
         // Like a displaced segment, the one the writer lets go of may be
         // the last reference to its events: dropped after the announce.
         drop(let_go);
@@ -255,15 +255,12 @@ impl<T> Ring<T> {
     /// needs it, advances the tail past `position`, wakes subscribers, then
     /// retires what the publish displaced and was not kept.
     #[inline]
-    fn announce(&self, position: u64, displaced: Option<Arc<Segment<T>>>, lapped: bool) {
+    fn announce(&self, position: u64, displaced: Option<Arc<Segment<T>>>) {
         // Before the doorbell's fence (module `kept`, invariant 2).
         let displaced = match displaced {
             Some(segment) => self.keep(segment),
             None => None,
         };
-        if lapped {
-            self.lapped_before_publish(position);
-        }
         self.advance_past(position, position);
         self.doorbell.ring();
         // Only now, with the append announced, may a lapped payload's
@@ -279,12 +276,9 @@ impl<T> Ring<T> {
     pub(crate) fn publish_batch(&self, events: &[Arc<Event<T>>]) {
         let mut displaced = Vec::new();
         for event in events.iter().rev() {
-            let (segment, lapped) = self.directory.publish(event);
             // Before the doorbell's fence (module `kept`, invariant 2).
+            let segment = self.directory.publish(event);
             displaced.extend(segment.and_then(|segment| self.keep(segment)));
-            if lapped {
-                self.lapped_before_publish(event.position);
-            }
         }
         if let (Some(first), Some(last)) = (events.first(), events.last()) {
             self.advance_past(first.position, last.position);
@@ -301,8 +295,9 @@ impl<T> Ring<T> {
     }
 
     /// Offers a displaced segment to the kept tail; returns it if it is
-    /// not kept (for the recycler).
-    #[inline]
+    /// not kept (for the recycler). Out of line: once per segment, and
+    /// inlined it grew every append's code (by 16 instructions).
+    #[inline(never)]
     fn keep(&self, segment: Arc<Segment<T>>) -> Option<Arc<Segment<T>>> {
         match &self.kept {
             Some(kept) => {
@@ -310,14 +305,6 @@ impl<T> Ring<T> {
                 kept.offer(segment, last)
             }
             None => Some(segment),
-        }
-    }
-
-    /// A writer found its position lapped before it could store its event.
-    #[cold]
-    fn lapped_before_publish(&self, position: u64) {
-        if let Some(kept) = &self.kept {
-            kept.let_go(position);
         }
     }
 
@@ -335,11 +322,13 @@ impl<T> Ring<T> {
         {
             Ok(Some(event)) => Undurable::Event(event),
             Err(Lookup::Newer) => match &self.kept {
-                Some(kept) => match kept.read(place.segment, place.offset, position) {
-                    KeptRead::Event(event) => Undurable::Event(event),
-                    KeptRead::LetGo => Undurable::Lost,
-                    KeptRead::InFlight => Undurable::NotYet,
-                },
+                Some(kept) => {
+                    match kept.read(place, position, || self.directory.lapped_through()) {
+                        KeptRead::Event(event) => Undurable::Event(event),
+                        KeptRead::LetGo => Undurable::Lost,
+                        KeptRead::InFlight => Undurable::NotYet,
+                    }
+                }
                 None => Undurable::Lost,
             },
             // Freed by a trim that raced us, or not yet published.
