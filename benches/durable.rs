@@ -36,6 +36,15 @@
 //!    `wake_on_dirty` also unparks the persister. Persister off / on
 //!    (default) / on with `wake_on_dirty`, designs taking turns.
 //!
+//! 7. **A burst into a healthy log** (issue 21, item 11). One writer
+//!    appends 1 000 000 events (64-byte payloads) round-robin over 100
+//!    sessions of capacity 64, as fast as it can, into redb (`Immediate`),
+//!    persister on; the clock stops when every event is durable. Without a
+//!    budget for undurable events (`undurable_budget(0)`: what the rings
+//!    hold is the bound, as before issue 21) against the default 64 MiB and
+//!    256 MiB: events lost as holes, appends/s, time until durable, and the
+//!    highest kept bytes a sampler saw (every millisecond).
+//!
 //! (Bytes per tombstone are in `examples/alloc_profile.rs`, which has the
 //! counting allocator.)
 //!
@@ -43,7 +52,7 @@
 //! (`LIVEREPLAY_BENCH_QUICK=1`, or run without `--bench` as `cargo test
 //! --benches` does) uses small sizes and writes no CSV. A name filter that
 //! matches neither `append_latency`, `persist_throughput`, `catch_up`,
-//! `reopen` nor `wake_cost` skips that part. Every wait is bounded: a stuck run fails
+//! `reopen`, `wake_cost` nor `burst` skips that part. Every wait is bounded: a stuck run fails
 //! instead of hanging. The log files live in a directory under the system
 //! temp dir, removed at the end (also when a part panics).
 
@@ -1154,7 +1163,91 @@ fn main() {
     if settings.runs("wake_cost") {
         wake_cost(&settings, &mut out);
     }
+    if settings.runs("burst") {
+        burst(&settings, &temp, &mut out);
+    }
     support::write_out("durable-summary.csv", &out.csv);
     support::write_out("durable_append_latency.csv", &out.quantiles);
     drop(temp);
+}
+
+/// Part 7: a burst into a healthy log, with and without a budget for
+/// undurable events (see the module docs).
+fn burst(settings: &Settings, temp: &TempDir, out: &mut Out) {
+    const SESSIONS: usize = 100;
+    let events: u64 = if settings.quick { 100_000 } else { 1_000_000 };
+    println!(
+        "\n== burst: {events} events round-robin over {SESSIONS} sessions of capacity 64, \
+         redb Immediate, persister on =="
+    );
+    println!(
+        "{:<24} {:>12} {:>12} {:>14} {:>16} {:>10}",
+        "budget", "lost events", "appends/s", "durable after", "peak kept bytes", "let go"
+    );
+    let keys: Vec<SessionKey> = (0..SESSIONS).map(session_key).collect();
+    for (name, budget) in [
+        ("none (before issue 21)", 0usize),
+        ("64 MiB (default)", 64 << 20),
+        ("256 MiB", 256 << 20),
+    ] {
+        let path = temp.file(&format!("burst-{budget}.redb"));
+        let store = Arc::new(
+            Store::builder()
+                .config(Config::default().with_capacity(64))
+                .payload_limit(usize::MAX, |payload: &Vec<u8>| payload.len())
+                .durable(open_redb(&path, RedbDurability::Immediate), RawBytes)
+                .durable_options(DurableOptions::default().with_undurable_budget(budget))
+                .build()
+                .expect("build the store"),
+        );
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+            thread::spawn(move || {
+                let mut peak = 0;
+                while !done.load(Ordering::Relaxed) {
+                    peak = peak.max(durable_stats(&store).kept_bytes);
+                    thread::sleep(Duration::from_millis(1));
+                }
+                peak
+            })
+        };
+        let started = Instant::now();
+        for i in 0..events {
+            let key = &keys[(i % SESSIONS as u64) as usize];
+            store.append(key, Revision(1), payload(i)).expect("append");
+        }
+        let appended = started.elapsed();
+        let last = events / SESSIONS as u64;
+        for key in &keys {
+            // A hole is durable as lost: either answer ends the wait.
+            match store.wait_durable(key, last, WAIT_LIMIT) {
+                Ok(_) | Err(livereplay::DurableError::Lost { .. }) => {}
+                Err(error) => panic!("{key}: {error}"),
+            }
+        }
+        let durable_after = started.elapsed();
+        done.store(true, Ordering::Relaxed);
+        let peak = sampler.join().expect("the sampler");
+        let stats = durable_stats(&store);
+        let rate = events as f64 / appended.as_secs_f64();
+        println!(
+            "{:<24} {:>12} {:>12.0} {:>12.0} ms {:>16} {:>10}",
+            name,
+            stats.lost_events,
+            rate,
+            durable_after.as_secs_f64() * 1e3,
+            peak,
+            stats.let_go_segments
+        );
+        out.row("burst", name, "lost_events", stats.lost_events as f64);
+        out.row("burst", name, "appends_per_second", rate);
+        out.row(
+            "burst",
+            name,
+            "durable_after_ms",
+            durable_after.as_secs_f64() * 1e3,
+        );
+        out.row("burst", name, "peak_kept_bytes", peak as f64);
+    }
 }

@@ -26,9 +26,10 @@
 //!    (unless the log is found to have lost writes it acknowledged: then
 //!    it follows the log back, see invariant 6).
 //! 2. Records go to the log in position order, contiguous from the
-//!    watermark: positions the ring no longer holds (it lapped them while
-//!    the log stalled or failed) are written as one hole record with their
-//!    count, never skipped; so are payloads the codec refused.
+//!    watermark: positions no tier holds (the ring lapped them and the
+//!    budget for undurable events was spent, invariant 10) are written as
+//!    one hole record with their count, never skipped; so are payloads the
+//!    codec refused.
 //! 3. With a log, rings never trim past the watermark by age or watermark,
 //!    and a session is never evicted with undurable events (the queue holds
 //!    a reference to it while it is dirty).
@@ -60,6 +61,12 @@
 //! 9. A removed session is let go once nothing more of it will be
 //!    written (all durable, or fenced); dropping the store lets every
 //!    queued and removed session go.
+//! 10. A ring's capacity bounds what readers are served from memory, not
+//!    how far the persister may fall behind: a segment a writer laps
+//!    before the persister wrote it is kept (`ring::kept`) within the
+//!    store's byte budget ([`DurableOptions::undurable_budget`]) and read
+//!    from there; each commit gives back what it made durable. Only a log
+//!    that fails or stalls past the budget turns lapped events into holes.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc as StdArc, Mutex, OnceLock};
