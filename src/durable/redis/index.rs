@@ -25,8 +25,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use ::redis::{Cmd, Connection, Value};
 
-use super::{bulk, cmd, decode_entry, exec, round_trip, unexpected, unwatch, RedisLog};
-use super::{SessionKeys, MAX_ATTEMPTS};
+use super::conn::{bulk, cmd, exec, is_timeout, round_trip, unexpected, unwatch};
+use super::encode::decode_entry;
+use super::keys::SessionKeys;
+use super::{RedisLog, MAX_ATTEMPTS};
 use crate::durable::{IndexEntries, IndexRead, IndexStore, IndexWrite, LogError, RecordBody};
 use crate::key::SessionKey;
 
@@ -297,7 +299,7 @@ impl Reader<'_> {
         // Reads only: a transport failure on a connection an earlier call
         // opened (the server restarted) is tried once more on a fresh one.
         match f(&mut slot, prefix) {
-            Err(e) if reused && slot.is_none() && !super::is_timeout(&e) => {
+            Err(e) if reused && slot.is_none() && !is_timeout(&e) => {
                 *slot = Some(self.0.connect()?);
                 f(&mut slot, prefix)
             }
