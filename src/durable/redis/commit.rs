@@ -237,6 +237,7 @@ impl RedisLog {
             if self.try_append(&mut slot, reused && attempt == 0, writes)? {
                 return Ok(());
             }
+            self.note_aborted();
         }
         Err(contended("append"))
     }
@@ -250,6 +251,7 @@ impl RedisLog {
             {
                 return Ok(archived);
             }
+            self.note_aborted();
         }
         Err(contended("archive"))
     }

@@ -359,6 +359,7 @@ impl IndexStore for RedisLog {
             if exec(&mut slot, &tx, "index write")? {
                 return Ok(());
             }
+            self.note_aborted();
         }
         Err(LogError::Backend(
             format!("index write: the index changed under {MAX_ATTEMPTS} attempts in a row").into(),

@@ -124,6 +124,7 @@
 //! (the connection, round trips and reply checking).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -214,6 +215,8 @@ pub struct RedisLog {
     waiters: Mutex<Vec<Connection>>,
     /// The largest bulk string a record may send (`max_record_bytes`).
     bulk_limit: usize,
+    /// Transactions whose `EXEC` a changed watched key aborted.
+    aborted: AtomicU64,
 }
 
 impl fmt::Debug for RedisLog {
@@ -254,6 +257,7 @@ impl RedisLog {
             options,
             conn: Mutex::new(None),
             waiters: Mutex::new(Vec::new()),
+            aborted: AtomicU64::new(0),
         };
         let (mut slot, _) = log.connection()?;
         let info = round_trip(&mut slot, &[cmd("INFO").arg("server").clone()])?;
@@ -273,6 +277,19 @@ impl RedisLog {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.options.prefix
+    }
+
+    /// How many write transactions (appends, archives, index writes) this
+    /// log started over because a key they had read under `WATCH` changed
+    /// before their `EXEC`: a measure of contention between writers.
+    pub fn aborted_transactions(&self) -> u64 {
+        // A statistic: no other memory depends on it.
+        self.aborted.load(Ordering::Relaxed)
+    }
+
+    /// Counts one transaction aborted by a changed watched key.
+    fn note_aborted(&self) {
+        self.aborted.fetch_add(1, Ordering::Relaxed);
     }
 }
 
