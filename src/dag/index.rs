@@ -18,17 +18,41 @@
 //! | kind | `K t kind depth n` | `s p` |
 //! | open | `O t timestamp n` | `s p` (requires an ack, none recorded yet) |
 //! | acked | `A t s p` | — |
-//! | state | `S` | the last index number and the number of orphans |
+//! | waiting | `W t s` | how many orphans wait for an event of session `s` (absent: none) |
+//! | number | `Sn` | the last index number handed out |
+//! | count | `Sc` | how many events with links the index took (`as_of`) |
 //!
-//! `n` is the event's **index number**: events with links are numbered in
-//! the order the index took them, log-wide, from 1. It orders a kind's
-//! events at one depth, breaks timestamp ties in a correlation chain and
-//! among open acknowledgements (both oldest first by append time, since
-//! the persister writes sessions in any order), and is what a query's
-//! `as_of` counts.
+//! `n` is the event's **index number**: events with links are numbered
+//! log-wide from 1, in the order their commits took the numbers. It orders
+//! a kind's events at one depth and breaks timestamp ties in a correlation
+//! chain and among open acknowledgements (both oldest first by append time,
+//! since the persister writes sessions in any order). A backend whose
+//! commits run one at a time (memory, redb) hands the numbers out in commit
+//! order, without gaps; one shared by nodes (Redis) reserves them before
+//! its transaction, so a commit that aborted leaves a gap and two nodes'
+//! commits may land in the other order than their numbers. Numbers order;
+//! they do not count.
+//!
+//! The **count** is what a query's `as_of` is: the events with links in
+//! the index when the answer was read. It only grows, by exactly the
+//! events a commit indexed, in that commit.
 //!
 //! Only events **with** links get a node: the common event costs the index
-//! nothing but, while orphans exist, one children scan.
+//! nothing but, while orphans wait on its session, one children scan.
+//!
+//! # What commits on different sessions share
+//!
+//! Nothing that one of them reads, unless a link crosses sessions: an
+//! append reads its own sessions' entries (its events' parents, their
+//! acknowledgements, its sessions' `W`), the entries of other sessions only
+//! for a parent there, and raises the two counters without reading them
+//! for anything else. The counters are **decimal text** and change only by
+//! being raised, so a backend that can add atomically (Redis `INCRBY`) may
+//! keep them as native counters: it answers an append's read of `Sc` with
+//! any base and applies the put as an addition of the difference, and it
+//! reserves the append's numbers ([`linked_events`] of them) before its
+//! transaction and answers the read of `Sn` with the number before them.
+//! So writers on different sessions conflict only where their links meet.
 //!
 //! # Depth, and parents that are not there yet
 //!
@@ -36,10 +60,11 @@
 //! parent, or whose parent is an event without links, is at depth 0 or 1.
 //! An event whose parent the log does not hold yet (another node has not
 //! written it, it was never appended, or it was archived) is an **orphan**:
-//! its depth is unknown, and so is every descendant's. The state counts
-//! orphans; while any exist, every event the index takes first looks for
-//! children waiting on it, and gives them (and their descendants, breadth
-//! first) their depth. An event whose depth is unknown is not found by
+//! its depth is unknown, and so is every descendant's. The index counts
+//! orphans under the missing parent's session (`W t s`); while any wait on
+//! a session, every event of it the index takes first looks for children
+//! waiting on it, and gives them (and their descendants, breadth first)
+//! their depth. An event whose depth is unknown is not found by
 //! kind; every other query serves it.
 //!
 //! A cycle (parents that name later events, which nothing appended through
@@ -60,19 +85,47 @@ const CORRELATION: u8 = b'R';
 const KIND: u8 = b'K';
 const OPEN: u8 = b'O';
 const ACKED: u8 = b'A';
-const STATE: u8 = b'S';
+const WAITING: u8 = b'W';
 
 /// Whether `key` belongs to a table the queries scan by range (children,
-/// correlation, kind, open acknowledgements); the others (nodes,
-/// acknowledgements, the state) are only read by their exact key, so a
-/// backend whose ordered structure costs more than a hash (Redis) may keep
-/// them out of it.
+/// correlation, kind, open acknowledgements, waiting orphans); the others
+/// (nodes, acknowledgements, the counters) are only read by their exact
+/// key, so a backend whose ordered structure costs more than a hash (Redis)
+/// may keep them out of it.
 pub fn is_scanned(key: &[u8]) -> bool {
-    matches!(key.first(), Some(&(CHILDREN | CORRELATION | KIND | OPEN)))
+    matches!(
+        key.first(),
+        Some(&(CHILDREN | CORRELATION | KIND | OPEN | WAITING))
+    )
 }
 
-/// The key of the index's state, for backends that read it ahead.
-pub const STATE_KEY: &[u8] = &[STATE];
+/// The key of the last index number handed out (decimal text; module docs).
+pub const NUMBER_KEY: &[u8] = b"Sn";
+
+/// The key of the count of events with links indexed, the `as_of` of
+/// queries (decimal text; module docs).
+pub const COUNT_KEY: &[u8] = b"Sc";
+
+/// The key of how many orphans wait for an event of `key`'s session
+/// (decimal text; module docs), for backends that read it ahead.
+pub fn waiting_key(key: &SessionKey) -> Vec<u8> {
+    KeyBuf::table(WAITING)
+        .str(key.tenant())
+        .str(key.session())
+        .0
+}
+
+/// How many index numbers [`index_appended`] hands out for `writes`: one
+/// per event with links.
+pub fn linked_events(writes: &[SessionWrite<'_>]) -> u64 {
+    writes
+        .iter()
+        .flat_map(|write| write.records)
+        .filter(
+            |record| matches!(&record.body, RecordBody::Event(event) if !event.links.is_empty()),
+        )
+        .count() as u64
+}
 
 /// How many entries one scan of the cascade or a query reads at a time.
 const SCAN_CHUNK: usize = 256;
@@ -180,15 +233,6 @@ pub(crate) struct Node<'a> {
     pub(crate) number: u64,
 }
 
-/// The index's counters.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub(crate) struct State {
-    /// The last index number handed out.
-    pub(crate) number: u64,
-    /// Events indexed while their parent was not in the log.
-    pub(crate) orphans: u64,
-}
-
 fn encode<V: Serialize>(value: &V) -> Result<Vec<u8>, LogError> {
     postcard::to_stdvec(value).map_err(|e| LogError::Corrupt(format!("causal index value: {e}")))
 }
@@ -227,10 +271,69 @@ fn kind_key(tenant: &str, kind: &str, depth: u32, number: u64) -> KeyBuf {
         .u64(number)
 }
 
-pub(crate) fn read_state(kv: &mut dyn IndexRead) -> Result<State, LogError> {
-    match kv.get(STATE_KEY)? {
-        Some(bytes) => decode(&bytes),
-        None => Ok(State::default()),
+/// A counter's value (decimal text; absent is 0).
+fn read_counter(kv: &mut dyn IndexRead, key: &[u8]) -> Result<u64, LogError> {
+    match kv.get(key)? {
+        Some(bytes) => parse_counter(key, &bytes),
+        None => Ok(0),
+    }
+}
+
+fn parse_counter(key: &[u8], bytes: &[u8]) -> Result<u64, LogError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| {
+            LogError::Corrupt(format!(
+                "causal index counter {:?}: {:?} is not a decimal number",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(bytes)
+            ))
+        })
+}
+
+fn write_counter(kv: &mut dyn IndexWrite, key: &[u8], value: u64) -> Result<(), LogError> {
+    kv.put(key, value.to_string().as_bytes())
+}
+
+/// The events with links indexed: the `as_of` of an answer read now.
+pub(crate) fn read_count(kv: &mut dyn IndexRead) -> Result<u64, LogError> {
+    read_counter(kv, COUNT_KEY)
+}
+
+/// Orphans waiting for their parent, over every session.
+pub(crate) fn read_orphans(kv: &mut dyn IndexRead) -> Result<u64, LogError> {
+    let prefix = [WAITING];
+    let mut total = 0u64;
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let entries = kv.scan(&prefix, cursor.as_deref(), SCAN_CHUNK)?;
+        let done = entries.len() < SCAN_CHUNK;
+        for (key, value) in &entries {
+            total = total.saturating_add(parse_counter(key, value)?);
+        }
+        match entries.into_iter().last() {
+            Some((key, _)) if !done => cursor = Some(key),
+            _ => return Ok(total),
+        }
+    }
+}
+
+/// Adds `delta` (which may be negative) to the orphans waiting on
+/// `session`; at zero the entry goes.
+fn add_waiting(
+    kv: &mut dyn IndexWrite,
+    tenant: &str,
+    session: &str,
+    delta: i64,
+) -> Result<(), LogError> {
+    let key = KeyBuf::table(WAITING).str(tenant).str(session);
+    let now = read_counter(kv, key.bytes())?.saturating_add_signed(delta);
+    if now == 0 {
+        kv.delete(key.bytes())
+    } else {
+        write_counter(kv, key.bytes(), now)
     }
 }
 
@@ -283,10 +386,27 @@ pub fn index_appended(
     kv: &mut dyn IndexWrite,
     writes: &[SessionWrite<'_>],
 ) -> Result<(), LogError> {
-    let mut state = read_state(kv)?;
-    let before = (state.number, state.orphans);
+    let linked = linked_events(writes);
+    let first_number = match linked {
+        0 => 0,
+        _ => read_counter(kv, NUMBER_KEY)?,
+    };
+    let mut number = first_number;
     for write in writes {
         let tenant = write.key.tenant();
+        if !write
+            .records
+            .iter()
+            .any(|r| matches!(r.body, RecordBody::Event(_)))
+        {
+            continue;
+        }
+        // Orphans waiting on this session's events: read once per write,
+        // written back once (an orphan of this write waiting on this same
+        // session counts here, not through the stored entry).
+        let waiting_at = KeyBuf::table(WAITING).str(tenant).str(write.key.session());
+        let waiting_before = read_counter(kv, waiting_at.bytes())?;
+        let mut waiting = waiting_before;
         for record in write.records {
             let RecordBody::Event(event) = &record.body else {
                 continue;
@@ -294,12 +414,12 @@ pub fn index_appended(
             let position = record.position;
             let links = &event.links;
             if links.is_empty() {
-                if state.orphans > 0 {
-                    settle(kv, &mut state, tenant, write.key.session(), position, 0)?;
+                if waiting > 0 {
+                    settle(kv, &mut waiting, tenant, write.key.session(), position, 0)?;
                 }
                 continue;
             }
-            state.number += 1;
+            number += 1;
             let depth = match &links.parent {
                 None => Some(0),
                 Some(parent) => {
@@ -311,8 +431,12 @@ pub fn index_appended(
                         {
                             Some(1)
                         }
+                        None if ps == write.key.session() => {
+                            waiting += 1;
+                            None
+                        }
                         None => {
-                            state.orphans += 1;
+                            add_waiting(kv, tenant, ps, 1)?;
                             None
                         }
                     }
@@ -329,7 +453,7 @@ pub fn index_appended(
                 lane: links.lane.as_deref().map(Cow::Borrowed),
                 requires_ack: links.requires_ack,
                 timestamp_nanos: event.timestamp_nanos,
-                number: state.number,
+                number,
             };
             let session = write.key.session();
             kv.put(node_key(tenant, session, position).bytes(), &encode(&node)?)?;
@@ -345,11 +469,11 @@ pub fn index_appended(
                     .str(tenant)
                     .str(id)
                     .u64(event.timestamp_nanos)
-                    .u64(state.number);
+                    .u64(number);
                 kv.put(key.bytes(), &this)?;
             }
             if let (Some(kind), Some(depth)) = (&links.kind, depth) {
-                kv.put(kind_key(tenant, kind, depth, state.number).bytes(), &this)?;
+                kv.put(kind_key(tenant, kind, depth, number).bytes(), &this)?;
             }
             if links.requires_ack
                 && kv
@@ -357,17 +481,28 @@ pub fn index_appended(
                     .is_none()
             {
                 kv.put(
-                    open_key(tenant, event.timestamp_nanos, state.number).bytes(),
+                    open_key(tenant, event.timestamp_nanos, number).bytes(),
                     &this,
                 )?;
             }
-            if let (true, Some(depth)) = (state.orphans > 0, depth) {
-                settle(kv, &mut state, tenant, session, position, depth)?;
+            if let (true, Some(depth)) = (waiting > 0, depth) {
+                settle(kv, &mut waiting, tenant, session, position, depth)?;
+            }
+        }
+        // Only this loop changes this session's entry meanwhile (an orphan
+        // of another session is counted before or after it).
+        if waiting != waiting_before {
+            match waiting {
+                0 => kv.delete(waiting_at.bytes())?,
+                now => write_counter(kv, waiting_at.bytes(), now)?,
             }
         }
     }
-    if (state.number, state.orphans) != before {
-        kv.put(STATE_KEY, &encode(&state)?)?;
+    if linked > 0 {
+        debug_assert_eq!(number, first_number + linked);
+        write_counter(kv, NUMBER_KEY, number)?;
+        let count = read_counter(kv, COUNT_KEY)?;
+        write_counter(kv, COUNT_KEY, count.saturating_add(linked))?;
     }
     Ok(())
 }
@@ -384,7 +519,7 @@ fn in_writes(writes: &[SessionWrite<'_>], key: &SessionKey, position: u64) -> bo
 /// waiting (orphans) get theirs, and so on down, breadth first.
 fn settle(
     kv: &mut dyn IndexWrite,
-    state: &mut State,
+    waiting: &mut u64,
     tenant: &str,
     session: &str,
     position: u64,
@@ -405,7 +540,7 @@ fn settle(
             if first {
                 // A waiting child of an event the index just took was an
                 // orphan: its parent was not in the log until now.
-                state.orphans = state.orphans.saturating_sub(1);
+                *waiting = waiting.saturating_sub(1);
             }
             let child_depth = depth.saturating_add(1);
             node.depth = Some(child_depth);

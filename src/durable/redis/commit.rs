@@ -51,34 +51,64 @@ impl RedisLog {
             .iter()
             .map(|key| SessionKeys::new(&self.options.prefix, key))
             .collect();
-        // The causal index is watched with the metas, and its state read
-        // ahead (every append reads it; see `index`).
-        let index_hash = index::hash_key(&self.options.prefix);
+        // The causal index entries every append reads, its sessions'
+        // waiting orphans, are watched with the metas and read ahead; the
+        // index numbers its events with links take are reserved in the same
+        // round trip (see `index`). Nothing else is watched up front: the
+        // index watches what it reads, as it reads it.
+        let prefix = self.options.prefix.as_str();
+        let waiting: Vec<(Vec<u8>, Vec<u8>)> = sessions
+            .iter()
+            .map(|key| {
+                let entry = crate::dag::waiting_key(key);
+                let redis_key = index::entry_key(prefix, &entry);
+                (entry, redis_key)
+            })
+            .collect();
+        let linked = crate::dag::linked_events(writes);
         let mut watch = cmd("WATCH");
         for k in &keys {
             watch.arg(&k.meta);
         }
-        watch.arg(&index_hash);
+        for (_, redis_key) in &waiting {
+            watch.arg(redis_key.as_slice());
+        }
         let mut read = vec![watch];
         read.extend(keys.iter().map(|k| cmd("GET").arg(&k.meta).clone()));
-        read.push(
-            cmd("HGET")
-                .arg(&index_hash)
-                .arg(crate::dag::STATE_KEY)
-                .clone(),
+        read.extend(
+            waiting
+                .iter()
+                .map(|(_, redis_key)| cmd("GET").arg(redis_key.as_slice()).clone()),
         );
+        if linked > 0 {
+            read.push(index::reserve_numbers(prefix, linked));
+        }
         let mut replies = self.first_trip(slot, reused, &read)?;
-        let state = match replies.pop().map(|reply| bulk(reply, "HGET")) {
-            Some(Ok(state)) => state,
-            Some(Err(e)) => {
+        let read_ahead = (|| {
+            let reserved = match linked {
+                0 => None,
+                _ => Some(index::reserved_from(
+                    replies.pop().unwrap_or(Value::Nil),
+                    linked,
+                )?),
+            };
+            let tail = replies.split_off(replies.len().saturating_sub(waiting.len()));
+            let mut known = HashMap::with_capacity(waiting.len());
+            for ((entry, _), reply) in waiting.into_iter().zip(tail) {
+                known.insert(entry, bulk(reply, "GET")?);
+            }
+            Ok::<_, LogError>(index::ReadAhead { known, reserved })
+        })();
+        let read_ahead = match read_ahead {
+            Ok(read_ahead) => read_ahead,
+            Err(e) => {
                 unwatch(slot);
                 return Err(e);
             }
-            None => None,
         };
         let first = FirstTrip {
             replies,
-            index_state: state,
+            read_ahead,
         };
         match self.stage_append(slot, writes, &index, &sessions, &keys, first) {
             Ok(Some(tx)) => exec(slot, &tx, "append"),
@@ -105,7 +135,6 @@ impl RedisLog {
         keys: &[SessionKeys],
         first: FirstTrip,
     ) -> Result<Option<Vec<Cmd>>, LogError> {
-        let known_index = HashMap::from([(crate::dag::STATE_KEY.to_vec(), first.index_state)]);
         let mut replies = first.replies.into_iter();
         ok_reply(replies.next().unwrap_or(Value::Nil), "WATCH")?;
         let mut staged = Vec::with_capacity(sessions.len());
@@ -188,7 +217,7 @@ impl RedisLog {
             }
         }
         // The index's writes, planned with reads under the same WATCH.
-        let mut staged_index = index::Staged::new(slot, &self.options.prefix, known_index);
+        let mut staged_index = index::Staged::new(slot, &self.options.prefix, first.read_ahead);
         crate::dag::index_appended(&mut staged_index, writes)?;
         tx.extend(staged_index.commands());
         tx.push(cmd("EXEC"));
@@ -286,8 +315,8 @@ impl RedisLog {
 struct FirstTrip {
     /// `WATCH`'s reply, then each session's meta.
     replies: Vec<Value>,
-    /// The causal index's state.
-    index_state: Option<Vec<u8>>,
+    /// What the causal index read ahead and reserved.
+    read_ahead: index::ReadAhead,
 }
 
 /// Plans an archive from the meta read under `WATCH`: its transaction and

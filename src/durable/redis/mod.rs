@@ -24,7 +24,7 @@
 //! | `<prefix>:{<t>:<s>}:meta` | string | format byte `1`, then postcard meta (below) |
 //! | `<prefix>:tenant:{<t>}:sessions` | sorted set | member: session id, score: creation number |
 //! | `<prefix>:seq` | string | the last creation number handed out (`INCRBY`) |
-//! | `<prefix>:index`, `<prefix>:index:keys` | hash, sorted set | the causal index (see `index.rs`) |
+//! | `<prefix>:ix:<index key>`, `<prefix>:index:keys` | string per entry, sorted set | the causal index (see `index.rs`) |
 //!
 //! A record is one stream entry whose id is its (first) position, so
 //! `XRANGE`/`XREAD` ranges are position ranges and a cursor's position is an
@@ -47,10 +47,14 @@
 //!   is validated completely, with the same code as
 //!   [`MemoryLog`](super::MemoryLog), against meta read under `WATCH`, and is
 //!   then one `MULTI`/`EXEC`: every `XADD`, meta and listing write of the
-//!   call, or (when a watched meta changed meanwhile) none of them, and the
+//!   call, or (when a watched key changed meanwhile) none of them, and the
 //!   call starts over (at most 16 times, then
 //!   [`LogError::Backend`]). Redis applies a transaction whole or not at all,
 //!   also in the append-only file after a crash.
+//! * Only what a call read is watched: its sessions' metas and the causal
+//!   index entries it read (`index.rs`). Appends to different sessions
+//!   abort each other only where their links meet, and
+//!   [`RedisLog::aborted_transactions`] counts the aborts.
 //! * A session's stream and meta change only together, in one transaction,
 //!   so the meta's tail, event count and holes describe the stream: entries
 //!   cover `first kept ..= durable_tail` contiguously, where the first kept
@@ -71,7 +75,7 @@
 //!
 //! | call | commands | round trips |
 //! |---|---|---|
-//! | `append` | `WATCH` metas and the index hash + `GET` each meta + `HGET` the index state; (one more round trip per index read an event with links needs: its parent's node, and whether a parent without links is an event); (`INCRBY <prefix>:seq n` when it records new sessions); `MULTI`, `XADD <log> <position>-0 …` per record, `SET` meta per changed session, `ZADD … NX` per new session, `EXEC` | 2 (3 when new sessions are recorded; 2 more per retry; a refused call: the read and an `UNWATCH`) |
+//! | `append` | `WATCH` the metas and the sessions' waiting-orphan entries + `GET` each + `INCRBY` the index number by the events with links; (one more round trip, a `WATCH` and a read, per index entry an event with links reads: its parent's node, whether a parent without links is an event, an acknowledgement); (`INCRBY <prefix>:seq n` when it records new sessions); `MULTI`, `XADD <log> <position>-0 …` per record, `SET` meta per changed session, `ZADD … NX` per new session, `EXEC` | 2 (3 when new sessions are recorded; 2 more per retry; a refused call: the read and an `UNWATCH`) |
 //! | `load_after` | `MULTI`, `GET` meta, `XREVRANGE <log> (<after+1>-0 - COUNT 1` (a hole covering `after + 1` starts before it), `XRANGE <log> <after+1>-0 + COUNT <limit>`, `EXEC` | 1 |
 //! | `meta` | `GET` | 1 |
 //! | `archive_before` | `WATCH` meta + `GET`; `MULTI`, `XTRIM <log> MINID <m>-0`, `SET` meta, `EXEC` | 2 (1 when nothing is to archive) |
