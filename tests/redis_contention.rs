@@ -22,7 +22,7 @@ use std::thread;
 use std::time::Duration;
 
 use livereplay::durable::{DurableLog, RedisLog, RedisOptions};
-use livereplay::{Config, Links, RawBytes, ReplayStore, Revision, SessionKey};
+use livereplay::{Config, EventRef, Links, RawBytes, ReplayStore, Revision, SessionKey};
 
 use redis_server::RedisServer;
 
@@ -72,11 +72,30 @@ fn append_chain(store: &Store, key: &SessionKey, node: usize) {
     }
 }
 
-#[test]
-fn nodes_writing_linked_events_to_their_own_sessions_never_abort_each_other() {
+/// Runs the nodes; with `orphan`, an event of another session first waits
+/// for an event of node 0's session that never comes, so every commit of
+/// node 0 looks for children waiting on its events (a scan of the index).
+fn run_nodes(orphan: bool) {
     let Some(server) = RedisServer::start() else {
         return;
     };
+    let waiting_for = EventRef::new(
+        SessionKey::new("t", "node-0").expect("key"),
+        EVENTS_PER_NODE * 1_000,
+    );
+    if orphan {
+        let setup = store(open(&server));
+        let key = SessionKey::new("t", "setup").expect("key");
+        let links = Links::new().kind("early").parent(waiting_for.clone());
+        let early = setup
+            .append_linked(&key, Revision(1), b"early".to_vec(), links)
+            .expect("append");
+        setup
+            .wait_durable(&key, early.position(), WAIT)
+            .expect("durable in time");
+        let orphans = setup.dag().expect("dag").index_stats().expect("stats");
+        assert_eq!(orphans.orphans, 1, "the early event waits for its parent");
+    }
     let logs: Vec<Arc<RedisLog>> = (0..NODES).map(|_| open(&server)).collect();
     let stores: Vec<Store> = logs.iter().map(|log| store(Arc::clone(log))).collect();
     let keys: Vec<SessionKey> = (0..NODES)
@@ -109,15 +128,29 @@ fn nodes_writing_linked_events_to_their_own_sessions_never_abort_each_other() {
             "node {node}: commits on other sessions aborted this node's EXEC"
         );
     }
-    // The index holds every chain whole: the last event's ancestors are all
-    // the others, and every event has its depth.
+    // The index holds every chain whole: the last event's depth counts
+    // all the others.
     let dag = stores[0].dag().expect("dag");
     let stats = dag.index_stats().expect("index stats");
-    assert_eq!(stats.indexed, NODES as u64 * EVENTS_PER_NODE);
-    assert_eq!(stats.orphans, 0);
+    let early = u64::from(orphan);
+    assert_eq!(stats.indexed, NODES as u64 * EVENTS_PER_NODE + early);
+    assert_eq!(stats.orphans, early);
     for key in &keys {
-        let last = livereplay::EventRef::new(key.clone(), EVENTS_PER_NODE);
+        let last = EventRef::new(key.clone(), EVENTS_PER_NODE);
         let node = dag.node(&last).expect("node").expect("indexed");
         assert_eq!(node.depth, Some(EVENTS_PER_NODE as u32 - 1), "{key}");
     }
+}
+
+#[test]
+fn nodes_writing_linked_events_to_their_own_sessions_never_abort_each_other() {
+    run_nodes(false);
+}
+
+/// While an orphan waits on node 0's session, node 0's commits scan the
+/// index for children of each event: that scan must not make them
+/// conflict with the other nodes' commits either.
+#[test]
+fn a_session_with_a_waiting_orphan_does_not_abort_the_others_either() {
+    run_nodes(true);
 }

@@ -99,6 +99,40 @@ pub fn is_scanned(key: &[u8]) -> bool {
     )
 }
 
+/// The part of a scanned key (see [`is_scanned`]) that every scan of its
+/// table names in full: the table tag, then the tenant and parent session
+/// for children, the tenant and id for correlation chains, the tenant and
+/// kind for kinds, the tenant for open acknowledgements, nothing for
+/// waiting orphans. A scan's prefix (and cursor) always holds its group,
+/// so a scan never leaves it, and a backend may keep one ordered structure
+/// per group (Redis does, so that a transaction's scan watches only the
+/// entries it could have read). `None` for a key of another table, or one
+/// too short to hold its group.
+pub fn scan_group(key: &[u8]) -> Option<&[u8]> {
+    let strings = match *key.first()? {
+        CHILDREN | CORRELATION | KIND => 2,
+        OPEN => 1,
+        WAITING => 0,
+        _ => return None,
+    };
+    let mut end = 1;
+    for _ in 0..strings {
+        // Each string ends at the first 0x00 0x00 (0x00 0xFF is an
+        // escaped 0x00 inside it).
+        loop {
+            match (key.get(end)?, key.get(end + 1)) {
+                (0, Some(0)) => {
+                    end += 2;
+                    break;
+                }
+                (0, _) => end += 2,
+                _ => end += 1,
+            }
+        }
+    }
+    Some(&key[..end])
+}
+
 /// The key of the last index number handed out (decimal text; module docs).
 pub const NUMBER_KEY: &[u8] = b"Sn";
 
@@ -713,6 +747,33 @@ mod tests {
         let short = KeyBuf::table(NODE).str("t");
         let long = KeyBuf::table(NODE).str("tt").str("a");
         assert!(!long.bytes().starts_with(short.bytes()));
+    }
+
+    #[test]
+    fn scans_stay_within_their_group() {
+        let child = children_prefix("t\0", "s", 3).str("c").u64(4);
+        let group = scan_group(child.bytes()).unwrap();
+        assert_eq!(group, KeyBuf::table(CHILDREN).str("t\0").str("s").bytes());
+        assert_eq!(
+            scan_group(children_prefix("t\0", "s", 3).bytes()),
+            Some(group)
+        );
+        let kind = kind_key("t", "k", 2, 9);
+        let kind_prefix = KeyBuf::table(KIND).str("t").str("k");
+        assert_eq!(scan_group(kind.bytes()), Some(kind_prefix.bytes()));
+        assert_eq!(scan_group(kind_prefix.bytes()), Some(kind_prefix.bytes()));
+        let open = open_key("t", 1, 2);
+        assert_eq!(
+            scan_group(open.bytes()),
+            Some(KeyBuf::table(OPEN).str("t").bytes())
+        );
+        assert_eq!(scan_group(&[WAITING, b'x']), Some(&[WAITING][..]));
+        // Other tables, and keys cut inside their group.
+        assert_eq!(scan_group(node_key("t", "s", 1).bytes()), None);
+        assert_eq!(scan_group(NUMBER_KEY), None);
+        assert_eq!(scan_group(KeyBuf::table(KIND).str("t").bytes()), None);
+        assert_eq!(scan_group(&[KIND, b'a', 0]), None);
+        assert_eq!(scan_group(&[]), None);
     }
 
     #[test]

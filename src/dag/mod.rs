@@ -72,7 +72,7 @@
 mod index;
 
 pub use self::index::{
-    index_appended, is_scanned, linked_events, waiting_key, COUNT_KEY, NUMBER_KEY,
+    index_appended, is_scanned, linked_events, scan_group, waiting_key, COUNT_KEY, NUMBER_KEY,
 };
 
 use std::collections::{HashSet, VecDeque};

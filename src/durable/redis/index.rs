@@ -1,14 +1,16 @@
 //! The causal index (`crate::dag`) on Redis: every index entry is a Redis
 //! key of its own, so a transaction can `WATCH` exactly the entries it
-//! read, plus one sorted set of the keys the queries scan, all at score 0
-//! (`ZRANGEBYLEX` orders members bytewise, which is the order the index's
-//! keys are built for).
+//! read, and the keys the queries scan are also members of a sorted set
+//! per scan group (`crate::dag::scan_group`: a session's children, a
+//! correlation id, a kind, a tenant's open acknowledgements, the waiting
+//! orphans), all at score 0 (`ZRANGEBYLEX` orders members bytewise, which
+//! is the order the index's keys are built for).
 //!
 //! | key | type | holds |
 //! |---|---|---|
 //! | `<prefix>:ix:<index key>` | string | the entry's value (the index key's bytes as they are) |
 //! | `<prefix>:ix:Sn`, `<prefix>:ix:Sc` | string | the index's counters: the last number handed out, the events indexed (decimal, `INCRBY`) |
-//! | `<prefix>:index:keys` | sorted set | every index key a query scans (`crate::dag::is_scanned`), score 0 |
+//! | `<prefix>:ixs:<scan group>` | sorted set | the group's index keys (`crate::dag::is_scanned`), score 0 |
 //!
 //! # Invariants
 //!
@@ -16,14 +18,15 @@
 //!   planned from reads made under `WATCH` and queued in the
 //!   `MULTI`/`EXEC` that adds the records: every entry read is watched
 //!   before it is read ([`Staged`]: `WATCH` and `GET` in one round trip; a
-//!   scan watches the sorted set, a parent looked up in the log watches its
+//!   scan watches its group's sorted set, a parent looked up in the log watches its
 //!   session's meta), and reads see the writes staged so far. If another
 //!   node changed any of them meanwhile, `EXEC` aborts and the append
 //!   starts over, so no two nodes index from the same stale read.
 //! * **Only what was read is watched.** Nothing global is: commits on
 //!   different sessions abort each other only where their links meet (a
-//!   parent in the other's session, an orphan waiting on it, or a scan of
-//!   the sorted set, which only settling orphans makes).
+//!   parent in the other's session, an orphan waiting on it, or, for a
+//!   commit settling orphans, children added to the same session's
+//!   events).
 //! * **Counters without conflicts.** The index numbers an append's events
 //!   take are reserved with `INCRBY <prefix>:ix:Sn` in its first round
 //!   trip (an abort leaves a gap); the count is raised with `INCRBY
@@ -46,7 +49,7 @@ use super::conn::{bulk, cmd, exec, int, is_timeout, ok_reply, round_trip, unexpe
 use super::encode::decode_entry;
 use super::keys::SessionKeys;
 use super::{RedisLog, MAX_ATTEMPTS};
-use crate::dag::{COUNT_KEY, NUMBER_KEY};
+use crate::dag::{scan_group, COUNT_KEY, NUMBER_KEY};
 use crate::durable::{IndexEntries, IndexRead, IndexStore, IndexWrite, LogError, RecordBody};
 use crate::key::SessionKey;
 
@@ -59,8 +62,13 @@ pub(super) fn entry_key(prefix: &str, key: &[u8]) -> Vec<u8> {
     out
 }
 
-fn keys_key(prefix: &str) -> String {
-    format!("{prefix}:index:keys")
+/// The sorted set of scan group `group` (`crate::dag::scan_group`).
+fn group_key(prefix: &str, group: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 5 + group.len());
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(b":ixs:");
+    out.extend_from_slice(group);
+    out
 }
 
 /// The command reserving `n` index numbers, for an append's first round
@@ -143,14 +151,20 @@ fn server_scan(
         _ => [b"[".as_slice(), prefix].concat(),
     };
     let count = i64::try_from(limit).unwrap_or(i64::MAX);
-    let set = keys_key(prefix_key);
+    // Every scan the index makes names its group in full (dag docs).
+    let group = scan_group(prefix).ok_or_else(|| {
+        LogError::Backend(
+            "causal index on Redis: a scan whose prefix does not name a scan group".into(),
+        )
+    })?;
+    let set = group_key(prefix_key, group);
     let mut cmds = Vec::with_capacity(2);
     if watch {
-        cmds.push(cmd("WATCH").arg(&set).clone());
+        cmds.push(cmd("WATCH").arg(set.as_slice()).clone());
     }
     cmds.push(
         cmd("ZRANGEBYLEX")
-            .arg(&set)
+            .arg(set.as_slice())
             .arg(min)
             .arg("+")
             .arg("LIMIT")
@@ -269,35 +283,44 @@ impl<'c> Staged<'c> {
     }
 
     /// The commands that make the staged writes, for the `MULTI`: at most
-    /// one each of `MSET`, `ZADD`, `DEL`, `ZREM` and `INCRBY`, however many
-    /// keys (a command per key would cost Redis more than the keys do).
-    /// Keys that are only ever read by their exact value stay out of the
-    /// sorted set.
+    /// one `MSET`, one `DEL` and one `INCRBY` however many keys, and one
+    /// `ZADD` or `ZREM` per scan group touched (a command per key would
+    /// cost Redis more than the keys do). Keys that are only ever read by
+    /// their exact value belong to no group.
     pub(super) fn commands(self) -> Vec<Cmd> {
-        let set = keys_key(self.prefix);
         let mut mset = cmd("MSET");
-        let mut zadd = cmd("ZADD");
-        zadd.arg(&set);
         let mut del = cmd("DEL");
-        let mut zrem = cmd("ZREM");
-        zrem.arg(&set);
-        let (mut puts, mut ordered, mut deletes, mut unordered) = (0, 0, 0, 0);
+        let (mut puts, mut deletes) = (0, 0);
+        // Per group: (ZADD, ZREM, members added, members removed).
+        let mut groups: BTreeMap<Vec<u8>, (Cmd, Cmd, usize, usize)> = BTreeMap::new();
         for (key, value) in self.writes {
-            let scanned = crate::dag::is_scanned(&key);
             let redis_key = entry_key(self.prefix, &key);
+            let group = crate::dag::is_scanned(&key)
+                .then(|| scan_group(&key))
+                .flatten()
+                .map(|group| {
+                    groups.entry(group.to_vec()).or_insert_with(|| {
+                        let set = group_key(self.prefix, group);
+                        let mut zadd = cmd("ZADD");
+                        zadd.arg(set.as_slice());
+                        let mut zrem = cmd("ZREM");
+                        zrem.arg(set);
+                        (zadd, zrem, 0, 0)
+                    })
+                });
             match value {
                 Some(value) => {
-                    if scanned {
+                    if let Some((zadd, _, added, _)) = group {
                         zadd.arg(0).arg(key.as_slice());
-                        ordered += 1;
+                        *added += 1;
                     }
                     mset.arg(redis_key).arg(value);
                     puts += 1;
                 }
                 None => {
-                    if scanned {
+                    if let Some((_, zrem, _, removed)) = group {
                         zrem.arg(key.as_slice());
-                        unordered += 1;
+                        *removed += 1;
                     }
                     del.arg(redis_key);
                     deletes += 1;
@@ -308,14 +331,16 @@ impl<'c> Staged<'c> {
             .arg(entry_key(self.prefix, COUNT_KEY))
             .arg(self.count_raise)
             .clone();
+        let members = groups
+            .into_values()
+            .flat_map(|(zadd, zrem, added, removed)| [(zadd, added), (zrem, removed)]);
         [
             (mset, puts),
-            (zadd, ordered),
             (del, deletes),
-            (zrem, unordered),
             (count, usize::from(self.count_raise > 0)),
         ]
         .into_iter()
+        .chain(members)
         .filter(|(_, n)| *n > 0)
         .map(|(command, _)| command)
         .collect()

@@ -24,7 +24,7 @@
 //! | `<prefix>:{<t>:<s>}:meta` | string | format byte `1`, then postcard meta (below) |
 //! | `<prefix>:tenant:{<t>}:sessions` | sorted set | member: session id, score: creation number |
 //! | `<prefix>:seq` | string | the last creation number handed out (`INCRBY`) |
-//! | `<prefix>:ix:<index key>`, `<prefix>:index:keys` | string per entry, sorted set | the causal index (see `index.rs`) |
+//! | `<prefix>:ix:<index key>`, `<prefix>:ixs:<scan group>` | string per entry, sorted set per scan group | the causal index (see `index.rs`) |
 //!
 //! A record is one stream entry whose id is its (first) position, so
 //! `XRANGE`/`XREAD` ranges are position ranges and a cursor's position is an
