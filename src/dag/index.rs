@@ -44,9 +44,10 @@
 //!
 //! Nothing that one of them reads, unless a link crosses sessions: an
 //! append reads its own sessions' entries (its events' parents, their
-//! acknowledgements, its sessions' `W`), the entries of other sessions only
-//! for a parent there, and raises the two counters without reading them
-//! for anything else. The counters are **decimal text** and change only by
+//! acknowledgements, its sessions' `W`, and while orphans wait on one of
+//! them, the children of its events: one [`scan_group`]), the entries of
+//! other sessions only for a parent there, and raises the two counters
+//! without reading them for anything else. The counters are **decimal text** and change only by
 //! being raised, so a backend that can add atomically (Redis `INCRBY`) may
 //! keep them as native counters: it answers an append's read of `Sc` with
 //! any base and applies the put as an addition of the difference, and it
@@ -254,7 +255,7 @@ impl<'a> KeyReader<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Node<'a> {
     /// The parent's session id (same tenant) and position. First, with the
-    /// depth: [`read_head`] decodes only these two.
+    /// depth: [`read_depth`] decodes only these two.
     pub(crate) parent: Option<(Cow<'a, str>, u64)>,
     /// Distance to the root; `None` while an ancestor is missing.
     pub(crate) depth: Option<u32>,

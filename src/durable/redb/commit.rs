@@ -1,4 +1,4 @@
-//! The writes: [`DurableLog::append`] and [`DurableLog::archive_before`],
+//! The writes: [`DurableLog::append`](crate::durable::DurableLog::append) and [`DurableLog::archive_before`](crate::durable::DurableLog::archive_before),
 //! each one redb write transaction.
 //!
 //! # Invariants

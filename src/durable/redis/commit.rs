@@ -1,14 +1,19 @@
-//! The writes: [`DurableLog::append`] and [`DurableLog::archive_before`] as
+//! The writes: [`DurableLog::append`](crate::durable::DurableLog::append) and [`DurableLog::archive_before`](crate::durable::DurableLog::archive_before) as
 //! optimistic `WATCH` … `MULTI`/`EXEC` transactions.
 //!
 //! # Invariants
 //!
-//! * An attempt reads every meta it validates against under `WATCH`, plans
-//!   the whole call (records, metas, listings, the causal index's writes)
-//!   from those reads, and sends it as one `MULTI`/`EXEC`: all of it or,
-//!   when a watched key changed, none of it, and the call starts over (at
-//!   most [`MAX_ATTEMPTS`] times). An attempt that fails or refuses leaves
-//!   nothing watched on the connection.
+//! * An attempt reads every meta it validates against under `WATCH` (with
+//!   its sessions' waiting-orphan entries of the causal index, which every
+//!   append reads; the index watches any other entry as it reads it, see
+//!   `index.rs`), plans the whole call (records, metas, listings, the
+//!   index's writes) from those reads, and sends it as one `MULTI`/`EXEC`:
+//!   all of it or, when a watched key changed, none of it, and the call
+//!   starts over (at most [`MAX_ATTEMPTS`] times). An attempt that fails or
+//!   refuses leaves nothing watched on the connection.
+//! * Nothing an append watches belongs to another session unless one of
+//!   its links points there, so appends to different sessions do not abort
+//!   each other (issue 21 item 9).
 //! * Validation is the same code as [`MemoryLog`](super::super::MemoryLog)'s
 //!   ([`validate_write`], [`apply_to_meta`]): the backends refuse the same
 //!   writes.
@@ -29,7 +34,7 @@ use crate::durable::{LogError, RecordBody, SessionMeta, SessionWrite};
 use crate::key::SessionKey;
 
 impl RedisLog {
-    /// One attempt of [`DurableLog::append`]: `Ok(false)` if a watched
+    /// One attempt of [`DurableLog::append`](crate::durable::DurableLog::append): `Ok(false)` if a watched
     /// key changed and the call must start over. Leaves nothing watched.
     fn try_append(
         &self,
@@ -224,7 +229,7 @@ impl RedisLog {
         Ok(Some(tx))
     }
 
-    /// One attempt of [`DurableLog::archive_before`]; `None` if a watched
+    /// One attempt of [`DurableLog::archive_before`](crate::durable::DurableLog::archive_before); `None` if a watched
     /// key changed. Leaves nothing watched.
     fn try_archive(
         &self,
@@ -255,7 +260,7 @@ impl RedisLog {
         }
     }
 
-    /// [`DurableLog::append`]: validated attempts until one commits.
+    /// [`DurableLog::append`](crate::durable::DurableLog::append): validated attempts until one commits.
     pub(super) fn append_all(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
         if writes.is_empty() {
             return Ok(());
@@ -271,7 +276,7 @@ impl RedisLog {
         Err(contended("append"))
     }
 
-    /// [`DurableLog::archive_before`].
+    /// [`DurableLog::archive_before`](crate::durable::DurableLog::archive_before).
     pub(super) fn archive(&self, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
         let (mut slot, reused) = self.connection()?;
         for attempt in 0..MAX_ATTEMPTS {

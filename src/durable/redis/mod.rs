@@ -34,7 +34,7 @@
 //! | record | fields |
 //! |---|---|
 //! | event | `i` incarnation, `r` revision, `t` timestamp (ns), `l` links (postcard, only when there are any), `d` payload (raw bytes) |
-//! | hole | `i` incarnation, `n` positions covered, `w` reason ([`HoleReason::to_tag`]) |
+//! | hole | `i` incarnation, `n` positions covered, `w` reason ([`HoleReason::to_tag`](crate::durable::HoleReason::to_tag)) |
 //!
 //! Numbers are decimal text. The meta holds the [`SessionMeta`] fields, the
 //! lives, the creation number, and the `(position, count)` of every hole not
@@ -75,7 +75,7 @@
 //!
 //! | call | commands | round trips |
 //! |---|---|---|
-//! | `append` | `WATCH` the metas and the sessions' waiting-orphan entries + `GET` each + `INCRBY` the index number by the events with links; (one more round trip, a `WATCH` and a read, per index entry an event with links reads: its parent's node, whether a parent without links is an event, an acknowledgement); (`INCRBY <prefix>:seq n` when it records new sessions); `MULTI`, `XADD <log> <position>-0 …` per record, `SET` meta per changed session, `ZADD … NX` per new session, `EXEC` | 2 (3 when new sessions are recorded; 2 more per retry; a refused call: the read and an `UNWATCH`) |
+//! | `append` | `WATCH` the metas and the sessions' waiting-orphan entries + `GET` each + `INCRBY` the index number by the events with links; (one more round trip, a `WATCH` and a read, per index entry an event with links reads: its parent's node, whether a parent without links is an event, an acknowledgement); (`INCRBY <prefix>:seq n` when it records new sessions); `MULTI`, `XADD <log> <position>-0 …` per record, `SET` meta per changed session, `ZADD … NX` per new session, the index's `MSET`, `DEL`, `INCRBY` of its count and `ZADD`/`ZREM` per scan group touched, `EXEC` | 2 (3 when new sessions are recorded; 2 more per retry; a refused call: the read and an `UNWATCH`) |
 //! | `load_after` | `MULTI`, `GET` meta, `XREVRANGE <log> (<after+1>-0 - COUNT 1` (a hole covering `after + 1` starts before it), `XRANGE <log> <after+1>-0 + COUNT <limit>`, `EXEC` | 1 |
 //! | `meta` | `GET` | 1 |
 //! | `archive_before` | `WATCH` meta + `GET`; `MULTI`, `XTRIM <log> MINID <m>-0`, `SET` meta, `EXEC` | 2 (1 when nothing is to archive) |

@@ -1,5 +1,5 @@
-//! The reads: [`DurableLog::load_after`], [`DurableLog::meta`] and
-//! [`DurableLog::sessions`], each one round trip and no `WATCH`.
+//! The reads: [`DurableLog::load_after`](crate::durable::DurableLog::load_after), [`DurableLog::meta`](crate::durable::DurableLog::meta) and
+//! [`DurableLog::sessions`](crate::durable::DurableLog::sessions), each one round trip and no `WATCH`.
 //!
 //! # Invariants
 //!
@@ -20,7 +20,7 @@ use crate::durable::{LogError, LogRecord, SessionMeta};
 use crate::key::SessionKey;
 
 impl RedisLog {
-    /// [`DurableLog::load_after`]: one `MULTI` of the meta and two ranges.
+    /// [`DurableLog::load_after`](crate::durable::DurableLog::load_after): one `MULTI` of the meta and two ranges.
     pub(super) fn load_records(
         &self,
         key: &SessionKey,
@@ -109,7 +109,7 @@ impl RedisLog {
         Ok(out)
     }
 
-    /// [`DurableLog::meta`].
+    /// [`DurableLog::meta`](crate::durable::DurableLog::meta).
     pub(super) fn read_meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError> {
         let keys = SessionKeys::new(&self.options.prefix, key);
         let (mut slot, reused) = self.connection()?;
@@ -118,7 +118,7 @@ impl RedisLog {
         Ok(decode_meta(key, one(replies, "GET")?)?.map(|(_, meta, _)| meta))
     }
 
-    /// [`DurableLog::sessions`]: newest first from the tenant listing.
+    /// [`DurableLog::sessions`](crate::durable::DurableLog::sessions): newest first from the tenant listing.
     pub(super) fn list_sessions(
         &self,
         tenant: &str,
