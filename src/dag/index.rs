@@ -64,9 +64,11 @@
 //! its depth is unknown, and so is every descendant's. The index counts
 //! orphans under the missing parent's session (`W t s`); while any wait on
 //! a session, every event of it the index takes first looks for children
-//! waiting on it, and gives them (and their descendants, breadth first)
-//! their depth. An event whose depth is unknown is not found by
-//! kind; every other query serves it.
+//! waiting on it: they stop waiting (they are orphans no more), and if the
+//! event's own depth is known they get theirs (and their descendants,
+//! breadth first); an event of unknown depth passes one down when the
+//! arrival of its missing ancestor reaches it. An event whose depth is
+//! unknown is not found by kind; every other query serves it.
 //!
 //! A cycle (parents that name later events, which nothing appended through
 //! the store can produce) stays at unknown depth: the cascade only starts
@@ -450,7 +452,14 @@ pub fn index_appended(
             let links = &event.links;
             if links.is_empty() {
                 if waiting > 0 {
-                    settle(kv, &mut waiting, tenant, write.key.session(), position, 0)?;
+                    settle(
+                        kv,
+                        &mut waiting,
+                        tenant,
+                        write.key.session(),
+                        position,
+                        Some(0),
+                    )?;
                 }
                 continue;
             }
@@ -520,7 +529,9 @@ pub fn index_appended(
                     &this,
                 )?;
             }
-            if let (true, Some(depth)) = (waiting > 0, depth) {
+            if waiting > 0 {
+                // Also at an unknown depth: its waiting children have their
+                // parent now, and wait for no event of this session.
                 settle(kv, &mut waiting, tenant, session, position, depth)?;
             }
         }
@@ -550,15 +561,17 @@ fn in_writes(writes: &[SessionWrite<'_>], key: &SessionKey, position: u64) -> bo
     })
 }
 
-/// `session@position` just got depth `depth`: children of it that were
-/// waiting (orphans) get theirs, and so on down, breadth first.
+/// `session@position` was just indexed, at depth `depth`: children of it
+/// that were waiting (orphans) stop waiting, and if the depth is known get
+/// theirs, and so on down, breadth first. An unknown depth leaves them
+/// unknown until an ancestor's arrival cascades down to them.
 fn settle(
     kv: &mut dyn IndexWrite,
     waiting: &mut u64,
     tenant: &str,
     session: &str,
     position: u64,
-    depth: u32,
+    depth: Option<u32>,
 ) -> Result<(), LogError> {
     let mut queue = std::collections::VecDeque::from([(session.to_owned(), position, depth)]);
     let mut first = true;
@@ -577,6 +590,9 @@ fn settle(
                 // orphan: its parent was not in the log until now.
                 *waiting = waiting.saturating_sub(1);
             }
+            let Some(depth) = depth else {
+                continue;
+            };
             let child_depth = depth.saturating_add(1);
             node.depth = Some(child_depth);
             kv.put(
@@ -587,7 +603,7 @@ fn settle(
                 let key = kind_key(tenant, kind, child_depth, node.number);
                 kv.put(key.bytes(), &encode_ref(&child_session, child_position)?)?;
             }
-            queue.push_back((child_session, child_position, child_depth));
+            queue.push_back((child_session, child_position, Some(child_depth)));
         }
         first = false;
     }
