@@ -154,3 +154,54 @@ fn nodes_writing_linked_events_to_their_own_sessions_never_abort_each_other() {
 fn a_session_with_a_waiting_orphan_does_not_abort_the_others_either() {
     run_nodes(true);
 }
+
+/// Links that cross sessions may conflict, and must then come out right:
+/// node A appends events whose parents are node B's events of the same
+/// positions, while B is still writing them, so A's commits race B's (an
+/// orphan recorded just before its parent arrives, or a parent arriving
+/// between A's read and A's commit). Whatever the interleaving, the index
+/// must end with no orphan and every depth right.
+#[test]
+fn links_across_sessions_written_concurrently_end_with_every_depth_right() {
+    const EVENTS: u64 = 1_000;
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (store(open(&server)), store(open(&server)));
+    let (a_key, b_key) = (
+        SessionKey::new("t", "a").expect("key"),
+        SessionKey::new("t", "b").expect("key"),
+    );
+    let start = Barrier::new(2);
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            start.wait();
+            append_chain(&b, &b_key, 1);
+            b.wait_durable(&b_key, EVENTS_PER_NODE, WAIT)
+                .expect("durable in time");
+        });
+        scope.spawn(|| {
+            start.wait();
+            for position in 1..=EVENTS {
+                let parent = EventRef::new(b_key.clone(), position);
+                let links = Links::new().kind("reply").parent(parent);
+                a.append_linked(&a_key, Revision(1), position.to_le_bytes().to_vec(), links)
+                    .expect("append");
+            }
+            a.wait_durable(&a_key, EVENTS, WAIT)
+                .expect("durable in time");
+        });
+    });
+    for store in [&a, &b] {
+        let stats = store.stats().durable.expect("a durable store");
+        assert_eq!((stats.holes, stats.lost_events), (0, 0), "{stats:?}");
+    }
+    let dag = a.dag().expect("dag");
+    assert_eq!(dag.index_stats().expect("stats").orphans, 0);
+    for position in 1..=EVENTS {
+        let event = EventRef::new(a_key.clone(), position);
+        let node = dag.node(&event).expect("node").expect("indexed");
+        // b@p is at depth p - 1 (b@1 is the root of B's chain).
+        assert_eq!(node.depth, Some(position as u32), "{event}");
+    }
+}
