@@ -136,6 +136,10 @@ pub fn scan_group(key: &[u8]) -> Option<&[u8]> {
     Some(&key[..end])
 }
 
+/// The state entry of the index's earlier layout (a postcard number and
+/// orphan count), refused rather than misread.
+const LEGACY_STATE_KEY: &[u8] = b"S";
+
 /// The key of the last index number handed out (decimal text; module docs).
 pub const NUMBER_KEY: &[u8] = b"Sn";
 
@@ -428,6 +432,15 @@ pub fn index_appended(
         0 => 0,
         _ => read_counter(kv, NUMBER_KEY)?,
     };
+    if linked > 0 && first_number == 0 && kv.get(LEGACY_STATE_KEY)?.is_some() {
+        // The first numbers ever, over an index the earlier layout wrote:
+        // numbering again from 1 would overwrite its entries.
+        return Err(LogError::Corrupt(
+            "the causal index was written in an earlier layout (one `S` state entry), which \
+             this version does not read; remove the index's entries to start it over"
+                .into(),
+        ));
+    }
     let mut number = first_number;
     for write in writes {
         let tenant = write.key.tenant();
@@ -764,6 +777,46 @@ mod tests {
         let short = KeyBuf::table(NODE).str("t");
         let long = KeyBuf::table(NODE).str("tt").str("a");
         assert!(!long.bytes().starts_with(short.bytes()));
+    }
+
+    #[test]
+    fn an_index_in_the_earlier_layout_is_refused_not_misread() {
+        use crate::cursor::Incarnation;
+        use crate::durable::{DurableLog, Life, LogRecord, MemoryLog, StoredEvent};
+        let log = MemoryLog::new();
+        let index = log.index().expect("an index");
+        index
+            .write(&mut |kv| kv.put(LEGACY_STATE_KEY, &[7, 0]))
+            .expect("write the old state entry");
+        let key = SessionKey::new("t", "s").expect("key");
+        let incarnation = Incarnation::from_raw(1).expect("non-zero");
+        let event = |links: crate::links::Links| LogRecord {
+            position: 1,
+            incarnation,
+            body: RecordBody::Event(StoredEvent {
+                revision: 1,
+                timestamp_nanos: 1,
+                links,
+                payload: Vec::new(),
+            }),
+        };
+        let write = |records| SessionWrite {
+            key: &key,
+            new_life: Some(Life {
+                incarnation,
+                first_position: 1,
+            }),
+            records,
+        };
+        let linked = [event(crate::links::Links::new().kind("k"))];
+        assert!(matches!(
+            log.append(&[write(&linked)]),
+            Err(LogError::Corrupt(_))
+        ));
+        // Nothing numbered over the old entries.
+        let mut read = index.read().expect("read");
+        assert_eq!(read.get(NUMBER_KEY).expect("get"), None);
+        assert_eq!(read.get(COUNT_KEY).expect("get"), None);
     }
 
     #[test]

@@ -264,9 +264,26 @@ impl RedisLog {
             aborted: AtomicU64::new(0),
         };
         let (mut slot, _) = log.connection()?;
-        let info = round_trip(&mut slot, &[cmd("INFO").arg("server").clone()])?;
-        let text = bulk(info.into_iter().next().unwrap_or(Value::Nil), "INFO")?.unwrap_or_default();
+        let legacy_index = format!("{}:index", log.options.prefix);
+        let mut replies = round_trip(
+            &mut slot,
+            &[
+                cmd("INFO").arg("server").clone(),
+                cmd("EXISTS").arg(&legacy_index).clone(),
+            ],
+        )?
+        .into_iter();
+        let text = bulk(replies.next().unwrap_or(Value::Nil), "INFO")?.unwrap_or_default();
         check_version(&String::from_utf8_lossy(&text))?;
+        if matches!(replies.next(), Some(Value::Int(n)) if n > 0) {
+            // The causal index's layout before each entry was a key of its
+            // own: read as it is, it would be misread, not rebuilt.
+            return Err(LogError::Corrupt(format!(
+                "{legacy_index} holds the causal index in an earlier layout (one hash), which \
+                 this version does not read; remove {legacy_index} and {legacy_index}:keys to \
+                 start the index over (events appended before are then not indexed)"
+            )));
+        }
         let asked = match log.options.max_record_bytes {
             Some(_) => None,
             None => server_bulk_limit(&mut slot),
