@@ -138,7 +138,7 @@ pub fn scan_group(key: &[u8]) -> Option<&[u8]> {
 
 /// The state entry of the index's earlier layout (a postcard number and
 /// orphan count), refused rather than misread.
-const LEGACY_STATE_KEY: &[u8] = b"S";
+pub(crate) const LEGACY_STATE_KEY: &[u8] = b"S";
 
 /// The key of the last index number handed out (decimal text; module docs).
 pub const NUMBER_KEY: &[u8] = b"Sn";

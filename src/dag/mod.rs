@@ -71,6 +71,7 @@
 
 mod index;
 
+pub(crate) use self::index::LEGACY_STATE_KEY;
 pub use self::index::{
     index_appended, is_scanned, linked_events, scan_group, waiting_key, COUNT_KEY, NUMBER_KEY,
 };

@@ -369,7 +369,7 @@ impl RedbLog {
         // An existing log of this format needs no write (a durable write
         // transaction costs an fsync on every open).
         if self.initialised()? {
-            return Ok(());
+            return self.check_index_layout();
         }
         let db = self.database()?;
         let mut txn = db.begin_write().map_err(backend)?;
@@ -398,6 +398,28 @@ impl RedbLog {
     }
 
     /// Whether every table exists and the format is this version's.
+    /// Refuses a causal index the earlier layout wrote (one state entry):
+    /// read as it is, it would be numbered again from 1 over its entries.
+    fn check_index_layout(&self) -> Result<(), LogError> {
+        let txn = self.database()?.begin_read().map_err(backend)?;
+        let Ok(index) = txn.open_table(INDEX) else {
+            return Ok(());
+        };
+        if index
+            .get(crate::dag::LEGACY_STATE_KEY)
+            .map_err(backend)?
+            .is_some()
+        {
+            return Err(LogError::Corrupt(format!(
+                "{} holds the causal index in an earlier layout, which this version does not \
+                 read; delete the livereplay.index table to start the index over (events \
+                 appended before are then not indexed)",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
     fn initialised(&self) -> Result<bool, LogError> {
         let txn = self.database()?.begin_read().map_err(backend)?;
         let tables_exist = txn.open_table(RECORDS).is_ok()
