@@ -4,8 +4,10 @@
 //! # Invariants
 //!
 //! * Any transport failure drops the connection (`*slot = None`), so the
-//!   next call starts on a fresh one; only a first round trip, which never
-//!   writes, is retried on a fresh connection, and not after a timeout.
+//!   next call starts on a fresh one; only a first round trip, which writes
+//!   nothing a repeat could harm (at most an append's reservation of index
+//!   numbers, which then leaves a gap), is retried on a fresh connection,
+//!   and not after a timeout.
 //! * A server error reply is [`LogError::Backend`], except `WRONGTYPE` (a
 //!   key of the log holds something it did not write), which is
 //!   [`LogError::Corrupt`]; a command that failed *inside* an `EXEC` is
@@ -53,10 +55,12 @@ impl RedisLog {
         Ok((slot, reused))
     }
 
-    /// The first round trip of a call, which writes nothing: if it fails on
-    /// the transport of a connection opened by an earlier call (the server
-    /// restarted, an idle connection was cut), it is tried once more on a
-    /// fresh connection, so a restarted server is served from the first call.
+    /// The first round trip of a call, which writes nothing a repeat could
+    /// harm (an append's reservation of index numbers leaves a gap): if it
+    /// fails on the transport of a connection opened by an earlier call (the
+    /// server restarted, an idle connection was cut), it is tried once more
+    /// on a fresh connection, so a restarted server is served from the
+    /// first call.
     pub(super) fn first_trip(
         &self,
         slot: &mut Option<Connection>,

@@ -101,9 +101,11 @@
 //! [`RedisLog::wait_after`] (which blocks, so it uses idle connections of
 //! its own); calls are serialized on it. Any transport failure drops the
 //! connection and the next call connects again; a call whose first round
-//! trip (which never writes) fails on a connection an earlier call opened,
-//! other than by a timeout, tries once more on a fresh one, so a restarted server is served from the
-//! first call after it is back.
+//! trip (which writes nothing a repeat could harm: at most an append's
+//! reservation of index numbers, which leaves a gap) fails on a connection
+//! an earlier call opened, other than by a timeout, tries once more on a
+//! fresh one, so a restarted server is served from the first call after it
+//! is back.
 //!
 //! A write whose `EXEC` reply is lost (the connection broke, or the server
 //! was killed after writing its append-only file but before replying) fails
