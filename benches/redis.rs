@@ -37,15 +37,25 @@
 //!    alternating: appends paced every 20 µs, p50/p99/p99.9/max. The ring
 //!    holds every event of a phase plus the backlog (nothing is lapped:
 //!    `lost_events` is checked to be 0).
+//! 7. **Nodes contending.** Four stores, each with its own `RedisLog`
+//!    connection, append 3 000 events/s each to a session of their own for
+//!    3 s, with links (kind, correlation, the previous event as parent) and
+//!    without, taking turns: events/s the log took, `EXEC`s aborted by a
+//!    changed watched key per 1000 commits
+//!    ([`RedisLog::aborted_transactions`]), failed commits and holes
+//!    (issue 21 item 9); in `redis_parts/contention.rs`.
 //!
 //! Run: `cargo bench --features redis --bench redis`. Quick mode
 //! (`LIVEREPLAY_BENCH_QUICK=1`, or run without `--bench` as `cargo test
 //! --benches` does) uses small sizes and writes no CSV. A name filter that
-//! matches neither `delivery`, `shipping`, `catch_up` nor `freeze` skips
-//! that part. If `redis-server` is not on `PATH` the bench prints a loud
-//! SKIPPED line and exits 0, except under `CI=true`, where it fails. Every
-//! wait is bounded: a stuck run fails instead of hanging.
+//! matches neither `delivery`, `shipping`, `catch_up`, `freeze` nor
+//! `contention` skips that part. If `redis-server` is not on `PATH` the
+//! bench prints a loud SKIPPED line and exits 0, except under `CI=true`,
+//! where it fails. Every wait is bounded: a stuck run fails instead of
+//! hanging.
 
+#[path = "redis_parts/contention.rs"]
+mod contention;
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 mod support;
@@ -227,7 +237,7 @@ fn session_key(i: usize) -> SessionKey {
 }
 
 /// The stream of `session_key(i)` under `prefix` (the ids need no
-/// escaping; `src/durable/redis.rs` documents the layout).
+/// escaping; `src/durable/redis/mod.rs` documents the layout).
 fn stream_key(prefix: &str, i: usize) -> String {
     format!("{prefix}:{{acme:chat-{i:06}}}:log")
 }
@@ -1192,6 +1202,9 @@ fn main() {
     }
     if settings.runs("freeze") {
         freeze(&settings, &server, &mut out);
+    }
+    if settings.runs("contention") {
+        contention::contention(&settings, &server, &mut out);
     }
     support::write_out("redis-summary.csv", &out.csv);
     drop(server);

@@ -471,6 +471,50 @@ pub fn an_orphan_gets_its_depth_when_its_parent_arrives(f: Fixture) {
     assert_eq!(dag.index_stats().unwrap().orphans, 0);
 }
 
+/// An orphan's parent that arrives as an orphan itself (its own parent is
+/// missing too) ends the wait of its children: they are counted no more,
+/// and get their depth when the grandparent arrives.
+pub fn an_orphan_whose_parent_arrives_orphaned_stops_waiting(f: Fixture) {
+    let store = f.store();
+    let (parent, grandparent) = (EventRef::new(key("p"), 1), EventRef::new(key("g"), 1));
+    let child = append(
+        store,
+        "c",
+        "child",
+        Links::new().parent(parent.clone()).kind("k"),
+    );
+    settle(store, &["c"]);
+    assert_eq!(store.dag().unwrap().index_stats().unwrap().orphans, 1);
+    let middle = append(
+        store,
+        "p",
+        "middle",
+        Links::new().parent(grandparent.clone()).kind("k"),
+    );
+    assert_eq!(middle.reference(), parent);
+    settle(store, &["p"]);
+    let dag = store.dag().unwrap();
+    assert_eq!(
+        dag.index_stats().unwrap().orphans,
+        1,
+        "only the middle event waits (for its parent); the child's parent is there"
+    );
+    assert_eq!(dag.node(&child.reference()).unwrap().unwrap().depth, None);
+    let root = append(store, "g", "root", Links::new());
+    assert_eq!(root.reference(), grandparent);
+    settle(store, &["g"]);
+    let dag = store.dag().unwrap();
+    assert_eq!(dag.index_stats().unwrap().orphans, 0);
+    assert_eq!(
+        dag.node(&middle.reference()).unwrap().unwrap().depth,
+        Some(1)
+    );
+    assert_eq!(
+        dag.node(&child.reference()).unwrap().unwrap().depth,
+        Some(2)
+    );
+}
+
 // --- acknowledgements -------------------------------------------------------
 
 pub fn acknowledgements_are_idempotent_and_oldest_first(f: Fixture) {
@@ -883,6 +927,7 @@ macro_rules! dag_suite {
             find_by_kind_respects_the_depth_range,
             a_parent_without_links_is_a_root,
             an_orphan_gets_its_depth_when_its_parent_arrives,
+            an_orphan_whose_parent_arrives_orphaned_stops_waiting,
             acknowledgements_are_idempotent_and_oldest_first,
             an_acknowledgement_before_indexing_still_counts,
             signals_reach_each_ancestor_session_live,

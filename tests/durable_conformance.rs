@@ -139,4 +139,24 @@ mod redb_log {
         assert_eq!(crate::durable_suite::meta_of(&log, &key).durable_tail, 5);
         assert_eq!(crate::durable_suite::load_all(&log, &key).len(), 5);
     }
+
+    /// Backend-specific: a causal index in the earlier layout (one `S`
+    /// state entry) is refused at open, by name, rather than numbered again
+    /// from 1 over its entries.
+    #[test]
+    fn an_index_in_the_earlier_layout_is_refused_at_open() {
+        let mut backend = RedbBackend::new();
+        let index = backend.log().index().expect("an index");
+        index
+            .write(&mut |kv| kv.put(b"S", &[7, 0]))
+            .expect("write the old state entry");
+        drop(backend.log.take());
+        let reopened = RedbLog::open(backend.dir.join("log.redb"));
+        match reopened {
+            Err(livereplay::durable::LogError::Corrupt(what)) => {
+                assert!(what.contains("earlier layout"), "{what}")
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
 }

@@ -610,6 +610,28 @@ fn damaged_keys_are_corrupt_not_panics() {
 /// every session batched with it stalled for good. The log now refuses the
 /// record by name before sending (`InvalidRecord`), and the persister
 /// writes it as a hole, counted with its key, while the rest is written.
+/// A causal index in the layout before each entry was a key of its own (one
+/// hash, `<prefix>:index`) is refused at open, by name, rather than misread
+/// (numbering would start over and overwrite its entries).
+#[test]
+fn an_index_in_the_earlier_layout_is_refused_at_open() {
+    let backend = backend_or_skip!();
+    let mut con = raw(&backend.server);
+    let legacy = format!("{}:index", backend.prefix);
+    let _: () = redis::cmd("HSET")
+        .arg(&legacy)
+        .arg("S")
+        .arg(&[7u8, 0][..])
+        .query(&mut con)
+        .expect("HSET");
+    match RedisLog::open_with(&backend.server.url(), options(&backend.prefix)) {
+        Err(LogError::Corrupt(what)) => assert!(what.contains(&legacy), "{what}"),
+        other => panic!("expected Corrupt naming {legacy}, got {other:?}"),
+    }
+    // Another prefix on the same server is not affected.
+    assert!(RedisLog::open_with(&backend.server.url(), options("elsewhere")).is_ok());
+}
+
 #[test]
 fn a_payload_over_the_bulk_limit_is_a_hole_not_a_stalled_batch() {
     use livereplay::{DurableError, DurableOptions, ReplayStore, Revision, Utf8};

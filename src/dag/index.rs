@@ -18,17 +18,42 @@
 //! | kind | `K t kind depth n` | `s p` |
 //! | open | `O t timestamp n` | `s p` (requires an ack, none recorded yet) |
 //! | acked | `A t s p` | — |
-//! | state | `S` | the last index number and the number of orphans |
+//! | waiting | `W t s` | how many orphans wait for an event of session `s` (absent: none) |
+//! | number | `Sn` | the last index number handed out |
+//! | count | `Sc` | how many events with links the index took (`as_of`) |
 //!
-//! `n` is the event's **index number**: events with links are numbered in
-//! the order the index took them, log-wide, from 1. It orders a kind's
-//! events at one depth, breaks timestamp ties in a correlation chain and
-//! among open acknowledgements (both oldest first by append time, since
-//! the persister writes sessions in any order), and is what a query's
-//! `as_of` counts.
+//! `n` is the event's **index number**: events with links are numbered
+//! log-wide from 1, in the order their commits took the numbers. It orders
+//! a kind's events at one depth and breaks timestamp ties in a correlation
+//! chain and among open acknowledgements (both oldest first by append time,
+//! since the persister writes sessions in any order). A backend whose
+//! commits run one at a time (memory, redb) hands the numbers out in commit
+//! order, without gaps; one shared by nodes (Redis) reserves them before
+//! its transaction, so a commit that aborted leaves a gap and two nodes'
+//! commits may land in the other order than their numbers. Numbers order;
+//! they do not count.
+//!
+//! The **count** is what a query's `as_of` is: the events with links in
+//! the index when the answer was read. It only grows, by exactly the
+//! events a commit indexed, in that commit.
 //!
 //! Only events **with** links get a node: the common event costs the index
-//! nothing but, while orphans exist, one children scan.
+//! nothing but, while orphans wait on its session, one children scan.
+//!
+//! # What commits on different sessions share
+//!
+//! Nothing that one of them reads, unless a link crosses sessions: an
+//! append reads its own sessions' entries (its events' parents, their
+//! acknowledgements, its sessions' `W`, and while orphans wait on one of
+//! them, the children of its events: one [`scan_group`]), the entries of
+//! other sessions only for a parent there, and raises the two counters
+//! without reading them for anything else. The counters are **decimal text** and change only by
+//! being raised, so a backend that can add atomically (Redis `INCRBY`) may
+//! keep them as native counters: it answers an append's read of `Sc` with
+//! any base and applies the put as an addition of the difference, and it
+//! reserves the append's numbers ([`linked_events`] of them) before its
+//! transaction and answers the read of `Sn` with the number before them.
+//! So writers on different sessions conflict only where their links meet.
 //!
 //! # Depth, and parents that are not there yet
 //!
@@ -36,11 +61,14 @@
 //! parent, or whose parent is an event without links, is at depth 0 or 1.
 //! An event whose parent the log does not hold yet (another node has not
 //! written it, it was never appended, or it was archived) is an **orphan**:
-//! its depth is unknown, and so is every descendant's. The state counts
-//! orphans; while any exist, every event the index takes first looks for
-//! children waiting on it, and gives them (and their descendants, breadth
-//! first) their depth. An event whose depth is unknown is not found by
-//! kind; every other query serves it.
+//! its depth is unknown, and so is every descendant's. The index counts
+//! orphans under the missing parent's session (`W t s`); while any wait on
+//! a session, every event of it the index takes first looks for children
+//! waiting on it: they stop waiting (they are orphans no more), and if the
+//! event's own depth is known they get theirs (and their descendants,
+//! breadth first); an event of unknown depth passes one down when the
+//! arrival of its missing ancestor reaches it. An event whose depth is
+//! unknown is not found by kind; every other query serves it.
 //!
 //! A cycle (parents that name later events, which nothing appended through
 //! the store can produce) stays at unknown depth: the cascade only starts
@@ -60,19 +88,85 @@ const CORRELATION: u8 = b'R';
 const KIND: u8 = b'K';
 const OPEN: u8 = b'O';
 const ACKED: u8 = b'A';
-const STATE: u8 = b'S';
+const WAITING: u8 = b'W';
 
 /// Whether `key` belongs to a table the queries scan by range (children,
-/// correlation, kind, open acknowledgements); the others (nodes,
-/// acknowledgements, the state) are only read by their exact key, so a
-/// backend whose ordered structure costs more than a hash (Redis) may keep
-/// them out of it.
+/// correlation, kind, open acknowledgements, waiting orphans); the others
+/// (nodes, acknowledgements, the counters) are only read by their exact
+/// key, so a backend whose ordered structure costs more than a hash (Redis)
+/// may keep them out of it.
 pub fn is_scanned(key: &[u8]) -> bool {
-    matches!(key.first(), Some(&(CHILDREN | CORRELATION | KIND | OPEN)))
+    matches!(
+        key.first(),
+        Some(&(CHILDREN | CORRELATION | KIND | OPEN | WAITING))
+    )
 }
 
-/// The key of the index's state, for backends that read it ahead.
-pub const STATE_KEY: &[u8] = &[STATE];
+/// The part of a scanned key (see [`is_scanned`]) that every scan of its
+/// table names in full: the table tag, then the tenant and parent session
+/// for children, the tenant and id for correlation chains, the tenant and
+/// kind for kinds, the tenant for open acknowledgements, nothing for
+/// waiting orphans. A scan's prefix (and cursor) always holds its group,
+/// so a scan never leaves it, and a backend may keep one ordered structure
+/// per group (Redis does, so that a transaction's scan watches only the
+/// entries it could have read). `None` for a key of another table, or one
+/// too short to hold its group.
+pub fn scan_group(key: &[u8]) -> Option<&[u8]> {
+    let strings = match *key.first()? {
+        CHILDREN | CORRELATION | KIND => 2,
+        OPEN => 1,
+        WAITING => 0,
+        _ => return None,
+    };
+    let mut end = 1;
+    for _ in 0..strings {
+        // Each string ends at the first 0x00 0x00 (0x00 0xFF is an
+        // escaped 0x00 inside it).
+        loop {
+            match (key.get(end)?, key.get(end + 1)) {
+                (0, Some(0)) => {
+                    end += 2;
+                    break;
+                }
+                (0, _) => end += 2,
+                _ => end += 1,
+            }
+        }
+    }
+    Some(&key[..end])
+}
+
+/// The state entry of the index's earlier layout (a postcard number and
+/// orphan count), refused rather than misread.
+pub(crate) const LEGACY_STATE_KEY: &[u8] = b"S";
+
+/// The key of the last index number handed out (decimal text; module docs).
+pub const NUMBER_KEY: &[u8] = b"Sn";
+
+/// The key of the count of events with links indexed, the `as_of` of
+/// queries (decimal text; module docs).
+pub const COUNT_KEY: &[u8] = b"Sc";
+
+/// The key of how many orphans wait for an event of `key`'s session
+/// (decimal text; module docs), for backends that read it ahead.
+pub fn waiting_key(key: &SessionKey) -> Vec<u8> {
+    KeyBuf::table(WAITING)
+        .str(key.tenant())
+        .str(key.session())
+        .0
+}
+
+/// How many index numbers [`index_appended`] hands out for `writes`: one
+/// per event with links.
+pub fn linked_events(writes: &[SessionWrite<'_>]) -> u64 {
+    writes
+        .iter()
+        .flat_map(|write| write.records)
+        .filter(
+            |record| matches!(&record.body, RecordBody::Event(event) if !event.links.is_empty()),
+        )
+        .count() as u64
+}
 
 /// How many entries one scan of the cascade or a query reads at a time.
 const SCAN_CHUNK: usize = 256;
@@ -167,7 +261,7 @@ impl<'a> KeyReader<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Node<'a> {
     /// The parent's session id (same tenant) and position. First, with the
-    /// depth: [`read_head`] decodes only these two.
+    /// depth: [`read_depth`] decodes only these two.
     pub(crate) parent: Option<(Cow<'a, str>, u64)>,
     /// Distance to the root; `None` while an ancestor is missing.
     pub(crate) depth: Option<u32>,
@@ -178,15 +272,6 @@ pub(crate) struct Node<'a> {
     pub(crate) timestamp_nanos: u64,
     /// The index number (module docs).
     pub(crate) number: u64,
-}
-
-/// The index's counters.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub(crate) struct State {
-    /// The last index number handed out.
-    pub(crate) number: u64,
-    /// Events indexed while their parent was not in the log.
-    pub(crate) orphans: u64,
 }
 
 fn encode<V: Serialize>(value: &V) -> Result<Vec<u8>, LogError> {
@@ -227,10 +312,69 @@ fn kind_key(tenant: &str, kind: &str, depth: u32, number: u64) -> KeyBuf {
         .u64(number)
 }
 
-pub(crate) fn read_state(kv: &mut dyn IndexRead) -> Result<State, LogError> {
-    match kv.get(STATE_KEY)? {
-        Some(bytes) => decode(&bytes),
-        None => Ok(State::default()),
+/// A counter's value (decimal text; absent is 0).
+fn read_counter(kv: &mut dyn IndexRead, key: &[u8]) -> Result<u64, LogError> {
+    match kv.get(key)? {
+        Some(bytes) => parse_counter(key, &bytes),
+        None => Ok(0),
+    }
+}
+
+fn parse_counter(key: &[u8], bytes: &[u8]) -> Result<u64, LogError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| {
+            LogError::Corrupt(format!(
+                "causal index counter {:?}: {:?} is not a decimal number",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(bytes)
+            ))
+        })
+}
+
+fn write_counter(kv: &mut dyn IndexWrite, key: &[u8], value: u64) -> Result<(), LogError> {
+    kv.put(key, value.to_string().as_bytes())
+}
+
+/// The events with links indexed: the `as_of` of an answer read now.
+pub(crate) fn read_count(kv: &mut dyn IndexRead) -> Result<u64, LogError> {
+    read_counter(kv, COUNT_KEY)
+}
+
+/// Orphans waiting for their parent, over every session.
+pub(crate) fn read_orphans(kv: &mut dyn IndexRead) -> Result<u64, LogError> {
+    let prefix = [WAITING];
+    let mut total = 0u64;
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let entries = kv.scan(&prefix, cursor.as_deref(), SCAN_CHUNK)?;
+        let done = entries.len() < SCAN_CHUNK;
+        for (key, value) in &entries {
+            total = total.saturating_add(parse_counter(key, value)?);
+        }
+        match entries.into_iter().last() {
+            Some((key, _)) if !done => cursor = Some(key),
+            _ => return Ok(total),
+        }
+    }
+}
+
+/// Adds `delta` (which may be negative) to the orphans waiting on
+/// `session`; at zero the entry goes.
+fn add_waiting(
+    kv: &mut dyn IndexWrite,
+    tenant: &str,
+    session: &str,
+    delta: i64,
+) -> Result<(), LogError> {
+    let key = KeyBuf::table(WAITING).str(tenant).str(session);
+    let now = read_counter(kv, key.bytes())?.saturating_add_signed(delta);
+    if now == 0 {
+        kv.delete(key.bytes())
+    } else {
+        write_counter(kv, key.bytes(), now)
     }
 }
 
@@ -283,10 +427,36 @@ pub fn index_appended(
     kv: &mut dyn IndexWrite,
     writes: &[SessionWrite<'_>],
 ) -> Result<(), LogError> {
-    let mut state = read_state(kv)?;
-    let before = (state.number, state.orphans);
+    let linked = linked_events(writes);
+    let first_number = match linked {
+        0 => 0,
+        _ => read_counter(kv, NUMBER_KEY)?,
+    };
+    if linked > 0 && first_number == 0 && kv.get(LEGACY_STATE_KEY)?.is_some() {
+        // The first numbers ever, over an index the earlier layout wrote:
+        // numbering again from 1 would overwrite its entries.
+        return Err(LogError::Corrupt(
+            "the causal index was written in an earlier layout (one `S` state entry), which \
+             this version does not read; remove the index's entries to start it over"
+                .into(),
+        ));
+    }
+    let mut number = first_number;
     for write in writes {
         let tenant = write.key.tenant();
+        if !write
+            .records
+            .iter()
+            .any(|r| matches!(r.body, RecordBody::Event(_)))
+        {
+            continue;
+        }
+        // Orphans waiting on this session's events: read once per write,
+        // written back once (an orphan of this write waiting on this same
+        // session counts here, not through the stored entry).
+        let waiting_at = KeyBuf::table(WAITING).str(tenant).str(write.key.session());
+        let waiting_before = read_counter(kv, waiting_at.bytes())?;
+        let mut waiting = waiting_before;
         for record in write.records {
             let RecordBody::Event(event) = &record.body else {
                 continue;
@@ -294,12 +464,19 @@ pub fn index_appended(
             let position = record.position;
             let links = &event.links;
             if links.is_empty() {
-                if state.orphans > 0 {
-                    settle(kv, &mut state, tenant, write.key.session(), position, 0)?;
+                if waiting > 0 {
+                    settle(
+                        kv,
+                        &mut waiting,
+                        tenant,
+                        write.key.session(),
+                        position,
+                        Some(0),
+                    )?;
                 }
                 continue;
             }
-            state.number += 1;
+            number += 1;
             let depth = match &links.parent {
                 None => Some(0),
                 Some(parent) => {
@@ -311,8 +488,12 @@ pub fn index_appended(
                         {
                             Some(1)
                         }
+                        None if ps == write.key.session() => {
+                            waiting += 1;
+                            None
+                        }
                         None => {
-                            state.orphans += 1;
+                            add_waiting(kv, tenant, ps, 1)?;
                             None
                         }
                     }
@@ -329,7 +510,7 @@ pub fn index_appended(
                 lane: links.lane.as_deref().map(Cow::Borrowed),
                 requires_ack: links.requires_ack,
                 timestamp_nanos: event.timestamp_nanos,
-                number: state.number,
+                number,
             };
             let session = write.key.session();
             kv.put(node_key(tenant, session, position).bytes(), &encode(&node)?)?;
@@ -345,11 +526,11 @@ pub fn index_appended(
                     .str(tenant)
                     .str(id)
                     .u64(event.timestamp_nanos)
-                    .u64(state.number);
+                    .u64(number);
                 kv.put(key.bytes(), &this)?;
             }
             if let (Some(kind), Some(depth)) = (&links.kind, depth) {
-                kv.put(kind_key(tenant, kind, depth, state.number).bytes(), &this)?;
+                kv.put(kind_key(tenant, kind, depth, number).bytes(), &this)?;
             }
             if links.requires_ack
                 && kv
@@ -357,17 +538,30 @@ pub fn index_appended(
                     .is_none()
             {
                 kv.put(
-                    open_key(tenant, event.timestamp_nanos, state.number).bytes(),
+                    open_key(tenant, event.timestamp_nanos, number).bytes(),
                     &this,
                 )?;
             }
-            if let (true, Some(depth)) = (state.orphans > 0, depth) {
-                settle(kv, &mut state, tenant, session, position, depth)?;
+            if waiting > 0 {
+                // Also at an unknown depth: its waiting children have their
+                // parent now, and wait for no event of this session.
+                settle(kv, &mut waiting, tenant, session, position, depth)?;
+            }
+        }
+        // Only this loop changes this session's entry meanwhile (an orphan
+        // of another session is counted before or after it).
+        if waiting != waiting_before {
+            match waiting {
+                0 => kv.delete(waiting_at.bytes())?,
+                now => write_counter(kv, waiting_at.bytes(), now)?,
             }
         }
     }
-    if (state.number, state.orphans) != before {
-        kv.put(STATE_KEY, &encode(&state)?)?;
+    if linked > 0 {
+        debug_assert_eq!(number, first_number + linked);
+        write_counter(kv, NUMBER_KEY, number)?;
+        let count = read_counter(kv, COUNT_KEY)?;
+        write_counter(kv, COUNT_KEY, count.saturating_add(linked))?;
     }
     Ok(())
 }
@@ -380,15 +574,17 @@ fn in_writes(writes: &[SessionWrite<'_>], key: &SessionKey, position: u64) -> bo
     })
 }
 
-/// `session@position` just got depth `depth`: children of it that were
-/// waiting (orphans) get theirs, and so on down, breadth first.
+/// `session@position` was just indexed, at depth `depth`: children of it
+/// that were waiting (orphans) stop waiting, and if the depth is known get
+/// theirs, and so on down, breadth first. An unknown depth leaves them
+/// unknown until an ancestor's arrival cascades down to them.
 fn settle(
     kv: &mut dyn IndexWrite,
-    state: &mut State,
+    waiting: &mut u64,
     tenant: &str,
     session: &str,
     position: u64,
-    depth: u32,
+    depth: Option<u32>,
 ) -> Result<(), LogError> {
     let mut queue = std::collections::VecDeque::from([(session.to_owned(), position, depth)]);
     let mut first = true;
@@ -405,8 +601,11 @@ fn settle(
             if first {
                 // A waiting child of an event the index just took was an
                 // orphan: its parent was not in the log until now.
-                state.orphans = state.orphans.saturating_sub(1);
+                *waiting = waiting.saturating_sub(1);
             }
+            let Some(depth) = depth else {
+                continue;
+            };
             let child_depth = depth.saturating_add(1);
             node.depth = Some(child_depth);
             kv.put(
@@ -417,7 +616,7 @@ fn settle(
                 let key = kind_key(tenant, kind, child_depth, node.number);
                 kv.put(key.bytes(), &encode_ref(&child_session, child_position)?)?;
             }
-            queue.push_back((child_session, child_position, child_depth));
+            queue.push_back((child_session, child_position, Some(child_depth)));
         }
         first = false;
     }
@@ -578,6 +777,73 @@ mod tests {
         let short = KeyBuf::table(NODE).str("t");
         let long = KeyBuf::table(NODE).str("tt").str("a");
         assert!(!long.bytes().starts_with(short.bytes()));
+    }
+
+    #[test]
+    fn an_index_in_the_earlier_layout_is_refused_not_misread() {
+        use crate::cursor::Incarnation;
+        use crate::durable::{DurableLog, Life, LogRecord, MemoryLog, StoredEvent};
+        let log = MemoryLog::new();
+        let index = log.index().expect("an index");
+        index
+            .write(&mut |kv| kv.put(LEGACY_STATE_KEY, &[7, 0]))
+            .expect("write the old state entry");
+        let key = SessionKey::new("t", "s").expect("key");
+        let incarnation = Incarnation::from_raw(1).expect("non-zero");
+        let event = |links: crate::links::Links| LogRecord {
+            position: 1,
+            incarnation,
+            body: RecordBody::Event(StoredEvent {
+                revision: 1,
+                timestamp_nanos: 1,
+                links,
+                payload: Vec::new(),
+            }),
+        };
+        let write = |records| SessionWrite {
+            key: &key,
+            new_life: Some(Life {
+                incarnation,
+                first_position: 1,
+            }),
+            records,
+        };
+        let linked = [event(crate::links::Links::new().kind("k"))];
+        assert!(matches!(
+            log.append(&[write(&linked)]),
+            Err(LogError::Corrupt(_))
+        ));
+        // Nothing numbered over the old entries.
+        let mut read = index.read().expect("read");
+        assert_eq!(read.get(NUMBER_KEY).expect("get"), None);
+        assert_eq!(read.get(COUNT_KEY).expect("get"), None);
+    }
+
+    #[test]
+    fn scans_stay_within_their_group() {
+        let child = children_prefix("t\0", "s", 3).str("c").u64(4);
+        let group = scan_group(child.bytes()).unwrap();
+        assert_eq!(group, KeyBuf::table(CHILDREN).str("t\0").str("s").bytes());
+        assert_eq!(
+            scan_group(children_prefix("t\0", "s", 3).bytes()),
+            Some(group)
+        );
+        let kind = kind_key("t", "k", 2, 9);
+        let kind_prefix = KeyBuf::table(KIND).str("t").str("k");
+        assert_eq!(scan_group(kind.bytes()), Some(kind_prefix.bytes()));
+        assert_eq!(scan_group(kind_prefix.bytes()), Some(kind_prefix.bytes()));
+        let open = open_key("t", 1, 2);
+        assert_eq!(
+            scan_group(open.bytes()),
+            Some(KeyBuf::table(OPEN).str("t").bytes())
+        );
+        assert_eq!(scan_group(&[WAITING, b'x']), Some(&[WAITING][..]));
+        // Other tables, and keys cut inside their group.
+        assert_eq!(scan_group(node_key("t", "s", 1).bytes()), None);
+        assert_eq!(scan_group(NUMBER_KEY), None);
+        assert_eq!(scan_group(KeyBuf::table(KIND).str("t").bytes()), None);
+        assert_eq!(scan_group(&[KIND, b'a', 0]), None);
+        assert_eq!(scan_group(&[]), None);
     }
 
     #[test]

@@ -22,9 +22,11 @@
 //! The index is as fresh as the log: a position is indexed exactly when it
 //! is durable. Every answer carries `as_of`, the number of events with links
 //! the index had taken when the answer was read (log-wide; it only grows).
-//! [`Dag::wait_indexed`] waits until one event is indexed and returns its
-//! index number (or the current `as_of` for an event without links): every
-//! answer whose `as_of` is at least that number reflects the event.
+//! [`Dag::wait_indexed`] waits until one event is indexed and returns an
+//! `as_of` read after it was: every answer whose `as_of` is at least that
+//! reflects the event. An event's index number ([`DagNode::number`]) orders
+//! it among others; it is not an `as_of` (on Redis, nodes reserve numbers
+//! before they commit, so numbers and commits may interleave).
 //!
 //! Events appended but not yet durable are not in any answer except
 //! [`Dag::read`], which looks in the ring first.
@@ -69,7 +71,10 @@
 
 mod index;
 
-pub use self::index::{index_appended, is_scanned, STATE_KEY};
+pub(crate) use self::index::LEGACY_STATE_KEY;
+pub use self::index::{
+    index_appended, is_scanned, linked_events, scan_group, waiting_key, COUNT_KEY, NUMBER_KEY,
+};
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -160,7 +165,8 @@ pub struct DagAnswer<T> {
     /// For an ancestor walk: the parent it stopped at because no tier holds
     /// it (not written yet, never appended, or archived before indexing).
     pub missing: Option<EventRef>,
-    /// The index number the answer reflects (module docs).
+    /// How many events with links the index held when the answer was read
+    /// (module docs).
     pub as_of: u64,
 }
 
@@ -188,7 +194,8 @@ pub struct DagNode {
     pub depth: Option<u32>,
     /// Whether an acknowledgement was recorded.
     pub acknowledged: bool,
-    /// Its index number.
+    /// Its index number: unique log-wide, and the order of its kind's
+    /// events at one depth (module docs; not an `as_of`).
     pub number: u64,
 }
 
@@ -228,7 +235,7 @@ enum Step {
 impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
     fn snapshot(&self) -> Result<(Box<dyn IndexRead + 's>, u64), DagError> {
         let mut kv = self.index.read()?;
-        let as_of = index::read_state(&mut *kv)?.number;
+        let as_of = index::read_count(&mut *kv)?;
         Ok((kv, as_of))
     }
 
@@ -246,10 +253,9 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
     /// The index's counters, log-wide.
     pub fn index_stats(&self) -> Result<IndexStats, DagError> {
         let mut kv = self.index.read()?;
-        let state = index::read_state(&mut *kv)?;
         Ok(IndexStats {
-            indexed: state.number,
-            orphans: state.orphans,
+            indexed: index::read_count(&mut *kv)?,
+            orphans: index::read_orphans(&mut *kv)?,
         })
     }
 
@@ -488,17 +494,18 @@ impl<'s, T: Send + Sync + 'static> Dag<'s, T> {
     }
 
     /// Waits until `event` is indexed (durable), at most `timeout`, and
-    /// returns its index number, or the current `as_of` for an event
-    /// without links: every answer whose `as_of` is at least that reflects
-    /// it.
+    /// returns the `as_of` read just after it was seen (with or without
+    /// links): every answer whose `as_of` is at least that reflects it.
     pub fn wait_indexed(&self, event: &EventRef, timeout: Duration) -> Result<u64, DagError> {
         let deadline = Instant::now().checked_add(timeout);
         let mut pause = Duration::from_micros(200);
         loop {
-            let (mut kv, as_of) = self.snapshot()?;
+            let mut kv = self.index.read()?;
             match Self::step(&mut *kv, event)? {
-                Step::Linked(node) => return Ok(node.number),
-                Step::Plain => return Ok(as_of),
+                // The count read after the event was seen: an answer that
+                // read one at least as high read it after the event's
+                // commit (on a shared log the reads are not one snapshot).
+                Step::Linked(_) | Step::Plain => return Ok(index::read_count(&mut *kv)?),
                 Step::Missing => {}
             }
             drop(kv);

@@ -5,7 +5,8 @@
 //! these three small traits, and every backend stores it the way it stores
 //! records: [`MemoryLog`](super::MemoryLog) in a `BTreeMap` under its lock,
 //! `RedbLog` in one more table of the same file and write transaction,
-//! `RedisLog` in a hash and a lexicographic sorted set written in the same
+//! `RedisLog` in a key per entry (so a transaction watches exactly the
+//! entries it read) and a lexicographic sorted set, written in the same
 //! `MULTI`/`EXEC` as the streams.
 //!
 //! # Invariants a backend keeps

@@ -62,8 +62,14 @@
 //! "eventual" level any more; under `Deferred` it also cannot reuse pages
 //! freed since the last durable commit, so call [`RedbLog::sync`]
 //! periodically or the file grows.
+//!
+//! # Files
+//!
+//! This file holds the public types, opening and the reads; the rest is a
+//! file per concern, each opening with what it owns and its invariants:
+//! `commit.rs` (append and archive transactions), `encode.rs` (the stored
+//! forms) and `index.rs` (the causal index's table).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -71,16 +77,14 @@ use ::redb::{
     Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition,
     WriteTransaction,
 };
-use serde::{Deserialize, Serialize};
 
-use super::memory::{apply_to_meta, empty_meta, validate_write};
-use super::stored::LinksV1;
-use super::{
-    DurableLog, HoleReason, IndexEntries, IndexRead, IndexStore, IndexWrite, Life, Links, LogError,
-    LogRecord, RecordBody, SessionMeta, SessionWrite, StoredEvent,
-};
-use crate::cursor::Incarnation;
+use self::encode::{decode_header, decode_record, last_position, read_meta};
+use super::{DurableLog, IndexStore, LogError, LogRecord, SessionMeta, SessionWrite};
 use crate::key::SessionKey;
+
+mod commit;
+mod encode;
+mod index;
 
 /// `(tenant, session, position)` → record bytes.
 const RECORDS: TableDefinition<(&str, &str, u64), &[u8]> =
@@ -365,7 +369,7 @@ impl RedbLog {
         // An existing log of this format needs no write (a durable write
         // transaction costs an fsync on every open).
         if self.initialised()? {
-            return Ok(());
+            return self.check_index_layout();
         }
         let db = self.database()?;
         let mut txn = db.begin_write().map_err(backend)?;
@@ -394,6 +398,28 @@ impl RedbLog {
     }
 
     /// Whether every table exists and the format is this version's.
+    /// Refuses a causal index the earlier layout wrote (one state entry):
+    /// read as it is, it would be numbered again from 1 over its entries.
+    fn check_index_layout(&self) -> Result<(), LogError> {
+        let txn = self.database()?.begin_read().map_err(backend)?;
+        let Ok(index) = txn.open_table(INDEX) else {
+            return Ok(());
+        };
+        if index
+            .get(crate::dag::LEGACY_STATE_KEY)
+            .map_err(backend)?
+            .is_some()
+        {
+            return Err(LogError::Corrupt(format!(
+                "{} holds the causal index in an earlier layout, which this version does not \
+                 read; delete the livereplay.index table to start the index over (events \
+                 appended before are then not indexed)",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
     fn initialised(&self) -> Result<bool, LogError> {
         let txn = self.database()?.begin_read().map_err(backend)?;
         let tables_exist = txn.open_table(RECORDS).is_ok()
@@ -411,162 +437,6 @@ impl RedbLog {
         let mut txn = db.begin_write().map_err(backend)?;
         txn.set_durability(self.durability).map_err(backend)?;
         Ok(txn)
-    }
-}
-
-impl RedbLog {
-    fn archive_in(&self, db: &Database, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
-        // Read and decide inside the write transaction: the persister may
-        // be appending, and the tail checked must be the tail archived.
-        let txn = self.begin_write(db)?;
-        let archived;
-        {
-            let mut metas = txn.open_table(META).map_err(backend)?;
-            let Some((seq, mut meta)) = read_meta(&metas, key)? else {
-                return Ok(0);
-            };
-            let watermark = watermark.min(meta.durable_tail);
-            if watermark <= meta.archived_through {
-                return Ok(0);
-            }
-            let (tenant, session) = (key.tenant(), key.session());
-            let mut records = txn.open_table(RECORDS).map_err(backend)?;
-            // Records are contiguous, so only the last one at or below the
-            // watermark can reach past it (a straddling hole); it stays, and
-            // loads skip its archived part.
-            let mut gone = Vec::new();
-            let mut events = 0u64;
-            for entry in records
-                .range((tenant, session, 0)..=(tenant, session, watermark))
-                .map_err(backend)?
-            {
-                let (k, v) = entry.map_err(backend)?;
-                let position = k.value().2;
-                let (header, _) = decode_header(key, position, v.value())?;
-                if last_position(key, position, &header)? <= watermark {
-                    gone.push(position);
-                    if matches!(header.body, BodyV1::Event { .. }) {
-                        events += 1;
-                    }
-                }
-            }
-            for position in gone {
-                records
-                    .remove((tenant, session, position))
-                    .map_err(backend)?;
-            }
-            meta.event_count = meta.event_count.checked_sub(events).ok_or_else(|| {
-                LogError::Corrupt(format!(
-                    "{key}: the meta counts {} events, but {events} were archived",
-                    meta.event_count
-                ))
-            })?;
-            meta.archived_through = watermark;
-            let bytes = encode_meta(seq, &meta)?;
-            metas
-                .insert((tenant, session), bytes.as_slice())
-                .map_err(backend)?;
-            archived = events;
-        }
-        txn.commit().map_err(backend)?;
-        Ok(archived)
-    }
-    fn append_in(&self, db: &Database, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let txn = self.begin_write(db)?;
-        {
-            let mut metas = txn.open_table(META).map_err(backend)?;
-            // Validate everything before writing anything: one call is all
-            // or nothing (an early return drops, so aborts, the
-            // transaction). A session written twice in one call validates
-            // against its state after the earlier write. `staged` keeps the
-            // order sessions first appear in, which is the order new ones
-            // get their creation numbers (as in `MemoryLog`).
-            let mut staged: Vec<Staged<'_>> = Vec::new();
-            let mut index: HashMap<&SessionKey, usize> = HashMap::new();
-            for write in writes {
-                let (slot, seq, meta) = match index.get(write.key) {
-                    Some(&i) => (Some(i), staged[i].seq, Some(staged[i].meta.clone())),
-                    None => match read_meta(&metas, write.key)? {
-                        Some((seq, meta)) => (None, Some(seq), Some(meta)),
-                        None => (None, None, None),
-                    },
-                };
-                validate_write(write.key, meta.as_ref(), write)?;
-                // Nothing to record for a session the log does not know
-                // (as in `MemoryLog`): not listed, no meta.
-                if meta.is_none() && write.new_life.is_none() && write.records.is_empty() {
-                    continue;
-                }
-                let mut meta = meta.unwrap_or_else(empty_meta);
-                apply_to_meta(&mut meta, write);
-                match slot {
-                    Some(i) => staged[i].meta = meta,
-                    None => {
-                        index.insert(write.key, staged.len());
-                        staged.push(Staged {
-                            key: write.key,
-                            seq,
-                            meta,
-                        });
-                    }
-                }
-            }
-
-            let mut state = txn.open_table(STATE).map_err(backend)?;
-            let mut listing = txn.open_table(LISTING).map_err(backend)?;
-            let first_seq = state
-                .get(NEXT_SEQ_KEY)
-                .map_err(backend)?
-                .map_or(0, |v| v.value());
-            let mut next_seq = first_seq;
-            for session in &staged {
-                let key = session.key;
-                let seq = match session.seq {
-                    Some(seq) => seq,
-                    None => {
-                        let seq = next_seq;
-                        next_seq += 1;
-                        listing
-                            .insert((key.tenant(), seq), key.session())
-                            .map_err(backend)?;
-                        seq
-                    }
-                };
-                let bytes = encode_meta(seq, &session.meta)?;
-                metas
-                    .insert((key.tenant(), key.session()), bytes.as_slice())
-                    .map_err(backend)?;
-            }
-            if next_seq != first_seq {
-                state.insert(NEXT_SEQ_KEY, next_seq).map_err(backend)?;
-            }
-
-            let mut records = txn.open_table(RECORDS).map_err(backend)?;
-            let mut buf = Vec::new();
-            for write in writes {
-                let (tenant, session) = (write.key.tenant(), write.key.session());
-                for record in write.records {
-                    encode_record(record, &mut buf)?;
-                    records
-                        .insert((tenant, session, record.position), buf.as_slice())
-                        .map_err(backend)?;
-                }
-            }
-            // The index in the same transaction: durable exactly when the
-            // records are.
-            let mut index = txn.open_table(INDEX).map_err(backend)?;
-            crate::dag::index_appended(
-                &mut IndexTxn {
-                    index: &mut index,
-                    records: &records,
-                },
-                writes,
-            )?;
-        }
-        txn.commit().map_err(backend)
     }
 }
 
@@ -673,156 +543,6 @@ impl DurableLog for RedbLog {
     }
 }
 
-type IndexTable<'txn> = ::redb::Table<'txn, &'static [u8], &'static [u8]>;
-type RecordsTable<'txn> = ::redb::Table<'txn, (&'static str, &'static str, u64), &'static [u8]>;
-
-/// The causal index inside a write transaction.
-struct IndexTxn<'a, 'txn> {
-    index: &'a mut IndexTable<'txn>,
-    records: &'a RecordsTable<'txn>,
-}
-
-/// The causal index in one read transaction (a consistent snapshot).
-struct IndexSnapshot {
-    index: ::redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    records: ::redb::ReadOnlyTable<(&'static str, &'static str, u64), &'static [u8]>,
-}
-
-fn index_get(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    key: &[u8],
-) -> Result<Option<Vec<u8>>, LogError> {
-    Ok(table.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
-}
-
-fn index_scan(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    prefix: &[u8],
-    after: Option<&[u8]>,
-    limit: usize,
-) -> Result<IndexEntries, LogError> {
-    use std::ops::Bound;
-    let start = match after {
-        Some(after) if after >= prefix => Bound::Excluded(after),
-        _ => Bound::Included(prefix),
-    };
-    let mut out = Vec::new();
-    for entry in table
-        .range::<&[u8]>((start, Bound::Unbounded))
-        .map_err(backend)?
-    {
-        let (k, v) = entry.map_err(backend)?;
-        if out.len() >= limit || !k.value().starts_with(prefix) {
-            break;
-        }
-        out.push((k.value().to_vec(), v.value().to_vec()));
-    }
-    Ok(out)
-}
-
-fn record_is_event(
-    records: &impl ReadableTable<(&'static str, &'static str, u64), &'static [u8]>,
-    key: &SessionKey,
-    position: u64,
-) -> Result<bool, LogError> {
-    // Archiving removes records, so a record that is there is not archived.
-    let Some(bytes) = records
-        .get((key.tenant(), key.session(), position))
-        .map_err(backend)?
-    else {
-        return Ok(false);
-    };
-    let (header, _) = decode_header(key, position, bytes.value())?;
-    Ok(matches!(header.body, BodyV1::Event { .. }))
-}
-
-impl IndexRead for IndexTxn<'_, '_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
-        index_get(&*self.index, key)
-    }
-
-    fn scan(
-        &mut self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<IndexEntries, LogError> {
-        index_scan(&*self.index, prefix, after, limit)
-    }
-
-    fn is_event(&mut self, key: &SessionKey, position: u64) -> Result<bool, LogError> {
-        record_is_event(self.records, key, position)
-    }
-}
-
-impl IndexWrite for IndexTxn<'_, '_> {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
-        self.index.insert(key, value).map_err(backend)?;
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<(), LogError> {
-        self.index.remove(key).map_err(backend)?;
-        Ok(())
-    }
-}
-
-impl IndexRead for IndexSnapshot {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
-        index_get(&self.index, key)
-    }
-
-    fn scan(
-        &mut self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<IndexEntries, LogError> {
-        index_scan(&self.index, prefix, after, limit)
-    }
-
-    fn is_event(&mut self, key: &SessionKey, position: u64) -> Result<bool, LogError> {
-        record_is_event(&self.records, key, position)
-    }
-}
-
-impl IndexStore for RedbLog {
-    fn read(&self) -> Result<Box<dyn IndexRead + '_>, LogError> {
-        let txn = self.database()?.begin_read().map_err(backend)?;
-        Ok(Box::new(IndexSnapshot {
-            index: txn.open_table(INDEX).map_err(backend)?,
-            records: txn.open_table(RECORDS).map_err(backend)?,
-        }))
-    }
-
-    fn write(
-        &self,
-        update: &mut dyn FnMut(&mut dyn IndexWrite) -> Result<(), LogError>,
-    ) -> Result<(), LogError> {
-        let db = self.database()?;
-        self.write_failed((|| {
-            let txn = self.begin_write(&db)?;
-            {
-                let mut index = txn.open_table(INDEX).map_err(backend)?;
-                let records = txn.open_table(RECORDS).map_err(backend)?;
-                update(&mut IndexTxn {
-                    index: &mut index,
-                    records: &records,
-                })?;
-            }
-            txn.commit().map_err(backend)
-        })())
-    }
-}
-
-/// One session's state while an append is validated.
-struct Staged<'k> {
-    key: &'k SessionKey,
-    /// Its creation number; `None` until it is first recorded.
-    seq: Option<u64>,
-    meta: SessionMeta,
-}
-
 /// A redb failure. redb reports damage and unreadable layouts through its
 /// own error type; those are [`LogError::Corrupt`], the rest (I/O, locks,
 /// a commit that failed) [`LogError::Backend`].
@@ -838,197 +558,4 @@ fn backend(error: impl Into<::redb::Error>) -> LogError {
 
 fn corrupt(key: &SessionKey, position: u64, what: impl fmt::Display) -> LogError {
     LogError::Corrupt(format!("{key}, record at position {position}: {what}"))
-}
-
-// ---- stored forms -------------------------------------------------------
-//
-// Private mirrors of the public types, so that the file format is spelled
-// out here and does not change when a public type gains a field. postcard
-// writes integers as varints: small numbers cost a byte or two.
-
-#[derive(Serialize, Deserialize)]
-struct MetaV1 {
-    seq: u64,
-    durable_tail: u64,
-    archived_through: u64,
-    last_revision: u64,
-    event_count: u64,
-    lives: Vec<LifeV1>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct LifeV1 {
-    incarnation: u64,
-    first_position: u64,
-}
-
-/// A record's value starts with this; an event's payload follows it raw.
-#[derive(Serialize, Deserialize)]
-struct RecordHeaderV1<'a> {
-    incarnation: u64,
-    #[serde(borrow)]
-    body: BodyV1<'a>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum BodyV1<'a> {
-    Event {
-        revision: u64,
-        timestamp_nanos: u64,
-        /// `None` for no links at all (one byte, the common case).
-        #[serde(borrow)]
-        links: Option<LinksV1<'a>>,
-    },
-    Hole {
-        count: u64,
-        reason: u8,
-    },
-}
-
-fn encode_meta(seq: u64, meta: &SessionMeta) -> Result<Vec<u8>, LogError> {
-    let stored = MetaV1 {
-        seq,
-        durable_tail: meta.durable_tail,
-        archived_through: meta.archived_through,
-        last_revision: meta.last_revision,
-        event_count: meta.event_count,
-        lives: meta
-            .lives
-            .iter()
-            .map(|life| LifeV1 {
-                incarnation: life.incarnation.get(),
-                first_position: life.first_position,
-            })
-            .collect(),
-    };
-    postcard::to_stdvec(&stored).map_err(|e| LogError::Backend(Box::new(e)))
-}
-
-/// Reads a session's meta row: its creation number and meta.
-fn read_meta(
-    metas: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    key: &SessionKey,
-) -> Result<Option<(u64, SessionMeta)>, LogError> {
-    let Some(guard) = metas.get((key.tenant(), key.session())).map_err(backend)? else {
-        return Ok(None);
-    };
-    let bad = |what: String| LogError::Corrupt(format!("{key}, meta: {what}"));
-    let stored: MetaV1 = postcard::from_bytes(guard.value()).map_err(|e| bad(e.to_string()))?;
-    let lives = stored
-        .lives
-        .iter()
-        .map(|life| {
-            Incarnation::from_raw(life.incarnation)
-                .map(|incarnation| Life {
-                    incarnation,
-                    first_position: life.first_position,
-                })
-                .ok_or_else(|| bad("a life has incarnation 0".into()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if stored.archived_through > stored.durable_tail {
-        return Err(bad(format!(
-            "archived through {} beyond the tail {}",
-            stored.archived_through, stored.durable_tail
-        )));
-    }
-    Ok(Some((
-        stored.seq,
-        SessionMeta {
-            durable_tail: stored.durable_tail,
-            archived_through: stored.archived_through,
-            last_revision: stored.last_revision,
-            lives,
-            event_count: stored.event_count,
-        },
-    )))
-}
-
-/// Writes `record`'s value into `buf` (cleared first, reused across
-/// records so a batch allocates once).
-fn encode_record(record: &LogRecord, buf: &mut Vec<u8>) -> Result<(), LogError> {
-    buf.clear();
-    let body = match &record.body {
-        RecordBody::Event(event) => BodyV1::Event {
-            revision: event.revision,
-            timestamp_nanos: event.timestamp_nanos,
-            links: LinksV1::of(&event.links),
-        },
-        RecordBody::Hole { count, reason } => BodyV1::Hole {
-            count: *count,
-            reason: reason.to_tag(),
-        },
-    };
-    let header = RecordHeaderV1 {
-        incarnation: record.incarnation.get(),
-        body,
-    };
-    let taken = std::mem::take(buf);
-    *buf = postcard::to_extend(&header, taken).map_err(|e| LogError::Backend(Box::new(e)))?;
-    if let RecordBody::Event(event) = &record.body {
-        buf.extend_from_slice(&event.payload);
-    }
-    Ok(())
-}
-
-/// Decodes a record's header; the rest is the payload (empty for a hole).
-fn decode_header<'a>(
-    key: &SessionKey,
-    position: u64,
-    bytes: &'a [u8],
-) -> Result<(RecordHeaderV1<'a>, &'a [u8]), LogError> {
-    postcard::take_from_bytes(bytes).map_err(|e| corrupt(key, position, e))
-}
-
-/// The last position a stored record covers, checked: the file may say
-/// anything.
-fn last_position(
-    key: &SessionKey,
-    position: u64,
-    header: &RecordHeaderV1<'_>,
-) -> Result<u64, LogError> {
-    match header.body {
-        BodyV1::Event { .. } => Ok(position),
-        BodyV1::Hole { count: 0, .. } => Err(corrupt(key, position, "a hole of zero positions")),
-        BodyV1::Hole { count, .. } => position
-            .checked_add(count - 1)
-            .ok_or_else(|| corrupt(key, position, "a hole past the last position")),
-    }
-}
-
-fn decode_record(key: &SessionKey, position: u64, bytes: &[u8]) -> Result<LogRecord, LogError> {
-    let (header, rest) = decode_header(key, position, bytes)?;
-    last_position(key, position, &header)?;
-    let incarnation = Incarnation::from_raw(header.incarnation)
-        .ok_or_else(|| corrupt(key, position, "incarnation 0"))?;
-    let body = match header.body {
-        BodyV1::Event {
-            revision,
-            timestamp_nanos,
-            links,
-        } => RecordBody::Event(StoredEvent {
-            revision,
-            timestamp_nanos,
-            links: match links {
-                None => Links::default(),
-                Some(links) => links.into_links(key.tenant()).ok_or_else(|| {
-                    corrupt(key, position, "the links' parent is not a valid session id")
-                })?,
-            },
-            payload: rest.to_vec(),
-        }),
-        BodyV1::Hole { count, reason } => {
-            if !rest.is_empty() {
-                return Err(corrupt(key, position, "trailing bytes after a hole"));
-            }
-            let reason = HoleReason::from_tag(reason)
-                .ok_or_else(|| corrupt(key, position, format!("unknown hole reason {reason}")))?;
-            RecordBody::Hole { count, reason }
-        }
-    };
-    Ok(LogRecord {
-        position,
-        incarnation,
-        body,
-    })
 }
