@@ -1,0 +1,323 @@
+//! The Postgres log's writes: [`append`] (one transaction per persister
+//! round) and [`archive`].
+//!
+//! # Invariants
+//!
+//! * An append's statements are a fixed handful, whatever the number of
+//!   records or sessions: lock the state row, lock the sessions' rows, (add
+//!   the new sessions), one `INSERT … unnest` of every record, one
+//!   `UPDATE … unnest` of every changed row, the causal index (one
+//!   statement per index read or write it makes: none for events without
+//!   links), one `pg_notify` per changed session, `COMMIT`.
+//! * Everything is validated against the locked rows before anything is
+//!   written; a refusal returns before the first write and the transaction
+//!   rolls back (dropped), so a refused call changes nothing.
+//! * A session's row is created in the transaction that first records it,
+//!   its identity number (the listing's order) handed out in the order the
+//!   call names new sessions. Two writers creating one session race on the
+//!   `(tenant, session)` unique key: the loser's transaction fails and runs
+//!   again ([`super::PostgresLog`]'s retry), now validating against the
+//!   winner's row.
+
+use std::collections::HashMap;
+
+use ::postgres::Transaction;
+
+use super::reads::decode_session;
+use super::{backend, to_sql, CommitFailed, Conn};
+use crate::durable::memory::{apply_to_meta, empty_meta, validate_write};
+use crate::durable::stored::LinksV1;
+use crate::durable::{Life, LogError, RecordBody, SessionMeta, SessionWrite};
+use crate::key::SessionKey;
+
+/// Refuses, by name, a record whose positions a `bigint` cannot hold
+/// (module docs of [`super`]): the store writes it as a hole instead.
+pub(super) fn check_positions(writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+    // Below i64::MAX, so that `last + 1` is still a bigint in the reads.
+    const LAST: u64 = i64::MAX as u64 - 1;
+    for write in writes {
+        for record in write.records {
+            if record.position > LAST || record.last_position() > LAST {
+                return Err(LogError::InvalidRecord {
+                    key: write.key.clone(),
+                    position: record.position,
+                    what: "the position is beyond what the Postgres log stores (i64::MAX - 1)",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One session's state while an append is validated.
+struct Staged {
+    /// Its row's id; `None` until the row exists.
+    id: Option<i64>,
+    /// `None` if the log does not know it (yet).
+    meta: Option<SessionMeta>,
+    /// Lives this call registers, in order.
+    new_lives: Vec<Life>,
+    /// Whether this call changes its row.
+    changed: bool,
+}
+
+/// One [`crate::durable::DurableLog::append`] attempt, in one transaction.
+pub(super) fn append(conn: &mut Conn, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+    let Conn { client, statements } = conn;
+    // Sessions in the order they first appear: the order new ones are
+    // numbered (as in the other backends).
+    let mut index: HashMap<&SessionKey, usize> = HashMap::new();
+    let mut sessions: Vec<&SessionKey> = Vec::new();
+    for write in writes {
+        index.entry(write.key).or_insert_with(|| {
+            sessions.push(write.key);
+            sessions.len() - 1
+        });
+    }
+    let tenants: Vec<&str> = sessions.iter().map(|k| k.tenant()).collect();
+    let names: Vec<&str> = sessions.iter().map(|k| k.session()).collect();
+
+    let mut tx = client.transaction().map_err(backend)?;
+    tx.execute(&statements.lock_state, &[]).map_err(backend)?;
+    let rows = tx
+        .query(&statements.lock_sessions, &[&tenants, &names])
+        .map_err(backend)?;
+    let mut staged: Vec<Staged> = sessions
+        .iter()
+        .map(|_| Staged {
+            id: None,
+            meta: None,
+            new_lives: Vec::new(),
+            changed: false,
+        })
+        .collect();
+    for row in &rows {
+        let (id, key, meta) = decode_session(row)?;
+        if let Some(&i) = index.get(&key) {
+            staged[i].id = Some(id);
+            staged[i].meta = Some(meta);
+        }
+    }
+
+    // Validate everything before writing anything. A session written twice
+    // in one call validates against its state after the earlier write.
+    for write in writes {
+        let stage = &mut staged[index[write.key]];
+        validate_write(write.key, stage.meta.as_ref(), write)?;
+        // Nothing to record for a session the log does not know: not
+        // listed, no row (as in the other backends).
+        if write.new_life.is_none() && write.records.is_empty() {
+            continue;
+        }
+        apply_to_meta(stage.meta.get_or_insert_with(empty_meta), write);
+        stage.new_lives.extend(write.new_life);
+        stage.changed = true;
+    }
+    if !staged.iter().any(|s| s.changed) {
+        // Only empty writes to known sessions; the transaction rolls back.
+        return Ok(());
+    }
+
+    insert_new_sessions(&mut tx, statements, &sessions, &mut staged)?;
+    insert_records(&mut tx, statements, writes, &index, &staged)?;
+    update_sessions(&mut tx, statements, &staged)?;
+    crate::dag::index_appended(&mut super::index::TxIndex::new(&mut tx, statements), writes)?;
+    let (ids, tails): (Vec<i64>, Vec<i64>) = staged
+        .iter()
+        .filter(|s| s.changed)
+        .filter_map(|s| Some((s.id?, to_sql(s.meta.as_ref()?.durable_tail))))
+        .unzip();
+    tx.execute(&statements.notify, &[&statements.channel, &ids, &tails])
+        .map_err(backend)?;
+    tx.commit()
+        .map_err(|e| LogError::Backend(Box::new(CommitFailed(e))))
+}
+
+/// Creates the rows of the sessions this call records first.
+fn insert_new_sessions(
+    tx: &mut Transaction<'_>,
+    statements: &super::schema::Statements,
+    sessions: &[&SessionKey],
+    staged: &mut [Staged],
+) -> Result<(), LogError> {
+    let new: Vec<usize> = (0..staged.len())
+        .filter(|&i| staged[i].changed && staged[i].id.is_none())
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = new.iter().map(|&i| sessions[i].tenant()).collect();
+    let names: Vec<&str> = new.iter().map(|&i| sessions[i].session()).collect();
+    let rows = tx
+        .query(&statements.insert_sessions, &[&tenants, &names])
+        .map_err(backend)?;
+    for row in &rows {
+        let id: i64 = row.try_get(0).map_err(backend)?;
+        let tenant: &str = row.try_get(1).map_err(backend)?;
+        let session: &str = row.try_get(2).map_err(backend)?;
+        if let Some(&i) = new
+            .iter()
+            .find(|&&i| sessions[i].tenant() == tenant && sessions[i].session() == session)
+        {
+            staged[i].id = Some(id);
+        }
+    }
+    if new.iter().any(|&i| staged[i].id.is_none()) {
+        return Err(LogError::Backend(
+            "the insert of new sessions returned fewer rows than it was given".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Every record of the call in one multi-row insert.
+fn insert_records(
+    tx: &mut Transaction<'_>,
+    statements: &super::schema::Statements,
+    writes: &[SessionWrite<'_>],
+    index: &HashMap<&SessionKey, usize>,
+    staged: &[Staged],
+) -> Result<(), LogError> {
+    let count: usize = writes.iter().map(|w| w.records.len()).sum();
+    if count == 0 {
+        return Ok(());
+    }
+    let mut session_ids = Vec::with_capacity(count);
+    let mut positions = Vec::with_capacity(count);
+    let mut incarnations = Vec::with_capacity(count);
+    let mut revisions: Vec<Option<i64>> = Vec::with_capacity(count);
+    let mut timestamps: Vec<Option<i64>> = Vec::with_capacity(count);
+    let mut hole_counts: Vec<Option<i64>> = Vec::with_capacity(count);
+    let mut hole_reasons: Vec<Option<i16>> = Vec::with_capacity(count);
+    let mut links: Vec<Option<Vec<u8>>> = Vec::with_capacity(count);
+    let mut payloads: Vec<Option<&[u8]>> = Vec::with_capacity(count);
+    for write in writes {
+        let Some(id) = staged[index[write.key]].id else {
+            continue;
+        };
+        for record in write.records {
+            session_ids.push(id);
+            positions.push(to_sql(record.position));
+            incarnations.push(to_sql(record.incarnation.get()));
+            match &record.body {
+                RecordBody::Event(event) => {
+                    revisions.push(Some(to_sql(event.revision)));
+                    timestamps.push(Some(to_sql(event.timestamp_nanos)));
+                    hole_counts.push(None);
+                    hole_reasons.push(None);
+                    links.push(
+                        LinksV1::of(&event.links)
+                            .map(|stored| postcard::to_stdvec(&stored))
+                            .transpose()
+                            .map_err(|e| LogError::Backend(Box::new(e)))?,
+                    );
+                    payloads.push(Some(event.payload.as_slice()));
+                }
+                RecordBody::Hole { count, reason } => {
+                    revisions.push(None);
+                    timestamps.push(None);
+                    hole_counts.push(Some(to_sql(*count)));
+                    hole_reasons.push(Some(i16::from(reason.to_tag())));
+                    links.push(None);
+                    payloads.push(None);
+                }
+            }
+        }
+    }
+    tx.execute(
+        &statements.insert_records,
+        &[
+            &session_ids,
+            &positions,
+            &incarnations,
+            &revisions,
+            &timestamps,
+            &hole_counts,
+            &hole_reasons,
+            &links,
+            &payloads,
+        ],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Every changed session's row in one update.
+fn update_sessions(
+    tx: &mut Transaction<'_>,
+    statements: &super::schema::Statements,
+    staged: &[Staged],
+) -> Result<(), LogError> {
+    let (mut ids, mut tails, mut revisions, mut events) = (vec![], vec![], vec![], vec![]);
+    let (mut owners, mut incarnations, mut firsts) = (vec![], vec![], vec![]);
+    for stage in staged.iter().filter(|s| s.changed) {
+        let (Some(id), Some(meta)) = (stage.id, stage.meta.as_ref()) else {
+            continue;
+        };
+        ids.push(id);
+        tails.push(to_sql(meta.durable_tail));
+        revisions.push(to_sql(meta.last_revision));
+        events.push(to_sql(meta.event_count));
+        for life in &stage.new_lives {
+            owners.push(id);
+            incarnations.push(to_sql(life.incarnation.get()));
+            firsts.push(to_sql(life.first_position));
+        }
+    }
+    tx.execute(
+        &statements.update_sessions,
+        &[
+            &ids,
+            &tails,
+            &revisions,
+            &events,
+            &owners,
+            &incarnations,
+            &firsts,
+        ],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// One [`crate::durable::DurableLog::archive_before`] attempt: deletes the
+/// records wholly at or below the watermark (a hole straddling it stays)
+/// and moves the row's archive mark, in one transaction. `watermark` is at
+/// most `i64::MAX`.
+pub(super) fn archive(conn: &mut Conn, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
+    let Conn { client, statements } = conn;
+    let mut tx = client.transaction().map_err(backend)?;
+    let rows = tx
+        .query(
+            &statements.lock_sessions,
+            &[&[key.tenant()].as_slice(), &[key.session()].as_slice()],
+        )
+        .map_err(backend)?;
+    let Some(row) = rows.first() else {
+        return Ok(0);
+    };
+    let (id, _, meta) = decode_session(row)?;
+    let watermark = watermark.min(meta.durable_tail);
+    if watermark <= meta.archived_through {
+        return Ok(0);
+    }
+    let archived: i64 = tx
+        .query_one(&statements.archive, &[&id, &to_sql(watermark)])
+        .and_then(|row| row.try_get(0))
+        .map_err(backend)?;
+    let archived = u64::try_from(archived).unwrap_or(0);
+    if archived > meta.event_count {
+        return Err(LogError::Corrupt(format!(
+            "{key}: the row counts {} events, but {archived} are archived",
+            meta.event_count
+        )));
+    }
+    tx.execute(
+        &statements.set_archived,
+        &[&id, &to_sql(watermark), &to_sql(archived)],
+    )
+    .map_err(backend)?;
+    tx.commit()
+        .map_err(|e| LogError::Backend(Box::new(CommitFailed(e))))?;
+    Ok(archived)
+}

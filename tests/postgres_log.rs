@@ -1,0 +1,599 @@
+//! `PostgresLog` (feature `postgres`) against a real PostgreSQL server the
+//! tests start (`support/postgres_server.rs`: Debian's binaries, a fresh
+//! data directory, 127.0.0.1 and a free port): the whole durable-log
+//! conformance suite with its reopen tests (reopen = a new `PostgresLog`
+//! on the same server and schema), and what only Postgres has: the tables
+//! and schema version, idempotent migrations, `NOTIFY` in the commit, two
+//! nodes racing on one session, two nodes serving one session (history and
+//! live through `LISTEN`), damaged rows, and the faults of issue 23: the
+//! server SIGKILLed mid-stream and restarted, frozen for 2 s, and the log's
+//! connection terminated, under a store that keeps appending.
+//!
+//! The causal-index suite (`tests/dag.rs`) and the seeds' adapters
+//! (`tests/adapters.rs`) run on Postgres too, from their own files.
+//!
+//! Without the server binaries the tests say SKIPPED and return (in CI,
+//! `CI=true`, they fail instead).
+
+#[path = "support/durable_suite.rs"]
+#[macro_use]
+mod durable_suite;
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use livereplay::durable::{DurableLog, LogError, PostgresLog, PostgresOptions};
+use postgres::fallible_iterator::FallibleIterator;
+
+use durable_suite::{
+    append_ok, event, events, hole, key, life, listed, load_all, meta_of, positions, Backend,
+    Reopen,
+};
+use postgres_server::PostgresServer;
+
+/// A fresh server and a `PostgresLog` on it under a schema of its own.
+pub struct PgBackend {
+    // Dropped before the server (fields drop in order).
+    log: Option<PostgresLog>,
+    schema: String,
+    server: PostgresServer,
+}
+
+impl PgBackend {
+    /// `None` when the binaries are missing outside CI (the test returns).
+    pub fn new() -> Option<Self> {
+        let server = PostgresServer::start()?;
+        let schema = unique_schema();
+        let log = open(&server, &schema);
+        Some(Self {
+            log: Some(log),
+            schema,
+            server,
+        })
+    }
+
+    fn log(&self) -> &PostgresLog {
+        self.log.as_ref().expect("the log is open")
+    }
+}
+
+impl Backend for PgBackend {
+    fn log(&self) -> &dyn DurableLog {
+        PgBackend::log(self)
+    }
+}
+
+impl Reopen for PgBackend {
+    fn reopen(&mut self) {
+        drop(self.log.take());
+        self.log = Some(open(&self.server, &self.schema));
+    }
+}
+
+fn unique_schema() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "lrtest_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn options(schema: &str) -> PostgresOptions {
+    PostgresOptions {
+        schema: schema.into(),
+        ..PostgresOptions::default()
+    }
+}
+
+fn open(server: &PostgresServer, schema: &str) -> PostgresLog {
+    PostgresLog::open_with(&server.params(), options(schema)).expect("open the Postgres log")
+}
+
+/// Builds the backend, or returns from the test (skipped) without a server.
+macro_rules! backend_or_skip {
+    () => {
+        match crate::PgBackend::new() {
+            Some(backend) => backend,
+            None => return,
+        }
+    };
+}
+
+mod conformance {
+    durable_conformance!(backend_or_skip!());
+    durable_reopen_conformance!(backend_or_skip!());
+}
+
+/// Retries `call` while it fails with `Backend` (the server is coming
+/// back), up to 30 s.
+fn until_ok<R>(mut call: impl FnMut() -> Result<R, LogError>) -> R {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call() {
+            Ok(value) => return value,
+            Err(LogError::Backend(e)) if Instant::now() < deadline => {
+                eprintln!("retrying after: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the log does not serve: {e}"),
+        }
+    }
+}
+
+// ---- schema -----------------------------------------------------------------
+
+/// The tables have real columns another client can read, the schema has
+/// its version row, and records are keyed by (session, position).
+#[test]
+fn records_are_rows_with_real_columns() {
+    let backend = backend_or_skip!();
+    let log = backend.log();
+    let k = key("t", "s");
+    append_ok(log, &k, Some(life(7, 1)), &[event(1, 7), hole(2, 7, 3)]);
+    let mut client = backend.server.client();
+    let s = &backend.schema;
+    let version: i32 = client
+        .query_one(&format!("SELECT version FROM {s}.schema_version"), &[])
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 1);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT m.tenant, m.session, r.position, r.incarnation, r.revision, \
+                 r.timestamp_nanos, r.payload, r.links, r.hole_count, r.hole_reason \
+                 FROM {s}.records r JOIN {s}.sessions m ON m.id = r.session_id \
+                 ORDER BY r.position"
+            ),
+            &[],
+        )
+        .expect("records");
+    assert_eq!(rows.len(), 2);
+    let (tenant, session): (&str, &str) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!((tenant, session), ("t", "s"));
+    assert_eq!(rows[0].get::<_, i64>(2), 1);
+    assert_eq!(rows[0].get::<_, i64>(3), 7);
+    assert_eq!(rows[0].get::<_, Option<i64>>(4), Some(10));
+    assert_eq!(
+        rows[0].get::<_, Option<i64>>(5),
+        Some(1_700_000_000_000_000_001)
+    );
+    assert_eq!(
+        rows[0].get::<_, Option<Vec<u8>>>(6).as_deref(),
+        Some(&b"payload 1"[..])
+    );
+    assert_eq!(rows[0].get::<_, Option<Vec<u8>>>(7), None, "no links");
+    assert_eq!(rows[1].get::<_, i64>(2), 2);
+    assert_eq!(rows[1].get::<_, Option<i64>>(8), Some(3));
+    assert_eq!(rows[1].get::<_, Option<i16>>(9), Some(1), "Lapped's tag");
+    assert_eq!(rows[1].get::<_, Option<Vec<u8>>>(6), None);
+    let meta = client
+        .query_one(
+            &format!(
+                "SELECT durable_tail, event_count, life_incarnations, life_first_positions \
+                 FROM {s}.sessions"
+            ),
+            &[],
+        )
+        .expect("meta");
+    assert_eq!(meta.get::<_, i64>(0), 4);
+    assert_eq!(meta.get::<_, i64>(1), 1);
+    assert_eq!(meta.get::<_, Vec<i64>>(2), [7]);
+    assert_eq!(meta.get::<_, Vec<i64>>(3), [1]);
+}
+
+/// Opening is idempotent, also from several nodes at once on a new
+/// schema; a schema from a newer version and a bad name are refused.
+#[test]
+fn migrations_are_idempotent_and_versions_are_checked() {
+    let backend = backend_or_skip!();
+    let fresh = unique_schema();
+    let params = backend.server.params();
+    std::thread::scope(|scope| {
+        let opens: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| PostgresLog::open_with(&params, options(&fresh))))
+            .collect();
+        for open in opens {
+            open.join().expect("no panic").expect("a concurrent open");
+        }
+    });
+    let k = key("t", "s");
+    let log = open(&backend.server, &fresh);
+    append_ok(&log, &k, Some(life(1, 1)), &events(1..=2, 1));
+    drop(log);
+    let log = open(&backend.server, &fresh);
+    assert_eq!(load_all(&log, &k), events(1..=2, 1), "reopen kept the rows");
+    let mut client = backend.server.client();
+    let versions: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {fresh}.schema_version"), &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(versions, 1, "one version row");
+    client
+        .execute(
+            &format!("UPDATE {fresh}.schema_version SET version = 99"),
+            &[],
+        )
+        .expect("update");
+    assert!(matches!(
+        PostgresLog::open_with(&params, options(&fresh)),
+        Err(LogError::Corrupt(_))
+    ));
+    for bad in ["", "Upper", "a-b", "a\"b", "pg_x", "1abc", &"x".repeat(49)] {
+        assert!(
+            matches!(
+                PostgresLog::open_with(&params, options(bad)),
+                Err(LogError::Backend(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+/// Two logs on one server and schema are one log (the shared tier);
+/// another schema is another log.
+#[test]
+fn logs_share_a_schema_and_schemas_are_isolated() {
+    let backend = backend_or_skip!();
+    let other_node = open(&backend.server, &backend.schema);
+    let elsewhere = open(&backend.server, &unique_schema());
+    let k = key("t", "s");
+    append_ok(backend.log(), &k, Some(life(1, 1)), &events(1..=3, 1));
+    assert_eq!(load_all(&other_node, &k), events(1..=3, 1));
+    append_ok(&other_node, &k, None, &events(4..=4, 1));
+    assert_eq!(meta_of(backend.log(), &k).durable_tail, 4);
+    assert!(elsewhere.meta(&k).expect("meta").is_none());
+    assert!(listed(&elsewhere, "t").is_empty());
+}
+
+/// Positions a bigint cannot hold are refused by name, not wrapped.
+#[test]
+fn positions_beyond_a_bigint_are_refused() {
+    let backend = backend_or_skip!();
+    let log = backend.log();
+    let k = key("t", "s");
+    append_ok(log, &k, Some(life(1, 1)), &events(1..=1, 1));
+    let far = [hole(2, 1, u64::MAX / 2)];
+    assert!(matches!(
+        log.append(&[durable_suite::write(&k, None, &far)]),
+        Err(LogError::InvalidRecord { position: 2, .. })
+    ));
+    assert_eq!(meta_of(log, &k).durable_tail, 1);
+    assert!(log.load_after(&k, u64::MAX, 10).expect("load").is_empty());
+    assert!(log
+        .load_after(&k, i64::MAX as u64, 10)
+        .expect("load")
+        .is_empty());
+}
+
+// ---- notifications --------------------------------------------------------
+
+/// A commit notifies `<session id> <tail>` once per changed session, in
+/// the same transaction: a refused append notifies nothing.
+#[test]
+fn a_commit_notifies_and_a_refusal_does_not() {
+    let backend = backend_or_skip!();
+    let log = backend.log();
+    let mut client = backend.server.client();
+    client
+        .batch_execute(&format!("LISTEN \"{}_appended\"", backend.schema))
+        .expect("listen");
+    let (a, b) = (key("t", "a"), key("t", "b"));
+    let ea = events(1..=3, 1);
+    let eb = events(1..=1, 2);
+    log.append(&[
+        durable_suite::write(&a, Some(life(1, 1)), &ea),
+        durable_suite::write(&b, Some(life(2, 1)), &eb),
+    ])
+    .expect("append");
+    let gap = events(9..=9, 1);
+    assert!(matches!(
+        log.append(&[durable_suite::write(&a, None, &gap)]),
+        Err(LogError::NotContiguous { .. })
+    ));
+    append_ok(log, &a, None, &events(4..=4, 1));
+    let mut payloads = Vec::new();
+    let mut notifications = client.notifications();
+    let mut received = notifications.timeout_iter(Duration::from_secs(10));
+    while payloads.len() < 3 {
+        match received.next().expect("notifications") {
+            Some(n) => payloads.push(n.payload().to_owned()),
+            None => break,
+        }
+    }
+    let tails: Vec<&str> = payloads
+        .iter()
+        .map(|p| p.split_once(' ').expect("id and tail").1)
+        .collect();
+    assert_eq!(tails, ["3", "1", "4"], "{payloads:?}");
+    assert_eq!(
+        payloads[0].split_once(' ').map(|p| p.0),
+        payloads[2].split_once(' ').map(|p| p.0),
+        "one id per session"
+    );
+}
+
+#[test]
+fn wait_after_wakes_when_another_node_appends() {
+    let backend = backend_or_skip!();
+    let k = key("t", "s");
+    append_ok(backend.log(), &k, Some(life(1, 1)), &events(1..=2, 1));
+    let writer = open(&backend.server, &backend.schema);
+    let woke = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| backend.log().wait_after(&k, 2, Duration::from_secs(20)));
+        std::thread::sleep(Duration::from_millis(200));
+        append_ok(&writer, &k, None, &events(3..=3, 1));
+        waiter.join().expect("the waiter panicked")
+    });
+    assert!(woke.expect("wait_after"));
+    // A session the log has never seen: woken by its first record.
+    let fresh = key("t", "fresh");
+    let woke = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| backend.log().wait_after(&fresh, 0, Duration::from_secs(20)));
+        std::thread::sleep(Duration::from_millis(100));
+        append_ok(&writer, &fresh, Some(life(2, 1)), &events(1..=1, 2));
+        waiter.join().expect("the waiter panicked")
+    });
+    assert!(woke.expect("wait_after"));
+    // Already beyond: at once; nothing beyond: false at the timeout.
+    assert!(backend
+        .log()
+        .wait_after(&k, 0, Duration::ZERO)
+        .expect("wait_after"));
+    assert!(!backend
+        .log()
+        .wait_after(&k, 3, Duration::from_millis(100))
+        .expect("wait_after"));
+    assert!(!backend
+        .log()
+        .wait_after(&key("t", "never"), 0, Duration::ZERO)
+        .expect("wait_after"));
+}
+
+// ---- concurrency ----------------------------------------------------------
+
+/// Two logs (two nodes) appending to one session race for each position:
+/// the row lock lets exactly one win each, the other is refused with the
+/// typed `NotContiguous`, and the log ends contiguous.
+#[test]
+fn concurrent_writers_never_share_a_position() {
+    let backend = backend_or_skip!();
+    let k = key("t", "s");
+    append_ok(backend.log(), &k, Some(life(1, 1)), &[]);
+    let logs: Vec<Arc<PostgresLog>> = (0..2)
+        .map(|_| Arc::new(open(&backend.server, &backend.schema)))
+        .collect();
+    let wins: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = logs
+            .iter()
+            .map(|log| {
+                let k = k.clone();
+                scope.spawn(move || {
+                    let mut wins = 0u64;
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while Instant::now() < deadline {
+                        let tail = meta_of(log.as_ref(), &k).durable_tail;
+                        if tail >= 200 {
+                            break;
+                        }
+                        let next = [event(tail + 1, 1)];
+                        match log.append(&[durable_suite::write(&k, None, &next)]) {
+                            Ok(()) => wins += 1,
+                            Err(LogError::NotContiguous { .. }) => {}
+                            Err(e) => panic!("unexpected error: {e}"),
+                        }
+                    }
+                    wins
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a writer panicked"))
+            .collect()
+    });
+    let m = meta_of(backend.log(), &k);
+    assert_eq!(m.durable_tail, 200);
+    assert_eq!(wins.iter().sum::<u64>(), 200, "{wins:?}");
+    assert_eq!(load_all(backend.log(), &k), events(1..=200, 1));
+}
+
+/// Two nodes create the same new session at once: one wins, the other's
+/// transaction runs again against the winner's row and is refused with a
+/// typed error; one row, one listing entry.
+#[test]
+fn two_nodes_creating_one_session_one_wins() {
+    let backend = backend_or_skip!();
+    for round in 0..10 {
+        let k = key("t", &format!("s{round}"));
+        let logs: Vec<PostgresLog> = (0..2)
+            .map(|_| open(&backend.server, &backend.schema))
+            .collect();
+        let results: Vec<Result<(), LogError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = logs
+                .iter()
+                .enumerate()
+                .map(|(i, log)| {
+                    let k = k.clone();
+                    scope.spawn(move || {
+                        let n = i as u64 + 1;
+                        let records = events(1..=2, n);
+                        log.append(&[durable_suite::write(&k, Some(life(n, 1)), &records)])
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .collect()
+        });
+        let won: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        let lost = &results[1 - won[0]];
+        assert!(
+            matches!(
+                lost,
+                Err(LogError::BadLife { .. } | LogError::NotContiguous { .. })
+            ),
+            "{lost:?}"
+        );
+        let winner = won[0] as u64 + 1;
+        assert_eq!(load_all(backend.log(), &k), events(1..=2, winner));
+        assert_eq!(meta_of(backend.log(), &k).lives, [life(winner, 1)]);
+    }
+    assert_eq!(listed(backend.log(), "t").len(), 10);
+}
+
+// ---- damage ---------------------------------------------------------------
+
+/// Rows the log did not write are `Corrupt`, never a panic; the log still
+/// serves everything else.
+#[test]
+fn damaged_rows_are_corrupt_not_panics() {
+    let backend = backend_or_skip!();
+    let log = backend.log();
+    let mut client = backend.server.client();
+    let s = &backend.schema;
+    let bad = key("t", "bad");
+    append_ok(log, &bad, Some(life(1, 1)), &events(1..=2, 1));
+    // A record that is both an event and a hole is refused by the table's
+    // checks; one with a zero incarnation is not.
+    assert!(client
+        .execute(
+            &format!("UPDATE {s}.records SET hole_count = 1 WHERE position = 2"),
+            &[]
+        )
+        .is_err());
+    client
+        .execute(
+            &format!("UPDATE {s}.records SET incarnation = 0 WHERE position = 2"),
+            &[],
+        )
+        .expect("update");
+    assert_eq!(positions(&durable_suite::load(log, &bad, 0, 1)), [1]);
+    assert!(matches!(
+        log.load_after(&bad, 0, 10),
+        Err(LogError::Corrupt(_))
+    ));
+    // A hole with an unknown reason.
+    let reason = key("t", "reason");
+    append_ok(log, &reason, Some(life(1, 1)), &[hole(1, 1, 2)]);
+    client
+        .execute(
+            &format!("UPDATE {s}.records SET hole_reason = 77 WHERE hole_count IS NOT NULL"),
+            &[],
+        )
+        .expect("update");
+    assert!(matches!(
+        log.load_after(&reason, 0, 10),
+        Err(LogError::Corrupt(_))
+    ));
+    // A session row with a life of incarnation 0.
+    let lives = key("t", "lives");
+    append_ok(log, &lives, Some(life(1, 1)), &events(1..=1, 1));
+    client
+        .execute(
+            &format!("UPDATE {s}.sessions SET life_incarnations = '{{0}}' WHERE session = 'lives'"),
+            &[],
+        )
+        .expect("update");
+    assert!(matches!(log.meta(&lives), Err(LogError::Corrupt(_))));
+    let one = events(2..=2, 1);
+    assert!(matches!(
+        log.append(&[durable_suite::write(&lives, None, &one)]),
+        Err(LogError::Corrupt(_))
+    ));
+    // Everything else still works, on the same connection.
+    let fine = key("t", "fine");
+    append_ok(log, &fine, Some(life(1, 1)), &events(1..=2, 1));
+    assert_eq!(positions(&load_all(log, &fine)), [1, 2]);
+}
+
+// ---- faults on the log ----------------------------------------------------
+
+/// SIGKILL the server: calls fail with `Backend`. Restart it on the same
+/// data directory: the same `PostgresLog` reconnects by itself and serves
+/// everything committed before the kill, and appends continue; a kill
+/// between two calls costs the next call nothing.
+#[test]
+fn a_killed_server_fails_calls_and_a_restarted_one_serves_again() {
+    let Some(mut backend) = PgBackend::new() else {
+        return;
+    };
+    let k = key("t", "s");
+    let log = backend.log.take().expect("the log");
+    append_ok(&log, &k, Some(life(1, 1)), &events(1..=5, 1));
+    append_ok(&log, &k, None, &[hole(6, 1, 2)]);
+    assert_eq!(log.archive_before(&k, 2).expect("archive"), 2);
+    let before = (meta_of(&log, &k), load_all(&log, &k));
+
+    backend.server.kill9();
+    let records = events(8..=8, 1);
+    let failures = [
+        log.append(&[durable_suite::write(&k, None, &records)]),
+        log.meta(&k).map(|_| ()),
+        log.load_after(&k, 0, 10).map(|_| ()),
+        log.archive_before(&k, 3).map(|_| ()),
+        log.sessions("t", 10, 0).map(|_| ()),
+        log.wait_after(&k, 7, Duration::from_millis(100))
+            .map(|_| ()),
+    ];
+    for (i, failure) in failures.into_iter().enumerate() {
+        assert!(
+            matches!(failure, Err(LogError::Backend(_))),
+            "call {i}: {failure:?}"
+        );
+    }
+
+    backend.server.restart();
+    let meta = until_ok(|| log.meta(&k));
+    assert_eq!(meta.as_ref(), Some(&before.0), "the meta survived");
+    assert_eq!(load_all(&log, &k), before.1, "the records survived");
+    append_ok(&log, &k, None, &records);
+    assert_eq!(positions(&load_all(&log, &k)), [3, 4, 5, 6, 8]);
+    assert!(log
+        .wait_after(&k, 7, Duration::from_secs(5))
+        .expect("wait_after after the restart"));
+
+    // Killed and restarted between two calls: the connections are stale,
+    // yet the very next calls succeed (one fresh retry each).
+    backend.server.restart();
+    assert_eq!(meta_of(&log, &k).durable_tail, 8);
+    backend.server.restart();
+    append_ok(&log, &k, None, &events(9..=9, 1));
+    backend.server.restart();
+    assert!(log
+        .wait_after(&k, 8, Duration::from_secs(5))
+        .expect("wait_after on a stale idle connection"));
+    backend.server.restart();
+    assert_eq!(log.archive_before(&k, 8).expect("archive"), 4);
+    backend.server.restart();
+    assert_eq!(listed(&log, "t"), [k]);
+}
+
+/// `pg_terminate_backend` of the log's connection: the next call fails
+/// or is retried on a fresh connection; nothing is lost either way.
+#[test]
+fn a_terminated_connection_is_replaced() {
+    let backend = backend_or_skip!();
+    let log = backend.log();
+    let k = key("t", "s");
+    append_ok(log, &k, Some(life(1, 1)), &events(1..=3, 1));
+    let mut client = backend.server.client();
+    for round in 0..3u64 {
+        let pid = log.backend_pid().expect("pid");
+        let killed: bool = client
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .expect("terminate")
+            .get(0);
+        assert!(killed);
+        let next = events(4 + round..=4 + round, 1);
+        until_ok(|| log.append(&[durable_suite::write(&k, None, &next)]));
+        assert_ne!(log.backend_pid().expect("pid"), pid, "a new connection");
+    }
+    assert_eq!(load_all(log, &k), events(1..=6, 1));
+}
