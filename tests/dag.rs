@@ -1,7 +1,7 @@
 //! Causal links and acknowledgements (`livereplay::dag`) against one suite,
-//! run on every durable backend: the in-memory log, redb, Redis (a
-//! real `redis-server` the fixture starts) and Postgres (a real server). A new backend adds a fixture
-//! and one `dag_suite!` call.
+//! run on every durable backend: the in-memory log, redb, Redis (a real
+//! `redis-server` the fixture starts) and Postgres (a real server). A new
+//! backend adds a fixture and one `dag_suite!` call.
 //!
 //! Every test goes through a real store: links on append, the persister
 //! writing records and the backend indexing them in the same commit, then
