@@ -597,3 +597,251 @@ fn a_terminated_connection_is_replaced() {
     }
     assert_eq!(load_all(log, &k), events(1..=6, 1));
 }
+
+// ---- many nodes -----------------------------------------------------------
+
+mod nodes {
+    use super::*;
+    use livereplay::{Cursor, ReplayStore, Revision, TryNextError, Utf8};
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    fn node(backend: &PgBackend) -> ReplayStore<String> {
+        ReplayStore::builder()
+            .durable(Arc::new(open(&backend.server, &backend.schema)), Utf8)
+            .build()
+            .expect("a store")
+    }
+
+    fn text(position: u64) -> String {
+        format!("t{position}")
+    }
+
+    /// Two nodes, each with its own `PostgresLog` on one schema: the runtime
+    /// node writes a session, the host node never does; the host serves
+    /// its history from the log, then its live events as the runtime
+    /// commits them (the host's tailer waits on `LISTEN`), exactly once and
+    /// in order.
+    #[test]
+    fn a_host_node_serves_history_then_live_through_listen() {
+        let backend = backend_or_skip!();
+        let (runtime, host) = (node(&backend), node(&backend));
+        let k = key("acme", "chat");
+        for position in 1..=20 {
+            runtime
+                .append(&k, Revision(1), text(position))
+                .expect("append");
+        }
+        assert_eq!(runtime.wait_durable(&k, 20, WAIT), Ok(20));
+        let mut events = host.catch_up(&Cursor::start(k.clone())).expect("catch up");
+        for position in 1..=20 {
+            let event = events.next_timeout(WAIT).expect("history");
+            assert_eq!(
+                (event.position(), event.payload()),
+                (position, &text(position))
+            );
+        }
+        assert_eq!(events.try_next().unwrap_err(), TryNextError::Empty);
+        assert!(!host.is_resident(&k), "a reader never restores the session");
+        let writer = std::thread::spawn(move || {
+            for position in 21..=60 {
+                runtime
+                    .append(&k, Revision(1), text(position))
+                    .expect("append");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            runtime
+        });
+        for position in 21..=60 {
+            let event = events.next_timeout(WAIT).expect("a live event");
+            assert_eq!(event.position(), position, "exactly once, in order");
+            assert_eq!(event.payload(), &text(position));
+        }
+        drop(writer.join().expect("the writer panicked"));
+    }
+}
+
+// ---- faults under a store -------------------------------------------------
+
+mod faults {
+    use super::*;
+    use livereplay::durable::{LogRecord, RecordBody};
+    use livereplay::{Config, DurableOptions, ReplayStore, Revision, Utf8};
+
+    /// The ring's window: what the store holds while the log is away.
+    const CAPACITY: usize = 64;
+    const WAIT: Duration = Duration::from_secs(60);
+
+    fn store(log: Arc<PostgresLog>) -> ReplayStore<String> {
+        ReplayStore::builder()
+            .config(Config::default().with_capacity(CAPACITY))
+            .durable(log, Utf8)
+            .durable_options(
+                DurableOptions::default().with_flush_interval(Duration::from_millis(5)),
+            )
+            .build()
+            .expect("a store")
+    }
+
+    fn text(position: u64) -> String {
+        format!("e{position}")
+    }
+
+    /// Appends `range`, every one accepted at once (the store never waits
+    /// for the log).
+    fn append_all(
+        store: &ReplayStore<String>,
+        k: &livereplay::SessionKey,
+        range: std::ops::RangeInclusive<u64>,
+    ) {
+        for position in range {
+            let event = store
+                .append(k, Revision(position), text(position))
+                .expect("an append never fails while the log is away");
+            assert_eq!(event.position(), position);
+        }
+    }
+
+    /// Checks the log after an outage: it starts with `before` (what the log
+    /// held just before the outage, all events: nothing durable was lost),
+    /// then events and exactly one hole (when the ring lapped any) whose
+    /// count is what the store counts as lost, then events up to `last`;
+    /// every payload is the one appended.
+    fn check_log(
+        log: &PostgresLog,
+        store: &ReplayStore<String>,
+        k: &livereplay::SessionKey,
+        before: &[LogRecord],
+        last: u64,
+    ) {
+        assert!(
+            before
+                .iter()
+                .all(|r| matches!(r.body, RecordBody::Event(_))),
+            "the ring lapped before the outage: the test's pacing is too fast for this machine"
+        );
+        let records: Vec<LogRecord> = load_all(log, k);
+        assert_eq!(&records[..before.len()], before, "nothing durable was lost");
+        let mut next = 1;
+        let mut holes = Vec::new();
+        for record in &records {
+            assert_eq!(record.position, next, "contiguous");
+            match &record.body {
+                RecordBody::Event(event) => {
+                    assert_eq!(event.payload, text(record.position).into_bytes());
+                }
+                RecordBody::Hole { count, .. } => holes.push(*count),
+            }
+            next = record.last_position() + 1;
+        }
+        assert_eq!(next - 1, last, "everything reached the log");
+        assert_eq!(holes.len(), 1, "one hole for the outage: {holes:?}");
+        let durable = store.stats().durable.expect("durable stats");
+        assert_eq!(
+            holes[0], durable.lost_events,
+            "the hole's count is what was lapped"
+        );
+        assert_eq!(durable.holes, 1);
+        // After the hole, only what the ring still held.
+        let hole_end = records
+            .iter()
+            .find(|r| matches!(r.body, RecordBody::Hole { .. }))
+            .map(LogRecord::last_position)
+            .expect("the hole");
+        assert!(last - hole_end <= CAPACITY as u64, "{hole_end}");
+    }
+
+    /// SIGKILL the server mid-stream (a paced appender running, the
+    /// persister committing), append more than the ring holds, and restart
+    /// it on the same data directory: everything committed before is there,
+    /// the lapped positions are one hole with the exact count, and
+    /// persistence resumes by itself.
+    #[test]
+    fn a_server_killed_mid_stream() {
+        let Some(mut backend) = PgBackend::new() else {
+            return;
+        };
+        let log = Arc::new(backend.log.take().expect("the log"));
+        let store = store(log.clone());
+        let k = key("t", "s");
+        append_all(&store, &k, 1..=50);
+        assert_eq!(store.wait_durable(&k, 50, WAIT), Ok(50));
+        let before = std::thread::scope(|scope| {
+            let appender = scope.spawn(|| {
+                // About 2000 a second: the ring's 64 slots are 30 ms of
+                // slack for each commit while the server is up.
+                for position in 51..=300 {
+                    append_all(&store, &k, position..=position);
+                    if position % 2 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            });
+            std::thread::sleep(Duration::from_millis(60));
+            let before = load_all(log.as_ref(), &k);
+            backend.server.kill9();
+            appender.join().expect("the appender panicked");
+            before
+        });
+        assert!(before.len() >= 50);
+        append_all(&store, &k, 301..=600);
+        backend.server.restart();
+        assert_eq!(store.wait_durable(&k, 600, WAIT), Ok(600));
+        check_log(&log, &store, &k, &before, 600);
+        // And it goes on.
+        append_all(&store, &k, 601..=610);
+        assert_eq!(store.wait_durable(&k, 610, WAIT), Ok(610));
+    }
+
+    /// SIGSTOP for 2 s: the persister's call waits for the server; appends
+    /// do not. Thawed, the commit goes through and the rest follows.
+    #[test]
+    fn a_server_frozen_for_two_seconds() {
+        let backend = backend_or_skip!();
+        let log = Arc::new(open(&backend.server, &backend.schema));
+        let store = store(log.clone());
+        let k = key("t", "s");
+        append_all(&store, &k, 1..=50);
+        assert_eq!(store.wait_durable(&k, 50, WAIT), Ok(50));
+        let before = load_all(log.as_ref(), &k);
+        backend.server.freeze();
+        append_all(&store, &k, 51..=400);
+        std::thread::sleep(Duration::from_secs(2));
+        backend.server.thaw();
+        assert_eq!(store.wait_durable(&k, 400, WAIT), Ok(400));
+        check_log(&log, &store, &k, &before, 400);
+    }
+
+    /// `pg_terminate_backend` of every connection the log has, again and
+    /// again while appending: the log reconnects, nothing is lost, and no
+    /// hole is needed (the ring outlasts a reconnect).
+    #[test]
+    fn connections_terminated_while_appending() {
+        let backend = backend_or_skip!();
+        let log = Arc::new(open(&backend.server, &backend.schema));
+        let store = store(log.clone());
+        let k = key("t", "s");
+        let mut admin = backend.server.client();
+        for round in 0..5u64 {
+            append_all(&store, &k, round * 20 + 1..=round * 20 + 20);
+            assert_eq!(
+                store.wait_durable(&k, round * 20 + 20, WAIT),
+                Ok(round * 20 + 20)
+            );
+            let terminated: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = 'livereplay') AS t",
+                    &[],
+                )
+                .expect("terminate")
+                .get(0);
+            assert!(terminated >= 1);
+        }
+        append_all(&store, &k, 101..=120);
+        assert_eq!(store.wait_durable(&k, 120, WAIT), Ok(120));
+        assert_eq!(load_all(log.as_ref(), &k).len(), 120);
+        let durable = store.stats().durable.expect("stats");
+        assert_eq!((durable.holes, durable.lost_events), (0, 0));
+    }
+}
