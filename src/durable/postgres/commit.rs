@@ -3,12 +3,14 @@
 //!
 //! # Invariants
 //!
-//! * An append's statements are a fixed handful, whatever the number of
-//!   records or sessions: lock the state row, lock the sessions' rows, (add
-//!   the new sessions), one `INSERT … unnest` of every record, one
-//!   `UPDATE … unnest` of every changed row, the causal index (one
-//!   statement per index read or write it makes: none for events without
-//!   links), one `pg_notify` per changed session, `COMMIT`.
+//! * An append is a fixed handful of round trips, whatever the number of
+//!   records or sessions: `BEGIN` with the lock of the state row, the lock
+//!   of the sessions' rows, (the new sessions), one statement that inserts
+//!   every record (`INSERT … unnest`), updates every changed row
+//!   (`UPDATE … unnest`) and notifies once per changed session, the causal
+//!   index (one statement per index read or write it makes: one read of
+//!   its state for events without links), `COMMIT`: 5 (6 when it records
+//!   new sessions).
 //! * Everything is validated against the locked rows before anything is
 //!   written; a refusal returns before the first write and the transaction
 //!   rolls back (dropped), so a refused call changes nothing.
@@ -21,7 +23,7 @@
 
 use std::collections::HashMap;
 
-use ::postgres::Transaction;
+use ::postgres::Client;
 
 use super::reads::decode_session;
 use super::{backend, to_sql, CommitFailed, Conn};
@@ -47,6 +49,43 @@ pub(super) fn check_positions(writes: &[SessionWrite<'_>]) -> Result<(), LogErro
         }
     }
     Ok(())
+}
+
+/// An open transaction on the log's connection, rolled back when dropped
+/// uncommitted (a refusal, an error). Opened with a simple query so that
+/// `BEGIN` can share a round trip with the first statement.
+pub(super) struct Tx<'c> {
+    client: &'c mut Client,
+    open: bool,
+}
+
+impl<'c> Tx<'c> {
+    /// Runs `begin` (which starts with `BEGIN`).
+    pub(super) fn begin(client: &'c mut Client, begin: &str) -> Result<Self, LogError> {
+        client.batch_execute(begin).map_err(backend)?;
+        Ok(Self { client, open: true })
+    }
+
+    pub(super) fn client(&mut self) -> &mut Client {
+        self.client
+    }
+
+    /// Commits; an error here leaves the outcome unknown ([`CommitFailed`]).
+    pub(super) fn commit(mut self) -> Result<(), LogError> {
+        self.open = false;
+        self.client
+            .batch_execute("COMMIT")
+            .map_err(|e| LogError::Backend(Box::new(CommitFailed(e))))
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A broken connection fails this too; the caller drops it.
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
+    }
 }
 
 /// One session's state while an append is validated.
@@ -77,9 +116,9 @@ pub(super) fn append(conn: &mut Conn, writes: &[SessionWrite<'_>]) -> Result<(),
     let tenants: Vec<&str> = sessions.iter().map(|k| k.tenant()).collect();
     let names: Vec<&str> = sessions.iter().map(|k| k.session()).collect();
 
-    let mut tx = client.transaction().map_err(backend)?;
-    tx.execute(&statements.lock_state, &[]).map_err(backend)?;
+    let mut tx = Tx::begin(client, &statements.begin_locked)?;
     let rows = tx
+        .client()
         .query(&statements.lock_sessions, &[&tenants, &names])
         .map_err(backend)?;
     let mut staged: Vec<Staged> = sessions
@@ -118,24 +157,18 @@ pub(super) fn append(conn: &mut Conn, writes: &[SessionWrite<'_>]) -> Result<(),
         return Ok(());
     }
 
-    insert_new_sessions(&mut tx, statements, &sessions, &mut staged)?;
-    insert_records(&mut tx, statements, writes, &index, &staged)?;
-    update_sessions(&mut tx, statements, &staged)?;
-    crate::dag::index_appended(&mut super::index::TxIndex::new(&mut tx, statements), writes)?;
-    let (ids, tails): (Vec<i64>, Vec<i64>) = staged
-        .iter()
-        .filter(|s| s.changed)
-        .filter_map(|s| Some((s.id?, to_sql(s.meta.as_ref()?.durable_tail))))
-        .unzip();
-    tx.execute(&statements.notify, &[&statements.channel, &ids, &tails])
-        .map_err(backend)?;
+    insert_new_sessions(tx.client(), statements, &sessions, &mut staged)?;
+    write_all(tx.client(), statements, writes, &index, &staged)?;
+    crate::dag::index_appended(
+        &mut super::index::TxIndex::new(tx.client(), statements),
+        writes,
+    )?;
     tx.commit()
-        .map_err(|e| LogError::Backend(Box::new(CommitFailed(e))))
 }
 
 /// Creates the rows of the sessions this call records first.
 fn insert_new_sessions(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     statements: &super::schema::Statements,
     sessions: &[&SessionKey],
     staged: &mut [Staged],
@@ -170,18 +203,16 @@ fn insert_new_sessions(
     Ok(())
 }
 
-/// Every record of the call in one multi-row insert.
-fn insert_records(
-    tx: &mut Transaction<'_>,
+/// Every record of the call, every changed row and the notifications, in
+/// one statement.
+fn write_all(
+    tx: &mut Client,
     statements: &super::schema::Statements,
     writes: &[SessionWrite<'_>],
     index: &HashMap<&SessionKey, usize>,
     staged: &[Staged],
 ) -> Result<(), LogError> {
     let count: usize = writes.iter().map(|w| w.records.len()).sum();
-    if count == 0 {
-        return Ok(());
-    }
     let mut session_ids = Vec::with_capacity(count);
     let mut positions = Vec::with_capacity(count);
     let mut incarnations = Vec::with_capacity(count);
@@ -224,8 +255,24 @@ fn insert_records(
             }
         }
     }
+    let (mut ids, mut tails, mut last_revisions, mut events) = (vec![], vec![], vec![], vec![]);
+    let (mut owners, mut life_incarnations, mut firsts) = (vec![], vec![], vec![]);
+    for stage in staged.iter().filter(|s| s.changed) {
+        let (Some(id), Some(meta)) = (stage.id, stage.meta.as_ref()) else {
+            continue;
+        };
+        ids.push(id);
+        tails.push(to_sql(meta.durable_tail));
+        last_revisions.push(to_sql(meta.last_revision));
+        events.push(to_sql(meta.event_count));
+        for life in &stage.new_lives {
+            owners.push(id);
+            life_incarnations.push(to_sql(life.incarnation.get()));
+            firsts.push(to_sql(life.first_position));
+        }
+    }
     tx.execute(
-        &statements.insert_records,
+        &statements.write_all,
         &[
             &session_ids,
             &positions,
@@ -236,44 +283,14 @@ fn insert_records(
             &hole_reasons,
             &links,
             &payloads,
-        ],
-    )
-    .map_err(backend)?;
-    Ok(())
-}
-
-/// Every changed session's row in one update.
-fn update_sessions(
-    tx: &mut Transaction<'_>,
-    statements: &super::schema::Statements,
-    staged: &[Staged],
-) -> Result<(), LogError> {
-    let (mut ids, mut tails, mut revisions, mut events) = (vec![], vec![], vec![], vec![]);
-    let (mut owners, mut incarnations, mut firsts) = (vec![], vec![], vec![]);
-    for stage in staged.iter().filter(|s| s.changed) {
-        let (Some(id), Some(meta)) = (stage.id, stage.meta.as_ref()) else {
-            continue;
-        };
-        ids.push(id);
-        tails.push(to_sql(meta.durable_tail));
-        revisions.push(to_sql(meta.last_revision));
-        events.push(to_sql(meta.event_count));
-        for life in &stage.new_lives {
-            owners.push(id);
-            incarnations.push(to_sql(life.incarnation.get()));
-            firsts.push(to_sql(life.first_position));
-        }
-    }
-    tx.execute(
-        &statements.update_sessions,
-        &[
             &ids,
             &tails,
-            &revisions,
+            &last_revisions,
             &events,
             &owners,
-            &incarnations,
+            &life_incarnations,
             &firsts,
+            &statements.channel,
         ],
     )
     .map_err(backend)?;

@@ -18,7 +18,7 @@
 //!   statement per call, as the other shared backend does: the index only
 //!   grows but for acknowledgements, which a reader may or may not see.
 
-use ::postgres::{GenericClient, Transaction};
+use ::postgres::{Client, GenericClient};
 
 use super::schema::Statements;
 use super::{backend, to_sql, Conn, PostgresLog};
@@ -99,19 +99,20 @@ fn is_event(
         .unwrap_or(false))
 }
 
-/// The index inside one of the log's write transactions.
-pub(super) struct TxIndex<'t, 'c> {
-    tx: &'t mut Transaction<'c>,
+/// The index inside one of the log's write transactions (the connection,
+/// inside a [`super::commit::Tx`]).
+pub(super) struct TxIndex<'t> {
+    tx: &'t mut Client,
     statements: &'t Statements,
 }
 
-impl<'t, 'c> TxIndex<'t, 'c> {
-    pub(super) fn new(tx: &'t mut Transaction<'c>, statements: &'t Statements) -> Self {
+impl<'t> TxIndex<'t> {
+    pub(super) fn new(tx: &'t mut Client, statements: &'t Statements) -> Self {
         Self { tx, statements }
     }
 }
 
-impl IndexRead for TxIndex<'_, '_> {
+impl IndexRead for TxIndex<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
         get(self.tx, self.statements, key)
     }
@@ -130,7 +131,7 @@ impl IndexRead for TxIndex<'_, '_> {
     }
 }
 
-impl IndexWrite for TxIndex<'_, '_> {
+impl IndexWrite for TxIndex<'_> {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
         self.tx
             .execute(&self.statements.index_put, &[&key, &value])
@@ -181,11 +182,9 @@ impl IndexStore for PostgresLog {
         update: &mut dyn FnMut(&mut dyn IndexWrite) -> Result<(), LogError>,
     ) -> Result<(), LogError> {
         self.run(|Conn { client, statements }| {
-            let mut tx = client.transaction().map_err(backend)?;
-            tx.execute(&statements.lock_state, &[]).map_err(backend)?;
-            update(&mut TxIndex::new(&mut tx, statements))?;
+            let mut tx = super::commit::Tx::begin(client, &statements.begin_locked)?;
+            update(&mut TxIndex::new(tx.client(), statements))?;
             tx.commit()
-                .map_err(|e| LogError::Backend(Box::new(super::CommitFailed(e))))
         })
     }
 }

@@ -31,9 +31,9 @@
 //!   from one stale read), then the sessions' rows (`FOR UPDATE`, in id
 //!   order), validates the whole call with the same code as
 //!   [`MemoryLog`](super::MemoryLog) against what it locked, and writes
-//!   every record with one multi-row `INSERT … SELECT FROM unnest(…)`,
-//!   every meta with one `UPDATE … FROM unnest(…)`, the causal index, and
-//!   one `pg_notify` per changed session, then commits. A refusal
+//!   every record (a multi-row `INSERT … SELECT FROM unnest(…)`), every
+//!   meta (`UPDATE … FROM unnest(…)`) and one `pg_notify` per changed
+//!   session in one statement, then the causal index, then commits. A refusal
 //!   ([`LogError::NotContiguous`], [`LogError::BadLife`]) rolls back and
 //!   changes nothing, the same typed error the other backends give (the
 //!   persister's fencing reads it). `(session_id, position)` is the primary

@@ -160,18 +160,18 @@ pub(super) fn migrate(client: &mut Client, schema: &str) -> Result<(), LogError>
 pub(super) struct Statements {
     /// The notification channel (`channel`), a parameter of `notify`.
     pub channel: String,
-    /// Locks the state row every index writer takes first.
-    pub lock_state: Statement,
+    /// `BEGIN` and the lock of the state row every index writer takes
+    /// first, as one simple query (one round trip for both).
+    pub begin_locked: String,
     /// `(tenants[], sessions[])` → the sessions' rows, locked, id order.
     pub lock_sessions: Statement,
     /// New sessions, numbered in the order given; returns their ids.
     pub insert_sessions: Statement,
-    /// One multi-row insert of records from arrays.
-    pub insert_records: Statement,
-    /// Every changed session's row from arrays.
-    pub update_sessions: Statement,
-    /// `pg_notify` once per `(session id, tail)` pair.
-    pub notify: Statement,
+    /// One statement for all of an append's rows: every record (one
+    /// multi-row insert from arrays, `$1..$9`), every changed session's row
+    /// (`$10..$13`, its new lives `$14..$16`), and a `pg_notify` on channel
+    /// `$17` per changed session.
+    pub write_all: Statement,
     /// `(tenant, session, after, limit)` → records.
     pub load_after: Statement,
     /// `(tenant, session)` → the row.
@@ -207,7 +207,7 @@ impl Statements {
         let mut prepare = |sql: String| client.prepare(&sql).map_err(backend);
         Ok(Self {
             channel: channel(schema),
-            lock_state: prepare(format!("SELECT version FROM {s}.schema_version FOR UPDATE"))?,
+            begin_locked: format!("BEGIN; SELECT version FROM {s}.schema_version FOR UPDATE"),
             lock_sessions: prepare(format!(
                 "SELECT {SESSION_COLUMNS} FROM {s}.sessions
                  WHERE (tenant, session) IN (SELECT * FROM unnest($1::text[], $2::text[]))
@@ -221,35 +221,33 @@ impl Statements {
                  ORDER BY ord
                  RETURNING id, tenant, session"
             ))?,
-            insert_records: prepare(format!(
-                "INSERT INTO {s}.records (session_id, {RECORD_COLUMNS})
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-                     $5::bigint[], $6::bigint[], $7::smallint[], $8::bytea[], $9::bytea[])"
+            // Data-modifying CTEs always run, whether the outer query reads
+            // them or not; the notifications go out at commit only.
+            write_all: prepare(format!(
+                "WITH inserted AS (
+                     INSERT INTO {s}.records (session_id, {RECORD_COLUMNS})
+                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[],
+                         $4::bigint[], $5::bigint[], $6::bigint[], $7::smallint[],
+                         $8::bytea[], $9::bytea[])),
+                 updated AS (
+                     UPDATE {s}.sessions AS m SET durable_tail = u.tail,
+                         last_revision = u.revision, event_count = u.events,
+                         life_incarnations = m.life_incarnations || coalesce((
+                             SELECT array_agg(l.incarnation ORDER BY l.ord)
+                             FROM unnest($14::bigint[], $15::bigint[], $16::bigint[])
+                                 WITH ORDINALITY AS l (owner, incarnation, first_position, ord)
+                             WHERE l.owner = m.id), '{{}}'),
+                         life_first_positions = m.life_first_positions || coalesce((
+                             SELECT array_agg(l.first_position ORDER BY l.ord)
+                             FROM unnest($14::bigint[], $15::bigint[], $16::bigint[])
+                                 WITH ORDINALITY AS l (owner, incarnation, first_position, ord)
+                             WHERE l.owner = m.id), '{{}}')
+                     FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[])
+                         AS u (id, tail, revision, events)
+                     WHERE m.id = u.id
+                     RETURNING m.id, m.durable_tail)
+                 SELECT pg_notify($17, id::text || ' ' || durable_tail::text) FROM updated"
             ))?,
-            // `$5..$7`: the new lives of the call, `(owner id, incarnation,
-            // first position)` in order, appended to their owners' arrays.
-            update_sessions: prepare(format!(
-                "UPDATE {s}.sessions AS m SET durable_tail = u.tail,
-                     last_revision = u.revision, event_count = u.events,
-                     life_incarnations = m.life_incarnations || coalesce((
-                         SELECT array_agg(l.incarnation ORDER BY l.ord)
-                         FROM unnest($5::bigint[], $6::bigint[], $7::bigint[]) WITH ORDINALITY
-                             AS l (owner, incarnation, first_position, ord)
-                         WHERE l.owner = m.id), '{{}}'),
-                     life_first_positions = m.life_first_positions || coalesce((
-                         SELECT array_agg(l.first_position ORDER BY l.ord)
-                         FROM unnest($5::bigint[], $6::bigint[], $7::bigint[]) WITH ORDINALITY
-                             AS l (owner, incarnation, first_position, ord)
-                         WHERE l.owner = m.id), '{{}}')
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
-                     AS u (id, tail, revision, events)
-                 WHERE m.id = u.id"
-            ))?,
-            notify: prepare(
-                "SELECT pg_notify($1, id::text || ' ' || tail::text)
-                 FROM unnest($2::bigint[], $3::bigint[]) AS x (id, tail)"
-                    .into(),
-            )?,
             // The record that covers `from` (an event at it, or a hole
             // starting before it), then the records after it, in order.
             load_after: prepare(format!(
