@@ -56,14 +56,29 @@ pub(super) fn check_positions(writes: &[SessionWrite<'_>]) -> Result<(), LogErro
 /// `BEGIN` can share a round trip with the first statement.
 pub(super) struct Tx<'c> {
     client: &'c mut Client,
+    /// The connection's [`Conn::broken`](super::Conn): set when the
+    /// rollback fails.
+    broken: &'c mut bool,
     open: bool,
 }
 
 impl<'c> Tx<'c> {
     /// Runs `begin` (which starts with `BEGIN`).
-    pub(super) fn begin(client: &'c mut Client, begin: &str) -> Result<Self, LogError> {
-        client.batch_execute(begin).map_err(backend)?;
-        Ok(Self { client, open: true })
+    pub(super) fn begin(
+        client: &'c mut Client,
+        broken: &'c mut bool,
+        begin: &str,
+    ) -> Result<Self, LogError> {
+        if let Err(e) = client.batch_execute(begin) {
+            // `BEGIN` may have run and the lock failed: end it.
+            *broken = client.batch_execute("ROLLBACK").is_err();
+            return Err(backend(e));
+        }
+        Ok(Self {
+            client,
+            broken,
+            open: true,
+        })
     }
 
     pub(super) fn client(&mut self) -> &mut Client {
@@ -81,9 +96,10 @@ impl<'c> Tx<'c> {
 
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
-        if self.open {
-            // A broken connection fails this too; the caller drops it.
-            let _ = self.client.batch_execute("ROLLBACK");
+        if self.open && self.client.batch_execute("ROLLBACK").is_err() {
+            // The caller drops the connection rather than run the next
+            // call inside this transaction.
+            *self.broken = true;
         }
     }
 }
@@ -102,7 +118,11 @@ struct Staged {
 
 /// One [`crate::durable::DurableLog::append`] attempt, in one transaction.
 pub(super) fn append(conn: &mut Conn, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
-    let Conn { client, statements } = conn;
+    let Conn {
+        client,
+        statements,
+        broken,
+    } = conn;
     // Sessions in the order they first appear: the order new ones are
     // numbered (as in the other backends).
     let mut index: HashMap<&SessionKey, usize> = HashMap::new();
@@ -116,7 +136,7 @@ pub(super) fn append(conn: &mut Conn, writes: &[SessionWrite<'_>]) -> Result<(),
     let tenants: Vec<&str> = sessions.iter().map(|k| k.tenant()).collect();
     let names: Vec<&str> = sessions.iter().map(|k| k.session()).collect();
 
-    let mut tx = Tx::begin(client, &statements.begin_locked)?;
+    let mut tx = Tx::begin(client, broken, &statements.begin_locked)?;
     let rows = tx
         .client()
         .query(&statements.lock_sessions, &[&tenants, &names])
@@ -302,9 +322,14 @@ fn write_all(
 /// and moves the row's archive mark, in one transaction. `watermark` is at
 /// most `i64::MAX`.
 pub(super) fn archive(conn: &mut Conn, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
-    let Conn { client, statements } = conn;
-    let mut tx = client.transaction().map_err(backend)?;
+    let Conn {
+        client,
+        statements,
+        broken,
+    } = conn;
+    let mut tx = Tx::begin(client, broken, "BEGIN")?;
     let rows = tx
+        .client()
         .query(
             &statements.lock_sessions,
             &[&[key.tenant()].as_slice(), &[key.session()].as_slice()],
@@ -319,6 +344,7 @@ pub(super) fn archive(conn: &mut Conn, key: &SessionKey, watermark: u64) -> Resu
         return Ok(0);
     }
     let archived: i64 = tx
+        .client()
         .query_one(&statements.archive, &[&id, &to_sql(watermark)])
         .and_then(|row| row.try_get(0))
         .map_err(backend)?;
@@ -329,12 +355,12 @@ pub(super) fn archive(conn: &mut Conn, key: &SessionKey, watermark: u64) -> Resu
             meta.event_count
         )));
     }
-    tx.execute(
-        &statements.set_archived,
-        &[&id, &to_sql(watermark), &to_sql(archived)],
-    )
-    .map_err(backend)?;
-    tx.commit()
-        .map_err(|e| LogError::Backend(Box::new(CommitFailed(e))))?;
+    tx.client()
+        .execute(
+            &statements.set_archived,
+            &[&id, &to_sql(watermark), &to_sql(archived)],
+        )
+        .map_err(backend)?;
+    tx.commit()?;
     Ok(archived)
 }

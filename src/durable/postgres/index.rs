@@ -152,8 +152,11 @@ struct Reader<'a>(&'a PostgresLog);
 
 impl IndexRead for Reader<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
-        self.0
-            .run(|Conn { client, statements }| get(client, statements, key))
+        self.0.run(
+            |Conn {
+                 client, statements, ..
+             }| get(client, statements, key),
+        )
     }
 
     fn scan(
@@ -162,13 +165,19 @@ impl IndexRead for Reader<'_> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<IndexEntries, LogError> {
-        self.0
-            .run(|Conn { client, statements }| scan(client, statements, prefix, after, limit))
+        self.0.run(
+            |Conn {
+                 client, statements, ..
+             }| scan(client, statements, prefix, after, limit),
+        )
     }
 
     fn is_event(&mut self, key: &SessionKey, position: u64) -> Result<bool, LogError> {
-        self.0
-            .run(|Conn { client, statements }| is_event(client, statements, key, position))
+        self.0.run(
+            |Conn {
+                 client, statements, ..
+             }| is_event(client, statements, key, position),
+        )
     }
 }
 
@@ -181,8 +190,13 @@ impl IndexStore for PostgresLog {
         &self,
         update: &mut dyn FnMut(&mut dyn IndexWrite) -> Result<(), LogError>,
     ) -> Result<(), LogError> {
-        self.run(|Conn { client, statements }| {
-            let mut tx = super::commit::Tx::begin(client, &statements.begin_locked)?;
+        self.run(|conn| {
+            let Conn {
+                client,
+                statements,
+                broken,
+            } = conn;
+            let mut tx = super::commit::Tx::begin(client, broken, &statements.begin_locked)?;
             update(&mut TxIndex::new(tx.client(), statements))?;
             tx.commit()
         })

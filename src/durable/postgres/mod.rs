@@ -2,7 +2,7 @@
 //! opens the same database and schema.
 //!
 //! It owns one Postgres schema (default `livereplay`): four tables it
-//! creates on first open ([`schema`]), and one notification channel. Nothing
+//! creates on first open (`schema.rs`), and one notification channel. Nothing
 //! else may write them; several `PostgresLog`s (in one process or on many
 //! nodes) may share them. Postgres 12 or later is needed (identity columns,
 //! `pg_notify` in a transaction); [`PostgresLog::open`] checks.
@@ -26,7 +26,7 @@
 //! # Invariants
 //!
 //! * The module invariants of [`crate::durable`]. An [`DurableLog::append`]
-//!   is one transaction ([`commit`]): it locks the log's state row (every
+//!   is one transaction (`commit.rs`): it locks the log's state row (every
 //!   writer of the causal index takes it first, so two nodes never index
 //!   from one stale read), then the sessions' rows (`FOR UPDATE`, in id
 //!   order), validates the whole call with the same code as
@@ -52,7 +52,7 @@
 //! # Connections and failures
 //!
 //! One connection, behind a mutex, carries every call but the watch
-//! ([`watch`]: each waiting thread takes a listening connection of its own,
+//! (`watch.rs`: each waiting thread takes a listening connection of its own,
 //! kept idle between waits). A broken connection is dropped and the next
 //! call opens a fresh one; a call that fails on a connection an earlier
 //! call opened, before it asked for a commit, is tried once more on a fresh
@@ -174,6 +174,9 @@ impl fmt::Debug for PostgresLog {
 pub(super) struct Conn {
     client: Client,
     statements: Statements,
+    /// Set when a transaction could not be rolled back: the connection may
+    /// still be inside it, so it is dropped rather than used again.
+    broken: bool,
 }
 
 impl PostgresLog {
@@ -209,7 +212,11 @@ impl PostgresLog {
         let mut client = log.config.connect(NoTls).map_err(backend)?;
         schema::migrate(&mut client, &log.options.schema)?;
         let statements = Statements::prepare(&mut client, &log.options.schema)?;
-        *log.lock_conn() = Some(Conn { client, statements });
+        *log.lock_conn() = Some(Conn {
+            client,
+            statements,
+            broken: false,
+        });
         Ok(log)
     }
 
@@ -246,7 +253,11 @@ impl PostgresLog {
     fn connect(&self) -> Result<Conn, LogError> {
         let mut client = self.config.connect(NoTls).map_err(backend)?;
         let statements = Statements::prepare(&mut client, &self.options.schema)?;
-        Ok(Conn { client, statements })
+        Ok(Conn {
+            client,
+            statements,
+            broken: false,
+        })
     }
 
     fn lock_conn(&self) -> MutexGuard<'_, Option<Conn>> {
@@ -281,7 +292,7 @@ impl PostgresLog {
                 Err(error) => error,
             };
             attempts += 1;
-            if conn.client.is_closed() {
+            if conn.client.is_closed() || conn.broken {
                 *slot = None;
                 let before_commit =
                     !matches!(&error, LogError::Backend(e) if e.is::<CommitFailed>());
