@@ -661,6 +661,61 @@ mod nodes {
     }
 }
 
+/// Fencing over Postgres: node A wrote a session, node B took it over
+/// (a new life after A's tail) and wrote on; A's next commit clashes, the
+/// log refuses it with the typed error, and A fences its session instead
+/// of writing over B's positions.
+mod fencing {
+    use super::*;
+    use livereplay::durable::RecordBody;
+    use livereplay::{Config, DurableOptions, ReplayStore, Revision, Utf8};
+
+    fn manual_node(backend: &PgBackend) -> ReplayStore<String> {
+        ReplayStore::builder()
+            .config(Config::default().with_capacity(16).with_auto_sweep(false))
+            .durable(Arc::new(open(&backend.server, &backend.schema)), Utf8)
+            .durable_options(DurableOptions::default().with_persister_thread(false))
+            .build()
+            .expect("a store")
+    }
+
+    fn drain(store: &ReplayStore<String>) {
+        for _ in 0..100 {
+            if store.persist_round().is_none() {
+                return;
+            }
+        }
+        panic!("the persister still had work after 100 rounds");
+    }
+
+    #[test]
+    fn a_node_taken_over_is_fenced_not_overwriting() {
+        let backend = backend_or_skip!();
+        let (a, b) = (manual_node(&backend), manual_node(&backend));
+        let k = key("acme", "taken");
+        a.append(&k, Revision(1), "a1".into()).expect("append");
+        drain(&a);
+        for (payload, position) in ["b2", "b3"].into_iter().zip(2..) {
+            let event = b.append(&k, Revision(1), payload.into()).expect("append");
+            assert_eq!(event.position(), position, "B continues after A");
+        }
+        drain(&b);
+        a.append(&k, Revision(1), "a2".into()).expect("append");
+        drain(&a);
+        let durable = a.stats().durable.expect("stats");
+        assert_eq!(durable.fenced_sessions, 1, "{durable:?}");
+        assert_eq!(durable.last_fenced.as_ref(), Some(&k));
+        let payloads: Vec<String> = load_all(backend.log(), &k)
+            .into_iter()
+            .map(|record| match record.body {
+                RecordBody::Event(event) => String::from_utf8(event.payload).expect("utf-8"),
+                RecordBody::Hole { .. } => panic!("no hole expected"),
+            })
+            .collect();
+        assert_eq!(payloads, ["a1", "b2", "b3"]);
+    }
+}
+
 // ---- faults under a store -------------------------------------------------
 
 mod faults {
