@@ -5,7 +5,8 @@
 //! on the same server and schema), and what only Postgres has: the tables
 //! and schema version, idempotent migrations, `NOTIFY` in the commit, two
 //! nodes racing on one session, two nodes serving one session (history and
-//! live through `LISTEN`), damaged rows, and the faults of issue 23: the
+//! live through `LISTEN`), a node taken over and fenced, damaged rows, and
+//! the faults of issue 23: the
 //! server SIGKILLed mid-stream and restarted, frozen for 2 s, and the log's
 //! connection terminated, under a store that keeps appending.
 //!
