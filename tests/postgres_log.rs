@@ -6,9 +6,9 @@
 //! and schema version, idempotent migrations, `NOTIFY` in the commit, two
 //! nodes racing on one session, two nodes serving one session (history and
 //! live through `LISTEN`), a node taken over and fenced, damaged rows, and
-//! the faults of issue 23: the
-//! server SIGKILLed mid-stream and restarted, frozen for 2 s, and the log's
-//! connection terminated, under a store that keeps appending.
+//! the faults of issue 23: the server SIGKILLed mid-stream and restarted,
+//! frozen for 2 s, and the log's connection terminated, under a store that
+//! keeps appending.
 //!
 //! The causal-index suite (`tests/dag.rs`) and the seeds' adapters
 //! (`tests/adapters.rs`) run on Postgres too, from their own files.
