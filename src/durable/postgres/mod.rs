@@ -99,6 +99,11 @@ use schema::Statements;
 /// or a deadlock (another writer on the same rows).
 const MAX_ATTEMPTS: usize = 16;
 
+/// Between two TCP keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Unanswered probes before the connection fails.
+const KEEPALIVE_RETRIES: u32 = 3;
+
 /// How to open a [`PostgresLog`].
 ///
 /// ```
@@ -120,7 +125,10 @@ pub struct PostgresOptions {
     /// The longest wait for a connection (default 2 s). Zero means none.
     pub connect_timeout: Duration,
     /// Idle time before TCP keepalive probes a connection (default 10 s):
-    /// how a server whose host vanished is noticed.
+    /// how a server whose host vanished is noticed. Probes follow every 2 s;
+    /// after 3 unanswered, or when sent data stays unacknowledged for this
+    /// time plus 6 s (`TCP_USER_TIMEOUT`), the connection fails and the
+    /// call returns [`LogError::Backend`].
     pub keepalive_idle: Duration,
     /// The longest a watch waits between two looks at the sessions' rows
     /// even when no notification came (default 1 s): a notification sent
@@ -202,6 +210,12 @@ impl PostgresLog {
         config
             .keepalives(true)
             .keepalives_idle(options.keepalive_idle.max(Duration::from_secs(1)))
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES)
+            .tcp_user_timeout(
+                options.keepalive_idle.max(Duration::from_secs(1))
+                    + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES,
+            )
             .application_name("livereplay");
         let log = Self {
             config,
