@@ -271,6 +271,98 @@ fn positions_beyond_a_bigint_are_refused() {
         .is_empty());
 }
 
+/// A commit larger than one statement should carry (64 MiB of payloads)
+/// is inserted in several statements of one transaction: all of it reads
+/// back, in order.
+#[test]
+fn a_commit_of_large_payloads_is_written_in_chunks() {
+    let backend = backend_or_skip!();
+    let log = backend.log();
+    let k = key("t", "big");
+    let records: Vec<livereplay::durable::LogRecord> = (1..=4u64)
+        .map(|position| {
+            let mut record = event(position, 1);
+            if let livereplay::durable::RecordBody::Event(event) = &mut record.body {
+                event.payload = vec![position as u8; 30 << 20];
+            }
+            record
+        })
+        .collect();
+    append_ok(log, &k, Some(life(1, 1)), &records);
+    assert_eq!(meta_of(log, &k).durable_tail, 4);
+    for position in 1..=4u64 {
+        assert_eq!(
+            durable_suite::load(log, &k, position - 1, 1),
+            [records[position as usize - 1].clone()]
+        );
+    }
+}
+
+/// Issue 21's lesson for this backend: a payload over `max_record_bytes`
+/// is refused by name, and a store writes it as a hole while the rest of
+/// the commit (its session's later events, other sessions) is written.
+#[test]
+fn a_payload_over_the_limit_is_a_hole_not_a_stalled_batch() {
+    use livereplay::{DurableError, DurableOptions, ReplayStore, Revision, Utf8};
+    let backend = backend_or_skip!();
+    let log = Arc::new(
+        PostgresLog::open_with(
+            &backend.server.params(),
+            PostgresOptions {
+                max_record_bytes: 1 << 20,
+                ..options(&backend.schema)
+            },
+        )
+        .expect("open"),
+    );
+    let k = key("t", "s");
+    let big = events(1..=1, 1)
+        .into_iter()
+        .map(|mut record| {
+            if let livereplay::durable::RecordBody::Event(event) = &mut record.body {
+                event.payload = vec![1; 2 << 20];
+            }
+            record
+        })
+        .collect::<Vec<_>>();
+    assert!(matches!(
+        log.append(&[durable_suite::write(&k, Some(life(1, 1)), &big)]),
+        Err(LogError::InvalidRecord { position: 1, .. })
+    ));
+    assert!(log.meta(&k).expect("meta").is_none(), "nothing was written");
+    let store = ReplayStore::<String>::builder()
+        .durable(log.clone(), Utf8)
+        .durable_options(DurableOptions::default().with_persister_thread(false))
+        .build()
+        .expect("a store");
+    let (large, small) = (key("t", "large"), key("t", "small"));
+    store
+        .append(&large, Revision(1), "x".repeat(2 << 20))
+        .expect("append");
+    store
+        .append(&large, Revision(1), "after".into())
+        .expect("append");
+    store
+        .append(&small, Revision(1), "small".into())
+        .expect("append");
+    let mut rounds = 0;
+    while let Some(committed) = store.persist_round() {
+        assert!(committed, "a commit failed: {:?}", store.stats().durable);
+        rounds += 1;
+        assert!(rounds < 10, "the persister never finished");
+    }
+    assert!(matches!(
+        store.wait_durable(&large, 1, Duration::ZERO),
+        Err(DurableError::Lost { position: 1, .. })
+    ));
+    assert_eq!(store.wait_durable(&large, 2, Duration::ZERO), Ok(2));
+    assert_eq!(store.wait_durable(&small, 1, Duration::ZERO), Ok(1));
+    let durable = store.stats().durable.expect("stats");
+    assert_eq!(durable.refused_records, 1);
+    assert_eq!(durable.last_refused.as_ref(), Some(&large));
+    assert_eq!(positions(&load_all(log.as_ref(), &large)), [1, 2]);
+}
+
 // ---- notifications --------------------------------------------------------
 
 /// A commit notifies `<session id> <tail>` once per changed session, in

@@ -10,7 +10,8 @@
 //!   (`UPDATE … unnest`) and notifies once per changed session, the causal
 //!   index (one statement per index read or write it makes: one read of
 //!   its state for events without links), `COMMIT`: 5 (6 when it records
-//!   new sessions).
+//!   new sessions; one more per 64 MiB of payloads, inserted in chunks so
+//!   that no statement nears Postgres's 1 GiB message limit).
 //! * Everything is validated against the locked rows before anything is
 //!   written; a refusal returns before the first write and the transaction
 //!   rolls back (dropped), so a refused call changes nothing.
@@ -29,12 +30,13 @@ use super::reads::decode_session;
 use super::{backend, to_sql, CommitFailed, Conn};
 use crate::durable::memory::{apply_to_meta, empty_meta, validate_write};
 use crate::durable::stored::LinksV1;
-use crate::durable::{Life, LogError, RecordBody, SessionMeta, SessionWrite};
+use crate::durable::{Life, LogError, LogRecord, RecordBody, SessionMeta, SessionWrite};
 use crate::key::SessionKey;
 
 /// Refuses, by name, a record whose positions a `bigint` cannot hold
-/// (module docs of [`super`]): the store writes it as a hole instead.
-pub(super) fn check_positions(writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+/// (module docs of [`super`]) or whose payload is over `max_bytes`: the
+/// store writes it as a hole instead of the whole commit failing for ever.
+pub(super) fn check_records(writes: &[SessionWrite<'_>], max_bytes: usize) -> Result<(), LogError> {
     // Below i64::MAX, so that `last + 1` is still a bigint in the reads.
     const LAST: u64 = i64::MAX as u64 - 1;
     for write in writes {
@@ -45,6 +47,15 @@ pub(super) fn check_positions(writes: &[SessionWrite<'_>]) -> Result<(), LogErro
                     position: record.position,
                     what: "the position is beyond what the Postgres log stores (i64::MAX - 1)",
                 });
+            }
+            if let RecordBody::Event(event) = &record.body {
+                if event.payload.len() > max_bytes {
+                    return Err(LogError::InvalidRecord {
+                        key: write.key.clone(),
+                        position: record.position,
+                        what: "the payload is larger than the Postgres log's max_record_bytes",
+                    });
+                }
             }
         }
     }
@@ -223,8 +234,63 @@ fn insert_new_sessions(
     Ok(())
 }
 
-/// Every record of the call, every changed row and the notifications, in
-/// one statement.
+/// How many payload and link bytes one statement carries at most (but for
+/// a single larger record): Postgres refuses a message over 1 GiB, so a
+/// large commit inserts its records in several statements of the same
+/// transaction instead of failing as a whole, again and again.
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// Records as the columns of one multi-row insert (`$1..$9`).
+#[derive(Default)]
+struct RecordColumns<'a> {
+    session_ids: Vec<i64>,
+    positions: Vec<i64>,
+    incarnations: Vec<i64>,
+    revisions: Vec<Option<i64>>,
+    timestamps: Vec<Option<i64>>,
+    hole_counts: Vec<Option<i64>>,
+    hole_reasons: Vec<Option<i16>>,
+    links: Vec<Option<Vec<u8>>>,
+    payloads: Vec<Option<&'a [u8]>>,
+    /// Payload and link bytes so far.
+    bytes: usize,
+}
+
+impl<'a> RecordColumns<'a> {
+    fn push(&mut self, session_id: i64, record: &'a LogRecord) -> Result<(), LogError> {
+        self.session_ids.push(session_id);
+        self.positions.push(to_sql(record.position));
+        self.incarnations.push(to_sql(record.incarnation.get()));
+        match &record.body {
+            RecordBody::Event(event) => {
+                let links = LinksV1::of(&event.links)
+                    .map(|stored| postcard::to_stdvec(&stored))
+                    .transpose()
+                    .map_err(|e| LogError::Backend(Box::new(e)))?;
+                self.bytes += event.payload.len() + links.as_ref().map_or(0, Vec::len);
+                self.revisions.push(Some(to_sql(event.revision)));
+                self.timestamps.push(Some(to_sql(event.timestamp_nanos)));
+                self.hole_counts.push(None);
+                self.hole_reasons.push(None);
+                self.links.push(links);
+                self.payloads.push(Some(event.payload.as_slice()));
+            }
+            RecordBody::Hole { count, reason } => {
+                self.revisions.push(None);
+                self.timestamps.push(None);
+                self.hole_counts.push(Some(to_sql(*count)));
+                self.hole_reasons.push(Some(i16::from(reason.to_tag())));
+                self.links.push(None);
+                self.payloads.push(None);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every record of the call, every changed row and the notifications: one
+/// statement, or (past [`CHUNK_BYTES`]) a records-only insert per chunk
+/// before it.
 fn write_all(
     tx: &mut Client,
     statements: &super::schema::Statements,
@@ -232,49 +298,35 @@ fn write_all(
     index: &HashMap<&SessionKey, usize>,
     staged: &[Staged],
 ) -> Result<(), LogError> {
-    let count: usize = writes.iter().map(|w| w.records.len()).sum();
-    let mut session_ids = Vec::with_capacity(count);
-    let mut positions = Vec::with_capacity(count);
-    let mut incarnations = Vec::with_capacity(count);
-    let mut revisions: Vec<Option<i64>> = Vec::with_capacity(count);
-    let mut timestamps: Vec<Option<i64>> = Vec::with_capacity(count);
-    let mut hole_counts: Vec<Option<i64>> = Vec::with_capacity(count);
-    let mut hole_reasons: Vec<Option<i16>> = Vec::with_capacity(count);
-    let mut links: Vec<Option<Vec<u8>>> = Vec::with_capacity(count);
-    let mut payloads: Vec<Option<&[u8]>> = Vec::with_capacity(count);
+    let mut columns = RecordColumns::default();
     for write in writes {
         let Some(id) = staged[index[write.key]].id else {
             continue;
         };
         for record in write.records {
-            session_ids.push(id);
-            positions.push(to_sql(record.position));
-            incarnations.push(to_sql(record.incarnation.get()));
-            match &record.body {
-                RecordBody::Event(event) => {
-                    revisions.push(Some(to_sql(event.revision)));
-                    timestamps.push(Some(to_sql(event.timestamp_nanos)));
-                    hole_counts.push(None);
-                    hole_reasons.push(None);
-                    links.push(
-                        LinksV1::of(&event.links)
-                            .map(|stored| postcard::to_stdvec(&stored))
-                            .transpose()
-                            .map_err(|e| LogError::Backend(Box::new(e)))?,
-                    );
-                    payloads.push(Some(event.payload.as_slice()));
-                }
-                RecordBody::Hole { count, reason } => {
-                    revisions.push(None);
-                    timestamps.push(None);
-                    hole_counts.push(Some(to_sql(*count)));
-                    hole_reasons.push(Some(i16::from(reason.to_tag())));
-                    links.push(None);
-                    payloads.push(None);
-                }
+            if columns.bytes >= CHUNK_BYTES {
+                let full = std::mem::take(&mut columns);
+                let c = &full;
+                tx.execute(
+                    &statements.insert_records,
+                    &[
+                        &c.session_ids,
+                        &c.positions,
+                        &c.incarnations,
+                        &c.revisions,
+                        &c.timestamps,
+                        &c.hole_counts,
+                        &c.hole_reasons,
+                        &c.links,
+                        &c.payloads,
+                    ],
+                )
+                .map_err(backend)?;
             }
+            columns.push(id, record)?;
         }
     }
+    let c = &columns;
     let (mut ids, mut tails, mut last_revisions, mut events) = (vec![], vec![], vec![], vec![]);
     let (mut owners, mut life_incarnations, mut firsts) = (vec![], vec![], vec![]);
     for stage in staged.iter().filter(|s| s.changed) {
@@ -294,15 +346,15 @@ fn write_all(
     tx.execute(
         &statements.write_all,
         &[
-            &session_ids,
-            &positions,
-            &incarnations,
-            &revisions,
-            &timestamps,
-            &hole_counts,
-            &hole_reasons,
-            &links,
-            &payloads,
+            &c.session_ids,
+            &c.positions,
+            &c.incarnations,
+            &c.revisions,
+            &c.timestamps,
+            &c.hole_counts,
+            &c.hole_reasons,
+            &c.links,
+            &c.payloads,
             &ids,
             &tails,
             &last_revisions,

@@ -135,6 +135,12 @@ pub struct PostgresOptions {
     /// while a listening connection was being re-established is not lost
     /// for longer than that.
     pub watch_safety_timeout: Duration,
+    /// The largest payload one record may carry (default 512 MiB; a
+    /// `bytea` holds at most 1 GiB, and a statement's message as much). A
+    /// larger one is refused by name ([`LogError::InvalidRecord`]) and the
+    /// store writes it as a hole, rather than the commit failing for every
+    /// session batched with it.
+    pub max_record_bytes: usize,
 }
 
 impl Default for PostgresOptions {
@@ -144,6 +150,7 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(2),
             keepalive_idle: Duration::from_secs(10),
             watch_safety_timeout: Duration::from_secs(1),
+            max_record_bytes: 512 << 20,
         }
     }
 }
@@ -343,7 +350,7 @@ impl DurableLog for PostgresLog {
         if writes.is_empty() {
             return Ok(());
         }
-        commit::check_positions(writes)?;
+        commit::check_records(writes, self.options.max_record_bytes)?;
         self.run(|conn| commit::append(conn, writes))
     }
 

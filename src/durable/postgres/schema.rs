@@ -167,6 +167,9 @@ pub(super) struct Statements {
     pub lock_sessions: Statement,
     /// New sessions, numbered in the order given; returns their ids.
     pub insert_sessions: Statement,
+    /// Records only (`$1..$9` of `write_all`), for the chunks of a large
+    /// commit before the last.
+    pub insert_records: Statement,
     /// One statement for all of an append's rows: every record (one
     /// multi-row insert from arrays, `$1..$9`), every changed session's row
     /// (`$10..$13`, its new lives `$14..$16`), and a `pg_notify` on channel
@@ -220,6 +223,11 @@ impl Statements {
                  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS new (t, n, ord)
                  ORDER BY ord
                  RETURNING id, tenant, session"
+            ))?,
+            insert_records: prepare(format!(
+                "INSERT INTO {s}.records (session_id, {RECORD_COLUMNS})
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
+                     $5::bigint[], $6::bigint[], $7::smallint[], $8::bytea[], $9::bytea[])"
             ))?,
             // Data-modifying CTEs always run, whether the outer query reads
             // them or not; the notifications go out at commit only.
