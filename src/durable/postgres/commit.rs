@@ -7,11 +7,12 @@
 //!   records or sessions: `BEGIN` with the lock of the state row, the lock
 //!   of the sessions' rows, (the new sessions), one statement that inserts
 //!   every record (`INSERT … unnest`), updates every changed row
-//!   (`UPDATE … unnest`) and notifies once per changed session, the causal
-//!   index (one statement per index read or write it makes: one read of
-//!   its state for events without links), `COMMIT`: 5 (6 when it records
-//!   new sessions; one more per 64 MiB of payloads, inserted in chunks so
-//!   that no statement nears Postgres's 1 GiB message limit).
+//!   (`UPDATE … unnest`), notifies once per changed session and reads the
+//!   causal index's state, the rest of the causal index (one statement per
+//!   index read or write it makes: none for events without links while no
+//!   orphan waits for its parent), `COMMIT`: 4 (5 when it records new
+//!   sessions; one more per 64 MiB of payloads, inserted in chunks so that
+//!   no statement nears Postgres's 1 GiB message limit).
 //! * Everything is validated against the locked rows before anything is
 //!   written; a refusal returns before the first write and the transaction
 //!   rolls back (dropped), so a refused call changes nothing.
@@ -189,11 +190,12 @@ pub(super) fn append(conn: &mut Conn, writes: &[SessionWrite<'_>]) -> Result<(),
     }
 
     insert_new_sessions(tx.client(), statements, &sessions, &mut staged)?;
-    write_all(tx.client(), statements, writes, &index, &staged)?;
-    crate::dag::index_appended(
-        &mut super::index::TxIndex::new(tx.client(), statements),
-        writes,
-    )?;
+    let state = write_all(tx.client(), statements, writes, &index, &staged)?;
+    let mut causal = super::index::TxIndex::new(tx.client(), statements);
+    if let Some(state) = state {
+        causal.knowing_state(state);
+    }
+    crate::dag::index_appended(&mut causal, writes)?;
     tx.commit()
 }
 
@@ -297,7 +299,7 @@ fn write_all(
     writes: &[SessionWrite<'_>],
     index: &HashMap<&SessionKey, usize>,
     staged: &[Staged],
-) -> Result<(), LogError> {
+) -> Result<Option<Option<Vec<u8>>>, LogError> {
     let mut columns = RecordColumns::default();
     for write in writes {
         let Some(id) = staged[index[write.key]].id else {
@@ -343,30 +345,38 @@ fn write_all(
             firsts.push(to_sql(life.first_position));
         }
     }
-    tx.execute(
-        &statements.write_all,
-        &[
-            &c.session_ids,
-            &c.positions,
-            &c.incarnations,
-            &c.revisions,
-            &c.timestamps,
-            &c.hole_counts,
-            &c.hole_reasons,
-            &c.links,
-            &c.payloads,
-            &ids,
-            &tails,
-            &last_revisions,
-            &events,
-            &owners,
-            &life_incarnations,
-            &firsts,
-            &statements.channel,
-        ],
-    )
-    .map_err(backend)?;
-    Ok(())
+    let state_key = crate::dag::STATE_KEY;
+    let rows = tx
+        .query(
+            &statements.write_all,
+            &[
+                &c.session_ids,
+                &c.positions,
+                &c.incarnations,
+                &c.revisions,
+                &c.timestamps,
+                &c.hole_counts,
+                &c.hole_reasons,
+                &c.links,
+                &c.payloads,
+                &ids,
+                &tails,
+                &last_revisions,
+                &events,
+                &owners,
+                &life_incarnations,
+                &firsts,
+                &statements.channel,
+                &state_key,
+            ],
+        )
+        .map_err(backend)?;
+    // The index's state as of this transaction (one row per changed
+    // session, at least one).
+    rows.first()
+        .map(|row| row.try_get::<_, Option<Vec<u8>>>(1))
+        .transpose()
+        .map_err(backend)
 }
 
 /// One [`crate::durable::DurableLog::archive_before`] attempt: deletes the

@@ -173,7 +173,8 @@ pub(super) struct Statements {
     /// One statement for all of an append's rows: every record (one
     /// multi-row insert from arrays, `$1..$9`), every changed session's row
     /// (`$10..$13`, its new lives `$14..$16`), and a `pg_notify` on channel
-    /// `$17` per changed session.
+    /// `$17` per changed session; each row also carries the causal index's
+    /// state (key `$18`), which the append reads next anyway.
     pub write_all: Statement,
     /// `(tenant, session, after, limit)` → records.
     pub load_after: Statement,
@@ -254,7 +255,9 @@ impl Statements {
                          AS u (id, tail, revision, events)
                      WHERE m.id = u.id
                      RETURNING m.id, m.durable_tail)
-                 SELECT pg_notify($17, id::text || ' ' || durable_tail::text) FROM updated"
+                 SELECT pg_notify($17, id::text || ' ' || durable_tail::text),
+                     (SELECT value FROM {s}.index_entries WHERE key = $18)
+                 FROM updated"
             ))?,
             // The record that covers `from` (an event at it, or a hole
             // starting before it), then the records after it, in order.
