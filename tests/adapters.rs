@@ -1,7 +1,12 @@
 //! The seeds' shapes (`adapters::SessionLog`, seeds 000/001, and
 //! `adapters::EventStore`, seed 003) against one suite, run on every
-//! durable backend: the in-memory log always, redb with its feature. A new
+//! durable backend: the in-memory log always, redb and Postgres (a real
+//! server the fixture starts) with their features. A new
 //! backend adds a fixture and one `adapter_suite!` call.
+
+#[cfg(feature = "postgres")]
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +19,26 @@ use livereplay::{Config, RawBytes, ReplayStore, SessionKey};
 pub struct Fixture {
     pub store: Arc<ReplayStore<Vec<u8>>>,
     dir: Option<PathBuf>,
+    /// A server the log talks to, stopped after the store (fields drop in
+    /// order).
+    _server: Option<Box<dyn std::any::Any>>,
+}
+
+/// A fixture, or none (the test returns) when its server cannot run here.
+pub trait MaybeFixture {
+    fn fixture(self) -> Option<Fixture>;
+}
+
+impl MaybeFixture for Fixture {
+    fn fixture(self) -> Option<Fixture> {
+        Some(self)
+    }
+}
+
+impl MaybeFixture for Option<Fixture> {
+    fn fixture(self) -> Option<Fixture> {
+        self
+    }
 }
 
 impl Drop for Fixture {
@@ -39,6 +64,7 @@ pub fn memory() -> Fixture {
     Fixture {
         store: store_over(Arc::new(MemoryLog::new())),
         dir: None,
+        _server: None,
     }
 }
 
@@ -56,7 +82,20 @@ pub fn redb() -> Fixture {
     Fixture {
         store: store_over(Arc::new(log)),
         dir: Some(dir),
+        _server: None,
     }
+}
+
+/// `None` (SKIPPED) without the Postgres binaries outside CI.
+#[cfg(feature = "postgres")]
+pub fn postgres() -> Option<Fixture> {
+    let server = postgres_server::PostgresServer::start()?;
+    let log = livereplay::durable::PostgresLog::open(&server.params()).expect("a Postgres log");
+    Some(Fixture {
+        store: store_over(Arc::new(log)),
+        dir: None,
+        _server: Some(Box::new(server)),
+    })
 }
 
 fn bytes(text: &str) -> Vec<u8> {
@@ -257,7 +296,9 @@ macro_rules! adapter_suite {
         $(
             #[test]
             fn $name() {
-                crate::$name($fixture());
+                if let Some(fixture) = crate::MaybeFixture::fixture($fixture()) {
+                    crate::$name(fixture);
+                }
             }
         )*
     };
@@ -270,4 +311,9 @@ mod memory {
 #[cfg(feature = "redb")]
 mod redb {
     adapter_suite!(crate::redb);
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    adapter_suite!(crate::postgres);
 }

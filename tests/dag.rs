@@ -1,7 +1,7 @@
 //! Causal links and acknowledgements (`livereplay::dag`) against one suite,
-//! run on every durable backend: the in-memory log, redb, and Redis (a
-//! real `redis-server` the fixture starts). A new backend adds a fixture
-//! and one `dag_suite!` call.
+//! run on every durable backend: the in-memory log, redb, Redis (a real
+//! `redis-server` the fixture starts) and Postgres (a real server). A new
+//! backend adds a fixture and one `dag_suite!` call.
 //!
 //! Every test goes through a real store: links on append, the persister
 //! writing records and the backend indexing them in the same commit, then
@@ -9,6 +9,9 @@
 //! again over the same data.
 #![cfg(feature = "dag")]
 
+#[cfg(feature = "postgres")]
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
 #[cfg(feature = "redis")]
 #[path = "support/redis_server.rs"]
 mod redis_server;
@@ -121,6 +124,22 @@ pub fn redis() -> Option<Fixture> {
     let mut fixture = Fixture::new(Box::new(open), None);
     fixture._server = Some(server);
     Some(fixture)
+}
+
+/// `None` (the test returns, saying SKIPPED) without the Postgres binaries
+/// outside CI. The server lives in the opener, so it outlives the store.
+#[cfg(feature = "postgres")]
+pub fn postgres() -> Option<Fixture> {
+    use livereplay::durable::{PostgresLog, PostgresOptions};
+    let server = postgres_server::PostgresServer::start()?;
+    let open = move || -> Arc<dyn DurableLog> {
+        let options = PostgresOptions {
+            schema: "dagtest".into(),
+            ..PostgresOptions::default()
+        };
+        Arc::new(PostgresLog::open_with(&server.params(), options).expect("a Postgres log"))
+    };
+    Some(Fixture::new(Box::new(open), None))
 }
 
 fn key(session: &str) -> SessionKey {
@@ -965,4 +984,26 @@ mod redb {
 #[cfg(feature = "redis")]
 mod redis {
     dag_suite!(crate::redis());
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    dag_suite!(crate::postgres());
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn two_nodes_share_one_postgres_index() {
+    use livereplay::durable::{PostgresLog, PostgresOptions};
+    let Some(server) = postgres_server::PostgresServer::start() else {
+        return;
+    };
+    let open = || -> Arc<dyn DurableLog> {
+        let options = PostgresOptions {
+            schema: "twonodes".into(),
+            ..PostgresOptions::default()
+        };
+        Arc::new(PostgresLog::open_with(&server.params(), options).expect("a Postgres log"))
+    };
+    two_nodes_share_one_index(store_over(open()), store_over(open()));
 }

@@ -51,15 +51,19 @@
 
 mod index;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redb")]
 mod redb;
 #[cfg(feature = "redis")]
 mod redis;
-#[cfg(any(feature = "redb", feature = "redis"))]
+#[cfg(any(feature = "redb", feature = "redis", feature = "postgres"))]
 mod stored;
 
 pub use self::index::{IndexEntries, IndexRead, IndexStore, IndexWrite};
 pub use self::memory::MemoryLog;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{PostgresLog, PostgresOptions};
 #[cfg(feature = "redb")]
 pub use self::redb::{RedbDurability, RedbLog, RedbOptions};
 #[cfg(feature = "redis")]
