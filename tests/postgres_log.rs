@@ -816,16 +816,28 @@ mod faults {
     use livereplay::durable::{LogRecord, RecordBody};
     use livereplay::{Config, DurableOptions, ReplayStore, Revision, Utf8};
 
-    /// The ring's window: what the store holds while the log is away.
+    /// The ring's window: with no budget for undurable events, what the
+    /// store holds while the log is away (the window and the segment of
+    /// up to 64 positions being filled).
     const CAPACITY: usize = 64;
     const WAIT: Duration = Duration::from_secs(60);
 
+    /// A store whose rings let go of what they lap (no budget for
+    /// undurable events): an outage longer than the ring is a hole.
     fn store(log: Arc<PostgresLog>) -> ReplayStore<String> {
+        store_keeping(log, 0)
+    }
+
+    /// A store that keeps up to `budget` bytes of undurable events past
+    /// its rings' windows.
+    fn store_keeping(log: Arc<PostgresLog>, budget: usize) -> ReplayStore<String> {
         ReplayStore::builder()
             .config(Config::default().with_capacity(CAPACITY))
             .durable(log, Utf8)
             .durable_options(
-                DurableOptions::default().with_flush_interval(Duration::from_millis(5)),
+                DurableOptions::default()
+                    .with_flush_interval(Duration::from_millis(5))
+                    .with_undurable_budget(budget),
             )
             .build()
             .expect("a store")
@@ -896,7 +908,7 @@ mod faults {
             .find(|r| matches!(r.body, RecordBody::Hole { .. }))
             .map(LogRecord::last_position)
             .expect("the hole");
-        assert!(last - hole_end <= CAPACITY as u64, "{hole_end}");
+        assert!(last - hole_end <= 2 * CAPACITY as u64, "{hole_end}");
     }
 
     /// SIGKILL the server mid-stream (a paced appender running, the
@@ -958,6 +970,35 @@ mod faults {
         backend.server.thaw();
         assert_eq!(store.wait_durable(&k, 400, WAIT), Ok(400));
         check_log(&log, &store, &k, &before, 400);
+    }
+
+    /// The same freeze with the default budget for undurable events: the
+    /// rings keep what they lap for the persister, and nothing is lost.
+    #[test]
+    fn a_server_frozen_within_the_budget_loses_nothing() {
+        let backend = backend_or_skip!();
+        let log = Arc::new(open(&backend.server, &backend.schema));
+        let store = store_keeping(log.clone(), DurableOptions::default().undurable_budget);
+        let k = key("t", "s");
+        append_all(&store, &k, 1..=50);
+        assert_eq!(store.wait_durable(&k, 50, WAIT), Ok(50));
+        backend.server.freeze();
+        append_all(&store, &k, 51..=400);
+        std::thread::sleep(Duration::from_secs(2));
+        backend.server.thaw();
+        assert_eq!(store.wait_durable(&k, 400, WAIT), Ok(400));
+        let records = load_all(log.as_ref(), &k);
+        assert_eq!(records.len(), 400);
+        for record in &records {
+            match &record.body {
+                RecordBody::Event(event) => {
+                    assert_eq!(event.payload, text(record.position).into_bytes());
+                }
+                RecordBody::Hole { .. } => panic!("a hole within the budget: {record:?}"),
+            }
+        }
+        let durable = store.stats().durable.expect("stats");
+        assert_eq!((durable.holes, durable.lost_events, durable.kept_bytes), (0, 0, 0));
     }
 
     /// `pg_terminate_backend` of every connection the log has, again and
