@@ -1,0 +1,408 @@
+//! The write path: create, append (with close), delete.
+//!
+//! Owns the protocol's serialisation. Invariants:
+//!
+//! * **One step per stream.** Every write takes its stream's async mutex,
+//!   checks (closure, content type, `Stream-Seq`, producer), appends its
+//!   records with one `append_batch` and folds them into the state before
+//!   letting go: checks and state never disagree with the records.
+//! * **Acknowledged means durable.** A write answers success only once its
+//!   records are durable (and none was recorded as lost); it waits after
+//!   letting go of the mutex, so one slow commit does not hold the stream.
+//! * **Nothing after the end.** A closed stream refuses appends (`409`
+//!   with `Stream-Closed`) except the idempotent retries the protocol
+//!   names; `Closed` is the last record of its batch.
+//! * The in-process writer's append is never on this path.
+
+use axum::body::Bytes;
+use serde_json::value::RawValue;
+
+use crate::cursor::Revision;
+use crate::key::SessionKey;
+
+use super::error::StreamError;
+use super::offset::Offset;
+use super::producer::{self, Admission};
+use super::record::{
+    media_type, CloseReason, ProducerStamp, StreamConfig, StreamRecord, WriteStamp,
+};
+use super::state::StreamState;
+use super::DurableStreams;
+
+/// A `PUT`'s outcome.
+#[derive(Debug, Clone)]
+pub(crate) struct Created {
+    /// Whether the stream was created (`201`) or existed alike (`200`).
+    pub fresh: bool,
+    /// The stream's configuration.
+    pub config: StreamConfig,
+    /// Its tail.
+    pub next: Offset,
+    /// Whether it is closed.
+    pub closed: bool,
+}
+
+/// A `POST`'s request, parsed.
+#[derive(Debug, Clone)]
+pub(crate) struct Append {
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    pub close: bool,
+    pub stream_seq: Option<String>,
+    pub producer: Option<ProducerStamp>,
+}
+
+/// A `POST`'s outcome.
+#[derive(Debug, Clone)]
+pub(crate) struct Appended {
+    /// The tail after it.
+    pub next: Offset,
+    /// Whether the stream is closed now.
+    pub closed: bool,
+    /// The producer's epoch and highest admitted sequence, with whether
+    /// this request was new data (`200`) or a duplicate (`204`).
+    pub producer: Option<(u64, u64, bool)>,
+}
+
+impl DurableStreams {
+    /// `PUT`: creates the stream, or confirms one with the same
+    /// configuration and closure status.
+    pub(crate) async fn create(
+        &self,
+        key: &SessionKey,
+        config: StreamConfig,
+        close: bool,
+        body: Bytes,
+    ) -> Result<Created, StreamError> {
+        let messages = messages(&config, &body, false)?;
+        let entry = self.entry(key, true)?.ok_or(StreamError::NotFound)?;
+        let mut state = entry.state.lock().await;
+        self.expire(key, &mut state).await?;
+        if let Some(existing) = state.as_ref() {
+            let closed = existing.closure.is_some();
+            if !existing.config.matches(&config) || closed != close {
+                return Err(StreamError::Conflict(format!(
+                    "a stream exists here with another configuration (content type {:?}, ttl {:?}, expires at {:?}, {}): delete it first or use the same settings",
+                    existing.config.content_type,
+                    existing.config.ttl_seconds,
+                    existing.config.expires_at.as_ref().map(|at| &at.text),
+                    if closed { "closed" } else { "open" },
+                )));
+            }
+            let next = self.tail_offset(key, existing)?;
+            return Ok(Created {
+                fresh: false,
+                config: existing.config.clone(),
+                next,
+                closed,
+            });
+        }
+        let mut records = vec![StreamRecord::Created(config.clone())];
+        records.extend(messages.into_iter().map(StreamRecord::data));
+        if close {
+            records.push(StreamRecord::Closed {
+                reason: CloseReason::Done,
+                stamp: None,
+            });
+        }
+        let (first, last) = self.commit(key, &mut state, records)?;
+        let live = state.as_ref().ok_or(StreamError::NotFound)?;
+        let next = Offset {
+            position: live.tail(last),
+            life: live.life,
+        };
+        drop(state);
+        self.await_durable(key, first, last).await?;
+        Ok(Created {
+            fresh: true,
+            config,
+            next,
+            closed: close,
+        })
+    }
+
+    /// `POST`: appends, closes, or both at once.
+    pub(crate) async fn append(
+        &self,
+        key: &SessionKey,
+        request: Append,
+    ) -> Result<Appended, StreamError> {
+        let entry = self.entry(key, false)?.ok_or(StreamError::NotFound)?;
+        let mut guard = entry.state.lock().await;
+        self.expire(key, &mut guard).await?;
+        let state = guard.as_mut().ok_or(StreamError::NotFound)?;
+        state.last_access = std::time::Instant::now();
+        if let Some(closure) = &state.closure {
+            let final_offset = Offset {
+                position: closure.tail,
+                life: state.life,
+            };
+            let retry_of_close = request
+                .producer
+                .as_ref()
+                .is_some_and(|stamp| closure.by.as_ref() == Some(stamp));
+            if retry_of_close || (request.close && request.body.is_empty()) {
+                return Ok(Appended {
+                    next: final_offset,
+                    closed: true,
+                    producer: request
+                        .producer
+                        .map(|stamp| (stamp.epoch, stamp.seq, false)),
+                });
+            }
+            return Err(StreamError::Closed { final_offset });
+        }
+        if request.body.is_empty() && !request.close {
+            return Err(StreamError::BadRequest(
+                "an append needs a body (an empty POST is only valid with Stream-Closed: true)"
+                    .into(),
+            ));
+        }
+        if !request.body.is_empty() {
+            let Some(content_type) = request.content_type.as_deref() else {
+                return Err(StreamError::BadRequest(
+                    "an append with a body needs a Content-Type".into(),
+                ));
+            };
+            if media_type(content_type) != state.config.media_type() {
+                return Err(StreamError::Conflict(format!(
+                    "Content-Type {content_type:?} does not match the stream's {:?}",
+                    state.config.content_type
+                )));
+            }
+        }
+        if let Some(stamp) = &request.producer {
+            let known = state.producers.get(&stamp.id).copied();
+            if let Admission::Duplicate { last_seq } = producer::admit(known, stamp)? {
+                let next = self.tail_offset(key, state)?;
+                return Ok(Appended {
+                    next,
+                    closed: false,
+                    producer: Some((stamp.epoch, last_seq, false)),
+                });
+            }
+        }
+        // After the producer check: a producer's retry is a duplicate even
+        // though its Stream-Seq no longer increases.
+        if let (Some(seq), Some(last)) = (&request.stream_seq, &state.last_stream_seq) {
+            if seq.as_bytes() <= last.as_bytes() {
+                return Err(StreamError::Conflict(format!(
+                    "Stream-Seq {seq:?} does not follow the last one, {last:?}: sequence numbers must increase (byte-wise)"
+                )));
+            }
+        }
+        let messages = messages(&state.config, &request.body, true)?;
+        let stamp = (request.producer.is_some() || request.stream_seq.is_some()).then(|| {
+            Box::new(WriteStamp {
+                producer: request.producer.clone(),
+                stream_seq: request.stream_seq.clone(),
+            })
+        });
+        let mut records: Vec<StreamRecord> = messages.into_iter().map(StreamRecord::data).collect();
+        if request.close {
+            records.push(StreamRecord::Closed {
+                reason: CloseReason::Done,
+                stamp: None,
+            });
+        }
+        // The request's writer state rides on its last record.
+        if let Some(
+            StreamRecord::Data { stamp: slot, .. } | StreamRecord::Closed { stamp: slot, .. },
+        ) = records.last_mut()
+        {
+            *slot = stamp;
+        }
+        let (first, last) = self.commit(key, &mut guard, records)?;
+        let state = guard.as_ref().ok_or(StreamError::NotFound)?;
+        let next = Offset {
+            position: state.tail(last),
+            life: state.life,
+        };
+        let closed = state.closure.is_some();
+        drop(guard);
+        self.await_durable(key, first, last).await?;
+        Ok(Appended {
+            next,
+            closed,
+            producer: request.producer.map(|stamp| (stamp.epoch, stamp.seq, true)),
+        })
+    }
+
+    /// `DELETE`: ends the stream's life and archives it.
+    pub(crate) async fn delete(&self, key: &SessionKey) -> Result<(), StreamError> {
+        let entry = self.entry(key, false)?.ok_or(StreamError::NotFound)?;
+        let mut state = entry.state.lock().await;
+        self.expire(key, &mut state).await?;
+        if state.is_none() {
+            return Err(StreamError::NotFound);
+        }
+        self.end_life(key, &mut state).await
+    }
+
+    /// Deletes the stream if it expired.
+    pub(crate) async fn expire(
+        &self,
+        key: &SessionKey,
+        state: &mut Option<StreamState>,
+    ) -> Result<(), StreamError> {
+        if state.as_ref().is_some_and(StreamState::expired) {
+            self.end_life(key, state).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends `Deleted`, waits for it to be durable, and archives the
+    /// life in the log (its data is never read again).
+    async fn end_life(
+        &self,
+        key: &SessionKey,
+        state: &mut Option<StreamState>,
+    ) -> Result<(), StreamError> {
+        let (first, last) = self.commit(key, state, vec![StreamRecord::Deleted])?;
+        self.await_durable(key, first, last).await?;
+        self.store.archive_before(key, last)?;
+        Ok(())
+    }
+
+    /// Appends `records` as one batch and folds them into `state`; returns
+    /// their first and last positions.
+    fn commit(
+        &self,
+        key: &SessionKey,
+        state: &mut Option<StreamState>,
+        records: Vec<StreamRecord>,
+    ) -> Result<(u64, u64), StreamError> {
+        let events = self.store.append_batch(key, Revision(0), records)?;
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Err(StreamError::BadRequest("nothing to append".into()));
+        };
+        for event in &events {
+            StreamState::apply(state, event.position(), event.payload());
+        }
+        if let Some(state) = state.as_mut() {
+            state.last_access = std::time::Instant::now();
+        }
+        Ok((first.position(), last.position()))
+    }
+
+    /// Waits until positions `first ..= last` of `key` are durable, and
+    /// none was recorded as lost.
+    async fn await_durable(
+        &self,
+        key: &SessionKey,
+        first: u64,
+        last: u64,
+    ) -> Result<(), StreamError> {
+        if self.store.durable_log().is_none() {
+            return Err(StreamError::Unavailable(
+                "the store has no durable log: nothing can be acknowledged as durable".into(),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + self.options.durable_timeout;
+        loop {
+            if self.durable(key)? >= last {
+                break;
+            }
+            // Armed before the second look, so a commit between the two
+            // is not missed.
+            let progress = self.store.durable_progress();
+            if self.durable(key)? >= last {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                return Err(StreamError::Unavailable(format!(
+                    "the write was accepted but is not durable after {:?} (the log may be stalled): retry it",
+                    self.options.durable_timeout
+                )));
+            }
+        }
+        for position in first..=last {
+            if let Some(through) = self.store.lost_after_read(key, position) {
+                return Err(StreamError::Unavailable(format!(
+                    "the write was accepted but the log recorded positions up to {through} as lost: retry it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream's tail offset now.
+    pub(crate) fn tail_offset(
+        &self,
+        key: &SessionKey,
+        state: &StreamState,
+    ) -> Result<Offset, StreamError> {
+        Ok(Offset {
+            position: state.tail(self.durable(key)?),
+            life: state.life,
+        })
+    }
+}
+
+/// The messages a body holds: the body itself for a byte stream; for a
+/// JSON stream one message per element of a top-level array (one level
+/// flattened) or the one value, each validated and kept byte for byte.
+/// An empty body (or, on create, `[]`) holds none; `[]` on append is a
+/// `400`.
+fn messages(config: &StreamConfig, body: &[u8], append: bool) -> Result<Vec<Vec<u8>>, StreamError> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !config.is_json() {
+        return Ok(vec![body.to_vec()]);
+    }
+    let invalid = |error: serde_json::Error| {
+        StreamError::BadRequest(format!("the body is not valid JSON: {error}"))
+    };
+    let text = std::str::from_utf8(body)
+        .map_err(|error| StreamError::BadRequest(format!("the body is not UTF-8: {error}")))?;
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(invalid)?;
+        if items.is_empty() && append {
+            return Err(StreamError::BadRequest(
+                "an empty JSON array appends nothing: send at least one message".into(),
+            ));
+        }
+        return Ok(items
+            .into_iter()
+            .map(|item| item.get().as_bytes().to_vec())
+            .collect());
+    }
+    let value: &RawValue = serde_json::from_str(text).map_err(invalid)?;
+    Ok(vec![value.get().as_bytes().to_vec()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json() -> StreamConfig {
+        StreamConfig {
+            content_type: "application/json".into(),
+            ttl_seconds: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn json_bodies_flatten_one_level_and_keep_their_bytes() {
+        let got = |body: &str| messages(&json(), body.as_bytes(), true);
+        assert_eq!(got(r#"{"a": 1}"#).unwrap(), vec![br#"{"a": 1}"#.to_vec()]);
+        assert_eq!(
+            got(r#" [{"a":1}, [2, 3]] "#).unwrap(),
+            vec![br#"{"a":1}"#.to_vec(), b"[2, 3]".to_vec()]
+        );
+        assert_eq!(got("[[[1]]]").unwrap(), vec![b"[[1]]".to_vec()]);
+        assert_eq!(
+            got("12345678901234567890123").unwrap(),
+            vec![b"12345678901234567890123".to_vec()]
+        );
+        assert!(matches!(got("[]"), Err(StreamError::BadRequest(_))));
+        assert!(matches!(got("{oops"), Err(StreamError::BadRequest(_))));
+        assert!(matches!(got("[1,]"), Err(StreamError::BadRequest(_))));
+        assert_eq!(
+            messages(&json(), b"[]", false).unwrap(),
+            Vec::<Vec<u8>>::new()
+        );
+    }
+}
