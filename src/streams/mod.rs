@@ -90,10 +90,11 @@ use crate::store::ReplayStore;
 
 pub use self::error::StreamError;
 pub use self::offset::{parse_offset, Offset, OffsetError, OffsetQuery};
-pub use self::producer::MAX_PRODUCER_NUMBER;
+pub use self::producer::{MAX_PRODUCER_ID_LEN, MAX_PRODUCER_NUMBER};
 pub use self::record::{
     CloseReason, ExpiresAt, ProducerStamp, StreamConfig, StreamRecord, WriteStamp,
 };
+pub use self::router::{MAX_HEADER_VALUE_LEN, STREAM_ROUTE};
 
 use self::state::StreamState;
 

@@ -15,6 +15,10 @@ use super::state::ProducerState;
 /// JavaScript clients).
 pub const MAX_PRODUCER_NUMBER: u64 = (1 << 53) - 1;
 
+/// The longest `Producer-Id` accepted, in bytes (it is kept in the
+/// stream's state and log).
+pub const MAX_PRODUCER_ID_LEN: usize = 256;
+
 /// What to do with a producer's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -88,10 +92,11 @@ pub fn parse(
             ))
         }
     };
-    if id.is_empty() {
-        return Err(StreamError::BadRequest(
-            "Producer-Id must not be empty".into(),
-        ));
+    if id.is_empty() || id.len() > MAX_PRODUCER_ID_LEN {
+        return Err(StreamError::BadRequest(format!(
+            "Producer-Id must be 1 to {MAX_PRODUCER_ID_LEN} bytes, got {}",
+            id.len()
+        )));
     }
     let number = |name: &str, text: &str| -> Result<u64, StreamError> {
         let refuse = || {

@@ -43,6 +43,10 @@ pub const STREAM_ROUTE: &str = "/v1/stream/{*path}";
 const CURSOR_EPOCH_SECS: u64 = 1_728_432_000;
 const CURSOR_INTERVAL_SECS: u64 = 20;
 
+/// The longest `Stream-Seq` and `Content-Type` accepted, in bytes (both
+/// are kept in the stream's state and log).
+pub const MAX_HEADER_VALUE_LEN: usize = 256;
+
 /// `Cache-Control` of catch-up data: immutable by position.
 const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
 
@@ -132,6 +136,18 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Strea
         .transpose()
 }
 
+/// [`text`], at most [`MAX_HEADER_VALUE_LEN`] bytes.
+fn bounded<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, StreamError> {
+    let value = text(headers, name)?;
+    match value {
+        Some(value) if value.len() > MAX_HEADER_VALUE_LEN => Err(StreamError::BadRequest(format!(
+            "the {name} header is {} bytes; at most {MAX_HEADER_VALUE_LEN} are accepted",
+            value.len()
+        ))),
+        _ => Ok(value),
+    }
+}
+
 /// `Stream-Closed` counts only when exactly `true` (any case).
 fn closes(headers: &HeaderMap) -> bool {
     matches!(text(headers, headers::STREAM_CLOSED), Ok(Some(value)) if value.trim().eq_ignore_ascii_case("true"))
@@ -162,7 +178,7 @@ async fn put(
             )));
         }
     }
-    let content_type = text(request, header::CONTENT_TYPE.as_str())?
+    let content_type = bounded(request, header::CONTENT_TYPE.as_str())?
         .map(str::trim)
         .filter(|value| !value.is_empty())
         .unwrap_or("application/octet-stream")
@@ -252,10 +268,10 @@ async fn post(
     )?;
     let empty = body.is_empty();
     let append = Append {
-        content_type: text(request, header::CONTENT_TYPE.as_str())?.map(str::to_string),
+        content_type: bounded(request, header::CONTENT_TYPE.as_str())?.map(str::to_string),
         body,
         close: closes(request),
-        stream_seq: text(request, headers::STREAM_SEQ)?.map(str::to_string),
+        stream_seq: bounded(request, headers::STREAM_SEQ)?.map(str::to_string),
         producer,
     };
     let appended = service.append(key, append).await?;

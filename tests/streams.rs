@@ -1,0 +1,494 @@
+//! The Durable Streams module where the conformance suite does not look:
+//! the in-process writer seen by HTTP readers, a restart over the same redb
+//! file, deletion's new life, durable-only reads, and bad input.
+//!
+//! Requests go through the router in process (`tower::ServiceExt::oneshot`);
+//! every wait is bounded by a timeout, and each test's redb file lives in
+//! its own temporary directory, removed at the end.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use axum::Router;
+use livereplay::durable::{MemoryLog, RedbLog};
+use livereplay::streams::{DurableStreams, StreamRecord, StreamsOptions};
+use livereplay::{DurableOptions, Postcard, ReplayStore, Revision};
+use tower::ServiceExt;
+
+/// Bounds every request: a hung server fails the test instead of stalling it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "livereplay-streams-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn options() -> StreamsOptions {
+    StreamsOptions {
+        long_poll_timeout: Duration::from_secs(5),
+        ..StreamsOptions::default()
+    }
+}
+
+/// A service over a redb log in `dir`.
+fn redb_service(dir: &TempDir) -> Arc<DurableStreams> {
+    let log = Arc::new(RedbLog::open(dir.0.join("streams.redb")).unwrap());
+    let store = Arc::new(
+        ReplayStore::<StreamRecord>::builder()
+            .durable(log, Postcard)
+            .build()
+            .unwrap(),
+    );
+    Arc::new(DurableStreams::new(store).options(options()))
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    fn next_offset(&self) -> String {
+        self.header("stream-next-offset")
+            .expect("a Stream-Next-Offset header")
+            .to_string()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).unwrap()
+    }
+}
+
+async fn reply(response: Response<Body>) -> Reply {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Reply {
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, app.clone().oneshot(request))
+        .await
+        .expect("the request finished in time")
+        .unwrap();
+    reply(response).await
+}
+
+fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::from(body.to_string())).unwrap()
+}
+
+const TEXT: (&str, &str) = ("content-type", "text/plain");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_append_wakes_an_http_long_poll() {
+    let dir = TempDir::new("inproc");
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let created = send(&app, request("PUT", "/v1/stream/turn", &[TEXT], "hello")).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let tail = created.next_offset();
+
+    let poll = tokio::spawn({
+        let app = app.clone();
+        let uri = format!("/v1/stream/turn?offset={tail}&live=long-poll");
+        async move { send(&app, request("GET", &uri, &[], "")).await }
+    });
+    // The runtime's turn loop: the store's own append, no HTTP, no await.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let key = service.key("", "turn").unwrap();
+    service
+        .store()
+        .append(&key, Revision(0), StreamRecord::data(" world"))
+        .unwrap();
+
+    let polled = poll.await.unwrap();
+    assert_eq!(polled.status, StatusCode::OK);
+    assert_eq!(polled.text(), " world");
+    assert!(polled.next_offset() > tail, "offsets grow");
+    assert_eq!(polled.header("stream-up-to-date"), Some("true"));
+    assert!(polled.header("stream-cursor").is_some());
+
+    let all = send(&app, request("GET", "/v1/stream/turn", &[], "")).await;
+    assert_eq!(all.text(), "hello world");
+    assert_eq!(all.next_offset(), polled.next_offset());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_data_closure_producers_and_offsets() {
+    let dir = TempDir::new("restart");
+    let producer = |seq: &'static str| {
+        [
+            ("content-type", "text/plain"),
+            ("producer-id", "writer-1"),
+            ("producer-epoch", "3"),
+            ("producer-seq", seq),
+        ]
+    };
+    let (open_tail, closed_tail, etag) = {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        for path in ["/v1/stream/open", "/v1/stream/closed"] {
+            assert_eq!(
+                send(&app, request("PUT", path, &[TEXT], "")).await.status,
+                StatusCode::CREATED
+            );
+            let first = send(&app, request("POST", path, &producer("0"), "a")).await;
+            assert_eq!(first.status, StatusCode::OK);
+            let second = send(&app, request("POST", path, &producer("1"), "b")).await;
+            assert_eq!(second.status, StatusCode::OK);
+            assert_eq!(second.header("producer-seq"), Some("1"));
+        }
+        let closing = [TEXT, ("stream-closed", "true")];
+        let closed = send(&app, request("POST", "/v1/stream/closed", &closing, "c")).await;
+        assert_eq!(closed.status, StatusCode::NO_CONTENT);
+        assert_eq!(closed.header("stream-closed"), Some("true"));
+        let open = send(&app, request("HEAD", "/v1/stream/open", &[], "")).await;
+        let read = send(&app, request("GET", "/v1/stream/closed", &[], "")).await;
+        (
+            open.next_offset(),
+            closed.next_offset(),
+            read.header("etag").unwrap().to_string(),
+        )
+        // The service, its router and the store drop here: the persister
+        // writes what is left and the redb file is let go.
+    };
+
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    // Data and offsets as before.
+    let closed = send(&app, request("GET", "/v1/stream/closed", &[], "")).await;
+    assert_eq!(closed.status, StatusCode::OK);
+    assert_eq!(closed.text(), "abc");
+    assert_eq!(closed.next_offset(), closed_tail);
+    assert_eq!(closed.header("stream-closed"), Some("true"));
+    assert_eq!(
+        closed.header("etag"),
+        Some(etag.as_str()),
+        "same data, same ETag"
+    );
+    // Closure is durable: appends are refused, with the final offset.
+    let refused = send(&app, request("POST", "/v1/stream/closed", &[TEXT], "d")).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.header("stream-closed"), Some("true"));
+    assert_eq!(refused.next_offset(), closed_tail);
+    // Producer state is durable: a retry is a duplicate, the next is new.
+    let retry = send(
+        &app,
+        request("POST", "/v1/stream/open", &producer("1"), "b"),
+    )
+    .await;
+    assert_eq!(retry.status, StatusCode::NO_CONTENT);
+    assert_eq!(retry.header("producer-seq"), Some("1"));
+    let gap = send(
+        &app,
+        request("POST", "/v1/stream/open", &producer("3"), "x"),
+    )
+    .await;
+    assert_eq!(gap.status, StatusCode::CONFLICT);
+    assert_eq!(gap.header("producer-expected-seq"), Some("2"));
+    let next = send(
+        &app,
+        request("POST", "/v1/stream/open", &producer("2"), "c"),
+    )
+    .await;
+    assert_eq!(next.status, StatusCode::OK);
+    assert!(
+        next.next_offset() > open_tail,
+        "offsets grow across the restart"
+    );
+    // A reader that kept its offset from before the restart resumes exactly.
+    let resumed = send(
+        &app,
+        request(
+            "GET",
+            &format!("/v1/stream/open?offset={open_tail}"),
+            &[],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(resumed.text(), "c");
+    let all = send(&app, request("GET", "/v1/stream/open", &[], "")).await;
+    assert_eq!(all.text(), "abc", "the duplicate was not stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_created_again_is_a_new_life_and_old_offsets_are_gone() {
+    let dir = TempDir::new("delete");
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let old = send(&app, request("PUT", "/v1/stream/s", &[TEXT], "old")).await;
+    let old_tail = old.next_offset();
+    assert_eq!(
+        send(&app, request("DELETE", "/v1/stream/s", &[], ""))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(&app, request("GET", "/v1/stream/s", &[], ""))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let new = send(&app, request("PUT", "/v1/stream/s", &[TEXT], "new")).await;
+    assert_eq!(new.status, StatusCode::CREATED);
+    assert!(
+        new.next_offset() > old_tail,
+        "a new life's offsets sort after the old one's"
+    );
+    let read = send(&app, request("GET", "/v1/stream/s", &[], "")).await;
+    assert_eq!(read.text(), "new");
+    let stale = send(
+        &app,
+        request("GET", &format!("/v1/stream/s?offset={old_tail}"), &[], ""),
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::GONE);
+    assert!(stale.text().contains("older life"), "{}", stale.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_are_sent_only_durable_records() {
+    // The host drives persistence: nothing is durable until it says so.
+    let store = Arc::new(
+        ReplayStore::<StreamRecord>::builder()
+            .durable(Arc::new(MemoryLog::new()), Postcard)
+            .durable_options(DurableOptions::default().with_persister_thread(false))
+            .build()
+            .unwrap(),
+    );
+    let service = Arc::new(DurableStreams::new(Arc::clone(&store)).options(options()));
+    let app = Arc::clone(&service).router();
+    let create = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, request("PUT", "/v1/stream/d", &[TEXT], "")).await }
+    });
+    // The PUT waits for its record to be durable: persist it.
+    let created = loop {
+        store.persist_round();
+        if create.is_finished() {
+            break create.await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(created.status, StatusCode::CREATED);
+    let key = service.key("", "d").unwrap();
+    store
+        .append(&key, Revision(0), StreamRecord::data("x"))
+        .unwrap();
+    let before = send(&app, request("GET", "/v1/stream/d", &[], "")).await;
+    assert_eq!(before.text(), "", "not durable yet: not shown");
+    assert_eq!(before.next_offset(), created.next_offset());
+    assert_eq!(store.persist_round(), Some(true));
+    let after = send(&app, request("GET", "/v1/stream/d", &[], "")).await;
+    assert_eq!(after.text(), "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_typed_refusal_never_a_panic() {
+    let dir = TempDir::new("bad");
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let json = ("content-type", "application/json");
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/j", &[json], "[]"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let huge = "x".repeat(10_000);
+    let long_path = format!("/v1/stream/{}", "p".repeat(600));
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            request("GET", "/v1/stream/j?offset=12_34", &[], ""),
+            StatusCode::BAD_REQUEST,
+            "malformed offset",
+        ),
+        (
+            request("GET", "/v1/stream/j?offset=-1&offset=now", &[], ""),
+            StatusCode::BAD_REQUEST,
+            "more than once",
+        ),
+        (
+            request(
+                "GET",
+                "/v1/stream/j?offset=ffffffffffffffff_0000000000000001",
+                &[],
+                "",
+            ),
+            StatusCode::BAD_REQUEST,
+            "never issued",
+        ),
+        (
+            request("GET", "/v1/stream/j?live=sideways&offset=-1", &[], ""),
+            StatusCode::BAD_REQUEST,
+            "live must be",
+        ),
+        (
+            request("GET", "/v1/stream/j?live=long-poll", &[], ""),
+            StatusCode::BAD_REQUEST,
+            "need an offset",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json], "{\"a\":"),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json], "[]"),
+            StatusCode::BAD_REQUEST,
+            "empty JSON array",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json], ""),
+            StatusCode::BAD_REQUEST,
+            "needs a body",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[], "1"),
+            StatusCode::BAD_REQUEST,
+            "needs a Content-Type",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[TEXT], "1"),
+            StatusCode::CONFLICT,
+            "does not match",
+        ),
+        (
+            request(
+                "POST",
+                "/v1/stream/j",
+                &[
+                    json,
+                    ("producer-id", &huge),
+                    ("producer-epoch", "0"),
+                    ("producer-seq", "0"),
+                ],
+                "1",
+            ),
+            StatusCode::BAD_REQUEST,
+            "Producer-Id must be",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json, ("stream-seq", &huge)], "1"),
+            StatusCode::BAD_REQUEST,
+            "at most 256",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json, ("producer-id", "p")], "1"),
+            StatusCode::BAD_REQUEST,
+            "together",
+        ),
+        (
+            request("PUT", "/v1/stream/t", &[("stream-ttl", "1.5")], ""),
+            StatusCode::BAD_REQUEST,
+            "Stream-TTL",
+        ),
+        (
+            request(
+                "PUT",
+                "/v1/stream/t",
+                &[("stream-expires-at", "tomorrow")],
+                "",
+            ),
+            StatusCode::BAD_REQUEST,
+            "RFC 3339",
+        ),
+        (
+            request("PUT", &long_path, &[TEXT], ""),
+            StatusCode::BAD_REQUEST,
+            "session id",
+        ),
+        (
+            request("GET", "/v1/stream/nothing-here", &[], ""),
+            StatusCode::NOT_FOUND,
+            "create it with PUT",
+        ),
+        (
+            request(
+                "PUT",
+                "/v1/stream/f",
+                &[("stream-forked-from", "/v1/stream/j")],
+                "",
+            ),
+            StatusCode::NOT_IMPLEMENTED,
+            "forks",
+        ),
+    ];
+    for (request, status, says) in cases {
+        let label = format!("{} {}", request.method(), request.uri());
+        let got = send(&app, request).await;
+        assert_eq!(got.status, status, "{label}: {}", got.text());
+        assert!(
+            got.text().contains(says),
+            "{label}: {:?} should say {says:?}",
+            got.text()
+        );
+        assert_eq!(
+            got.header("x-content-type-options"),
+            Some("nosniff"),
+            "{label}"
+        );
+    }
+    // A body over the limit is a 413 before any of it is stored.
+    let small = Arc::new(DurableStreams::new(Arc::clone(service.store())).options(
+        StreamsOptions {
+            max_append_bytes: 1024,
+            ..options()
+        },
+    ))
+    .router();
+    let too_big = send(
+        &small,
+        request(
+            "POST",
+            "/v1/stream/j",
+            &[json],
+            &format!("\"{}\"", "y".repeat(2048)),
+        ),
+    )
+    .await;
+    assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let read = send(&app, request("GET", "/v1/stream/j", &[], "")).await;
+    assert_eq!(read.text(), "[]", "nothing refused was stored");
+}
