@@ -8,8 +8,8 @@
 //! The first line on stdout is `listening on http://127.0.0.1:PORT`
 //! (`--port 0` picks a free port). Streams are at `/v1/stream/{path}`,
 //! `GET /health` answers `ok`. SIGTERM or ctrl-c stops accepting, lets
-//! in-flight requests finish (long-polls up to their timeout, SSE
-//! responses are cut), then drops the store, which writes what is left to
+//! in-flight requests finish for up to 5 s (then cuts what is left, SSE
+//! responses included), then drops the store, which writes what is left to
 //! the log.
 
 use std::io::Write;
@@ -22,6 +22,9 @@ use clap::{Parser, Subcommand};
 use livereplay::durable::RedbLog;
 use livereplay::streams::{DurableStreams, StreamRecord, StreamsOptions};
 use livereplay::{Postcard, ReplayStore};
+
+/// How long requests in flight may take to finish after SIGTERM or ctrl-c.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(name = "livereplay", version, about = "livereplay's servers")]
@@ -99,9 +102,24 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         writeln!(stdout, "listening on http://{address}")?;
         stdout.flush()?;
         drop(stdout);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        // Graceful: stop accepting and let requests finish, but no longer
+        // than the grace period (an SSE response would hold the server up
+        // to its lifetime otherwise).
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let server = axum::serve(listener, app).with_graceful_shutdown({
+            let stop = Arc::clone(&stop);
+            async move {
+                shutdown_signal().await;
+                stop.notify_one();
+            }
+        });
+        tokio::select! {
+            served = server => served?,
+            () = async {
+                stop.notified().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => eprintln!("livereplay: requests still open after {SHUTDOWN_GRACE:?}; closing them"),
+        }
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;
     // Responses still running (SSE) are dropped with the runtime; the store
