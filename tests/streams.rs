@@ -470,6 +470,23 @@ async fn bad_input_is_a_typed_refusal_never_a_panic() {
             "{label}"
         );
     }
+    // A JSON batch is one record: in the log whole or not at all.
+    let key = service.key("", "j").unwrap();
+    let before = service.store().latest_position(&key);
+    let batch = send(
+        &app,
+        request(
+            "POST",
+            "/v1/stream/j",
+            &[json],
+            "[1, {\"a\": [2]}, \"three\"]",
+        ),
+    )
+    .await;
+    assert_eq!(batch.status, StatusCode::NO_CONTENT);
+    assert_eq!(service.store().latest_position(&key), before.map(|p| p + 1));
+    let read = send(&app, request("GET", "/v1/stream/j", &[], "")).await;
+    assert_eq!(read.text(), "[1,{\"a\": [2]},\"three\"]");
     // A body over the limit is a 413 before any of it is stored.
     let small = Arc::new(DurableStreams::new(Arc::clone(service.store())).options(
         StreamsOptions {
@@ -490,5 +507,9 @@ async fn bad_input_is_a_typed_refusal_never_a_panic() {
     .await;
     assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
     let read = send(&app, request("GET", "/v1/stream/j", &[], "")).await;
-    assert_eq!(read.text(), "[]", "nothing refused was stored");
+    assert_eq!(
+        read.text(),
+        "[1,{\"a\": [2]},\"three\"]",
+        "nothing refused was stored"
+    );
 }

@@ -16,15 +16,19 @@
 //!
 //! * **A stream is a session.** The URL path is the session id, the tenant
 //!   comes from a hook the host supplies ([`DurableStreams::tenant`];
-//!   empty by default). The store's payload is [`StreamRecord`]: a
-//!   `Created` record (the configuration), `Data` records, a `Closed`
-//!   record and a `Deleted` marker. A request's records are one
-//!   `append_batch`, so its data, its closure and its producer state are
-//!   seen together and reach the log in order; a restart rebuilds each
-//!   stream from its log (module `state`). A delete appends `Deleted` and
-//!   archives the life in the log; a stream created again at the URL is a
-//!   new `Created` record further on in the same session, and its reads
-//!   start there, so none of the old data is ever served.
+//!   empty by default). The store's payload is [`StreamRecord`], one
+//!   record per request: a `Created` record (configuration and initial
+//!   messages), `Data` records (an append's messages, its producer and
+//!   `Stream-Seq` state, whether it closes the stream), a `Closed` record
+//!   (close without data) and a `Deleted` marker. One record is one log
+//!   entry, so a request is in the log whole or not at all — with its
+//!   closure and producer state — even though the persister may split an
+//!   `append_batch` across commits (module `record` says why this beats
+//!   one event per JSON message); a restart rebuilds each stream from its
+//!   log (module `state`). A delete appends `Deleted` and archives the life
+//!   in the log; a stream created again at the URL is a new `Created`
+//!   record further on in the same session, and its reads start there, so
+//!   none of the old data is ever served.
 //! * **The in-process writer stays first-class.** A runtime in the same
 //!   process appends `StreamRecord::data(bytes)` to the stream's session
 //!   ([`DurableStreams::key`]) with the store's lock-free append: no HTTP,
@@ -34,9 +38,10 @@
 //!   the HTTP write path only. (So an in-process append is not checked
 //!   against closure: data after a `Closed` record is never served.)
 //! * **Offsets** are `{position:016x}_{life:016x}` (module `offset`): the
-//!   store position a reader has everything up to, then the position of the
-//!   `Created` record of the life. Positions of a key only grow, across
-//!   restarts and delete and re-create, so offsets sort and never repeat.
+//!   store position of the last record a reader has, then the position of
+//!   the `Created` record of the life. Positions of a key only grow, across
+//!   restarts and delete and re-create, so offsets sort and never repeat;
+//!   an offset is always a request boundary.
 //! * **Durable before shown.** A write is acknowledged when its records are
 //!   durable, and readers are sent durable records only (they wait on the
 //!   persister's commits, `ReplayStore::durable_progress`): a crash can take

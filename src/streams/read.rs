@@ -7,11 +7,14 @@
 //!   waits for the persister's commit ([`ReplayStore::durable_progress`]).
 //!   A record the ring handed over and the log then recorded as lost ends
 //!   the read with a `410` (it is never skipped).
-//! * **One life, up to its end.** A batch stops at the life's `Closed`
-//!   record (EOF: the stream's final offset) or at a `Deleted`/`Created`
-//!   record (the life is gone: the stream reads as not found).
-//! * **Bounded.** A batch carries at most `max_read_bytes` (one larger
-//!   record alone); the caller sends it and asks again.
+//! * **One life, up to its end.** A batch starts after an offset of the
+//!   life (`-1` is just before its `Created` record, whose initial messages
+//!   come first) and stops at the life's end: a closing record (EOF: the
+//!   stream's final offset) or a `Deleted`/newer `Created` record (the life
+//!   is gone: the stream reads as not found).
+//! * **Bounded, whole records.** A batch carries at most `max_read_bytes`
+//!   (one larger record alone) and never part of a record, so every offset
+//!   is a request boundary; the caller sends it and asks again.
 //! * **No polling.** A live read with nothing durable to send waits on the
 //!   catch-up's ring subscription for the next record, then on the
 //!   persister's commits for it to become durable.
@@ -56,6 +59,8 @@ pub(crate) struct ReadView {
     pub life: u64,
     pub config: StreamConfig,
     pub closed_at: Option<u64>,
+    /// The position of the record that closed the stream.
+    pub closing_record: Option<u64>,
 }
 
 impl DurableStreams {
@@ -73,6 +78,7 @@ impl DurableStreams {
             life: state.life,
             config: state.config.clone(),
             closed_at: state.closure.as_ref().map(|closure| closure.tail),
+            closing_record: state.closure.as_ref().map(|closure| closure.record),
         })
     }
 
@@ -92,9 +98,11 @@ impl DurableStreams {
         query: OffsetQuery,
     ) -> Result<u64, StreamError> {
         let offset = match query {
-            OffsetQuery::Start => return Ok(view.life),
+            // Just before the `Created` record: its initial messages are
+            // the stream's first data.
+            OffsetQuery::Start => return Ok(view.life - 1),
             OffsetQuery::Now => return self.view_tail(key, view),
-            OffsetQuery::At(offset) if offset.is_start() => return Ok(view.life),
+            OffsetQuery::At(offset) if offset.is_start() => return Ok(view.life - 1),
             OffsetQuery::At(offset) => offset,
         };
         let tail = Offset {
@@ -120,8 +128,10 @@ impl DurableStreams {
     pub(crate) fn collect(
         &self,
         key: &SessionKey,
+        view: &ReadView,
         after: u64,
     ) -> Result<(Batch, CatchUp<StreamRecord>), StreamError> {
+        let life = view.life;
         let durable = self.durable(key)?;
         let mut catch_up =
             self.store
@@ -156,26 +166,40 @@ impl DurableStreams {
                     "the stream's records up to position {through} were lost before they were durable: read from -1"
                 )));
             }
-            match event.payload() {
-                StreamRecord::Data { bytes: data, .. } => {
-                    if !batch.events.is_empty() && bytes + data.len() > self.options.max_read_bytes
-                    {
-                        batch.more = true;
-                        break;
-                    }
-                    bytes += data.len();
-                    batch.next = position;
-                    batch.events.push(event);
-                }
-                StreamRecord::Closed { .. } => {
-                    batch.closed = true;
-                    break;
-                }
-                StreamRecord::Deleted | StreamRecord::Created(_) => {
-                    batch.ended = true;
-                    break;
-                }
+            let record = event.payload();
+            let own_start = matches!(record, StreamRecord::Created { .. }) && position == life;
+            if matches!(record, StreamRecord::Deleted)
+                || (matches!(record, StreamRecord::Created { .. }) && !own_start)
+            {
+                batch.ended = true;
+                break;
             }
+            if matches!(record, StreamRecord::Closed { .. }) {
+                batch.closed = true;
+                break;
+            }
+            let weight = record.weight();
+            if !batch.events.is_empty() && bytes + weight > self.options.max_read_bytes {
+                batch.more = true;
+                break;
+            }
+            bytes += weight;
+            batch.next = position;
+            let closes = matches!(
+                record,
+                StreamRecord::Data { close: Some(_), .. }
+                    | StreamRecord::Created { closed: true, .. }
+            );
+            batch.events.push(event);
+            if closes {
+                batch.closed = true;
+                break;
+            }
+        }
+        // A reader at the record that closed the stream (it read it, so it
+        // is durable) is at EOF.
+        if batch.events.is_empty() && view.closing_record == Some(after) {
+            batch.closed = true;
         }
         Ok((batch, catch_up))
     }
@@ -220,10 +244,10 @@ impl DurableStreams {
 /// A batch's body: the bytes in order, or for a JSON stream the messages as
 /// one JSON array.
 pub(crate) fn body(config: &StreamConfig, events: &[Arc<Event<StreamRecord>>]) -> Vec<u8> {
-    let data = events.iter().filter_map(|event| match event.payload() {
-        StreamRecord::Data { bytes, .. } => Some(bytes.as_slice()),
-        _ => None,
-    });
+    let data = events
+        .iter()
+        .flat_map(|event| event.payload().messages())
+        .map(Vec::as_slice);
     if !config.is_json() {
         return data.flatten().copied().collect();
     }

@@ -1,17 +1,24 @@
 //! The records a stream is made of: the store's payload type for a
 //! Durable Streams session.
 //!
-//! A stream is a session whose events are [`StreamRecord`]s: a
-//! [`Created`](StreamRecord::Created) record opens a life of the stream
-//! (its configuration), [`Data`](StreamRecord::Data) records carry its
-//! bytes (one per append, or one per message in JSON mode),
-//! [`Closed`](StreamRecord::Closed) ends it for writers, and
-//! [`Deleted`](StreamRecord::Deleted) ends the life. Everything the protocol
-//! must remember across a restart (configuration, closure, producer and
-//! `Stream-Seq` state) is in these records, and the HTTP write path appends
-//! a request's records with one `append_batch`: they become visible
-//! together and reach the log in position order, so a restart rebuilds a
-//! stream from its log alone (see `state`).
+//! A stream is a session whose events are [`StreamRecord`]s, **one record
+//! per request**: a `PUT` is one [`Created`](StreamRecord::Created) record
+//! (configuration, initial messages, closed or not), a `POST` one
+//! [`Data`](StreamRecord::Data) record (its messages, its writer state,
+//! whether it closes the stream) or, closing without data, one
+//! [`Closed`](StreamRecord::Closed) record; a `DELETE` one
+//! [`Deleted`](StreamRecord::Deleted) record.
+//!
+//! Why one record and not one event per JSON message through
+//! `append_batch`: the persister may split a batch across two commits (a
+//! commit holds at most `max_batch_events`), so a crash between them would
+//! leave a request half in the log, its data without its producer state
+//! (a retry would then be stored twice) and durable-only readers could see
+//! half of it. One record is one log entry: a request is in the log whole
+//! or not at all, and with it everything the protocol must remember across
+//! a restart (configuration, closure, producer and `Stream-Seq` state), so a
+//! restart rebuilds a stream from its log alone (see `state`). An offset
+//! therefore names a request boundary, never the middle of one.
 //!
 //! Records are encoded for the durable log with postcard (serde); the enum
 //! and its fields only ever gain variants at the end, so old logs stay
@@ -19,21 +26,31 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One record of a stream's session.
+/// One record of a stream's session: one request's worth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamRecord {
     /// Opens a life of the stream: everything before it (an older life,
     /// deleted) is not part of the stream.
-    Created(StreamConfig),
-    /// Bytes of the stream: one append (byte streams) or one message (JSON
-    /// streams). `stamp` is on the last record a request wrote.
+    Created {
+        /// The configuration.
+        config: StreamConfig,
+        /// The initial messages (the `PUT`'s body).
+        messages: Vec<Vec<u8>>,
+        /// Created closed (`Stream-Closed: true`): the messages are all.
+        closed: bool,
+    },
+    /// Messages of the stream: a byte stream's append is one message, a
+    /// JSON append one per element of its top-level array.
     Data {
-        /// The bytes, as appended.
-        bytes: Vec<u8>,
+        /// The messages, byte for byte as appended.
+        messages: Vec<Vec<u8>>,
         /// The writer state the request committed, if any.
         stamp: Option<Box<WriteStamp>>,
+        /// Set when the request also closed the stream (append-and-close).
+        close: Option<CloseReason>,
     },
-    /// The stream is closed: no data after it is part of the stream.
+    /// The stream is closed, with no data in the request: nothing after
+    /// it is part of the stream.
     Closed {
         /// Why it ended.
         reason: CloseReason,
@@ -45,20 +62,27 @@ pub enum StreamRecord {
 }
 
 impl StreamRecord {
-    /// A data record for an in-process writer (no protocol writer state).
+    /// A one-message data record, for an in-process writer (no protocol
+    /// writer state). For a JSON stream, `bytes` must be one JSON value.
     pub fn data(bytes: impl Into<Vec<u8>>) -> Self {
         Self::Data {
-            bytes: bytes.into(),
+            messages: vec![bytes.into()],
             stamp: None,
+            close: None,
         }
     }
 
-    /// The stamp the record carries, if any.
-    pub fn stamp(&self) -> Option<&WriteStamp> {
+    /// The messages the record carries (none for `Closed` and `Deleted`).
+    pub fn messages(&self) -> &[Vec<u8>] {
         match self {
-            Self::Data { stamp, .. } | Self::Closed { stamp, .. } => stamp.as_deref(),
-            _ => None,
+            Self::Created { messages, .. } | Self::Data { messages, .. } => messages,
+            Self::Closed { .. } | Self::Deleted => &[],
         }
+    }
+
+    /// The bytes of its messages together.
+    pub fn weight(&self) -> usize {
+        self.messages().iter().map(Vec::len).sum()
     }
 }
 

@@ -434,12 +434,12 @@ fn catch_up(
     let now = query.offset == OffsetQuery::Now;
     let (batch, _) = if now {
         // No data: the tail, and whether the stream ended there.
-        let (mut batch, rest) = service.collect(key, after)?;
+        let (mut batch, rest) = service.collect(key, view, after)?;
         batch.events.clear();
         batch.more = false;
         (batch, rest)
     } else {
-        service.collect(key, after)?
+        service.collect(key, view, after)?
     };
     if batch.ended {
         return Err(StreamError::NotFound);
@@ -482,7 +482,7 @@ async fn long_poll(
     let deadline = tokio::time::Instant::now() + service.options.long_poll_timeout;
     let cursor = live_cursor(query.cursor.as_deref());
     loop {
-        let (batch, mut rest) = service.collect(key, after)?;
+        let (batch, mut rest) = service.collect(key, view, after)?;
         if batch.ended {
             return Err(StreamError::NotFound);
         }
@@ -625,7 +625,7 @@ impl SseTask {
         let end = tokio::time::Instant::now() + self.service.options.sse_lifetime;
         let mut announced = false;
         loop {
-            let (batch, mut rest) = self.service.collect(&self.key, self.after)?;
+            let (batch, mut rest) = self.service.collect(&self.key, &self.view, self.after)?;
             if batch.ended {
                 return Ok(());
             }

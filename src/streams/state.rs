@@ -40,6 +40,8 @@ pub struct Closure {
     /// The position of the last data record (or the creation record): the
     /// stream's final offset.
     pub tail: u64,
+    /// The position of the record that closed it.
+    pub record: u64,
     /// The producer request that closed it, for idempotent retries.
     pub by: Option<ProducerStamp>,
 }
@@ -78,24 +80,39 @@ impl StreamState {
     /// Folds one record into the state of the stream (`None`: no life).
     pub fn apply(state: &mut Option<StreamState>, position: u64, record: &StreamRecord) {
         match record {
-            StreamRecord::Created(config) => {
-                *state = Some(StreamState::created(position, config.clone()));
+            StreamRecord::Created { config, closed, .. } => {
+                let mut created = StreamState::created(position, config.clone());
+                if *closed {
+                    created.closure = Some(Closure {
+                        tail: position,
+                        record: position,
+                        by: None,
+                    });
+                }
+                *state = Some(created);
             }
             StreamRecord::Deleted => *state = None,
-            StreamRecord::Data { stamp, .. } => {
+            StreamRecord::Data { stamp, close, .. } => {
                 if let Some(state) = state.as_mut().filter(|state| state.closure.is_none()) {
                     state.stamp(stamp.as_deref());
+                    if close.is_some() {
+                        state.closure = Some(Closure {
+                            tail: position,
+                            record: position,
+                            by: stamp.as_ref().and_then(|stamp| stamp.producer.clone()),
+                        });
+                    }
                 }
             }
             StreamRecord::Closed { stamp, .. } => {
                 if let Some(state) = state.as_mut().filter(|state| state.closure.is_none()) {
                     state.stamp(stamp.as_deref());
-                    // Every record between the life's start and its end is
-                    // data (the HTTP path writes `Closed` last in its batch;
-                    // in-process writers append data only), so the final
-                    // offset is the position just before the end.
+                    // Every record between the life's start and its end
+                    // carries data (or is the start), so the final offset
+                    // is the record just before the end.
                     state.closure = Some(Closure {
                         tail: position.saturating_sub(1).max(state.life),
+                        record: position,
                         by: stamp.as_ref().and_then(|stamp| stamp.producer.clone()),
                     });
                 }
@@ -202,18 +219,25 @@ mod tests {
                 stream_seq: Some(format!("{seq:02}")),
             }))
         };
+        let created = StreamRecord::Created {
+            config: config(),
+            messages: vec![b"first".to_vec()],
+            closed: false,
+        };
         let records = [
-            StreamRecord::Created(config()),
+            created.clone(),
             StreamRecord::data("old"),
             StreamRecord::Deleted,
-            StreamRecord::Created(config()),
+            created,
             StreamRecord::Data {
-                bytes: b"a".to_vec(),
+                messages: vec![b"a".to_vec()],
                 stamp: stamp(0),
+                close: None,
             },
             StreamRecord::Data {
-                bytes: b"b".to_vec(),
+                messages: vec![b"b".to_vec()],
                 stamp: stamp(1),
+                close: None,
             },
             StreamRecord::Closed {
                 reason: CloseReason::Done,
@@ -238,5 +262,45 @@ mod tests {
         let closure = state.closure.expect("closed");
         assert_eq!(closure.tail, 6);
         assert_eq!(closure.by.map(|by| by.seq), Some(2));
+
+        // Append-and-close ends at its own record; a stream created closed
+        // at its creation.
+        let mut state = None;
+        StreamState::apply(
+            &mut state,
+            1,
+            &StreamRecord::Created {
+                config: config(),
+                messages: Vec::new(),
+                closed: true,
+            },
+        );
+        assert_eq!(
+            state
+                .as_ref()
+                .and_then(|s| s.closure.clone())
+                .map(|c| c.tail),
+            Some(1)
+        );
+        let mut state = None;
+        StreamState::apply(
+            &mut state,
+            1,
+            &StreamRecord::Created {
+                config: config(),
+                messages: Vec::new(),
+                closed: false,
+            },
+        );
+        StreamState::apply(
+            &mut state,
+            2,
+            &StreamRecord::Data {
+                messages: vec![b"x".to_vec()],
+                stamp: None,
+                close: Some(CloseReason::Done),
+            },
+        );
+        assert_eq!(state.and_then(|s| s.closure).map(|c| c.tail), Some(2));
     }
 }

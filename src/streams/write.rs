@@ -4,14 +4,14 @@
 //!
 //! * **One step per stream.** Every write takes its stream's async mutex,
 //!   checks (closure, content type, `Stream-Seq`, producer), appends its
-//!   records with one `append_batch` and folds them into the state before
-//!   letting go: checks and state never disagree with the records.
+//!   one record (see `record`) and folds it into the state before letting
+//!   go: checks and state never disagree with the records.
 //! * **Acknowledged means durable.** A write answers success only once its
 //!   records are durable (and none was recorded as lost); it waits after
 //!   letting go of the mutex, so one slow commit does not hold the stream.
 //! * **Nothing after the end.** A closed stream refuses appends (`409`
 //!   with `Stream-Closed`) except the idempotent retries the protocol
-//!   names; `Closed` is the last record of its batch.
+//!   names.
 //! * The in-process writer's append is never on this path.
 
 use axum::body::Bytes;
@@ -97,22 +97,19 @@ impl DurableStreams {
                 closed,
             });
         }
-        let mut records = vec![StreamRecord::Created(config.clone())];
-        records.extend(messages.into_iter().map(StreamRecord::data));
-        if close {
-            records.push(StreamRecord::Closed {
-                reason: CloseReason::Done,
-                stamp: None,
-            });
-        }
-        let (first, last) = self.commit(key, &mut state, records)?;
+        let record = StreamRecord::Created {
+            config: config.clone(),
+            messages,
+            closed: close,
+        };
+        let position = self.commit(key, &mut state, record)?;
         let live = state.as_ref().ok_or(StreamError::NotFound)?;
         let next = Offset {
-            position: live.tail(last),
+            position: live.tail(position),
             life: live.life,
         };
         drop(state);
-        self.await_durable(key, first, last).await?;
+        self.await_durable(key, position).await?;
         Ok(Created {
             fresh: true,
             config,
@@ -198,29 +195,28 @@ impl DurableStreams {
                 stream_seq: request.stream_seq.clone(),
             })
         });
-        let mut records: Vec<StreamRecord> = messages.into_iter().map(StreamRecord::data).collect();
-        if request.close {
-            records.push(StreamRecord::Closed {
+        let reason = request.close.then_some(CloseReason::Done);
+        let record = if messages.is_empty() {
+            StreamRecord::Closed {
                 reason: CloseReason::Done,
-                stamp: None,
-            });
-        }
-        // The request's writer state rides on its last record.
-        if let Some(
-            StreamRecord::Data { stamp: slot, .. } | StreamRecord::Closed { stamp: slot, .. },
-        ) = records.last_mut()
-        {
-            *slot = stamp;
-        }
-        let (first, last) = self.commit(key, &mut guard, records)?;
+                stamp,
+            }
+        } else {
+            StreamRecord::Data {
+                messages,
+                stamp,
+                close: reason,
+            }
+        };
+        let position = self.commit(key, &mut guard, record)?;
         let state = guard.as_ref().ok_or(StreamError::NotFound)?;
         let next = Offset {
-            position: state.tail(last),
+            position: state.tail(position),
             life: state.life,
         };
         let closed = state.closure.is_some();
         drop(guard);
-        self.await_durable(key, first, last).await?;
+        self.await_durable(key, position).await?;
         Ok(Appended {
             next,
             closed,
@@ -258,41 +254,31 @@ impl DurableStreams {
         key: &SessionKey,
         state: &mut Option<StreamState>,
     ) -> Result<(), StreamError> {
-        let (first, last) = self.commit(key, state, vec![StreamRecord::Deleted])?;
-        self.await_durable(key, first, last).await?;
-        self.store.archive_before(key, last)?;
+        let position = self.commit(key, state, StreamRecord::Deleted)?;
+        self.await_durable(key, position).await?;
+        self.store.archive_before(key, position)?;
         Ok(())
     }
 
-    /// Appends `records` as one batch and folds them into `state`; returns
-    /// their first and last positions.
+    /// Appends a request's record and folds it into `state`; returns its
+    /// position.
     fn commit(
         &self,
         key: &SessionKey,
         state: &mut Option<StreamState>,
-        records: Vec<StreamRecord>,
-    ) -> Result<(u64, u64), StreamError> {
-        let events = self.store.append_batch(key, Revision(0), records)?;
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
-            return Err(StreamError::BadRequest("nothing to append".into()));
-        };
-        for event in &events {
-            StreamState::apply(state, event.position(), event.payload());
-        }
+        record: StreamRecord,
+    ) -> Result<u64, StreamError> {
+        let event = self.store.append(key, Revision(0), record)?;
+        StreamState::apply(state, event.position(), event.payload());
         if let Some(state) = state.as_mut() {
             state.last_access = std::time::Instant::now();
         }
-        Ok((first.position(), last.position()))
+        Ok(event.position())
     }
 
-    /// Waits until positions `first ..= last` of `key` are durable, and
-    /// none was recorded as lost.
-    async fn await_durable(
-        &self,
-        key: &SessionKey,
-        first: u64,
-        last: u64,
-    ) -> Result<(), StreamError> {
+    /// Waits until `position` of `key` is durable, and not recorded as
+    /// lost.
+    async fn await_durable(&self, key: &SessionKey, position: u64) -> Result<(), StreamError> {
         if self.store.durable_log().is_none() {
             return Err(StreamError::Unavailable(
                 "the store has no durable log: nothing can be acknowledged as durable".into(),
@@ -300,13 +286,13 @@ impl DurableStreams {
         }
         let deadline = tokio::time::Instant::now() + self.options.durable_timeout;
         loop {
-            if self.durable(key)? >= last {
+            if self.durable(key)? >= position {
                 break;
             }
             // Armed before the second look, so a commit between the two
             // is not missed.
             let progress = self.store.durable_progress();
-            if self.durable(key)? >= last {
+            if self.durable(key)? >= position {
                 break;
             }
             if tokio::time::timeout_at(deadline, progress).await.is_err() {
@@ -316,12 +302,10 @@ impl DurableStreams {
                 )));
             }
         }
-        for position in first..=last {
-            if let Some(through) = self.store.lost_after_read(key, position) {
-                return Err(StreamError::Unavailable(format!(
-                    "the write was accepted but the log recorded positions up to {through} as lost: retry it"
-                )));
-            }
+        if let Some(through) = self.store.lost_after_read(key, position) {
+            return Err(StreamError::Unavailable(format!(
+                "the write was accepted but the log recorded positions up to {through} as lost: retry it"
+            )));
         }
         Ok(())
     }
