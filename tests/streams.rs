@@ -1,10 +1,12 @@
 //! The Durable Streams module where the conformance suite does not look:
 //! the in-process writer seen by HTTP readers, a restart over the same redb
-//! file, deletion's new life, durable-only reads, and bad input.
+//! file, deletion's new life, durable-only reads, bad input, and the
+//! `livereplay serve` binary killed with SIGKILL and started again.
 //!
-//! Requests go through the router in process (`tower::ServiceExt::oneshot`);
-//! every wait is bounded by a timeout, and each test's redb file lives in
-//! its own temporary directory, removed at the end.
+//! Requests go through the router in process (`tower::ServiceExt::oneshot`),
+//! or to the real binary on a free loopback port, stopped by its pid; every
+//! wait is bounded by a timeout, and each test's redb file lives in its own
+//! temporary directory, removed at the end.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -512,4 +514,183 @@ async fn bad_input_is_a_typed_refusal_never_a_panic() {
         "[1,{\"a\": [2]},\"three\"]",
         "nothing refused was stored"
     );
+}
+
+/// `livereplay serve` as a child process on a free loopback port, killed
+/// (SIGKILL) when dropped if still running.
+struct Server {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Server {
+    fn start(data_dir: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--long-poll-timeout-ms",
+                "500",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start livereplay serve");
+        let stdout = child.stdout.take().expect("its stdout");
+        // The first line, read on a thread so a silent server cannot hang
+        // the test.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let line = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server printed its address");
+        let address = line
+            .trim()
+            .strip_prefix("listening on http://127.0.0.1:")
+            .map(|port| format!("127.0.0.1:{port}"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self { child, address }
+    }
+
+    /// SIGKILL, by pid: nothing runs after it (no shutdown, no flush).
+    fn kill(mut self) {
+        self.child.kill().expect("kill the server");
+        self.child.wait().expect("reap the server");
+    }
+
+    /// One HTTP/1.1 request on a fresh connection (`Connection: close`),
+    /// bounded in time.
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.address).expect("connect");
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            self.address,
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read the response");
+        let split = raw
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .expect("a complete head");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|line| line.split(' ').nth(1))
+            .and_then(|code| code.parse().ok())
+            .expect("a status line");
+        let mut headers = axum::http::HeaderMap::new();
+        for line in lines {
+            if let Some((name, value)) = line.split_once(':') {
+                headers.append(
+                    axum::http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                    value.trim().parse().unwrap(),
+                );
+            }
+        }
+        Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers,
+            body: raw[split + 4..].to_vec(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn what_the_binary_acknowledged_survives_sigkill() {
+    let dir = TempDir::new("sigkill");
+    let producer = |seq: &'static str| {
+        [
+            ("content-type", "application/json"),
+            ("producer-id", "p"),
+            ("producer-epoch", "0"),
+            ("producer-seq", seq),
+        ]
+    };
+    let server = Server::start(&dir.0);
+    assert_eq!(server.send("GET", "/health", &[], "").text(), "ok\n");
+    let json = [("content-type", "application/json")];
+    assert_eq!(
+        server.send("PUT", "/v1/stream/k", &json, "[]").status,
+        StatusCode::CREATED
+    );
+    let mut offsets = Vec::new();
+    for (seq, body) in [("0", r#"{"n":0}"#), ("1", r#"[{"n":1},{"n":2}]"#)] {
+        let appended = server.send("POST", "/v1/stream/k", &producer(seq), body);
+        assert_eq!(appended.status, StatusCode::OK);
+        offsets.push(appended.next_offset());
+    }
+    let closing = [
+        ("content-type", "application/json"),
+        ("stream-closed", "true"),
+    ];
+    assert_eq!(
+        server
+            .send("PUT", "/v1/stream/done", &closing, "[\"all\"]")
+            .status,
+        StatusCode::CREATED
+    );
+    server.kill();
+
+    let server = Server::start(&dir.0);
+    let all = server.send("GET", "/v1/stream/k?offset=-1", &[], "");
+    assert_eq!(all.text(), r#"[{"n":0},{"n":1},{"n":2}]"#);
+    assert_eq!(all.next_offset(), offsets[1]);
+    let rest = server.send(
+        "GET",
+        &format!("/v1/stream/k?offset={}", offsets[0]),
+        &[],
+        "",
+    );
+    assert_eq!(rest.text(), r#"[{"n":1},{"n":2}]"#);
+    let retry = server.send(
+        "POST",
+        "/v1/stream/k",
+        &producer("1"),
+        r#"[{"n":1},{"n":2}]"#,
+    );
+    assert_eq!(
+        retry.status,
+        StatusCode::NO_CONTENT,
+        "the producer's state survived the kill"
+    );
+    let done = server.send("GET", "/v1/stream/done?offset=-1", &[], "");
+    assert_eq!(done.text(), r#"["all"]"#);
+    assert_eq!(done.header("stream-closed"), Some("true"));
+    let eof = server.send(
+        "GET",
+        &format!(
+            "/v1/stream/done?offset={}&live=long-poll",
+            done.next_offset()
+        ),
+        &[],
+        "",
+    );
+    assert_eq!(eof.status, StatusCode::NO_CONTENT);
+    assert_eq!(eof.header("stream-closed"), Some("true"));
+    server.kill();
 }
