@@ -213,6 +213,36 @@ impl DurableStreams {
         Ok(self.store.durable_position(key)?.unwrap_or(0))
     }
 
+    /// Waits until `position` of `key` is durable, at most until
+    /// `deadline`; returns whether it is. Wakes on the persister's commits
+    /// (no polling), armed before the second look so a commit between the
+    /// two is not missed.
+    async fn durable_by(
+        &self,
+        key: &SessionKey,
+        position: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, StreamError> {
+        if self.store.durable_log().is_none() {
+            // Nothing is ever durable (and `durable_progress` would not
+            // wait): wait out the deadline instead of spinning.
+            tokio::time::sleep_until(deadline).await;
+            return Ok(false);
+        }
+        loop {
+            if self.durable(key)? >= position {
+                return Ok(true);
+            }
+            let progress = self.store.durable_progress();
+            if self.durable(key)? >= position {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+
     /// The entry of a stream, loading its state from the log on first use.
     /// With `create`, an entry is made even if no stream exists (for a
     /// PUT); without it, a stream nobody created is `None` and leaves

@@ -220,24 +220,18 @@ impl DurableStreams {
                 let next = poll_fn(|cx| Pin::new(&mut *catch_up).poll_next(cx));
                 match tokio::time::timeout_at(deadline, next).await {
                     Err(_) => return Ok(false),
-                    Ok(None) => return Ok(false),
+                    // An ended catch-up cannot wake us: wait out the
+                    // deadline rather than have the caller spin.
+                    Ok(None) => {
+                        tokio::time::sleep_until(deadline).await;
+                        return Ok(false);
+                    }
                     Ok(Some(Err(gap))) => return Err(crate::Error::Gap(gap).into()),
                     Ok(Some(Ok(event))) => event.position(),
                 }
             }
         };
-        loop {
-            if self.durable(key)? >= target {
-                return Ok(true);
-            }
-            let progress = self.store.durable_progress();
-            if self.durable(key)? >= target {
-                return Ok(true);
-            }
-            if tokio::time::timeout_at(deadline, progress).await.is_err() {
-                return Ok(false);
-            }
-        }
+        self.durable_by(key, target, deadline).await
     }
 }
 

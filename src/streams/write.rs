@@ -285,22 +285,11 @@ impl DurableStreams {
             ));
         }
         let deadline = tokio::time::Instant::now() + self.options.durable_timeout;
-        loop {
-            if self.durable(key)? >= position {
-                break;
-            }
-            // Armed before the second look, so a commit between the two
-            // is not missed.
-            let progress = self.store.durable_progress();
-            if self.durable(key)? >= position {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, progress).await.is_err() {
-                return Err(StreamError::Unavailable(format!(
-                    "the write was accepted but is not durable after {:?} (the log may be stalled): retry it",
-                    self.options.durable_timeout
-                )));
-            }
+        if !self.durable_by(key, position, deadline).await? {
+            return Err(StreamError::Unavailable(format!(
+                "the write was accepted but is not durable after {:?} (the log may be stalled): retry it",
+                self.options.durable_timeout
+            )));
         }
         if let Some(through) = self.store.lost_after_read(key, position) {
             return Err(StreamError::Unavailable(format!(
