@@ -290,6 +290,104 @@ async fn a_stream_created_again_is_a_new_life_and_old_offsets_are_gone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_keeps_its_soft_deleted_source_readable_across_a_restart() {
+    let dir = TempDir::new("fork");
+    let fork_point = {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        let created = send(&app, request("PUT", "/v1/stream/src", &[TEXT], "ab")).await;
+        let at = created.next_offset();
+        send(&app, request("POST", "/v1/stream/src", &[TEXT], "-later")).await;
+        let fork = [
+            TEXT,
+            ("stream-forked-from", "/v1/stream/src"),
+            ("stream-fork-offset", &at),
+        ];
+        assert_eq!(
+            send(&app, request("PUT", "/v1/stream/fork", &fork, ""))
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+        let own = send(&app, request("POST", "/v1/stream/fork", &[TEXT], "cd")).await;
+        assert!(
+            own.next_offset() > at,
+            "the fork's offsets continue after its fork point"
+        );
+        // Deleted while the fork inherits from it: soft-deleted.
+        assert_eq!(
+            send(&app, request("DELETE", "/v1/stream/src", &[], ""))
+                .await
+                .status,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            send(&app, request("HEAD", "/v1/stream/src", &[], ""))
+                .await
+                .status,
+            StatusCode::GONE
+        );
+        at
+    };
+
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    // The fork count and the soft delete are in the source's log.
+    assert_eq!(
+        send(&app, request("GET", "/v1/stream/src", &[], ""))
+            .await
+            .status,
+        StatusCode::GONE
+    );
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/src", &[TEXT], ""))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    let fork = send(&app, request("GET", "/v1/stream/fork", &[], "")).await;
+    assert_eq!(
+        fork.text(),
+        "abcd",
+        "inherited data, then the fork's own; never the source's later append"
+    );
+    let own = send(
+        &app,
+        request(
+            "GET",
+            &format!("/v1/stream/fork?offset={fork_point}"),
+            &[],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        own.text(),
+        "cd",
+        "the source's offset at the fork point reads the fork's own data"
+    );
+    // The last fork ends: the source goes with it.
+    assert_eq!(
+        send(&app, request("DELETE", "/v1/stream/fork", &[], ""))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(&app, request("HEAD", "/v1/stream/src", &[], ""))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/src", &[TEXT], "new"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_are_sent_only_durable_records() {
     // The host drives persistence: nothing is durable until it says so.
     let store = Arc::new(
@@ -450,11 +548,34 @@ async fn bad_input_is_a_typed_refusal_never_a_panic() {
             request(
                 "PUT",
                 "/v1/stream/f",
-                &[("stream-forked-from", "/v1/stream/j")],
+                &[("stream-forked-from", "/v1/stream/none")],
                 "",
             ),
-            StatusCode::NOT_IMPLEMENTED,
-            "forks",
+            StatusCode::NOT_FOUND,
+            "create it with PUT",
+        ),
+        (
+            request(
+                "PUT",
+                "/v1/stream/f",
+                &[
+                    ("stream-forked-from", "/v1/stream/j"),
+                    ("stream-fork-offset", "9999999999999999_9999999999999999"),
+                ],
+                "",
+            ),
+            StatusCode::BAD_REQUEST,
+            "not an offset of the source",
+        ),
+        (
+            request(
+                "PUT",
+                "/v1/stream/f",
+                &[("stream-fork-sub-offset", "1")],
+                "",
+            ),
+            StatusCode::BAD_REQUEST,
+            "only valid with Stream-Forked-From",
         ),
     ];
     for (request, status, says) in cases {

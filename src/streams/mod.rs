@@ -6,8 +6,9 @@
 //! streams at `/v1/stream/{*path}`, to mount beside a host's own routes:
 //! create (`PUT`), append and close (`POST`), delete, `HEAD`, and reads in
 //! three modes (catch-up, long-poll, SSE), with JSON mode, TTL and expiry,
-//! idempotent producers, `Stream-Seq`, ETags and cursors, browser security
-//! headers and CORS. `livereplay serve` (the binary) runs it over a redb
+//! idempotent producers, `Stream-Seq`, forks (with sub-offsets,
+//! soft-deletion and cascading clean-up), ETags and cursors, browser
+//! security headers and CORS. `livereplay serve` (the binary) runs it over a redb
 //! log.
 //!
 //! # What it owns, and how the protocol maps onto the store
@@ -68,13 +69,20 @@
 //! * The sliding TTL's last access is kept in memory: a restart counts as
 //!   an access.
 //!
+//! * **Forks** (module `fork`) read their inherited data in place from
+//!   their source's session, up to the fork point; the source counts its
+//!   forks in its own log and is only soft-deleted while it has any.
+//!
 //! # Not implemented (yet)
 //!
-//! Forks (`Stream-Forked-From`: `501`), the subscription APIs under
-//! `__ds` (`501`), rate limiting. Loading a stream's state reads its whole
-//! life from the log once per process (no snapshot of the state).
+//! The subscription APIs under `__ds` (`501`), rate limiting. Loading a
+//! stream's state reads its whole life from the log once per process (no
+//! snapshot of the state). Expiry is checked when a stream is touched: an
+//! expired stream nobody asks for stays in the log (and a source waiting
+//! only for that fork stays soft-deleted) until then.
 
 mod error;
+mod fork;
 mod headers;
 mod offset;
 mod producer;

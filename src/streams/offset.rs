@@ -25,7 +25,9 @@ const FIELD: usize = 16;
 
 /// A parsed offset: everything up to `position`, in the stream life that
 /// began at `life`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Offset {
     /// The store position of the last record covered (0: nothing yet).
     pub position: u64,

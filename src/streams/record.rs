@@ -59,6 +59,19 @@ pub enum StreamRecord {
     },
     /// The life ends: the stream no longer exists (until created again).
     Deleted,
+    /// A fork of this stream was created (`attach`) or ended: forks keep
+    /// the data they inherit readable, so a stream with forks is only
+    /// soft-deleted. Not data.
+    ForkRef {
+        /// The fork's path.
+        fork: String,
+        /// Created (`true`) or ended (`false`).
+        attach: bool,
+    },
+    /// Deleted while forks still read its data: every request on the URL
+    /// is refused (`410`, `409` for a `PUT`) until the last fork ends, then
+    /// the stream is deleted. Not data.
+    SoftDeleted,
 }
 
 impl StreamRecord {
@@ -76,7 +89,7 @@ impl StreamRecord {
     pub fn messages(&self) -> &[Vec<u8>] {
         match self {
             Self::Created { messages, .. } | Self::Data { messages, .. } => messages,
-            Self::Closed { .. } | Self::Deleted => &[],
+            Self::Closed { .. } | Self::Deleted | Self::ForkRef { .. } | Self::SoftDeleted => &[],
         }
     }
 
@@ -97,6 +110,26 @@ pub struct StreamConfig {
     /// An absolute expiry (`Stream-Expires-At`): the text as given, and
     /// the instant in seconds since the UNIX epoch.
     pub expires_at: Option<ExpiresAt>,
+    /// Set for a fork: where its inherited data comes from.
+    pub fork: Option<ForkOrigin>,
+}
+
+/// Where a fork's inherited data comes from (`Stream-Forked-From`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkOrigin {
+    /// The source's path (below `/v1/stream/`, same tenant).
+    pub source: String,
+    /// The source's life when forked.
+    pub source_life: u64,
+    /// The divergence point: everything up to this offset of the source
+    /// is inherited.
+    pub at: super::offset::Offset,
+    /// Whether the client named `at` (`Stream-Fork-Offset`), rather than
+    /// the source's tail being taken.
+    pub requested: bool,
+    /// `Stream-Fork-Sub-Offset`: messages (JSON) or bytes inherited from
+    /// the record after `at`, copied into the fork's `Created` record.
+    pub sub_offset: u64,
 }
 
 /// An absolute expiry.
@@ -113,10 +146,20 @@ impl StreamConfig {
     /// Whether a create request with `other` is the same stream (content
     /// type by media type, TTL, expiry instant): an idempotent PUT.
     pub fn matches(&self, other: &StreamConfig) -> bool {
+        let same_fork = match (&self.fork, &other.fork) {
+            (None, None) => true,
+            (Some(mine), Some(theirs)) => {
+                mine.source == theirs.source
+                    && mine.sub_offset == theirs.sub_offset
+                    && (!(mine.requested && theirs.requested) || mine.at == theirs.at)
+            }
+            _ => false,
+        };
         self.media_type() == other.media_type()
             && self.ttl_seconds == other.ttl_seconds
             && self.expires_at.as_ref().map(|at| at.unix_nanos)
                 == other.expires_at.as_ref().map(|at| at.unix_nanos)
+            && same_fork
     }
 
     /// The media type without parameters, lowercase: what two content types

@@ -27,12 +27,13 @@ use tokio::sync::mpsc;
 use crate::key::SessionKey;
 
 use super::error::StreamError;
+use super::fork::ReadAt;
 use super::headers::{self, common_headers};
-use super::offset::{Offset, OffsetQuery};
+use super::offset::{parse_offset, Offset, OffsetQuery};
 use super::producer;
 use super::read::{body as batch_body, ReadView};
 use super::record::{ExpiresAt, StreamConfig};
-use super::write::Append;
+use super::write::{Append, ForkRequest};
 use super::DurableStreams;
 
 /// Where the streams are served.
@@ -166,23 +167,20 @@ async fn put(
     request: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, StreamError> {
-    if request.contains_key(headers::FORKED_FROM) {
-        return Err(StreamError::NotImplemented(
-            "forks (Stream-Forked-From) are not implemented by this server".into(),
-        ));
-    }
-    for fork_only in [headers::FORK_OFFSET, headers::FORK_SUB_OFFSET] {
-        if request.contains_key(fork_only) {
-            return Err(StreamError::BadRequest(format!(
-                "{fork_only} is only valid with Stream-Forked-From"
-            )));
+    let forked_from = bounded(request, headers::FORKED_FROM)?;
+    if forked_from.is_none() {
+        for fork_only in [headers::FORK_OFFSET, headers::FORK_SUB_OFFSET] {
+            if request.contains_key(fork_only) {
+                return Err(StreamError::BadRequest(format!(
+                    "{fork_only} is only valid with Stream-Forked-From"
+                )));
+            }
         }
     }
-    let content_type = bounded(request, header::CONTENT_TYPE.as_str())?
+    let given_content_type = bounded(request, header::CONTENT_TYPE.as_str())?
         .map(str::trim)
         .filter(|value| !value.is_empty())
-        .unwrap_or("application/octet-stream")
-        .to_string();
+        .map(str::to_string);
     let ttl_seconds = text(request, headers::STREAM_TTL)?
         .map(parse_ttl)
         .transpose()?;
@@ -194,12 +192,36 @@ async fn put(
             "give Stream-TTL or Stream-Expires-At, not both".into(),
         ));
     }
-    let config = StreamConfig {
-        content_type,
-        ttl_seconds,
-        expires_at,
+    let created = match forked_from {
+        Some(source) => {
+            let fork = ForkRequest {
+                source: source_path(source)?,
+                at: text(request, headers::FORK_OFFSET)?
+                    .map(parse_offset)
+                    .transpose()?,
+                sub_offset: text(request, headers::FORK_SUB_OFFSET)?
+                    .map(parse_sub_offset)
+                    .transpose()?
+                    .unwrap_or(0),
+                content_type: given_content_type,
+                ttl_seconds,
+                expires_at,
+            };
+            service
+                .create_fork(key, fork, closes(request), body)
+                .await?
+        }
+        None => {
+            let config = StreamConfig {
+                content_type: given_content_type
+                    .unwrap_or_else(|| "application/octet-stream".to_string()),
+                ttl_seconds,
+                expires_at,
+                fork: None,
+            };
+            service.create(key, config, closes(request), body).await?
+        }
     };
-    let created = service.create(key, config, closes(request), body).await?;
     let status = if created.fresh {
         StatusCode::CREATED
     } else {
@@ -221,6 +243,34 @@ async fn put(
         set(out, headers::STREAM_CLOSED, "true");
     }
     Ok(response)
+}
+
+/// A `Stream-Forked-From` path: the stream path below `/v1/stream/` (the
+/// full path, or the part below it).
+fn source_path(text: &str) -> Result<String, StreamError> {
+    let path = text
+        .strip_prefix("/v1/stream/")
+        .unwrap_or_else(|| text.trim_start_matches('/'));
+    if path.is_empty() {
+        return Err(StreamError::BadRequest(
+            "Stream-Forked-From names no stream".into(),
+        ));
+    }
+    Ok(path.to_string())
+}
+
+/// `Stream-Fork-Sub-Offset`: a non-negative decimal integer.
+fn parse_sub_offset(text: &str) -> Result<u64, StreamError> {
+    text.bytes()
+        .all(|byte| byte.is_ascii_digit())
+        .then(|| text.parse::<u64>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            StreamError::BadRequest(format!(
+                "Stream-Fork-Sub-Offset must be a non-negative integer, got {:?}",
+                text.chars().take(32).collect::<String>()
+            ))
+        })
 }
 
 /// `Stream-TTL`: a decimal integer without sign, point or leading zeros.
@@ -296,10 +346,7 @@ async fn post(
 
 async fn head(service: &DurableStreams, key: &SessionKey) -> Result<Response, StreamError> {
     let view = service.view(key, true).await?;
-    let tail = Offset {
-        position: service.view_tail(key, &view)?,
-        life: view.life,
-    };
+    let tail = service.view_tail_offset(key, &view)?;
     let mut response = StatusCode::OK.into_response();
     let out = response.headers_mut();
     set(out, "content-type", &view.config.content_type);
@@ -389,9 +436,9 @@ async fn get(
         ));
     }
     let view = service.view(key, false).await?;
-    let after = service.start_position(key, &view, query.offset)?;
+    let after = service.start_at(key, &view, query.offset)?;
     match query.live {
-        Live::No => catch_up(service, key, &view, &query, after, request),
+        Live::No => catch_up(service, &view, &query, after, request),
         Live::LongPoll => long_poll(service, key, &view, &query, after).await,
         Live::Sse => Ok(sse(service, key, view, &query, after)),
     }
@@ -415,39 +462,30 @@ fn read_headers(
     }
 }
 
-fn etag(view: &ReadView, start: u64, next: Offset, closed: bool) -> String {
-    let start = Offset {
-        position: start,
-        life: view.life,
-    };
+fn etag(view: &ReadView, start: ReadAt, next: Offset, closed: bool) -> String {
+    let start = view.layout[start.segment].offset_of(start.after);
     format!("\"{start}:{next}{}\"", if closed { ":c" } else { "" })
 }
 
 fn catch_up(
     service: &DurableStreams,
-    key: &SessionKey,
     view: &ReadView,
     query: &ReadQuery,
-    after: u64,
+    after: ReadAt,
     request: &HeaderMap,
 ) -> Result<Response, StreamError> {
     let now = query.offset == OffsetQuery::Now;
-    let (batch, _) = if now {
+    let (mut batch, _) = service.collect(view, after)?;
+    if now {
         // No data: the tail, and whether the stream ended there.
-        let (mut batch, rest) = service.collect(key, view, after)?;
         batch.events.clear();
         batch.more = false;
-        (batch, rest)
-    } else {
-        service.collect(key, view, after)?
-    };
+        batch.next = view.layout[after.segment].offset_of(after.after);
+    }
     if batch.ended {
         return Err(StreamError::NotFound);
     }
-    let next = Offset {
-        position: if now { after } else { batch.next },
-        life: view.life,
-    };
+    let next = batch.next;
     let closed = batch.closed || (now && view.closed_at.is_some());
     let mut response = Response::new(Body::from(batch_body(&view.config, &batch.events)));
     let out = response.headers_mut();
@@ -477,19 +515,16 @@ async fn long_poll(
     key: &SessionKey,
     view: &ReadView,
     query: &ReadQuery,
-    after: u64,
+    after: ReadAt,
 ) -> Result<Response, StreamError> {
     let deadline = tokio::time::Instant::now() + service.options.long_poll_timeout;
     let cursor = live_cursor(query.cursor.as_deref());
     loop {
-        let (batch, mut rest) = service.collect(key, view, after)?;
+        let (batch, mut rest) = service.collect(view, after)?;
         if batch.ended {
             return Err(StreamError::NotFound);
         }
-        let next = Offset {
-            position: batch.next,
-            life: view.life,
-        };
+        let next = batch.next;
         if !batch.events.is_empty() {
             let closed = batch.closed && !batch.more;
             let mut response = Response::new(Body::from(batch_body(&view.config, &batch.events)));
@@ -548,15 +583,17 @@ fn sse(
     key: &SessionKey,
     view: ReadView,
     query: &ReadQuery,
-    after: u64,
+    after: ReadAt,
 ) -> Response {
     let (sender, receiver) = mpsc::channel(8);
     let base64 = !view.config.is_text();
+    let next = view.layout[after.segment].offset_of(after.after);
     let task = SseTask {
         service: StdArc::clone(service),
         key: key.clone(),
         view,
         cursor: query.cursor.clone(),
+        next,
         after,
         sender,
     };
@@ -610,7 +647,9 @@ struct SseTask {
     key: SessionKey,
     view: ReadView,
     cursor: Option<String>,
-    after: u64,
+    after: ReadAt,
+    /// The offset of the last data sent (or the start).
+    next: Offset,
     sender: mpsc::Sender<Bytes>,
 }
 
@@ -625,7 +664,7 @@ impl SseTask {
         let end = tokio::time::Instant::now() + self.service.options.sse_lifetime;
         let mut announced = false;
         loop {
-            let (batch, mut rest) = self.service.collect(&self.key, &self.view, self.after)?;
+            let (batch, mut rest) = self.service.collect(&self.view, self.after)?;
             if batch.ended {
                 return Ok(());
             }
@@ -634,7 +673,8 @@ impl SseTask {
                 if self.sender.send(data).await.is_err() {
                     return Ok(());
                 }
-                self.after = batch.next;
+                self.after = batch.next_at;
+                self.next = batch.next;
             }
             let closed = batch.closed && !batch.more;
             if !batch.events.is_empty() || closed || !announced {
@@ -675,10 +715,7 @@ impl SseTask {
     }
 
     fn control(&mut self, up_to_date: bool, closed: bool) -> Bytes {
-        let next = Offset {
-            position: self.after,
-            life: self.view.life,
-        };
+        let next = self.next;
         let mut control = serde_json::Map::new();
         control.insert("streamNextOffset".into(), next.to_string().into());
         if closed {

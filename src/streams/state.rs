@@ -59,6 +59,13 @@ pub struct StreamState {
     pub producers: HashMap<String, ProducerState>,
     /// The last `Stream-Seq` accepted.
     pub last_stream_seq: Option<String>,
+    /// Forks created from this life and not ended.
+    pub fork_refs: u64,
+    /// Deleted while forks still read it.
+    pub soft_deleted: bool,
+    /// Positions of this life's records that carry no data and do not end
+    /// it (`ForkRef`, `SoftDeleted`), ascending: never a tail offset.
+    pub meta_positions: Vec<u64>,
     /// The last read or write, for a sliding TTL (not durable: a restart
     /// counts as an access).
     pub last_access: Instant,
@@ -73,6 +80,9 @@ impl StreamState {
             closure: None,
             producers: HashMap::new(),
             last_stream_seq: None,
+            fork_refs: 0,
+            soft_deleted: false,
+            meta_positions: Vec::new(),
             last_access: Instant::now(),
         }
     }
@@ -92,6 +102,21 @@ impl StreamState {
                 *state = Some(created);
             }
             StreamRecord::Deleted => *state = None,
+            StreamRecord::ForkRef { attach, .. } => {
+                if let Some(state) = state.as_mut() {
+                    state.fork_refs = match attach {
+                        true => state.fork_refs + 1,
+                        false => state.fork_refs.saturating_sub(1),
+                    };
+                    state.meta_positions.push(position);
+                }
+            }
+            StreamRecord::SoftDeleted => {
+                if let Some(state) = state.as_mut() {
+                    state.soft_deleted = true;
+                    state.meta_positions.push(position);
+                }
+            }
             StreamRecord::Data { stamp, close, .. } => {
                 if let Some(state) = state.as_mut().filter(|state| state.closure.is_none()) {
                     state.stamp(stamp.as_deref());
@@ -110,8 +135,9 @@ impl StreamState {
                     // Every record between the life's start and its end
                     // carries data (or is the start), so the final offset
                     // is the record just before the end.
+                    let tail = state.data_tail(position.saturating_sub(1));
                     state.closure = Some(Closure {
-                        tail: position.saturating_sub(1).max(state.life),
+                        tail,
                         record: position,
                         by: stamp.as_ref().and_then(|stamp| stamp.producer.clone()),
                     });
@@ -155,12 +181,42 @@ impl StreamState {
     }
 
     /// The stream's tail position, given the key's durable watermark:
-    /// the final offset of a closed stream, else everything durable.
+    /// the final offset of a closed stream, else everything durable (but
+    /// never a record without data).
     pub fn tail(&self, durable: u64) -> u64 {
         match &self.closure {
             Some(closure) => closure.tail,
-            None => durable.max(self.life),
+            None => self.data_tail(durable.max(self.life)),
         }
+    }
+
+    /// The offset position of the life's first record: a fork's own
+    /// offsets continue after its fork point (module `fork`).
+    pub fn own_base(&self) -> u64 {
+        match &self.config.fork {
+            Some(origin) => origin.at.position.saturating_add(1),
+            None => self.life,
+        }
+    }
+
+    /// The offset of a position of the life.
+    pub fn offset(&self, position: u64) -> super::offset::Offset {
+        super::offset::Offset {
+            position: self
+                .own_base()
+                .saturating_add(position)
+                .saturating_sub(self.life),
+            life: self.life,
+        }
+    }
+
+    /// The last position at or below `position` that is a data record (or
+    /// the life's start).
+    pub fn data_tail(&self, mut position: u64) -> u64 {
+        while position > self.life && self.meta_positions.binary_search(&position).is_ok() {
+            position -= 1;
+        }
+        position.max(self.life)
     }
 }
 
@@ -204,6 +260,7 @@ mod tests {
             content_type: "text/plain".into(),
             ttl_seconds: None,
             expires_at: None,
+            fork: None,
         }
     }
 

@@ -21,10 +21,14 @@ use crate::cursor::Revision;
 use crate::key::SessionKey;
 
 use super::error::StreamError;
+use super::fork::{self, Segment};
 use super::offset::Offset;
+use super::offset::OffsetQuery;
 use super::producer::{self, Admission};
+use super::read::{soft_deleted, ReadView};
 use super::record::{
-    media_type, CloseReason, ProducerStamp, StreamConfig, StreamRecord, WriteStamp,
+    media_type, CloseReason, ExpiresAt, ForkOrigin, ProducerStamp, StreamConfig, StreamRecord,
+    WriteStamp,
 };
 use super::state::StreamState;
 use super::DurableStreams;
@@ -40,6 +44,21 @@ pub(crate) struct Created {
     pub next: Offset,
     /// Whether it is closed.
     pub closed: bool,
+}
+
+/// A fork's `PUT`, parsed.
+#[derive(Debug, Clone)]
+pub(crate) struct ForkRequest {
+    /// The source's path (below `/v1/stream/`).
+    pub source: String,
+    /// `Stream-Fork-Offset` (`None`: the source's tail).
+    pub at: Option<Offset>,
+    /// `Stream-Fork-Sub-Offset` (0 if absent).
+    pub sub_offset: u64,
+    /// `Content-Type`, if given (else the source's).
+    pub content_type: Option<String>,
+    pub ttl_seconds: Option<u64>,
+    pub expires_at: Option<ExpiresAt>,
 }
 
 /// A `POST`'s request, parsed.
@@ -78,6 +97,12 @@ impl DurableStreams {
         let entry = self.entry(key, true)?.ok_or(StreamError::NotFound)?;
         let mut state = entry.state.lock().await;
         self.expire(key, &mut state).await?;
+        if state.as_ref().is_some_and(|live| live.soft_deleted) {
+            return Err(StreamError::Conflict(
+                "a deleted stream whose forks still read it is here: its URL cannot be reused yet"
+                    .into(),
+            ));
+        }
         if let Some(existing) = state.as_ref() {
             let closed = existing.closure.is_some();
             if !existing.config.matches(&config) || closed != close {
@@ -89,7 +114,7 @@ impl DurableStreams {
                     if closed { "closed" } else { "open" },
                 )));
             }
-            let next = self.tail_offset(key, existing)?;
+            let next = self.own_tail_offset(key, existing)?;
             return Ok(Created {
                 fresh: false,
                 config: existing.config.clone(),
@@ -104,10 +129,7 @@ impl DurableStreams {
         };
         let position = self.commit(key, &mut state, record)?;
         let live = state.as_ref().ok_or(StreamError::NotFound)?;
-        let next = Offset {
-            position: live.tail(position),
-            life: live.life,
-        };
+        let next = live.offset(live.tail(position));
         drop(state);
         self.await_durable(key, position).await?;
         Ok(Created {
@@ -128,12 +150,12 @@ impl DurableStreams {
         let mut guard = entry.state.lock().await;
         self.expire(key, &mut guard).await?;
         let state = guard.as_mut().ok_or(StreamError::NotFound)?;
+        if state.soft_deleted {
+            return Err(soft_deleted());
+        }
         state.last_access = std::time::Instant::now();
         if let Some(closure) = &state.closure {
-            let final_offset = Offset {
-                position: closure.tail,
-                life: state.life,
-            };
+            let final_offset = state.offset(closure.tail);
             let retry_of_close = request
                 .producer
                 .as_ref()
@@ -171,7 +193,7 @@ impl DurableStreams {
         if let Some(stamp) = &request.producer {
             let known = state.producers.get(&stamp.id).copied();
             if let Admission::Duplicate { last_seq } = producer::admit(known, stamp)? {
-                let next = self.tail_offset(key, state)?;
+                let next = self.own_tail_offset(key, state)?;
                 return Ok(Appended {
                     next,
                     closed: false,
@@ -210,10 +232,7 @@ impl DurableStreams {
         };
         let position = self.commit(key, &mut guard, record)?;
         let state = guard.as_ref().ok_or(StreamError::NotFound)?;
-        let next = Offset {
-            position: state.tail(position),
-            life: state.life,
-        };
+        let next = state.offset(state.tail(position));
         let closed = state.closure.is_some();
         drop(guard);
         self.await_durable(key, position).await?;
@@ -229,10 +248,11 @@ impl DurableStreams {
         let entry = self.entry(key, false)?.ok_or(StreamError::NotFound)?;
         let mut state = entry.state.lock().await;
         self.expire(key, &mut state).await?;
-        if state.is_none() {
-            return Err(StreamError::NotFound);
+        match state.as_ref() {
+            None => Err(StreamError::NotFound),
+            Some(live) if live.soft_deleted => Err(soft_deleted()),
+            Some(_) => self.remove(key, &mut state).await,
         }
-        self.end_life(key, &mut state).await
     }
 
     /// Deletes the stream if it expired.
@@ -241,10 +261,229 @@ impl DurableStreams {
         key: &SessionKey,
         state: &mut Option<StreamState>,
     ) -> Result<(), StreamError> {
-        if state.as_ref().is_some_and(StreamState::expired) {
-            self.end_life(key, state).await?;
+        if state
+            .as_ref()
+            .is_some_and(|live| !live.soft_deleted && live.expired())
+        {
+            self.remove(key, state).await?;
         }
         Ok(())
+    }
+
+    /// Deletes a live stream (its mutex held): soft-deleted while forks
+    /// inherit from it; else its life ends, and if it is a fork, its
+    /// source learns it (and is deleted in turn if it was only waiting for
+    /// its last fork, up the chain). Locks go child, then parent: the one
+    /// order every path takes.
+    async fn remove(
+        &self,
+        key: &SessionKey,
+        state: &mut Option<StreamState>,
+    ) -> Result<(), StreamError> {
+        let Some(live) = state.as_ref() else {
+            return Ok(());
+        };
+        if live.fork_refs > 0 {
+            let position = self.commit(key, state, StreamRecord::SoftDeleted)?;
+            return self.await_durable(key, position).await;
+        }
+        let mut origin = live.config.fork.clone();
+        let mut fork_path = key.session().to_string();
+        self.end_life(key, state).await?;
+        while let Some(from) = origin.take() {
+            let source_key = self.key(key.tenant(), &from.source)?;
+            let Some(entry) = self.entry(&source_key, false)? else {
+                break;
+            };
+            let mut source = entry.state.lock().await;
+            if source.as_ref().is_none_or(|s| s.life != from.source_life) {
+                break;
+            }
+            let detach = StreamRecord::ForkRef {
+                fork: fork_path.clone(),
+                attach: false,
+            };
+            let position = self.commit(&source_key, &mut source, detach)?;
+            self.await_durable(&source_key, position).await?;
+            if let Some(done) = source
+                .as_ref()
+                .filter(|s| s.soft_deleted && s.fork_refs == 0)
+            {
+                origin = done.config.fork.clone();
+                fork_path = source_key.session().to_string();
+                self.end_life(&source_key, &mut source).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `PUT` with `Stream-Forked-From`: a fork of `request.source` at
+    /// `request.at` (default: the source's tail).
+    pub(crate) async fn create_fork(
+        &self,
+        key: &SessionKey,
+        request: ForkRequest,
+        close: bool,
+        body: Bytes,
+    ) -> Result<Created, StreamError> {
+        let source_key = self.key(key.tenant(), &request.source)?;
+        if source_key == *key {
+            return Err(StreamError::BadRequest(
+                "a stream cannot be forked from itself".into(),
+            ));
+        }
+        if request.sub_offset > 0 && request.at.is_none() {
+            return Err(StreamError::BadRequest(
+                "Stream-Fork-Sub-Offset needs Stream-Fork-Offset (the anchor it counts from)"
+                    .into(),
+            ));
+        }
+        // The fork's mutex, then its source's (child, then parent).
+        let entry = self.entry(key, true)?.ok_or(StreamError::NotFound)?;
+        let mut state = entry.state.lock().await;
+        self.expire(key, &mut state).await?;
+        if state.as_ref().is_some_and(|live| live.soft_deleted) {
+            return Err(StreamError::Conflict(
+                "a deleted stream whose forks still read it is here: its URL cannot be reused yet"
+                    .into(),
+            ));
+        }
+        let source_entry = self
+            .entry(&source_key, false)?
+            .ok_or(StreamError::NotFound)?;
+        let mut source_guard = source_entry.state.lock().await;
+        self.expire(&source_key, &mut source_guard).await?;
+        let source = source_guard.as_ref().ok_or(StreamError::NotFound)?;
+        if source.soft_deleted {
+            return Err(StreamError::Conflict(
+                "the source stream was deleted (its forks keep it readable): fork one of them instead"
+                    .into(),
+            ));
+        }
+        let content_type = match request.content_type {
+            Some(given) if media_type(&given) != source.config.media_type() => {
+                return Err(StreamError::Conflict(format!(
+                    "Content-Type {given:?} does not match the source's {:?}",
+                    source.config.content_type
+                )))
+            }
+            Some(given) => given,
+            None => source.config.content_type.clone(),
+        };
+        // Expiry: the fork's own if it asks for one, else the source's.
+        let (ttl_seconds, expires_at) = match (request.ttl_seconds, request.expires_at) {
+            (None, None) => (source.config.ttl_seconds, source.config.expires_at.clone()),
+            given => given,
+        };
+        let source_layout = self.layout(&source_key, source).await?;
+        let source_own = &source_layout[source_layout.len() - 1];
+        let source_tail = source.tail(self.durable(&source_key)?);
+        let at = request
+            .at
+            .unwrap_or_else(|| source_own.offset_of(source_tail));
+        fork::inherit(&source_layout, source_tail, at)?;
+        let mut messages = Vec::new();
+        if request.sub_offset > 0 {
+            messages = self.sub_offset_prefix(
+                source,
+                &source_layout,
+                source_tail,
+                at,
+                request.sub_offset,
+            )?;
+        }
+        let config = StreamConfig {
+            content_type,
+            ttl_seconds,
+            expires_at,
+            fork: Some(ForkOrigin {
+                source: request.source.clone(),
+                source_life: source.life,
+                at,
+                requested: request.at.is_some(),
+                sub_offset: request.sub_offset,
+            }),
+        };
+        if let Some(existing) = state.as_ref() {
+            let closed = existing.closure.is_some();
+            if !existing.config.matches(&config) || closed != close {
+                return Err(StreamError::Conflict(
+                    "a stream exists here with another configuration (or another fork origin): delete it first or use the same settings".into(),
+                ));
+            }
+            return Ok(Created {
+                fresh: false,
+                config: existing.config.clone(),
+                next: self.own_tail_offset(key, existing)?,
+                closed,
+            });
+        }
+        messages.extend(self::messages(&config, &body, false)?);
+        // The source counts the fork before the fork exists: a crash in
+        // between leaves a count too high (the source is kept), never a
+        // fork whose source was deleted under it.
+        let attach = StreamRecord::ForkRef {
+            fork: key.session().to_string(),
+            attach: true,
+        };
+        let reference = self.commit(&source_key, &mut source_guard, attach)?;
+        drop(source_guard);
+        self.await_durable(&source_key, reference).await?;
+        let record = StreamRecord::Created {
+            config: config.clone(),
+            messages,
+            closed: close,
+        };
+        let position = self.commit(key, &mut state, record)?;
+        let live = state.as_ref().ok_or(StreamError::NotFound)?;
+        let next = live.offset(live.tail(position));
+        drop(state);
+        self.await_durable(key, position).await?;
+        Ok(Created {
+            fresh: true,
+            config,
+            next,
+            closed: close,
+        })
+    }
+
+    /// The first `count` messages (JSON) or bytes of the source's record
+    /// after `at`: what a sub-offset inherits.
+    fn sub_offset_prefix(
+        &self,
+        source: &StreamState,
+        layout: &[Segment],
+        tail: u64,
+        at: Offset,
+        count: u64,
+    ) -> Result<Vec<Vec<u8>>, StreamError> {
+        let start = fork::locate(layout, tail, OffsetQuery::At(at))?;
+        let view = ReadView::of(source, layout.to_vec());
+        let (batch, _) = self.collect(&view, start)?;
+        let overshoot = || {
+            StreamError::BadRequest(format!(
+                "Stream-Fork-Sub-Offset {count} goes past the next record after the fork offset"
+            ))
+        };
+        // The next record with data (a creation without a body is none).
+        let record = batch
+            .events
+            .iter()
+            .find(|event| !event.payload().messages().is_empty())
+            .ok_or_else(overshoot)?;
+        let messages = record.payload().messages();
+        let count = usize::try_from(count).map_err(|_| overshoot())?;
+        if source.config.is_json() {
+            return messages
+                .get(..count)
+                .map(<[Vec<u8>]>::to_vec)
+                .ok_or_else(overshoot);
+        }
+        let bytes: Vec<u8> = messages.concat();
+        bytes
+            .get(..count)
+            .map(|prefix| vec![prefix.to_vec()])
+            .ok_or_else(overshoot)
     }
 
     /// Appends `Deleted`, waits for it to be durable, and archives the
@@ -300,15 +539,12 @@ impl DurableStreams {
     }
 
     /// The stream's tail offset now.
-    pub(crate) fn tail_offset(
+    pub(crate) fn own_tail_offset(
         &self,
         key: &SessionKey,
         state: &StreamState,
     ) -> Result<Offset, StreamError> {
-        Ok(Offset {
-            position: state.tail(self.durable(key)?),
-            life: state.life,
-        })
+        Ok(state.offset(state.tail(self.durable(key)?)))
     }
 }
 
@@ -354,6 +590,7 @@ mod tests {
             content_type: "application/json".into(),
             ttl_seconds: None,
             expires_at: None,
+            fork: None,
         }
     }
 
