@@ -388,6 +388,41 @@ async fn a_fork_keeps_its_soft_deleted_source_readable_across_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_deletes_expired_streams_nobody_touches() {
+    let dir = TempDir::new("sweep");
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let soon = ("stream-expires-at", "2000-01-01T00:00:00Z");
+    // Created already expired: it lives until something looks at it.
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/old", &[TEXT, soon], "x"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/kept", &[TEXT], "y"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(service.sweep_expired().await, Ok(1));
+    assert_eq!(
+        send(&app, request("HEAD", "/v1/stream/old", &[], ""))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(&app, request("GET", "/v1/stream/kept", &[], ""))
+            .await
+            .text(),
+        "y"
+    );
+    assert_eq!(service.sweep_expired().await, Ok(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_are_sent_only_durable_records() {
     // The host drives persistence: nothing is durable until it says so.
     let store = Arc::new(

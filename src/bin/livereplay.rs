@@ -23,6 +23,9 @@ use livereplay::durable::RedbLog;
 use livereplay::streams::{DurableStreams, StreamRecord, StreamsOptions};
 use livereplay::{Postcard, ReplayStore};
 
+/// How often expired streams are looked for.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+
 /// How long requests in flight may take to finish after SIGTERM or ctrl-c.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -88,6 +91,7 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         ..StreamsOptions::default()
     };
     let streams = Arc::new(DurableStreams::new(Arc::clone(&store)).options(options));
+    let sweeper = Arc::clone(&streams);
     let app = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
         .merge(streams.router());
@@ -98,6 +102,16 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         let listener =
             tokio::net::TcpListener::bind(SocketAddr::new(serve.bind, serve.port)).await?;
         let address = listener.local_addr()?;
+        // Expired streams nobody touches are deleted by a sweep.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(EXPIRY_SWEEP);
+            loop {
+                every.tick().await;
+                if let Err(error) = sweeper.sweep_expired().await {
+                    eprintln!("livereplay: expiry sweep: {error}");
+                }
+            }
+        });
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on http://{address}")?;
         stdout.flush()?;

@@ -77,9 +77,10 @@
 //!
 //! The subscription APIs under `__ds` (`501`), rate limiting. Loading a
 //! stream's state reads its whole life from the log once per process (no
-//! snapshot of the state). Expiry is checked when a stream is touched: an
-//! expired stream nobody asks for stays in the log (and a source waiting
-//! only for that fork stays soft-deleted) until then.
+//! snapshot of the state). Expiry is checked when a stream is touched, and
+//! by [`DurableStreams::sweep_expired`] for the streams this process has
+//! touched: after a restart, an expired stream nobody asks for stays in the
+//! log until someone does.
 
 mod error;
 mod fork;
@@ -213,6 +214,34 @@ impl DurableStreams {
         SessionKey::new(tenant, path).map_err(|error| {
             StreamError::BadRequest(format!("the stream path cannot be a session id: {error}"))
         })
+    }
+
+    /// Deletes every expired stream this process has touched (a fork's
+    /// end may then delete its soft-deleted source); returns how many. A
+    /// stream is otherwise found expired only when a request touches it:
+    /// a host calls this now and then (`livereplay serve` every few
+    /// seconds). Streams busy with a request are left for the next sweep.
+    pub async fn sweep_expired(&self) -> Result<usize, StreamError> {
+        let keys: Vec<SessionKey> = self
+            .entries
+            .iter()
+            .map(|entry| entry.key().clone())
+            .collect();
+        let mut swept = 0;
+        for key in keys {
+            let Some(entry) = self.entries.get(&key).map(|entry| StdArc::clone(&entry)) else {
+                continue;
+            };
+            let Ok(mut state) = entry.state.try_lock() else {
+                continue;
+            };
+            let was_live = state.as_ref().is_some_and(|live| !live.soft_deleted);
+            self.expire(&key, &mut state).await?;
+            if was_live && state.as_ref().is_none_or(|live| live.soft_deleted) {
+                swept += 1;
+            }
+        }
+        Ok(swept)
     }
 
     /// The key's durable watermark (0 for a session the store does not
