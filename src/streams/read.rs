@@ -41,6 +41,9 @@ use super::record::{StreamConfig, StreamRecord};
 use super::state::StreamState;
 use super::DurableStreams;
 
+/// The longest fork chain a read follows.
+pub const MAX_FORK_DEPTH: usize = 1024;
+
 /// What one read collected.
 pub(crate) struct Batch {
     /// The data records, in order.
@@ -130,6 +133,14 @@ impl DurableStreams {
             )]);
         }
         while let Some(origin) = chain[chain.len() - 1].2.clone() {
+            // Chains are acyclic by construction (a source exists before
+            // its fork, and is never re-created while a fork needs it);
+            // the bound keeps a damaged log from looping a request.
+            if chain.len() > MAX_FORK_DEPTH {
+                return Err(StreamError::Unavailable(format!(
+                    "the fork chain is deeper than {MAX_FORK_DEPTH}: the log is inconsistent"
+                )));
+            }
             let source_key = self.key(key.tenant(), &origin.source)?;
             let gone = || {
                 StreamError::Unavailable(format!(
@@ -144,11 +155,13 @@ impl DurableStreams {
             }
             chain.push((source_key, source.life, source.config.fork.clone()));
         }
-        let (root_key, root_life, _) = chain.pop().expect("the stream itself");
+        let inconsistent =
+            || StreamError::Unavailable("the fork chain's records are inconsistent".into());
+        let (root_key, root_life, _) = chain.pop().ok_or_else(inconsistent)?;
         let mut layout = vec![Segment::own(root_key, root_life, root_life)];
         // Down from the root: each fork cuts its source's layout.
         while let Some((fork_key, fork_life, origin)) = chain.pop() {
-            let origin = origin.expect("every stream below the root is a fork");
+            let origin = origin.ok_or_else(inconsistent)?;
             let mut inherited = fork::inherit(&layout, u64::MAX, origin.at)?;
             inherited.push(Segment::own(
                 fork_key,
