@@ -423,6 +423,138 @@ async fn a_sweep_deletes_expired_streams_nobody_touches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_their_cursors_and_the_signing_key_survive_a_restart() {
+    let dir = TempDir::new("subscriptions");
+    let json = ("content-type", "application/json");
+    let subscription = r#"{"type":"pull-wake","pattern":"events/*","wake_stream":"wake/pool","lease_ttl_ms":1000}"#;
+    let (kid, acked) = {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        send(&app, request("PUT", "/v1/stream/wake/pool", &[json], "[]")).await;
+        let created = send(
+            &app,
+            request(
+                "PUT",
+                "/v1/stream/__ds/subscriptions/s1",
+                &[json],
+                subscription,
+            ),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+        send(
+            &app,
+            request("PUT", "/v1/stream/events/a", &[json], "{\"n\":1}"),
+        )
+        .await;
+        // The append woke the subscription: an event in its wake stream.
+        let wakes = send(&app, request("GET", "/v1/stream/wake/pool", &[], "")).await;
+        assert!(
+            wakes.text().contains("\"subscription_id\":\"s1\""),
+            "{}",
+            wakes.text()
+        );
+        let claim = send(
+            &app,
+            request(
+                "POST",
+                "/v1/stream/__ds/subscriptions/s1/claim",
+                &[json],
+                r#"{"worker":"w"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(claim.status, StatusCode::OK);
+        let claimed: serde_json::Value = serde_json::from_slice(&claim.body).unwrap();
+        let tail = claimed["streams"][0]["tail_offset"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ack = serde_json::json!({
+            "wake_id": claimed["wake_id"], "generation": claimed["generation"],
+            "acks": [{"stream": "events/a", "offset": tail}], "done": true,
+        });
+        let token = format!("Bearer {}", claimed["token"].as_str().unwrap());
+        let acked = send(
+            &app,
+            request(
+                "POST",
+                "/v1/stream/__ds/subscriptions/s1/ack",
+                &[json, ("authorization", &token)],
+                &ack.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(acked.status, StatusCode::OK);
+        // The same ack again names a wake that is over: fenced.
+        let stale = send(
+            &app,
+            request(
+                "POST",
+                "/v1/stream/__ds/subscriptions/s1/ack",
+                &[json, ("authorization", &token)],
+                &ack.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(stale.status, StatusCode::CONFLICT);
+        let jwks = send(&app, request("GET", "/v1/stream/__ds/jwks.json", &[], "")).await;
+        let jwks: serde_json::Value = serde_json::from_slice(&jwks.body).unwrap();
+        (jwks["keys"][0]["kid"].as_str().unwrap().to_string(), tail)
+    };
+
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let got = send(
+        &app,
+        request("GET", "/v1/stream/__ds/subscriptions/s1", &[], ""),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let got: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(got["streams"][0]["path"], "events/a");
+    assert_eq!(
+        got["streams"][0]["acked_offset"],
+        acked.as_str(),
+        "the cursor is durable"
+    );
+    let again = send(
+        &app,
+        request(
+            "PUT",
+            "/v1/stream/__ds/subscriptions/s1",
+            &[json],
+            subscription,
+        ),
+    )
+    .await;
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "the configuration is durable: a re-confirmation"
+    );
+    let jwks = send(&app, request("GET", "/v1/stream/__ds/jwks.json", &[], "")).await;
+    let jwks: serde_json::Value = serde_json::from_slice(&jwks.body).unwrap();
+    assert_eq!(
+        jwks["keys"][0]["kid"],
+        kid.as_str(),
+        "the same signing key after a restart"
+    );
+    // Nothing pending: a claim finds no work.
+    let idle = send(
+        &app,
+        request(
+            "POST",
+            "/v1/stream/__ds/subscriptions/s1/claim",
+            &[json],
+            r#"{"worker":"w"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(idle.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_are_sent_only_durable_records() {
     // The host drives persistence: nothing is durable until it says so.
     let store = Arc::new(

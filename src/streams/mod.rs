@@ -7,8 +7,9 @@
 //! create (`PUT`), append and close (`POST`), delete, `HEAD`, and reads in
 //! three modes (catch-up, long-poll, SSE), with JSON mode, TTL and expiry,
 //! idempotent producers, `Stream-Seq`, forks (with sub-offsets,
-//! soft-deletion and cascading clean-up), ETags and cursors, browser
-//! security headers and CORS. `livereplay serve` (the binary) runs it over a redb
+//! soft-deletion and cascading clean-up), the subscription APIs under
+//! `__ds` (signed webhooks and pull-wake, module `subscription`), ETags and
+//! cursors, browser security headers and CORS. `livereplay serve` (the binary) runs it over a redb
 //! log.
 //!
 //! # What it owns, and how the protocol maps onto the store
@@ -73,11 +74,15 @@
 //!   their source's session, up to the fork point; the source counts its
 //!   forks in its own log and is only soft-deleted while it has any.
 //!
-//! # Not implemented (yet)
+//! # Not implemented (yet), and known limits
 //!
-//! The subscription APIs under `__ds` (`501`), rate limiting. Loading a
-//! stream's state reads its whole life from the log once per process (no
-//! snapshot of the state). Expiry is checked when a stream is touched, and
+//! Rate limiting. Webhooks are delivered to `http://localhost` and
+//! `http://127.0.0.x` only (no TLS client: `https://` targets are refused
+//! at creation). Wakes and leases are not durable (a restart forgets them;
+//! the next append wakes again), and in-process appends do not wake
+//! subscriptions. Every HTTP write briefly takes the subscription
+//! registry's one mutex. Loading a stream's state reads its whole life
+//! from the log once per process (no snapshot of the state). Expiry is checked when a stream is touched, and
 //! by [`DurableStreams::sweep_expired`] for the streams this process has
 //! touched: after a restart, an expired stream nobody asks for stays in the
 //! log until someone does.
@@ -91,6 +96,7 @@ mod read;
 mod record;
 mod router;
 mod state;
+mod subscription;
 mod write;
 
 use std::sync::Arc as StdArc;
@@ -173,6 +179,7 @@ pub struct DurableStreams {
     entries: DashMap<SessionKey, StdArc<Entry>>,
     options: StreamsOptions,
     tenant: StdArc<TenantHook>,
+    subscriptions: subscription::Subscriptions,
 }
 
 impl DurableStreams {
@@ -184,6 +191,7 @@ impl DurableStreams {
             entries: DashMap::new(),
             options: StreamsOptions::default(),
             tenant: StdArc::new(|_: &HeaderMap| Ok(String::new())),
+            subscriptions: subscription::Subscriptions::default(),
         }
     }
 

@@ -102,15 +102,22 @@ async fn dispatch(
     if *method == Method::OPTIONS {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    if path == "__ds" || path.starts_with("__ds/") {
-        return Err(StreamError::NotImplemented(
-            "the subscription APIs under __ds are not implemented by this server".into(),
-        ));
-    }
     let tenant = (service.tenant)(request)?;
+    if path == "__ds" || path.starts_with("__ds/") {
+        let rest = path.strip_prefix("__ds/").unwrap_or_default();
+        return Ok(service
+            .subscription_api(&tenant, method, rest, request, body)
+            .await);
+    }
     let key = service.key(&tenant, path)?;
     match *method {
-        Method::PUT => put(service, &key, uri, request, body).await,
+        Method::PUT => {
+            let response = put(service, &key, uri, request, body).await?;
+            if response.status() == StatusCode::CREATED {
+                service.notify_write(&key, Offset::ZERO).await;
+            }
+            Ok(response)
+        }
         Method::POST => post(service, &key, request, body).await,
         Method::DELETE => {
             service.delete(&key).await?;
@@ -306,7 +313,7 @@ fn parse_expires_at(text: &str) -> Result<ExpiresAt, StreamError> {
 }
 
 async fn post(
-    service: &DurableStreams,
+    service: &StdArc<DurableStreams>,
     key: &SessionKey,
     request: &HeaderMap,
     body: Bytes,
@@ -325,6 +332,9 @@ async fn post(
         producer,
     };
     let appended = service.append(key, append).await?;
+    if appended.wrote_data {
+        service.notify_write(key, appended.before).await;
+    }
     // 200 only for new data a producer sent; duplicates and close-only
     // requests are 204.
     let status = match appended.producer {

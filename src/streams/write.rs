@@ -74,6 +74,10 @@ pub(crate) struct Append {
 /// A `POST`'s outcome.
 #[derive(Debug, Clone)]
 pub(crate) struct Appended {
+    /// The tail before it.
+    pub before: Offset,
+    /// Whether it appended data (not a duplicate, not a close alone).
+    pub wrote_data: bool,
     /// The tail after it.
     pub next: Offset,
     /// Whether the stream is closed now.
@@ -162,6 +166,8 @@ impl DurableStreams {
                 .is_some_and(|stamp| closure.by.as_ref() == Some(stamp));
             if retry_of_close || (request.close && request.body.is_empty()) {
                 return Ok(Appended {
+                    before: final_offset,
+                    wrote_data: false,
                     next: final_offset,
                     closed: true,
                     producer: request
@@ -195,6 +201,8 @@ impl DurableStreams {
             if let Admission::Duplicate { last_seq } = producer::admit(known, stamp)? {
                 let next = self.own_tail_offset(key, state)?;
                 return Ok(Appended {
+                    before: next,
+                    wrote_data: false,
                     next,
                     closed: false,
                     producer: Some((stamp.epoch, last_seq, false)),
@@ -218,6 +226,7 @@ impl DurableStreams {
             })
         });
         let reason = request.close.then_some(CloseReason::Done);
+        let messages_empty = messages.is_empty();
         let record = if messages.is_empty() {
             StreamRecord::Closed {
                 reason: CloseReason::Done,
@@ -230,6 +239,8 @@ impl DurableStreams {
                 close: reason,
             }
         };
+        let before = self.own_tail_offset(key, state)?;
+        let wrote_data = !messages_empty;
         let position = self.commit(key, &mut guard, record)?;
         let state = guard.as_ref().ok_or(StreamError::NotFound)?;
         let next = state.offset(state.tail(position));
@@ -237,6 +248,8 @@ impl DurableStreams {
         drop(guard);
         self.await_durable(key, position).await?;
         Ok(Appended {
+            before,
+            wrote_data,
             next,
             closed,
             producer: request.producer.map(|stamp| (stamp.epoch, stamp.seq, true)),
