@@ -980,5 +980,21 @@ fn what_the_binary_acknowledged_survives_sigkill() {
     );
     assert_eq!(eof.status, StatusCode::NO_CONTENT);
     assert_eq!(eof.header("stream-closed"), Some("true"));
+    // Appends since this start: the duplicate above was none; this is one.
+    assert_eq!(
+        server.send("PUT", "/v1/stream/m", &json, "[]").status,
+        StatusCode::CREATED
+    );
+    let metrics = server.send("GET", "/metrics", &[], "").text();
+    let appends: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("livereplay_appends_total "))
+        .and_then(|value| value.parse().ok())
+        .expect("an appends counter");
+    assert_eq!(appends, 1, "{metrics}");
+    assert!(
+        metrics.contains("livereplay_lost_events_total 0"),
+        "{metrics}"
+    );
     server.kill();
 }

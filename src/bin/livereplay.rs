@@ -7,7 +7,8 @@
 //!
 //! The first line on stdout is `listening on http://127.0.0.1:PORT`
 //! (`--port 0` picks a free port). Streams are at `/v1/stream/{path}`,
-//! `GET /health` answers `ok`. SIGTERM or ctrl-c stops accepting, lets
+//! `GET /health` answers `ok`, `GET /metrics` the store's counters in the
+//! Prometheus text format. SIGTERM or ctrl-c stops accepting, lets
 //! in-flight requests finish for up to 5 s (then cuts what is left, SSE
 //! responses included), then drops the store, which writes what is left to
 //! the log.
@@ -92,8 +93,16 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     };
     let streams = Arc::new(DurableStreams::new(Arc::clone(&store)).options(options));
     let sweeper = Arc::clone(&streams);
+    let metrics_store = Arc::clone(&store);
     let app = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics(&metrics_store.stats());
+                async move { ([("content-type", "text/plain; version=0.0.4")], text) }
+            }),
+        )
         .merge(streams.router());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -141,6 +150,86 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     drop(runtime);
     drop(store);
     Ok(())
+}
+
+/// The store's counters in the Prometheus text format.
+fn metrics(stats: &livereplay::Stats) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP livereplay_{name} {help}\n# TYPE livereplay_{name} {kind}\nlivereplay_{name} {value}\n"
+        ));
+    };
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    metric(
+        "sessions",
+        "gauge",
+        "Sessions (streams and reserved sessions) in memory.",
+        count(stats.sessions),
+    );
+    metric(
+        "appends_total",
+        "counter",
+        "Records appended since start.",
+        stats.appends,
+    );
+    metric(
+        "retained_events",
+        "gauge",
+        "Records the rings hold now.",
+        stats.retained_events,
+    );
+    metric(
+        "subscribers",
+        "gauge",
+        "Live ring subscriptions (live readers).",
+        count(stats.subscribers),
+    );
+    metric(
+        "gaps_trimmed_total",
+        "counter",
+        "Gaps reported as trimmed.",
+        stats.gaps_trimmed,
+    );
+    metric(
+        "gaps_lost_total",
+        "counter",
+        "Gaps reported as lost.",
+        stats.gaps_lost,
+    );
+    if let Some(durable) = &stats.durable {
+        metric(
+            "persisted_events_total",
+            "counter",
+            "Records written to the log.",
+            durable.persisted_events,
+        );
+        metric(
+            "commits_total",
+            "counter",
+            "Log commits that succeeded.",
+            durable.commits,
+        );
+        metric(
+            "log_failures_total",
+            "counter",
+            "Log commits that failed (retried).",
+            durable.log_failures,
+        );
+        metric(
+            "lost_events_total",
+            "counter",
+            "Accepted records no tier holds (recorded holes).",
+            durable.lost_events,
+        );
+        metric(
+            "undurable_events",
+            "gauge",
+            "Records accepted and not yet durable.",
+            durable.undurable_events,
+        );
+    }
+    out
 }
 
 /// Resolves on SIGTERM or ctrl-c.
