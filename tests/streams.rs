@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use axum::Router;
 use livereplay::durable::{MemoryLog, RedbLog};
-use livereplay::streams::{DurableStreams, StreamRecord, StreamsOptions};
+use livereplay::streams::{CloseReason, DurableStreams, StreamRecord, StreamsOptions};
 use livereplay::{DurableOptions, Postcard, ReplayStore, Revision};
 use tower::ServiceExt;
 
@@ -152,6 +152,35 @@ async fn an_in_process_append_wakes_an_http_long_poll() {
     let all = send(&app, request("GET", "/v1/stream/turn", &[], "")).await;
     assert_eq!(all.text(), "hello world");
     assert_eq!(all.next_offset(), polled.next_offset());
+
+    // The turn fails: the runtime closes the stream with its reason.
+    let waiting = tokio::spawn({
+        let app = app.clone();
+        let uri = format!(
+            "/v1/stream/turn?offset={}&live=long-poll",
+            all.next_offset()
+        );
+        async move { send(&app, request("GET", &uri, &[], "")).await }
+    });
+    let final_offset = service.close("", "turn", CloseReason::Error).await.unwrap();
+    assert_eq!(
+        final_offset.to_string(),
+        all.next_offset(),
+        "closing appends no data"
+    );
+    let eof = waiting.await.unwrap();
+    assert_eq!(eof.status, StatusCode::NO_CONTENT);
+    assert_eq!(eof.header("stream-closed"), Some("true"));
+    let late = send(&app, request("POST", "/v1/stream/turn", &[TEXT], "!")).await;
+    assert_eq!(
+        late.status,
+        StatusCode::CONFLICT,
+        "HTTP writers see the runtime's close"
+    );
+    assert_eq!(
+        service.close("", "turn", CloseReason::Done).await,
+        Ok(final_offset)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,8 +37,12 @@
 //!   no await, no lock of this module. HTTP readers see it as soon as it
 //!   is durable. What the protocol serialises (producer and `Stream-Seq`
 //!   checks, closure, creation, deletion) is a per-stream async mutex on
-//!   the HTTP write path only. (So an in-process append is not checked
-//!   against closure: data after a `Closed` record is never served.)
+//!   the HTTP write path only. The runtime ends a stream with
+//!   [`DurableStreams::close`] and a reason (done, error, cancelled,
+//!   interrupted), which takes that mutex like an HTTP close; it never
+//!   appends a `Closed` record itself (the module would not see it until a
+//!   restart). Its appends are not checked against closure: data after
+//!   the end is never served.
 //! * **Offsets** are `{position:016x}_{life:016x}` (module `offset`): the
 //!   store position of the last record a reader has, then the position of
 //!   the `Created` record of the life. Positions of a key only grow, across

@@ -256,6 +256,40 @@ impl DurableStreams {
         })
     }
 
+    /// Closes the stream at `path` of `tenant` from the process (a turn
+    /// loop that finished, failed or was cancelled): the same step as a
+    /// close-only `POST`, under the stream's mutex, so HTTP writers are
+    /// refused from then on and every reader sees the data, then the end.
+    /// Returns the final offset; closing a closed stream returns it too.
+    pub async fn close(
+        &self,
+        tenant: &str,
+        path: &str,
+        reason: CloseReason,
+    ) -> Result<Offset, StreamError> {
+        let key = self.key(tenant, path)?;
+        let entry = self.entry(&key, false)?.ok_or(StreamError::NotFound)?;
+        let mut guard = entry.state.lock().await;
+        self.expire(&key, &mut guard).await?;
+        let state = guard.as_ref().ok_or(StreamError::NotFound)?;
+        if state.soft_deleted {
+            return Err(soft_deleted());
+        }
+        if let Some(closure) = &state.closure {
+            return Ok(state.offset(closure.tail));
+        }
+        let record = StreamRecord::Closed {
+            reason,
+            stamp: None,
+        };
+        let position = self.commit(&key, &mut guard, record)?;
+        let state = guard.as_ref().ok_or(StreamError::NotFound)?;
+        let final_offset = state.offset(state.tail(position));
+        drop(guard);
+        self.await_durable(&key, position).await?;
+        Ok(final_offset)
+    }
+
     /// `DELETE`: ends the stream's life and archives it.
     pub(crate) async fn delete(&self, key: &SessionKey) -> Result<(), StreamError> {
         let entry = self.entry(key, false)?.ok_or(StreamError::NotFound)?;
