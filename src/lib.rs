@@ -195,6 +195,9 @@ mod persist;
 mod ring;
 mod session;
 mod store;
+// The Durable Streams protocol server (issue 22).
+#[cfg(feature = "durable-streams")]
+pub mod streams;
 mod subscription;
 mod sync;
 mod tail;

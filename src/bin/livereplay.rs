@@ -1,0 +1,255 @@
+//! `livereplay serve`: the Durable Streams protocol over an embedded redb
+//! log, on 127.0.0.1.
+//!
+//! ```text
+//! livereplay serve --port 4437 --data-dir /var/lib/livereplay --long-poll-timeout-ms 20000
+//! ```
+//!
+//! The first line on stdout is `listening on http://127.0.0.1:PORT`
+//! (`--port 0` picks a free port). Streams are at `/v1/stream/{path}`,
+//! `GET /health` answers `ok`, `GET /metrics` the store's counters in the
+//! Prometheus text format. SIGTERM or ctrl-c stops accepting, lets
+//! in-flight requests finish for up to 5 s (then cuts what is left, SSE
+//! responses included), then drops the store, which writes what is left to
+//! the log.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use livereplay::durable::RedbLog;
+use livereplay::streams::{DurableStreams, StreamRecord, StreamsOptions};
+use livereplay::{Postcard, ReplayStore};
+
+/// How often expired streams are looked for.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+
+/// How long requests in flight may take to finish after SIGTERM or ctrl-c.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(name = "livereplay", version, about = "livereplay's servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Durable Streams protocol at /v1/stream/{path}.
+    Serve(Serve),
+}
+
+#[derive(Parser)]
+struct Serve {
+    /// The port (0: any free port).
+    #[arg(long, default_value_t = 4437)]
+    port: u16,
+    /// The address to bind (loopback unless told otherwise).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    bind: IpAddr,
+    /// The directory of the redb log (`streams.redb`), created if missing.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// How long a long-poll waits for data before 204.
+    #[arg(long, default_value_t = 20_000)]
+    long_poll_timeout_ms: u64,
+    /// How long an SSE response lasts before the client must reconnect.
+    #[arg(long, default_value_t = 60_000)]
+    sse_lifetime_ms: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(serve) = cli.command;
+    match run(serve) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("livereplay: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(&serve.data_dir)
+        .map_err(|error| format!("cannot create {}: {error}", serve.data_dir.display()))?;
+    let path = serve.data_dir.join("streams.redb");
+    let log = Arc::new(
+        RedbLog::open(&path).map_err(|error| format!("cannot open {}: {error}", path.display()))?,
+    );
+    let store = Arc::new(
+        ReplayStore::<StreamRecord>::builder()
+            .durable(log, Postcard)
+            .build()?,
+    );
+    let options = StreamsOptions {
+        long_poll_timeout: Duration::from_millis(serve.long_poll_timeout_ms),
+        sse_lifetime: Duration::from_millis(serve.sse_lifetime_ms),
+        ..StreamsOptions::default()
+    };
+    let streams = Arc::new(DurableStreams::new(Arc::clone(&store)).options(options));
+    let sweeper = Arc::clone(&streams);
+    let metrics_store = Arc::clone(&store);
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics(&metrics_store.stats());
+                async move { ([("content-type", "text/plain; version=0.0.4")], text) }
+            }),
+        )
+        .merge(streams.router());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(SocketAddr::new(serve.bind, serve.port)).await?;
+        let address = listener.local_addr()?;
+        // Expired streams nobody touches are deleted by a sweep.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(EXPIRY_SWEEP);
+            loop {
+                every.tick().await;
+                if let Err(error) = sweeper.sweep_expired().await {
+                    eprintln!("livereplay: expiry sweep: {error}");
+                }
+            }
+        });
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on http://{address}")?;
+        stdout.flush()?;
+        drop(stdout);
+        // Graceful: stop accepting and let requests finish, but no longer
+        // than the grace period (an SSE response would hold the server up
+        // to its lifetime otherwise).
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let server = axum::serve(listener, app).with_graceful_shutdown({
+            let stop = Arc::clone(&stop);
+            async move {
+                shutdown_signal().await;
+                stop.notify_one();
+            }
+        });
+        tokio::select! {
+            served = server => served?,
+            () = async {
+                stop.notified().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => eprintln!("livereplay: requests still open after {SHUTDOWN_GRACE:?}; closing them"),
+        }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    // Responses still running (SSE) are dropped with the runtime; the store
+    // goes last and writes what is left to the log.
+    drop(runtime);
+    drop(store);
+    Ok(())
+}
+
+/// The store's counters in the Prometheus text format.
+fn metrics(stats: &livereplay::Stats) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP livereplay_{name} {help}\n# TYPE livereplay_{name} {kind}\nlivereplay_{name} {value}\n"
+        ));
+    };
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    metric(
+        "sessions",
+        "gauge",
+        "Sessions (streams and reserved sessions) in memory.",
+        count(stats.sessions),
+    );
+    metric(
+        "appends_total",
+        "counter",
+        "Records appended since start.",
+        stats.appends,
+    );
+    metric(
+        "retained_events",
+        "gauge",
+        "Records the rings hold now.",
+        stats.retained_events,
+    );
+    metric(
+        "subscribers",
+        "gauge",
+        "Live ring subscriptions (live readers).",
+        count(stats.subscribers),
+    );
+    metric(
+        "gaps_trimmed_total",
+        "counter",
+        "Gaps reported as trimmed.",
+        stats.gaps_trimmed,
+    );
+    metric(
+        "gaps_lost_total",
+        "counter",
+        "Gaps reported as lost.",
+        stats.gaps_lost,
+    );
+    if let Some(durable) = &stats.durable {
+        metric(
+            "persisted_events_total",
+            "counter",
+            "Records written to the log.",
+            durable.persisted_events,
+        );
+        metric(
+            "commits_total",
+            "counter",
+            "Log commits that succeeded.",
+            durable.commits,
+        );
+        metric(
+            "log_failures_total",
+            "counter",
+            "Log commits that failed (retried).",
+            durable.log_failures,
+        );
+        metric(
+            "lost_events_total",
+            "counter",
+            "Accepted records no tier holds (recorded holes).",
+            durable.lost_events,
+        );
+        metric(
+            "undurable_events",
+            "gauge",
+            "Records accepted and not yet durable.",
+            durable.undurable_events,
+        );
+    }
+    out
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

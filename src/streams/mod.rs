@@ -1,0 +1,329 @@
+//! The Durable Streams protocol (ElectricSQL's open HTTP protocol for
+//! offset-addressed, resumable streams) over a [`ReplayStore`] with a
+//! durable log (feature `durable-streams`).
+//!
+//! [`DurableStreams::router`] is an axum [`Router`](axum::Router) serving
+//! streams at `/v1/stream/{*path}`, to mount beside a host's own routes:
+//! create (`PUT`), append and close (`POST`), delete, `HEAD`, and reads in
+//! three modes (catch-up, long-poll, SSE), with JSON mode, TTL and expiry,
+//! idempotent producers, `Stream-Seq`, forks (with sub-offsets,
+//! soft-deletion and cascading clean-up), the subscription APIs under
+//! `__ds` (signed webhooks and pull-wake, module `subscription`), ETags and
+//! cursors, browser security headers and CORS. `livereplay serve` (the binary) runs it over a redb
+//! log.
+//!
+//! # What it owns, and how the protocol maps onto the store
+//!
+//! CONTRACT.md section 11 is the contract; this is how it is kept.
+//!
+//! * **A stream is a session.** The URL path is the session id, the tenant
+//!   comes from a hook the host supplies ([`DurableStreams::tenant`];
+//!   empty by default). The store's payload is [`StreamRecord`], one
+//!   record per request: a `Created` record (configuration and initial
+//!   messages), `Data` records (an append's messages, its producer and
+//!   `Stream-Seq` state, whether it closes the stream), a `Closed` record
+//!   (close without data) and a `Deleted` marker. One record is one log
+//!   entry, so a request is in the log whole or not at all — with its
+//!   closure and producer state — even though the persister may split an
+//!   `append_batch` across commits (module `record` says why this beats
+//!   one event per JSON message); a restart rebuilds each stream from its
+//!   log (module `state`). A delete appends `Deleted` and archives the life
+//!   in the log; a stream created again at the URL is a new `Created`
+//!   record further on in the same session, and its reads start there, so
+//!   none of the old data is ever served.
+//! * **The in-process writer stays first-class.** A runtime in the same
+//!   process appends `StreamRecord::data(bytes)` to the stream's session
+//!   ([`DurableStreams::key`]) with the store's lock-free append: no HTTP,
+//!   no await, no lock of this module. HTTP readers see it as soon as it
+//!   is durable. What the protocol serialises (producer and `Stream-Seq`
+//!   checks, closure, creation, deletion) is a per-stream async mutex on
+//!   the HTTP write path only. The runtime ends a stream with
+//!   [`DurableStreams::close`] and a reason (done, error, cancelled,
+//!   interrupted), which takes that mutex like an HTTP close; it never
+//!   appends a `Closed` record itself (the module would not see it until a
+//!   restart). Its appends are not checked against closure: data after
+//!   the end is never served.
+//! * **Offsets** are `{position:016x}_{life:016x}` (module `offset`): the
+//!   store position of the last record a reader has, then the position of
+//!   the `Created` record of the life. Positions of a key only grow, across
+//!   restarts and delete and re-create, so offsets sort and never repeat;
+//!   an offset is always a request boundary.
+//! * **Durable before shown.** A write is acknowledged when its records are
+//!   durable, and readers are sent durable records only (they wait on the
+//!   persister's commits, `ReplayStore::durable_progress`): a crash can take
+//!   back nothing a client was shown, so no offset is ever shown for two
+//!   different data. A record the ring lapped before the log took it is a
+//!   recorded hole, reported, never skipped.
+//! * **Gaps keep their meaning** (module `error`): an offset of an older
+//!   life, archived or lost is `410`; one never issued (beyond the tail, or
+//!   of a life that does not exist yet) `400`; an unknown stream `404`; a
+//!   log that cannot answer `503`.
+//! * **Readers cost what they read.** Reads use
+//!   [`ReplayStore::catch_up`]: the log, then the ring, then live; a
+//!   catch-up response is bounded by [`StreamsOptions::max_read_bytes`];
+//!   an SSE response writes into a bounded channel, so a slow client slows
+//!   its own task and nothing queues without bound. Live reads wake on the
+//!   store's subscription and the persister's commits, never by polling.
+//!
+//! # Protocol choices where the text leaves room
+//!
+//! * `Stream-Seq` is scoped per stream. `Stream-TTL` together with
+//!   `Stream-Expires-At` is a `400`. An expired stream is deleted (as by
+//!   `DELETE`) on the first request that finds it expired.
+//! * A producer the stream never saw must start at `Producer-Seq` 0.
+//! * The sliding TTL's last access is kept in memory: a restart counts as
+//!   an access.
+//!
+//! * **Forks** (module `fork`) read their inherited data in place from
+//!   their source's session, up to the fork point; the source counts its
+//!   forks in its own log and is only soft-deleted while it has any.
+//!
+//! # Not implemented (yet), and known limits
+//!
+//! Rate limiting. Webhooks are delivered to `http://localhost` and
+//! `http://127.0.0.x` only (no TLS client: `https://` targets are refused
+//! at creation). Wakes and leases are not durable (a restart forgets them;
+//! the next append wakes again), and in-process appends do not wake
+//! subscriptions. Every HTTP write briefly takes the subscription
+//! registry's one mutex. Loading a stream's state reads its whole life
+//! from the log once per process (no snapshot of the state). Expiry is checked when a stream is touched, and
+//! by [`DurableStreams::sweep_expired`] for the streams this process has
+//! touched: after a restart, an expired stream nobody asks for stays in the
+//! log until someone does.
+
+mod error;
+mod fork;
+mod headers;
+mod offset;
+mod producer;
+mod read;
+mod record;
+mod router;
+mod state;
+mod subscription;
+mod write;
+
+use std::sync::Arc as StdArc;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use dashmap::DashMap;
+
+use crate::key::SessionKey;
+use crate::store::ReplayStore;
+
+pub use self::error::StreamError;
+pub use self::offset::{parse_offset, Offset, OffsetError, OffsetQuery};
+pub use self::producer::{MAX_PRODUCER_ID_LEN, MAX_PRODUCER_NUMBER};
+pub use self::record::{
+    CloseReason, ExpiresAt, ProducerStamp, StreamConfig, StreamRecord, WriteStamp,
+};
+pub use self::router::{MAX_HEADER_VALUE_LEN, STREAM_ROUTE};
+
+use self::state::StreamState;
+
+/// The tenant of a request, from its headers (a host's authentication).
+pub type TenantHook = dyn Fn(&HeaderMap) -> Result<String, StreamError> + Send + Sync;
+
+/// Tuning of the protocol server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamsOptions {
+    /// How long a long-poll waits for data before `204` (default 20 s).
+    pub long_poll_timeout: Duration,
+    /// The most bytes a catch-up or long-poll response carries, and an SSE
+    /// data event (default 1 MiB; one larger record is sent whole).
+    pub max_read_bytes: usize,
+    /// The largest request body accepted (default 8 MiB; larger is `413`).
+    pub max_append_bytes: usize,
+    /// How long a write waits for its records to be durable before `503`
+    /// (default 10 s).
+    pub durable_timeout: Duration,
+    /// How long an SSE response lasts before the server closes it so the
+    /// client reconnects (default 60 s, as the protocol suggests).
+    pub sse_lifetime: Duration,
+}
+
+impl Default for StreamsOptions {
+    fn default() -> Self {
+        Self {
+            long_poll_timeout: Duration::from_secs(20),
+            max_read_bytes: 1 << 20,
+            max_append_bytes: 8 << 20,
+            durable_timeout: Duration::from_secs(10),
+            sse_lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One stream's slot: its state behind the write path's mutex (`None`: no
+/// live stream at the URL).
+pub(crate) struct Entry {
+    pub(crate) state: tokio::sync::Mutex<Option<StreamState>>,
+}
+
+/// The Durable Streams service over a store of [`StreamRecord`]s.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use livereplay::durable::RedbLog;
+/// use livereplay::streams::{DurableStreams, StreamRecord};
+/// use livereplay::{Postcard, ReplayStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let log = Arc::new(RedbLog::open("/tmp/streams.redb")?);
+/// let store = Arc::new(ReplayStore::<StreamRecord>::builder().durable(log, Postcard).build()?);
+/// let streams = Arc::new(DurableStreams::new(store.clone()));
+/// let app = axum::Router::new().merge(streams.clone().router());
+/// // The runtime's turn loop appends to a stream created over HTTP, lock-free:
+/// store.append(&streams.key("", "chat-1")?, livereplay::Revision(0), StreamRecord::data("hi"))?;
+/// # let _ = app; Ok(()) }
+/// ```
+pub struct DurableStreams {
+    store: StdArc<ReplayStore<StreamRecord>>,
+    entries: DashMap<SessionKey, StdArc<Entry>>,
+    options: StreamsOptions,
+    tenant: StdArc<TenantHook>,
+    subscriptions: subscription::Subscriptions,
+}
+
+impl DurableStreams {
+    /// The service over `store`, which should have a durable log (without
+    /// one, nothing is ever durable and writes time out with `503`).
+    pub fn new(store: StdArc<ReplayStore<StreamRecord>>) -> Self {
+        Self {
+            store,
+            entries: DashMap::new(),
+            options: StreamsOptions::default(),
+            tenant: StdArc::new(|_: &HeaderMap| Ok(String::new())),
+            subscriptions: subscription::Subscriptions::default(),
+        }
+    }
+
+    /// Sets the options.
+    pub fn options(mut self, options: StreamsOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the hook that names a request's tenant (default: the empty
+    /// tenant for every request). Its error is the response.
+    pub fn tenant(
+        mut self,
+        hook: impl Fn(&HeaderMap) -> Result<String, StreamError> + Send + Sync + 'static,
+    ) -> Self {
+        self.tenant = StdArc::new(hook);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &StdArc<ReplayStore<StreamRecord>> {
+        &self.store
+    }
+
+    /// The session key of the stream at `path` (below `/v1/stream/`) for
+    /// `tenant`: where an in-process writer appends.
+    pub fn key(&self, tenant: &str, path: &str) -> Result<SessionKey, StreamError> {
+        SessionKey::new(tenant, path).map_err(|error| {
+            StreamError::BadRequest(format!("the stream path cannot be a session id: {error}"))
+        })
+    }
+
+    /// Deletes every expired stream this process has touched (a fork's
+    /// end may then delete its soft-deleted source); returns how many. A
+    /// stream is otherwise found expired only when a request touches it:
+    /// a host calls this now and then (`livereplay serve` every few
+    /// seconds). Streams busy with a request are left for the next sweep.
+    pub async fn sweep_expired(&self) -> Result<usize, StreamError> {
+        let keys: Vec<SessionKey> = self
+            .entries
+            .iter()
+            .map(|entry| entry.key().clone())
+            .collect();
+        let mut swept = 0;
+        for key in keys {
+            let Some(entry) = self.entries.get(&key).map(|entry| StdArc::clone(&entry)) else {
+                continue;
+            };
+            let Ok(mut state) = entry.state.try_lock() else {
+                continue;
+            };
+            let was_live = state.as_ref().is_some_and(|live| !live.soft_deleted);
+            self.expire(&key, &mut state).await?;
+            if was_live && state.as_ref().is_none_or(|live| live.soft_deleted) {
+                swept += 1;
+            }
+        }
+        Ok(swept)
+    }
+
+    /// The key's durable watermark (0 for a session the store does not
+    /// know).
+    fn durable(&self, key: &SessionKey) -> Result<u64, StreamError> {
+        Ok(self.store.durable_position(key)?.unwrap_or(0))
+    }
+
+    /// Waits until `position` of `key` is durable, at most until
+    /// `deadline`; returns whether it is. Wakes on the persister's commits
+    /// (no polling), armed before the second look so a commit between the
+    /// two is not missed.
+    async fn durable_by(
+        &self,
+        key: &SessionKey,
+        position: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, StreamError> {
+        if self.store.durable_log().is_none() {
+            // Nothing is ever durable (and `durable_progress` would not
+            // wait): wait out the deadline instead of spinning.
+            tokio::time::sleep_until(deadline).await;
+            return Ok(false);
+        }
+        loop {
+            if self.durable(key)? >= position {
+                return Ok(true);
+            }
+            let progress = self.store.durable_progress();
+            if self.durable(key)? >= position {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// The entry of a stream, loading its state from the log on first use.
+    /// With `create`, an entry is made even if no stream exists (for a
+    /// PUT); without it, a stream nobody created is `None` and leaves
+    /// nothing behind.
+    fn entry(&self, key: &SessionKey, create: bool) -> Result<Option<StdArc<Entry>>, StreamError> {
+        if let Some(entry) = self.entries.get(key) {
+            return Ok(Some(StdArc::clone(&entry)));
+        }
+        let loaded = state::load(&self.store, key)?;
+        if loaded.is_none() && !create {
+            return Ok(None);
+        }
+        // Another request may have loaded it meanwhile: the first one in
+        // wins, and nobody wrote before inserting, so both loads agree.
+        let entry = self
+            .entries
+            .entry(key.clone())
+            .or_insert_with(|| {
+                StdArc::new(Entry {
+                    state: tokio::sync::Mutex::new(loaded),
+                })
+            })
+            .clone();
+        Ok(Some(entry))
+    }
+}
+
+impl std::fmt::Debug for DurableStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableStreams")
+            .field("streams", &self.entries.len())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}

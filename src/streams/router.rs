@@ -1,0 +1,744 @@
+//! The HTTP surface: one axum route, `/v1/stream/{*path}`, dispatching by
+//! method to the write path (`write`) and the read paths (`read`), and
+//! turning their outcomes into the protocol's statuses and headers.
+//!
+//! Owns request parsing (headers, query, body limits) and response
+//! headers: `Stream-Next-Offset` on every success, `Stream-Up-To-Date` and
+//! `Stream-Closed` exactly when the protocol says, ETags that change with
+//! data and closure, `Stream-Cursor` on live reads (never going backwards
+//! for a client that echoes it). Nothing here panics on input: every
+//! malformed header, offset or body is a [`StreamError`].
+
+use std::convert::Infallible;
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use base64::Engine;
+use futures_core::Stream;
+use tokio::sync::mpsc;
+
+use crate::key::SessionKey;
+
+use super::error::StreamError;
+use super::fork::ReadAt;
+use super::headers::{self, common_headers};
+use super::offset::{parse_offset, Offset, OffsetQuery};
+use super::producer;
+use super::read::{body as batch_body, ReadView};
+use super::record::{ExpiresAt, StreamConfig};
+use super::write::{Append, ForkRequest};
+use super::DurableStreams;
+
+/// Where the streams are served.
+pub const STREAM_ROUTE: &str = "/v1/stream/{*path}";
+
+/// Cursor intervals: 20 s counted from 2024-10-09T00:00:00Z (protocol
+/// section 10.1).
+const CURSOR_EPOCH_SECS: u64 = 1_728_432_000;
+const CURSOR_INTERVAL_SECS: u64 = 20;
+
+/// The longest `Stream-Seq` and `Content-Type` accepted, in bytes (both
+/// are kept in the stream's state and log).
+pub const MAX_HEADER_VALUE_LEN: usize = 256;
+
+/// `Cache-Control` of catch-up data: immutable by position.
+const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
+
+impl DurableStreams {
+    /// The axum router serving streams at `/v1/stream/{*path}`, with the
+    /// security and CORS headers on every response. Merge it into a host's
+    /// router.
+    pub fn router(self: StdArc<Self>) -> Router {
+        let limit = self.options.max_append_bytes;
+        Router::new()
+            .route(STREAM_ROUTE, any(handle))
+            .layer(DefaultBodyLimit::max(limit))
+            .layer(axum::middleware::map_response(common_headers))
+            .with_state(self)
+    }
+}
+
+async fn handle(
+    State(service): State<StdArc<DurableStreams>>,
+    method: Method,
+    uri: Uri,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+    request_headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match dispatch(
+        &service,
+        &method,
+        &uri,
+        &path,
+        query.as_deref(),
+        &request_headers,
+        body,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn dispatch(
+    service: &StdArc<DurableStreams>,
+    method: &Method,
+    uri: &Uri,
+    path: &str,
+    query: Option<&str>,
+    request: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, StreamError> {
+    if *method == Method::OPTIONS {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let tenant = (service.tenant)(request)?;
+    if path == "__ds" || path.starts_with("__ds/") {
+        let rest = path.strip_prefix("__ds/").unwrap_or_default();
+        return Ok(service
+            .subscription_api(&tenant, method, rest, request, body)
+            .await);
+    }
+    let key = service.key(&tenant, path)?;
+    match *method {
+        Method::PUT => {
+            let response = put(service, &key, uri, request, body).await?;
+            if response.status() == StatusCode::CREATED {
+                service.notify_write(&key, Offset::ZERO).await;
+            }
+            Ok(response)
+        }
+        Method::POST => post(service, &key, request, body).await,
+        Method::DELETE => {
+            service.delete(&key).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Method::HEAD => head(service, &key).await,
+        Method::GET => get(service, &key, query, request).await,
+        _ => Err(StreamError::NotImplemented(format!(
+            "method {method} is not part of the protocol: use PUT, POST, GET, HEAD or DELETE"
+        ))),
+    }
+}
+
+/// A header's value as text (`None` if absent); a value that is not
+/// visible ASCII is a 400.
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, StreamError> {
+    headers
+        .get(name)
+        .map(|value| {
+            value.to_str().map_err(|_| {
+                StreamError::BadRequest(format!("the {name} header is not visible ASCII text"))
+            })
+        })
+        .transpose()
+}
+
+/// [`text`], at most [`MAX_HEADER_VALUE_LEN`] bytes.
+fn bounded<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, StreamError> {
+    let value = text(headers, name)?;
+    match value {
+        Some(value) if value.len() > MAX_HEADER_VALUE_LEN => Err(StreamError::BadRequest(format!(
+            "the {name} header is {} bytes; at most {MAX_HEADER_VALUE_LEN} are accepted",
+            value.len()
+        ))),
+        _ => Ok(value),
+    }
+}
+
+/// `Stream-Closed` counts only when exactly `true` (any case).
+fn closes(headers: &HeaderMap) -> bool {
+    matches!(text(headers, headers::STREAM_CLOSED), Ok(Some(value)) if value.trim().eq_ignore_ascii_case("true"))
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
+    if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
+        headers.insert(name, value);
+    }
+}
+
+async fn put(
+    service: &DurableStreams,
+    key: &SessionKey,
+    uri: &Uri,
+    request: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, StreamError> {
+    let forked_from = bounded(request, headers::FORKED_FROM)?;
+    if forked_from.is_none() {
+        for fork_only in [headers::FORK_OFFSET, headers::FORK_SUB_OFFSET] {
+            if request.contains_key(fork_only) {
+                return Err(StreamError::BadRequest(format!(
+                    "{fork_only} is only valid with Stream-Forked-From"
+                )));
+            }
+        }
+    }
+    let given_content_type = bounded(request, header::CONTENT_TYPE.as_str())?
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(str::to_string);
+    let ttl_seconds = text(request, headers::STREAM_TTL)?
+        .map(parse_ttl)
+        .transpose()?;
+    let expires_at = text(request, headers::EXPIRES_AT)?
+        .map(parse_expires_at)
+        .transpose()?;
+    if ttl_seconds.is_some() && expires_at.is_some() {
+        return Err(StreamError::BadRequest(
+            "give Stream-TTL or Stream-Expires-At, not both".into(),
+        ));
+    }
+    let created = match forked_from {
+        Some(source) => {
+            let fork = ForkRequest {
+                source: source_path(source)?,
+                at: text(request, headers::FORK_OFFSET)?
+                    .map(parse_offset)
+                    .transpose()?,
+                sub_offset: text(request, headers::FORK_SUB_OFFSET)?
+                    .map(parse_sub_offset)
+                    .transpose()?
+                    .unwrap_or(0),
+                content_type: given_content_type,
+                ttl_seconds,
+                expires_at,
+            };
+            service
+                .create_fork(key, fork, closes(request), body)
+                .await?
+        }
+        None => {
+            let config = StreamConfig {
+                content_type: given_content_type
+                    .unwrap_or_else(|| "application/octet-stream".to_string()),
+                ttl_seconds,
+                expires_at,
+                fork: None,
+            };
+            service.create(key, config, closes(request), body).await?
+        }
+    };
+    let status = if created.fresh {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = status.into_response();
+    let out = response.headers_mut();
+    set(out, "content-type", &created.config.content_type);
+    set(out, headers::NEXT_OFFSET, created.next);
+    if created.fresh {
+        // Absolute, from the request's Host (clients resolve it with URL).
+        let location = match text(request, header::HOST.as_str()).ok().flatten() {
+            Some(host) => format!("http://{host}{}", uri.path()),
+            None => uri.path().to_string(),
+        };
+        set(out, "location", location);
+    }
+    if created.closed {
+        set(out, headers::STREAM_CLOSED, "true");
+    }
+    Ok(response)
+}
+
+/// A `Stream-Forked-From` path: the stream path below `/v1/stream/` (the
+/// full path, or the part below it).
+fn source_path(text: &str) -> Result<String, StreamError> {
+    let path = text
+        .strip_prefix("/v1/stream/")
+        .unwrap_or_else(|| text.trim_start_matches('/'));
+    if path.is_empty() {
+        return Err(StreamError::BadRequest(
+            "Stream-Forked-From names no stream".into(),
+        ));
+    }
+    Ok(path.to_string())
+}
+
+/// `Stream-Fork-Sub-Offset`: a non-negative decimal integer.
+fn parse_sub_offset(text: &str) -> Result<u64, StreamError> {
+    text.bytes()
+        .all(|byte| byte.is_ascii_digit())
+        .then(|| text.parse::<u64>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            StreamError::BadRequest(format!(
+                "Stream-Fork-Sub-Offset must be a non-negative integer, got {:?}",
+                text.chars().take(32).collect::<String>()
+            ))
+        })
+}
+
+/// `Stream-TTL`: a decimal integer without sign, point or leading zeros.
+fn parse_ttl(text: &str) -> Result<u64, StreamError> {
+    let well_formed = text == "0"
+        || (!text.is_empty()
+            && !text.starts_with('0')
+            && text.bytes().all(|byte| byte.is_ascii_digit()));
+    well_formed
+        .then(|| text.parse::<u64>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            StreamError::BadRequest(format!(
+                "Stream-TTL must be a whole number of seconds without sign or leading zeros, got {:?}",
+                text.chars().take(32).collect::<String>()
+            ))
+        })
+}
+
+/// `Stream-Expires-At`: RFC 3339, any offset.
+fn parse_expires_at(text: &str) -> Result<ExpiresAt, StreamError> {
+    let at =
+        time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+            .map_err(|error| {
+                StreamError::BadRequest(format!(
+                    "Stream-Expires-At must be an RFC 3339 timestamp ({error})"
+                ))
+            })?;
+    Ok(ExpiresAt {
+        text: text.trim().to_string(),
+        unix_nanos: at.unix_timestamp_nanos(),
+    })
+}
+
+async fn post(
+    service: &StdArc<DurableStreams>,
+    key: &SessionKey,
+    request: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, StreamError> {
+    let producer = producer::parse(
+        text(request, headers::PRODUCER_ID)?,
+        text(request, headers::PRODUCER_EPOCH)?,
+        text(request, headers::PRODUCER_SEQ)?,
+    )?;
+    let empty = body.is_empty();
+    let append = Append {
+        content_type: bounded(request, header::CONTENT_TYPE.as_str())?.map(str::to_string),
+        body,
+        close: closes(request),
+        stream_seq: bounded(request, headers::STREAM_SEQ)?.map(str::to_string),
+        producer,
+    };
+    let appended = service.append(key, append).await?;
+    if appended.wrote_data {
+        service.notify_write(key, appended.before).await;
+    }
+    // 200 only for new data a producer sent; duplicates and close-only
+    // requests are 204.
+    let status = match appended.producer {
+        Some((_, _, true)) if !empty => StatusCode::OK,
+        _ => StatusCode::NO_CONTENT,
+    };
+    let mut response = status.into_response();
+    let out = response.headers_mut();
+    set(out, headers::NEXT_OFFSET, appended.next);
+    if appended.closed {
+        set(out, headers::STREAM_CLOSED, "true");
+    }
+    if let Some((epoch, seq, _)) = appended.producer {
+        set(out, headers::PRODUCER_EPOCH, epoch);
+        set(out, headers::PRODUCER_SEQ, seq);
+    }
+    Ok(response)
+}
+
+async fn head(service: &DurableStreams, key: &SessionKey) -> Result<Response, StreamError> {
+    let view = service.view(key, true).await?;
+    let tail = service.view_tail_offset(key, &view)?;
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    set(out, "content-type", &view.config.content_type);
+    set(out, headers::NEXT_OFFSET, tail);
+    set(out, "cache-control", "no-store");
+    if let Some(ttl) = view.config.ttl_seconds {
+        set(out, headers::STREAM_TTL, ttl);
+    }
+    if let Some(at) = &view.config.expires_at {
+        set(out, headers::EXPIRES_AT, &at.text);
+    }
+    if view.closed_at.is_some() {
+        set(out, headers::STREAM_CLOSED, "true");
+    }
+    Ok(response)
+}
+
+/// The read parameters of a `GET`.
+struct ReadQuery {
+    offset: OffsetQuery,
+    offset_given: bool,
+    live: Live,
+    cursor: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Live {
+    No,
+    LongPoll,
+    Sse,
+}
+
+fn parse_query(query: Option<&str>) -> Result<ReadQuery, StreamError> {
+    let pairs: Vec<(String, String)> = match query {
+        Some(query) => {
+            let uri: Uri = format!("/?{query}")
+                .parse()
+                .map_err(|_| StreamError::BadRequest("the query string is malformed".into()))?;
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+                .map_err(|error| {
+                    StreamError::BadRequest(format!("the query string is malformed: {error}"))
+                })?
+                .0
+        }
+        None => Vec::new(),
+    };
+    let one = |name: &str| -> Result<Option<&str>, StreamError> {
+        let mut values = pairs.iter().filter(|(key, _)| key == name);
+        let first = values.next().map(|(_, value)| value.as_str());
+        if values.next().is_some() {
+            return Err(StreamError::BadRequest(format!(
+                "the {name} parameter is given more than once"
+            )));
+        }
+        Ok(first)
+    };
+    let offset_text = one("offset")?;
+    let live = match one("live")? {
+        None => Live::No,
+        Some("long-poll") => Live::LongPoll,
+        Some("sse") => Live::Sse,
+        Some(other) => {
+            return Err(StreamError::BadRequest(format!(
+                "live must be long-poll or sse, got {:?}",
+                other.chars().take(32).collect::<String>()
+            )))
+        }
+    };
+    Ok(ReadQuery {
+        offset: OffsetQuery::parse(offset_text)?,
+        offset_given: offset_text.is_some(),
+        live,
+        cursor: one("cursor")?.map(str::to_string),
+    })
+}
+
+async fn get(
+    service: &StdArc<DurableStreams>,
+    key: &SessionKey,
+    query: Option<&str>,
+    request: &HeaderMap,
+) -> Result<Response, StreamError> {
+    let query = parse_query(query)?;
+    if query.live != Live::No && !query.offset_given {
+        return Err(StreamError::BadRequest(
+            "live reads need an offset (-1 for the beginning, now for the tail)".into(),
+        ));
+    }
+    let view = service.view(key, false).await?;
+    let after = service.start_at(key, &view, query.offset)?;
+    match query.live {
+        Live::No => catch_up(service, &view, &query, after, request),
+        Live::LongPoll => long_poll(service, key, &view, &query, after).await,
+        Live::Sse => Ok(sse(service, key, view, &query, after)),
+    }
+}
+
+/// The common headers of a read that returns data (or none).
+fn read_headers(
+    out: &mut HeaderMap,
+    view: &ReadView,
+    next: Offset,
+    up_to_date: bool,
+    closed: bool,
+) {
+    set(out, "content-type", &view.config.content_type);
+    set(out, headers::NEXT_OFFSET, next);
+    if up_to_date || closed {
+        set(out, headers::UP_TO_DATE, "true");
+    }
+    if closed {
+        set(out, headers::STREAM_CLOSED, "true");
+    }
+}
+
+fn etag(view: &ReadView, start: ReadAt, next: Offset, closed: bool) -> String {
+    let start = view.layout[start.segment].offset_of(start.after);
+    format!("\"{start}:{next}{}\"", if closed { ":c" } else { "" })
+}
+
+fn catch_up(
+    service: &DurableStreams,
+    view: &ReadView,
+    query: &ReadQuery,
+    after: ReadAt,
+    request: &HeaderMap,
+) -> Result<Response, StreamError> {
+    let now = query.offset == OffsetQuery::Now;
+    let (mut batch, _) = service.collect(view, after)?;
+    if now {
+        // No data: the tail, and whether the stream ended there.
+        batch.events.clear();
+        batch.more = false;
+        batch.next = view.layout[after.segment].offset_of(after.after);
+    }
+    if batch.ended {
+        return Err(StreamError::NotFound);
+    }
+    let next = batch.next;
+    let closed = batch.closed || (now && view.closed_at.is_some());
+    let mut response = Response::new(Body::from(batch_body(&view.config, &batch.events)));
+    let out = response.headers_mut();
+    read_headers(out, view, next, !batch.more, closed && !batch.more);
+    if now {
+        set(out, "cache-control", "no-store");
+        return Ok(response);
+    }
+    let tag = etag(view, after, next, closed);
+    let matches = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(',').any(|candidate| candidate.trim() == tag));
+    set(out, "cache-control", CACHEABLE);
+    set(out, "etag", &tag);
+    if matches {
+        let mut not_modified = StatusCode::NOT_MODIFIED.into_response();
+        set(not_modified.headers_mut(), "etag", &tag);
+        set(not_modified.headers_mut(), headers::NEXT_OFFSET, next);
+        return Ok(not_modified);
+    }
+    Ok(response)
+}
+
+async fn long_poll(
+    service: &DurableStreams,
+    key: &SessionKey,
+    view: &ReadView,
+    query: &ReadQuery,
+    after: ReadAt,
+) -> Result<Response, StreamError> {
+    let deadline = tokio::time::Instant::now() + service.options.long_poll_timeout;
+    let cursor = live_cursor(query.cursor.as_deref());
+    loop {
+        let (batch, mut rest) = service.collect(view, after)?;
+        if batch.ended {
+            return Err(StreamError::NotFound);
+        }
+        let next = batch.next;
+        if !batch.events.is_empty() {
+            let closed = batch.closed && !batch.more;
+            let mut response = Response::new(Body::from(batch_body(&view.config, &batch.events)));
+            let out = response.headers_mut();
+            read_headers(out, view, next, !batch.more, closed);
+            set(out, "etag", etag(view, after, next, closed));
+            set(out, "cache-control", CACHEABLE);
+            if !closed {
+                set(out, headers::STREAM_CURSOR, &cursor);
+            }
+            return Ok(response);
+        }
+        if batch.closed
+            || !service
+                .wait_for_more(key, &mut rest, batch.pending, deadline)
+                .await?
+        {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            let out = response.headers_mut();
+            set(out, headers::NEXT_OFFSET, next);
+            set(out, headers::UP_TO_DATE, "true");
+            set(out, "cache-control", "no-store");
+            if batch.closed {
+                set(out, headers::STREAM_CLOSED, "true");
+            } else {
+                set(out, headers::STREAM_CURSOR, &cursor);
+            }
+            return Ok(response);
+        }
+    }
+}
+
+/// The `Stream-Cursor` of a live response: the current 20 s interval,
+/// or, for a client that echoes one at or past it, a later one (1 to 180
+/// intervals on), so a cursor never repeats and never goes backwards.
+fn live_cursor(client: Option<&str>) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let interval = now.as_secs().saturating_sub(CURSOR_EPOCH_SECS) / CURSOR_INTERVAL_SECS;
+    match client.and_then(|text| text.parse::<u64>().ok()) {
+        Some(echoed) if echoed >= interval => {
+            // Jitter from the clock's nanoseconds: spread, not secret.
+            let jitter = 1 + u64::from(now.subsec_nanos()) % 180;
+            echoed.saturating_add(jitter).to_string()
+        }
+        _ => interval.to_string(),
+    }
+}
+
+/// An SSE response: a task collects batches and sends their frames into
+/// a bounded channel the response body drains (a slow client slows its
+/// own task; nothing queues without bound).
+fn sse(
+    service: &StdArc<DurableStreams>,
+    key: &SessionKey,
+    view: ReadView,
+    query: &ReadQuery,
+    after: ReadAt,
+) -> Response {
+    let (sender, receiver) = mpsc::channel(8);
+    let base64 = !view.config.is_text();
+    let next = view.layout[after.segment].offset_of(after.after);
+    let task = SseTask {
+        service: StdArc::clone(service),
+        key: key.clone(),
+        view,
+        cursor: query.cursor.clone(),
+        next,
+        after,
+        sender,
+    };
+    tokio::spawn(task.run());
+    let mut response = Response::new(Body::from_stream(ChannelStream(receiver)));
+    let out = response.headers_mut();
+    set(out, "content-type", "text/event-stream");
+    set(out, "cache-control", "no-cache");
+    if base64 {
+        set(out, headers::SSE_DATA_ENCODING, "base64");
+    }
+    response
+}
+
+/// One SSE frame: `event: NAME`, then the data one `data:` line per line
+/// (CR, LF and CRLF all end a line, so no payload can end the frame or
+/// forge another), then a blank line.
+fn frame(event: &str, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + event.len() + 16);
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push('\n');
+    for line in data.split("\r\n").flat_map(|part| part.split(['\r', '\n'])) {
+        out.push_str("data:");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// How often an idle SSE response sends a comment, so proxies keep it.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The frames of an SSE response, from its task.
+struct ChannelStream(mpsc::Receiver<Bytes>);
+
+impl Stream for ChannelStream {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+}
+
+struct SseTask {
+    service: StdArc<DurableStreams>,
+    key: SessionKey,
+    view: ReadView,
+    cursor: Option<String>,
+    after: ReadAt,
+    /// The offset of the last data sent (or the start).
+    next: Offset,
+    sender: mpsc::Sender<Bytes>,
+}
+
+impl SseTask {
+    async fn run(mut self) {
+        // A failure after the response started can only end it: the client
+        // reconnects from its last control event's offset.
+        let _ = self.serve().await;
+    }
+
+    async fn serve(&mut self) -> Result<(), StreamError> {
+        let end = tokio::time::Instant::now() + self.service.options.sse_lifetime;
+        let mut announced = false;
+        loop {
+            let (batch, mut rest) = self.service.collect(&self.view, self.after)?;
+            if batch.ended {
+                return Ok(());
+            }
+            if !batch.events.is_empty() {
+                let data = self.data_event(&batch.events);
+                if self.sender.send(data).await.is_err() {
+                    return Ok(());
+                }
+                self.after = batch.next_at;
+                self.next = batch.next;
+            }
+            let closed = batch.closed && !batch.more;
+            if !batch.events.is_empty() || closed || !announced {
+                announced = true;
+                let control = self.control(!batch.more, closed);
+                if self.sender.send(control).await.is_err() || closed {
+                    return Ok(());
+                }
+            }
+            if batch.more {
+                continue;
+            }
+            let wake = end.min(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
+            let woke = self
+                .service
+                .wait_for_more(&self.key, &mut rest, batch.pending, wake)
+                .await?;
+            // Idle: end at the response's lifetime, else a keep-alive
+            // comment (which also finds a client that went away).
+            let keep_alive = Bytes::from_static(b":\n\n");
+            if !woke
+                && (tokio::time::Instant::now() >= end
+                    || self.sender.send(keep_alive).await.is_err())
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    fn data_event(&self, events: &[crate::sync::Arc<crate::Event<super::StreamRecord>>]) -> Bytes {
+        let bytes = batch_body(&self.view.config, events);
+        let text = if self.view.config.is_text() {
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            base64::engine::general_purpose::STANDARD.encode(&bytes)
+        };
+        frame("data", &text)
+    }
+
+    fn control(&mut self, up_to_date: bool, closed: bool) -> Bytes {
+        let next = self.next;
+        let mut control = serde_json::Map::new();
+        control.insert("streamNextOffset".into(), next.to_string().into());
+        if closed {
+            control.insert("streamClosed".into(), true.into());
+            control.insert("upToDate".into(), true.into());
+        } else {
+            let cursor = live_cursor(self.cursor.as_deref());
+            control.insert("streamCursor".into(), cursor.clone().into());
+            self.cursor = Some(cursor);
+            if up_to_date {
+                control.insert("upToDate".into(), true.into());
+            }
+        }
+        frame("control", &serde_json::Value::Object(control).to_string())
+    }
+}

@@ -1,0 +1,294 @@
+//! Wakes: linking streams as HTTP writes land, deciding when a
+//! subscription has pending work, and waking it, by a signed webhook
+//! delivery (retried with backoff) or by an event in its wake stream.
+//!
+//! Owns the wake lifecycle. Invariants: at most one wake per subscription
+//! (a new one only when none is in flight and no lease is held, or the
+//! lease ran out); every wake gets the next durable generation; a delivery
+//! acts only while its wake is still the current one.
+
+use std::sync::Arc as StdArc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use serde_json::{json, Value};
+
+use crate::key::SessionKey;
+
+use super::super::offset::Offset;
+use super::super::write::Append;
+use super::super::DurableStreams;
+use super::api::{wake_streams, ApiError};
+use super::webhook::{self, WebhookUrl};
+use super::{glob, random_hex, Kind, Link, Subscription, Wake, DELIVERY_TIMEOUT};
+
+impl DurableStreams {
+    /// After an HTTP write to the stream at `path` (its tail `before` it
+    /// and `after` it): links it to the subscriptions whose pattern matches
+    /// it, and wakes those with pending work.
+    pub(crate) async fn notify_write(self: &StdArc<Self>, key: &SessionKey, before: Offset) {
+        let tenant = key.tenant().to_string();
+        let path = key.session();
+        let Ok(mut registry) = self.registry(&tenant).await else {
+            return;
+        };
+        let ids: Vec<(String, String)> = registry
+            .subscriptions
+            .iter()
+            .filter(|((owner, _), subscription)| {
+                *owner == tenant
+                    && (subscription.snapshot.links.contains_key(path)
+                        || subscription
+                            .snapshot
+                            .config
+                            .pattern
+                            .as_deref()
+                            .is_some_and(|pattern| glob::matches(pattern, path)))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let Some(subscription) = registry.subscriptions.get_mut(&id) else {
+                continue;
+            };
+            if !subscription.snapshot.links.contains_key(path) {
+                subscription.snapshot.links.insert(
+                    path.to_string(),
+                    Link {
+                        explicit: false,
+                        glob: true,
+                        acked: before,
+                    },
+                );
+                if self.persist(&tenant, &subscription.snapshot).await.is_err() {
+                    continue;
+                }
+            }
+            let _ = self.wake_if_pending(&tenant, subscription).await;
+        }
+    }
+
+    /// The linked streams whose tail is past their acked offset.
+    pub(super) async fn pending(
+        &self,
+        tenant: &str,
+        subscription: &Subscription,
+    ) -> Vec<(String, Offset)> {
+        let mut pending = Vec::new();
+        for (path, link) in &subscription.snapshot.links {
+            if let Some(tail) = self.tail_of(tenant, path).await {
+                if tail > link.acked {
+                    pending.push((path.clone(), tail));
+                }
+            }
+        }
+        pending
+    }
+
+    /// Starts a wake if the subscription is idle and has pending work.
+    ///
+    /// Boxed as `Send`: a webhook delivery may start the next wake, which
+    /// spawns a delivery, and the recursion needs a named future type.
+    pub(super) fn wake_if_pending<'a>(
+        self: &'a StdArc<Self>,
+        tenant: &'a str,
+        subscription: &'a mut Subscription,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>>
+    {
+        Box::pin(self.wake_if_pending_inner(tenant, subscription))
+    }
+
+    async fn wake_if_pending_inner(
+        self: &StdArc<Self>,
+        tenant: &str,
+        subscription: &mut Subscription,
+    ) -> Result<(), ApiError> {
+        if let Some(wake) = &subscription.wake {
+            let lease_over = wake
+                .lease_until
+                .is_some_and(|until| tokio::time::Instant::now() >= until);
+            if !lease_over {
+                return Ok(());
+            }
+            subscription.wake = None;
+        }
+        let pending = self.pending(tenant, subscription).await;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let wake = self.new_wake(tenant, subscription, pending).await?;
+        match subscription.snapshot.config.kind {
+            Kind::Webhook => {
+                let service = StdArc::clone(self);
+                let tenant = tenant.to_string();
+                let id = subscription.snapshot.id.clone();
+                tokio::spawn(async move { service.deliver(tenant, id, wake).await });
+            }
+            Kind::PullWake => {
+                let Some(wake_stream) = subscription.snapshot.config.wake_stream.clone() else {
+                    return Ok(());
+                };
+                let event = json!({
+                    "subscription_id": subscription.snapshot.id,
+                    "wake_id": wake.wake_id,
+                    "generation": wake.generation,
+                    "streams": wake.streams.iter().map(|(path, _)| path).collect::<Vec<_>>(),
+                });
+                let key = self.key(tenant, &wake_stream)?;
+                let append = Append {
+                    content_type: Some("application/json".into()),
+                    body: Bytes::from(event.to_string()),
+                    close: false,
+                    stream_seq: None,
+                    producer: None,
+                };
+                self.append(&key, append).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A new wake: the next generation (durable), a fresh id and token.
+    pub(super) async fn new_wake(
+        &self,
+        tenant: &str,
+        subscription: &mut Subscription,
+        streams: Vec<(String, Offset)>,
+    ) -> Result<Wake, ApiError> {
+        subscription.snapshot.generation += 1;
+        self.persist(tenant, &subscription.snapshot).await?;
+        let wake = Wake {
+            wake_id: format!("w_{}", random_hex(12)?),
+            generation: subscription.snapshot.generation,
+            token: random_hex(32)?,
+            holder: None,
+            lease_until: None,
+            streams,
+        };
+        subscription.wake = Some(wake.clone());
+        Ok(wake)
+    }
+
+    /// Delivers a webhook wake, retrying with backoff while it is current;
+    /// a `{"done": true}` answer acks its snapshot and releases it.
+    async fn deliver(self: StdArc<Self>, tenant: String, id: String, wake: Wake) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let Some((url, body)) = self.webhook_body(&tenant, &id, &wake).await else {
+                return;
+            };
+            let Ok(key) = self.signing_key().await else {
+                return;
+            };
+            let timestamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|since| since.as_secs())
+                .unwrap_or(0);
+            let signature = key.signature(timestamp, &body);
+            let answer = webhook::post(&url, &signature, &body, DELIVERY_TIMEOUT).await;
+            let Ok(mut registry) = self.registry(&tenant).await else {
+                return;
+            };
+            let Some(subscription) = registry
+                .subscriptions
+                .get_mut(&(tenant.clone(), id.clone()))
+            else {
+                return;
+            };
+            if subscription.wake.as_ref().map(|current| &current.wake_id) != Some(&wake.wake_id) {
+                return;
+            }
+            match answer {
+                Ok(answer) if (200..300).contains(&answer.status) => {
+                    subscription.failed = false;
+                    let done = serde_json::from_slice::<Value>(&answer.body)
+                        .ok()
+                        .and_then(|value| value.get("done").and_then(Value::as_bool))
+                        .unwrap_or(false);
+                    if done {
+                        for (path, tail) in &wake.streams {
+                            if let Some(link) = subscription.snapshot.links.get_mut(path) {
+                                link.acked = link.acked.max(*tail);
+                            }
+                        }
+                        subscription.wake = None;
+                        if self.persist(&tenant, &subscription.snapshot).await.is_ok() {
+                            let _ = self.wake_if_pending(&tenant, subscription).await;
+                        }
+                        return;
+                    }
+                    // The worker calls back; the lease bounds how long.
+                    let lease = Duration::from_millis(subscription.snapshot.config.lease_ttl_ms);
+                    if let Some(current) = subscription.wake.as_mut() {
+                        current.holder = Some("webhook".into());
+                        current.lease_until = Some(tokio::time::Instant::now() + lease);
+                    }
+                    drop(registry);
+                    tokio::time::sleep(lease).await;
+                    self.expire_lease(&tenant, &id, &wake.wake_id).await;
+                    return;
+                }
+                _ => {
+                    subscription.failed = true;
+                    drop(registry);
+                    let jitter = backoff.mul_f64(0.2 * jitter_unit());
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// The target and body of a webhook wake, if it is still current.
+    async fn webhook_body(
+        &self,
+        tenant: &str,
+        id: &str,
+        wake: &Wake,
+    ) -> Option<(WebhookUrl, Vec<u8>)> {
+        let registry = self.registry(tenant).await.ok()?;
+        let subscription = registry
+            .subscriptions
+            .get(&(tenant.to_string(), id.to_string()))?;
+        if subscription.wake.as_ref()?.wake_id != wake.wake_id {
+            return None;
+        }
+        let url = WebhookUrl::parse(subscription.snapshot.config.webhook_url.as_deref()?).ok()?;
+        let base = &subscription.snapshot.base_url;
+        let body = json!({
+            "subscription_id": id,
+            "wake_id": wake.wake_id,
+            "generation": wake.generation,
+            "streams": wake_streams(subscription, wake),
+            "callback_url": format!("{base}/__ds/subscriptions/{id}/callback"),
+            "callback_token": wake.token,
+        });
+        Some((url, body.to_string().into_bytes()))
+    }
+
+    /// Ends a wake whose lease ran out, and wakes again if work is pending.
+    async fn expire_lease(self: &StdArc<Self>, tenant: &str, id: &str, wake_id: &str) {
+        let Ok(mut registry) = self.registry(tenant).await else {
+            return;
+        };
+        let Some(subscription) = registry
+            .subscriptions
+            .get_mut(&(tenant.to_string(), id.to_string()))
+        else {
+            return;
+        };
+        if subscription.wake.as_ref().map(|wake| wake.wake_id.as_str()) == Some(wake_id) {
+            subscription.wake = None;
+            let _ = self.wake_if_pending(tenant, subscription).await;
+        }
+    }
+}
+
+/// A number in [0, 1) from the clock, for retry jitter (spread, not secret).
+fn jitter_unit() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(nanos % 1000) / 1000.0
+}

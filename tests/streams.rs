@@ -1,0 +1,1029 @@
+//! The Durable Streams module where the conformance suite does not look:
+//! the in-process writer seen by HTTP readers, a restart over the same redb
+//! file, deletion's new life, durable-only reads, bad input, and the
+//! `livereplay serve` binary killed with SIGKILL and started again.
+//!
+//! Requests go through the router in process (`tower::ServiceExt::oneshot`),
+//! or to the real binary on a free loopback port, stopped by its pid; every
+//! wait is bounded by a timeout, and each test's redb file lives in its own
+//! temporary directory, removed at the end.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use axum::Router;
+use livereplay::durable::{MemoryLog, RedbLog};
+use livereplay::streams::{CloseReason, DurableStreams, StreamRecord, StreamsOptions};
+use livereplay::{DurableOptions, Postcard, ReplayStore, Revision};
+use tower::ServiceExt;
+
+/// Bounds every request: a hung server fails the test instead of stalling it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "livereplay-streams-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn options() -> StreamsOptions {
+    StreamsOptions {
+        long_poll_timeout: Duration::from_secs(5),
+        ..StreamsOptions::default()
+    }
+}
+
+/// A service over a redb log in `dir`.
+fn redb_service(dir: &TempDir) -> Arc<DurableStreams> {
+    let log = Arc::new(RedbLog::open(dir.0.join("streams.redb")).unwrap());
+    let store = Arc::new(
+        ReplayStore::<StreamRecord>::builder()
+            .durable(log, Postcard)
+            .build()
+            .unwrap(),
+    );
+    Arc::new(DurableStreams::new(store).options(options()))
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    fn next_offset(&self) -> String {
+        self.header("stream-next-offset")
+            .expect("a Stream-Next-Offset header")
+            .to_string()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).unwrap()
+    }
+}
+
+async fn reply(response: Response<Body>) -> Reply {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Reply {
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, app.clone().oneshot(request))
+        .await
+        .expect("the request finished in time")
+        .unwrap();
+    reply(response).await
+}
+
+fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::from(body.to_string())).unwrap()
+}
+
+const TEXT: (&str, &str) = ("content-type", "text/plain");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_append_wakes_an_http_long_poll() {
+    let dir = TempDir::new("inproc");
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let created = send(&app, request("PUT", "/v1/stream/turn", &[TEXT], "hello")).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let tail = created.next_offset();
+
+    let poll = tokio::spawn({
+        let app = app.clone();
+        let uri = format!("/v1/stream/turn?offset={tail}&live=long-poll");
+        async move { send(&app, request("GET", &uri, &[], "")).await }
+    });
+    // The runtime's turn loop: the store's own append, no HTTP, no await.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let key = service.key("", "turn").unwrap();
+    service
+        .store()
+        .append(&key, Revision(0), StreamRecord::data(" world"))
+        .unwrap();
+
+    let polled = poll.await.unwrap();
+    assert_eq!(polled.status, StatusCode::OK);
+    assert_eq!(polled.text(), " world");
+    assert!(polled.next_offset() > tail, "offsets grow");
+    assert_eq!(polled.header("stream-up-to-date"), Some("true"));
+    assert!(polled.header("stream-cursor").is_some());
+
+    let all = send(&app, request("GET", "/v1/stream/turn", &[], "")).await;
+    assert_eq!(all.text(), "hello world");
+    assert_eq!(all.next_offset(), polled.next_offset());
+
+    // The turn fails: the runtime closes the stream with its reason.
+    let waiting = tokio::spawn({
+        let app = app.clone();
+        let uri = format!(
+            "/v1/stream/turn?offset={}&live=long-poll",
+            all.next_offset()
+        );
+        async move { send(&app, request("GET", &uri, &[], "")).await }
+    });
+    let final_offset = service.close("", "turn", CloseReason::Error).await.unwrap();
+    assert_eq!(
+        final_offset.to_string(),
+        all.next_offset(),
+        "closing appends no data"
+    );
+    let eof = waiting.await.unwrap();
+    assert_eq!(eof.status, StatusCode::NO_CONTENT);
+    assert_eq!(eof.header("stream-closed"), Some("true"));
+    let late = send(&app, request("POST", "/v1/stream/turn", &[TEXT], "!")).await;
+    assert_eq!(
+        late.status,
+        StatusCode::CONFLICT,
+        "HTTP writers see the runtime's close"
+    );
+    assert_eq!(
+        service.close("", "turn", CloseReason::Done).await,
+        Ok(final_offset)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_data_closure_producers_and_offsets() {
+    let dir = TempDir::new("restart");
+    let producer = |seq: &'static str| {
+        [
+            ("content-type", "text/plain"),
+            ("producer-id", "writer-1"),
+            ("producer-epoch", "3"),
+            ("producer-seq", seq),
+        ]
+    };
+    let (open_tail, closed_tail, etag) = {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        for path in ["/v1/stream/open", "/v1/stream/closed"] {
+            assert_eq!(
+                send(&app, request("PUT", path, &[TEXT], "")).await.status,
+                StatusCode::CREATED
+            );
+            let first = send(&app, request("POST", path, &producer("0"), "a")).await;
+            assert_eq!(first.status, StatusCode::OK);
+            let second = send(&app, request("POST", path, &producer("1"), "b")).await;
+            assert_eq!(second.status, StatusCode::OK);
+            assert_eq!(second.header("producer-seq"), Some("1"));
+        }
+        let closing = [TEXT, ("stream-closed", "true")];
+        let closed = send(&app, request("POST", "/v1/stream/closed", &closing, "c")).await;
+        assert_eq!(closed.status, StatusCode::NO_CONTENT);
+        assert_eq!(closed.header("stream-closed"), Some("true"));
+        let open = send(&app, request("HEAD", "/v1/stream/open", &[], "")).await;
+        let read = send(&app, request("GET", "/v1/stream/closed", &[], "")).await;
+        (
+            open.next_offset(),
+            closed.next_offset(),
+            read.header("etag").unwrap().to_string(),
+        )
+        // The service, its router and the store drop here: the persister
+        // writes what is left and the redb file is let go.
+    };
+
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    // Data and offsets as before.
+    let closed = send(&app, request("GET", "/v1/stream/closed", &[], "")).await;
+    assert_eq!(closed.status, StatusCode::OK);
+    assert_eq!(closed.text(), "abc");
+    assert_eq!(closed.next_offset(), closed_tail);
+    assert_eq!(closed.header("stream-closed"), Some("true"));
+    assert_eq!(
+        closed.header("etag"),
+        Some(etag.as_str()),
+        "same data, same ETag"
+    );
+    // Closure is durable: appends are refused, with the final offset.
+    let refused = send(&app, request("POST", "/v1/stream/closed", &[TEXT], "d")).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.header("stream-closed"), Some("true"));
+    assert_eq!(refused.next_offset(), closed_tail);
+    // Producer state is durable: a retry is a duplicate, the next is new.
+    let retry = send(
+        &app,
+        request("POST", "/v1/stream/open", &producer("1"), "b"),
+    )
+    .await;
+    assert_eq!(retry.status, StatusCode::NO_CONTENT);
+    assert_eq!(retry.header("producer-seq"), Some("1"));
+    let gap = send(
+        &app,
+        request("POST", "/v1/stream/open", &producer("3"), "x"),
+    )
+    .await;
+    assert_eq!(gap.status, StatusCode::CONFLICT);
+    assert_eq!(gap.header("producer-expected-seq"), Some("2"));
+    let next = send(
+        &app,
+        request("POST", "/v1/stream/open", &producer("2"), "c"),
+    )
+    .await;
+    assert_eq!(next.status, StatusCode::OK);
+    assert!(
+        next.next_offset() > open_tail,
+        "offsets grow across the restart"
+    );
+    // A reader that kept its offset from before the restart resumes exactly.
+    let resumed = send(
+        &app,
+        request(
+            "GET",
+            &format!("/v1/stream/open?offset={open_tail}"),
+            &[],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(resumed.text(), "c");
+    let all = send(&app, request("GET", "/v1/stream/open", &[], "")).await;
+    assert_eq!(all.text(), "abc", "the duplicate was not stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_created_again_is_a_new_life_and_old_offsets_are_gone() {
+    let dir = TempDir::new("delete");
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let old = send(&app, request("PUT", "/v1/stream/s", &[TEXT], "old")).await;
+    let old_tail = old.next_offset();
+    assert_eq!(
+        send(&app, request("DELETE", "/v1/stream/s", &[], ""))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(&app, request("GET", "/v1/stream/s", &[], ""))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let new = send(&app, request("PUT", "/v1/stream/s", &[TEXT], "new")).await;
+    assert_eq!(new.status, StatusCode::CREATED);
+    assert!(
+        new.next_offset() > old_tail,
+        "a new life's offsets sort after the old one's"
+    );
+    let read = send(&app, request("GET", "/v1/stream/s", &[], "")).await;
+    assert_eq!(read.text(), "new");
+    let stale = send(
+        &app,
+        request("GET", &format!("/v1/stream/s?offset={old_tail}"), &[], ""),
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::GONE);
+    assert!(stale.text().contains("older life"), "{}", stale.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_keeps_its_soft_deleted_source_readable_across_a_restart() {
+    let dir = TempDir::new("fork");
+    let fork_point = {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        let created = send(&app, request("PUT", "/v1/stream/src", &[TEXT], "ab")).await;
+        let at = created.next_offset();
+        send(&app, request("POST", "/v1/stream/src", &[TEXT], "-later")).await;
+        let fork = [
+            TEXT,
+            ("stream-forked-from", "/v1/stream/src"),
+            ("stream-fork-offset", &at),
+        ];
+        assert_eq!(
+            send(&app, request("PUT", "/v1/stream/fork", &fork, ""))
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+        let own = send(&app, request("POST", "/v1/stream/fork", &[TEXT], "cd")).await;
+        assert!(
+            own.next_offset() > at,
+            "the fork's offsets continue after its fork point"
+        );
+        // Deleted while the fork inherits from it: soft-deleted.
+        assert_eq!(
+            send(&app, request("DELETE", "/v1/stream/src", &[], ""))
+                .await
+                .status,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            send(&app, request("HEAD", "/v1/stream/src", &[], ""))
+                .await
+                .status,
+            StatusCode::GONE
+        );
+        at
+    };
+
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    // The fork count and the soft delete are in the source's log.
+    assert_eq!(
+        send(&app, request("GET", "/v1/stream/src", &[], ""))
+            .await
+            .status,
+        StatusCode::GONE
+    );
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/src", &[TEXT], ""))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    let fork = send(&app, request("GET", "/v1/stream/fork", &[], "")).await;
+    assert_eq!(
+        fork.text(),
+        "abcd",
+        "inherited data, then the fork's own; never the source's later append"
+    );
+    let own = send(
+        &app,
+        request(
+            "GET",
+            &format!("/v1/stream/fork?offset={fork_point}"),
+            &[],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        own.text(),
+        "cd",
+        "the source's offset at the fork point reads the fork's own data"
+    );
+    // The last fork ends: the source goes with it.
+    assert_eq!(
+        send(&app, request("DELETE", "/v1/stream/fork", &[], ""))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(&app, request("HEAD", "/v1/stream/src", &[], ""))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/src", &[TEXT], "new"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_deletes_expired_streams_nobody_touches() {
+    let dir = TempDir::new("sweep");
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let soon = ("stream-expires-at", "2000-01-01T00:00:00Z");
+    // Created already expired: it lives until something looks at it.
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/old", &[TEXT, soon], "x"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/kept", &[TEXT], "y"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(service.sweep_expired().await, Ok(1));
+    assert_eq!(
+        send(&app, request("HEAD", "/v1/stream/old", &[], ""))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(&app, request("GET", "/v1/stream/kept", &[], ""))
+            .await
+            .text(),
+        "y"
+    );
+    assert_eq!(service.sweep_expired().await, Ok(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_their_cursors_and_the_signing_key_survive_a_restart() {
+    let dir = TempDir::new("subscriptions");
+    let json = ("content-type", "application/json");
+    let subscription = r#"{"type":"pull-wake","pattern":"events/*","wake_stream":"wake/pool","lease_ttl_ms":1000}"#;
+    let (kid, acked) = {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        send(&app, request("PUT", "/v1/stream/wake/pool", &[json], "[]")).await;
+        let created = send(
+            &app,
+            request(
+                "PUT",
+                "/v1/stream/__ds/subscriptions/s1",
+                &[json],
+                subscription,
+            ),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+        send(
+            &app,
+            request("PUT", "/v1/stream/events/a", &[json], "{\"n\":1}"),
+        )
+        .await;
+        // The append woke the subscription: an event in its wake stream.
+        let wakes = send(&app, request("GET", "/v1/stream/wake/pool", &[], "")).await;
+        assert!(
+            wakes.text().contains("\"subscription_id\":\"s1\""),
+            "{}",
+            wakes.text()
+        );
+        let claim = send(
+            &app,
+            request(
+                "POST",
+                "/v1/stream/__ds/subscriptions/s1/claim",
+                &[json],
+                r#"{"worker":"w"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(claim.status, StatusCode::OK);
+        let claimed: serde_json::Value = serde_json::from_slice(&claim.body).unwrap();
+        let tail = claimed["streams"][0]["tail_offset"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ack = serde_json::json!({
+            "wake_id": claimed["wake_id"], "generation": claimed["generation"],
+            "acks": [{"stream": "events/a", "offset": tail}], "done": true,
+        });
+        let token = format!("Bearer {}", claimed["token"].as_str().unwrap());
+        let acked = send(
+            &app,
+            request(
+                "POST",
+                "/v1/stream/__ds/subscriptions/s1/ack",
+                &[json, ("authorization", &token)],
+                &ack.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(acked.status, StatusCode::OK);
+        // The same ack again names a wake that is over: fenced.
+        let stale = send(
+            &app,
+            request(
+                "POST",
+                "/v1/stream/__ds/subscriptions/s1/ack",
+                &[json, ("authorization", &token)],
+                &ack.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(stale.status, StatusCode::CONFLICT);
+        let jwks = send(&app, request("GET", "/v1/stream/__ds/jwks.json", &[], "")).await;
+        let jwks: serde_json::Value = serde_json::from_slice(&jwks.body).unwrap();
+        (jwks["keys"][0]["kid"].as_str().unwrap().to_string(), tail)
+    };
+
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let got = send(
+        &app,
+        request("GET", "/v1/stream/__ds/subscriptions/s1", &[], ""),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let got: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(got["streams"][0]["path"], "events/a");
+    assert_eq!(
+        got["streams"][0]["acked_offset"],
+        acked.as_str(),
+        "the cursor is durable"
+    );
+    let again = send(
+        &app,
+        request(
+            "PUT",
+            "/v1/stream/__ds/subscriptions/s1",
+            &[json],
+            subscription,
+        ),
+    )
+    .await;
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "the configuration is durable: a re-confirmation"
+    );
+    let jwks = send(&app, request("GET", "/v1/stream/__ds/jwks.json", &[], "")).await;
+    let jwks: serde_json::Value = serde_json::from_slice(&jwks.body).unwrap();
+    assert_eq!(
+        jwks["keys"][0]["kid"],
+        kid.as_str(),
+        "the same signing key after a restart"
+    );
+    // Nothing pending: a claim finds no work.
+    let idle = send(
+        &app,
+        request(
+            "POST",
+            "/v1/stream/__ds/subscriptions/s1/claim",
+            &[json],
+            r#"{"worker":"w"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(idle.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_are_sent_only_durable_records() {
+    // The host drives persistence: nothing is durable until it says so.
+    let store = Arc::new(
+        ReplayStore::<StreamRecord>::builder()
+            .durable(Arc::new(MemoryLog::new()), Postcard)
+            .durable_options(DurableOptions::default().with_persister_thread(false))
+            .build()
+            .unwrap(),
+    );
+    let service = Arc::new(DurableStreams::new(Arc::clone(&store)).options(options()));
+    let app = Arc::clone(&service).router();
+    let create = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, request("PUT", "/v1/stream/d", &[TEXT], "")).await }
+    });
+    // The PUT waits for its record to be durable: persist it.
+    let created = loop {
+        store.persist_round();
+        if create.is_finished() {
+            break create.await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(created.status, StatusCode::CREATED);
+    let key = service.key("", "d").unwrap();
+    store
+        .append(&key, Revision(0), StreamRecord::data("x"))
+        .unwrap();
+    let before = send(&app, request("GET", "/v1/stream/d", &[], "")).await;
+    assert_eq!(before.text(), "", "not durable yet: not shown");
+    assert_eq!(before.next_offset(), created.next_offset());
+    assert_eq!(store.persist_round(), Some(true));
+    let after = send(&app, request("GET", "/v1/stream/d", &[], "")).await;
+    assert_eq!(after.text(), "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_typed_refusal_never_a_panic() {
+    let dir = TempDir::new("bad");
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let json = ("content-type", "application/json");
+    assert_eq!(
+        send(&app, request("PUT", "/v1/stream/j", &[json], "[]"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let huge = "x".repeat(10_000);
+    let long_path = format!("/v1/stream/{}", "p".repeat(600));
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            request("GET", "/v1/stream/j?offset=12_34", &[], ""),
+            StatusCode::BAD_REQUEST,
+            "malformed offset",
+        ),
+        (
+            request("GET", "/v1/stream/j?offset=-1&offset=now", &[], ""),
+            StatusCode::BAD_REQUEST,
+            "more than once",
+        ),
+        (
+            request(
+                "GET",
+                "/v1/stream/j?offset=ffffffffffffffff_0000000000000001",
+                &[],
+                "",
+            ),
+            StatusCode::BAD_REQUEST,
+            "never issued",
+        ),
+        (
+            request("GET", "/v1/stream/j?live=sideways&offset=-1", &[], ""),
+            StatusCode::BAD_REQUEST,
+            "live must be",
+        ),
+        (
+            request("GET", "/v1/stream/j?live=long-poll", &[], ""),
+            StatusCode::BAD_REQUEST,
+            "need an offset",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json], "{\"a\":"),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json], "[]"),
+            StatusCode::BAD_REQUEST,
+            "empty JSON array",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json], ""),
+            StatusCode::BAD_REQUEST,
+            "needs a body",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[], "1"),
+            StatusCode::BAD_REQUEST,
+            "needs a Content-Type",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[TEXT], "1"),
+            StatusCode::CONFLICT,
+            "does not match",
+        ),
+        (
+            request(
+                "POST",
+                "/v1/stream/j",
+                &[
+                    json,
+                    ("producer-id", &huge),
+                    ("producer-epoch", "0"),
+                    ("producer-seq", "0"),
+                ],
+                "1",
+            ),
+            StatusCode::BAD_REQUEST,
+            "Producer-Id must be",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json, ("stream-seq", &huge)], "1"),
+            StatusCode::BAD_REQUEST,
+            "at most 256",
+        ),
+        (
+            request("POST", "/v1/stream/j", &[json, ("producer-id", "p")], "1"),
+            StatusCode::BAD_REQUEST,
+            "together",
+        ),
+        (
+            request("PUT", "/v1/stream/t", &[("stream-ttl", "1.5")], ""),
+            StatusCode::BAD_REQUEST,
+            "Stream-TTL",
+        ),
+        (
+            request(
+                "PUT",
+                "/v1/stream/t",
+                &[("stream-expires-at", "tomorrow")],
+                "",
+            ),
+            StatusCode::BAD_REQUEST,
+            "RFC 3339",
+        ),
+        (
+            request("PUT", &long_path, &[TEXT], ""),
+            StatusCode::BAD_REQUEST,
+            "session id",
+        ),
+        (
+            request("GET", "/v1/stream/nothing-here", &[], ""),
+            StatusCode::NOT_FOUND,
+            "create it with PUT",
+        ),
+        (
+            request(
+                "PUT",
+                "/v1/stream/f",
+                &[("stream-forked-from", "/v1/stream/none")],
+                "",
+            ),
+            StatusCode::NOT_FOUND,
+            "create it with PUT",
+        ),
+        (
+            request(
+                "PUT",
+                "/v1/stream/f",
+                &[
+                    ("stream-forked-from", "/v1/stream/j"),
+                    ("stream-fork-offset", "9999999999999999_9999999999999999"),
+                ],
+                "",
+            ),
+            StatusCode::BAD_REQUEST,
+            "not an offset of the source",
+        ),
+        (
+            request(
+                "PUT",
+                "/v1/stream/f",
+                &[("stream-fork-sub-offset", "1")],
+                "",
+            ),
+            StatusCode::BAD_REQUEST,
+            "only valid with Stream-Forked-From",
+        ),
+    ];
+    for (request, status, says) in cases {
+        let label = format!("{} {}", request.method(), request.uri());
+        let got = send(&app, request).await;
+        assert_eq!(got.status, status, "{label}: {}", got.text());
+        assert!(
+            got.text().contains(says),
+            "{label}: {:?} should say {says:?}",
+            got.text()
+        );
+        assert_eq!(
+            got.header("x-content-type-options"),
+            Some("nosniff"),
+            "{label}"
+        );
+    }
+    // A JSON batch is one record: in the log whole or not at all.
+    let key = service.key("", "j").unwrap();
+    let before = service.store().latest_position(&key);
+    let batch = send(
+        &app,
+        request(
+            "POST",
+            "/v1/stream/j",
+            &[json],
+            "[1, {\"a\": [2]}, \"three\"]",
+        ),
+    )
+    .await;
+    assert_eq!(batch.status, StatusCode::NO_CONTENT);
+    assert_eq!(service.store().latest_position(&key), before.map(|p| p + 1));
+    let read = send(&app, request("GET", "/v1/stream/j", &[], "")).await;
+    assert_eq!(read.text(), "[1,{\"a\": [2]},\"three\"]");
+    // A body over the limit is a 413 before any of it is stored.
+    let small = Arc::new(DurableStreams::new(Arc::clone(service.store())).options(
+        StreamsOptions {
+            max_append_bytes: 1024,
+            ..options()
+        },
+    ))
+    .router();
+    let too_big = send(
+        &small,
+        request(
+            "POST",
+            "/v1/stream/j",
+            &[json],
+            &format!("\"{}\"", "y".repeat(2048)),
+        ),
+    )
+    .await;
+    assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let read = send(&app, request("GET", "/v1/stream/j", &[], "")).await;
+    assert_eq!(
+        read.text(),
+        "[1,{\"a\": [2]},\"three\"]",
+        "nothing refused was stored"
+    );
+}
+
+/// `livereplay serve` as a child process on a free loopback port, killed
+/// (SIGKILL) when dropped if still running.
+struct Server {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Server {
+    fn start(data_dir: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--long-poll-timeout-ms",
+                "500",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start livereplay serve");
+        let stdout = child.stdout.take().expect("its stdout");
+        // The first line, read on a thread so a silent server cannot hang
+        // the test.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let line = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server printed its address");
+        let address = line
+            .trim()
+            .strip_prefix("listening on http://127.0.0.1:")
+            .map(|port| format!("127.0.0.1:{port}"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self { child, address }
+    }
+
+    /// SIGKILL, by pid: nothing runs after it (no shutdown, no flush).
+    fn kill(mut self) {
+        self.child.kill().expect("kill the server");
+        self.child.wait().expect("reap the server");
+    }
+
+    /// One HTTP/1.1 request on a fresh connection (`Connection: close`),
+    /// bounded in time.
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.address).expect("connect");
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            self.address,
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read the response");
+        let split = raw
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .expect("a complete head");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|line| line.split(' ').nth(1))
+            .and_then(|code| code.parse().ok())
+            .expect("a status line");
+        let mut headers = axum::http::HeaderMap::new();
+        for line in lines {
+            if let Some((name, value)) = line.split_once(':') {
+                headers.append(
+                    axum::http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                    value.trim().parse().unwrap(),
+                );
+            }
+        }
+        Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers,
+            body: raw[split + 4..].to_vec(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn what_the_binary_acknowledged_survives_sigkill() {
+    let dir = TempDir::new("sigkill");
+    let producer = |seq: &'static str| {
+        [
+            ("content-type", "application/json"),
+            ("producer-id", "p"),
+            ("producer-epoch", "0"),
+            ("producer-seq", seq),
+        ]
+    };
+    let server = Server::start(&dir.0);
+    assert_eq!(server.send("GET", "/health", &[], "").text(), "ok\n");
+    let json = [("content-type", "application/json")];
+    assert_eq!(
+        server.send("PUT", "/v1/stream/k", &json, "[]").status,
+        StatusCode::CREATED
+    );
+    let mut offsets = Vec::new();
+    for (seq, body) in [("0", r#"{"n":0}"#), ("1", r#"[{"n":1},{"n":2}]"#)] {
+        let appended = server.send("POST", "/v1/stream/k", &producer(seq), body);
+        assert_eq!(appended.status, StatusCode::OK);
+        offsets.push(appended.next_offset());
+    }
+    let closing = [
+        ("content-type", "application/json"),
+        ("stream-closed", "true"),
+    ];
+    assert_eq!(
+        server
+            .send("PUT", "/v1/stream/done", &closing, "[\"all\"]")
+            .status,
+        StatusCode::CREATED
+    );
+    server.kill();
+
+    let server = Server::start(&dir.0);
+    let all = server.send("GET", "/v1/stream/k?offset=-1", &[], "");
+    assert_eq!(all.text(), r#"[{"n":0},{"n":1},{"n":2}]"#);
+    assert_eq!(all.next_offset(), offsets[1]);
+    let rest = server.send(
+        "GET",
+        &format!("/v1/stream/k?offset={}", offsets[0]),
+        &[],
+        "",
+    );
+    assert_eq!(rest.text(), r#"[{"n":1},{"n":2}]"#);
+    let retry = server.send(
+        "POST",
+        "/v1/stream/k",
+        &producer("1"),
+        r#"[{"n":1},{"n":2}]"#,
+    );
+    assert_eq!(
+        retry.status,
+        StatusCode::NO_CONTENT,
+        "the producer's state survived the kill"
+    );
+    let done = server.send("GET", "/v1/stream/done?offset=-1", &[], "");
+    assert_eq!(done.text(), r#"["all"]"#);
+    assert_eq!(done.header("stream-closed"), Some("true"));
+    let eof = server.send(
+        "GET",
+        &format!(
+            "/v1/stream/done?offset={}&live=long-poll",
+            done.next_offset()
+        ),
+        &[],
+        "",
+    );
+    assert_eq!(eof.status, StatusCode::NO_CONTENT);
+    assert_eq!(eof.header("stream-closed"), Some("true"));
+    // Appends since this start: the duplicate above was none; this is one.
+    assert_eq!(
+        server.send("PUT", "/v1/stream/m", &json, "[]").status,
+        StatusCode::CREATED
+    );
+    let metrics = server.send("GET", "/metrics", &[], "").text();
+    let appends: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("livereplay_appends_total "))
+        .and_then(|value| value.parse().ok())
+        .expect("an appends counter");
+    assert_eq!(appends, 1, "{metrics}");
+    assert!(
+        metrics.contains("livereplay_lost_events_total 0"),
+        "{metrics}"
+    );
+    server.kill();
+}
