@@ -998,7 +998,10 @@ mod faults {
             }
         }
         let durable = store.stats().durable.expect("stats");
-        assert_eq!((durable.holes, durable.lost_events, durable.kept_bytes), (0, 0, 0));
+        assert_eq!(
+            (durable.holes, durable.lost_events, durable.kept_bytes),
+            (0, 0, 0)
+        );
     }
 
     /// `pg_terminate_backend` of every connection the log has, again and

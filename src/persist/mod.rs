@@ -62,11 +62,11 @@
 //!    written (all durable, or fenced); dropping the store lets every
 //!    queued and removed session go.
 //! 10. A ring's capacity bounds what readers are served from memory, not
-//!    how far the persister may fall behind: a segment a writer laps
-//!    before the persister wrote it is kept (`ring::kept`) within the
-//!    store's byte budget ([`DurableOptions::undurable_budget`]) and read
-//!    from there; each commit gives back what it made durable. Only a log
-//!    that fails or stalls past the budget turns lapped events into holes.
+//!     how far the persister may fall behind: a segment a writer laps
+//!     before the persister wrote it is kept (`ring::kept`) within the
+//!     store's byte budget ([`DurableOptions::undurable_budget`]) and read
+//!     from there; each commit gives back what it made durable. Only a log
+//!     that fails or stalls past the budget turns lapped events into holes.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc as StdArc, Mutex, OnceLock};
