@@ -69,10 +69,12 @@
 //! # }
 //! ```
 
-mod index;
+// The index's schema and its writes live below the backends, which write
+// it inside their commits (`crate::durable::causal`); this module holds the
+// queries, above the store.
+use crate::durable::causal as index;
 
-pub(crate) use self::index::LEGACY_STATE_KEY;
-pub use self::index::{
+pub use crate::durable::causal::{
     index_appended, is_scanned, linked_events, scan_group, waiting_key, COUNT_KEY, NUMBER_KEY,
 };
 

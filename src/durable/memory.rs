@@ -206,7 +206,7 @@ impl DurableLog for MemoryLog {
         // The index reads and writes only values it encoded itself, so it
         // fails only on a bug; the records are in either way.
         #[cfg(feature = "dag")]
-        crate::dag::index_appended(&mut IndexView(&mut inner), writes)?;
+        crate::durable::causal::index_appended(&mut IndexView(&mut inner), writes)?;
         drop(inner);
         self.appended.notify_all();
         Ok(())

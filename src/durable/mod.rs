@@ -49,6 +49,8 @@
 //!    Release and read with Acquire. The ring frees events once they are
 //!    durable, so a read that missed them would find them nowhere.
 
+#[cfg(feature = "dag")]
+pub(crate) mod causal;
 mod index;
 mod memory;
 #[cfg(feature = "postgres")]

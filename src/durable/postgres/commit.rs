@@ -195,7 +195,7 @@ pub(super) fn append(conn: &mut Conn, writes: &[SessionWrite<'_>]) -> Result<(),
     if let Some(state) = state {
         causal.knowing_state(state);
     }
-    crate::dag::index_appended(&mut causal, writes)?;
+    crate::durable::causal::index_appended(&mut causal, writes)?;
     tx.commit()
 }
 
@@ -345,7 +345,7 @@ fn write_all(
             firsts.push(to_sql(life.first_position));
         }
     }
-    let state_key = crate::dag::NUMBER_KEY;
+    let state_key = crate::durable::causal::NUMBER_KEY;
     let rows = tx
         .query(
             &statements.write_all,

@@ -129,7 +129,7 @@ impl<'t> TxIndex<'t> {
 
 impl IndexRead for TxIndex<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
-        if key == crate::dag::NUMBER_KEY {
+        if key == crate::durable::causal::NUMBER_KEY {
             if let Some(state) = self.state.take() {
                 return Ok(state);
             }
@@ -153,7 +153,7 @@ impl IndexRead for TxIndex<'_> {
 
 impl IndexWrite for TxIndex<'_> {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
-        if key == crate::dag::NUMBER_KEY {
+        if key == crate::durable::causal::NUMBER_KEY {
             self.state = None;
         }
         self.tx
@@ -163,7 +163,7 @@ impl IndexWrite for TxIndex<'_> {
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<(), LogError> {
-        if key == crate::dag::NUMBER_KEY {
+        if key == crate::durable::causal::NUMBER_KEY {
             self.state = None;
         }
         self.tx

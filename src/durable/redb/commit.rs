@@ -176,7 +176,7 @@ impl RedbLog {
             // The index in the same transaction: durable exactly when the
             // records are.
             let mut index = txn.open_table(INDEX).map_err(backend)?;
-            crate::dag::index_appended(
+            crate::durable::causal::index_appended(
                 &mut IndexTxn {
                     index: &mut index,
                     records: &records,

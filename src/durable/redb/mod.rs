@@ -406,7 +406,7 @@ impl RedbLog {
             return Ok(());
         };
         if index
-            .get(crate::dag::LEGACY_STATE_KEY)
+            .get(crate::durable::causal::LEGACY_STATE_KEY)
             .map_err(backend)?
             .is_some()
         {

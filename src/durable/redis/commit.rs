@@ -65,12 +65,12 @@ impl RedisLog {
         let waiting: Vec<(Vec<u8>, Vec<u8>)> = sessions
             .iter()
             .map(|key| {
-                let entry = crate::dag::waiting_key(key);
+                let entry = crate::durable::causal::waiting_key(key);
                 let redis_key = index::entry_key(prefix, &entry);
                 (entry, redis_key)
             })
             .collect();
-        let linked = crate::dag::linked_events(writes);
+        let linked = crate::durable::causal::linked_events(writes);
         let mut watch = cmd("WATCH");
         for k in &keys {
             watch.arg(&k.meta);
@@ -223,7 +223,7 @@ impl RedisLog {
         }
         // The index's writes, planned with reads under the same WATCH.
         let mut staged_index = index::Staged::new(slot, &self.options.prefix, first.read_ahead);
-        crate::dag::index_appended(&mut staged_index, writes)?;
+        crate::durable::causal::index_appended(&mut staged_index, writes)?;
         tx.extend(staged_index.commands());
         tx.push(cmd("EXEC"));
         Ok(Some(tx))

@@ -1,7 +1,7 @@
 //! The causal index (`crate::dag`) on Redis: every index entry is a Redis
 //! key of its own, so a transaction can `WATCH` exactly the entries it
 //! read, and the keys the queries scan are also members of a sorted set
-//! per scan group (`crate::dag::scan_group`: a session's children, a
+//! per scan group (`crate::durable::causal::scan_group`: a session's children, a
 //! correlation id, a kind, a tenant's open acknowledgements, the waiting
 //! orphans), all at score 0 (`ZRANGEBYLEX` orders members bytewise, which
 //! is the order the index's keys are built for).
@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `<prefix>:ix:<index key>` | string | the entry's value (the index key's bytes as they are) |
 //! | `<prefix>:ix:Sn`, `<prefix>:ix:Sc` | string | the index's counters: the last number handed out, the events indexed (decimal, `INCRBY`) |
-//! | `<prefix>:ixs:<scan group>` | sorted set | the group's index keys (`crate::dag::is_scanned`), score 0 |
+//! | `<prefix>:ixs:<scan group>` | sorted set | the group's index keys (`crate::durable::causal::is_scanned`), score 0 |
 //!
 //! # Invariants
 //!
@@ -49,7 +49,7 @@ use super::conn::{bulk, cmd, exec, int, is_timeout, ok_reply, round_trip, unexpe
 use super::encode::decode_entry;
 use super::keys::SessionKeys;
 use super::{RedisLog, MAX_ATTEMPTS};
-use crate::dag::{scan_group, COUNT_KEY, NUMBER_KEY};
+use crate::durable::causal::{scan_group, COUNT_KEY, NUMBER_KEY};
 use crate::durable::{IndexEntries, IndexRead, IndexStore, IndexWrite, LogError, RecordBody};
 use crate::key::SessionKey;
 
@@ -62,7 +62,7 @@ pub(super) fn entry_key(prefix: &str, key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The sorted set of scan group `group` (`crate::dag::scan_group`).
+/// The sorted set of scan group `group` (`crate::durable::causal::scan_group`).
 fn group_key(prefix: &str, group: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(prefix.len() + 5 + group.len());
     out.extend_from_slice(prefix.as_bytes());
@@ -295,7 +295,7 @@ impl<'c> Staged<'c> {
         let mut groups: BTreeMap<Vec<u8>, (Cmd, Cmd, usize, usize)> = BTreeMap::new();
         for (key, value) in self.writes {
             let redis_key = entry_key(self.prefix, &key);
-            let group = crate::dag::is_scanned(&key)
+            let group = crate::durable::causal::is_scanned(&key)
                 .then(|| scan_group(&key))
                 .flatten()
                 .map(|group| {

@@ -2,6 +2,10 @@
 //! ([`IndexStore`](crate::durable::IndexStore)), how one commit's records
 //! update it, and the reads the queries are made of.
 //!
+//! It sits below the backends, which write it inside their own commits
+//! ([`index_appended`]); the queries over it (`crate::dag`) sit above the
+//! store and read it through these functions, so imports run one way.
+//!
 //! # Schema
 //!
 //! Keys are tuples encoded so that byte order is tuple order: a one-byte
