@@ -4,7 +4,7 @@
 // killed by pid when the test ends, whether it passed or not.
 
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -80,6 +80,8 @@ export class Servers {
       "--long-poll-timeout-ms", String(longPollTimeoutMs)];
     const child = spawn(SERVER_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.children.add(child);
+    // For .ci/ds-e2e.sh, which kills what is left if this process itself is killed.
+    if (process.env.DS_E2E_PIDS) appendFileSync(process.env.DS_E2E_PIDS, `${child.pid}\n`);
     const log = { pid: child.pid, text: "" };
     this.logs.push(log);
     child.on("exit", () => this.children.delete(child));
