@@ -5,8 +5,8 @@
 # long-poll mode across a SIGKILL and restart on the same port and data
 # directory, while an idempotent producer appends (e2e-streams/
 # restart.test.mjs); and headless Debian Chromium follows a stream with the
-# same client over SSE (e2e-streams/browser.test.mjs, screenshot in
-# target/e2e/ds-browser.png).
+# same client over SSE across a SIGKILL and restart too
+# (e2e-streams/browser.test.mjs, screenshot in target/e2e/ds-browser.png).
 # The tests start and kill their own servers; the pids they started are
 # also listed in a file, and any still alive when this script exits (the
 # tests themselves were killed) are killed here. Exits non-zero on any

@@ -1,7 +1,9 @@
 // Headless Debian Chromium follows a text stream of `livereplay serve` with
 // the official client (page/follow.mjs, bundled by esbuild for the browser),
 // in SSE mode, while the test appends lines with the client's own append
-// API; the page must show exactly the appended text, in order. The page is
+// API; halfway the server is killed with SIGKILL and restarted on the same
+// port and data directory. The page must show exactly the appended text,
+// in order. The page is
 // served from a static server of the test's own on 127.0.0.1, so its reads
 // are cross-origin (the server's CORS headers are part of what is tested).
 // A screenshot lands in target/e2e/ds-browser.png.
@@ -24,6 +26,8 @@ const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable
   "--no-first-run", "--disable-background-networking", "--disable-component-update",
   "--disable-sync"];
 const LINES = 40;
+/** After how many acknowledged lines the server is killed and restarted. */
+const KILL_AFTER = 20;
 const APPEND_EVERY_MS = 30;
 
 const cleanups = [];
@@ -62,10 +66,11 @@ async function servePage() {
   return `http://127.0.0.1:${server.address().port}`;
 }
 
-test("headless Chromium follows a stream with the official client over SSE", async () => {
+test("headless Chromium follows a stream with the official client over SSE across a restart", async () => {
   const servers = new Servers();
   cleanups.push(() => servers.stop());
-  const server = await servers.start(await freePort());
+  const port = await freePort();
+  let server = await servers.start(port);
   const url = `${server.url}/v1/stream/e2e/browser`;
   const handle = await DurableStream.create({ url, contentType: "text/plain" });
 
@@ -94,8 +99,17 @@ test("headless Chromium follows a stream with the official client over SSE", asy
   const expected = lines.join("");
   const shown = () => page.evaluate(() => document.getElementById("text").textContent);
   await within(30_000, "appending and showing every line", (async () => {
-    for (const line of lines) {
+    for (const [n, line] of lines.entries()) {
+      // A plain append, awaited: the kill below never cuts one in flight
+      // (restart.test.mjs covers that, with an idempotent producer).
       await handle.append(line);
+      if (n + 1 === KILL_AFTER) {
+        await waitFor(15_000, `the page showing the first ${KILL_AFTER} lines`,
+          async () => (await shown()) === lines.slice(0, KILL_AFTER).join(""));
+        await servers.kill(server.child);
+        await sleep(300);
+        server = await servers.start(port);
+      }
       await sleep(APPEND_EVERY_MS);
     }
     await waitFor(15_000, `the page showing all ${LINES} lines`,
@@ -109,6 +123,9 @@ test("headless Chromium follows a stream with the official client over SSE", asy
   assert.equal(await page.evaluate(() => document.body.dataset.error ?? null), null,
     "the client's session did not fail");
   assert.equal(await shown(), expected, "the page shows every appended line once, in order");
+  const resumes = Number(await page.evaluate(() => document.body.dataset.resumes ?? "0"));
+  assert.ok(resumes >= 1 && resumes <= 20,
+    `the page resumed its session after the restart (${resumes} times)`);
   assert.ok(liveModes.length > 0 && liveModes.every((live) => live === "sse"),
     `the page read live over SSE only: ${JSON.stringify(liveModes)}`);
 });
