@@ -109,6 +109,10 @@ server="${CARGO_TARGET_DIR:-$root/target}/debug/examples/sse_server"
 start_server() {
   local log="$1"
   shift
+  # Emptied here, not only by the server's redirection: that runs in the
+  # forked child, and until it does, the wait below could read the last
+  # run's "listening on" line (an empty or stale URL).
+  : >"$log"
   "$server" --port 0 "$@" >"$log" 2>&1 &
   echo "$!" >>"$server_pids"
   # Bounded wait for the first line: "listening on http://127.0.0.1:PORT".
