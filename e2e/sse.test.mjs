@@ -300,7 +300,7 @@ const tests = [
   twoNodes({ log: "Redis", nodeA: "NODE_A_URL", nodeB: "NODE_B_URL", missing: "redis-server",
     session: "e2e-two-nodes", screenshot: "sse-two-nodes.png" }),
   twoNodes({ log: "Postgres", nodeA: "PG_NODE_A_URL", nodeB: "PG_NODE_B_URL",
-    missing: "the PostgreSQL binaries", session: "e2e-two-nodes-postgres",
+    missing: "PostgreSQL binaries", session: "e2e-two-nodes-postgres",
     screenshot: "sse-two-nodes-postgres.png" }),
 ].filter((test) => {
   if (test.skip) console.log(`SKIPPED ${test.name} (no ${test.skip})`);
