@@ -5,15 +5,20 @@
 # cursor left the window, and resume with no gap when a server with
 # --data-dir is killed (SIGKILL) mid-stream and restarted on the same port,
 # and deliver the text exactly once when its reconnects alternate between
-# two servers over one redis-server (node A runs the turn with --redis,
-# node B is --host-only).
+# two servers over one shared log (node A runs the turn, node B is
+# --host-only): once over a redis-server (--redis), once over a PostgreSQL
+# cluster (--postgres).
 # Installs what it needs (Debian's chromium, playwright-core from npm; never
 # a browser download), starts two servers on ephemeral ports (the test
-# itself starts and kills the restart scenario's server), and a
-# redis-server on a free loopback port with its own temporary directory
-# (append-only file on) for the two nodes, runs e2e/sse.test.mjs, and kills
-# every server on exit. Without redis-server the two-node scenario is
-# skipped loudly (a failure under CI=true).
+# itself starts and kills the restart scenario's server), a redis-server on
+# a free loopback port with its own temporary directory (append-only file
+# on) and a throw-away PostgreSQL cluster (initdb into a temporary
+# directory, run as an unprivileged user through setpriv when we are root,
+# listening on a free port of 127.0.0.1 and a socket in that directory),
+# each with two nodes over it, runs e2e/sse.test.mjs, and kills every
+# server on exit (Postgres by its postmaster's pid). Without redis-server,
+# or without Debian's PostgreSQL binaries (/usr/lib/postgresql/*/bin), that
+# two-node scenario is skipped loudly (a failure under CI=true).
 # Screenshots land in target/e2e/. Last line: "e2e: N passed, M failed".
 set -uo pipefail
 
@@ -21,7 +26,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 artifacts="$root/target/e2e"
 mkdir -p "$artifacts"
-tests_total=4
+tests_total=5
 # Servers are started inside $(...) (a subshell), so their pids go to a file,
 # not to a variable of this shell.
 server_pids="$artifacts/servers.pids"
@@ -29,6 +34,8 @@ server_pids="$artifacts/servers.pids"
 restart_dir=""
 redis_pid=""
 redis_dir=""
+pg_pid=""
+pg_dir=""
 
 # Kills the servers whose pids are listed in file $1 (only those that are
 # still our server binary).
@@ -56,6 +63,18 @@ cleanup() {
     wait "$redis_pid" 2>/dev/null
   fi
   [ -n "$redis_dir" ] && rm -rf "$redis_dir"
+  # The Postgres nodes' postmaster (only if that pid is still it): SIGINT
+  # is a fast shutdown (its backends exit with it); SIGKILL after 5 s.
+  if [ -n "$pg_pid" ] && grep -q postgres "/proc/$pg_pid/cmdline" 2>/dev/null; then
+    kill -INT "$pg_pid" 2>/dev/null
+    for _ in $(seq 1 50); do
+      [ -d "/proc/$pg_pid" ] || break
+      sleep 0.1
+    done
+    kill -9 "$pg_pid" 2>/dev/null
+    wait "$pg_pid" 2>/dev/null
+  fi
+  [ -n "$pg_dir" ] && rm -rf "$pg_dir"
   # The restart scenario's servers, started by the test itself, which lists
   # their pids there: any it could not kill.
   if [ -n "$restart_dir" ]; then
@@ -90,6 +109,10 @@ server="${CARGO_TARGET_DIR:-$root/target}/debug/examples/sse_server"
 start_server() {
   local log="$1"
   shift
+  # Emptied here, not only by the server's redirection: that runs in the
+  # forked child, and until it does, the wait below could read the last
+  # run's "listening on" line (an empty or stale URL).
+  : >"$log"
   "$server" --port 0 "$@" >"$log" 2>&1 &
   echo "$!" >>"$server_pids"
   # Bounded wait for the first line: "listening on http://127.0.0.1:PORT".
@@ -188,11 +211,73 @@ if command -v redis-server >/dev/null 2>&1; then
 elif [ "${CI:-}" = "true" ]; then
   fail "redis-server is not installed and CI=true: the two-node scenario must run"
 else
-  tests_total=3
+  tests_total=$((tests_total - 1))
   echo "" >&2
   echo "==================================================================" >&2
   echo "SKIPPED: redis-server not found; the two-node scenario did not run." >&2
   echo "Install it (apt-get install redis-server) to run it." >&2
+  echo "==================================================================" >&2
+fi
+
+# The same two-node scenario over a throw-away PostgreSQL cluster: Debian's
+# newest /usr/lib/postgresql/<version>/bin, initdb into a fresh directory
+# (trust authentication for the postgres role, no fsync of initdb's own
+# files), the server on a free loopback port. Postgres refuses to run as
+# root: then every server binary runs through setpriv as the postgres
+# user (nobody where there is none), which execs, so $! is the postmaster.
+pg_bin=""
+for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
+  [ -x "$candidate/initdb" ] && [ -x "$candidate/postgres" ] && pg_bin="$candidate"
+done
+pg_node_a_url=""
+pg_node_b_url=""
+if [ -n "$pg_bin" ]; then
+  pg_as=()
+  pg_user=""
+  if [ "$(id -u)" = "0" ]; then
+    for name in postgres nobody; do
+      if id -u "$name" >/dev/null 2>&1; then pg_user="$name"; break; fi
+    done
+    [ -n "$pg_user" ] || fail "neither a postgres nor a nobody user to run postgres as"
+    pg_as=(setpriv "--reuid=$(id -u "$pg_user")" "--regid=$(id -g "$pg_user")" --clear-groups --)
+  fi
+  pg_dir="$(mktemp -d "${TMPDIR:-/tmp}/livereplay-e2e-postgres.XXXXXX")" \
+    || fail "cannot create the postgres directory"
+  [ -z "$pg_user" ] || chown "$pg_user:" "$pg_dir" || fail "cannot hand $pg_dir to $pg_user"
+  "${pg_as[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 \
+    --no-locale --no-sync >"$artifacts/postgres-initdb.log" 2>&1 </dev/null \
+    || fail "initdb failed (see $artifacts/postgres-initdb.log)"
+  pg_port="$(free_port "$restart_port" "${redis_port:-0}")" \
+    || fail "cannot pick a free port for postgres"
+  "${pg_as[@]}" "$pg_bin/postgres" -D "$pg_dir/data" -k "$pg_dir" -p "$pg_port" \
+    -c listen_addresses=127.0.0.1 >"$artifacts/postgres.log" 2>&1 </dev/null &
+  pg_pid=$!
+  pg_ready=""
+  for _ in $(seq 1 150); do
+    if "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" -t 1 2>/dev/null; then
+      pg_ready=1
+      break
+    fi
+    [ -d "/proc/$pg_pid" ] || break
+    sleep 0.1
+  done
+  [ -n "$pg_ready" ] || fail "postgres did not start on port $pg_port (see $artifacts/postgres.log)"
+  pg_url="postgresql://postgres@127.0.0.1:$pg_port/postgres"
+  pg_node_a_url="$(start_server "$artifacts/server-pg-node-a.log" --postgres "$pg_url" \
+    --tokens "$tokens_two_nodes" --token-ms 30 --drop-every 5 --retry-ms 200)" \
+    || fail "Postgres node A did not start (see $artifacts/server-pg-node-a.log)"
+  pg_node_b_url="$(start_server "$artifacts/server-pg-node-b.log" --postgres "$pg_url" \
+    --host-only --drop-every 5 --retry-ms 200)" \
+    || fail "Postgres node B did not start (see $artifacts/server-pg-node-b.log)"
+  echo "sse-e2e: two nodes over $pg_url: A at $pg_node_a_url, B (--host-only) at $pg_node_b_url"
+elif [ "${CI:-}" = "true" ]; then
+  fail "no /usr/lib/postgresql/*/bin/initdb and CI=true: the Postgres two-node scenario must run"
+else
+  tests_total=$((tests_total - 1))
+  echo "" >&2
+  echo "==================================================================" >&2
+  echo "SKIPPED: no /usr/lib/postgresql/*/bin/initdb; the Postgres two-node" >&2
+  echo "scenario did not run. Install it (apt-get install postgresql) to run it." >&2
   echo "==================================================================" >&2
 fi
 
@@ -201,6 +286,7 @@ RESUME_URL="$resume_url" GAP_URL="$gap_url" \
   SERVER_BIN="$server" RESTART_PORT="$restart_port" RESTART_DIR="$restart_dir" \
   TOKENS_RESTART="$tokens_restart" \
   NODE_A_URL="$node_a_url" NODE_B_URL="$node_b_url" TOKENS_TWO_NODES="$tokens_two_nodes" \
+  PG_NODE_A_URL="$pg_node_a_url" PG_NODE_B_URL="$pg_node_b_url" \
   timeout 240 node e2e/sse.test.mjs
 status=$?
 if [ "$status" -eq 124 ]; then

@@ -3,9 +3,9 @@
 // (--drop-every), reload from the gap snapshot when the server's window
 // moved past it, and resume with no gap when a server with --data-dir is
 // killed (SIGKILL) mid-stream and restarted on the same port, and alternate
-// its reconnects between two servers over one Redis log (node A runs the
-// turn, node B is --host-only), each time ending with the full text exactly
-// once, in order.
+// its reconnects between two servers over one shared log (node A runs the
+// turn, node B is --host-only), once over Redis and once over PostgreSQL,
+// each time ending with the full text exactly once, in order.
 //
 // .ci/sse-e2e.sh starts the first two servers and passes their addresses:
 //   RESUME_URL  a server with forced drops and a default window
@@ -21,7 +21,11 @@
 // and, when redis-server is installed, the two nodes it started over one
 // redis-server (empty otherwise: that scenario is left out):
 //   NODE_A_URL, NODE_B_URL  node A (--redis) and node B (--host-only --redis)
-//   TOKENS_TWO_NODES        how many tokens node A's turn appends
+// and, when PostgreSQL's binaries are installed, the two nodes it started
+// over one throw-away Postgres cluster (empty otherwise: left out):
+//   PG_NODE_A_URL, PG_NODE_B_URL  node A (--postgres) and node B
+//                                 (--host-only --postgres)
+//   TOKENS_TWO_NODES        how many tokens each node A's turn appends
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
 import { appendFileSync, createWriteStream, mkdtempSync, rmSync, mkdirSync } from "node:fs";
@@ -146,6 +150,61 @@ async function runPage(browser, baseUrl, session, screenshot) {
   }
 }
 
+// The two-node scenario over one shared log: the script started node A
+// (runs the turn) and node B (--host-only) over it and passes their
+// addresses in the environment variables named `nodeA` and `nodeB` (empty
+// when `missing` is not installed: the scenario is skipped).
+function twoNodes({ log, nodeA: nodeAVar, nodeB: nodeBVar, missing, session, screenshot }) {
+  return {
+    name: `the page alternates between two nodes over one ${log} (A runs the turn, B is --host-only) and gets the text exactly once`,
+    skip: process.env[nodeAVar] ? false : missing,
+    async run(browser) {
+      const tokens = Number(env("TOKENS_TWO_NODES"));
+      const nodeA = env(nodeAVar);
+      const nodeB = env(nodeBVar);
+      const page = await browser.newPage();
+      const consoleErrors = [];
+      page.on("pageerror", (error) => consoleErrors.push(String(error)));
+      let shown;
+      let finished = false;
+      let perNode = {};
+      let onB = "";
+      try {
+        // Served by A (whose first request starts the turn); every
+        // reconnect goes to the other node, resuming with ?cursor=.
+        const nodes = encodeURIComponent(`${nodeA},${nodeB}`);
+        await page.goto(`${nodeA}/?session=${session}&nodes=${nodes}&retry=200`, { timeout: 30_000 });
+        finished = await waitFinished(page, 60_000);
+        shown = await readPage(page, nodeA, session);
+        perNode = JSON.parse(await page.evaluate(() => document.body.dataset.opensPerNode || "{}"));
+        onB = await (await fetch(`${nodeB}/sessions/${session}/transcript`)).text();
+      } finally {
+        await page.screenshot({ path: join(artifacts, screenshot), fullPage: true }).catch(() => {});
+        await page.close();
+      }
+      const want = Array.from({ length: tokens }, (_, i) => tokenText(i)).join("");
+      const failures = [];
+      check(failures, finished, `the page did not report the turn finished within 60 s (${shown.tokens} tokens, ${shown.problems} problems shown)`);
+      check(failures, shown.text === want, textDiff(shown.text, want));
+      check(failures, shown.transcript === want, `node A's transcript: ${textDiff(shown.transcript, want)}`);
+      check(failures, onB === want, `node B's transcript (read from ${log}): ${textDiff(onB, want)}`);
+      check(failures, shown.tokens === tokens, `page counted ${shown.tokens} tokens, the turn appends ${tokens}`);
+      check(failures, shown.problems === 0, `page saw ${shown.problems} out-of-order, lost or repeated events`);
+      check(failures, shown.gaps === 0, `unexpected gaps: ${shown.gaps}`);
+      check(failures, shown.reconnects >= 4, `only ${shown.reconnects} reconnects; --drop-every 5 should force a dozen`);
+      check(failures, (perNode[nodeA] || 0) >= 2 && (perNode[nodeB] || 0) >= 2,
+        `connections per node ${JSON.stringify(perNode)}: both nodes should have served several`);
+      check(failures, shown.notices.some((n) => n.includes(`resumed from position`) && n.includes(`on ${nodeB}`)),
+        "no 'resumed from position … on node B' notice");
+      check(failures, consoleErrors.length === 0, `page errors: ${consoleErrors}`);
+      return {
+        failures,
+        summary: `${shown.tokens} tokens, ${shown.reconnects} reconnects, connections per node ${JSON.stringify(perNode)}, ${shown.gaps} gaps`,
+      };
+    },
+  };
+}
+
 const tests = [
   {
     name: "the page resumes by Last-Event-ID across forced reconnects",
@@ -238,57 +297,13 @@ const tests = [
       };
     },
   },
-  {
-    name: "the page alternates between two nodes over one Redis (A runs the turn, B is --host-only) and gets the text exactly once",
-    skip: !process.env.NODE_A_URL,
-    async run(browser) {
-      const tokens = Number(env("TOKENS_TWO_NODES"));
-      const nodeA = env("NODE_A_URL");
-      const nodeB = env("NODE_B_URL");
-      const session = "e2e-two-nodes";
-      const page = await browser.newPage();
-      const consoleErrors = [];
-      page.on("pageerror", (error) => consoleErrors.push(String(error)));
-      let shown;
-      let finished = false;
-      let perNode = {};
-      let onB = "";
-      try {
-        // Served by A (whose first request starts the turn); every
-        // reconnect goes to the other node, resuming with ?cursor=.
-        const nodes = encodeURIComponent(`${nodeA},${nodeB}`);
-        await page.goto(`${nodeA}/?session=${session}&nodes=${nodes}&retry=200`, { timeout: 30_000 });
-        finished = await waitFinished(page, 60_000);
-        shown = await readPage(page, nodeA, session);
-        perNode = JSON.parse(await page.evaluate(() => document.body.dataset.opensPerNode || "{}"));
-        onB = await (await fetch(`${nodeB}/sessions/${session}/transcript`)).text();
-      } finally {
-        await page.screenshot({ path: join(artifacts, "sse-two-nodes.png"), fullPage: true }).catch(() => {});
-        await page.close();
-      }
-      const want = Array.from({ length: tokens }, (_, i) => tokenText(i)).join("");
-      const failures = [];
-      check(failures, finished, `the page did not report the turn finished within 60 s (${shown.tokens} tokens, ${shown.problems} problems shown)`);
-      check(failures, shown.text === want, textDiff(shown.text, want));
-      check(failures, shown.transcript === want, `node A's transcript: ${textDiff(shown.transcript, want)}`);
-      check(failures, onB === want, `node B's transcript (read from Redis): ${textDiff(onB, want)}`);
-      check(failures, shown.tokens === tokens, `page counted ${shown.tokens} tokens, the turn appends ${tokens}`);
-      check(failures, shown.problems === 0, `page saw ${shown.problems} out-of-order, lost or repeated events`);
-      check(failures, shown.gaps === 0, `unexpected gaps: ${shown.gaps}`);
-      check(failures, shown.reconnects >= 4, `only ${shown.reconnects} reconnects; --drop-every 5 should force a dozen`);
-      check(failures, (perNode[nodeA] || 0) >= 2 && (perNode[nodeB] || 0) >= 2,
-        `connections per node ${JSON.stringify(perNode)}: both nodes should have served several`);
-      check(failures, shown.notices.some((n) => n.includes(`resumed from position`) && n.includes(`on ${nodeB}`)),
-        "no 'resumed from position … on node B' notice");
-      check(failures, consoleErrors.length === 0, `page errors: ${consoleErrors}`);
-      return {
-        failures,
-        summary: `${shown.tokens} tokens, ${shown.reconnects} reconnects, connections per node ${JSON.stringify(perNode)}, ${shown.gaps} gaps`,
-      };
-    },
-  },
+  twoNodes({ log: "Redis", nodeA: "NODE_A_URL", nodeB: "NODE_B_URL", missing: "redis-server",
+    session: "e2e-two-nodes", screenshot: "sse-two-nodes.png" }),
+  twoNodes({ log: "Postgres", nodeA: "PG_NODE_A_URL", nodeB: "PG_NODE_B_URL",
+    missing: "PostgreSQL binaries", session: "e2e-two-nodes-postgres",
+    screenshot: "sse-two-nodes-postgres.png" }),
 ].filter((test) => {
-  if (test.skip) console.log(`SKIPPED ${test.name} (no redis-server)`);
+  if (test.skip) console.log(`SKIPPED ${test.name} (no ${test.skip})`);
   return !test.skip;
 });
 

@@ -14,6 +14,9 @@
 //! # two nodes over one redis-server (examples/two_nodes.sh starts all three):
 //! cargo run --example sse_server --features sse-demo -- --port 3000 --redis redis://127.0.0.1:6379/
 //! cargo run --example sse_server --features sse-demo -- --port 3001 --redis redis://127.0.0.1:6379/ --host-only
+//! # or the same two nodes over one PostgreSQL database:
+//! cargo run --example sse_server --features sse-demo -- --port 3000 --postgres postgresql://postgres@127.0.0.1:5432/postgres
+//! cargo run --example sse_server --features sse-demo -- --port 3001 --postgres postgresql://postgres@127.0.0.1:5432/postgres --host-only
 //! ```
 //!
 //! Flags (all optional):
@@ -36,12 +39,18 @@
 //! * `--redis URL` — keep every event in Redis Streams instead (`RedisLog`,
 //!   e.g. `redis://127.0.0.1:6379/`), a log several nodes share: a browser's
 //!   reconnect may land on any of them and resumes exactly. The same
-//!   durable-only delivery and restart behaviour as `--data-dir` (give one
-//!   or the other, not both).
+//!   durable-only delivery and restart behaviour as `--data-dir`.
+//! * `--postgres URL` — keep every event in PostgreSQL instead
+//!   (`PostgresLog`; a libpq URL such as
+//!   `postgresql://postgres@127.0.0.1:5432/postgres` or a `host=… port=…`
+//!   string), shared by several nodes like `--redis`; host-only nodes are
+//!   woken by `LISTEN`/`NOTIFY`. `--data-dir`, `--redis` and `--postgres`
+//!   are three logs: give at most one.
 //! * `--host-only` — run no turns: serve sessions that another node (one
-//!   without this flag, on the same `--redis`) runs and writes. Streams are
-//!   catch-ups from the log (history, then live as the writer ships); a
-//!   session is never opened or made resident here. Needs `--redis`.
+//!   without this flag, on the same `--redis` or `--postgres`) runs and
+//!   writes. Streams are catch-ups from the log (history, then live as the
+//!   writer ships); a session is never opened or made resident here. Needs
+//!   a shared log: `--redis` or `--postgres`.
 
 #[path = "sse_server/app.rs"]
 mod app;
@@ -53,14 +62,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livereplay::durable::{RedbLog, RedisLog};
+use livereplay::durable::{DurableLog, PostgresLog, RedbLog, RedisLog};
 use livereplay::{Config, Postcard, ReplayStore};
 
 use app::{App, Settings, TurnPlan};
 
 const USAGE: &str = "usage: sse_server [--port N] [--tokens N] [--token-ms MS] [--drop-every N] \
 [--capacity N] [--max-age-ms MS] [--retry-ms MS] [--keep-alive-ms MS] \
-[--data-dir DIR | --redis URL [--host-only]]";
+[--data-dir DIR | --redis URL [--host-only] | --postgres URL [--host-only]]";
 
 struct Options {
     port: u16,
@@ -68,6 +77,7 @@ struct Options {
     settings: Settings,
     data_dir: Option<PathBuf>,
     redis: Option<String>,
+    postgres: Option<String>,
     host_only: bool,
 }
 
@@ -78,6 +88,7 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
         settings: Settings::default(),
         data_dir: None,
         redis: None,
+        postgres: None,
         host_only: false,
     };
     let mut plan = options.settings.turn.unwrap_or(TurnPlan {
@@ -102,6 +113,10 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
         }
         if flag == "--redis" {
             options.redis = Some(value);
+            continue;
+        }
+        if flag == "--postgres" {
+            options.postgres = Some(value);
             continue;
         }
         let number: u64 = value
@@ -134,41 +149,53 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
     if options.settings.keep_alive.is_zero() {
         return Err("--keep-alive-ms must be at least 1".to_string());
     }
-    if options.data_dir.is_some() && options.redis.is_some() {
+    let logs_given = [
+        options.data_dir.is_some(),
+        options.redis.is_some(),
+        options.postgres.is_some(),
+    ]
+    .into_iter()
+    .filter(|given| *given)
+    .count();
+    if logs_given > 1 {
         return Err(format!(
-            "--data-dir and --redis are two logs: give one\n{USAGE}"
+            "--data-dir, --redis and --postgres are three logs: give at most one\n{USAGE}"
         ));
     }
-    if options.host_only && options.redis.is_none() {
+    if options.host_only && options.redis.is_none() && options.postgres.is_none() {
         return Err(format!(
-            "--host-only serves sessions other nodes write to a shared log: it needs --redis URL\n{USAGE}"
+            "--host-only serves sessions other nodes write to a shared log: it needs --redis URL or --postgres URL\n{USAGE}"
         ));
     }
     Ok(options)
 }
 
-/// A memory-only store, or one over `DIR/log.redb`, or one over Redis.
-fn build_store(
-    config: Config,
-    data_dir: Option<&std::path::Path>,
-    redis: Option<&str>,
-) -> Result<ReplayStore<app::TurnEvent>, String> {
-    let builder = ReplayStore::builder().config(config);
-    let builder = match (data_dir, redis) {
-        (None, None) => builder,
-        (_, Some(url)) => {
-            let log = RedisLog::open(url)
-                .map_err(|error| format!("cannot open the Redis log at {url}: {error}"))?;
-            builder.durable(Arc::new(log), Postcard)
-        }
-        (Some(dir), None) => {
-            std::fs::create_dir_all(dir)
-                .map_err(|error| format!("cannot create --data-dir {}: {error}", dir.display()))?;
-            let path = dir.join("log.redb");
-            let log = RedbLog::open(&path)
-                .map_err(|error| format!("cannot open the log {}: {error}", path.display()))?;
-            builder.durable(Arc::new(log), Postcard)
-        }
+/// A memory-only store, or one over `DIR/log.redb`, Redis or PostgreSQL
+/// (`parse_options` lets at most one of them through).
+fn build_store(options: &Options) -> Result<ReplayStore<app::TurnEvent>, String> {
+    let log: Option<Arc<dyn DurableLog>> = if let Some(url) = &options.redis {
+        let log = RedisLog::open(url)
+            .map_err(|error| format!("cannot open the Redis log at {url}: {error}"))?;
+        Some(Arc::new(log))
+    } else if let Some(url) = &options.postgres {
+        // Not the URL in the message: it may hold a password.
+        let log = PostgresLog::open(url)
+            .map_err(|error| format!("cannot open the Postgres log (--postgres): {error}"))?;
+        Some(Arc::new(log))
+    } else if let Some(dir) = &options.data_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|error| format!("cannot create --data-dir {}: {error}", dir.display()))?;
+        let path = dir.join("log.redb");
+        let log = RedbLog::open(&path)
+            .map_err(|error| format!("cannot open the log {}: {error}", path.display()))?;
+        Some(Arc::new(log))
+    } else {
+        None
+    };
+    let builder = ReplayStore::builder().config(options.config.clone());
+    let builder = match log {
+        Some(log) => builder.durable(log, Postcard),
+        None => builder,
     };
     builder
         .build()
@@ -184,11 +211,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let store = match build_store(
-        options.config,
-        options.data_dir.as_deref(),
-        options.redis.as_deref(),
-    ) {
+    let store = match build_store(&options) {
         Ok(store) => store,
         Err(error) => {
             eprintln!("{error}");

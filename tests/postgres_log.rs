@@ -5,7 +5,8 @@
 //! on the same server and schema), and what only Postgres has: the tables
 //! and schema version, idempotent migrations, `NOTIFY` in the commit, two
 //! nodes racing on one session, two nodes serving one session (history and
-//! live through `LISTEN`), a node taken over and fenced, damaged rows, and
+//! live through `LISTEN`), a node taken over and fenced, damaged rows, calls
+//! from inside a tokio runtime (an async host), and
 //! the faults of issue 23: the server SIGKILLed mid-stream and restarted,
 //! frozen for 2 s, and the log's connection terminated, under a store that
 //! keeps appending.
@@ -445,6 +446,46 @@ fn wait_after_wakes_when_another_node_appends() {
         .log()
         .wait_after(&key("t", "never"), 0, Duration::ZERO)
         .expect("wait_after"));
+}
+
+/// An async host (an axum handler polling a catch-up) calls the log from
+/// inside a tokio runtime, where the sync client's own runtime cannot start:
+/// every call, on either flavour of runtime, is served, and dropping the log
+/// there (closing its connections) does not panic either.
+#[test]
+fn calls_from_inside_a_tokio_runtime_are_served() {
+    let backend = backend_or_skip!();
+    let runtimes = [
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime"),
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a multi-thread runtime"),
+    ];
+    for (index, runtime) in runtimes.iter().enumerate() {
+        let k = key("t", &format!("in-runtime-{index}"));
+        let raw = index as u64 + 1;
+        runtime.block_on(async {
+            let log = open(&backend.server, &backend.schema);
+            append_ok(&log, &k, Some(life(raw, 1)), &events(1..=3, raw));
+            assert_eq!(positions(&load_all(&log, &k)), vec![1, 2, 3]);
+            assert_eq!(meta_of(&log, &k).durable_tail, 3);
+            assert!(log.wait_after(&k, 2, Duration::ZERO).expect("wait_after"));
+            assert!(!log
+                .wait_after(&k, 3, Duration::from_millis(50))
+                .expect("wait_after"));
+            drop(log);
+        });
+    }
+    // What the runtimes wrote is there for a log outside them.
+    for index in 0..2 {
+        let k = key("t", &format!("in-runtime-{index}"));
+        assert_eq!(positions(&load_all(backend.log(), &k)), vec![1, 2, 3]);
+    }
 }
 
 // ---- concurrency ----------------------------------------------------------

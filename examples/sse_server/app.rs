@@ -13,11 +13,11 @@
 //! streams send only durable events, so a browser's cursor resumes exactly
 //! even after the server was killed.
 //!
-//! Several nodes over one shared log (`--redis`): the node that runs a
-//! session's turn writes it, and a host-only node ([`App::new_host_only`])
-//! serves any session from the log without ever running a turn or making
-//! the session resident (catch-up only; its transcripts and gap snapshots
-//! are read from the log). Event streams answer cross-origin requests from
+//! Several nodes over one shared log (`--redis` or `--postgres`): the node
+//! that runs a session's turn writes it, and a host-only node
+//! ([`App::new_host_only`]) serves any session from the log without ever
+//! running a turn or making the session resident (catch-up only; its
+//! transcripts and gap snapshots are read from the log). Event streams answer cross-origin requests from
 //! loopback pages, so one page can alternate between the nodes.
 
 use std::collections::HashMap;
@@ -166,10 +166,11 @@ impl App {
     }
 
     /// A host-only app: it serves sessions another node writes to the
-    /// store's shared log (`--host-only --redis URL`). It never starts a
-    /// turn and never makes a session resident: every stream is a catch-up
-    /// from the log, and transcripts and gap snapshots are read from the
-    /// log. ([`App::append_token`] and [`App::finish_turn`] are not for it.)
+    /// store's shared log (`--host-only` with `--redis URL` or `--postgres
+    /// URL`). It never starts a turn and never makes a session resident:
+    /// every stream is a catch-up from the log, and transcripts and gap
+    /// snapshots are read from the log. ([`App::append_token`] and
+    /// [`App::finish_turn`] are not for it.)
     #[allow(dead_code)] // used by the binary and tests/redis_nodes.rs, not tests/sse.rs
     pub fn new_host_only(store: ReplayStore<TurnEvent>, settings: Settings) -> Arc<Self> {
         Self::with_role(store, settings, true)
@@ -549,8 +550,8 @@ fn stream(app: Arc<App>, id: String, resume: ResumeCursor) -> Response {
             let snapshot = snapshots.snapshot(&gap_key, gap.latest.position());
             serde_json::to_string(&snapshot).ok()
         })
-        // A no-op without a log (--data-dir or --redis); with one, nothing a
-        // crash can take back reaches the browser. (A host-only node's
+        // A no-op without a log (--data-dir, --redis or --postgres); with
+        // one, nothing a crash can take back reaches the browser. (A host-only node's
         // events all come from the log: each check is one read of it.)
         .durable_only(app.store.clone());
     if let Some(every) = app.settings.drop_every {

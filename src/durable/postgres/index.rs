@@ -216,16 +216,30 @@ impl IndexStore for PostgresLog {
         &self,
         update: &mut dyn FnMut(&mut dyn IndexWrite) -> Result<(), LogError>,
     ) -> Result<(), LogError> {
-        self.run(|conn| {
-            let Conn {
-                client,
-                statements,
-                broken,
-            } = conn;
-            let mut tx = super::commit::Tx::begin(client, broken, &statements.begin_locked)?;
-            update(&mut TxIndex::new(tx.client(), statements))?;
-            tx.commit()
-        })
+        let mut write = || {
+            self.run_here(|conn| {
+                let Conn {
+                    client,
+                    statements,
+                    broken,
+                } = conn;
+                let mut tx = super::commit::Tx::begin(client, broken, &statements.begin_locked)?;
+                update(&mut TxIndex::new(tx.client(), statements))?;
+                tx.commit()
+            })
+        };
+        // `update` is not `Send`, so it cannot move to another thread (as
+        // `run` moves calls): on a multi-thread runtime's worker, that
+        // worker hands its tasks over and blocks instead; on a
+        // current-thread runtime the client still panics.
+        match ::tokio::runtime::Handle::try_current() {
+            Ok(handle)
+                if handle.runtime_flavor() == ::tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                ::tokio::task::block_in_place(write)
+            }
+            _ => write(),
+        }
     }
 }
 

@@ -65,6 +65,13 @@
 //! retry of the same records is then refused as not contiguous, and the
 //! persister re-reads the meta to learn which (as with Redis).
 //!
+//! The sync client drives each call on a small tokio runtime of its own,
+//! and tokio panics when a runtime is started inside another: every call
+//! (and the connections' drop, which says goodbye to the server) made on a
+//! thread inside a tokio runtime (an async host, such as an axum handler
+//! polling a catch-up) runs on a scoped thread of its own instead
+//! ([`off_runtime`]); elsewhere (the persister's thread) it runs in place.
+//!
 //! The sync client has no per-call I/O timeout: a call on a server that is
 //! frozen (SIGSTOP, a hung host) waits until it answers, or until TCP
 //! keepalive (on, [`PostgresOptions::keepalive_idle`]) gives up on a host
@@ -230,14 +237,17 @@ impl PostgresLog {
             conn: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
         };
-        let mut client = log.config.connect(NoTls).map_err(backend)?;
-        schema::migrate(&mut client, &log.options.schema)?;
-        let statements = Statements::prepare(&mut client, &log.options.schema)?;
-        *log.lock_conn() = Some(Conn {
-            client,
-            statements,
-            broken: false,
-        });
+        let conn = off_runtime(|| {
+            let mut client = log.config.connect(NoTls).map_err(backend)?;
+            schema::migrate(&mut client, &log.options.schema)?;
+            let statements = Statements::prepare(&mut client, &log.options.schema)?;
+            Ok(Conn {
+                client,
+                statements,
+                broken: false,
+            })
+        })?;
+        *log.lock_conn() = Some(conn);
         Ok(log)
     }
 
@@ -294,8 +304,17 @@ impl PostgresLog {
     /// serialization failure or deadlock, and once more on a fresh
     /// connection when one that an earlier call opened turns out broken
     /// before `call` asked for a commit (the server restarted, or cut an
-    /// idle connection). A broken connection is dropped either way.
-    fn run<R>(
+    /// idle connection). A broken connection is dropped either way. Off any
+    /// tokio runtime ([`off_runtime`]).
+    fn run<R: Send>(
+        &self,
+        call: impl FnMut(&mut Conn) -> Result<R, LogError> + Send,
+    ) -> Result<R, LogError> {
+        off_runtime(|| self.run_here(call))
+    }
+
+    /// [`PostgresLog::run`] on this thread.
+    fn run_here<R>(
         &self,
         mut call: impl FnMut(&mut Conn) -> Result<R, LogError>,
     ) -> Result<R, LogError> {
@@ -421,6 +440,40 @@ impl std::error::Error for CommitFailed {
 }
 
 /// A server or connection error.
+impl Drop for PostgresLog {
+    /// Closing a client blocks on its runtime too: the connections are
+    /// dropped off any tokio runtime (a store dropped in an async host).
+    fn drop(&mut self) {
+        let conn = unpoison(self.conn.get_mut()).take();
+        let listeners = std::mem::take(unpoison(self.listeners.get_mut()));
+        let _ = off_runtime(move || {
+            drop(conn);
+            drop(listeners);
+            Ok(())
+        });
+    }
+}
+
+/// Runs `call` where the sync client may block on its own runtime: here,
+/// or, when this thread is inside a tokio runtime (where starting another
+/// panics), on a scoped thread that `call` borrows from this one. A thread
+/// that cannot be started is [`LogError::Backend`]; a panic in `call`
+/// carries on here.
+fn off_runtime<R: Send>(call: impl FnOnce() -> Result<R, LogError> + Send) -> Result<R, LogError> {
+    if ::tokio::runtime::Handle::try_current().is_err() {
+        return call();
+    }
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("livereplay-postgres-call".into())
+            .spawn_scoped(scope, call)
+            .map_err(|error| LogError::Backend(Box::new(error)))?;
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 fn backend(error: ::postgres::Error) -> LogError {
     LogError::Backend(Box::new(error))
 }

@@ -68,6 +68,15 @@ pub(super) fn wait_any(
     if interest.is_empty() {
         return Ok(Vec::new());
     }
+    super::off_runtime(|| wait_any_here(log, interest, timeout))
+}
+
+/// [`wait_any`] on this thread.
+fn wait_any_here(
+    log: &PostgresLog,
+    interest: &[(SessionKey, u64)],
+    timeout: Duration,
+) -> Result<Vec<usize>, LogError> {
     let idle = super::unpoison(log.listeners.lock()).pop();
     let reused = idle.is_some();
     let mut listener = match idle {
