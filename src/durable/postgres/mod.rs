@@ -439,7 +439,6 @@ impl std::error::Error for CommitFailed {
     }
 }
 
-/// A server or connection error.
 impl Drop for PostgresLog {
     /// Closing a client blocks on its runtime too: the connections are
     /// dropped off any tokio runtime (a store dropped in an async host).
@@ -474,6 +473,7 @@ fn off_runtime<R: Send>(call: impl FnOnce() -> Result<R, LogError> + Send) -> Re
     })
 }
 
+/// A server or connection error.
 fn backend(error: ::postgres::Error) -> LogError {
     LogError::Backend(Box::new(error))
 }
