@@ -126,22 +126,7 @@ impl DurableStreams {
                 closed,
             });
         }
-        let record = StreamRecord::Created {
-            config: config.clone(),
-            messages,
-            closed: close,
-        };
-        let position = self.commit(key, &mut state, record)?;
-        let live = state.as_ref().ok_or(StreamError::NotFound)?;
-        let next = live.offset(live.tail(position));
-        drop(state);
-        self.await_durable(key, position).await?;
-        Ok(Created {
-            fresh: true,
-            config,
-            next,
-            closed: close,
-        })
+        self.create_life(key, state, config, messages, close).await
     }
 
     /// `POST`: appends, closes, or both at once.
@@ -476,22 +461,7 @@ impl DurableStreams {
         let reference = self.commit(&source_key, &mut source_guard, attach)?;
         drop(source_guard);
         self.await_durable(&source_key, reference).await?;
-        let record = StreamRecord::Created {
-            config: config.clone(),
-            messages,
-            closed: close,
-        };
-        let position = self.commit(key, &mut state, record)?;
-        let live = state.as_ref().ok_or(StreamError::NotFound)?;
-        let next = live.offset(live.tail(position));
-        drop(state);
-        self.await_durable(key, position).await?;
-        Ok(Created {
-            fresh: true,
-            config,
-            next,
-            closed: close,
-        })
+        self.create_life(key, state, config, messages, close).await
     }
 
     /// The first `count` messages (JSON) or bytes of the source's record
@@ -544,6 +514,34 @@ impl DurableStreams {
         self.await_durable(key, position).await?;
         self.store.archive_before(key, position)?;
         Ok(())
+    }
+
+    /// Commits a new life's `Created` record under the stream's lock
+    /// (`state`, let go before the wait) and answers once it is durable.
+    async fn create_life(
+        &self,
+        key: &SessionKey,
+        mut state: tokio::sync::MutexGuard<'_, Option<StreamState>>,
+        config: StreamConfig,
+        messages: Vec<Vec<u8>>,
+        close: bool,
+    ) -> Result<Created, StreamError> {
+        let record = StreamRecord::Created {
+            config: config.clone(),
+            messages,
+            closed: close,
+        };
+        let position = self.commit(key, &mut state, record)?;
+        let live = state.as_ref().ok_or(StreamError::NotFound)?;
+        let next = live.offset(live.tail(position));
+        drop(state);
+        self.await_durable(key, position).await?;
+        Ok(Created {
+            fresh: true,
+            config,
+            next,
+            closed: close,
+        })
     }
 
     /// Appends a request's record and folds it into `state`; returns its
