@@ -1027,3 +1027,21 @@ fn what_the_binary_acknowledged_survives_sigkill() {
     );
     server.kill();
 }
+
+/// `livereplay serve` has no access control yet: it refuses to bind
+/// anything but loopback, with a message saying why, and creates nothing.
+#[test]
+fn serve_refuses_to_bind_beyond_loopback() {
+    let dir = TempDir::new("bind");
+    let data_dir = dir.0.join("data");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
+        .args(["serve", "--port", "0", "--bind", "0.0.0.0", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("run livereplay serve");
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "it listened");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no access control"), "{stderr}");
+    assert!(!data_dir.exists(), "it created its data dir anyway");
+}

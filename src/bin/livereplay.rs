@@ -6,12 +6,17 @@
 //! ```
 //!
 //! The first line on stdout is `listening on http://127.0.0.1:PORT`
-//! (`--port 0` picks a free port). Streams are at `/v1/stream/{path}`,
+//! (`--port 0` picks a free port); the second says what is served, from
+//! where, and with which memory bounds. Streams are at `/v1/stream/{path}`,
 //! `GET /health` answers `ok`, `GET /metrics` the store's counters in the
 //! Prometheus text format. SIGTERM or ctrl-c stops accepting, lets
 //! in-flight requests finish for up to 5 s (then cuts what is left, SSE
 //! responses included), then drops the store, which writes what is left to
 //! the log.
+//!
+//! It binds loopback only: it has no access control yet (bearer tokens and
+//! signed URLs are issue 22's open work), so `--bind` with another address
+//! is refused rather than serving every stream to the network.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,7 +27,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use livereplay::durable::RedbLog;
 use livereplay::streams::{DurableStreams, StreamRecord, StreamsOptions};
-use livereplay::{Postcard, ReplayStore};
+use livereplay::{Config, DurableOptions, Postcard, ReplayStore};
 
 /// How often expired streams are looked for.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
@@ -48,7 +53,8 @@ struct Serve {
     /// The port (0: any free port).
     #[arg(long, default_value_t = 4437)]
     port: u16,
-    /// The address to bind (loopback unless told otherwise).
+    /// The address to bind: a loopback address (127.0.0.1 or ::1); others
+    /// are refused while the server has no access control.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     bind: IpAddr,
     /// The directory of the redb log (`streams.redb`), created if missing.
@@ -60,6 +66,19 @@ struct Serve {
     /// How long an SSE response lasts before the client must reconnect.
     #[arg(long, default_value_t = 60_000)]
     sse_lifetime_ms: u64,
+    /// Records (requests) each stream keeps in memory for readers; older
+    /// ones are read from the log.
+    #[arg(long, default_value_t = 2048)]
+    ring_capacity: usize,
+    /// The largest append (request body) accepted, in bytes; larger ones
+    /// get 413.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_append_bytes: usize,
+    /// Bytes of records not yet on disk the store keeps past the streams'
+    /// rings (all streams together) before what a ring laps is lost
+    /// (`DurableOptions::undurable_budget`).
+    #[arg(long, default_value_t = 64 << 20)]
+    undurable_budget_bytes: usize,
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +94,15 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
+    if !serve.bind.is_loopback() {
+        return Err(format!(
+            "--bind {}: this server has no access control yet (bearer tokens and signed URLs \
+             are not built), so it serves loopback only; put a proxy that authenticates in \
+             front of it, or bind 127.0.0.1",
+            serve.bind
+        )
+        .into());
+    }
     std::fs::create_dir_all(&serve.data_dir)
         .map_err(|error| format!("cannot create {}: {error}", serve.data_dir.display()))?;
     let path = serve.data_dir.join("streams.redb");
@@ -83,12 +111,17 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     );
     let store = Arc::new(
         ReplayStore::<StreamRecord>::builder()
+            .config(Config::default().with_capacity(serve.ring_capacity))
             .durable(log, Postcard)
+            .durable_options(
+                DurableOptions::default().with_undurable_budget(serve.undurable_budget_bytes),
+            )
             .build()?,
     );
     let options = StreamsOptions {
         long_poll_timeout: Duration::from_millis(serve.long_poll_timeout_ms),
         sse_lifetime: Duration::from_millis(serve.sse_lifetime_ms),
+        max_append_bytes: serve.max_append_bytes,
         ..StreamsOptions::default()
     };
     let streams = Arc::new(DurableStreams::new(Arc::clone(&store)).options(options));
@@ -122,7 +155,20 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
             }
         });
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{address}")?;
+        // Both lines in one write (under the pipe's atomic size): a parent
+        // that reads the first line and closes the pipe cannot make the
+        // second one fail.
+        let banner = format!(
+            "listening on http://{address}\n\
+             serving Durable Streams at http://{address}/v1/stream/{{path}} from {}; \
+             loopback only (no access control configured); {} records per stream in memory, \
+             appends up to {} bytes, {} bytes of undurable records kept\n",
+            path.display(),
+            serve.ring_capacity,
+            serve.max_append_bytes,
+            serve.undurable_budget_bytes
+        );
+        stdout.write_all(banner.as_bytes())?;
         stdout.flush()?;
         drop(stdout);
         // Graceful: stop accepting and let requests finish, but no longer
