@@ -23,7 +23,6 @@ mod durable_suite;
 #[path = "support/postgres_server.rs"]
 mod postgres_server;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,57 +30,25 @@ use livereplay::durable::{DurableLog, LogError, PostgresLog, PostgresOptions};
 use postgres::fallible_iterator::FallibleIterator;
 
 use durable_suite::{
-    append_ok, event, events, hole, key, life, listed, load_all, meta_of, positions, Backend,
-    Reopen,
+    append_ok, event, events, hole, key, life, listed, load_all, meta_of, positions, unique_name,
+    ServerBackend,
 };
 use postgres_server::PostgresServer;
 
 /// A fresh server and a `PostgresLog` on it under a schema of its own.
-pub struct PgBackend {
-    // Dropped before the server (fields drop in order).
-    log: Option<PostgresLog>,
-    schema: String,
-    server: PostgresServer,
-}
+pub type PgBackend = ServerBackend<PostgresServer, PostgresLog>;
 
-impl PgBackend {
-    /// `None` when the binaries are missing outside CI (the test returns).
-    pub fn new() -> Option<Self> {
-        let server = PostgresServer::start()?;
-        let schema = unique_schema();
-        let log = open(&server, &schema);
-        Some(Self {
-            log: Some(log),
-            schema,
-            server,
-        })
-    }
-
-    fn log(&self) -> &PostgresLog {
-        self.log.as_ref().expect("the log is open")
-    }
-}
-
-impl Backend for PgBackend {
-    fn log(&self) -> &dyn DurableLog {
-        PgBackend::log(self)
-    }
-}
-
-impl Reopen for PgBackend {
-    fn reopen(&mut self) {
-        drop(self.log.take());
-        self.log = Some(open(&self.server, &self.schema));
-    }
+/// `None` when the binaries are missing outside CI (the test returns).
+fn pg_backend() -> Option<PgBackend> {
+    Some(ServerBackend::new(
+        PostgresServer::start()?,
+        unique_schema(),
+        open,
+    ))
 }
 
 fn unique_schema() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "lrtest_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    unique_name("lrtest", '_')
 }
 
 fn options(schema: &str) -> PostgresOptions {
@@ -98,7 +65,7 @@ fn open(server: &PostgresServer, schema: &str) -> PostgresLog {
 /// Builds the backend, or returns from the test (skipped) without a server.
 macro_rules! backend_or_skip {
     () => {
-        match crate::PgBackend::new() {
+        match crate::pg_backend() {
             Some(backend) => backend,
             None => return,
         }
@@ -137,7 +104,7 @@ fn records_are_rows_with_real_columns() {
     let k = key("t", "s");
     append_ok(log, &k, Some(life(7, 1)), &[event(1, 7), hole(2, 7, 3)]);
     let mut client = backend.server.client();
-    let s = &backend.schema;
+    let s = &backend.namespace;
     let version: i32 = client
         .query_one(&format!("SELECT version FROM {s}.schema_version"), &[])
         .expect("version")
@@ -241,7 +208,7 @@ fn migrations_are_idempotent_and_versions_are_checked() {
 #[test]
 fn logs_share_a_schema_and_schemas_are_isolated() {
     let backend = backend_or_skip!();
-    let other_node = open(&backend.server, &backend.schema);
+    let other_node = open(&backend.server, &backend.namespace);
     let elsewhere = open(&backend.server, &unique_schema());
     let k = key("t", "s");
     append_ok(backend.log(), &k, Some(life(1, 1)), &events(1..=3, 1));
@@ -311,7 +278,7 @@ fn a_payload_over_the_limit_is_a_hole_not_a_stalled_batch() {
             &backend.server.params(),
             PostgresOptions {
                 max_record_bytes: 1 << 20,
-                ..options(&backend.schema)
+                ..options(&backend.namespace)
             },
         )
         .expect("open"),
@@ -374,7 +341,7 @@ fn a_commit_notifies_and_a_refusal_does_not() {
     let log = backend.log();
     let mut client = backend.server.client();
     client
-        .batch_execute(&format!("LISTEN \"{}_appended\"", backend.schema))
+        .batch_execute(&format!("LISTEN \"{}_appended\"", backend.namespace))
         .expect("listen");
     let (a, b) = (key("t", "a"), key("t", "b"));
     let ea = events(1..=3, 1);
@@ -416,7 +383,7 @@ fn wait_after_wakes_when_another_node_appends() {
     let backend = backend_or_skip!();
     let k = key("t", "s");
     append_ok(backend.log(), &k, Some(life(1, 1)), &events(1..=2, 1));
-    let writer = open(&backend.server, &backend.schema);
+    let writer = open(&backend.server, &backend.namespace);
     let woke = std::thread::scope(|scope| {
         let waiter = scope.spawn(|| backend.log().wait_after(&k, 2, Duration::from_secs(20)));
         std::thread::sleep(Duration::from_millis(200));
@@ -470,7 +437,7 @@ fn calls_from_inside_a_tokio_runtime_are_served() {
         let k = key("t", &format!("in-runtime-{index}"));
         let raw = index as u64 + 1;
         runtime.block_on(async {
-            let log = open(&backend.server, &backend.schema);
+            let log = open(&backend.server, &backend.namespace);
             append_ok(&log, &k, Some(life(raw, 1)), &events(1..=3, raw));
             assert_eq!(positions(&load_all(&log, &k)), vec![1, 2, 3]);
             assert_eq!(meta_of(&log, &k).durable_tail, 3);
@@ -499,7 +466,7 @@ fn concurrent_writers_never_share_a_position() {
     let k = key("t", "s");
     append_ok(backend.log(), &k, Some(life(1, 1)), &[]);
     let logs: Vec<Arc<PostgresLog>> = (0..2)
-        .map(|_| Arc::new(open(&backend.server, &backend.schema)))
+        .map(|_| Arc::new(open(&backend.server, &backend.namespace)))
         .collect();
     let wins: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = logs
@@ -545,7 +512,7 @@ fn two_nodes_creating_one_session_one_wins() {
     for round in 0..10 {
         let k = key("t", &format!("s{round}"));
         let logs: Vec<PostgresLog> = (0..2)
-            .map(|_| open(&backend.server, &backend.schema))
+            .map(|_| open(&backend.server, &backend.namespace))
             .collect();
         let results: Vec<Result<(), LogError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = logs
@@ -591,7 +558,7 @@ fn damaged_rows_are_corrupt_not_panics() {
     let backend = backend_or_skip!();
     let log = backend.log();
     let mut client = backend.server.client();
-    let s = &backend.schema;
+    let s = &backend.namespace;
     let bad = key("t", "bad");
     append_ok(log, &bad, Some(life(1, 1)), &events(1..=2, 1));
     // A record that is both an event and a hole is refused by the table's
@@ -655,7 +622,7 @@ fn damaged_rows_are_corrupt_not_panics() {
 /// between two calls costs the next call nothing.
 #[test]
 fn a_killed_server_fails_calls_and_a_restarted_one_serves_again() {
-    let Some(mut backend) = PgBackend::new() else {
+    let Some(mut backend) = pg_backend() else {
         return;
     };
     let k = key("t", "s");
@@ -742,7 +709,7 @@ mod nodes {
 
     fn node(backend: &PgBackend) -> ReplayStore<String> {
         ReplayStore::builder()
-            .durable(Arc::new(open(&backend.server, &backend.schema)), Utf8)
+            .durable(Arc::new(open(&backend.server, &backend.namespace)), Utf8)
             .build()
             .expect("a store")
     }
@@ -807,7 +774,7 @@ mod fencing {
     fn manual_node(backend: &PgBackend) -> ReplayStore<String> {
         ReplayStore::builder()
             .config(Config::default().with_capacity(16).with_auto_sweep(false))
-            .durable(Arc::new(open(&backend.server, &backend.schema)), Utf8)
+            .durable(Arc::new(open(&backend.server, &backend.namespace)), Utf8)
             .durable_options(DurableOptions::default().with_persister_thread(false))
             .build()
             .expect("a store")
@@ -959,7 +926,7 @@ mod faults {
     /// persistence resumes by itself.
     #[test]
     fn a_server_killed_mid_stream() {
-        let Some(mut backend) = PgBackend::new() else {
+        let Some(mut backend) = pg_backend() else {
             return;
         };
         let log = Arc::new(backend.log.take().expect("the log"));
@@ -999,7 +966,7 @@ mod faults {
     #[test]
     fn a_server_frozen_for_two_seconds() {
         let backend = backend_or_skip!();
-        let log = Arc::new(open(&backend.server, &backend.schema));
+        let log = Arc::new(open(&backend.server, &backend.namespace));
         let store = store(log.clone());
         let k = key("t", "s");
         append_all(&store, &k, 1..=50);
@@ -1018,7 +985,7 @@ mod faults {
     #[test]
     fn a_server_frozen_within_the_budget_loses_nothing() {
         let backend = backend_or_skip!();
-        let log = Arc::new(open(&backend.server, &backend.schema));
+        let log = Arc::new(open(&backend.server, &backend.namespace));
         let store = store_keeping(log.clone(), DurableOptions::default().undurable_budget);
         let k = key("t", "s");
         append_all(&store, &k, 1..=50);
@@ -1051,7 +1018,7 @@ mod faults {
     #[test]
     fn connections_terminated_while_appending() {
         let backend = backend_or_skip!();
-        let log = Arc::new(open(&backend.server, &backend.schema));
+        let log = Arc::new(open(&backend.server, &backend.namespace));
         let store = store(log.clone());
         let k = key("t", "s");
         let mut admin = backend.server.client();

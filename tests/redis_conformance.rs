@@ -16,65 +16,31 @@ mod durable_suite;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livereplay::durable::{DurableLog, LogError, RedisLog, RedisOptions};
 
 use durable_suite::{
-    append_ok, event, events, hole, key, life, listed, load, load_all, meta_of, positions, Backend,
-    Reopen,
+    append_ok, event, events, hole, key, life, listed, load, load_all, meta_of, positions,
+    unique_name, ServerBackend,
 };
 use redis_server::RedisServer;
 
 /// A fresh server and a `RedisLog` on it under a prefix of its own.
-pub struct RedisBackend {
-    // Dropped after the log (fields drop in order): the log's connections
-    // close before the server stops.
-    log: Option<RedisLog>,
-    prefix: String,
-    server: RedisServer,
-}
+pub type RedisBackend = ServerBackend<RedisServer, RedisLog>;
 
-impl RedisBackend {
-    /// `None` when redis-server is missing outside CI (the test returns).
-    pub fn new() -> Option<Self> {
-        let server = RedisServer::start()?;
-        let prefix = unique_prefix();
-        let log = open(&server, &prefix);
-        Some(Self {
-            log: Some(log),
-            prefix,
-            server,
-        })
-    }
-
-    fn log(&self) -> &RedisLog {
-        self.log.as_ref().expect("the log is open")
-    }
-}
-
-impl Backend for RedisBackend {
-    fn log(&self) -> &dyn DurableLog {
-        RedisBackend::log(self)
-    }
-}
-
-impl Reopen for RedisBackend {
-    fn reopen(&mut self) {
-        drop(self.log.take());
-        self.log = Some(open(&self.server, &self.prefix));
-    }
+/// `None` when redis-server is missing outside CI (the test returns).
+pub fn redis_backend() -> Option<RedisBackend> {
+    Some(ServerBackend::new(
+        RedisServer::start()?,
+        unique_prefix(),
+        open,
+    ))
 }
 
 fn unique_prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "lrtest-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    unique_name("lrtest", '-')
 }
 
 fn options(prefix: &str) -> RedisOptions {
@@ -104,7 +70,7 @@ fn raw(server: &RedisServer) -> redis::Connection {
 /// Builds the backend, or returns from the test (skipped) without a server.
 macro_rules! backend_or_skip {
     () => {
-        match crate::RedisBackend::new() {
+        match crate::redis_backend() {
             Some(backend) => backend,
             None => return,
         }
@@ -160,7 +126,7 @@ fn keys_are_escaped_and_collision_free() {
     // keys under one brace-free hash tag, no two sessions sharing a tag.
     let mut con = raw(&backend.server);
     let all: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", backend.prefix))
+        .arg(format!("{}:*", backend.namespace))
         .query(&mut con)
         .expect("KEYS");
     let session_keys: Vec<&String> = all.iter().filter(|k| k.ends_with("}:log")).collect();
@@ -174,13 +140,13 @@ fn keys_are_escaped_and_collision_free() {
         assert_eq!(name.matches('{').count(), 1, "{name}");
         assert!(tag.is_ascii(), "escaped: {name}");
         assert!(
-            all.contains(&format!("{}:{{{tag}}}:meta", backend.prefix)),
+            all.contains(&format!("{}:{{{tag}}}:meta", backend.namespace)),
             "meta beside {name}"
         );
         assert!(tags.insert(tag.to_owned()), "{name}");
     }
-    assert!(all.contains(&format!("{}:tenant:{{a%3Ab}}:sessions", backend.prefix)));
-    assert!(all.contains(&format!("{}:{{a%7Bb%7D:c}}:log", backend.prefix)));
+    assert!(all.contains(&format!("{}:tenant:{{a%3Ab}}:sessions", backend.namespace)));
+    assert!(all.contains(&format!("{}:{{a%7Bb%7D:c}}:log", backend.namespace)));
 }
 
 /// The entry layout the module documents, as another client sees it.
@@ -191,7 +157,7 @@ fn entries_are_keyed_by_position_with_the_documented_fields() {
     let k = key("t", "s");
     append_ok(log, &k, Some(life(7, 1)), &[event(1, 7), hole(2, 7, 3)]);
     let mut con = raw(&backend.server);
-    let stream = format!("{}:{{t:s}}:log", backend.prefix);
+    let stream = format!("{}:{{t:s}}:log", backend.namespace);
     let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
         .arg(&stream)
         .arg("-")
@@ -227,8 +193,8 @@ fn entries_are_keyed_by_position_with_the_documented_fields() {
 #[test]
 fn logs_share_a_prefix_and_prefixes_are_isolated() {
     let backend = backend_or_skip!();
-    let other_node = open(&backend.server, &backend.prefix);
-    let elsewhere = open(&backend.server, &format!("{}-other", backend.prefix));
+    let other_node = open(&backend.server, &backend.namespace);
+    let elsewhere = open(&backend.server, &format!("{}-other", backend.namespace));
     let k = key("t", "s");
     append_ok(backend.log(), &k, Some(life(1, 1)), &events(1..=3, 1));
     assert_eq!(load_all(&other_node, &k), events(1..=3, 1));
@@ -249,7 +215,7 @@ fn wait_after_wakes_when_another_connection_appends() {
     let backend = backend_or_skip!();
     let k = key("t", "s");
     append_ok(backend.log(), &k, Some(life(1, 1)), &events(1..=2, 1));
-    let writer = open(&backend.server, &backend.prefix);
+    let writer = open(&backend.server, &backend.namespace);
     let started = Instant::now();
     let woke = std::thread::scope(|scope| {
         let waiter = scope.spawn(|| backend.log().wait_after(&k, 2, Duration::from_secs(10)));
@@ -335,7 +301,7 @@ fn archive_trims_the_stream_but_keeps_a_straddling_hole() {
     let records = [event(1, 1), event(2, 1), hole(3, 1, 5), event(8, 1)];
     append_ok(log, &k, Some(life(1, 1)), &records);
     let mut con = raw(&backend.server);
-    let stream = format!("{}:{{t:s}}:log", backend.prefix);
+    let stream = format!("{}:{{t:s}}:log", backend.namespace);
     let ids = |con: &mut redis::Connection| -> Vec<String> {
         let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
             .arg(&stream)
@@ -373,7 +339,7 @@ fn concurrent_writers_never_share_a_position() {
     let k = key("t", "s");
     append_ok(backend.log(), &k, Some(life(1, 1)), &[]);
     let logs: Vec<Arc<RedisLog>> = (0..2)
-        .map(|_| Arc::new(open(&backend.server, &backend.prefix)))
+        .map(|_| Arc::new(open(&backend.server, &backend.namespace)))
         .collect();
     let wins: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = logs
@@ -419,7 +385,7 @@ fn concurrent_writers_never_share_a_position() {
 /// file), and appends continue.
 #[test]
 fn a_killed_server_fails_calls_and_a_restarted_one_serves_again() {
-    let Some(mut backend) = RedisBackend::new() else {
+    let Some(mut backend) = redis_backend() else {
         return;
     };
     let k = key("t", "s");
@@ -511,7 +477,7 @@ fn a_frozen_server_times_out_and_recovers() {
         &backend.server.url(),
         RedisOptions {
             io_timeout: Duration::from_millis(300),
-            ..options(&backend.prefix)
+            ..options(&backend.namespace)
         },
     )
     .expect("open");
@@ -547,7 +513,7 @@ fn damaged_keys_are_corrupt_not_panics() {
     let backend = backend_or_skip!();
     let log = backend.log();
     let mut con = raw(&backend.server);
-    let p = &backend.prefix;
+    let p = &backend.namespace;
     let set = |con: &mut redis::Connection, key: String, value: &[u8]| {
         redis::cmd("SET")
             .arg(key)
@@ -617,14 +583,14 @@ fn damaged_keys_are_corrupt_not_panics() {
 fn an_index_in_the_earlier_layout_is_refused_at_open() {
     let backend = backend_or_skip!();
     let mut con = raw(&backend.server);
-    let legacy = format!("{}:index", backend.prefix);
+    let legacy = format!("{}:index", backend.namespace);
     let _: () = redis::cmd("HSET")
         .arg(&legacy)
         .arg("S")
         .arg(&[7u8, 0][..])
         .query(&mut con)
         .expect("HSET");
-    match RedisLog::open_with(&backend.server.url(), options(&backend.prefix)) {
+    match RedisLog::open_with(&backend.server.url(), options(&backend.namespace)) {
         Err(LogError::Corrupt(what)) => assert!(what.contains(&legacy), "{what}"),
         other => panic!("expected Corrupt naming {legacy}, got {other:?}"),
     }

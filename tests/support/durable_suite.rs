@@ -34,6 +34,56 @@ pub trait Reopen: Backend {
     fn reopen(&mut self);
 }
 
+/// A log opened over a server the test started, under a namespace of its
+/// own (a key prefix, a schema), so tests can share one server: the log
+/// is dropped before the server (fields drop in order), and reopened on
+/// the same server and namespace.
+pub struct ServerBackend<S, L> {
+    pub log: Option<L>,
+    pub namespace: String,
+    pub server: S,
+    open: fn(&S, &str) -> L,
+}
+
+impl<S, L> ServerBackend<S, L> {
+    /// Opens the log on `server` under `namespace` with `open`.
+    pub fn new(server: S, namespace: String, open: fn(&S, &str) -> L) -> Self {
+        let log = open(&server, &namespace);
+        Self {
+            log: Some(log),
+            namespace,
+            server,
+            open,
+        }
+    }
+
+    /// The open log.
+    pub fn log(&self) -> &L {
+        self.log.as_ref().expect("the log is open")
+    }
+}
+
+impl<S, L: DurableLog> Backend for ServerBackend<S, L> {
+    fn log(&self) -> &dyn DurableLog {
+        ServerBackend::<S, L>::log(self)
+    }
+}
+
+impl<S, L: DurableLog> Reopen for ServerBackend<S, L> {
+    fn reopen(&mut self) {
+        drop(self.log.take());
+        self.log = Some((self.open)(&self.server, &self.namespace));
+    }
+}
+
+/// A name no other call in this process returns:
+/// `{stem}{separator}{pid}{separator}{n}`.
+pub fn unique_name(stem: &str, separator: char) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{stem}{separator}{}{separator}{n}", std::process::id())
+}
+
 /// Generates one `#[test]` per suite function, each on a fresh backend
 /// built by `$backend` (an expression of a type implementing [`Backend`]).
 macro_rules! durable_conformance {
