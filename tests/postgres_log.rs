@@ -463,44 +463,14 @@ fn calls_from_inside_a_tokio_runtime_are_served() {
 #[test]
 fn concurrent_writers_never_share_a_position() {
     let backend = backend_or_skip!();
-    let k = key("t", "s");
-    append_ok(backend.log(), &k, Some(life(1, 1)), &[]);
-    let logs: Vec<Arc<PostgresLog>> = (0..2)
-        .map(|_| Arc::new(open(&backend.server, &backend.namespace)))
+    let writers: Vec<PostgresLog> = (0..2)
+        .map(|_| open(&backend.server, &backend.namespace))
         .collect();
-    let wins: Vec<u64> = std::thread::scope(|scope| {
-        let handles: Vec<_> = logs
-            .iter()
-            .map(|log| {
-                let k = k.clone();
-                scope.spawn(move || {
-                    let mut wins = 0u64;
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    while Instant::now() < deadline {
-                        let tail = meta_of(log.as_ref(), &k).durable_tail;
-                        if tail >= 200 {
-                            break;
-                        }
-                        let next = [event(tail + 1, 1)];
-                        match log.append(&[durable_suite::write(&k, None, &next)]) {
-                            Ok(()) => wins += 1,
-                            Err(LogError::NotContiguous { .. }) => {}
-                            Err(e) => panic!("unexpected error: {e}"),
-                        }
-                    }
-                    wins
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a writer panicked"))
-            .collect()
-    });
-    let m = meta_of(backend.log(), &k);
-    assert_eq!(m.durable_tail, 200);
-    assert_eq!(wins.iter().sum::<u64>(), 200, "{wins:?}");
-    assert_eq!(load_all(backend.log(), &k), events(1..=200, 1));
+    durable_suite::concurrent_writers_never_share_a_position(
+        backend.log(),
+        &[&writers[0], &writers[1]],
+        Duration::from_secs(30),
+    );
 }
 
 /// Two nodes create the same new session at once: one wins, the other's

@@ -84,6 +84,55 @@ pub fn unique_name(stem: &str, separator: char) -> String {
     format!("{stem}{separator}{}{separator}{n}", std::process::id())
 }
 
+/// For a log several writers share (nodes): `writers` (other handles on
+/// the same log) append to one session as fast as they can, each racing
+/// the others for every position. Exactly one wins each position, the
+/// others are refused with the typed `NotContiguous` (the persister's
+/// fencing depends on it), and `log` ends contiguous with every position
+/// once. Bounded: the writers stop after `limit`.
+pub fn concurrent_writers_never_share_a_position(
+    log: &dyn DurableLog,
+    writers: &[&(dyn DurableLog + Sync)],
+    limit: std::time::Duration,
+) {
+    let k = key("t", "s");
+    append_ok(log, &k, Some(life(1, 1)), &[]);
+    let wins: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = writers
+            .iter()
+            .map(|writer| {
+                let k = k.clone();
+                scope.spawn(move || {
+                    let mut wins = 0u64;
+                    let deadline = std::time::Instant::now() + limit;
+                    while std::time::Instant::now() < deadline {
+                        let tail = meta_of(*writer, &k).durable_tail;
+                        if tail >= 200 {
+                            break;
+                        }
+                        let next = [event(tail + 1, 1)];
+                        match writer.append(&[write(&k, None, &next)]) {
+                            Ok(()) => wins += 1,
+                            Err(LogError::NotContiguous { .. }) => {}
+                            Err(e) => panic!("unexpected error: {e}"),
+                        }
+                    }
+                    wins
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a writer panicked"))
+            .collect()
+    });
+    let m = meta_of(log, &k);
+    assert_eq!(m.durable_tail, 200);
+    assert_eq!(wins.iter().sum::<u64>(), 200, "{wins:?}");
+    assert_eq!(m.event_count, 200);
+    assert_eq!(load_all(log, &k), events(1..=200, 1));
+}
+
 /// Generates one `#[test]` per suite function, each on a fresh backend
 /// built by `$backend` (an expression of a type implementing [`Backend`]).
 macro_rules! durable_conformance {
