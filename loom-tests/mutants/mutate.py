@@ -207,8 +207,8 @@ MUTATIONS = {
     # displaced the segment but not yet handed it over) for a segment let
     # go (T11): a hole over an event the ring keeps.
     "in-flight-read-as-let-go": [("src/ring/kept.rs",
-        "        if position <= self.let_go_through.load(Acquire) {\n",
-        "        if position <= self.let_go_through.load(Acquire) || true {\n")],
+        "        if position <= let_go_through {\n",
+        "        if position <= let_go_through || true {\n")],
     # A segment let go for want of budget is not counted in
     # `let_go_through` (T4): the persister waits for a hand-over that never
     # comes, and the lapped position is never written, not even as a hole.
@@ -233,8 +233,25 @@ def apply(path, old, new):
     open(path, "w").write(text.replace(old, new))
 
 
+def check():
+    """Every mutation's code is in the tree exactly once: a change that
+    moves the code a mutation names must move the mutation with it."""
+    stale = [
+        f"{name}: {path} holds its code {open(path).read().count(old)} times, not once"
+        for name, edits in MUTATIONS.items()
+        for path, old, _ in edits
+        if open(path).read().count(old) != 1
+    ]
+    if stale:
+        sys.exit("stale mutations:\n" + "\n".join(stale))
+    print(f"mutate.py: all {len(MUTATIONS)} mutations apply")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in MUTATIONS:
-        sys.exit("usage: mutate.py " + "|".join(MUTATIONS))
-    for edit in MUTATIONS[sys.argv[1]]:
-        apply(*edit)
+    if sys.argv[1:] == ["--check"]:
+        check()
+    elif len(sys.argv) != 2 or sys.argv[1] not in MUTATIONS:
+        sys.exit("usage: mutate.py --check|" + "|".join(MUTATIONS))
+    else:
+        for edit in MUTATIONS[sys.argv[1]]:
+            apply(*edit)
