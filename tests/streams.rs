@@ -118,6 +118,17 @@ fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Req
     builder.body(Body::from(body.to_string())).unwrap()
 }
 
+/// The status of one request's answer.
+async fn status(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> StatusCode {
+    send(app, request(method, uri, headers, body)).await.status
+}
+
 const TEXT: (&str, &str) = ("content-type", "text/plain");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +210,7 @@ async fn a_restart_keeps_data_closure_producers_and_offsets() {
         let app = Arc::clone(&service).router();
         for path in ["/v1/stream/open", "/v1/stream/closed"] {
             assert_eq!(
-                send(&app, request("PUT", path, &[TEXT], "")).await.status,
+                status(&app, "PUT", path, &[TEXT], "").await,
                 StatusCode::CREATED
             );
             let first = send(&app, request("POST", path, &producer("0"), "a")).await;
@@ -290,15 +301,11 @@ async fn a_stream_created_again_is_a_new_life_and_old_offsets_are_gone() {
     let old = send(&app, request("PUT", "/v1/stream/s", &[TEXT], "old")).await;
     let old_tail = old.next_offset();
     assert_eq!(
-        send(&app, request("DELETE", "/v1/stream/s", &[], ""))
-            .await
-            .status,
+        status(&app, "DELETE", "/v1/stream/s", &[], "").await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        send(&app, request("GET", "/v1/stream/s", &[], ""))
-            .await
-            .status,
+        status(&app, "GET", "/v1/stream/s", &[], "").await,
         StatusCode::NOT_FOUND
     );
     let new = send(&app, request("PUT", "/v1/stream/s", &[TEXT], "new")).await;
@@ -333,9 +340,7 @@ async fn a_fork_keeps_its_soft_deleted_source_readable_across_a_restart() {
             ("stream-fork-offset", &at),
         ];
         assert_eq!(
-            send(&app, request("PUT", "/v1/stream/fork", &fork, ""))
-                .await
-                .status,
+            status(&app, "PUT", "/v1/stream/fork", &fork, "").await,
             StatusCode::CREATED
         );
         let own = send(&app, request("POST", "/v1/stream/fork", &[TEXT], "cd")).await;
@@ -345,15 +350,11 @@ async fn a_fork_keeps_its_soft_deleted_source_readable_across_a_restart() {
         );
         // Deleted while the fork inherits from it: soft-deleted.
         assert_eq!(
-            send(&app, request("DELETE", "/v1/stream/src", &[], ""))
-                .await
-                .status,
+            status(&app, "DELETE", "/v1/stream/src", &[], "").await,
             StatusCode::NO_CONTENT
         );
         assert_eq!(
-            send(&app, request("HEAD", "/v1/stream/src", &[], ""))
-                .await
-                .status,
+            status(&app, "HEAD", "/v1/stream/src", &[], "").await,
             StatusCode::GONE
         );
         at
@@ -363,15 +364,11 @@ async fn a_fork_keeps_its_soft_deleted_source_readable_across_a_restart() {
     let app = Arc::clone(&service).router();
     // The fork count and the soft delete are in the source's log.
     assert_eq!(
-        send(&app, request("GET", "/v1/stream/src", &[], ""))
-            .await
-            .status,
+        status(&app, "GET", "/v1/stream/src", &[], "").await,
         StatusCode::GONE
     );
     assert_eq!(
-        send(&app, request("PUT", "/v1/stream/src", &[TEXT], ""))
-            .await
-            .status,
+        status(&app, "PUT", "/v1/stream/src", &[TEXT], "").await,
         StatusCode::CONFLICT
     );
     let fork = send(&app, request("GET", "/v1/stream/fork", &[], "")).await;
@@ -397,21 +394,15 @@ async fn a_fork_keeps_its_soft_deleted_source_readable_across_a_restart() {
     );
     // The last fork ends: the source goes with it.
     assert_eq!(
-        send(&app, request("DELETE", "/v1/stream/fork", &[], ""))
-            .await
-            .status,
+        status(&app, "DELETE", "/v1/stream/fork", &[], "").await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        send(&app, request("HEAD", "/v1/stream/src", &[], ""))
-            .await
-            .status,
+        status(&app, "HEAD", "/v1/stream/src", &[], "").await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        send(&app, request("PUT", "/v1/stream/src", &[TEXT], "new"))
-            .await
-            .status,
+        status(&app, "PUT", "/v1/stream/src", &[TEXT], "new").await,
         StatusCode::CREATED
     );
 }
@@ -424,22 +415,16 @@ async fn a_sweep_deletes_expired_streams_nobody_touches() {
     let soon = ("stream-expires-at", "2000-01-01T00:00:00Z");
     // Created already expired: it lives until something looks at it.
     assert_eq!(
-        send(&app, request("PUT", "/v1/stream/old", &[TEXT, soon], "x"))
-            .await
-            .status,
+        status(&app, "PUT", "/v1/stream/old", &[TEXT, soon], "x").await,
         StatusCode::CREATED
     );
     assert_eq!(
-        send(&app, request("PUT", "/v1/stream/kept", &[TEXT], "y"))
-            .await
-            .status,
+        status(&app, "PUT", "/v1/stream/kept", &[TEXT], "y").await,
         StatusCode::CREATED
     );
     assert_eq!(service.sweep_expired().await, Ok(1));
     assert_eq!(
-        send(&app, request("HEAD", "/v1/stream/old", &[], ""))
-            .await
-            .status,
+        status(&app, "HEAD", "/v1/stream/old", &[], "").await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
@@ -627,9 +612,7 @@ async fn bad_input_is_a_typed_refusal_never_a_panic() {
     let app = Arc::clone(&service).router();
     let json = ("content-type", "application/json");
     assert_eq!(
-        send(&app, request("PUT", "/v1/stream/j", &[json], "[]"))
-            .await
-            .status,
+        status(&app, "PUT", "/v1/stream/j", &[json], "[]").await,
         StatusCode::CREATED
     );
     let huge = "x".repeat(10_000);
