@@ -65,6 +65,7 @@ use crate::error::{Gap, GapReason, NextTimeoutError, TryNextError};
 use crate::event::{Event, Timestamp};
 use crate::key::SessionKey;
 use crate::map::{Found, SessionMap};
+use crate::persist::Persistence;
 use crate::session::{Identity, Shared};
 use crate::subscription::Subscription;
 use crate::sync::{self, Arc};
@@ -86,6 +87,8 @@ const MAX_WAIT_SLICE: Duration = Duration::from_millis(50);
 pub struct CatchUp<T> {
     sessions: StdArc<SessionMap<T>>,
     shared: StdArc<Shared<T>>,
+    /// The durable tier (the log, its codec, the persister's progress).
+    persistence: Option<StdArc<Persistence<T>>>,
     key: SessionKey,
     /// The cursor of the last event delivered (or the starting cursor).
     last_seen: Cursor,
@@ -108,11 +111,13 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
     pub(crate) fn start(
         sessions: StdArc<SessionMap<T>>,
         shared: StdArc<Shared<T>>,
+        persistence: Option<StdArc<Persistence<T>>>,
         cursor: &Cursor,
     ) -> Result<Self, crate::Error> {
         let this = Self {
             sessions,
             shared,
+            persistence,
             key: cursor.key().clone(),
             last_seen: cursor.clone(),
             buffer: VecDeque::new(),
@@ -152,19 +157,14 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                 // Over a shared log another node may have written past what
                 // memory knows: the gap's latest cursor comes from the log,
                 // and a log that cannot say is an error, not a stale cursor.
-                if let Some(persistence) = self
-                    .shared
-                    .persistence
-                    .as_ref()
-                    .filter(|_| self.shared_log())
-                {
+                if let Some(persistence) = self.persistence.as_ref().filter(|_| self.shared_log()) {
                     let meta = persistence.log.meta(&self.key)?;
                     return Ok(Err(self.gap_with(Some(meta.as_ref()), reason, missed)));
                 }
                 return Ok(Err(self.gap(reason, missed)));
             }
         }
-        let meta = match &self.shared.persistence {
+        let meta = match &self.persistence {
             Some(persistence) => persistence.log.meta(&self.key)?,
             None => None,
         };
@@ -183,16 +183,13 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             (Some(_), None) if in_memory.is_some() => Err(gap(GapReason::Reset, None)),
             // The log never heard of the session, yet a cursor of it exists:
             // its first life (from position 1) died before its first commit.
-            (Some(_), None) if self.shared.persistence.is_some() => {
-                Err(gap(GapReason::Lost, Some(after)))
-            }
+            (Some(_), None) if self.persistence.is_some() => Err(gap(GapReason::Lost, Some(after))),
             _ => Err(gap(GapReason::Unavailable, None)),
         })
     }
 
     fn shared_log(&self) -> bool {
-        self.shared
-            .persistence
+        self.persistence
             .as_ref()
             .is_some_and(|persistence| persistence.log.is_shared())
     }
@@ -201,7 +198,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
     /// of a shared log recording after us (a session not resident here), or
     /// this store's next commit. Look once more after arming, then wait.
     fn arm(&self) -> Option<EventListener> {
-        let persistence = self.shared.persistence.as_ref()?;
+        let persistence = self.persistence.as_ref()?;
         if self.read_failed {
             let listener = persistence.retry_listen();
             persistence.nudge();
@@ -220,7 +217,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
     /// The log's meta for a gap's `latest` cursor: best effort (the gap is
     /// already decided; a log that cannot answer leaves the start cursor).
     fn meta(&self) -> Option<SessionMeta> {
-        let persistence = self.shared.persistence.as_ref()?;
+        let persistence = self.persistence.as_ref()?;
         persistence.log.meta(&self.key).ok().flatten()
     }
 
@@ -338,8 +335,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                     }
                     Err(NextTimeoutError::Gap(gap))
                         if gap.reason == GapReason::Trimmed
-                            || (gap.reason == GapReason::Reset
-                                && self.shared.persistence.is_some()) =>
+                            || (gap.reason == GapReason::Reset && self.persistence.is_some()) =>
                     {
                         self.ring = None;
                     }
@@ -395,13 +391,13 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                     // we are.
                     Err(TryNextError::Gap(gap))
                         if matches!(gap.reason, GapReason::Trimmed | GapReason::Reset)
-                            && self.shared.persistence.is_some() =>
+                            && self.persistence.is_some() =>
                     {
                         self.ring = None;
                         continue;
                     }
                     Err(TryNextError::Gap(gap)) => return Err(gap),
-                    Err(TryNextError::Ended) if self.shared.persistence.is_some() => {
+                    Err(TryNextError::Ended) if self.persistence.is_some() => {
                         self.ring = None;
                         continue;
                     }
@@ -434,11 +430,12 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                 // With a log, wait for a writer to make the session
                 // resident (its commit wakes us): a reader does not restore
                 // a session, which would record a new life for every read.
-                LogStep::AtTail if self.shared.persistence.is_some() => {}
+                LogStep::AtTail if self.persistence.is_some() => {}
                 LogStep::AtTail => {
                     // Nothing after us anywhere: wait on the ring, making
                     // the session resident (as a subscribe at the tail does).
-                    let restore = || crate::persist::restore_identity(&self.shared, &self.key);
+                    let restore =
+                        || crate::persist::restore_identity(self.persistence.as_deref(), &self.key);
                     if let Ok(session) =
                         self.sessions
                             .get_or_create(&self.key, &self.shared, &restore)
@@ -459,7 +456,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
 
     /// Reads the log after `after` into the buffer.
     fn read_log(&mut self, after: u64) -> Result<LogStep, Gap> {
-        let Some(persistence) = self.shared.persistence.as_ref() else {
+        let Some(persistence) = self.persistence.as_ref() else {
             // No log: what the ring cannot serve is trimmed, or not there.
             let resident = self.sessions.get(&self.key);
             return match resident {
@@ -584,18 +581,18 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
     }
 
     fn decode(&self, record: LogRecord) -> Option<Arc<Event<T>>> {
-        decode_record(&self.shared, &self.key, record)
+        decode_record(self.persistence.as_deref(), &self.key, record)
     }
 }
 
 /// The event a log record holds, decoded with the store's codec; `None`
 /// for a hole, or a payload the codec refuses (counted).
 pub(crate) fn decode_record<T: Send + Sync + 'static>(
-    shared: &Shared<T>,
+    persistence: Option<&Persistence<T>>,
     key: &SessionKey,
     record: LogRecord,
 ) -> Option<Arc<Event<T>>> {
-    let persistence = shared.persistence.as_ref()?;
+    let persistence = persistence?;
     let RecordBody::Event(stored) = record.body else {
         return None;
     };
@@ -677,7 +674,7 @@ impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
                     // `step`).
                     Poll::Ready(Some(Err(gap)))
                         if matches!(gap.reason, GapReason::Trimmed | GapReason::Reset)
-                            && this.shared.persistence.is_some() =>
+                            && this.persistence.is_some() =>
                     {
                         this.ring = None;
                         continue;
@@ -686,7 +683,7 @@ impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
                         this.end(&gap);
                         return Poll::Ready(Some(Err(gap)));
                     }
-                    Poll::Ready(None) if this.shared.persistence.is_some() => {
+                    Poll::Ready(None) if this.persistence.is_some() => {
                         this.ring = None;
                         continue;
                     }
@@ -698,7 +695,7 @@ impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            if this.shared.persistence.is_none() {
+            if this.persistence.is_none() {
                 // No log to wait for (the session could not be made
                 // resident): look again on the next poll.
                 cx.waker().wake_by_ref();

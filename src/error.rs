@@ -164,6 +164,53 @@ pub enum NextTimeoutError {
     Ended,
 }
 
+/// Why a hole was recorded: why positions no tier holds were lost (a
+/// [`GapReason::Lost`] gap's cause). Defined here, beside the gaps, so the
+/// core can remember holes without importing the log that records them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HoleReason {
+    /// The ring overwrote the events before the persister could write them:
+    /// the log was stalled or failing for longer than the ring's window.
+    Lapped,
+    /// The events could not be encoded by the store's codec.
+    Unencodable,
+    /// The log refused the record for good (malformed for it, or too
+    /// large), so it was written as a hole instead.
+    Refused,
+}
+
+impl HoleReason {
+    /// A stable one-byte tag, for backends that store the reason.
+    pub fn to_tag(self) -> u8 {
+        match self {
+            HoleReason::Lapped => 1,
+            HoleReason::Unencodable => 2,
+            HoleReason::Refused => 3,
+        }
+    }
+
+    /// The reason for a tag written by [`HoleReason::to_tag`].
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            1 => Some(HoleReason::Lapped),
+            2 => Some(HoleReason::Unencodable),
+            3 => Some(HoleReason::Refused),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for HoleReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HoleReason::Lapped => "lapped by the ring before it was persisted",
+            HoleReason::Unencodable => "the payload could not be encoded",
+            HoleReason::Refused => "the log refused the record",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -186,6 +186,7 @@ pub mod dag;
 pub mod durable;
 mod error;
 mod event;
+mod handle;
 #[cfg(feature = "axum")]
 pub mod http;
 mod key;
@@ -203,7 +204,6 @@ mod sync;
 mod tail;
 mod traits;
 mod wire;
-mod writer;
 
 pub use crate::catchup::{CatchUp, LOG_BATCH};
 pub use crate::clock::{Clock, CoarseClock, ManualClock, SystemClock};
@@ -214,17 +214,16 @@ pub use crate::config::{Config, ConfigError, MAX_CAPACITY, MAX_SESSIONS_LIMIT};
 pub use crate::cursor::{Cursor, CursorError, Incarnation, Revision, MAX_CURSOR_LEN};
 pub use crate::error::{Error, Gap, GapReason, NextTimeoutError, Refusal, TryNextError};
 pub use crate::event::{Event, Timestamp};
+pub use crate::handle::{SessionHandle, SessionWriter};
 pub use crate::key::{IdPart, KeyError, SessionKey, MAX_ID_LEN};
 pub use crate::links::{EventRef, LinkError, Links, MAX_LINK_LEN};
 pub use crate::persist::DurableOptions;
 pub use crate::ring::LentEvents;
-pub use crate::session::SessionHandle;
 pub use crate::store::{
     DurableError, DurableProgress, DurableStats, ReplayStore, Stats, StoreBuilder,
 };
 pub use crate::subscription::Subscription;
 pub use crate::traits::LiveReplayStore;
-pub use crate::writer::SessionWriter;
 
 /// The `Arc` events are shared through: `std::sync::Arc`, or loom's under
 /// `cfg(loom)` so model checks see every reference.

@@ -280,9 +280,9 @@ impl<T> SessionMap<T> {
             Entry::Resident(_) => None,
         });
         let shared_log = shared
-            .persistence
+            .durable
             .as_ref()
-            .is_some_and(|persistence| persistence.log.is_shared());
+            .is_some_and(|durable| durable.log_is_shared());
         // Only a key the map does not know at all, or a tombstone another
         // node may have written past, needs `restore`; ask it before taking
         // the write lock, so no I/O happens under it.
@@ -354,8 +354,8 @@ impl<T> SessionMap<T> {
             Outcome::Revived(session) => {
                 self.dormant.fetch_sub(1, Relaxed);
                 self.revived.fetch_add(1, Relaxed);
-                if let Some(persistence) = &shared.persistence {
-                    persistence.created(&session);
+                if let Some(durable) = &shared.durable {
+                    durable.created(&session);
                 }
                 Ok(session)
             }
@@ -363,8 +363,8 @@ impl<T> SessionMap<T> {
                 if shared.config.auto_sweep {
                     self.maybe_sweep(shared);
                 }
-                if let Some(persistence) = &shared.persistence {
-                    persistence.created(&session);
+                if let Some(durable) = &shared.durable {
+                    durable.created(&session);
                 }
                 Ok(session)
             }
@@ -564,8 +564,8 @@ impl<T> SessionMap<T> {
                 let last = session.ring.seal();
                 // Its accepted events still go to the log; a re-created
                 // session must continue after them.
-                if let Some(persistence) = &shared.persistence {
-                    persistence.removed(session, last);
+                if let Some(durable) = &shared.durable {
+                    durable.removed(session, last);
                 }
             }
             self.departed(key);

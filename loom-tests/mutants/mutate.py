@@ -108,15 +108,15 @@ MUTATIONS = {
         "if from <= self.floor().min(to) {",
         "if false {")],
     # Eviction ignores the explicit holder count (handles, subscriptions).
-    "evict-no-holders-check": [("src/session.rs",
+    "evict-no-holders-check": [("src/session/mod.rs",
         "if this.holders.load(std::sync::atomic::Ordering::Acquire) != 0 {",
         "if false {")],
     # Eviction reads the holder count without Acquire.
-    "holders-load-relaxed": [("src/session.rs",
+    "holders-load-relaxed": [("src/session/mod.rs",
         "if this.holders.load(std::sync::atomic::Ordering::Acquire) != 0 {",
         "if this.holders.load(std::sync::atomic::Ordering::Relaxed) != 0 {")],
     # A holder lets go without Release.
-    "let-go-relaxed": [("src/session.rs",
+    "let-go-relaxed": [("src/session/mod.rs",
         ".fetch_sub(1, std::sync::atomic::Ordering::Release);",
         ".fetch_sub(1, std::sync::atomic::Ordering::Relaxed);")],
     # Tiers. A revived session forgets its tombstone's identity.
@@ -140,14 +140,14 @@ MUTATIONS = {
     # An append checks the dirty flag before publishing (before the
     # doorbell's fence), not after.
     "dirty-before-publish": [
-        ("src/session.rs",
+        ("src/session/mod.rs",
          "        this.ring.publish(&event);\n        Self::mark_dirty(this);\n",
          "        Self::mark_dirty(this);\n        this.ring.publish(&event);\n"),
     ],
     # Catch-up treats its ring subscription's lag as the end (no fallback
     # to the log).
     "catch-up-no-log-fallback": [("src/catchup.rs",
-        "                        if matches!(gap.reason, GapReason::Trimmed | GapReason::Reset)\n                            && self.shared.persistence.is_some() =>\n",
+        "                        if matches!(gap.reason, GapReason::Trimmed | GapReason::Reset)\n                            && self.persistence.is_some() =>\n",
         "                        if false && matches!(gap.reason, GapReason::Trimmed | GapReason::Reset) =>\n")],
     # The persister skips positions the ring lapped instead of recording
     # a hole.
@@ -175,13 +175,13 @@ MUTATIONS = {
     # its entry left the map, not under the shard's lock (T7).
     "remove-registers-after-leaving": [
         ("src/map.rs",
-         "                if let Some(persistence) = &shared.persistence {\n                    persistence.removed(session, last);\n                }\n",
+         "                if let Some(durable) = &shared.durable {\n                    durable.removed(session, last);\n                }\n",
          "                let _ = last;\n"),
         ("src/map.rs",
          "                self.live.fetch_sub(1, Relaxed);\n                session.ring.wake_closed();\n",
          "                self.live.fetch_sub(1, Relaxed);\n"
-         "                if let Some(persistence) = &shared.persistence {\n"
-         "                    persistence.removed(&session, session.ring.claimed());\n"
+         "                if let Some(durable) = &shared.durable {\n"
+         "                    durable.removed(&session, session.ring.claimed());\n"
          "                }\n"
          "                session.ring.wake_closed();\n"),
     ],

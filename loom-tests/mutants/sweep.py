@@ -139,7 +139,7 @@ FIRST = [
     ("src/catchup.rs", "tiers"),
     ("src/tail.rs", "tiers"),
     ("src/map.rs", "lifecycle"),
-    ("src/session.rs", "lifecycle"),
+    ("src/session/mod.rs", "lifecycle"),
     ("src/ring/doorbell.rs", "subscribe"),
     ("src/subscription.rs", "subscribe"),
     ("src/ring/", "append"),

@@ -71,8 +71,6 @@ pub use self::redb::{RedbDurability, RedbLog, RedbOptions};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisLog, RedisOptions};
 
-use std::fmt;
-
 use thiserror::Error;
 
 use crate::cursor::Incarnation;
@@ -127,50 +125,7 @@ impl SessionMeta {
     }
 }
 
-/// Why a hole was recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum HoleReason {
-    /// The ring overwrote the events before the persister could write them:
-    /// the log was stalled or failing for longer than the ring's window.
-    Lapped,
-    /// The events could not be encoded by the store's codec.
-    Unencodable,
-    /// The log refused the record for good (malformed for it, or too
-    /// large), so it was written as a hole instead.
-    Refused,
-}
-
-impl HoleReason {
-    /// A stable one-byte tag, for backends that store the reason.
-    pub fn to_tag(self) -> u8 {
-        match self {
-            HoleReason::Lapped => 1,
-            HoleReason::Unencodable => 2,
-            HoleReason::Refused => 3,
-        }
-    }
-
-    /// The reason for a tag written by [`HoleReason::to_tag`].
-    pub fn from_tag(tag: u8) -> Option<Self> {
-        match tag {
-            1 => Some(HoleReason::Lapped),
-            2 => Some(HoleReason::Unencodable),
-            3 => Some(HoleReason::Refused),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for HoleReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            HoleReason::Lapped => "lapped by the ring before it was persisted",
-            HoleReason::Unencodable => "the payload could not be encoded",
-            HoleReason::Refused => "the log refused the record",
-        })
-    }
-}
+pub use crate::error::HoleReason;
 
 /// An event as the log stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,9 @@
 //! Each session has a `dirty` flag and a durable watermark. An append, after
 //! publishing, loads `dirty` (one uncontended load in the common case); if
 //! it is clear it sets it and pushes the session onto a lock-free queue of
-//! dirty sessions. The persister thread pops sessions, **clears `dirty`
+//! dirty sessions (`Session::mark_dirty`, then this module's
+//! `DurableTier::queue_dirty`: the core knows the persister only through
+//! that trait, so its imports never reach up here). The persister thread pops sessions, **clears `dirty`
 //! before reading**, reads each ring from its watermark to its published
 //! tail, writes every session's run in **one commit**, and then raises the
 //! watermarks and notifies waiters.
@@ -81,14 +83,12 @@ use crate::durable::{
 };
 use crate::key::SessionKey;
 use crate::ring::{KeepBudget, Undurable};
-use crate::session::{AtomicCounter, Session};
+use crate::session::{AtomicCounter, DurableTier, Lost, Session};
 use crate::sync::{fence, Arc, Queue};
 
-mod lost;
 mod options;
 mod restore;
 
-pub(crate) use self::lost::{Lost, LostPositions};
 pub use self::options::DurableOptions;
 pub(crate) use self::restore::restore_identity;
 
@@ -230,21 +230,38 @@ impl<T: Send + Sync + 'static> Persistence<T> {
     }
 }
 
-impl<T> Persistence<T> {
-    /// Append side, after the publish (and its fence): queue the session
-    /// unless it is queued already.
+/// What the core tells the persister (the core never names this type).
+impl<T: Send + Sync + 'static> DurableTier<T> for Persistence<T> {
     #[inline]
-    pub(crate) fn mark_dirty(&self, session: &Arc<Session<T>>) {
-        // Relaxed: ordered after the publish by the doorbell's SeqCst fence
-        // (module docs); already set is the common case, one load.
-        if !session.dirty.load(Relaxed) && !session.dirty.swap(true, Relaxed) {
-            self.queue.push(Arc::clone(session));
-            if self.options.wake_on_dirty {
-                self.nudge();
-            }
+    fn queue_dirty(&self, session: &Arc<Session<T>>) {
+        self.queue.push(Arc::clone(session));
+        if self.options.wake_on_dirty {
+            self.nudge();
         }
     }
 
+    fn created(&self, session: &Arc<Session<T>>) {
+        Persistence::created(self, session);
+    }
+
+    fn removed(&self, session: &Arc<Session<T>>, last: u64) {
+        Persistence::removed(self, session, last);
+    }
+
+    fn log_is_shared(&self) -> bool {
+        self.log.is_shared()
+    }
+
+    fn keep_budget(&self) -> &StdArc<KeepBudget<T>> {
+        &self.keep_budget
+    }
+
+    fn count_fenced_events(&self, events: u64) {
+        self.counters.fenced_events.add(events);
+    }
+}
+
+impl<T> Persistence<T> {
     /// A session was created: if its life is new to the log, have the
     /// persister record it now, so cursors of this life are known to the
     /// log even if the process dies before its first event is written.
@@ -289,7 +306,7 @@ impl<T> Persistence<T> {
                 }
             }
         }
-        self.mark_dirty(session);
+        Session::mark_dirty(session);
     }
 
     fn failed(&self, error: &crate::durable::LogError) {
@@ -760,7 +777,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         drop(writing);
         for pending in batch {
             if !ok || pending.more {
-                self.mark_dirty(&pending.session);
+                Session::mark_dirty(&pending.session);
             } else {
                 let _ = self.settle_removed(&pending.session);
             }
@@ -769,7 +786,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             if pending.session.fenced.load(Relaxed) {
                 let _ = self.settle_removed(&pending.session);
             } else {
-                self.mark_dirty(&pending.session);
+                Session::mark_dirty(&pending.session);
             }
         }
         self.progress.notify(usize::MAX);

@@ -6,7 +6,9 @@
 use crate::cursor::{Incarnation, Revision};
 use crate::error::Refusal;
 use crate::key::SessionKey;
-use crate::session::{Identity, Restored, Shared};
+use crate::session::{Identity, Restored};
+
+use super::Persistence;
 
 /// The identity of a session the map does not know: restored from the
 /// durable log if it remembers the session (a new life that continues
@@ -17,10 +19,10 @@ use crate::session::{Identity, Restored, Shared};
 /// process may have handed out positions past the durable tail before it
 /// died, so continuing its incarnation could hand a position out twice.
 pub(crate) fn restore_identity<T>(
-    shared: &Shared<T>,
+    persistence: Option<&Persistence<T>>,
     key: &SessionKey,
 ) -> Result<Restored<T>, Refusal> {
-    let Some(persistence) = shared.persistence.as_ref() else {
+    let Some(persistence) = persistence else {
         return Ok(Restored {
             identity: Identity::fresh(),
             record_life: false,

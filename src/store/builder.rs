@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigError};
 use crate::durable::DurableLog;
 use crate::map::SessionMap;
 use crate::persist::{DurableOptions, Persistence};
+use crate::session::DurableTier;
 use crate::session::{Shared, Weigher};
 
 use super::ReplayStore;
@@ -131,8 +132,11 @@ impl<T: Send + Sync + 'static> StoreBuilder<T> {
                 clock: self.clock,
                 payload_limit: self.payload_limit,
                 counters: Default::default(),
-                persistence,
+                durable: persistence
+                    .clone()
+                    .map(|persistence| persistence as StdArc<dyn DurableTier<T>>),
             }),
+            persistence,
             sessions: StdArc::new(SessionMap::new()),
         })
     }

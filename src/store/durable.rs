@@ -139,6 +139,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         CatchUp::start(
             StdArc::clone(&self.sessions),
             StdArc::clone(&self.shared),
+            self.persistence.clone(),
             cursor,
         )
     }
@@ -193,7 +194,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         first: u64,
         last: u64,
     ) -> Result<Vec<Arc<Event<T>>>, LogError> {
-        let Some(persistence) = &self.shared.persistence else {
+        let Some(persistence) = &self.persistence else {
             return Ok(Vec::new());
         };
         let (Some(before), Some(span)) = (first.checked_sub(1), last.checked_sub(first)) else {
@@ -206,7 +207,9 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         Ok(records
             .into_iter()
             .filter(|record| (first..=last).contains(&record.position))
-            .filter_map(|record| crate::catchup::decode_record(&self.shared, key, record))
+            .filter_map(|record| {
+                crate::catchup::decode_record(self.persistence.as_deref(), key, record)
+            })
             .collect())
     }
 
@@ -215,7 +218,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// [`wait_durable`](Self::wait_durable) tells them apart). `None` without a durable log or for a session neither
     /// memory nor the log knows. Reads the log for sessions not in memory.
     pub fn durable_position(&self, key: &SessionKey) -> Result<Option<u64>, DurableError> {
-        let Some(persistence) = &self.shared.persistence else {
+        let Some(persistence) = &self.persistence else {
             return Ok(None);
         };
         let in_memory = self.sessions.with_found(key, |found| match found {
@@ -244,7 +247,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         position: u64,
         timeout: Duration,
     ) -> Result<u64, DurableError> {
-        let Some(persistence) = &self.shared.persistence else {
+        let Some(persistence) = &self.persistence else {
             return Err(DurableError::NoDurableTier);
         };
         let deadline = Instant::now().checked_add(timeout);
@@ -314,7 +317,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// session not resident here: the log serves its events, never a hole.
     #[cfg(feature = "axum")]
     pub(crate) fn lost_after_read(&self, key: &SessionKey, position: u64) -> Option<u64> {
-        let persistence = self.shared.persistence.as_ref()?;
+        let persistence = self.persistence.as_ref()?;
         // The common case, asked for every event a durable-only stream
         // sends: this store never wrote a hole (nor adopted a commit whose
         // reply was lost, which may have written one), so no session of
@@ -341,7 +344,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// take this, check again, then await it. It wakes the persister so the
     /// commit comes soon. Runtime-agnostic.
     pub fn durable_progress(&self) -> DurableProgress {
-        DurableProgress(self.shared.persistence.as_ref().map(|persistence| {
+        DurableProgress(self.persistence.as_ref().map(|persistence| {
             let listener = persistence.listen();
             persistence.nudge();
             listener
@@ -352,7 +355,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// log (seed `archive_before`) and releases it from the ring. Monotonic;
     /// clamped to what is durable. Returns how many events the log archived.
     pub fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, DurableError> {
-        let Some(persistence) = &self.shared.persistence else {
+        let Some(persistence) = &self.persistence else {
             return Err(DurableError::NoDurableTier);
         };
         let archived = persistence.log.archive_before(key, watermark)?;
@@ -385,7 +388,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn persist_round(&self) -> Option<bool> {
-        let persistence = self.shared.persistence.as_ref()?;
+        let persistence = self.persistence.as_ref()?;
         if persistence.has_thread() {
             return None;
         }
@@ -395,6 +398,6 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
 
     /// The durable log, if the store has one.
     pub fn durable_log(&self) -> Option<&StdArc<dyn DurableLog>> {
-        self.shared.persistence.as_ref().map(|p| &p.log)
+        self.persistence.as_ref().map(|p| &p.log)
     }
 }

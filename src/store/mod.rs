@@ -22,12 +22,13 @@ use crate::config::{Config, ConfigError};
 use crate::cursor::{Cursor, Revision};
 use crate::error::{Error, Gap, GapReason};
 use crate::event::Event;
+use crate::handle::SessionHandle;
 use crate::key::SessionKey;
 use crate::links::Links;
 use crate::map::{Found, SessionMap};
-use crate::persist::restore_identity;
+use crate::persist::{restore_identity, Persistence};
 use crate::ring::LentEvents;
-use crate::session::{Held, Session, SessionHandle, Shared};
+use crate::session::{Held, Session, Shared};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 
@@ -63,6 +64,8 @@ pub use self::stats::{DurableStats, Stats};
 /// ```
 pub struct ReplayStore<T> {
     shared: StdArc<Shared<T>>,
+    /// The durable tier, if any (the core sees it as `shared.durable`).
+    persistence: Option<StdArc<Persistence<T>>>,
     pub(crate) sessions: StdArc<SessionMap<T>>,
 }
 
@@ -95,8 +98,9 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// The resident session for `key`: revived from its tombstone, restored
     /// from the durable log, or new.
     fn resident(&self, key: &SessionKey) -> Result<Held<T>, crate::Refusal> {
-        self.sessions
-            .get_or_create(key, &self.shared, &|| restore_identity(&self.shared, key))
+        self.sessions.get_or_create(key, &self.shared, &|| {
+            restore_identity(self.persistence.as_deref(), key)
+        })
     }
 
     /// Appends one event to `key`'s session (created if absent) and returns
@@ -445,7 +449,7 @@ impl<T> Drop for ReplayStore<T> {
     fn drop(&mut self) {
         // Write what is left (bounded by the shutdown timeout), then stop
         // the persister thread.
-        if let Some(persistence) = &self.shared.persistence {
+        if let Some(persistence) = &self.persistence {
             persistence.shutdown();
             // Nothing will write the rings any more: refuse what handles
             // that outlive the store would append, instead of accepting

@@ -29,7 +29,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             lagged_subscribers: counters.lagged_subscribers.get(),
             ..Stats::default()
         };
-        if let Some(persistence) = &self.shared.persistence {
+        if let Some(persistence) = &self.persistence {
             let c = &persistence.counters;
             let (last_fenced, last_refused) = persistence.given_up();
             stats.durable = Some(DurableStats {

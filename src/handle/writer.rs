@@ -52,10 +52,11 @@
 
 use std::fmt;
 
+use super::SessionHandle;
 use crate::cursor::Revision;
 use crate::error::Error;
 use crate::ring::Segment;
-use crate::session::{Session, SessionHandle};
+use crate::session::Session;
 use crate::sync::Arc;
 
 /// Appends to one session from one thread, skipping the directory lookup

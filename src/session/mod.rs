@@ -1,5 +1,9 @@
-//! One incarnation of one session, and the handle a turn loop appends
-//! through.
+//! One incarnation of one session (its handles are module `handle`).
+//!
+//! Also the core's one seam to the durable tier: [`DurableTier`], which
+//! the persister implements, and the positions a session knows were lost
+//! (`lost`), which the persister records and waits consult. The core never
+//! imports the tier.
 //!
 //! A [`Session`] owns its ring and applies the contract's rules on top of it:
 //! it builds events (one allocation per append), turns what the ring reports
@@ -24,20 +28,22 @@
 //!   subscriptions check the age of the first event they return, trims
 //!   raise the floor past expired events and free them.
 
+mod lost;
+
 use std::fmt;
 use std::sync::Arc as StdArc;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::cursor::{Cursor, Incarnation, Revision};
-use crate::error::{Error, Gap, GapReason, Refusal};
+use crate::error::{Gap, GapReason, Refusal};
 use crate::event::{Event, Timestamp};
 use crate::key::SessionKey;
 use crate::links::Links;
-use crate::ring::{LentEvents, Read, Ring, Segment};
-use crate::subscription::Subscription;
+use crate::ring::{KeepBudget, LentEvents, Read, Ring, Segment};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize};
-use crate::writer::SessionWriter;
+
+pub(crate) use self::lost::{Lost, LostPositions};
 
 /// Weighs a payload for [`Refusal::PayloadTooLarge`] (and for the
 /// durable tier's budget of undurable events).
@@ -51,8 +57,39 @@ pub(crate) struct Shared<T> {
     pub(crate) clock: StdArc<dyn Clock>,
     pub(crate) payload_limit: Option<(usize, Weigher<T>)>,
     pub(crate) counters: Counters,
-    /// The durable tier, if the store has one.
-    pub(crate) persistence: Option<StdArc<crate::persist::Persistence<T>>>,
+    /// The durable tier, if the store has one: what the core tells it.
+    pub(crate) durable: Option<StdArc<dyn DurableTier<T>>>,
+}
+
+/// The durable tier as the core sees it: the few things a session and the
+/// map tell the tier above them. The persister (`crate::persist`)
+/// implements it and is the only thing that knows what a log is; the core
+/// never imports it, so the layers' imports run one way.
+///
+/// None of it is on an append's common path: a session calls
+/// [`DurableTier::queue_dirty`] only when its own `dirty` flag was clear
+/// (once per persister round), the rest on creation, removal and drop.
+pub(crate) trait DurableTier<T>: Send + Sync {
+    /// `session` was clean and now has events the tier has not written
+    /// (its `dirty` flag was just set, after the append's publish fence):
+    /// queue it for the next write.
+    fn queue_dirty(&self, session: &Arc<Session<T>>);
+
+    /// A session was created; the tier may record its life now.
+    fn created(&self, session: &Arc<Session<T>>);
+
+    /// A session was removed (under its shard's lock) with `last` its last
+    /// position: its accepted events still go to the log.
+    fn removed(&self, session: &Arc<Session<T>>, last: u64);
+
+    /// Whether other nodes write the same log (a tombstone then asks it).
+    fn log_is_shared(&self) -> bool;
+
+    /// The store-wide budget for lapped segments not yet written.
+    fn keep_budget(&self) -> &StdArc<KeepBudget<T>>;
+
+    /// A fenced session went with `events` accepted events never written.
+    fn count_fenced_events(&self, events: u64);
 }
 
 /// Store-wide counters of rare events (gaps, lag, eviction). Nothing on the
@@ -228,7 +265,7 @@ pub(crate) struct Session<T> {
     pub(crate) predecessor: crate::sync::Mutex<Option<Arc<Session<T>>>>,
     /// Positions of this session the persister wrote as holes: no tier
     /// holds them, so no wait may report them durable.
-    pub(crate) lost: crate::sync::Mutex<crate::persist::LostPositions>,
+    pub(crate) lost: crate::sync::Mutex<LostPositions>,
 }
 
 /// How a read after a cursor starts, once the cursor is checked.
@@ -262,9 +299,9 @@ impl<T> Session<T> {
                 shared.config.capacity,
                 identity.start,
                 identity.start_revision,
-                shared.persistence.as_ref().map(|persistence| {
+                shared.durable.as_ref().map(|durable| {
                     Box::new(crate::ring::Kept::new(
-                        StdArc::clone(&persistence.keep_budget),
+                        StdArc::clone(durable.keep_budget()),
                         identity.start,
                     ))
                 }),
@@ -336,19 +373,26 @@ impl<T> Session<T> {
     /// writer has the session): it is trimmed like a memory-only one.
     fn trim_limit(&self) -> u64 {
         let fenced = self.fenced.load(std::sync::atomic::Ordering::Relaxed);
-        if self.shared.persistence.is_some() && !fenced {
+        if self.shared.durable.is_some() && !fenced {
             self.durable()
         } else {
             u64::MAX
         }
     }
 
-    /// After a publish: queue the session for the persister unless it is
-    /// queued already.
+    /// After a publish (or when the persister must come back to it): queue
+    /// the session for the durable tier unless it is queued already.
     #[inline]
-    fn mark_dirty(this: &Arc<Self>) {
-        if let Some(persistence) = &this.shared.persistence {
-            persistence.mark_dirty(this);
+    pub(crate) fn mark_dirty(this: &Arc<Self>) {
+        if let Some(durable) = &this.shared.durable {
+            // Relaxed: ordered after the publish by the doorbell's SeqCst
+            // fence (`crate::persist`'s protocol); already set is the
+            // common case, one load.
+            if !this.dirty.load(std::sync::atomic::Ordering::Relaxed)
+                && !this.dirty.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                durable.queue_dirty(this);
+            }
         }
     }
 
@@ -737,7 +781,7 @@ impl<T> Session<T> {
         // will be written (its loss is counted; over a shared log a revival
         // asks the log, so the tombstone is never revived over the writer).
         let relaxed = std::sync::atomic::Ordering::Relaxed;
-        let settled = this.shared.persistence.is_none()
+        let settled = this.shared.durable.is_none()
             || this.fenced.load(relaxed)
             || (this.durable() >= tail && !this.life_unrecorded.load(relaxed));
         tail == this.ring.claimed() && this.ring.floor() >= tail && settled
@@ -749,10 +793,10 @@ impl<T> Drop for Session<T> {
     /// to this node: counted once, when the session is gone (while it is
     /// resident they show in `undurable_events`).
     fn drop(&mut self) {
-        if let Some(persistence) = &self.shared.persistence {
+        if let Some(durable) = &self.shared.durable {
             if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
                 let lost = self.ring.published_tail().saturating_sub(self.written());
-                persistence.counters.fenced_events.add(lost);
+                durable.count_fenced_events(lost);
             }
         }
     }
@@ -765,50 +809,6 @@ impl<T> fmt::Debug for Session<T> {
             .field("incarnation", &self.identity.incarnation)
             .field("published", &self.ring.published_tail())
             .finish_non_exhaustive()
-    }
-}
-
-/// A session's handle: appends and reads with no map lookup and no lock.
-///
-/// A turn loop takes one with [`ReplayStore::session`] and appends through
-/// it inline. While a handle exists its session is never evicted. If the
-/// session is removed ([`ReplayStore::remove_session`]), appends through the
-/// handle are refused with [`Refusal::SessionRemoved`].
-///
-/// ```
-/// use livereplay::{ReplayStore, Revision, SessionKey, Cursor};
-///
-/// let store = ReplayStore::<String>::default();
-/// let key = SessionKey::new("acme", "chat-1")?;
-/// let session = store.session(&key)?;
-/// let first = session.append(Revision(1), "Hel".to_string())?;
-/// session.append(Revision(1), "lo".to_string())?;
-/// let after_first = session.replay_after(&first.cursor())?;
-/// assert_eq!(after_first[0].payload(), "lo");
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-///
-/// [`ReplayStore::session`]: crate::ReplayStore::session
-/// [`ReplayStore::remove_session`]: crate::ReplayStore::remove_session
-pub struct SessionHandle<T> {
-    session: Held<T>,
-}
-
-impl<T> SessionHandle<T> {
-    pub(crate) fn new(session: Held<T>) -> Self {
-        Self { session }
-    }
-
-    pub(crate) fn session(&self) -> &Arc<Session<T>> {
-        &self.session
-    }
-}
-
-impl<T> Clone for SessionHandle<T> {
-    fn clone(&self) -> Self {
-        Self {
-            session: self.session.clone(),
-        }
     }
 }
 
@@ -843,138 +843,5 @@ impl<T> std::ops::Deref for Held<T> {
 impl<T> Drop for Held<T> {
     fn drop(&mut self) {
         self.0.let_go();
-    }
-}
-
-impl<T: Send + Sync + 'static> SessionHandle<T> {
-    /// The session's key.
-    pub fn key(&self) -> &SessionKey {
-        self.session.key()
-    }
-
-    /// The incarnation this handle appends to.
-    pub fn incarnation(&self) -> Incarnation {
-        self.session.incarnation()
-    }
-
-    /// Appends one event; see [`ReplayStore::append`](crate::ReplayStore::append).
-    #[inline]
-    pub fn append(&self, revision: Revision, payload: T) -> Result<Arc<Event<T>>, Error> {
-        Ok(Session::append(&self.session, revision, payload)?)
-    }
-
-    /// A writer for one thread: appends that skip the directory lookup and
-    /// hand back the position instead of the event (see [`SessionWriter`]).
-    pub fn writer(&self) -> SessionWriter<T> {
-        SessionWriter::new(self.clone())
-    }
-
-    /// Appends one event with causal links; see
-    /// [`ReplayStore::append_linked`](crate::ReplayStore::append_linked).
-    pub fn append_linked(
-        &self,
-        revision: Revision,
-        payload: T,
-        links: Links,
-    ) -> Result<Arc<Event<T>>, Error> {
-        links.check_for(self.key())?;
-        let links = (!links.is_empty()).then(|| Box::new(links));
-        Ok(Session::append_with(
-            &self.session,
-            revision,
-            payload,
-            links,
-        )?)
-    }
-
-    /// Appends a batch visible all at once; see
-    /// [`ReplayStore::append_batch`](crate::ReplayStore::append_batch).
-    pub fn append_batch(
-        &self,
-        revision: Revision,
-        payloads: impl IntoIterator<Item = T>,
-    ) -> Result<Vec<Arc<Event<T>>>, Error> {
-        Ok(Session::append_batch(
-            &self.session,
-            revision,
-            payloads.into_iter().collect(),
-        )?)
-    }
-
-    /// Events after `cursor`, which must be for this session.
-    pub fn replay_after(&self, cursor: &Cursor) -> Result<Vec<Arc<Event<T>>>, Error> {
-        cursor.check_key(self.key())?;
-        Ok(self.session.replay_after(cursor)?)
-    }
-
-    /// The events after `cursor` (which must be for this session), lent
-    /// to `read` in place instead of returned: the same events and the
-    /// same gaps as [`replay_after`](Self::replay_after), with no
-    /// reference counted per event. See
-    /// [`ReplayStore::replay_with`](crate::ReplayStore::replay_with).
-    ///
-    /// ```
-    /// use livereplay::{Cursor, ReplayStore, Revision, SessionKey};
-    ///
-    /// let store = ReplayStore::<String>::default();
-    /// let handle = store.session(&SessionKey::new("tenant", "chat")?)?;
-    /// for word in ["lent", "not", "cloned"] {
-    ///     handle.append(Revision(1), word.to_owned())?;
-    /// }
-    /// let start = Cursor::start(handle.key().clone());
-    /// let line = handle.replay_with(&start, |events| {
-    ///     events.map(|event| event.payload().as_str()).collect::<Vec<_>>().join(" ")
-    /// })?;
-    /// assert_eq!(line, "lent not cloned");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn replay_with<R>(
-        &self,
-        cursor: &Cursor,
-        read: impl FnOnce(LentEvents<'_, T>) -> R,
-    ) -> Result<R, Error> {
-        cursor.check_key(self.key())?;
-        Ok(self.session.lend_after(cursor, read)?)
-    }
-
-    /// Subscribes after `cursor`, which must be for this session.
-    pub fn subscribe_after(&self, cursor: &Cursor) -> Result<Subscription<T>, Error> {
-        cursor.check_key(self.key())?;
-        Ok(Subscription::start(self.session.clone(), cursor)?)
-    }
-
-    /// The cursor at the published tail.
-    pub fn current_cursor(&self) -> Cursor {
-        self.session.current_cursor()
-    }
-
-    /// The latest published position, `None` before the first event.
-    pub fn latest_position(&self) -> Option<u64> {
-        self.session.latest_position()
-    }
-
-    /// Events retained now.
-    pub fn event_count(&self) -> u64 {
-        self.session.retained(self.session.shared.now())
-    }
-
-    /// Trims every position `<= watermark`; returns how many retained
-    /// events it freed. A watermark below an earlier one is a no-op; one
-    /// beyond the published tail is clamped to it.
-    pub fn release_through(&self, watermark: u64) -> usize {
-        self.session.release_through(watermark)
-    }
-
-    /// Applies age retention now; returns how many events it freed.
-    pub fn trim(&self) -> usize {
-        self.session.trim(self.session.shared.now())
-    }
-}
-
-impl<T> fmt::Debug for SessionHandle<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SessionHandle")
-            .field(&*self.session.0)
-            .finish()
     }
 }

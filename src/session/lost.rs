@@ -6,7 +6,7 @@
 //! past the cap, or written by a commit whose reply was lost) is answered
 //! by the log, never by this record.
 
-use crate::durable::HoleReason;
+use crate::error::HoleReason;
 
 /// The positions of one session the persister wrote as holes, so that no
 /// wait reports them durable. Holes are rare (the log failed or stalled
@@ -36,7 +36,7 @@ pub(crate) enum Lost {
 impl LostPositions {
     const MAX_RANGES: usize = 64;
 
-    pub(super) fn record(&mut self, first: u64, last: u64, reason: HoleReason) {
+    pub(crate) fn record(&mut self, first: u64, last: u64, reason: HoleReason) {
         match self.ranges.last_mut() {
             Some((_, end, previous)) if *end + 1 == first && *previous == reason => *end = last,
             _ => self.ranges.push((first, last, reason)),
@@ -50,14 +50,14 @@ impl LostPositions {
     /// The log was found ahead of the watermark (a commit landed though
     /// its reply was lost): which of those positions are holes only the
     /// log knows, so ask it for everything up to `tail`.
-    pub(super) fn ask_the_log_through(&mut self, tail: u64) {
+    pub(crate) fn ask_the_log_through(&mut self, tail: u64) {
         self.forgotten_through = self.forgotten_through.max(tail);
     }
 
     /// The log was found behind the watermark (it lost writes it had
     /// acknowledged): what is above `tail` is written again, holes
     /// included, and recorded then.
-    pub(super) fn forget_above(&mut self, tail: u64) {
+    pub(crate) fn forget_above(&mut self, tail: u64) {
         self.ranges.retain(|&(first, _, _)| first <= tail);
         if let Some((_, last, _)) = self.ranges.last_mut() {
             *last = (*last).min(tail);
