@@ -904,19 +904,27 @@ mod faults {
         let k = key("t", "s");
         append_all(&store, &k, 1..=50);
         assert_eq!(store.wait_durable(&k, 50, WAIT), Ok(50));
+        let killed = std::sync::atomic::AtomicBool::new(false);
         let before = std::thread::scope(|scope| {
             let appender = scope.spawn(|| {
-                // About 2000 a second: the ring's 64 slots are 30 ms of
-                // slack for each commit while the server is up.
-                for position in 51..=300 {
-                    append_all(&store, &k, position..=position);
-                    if position % 2 == 0 {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
+                // Paced by the log while the server is up: at most one
+                // chunk of 16 ahead of it, so the ring's 64 slots cannot
+                // lap before the outage however slow this machine's
+                // commits are. Once the server is gone the appends run on
+                // unpaced, and lap.
+                for first in (51..=300).step_by(16) {
+                    let last = (first + 15).min(300);
+                    append_all(&store, &k, first..=last);
+                    while !killed.load(std::sync::atomic::Ordering::Relaxed)
+                        && store
+                            .wait_durable(&k, last, Duration::from_millis(10))
+                            .is_err()
+                    {}
                 }
             });
             std::thread::sleep(Duration::from_millis(60));
             let before = load_all(log.as_ref(), &k);
+            killed.store(true, std::sync::atomic::Ordering::Relaxed);
             backend.server.kill9();
             appender.join().expect("the appender panicked");
             before
