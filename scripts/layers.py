@@ -1,20 +1,29 @@
 #!/usr/bin/env python3
-"""Lists the import cycles among the crate's top-level modules (issue 24).
+"""Checks that the crate's top-level modules import one way (issue 24).
 
-A module is a file or folder directly under `src/` (`src/persist/lost.rs`
-belongs to `persist`). Module `a` imports `b` when `a`'s code names
+A module is a file or folder directly under `src/` (`src/session/lost.rs`
+belongs to `session`). Module `a` imports `b` when `a`'s code names
 `crate::b` (a `use` line or a path): comments, doc comments and the test
-module at the end of a file are not code and do not count. The cycles are
-the strongly connected components of that graph with more than one module;
-for each, the edges inside it and the files that make them.
+module at the end of a file are not code and do not count.
 
-Run from the repository's root:
+Two checks, both must hold:
+
+* **Layers.** Every module has a place in `LAYERS`, lowest first, and
+  imports only modules of its own layer or below. The core (foundations,
+  the ring, sessions and subscriptions, handles, the map) names no log, no
+  persister and no catch-up: the durable tier reaches it only through the
+  `session::DurableTier` trait it implements. The store is the facade
+  where the core and the tiers meet (its builder starts the persister, its
+  API hands out catch-ups), and the integrations sit on the store. A new
+  module must be given a layer here.
+* **No cycles** inside a layer either (strongly connected components of
+  the import graph with more than one module).
+
+Run from the repository's root (`.ci/run` does):
 
     python3 scripts/layers.py
 
-Exits 1 while a cycle remains, 0 when the imports run one way. It is not in
-`.ci/run` yet: it would fail today (the core imports the persister; see the
-issue). Once the cycles are gone, CI runs it so they stay gone.
+Prints what it found; exits 1 on any violation.
 """
 
 import os
@@ -92,11 +101,55 @@ def cycles(graph):
     return found
 
 
+LAYERS = [
+    ("foundations", {"sync", "key", "cursor", "links", "event", "error", "config", "clock", "codec"}),
+    ("ring", {"ring"}),
+    ("sessions", {"session", "subscription"}),
+    ("handles", {"handle"}),
+    ("map", {"map"}),
+    ("logs", {"durable", "tail"}),
+    ("tiers", {"persist", "catchup"}),
+    ("store", {"store"}),
+    ("integrations", {"traits", "wire", "adapters", "dag", "http", "streams"}),
+    ("entry points", {"lib", "bin"}),
+]
+
+
+def layer_of(module):
+    """The index of `module`'s layer in `LAYERS`, or None."""
+    for index, (_, members) in enumerate(LAYERS):
+        if module in members:
+            return index
+    return None
+
+
+def upward(graph):
+    """Imports of a higher layer, and modules with no layer."""
+    problems = []
+    for a in sorted(graph):
+        la = layer_of(a)
+        if la is None:
+            problems.append(f"  {a} has no layer: give it one in LAYERS (scripts/layers.py)")
+            continue
+        for b in sorted(graph[a]):
+            lb = layer_of(b)
+            if lb is not None and lb > la:
+                files = ", ".join(sorted(graph[a][b]))
+                problems.append(
+                    f"  {a} ({LAYERS[la][0]}) imports {b} ({LAYERS[lb][0]}), a layer above it  ({files})"
+                )
+    return problems
+
+
 def main():
     graph = imports()
     found = cycles(graph)
-    if not found:
-        print(f"layers: {len(graph)} modules, no import cycle")
+    problems = upward(graph)
+    if problems:
+        print(f"layers: {len(problems)} import(s) against the layers:")
+        print("\n".join(problems))
+    if not found and not problems:
+        print(f"layers: {len(graph)} modules in {len(LAYERS)} layers, every import downward or within a layer, no cycle")
         return 0
     for component in found:
         print(f"layers: a cycle of {len(component)} modules: {', '.join(component)}")
@@ -105,7 +158,7 @@ def main():
                 if b in component:
                     files = ", ".join(sorted(graph[a][b]))
                     print(f"  {a} -> {b}  ({files})")
-    return 1
+    return 1 if found or problems else 0
 
 
 if __name__ == "__main__":
