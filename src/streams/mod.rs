@@ -91,6 +91,7 @@
 //! touched: after a restart, an expired stream nobody asks for stays in the
 //! log until someone does.
 
+mod access;
 mod error;
 mod fork;
 mod headers;
@@ -112,6 +113,7 @@ use dashmap::DashMap;
 use crate::key::SessionKey;
 use crate::store::ReplayStore;
 
+pub use self::access::{Access, AccessHook, RequestInfo};
 pub use self::error::StreamError;
 pub use self::offset::{parse_offset, Offset, OffsetError, OffsetQuery};
 pub use self::producer::{MAX_PRODUCER_ID_LEN, MAX_PRODUCER_NUMBER};
@@ -121,9 +123,6 @@ pub use self::record::{
 pub use self::router::{MAX_HEADER_VALUE_LEN, STREAM_ROUTE};
 
 use self::state::StreamState;
-
-/// The tenant of a request, from its headers (a host's authentication).
-pub type TenantHook = dyn Fn(&HeaderMap) -> Result<String, StreamError> + Send + Sync;
 
 /// Tuning of the protocol server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +181,9 @@ pub struct DurableStreams {
     store: StdArc<ReplayStore<StreamRecord>>,
     entries: DashMap<SessionKey, StdArc<Entry>>,
     options: StreamsOptions,
-    tenant: StdArc<TenantHook>,
+    access: StdArc<AccessHook>,
+    /// Whether `access` is a host's hook (not the default).
+    access_controlled: bool,
     subscriptions: subscription::Subscriptions,
 }
 
@@ -194,7 +195,8 @@ impl DurableStreams {
             store,
             entries: DashMap::new(),
             options: StreamsOptions::default(),
-            tenant: StdArc::new(|_: &HeaderMap| Ok(String::new())),
+            access: StdArc::new(|_: &RequestInfo<'_>| Ok(Access::full(""))),
+            access_controlled: false,
             subscriptions: subscription::Subscriptions::default(),
         }
     }
@@ -205,14 +207,33 @@ impl DurableStreams {
         self
     }
 
-    /// Sets the hook that names a request's tenant (default: the empty
-    /// tenant for every request). Its error is the response.
-    pub fn tenant(
+    /// Sets the hook that decides each request's [`Access`] from its
+    /// method, path, query and headers (default: the empty tenant, full
+    /// access, for every request). Its error is the response: return
+    /// [`StreamError::Unauthorized`] for a missing or unknown credential
+    /// (`401` with `WWW-Authenticate: Bearer`) and
+    /// [`StreamError::Forbidden`] for one that is refused (`403`). The
+    /// module then answers `404` for any path outside
+    /// [`Access::stream`] and `403` for a write without
+    /// [`Access::write`]; see module `access` for the few routes that do
+    /// not ask.
+    pub fn access(
         mut self,
+        hook: impl Fn(&RequestInfo<'_>) -> Result<Access, StreamError> + Send + Sync + 'static,
+    ) -> Self {
+        self.access = StdArc::new(hook);
+        self.access_controlled = true;
+        self
+    }
+
+    /// Sets a hook that names a request's tenant from its headers, with
+    /// full access to that tenant's streams: [`DurableStreams::access`]
+    /// for hosts whose authentication only says who is calling.
+    pub fn tenant(
+        self,
         hook: impl Fn(&HeaderMap) -> Result<String, StreamError> + Send + Sync + 'static,
     ) -> Self {
-        self.tenant = StdArc::new(hook);
-        self
+        self.access(move |request: &RequestInfo<'_>| hook(request.headers).map(Access::full))
     }
 
     /// The store.
