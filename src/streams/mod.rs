@@ -10,15 +10,15 @@
 //! soft-deletion and cascading clean-up), the subscription APIs under
 //! `__ds` (signed webhooks and pull-wake, module `subscription`), ETags and
 //! cursors, browser security headers and CORS. `livereplay serve` (the binary) runs it over a redb
-//! log.
+//! log, with bearer tokens and signed read URLs.
 //!
 //! # What it owns, and how the protocol maps onto the store
 //!
 //! CONTRACT.md section 11 is the contract; this is how it is kept.
 //!
 //! * **A stream is a session.** The URL path is the session id, the tenant
-//!   comes from a hook the host supplies ([`DurableStreams::tenant`];
-//!   empty by default). The store's payload is [`StreamRecord`], one
+//!   comes from a hook the host supplies ([`DurableStreams::access`];
+//!   empty by default), so another tenant's stream is simply not found. The store's payload is [`StreamRecord`], one
 //!   record per request: a `Created` record (configuration and initial
 //!   messages), `Data` records (an append's messages, its producer and
 //!   `Stream-Seq` state, whether it closes the stream), a `Closed` record
@@ -65,6 +65,18 @@
 //!   its own task and nothing queues without bound. Live reads wake on the
 //!   store's subscription and the persister's commits, never by polling.
 //!
+//! * **Access is decided once per request, enforced for every route**
+//!   (module `access`). The host's hook sees the method, path, query and
+//!   headers and returns an [`Access`]: the tenant, whether it may write,
+//!   and optionally the one stream it may address. Outside that stream the
+//!   answer is `404` (never `403`: nothing is revealed about what exists),
+//!   a write without the right `403`, a refusal by the hook its own error
+//!   ([`StreamError::Unauthorized`] is `401` with `WWW-Authenticate:
+//!   Bearer`). The subscription APIs ask too (a stream-scoped caller finds
+//!   none); the wake-token routes accept the wake's token as their
+//!   credential, and `__ds/jwks.json` and CORS preflights are public.
+//!   Under a hook, cacheable reads carry `Vary: Authorization`.
+//!
 //! # Protocol choices where the text leaves room
 //!
 //! * `Stream-Seq` is scoped per stream. `Stream-TTL` together with
@@ -80,7 +92,9 @@
 //!
 //! # Not implemented (yet), and known limits
 //!
-//! Rate limiting. Webhooks are delivered to `http://localhost` and
+//! Rate limiting. A response that began under a credential runs its
+//! course (an SSE response up to its lifetime) even if the credential
+//! expires meanwhile. Webhooks are delivered to `http://localhost` and
 //! `http://127.0.0.x` only (no TLS client: `https://` targets are refused
 //! at creation). Wakes and leases are not durable (a restart forgets them;
 //! the next append wakes again), and in-process appends do not wake
