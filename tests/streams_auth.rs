@@ -370,6 +370,24 @@ async fn a_caller_scoped_to_one_stream_finds_no_other() {
         StatusCode::FORBIDDEN,
         "its own stream, read-only"
     );
+    // A writer scoped to one stream cannot fork another into it.
+    let fork = send(
+        &app,
+        "PUT",
+        "/v1/stream/forked",
+        &[
+            ("x-tenant", "acme"),
+            ("x-stream", "forked"),
+            TEXT,
+            ("stream-forked-from", "other"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(fork.status, StatusCode::NOT_FOUND);
+    assert!(!fork.text().contains("/v1/stream/other"));
+    let made = send(&app, "GET", "/v1/stream/forked", &[writer], "").await;
+    assert_eq!(made.status, StatusCode::NOT_FOUND, "no fork was made");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

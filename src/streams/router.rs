@@ -124,6 +124,11 @@ async fn dispatch(
             .await);
     }
     let access = service.authorize_stream(&info)?;
+    if access.stream.is_some() && request.contains_key(headers::FORKED_FROM) {
+        // A fork reads its source: a caller scoped to one stream must not
+        // reach another through it (and the source is another stream).
+        return Err(StreamError::NotFound);
+    }
     let key = service.key(&access.tenant, path)?;
     match *method {
         Method::PUT => {

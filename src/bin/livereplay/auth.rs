@@ -328,8 +328,9 @@ impl Guard {
             let token = value
                 .to_str()
                 .ok()
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .map(str::trim)
+                .and_then(|value| value.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim())
                 .ok_or_else(|| {
                     StreamError::Unauthorized(
                         "the Authorization header must be `Bearer <token>`".into(),
