@@ -8,10 +8,11 @@
 //!   `__ds` go through [`DurableStreams::authorize`]; the only exceptions
 //!   are `OPTIONS` (CORS preflight, which carries no credentials and
 //!   touches nothing), the webhook public key set `__ds/jwks.json` (public
-//!   by nature: webhook receivers fetch it without credentials), and the
-//!   wake-token routes (`callback`, `ack`, `release`), where the wake's
-//!   bearer token is itself the credential, scoped to one wake of one
-//!   subscription.
+//!   by nature: webhook receivers fetch it without credentials). The
+//!   wake-token routes (`callback`, `ack`, `release`) ask too, but when
+//!   the hook refuses (their `Authorization` holds the wake's token, not a
+//!   caller's credential) the wake's token is itself the credential,
+//!   scoped to the one current wake of one subscription.
 //! * **A tenant sees only its own streams.** A stream is the session
 //!   `(tenant, path)`, so another tenant's stream is not found: there is
 //!   no check to forget, and no offset or cursor names a session of
