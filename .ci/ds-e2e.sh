@@ -6,7 +6,9 @@
 # directory, while an idempotent producer appends (e2e-streams/
 # restart.test.mjs); and headless Debian Chromium follows a stream with the
 # same client over SSE across a SIGKILL and restart too
-# (e2e-streams/browser.test.mjs, screenshot in target/e2e/ds-browser.png).
+# (e2e-streams/browser.test.mjs, screenshot in target/e2e/ds-browser.png);
+# and the client passes a bearer token with its `headers` option and reads
+# through a signed URL (e2e-streams/auth.test.mjs).
 # The tests start and kill their own servers; the pids they started are
 # also listed in a file, and any still alive when this script exits (the
 # tests themselves were killed) are killed here. Exits non-zero on any
@@ -52,7 +54,7 @@ echo "ds-e2e: installing the client, playwright-core and esbuild (npm ci)"
 
 cd e2e-streams
 LIVEREPLAY_BIN="$server" DS_E2E_PIDS="$pids_file" \
-  timeout 300 node --test --test-concurrency=1 restart.test.mjs browser.test.mjs
+  timeout 300 node --test --test-concurrency=1 restart.test.mjs browser.test.mjs auth.test.mjs
 status=$?
 [ "$status" -eq 124 ] && echo "ds-e2e: the tests timed out" >&2
 exit "$status"

@@ -74,10 +74,13 @@ export class Servers {
     this.logs = [];
   }
 
-  /** Starts `livereplay serve` on `port`; resolves to its base URL. */
-  start(port, longPollTimeoutMs = 2_000) {
+  /**
+   * Starts `livereplay serve` on `port` (with `extraArgs`, such as
+   * `--tokens-file`); resolves to its base URL.
+   */
+  start(port, longPollTimeoutMs = 2_000, extraArgs = []) {
     const args = ["serve", "--port", String(port), "--data-dir", this.dataDir,
-      "--long-poll-timeout-ms", String(longPollTimeoutMs)];
+      "--long-poll-timeout-ms", String(longPollTimeoutMs), ...extraArgs];
     const child = spawn(SERVER_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.children.add(child);
     // For .ci/ds-e2e.sh, which kills what is left if this process itself is killed.

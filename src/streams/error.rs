@@ -71,6 +71,14 @@ pub enum StreamError {
     /// A protocol feature this server does not implement.
     #[error("{0}")]
     NotImplemented(String),
+    /// The request carries no credential the access hook accepts (`401`,
+    /// with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The credential does not allow this request: a read-only caller's
+    /// write, an expired or altered signed URL (`403`).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl StreamError {
@@ -89,6 +97,8 @@ impl StreamError {
             StreamError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             StreamError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             StreamError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            StreamError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            StreamError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -111,6 +121,9 @@ impl StreamError {
             }
             StreamError::StaleEpoch { current } => {
                 put(super::headers::PRODUCER_EPOCH, current.to_string());
+            }
+            StreamError::Unauthorized(_) => {
+                put("www-authenticate", "Bearer".into());
             }
             _ => {}
         }

@@ -10,15 +10,15 @@
 //! soft-deletion and cascading clean-up), the subscription APIs under
 //! `__ds` (signed webhooks and pull-wake, module `subscription`), ETags and
 //! cursors, browser security headers and CORS. `livereplay serve` (the binary) runs it over a redb
-//! log.
+//! log, with bearer tokens and signed read URLs.
 //!
 //! # What it owns, and how the protocol maps onto the store
 //!
 //! CONTRACT.md section 11 is the contract; this is how it is kept.
 //!
 //! * **A stream is a session.** The URL path is the session id, the tenant
-//!   comes from a hook the host supplies ([`DurableStreams::tenant`];
-//!   empty by default). The store's payload is [`StreamRecord`], one
+//!   comes from a hook the host supplies ([`DurableStreams::access`];
+//!   empty by default), so another tenant's stream is simply not found. The store's payload is [`StreamRecord`], one
 //!   record per request: a `Created` record (configuration and initial
 //!   messages), `Data` records (an append's messages, its producer and
 //!   `Stream-Seq` state, whether it closes the stream), a `Closed` record
@@ -65,6 +65,18 @@
 //!   its own task and nothing queues without bound. Live reads wake on the
 //!   store's subscription and the persister's commits, never by polling.
 //!
+//! * **Access is decided once per request, enforced for every route**
+//!   (module `access`). The host's hook sees the method, path, query and
+//!   headers and returns an [`Access`]: the tenant, whether it may write,
+//!   and optionally the one stream it may address. Outside that stream the
+//!   answer is `404` (never `403`: nothing is revealed about what exists),
+//!   a write without the right `403`, a refusal by the hook its own error
+//!   ([`StreamError::Unauthorized`] is `401` with `WWW-Authenticate:
+//!   Bearer`). The subscription APIs ask too (a stream-scoped caller finds
+//!   none); the wake-token routes accept the wake's token as their
+//!   credential, and `__ds/jwks.json` and CORS preflights are public.
+//!   Under a hook, cacheable reads carry `Vary: Authorization`.
+//!
 //! # Protocol choices where the text leaves room
 //!
 //! * `Stream-Seq` is scoped per stream. `Stream-TTL` together with
@@ -80,7 +92,9 @@
 //!
 //! # Not implemented (yet), and known limits
 //!
-//! Rate limiting. Webhooks are delivered to `http://localhost` and
+//! Rate limiting. A response that began under a credential runs its
+//! course (an SSE response up to its lifetime) even if the credential
+//! expires meanwhile. Webhooks are delivered to `http://localhost` and
 //! `http://127.0.0.x` only (no TLS client: `https://` targets are refused
 //! at creation). Wakes and leases are not durable (a restart forgets them;
 //! the next append wakes again), and in-process appends do not wake
@@ -91,6 +105,7 @@
 //! touched: after a restart, an expired stream nobody asks for stays in the
 //! log until someone does.
 
+mod access;
 mod error;
 mod fork;
 mod headers;
@@ -112,6 +127,7 @@ use dashmap::DashMap;
 use crate::key::SessionKey;
 use crate::store::ReplayStore;
 
+pub use self::access::{Access, AccessHook, RequestInfo};
 pub use self::error::StreamError;
 pub use self::offset::{parse_offset, Offset, OffsetError, OffsetQuery};
 pub use self::producer::{MAX_PRODUCER_ID_LEN, MAX_PRODUCER_NUMBER};
@@ -121,9 +137,6 @@ pub use self::record::{
 pub use self::router::{MAX_HEADER_VALUE_LEN, STREAM_ROUTE};
 
 use self::state::StreamState;
-
-/// The tenant of a request, from its headers (a host's authentication).
-pub type TenantHook = dyn Fn(&HeaderMap) -> Result<String, StreamError> + Send + Sync;
 
 /// Tuning of the protocol server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +195,9 @@ pub struct DurableStreams {
     store: StdArc<ReplayStore<StreamRecord>>,
     entries: DashMap<SessionKey, StdArc<Entry>>,
     options: StreamsOptions,
-    tenant: StdArc<TenantHook>,
+    access: StdArc<AccessHook>,
+    /// Whether `access` is a host's hook (not the default).
+    access_controlled: bool,
     subscriptions: subscription::Subscriptions,
 }
 
@@ -194,7 +209,8 @@ impl DurableStreams {
             store,
             entries: DashMap::new(),
             options: StreamsOptions::default(),
-            tenant: StdArc::new(|_: &HeaderMap| Ok(String::new())),
+            access: StdArc::new(|_: &RequestInfo<'_>| Ok(Access::full(""))),
+            access_controlled: false,
             subscriptions: subscription::Subscriptions::default(),
         }
     }
@@ -205,14 +221,33 @@ impl DurableStreams {
         self
     }
 
-    /// Sets the hook that names a request's tenant (default: the empty
-    /// tenant for every request). Its error is the response.
-    pub fn tenant(
+    /// Sets the hook that decides each request's [`Access`] from its
+    /// method, path, query and headers (default: the empty tenant, full
+    /// access, for every request). Its error is the response: return
+    /// [`StreamError::Unauthorized`] for a missing or unknown credential
+    /// (`401` with `WWW-Authenticate: Bearer`) and
+    /// [`StreamError::Forbidden`] for one that is refused (`403`). The
+    /// module then answers `404` for any path outside
+    /// [`Access::stream`] and `403` for a write without
+    /// [`Access::write`]; see module `access` for the few routes that do
+    /// not ask.
+    pub fn access(
         mut self,
+        hook: impl Fn(&RequestInfo<'_>) -> Result<Access, StreamError> + Send + Sync + 'static,
+    ) -> Self {
+        self.access = StdArc::new(hook);
+        self.access_controlled = true;
+        self
+    }
+
+    /// Sets a hook that names a request's tenant from its headers, with
+    /// full access to that tenant's streams: [`DurableStreams::access`]
+    /// for hosts whose authentication only says who is calling.
+    pub fn tenant(
+        self,
         hook: impl Fn(&HeaderMap) -> Result<String, StreamError> + Send + Sync + 'static,
     ) -> Self {
-        self.tenant = StdArc::new(hook);
-        self
+        self.access(move |request: &RequestInfo<'_>| hook(request.headers).map(Access::full))
     }
 
     /// The store.

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::key::SessionKey;
 
+use super::access::RequestInfo;
 use super::error::StreamError;
 use super::fork::ReadAt;
 use super::headers::{self, common_headers};
@@ -102,14 +103,33 @@ async fn dispatch(
     if *method == Method::OPTIONS {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let tenant = (service.tenant)(request)?;
+    let info = RequestInfo {
+        method,
+        path,
+        query,
+        headers: request,
+    };
     if path == "__ds" || path.starts_with("__ds/") {
         let rest = path.strip_prefix("__ds/").unwrap_or_default();
+        let tenant = if rest == "jwks.json" {
+            // The webhook public key set: public, the same for every tenant.
+            String::new()
+        } else if let Some((id, token)) = wake_credential(method, rest, request) {
+            service.authorize_wake(&info, id, token).await?
+        } else {
+            service.authorize_subscriptions(&info)?
+        };
         return Ok(service
             .subscription_api(&tenant, method, rest, request, body)
             .await);
     }
-    let key = service.key(&tenant, path)?;
+    let access = service.authorize_stream(&info)?;
+    if access.stream.is_some() && request.contains_key(headers::FORKED_FROM) {
+        // A fork reads its source: a caller scoped to one stream must not
+        // reach another through it (and the source is another stream).
+        return Err(StreamError::NotFound);
+    }
+    let key = service.key(&access.tenant, path)?;
     match *method {
         Method::PUT => {
             let response = put(service, &key, uri, request, body).await?;
@@ -129,6 +149,29 @@ async fn dispatch(
             "method {method} is not part of the protocol: use PUT, POST, GET, HEAD or DELETE"
         ))),
     }
+}
+
+/// The subscription id and bearer token of a wake-token route
+/// (`POST __ds/subscriptions/{id}/callback`, `.../ack`, `.../release`
+/// with `Authorization: Bearer`), whose token is its own credential.
+fn wake_credential<'a>(
+    method: &Method,
+    rest: &'a str,
+    request: &'a HeaderMap,
+) -> Option<(&'a str, &'a str)> {
+    if *method != Method::POST {
+        return None;
+    }
+    let (id, action) = rest.strip_prefix("subscriptions/")?.split_once('/')?;
+    if !matches!(action, "callback" | "ack" | "release") {
+        return None;
+    }
+    let token = request
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    Some((id, token))
 }
 
 /// A header's value as text (`None` if absent); a value that is not
@@ -454,6 +497,17 @@ async fn get(
     }
 }
 
+/// Marks a read response as cacheable by position; under access control
+/// it varies by `Authorization`, so a shared cache never serves one
+/// tenant's response to another's credential at the same URL (signed URLs
+/// differ by their query already).
+fn cacheable(service: &DurableStreams, out: &mut HeaderMap) {
+    set(out, "cache-control", CACHEABLE);
+    if service.access_controlled() {
+        set(out, "vary", "authorization");
+    }
+}
+
 /// The common headers of a read that returns data (or none).
 fn read_headers(
     out: &mut HeaderMap,
@@ -509,7 +563,7 @@ fn catch_up(
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.split(',').any(|candidate| candidate.trim() == tag));
-    set(out, "cache-control", CACHEABLE);
+    cacheable(service, out);
     set(out, "etag", &tag);
     if matches {
         let mut not_modified = StatusCode::NOT_MODIFIED.into_response();
@@ -541,7 +595,7 @@ async fn long_poll(
             let out = response.headers_mut();
             read_headers(out, view, next, !batch.more, closed);
             set(out, "etag", etag(view, after, next, closed));
-            set(out, "cache-control", CACHEABLE);
+            cacheable(service, out);
             if !closed {
                 set(out, headers::STREAM_CURSOR, &cursor);
             }

@@ -157,13 +157,10 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Compares tokens in time independent of where they differ.
+/// Compares tokens in time independent of where they differ (`subtle`).
 fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 impl DurableStreams {
@@ -197,6 +194,24 @@ impl DurableStreams {
             registry.loaded.insert(tenant.to_string());
         }
         Ok(registry)
+    }
+
+    /// The tenant of subscription `id` whose current wake has `token`
+    /// (wakes live in memory, so every subscription with one is in the
+    /// registry already; a linear scan, as wake-token calls are rare).
+    pub(crate) async fn tenant_of_wake(&self, id: &str, token: &str) -> Option<String> {
+        let registry = self.subscriptions.registry.lock().await;
+        registry
+            .subscriptions
+            .iter()
+            .find(|((_, subscription_id), subscription)| {
+                subscription_id == id
+                    && subscription
+                        .wake
+                        .as_ref()
+                        .is_some_and(|wake| same_token(token, &wake.token))
+            })
+            .map(|((tenant, _), _)| tenant.clone())
     }
 
     /// The messages of a reserved session's data records, in order.

@@ -1,22 +1,32 @@
 //! `livereplay serve`: the Durable Streams protocol over an embedded redb
-//! log, on 127.0.0.1.
+//! log; `livereplay sign`: a signed, expiring read URL for one stream.
 //!
 //! ```text
 //! livereplay serve --port 4437 --data-dir /var/lib/livereplay --long-poll-timeout-ms 20000
+//! livereplay serve --bind 0.0.0.0 --data-dir DIR --tokens-file tokens.txt --signing-key-file key
+//! livereplay sign --signing-key-file key --tenant acme --stream chat/1 --ttl-secs 3600 \
+//!     --base https://streams.example.com
 //! ```
 //!
 //! The first line on stdout is `listening on http://127.0.0.1:PORT`
 //! (`--port 0` picks a free port); the second says what is served, from
-//! where, and with which memory bounds. Streams are at `/v1/stream/{path}`,
-//! `GET /health` answers `ok`, `GET /metrics` the store's counters in the
-//! Prometheus text format. SIGTERM or ctrl-c stops accepting, lets
-//! in-flight requests finish for up to 5 s (then cuts what is left, SSE
-//! responses included), then drops the store, which writes what is left to
-//! the log.
+//! where, with which memory bounds and which access control. Streams are
+//! at `/v1/stream/{path}`, `GET /health` answers `ok`, `GET /metrics` the
+//! store's counters in the Prometheus text format (both without
+//! credentials). SIGTERM or ctrl-c stops accepting, lets in-flight
+//! requests finish for up to 5 s (then cuts what is left, SSE responses
+//! included), then drops the store, which writes what is left to the log.
 //!
-//! It binds loopback only: it has no access control yet (bearer tokens and
-//! signed URLs are issue 22's open work), so `--bind` with another address
-//! is refused rather than serving every stream to the network.
+//! Access control (module `auth`): bearer tokens from `--tokens-file` or
+//! `LIVEREPLAY_TOKENS` (`TOKEN TENANT read|write` per line), each naming
+//! its tenant (whose streams are invisible to every other tenant) and
+//! whether it may write; and signed read URLs from `livereplay sign`,
+//! which read one stream until they expire. With neither configured every
+//! request is the empty tenant with full access, so the server binds
+//! loopback only and refuses another `--bind`; with either, any address
+//! may be bound. It serves plain HTTP: TLS belongs to a proxy in front.
+
+mod auth;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,7 +36,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use livereplay::durable::RedbLog;
-use livereplay::streams::{DurableStreams, StreamRecord, StreamsOptions};
+use livereplay::streams::{DurableStreams, RequestInfo, StreamRecord, StreamsOptions};
 use livereplay::{Config, DurableOptions, Postcard, ReplayStore};
 
 /// How often expired streams are looked for.
@@ -46,6 +56,27 @@ struct Cli {
 enum Command {
     /// Serve the Durable Streams protocol at /v1/stream/{path}.
     Serve(Serve),
+    /// Print a signed URL that reads one stream until it expires.
+    Sign(Sign),
+}
+
+#[derive(Parser)]
+struct Sign {
+    /// The file holding the key `serve --signing-key-file` verifies with.
+    #[arg(long)]
+    signing_key_file: PathBuf,
+    /// The tenant whose stream the URL reads.
+    #[arg(long)]
+    tenant: String,
+    /// The stream's path below /v1/stream/.
+    #[arg(long)]
+    stream: String,
+    /// How long the URL stays valid, in seconds.
+    #[arg(long)]
+    ttl_secs: u64,
+    /// Where the server is reached (scheme, host and port).
+    #[arg(long, default_value = "http://127.0.0.1:4437")]
+    base: String,
 }
 
 #[derive(Parser)]
@@ -53,10 +84,19 @@ struct Serve {
     /// The port (0: any free port).
     #[arg(long, default_value_t = 4437)]
     port: u16,
-    /// The address to bind: a loopback address (127.0.0.1 or ::1); others
-    /// are refused while the server has no access control.
+    /// The address to bind. Without --tokens-file, LIVEREPLAY_TOKENS or
+    /// --signing-key-file only a loopback address (127.0.0.1 or ::1): the
+    /// server would have no access control.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     bind: IpAddr,
+    /// Bearer tokens, one `TOKEN TENANT read|write` per line (`#`
+    /// comments); LIVEREPLAY_TOKENS may hold more in the same form.
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
+    /// The key (a file of at least 32 random bytes) that signed read URLs
+    /// (`livereplay sign`) are checked with.
+    #[arg(long)]
+    signing_key_file: Option<PathBuf>,
     /// The directory of the redb log (`streams.redb`), created if missing.
     #[arg(long)]
     data_dir: PathBuf,
@@ -83,8 +123,11 @@ struct Serve {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Command::Serve(serve) = cli.command;
-    match run(serve) {
+    let outcome = match cli.command {
+        Command::Serve(serve) => run(serve),
+        Command::Sign(sign) => print_signed_url(&sign),
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("livereplay: {error}");
@@ -93,16 +136,60 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn print_signed_url(sign: &Sign) -> Result<(), Box<dyn std::error::Error>> {
+    let key = auth::SigningKey::load(&sign.signing_key_file)?;
+    if sign.ttl_secs == 0 {
+        return Err("--ttl-secs must be at least 1".into());
+    }
+    let expires = auth::unix_now()
+        .checked_add(sign.ttl_secs)
+        .ok_or("--ttl-secs is too large")?;
+    let url = key.signed_url(&sign.base, &sign.tenant, &sign.stream, expires)?;
+    println!("{url}");
+    Ok(())
+}
+
+/// The access control configured by the flags and the environment.
+fn guard(serve: &Serve) -> Result<auth::Guard, String> {
+    let mut tokens = auth::Tokens::default();
+    if let Some(path) = &serve.tokens_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read --tokens-file {}: {error}", path.display()))?;
+        tokens.add(&text, &path.display().to_string(), false)?;
+    }
+    if let Ok(text) = std::env::var(auth::TOKENS_ENV) {
+        tokens.add(&text, auth::TOKENS_ENV, true)?;
+    }
+    let signing = serve
+        .signing_key_file
+        .as_deref()
+        .map(auth::SigningKey::load)
+        .transpose()?;
+    Ok(auth::Guard { tokens, signing })
+}
+
 fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
-    if !serve.bind.is_loopback() {
+    let guard = guard(&serve)?;
+    if !serve.bind.is_loopback() && !guard.configured() {
         return Err(format!(
-            "--bind {}: this server has no access control yet (bearer tokens and signed URLs \
-             are not built), so it serves loopback only; put a proxy that authenticates in \
-             front of it, or bind 127.0.0.1",
-            serve.bind
+            "--bind {}: no access control is configured (no --tokens-file, {} or \
+             --signing-key-file), so it serves loopback only; give tokens or a signing key, \
+             put a proxy that authenticates in front of it, or bind 127.0.0.1",
+            serve.bind,
+            auth::TOKENS_ENV
         )
         .into());
     }
+    let access = if guard.configured() {
+        let (tokens, tenants) = guard.tokens.counts();
+        format!(
+            "access control: {tokens} bearer token(s) for {tenants} tenant(s), signed read URLs {}; \
+             plain HTTP (TLS belongs to a proxy in front)",
+            if guard.signing.is_some() { "on" } else { "off" }
+        )
+    } else {
+        "loopback only (no access control configured)".to_string()
+    };
     std::fs::create_dir_all(&serve.data_dir)
         .map_err(|error| format!("cannot create {}: {error}", serve.data_dir.display()))?;
     let path = serve.data_dir.join("streams.redb");
@@ -124,7 +211,11 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         max_append_bytes: serve.max_append_bytes,
         ..StreamsOptions::default()
     };
-    let streams = Arc::new(DurableStreams::new(Arc::clone(&store)).options(options));
+    let mut streams = DurableStreams::new(Arc::clone(&store)).options(options);
+    if guard.configured() {
+        streams = streams.access(move |request: &RequestInfo<'_>| guard.decide(request));
+    }
+    let streams = Arc::new(streams);
     let sweeper = Arc::clone(&streams);
     let metrics_store = Arc::clone(&store);
     let app = axum::Router::new()
@@ -161,7 +252,7 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         let banner = format!(
             "listening on http://{address}\n\
              serving Durable Streams at http://{address}/v1/stream/{{path}} from {}; \
-             loopback only (no access control configured); {} records per stream in memory, \
+             {access}; {} records per stream in memory, \
              appends up to {} bytes, {} bytes of undurable records kept\n",
             path.display(),
             serve.ring_capacity,
