@@ -222,7 +222,7 @@ impl<T> Ring<T> {
     /// [`Ring::publish`] for a writer that keeps the segment it last wrote
     /// to in `cached` and gives its event up: when the position is in that
     /// segment, the event moves into its slot with no directory lookup and
-    /// no second reference. See the `writer` module for why a cached
+    /// no second reference. See the `handle::writer` module for why a cached
     /// segment that left the directory is still a correct place to write.
     #[inline]
     pub(crate) fn publish_through(
