@@ -915,11 +915,15 @@ mod faults {
                 for first in (51..=300).step_by(16) {
                     let last = (first + 15).min(300);
                     append_all(&store, &k, first..=last);
-                    while !killed.load(std::sync::atomic::Ordering::Relaxed)
-                        && store
+                    // Each look waits up to 10 ms for the commit.
+                    while !killed.load(std::sync::atomic::Ordering::Relaxed) {
+                        if store
                             .wait_durable(&k, last, Duration::from_millis(10))
-                            .is_err()
-                    {}
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
                 }
             });
             std::thread::sleep(Duration::from_millis(60));
