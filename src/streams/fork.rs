@@ -129,7 +129,10 @@ pub fn locate(layout: &[Segment], tail: u64, query: OffsetQuery) -> Result<ReadA
     }
     let mine = &layout[own];
     let tail_offset = mine.offset_of(tail);
-    if layout.len() == 1 && offset.life < mine.tag {
+    // An older life of this URL's own session (its lives only grow): gone.
+    // A life one of the segments has is this layout's, beyond its run:
+    // never issued here (a fork's source offsets past the fork point).
+    if offset.life < mine.tag && layout.iter().all(|segment| segment.tag != offset.life) {
         return Err(StreamError::Gone(format!(
             "offset {offset} belongs to an older life of this stream (deleted, then created again): read from -1"
         )));
@@ -210,5 +213,33 @@ mod tests {
         );
         assert!(inherit(&source, 9, source[0].offset_of(10)).is_err());
         assert_eq!(inherit(&source, 9, Offset::ZERO), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn an_older_life_of_a_fork_is_gone_and_past_its_fork_point_never_issued() {
+        // Source: life at 3, data at 3..=9. The fork's URL had a life at 1
+        // (deleted); the fork now there was created at 12, from source
+        // offset 6.
+        let source = vec![Segment::own(key("s"), 3, 3)];
+        let at = source[0].offset_of(6);
+        let mut layout = inherit(&source, 9, at).unwrap();
+        layout.push(Segment::own(key("f"), 12, at.position + 1));
+        let old_life = Segment::own(key("f"), 1, 1).offset_of(2);
+        assert!(matches!(
+            locate(&layout, 13, OffsetQuery::At(old_life)),
+            Err(StreamError::Gone(_))
+        ));
+        assert!(matches!(
+            locate(&layout, 13, OffsetQuery::At(source[0].offset_of(8))),
+            Err(StreamError::NeverIssued { .. })
+        ));
+        let beyond = Offset {
+            position: u64::MAX,
+            life: u64::MAX,
+        };
+        assert!(matches!(
+            locate(&layout, 13, OffsetQuery::At(beyond)),
+            Err(StreamError::NeverIssued { .. })
+        ));
     }
 }
