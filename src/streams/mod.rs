@@ -99,10 +99,15 @@ mod producer;
 mod read;
 mod record;
 mod router;
+#[cfg(feature = "redis")]
+mod shared;
 mod state;
 mod subscription;
 mod write;
 
+#[cfg(feature = "redis")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc as StdArc;
 use std::time::Duration;
 
@@ -119,6 +124,8 @@ pub use self::record::{
     CloseReason, ExpiresAt, ProducerStamp, StreamConfig, StreamRecord, WriteStamp,
 };
 pub use self::router::{MAX_HEADER_VALUE_LEN, STREAM_ROUTE};
+#[cfg(feature = "redis")]
+pub use self::shared::SharedWrites;
 
 use self::state::StreamState;
 
@@ -159,6 +166,90 @@ impl Default for StreamsOptions {
 /// live stream at the URL).
 pub(crate) struct Entry {
     pub(crate) state: tokio::sync::Mutex<Option<StreamState>>,
+    /// The last log position the state folded: where a refresh from the
+    /// log continues (several nodes, module `shared`).
+    pub(crate) folded: AtomicU64,
+    /// A write of this node ended without its record durable (it may have
+    /// been fenced by another node's): the next write rebuilds the state
+    /// from the log rather than trusting the fold.
+    #[cfg(feature = "redis")]
+    pub(crate) stale: AtomicBool,
+}
+
+impl Entry {
+    fn new(state: Option<StreamState>, folded: u64) -> Self {
+        Self {
+            state: tokio::sync::Mutex::new(state),
+            folded: AtomicU64::new(folded),
+            #[cfg(feature = "redis")]
+            stale: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What a write holds besides its stream's mutex: with several nodes, the
+/// stream's lease, let go (after evicting the session) when it drops.
+pub(crate) struct WriteHold {
+    #[cfg(feature = "redis")]
+    lease: Option<(
+        shared::WriteLease,
+        StdArc<Entry>,
+        StdArc<DurableStreamsShared>,
+    )>,
+}
+
+/// What letting go of a lease needs, apart from the service.
+#[cfg(feature = "redis")]
+pub(crate) struct DurableStreamsShared {
+    store: StdArc<ReplayStore<StreamRecord>>,
+    writes: StdArc<SharedWrites>,
+}
+
+#[cfg(feature = "redis")]
+impl DurableStreamsShared {
+    /// Evicts the session from memory (readers here then follow the log,
+    /// woken by the store's tailer when another node writes), marks the
+    /// entry stale if not all of this node's records are durable, and lets
+    /// go of the lease. Blocking.
+    fn let_go(&self, lease: &shared::WriteLease, entry: &Entry) {
+        let key = &lease.key;
+        let durable = self.store.durable_position(key).ok().flatten();
+        let latest = self.store.latest_position(key);
+        if latest > durable {
+            // Release: read (Acquire) by the next write, after it took the
+            // lease this write lets go below.
+            entry.stale.store(true, Ordering::Release);
+        }
+        if self.store.is_resident(key) {
+            if let Some(durable) = durable {
+                self.store.release_through(key, durable);
+            }
+            self.store.trim_session(key);
+            if self.store.is_resident(key) {
+                self.store.remove_session(key);
+            }
+        }
+        if let Err(error) = self.writes.release(lease) {
+            // It expires by itself.
+            eprintln!(
+                "livereplay: could not let go of a stream lease (it expires in {:?}): {error}",
+                self.writes.lease()
+            );
+        }
+    }
+}
+
+impl Drop for WriteHold {
+    fn drop(&mut self) {
+        #[cfg(feature = "redis")]
+        if let Some((lease, entry, shared)) = self.lease.take() {
+            let let_go = move || shared.let_go(&lease, &entry);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(let_go)),
+                Err(_) => let_go(),
+            }
+        }
+    }
 }
 
 /// The Durable Streams service over a store of [`StreamRecord`]s.
@@ -184,6 +275,9 @@ pub struct DurableStreams {
     options: StreamsOptions,
     tenant: StdArc<TenantHook>,
     subscriptions: subscription::Subscriptions,
+    /// Several nodes over one Redis: the stream leases (module `shared`).
+    #[cfg(feature = "redis")]
+    shared: Option<StdArc<DurableStreamsShared>>,
 }
 
 impl DurableStreams {
@@ -196,7 +290,110 @@ impl DurableStreams {
             options: StreamsOptions::default(),
             tenant: StdArc::new(|_: &HeaderMap| Ok(String::new())),
             subscriptions: subscription::Subscriptions::default(),
+            #[cfg(feature = "redis")]
+            shared: None,
         }
+    }
+
+    /// Makes this service one of several nodes over the same Redis log
+    /// (the store's log must be that `RedisLog`): every protocol write
+    /// takes the stream's lease in `writes` and catches up with the log
+    /// first (module `shared`).
+    #[cfg(feature = "redis")]
+    pub fn shared_writes(mut self, writes: SharedWrites) -> Self {
+        self.shared = Some(StdArc::new(DurableStreamsShared {
+            store: StdArc::clone(&self.store),
+            writes: StdArc::new(writes),
+        }));
+        self
+    }
+
+    /// Whether writes are shared with other nodes.
+    fn is_shared(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.shared.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
+    /// A write's hold on its stream: the mutex, and with several nodes the
+    /// lease, then the state caught up with the log.
+    pub(crate) async fn lock_for_write<'a>(
+        &self,
+        key: &SessionKey,
+        entry: &'a StdArc<Entry>,
+    ) -> Result<(tokio::sync::MutexGuard<'a, Option<StreamState>>, WriteHold), StreamError> {
+        let state = entry.state.lock().await;
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            let mut state = state;
+            let deadline = tokio::time::Instant::now() + self.options.durable_timeout;
+            let lease = shared.writes.acquire(key, deadline).await?;
+            let hold = WriteHold {
+                lease: Some((lease, StdArc::clone(entry), StdArc::clone(shared))),
+            };
+            // Acquire: pairs with the Release in `let_go`.
+            if entry.stale.swap(false, Ordering::Acquire) {
+                *state = None;
+                entry.folded.store(0, Ordering::Relaxed);
+            }
+            self.catch_up_state(key, entry, &mut state, true)?;
+            return Ok((state, hold));
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = key;
+        Ok((
+            state,
+            WriteHold {
+                #[cfg(feature = "redis")]
+                lease: None,
+            },
+        ))
+    }
+
+    /// With several nodes, folds the log's records after the state's last
+    /// one into it (rebuilt if a delete archived what it knew); for a write
+    /// (`writing`, the lease held), also removes a resident session the log
+    /// moved past, so the store appends at the log's tail. A no-op on one
+    /// node. Changes `entry.folded` under the entry's mutex (`state`), so
+    /// Relaxed.
+    pub(crate) fn catch_up_state(
+        &self,
+        key: &SessionKey,
+        entry: &Entry,
+        state: &mut Option<StreamState>,
+        writing: bool,
+    ) -> Result<(), StreamError> {
+        if !self.is_shared() {
+            return Ok(());
+        }
+        let Some(log) = self.store.durable_log() else {
+            return Ok(());
+        };
+        let meta = log.meta(key)?;
+        let (archived, tail) = meta
+            .map(|meta| (meta.archived_through, meta.durable_tail))
+            .unwrap_or((0, 0));
+        if writing
+            && self.store.is_resident(key)
+            && self.store.latest_position(key).unwrap_or(0) < tail
+        {
+            self.store.remove_session(key);
+        }
+        let mut folded = entry.folded.load(Ordering::Relaxed);
+        if archived > folded {
+            *state = None;
+            folded = archived;
+        }
+        if tail > folded {
+            folded = state::fold_after(&self.store, key, state, folded)?;
+            if let Some(live) = state.as_mut() {
+                // Another node's write is an access too.
+                live.last_access = std::time::Instant::now();
+            }
+        }
+        entry.folded.store(folded, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Sets the options.
@@ -244,6 +441,26 @@ impl DurableStreams {
             let Some(entry) = self.entries.get(&key).map(|entry| StdArc::clone(&entry)) else {
                 continue;
             };
+            if self.is_shared() {
+                // Several nodes: expiry is a write like any other, under
+                // the stream's lease and against the log's state.
+                let mut state = entry.state.lock().await;
+                self.catch_up_state(&key, &entry, &mut state, false)?;
+                if !state
+                    .as_ref()
+                    .is_some_and(|live| !live.soft_deleted && live.expired())
+                {
+                    continue;
+                }
+                drop(state);
+                let (mut state, _hold) = self.lock_for_write(&key, &entry).await?;
+                let was_live = state.as_ref().is_some_and(|live| !live.soft_deleted);
+                self.expire(&key, &mut state).await?;
+                if was_live && state.as_ref().is_none_or(|live| live.soft_deleted) {
+                    swept += 1;
+                }
+                continue;
+            }
             let Ok(mut state) = entry.state.try_lock() else {
                 continue;
             };
@@ -300,7 +517,7 @@ impl DurableStreams {
         if let Some(entry) = self.entries.get(key) {
             return Ok(Some(StdArc::clone(&entry)));
         }
-        let loaded = state::load(&self.store, key)?;
+        let (loaded, folded) = state::load(&self.store, key)?;
         if loaded.is_none() && !create {
             return Ok(None);
         }
@@ -309,11 +526,7 @@ impl DurableStreams {
         let entry = self
             .entries
             .entry(key.clone())
-            .or_insert_with(|| {
-                StdArc::new(Entry {
-                    state: tokio::sync::Mutex::new(loaded),
-                })
-            })
+            .or_insert_with(|| StdArc::new(Entry::new(loaded, folded)))
             .clone();
         Ok(Some(entry))
     }

@@ -1,0 +1,239 @@
+//! Several nodes, one server: the stream write lease in Redis (feature
+//! `redis`).
+//!
+//! Owns [`SharedWrites`], the per-stream lease every protocol write takes
+//! when several `livereplay serve` processes share one Redis log, and the
+//! [`WriteLease`] a write holds. The problem it solves: a node's
+//! [`StreamState`](super::state::StreamState) is a fold of the log cached in
+//! memory, and its store session writes at the position after what *it*
+//! knows; with two nodes writing one stream, both go stale the moment the
+//! other node writes (checks against old producer and `Stream-Seq` state,
+//! and a record at a position the other node took, which the store fences
+//! and never writes).
+//!
+//! # The protocol
+//!
+//! A write (create, append, close, delete, a fork's create, an expiry) on
+//! a node, under the stream's in-process mutex:
+//!
+//! 1. **takes the lease**: `SET <ns>:ds:lease:{<t>:<s>} <token> NX PX
+//!    <lease>`, the token a fresh number from `INCR <ns>:ds:lease-seq`,
+//!    retried every few milliseconds until it is free or the write's
+//!    deadline passes (`503`);
+//! 2. **catches up** (module `DurableStreams::prepare_write`): a session
+//!    resident here that the log has moved past is removed from the store
+//!    (its next append restores it after the log's tail, as a store whose
+//!    session moved to another node does, CONTRACT.md section 10), and the
+//!    cached state folds the log's records after the last one it folded —
+//!    or is rebuilt, if a delete archived what it knew;
+//! 3. checks and appends as a single node does, waits until the record is
+//!    durable, and
+//! 4. **lets go**: the session is evicted from memory (trimmed to the
+//!    durable watermark and swept, or removed if a reader holds its ring),
+//!    so that this node's readers follow the stream from the log and wake
+//!    on the store's tailer when another node writes next; then the lease
+//!    is deleted if it still holds this write's token (a compare-and-delete
+//!    script, so a write that outlived its lease never deletes its
+//!    successor's).
+//!
+//! # Invariants
+//!
+//! * **Checked against the current state.** Between taking the lease and
+//!   letting it go nobody else writes the stream (while the lease holds),
+//!   and every earlier holder's record was durable before it let go, so
+//!   the fold of the log at step 2 is the stream's current state.
+//! * **Never lost, never fenced into a hang.** A write answers success only
+//!   when its record is durable in the shared log (as on one node). The
+//!   lease outlives the durable wait (the binary refuses a lease not longer
+//!   than `--durable-timeout-ms`); a holder that stalls past it anyway (a
+//!   paused process) and a successor write at the same log position are
+//!   decided by the log's own contiguity check: exactly one lands, the
+//!   other's session is fenced and its client gets `503` when the durable
+//!   wait times out, never a false success. Any write that did not end
+//!   durable leaves the node's cached state marked stale, rebuilt by the
+//!   next write.
+//! * **A dead holder blocks for one lease at most.** The lease expires by
+//!   itself (`PX`): a node killed mid-write holds its streams until then.
+//! * The in-process writer's lock-free append is not on this path and is
+//!   not coordinated across nodes: with several nodes, a stream is written
+//!   over HTTP (or by one node's runtime alone).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use redis::{Client, Connection};
+
+use crate::key::SessionKey;
+
+use super::error::StreamError;
+
+/// The ids' escaping in key names: the Redis log's (everything but ASCII
+/// letters, digits, `-`, `_`, `~`), so no id holds `:`, `{` or `}`.
+const ID_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// How long a write waits between two tries at a taken lease.
+const RETRY: Duration = Duration::from_millis(5);
+
+/// The longest wait for a connection or one reply.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Deletes the lease only if it still holds the caller's token.
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// The stream write leases of nodes sharing one Redis server.
+pub struct SharedWrites {
+    client: Client,
+    conn: Mutex<Option<Connection>>,
+    prefix: String,
+    lease: Duration,
+}
+
+impl std::fmt::Debug for SharedWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the URL: it may hold a password.
+        f.debug_struct("SharedWrites")
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lease a write holds: its stream's key and the token it was taken with.
+#[derive(Debug)]
+pub(crate) struct WriteLease {
+    pub(crate) key: SessionKey,
+    pub(crate) token: u64,
+}
+
+impl SharedWrites {
+    /// The leases under `namespace` (the same prefix as the Redis log's
+    /// keys) on the server at `url`, each held at most `lease`. Connects
+    /// once to check the server answers.
+    pub fn open(url: &str, namespace: &str, lease: Duration) -> Result<Self, StreamError> {
+        let client = Client::open(url).map_err(unavailable)?;
+        let shared = Self {
+            client,
+            conn: Mutex::new(None),
+            prefix: namespace.to_string(),
+            lease,
+        };
+        shared.with_conn(|conn| redis::cmd("PING").query::<String>(conn))?;
+        Ok(shared)
+    }
+
+    /// How long a lease holds.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn lease_key(&self, key: &SessionKey) -> String {
+        format!(
+            "{}:ds:lease:{{{}:{}}}",
+            self.prefix,
+            utf8_percent_encode(key.tenant(), ID_ESCAPES),
+            utf8_percent_encode(key.session(), ID_ESCAPES)
+        )
+    }
+
+    /// Runs `call` on the connection, connecting first if needed; a failed
+    /// call drops the connection (the next one connects again).
+    fn with_conn<R>(
+        &self,
+        call: impl FnOnce(&mut Connection) -> redis::RedisResult<R>,
+    ) -> Result<R, StreamError> {
+        let mut slot = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if slot.is_none() {
+            let conn = self
+                .client
+                .get_connection_with_timeout(IO_TIMEOUT)
+                .map_err(unavailable)?;
+            conn.set_read_timeout(Some(IO_TIMEOUT))
+                .map_err(unavailable)?;
+            conn.set_write_timeout(Some(IO_TIMEOUT))
+                .map_err(unavailable)?;
+            *slot = Some(conn);
+        }
+        let Some(conn) = slot.as_mut() else {
+            return Err(StreamError::Unavailable("no Redis connection".into()));
+        };
+        call(conn).map_err(|error| {
+            *slot = None;
+            unavailable(error)
+        })
+    }
+
+    /// One try at the lease: its token if taken.
+    fn try_acquire(&self, key: &SessionKey) -> Result<Option<u64>, StreamError> {
+        let lease_key = self.lease_key(key);
+        let millis = u64::try_from(self.lease.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let seq = format!("{}:ds:lease-seq", self.prefix);
+        self.with_conn(|conn| {
+            let token: u64 = redis::cmd("INCR").arg(&seq).query(conn)?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&lease_key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis)
+                .query(conn)?;
+            Ok(set.map(|_| token))
+        })
+    }
+
+    /// Takes `key`'s lease, waiting while another write holds it, until
+    /// `deadline` (then `503`).
+    pub(crate) async fn acquire(
+        self: &std::sync::Arc<Self>,
+        key: &SessionKey,
+        deadline: tokio::time::Instant,
+    ) -> Result<WriteLease, StreamError> {
+        loop {
+            let shared = std::sync::Arc::clone(self);
+            let asked = key.clone();
+            let token = tokio::task::spawn_blocking(move || shared.try_acquire(&asked))
+                .await
+                .map_err(|error| {
+                    StreamError::Unavailable(format!("the lease task failed: {error}"))
+                })??;
+            if let Some(token) = token {
+                return Ok(WriteLease {
+                    key: key.clone(),
+                    token,
+                });
+            }
+            if tokio::time::Instant::now() + RETRY >= deadline {
+                return Err(StreamError::Unavailable(format!(
+                    "another node is writing this stream (its write lease is held): retry; a \
+                     node that died holding it lets go within {:?}",
+                    self.lease
+                )));
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Lets go of a lease (only if it still holds its token). Blocking.
+    pub(crate) fn release(&self, lease: &WriteLease) -> Result<(), StreamError> {
+        let lease_key = self.lease_key(&lease.key);
+        self.with_conn(|conn| {
+            redis::cmd("EVAL")
+                .arg(RELEASE)
+                .arg(1)
+                .arg(&lease_key)
+                .arg(lease.token)
+                .query::<i64>(conn)
+        })
+        .map(|_| ())
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> StreamError {
+    StreamError::Unavailable(format!("Redis (stream leases): {error}"))
+}
