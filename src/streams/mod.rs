@@ -476,6 +476,14 @@ impl DurableStreams {
     /// The key's durable watermark (0 for a session the store does not
     /// know).
     fn durable(&self, key: &SessionKey) -> Result<u64, StreamError> {
+        // With several nodes, a session this node is not writing now may
+        // be a tombstone of its last write here, behind what the others
+        // wrote since: the shared log knows.
+        if self.is_shared() && !self.store.is_resident(key) {
+            if let Some(log) = self.store.durable_log() {
+                return Ok(log.meta(key)?.map_or(0, |meta| meta.durable_tail));
+            }
+        }
         Ok(self.store.durable_position(key)?.unwrap_or(0))
     }
 
