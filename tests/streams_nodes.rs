@@ -119,7 +119,7 @@ impl Drop for Node {
 
 /// One HTTP/1.1 request to `address` on a fresh connection, bounded in time.
 fn send(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
     let mut head = format!(
         "{method} /v1/stream/{path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
@@ -392,7 +392,8 @@ fn a_node_killed_holding_a_lease_blocks_the_stream_no_longer_than_the_lease() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut watcher = client.get_connection().unwrap();
     // A big append on A, and a kill as soon as its lease is seen in Redis.
-    let big = json!("x".repeat(4 << 20)).to_string();
+    let big_message = json!("x".repeat(4 << 20));
+    let big = big_message.to_string();
     let (sender, writing) = mpsc::channel();
     let address = a.address.clone();
     let payload = big.clone();
@@ -437,7 +438,7 @@ fn a_node_killed_holding_a_lease_blocks_the_stream_no_longer_than_the_lease() {
     let messages = b.read_all("kill");
     assert_eq!(messages.last(), Some(&json!("after")));
     assert!(
-        messages.len() == 1 || (messages.len() == 2 && messages[0].to_string() == big),
+        messages.len() == 1 || (messages.len() == 2 && messages[0] == big_message),
         "{} messages",
         messages.len()
     );
