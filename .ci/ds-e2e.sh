@@ -6,7 +6,10 @@
 # directory, while an idempotent producer appends (e2e-streams/
 # restart.test.mjs); and headless Debian Chromium follows a stream with the
 # same client over SSE across a SIGKILL and restart too
-# (e2e-streams/browser.test.mjs, screenshot in target/e2e/ds-browser.png).
+# (e2e-streams/browser.test.mjs, screenshot in target/e2e/ds-browser.png);
+# and a reader whose requests alternate between two `livereplay serve
+# --redis` nodes over one redis-server, in SSE and long-poll mode, while a
+# producer writes to both (e2e-streams/nodes.test.mjs).
 # The tests start and kill their own servers; the pids they started are
 # also listed in a file, and any still alive when this script exits (the
 # tests themselves were killed) are killed here. Exits non-zero on any
@@ -21,8 +24,8 @@ pids_file="$(mktemp "${TMPDIR:-/tmp}/livereplay-ds-e2e-pids.XXXXXX")"
 
 cleanup() {
   while read -r pid; do
-    # Only if that pid is still a livereplay server.
-    if grep -q livereplay "/proc/$pid/cmdline" 2>/dev/null; then
+    # Only if that pid is still a livereplay server (or a test's redis-server).
+    if grep -qE 'livereplay|redis-server' "/proc/$pid/cmdline" 2>/dev/null; then
       kill -9 "$pid" 2>/dev/null
     fi
   done <"$pids_file"
@@ -43,7 +46,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 echo "ds-e2e: building livereplay serve (release)"
-cargo build --quiet --release --features durable-streams --bin livereplay || fail "cargo build failed"
+cargo build --quiet --release --features durable-streams,redis --bin livereplay || fail "cargo build failed"
 server="${CARGO_TARGET_DIR:-$root/target}/release/livereplay"
 [ -x "$server" ] || fail "no server binary at $server"
 
@@ -52,7 +55,7 @@ echo "ds-e2e: installing the client, playwright-core and esbuild (npm ci)"
 
 cd e2e-streams
 LIVEREPLAY_BIN="$server" DS_E2E_PIDS="$pids_file" \
-  timeout 300 node --test --test-concurrency=1 restart.test.mjs browser.test.mjs
+  timeout 300 node --test --test-concurrency=1 restart.test.mjs browser.test.mjs nodes.test.mjs
 status=$?
 [ "$status" -eq 124 ] && echo "ds-e2e: the tests timed out" >&2
 exit "$status"

@@ -74,10 +74,14 @@ export class Servers {
     this.logs = [];
   }
 
-  /** Starts `livereplay serve` on `port`; resolves to its base URL. */
-  start(port, longPollTimeoutMs = 2_000) {
-    const args = ["serve", "--port", String(port), "--data-dir", this.dataDir,
-      "--long-poll-timeout-ms", String(longPollTimeoutMs)];
+  /**
+   * Starts `livereplay serve` on `port`; resolves to its base URL. `logArgs`
+   * name its log (default: this test's data directory; `--redis URL` for
+   * several nodes), `extraArgs` any other flags.
+   */
+  start(port, longPollTimeoutMs = 2_000, logArgs = ["--data-dir", this.dataDir], extraArgs = []) {
+    const args = ["serve", "--port", String(port), ...logArgs,
+      "--long-poll-timeout-ms", String(longPollTimeoutMs), ...extraArgs];
     const child = spawn(SERVER_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.children.add(child);
     // For .ci/ds-e2e.sh, which kills what is left if this process itself is killed.
