@@ -10,7 +10,8 @@
 //! soft-deletion and cascading clean-up), the subscription APIs under
 //! `__ds` (signed webhooks and pull-wake, module `subscription`), ETags and
 //! cursors, browser security headers and CORS. `livereplay serve` (the binary) runs it over a redb
-//! log.
+//! log, or over a Redis log shared by several nodes ([`DurableStreams::shared_writes`],
+//! feature `redis`).
 //!
 //! # What it owns, and how the protocol maps onto the store
 //!
@@ -74,6 +75,15 @@
 //! * The sliding TTL's last access is kept in memory: a restart counts as
 //!   an access.
 //!
+//! * **Several nodes** (module `shared`, feature `redis`): over one Redis
+//!   log, with [`DurableStreams::shared_writes`], the per-stream mutex is
+//!   joined by a per-stream lease in Redis, held from the checks until the
+//!   record is durable; on taking it a node folds what other nodes wrote
+//!   into its cached state and moves its store session to the log's tail,
+//!   and on letting go it evicts the session, so its readers follow the
+//!   log (woken by the store's tailer) when another node writes. Reads fold
+//!   the log's new records into the state first too, and take a session's
+//!   durable tail from the log when this node is not writing it.
 //! * **Forks** (module `fork`) read their inherited data in place from
 //!   their source's session, up to the fork point; the source counts its
 //!   forks in its own log and is only soft-deleted while it has any.
@@ -90,6 +100,22 @@
 //! by [`DurableStreams::sweep_expired`] for the streams this process has
 //! touched: after a restart, an expired stream nobody asks for stays in the
 //! log until someone does.
+//!
+//! With several nodes over Redis: the in-process writer's lock-free append
+//! is not coordinated across nodes (write a stream over HTTP, or from one
+//! node's runtime alone); a sliding TTL counts the accesses each node sees
+//! (reads on another node do not keep a stream alive here; another node's
+//! writes do); the subscription APIs (`__ds`) are not shared: each node
+//! folds its registry once and appends its snapshots (and its signing key)
+//! without a lease, so two nodes changing subscriptions fence each other's
+//! snapshots — serve `__ds` from one node; every HTTP write costs a few more Redis round trips (the lease,
+//! the log's meta, and restoring the session from the log) and, because
+//! the session is evicted after each write, a store life in the log's meta
+//! whenever the writing node changes (or a reader on the writing node held
+//! the ring). A node that stalls past its lease (a paused process) and the
+//! next holder are decided by the log's contiguity check: one record
+//! lands, the other write answers `503` (never a false success), but that
+//! `503` comes only when the durable wait times out.
 
 mod error;
 mod fork;
