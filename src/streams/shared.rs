@@ -237,3 +237,48 @@ impl SharedWrites {
 fn unavailable(error: redis::RedisError) -> StreamError {
     StreamError::Unavailable(format!("Redis (stream leases): {error}"))
 }
+
+/// The tests' real `redis-server` (started on a free loopback port, killed
+/// on drop).
+#[cfg(test)]
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::redis_server;
+    use super::*;
+
+    /// A write that outlived its lease lets go of nothing: the successor's
+    /// lease (another token) stays until its own holder lets go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_holder_never_lets_go_of_its_successors_lease() {
+        let Some(redis) = redis_server::RedisServer::start() else {
+            return;
+        };
+        let shared =
+            Arc::new(SharedWrites::open(&redis.url(), "unit", Duration::from_millis(300)).unwrap());
+        let key = SessionKey::new("t", "s").unwrap();
+        let far = tokio::time::Instant::now() + Duration::from_secs(20);
+        let first = shared.acquire(&key, far).await.unwrap();
+        // Held: a second try within a short deadline is refused.
+        let soon = tokio::time::Instant::now() + Duration::from_millis(20);
+        assert!(matches!(
+            shared.acquire(&key, soon).await,
+            Err(StreamError::Unavailable(_))
+        ));
+        // After the expiry the successor takes it, with a newer token.
+        let second = shared.acquire(&key, far).await.unwrap();
+        assert!(second.token > first.token);
+        shared.release(&first).unwrap();
+        let exists: bool = shared
+            .with_conn(|conn| redis::cmd("EXISTS").arg(shared.lease_key(&key)).query(conn))
+            .unwrap();
+        assert!(exists, "the expired holder deleted its successor's lease");
+        shared.release(&second).unwrap();
+        let taken = shared.try_acquire(&key).unwrap();
+        assert!(taken.is_some(), "the lease let go is free again");
+    }
+}
