@@ -443,3 +443,115 @@ fn a_node_killed_holding_a_lease_blocks_the_stream_no_longer_than_the_lease() {
         messages.len()
     );
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to `pid` with the `kill` command.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A node frozen (SIGSTOP) while it holds a stream's lease, past the
+/// lease, while the other node writes: when it thaws, its write is either
+/// in the log once and acknowledged (before the other node's write, if it
+/// landed before the freeze; after it, if the node froze before appending
+/// and appended at the log's tail on thawing), or absent and answered 503;
+/// and its next write lands after both.
+#[test]
+fn a_node_frozen_past_its_lease_never_acknowledges_a_write_it_lost() {
+    let Some((redis, a, b)) = cluster() else {
+        return;
+    };
+    assert_eq!(a.create("frozen"), 201);
+    let lease_key = "nodes:ds:lease:{:frozen}";
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut watcher = client.get_connection().unwrap();
+    let body = json!("y".repeat(4 << 20)).to_string();
+    let (sender, answered) = mpsc::channel();
+    let address = a.address.clone();
+    std::thread::spawn(move || {
+        let status = send(&address, "POST", "frozen", &[JSON], body.as_bytes()).status;
+        let _ = sender.send(status);
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut frozen = false;
+    while Instant::now() < deadline {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(lease_key)
+            .query(&mut watcher)
+            .unwrap();
+        if exists {
+            signal(a.child.id(), "STOP");
+            frozen = redis::cmd("EXISTS")
+                .arg(lease_key)
+                .query(&mut watcher)
+                .unwrap();
+            if !frozen {
+                signal(a.child.id(), "CONT");
+            }
+            break;
+        }
+        if let Ok(status) = answered.try_recv() {
+            panic!("A answered {status} before its lease was seen");
+        }
+    }
+    assert!(frozen, "A was not frozen while it held the stream's lease");
+    // B writes once A's lease has expired (503s before that say retry).
+    let started = Instant::now();
+    let bound = Duration::from_millis(LEASE_MS.parse().unwrap()) * 4;
+    let status = loop {
+        let status = b.send("POST", "frozen", &[JSON], b"\"b\"").status;
+        if status != 503 || started.elapsed() > bound {
+            break status;
+        }
+    };
+    signal(a.child.id(), "CONT");
+    assert_eq!(status, 204, "B's write after A's lease expired");
+    let a_status = answered
+        .recv_timeout(REQUEST_TIMEOUT)
+        .expect("A answered after it thawed");
+    assert!(a_status == 204 || a_status == 503, "A answered {a_status}");
+    // A writes again: it must catch up with B's write, not trust its fold.
+    let again = loop {
+        let status = a.send("POST", "frozen", &[JSON], b"\"a-again\"").status;
+        if status != 503 || started.elapsed() > bound * 2 {
+            break status;
+        }
+    };
+    assert_eq!(again, 204, "A's write after it thawed");
+    // Messages by a short name (the big one is 4 MiB: not for a panic message).
+    let short = |messages: Vec<Value>| -> Vec<String> {
+        messages
+            .iter()
+            .map(|message| match message {
+                Value::String(text) if text.len() > 16 => format!("big({})", text.len()),
+                other => other.to_string(),
+            })
+            .collect()
+    };
+    let on_b = short(b.read_all("frozen"));
+    let big = format!("big({})", 4 << 20);
+    let (b_first, a_first) = (
+        vec!["\"b\"".to_string(), big.clone(), "\"a-again\"".to_string()],
+        vec![big.clone(), "\"b\"".to_string(), "\"a-again\"".to_string()],
+    );
+    let without = vec!["\"b\"".to_string(), "\"a-again\"".to_string()];
+    match a_status {
+        // Acknowledged: in the log once, before B's write (it landed
+        // before A froze) or after it (A froze before appending, and
+        // appended at the log's tail when it thawed).
+        204 => assert!(
+            on_b == b_first || on_b == a_first,
+            "A's 204, B reads {on_b:?}"
+        ),
+        // Refused: not in the log.
+        _ => assert_eq!(on_b, without, "A's 503"),
+    }
+    assert_eq!(
+        short(a.read_all("frozen")),
+        on_b,
+        "A and B read the same log"
+    );
+}

@@ -112,10 +112,13 @@
 //! the log's meta, and restoring the session from the log) and, because
 //! the session is evicted after each write, a store life in the log's meta
 //! whenever the writing node changes (or a reader on the writing node held
-//! the ring). A node that stalls past its lease (a paused process) and the
-//! next holder are decided by the log's contiguity check: one record
-//! lands, the other write answers `503` (never a false success), but that
-//! `503` comes only when the durable wait times out.
+//! the ring). A node that stalls past its lease (a paused process) after
+//! appending and the next holder are decided by the log's contiguity
+//! check: one record lands, the other write answers `503` (never a false
+//! success), but that `503` comes only when the durable wait times out;
+//! one paused past its lease between its checks and its append can append
+//! a write checked against stale state (module `shared`, "What the lease
+//! does not cover": the log's commit does not check the lease's token).
 
 mod error;
 mod fork;
@@ -358,11 +361,6 @@ impl DurableStreams {
             let hold = WriteHold {
                 lease: Some((lease, StdArc::clone(entry), StdArc::clone(shared))),
             };
-            // Acquire: pairs with the Release in `let_go`.
-            if entry.stale.swap(false, Ordering::Acquire) {
-                *state = None;
-                entry.folded.store(0, Ordering::Relaxed);
-            }
             self.catch_up_state(key, entry, &mut state, true)?;
             return Ok((state, hold));
         }
@@ -405,6 +403,15 @@ impl DurableStreams {
             && self.store.latest_position(key).unwrap_or(0) < tail
         {
             self.store.remove_session(key);
+        }
+        // A write of this node that did not end durable may have been
+        // fenced by another node's record at its position: the fold cannot
+        // tell them apart, so it starts over. Acquire: pairs with the
+        // Release in `let_go`.
+        #[cfg(feature = "redis")]
+        if entry.stale.swap(false, Ordering::Acquire) {
+            *state = None;
+            entry.folded.store(0, Ordering::Relaxed);
         }
         let mut folded = entry.folded.load(Ordering::Relaxed);
         if archived > folded {

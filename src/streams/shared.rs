@@ -50,13 +50,27 @@
 //!   decided by the log's own contiguity check: exactly one lands, the
 //!   other's session is fenced and its client gets `503` when the durable
 //!   wait times out, never a false success. Any write that did not end
-//!   durable leaves the node's cached state marked stale, rebuilt by the
-//!   next write.
+//!   durable leaves the node's cached state marked stale: the next read or
+//!   write rebuilds it from the log.
 //! * **A dead holder blocks for one lease at most.** The lease expires by
 //!   itself (`PX`): a node killed mid-write holds its streams until then.
 //! * The in-process writer's lock-free append is not on this path and is
 //!   not coordinated across nodes: with several nodes, a stream is written
 //!   over HTTP (or by one node's runtime alone).
+//!
+//! # What the lease does not cover
+//!
+//! The log's commit does not check the lease's token (the persister
+//! writes records without knowing of leases). So a node paused for longer
+//! than the lease *between* catching up (step 2) and appending to its
+//! store (a few microseconds of CPU work, but a `SIGSTOP` or a suspended
+//! VM can land there) appends, on waking, at the log's tail a record it
+//! checked against a state that misses what another node wrote meanwhile:
+//! durable and acknowledged, but its producer or `Stream-Seq` check was
+//! made against stale state. A pause anywhere else is safe: before step
+//! 2 the node catches up on waking; after the append, its record and the
+//! other node's contend for one position and the log fences one of them.
+//! Closing the window needs the token checked in the log's commit.
 
 use std::sync::Mutex;
 use std::time::Duration;
