@@ -112,13 +112,11 @@
 //! the log's meta, and restoring the session from the log) and, because
 //! the session is evicted after each write, a store life in the log's meta
 //! whenever the writing node changes (or a reader on the writing node held
-//! the ring). A node that stalls past its lease (a paused process) after
-//! appending and the next holder are decided by the log's contiguity
-//! check: one record lands, the other write answers `503` (never a false
-//! success), but that `503` comes only when the durable wait times out;
-//! one paused past its lease between its checks and its append can append
-//! a write checked against stale state (module `shared`, "What the lease
-//! does not cover": the log's commit does not check the lease's token).
+//! the ring). A node that stalls past its lease (a paused process) and the
+//! next holder are decided by the log's contiguity check (module
+//! `shared`, "The position is the fencing token"): one record lands, the
+//! other write answers `503` (never a false success), but that `503` comes
+//! only when the durable wait times out.
 
 mod error;
 mod fork;
@@ -225,6 +223,10 @@ pub(crate) struct WriteHold {
         StdArc<Entry>,
         StdArc<DurableStreamsShared>,
     )>,
+    /// The stream's store session, kept resident from the catch-up until
+    /// the write is done (`catch_up_state`); let go before the eviction.
+    #[cfg(feature = "redis")]
+    pinned: Option<crate::SessionHandle<StreamRecord>>,
 }
 
 /// What letting go of a lease needs, apart from the service.
@@ -270,6 +272,8 @@ impl DurableStreamsShared {
 
 impl Drop for WriteHold {
     fn drop(&mut self) {
+        #[cfg(feature = "redis")]
+        drop(self.pinned.take());
         #[cfg(feature = "redis")]
         if let Some((lease, entry, shared)) = self.lease.take() {
             let let_go = move || shared.let_go(&lease, &entry);
@@ -358,10 +362,11 @@ impl DurableStreams {
             let mut state = state;
             let deadline = tokio::time::Instant::now() + self.options.durable_timeout;
             let lease = shared.writes.acquire(key, deadline).await?;
-            let hold = WriteHold {
+            let mut hold = WriteHold {
                 lease: Some((lease, StdArc::clone(entry), StdArc::clone(shared))),
+                pinned: None,
             };
-            self.catch_up_state(key, entry, &mut state, true)?;
+            hold.pinned = self.catch_up_state(key, entry, &mut state, true)?;
             return Ok((state, hold));
         }
         #[cfg(not(feature = "redis"))]
@@ -371,39 +376,54 @@ impl DurableStreams {
             WriteHold {
                 #[cfg(feature = "redis")]
                 lease: None,
+                #[cfg(feature = "redis")]
+                pinned: None,
             },
         ))
     }
 
     /// With several nodes, folds the log's records after the state's last
-    /// one into it (rebuilt if a delete archived what it knew); for a write
-    /// (`writing`, the lease held), also removes a resident session the log
-    /// moved past, so the store appends at the log's tail. A no-op on one
-    /// node. Changes `entry.folded` under the entry's mutex (`state`), so
-    /// Relaxed.
+    /// one into it (rebuilt if a delete archived what it knew). For a write
+    /// (`writing`, the lease held) it first *pins* the stream's store
+    /// session (a handle, so it stays resident) at the log's tail, and
+    /// checks the fold ends exactly there: the write's records then follow
+    /// the very state they were checked against, and if another node wrote
+    /// meanwhile (this node's lease expired while it was paused) their
+    /// records contend for one position in the log, which fences one
+    /// (module `shared`). Returns the pinned session for a write. A no-op
+    /// on one node. Changes `entry.folded` under the entry's mutex
+    /// (`state`), so Relaxed.
     pub(crate) fn catch_up_state(
         &self,
         key: &SessionKey,
         entry: &Entry,
         state: &mut Option<StreamState>,
         writing: bool,
-    ) -> Result<(), StreamError> {
+    ) -> Result<Option<crate::SessionHandle<StreamRecord>>, StreamError> {
         if !self.is_shared() {
-            return Ok(());
+            return Ok(None);
         }
         let Some(log) = self.store.durable_log() else {
-            return Ok(());
+            return Ok(None);
         };
+        let mut pinned = None;
+        if writing {
+            let mut session = self.store.session(key)?;
+            let meta = log.meta(key)?;
+            let tail = meta.map_or(0, |meta| meta.durable_tail);
+            if session.latest_position().unwrap_or(0) < tail {
+                // Resident here from before another node wrote: continue
+                // after the log's tail instead (a new life).
+                drop(session);
+                self.store.remove_session(key);
+                session = self.store.session(key)?;
+            }
+            pinned = Some(session);
+        }
         let meta = log.meta(key)?;
         let (archived, tail) = meta
             .map(|meta| (meta.archived_through, meta.durable_tail))
             .unwrap_or((0, 0));
-        if writing
-            && self.store.is_resident(key)
-            && self.store.latest_position(key).unwrap_or(0) < tail
-        {
-            self.store.remove_session(key);
-        }
         // A write of this node that did not end durable may have been
         // fenced by another node's record at its position: the fold cannot
         // tell them apart, so it starts over. Acquire: pairs with the
@@ -426,7 +446,16 @@ impl DurableStreams {
             }
         }
         entry.folded.store(folded, Ordering::Relaxed);
-        Ok(())
+        if let Some(session) = &pinned {
+            let at = session.latest_position().unwrap_or(0);
+            if folded != at {
+                return Err(StreamError::Unavailable(format!(
+                    "another node wrote this stream while this one prepared a write (the log is \
+                     at {folded}, this node's session at {at}; its lease expired): retry"
+                )));
+            }
+        }
+        Ok(pinned)
     }
 
     /// Sets the options.

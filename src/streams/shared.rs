@@ -20,12 +20,15 @@
 //!    <lease>`, the token a fresh number from `INCR <ns>:ds:lease-seq`,
 //!    retried every few milliseconds until it is free or the write's
 //!    deadline passes (`503`);
-//! 2. **catches up** (module `DurableStreams::prepare_write`): a session
-//!    resident here that the log has moved past is removed from the store
-//!    (its next append restores it after the log's tail, as a store whose
-//!    session moved to another node does, CONTRACT.md section 10), and the
-//!    cached state folds the log's records after the last one it folded —
-//!    or is rebuilt, if a delete archived what it knew;
+//! 2. **catches up** (`DurableStreams::catch_up_state`): it *pins* the
+//!    stream's store session (holds a handle, so it stays resident) at the
+//!    log's tail — restored from the log if it is not resident, or, if a
+//!    resident one is behind the log, removed and restored after the tail,
+//!    as a store whose session moved to another node does (CONTRACT.md
+//!    section 10) — then folds the log's records after the last one its
+//!    cached state folded (or rebuilds it, if a delete archived what it
+//!    knew), and checks the fold ends exactly where the pinned session
+//!    does;
 //! 3. checks and appends as a single node does, waits until the record is
 //!    durable, and
 //! 4. **lets go**: the session is evicted from memory (trimmed to the
@@ -58,19 +61,18 @@
 //!   not coordinated across nodes: with several nodes, a stream is written
 //!   over HTTP (or by one node's runtime alone).
 //!
-//! # What the lease does not cover
+//! # The position is the fencing token
 //!
-//! The log's commit does not check the lease's token (the persister
-//! writes records without knowing of leases). So a node paused for longer
-//! than the lease *between* catching up (step 2) and appending to its
-//! store (a few microseconds of CPU work, but a `SIGSTOP` or a suspended
-//! VM can land there) appends, on waking, at the log's tail a record it
-//! checked against a state that misses what another node wrote meanwhile:
-//! durable and acknowledged, but its producer or `Stream-Seq` check was
-//! made against stale state. A pause anywhere else is safe: before step
-//! 2 the node catches up on waking; after the append, its record and the
-//! other node's contend for one position and the log fences one of them.
-//! Closing the window needs the token checked in the log's commit.
+//! The log's commit does not know of leases, so a lease alone cannot stop
+//! a node paused past its lease from writing after its successor. The
+//! pinned session closes that gap: the write's records go right after the
+//! position its checks were folded through. If another node wrote
+//! meanwhile, either the catch-up sees it (the fold ends past the pinned
+//! session: `503`, retry) or the two writes' records contend for the same
+//! position, where the log's contiguity check lets exactly one land and
+//! the store fences the other (its client gets `503` when the durable wait
+//! times out). Both were checked against the same state, so whichever
+//! lands, the stream's history is one a single server could have made.
 
 use std::sync::Mutex;
 use std::time::Duration;
