@@ -115,8 +115,8 @@
 //! the ring). A node that stalls past its lease (a paused process) and the
 //! next holder are decided by the log's contiguity check (module
 //! `shared`, "The position is the fencing token"): one record lands, the
-//! other write answers `503` (never a false success), but that `503` comes
-//! only when the durable wait times out.
+//! other write answers `503` (never a false success) once the store fences
+//! it.
 
 mod error;
 mod fork;
@@ -568,6 +568,15 @@ impl DurableStreams {
         loop {
             if self.durable(key)? >= position {
                 return Ok(true);
+            }
+            if self.store.is_fenced(key) {
+                // Several nodes: another node's record took this position
+                // (module `shared`); it will never be durable.
+                return Err(StreamError::Unavailable(
+                    "another node wrote this stream at the same position (this node's lease \
+                     expired while it was paused): this write was not stored; retry"
+                        .into(),
+                ));
             }
             let progress = self.store.durable_progress();
             if self.durable(key)? >= position {

@@ -51,10 +51,10 @@
 //!   than `--durable-timeout-ms`); a holder that stalls past it anyway (a
 //!   paused process) and a successor write at the same log position are
 //!   decided by the log's own contiguity check: exactly one lands, the
-//!   other's session is fenced and its client gets `503` when the durable
-//!   wait times out, never a false success. Any write that did not end
-//!   durable leaves the node's cached state marked stale: the next read or
-//!   write rebuilds it from the log.
+//!   other's session is fenced and its client gets `503` as soon as the
+//!   store fences it (`ReplayStore::is_fenced`), never a false success.
+//!   Any write that did not end durable leaves the node's cached state
+//!   marked stale: the next read or write rebuilds it from the log.
 //! * **A dead holder blocks for one lease at most.** The lease expires by
 //!   itself (`PX`): a node killed mid-write holds its streams until then.
 //! * The in-process writer's lock-free append is not on this path and is
@@ -70,9 +70,9 @@
 //! meanwhile, either the catch-up sees it (the fold ends past the pinned
 //! session: `503`, retry) or the two writes' records contend for the same
 //! position, where the log's contiguity check lets exactly one land and
-//! the store fences the other (its client gets `503` when the durable wait
-//! times out). Both were checked against the same state, so whichever
-//! lands, the stream's history is one a single server could have made.
+//! the store fences the other (its client gets `503` at once). Both were
+//! checked against the same state, so whichever lands, the stream's
+//! history is one a single server could have made.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -296,5 +296,53 @@ mod tests {
         shared.release(&second).unwrap();
         let taken = shared.try_acquire(&key).unwrap();
         assert!(taken.is_some(), "the lease let go is free again");
+    }
+
+    /// A write whose position another writer took in the log is refused as
+    /// soon as the store fences its session, not when its wait times out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_fenced_by_another_writer_is_refused_not_waited_for() {
+        use crate::durable::RedisLog;
+        use crate::streams::{DurableStreams, StreamRecord};
+        use crate::{Postcard, ReplayStore, Revision};
+
+        let Some(redis) = redis_server::RedisServer::start() else {
+            return;
+        };
+        let store = || {
+            let log = Arc::new(RedisLog::open(&redis.url()).unwrap());
+            Arc::new(
+                ReplayStore::<StreamRecord>::builder()
+                    .durable(log, Postcard)
+                    .build()
+                    .unwrap(),
+            )
+        };
+        let (a, b) = (store(), store());
+        let key = SessionKey::new("", "fenced").unwrap();
+        let wait = Duration::from_secs(20);
+        // A writes position 1 and keeps the session resident; B then
+        // writes position 2 from the log's tail.
+        let _resident = a.session(&key).unwrap();
+        a.append(&key, Revision(0), StreamRecord::data("a1"))
+            .unwrap();
+        a.wait_durable(&key, 1, wait).unwrap();
+        b.append(&key, Revision(0), StreamRecord::data("b2"))
+            .unwrap();
+        b.wait_durable(&key, 2, wait).unwrap();
+        // A's next record also wants position 2: the log refuses it and
+        // A's store fences the session.
+        let stale = a
+            .append(&key, Revision(0), StreamRecord::data("a2"))
+            .unwrap();
+        assert_eq!(stale.position(), 2);
+        let streams = DurableStreams::new(Arc::clone(&a));
+        let deadline = tokio::time::Instant::now() + wait;
+        let waited = streams.durable_by(&key, 2, deadline).await;
+        assert!(
+            matches!(waited, Err(StreamError::Unavailable(_))),
+            "the fenced write was {waited:?}"
+        );
+        assert!(a.is_fenced(&key));
     }
 }
