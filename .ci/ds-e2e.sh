@@ -8,7 +8,10 @@
 # same client over SSE across a SIGKILL and restart too
 # (e2e-streams/browser.test.mjs, screenshot in target/e2e/ds-browser.png);
 # and the client passes a bearer token with its `headers` option and reads
-# through a signed URL (e2e-streams/auth.test.mjs).
+# through a signed URL (e2e-streams/auth.test.mjs);
+# and a reader whose requests alternate between two `livereplay serve
+# --redis` nodes over one redis-server, in SSE and long-poll mode, while a
+# producer writes to both (e2e-streams/nodes.test.mjs).
 # The tests start and kill their own servers; the pids they started are
 # also listed in a file, and any still alive when this script exits (the
 # tests themselves were killed) are killed here. Exits non-zero on any
@@ -23,8 +26,8 @@ pids_file="$(mktemp "${TMPDIR:-/tmp}/livereplay-ds-e2e-pids.XXXXXX")"
 
 cleanup() {
   while read -r pid; do
-    # Only if that pid is still a livereplay server.
-    if grep -q livereplay "/proc/$pid/cmdline" 2>/dev/null; then
+    # Only if that pid is still a livereplay server (or a test's redis-server).
+    if grep -qE 'livereplay|redis-server' "/proc/$pid/cmdline" 2>/dev/null; then
       kill -9 "$pid" 2>/dev/null
     fi
   done <"$pids_file"
@@ -45,7 +48,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 echo "ds-e2e: building livereplay serve (release)"
-cargo build --quiet --release --features durable-streams --bin livereplay || fail "cargo build failed"
+cargo build --quiet --release --features durable-streams,redis --bin livereplay || fail "cargo build failed"
 server="${CARGO_TARGET_DIR:-$root/target}/release/livereplay"
 [ -x "$server" ] || fail "no server binary at $server"
 
@@ -54,7 +57,7 @@ echo "ds-e2e: installing the client, playwright-core and esbuild (npm ci)"
 
 cd e2e-streams
 LIVEREPLAY_BIN="$server" DS_E2E_PIDS="$pids_file" \
-  timeout 300 node --test --test-concurrency=1 restart.test.mjs browser.test.mjs auth.test.mjs
+  timeout 300 node --test --test-concurrency=1 restart.test.mjs browser.test.mjs auth.test.mjs nodes.test.mjs
 status=$?
 [ "$status" -eq 124 ] && echo "ds-e2e: the tests timed out" >&2
 exit "$status"

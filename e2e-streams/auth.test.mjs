@@ -32,7 +32,7 @@ test("bearer tokens through the client's headers option, and a signed URL", asyn
   const key = join(secrets, "signing.key");
   writeFileSync(key, "e2e-signing-key-0123456789abcdef0123456789");
   const port = await freePort();
-  const { url: base } = await servers.start(port, 500, ["--tokens-file", tokens, "--signing-key-file", key]);
+  const { url: base } = await servers.start(port, 500, undefined, ["--tokens-file", tokens, "--signing-key-file", key]);
   const url = `${base}/v1/stream/chat/1`;
   await within(RUN_TIMEOUT_MS, "the access-control run", (async () => {
     await assert.rejects(

@@ -75,11 +75,12 @@ export class Servers {
   }
 
   /**
-   * Starts `livereplay serve` on `port` (with `extraArgs`, such as
-   * `--tokens-file`); resolves to its base URL.
+   * Starts `livereplay serve` on `port`; resolves to its base URL. `logArgs`
+   * name its log (default: this test's data directory; `--redis URL` for
+   * several nodes), `extraArgs` any other flags.
    */
-  start(port, longPollTimeoutMs = 2_000, extraArgs = []) {
-    const args = ["serve", "--port", String(port), "--data-dir", this.dataDir,
+  start(port, longPollTimeoutMs = 2_000, logArgs = ["--data-dir", this.dataDir], extraArgs = []) {
+    const args = ["serve", "--port", String(port), ...logArgs,
       "--long-poll-timeout-ms", String(longPollTimeoutMs), ...extraArgs];
     const child = spawn(SERVER_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.children.add(child);

@@ -338,6 +338,18 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         Some(through)
     }
 
+    /// Whether `key`'s resident session is fenced: another writer took its
+    /// position in the shared log, so its unwritten events never will be
+    /// (persist invariant 6). A waiter for one of them stops waiting.
+    #[cfg(feature = "axum")]
+    pub(crate) fn is_fenced(&self, key: &SessionKey) -> bool {
+        // Relaxed: the persister sets it before it notifies progress, and
+        // a waiter that misses it waits out its own deadline.
+        self.sessions
+            .get(key)
+            .is_some_and(|session| session.fenced.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// A future that resolves after the persister's next commit (at once
     /// without a durable log), for async callers that wait for a position
     /// to become durable: check [`durable_position`](Self::durable_position),

@@ -10,7 +10,8 @@
 //! soft-deletion and cascading clean-up), the subscription APIs under
 //! `__ds` (signed webhooks and pull-wake, module `subscription`), ETags and
 //! cursors, browser security headers and CORS. `livereplay serve` (the binary) runs it over a redb
-//! log, with bearer tokens and signed read URLs.
+//! log, or over a Redis log shared by several nodes ([`DurableStreams::shared_writes`],
+//! feature `redis`), with bearer tokens and signed read URLs.
 //!
 //! # What it owns, and how the protocol maps onto the store
 //!
@@ -86,6 +87,15 @@
 //! * The sliding TTL's last access is kept in memory: a restart counts as
 //!   an access.
 //!
+//! * **Several nodes** (module `shared`, feature `redis`): over one Redis
+//!   log, with [`DurableStreams::shared_writes`], the per-stream mutex is
+//!   joined by a per-stream lease in Redis, held from the checks until the
+//!   record is durable; on taking it a node folds what other nodes wrote
+//!   into its cached state and moves its store session to the log's tail,
+//!   and on letting go it evicts the session, so its readers follow the
+//!   log (woken by the store's tailer) when another node writes. Reads fold
+//!   the log's new records into the state first too, and take a session's
+//!   durable tail from the log when this node is not writing it.
 //! * **Forks** (module `fork`) read their inherited data in place from
 //!   their source's session, up to the fork point; the source counts its
 //!   forks in its own log and is only soft-deleted while it has any.
@@ -104,6 +114,23 @@
 //! by [`DurableStreams::sweep_expired`] for the streams this process has
 //! touched: after a restart, an expired stream nobody asks for stays in the
 //! log until someone does.
+//!
+//! With several nodes over Redis: the in-process writer's lock-free append
+//! is not coordinated across nodes (write a stream over HTTP, or from one
+//! node's runtime alone); a sliding TTL counts the accesses each node sees
+//! (reads on another node do not keep a stream alive here; another node's
+//! writes do); the subscription APIs (`__ds`) are not shared: each node
+//! folds its registry once and appends its snapshots (and its signing key)
+//! without a lease, so two nodes changing subscriptions fence each other's
+//! snapshots — serve `__ds` from one node; every HTTP write costs a few more Redis round trips (the lease,
+//! the log's meta, and restoring the session from the log) and, because
+//! the session is evicted after each write, a store life in the log's meta
+//! whenever the writing node changes (or a reader on the writing node held
+//! the ring). A node that stalls past its lease (a paused process) and the
+//! next holder are decided by the log's contiguity check (module
+//! `shared`, "The position is the fencing token"): one record lands, the
+//! other write answers `503` (never a false success) once the store fences
+//! it.
 
 mod access;
 mod error;
@@ -114,10 +141,15 @@ mod producer;
 mod read;
 mod record;
 mod router;
+#[cfg(feature = "redis")]
+mod shared;
 mod state;
 mod subscription;
 mod write;
 
+#[cfg(feature = "redis")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc as StdArc;
 use std::time::Duration;
 
@@ -135,6 +167,8 @@ pub use self::record::{
     CloseReason, ExpiresAt, ProducerStamp, StreamConfig, StreamRecord, WriteStamp,
 };
 pub use self::router::{MAX_HEADER_VALUE_LEN, STREAM_ROUTE};
+#[cfg(feature = "redis")]
+pub use self::shared::SharedWrites;
 
 use self::state::StreamState;
 
@@ -172,6 +206,96 @@ impl Default for StreamsOptions {
 /// live stream at the URL).
 pub(crate) struct Entry {
     pub(crate) state: tokio::sync::Mutex<Option<StreamState>>,
+    /// The last log position the state folded: where a refresh from the
+    /// log continues (several nodes, module `shared`).
+    pub(crate) folded: AtomicU64,
+    /// A write of this node ended without its record durable (it may have
+    /// been fenced by another node's): the next write rebuilds the state
+    /// from the log rather than trusting the fold.
+    #[cfg(feature = "redis")]
+    pub(crate) stale: AtomicBool,
+}
+
+impl Entry {
+    fn new(state: Option<StreamState>, folded: u64) -> Self {
+        Self {
+            state: tokio::sync::Mutex::new(state),
+            folded: AtomicU64::new(folded),
+            #[cfg(feature = "redis")]
+            stale: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What a write holds besides its stream's mutex: with several nodes, the
+/// stream's lease, let go (after evicting the session) when it drops.
+pub(crate) struct WriteHold {
+    #[cfg(feature = "redis")]
+    lease: Option<(
+        shared::WriteLease,
+        StdArc<Entry>,
+        StdArc<DurableStreamsShared>,
+    )>,
+    /// The stream's store session, kept resident from the catch-up until
+    /// the write is done (`catch_up_state`); let go before the eviction.
+    #[cfg(feature = "redis")]
+    pinned: Option<crate::SessionHandle<StreamRecord>>,
+}
+
+/// What letting go of a lease needs, apart from the service.
+#[cfg(feature = "redis")]
+pub(crate) struct DurableStreamsShared {
+    store: StdArc<ReplayStore<StreamRecord>>,
+    writes: StdArc<SharedWrites>,
+}
+
+#[cfg(feature = "redis")]
+impl DurableStreamsShared {
+    /// Evicts the session from memory (readers here then follow the log,
+    /// woken by the store's tailer when another node writes), marks the
+    /// entry stale if not all of this node's records are durable, and lets
+    /// go of the lease. Blocking.
+    fn let_go(&self, lease: &shared::WriteLease, entry: &Entry) {
+        let key = &lease.key;
+        let durable = self.store.durable_position(key).ok().flatten();
+        let latest = self.store.latest_position(key);
+        if latest > durable {
+            // Release: read (Acquire) by the next write, after it took the
+            // lease this write lets go below.
+            entry.stale.store(true, Ordering::Release);
+        }
+        if self.store.is_resident(key) {
+            if let Some(durable) = durable {
+                self.store.release_through(key, durable);
+            }
+            self.store.trim_session(key);
+            if self.store.is_resident(key) {
+                self.store.remove_session(key);
+            }
+        }
+        if let Err(error) = self.writes.release(lease) {
+            // It expires by itself.
+            eprintln!(
+                "livereplay: could not let go of a stream lease (it expires in {:?}): {error}",
+                self.writes.lease()
+            );
+        }
+    }
+}
+
+impl Drop for WriteHold {
+    fn drop(&mut self) {
+        #[cfg(feature = "redis")]
+        drop(self.pinned.take());
+        #[cfg(feature = "redis")]
+        if let Some((lease, entry, shared)) = self.lease.take() {
+            let let_go = move || shared.let_go(&lease, &entry);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(let_go)),
+                Err(_) => let_go(),
+            }
+        }
+    }
 }
 
 /// The Durable Streams service over a store of [`StreamRecord`]s.
@@ -199,6 +323,9 @@ pub struct DurableStreams {
     /// Whether `access` is a host's hook (not the default).
     access_controlled: bool,
     subscriptions: subscription::Subscriptions,
+    /// Several nodes over one Redis: the stream leases (module `shared`).
+    #[cfg(feature = "redis")]
+    shared: Option<StdArc<DurableStreamsShared>>,
 }
 
 impl DurableStreams {
@@ -212,7 +339,139 @@ impl DurableStreams {
             access: StdArc::new(|_: &RequestInfo<'_>| Ok(Access::full(""))),
             access_controlled: false,
             subscriptions: subscription::Subscriptions::default(),
+            #[cfg(feature = "redis")]
+            shared: None,
         }
+    }
+
+    /// Makes this service one of several nodes over the same Redis log
+    /// (the store's log must be that `RedisLog`): every protocol write
+    /// takes the stream's lease in `writes` and catches up with the log
+    /// first (module `shared`).
+    #[cfg(feature = "redis")]
+    pub fn shared_writes(mut self, writes: SharedWrites) -> Self {
+        self.shared = Some(StdArc::new(DurableStreamsShared {
+            store: StdArc::clone(&self.store),
+            writes: StdArc::new(writes),
+        }));
+        self
+    }
+
+    /// Whether writes are shared with other nodes.
+    fn is_shared(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.shared.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
+    /// A write's hold on its stream: the mutex, and with several nodes the
+    /// lease, then the state caught up with the log.
+    pub(crate) async fn lock_for_write<'a>(
+        &self,
+        key: &SessionKey,
+        entry: &'a StdArc<Entry>,
+    ) -> Result<(tokio::sync::MutexGuard<'a, Option<StreamState>>, WriteHold), StreamError> {
+        let state = entry.state.lock().await;
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            let mut state = state;
+            let deadline = tokio::time::Instant::now() + self.options.durable_timeout;
+            let lease = shared.writes.acquire(key, deadline).await?;
+            let mut hold = WriteHold {
+                lease: Some((lease, StdArc::clone(entry), StdArc::clone(shared))),
+                pinned: None,
+            };
+            hold.pinned = self.catch_up_state(key, entry, &mut state, true)?;
+            return Ok((state, hold));
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = key;
+        Ok((
+            state,
+            WriteHold {
+                #[cfg(feature = "redis")]
+                lease: None,
+                #[cfg(feature = "redis")]
+                pinned: None,
+            },
+        ))
+    }
+
+    /// With several nodes, folds the log's records after the state's last
+    /// one into it (rebuilt if a delete archived what it knew). For a write
+    /// (`writing`, the lease held) it first *pins* the stream's store
+    /// session (a handle, so it stays resident) at the log's tail, and
+    /// checks the fold ends exactly there: the write's records then follow
+    /// the very state they were checked against, and if another node wrote
+    /// meanwhile (this node's lease expired while it was paused) their
+    /// records contend for one position in the log, which fences one
+    /// (module `shared`). Returns the pinned session for a write. A no-op
+    /// on one node. Changes `entry.folded` under the entry's mutex
+    /// (`state`), so Relaxed.
+    pub(crate) fn catch_up_state(
+        &self,
+        key: &SessionKey,
+        entry: &Entry,
+        state: &mut Option<StreamState>,
+        writing: bool,
+    ) -> Result<Option<crate::SessionHandle<StreamRecord>>, StreamError> {
+        if !self.is_shared() {
+            return Ok(None);
+        }
+        let Some(log) = self.store.durable_log() else {
+            return Ok(None);
+        };
+        let mut pinned = None;
+        if writing {
+            let mut session = self.store.session(key)?;
+            let meta = log.meta(key)?;
+            let tail = meta.map_or(0, |meta| meta.durable_tail);
+            if session.latest_position().unwrap_or(0) < tail {
+                // Resident here from before another node wrote: continue
+                // after the log's tail instead (a new life).
+                drop(session);
+                self.store.remove_session(key);
+                session = self.store.session(key)?;
+            }
+            pinned = Some(session);
+        }
+        let meta = log.meta(key)?;
+        let (archived, tail) = meta
+            .map(|meta| (meta.archived_through, meta.durable_tail))
+            .unwrap_or((0, 0));
+        // A write of this node that did not end durable may have been
+        // fenced by another node's record at its position: the fold cannot
+        // tell them apart, so it starts over. Acquire: pairs with the
+        // Release in `let_go`.
+        #[cfg(feature = "redis")]
+        if entry.stale.swap(false, Ordering::Acquire) {
+            *state = None;
+            entry.folded.store(0, Ordering::Relaxed);
+        }
+        let mut folded = entry.folded.load(Ordering::Relaxed);
+        if archived > folded {
+            *state = None;
+            folded = archived;
+        }
+        if tail > folded {
+            folded = state::fold_after(&self.store, key, state, folded)?;
+            if let Some(live) = state.as_mut() {
+                // Another node's write is an access too.
+                live.last_access = std::time::Instant::now();
+            }
+        }
+        entry.folded.store(folded, Ordering::Relaxed);
+        if let Some(session) = &pinned {
+            let at = session.latest_position().unwrap_or(0);
+            if folded != at {
+                return Err(StreamError::Unavailable(format!(
+                    "another node wrote this stream while this one prepared a write (the log is \
+                     at {folded}, this node's session at {at}; its lease expired): retry"
+                )));
+            }
+        }
+        Ok(pinned)
     }
 
     /// Sets the options.
@@ -279,6 +538,26 @@ impl DurableStreams {
             let Some(entry) = self.entries.get(&key).map(|entry| StdArc::clone(&entry)) else {
                 continue;
             };
+            if self.is_shared() {
+                // Several nodes: expiry is a write like any other, under
+                // the stream's lease and against the log's state.
+                let mut state = entry.state.lock().await;
+                self.catch_up_state(&key, &entry, &mut state, false)?;
+                if !state
+                    .as_ref()
+                    .is_some_and(|live| !live.soft_deleted && live.expired())
+                {
+                    continue;
+                }
+                drop(state);
+                let (mut state, _hold) = self.lock_for_write(&key, &entry).await?;
+                let was_live = state.as_ref().is_some_and(|live| !live.soft_deleted);
+                self.expire(&key, &mut state).await?;
+                if was_live && state.as_ref().is_none_or(|live| live.soft_deleted) {
+                    swept += 1;
+                }
+                continue;
+            }
             let Ok(mut state) = entry.state.try_lock() else {
                 continue;
             };
@@ -294,6 +573,14 @@ impl DurableStreams {
     /// The key's durable watermark (0 for a session the store does not
     /// know).
     fn durable(&self, key: &SessionKey) -> Result<u64, StreamError> {
+        // With several nodes, a session this node is not writing now may
+        // be a tombstone of its last write here, behind what the others
+        // wrote since: the shared log knows.
+        if self.is_shared() && !self.store.is_resident(key) {
+            if let Some(log) = self.store.durable_log() {
+                return Ok(log.meta(key)?.map_or(0, |meta| meta.durable_tail));
+            }
+        }
         Ok(self.store.durable_position(key)?.unwrap_or(0))
     }
 
@@ -317,6 +604,15 @@ impl DurableStreams {
             if self.durable(key)? >= position {
                 return Ok(true);
             }
+            if self.store.is_fenced(key) {
+                // Several nodes: another node's record took this position
+                // (module `shared`); it will never be durable.
+                return Err(StreamError::Unavailable(
+                    "another node wrote this stream at the same position (this node's lease \
+                     expired while it was paused): this write was not stored; retry"
+                        .into(),
+                ));
+            }
             let progress = self.store.durable_progress();
             if self.durable(key)? >= position {
                 return Ok(true);
@@ -335,7 +631,7 @@ impl DurableStreams {
         if let Some(entry) = self.entries.get(key) {
             return Ok(Some(StdArc::clone(&entry)));
         }
-        let loaded = state::load(&self.store, key)?;
+        let (loaded, folded) = state::load(&self.store, key)?;
         if loaded.is_none() && !create {
             return Ok(None);
         }
@@ -344,11 +640,7 @@ impl DurableStreams {
         let entry = self
             .entries
             .entry(key.clone())
-            .or_insert_with(|| {
-                StdArc::new(Entry {
-                    state: tokio::sync::Mutex::new(loaded),
-                })
-            })
+            .or_insert_with(|| StdArc::new(Entry::new(loaded, folded)))
             .clone();
         Ok(Some(entry))
     }

@@ -102,6 +102,21 @@ impl DurableStreams {
     pub(crate) async fn view(&self, key: &SessionKey, peek: bool) -> Result<ReadView, StreamError> {
         let entry = self.entry(key, false)?.ok_or(StreamError::NotFound)?;
         let mut guard = entry.state.lock().await;
+        // With several nodes: what the others wrote, and an expiry deleted
+        // under the stream's lease like any write.
+        self.catch_up_state(key, &entry, &mut guard, false)?;
+        if self.is_shared()
+            && guard
+                .as_ref()
+                .is_some_and(|l| !l.soft_deleted && l.expired())
+        {
+            drop(guard);
+            let (mut state, hold) = self.lock_for_write(key, &entry).await?;
+            self.expire(key, &mut state).await?;
+            drop(state);
+            drop(hold);
+            guard = entry.state.lock().await;
+        }
         self.expire(key, &mut guard).await?;
         let state = guard.as_mut().ok_or(StreamError::NotFound)?;
         if state.soft_deleted {
@@ -149,7 +164,11 @@ impl DurableStreams {
                 ))
             };
             let entry = self.entry(&source_key, false)?.ok_or_else(gone)?;
-            let source = entry.state.lock().await.clone().ok_or_else(gone)?;
+            let source = {
+                let mut source = entry.state.lock().await;
+                self.catch_up_state(&source_key, &entry, &mut source, false)?;
+                source.clone().ok_or_else(gone)?
+            };
             if source.life != origin.source_life {
                 return Err(gone());
             }

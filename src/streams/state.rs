@@ -221,12 +221,14 @@ impl StreamState {
 }
 
 /// Rebuilds a stream's state from its records (the log, then memory): the
-/// newest life, or `None` if the stream does not exist. Reads the whole
-/// life once; the caller keeps the result for the process's lifetime.
+/// newest life, or `None` if the stream does not exist, with the last
+/// position folded. Reads the whole life once; the caller keeps the result
+/// for the process's lifetime (and, with several nodes, folds what other
+/// nodes write with [`fold_after`]).
 pub fn load(
     store: &ReplayStore<StreamRecord>,
     key: &SessionKey,
-) -> Result<Option<StreamState>, StreamError> {
+) -> Result<(Option<StreamState>, u64), StreamError> {
     // Archived positions (a deleted life) are not read again.
     let from = match store.durable_log() {
         Some(log) => log
@@ -235,12 +237,28 @@ pub fn load(
             .unwrap_or(0),
         None => 0,
     };
-    let mut records = store.catch_up(&Cursor::new(key.clone(), None, Revision(0), from))?;
     let mut state = None;
+    let folded = fold_after(store, key, &mut state, from)?;
+    Ok((state, folded))
+}
+
+/// Folds every record of `key` after position `after` into `state`;
+/// returns the last position folded (`after` if none).
+pub fn fold_after(
+    store: &ReplayStore<StreamRecord>,
+    key: &SessionKey,
+    state: &mut Option<StreamState>,
+    after: u64,
+) -> Result<u64, StreamError> {
+    let mut records = store.catch_up(&Cursor::new(key.clone(), None, Revision(0), after))?;
+    let mut folded = after;
     loop {
         match records.try_next() {
-            Ok(event) => StreamState::apply(&mut state, event.position(), event.payload()),
-            Err(TryNextError::Empty | TryNextError::Ended) => return Ok(state),
+            Ok(event) => {
+                StreamState::apply(state, event.position(), event.payload());
+                folded = folded.max(event.position());
+            }
+            Err(TryNextError::Empty | TryNextError::Ended) => return Ok(folded),
             Err(TryNextError::Gap(gap)) => {
                 return Err(StreamError::Unavailable(format!(
                     "the stream's log cannot be read past a gap ({gap}); its state is unknown"

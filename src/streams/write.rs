@@ -99,7 +99,7 @@ impl DurableStreams {
     ) -> Result<Created, StreamError> {
         let messages = messages(&config, &body, false)?;
         let entry = self.entry(key, true)?.ok_or(StreamError::NotFound)?;
-        let mut state = entry.state.lock().await;
+        let (mut state, _hold) = self.lock_for_write(key, &entry).await?;
         self.expire(key, &mut state).await?;
         if state.as_ref().is_some_and(|live| live.soft_deleted) {
             return Err(StreamError::Conflict(
@@ -136,7 +136,7 @@ impl DurableStreams {
         request: Append,
     ) -> Result<Appended, StreamError> {
         let entry = self.entry(key, false)?.ok_or(StreamError::NotFound)?;
-        let mut guard = entry.state.lock().await;
+        let (mut guard, _hold) = self.lock_for_write(key, &entry).await?;
         self.expire(key, &mut guard).await?;
         let state = guard.as_mut().ok_or(StreamError::NotFound)?;
         if state.soft_deleted {
@@ -254,7 +254,7 @@ impl DurableStreams {
     ) -> Result<Offset, StreamError> {
         let key = self.key(tenant, path)?;
         let entry = self.entry(&key, false)?.ok_or(StreamError::NotFound)?;
-        let mut guard = entry.state.lock().await;
+        let (mut guard, _hold) = self.lock_for_write(&key, &entry).await?;
         self.expire(&key, &mut guard).await?;
         let state = guard.as_ref().ok_or(StreamError::NotFound)?;
         if state.soft_deleted {
@@ -278,7 +278,7 @@ impl DurableStreams {
     /// `DELETE`: ends the stream's life and archives it.
     pub(crate) async fn delete(&self, key: &SessionKey) -> Result<(), StreamError> {
         let entry = self.entry(key, false)?.ok_or(StreamError::NotFound)?;
-        let mut state = entry.state.lock().await;
+        let (mut state, _hold) = self.lock_for_write(key, &entry).await?;
         self.expire(key, &mut state).await?;
         match state.as_ref() {
             None => Err(StreamError::NotFound),
@@ -327,7 +327,7 @@ impl DurableStreams {
             let Some(entry) = self.entry(&source_key, false)? else {
                 break;
             };
-            let mut source = entry.state.lock().await;
+            let (mut source, _source_hold) = self.lock_for_write(&source_key, &entry).await?;
             if source.as_ref().is_none_or(|s| s.life != from.source_life) {
                 break;
             }
@@ -372,7 +372,7 @@ impl DurableStreams {
         }
         // The fork's mutex, then its source's (child, then parent).
         let entry = self.entry(key, true)?.ok_or(StreamError::NotFound)?;
-        let mut state = entry.state.lock().await;
+        let (mut state, _hold) = self.lock_for_write(key, &entry).await?;
         self.expire(key, &mut state).await?;
         if state.as_ref().is_some_and(|live| live.soft_deleted) {
             return Err(StreamError::Conflict(
@@ -383,7 +383,8 @@ impl DurableStreams {
         let source_entry = self
             .entry(&source_key, false)?
             .ok_or(StreamError::NotFound)?;
-        let mut source_guard = source_entry.state.lock().await;
+        let (mut source_guard, source_hold) =
+            self.lock_for_write(&source_key, &source_entry).await?;
         self.expire(&source_key, &mut source_guard).await?;
         let source = source_guard.as_ref().ok_or(StreamError::NotFound)?;
         if source.soft_deleted {
@@ -461,6 +462,7 @@ impl DurableStreams {
         let reference = self.commit(&source_key, &mut source_guard, attach)?;
         drop(source_guard);
         self.await_durable(&source_key, reference).await?;
+        drop(source_hold);
         self.create_life(key, state, config, messages, close).await
     }
 
@@ -554,6 +556,12 @@ impl DurableStreams {
     ) -> Result<u64, StreamError> {
         let event = self.store.append(key, Revision(0), record)?;
         StreamState::apply(state, event.position(), event.payload());
+        if let Some(entry) = self.entries.get(key) {
+            // Under the entry's mutex (the caller's `state`): Relaxed.
+            entry
+                .folded
+                .fetch_max(event.position(), std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(state) = state.as_mut() {
             state.last_access = std::time::Instant::now();
         }

@@ -1,12 +1,22 @@
 //! `livereplay serve`: the Durable Streams protocol over an embedded redb
-//! log; `livereplay sign`: a signed, expiring read URL for one stream.
+//! log or over Redis shared by several nodes; `livereplay sign`: a signed,
+//! expiring read URL for one stream.
 //!
 //! ```text
 //! livereplay serve --port 4437 --data-dir /var/lib/livereplay --long-poll-timeout-ms 20000
+//! livereplay serve --port 4437 --redis redis://127.0.0.1:6379/ --namespace streams
 //! livereplay serve --bind 0.0.0.0 --data-dir DIR --tokens-file tokens.txt --signing-key-file key
 //! livereplay sign --signing-key-file key --tenant acme --stream chat/1 --ttl-secs 3600 \
 //!     --base https://streams.example.com
 //! ```
+//!
+//! Exactly one of `--data-dir` (one node, a redb file) and `--redis` (feature
+//! `redis`) names the log. Over Redis any number of `livereplay serve`
+//! processes with the same URL and namespace serve the same streams as one
+//! server: every protocol write takes the stream's lease in Redis and
+//! re-reads the stream's state from the log first (module
+//! `livereplay::streams`, "Several nodes"), and readers on every node see
+//! every node's writes.
 //!
 //! The first line on stdout is `listening on http://127.0.0.1:PORT`
 //! (`--port 0` picks a free port); the second says what is served, from
@@ -35,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use livereplay::durable::RedbLog;
+use livereplay::durable::{DurableLog, RedbLog};
 use livereplay::streams::{DurableStreams, RequestInfo, StreamRecord, StreamsOptions};
 use livereplay::{Config, DurableOptions, Postcard, ReplayStore};
 
@@ -80,6 +90,7 @@ struct Sign {
 }
 
 #[derive(Parser)]
+#[command(group(clap::ArgGroup::new("log").required(true).args(["data_dir", "redis"])))]
 struct Serve {
     /// The port (0: any free port).
     #[arg(long, default_value_t = 4437)]
@@ -97,9 +108,27 @@ struct Serve {
     /// (`livereplay sign`) are checked with.
     #[arg(long)]
     signing_key_file: Option<PathBuf>,
-    /// The directory of the redb log (`streams.redb`), created if missing.
+    /// The directory of the redb log (`streams.redb`), created if missing:
+    /// one node.
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    /// A Redis server (`redis://host:port/db`, 6.2 or later) holding the
+    /// log: every node given the same URL and namespace serves the same
+    /// streams.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// The prefix of every Redis key this server writes (nodes sharing a
+    /// server but not their streams use different ones).
+    #[arg(long, default_value = "lr", requires = "redis")]
+    namespace: String,
+    /// With --redis: how long a node may hold a stream's write lease before
+    /// another node may take it (a node killed mid-write blocks its stream
+    /// at most this long). Must exceed --durable-timeout-ms.
+    #[arg(long, default_value_t = 15_000, requires = "redis")]
+    lease_ms: u64,
+    /// How long a write waits for its record to be durable before 503.
+    #[arg(long, default_value_t = 10_000)]
+    durable_timeout_ms: u64,
     /// How long a long-poll waits for data before 204.
     #[arg(long, default_value_t = 20_000)]
     long_poll_timeout_ms: u64,
@@ -190,12 +219,8 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         "loopback only (no access control configured)".to_string()
     };
-    std::fs::create_dir_all(&serve.data_dir)
-        .map_err(|error| format!("cannot create {}: {error}", serve.data_dir.display()))?;
-    let path = serve.data_dir.join("streams.redb");
-    let log = Arc::new(
-        RedbLog::open(&path).map_err(|error| format!("cannot open {}: {error}", path.display()))?,
-    );
+    let durable_timeout = Duration::from_millis(serve.durable_timeout_ms);
+    let (log, source, shared) = open_log(&serve, durable_timeout)?;
     let store = Arc::new(
         ReplayStore::<StreamRecord>::builder()
             .config(Config::default().with_capacity(serve.ring_capacity))
@@ -209,12 +234,20 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         long_poll_timeout: Duration::from_millis(serve.long_poll_timeout_ms),
         sse_lifetime: Duration::from_millis(serve.sse_lifetime_ms),
         max_append_bytes: serve.max_append_bytes,
+        durable_timeout,
         ..StreamsOptions::default()
     };
     let mut streams = DurableStreams::new(Arc::clone(&store)).options(options);
     if guard.configured() {
         streams = streams.access(move |request: &RequestInfo<'_>| guard.decide(request));
     }
+    #[cfg(feature = "redis")]
+    let streams = match shared {
+        Some(shared) => streams.shared_writes(shared),
+        None => streams,
+    };
+    #[cfg(not(feature = "redis"))]
+    let () = shared;
     let streams = Arc::new(streams);
     let sweeper = Arc::clone(&streams);
     let metrics_store = Arc::clone(&store);
@@ -251,10 +284,9 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         // second one fail.
         let banner = format!(
             "listening on http://{address}\n\
-             serving Durable Streams at http://{address}/v1/stream/{{path}} from {}; \
+             serving Durable Streams at http://{address}/v1/stream/{{path}} from {source}; \
              {access}; {} records per stream in memory, \
              appends up to {} bytes, {} bytes of undurable records kept\n",
-            path.display(),
             serve.ring_capacity,
             serve.max_append_bytes,
             serve.undurable_budget_bytes
@@ -287,6 +319,73 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     drop(runtime);
     drop(store);
     Ok(())
+}
+
+/// What `open_log` gives: the log, what to call it in the banner, and
+/// (over Redis) the stream leases that make several nodes one server.
+#[cfg(feature = "redis")]
+type OpenedLog = (
+    Arc<dyn DurableLog>,
+    String,
+    Option<livereplay::streams::SharedWrites>,
+);
+#[cfg(not(feature = "redis"))]
+type OpenedLog = (Arc<dyn DurableLog>, String, ());
+
+/// Opens the log `--data-dir` or `--redis` names.
+fn open_log(
+    serve: &Serve,
+    durable_timeout: Duration,
+) -> Result<OpenedLog, Box<dyn std::error::Error>> {
+    if let Some(url) = &serve.redis {
+        #[cfg(feature = "redis")]
+        {
+            let lease = Duration::from_millis(serve.lease_ms);
+            if lease <= durable_timeout {
+                return Err(format!(
+                    "--lease-ms {} must exceed --durable-timeout-ms {}: a write holds its stream's \
+                     lease until its record is durable",
+                    serve.lease_ms, serve.durable_timeout_ms
+                )
+                .into());
+            }
+            let options = livereplay::durable::RedisOptions {
+                prefix: serve.namespace.clone(),
+                ..Default::default()
+            };
+            let log = livereplay::durable::RedisLog::open_with(url, options)
+                .map_err(|error| format!("cannot open the Redis log: {error}"))?;
+            let shared = livereplay::streams::SharedWrites::open(url, &serve.namespace, lease)
+                .map_err(|error| format!("cannot open the Redis leases: {error}"))?;
+            return Ok((
+                Arc::new(log),
+                format!("Redis (namespace {:?}, several nodes)", serve.namespace),
+                Some(shared),
+            ));
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = (url, durable_timeout);
+            return Err(
+                "--redis: this binary was built without the `redis` feature \
+                        (cargo build --features durable-streams,redis)"
+                    .into(),
+            );
+        }
+    }
+    let Some(data_dir) = &serve.data_dir else {
+        return Err("give --data-dir DIR or --redis URL".into());
+    };
+    std::fs::create_dir_all(data_dir)
+        .map_err(|error| format!("cannot create {}: {error}", data_dir.display()))?;
+    let path = data_dir.join("streams.redb");
+    let log =
+        RedbLog::open(&path).map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+    #[cfg(feature = "redis")]
+    let shared = None;
+    #[cfg(not(feature = "redis"))]
+    let shared = ();
+    Ok((Arc::new(log), path.display().to_string(), shared))
 }
 
 /// The store's counters in the Prometheus text format.
