@@ -20,8 +20,10 @@ use livereplay::streams::{CloseReason, DurableStreams, StreamRecord, StreamsOpti
 use livereplay::{DurableOptions, Postcard, ReplayStore, Revision};
 use tower::ServiceExt;
 
-/// Bounds every request: a hung server fails the test instead of stalling it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+#[path = "support/ds_server.rs"]
+mod ds_server;
+
+use ds_server::{Reply, Served, REQUEST_TIMEOUT};
 
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
@@ -64,28 +66,6 @@ fn redb_service(dir: &TempDir) -> Arc<DurableStreams> {
             .unwrap(),
     );
     Arc::new(DurableStreams::new(store).options(options()))
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|value| value.to_str().ok())
-    }
-
-    fn next_offset(&self) -> String {
-        self.header("stream-next-offset")
-            .expect("a Stream-Next-Offset header")
-            .to_string()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.body.clone()).unwrap()
-    }
 }
 
 async fn reply(response: Response<Body>) -> Reply {
@@ -816,108 +796,13 @@ async fn bad_input_is_a_typed_refusal_never_a_panic() {
     );
 }
 
-/// `livereplay serve` as a child process on a free loopback port, killed
-/// (SIGKILL) when dropped if still running.
-struct Server {
-    child: std::process::Child,
-    address: String,
-}
-
-impl Server {
-    fn start(data_dir: &std::path::Path) -> Self {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
-            .args([
-                "serve",
-                "--port",
-                "0",
-                "--long-poll-timeout-ms",
-                "500",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start livereplay serve");
-        let stdout = child.stdout.take().expect("its stdout");
-        // The first line, read on a thread so a silent server cannot hang
-        // the test.
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = receiver
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server printed its address");
-        let address = line
-            .trim()
-            .strip_prefix("listening on http://127.0.0.1:")
-            .map(|port| format!("127.0.0.1:{port}"))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Self { child, address }
-    }
-
-    /// SIGKILL, by pid: nothing runs after it (no shutdown, no flush).
-    fn kill(mut self) {
-        self.child.kill().expect("kill the server");
-        self.child.wait().expect("reap the server");
-    }
-
-    /// One HTTP/1.1 request on a fresh connection (`Connection: close`),
-    /// bounded in time.
-    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.address).expect("connect");
-        stream.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
-            self.address,
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("read the response");
-        let split = raw
-            .windows(4)
-            .position(|window| window == b"\r\n\r\n")
-            .expect("a complete head");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.lines();
-        let status: u16 = lines
-            .next()
-            .and_then(|line| line.split(' ').nth(1))
-            .and_then(|code| code.parse().ok())
-            .expect("a status line");
-        let mut headers = axum::http::HeaderMap::new();
-        for line in lines {
-            if let Some((name, value)) = line.split_once(':') {
-                headers.append(
-                    axum::http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
-                    value.trim().parse().unwrap(),
-                );
-            }
-        }
-        Reply {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers,
-            body: raw[split + 4..].to_vec(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `livereplay serve` over the redb file in `dir`.
+fn serve(dir: &TempDir) -> Served {
+    let data_dir = dir.0.to_str().expect("a UTF-8 temporary path");
+    Served::start(
+        &["--long-poll-timeout-ms", "500", "--data-dir", data_dir],
+        None,
+    )
 }
 
 #[test]
@@ -931,7 +816,7 @@ fn what_the_binary_acknowledged_survives_sigkill() {
             ("producer-seq", seq),
         ]
     };
-    let server = Server::start(&dir.0);
+    let mut server = serve(&dir);
     assert_eq!(server.send("GET", "/health", &[], "").text(), "ok\n");
     let json = [("content-type", "application/json")];
     assert_eq!(
@@ -956,7 +841,7 @@ fn what_the_binary_acknowledged_survives_sigkill() {
     );
     server.kill();
 
-    let server = Server::start(&dir.0);
+    let mut server = serve(&dir);
     let all = server.send("GET", "/v1/stream/k?offset=-1", &[], "");
     assert_eq!(all.text(), r#"[{"n":0},{"n":1},{"n":2}]"#);
     assert_eq!(all.next_offset(), offsets[1]);
@@ -1011,8 +896,9 @@ fn what_the_binary_acknowledged_survives_sigkill() {
     server.kill();
 }
 
-/// `livereplay serve` has no access control yet: it refuses to bind
-/// anything but loopback, with a message saying why, and creates nothing.
+/// `livereplay serve` without tokens or a signing key has no access
+/// control: it refuses to bind anything but loopback, with a message saying
+/// why, and creates nothing.
 #[test]
 fn serve_refuses_to_bind_beyond_loopback() {
     let dir = TempDir::new("bind");

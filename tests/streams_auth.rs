@@ -24,8 +24,10 @@ use livereplay::streams::{
 use livereplay::{Postcard, ReplayStore};
 use tower::ServiceExt;
 
-/// Bounds every request: a hung server fails the test instead of stalling it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+#[path = "support/ds_server.rs"]
+mod ds_server;
+
+use ds_server::{Reply, Served, REQUEST_TIMEOUT};
 
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
@@ -48,28 +50,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|value| value.to_str().ok())
-    }
-
-    fn next_offset(&self) -> String {
-        self.header("stream-next-offset")
-            .expect("a Stream-Next-Offset header")
-            .to_string()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
@@ -614,107 +594,13 @@ async fn the_default_is_the_empty_tenant_with_full_access_and_tenant_still_works
 // ---------------------------------------------------------------------
 // The binary.
 
-/// `livereplay serve` as a child process on a free loopback port, killed
-/// (SIGKILL) when dropped.
-struct Server {
-    child: std::process::Child,
-    address: String,
-    banner: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path, flags: &[&str], env: Option<&str>) -> Self {
-        use std::io::BufRead;
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"));
-        command
-            .args(["serve", "--port", "0", "--long-poll-timeout-ms", "500"])
-            .args(flags)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env_remove("LIVEREPLAY_TOKENS")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null());
-        if let Some(tokens) = env {
-            command.env("LIVEREPLAY_TOKENS", tokens);
-        }
-        let mut child = command.spawn().expect("start livereplay serve");
-        let stdout = child.stdout.take().expect("its stdout");
-        // The two start lines, read on a thread so a silent server cannot
-        // hang the test.
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = std::io::BufReader::new(stdout);
-            let (mut first, mut second) = (String::new(), String::new());
-            let _ = reader.read_line(&mut first);
-            let _ = reader.read_line(&mut second);
-            let _ = sender.send((first, second));
-        });
-        let (first, banner) = receiver
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server printed its start lines");
-        let address = first
-            .trim()
-            .strip_prefix("listening on http://127.0.0.1:")
-            .map(|port| format!("127.0.0.1:{port}"))
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        Self {
-            child,
-            address,
-            banner,
-        }
-    }
-
-    /// One HTTP/1.1 request on a fresh connection, bounded in time.
-    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.address).expect("connect");
-        stream.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
-            self.address,
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("read the response");
-        let split = raw
-            .windows(4)
-            .position(|window| window == b"\r\n\r\n")
-            .expect("a complete head");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.lines();
-        let status: u16 = lines
-            .next()
-            .and_then(|line| line.split(' ').nth(1))
-            .and_then(|code| code.parse().ok())
-            .expect("a status line");
-        let mut headers = HeaderMap::new();
-        for line in lines {
-            if let Some((name, value)) = line.split_once(':') {
-                headers.append(
-                    axum::http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
-                    value.trim().parse().unwrap(),
-                );
-            }
-        }
-        Reply {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers,
-            body: raw[split + 4..].to_vec(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `livereplay serve` over a redb file in `data_dir`, with `flags`, and
+/// `LIVEREPLAY_TOKENS` set to `tokens` (or unset).
+fn serve(data_dir: &Path, flags: &[&str], tokens: Option<&str>) -> Served {
+    let data_dir = data_dir.to_str().expect("a UTF-8 temporary path");
+    let mut args = vec!["--long-poll-timeout-ms", "500", "--data-dir", data_dir];
+    args.extend_from_slice(flags);
+    Served::start(&args, tokens)
 }
 
 const ACME_WRITE: &str = "acme-writer-0123456789abcdef";
@@ -762,7 +648,7 @@ fn the_binary_isolates_tenants_by_token_and_refuses_the_rest() {
     let dir = TempDir::new("bin-tokens");
     let (tokens, key) = credentials(&dir);
     let data = dir.0.join("data");
-    let server = Server::start(
+    let server = serve(
         &data,
         &[
             "--tokens-file",
@@ -902,7 +788,7 @@ fn a_signed_url_reads_its_stream_until_it_expires() {
     let dir = TempDir::new("bin-signed");
     let (_, key) = credentials(&dir);
     let data = dir.0.join("data");
-    let server = Server::start(
+    let server = serve(
         &data,
         &["--signing-key-file", key.to_str().unwrap()],
         Some(&format!(

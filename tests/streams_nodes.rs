@@ -10,19 +10,18 @@
 //! free loopback ports, `--port 0`), and kills them by pid on drop, also
 //! when a test panics. Every request has a read timeout, every wait a bound.
 
+#[path = "support/ds_server.rs"]
+mod ds_server;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-use std::io::{BufRead, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ds_server::{Reply, Served, REQUEST_TIMEOUT};
 use redis_server::RedisServer;
 use serde_json::{json, Value};
-
-/// Bounds every request (a long-poll lasts 500 ms at most).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The lease the nodes use: long enough for a durable wait (1 s here),
 /// short enough that a test waits it out.
@@ -31,51 +30,43 @@ const DURABLE_TIMEOUT_MS: &str = "1000";
 
 /// One `livereplay serve --redis` process.
 struct Node {
-    child: Child,
-    address: String,
+    served: Served,
 }
 
 impl Node {
     fn start(redis: &RedisServer) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_livereplay"))
-            .args(["serve", "--port", "0", "--long-poll-timeout-ms", "500"])
-            .args(["--redis", &redis.url(), "--namespace", "nodes"])
-            .args(["--lease-ms", LEASE_MS])
-            .args(["--durable-timeout-ms", DURABLE_TIMEOUT_MS])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start livereplay serve --redis");
-        let stdout = child.stdout.take().expect("its stdout");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = receiver
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the node printed its address");
-        let address = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self { child, address }
+        let url = redis.url();
+        let served = Served::start(
+            &[
+                "--long-poll-timeout-ms",
+                "500",
+                "--redis",
+                &url,
+                "--namespace",
+                "nodes",
+                "--lease-ms",
+                LEASE_MS,
+                "--durable-timeout-ms",
+                DURABLE_TIMEOUT_MS,
+            ],
+            None,
+        );
+        Self { served }
     }
 
     /// SIGKILL, by pid.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.served.kill();
     }
 
+    /// A request to the stream at `path` (with its query).
     fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-        send(&self.address, method, path, headers, body)
+        self.served
+            .send(method, &format!("/v1/stream/{path}"), headers, body)
     }
 
     fn create(&self, path: &str) -> u16 {
-        self.send("PUT", path, &[JSON], b"").status
+        self.send("PUT", path, &[JSON], b"").status.as_u16()
     }
 
     /// Appends `body` as producer `p` (epoch 0) with `seq`.
@@ -108,87 +99,6 @@ impl Node {
             }
         }
         panic!("{path} never reached its tail");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One HTTP/1.1 request to `address` on a fresh connection, bounded in time.
-fn send(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut stream = std::net::TcpStream::connect(address).expect("connect");
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
-    let mut head = format!(
-        "{method} /v1/stream/{path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        address,
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the response");
-    let split = raw
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .expect("a complete head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-
-    fn next_offset(&self) -> String {
-        self.header("stream-next-offset")
-            .expect("a Stream-Next-Offset header")
-            .to_string()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// A JSON read's messages.
-    fn messages(&self) -> Vec<Value> {
-        if self.body.is_empty() {
-            return Vec::new();
-        }
-        match serde_json::from_slice(&self.body).expect("a JSON body") {
-            Value::Array(items) => items,
-            other => panic!("a JSON read is an array, got {other}"),
-        }
     }
 }
 
@@ -364,7 +274,7 @@ fn a_reader_on_one_node_sees_every_message_of_the_other_once_in_order() {
                 &[],
                 b"",
             );
-            match reply.status {
+            match reply.status.as_u16() {
                 200 => {
                     seen.extend(reply.messages());
                     offset = reply.next_offset();
@@ -395,13 +305,13 @@ fn a_node_killed_holding_a_lease_blocks_the_stream_no_longer_than_the_lease() {
     let big_message = json!("x".repeat(4 << 20));
     let big = big_message.to_string();
     let (sender, writing) = mpsc::channel();
-    let address = a.address.clone();
+    let client = a.served.client();
     let payload = big.clone();
     std::thread::spawn(move || {
-        // The connection dies with A: a panic here is the expected end.
-        let sent = std::panic::catch_unwind(|| {
-            send(&address, "POST", "kill", &[JSON], payload.as_bytes()).status
-        });
+        // The connection dies with A: an error here is the expected end.
+        let sent = client
+            .try_send("POST", "/v1/stream/kill", &[JSON], payload.as_bytes())
+            .map(|reply| reply.status);
         let _ = sender.send(sent.ok());
     });
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -470,9 +380,11 @@ fn a_node_frozen_past_its_lease_never_acknowledges_a_write_it_lost() {
     let mut watcher = client.get_connection().unwrap();
     let body = json!("y".repeat(4 << 20)).to_string();
     let (sender, answered) = mpsc::channel();
-    let address = a.address.clone();
+    let client = a.served.client();
     std::thread::spawn(move || {
-        let status = send(&address, "POST", "frozen", &[JSON], body.as_bytes()).status;
+        let status = client
+            .send("POST", "/v1/stream/frozen", &[JSON], body.as_bytes())
+            .status;
         let _ = sender.send(status);
     });
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -483,13 +395,13 @@ fn a_node_frozen_past_its_lease_never_acknowledges_a_write_it_lost() {
             .query(&mut watcher)
             .unwrap();
         if exists {
-            signal(a.child.id(), "STOP");
+            signal(a.served.pid(), "STOP");
             frozen = redis::cmd("EXISTS")
                 .arg(lease_key)
                 .query(&mut watcher)
                 .unwrap();
             if !frozen {
-                signal(a.child.id(), "CONT");
+                signal(a.served.pid(), "CONT");
             }
             break;
         }
@@ -507,7 +419,7 @@ fn a_node_frozen_past_its_lease_never_acknowledges_a_write_it_lost() {
             break status;
         }
     };
-    signal(a.child.id(), "CONT");
+    signal(a.served.pid(), "CONT");
     assert_eq!(status, 204, "B's write after A's lease expired");
     let a_status = answered
         .recv_timeout(REQUEST_TIMEOUT)
@@ -538,7 +450,7 @@ fn a_node_frozen_past_its_lease_never_acknowledges_a_write_it_lost() {
         vec![big.clone(), "\"b\"".to_string(), "\"a-again\"".to_string()],
     );
     let without = vec!["\"b\"".to_string(), "\"a-again\"".to_string()];
-    match a_status {
+    match a_status.as_u16() {
         // Acknowledged: in the log once, before B's write (it landed
         // before A froze) or after it (A froze before appending, and
         // appended at the log's tail when it thawed).
