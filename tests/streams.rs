@@ -416,6 +416,84 @@ async fn a_sweep_deletes_expired_streams_nobody_touches() {
     assert_eq!(service.sweep_expired().await, Ok(0));
 }
 
+/// The cached protocol state of idle streams is let go, and folded from
+/// the log again on the next request: producers, `Stream-Seq`, closure and
+/// data come back the same; streams with a TTL stay cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_are_forgotten_and_folded_again_the_same() {
+    let dir = TempDir::new("forget");
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let producer = |seq: &'static str| {
+        [
+            TEXT,
+            ("producer-id", "p"),
+            ("producer-epoch", "3"),
+            ("producer-seq", seq),
+        ]
+    };
+    for n in 0..20 {
+        let path = format!("/v1/stream/s{n}");
+        assert_eq!(
+            status(&app, "PUT", &path, &[TEXT], "").await,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            status(&app, "POST", &path, &producer("0"), "a").await,
+            StatusCode::OK
+        );
+    }
+    let with_seq = [TEXT, ("stream-seq", "0005")];
+    assert_eq!(
+        status(&app, "POST", "/v1/stream/s1", &with_seq, "b").await,
+        StatusCode::NO_CONTENT
+    );
+    let closing = [TEXT, ("stream-closed", "true")];
+    assert_eq!(
+        status(&app, "POST", "/v1/stream/s2", &closing, "").await,
+        StatusCode::NO_CONTENT
+    );
+    let ttl = [TEXT, ("stream-ttl", "3600")];
+    assert_eq!(
+        status(&app, "PUT", "/v1/stream/ttl", &ttl, "t").await,
+        StatusCode::CREATED
+    );
+    assert_eq!(service.cached_streams(), 21);
+    assert_eq!(
+        service.forget_idle(Duration::from_secs(3600)),
+        0,
+        "nothing is idle yet"
+    );
+    assert_eq!(service.forget_idle(Duration::ZERO), 20);
+    assert_eq!(service.cached_streams(), 1, "the stream with a TTL stays");
+
+    // Folded again: the producer's retry is a duplicate, its next sequence
+    // is accepted, a lower Stream-Seq is refused, the closed stream is
+    // still closed, and the data is all there.
+    assert_eq!(
+        status(&app, "POST", "/v1/stream/s0", &producer("0"), "a").await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        status(&app, "POST", "/v1/stream/s0", &producer("1"), "c").await,
+        StatusCode::OK
+    );
+    let lower = [TEXT, ("stream-seq", "0004")];
+    assert_eq!(
+        status(&app, "POST", "/v1/stream/s1", &lower, "x").await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        status(&app, "POST", "/v1/stream/s2", &[TEXT], "x").await,
+        StatusCode::CONFLICT
+    );
+    let s0 = send(&app, request("GET", "/v1/stream/s0?offset=-1", &[], "")).await;
+    assert_eq!(s0.text(), "ac");
+    let s1 = send(&app, request("GET", "/v1/stream/s1?offset=-1", &[], "")).await;
+    assert_eq!(s1.text(), "ab");
+    assert_eq!(service.cached_streams(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_their_cursors_and_the_signing_key_survive_a_restart() {
     let dir = TempDir::new("subscriptions");

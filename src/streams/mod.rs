@@ -110,7 +110,8 @@
 //! the next append wakes again), and in-process appends do not wake
 //! subscriptions. Every HTTP write briefly takes the subscription
 //! registry's one mutex. Loading a stream's state reads its whole life
-//! from the log once per process (no snapshot of the state). Expiry is checked when a stream is touched, and
+//! from the log (no snapshot of the state): once per process, and again
+//! after [`DurableStreams::forget_idle`] let an idle stream's state go. Expiry is checked when a stream is touched, and
 //! by [`DurableStreams::sweep_expired`] for the streams this process has
 //! touched: after a restart, an expired stream nobody asks for stays in the
 //! log until someone does.
@@ -568,6 +569,49 @@ impl DurableStreams {
             }
         }
         Ok(swept)
+    }
+
+    /// Forgets the protocol state this process cached for streams idle
+    /// for `idle` or longer, and for URLs that hold no stream; returns how
+    /// many. The state is a fold of the log (module `state`), so the next
+    /// request for a forgotten stream folds it again, with the same
+    /// result; what the map holds is bounded by the streams in use, not by
+    /// every stream this process ever touched. `livereplay serve` calls
+    /// this with its sweep.
+    ///
+    /// Kept whatever their age: a stream a request holds (its entry is
+    /// shared, or its mutex taken: forgetting it could let a second entry
+    /// serialise writes beside the first), and one with a TTL or an
+    /// `Expires-At` (its sliding TTL's last access lives only here, and
+    /// the expiry sweep finds streams through this map).
+    pub fn forget_idle(&self, idle: Duration) -> usize {
+        let mut forgotten = 0;
+        self.entries.retain(|_, entry| {
+            // The shard's write lock is held: nobody can take a new clone
+            // of `entry` while we look, so a count of 1 stays 1.
+            if StdArc::strong_count(entry) > 1 {
+                return true;
+            }
+            let Ok(state) = entry.state.try_lock() else {
+                return true;
+            };
+            let keep = state.as_ref().is_some_and(|live| {
+                live.config.ttl_seconds.is_some()
+                    || live.config.expires_at.is_some()
+                    || live.last_access.elapsed() < idle
+            });
+            if !keep {
+                forgotten += 1;
+            }
+            keep
+        });
+        forgotten
+    }
+
+    /// How many streams' protocol state this process holds (see
+    /// [`DurableStreams::forget_idle`]).
+    pub fn cached_streams(&self) -> usize {
+        self.entries.len()
     }
 
     /// The key's durable watermark (0 for a session the store does not

@@ -135,6 +135,11 @@ struct Serve {
     /// How long an SSE response lasts before the client must reconnect.
     #[arg(long, default_value_t = 60_000)]
     sse_lifetime_ms: u64,
+    /// Streams untouched this long have their protocol state forgotten
+    /// (folded from the log again on the next request), so memory follows
+    /// the streams in use; streams with a TTL or an expiry are kept.
+    #[arg(long, default_value_t = 300)]
+    forget_idle_secs: u64,
     /// Records (requests) each stream keeps in memory for readers; older
     /// ones are read from the log.
     #[arg(long, default_value_t = 2048)]
@@ -251,12 +256,13 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     let streams = Arc::new(streams);
     let sweeper = Arc::clone(&streams);
     let metrics_store = Arc::clone(&store);
+    let metrics_streams = Arc::clone(&streams);
     let app = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let text = metrics(&metrics_store.stats());
+                let text = metrics(&metrics_store.stats(), metrics_streams.cached_streams());
                 async move { ([("content-type", "text/plain; version=0.0.4")], text) }
             }),
         )
@@ -268,7 +274,9 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         let listener =
             tokio::net::TcpListener::bind(SocketAddr::new(serve.bind, serve.port)).await?;
         let address = listener.local_addr()?;
-        // Expired streams nobody touches are deleted by a sweep.
+        // Expired streams nobody touches are deleted by a sweep, and idle
+        // streams' cached state is let go.
+        let forget_idle = Duration::from_secs(serve.forget_idle_secs);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(EXPIRY_SWEEP);
             loop {
@@ -276,6 +284,7 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
                 if let Err(error) = sweeper.sweep_expired().await {
                     eprintln!("livereplay: expiry sweep: {error}");
                 }
+                sweeper.forget_idle(forget_idle);
             }
         });
         let mut stdout = std::io::stdout().lock();
@@ -389,7 +398,7 @@ fn open_log(
 }
 
 /// The store's counters in the Prometheus text format.
-fn metrics(stats: &livereplay::Stats) -> String {
+fn metrics(stats: &livereplay::Stats, cached_streams: usize) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         out.push_str(&format!(
@@ -402,6 +411,12 @@ fn metrics(stats: &livereplay::Stats) -> String {
         "gauge",
         "Sessions (streams and reserved sessions) in memory.",
         count(stats.sessions),
+    );
+    metric(
+        "streams_cached",
+        "gauge",
+        "Streams whose protocol state is held in memory (see --forget-idle-secs).",
+        count(cached_streams),
     );
     metric(
         "appends_total",
