@@ -11,7 +11,7 @@
 //!   held and never evicted: the `Held` is made under the map's shard lock
 //!   and counted in the session's holders until dropped;
 //! * a handle always appends to the incarnation it was made for: a removed
-//!   session refuses with [`Refusal::SessionRemoved`](crate::Refusal), it
+//!   session refuses with [`Refusal::SessionRemoved`](crate::Refusal::SessionRemoved), it
 //!   never forwards to a successor under the same key.
 //!
 //! This module sits above `session`, `subscription` and `ring`, and below
@@ -39,7 +39,7 @@ pub use self::writer::SessionWriter;
 /// A turn loop takes one with [`ReplayStore::session`] and appends through
 /// it inline. While a handle exists its session is never evicted. If the
 /// session is removed ([`ReplayStore::remove_session`]), appends through the
-/// handle are refused with [`Refusal::SessionRemoved`].
+/// handle are refused with [`Refusal::SessionRemoved`](crate::Refusal::SessionRemoved).
 ///
 /// ```
 /// use livereplay::{ReplayStore, Revision, SessionKey, Cursor};
