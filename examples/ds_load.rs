@@ -37,7 +37,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use livereplay::durable::{RedbDurability, RedbLog, RedbOptions};
 use livereplay::streams::{DurableStreams, StreamRecord, StreamsOptions};
-use livereplay::{Config, Postcard, ReplayStore, Revision};
+use livereplay::{Config, DurableOptions, Postcard, ReplayStore, Revision};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -163,7 +163,8 @@ fn main() -> Result<(), Failure> {
                 durability,
                 long_poll_timeout_ms,
             } => {
-                let (streams, _) = embedded_service(&data_dir, durability, long_poll_timeout_ms)?;
+                let (streams, _) =
+                    embedded_service(&data_dir, durability, long_poll_timeout_ms, false)?;
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
                 println!("listening on http://{}", listener.local_addr()?);
                 axum::serve(listener, app(&streams)).await?;
@@ -195,6 +196,7 @@ fn embedded_service(
     dir: &std::path::Path,
     durability: Durability,
     long_poll_timeout_ms: u64,
+    wake_on_dirty: bool,
 ) -> Result<(Arc<DurableStreams>, Arc<RedbLog>), Failure> {
     std::fs::create_dir_all(dir)?;
     let durability = match durability {
@@ -212,6 +214,7 @@ fn embedded_service(
                 Arc::clone(&log) as Arc<dyn livereplay::durable::DurableLog>,
                 Postcard,
             )
+            .durable_options(DurableOptions::default().with_wake_on_dirty(wake_on_dirty))
             .build()?,
     );
     let options = StreamsOptions {
@@ -230,7 +233,26 @@ fn app(streams: &Arc<DurableStreams>) -> axum::Router {
 /// In-process appends seen by an HTTP long-poll reader, then HTTP appends
 /// seen the same way, on one embedded server (redb, immediate).
 async fn inproc(dir: &std::path::Path, count: usize) -> Result<(), Failure> {
-    let (streams, _log) = embedded_service(dir, Durability::Immediate, 20_000)?;
+    let mut results = serde_json::Map::new();
+    // The store's default (the persister polls every `flush_interval`, an
+    // in-process append does not wake it), then `wake_on_dirty`.
+    for (wake_on_dirty, label) in [(false, "default"), (true, "wake_on_dirty")] {
+        let figures = inproc_on(&dir.join(label), count, wake_on_dirty).await?;
+        results.insert(label.into(), figures);
+    }
+    println!(
+        "RESULT {}",
+        json!({"workload": "inproc", "server": "livereplay (embedded)", "append_to_longpoll": results})
+    );
+    Ok(())
+}
+
+async fn inproc_on(
+    dir: &std::path::Path,
+    count: usize,
+    wake_on_dirty: bool,
+) -> Result<Value, Failure> {
+    let (streams, _log) = embedded_service(dir, Durability::Immediate, 20_000, wake_on_dirty)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let address = listener.local_addr()?;
     let router = app(&streams);
@@ -273,11 +295,7 @@ async fn inproc(dir: &std::path::Path, count: usize) -> Result<(), Failure> {
         let key = if in_process { "in_process" } else { "http" };
         results.insert(key.into(), latency_json(&mut samples));
     }
-    println!(
-        "RESULT {}",
-        json!({"workload": "inproc", "server": "livereplay (embedded)", "append_to_longpoll": results})
-    );
-    Ok(())
+    Ok(Value::Object(results))
 }
 
 // ----------------------------------------------------------------- client
@@ -475,7 +493,7 @@ async fn hammer(
     target: &Target,
     streams: Arc<Vec<String>>,
     warmup: Duration,
-) -> Result<(Vec<Duration>, usize, f64), Failure> {
+) -> Result<(Vec<Duration>, Failed, f64), Failure> {
     let start = Instant::now() + warmup;
     let end = start + Duration::from_secs_f64(args.seconds);
     let body = Bytes::from(vec![b'x'; args.size]);
@@ -488,6 +506,7 @@ async fn hammer(
         tasks.spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0usize;
+            let mut first_error = None;
             let mut next = task;
             loop {
                 let sent = Instant::now();
@@ -496,24 +515,27 @@ async fn hammer(
                 }
                 let uri = &streams[next % streams.len()];
                 next += step;
-                let ok = conn.append(uri, body.clone()).await.is_ok();
+                let appended = conn.append(uri, body.clone()).await;
                 if sent >= start {
-                    if ok {
-                        samples.push(sent.elapsed());
-                    } else {
-                        errors += 1;
+                    match appended {
+                        Ok(_) => samples.push(sent.elapsed()),
+                        Err(error) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| error.to_string());
+                        }
                     }
                 }
             }
-            (samples, errors)
+            (samples, errors, first_error)
         });
     }
     let mut samples = Vec::new();
-    let mut errors = 0;
+    let mut errors = Failed::default();
     while let Some(done) = tasks.join_next().await {
-        let (some, failed) = done?;
+        let (some, failed, first) = done?;
         samples.extend(some);
-        errors += failed;
+        errors.count += failed;
+        errors.first = errors.first.or(first);
     }
     Ok((samples, errors, args.seconds))
 }
@@ -672,16 +694,25 @@ async fn sse(args: &RunArgs, target: &Target, tag: &str) -> Result<Value, Failur
     let mut writer = Conn::connect(target).await?;
     writer.create(&uri, "text/plain").await?;
     let connected = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
     let messages = args.messages;
-    let give_up = Instant::now() + Duration::from_secs(60);
+    // Set when the readers have had their time after the last append.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut readers = JoinSet::new();
+    let mut refused = 0usize;
     for _ in 0..args.readers {
-        let target = target.clone();
+        // Connected one at a time: a thousand connects at once overflow a
+        // listen backlog (Node's is 511) and get reset.
+        let Ok(mut conn) = Conn::connect(target).await else {
+            refused += 1;
+            continue;
+        };
         let connected = Arc::clone(&connected);
+        let finished = Arc::clone(&finished);
+        let mut stopped = stopped.clone();
         let uri = format!("{uri}?offset=-1&live=sse");
         readers.spawn(async move {
             let mut arrivals: Vec<Option<Instant>> = vec![None; messages];
-            let mut conn = Conn::connect(&target).await?;
             let response = conn.start(Method::GET, &uri, &[], Bytes::new()).await?;
             if response.status() != 200 {
                 return Err::<_, Failure>(format!("SSE answered {}", response.status()).into());
@@ -692,8 +723,11 @@ async fn sse(args: &RunArgs, target: &Target, tag: &str) -> Result<Value, Failur
             let mut pending: Vec<u8> = Vec::new();
             let mut seen = 0;
             while seen < messages {
-                let frame = tokio::time::timeout_at(give_up.into(), body.frame()).await;
-                let Ok(Some(frame)) = frame else { break };
+                let frame = tokio::select! {
+                    frame = body.frame() => frame,
+                    _ = stopped.changed() => break,
+                };
+                let Some(frame) = frame else { break };
                 let Ok(data) = frame?.into_data() else {
                     continue;
                 };
@@ -712,6 +746,9 @@ async fn sse(args: &RunArgs, target: &Target, tag: &str) -> Result<Value, Failur
                 }
                 pending.drain(..=end);
             }
+            // Relaxed: a count the appender polls; the arrivals travel
+            // through the task's result.
+            finished.fetch_add(1, Ordering::Relaxed);
             Ok(arrivals)
         });
     }
@@ -721,6 +758,9 @@ async fn sse(args: &RunArgs, target: &Target, tag: &str) -> Result<Value, Failur
     }
     let readers_connected = connected.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // A fresh connection: the first may have idled past the server's
+    // keep-alive while the readers connected.
+    let mut writer = Conn::connect(target).await?;
     let mut sent_at = Vec::with_capacity(messages);
     for number in 0..messages {
         let mut body = format!("seq={number:06};").into_bytes();
@@ -736,6 +776,12 @@ async fn sse(args: &RunArgs, target: &Target, tag: &str) -> Result<Value, Failur
             .await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Up to 15 s more for every reader to see every message, then stop.
+    let grace = Instant::now() + Duration::from_secs(15);
+    while finished.load(Ordering::Relaxed) < readers.len() && Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(true);
     let mut last: Vec<Option<Instant>> = vec![None; messages];
     let mut all = Vec::new();
     let mut missing = 0usize;
@@ -764,7 +810,7 @@ async fn sse(args: &RunArgs, target: &Target, tag: &str) -> Result<Value, Failur
         "workload": "sse",
         "readers": args.readers,
         "readers_connected": readers_connected,
-        "readers_failed": failed,
+        "readers_failed": failed + refused,
         "deliveries_missing": missing,
         "to_last_reader": latency_json(&mut to_last),
         "to_each_reader": latency_json(&mut all),
@@ -843,12 +889,20 @@ async fn catchup(args: &RunArgs, target: &Target, tag: &str) -> Result<Value, Fa
 
 // ---------------------------------------------------------------- figures
 
-fn throughput_json(name: &str, mut samples: Vec<Duration>, errors: usize, seconds: f64) -> Value {
+/// Appends that failed in the measured window, and the first one's error.
+#[derive(Default)]
+struct Failed {
+    count: usize,
+    first: Option<String>,
+}
+
+fn throughput_json(name: &str, mut samples: Vec<Duration>, errors: Failed, seconds: f64) -> Value {
     let count = samples.len();
     json!({
         "workload": name,
         "appends": count,
-        "errors": errors,
+        "errors": errors.count,
+        "first_error": errors.first,
         "appends_per_s": count as f64 / seconds,
         "latency": latency_json(&mut samples),
     })

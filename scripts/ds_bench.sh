@@ -170,7 +170,7 @@ workloads() {
   done
   [ "$name" = floor ] && return 0
   for count in $spread_counts; do
-    measure "$name" "$mode" 1 --workload spread --streams "$count" --seconds 5 --create-seconds 90
+    measure "$name" "$mode" 1 --workload spread --streams "$count" --seconds 5 --create-seconds 60
   done
   for run in $(seq 1 "$runs"); do
     measure "$name" "$mode" "$run" --workload longpoll --iterations 3
