@@ -416,6 +416,43 @@ async fn a_sweep_deletes_expired_streams_nobody_touches() {
     assert_eq!(service.sweep_expired().await, Ok(0));
 }
 
+/// A store at its session bound refuses a new stream with `503` and says
+/// which bound, never that the stream does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_a_new_stream_saying_why() {
+    let dir = TempDir::new("full");
+    let log = Arc::new(RedbLog::open(dir.0.join("streams.redb")).unwrap());
+    let store = Arc::new(
+        ReplayStore::<StreamRecord>::builder()
+            .config(livereplay::Config::default().with_max_sessions(3))
+            .durable(log, Postcard)
+            .build()
+            .unwrap(),
+    );
+    let service = Arc::new(DurableStreams::new(store).options(options()));
+    let app = Arc::clone(&service).router();
+    for n in 0..3 {
+        assert_eq!(
+            status(&app, "PUT", &format!("/v1/stream/s{n}"), &[TEXT], "x").await,
+            StatusCode::CREATED
+        );
+    }
+    let refused = send(&app, request("PUT", "/v1/stream/s3", &[TEXT], "")).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused.text().contains("maximum of 3 sessions"),
+        "{}",
+        refused.text()
+    );
+    let append = send(&app, request("POST", "/v1/stream/s3", &[TEXT], "y")).await;
+    assert_ne!(append.status, StatusCode::OK, "{}", append.text());
+}
+
 /// The cached protocol state of idle streams is let go, and folded from
 /// the log again on the next request: producers, `Stream-Seq`, closure and
 /// data come back the same; streams with a TTL stay cached.

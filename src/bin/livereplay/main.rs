@@ -144,6 +144,12 @@ struct Serve {
     /// ones are read from the log.
     #[arg(long, default_value_t = 2048)]
     ring_capacity: usize,
+    /// Streams (store sessions) held in memory at once. A stream whose
+    /// records are all older than the store's max age (120 s) and durable
+    /// is let go when room is needed (its data stays in the log); beyond
+    /// that a new stream is refused with 503. Each costs about 3 KB idle.
+    #[arg(long, default_value_t = 100_000)]
+    max_sessions: usize,
     /// The largest append (request body) accepted, in bytes; larger ones
     /// get 413.
     #[arg(long, default_value_t = 8 << 20)]
@@ -228,7 +234,11 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     let (log, source, shared) = open_log(&serve, durable_timeout)?;
     let store = Arc::new(
         ReplayStore::<StreamRecord>::builder()
-            .config(Config::default().with_capacity(serve.ring_capacity))
+            .config(
+                Config::default()
+                    .with_capacity(serve.ring_capacity)
+                    .with_max_sessions(serve.max_sessions),
+            )
             .durable(log, Postcard)
             .durable_options(
                 DurableOptions::default().with_undurable_budget(serve.undurable_budget_bytes),
