@@ -8,7 +8,6 @@
 //! wait is bounded by a timeout, and each test's redb file lives in its own
 //! temporary directory, removed at the end.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,31 +22,7 @@ use tower::ServiceExt;
 #[path = "support/ds_server.rs"]
 mod ds_server;
 
-use ds_server::{Reply, Served, REQUEST_TIMEOUT};
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "livereplay-streams-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use ds_server::{Reply, Served, TempDir, REQUEST_TIMEOUT};
 
 fn options() -> StreamsOptions {
     StreamsOptions {

@@ -27,31 +27,7 @@ use tower::ServiceExt;
 #[path = "support/ds_server.rs"]
 mod ds_server;
 
-use ds_server::{Reply, Served, REQUEST_TIMEOUT};
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "livereplay-auth-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use ds_server::{Reply, Served, TempDir, REQUEST_TIMEOUT};
 
 /// The test's access hook: `x-tenant` names the tenant (none: 401),
 /// `x-right: read` makes it read-only, `x-stream` scopes it to one stream.

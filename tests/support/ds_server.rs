@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::io::BufRead;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -25,6 +26,30 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a server may take to print its start lines.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A temporary directory (a test's data directory), removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "livereplay-ds-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// One answer: status, headers and the whole body.
 pub struct Reply {
