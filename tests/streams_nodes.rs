@@ -314,35 +314,10 @@ fn a_node_killed_holding_a_lease_blocks_the_stream_no_longer_than_the_lease() {
             .map(|reply| reply.status);
         let _ = sender.send(sent.ok());
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut held = false;
-    while Instant::now() < deadline {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(lease_key)
-            .query(&mut watcher)
-            .unwrap();
-        if exists {
-            a.kill();
-            held = redis::cmd("EXISTS")
-                .arg(lease_key)
-                .query(&mut watcher)
-                .unwrap();
-            break;
-        }
-        if let Ok(answer) = writing.try_recv() {
-            panic!("A answered {answer:?} before its lease was seen");
-        }
-    }
+    let held = when_leased(&mut watcher, lease_key, &writing, || a.kill());
     assert!(held, "A was not killed while it held the stream's lease");
     // B may wait out the dead node's lease (a 503 says retry), no longer.
-    let started = Instant::now();
-    let bound = Duration::from_millis(LEASE_MS.parse().unwrap()) * 4;
-    let status = loop {
-        let status = b.send("POST", "kill", &[JSON], b"\"after\"").status;
-        if status != 503 || started.elapsed() > bound {
-            break status;
-        }
-    };
+    let status = write_past_lease(&b, "kill", b"\"after\"");
     assert_eq!(status, 204, "the stream stayed blocked after A's lease");
     // A's append is there whole or not at all, and B's once, last.
     let messages = b.read_all("kill");
@@ -352,6 +327,44 @@ fn a_node_killed_holding_a_lease_blocks_the_stream_no_longer_than_the_lease() {
         "{} messages",
         messages.len()
     );
+}
+
+/// Runs `act` as soon as `lease_key` is seen in Redis (within 20 s), and
+/// says whether the lease was still there after it. Panics if the writer
+/// behind `answered` answers before its lease was ever seen.
+fn when_leased<R: std::fmt::Debug>(
+    watcher: &mut redis::Connection,
+    lease_key: &str,
+    answered: &mpsc::Receiver<R>,
+    act: impl FnOnce(),
+) -> bool {
+    let exists = |watcher: &mut redis::Connection| -> bool {
+        redis::cmd("EXISTS").arg(lease_key).query(watcher).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if exists(watcher) {
+            act();
+            return exists(watcher);
+        }
+        if let Ok(answer) = answered.try_recv() {
+            panic!("A answered {answer:?} before its lease was seen");
+        }
+    }
+    false
+}
+
+/// Appends `body` on `node`, retrying while the answer is `503` (another
+/// node's lease), for at most four leases; returns the last status.
+fn write_past_lease(node: &Node, path: &str, body: &[u8]) -> u16 {
+    let started = Instant::now();
+    let bound = Duration::from_millis(LEASE_MS.parse().unwrap()) * 4;
+    loop {
+        let status = node.send("POST", path, &[JSON], body).status.as_u16();
+        if status != 503 || started.elapsed() > bound {
+            return status;
+        }
+    }
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to `pid` with the `kill` command.
@@ -387,51 +400,22 @@ fn a_node_frozen_past_its_lease_never_acknowledges_a_write_it_lost() {
             .status;
         let _ = sender.send(status);
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut frozen = false;
-    while Instant::now() < deadline {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(lease_key)
-            .query(&mut watcher)
-            .unwrap();
-        if exists {
-            signal(a.served.pid(), "STOP");
-            frozen = redis::cmd("EXISTS")
-                .arg(lease_key)
-                .query(&mut watcher)
-                .unwrap();
-            if !frozen {
-                signal(a.served.pid(), "CONT");
-            }
-            break;
-        }
-        if let Ok(status) = answered.try_recv() {
-            panic!("A answered {status} before its lease was seen");
-        }
+    let pid = a.served.pid();
+    let frozen = when_leased(&mut watcher, lease_key, &answered, || signal(pid, "STOP"));
+    if !frozen {
+        signal(pid, "CONT");
     }
     assert!(frozen, "A was not frozen while it held the stream's lease");
     // B writes once A's lease has expired (503s before that say retry).
-    let started = Instant::now();
-    let bound = Duration::from_millis(LEASE_MS.parse().unwrap()) * 4;
-    let status = loop {
-        let status = b.send("POST", "frozen", &[JSON], b"\"b\"").status;
-        if status != 503 || started.elapsed() > bound {
-            break status;
-        }
-    };
-    signal(a.served.pid(), "CONT");
+    let status = write_past_lease(&b, "frozen", b"\"b\"");
+    signal(pid, "CONT");
     assert_eq!(status, 204, "B's write after A's lease expired");
     let a_status = answered
         .recv_timeout(REQUEST_TIMEOUT)
         .expect("A answered after it thawed");
     assert!(a_status == 204 || a_status == 503, "A answered {a_status}");
     // A writes again: it must catch up with B's write, not trust its fold.
-    let again = loop {
-        let status = a.send("POST", "frozen", &[JSON], b"\"a-again\"").status;
-        if status != 503 || started.elapsed() > bound * 2 {
-            break status;
-        }
-    };
+    let again = write_past_lease(&a, "frozen", b"\"a-again\"");
     assert_eq!(again, 204, "A's write after it thawed");
     // Messages by a short name (the big one is 4 MiB: not for a panic message).
     let short = |messages: Vec<Value>| -> Vec<String> {
