@@ -54,13 +54,19 @@ def bars_with_ranges(ax, labels, series, unit_scale):
     ax.invert_yaxis()
 
 
-def throughput(figures, output):
+def grouped(figures):
+    """`{series: {label: row}}` and the labels in the CSV's order."""
     series = defaultdict(dict)
     labels = []
     for row in figures:
         series[row["series"]][row["label"]] = row
         if row["label"] not in labels:
             labels.append(row["label"])
+    return series, labels
+
+
+def throughput(figures, output):
+    series, labels = grouped(figures)
     fig, ax = plt.subplots(figsize=(9, 4))
     bars_with_ranges(ax, labels, series, 1e6)
     ax.set_xlabel("million events/s written to the log (median; bar: range over runs)")
@@ -72,12 +78,7 @@ def throughput(figures, output):
 
 
 def delivery(figures, output):
-    series = defaultdict(dict)
-    labels = []
-    for row in figures:
-        series[row["series"]][row["label"]] = row
-        if row["label"] not in labels:
-            labels.append(row["label"])
+    series, labels = grouped(figures)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     height = 0.4
     for index, name in enumerate(("p50", "p99")):
