@@ -207,7 +207,7 @@ fn drain_ours(
                     .subscribe_after_cursor(&gap.latest)
                     .expect("resubscribe at the latest cursor");
             }
-            Err(NextTimeoutError::Ended) => {
+            Err(NextTimeoutError::Closed(_) | NextTimeoutError::Ended) => {
                 let key = subscription.cursor().key().clone();
                 subscription = store
                     .subscribe_after_cursor(&store.current_cursor(&key))

@@ -255,6 +255,7 @@ fn fill(log: &dyn DurableLog, k: &SessionKey, events: u64) {
             key: k,
             new_life,
             records: &records,
+            closure: None,
         }])
         .expect("fill the log");
         next = last + 1;
@@ -408,6 +409,7 @@ fn delivery(settings: &Settings, server: &PostgresServer, csv: &mut String) {
             key: &k,
             new_life,
             records: &records,
+            closure: None,
         }])
         .expect("append");
         commits.push(nanos_since(sent));

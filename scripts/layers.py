@@ -102,7 +102,7 @@ def cycles(graph):
 
 
 LAYERS = [
-    ("foundations", {"sync", "key", "cursor", "links", "event", "error", "config", "clock", "codec"}),
+    ("foundations", {"sync", "key", "cursor", "links", "event", "error", "config", "clock", "codec", "closure"}),
     ("ring", {"ring"}),
     ("sessions", {"session", "subscription"}),
     ("handles", {"handle"}),

@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 use event_listener::EventListener;
 use futures_core::Stream;
 
+use crate::closure::Closure;
 use crate::cursor::{Cursor, Incarnation, Revision};
 use crate::durable::{LogError, LogRecord, RecordBody, SessionMeta};
 use crate::error::{Gap, GapReason, NextTimeoutError, TryNextError};
@@ -102,6 +103,9 @@ pub struct CatchUp<T> {
     /// a commit, which an idle session may never see) to try again.
     read_failed: bool,
     ended: bool,
+    /// The session's closure, once everything through its last position
+    /// was delivered: the catch-up ends with it.
+    closure: Option<Closure>,
 }
 
 impl<T: Send + Sync + 'static> CatchUp<T> {
@@ -125,6 +129,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             listener: None,
             read_failed: false,
             ended: false,
+            closure: None,
         };
         let verdict = this
             .check(cursor)
@@ -287,9 +292,15 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         self.ring.is_some()
     }
 
-    /// Whether it has ended (after its gap).
+    /// Whether it has ended (after its gap or closure).
     pub fn is_ended(&self) -> bool {
         self.ended
+    }
+
+    /// How the session ended, once the catch-up delivered everything
+    /// through its last position; see [`Subscription::closure`].
+    pub fn closure(&self) -> Option<Closure> {
+        self.closure
     }
 
     /// The next event if one is available now; never waits for one (it
@@ -300,7 +311,13 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         }
         match self.step() {
             Ok(Some(event)) => Ok(event),
-            Ok(None) => Err(TryNextError::Empty),
+            Ok(None) => match self.closure {
+                Some(closure) => {
+                    self.finish();
+                    Err(TryNextError::Closed(closure))
+                }
+                None => Err(TryNextError::Empty),
+            },
             Err(gap) => {
                 self.end(&gap);
                 Err(TryNextError::Gap(gap))
@@ -318,6 +335,9 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                 Err(TryNextError::Empty) => {}
                 Ok(event) => return Ok(event),
                 Err(TryNextError::Gap(gap)) => return Err(NextTimeoutError::Gap(gap)),
+                Err(TryNextError::Closed(closure)) => {
+                    return Err(NextTimeoutError::Closed(closure))
+                }
                 Err(TryNextError::Ended) => return Err(NextTimeoutError::Ended),
             }
             let remaining = match deadline {
@@ -343,6 +363,11 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                         self.end(&gap);
                         return Err(NextTimeoutError::Gap(gap));
                     }
+                    Err(NextTimeoutError::Closed(closure)) => {
+                        self.closure = Some(closure);
+                        self.finish();
+                        return Err(NextTimeoutError::Closed(closure));
+                    }
                     Err(other) => return Err(other),
                 }
                 continue;
@@ -356,6 +381,9 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                 Err(TryNextError::Empty) => {}
                 Ok(event) => return Ok(event),
                 Err(TryNextError::Gap(gap)) => return Err(NextTimeoutError::Gap(gap)),
+                Err(TryNextError::Closed(closure)) => {
+                    return Err(NextTimeoutError::Closed(closure))
+                }
                 Err(TryNextError::Ended) => return Err(NextTimeoutError::Ended),
             }
             sync::wait_listener(listener, remaining.min(MAX_WAIT_SLICE));
@@ -363,11 +391,16 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
     }
 
     fn end(&mut self, gap: &Gap) {
+        self.finish();
+        self.shared.counters.count_gap(gap.reason);
+    }
+
+    /// Ends the catch-up (after its gap, or its closure).
+    fn finish(&mut self) {
         self.ended = true;
         self.ring = None;
         self.listener = None;
         self.buffer.clear();
-        self.shared.counters.count_gap(gap.reason);
     }
 
     /// One step of the algorithm (module docs): an event, nothing yet, or
@@ -385,6 +418,11 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                         return Ok(Some(event));
                     }
                     Err(TryNextError::Empty) => return Ok(None),
+                    // Everything through the closure was delivered.
+                    Err(TryNextError::Closed(closure)) => {
+                        self.closure = Some(closure);
+                        return Ok(None);
+                    }
                     // Lapped, or the session was removed under us (its
                     // events still reach the log, and a re-created session
                     // continues after them): back to the log from where
@@ -498,10 +536,27 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         }
         if meta.durable_tail <= after {
             let resident = self.sessions.get(&self.key);
-            return Ok(match resident {
-                Some(_) => LogStep::Nothing,
-                None => LogStep::AtTail,
-            });
+            return match (resident, meta.closure) {
+                (Some(_), _) => Ok(LogStep::Nothing),
+                // Closed in the log and nobody holds it here (evicted, or
+                // written by another node): everything was delivered.
+                (None, Some(closure)) if closure.last == after => {
+                    self.closure = Some(closure);
+                    Ok(LogStep::Nothing)
+                }
+                // The reader saw positions past the closure, which the log
+                // will never hold: a crashed life's, lost from where that
+                // life's durable run ended.
+                (None, Some(closure)) => {
+                    let end = self
+                        .last_seen
+                        .incarnation()
+                        .and_then(|seen| meta.life_of(seen))
+                        .map_or(closure.last, |(_, end)| end.min(closure.last));
+                    Err(self.gap_with(Some(Some(&meta)), GapReason::Lost, Some(after - end)))
+                }
+                (None, None) => Ok(LogStep::AtTail),
+            };
         }
         let Ok(records) = log.load_after(&self.key, after, LOG_BATCH) else {
             self.read_failed = true;
@@ -661,11 +716,11 @@ impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
                     return Poll::Ready(Some(Ok(event)));
                 }
                 Err(TryNextError::Gap(gap)) => return Poll::Ready(Some(Err(gap))),
-                Err(TryNextError::Ended) => return Poll::Ready(None),
+                Err(TryNextError::Closed(_) | TryNextError::Ended) => return Poll::Ready(None),
                 Err(TryNextError::Empty) => {}
             }
             if let Some(subscription) = this.ring.as_mut() {
-                match Pin::new(subscription).poll_next(cx) {
+                match Pin::new(&mut *subscription).poll_next(cx) {
                     Poll::Ready(Some(Ok(event))) => {
                         this.last_seen = event.cursor();
                         return Poll::Ready(Some(Ok(event)));
@@ -682,6 +737,11 @@ impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
                     Poll::Ready(Some(Err(gap))) => {
                         this.end(&gap);
                         return Poll::Ready(Some(Err(gap)));
+                    }
+                    Poll::Ready(None) if subscription.closure().is_some() => {
+                        this.closure = subscription.closure();
+                        this.finish();
+                        return Poll::Ready(None);
                     }
                     Poll::Ready(None) if this.persistence.is_some() => {
                         this.ring = None;

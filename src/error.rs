@@ -12,6 +12,7 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::closure::Closure;
 use crate::cursor::{Cursor, CursorError};
 use crate::links::LinkError;
 
@@ -96,6 +97,14 @@ pub enum Refusal {
     /// held; get a new handle with `ReplayStore::session`.
     #[error("the session was removed; get a new handle from the store to start a new incarnation")]
     SessionRemoved,
+    /// The session was closed (see [`Closure`]): it takes no more appends.
+    #[error(
+        "the session is {closure}: it takes no more appends; write the next turn to a new session"
+    )]
+    SessionClosed {
+        /// How it ended.
+        closure: Closure,
+    },
     /// The session is not in memory and the durable log, which knows where
     /// its positions continue, could not be read. Nothing was appended; try
     /// again once the log is reachable.
@@ -144,7 +153,11 @@ pub enum TryNextError {
     /// reset); the subscription has ended. Resubscribe after reloading.
     #[error(transparent)]
     Gap(Gap),
-    /// The subscription ended earlier (after its gap).
+    /// The session was closed and every event through its last position
+    /// was delivered: nothing more will come. The subscription has ended.
+    #[error("the session is {0}; everything was delivered")]
+    Closed(Closure),
+    /// The subscription ended earlier (after its gap or closure).
     #[error("the subscription has ended; resubscribe")]
     Ended,
 }
@@ -159,6 +172,9 @@ pub enum NextTimeoutError {
     /// See [`TryNextError::Gap`].
     #[error(transparent)]
     Gap(Gap),
+    /// See [`TryNextError::Closed`].
+    #[error("the session is {0}; everything was delivered")]
+    Closed(Closure),
     /// See [`TryNextError::Ended`].
     #[error("the subscription has ended; resubscribe")]
     Ended,

@@ -178,6 +178,7 @@
 pub mod adapters;
 mod catchup;
 mod clock;
+mod closure;
 mod codec;
 mod config;
 mod cursor;
@@ -207,6 +208,7 @@ mod wire;
 
 pub use crate::catchup::{CatchUp, LOG_BATCH};
 pub use crate::clock::{Clock, CoarseClock, ManualClock, SystemClock};
+pub use crate::closure::{CloseReason, Closure};
 #[cfg(feature = "postcard")]
 pub use crate::codec::Postcard;
 pub use crate::codec::{Codec, CodecError, RawBytes, Utf8};

@@ -49,6 +49,7 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc as StdArc;
 
+use crate::closure::CloseReason;
 use crate::cursor::Cursor;
 use crate::error::{Gap, GapReason, Refusal};
 use crate::event::Timestamp;
@@ -69,6 +70,8 @@ pub(crate) struct Tombstone {
     pub(crate) created: u64,
     /// When it was evicted, for the tombstone's age bound.
     pub(crate) evicted_at: Timestamp,
+    /// It was closed (at its last position): revived closed.
+    pub(crate) closed: Option<CloseReason>,
 }
 
 impl Tombstone {
@@ -328,7 +331,7 @@ impl<T> SessionMap<T> {
                     }
                     let restored = match restored {
                         Some(restored) if !tombstone.is_current_in(&restored) => restored,
-                        _ => Restored::continuing(tombstone.identity),
+                        _ => Restored::continuing(tombstone.identity).closed(tombstone.closed),
                     };
                     let session = make(restored, tombstone.created);
                     let held = Held::new(&session);
@@ -419,6 +422,7 @@ impl<T> SessionMap<T> {
             identity,
             created: session.created(),
             evicted_at: now,
+            closed: session.closure().map(|closure| closure.reason),
         })
     }
 
@@ -496,7 +500,7 @@ impl<T> SessionMap<T> {
         shared
             .counters
             .appends_of_gone_sessions
-            .add(session.ring.claimed() - session.identity().start);
+            .add(session.last_claimed() - session.identity().start);
         self.live.fetch_sub(1, Relaxed);
         self.evicted.fetch_add(1, Relaxed);
         if remembered {
@@ -561,7 +565,7 @@ impl<T> SessionMap<T> {
     pub(crate) fn remove(&self, key: &SessionKey, shared: &Shared<T>) -> bool {
         let removed = self.map.remove_if(key, |entry| {
             if let Entry::Resident(session) = entry {
-                let last = session.ring.seal();
+                let last = session.seal_removed();
                 // Its accepted events still go to the log; a re-created
                 // session must continue after them.
                 if let Some(durable) = &shared.durable {
@@ -580,7 +584,7 @@ impl<T> SessionMap<T> {
                 shared
                     .counters
                     .appends_of_gone_sessions
-                    .add(session.ring.claimed() - session.identity().start);
+                    .add(session.last_claimed() - session.identity().start);
                 true
             }
             Some(Entry::Dormant(_)) => {

@@ -34,7 +34,10 @@
 //! Lag: if the next position was overwritten, released or expired, the
 //! subscription yields one [`Gap`] (reason `Trimmed`, with the latest
 //! cursor) and then ends. If the session is removed, it yields a `Reset`
-//! gap once it has delivered everything published, then ends.
+//! gap once it has delivered everything published, then ends. If it is
+//! closed (module `closure`), it delivers every position through the
+//! closure's last one, waiting for appends still in flight, and then ends
+//! with [`TryNextError::Closed`].
 //!
 //! A subscription keeps its session alive (it is never evicted under a
 //! subscriber); dropping it disarms the doorbell, so writers pay nothing
@@ -48,11 +51,12 @@ use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 
+use crate::closure::Closure;
 use crate::cursor::{Cursor, Incarnation, Revision};
 use crate::error::{Gap, NextTimeoutError, TryNextError};
 use crate::event::Event;
 use crate::ring::{Read, Segment, Ticket};
-use crate::session::{Held, Resume};
+use crate::session::{Ending, Held, Resume};
 use crate::sync::Arc;
 use crate::sync::{park, thread_waker};
 
@@ -86,6 +90,9 @@ pub struct Subscription<T> {
     /// in it needs no directory lookup. Keeps at most one segment alive.
     segment: Option<Arc<Segment<T>>>,
     ended: bool,
+    /// How the session ended, once the subscription delivered its last
+    /// position (`TryNextError::Closed`).
+    closure: Option<Closure>,
     /// Armed doorbell slot; while `Some`, this subscription is counted as
     /// parked.
     armed: Option<Ticket>,
@@ -159,6 +166,7 @@ impl<T> Subscription<T> {
             cursor: OnceLock::new(),
             segment: None,
             ended: false,
+            closure: None,
             armed: None,
             counted: true,
             run: Run::default(),
@@ -181,6 +189,7 @@ impl<T> Subscription<T> {
             cursor: OnceLock::new(),
             segment: None,
             ended: false,
+            closure: None,
             armed: None,
             counted: false,
             run: Run::default(),
@@ -203,9 +212,18 @@ impl<T> Subscription<T> {
         }
     }
 
-    /// Whether the subscription has ended (after its gap).
+    /// Whether the subscription has ended (after its gap or closure).
     pub fn is_ended(&self) -> bool {
         self.ended
+    }
+
+    /// How the session ended, once this subscription has delivered
+    /// everything through its last position (the [`Stream`] then ends
+    /// with no gap; [`Subscription::try_next`] returned
+    /// [`TryNextError::Closed`] once). `None` while it may go on, or if it
+    /// ended with a gap.
+    pub fn closure(&self) -> Option<Closure> {
+        self.closure
     }
 
     /// The next event if one is published; never blocks.
@@ -243,9 +261,14 @@ impl<T> Subscription<T> {
                 Ok(event)
             }
             Ok(None) => Err(TryNextError::Empty),
-            Err(gap) => {
+            Err(Ending::Gap(gap)) => {
                 self.end();
                 Err(TryNextError::Gap(gap))
+            }
+            Err(Ending::Closed(closure)) => {
+                self.end();
+                self.closure = Some(closure);
+                Err(TryNextError::Closed(closure))
             }
         }
     }
@@ -321,12 +344,14 @@ fn into_timeout_error(error: TryNextError) -> NextTimeoutError {
     match error {
         TryNextError::Empty => NextTimeoutError::Timeout,
         TryNextError::Gap(gap) => NextTimeoutError::Gap(gap),
+        TryNextError::Closed(closure) => NextTimeoutError::Closed(closure),
         TryNextError::Ended => NextTimeoutError::Ended,
     }
 }
 
-/// Yields `Ok(event)` for every event, at most one `Err(gap)`, then ends.
-/// Works with any executor: waking goes through the waker it is polled with.
+/// Yields `Ok(event)` for every event, at most one `Err(gap)`, then ends;
+/// a closed session's subscription ends with no gap after its last event
+/// ([`Subscription::closure`] says why). Works with any executor: waking goes through the waker it is polled with.
 impl<T> Stream for Subscription<T> {
     type Item = Result<Arc<Event<T>>, Gap>;
 
@@ -339,7 +364,7 @@ impl<T> Stream for Subscription<T> {
                     return Poll::Ready(Some(Ok(event)));
                 }
                 Err(TryNextError::Gap(gap)) => return Poll::Ready(Some(Err(gap))),
-                Err(TryNextError::Ended) => return Poll::Ready(None),
+                Err(TryNextError::Closed(_) | TryNextError::Ended) => return Poll::Ready(None),
                 Err(TryNextError::Empty) => {}
             }
             match this.armed {

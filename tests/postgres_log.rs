@@ -109,7 +109,21 @@ fn records_are_rows_with_real_columns() {
         .query_one(&format!("SELECT version FROM {s}.schema_version"), &[])
         .expect("version")
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
+    let (reason, last): (Option<i16>, Option<i64>) = {
+        let row = client
+            .query_one(
+                &format!("SELECT close_reason, close_last FROM {s}.sessions"),
+                &[],
+            )
+            .expect("an open session's closure columns");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (reason, last),
+        (None, None),
+        "an open session has no closure"
+    );
     let rows = client
         .query(
             &format!(

@@ -68,6 +68,13 @@
 //!    `undurable_events` is 0 unless a session is fenced. Skipped in runs
 //!    that lost a reply (a commit landed but was counted as failed) or
 //!    archived (records left the log).
+//! 7. **Closure** (`Close`: a handle's `close` on the writer node). A
+//!    closure ends after every append its incarnation accepted, and no
+//!    append of that incarnation is accepted after it; a second close
+//!    returns the first; `SessionClosed` refusals only for a key that was
+//!    closed (on a node, or restored closed from the log); a reader that
+//!    ends with the closure has delivered exactly through its last
+//!    position (and, in the final catch-up, reached the log's tail).
 //!
 //! Where the contract leaves room, the simulator does not judge: a
 //! `Reset` or `Unavailable` that ends a reader mid-stream (a removed

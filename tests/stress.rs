@@ -202,6 +202,9 @@ fn waiting_subscriber(
                 last = event.position();
             }
             Err(NextTimeoutError::Timeout) => {}
+            Err(NextTimeoutError::Closed(closure)) => {
+                panic!("nothing closes this session, yet a reader saw {closure}")
+            }
             Err(NextTimeoutError::Gap(gap)) => {
                 assert_eq!(gap.requested.position(), last);
                 last = observed.record_gap(&gap, last);

@@ -811,6 +811,7 @@ mod tests {
                 first_position: 1,
             }),
             records,
+            closure: None,
         };
         let linked = [event(crate::links::Links::new().kind("k"))];
         assert!(matches!(

@@ -89,7 +89,9 @@ pub(crate) fn validate_write(
                 expected: tail + 1,
             });
         }
-    } else if meta.is_none_or(|m| m.lives.is_empty()) && !write.records.is_empty() {
+    } else if meta.is_none_or(|m| m.lives.is_empty())
+        && (!write.records.is_empty() || write.closure.is_some())
+    {
         return Err(LogError::BadLife {
             key: key.clone(),
             expected: tail + 1,
@@ -132,6 +134,17 @@ pub(crate) fn validate_write(
             }
         };
     }
+    if let Some(closure) = write.closure {
+        // A closure closes at the tail it is written with: nothing of its
+        // life may follow it, nothing before it may be missing.
+        if closure.last != next - 1 {
+            return Err(LogError::NotContiguous {
+                key: key.clone(),
+                tail: next - 1,
+                got: closure.last,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -139,6 +152,11 @@ pub(crate) fn validate_write(
 pub(crate) fn apply_to_meta(meta: &mut SessionMeta, write: &SessionWrite<'_>) {
     if let Some(life) = write.new_life {
         meta.lives.push(life);
+        // A new life is open whatever ended the one before.
+        meta.closure = None;
+    }
+    if write.closure.is_some() {
+        meta.closure = write.closure;
     }
     for record in write.records {
         meta.durable_tail = record.last_position();
@@ -157,6 +175,7 @@ pub(crate) fn empty_meta() -> SessionMeta {
         last_revision: 0,
         lives: Vec::new(),
         event_count: 0,
+        closure: None,
     }
 }
 
@@ -180,7 +199,7 @@ impl DurableLog for MemoryLog {
         for write in writes {
             // Nothing to record for a session the log does not know: not
             // listed, no meta.
-            if write.new_life.is_none() && write.records.is_empty() {
+            if write.new_life.is_none() && write.records.is_empty() && write.closure.is_none() {
                 continue;
             }
             if !inner.sessions.contains_key(write.key) {

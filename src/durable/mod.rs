@@ -40,7 +40,11 @@
 //! 4. **Tenant scope.** Every call names a [`SessionKey`]; listings are per
 //!    tenant. Keys that differ only in where the tenant ends are different
 //!    sessions.
-//! 5. **Read after commit.** A read ([`DurableLog::load_after`],
+//! 5. **Closure.** A [`SessionWrite::closure`] is stored with the records
+//!    of its call, only if it closes at the resulting durable tail, and is
+//!    what [`DurableLog::meta`] reports until a new life starts (which
+//!    clears it).
+//! 6. **Read after commit.** A read ([`DurableLog::load_after`],
 //!    [`DurableLog::meta`], the index's reads) that happens after an
 //!    `append` returned — in the same thread, or in one that synchronised
 //!    with it (the store hands the durable watermark over with
@@ -73,6 +77,7 @@ pub use self::redis::{RedisLog, RedisOptions};
 
 use thiserror::Error;
 
+use crate::closure::Closure;
 use crate::cursor::Incarnation;
 use crate::key::SessionKey;
 pub use crate::links::{EventRef, Links};
@@ -102,6 +107,10 @@ pub struct SessionMeta {
     pub lives: Vec<Life>,
     /// Events (not holes) recorded and not archived.
     pub event_count: u64,
+    /// The session's closure (module [`closure`](crate::Closure)), if its
+    /// newest life was closed: its `last` is the durable tail. A new life
+    /// clears it.
+    pub closure: Option<Closure>,
 }
 
 impl SessionMeta {
@@ -195,8 +204,12 @@ pub struct SessionWrite<'a> {
     /// `durable_tail + 1`); `None` when the records continue the newest life.
     pub new_life: Option<Life>,
     /// Contiguous records from `durable_tail + 1` on; may be empty (only
-    /// registering the life).
+    /// registering the life, or only the closure).
     pub records: &'a [LogRecord],
+    /// The session's closure, written in the same commit; its `last` must
+    /// be the durable tail after `records` (else the whole call is refused
+    /// with [`LogError::NotContiguous`]).
+    pub closure: Option<Closure>,
 }
 
 /// Why a log call failed. The persister retries failed writes by itself;

@@ -1,5 +1,6 @@
-//! The stored form of an event's causal [`Links`], shared by the backends
-//! that serialise records (redb, Redis) so that both spell them one way.
+//! The stored forms shared by the backends that serialise records (redb,
+//! Redis), so that both spell them one way: an event's causal [`Links`],
+//! and a session's [`Closure`].
 //!
 //! A private mirror of the public type: the stored format is written out
 //! here and does not change when `Links` gains a field. Postcard, borrowed
@@ -9,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{EventRef, Links};
+use crate::closure::{CloseReason, Closure};
 use crate::key::SessionKey;
 
 #[derive(Serialize, Deserialize)]
@@ -54,4 +56,57 @@ impl<'a> LinksV1<'a> {
             requires_ack: self.requires_ack,
         })
     }
+}
+
+/// A session's closure as the serialising backends store it: appended
+/// after their meta's fields, only when the session is closed, so a meta
+/// written before closures existed reads as open and an open session's
+/// meta is byte-for-byte what it was.
+#[derive(Serialize, Deserialize)]
+struct ClosureV1 {
+    reason: u8,
+    last: u64,
+}
+
+/// Appends `closure` (if any) to an encoded meta.
+pub(super) fn append_closure(
+    closure: Option<Closure>,
+    meta: Vec<u8>,
+) -> Result<Vec<u8>, postcard::Error> {
+    match closure {
+        None => Ok(meta),
+        Some(closure) => postcard::to_extend(
+            &ClosureV1 {
+                reason: closure.reason.to_tag(),
+                last: closure.last,
+            },
+            meta,
+        ),
+    }
+}
+
+/// The closure stored after a meta's fields (`rest`: the bytes after
+/// them), checked against the meta's durable tail; an error says what is
+/// wrong with the bytes.
+pub(super) fn read_closure(rest: &[u8], durable_tail: u64) -> Result<Option<Closure>, String> {
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let (stored, trailing): (ClosureV1, _) =
+        postcard::take_from_bytes(rest).map_err(|e| format!("closure: {e}"))?;
+    if !trailing.is_empty() {
+        return Err("trailing bytes after the closure".into());
+    }
+    let reason = CloseReason::from_tag(stored.reason)
+        .ok_or_else(|| format!("closure: unknown reason {}", stored.reason))?;
+    if stored.last != durable_tail {
+        return Err(format!(
+            "closure at {} but the durable tail is {durable_tail}",
+            stored.last
+        ));
+    }
+    Ok(Some(Closure {
+        reason,
+        last: stored.last,
+    }))
 }

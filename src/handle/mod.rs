@@ -95,6 +95,19 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
         Ok(Session::append(&self.session, revision, payload)?)
     }
 
+    /// Closes the session; see
+    /// [`ReplayStore::close_session`](crate::ReplayStore::close_session).
+    /// Refused with [`Refusal::SessionRemoved`](crate::Refusal::SessionRemoved)
+    /// if it was removed.
+    pub fn close(&self, reason: crate::CloseReason) -> Result<crate::Closure, Error> {
+        Ok(Session::close(&self.session, reason)?)
+    }
+
+    /// The session's closure, if it was closed.
+    pub fn closure(&self) -> Option<crate::Closure> {
+        self.session.closure()
+    }
+
     /// A writer for one thread: appends that skip the directory lookup and
     /// hand back the position instead of the event (see [`SessionWriter`]).
     pub fn writer(&self) -> SessionWriter<T> {

@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 
 use event_listener::{Event as Notifier, EventListener};
 
+use crate::closure::Closure;
 use crate::codec::Codec;
 use crate::durable::{
     DurableLog, HoleReason, Life, LogError, LogRecord, RecordBody, SessionWrite, StoredEvent,
@@ -173,6 +174,9 @@ struct Pending<T> {
     session: Arc<Session<T>>,
     new_life: Option<Life>,
     records: Vec<LogRecord>,
+    /// The session's closure, written with these records: they reach its
+    /// last position.
+    closure: Option<Closure>,
     /// The watermark once committed.
     through: u64,
     /// The tail was further than one batch: queue again after the commit.
@@ -275,15 +279,22 @@ impl<T> Persistence<T> {
     /// turn loop to keep it there). If it fails, the persister records the
     /// life with the first events.
     pub(crate) fn created(&self, session: &Arc<Session<T>>) {
-        if !session.life_unrecorded.load(Relaxed) {
-            return;
-        }
-        let restored = session.identity().previous.is_some();
         let waits = session
             .predecessor
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some();
+        if !session.life_unrecorded.load(Relaxed) {
+            if waits {
+                // No life to record (restored closed after a removal): the
+                // persister must still visit it to let its predecessor go
+                // once that is durable, or a chain of removals would keep
+                // every removed ring alive.
+                Session::mark_dirty(session);
+            }
+            return;
+        }
+        let restored = session.identity().previous.is_some();
         if restored && !waits {
             let _writing = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
             if session.life_unrecorded.load(Relaxed) {
@@ -295,6 +306,7 @@ impl<T> Persistence<T> {
                     key: session.key(),
                     new_life: Some(life),
                     records: &[],
+                    closure: None,
                 };
                 match self.log.append(&[write]) {
                     Ok(()) => {
@@ -319,7 +331,8 @@ impl<T> Persistence<T> {
     /// Called under the map's shard lock, before the entry leaves, so a
     /// re-creation by key finds it.
     pub(crate) fn removed(&self, session: &Arc<Session<T>>, last: u64) {
-        if session.durable() < last && !session.fenced.load(Relaxed) {
+        let unwritten = session.durable() < last || session.closure_to_write().is_some();
+        if unwritten && !session.fenced.load(Relaxed) {
             self.removed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -327,22 +340,24 @@ impl<T> Persistence<T> {
         }
     }
 
-    /// Whether `session` was removed with nothing more of it to write: its
-    /// ring is sealed, and it is fenced, or its watermark reached the
+    /// Whether `session` was removed with nothing more of it to write: it
+    /// was removed (not only closed), and it is fenced, or its watermark reached the
     /// position it was sealed at (appends refused after the seal still
     /// count in the ring's `claimed`), or it is not registered as a removed
     /// session waiting for the log. If so it is let go, so its ring is
     /// freed without waiting for its key to be used again.
     fn settle_removed(&self, session: &Arc<Session<T>>) -> bool {
-        if !session.ring.is_closed() {
+        // A sealed ring is removed or closed; only the lock tells which.
+        if !session.ring.is_closed() || !session.is_removed() {
             return false;
         }
         let fenced = session.fenced.load(Relaxed);
         let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         let (done, registered) = match removed.get(session.key()) {
-            Some((held, last)) if Arc::ptr_eq(held, session) => {
-                (fenced || session.written() >= *last, true)
-            }
+            Some((held, last)) if Arc::ptr_eq(held, session) => (
+                fenced || (session.written() >= *last && session.closure_to_write().is_none()),
+                true,
+            ),
             _ => (true, false),
         };
         // Dropped after the lock is let go.
@@ -400,7 +415,9 @@ impl<T> Persistence<T> {
     pub(crate) fn removed_pending(&self, key: &SessionKey) -> Option<RemovedSession<T>> {
         let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         let (session, last) = removed.get(key)?;
-        if session.durable() >= *last {
+        // Through once its events and its closure, if it has one, are in
+        // the log (a re-creation then reads the log and finds them).
+        if session.durable() >= *last && session.closure_to_write().is_none() {
             removed.remove(key);
             return None;
         }
@@ -556,7 +573,8 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 continue;
             }
             let pending = self.collect(session, self.options.max_batch_events - events);
-            if pending.records.is_empty() && pending.new_life.is_none() {
+            if pending.records.is_empty() && pending.new_life.is_none() && pending.closure.is_none()
+            {
                 // Nothing to write (an abandoned life, or a wake-up with no
                 // new event): nothing to commit for it.
                 let _ = self.settle_removed(&pending.session);
@@ -666,11 +684,20 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             incarnation,
             first_position: session.identity().start + 1,
         });
+        // A closure goes into the commit that reaches its last position
+        // (or the next one); closing queues the session, so one that
+        // closes after everything was durable gets a round of its own.
+        // Read after `dirty` was cleared: `Session::close` stores the
+        // closure under a lock it takes before it looks at `dirty`.
+        let closure = session
+            .closure_to_write()
+            .filter(|closure| closure.last == through && !abandoned);
         Pending {
             more: through < tail,
             session,
             new_life,
             records,
+            closure,
             through,
         }
     }
@@ -697,6 +724,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                         .new_life
                         .filter(|_| pending.session.life_unrecorded.load(Relaxed)),
                     records: &pending.records,
+                    closure: pending.closure,
                 })
                 .collect();
             let result = self.log.append(&writes);
@@ -765,6 +793,9 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                     }
                     drop(lost);
                     pending.session.life_unrecorded.store(false, Relaxed);
+                    if pending.closure.is_some() {
+                        pending.session.closure_written();
+                    }
                     // Release: a reader that acquires the raised watermark
                     // (a release, a trim) is ordered after the commit.
                     pending.session.durable.store(pending.through, Release);

@@ -27,11 +27,28 @@ pub(crate) fn restore_identity<T>(
             identity: Identity::fresh(),
             record_life: false,
             predecessor: None,
+            closed: None,
         });
     };
     // A removed incarnation still being written: continue after its last
     // claimed position (the log does not have it yet).
     if let Some((removed, last)) = persistence.removed_pending(key) {
+        // A closed session's key stays closed: its closure reaches the log
+        // with its last events, and a restore after that would find it
+        // there (module `closure`).
+        if let Some(closure) = removed.closure() {
+            return Ok(Restored {
+                identity: Identity {
+                    incarnation: Incarnation::fresh(),
+                    start: closure.last,
+                    start_revision: removed.ring.revision_at(closure.last),
+                    previous: Some((removed.incarnation(), closure.last)),
+                },
+                record_life: false,
+                predecessor: Some(removed),
+                closed: Some(closure.reason),
+            });
+        }
         return Ok(Restored {
             identity: Identity {
                 incarnation: Incarnation::fresh(),
@@ -41,6 +58,7 @@ pub(crate) fn restore_identity<T>(
             },
             record_life: true,
             predecessor: Some(removed),
+            closed: None,
         });
     }
     let meta = persistence
@@ -54,6 +72,7 @@ pub(crate) fn restore_identity<T>(
             identity: Identity::fresh(),
             record_life: true,
             predecessor: None,
+            closed: None,
         });
     };
     let mut incarnation = Incarnation::fresh();
@@ -61,6 +80,10 @@ pub(crate) fn restore_identity<T>(
         incarnation = Incarnation::fresh();
     }
     persistence.counters.restored_sessions.add(1);
+    let closed = meta
+        .closure
+        .filter(|closure| closure.last == meta.durable_tail)
+        .map(|closure| closure.reason);
     Ok(Restored {
         identity: Identity {
             incarnation,
@@ -70,7 +93,10 @@ pub(crate) fn restore_identity<T>(
                 .current_life()
                 .map(|life| (life.incarnation, meta.durable_tail)),
         },
-        record_life: true,
+        // A closed session takes no appends: no life of its own to record
+        // (its cursors name the life that closed it).
+        record_life: closed.is_none(),
         predecessor: None,
+        closed,
     })
 }

@@ -34,6 +34,7 @@ use std::fmt;
 use std::sync::Arc as StdArc;
 
 use crate::clock::Clock;
+use crate::closure::{CloseReason, Closure};
 use crate::config::Config;
 use crate::cursor::{Cursor, Incarnation, Revision};
 use crate::error::{Gap, GapReason, Refusal};
@@ -219,6 +220,9 @@ pub(crate) struct Restored<T> {
     pub(crate) identity: Identity,
     pub(crate) record_life: bool,
     pub(crate) predecessor: Option<Arc<Session<T>>>,
+    /// The log holds the session's closure (at `identity.start`): it is
+    /// restored closed.
+    pub(crate) closed: Option<CloseReason>,
 }
 
 impl<T> Restored<T> {
@@ -228,7 +232,14 @@ impl<T> Restored<T> {
             identity,
             record_life: false,
             predecessor: None,
+            closed: None,
         }
+    }
+
+    /// The same, closed with `reason` if that is `Some`.
+    pub(crate) fn closed(mut self, reason: Option<CloseReason>) -> Self {
+        self.closed = reason;
+        self
     }
 }
 
@@ -266,6 +277,33 @@ pub(crate) struct Session<T> {
     /// Positions of this session the persister wrote as holes: no tier
     /// holds them, so no wait may report them durable.
     pub(crate) lost: crate::sync::Mutex<LostPositions>,
+    /// How the ring was sealed (closed, removed), under one lock; see
+    /// [`Session::close`].
+    end: crate::sync::Mutex<End>,
+}
+
+/// How a session's ring was sealed. Closing and removing both seal it;
+/// they take this lock to do so, which gives them one answer for the last
+/// position (the ring's position counter keeps counting refused claims
+/// after a seal) and lets a reader that finds the ring sealed tell which
+/// it was (see [`Session::close`]).
+#[derive(Debug, Default)]
+pub(crate) struct End {
+    /// Set by the first close; never changes after.
+    pub(crate) closure: Option<Closure>,
+    /// The session was removed from the store.
+    pub(crate) removed: bool,
+    /// The closure is in the durable log (set by the persister, or at a
+    /// restore that found it there).
+    pub(crate) closure_in_log: bool,
+}
+
+/// What ends a reader: a gap, or the session's closure once everything
+/// through its last position was delivered.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    Gap(Gap),
+    Closed(Closure),
 }
 
 /// How a read after a cursor starts, once the cursor is checked.
@@ -291,8 +329,9 @@ impl<T> Session<T> {
             identity,
             record_life,
             predecessor,
+            closed,
         } = restored;
-        Self {
+        let session = Self {
             key,
             created,
             ring: Ring::continuing(
@@ -316,7 +355,17 @@ impl<T> Session<T> {
             fenced: std::sync::atomic::AtomicBool::new(false),
             predecessor: crate::sync::Mutex::new(predecessor),
             lost: crate::sync::Mutex::new(Default::default()),
+            end: crate::sync::Mutex::new(End::default()),
+        };
+        if let Some(reason) = closed {
+            // Restored from a log that holds the closure: sealed before
+            // anyone can claim, at the durable tail it was restored at.
+            let last = session.ring.seal();
+            let mut end = session.end.lock().unwrap_or_else(|e| e.into_inner());
+            end.closure = Some(Closure { reason, last });
+            end.closure_in_log = true;
         }
+        session
     }
 
     pub(crate) fn identity(&self) -> Identity {
@@ -486,7 +535,9 @@ impl<T> Session<T> {
     ) -> Result<Arc<Event<T>>, Refusal> {
         self.shared.check_payload(&payload)?;
         let timestamp = self.shared.now();
-        let position = self.ring.claim(1).ok_or(Refusal::SessionRemoved)?;
+        let Some(position) = self.ring.claim(1) else {
+            return Err(self.sealed_refusal());
+        };
         Ok(self.build(position, revision, timestamp, links, payload))
     }
 
@@ -500,10 +551,9 @@ impl<T> Session<T> {
         }
         this.shared.check_batch(&payloads)?;
         let timestamp = this.shared.now();
-        let first = this
-            .ring
-            .claim(payloads.len() as u64)
-            .ok_or(Refusal::SessionRemoved)?;
+        let Some(first) = this.ring.claim(payloads.len() as u64) else {
+            return Err(this.sealed_refusal());
+        };
         let events: Vec<_> = payloads
             .into_iter()
             .zip(first..)
@@ -512,6 +562,100 @@ impl<T> Session<T> {
         this.ring.publish_batch(&events);
         Self::mark_dirty(this);
         Ok(events)
+    }
+
+    /// Why a claim was refused: the ring is sealed, by a close or a removal.
+    #[cold]
+    fn sealed_refusal(&self) -> Refusal {
+        match self.closure() {
+            Some(closure) => Refusal::SessionClosed { closure },
+            None => Refusal::SessionRemoved,
+        }
+    }
+
+    fn lock_end(&self) -> crate::sync::MutexGuard<'_, End> {
+        self.end.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session's closure, if it was closed.
+    pub(crate) fn closure(&self) -> Option<Closure> {
+        self.lock_end().closure
+    }
+
+    /// Closes the session (module `closure`): seals the ring at the last
+    /// position claimed, records why, wakes every reader and tells the
+    /// durable tier. The first close wins; a later one returns it. A
+    /// removed session cannot be closed.
+    ///
+    /// The seal happens *under* the `end` lock, with the closure stored
+    /// before the lock is let go. A reader that finds the ring sealed then
+    /// takes the lock (`closure`), and must see the closure if a close
+    /// sealed it: had its lock come first, its earlier look at the ring
+    /// would have happened before the seal, and could not have seen it
+    /// (loom model `close_vs_append_and_reader`, mutation
+    /// `close-seals-outside-lock`).
+    pub(crate) fn close(this: &Arc<Self>, reason: CloseReason) -> Result<Closure, Refusal> {
+        let mut end = this.lock_end();
+        if let Some(closure) = end.closure {
+            return Ok(closure);
+        }
+        if end.removed || this.ring.is_closed() {
+            // Removed, or its store is gone (`ReplayStore`'s drop seals
+            // every ring).
+            return Err(Refusal::SessionRemoved);
+        }
+        let closure = Closure {
+            reason,
+            last: this.ring.seal(),
+        };
+        end.closure = Some(closure);
+        drop(end);
+        this.ring.wake_closed();
+        // The persister writes the closure once `last` is durable: queue
+        // the session. The `end` lock orders this against the persister,
+        // which clears `dirty` before it takes that lock to look.
+        Self::mark_dirty(this);
+        Ok(closure)
+    }
+
+    /// Seals the ring for a removal (under the map's shard lock) and
+    /// returns the last position the session accepted: the closure's, if
+    /// it was closed first (the counter has counted refused claims since).
+    pub(crate) fn seal_removed(&self) -> u64 {
+        let mut end = self.lock_end();
+        end.removed = true;
+        match end.closure {
+            Some(closure) => closure.last,
+            None => self.ring.seal(),
+        }
+    }
+
+    /// Whether the session was removed from its store.
+    pub(crate) fn is_removed(&self) -> bool {
+        self.lock_end().removed
+    }
+
+    /// The closure the persister must still write: closed, not yet in the
+    /// log. The persister marks it written with [`Session::closure_written`].
+    pub(crate) fn closure_to_write(&self) -> Option<Closure> {
+        let end = self.lock_end();
+        end.closure.filter(|_| !end.closure_in_log)
+    }
+
+    /// The persister committed the closure.
+    pub(crate) fn closure_written(&self) {
+        self.lock_end().closure_in_log = true;
+    }
+
+    /// The last position the session accepted and will ever deliver, if
+    /// it is closed; otherwise every position claimed so far.
+    pub(crate) fn last_claimed(&self) -> u64 {
+        if self.ring.is_closed() {
+            if let Some(closure) = self.closure() {
+                return closure.last;
+            }
+        }
+        self.ring.claimed()
     }
 
     /// The cursor at the published tail.
@@ -655,30 +799,41 @@ impl<T> Session<T> {
         next: u64,
         last_seen: &Cursor,
         counted: bool,
-    ) -> Result<Option<Arc<Event<T>>>, Gap> {
+    ) -> Result<Option<Arc<Event<T>>>, Ending> {
         match self.ring.read(next) {
             Read::Event(event) => {
                 let now = self.shared.now();
                 if self.shared.is_expired(&event, now) {
-                    return Err(self.lag_gap(next, last_seen, now, counted));
+                    return Err(Ending::Gap(self.lag_gap(next, last_seen, now, counted)));
                 }
                 Ok(Some(event))
             }
-            Read::Pending if self.ring.is_closed() => {
-                // A catch-up's subscription (`counted` false) leaves the
-                // counting to the catch-up, which reports the gap itself.
-                if counted {
-                    self.shared.counters.count_gap(GapReason::Reset);
+            Read::Pending if self.ring.is_closed() => match self.closure() {
+                // Claimed before the close and still being published: its
+                // writer rings the doorbell when it is.
+                Some(closure) if next <= closure.last => Ok(None),
+                Some(closure) => Err(Ending::Closed(closure)),
+                None => {
+                    // A catch-up's subscription (`counted` false) leaves the
+                    // counting to the catch-up, which reports the gap itself.
+                    if counted {
+                        self.shared.counters.count_gap(GapReason::Reset);
+                    }
+                    Err(Ending::Gap(Gap {
+                        reason: GapReason::Reset,
+                        requested: last_seen.clone(),
+                        latest: Cursor::start(self.key.clone()),
+                        missed: None,
+                    }))
                 }
-                Err(Gap {
-                    reason: GapReason::Reset,
-                    requested: last_seen.clone(),
-                    latest: Cursor::start(self.key.clone()),
-                    missed: None,
-                })
-            }
+            },
             Read::Pending => Ok(None),
-            Read::Trimmed => Err(self.lag_gap(next, last_seen, self.shared.now(), counted)),
+            Read::Trimmed => Err(Ending::Gap(self.lag_gap(
+                next,
+                last_seen,
+                self.shared.now(),
+                counted,
+            ))),
         }
     }
 
@@ -783,8 +938,10 @@ impl<T> Session<T> {
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         let settled = this.shared.durable.is_none()
             || this.fenced.load(relaxed)
-            || (this.durable() >= tail && !this.life_unrecorded.load(relaxed));
-        tail == this.ring.claimed() && this.ring.floor() >= tail && settled
+            || (this.durable() >= tail
+                && !this.life_unrecorded.load(relaxed)
+                && this.closure_to_write().is_none());
+        tail == this.last_claimed() && this.ring.floor() >= tail && settled
     }
 }
 

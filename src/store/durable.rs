@@ -260,7 +260,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 None => persistence.removed_pending(key),
             };
             let tracked = match (&resident, &removed) {
-                (Some(held), _) => Some((&***held, held.ring.claimed())),
+                (Some(held), _) => Some((&***held, held.last_claimed())),
                 (None, Some((session, last))) => Some((&**session, *last)),
                 (None, None) => None,
             };

@@ -399,6 +399,46 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         self.sessions.remove(key, &self.shared)
     }
 
+    /// Closes `key`'s session (created if absent, as an append would):
+    /// readers deliver every event it accepted and then end with the
+    /// [`Closure`](crate::Closure), later appends are refused with
+    /// [`Refusal::SessionClosed`](crate::Refusal::SessionClosed), and with a
+    /// durable log the closure is written with its last event, so a
+    /// restored store finds the session closed. The first close wins: a
+    /// later one returns it. With a durable log the key stays closed (see
+    /// the `closure` module docs on [`Closure`](crate::Closure)): start the
+    /// next turn under a new key. Never waits for the log.
+    ///
+    /// ```
+    /// use livereplay::{CloseReason, Cursor, ReplayStore, Revision, SessionKey, TryNextError};
+    ///
+    /// let store = ReplayStore::<&'static str>::default();
+    /// let key = SessionKey::new("acme", "turn-7")?;
+    /// let mut reader = store.subscribe_after_cursor(&Cursor::start(key.clone()))?;
+    /// store.append(&key, Revision(1), "the answer")?;
+    /// let closure = store.close_session(&key, CloseReason::Done)?;
+    /// assert_eq!(closure.last, 1);
+    /// assert_eq!(*reader.try_next()?.payload(), "the answer");
+    /// assert_eq!(reader.try_next().unwrap_err(), TryNextError::Closed(closure));
+    /// assert!(store.append(&key, Revision(1), "late").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close_session(
+        &self,
+        key: &SessionKey,
+        reason: crate::CloseReason,
+    ) -> Result<crate::Closure, Error> {
+        let session = self.resident(key)?;
+        Ok(Session::close(&session, reason)?)
+    }
+
+    /// The session's closure if it is resident and closed (see
+    /// [`ReplayStore::close_session`]). A session only in the durable log
+    /// is not looked up: [`ReplayStore::catch_up`] reports its closure.
+    pub fn closure(&self, key: &SessionKey) -> Option<crate::Closure> {
+        self.sessions.get(key).and_then(|session| session.closure())
+    }
+
     /// Evicts every idle session: trimmed to nothing, with no handle or
     /// subscription. Runs automatically as sessions are created unless
     /// [`Config::auto_sweep`] is off. Returns how many it evicted.

@@ -65,7 +65,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                     durable.waiting_sessions += 1;
                 }
             }
-            stats.appends += session.ring.claimed() - session.identity().start;
+            stats.appends += session.last_claimed() - session.identity().start;
             stats.retained_events += session.retained(now);
             stats.subscribers += session
                 .subscribers

@@ -166,6 +166,11 @@ impl From<crate::Error> for StreamError {
             Error::Refused(refusal @ Refusal::TooManySessions { .. }) => {
                 StreamError::Unavailable(refusal.to_string())
             }
+            // Closed through the store (`ReplayStore::close_session`), not
+            // by the protocol: the stream takes no more appends.
+            Error::Refused(refusal @ Refusal::SessionClosed { .. }) => {
+                StreamError::Conflict(refusal.to_string())
+            }
             Error::Refused(refusal) => StreamError::Unavailable(refusal.to_string()),
             Error::Cursor(error) => StreamError::BadRequest(error.to_string()),
             Error::Link(error) => StreamError::BadRequest(error.to_string()),

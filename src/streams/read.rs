@@ -259,7 +259,11 @@ impl DurableStreams {
             while !exhausted {
                 let event = match catch_up.try_next() {
                     Ok(event) => event,
-                    Err(crate::TryNextError::Empty | crate::TryNextError::Ended) => {
+                    Err(
+                        crate::TryNextError::Empty
+                        | crate::TryNextError::Ended
+                        | crate::TryNextError::Closed(_),
+                    ) => {
                         // An inherited run is durable to its end: nothing
                         // more means its end.
                         exhausted = inherited;

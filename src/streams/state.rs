@@ -258,7 +258,9 @@ pub fn fold_after(
                 StreamState::apply(state, event.position(), event.payload());
                 folded = folded.max(event.position());
             }
-            Err(TryNextError::Empty | TryNextError::Ended) => return Ok(folded),
+            Err(TryNextError::Empty | TryNextError::Ended | TryNextError::Closed(_)) => {
+                return Ok(folded)
+            }
             Err(TryNextError::Gap(gap)) => {
                 return Err(StreamError::Unavailable(format!(
                     "the stream's log cannot be read past a gap ({gap}); its state is unknown"

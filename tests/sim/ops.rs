@@ -128,6 +128,12 @@ pub enum Op {
         node: u8,
         key: u8,
     },
+    /// `SessionHandle::close` on the key's writer node, with the reason
+    /// of tag `reason`.
+    Close {
+        key: u8,
+        reason: u8,
+    },
     /// The log refuses appends until healed.
     FailAppends,
     /// The log applies the next append and loses its reply.
@@ -178,7 +184,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
     // A run persists often or rarely, so some runs lap their rings.
     let persist_weight = pick(rng, &[2u64, 8, 20]);
     let fault_weight = pick(rng, &[0u64, 1, 3]);
-    let table: [(u64, u8); 23] = [
+    let table: [(u64, u8); 24] = [
         (30, 0), // append
         (6, 1),  // batch
         (3, 2),  // open handle
@@ -202,6 +208,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
         (fault_weight, 20),
         (fault_weight * 2 + 1, 21), // heal
         (3, 22),                    // replay
+        (1, 23),                    // close
     ];
     let total: u64 = table.iter().map(|(w, _)| w).sum();
     (0..steps)
@@ -268,6 +275,10 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
                     count: 1 + below(rng, 3) as u8,
                 },
                 21 => Op::Heal,
+                23 => Op::Close {
+                    key,
+                    reason: 1 + below(rng, 4) as u8,
+                },
                 _ => Op::Replay {
                     node,
                     key,

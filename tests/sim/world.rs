@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use livereplay::durable::{DurableLog, LogRecord, RecordBody, SessionMeta};
 use livereplay::{
-    CatchUp, Codec, CodecError, Config, Cursor, DurableError, DurableOptions, Error, Event, Gap,
-    GapReason, ManualClock, Refusal, ReplayStore, Revision, SessionHandle, SessionKey,
-    TryNextError,
+    CatchUp, CloseReason, Closure, Codec, CodecError, Config, Cursor, DurableError, DurableOptions,
+    Error, Event, Gap, GapReason, ManualClock, Refusal, ReplayStore, Revision, SessionHandle,
+    SessionKey, TryNextError,
 };
 
 use super::log::{AppendMode, FaultLog};
@@ -130,6 +130,9 @@ pub struct World {
     first_position: BTreeMap<u64, u64>,
     /// Cursors of accepted appends, per key, for readers to start from.
     cursors: Vec<Vec<Cursor>>,
+    /// The last close of each key that succeeded: the incarnation it
+    /// closed and its closure.
+    closed: Vec<Option<(u64, Closure)>>,
     /// Generations dropped without a full drain (a crash): their
     /// undurable events may be lost.
     crashed: BTreeSet<u32>,
@@ -169,6 +172,7 @@ impl World {
             handed_out: BTreeSet::new(),
             first_position: BTreeMap::new(),
             cursors: vec![Vec::new(); usize::from(shape.keys())],
+            closed: vec![None; usize::from(shape.keys())],
             crashed: BTreeSet::new(),
             probes: Vec::new(),
             handles: (0..HANDLE_SLOTS).map(|_| None).collect(),
@@ -265,6 +269,17 @@ impl World {
             generation: self.nodes[usize::from(node)].generation,
         });
         self.cursors[usize::from(key)].push(event.cursor());
+        if let Some((closed, closure)) = self.closed[usize::from(key)] {
+            if closed == incarnation {
+                return violation(
+                    "7. an append was accepted after its session was closed",
+                    format!(
+                        "{} position {position} of incarnation {incarnation:#x}, {closure} (node {node})",
+                        self.keys[usize::from(key)]
+                    ),
+                );
+            }
+        }
         if !fresh {
             return violation(
                 "2. position handed out twice under one incarnation",
@@ -277,8 +292,15 @@ impl World {
         Ok(())
     }
 
-    fn refused(what: &str, error: &Error) -> Result<(), Violation> {
+    fn refused(&self, key: u8, what: &str, error: &Error) -> Result<(), Violation> {
         match error {
+            // Closed (here, or restored closed from the log).
+            Error::Refused(Refusal::SessionClosed { .. })
+                if self.closed[usize::from(key)].is_some() =>
+            {
+                covered("append refused: closed");
+                Ok(())
+            }
             // The log could not be read to restore the session: allowed.
             Error::Refused(Refusal::LogUnavailable { .. }) => {
                 covered("append refused: log unavailable");
@@ -385,7 +407,7 @@ impl World {
                 let k = self.keys[usize::from(key)].clone();
                 match self.store(node).append(&k, Revision(1), payload) {
                     Ok(event) => self.accept(node, key, &event)?,
-                    Err(error) => Self::refused("append", &error)?,
+                    Err(error) => self.refused(key, "append", &error)?,
                 }
             }
             Op::AppendBatch { key, len } => {
@@ -418,7 +440,7 @@ impl World {
                     Err(Error::Refused(Refusal::BatchTooLarge { .. })) if too_large => {
                         covered("batch over the capacity refused")
                     }
-                    Err(error) => Self::refused("append_batch", &error)?,
+                    Err(error) => self.refused(key, "append_batch", &error)?,
                 }
             }
             Op::OpenHandle { key, slot } => {
@@ -435,7 +457,7 @@ impl World {
                             handle,
                         })
                     }
-                    Err(error) => Self::refused("session", &error)?,
+                    Err(error) => self.refused(key, "session", &error)?,
                 }
             }
             Op::HandleAppend { slot } => {
@@ -458,7 +480,7 @@ impl World {
                     Err(Error::Refused(Refusal::SessionRemoved)) => {
                         covered("handle append refused: removed")
                     }
-                    Err(error) => Self::refused("handle append", &error)?,
+                    Err(error) => self.refused(key, "handle append", &error)?,
                 }
             }
             Op::DropHandle { slot } => self.handles[usize::from(slot)] = None,
@@ -550,6 +572,7 @@ impl World {
             Op::CheckDurable { node, key } => {
                 self.check_durable(self.node_index(node), self.key_index(key))?
             }
+            Op::Close { key, reason } => self.close(key, reason)?,
             Op::FailAppends => self.log.set_append(AppendMode::Failing),
             Op::LoseReply => self.log.set_append(AppendMode::LoseReply),
             Op::FailReads { count } => self.log.fail_reads(count.into()),
@@ -562,6 +585,52 @@ impl World {
     /// old writer drains, then lets the session go (evicted or removed).
     /// If it cannot (the log fails, a reader holds the session), the
     /// writer stays where it was.
+    /// Closes `key` on its writer node through a handle. The closure must
+    /// come after every append its incarnation accepted; a second close
+    /// returns the first.
+    fn close(&mut self, key: u8, reason: u8) -> Result<(), Violation> {
+        let key = self.key_index(key);
+        let node = self.writer[usize::from(key)];
+        let k = self.keys[usize::from(key)].clone();
+        let reason = CloseReason::from_tag(reason).unwrap_or(CloseReason::Done);
+        let handle = match self.store(node).session(&k) {
+            Ok(handle) => handle,
+            Err(error) => return self.refused(key, "session to close", &error),
+        };
+        let closure = match handle.close(reason) {
+            Ok(closure) => closure,
+            Err(error) => return self.refused(key, "close", &error),
+        };
+        let incarnation = handle.incarnation().get();
+        let newest = self
+            .accepted
+            .iter()
+            .filter(|a| a.key == key && a.incarnation == incarnation)
+            .map(|a| a.position)
+            .max();
+        if newest.is_some_and(|newest| newest > closure.last) {
+            return violation(
+                "7. a closure ends before an append it accepted",
+                format!("{k}: {closure}, yet position {newest:?} was accepted"),
+            );
+        }
+        if let Some((earlier, first)) = self.closed[usize::from(key)] {
+            if earlier == incarnation && first != closure {
+                return violation(
+                    "7. a second close changed the closure",
+                    format!("{k}: {first}, then {closure}"),
+                );
+            }
+        }
+        covered(if closure.reason == reason {
+            "close: closed"
+        } else {
+            "close: already closed"
+        });
+        self.closed[usize::from(key)] = Some((incarnation, closure));
+        Ok(())
+    }
+
     fn take_over(&mut self, key: u8, to: u8, evict: bool) {
         let (key, to) = (self.key_index(key), self.node_index(to));
         let from = self.writer[usize::from(key)];
@@ -756,6 +825,23 @@ impl World {
                 Err(TryNextError::Gap(gap)) => {
                     reader.ended = true;
                     return self.check_gap(reader, &gap).map(|()| false);
+                }
+                // Everything through the closure, then the end: at rest.
+                Err(TryNextError::Closed(closure)) => {
+                    reader.ended = true;
+                    if reader.last != closure.last {
+                        return violation(
+                            "7. a reader ended with the closure before its last position",
+                            format!(
+                                "reader on node {} of {}: read to {}, {closure}",
+                                reader.node,
+                                self.keys[usize::from(reader.key)],
+                                reader.last
+                            ),
+                        );
+                    }
+                    covered("reader ended: closed");
+                    return Ok(true);
                 }
                 Err(TryNextError::Ended) => {
                     reader.ended = true;

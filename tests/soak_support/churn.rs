@@ -296,7 +296,11 @@ fn subscriber(shared: &Shared, index: usize, writers: usize) {
                     shared.events_delivered.fetch_add(1, Relaxed);
                 }
                 Err(NextTimeoutError::Timeout) => break,
-                Err(NextTimeoutError::Gap(_) | NextTimeoutError::Ended) => break,
+                Err(
+                    NextTimeoutError::Gap(_)
+                    | NextTimeoutError::Closed(_)
+                    | NextTimeoutError::Ended,
+                ) => break,
             }
         }
         drop(subscription);

@@ -19,7 +19,7 @@ use livereplay::durable::{
     DurableLog, EventRef, HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionMeta,
     SessionWrite, StoredEvent,
 };
-use livereplay::{Incarnation, SessionKey};
+use livereplay::{CloseReason, Closure, Incarnation, SessionKey};
 
 /// A fresh, empty log for one test; dropping it cleans up after it.
 pub trait Backend {
@@ -164,6 +164,7 @@ macro_rules! durable_conformance {
             tenants_are_isolated,
             links_round_trip,
             large_payload_round_trips,
+            closure_is_stored_at_the_tail_and_cleared_by_a_new_life,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {
@@ -253,6 +254,7 @@ pub fn write<'a>(
         key,
         new_life,
         records,
+        closure: None,
     }
 }
 
@@ -1092,6 +1094,71 @@ pub fn large_payload_round_trips(log: &dyn DurableLog) {
     assert_eq!(load(log, &k, 2, 1), [records[2].clone()]);
 }
 
+// ---- closure ------------------------------------------------------------
+
+fn closed(reason: CloseReason, last: u64) -> Option<Closure> {
+    Some(Closure { reason, last })
+}
+
+pub fn closure_is_stored_at_the_tail_and_cleared_by_a_new_life(log: &dyn DurableLog) {
+    let k = key("t", "s");
+    let other = key("t", "other");
+    // Off the tail (before it, past it, or past the records of its own
+    // call): refused whole, with the other session of the call.
+    append_ok(log, &k, Some(life(1, 1)), &events(1..=2, 1));
+    for (records, last) in [(vec![], 1), (vec![], 3), (events(3..=4, 1), 3)] {
+        assert_refused(
+            log,
+            &[&k, &other],
+            || {
+                log.append(&[
+                    write(&other, Some(life(9, 1)), &[]),
+                    SessionWrite {
+                        closure: closed(CloseReason::Done, last),
+                        ..write(&k, None, &records)
+                    },
+                ])
+            },
+            |e| matches!(e, LogError::NotContiguous { .. }),
+            "a closure off the tail",
+        );
+    }
+    // With the last records, in one call.
+    let tail = events(3..=4, 1);
+    log.append(&[SessionWrite {
+        closure: closed(CloseReason::Cancelled, 4),
+        ..write(&k, None, &tail)
+    }])
+    .expect("records and their closure");
+    let m = meta_of(log, &k);
+    assert_eq!(m.closure, closed(CloseReason::Cancelled, 4));
+    assert_eq!((m.durable_tail, m.event_count), (4, 4));
+    // Archiving leaves it; a new life clears it.
+    log.archive_before(&k, 4).expect("archive");
+    assert_eq!(meta_of(log, &k).closure, closed(CloseReason::Cancelled, 4));
+    append_ok(log, &k, Some(life(2, 5)), &[]);
+    assert_eq!(meta_of(log, &k).closure, None);
+    // Alone, after the records (another commit), and on a session whose
+    // first write is its life: each backend stores every reason.
+    append_ok(log, &k, None, &events(5..=5, 2));
+    log.append(&[SessionWrite {
+        closure: closed(CloseReason::Interrupted, 5),
+        ..write(&k, None, &[])
+    }])
+    .expect("a closure alone");
+    assert_eq!(
+        meta_of(log, &k).closure,
+        closed(CloseReason::Interrupted, 5)
+    );
+    log.append(&[SessionWrite {
+        closure: closed(CloseReason::Error, 0),
+        ..write(&other, Some(life(3, 1)), &[])
+    }])
+    .expect("a life and its closure");
+    assert_eq!(meta_of(log, &other).closure, closed(CloseReason::Error, 0));
+    assert_eq!(meta(log, &key("t", "never")), None);
+}
+
 // ---- reopen -------------------------------------------------------------
 
 /// A log with a bit of everything: two tenants, lives, holes, links,
@@ -1131,6 +1198,14 @@ fn populate(log: &dyn DurableLog) -> Vec<SessionKey> {
     append_ok(log, &c, Some(life(4, 1)), &events(1..=2, 4));
     append_ok(log, &c, Some(life(5, 3)), &[]);
     assert_eq!(log.archive_before(&a, 5).expect("archive"), 4);
+    log.append(&[SessionWrite {
+        closure: Some(Closure {
+            reason: CloseReason::Done,
+            last: 4,
+        }),
+        ..write(&b, None, &[])
+    }])
+    .expect("close b");
     vec![a, b, c]
 }
 

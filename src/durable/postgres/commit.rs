@@ -177,7 +177,7 @@ pub(super) fn append(conn: &mut Conn, writes: &[SessionWrite<'_>]) -> Result<(),
         validate_write(write.key, stage.meta.as_ref(), write)?;
         // Nothing to record for a session the log does not know: not
         // listed, no row (as in the other backends).
-        if write.new_life.is_none() && write.records.is_empty() {
+        if write.new_life.is_none() && write.records.is_empty() && write.closure.is_none() {
             continue;
         }
         apply_to_meta(stage.meta.get_or_insert_with(empty_meta), write);
@@ -331,6 +331,7 @@ fn write_all(
     let c = &columns;
     let (mut ids, mut tails, mut last_revisions, mut events) = (vec![], vec![], vec![], vec![]);
     let (mut owners, mut life_incarnations, mut firsts) = (vec![], vec![], vec![]);
+    let (mut close_reasons, mut close_lasts) = (Vec::<Option<i16>>::new(), Vec::new());
     for stage in staged.iter().filter(|s| s.changed) {
         let (Some(id), Some(meta)) = (stage.id, stage.meta.as_ref()) else {
             continue;
@@ -339,6 +340,8 @@ fn write_all(
         tails.push(to_sql(meta.durable_tail));
         last_revisions.push(to_sql(meta.last_revision));
         events.push(to_sql(meta.event_count));
+        close_reasons.push(meta.closure.map(|c| i16::from(c.reason.to_tag())));
+        close_lasts.push(meta.closure.map(|c| to_sql(c.last)));
         for life in &stage.new_lives {
             owners.push(id);
             life_incarnations.push(to_sql(life.incarnation.get()));
@@ -368,6 +371,8 @@ fn write_all(
                 &firsts,
                 &statements.channel,
                 &state_key,
+                &close_reasons,
+                &close_lasts,
             ],
         )
         .map_err(backend)?;

@@ -11,6 +11,7 @@
 use ::postgres::Row;
 
 use super::{backend, from_sql, position_from_sql, to_sql, Conn};
+use crate::closure::{CloseReason, Closure};
 use crate::cursor::Incarnation;
 use crate::durable::stored::LinksV1;
 use crate::durable::{
@@ -46,6 +47,25 @@ pub(super) fn decode_session(row: &Row) -> Result<(i64, SessionKey, SessionMeta)
     if incarnations.len() != firsts.len() {
         return Err(bad("lives' arrays of different lengths".into()));
     }
+    let close_reason: Option<i16> = row.try_get(9).map_err(backend)?;
+    let close_last: Option<i64> = row.try_get(10).map_err(backend)?;
+    let closure = match (close_reason, close_last) {
+        (None, None) => None,
+        (Some(reason), Some(last)) => {
+            let reason = u8::try_from(reason)
+                .ok()
+                .and_then(CloseReason::from_tag)
+                .ok_or_else(|| bad(format!("unknown close reason {reason}")))?;
+            let last = position_from_sql(last, "closure's last position", &key)?;
+            if last != durable_tail {
+                return Err(bad(format!(
+                    "closed at {last} but the durable tail is {durable_tail}"
+                )));
+            }
+            Some(Closure { reason, last })
+        }
+        _ => return Err(bad("half a closure".into())),
+    };
     let lives = incarnations
         .iter()
         .zip(&firsts)
@@ -66,6 +86,7 @@ pub(super) fn decode_session(row: &Row) -> Result<(i64, SessionKey, SessionMeta)
             last_revision,
             lives,
             event_count,
+            closure,
         },
     ))
 }

@@ -22,11 +22,12 @@ use super::backend;
 use crate::durable::LogError;
 
 /// The newest schema version this code writes and reads.
-pub(super) const VERSION: i32 = 1;
+pub(super) const VERSION: i32 = 2;
 
 /// Migration `n` (1-based) brings a schema from version `n - 1` to `n`.
 /// `{s}` stands for the quoted schema name.
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE {s}.sessions (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     durable_tail bigint NOT NULL CHECK (durable_tail >= 0),
@@ -64,7 +65,16 @@ CREATE TABLE {s}.index_entries (
     key bytea PRIMARY KEY,
     value bytea NOT NULL
 );
-"#];
+"#,
+    // 2: a session's closure (`crate::Closure`): both NULL while open.
+    r#"
+ALTER TABLE {s}.sessions
+    ADD COLUMN close_reason smallint,
+    ADD COLUMN close_last bigint,
+    ADD CHECK ((close_reason IS NULL) = (close_last IS NULL)),
+    ADD CHECK (close_last IS NULL OR close_last = durable_tail);
+"#,
+];
 
 /// Refuses a schema name that is not a plain lowercase identifier short
 /// enough to also name the notification channel.
@@ -199,7 +209,7 @@ pub(super) struct Statements {
 
 /// The columns of a session row, in the order the statements return them.
 const SESSION_COLUMNS: &str = "id, tenant, session, durable_tail, archived_through, \
-     last_revision, event_count, life_incarnations, life_first_positions";
+     last_revision, event_count, life_incarnations, life_first_positions, close_reason, close_last";
 
 /// The columns of a record row, in the order `reads::decode_record` reads.
 pub(super) const RECORD_COLUMNS: &str = "position, incarnation, revision, timestamp_nanos, \
@@ -241,6 +251,7 @@ impl Statements {
                  updated AS (
                      UPDATE {s}.sessions AS m SET durable_tail = u.tail,
                          last_revision = u.revision, event_count = u.events,
+                         close_reason = u.close_reason, close_last = u.close_last,
                          life_incarnations = m.life_incarnations || coalesce((
                              SELECT array_agg(l.incarnation ORDER BY l.ord)
                              FROM unnest($14::bigint[], $15::bigint[], $16::bigint[])
@@ -251,8 +262,9 @@ impl Statements {
                              FROM unnest($14::bigint[], $15::bigint[], $16::bigint[])
                                  WITH ORDINALITY AS l (owner, incarnation, first_position, ord)
                              WHERE l.owner = m.id), '{{}}')
-                     FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[])
-                         AS u (id, tail, revision, events)
+                     FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
+                             $19::smallint[], $20::bigint[])
+                         AS u (id, tail, revision, events, close_reason, close_last)
                      WHERE m.id = u.id
                      RETURNING m.id, m.durable_tail)
                  SELECT pg_notify($17, id::text || ' ' || durable_tail::text),

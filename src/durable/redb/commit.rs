@@ -115,7 +115,11 @@ impl RedbLog {
                 validate_write(write.key, meta.as_ref(), write)?;
                 // Nothing to record for a session the log does not know
                 // (as in `MemoryLog`): not listed, no meta.
-                if meta.is_none() && write.new_life.is_none() && write.records.is_empty() {
+                if meta.is_none()
+                    && write.new_life.is_none()
+                    && write.records.is_empty()
+                    && write.closure.is_none()
+                {
                     continue;
                 }
                 let mut meta = meta.unwrap_or_else(empty_meta);

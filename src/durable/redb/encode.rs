@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{backend, corrupt};
 use crate::cursor::Incarnation;
-use crate::durable::stored::LinksV1;
+use crate::durable::stored::{append_closure, read_closure, LinksV1};
 use crate::durable::{
     HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionMeta, StoredEvent,
 };
@@ -81,7 +81,9 @@ pub(super) fn encode_meta(seq: u64, meta: &SessionMeta) -> Result<Vec<u8>, LogEr
             })
             .collect(),
     };
-    postcard::to_stdvec(&stored).map_err(|e| LogError::Backend(Box::new(e)))
+    postcard::to_stdvec(&stored)
+        .and_then(|bytes| append_closure(meta.closure, bytes))
+        .map_err(|e| LogError::Backend(Box::new(e)))
 }
 
 /// Reads a session's meta row: its creation number and meta.
@@ -93,7 +95,9 @@ pub(super) fn read_meta(
         return Ok(None);
     };
     let bad = |what: String| LogError::Corrupt(format!("{key}, meta: {what}"));
-    let stored: MetaV1 = postcard::from_bytes(guard.value()).map_err(|e| bad(e.to_string()))?;
+    let (stored, rest): (MetaV1, _) =
+        postcard::take_from_bytes(guard.value()).map_err(|e| bad(e.to_string()))?;
+    let closure = read_closure(rest, stored.durable_tail).map_err(bad)?;
     let lives = stored
         .lives
         .iter()
@@ -120,6 +124,7 @@ pub(super) fn read_meta(
             last_revision: stored.last_revision,
             lives,
             event_count: stored.event_count,
+            closure,
         },
     )))
 }

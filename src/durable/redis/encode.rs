@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conn::{bulk, cmd};
 use crate::cursor::Incarnation;
-use crate::durable::stored::LinksV1;
+use crate::durable::stored::{append_closure, read_closure, LinksV1};
 use crate::durable::{
     HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionMeta, StoredEvent,
 };
@@ -60,7 +60,9 @@ pub(super) fn encode_meta(
             .collect(),
         holes: holes.to_vec(),
     };
-    postcard::to_extend(&stored, vec![FORMAT]).map_err(|e| LogError::Backend(Box::new(e)))
+    postcard::to_extend(&stored, vec![FORMAT])
+        .and_then(|bytes| append_closure(meta.closure, bytes))
+        .map_err(|e| LogError::Backend(Box::new(e)))
 }
 
 /// A session's creation number, meta and unarchived holes, from a `GET`
@@ -84,9 +86,7 @@ pub(super) fn decode_meta(
     }
     let (stored, trailing): (MetaV1, _) =
         postcard::take_from_bytes(rest).map_err(|e| bad(e.to_string()))?;
-    if !trailing.is_empty() {
-        return Err(bad("trailing bytes".into()));
-    }
+    let closure = read_closure(trailing, stored.durable_tail).map_err(bad)?;
     if stored.archived_through > stored.durable_tail {
         return Err(bad(format!(
             "archived through {} beyond the tail {}",
@@ -128,6 +128,7 @@ pub(super) fn decode_meta(
             last_revision: stored.last_revision,
             lives,
             event_count: stored.event_count,
+            closure,
         },
         stored.holes,
     )))
@@ -380,6 +381,7 @@ mod tests {
                 first_position: 1,
             }],
             event_count: 3,
+            closure: None,
         };
         let bytes = encode_meta(5, &meta, &[(3, 4)]).expect("encode");
         let decoded = decode_meta(&key, Value::BulkString(bytes.clone())).expect("decode");
@@ -394,6 +396,45 @@ mod tests {
             decode_meta(&key, Value::BulkString(other)),
             Err(LogError::Corrupt(_))
         ));
+        // A closed meta: the open one's bytes, then the closure's; every
+        // cut inside the closure, a closure off the tail, or an unknown
+        // reason is corrupt.
+        let closed = SessionMeta {
+            closure: Some(crate::Closure {
+                reason: crate::CloseReason::Cancelled,
+                last: 9,
+            }),
+            ..meta.clone()
+        };
+        let closed_bytes = encode_meta(5, &closed, &[(3, 4)]).expect("encode");
+        assert_eq!(closed_bytes[..bytes.len()], bytes[..]);
+        let decoded = decode_meta(&key, Value::BulkString(closed_bytes.clone())).expect("decode");
+        assert_eq!(decoded, Some((5, closed.clone(), vec![(3, 4)])));
+        for cut in bytes.len() + 1..closed_bytes.len() {
+            let result = decode_meta(&key, Value::BulkString(closed_bytes[..cut].to_vec()));
+            assert!(matches!(result, Err(LogError::Corrupt(_))), "cut at {cut}");
+        }
+        let off_tail = SessionMeta {
+            closure: Some(crate::Closure {
+                reason: crate::CloseReason::Done,
+                last: 8,
+            }),
+            ..meta.clone()
+        };
+        let mut unknown = closed_bytes.clone();
+        unknown[bytes.len()] = 9;
+        let mut trailing = closed_bytes.clone();
+        trailing.push(0);
+        for bad in [
+            encode_meta(5, &off_tail, &[(3, 4)]).expect("encode"),
+            unknown,
+            trailing,
+        ] {
+            assert!(matches!(
+                decode_meta(&key, Value::BulkString(bad)),
+                Err(LogError::Corrupt(_))
+            ));
+        }
         for holes in [[(3, 0)], [(1, 2)], [(8, 3)], [(u64::MAX, 2)]] {
             let bytes = encode_meta(5, &meta, &holes).expect("encode");
             assert!(

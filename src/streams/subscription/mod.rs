@@ -223,7 +223,9 @@ impl DurableStreams {
         loop {
             match records.try_next() {
                 Ok(event) => out.extend(event.payload().messages().iter().cloned()),
-                Err(TryNextError::Empty | TryNextError::Ended) => return Ok(out),
+                Err(TryNextError::Empty | TryNextError::Ended | TryNextError::Closed(_)) => {
+                    return Ok(out)
+                }
                 Err(TryNextError::Gap(gap)) => {
                     return Err(StreamError::Unavailable(format!(
                         "a reserved session cannot be read ({gap})"

@@ -1,0 +1,437 @@
+//! A session's closure (module `closure`): readers get every event it
+//! accepted and then the end, appends after it are refused, and with a
+//! durable log the end is durable — a restored store, another node's
+//! catch-up and a revived tombstone all find the session closed.
+//!
+//! Bounded: threads stop at their first refusal, waits have deadlines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use livereplay::durable::{DurableLog, MemoryLog};
+use livereplay::{
+    CloseReason, Closure, Config, Cursor, DurableOptions, Error, NextTimeoutError, Refusal,
+    ReplayStore, Revision, SessionKey, TryNextError, Utf8,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn key(session: &str) -> SessionKey {
+    SessionKey::new("tenant", session).unwrap()
+}
+
+fn durable_store(log: Arc<dyn DurableLog>, thread: bool) -> ReplayStore<String> {
+    ReplayStore::builder()
+        .config(Config::default().with_capacity(64).with_auto_sweep(false))
+        .durable(log, Utf8)
+        .durable_options(DurableOptions::default().with_persister_thread(thread))
+        .build()
+        .unwrap()
+}
+
+/// Runs `future` to its end on a current-thread runtime, at most `WAIT`.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(async { tokio::time::timeout(WAIT, future).await.expect("in time") })
+}
+
+fn drain(store: &ReplayStore<String>) {
+    while store.persist_round().is_some() {}
+}
+
+fn refused_closed(result: Result<impl std::fmt::Debug, Error>) -> Closure {
+    match result {
+        Err(Error::Refused(Refusal::SessionClosed { closure })) => closure,
+        other => panic!("expected a SessionClosed refusal, got {other:?}"),
+    }
+}
+
+/// Reads a catch-up to its end: the payloads, and the closure it ended with.
+fn read_to_closure(
+    store: &ReplayStore<String>,
+    k: &SessionKey,
+) -> (Vec<String>, Result<Closure, NextTimeoutError>) {
+    let mut catch_up = store.catch_up(&Cursor::start(k.clone())).unwrap();
+    let mut payloads = Vec::new();
+    loop {
+        match catch_up.next_timeout(WAIT) {
+            Ok(event) => payloads.push(event.payload().clone()),
+            Err(NextTimeoutError::Closed(closure)) => {
+                assert_eq!(catch_up.closure(), Some(closure));
+                assert!(catch_up.is_ended());
+                return (payloads, Ok(closure));
+            }
+            Err(other) => return (payloads, Err(other)),
+        }
+    }
+}
+
+#[test]
+fn readers_get_every_event_then_the_closure_and_nothing_is_accepted_after_it() {
+    let store = ReplayStore::<String>::default();
+    let k = key("turn");
+    let mut live = store
+        .subscribe_after_cursor(&Cursor::start(k.clone()))
+        .unwrap();
+    let handle = store.session(&k).unwrap();
+    let mut writer = handle.writer();
+    store.append(&k, Revision(1), "a".into()).unwrap();
+    writer.append(Revision(1), "b".into()).unwrap();
+    handle
+        .append_batch(Revision(1), ["c".to_string(), "d".to_string()])
+        .unwrap();
+
+    let closure = handle.close(CloseReason::Error).unwrap();
+    assert_eq!(
+        closure,
+        Closure {
+            reason: CloseReason::Error,
+            last: 4
+        }
+    );
+    // The first close wins.
+    assert_eq!(store.close_session(&k, CloseReason::Done).unwrap(), closure);
+    assert_eq!(store.closure(&k), Some(closure));
+    assert_eq!(handle.closure(), Some(closure));
+
+    // Every way to append is refused, naming the closure.
+    assert_eq!(
+        refused_closed(store.append(&k, Revision(1), "x".into())),
+        closure
+    );
+    assert_eq!(
+        refused_closed(handle.append(Revision(1), "x".into())),
+        closure
+    );
+    assert_eq!(
+        refused_closed(handle.append_batch(Revision(1), ["x".to_string()])),
+        closure
+    );
+    assert_eq!(
+        refused_closed(writer.append(Revision(1), "x".into())),
+        closure
+    );
+    assert_eq!(store.latest_position(&k), Some(4));
+
+    // The live reader: the four, then the closure once, then Ended.
+    let got: Vec<String> = (0..4)
+        .map(|_| live.try_next().unwrap().payload().clone())
+        .collect();
+    assert_eq!(got, ["a", "b", "c", "d"]);
+    assert_eq!(live.try_next().unwrap_err(), TryNextError::Closed(closure));
+    assert_eq!(live.closure(), Some(closure));
+    assert_eq!(live.try_next().unwrap_err(), TryNextError::Ended);
+
+    // A reader from the middle, and one at the tail, end the same way.
+    let middle = store
+        .replay_after_cursor(&Cursor::start(k.clone()))
+        .unwrap()[1]
+        .cursor();
+    let mut late = store.subscribe_after_cursor(&middle).unwrap();
+    assert_eq!(late.next_timeout(WAIT).unwrap().position(), 3);
+    assert_eq!(late.next_timeout(WAIT).unwrap().position(), 4);
+    assert_eq!(
+        late.next_timeout(WAIT).unwrap_err(),
+        NextTimeoutError::Closed(closure)
+    );
+    let at_tail = store.current_cursor(&k);
+    let mut tail = store.subscribe_after_cursor(&at_tail).unwrap();
+    assert_eq!(tail.try_next().unwrap_err(), TryNextError::Closed(closure));
+
+    // The removal that follows is a removal: a new reader of the key
+    // finds an open session (no log keeps the closure).
+    assert!(store.remove_session(&k));
+    store.append(&k, Revision(1), "next".into()).unwrap();
+    assert_eq!(store.closure(&k), None);
+}
+
+#[test]
+fn a_subscription_stream_ends_without_a_gap_and_says_why() {
+    let store = Arc::new(ReplayStore::<String>::default());
+    let k = key("streamed");
+    let mut stream = store
+        .subscribe_after_cursor(&Cursor::start(k.clone()))
+        .unwrap();
+    let writer = {
+        let (store, k) = (Arc::clone(&store), k.clone());
+        std::thread::spawn(move || {
+            for i in 0..100 {
+                store.append(&k, Revision(1), i.to_string()).unwrap();
+            }
+            store.close_session(&k, CloseReason::Cancelled).unwrap()
+        })
+    };
+    let received = block_on(async {
+        let mut received = Vec::new();
+        while let Some(item) = stream.next().await {
+            received.push(item.expect("no gap").position());
+        }
+        received
+    });
+    let closure = writer.join().unwrap();
+    assert_eq!(received, (1..=100).collect::<Vec<_>>());
+    assert_eq!(stream.closure(), Some(closure));
+    assert_eq!(closure.reason, CloseReason::Cancelled);
+}
+
+/// Two writers append until refused while a third thread closes: every
+/// append that returned `Ok` is at or before the closure and is read once,
+/// in order; every refusal names the closure; the reader ends with it.
+#[test]
+fn a_close_racing_writers_and_a_reader_loses_nothing() {
+    for round in 0..20 {
+        let store =
+            Arc::new(ReplayStore::<u64>::new(Config::default().with_capacity(4096)).unwrap());
+        let k = key("race");
+        let mut reader = store
+            .subscribe_after_cursor(&Cursor::start(k.clone()))
+            .unwrap();
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (store, k) = (Arc::clone(&store), k.clone());
+                std::thread::spawn(move || {
+                    let mut accepted = Vec::new();
+                    for i in 0..2000u64 {
+                        match store.append(&k, Revision(1), w * 10_000 + i) {
+                            Ok(event) => accepted.push(event.position()),
+                            Err(Error::Refused(Refusal::SessionClosed { closure })) => {
+                                return (accepted, Some(closure))
+                            }
+                            Err(other) => panic!("writer {w}: {other}"),
+                        }
+                    }
+                    (accepted, None)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_micros(50 * round));
+        let closure = store.close_session(&k, CloseReason::Done).unwrap();
+        let mut read = Vec::new();
+        let ended = loop {
+            match reader.next_timeout(WAIT) {
+                Ok(event) => read.push(event.position()),
+                Err(NextTimeoutError::Closed(closure)) => break closure,
+                Err(other) => panic!("round {round}: reader got {other}"),
+            }
+        };
+        assert_eq!(ended, closure);
+        assert_eq!(
+            read,
+            (1..=closure.last).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        for writer in writers {
+            let (accepted, refusal) = writer.join().unwrap();
+            assert!(accepted.iter().all(|&p| p <= closure.last), "round {round}");
+            if let Some(refusal) = refusal {
+                assert_eq!(refusal, closure);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_closure_is_durable_and_a_restored_store_finds_it() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::new());
+    let k = key("durable");
+    {
+        let store = durable_store(Arc::clone(&log), true);
+        for p in ["a", "b", "c"] {
+            store.append(&k, Revision(1), p.into()).unwrap();
+        }
+        store.close_session(&k, CloseReason::Cancelled).unwrap();
+        store.wait_durable(&k, 3, WAIT).unwrap();
+        // Dropping the store drains what is left, the closure included.
+    }
+    let closure = Closure {
+        reason: CloseReason::Cancelled,
+        last: 3,
+    };
+    let meta = log.meta(&k).unwrap().unwrap();
+    assert_eq!((meta.durable_tail, meta.closure), (3, Some(closure)));
+
+    let restored = durable_store(Arc::clone(&log), true);
+    let (payloads, end) = read_to_closure(&restored, &k);
+    assert_eq!(payloads, ["a", "b", "c"]);
+    assert_eq!(end, Ok(closure));
+    assert_eq!(
+        refused_closed(restored.append(&k, Revision(1), "d".into())),
+        closure
+    );
+    assert_eq!(
+        restored.close_session(&k, CloseReason::Done).unwrap(),
+        closure
+    );
+    assert_eq!(restored.closure(&k), Some(closure));
+}
+
+#[test]
+fn another_nodes_catch_up_ends_with_the_closure_from_the_log() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::shared());
+    let k = key("shared");
+    let writer = durable_store(Arc::clone(&log), false);
+    let host = durable_store(Arc::clone(&log), false);
+    let mut follower = host.catch_up(&Cursor::start(k.clone())).unwrap();
+    for p in ["a", "b"] {
+        writer.append(&k, Revision(1), p.into()).unwrap();
+    }
+    drain(&writer);
+    assert_eq!(follower.try_next().unwrap().payload(), "a");
+    assert_eq!(follower.try_next().unwrap().payload(), "b");
+    assert_eq!(follower.try_next().unwrap_err(), TryNextError::Empty);
+    let closure = writer.close_session(&k, CloseReason::Interrupted).unwrap();
+    // Not in the log yet: the follower cannot know.
+    assert_eq!(follower.try_next().unwrap_err(), TryNextError::Empty);
+    drain(&writer);
+    assert_eq!(
+        follower.try_next().unwrap_err(),
+        TryNextError::Closed(closure)
+    );
+    assert!(
+        !host.is_resident(&k),
+        "a reader does not restore the session"
+    );
+    // As a stream too.
+    let stream = host.catch_up(&Cursor::start(k.clone())).unwrap();
+    let items: Vec<_> = block_on(stream.collect::<Vec<_>>());
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(Result::is_ok));
+}
+
+#[test]
+fn a_closed_key_stays_closed_through_removal_with_a_log() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::new());
+    let store = durable_store(Arc::clone(&log), false);
+    for (session, persist_first) in [("persisted", true), ("in-flight", false)] {
+        let k = key(session);
+        store.append(&k, Revision(1), "a".into()).unwrap();
+        let closure = store.close_session(&k, CloseReason::Done).unwrap();
+        if persist_first {
+            drain(&store);
+        }
+        // Removed with its closure still on its way (or already there):
+        // a re-creation restores it closed either way.
+        assert!(store.remove_session(&k));
+        assert_eq!(
+            refused_closed(store.append(&k, Revision(1), "b".into())),
+            closure,
+            "{session}"
+        );
+        drain(&store);
+        assert_eq!(
+            log.meta(&k).unwrap().unwrap().closure,
+            Some(closure),
+            "{session}"
+        );
+        let (payloads, end) = read_to_closure(&store, &k);
+        assert_eq!(
+            (payloads, end),
+            (vec!["a".to_string()], Ok(closure)),
+            "{session}"
+        );
+    }
+}
+
+#[test]
+fn an_evicted_closed_session_is_revived_closed() {
+    let store = ReplayStore::<String>::new(
+        Config::default()
+            .with_capacity(8)
+            .with_auto_sweep(false)
+            .with_tombstones(16, Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let k = key("evicted");
+    store.append(&k, Revision(1), "a".into()).unwrap();
+    let closure = store.close_session(&k, CloseReason::Error).unwrap();
+    store.release_through(&k, 1);
+    assert_eq!(store.sweep(), 1);
+    assert!(!store.is_resident(&k));
+    assert_eq!(
+        refused_closed(store.append(&k, Revision(1), "b".into())),
+        closure
+    );
+    assert_eq!(store.closure(&k), Some(closure));
+}
+
+#[cfg(feature = "redb")]
+#[test]
+fn a_redb_file_keeps_the_closure_across_a_restart() {
+    use livereplay::durable::RedbLog;
+    let dir = std::env::temp_dir().join(format!("livereplay-closure-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("log.redb");
+    let k = key("redb");
+    {
+        let log: Arc<dyn DurableLog> = Arc::new(RedbLog::open(&path).unwrap());
+        let store = durable_store(log, true);
+        store.append(&k, Revision(1), "a".into()).unwrap();
+        store.close_session(&k, CloseReason::Done).unwrap();
+    }
+    let log: Arc<dyn DurableLog> = Arc::new(RedbLog::open(&path).unwrap());
+    let store = durable_store(log, true);
+    let closure = Closure {
+        reason: CloseReason::Done,
+        last: 1,
+    };
+    assert_eq!(
+        read_to_closure(&store, &k),
+        (vec!["a".to_string()], Ok(closure))
+    );
+    assert_eq!(
+        refused_closed(store.append(&k, Revision(1), "b".into())),
+        closure
+    );
+    drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Found by the simulator: a closed key removed and re-created twice while
+/// its first life's event was not durable kept that event alive after the
+/// drain. Every payload is dropped once everything is removed and drained.
+#[test]
+fn removing_a_closed_key_again_and_again_frees_its_events() {
+    #[derive(Clone)]
+    // Held, never read: the count of the shared `Arc` is the probe.
+    struct Probe(#[allow(dead_code)] Arc<()>);
+    struct ProbeCodec;
+    impl livereplay::Codec<Probe> for ProbeCodec {
+        fn encode(&self, _: &Probe, _: &mut Vec<u8>) -> Result<(), livereplay::CodecError> {
+            Ok(())
+        }
+        fn decode(&self, _: &[u8]) -> Result<Probe, livereplay::CodecError> {
+            Ok(Probe(Arc::new(())))
+        }
+    }
+    let probe = Arc::new(());
+    let store = ReplayStore::builder()
+        .config(Config::default().with_capacity(16).with_auto_sweep(false))
+        .durable(Arc::new(MemoryLog::new()), ProbeCodec)
+        .durable_options(
+            DurableOptions::default()
+                .with_persister_thread(false)
+                .with_undurable_budget(0),
+        )
+        .build()
+        .unwrap();
+    let k = key("again");
+    store
+        .append(&k, Revision(1), Probe(Arc::clone(&probe)))
+        .unwrap();
+    store.close_session(&k, CloseReason::Cancelled).unwrap();
+    for len in [9, 3] {
+        assert!(store.remove_session(&k));
+        let batch = vec![Probe(Arc::clone(&probe)); len];
+        assert!(matches!(
+            store.append_batch(&k, Revision(1), batch),
+            Err(Error::Refused(Refusal::SessionClosed { .. }))
+        ));
+    }
+    assert!(store.remove_session(&k));
+    while store.persist_round().is_some() {}
+    assert_eq!(Arc::strong_count(&probe), 1, "every payload was dropped");
+}
