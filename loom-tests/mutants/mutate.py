@@ -121,8 +121,8 @@ MUTATIONS = {
         ".fetch_sub(1, std::sync::atomic::Ordering::Relaxed);")],
     # Tiers. A revived session forgets its tombstone's identity.
     "revive-fresh-identity": [("src/map.rs",
-        "                        _ => Restored::continuing(tombstone.identity),\n",
-        "                        _ => Restored::continuing(Identity::fresh()),\n")],
+        "                        _ => Restored::continuing(tombstone.identity).closed(tombstone.closed),\n",
+        "                        _ => Restored::continuing(Identity::fresh()).closed(tombstone.closed),\n")],
     # The persister clears the dirty flag after reading, not before.
     "persister-clears-after-read": [
         ("src/persist/mod.rs",
@@ -171,6 +171,23 @@ MUTATIONS = {
          "        let ok = match &result {",
          "        self.progress.notify(usize::MAX);\n        let ok = match &result {"),
     ],
+    # Issue 22. Closing seals the ring before it takes the lock under which
+    # the closure is recorded: a reader can find the ring sealed and no
+    # closure, and end as if the session were removed (5f).
+    "close-seals-outside-lock": [("src/session/mod.rs",
+        "    pub(crate) fn close(this: &Arc<Self>, reason: CloseReason) -> Result<Closure, Refusal> {\n        let mut end = this.lock_end();\n",
+        "    pub(crate) fn close(this: &Arc<Self>, reason: CloseReason) -> Result<Closure, Refusal> {\n        let sealed = this.ring.seal();\n        let mut end = this.lock_end();\n"),
+        ("src/session/mod.rs",
+        "        if end.removed || this.ring.is_closed() {\n",
+        "        if end.removed {\n"),
+        ("src/session/mod.rs",
+        "            last: this.ring.seal(),\n",
+        "            last: sealed,\n")],
+    # A reader at a closed ring ends with the closure without waiting for
+    # an append claimed before the seal and still being published (5f).
+    "closed-reader-skips-in-flight": [("src/session/mod.rs",
+        "                Some(closure) if next <= closure.last => Ok(None),\n",
+        "")],
     # Issue 21. The removed session is registered with the persister after
     # its entry left the map, not under the shard's lock (T7).
     "remove-registers-after-leaving": [

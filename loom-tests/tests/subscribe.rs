@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use livereplay::{
-    Arc, Cursor, Event, GapReason, NextTimeoutError, Revision, Subscription, TryNextError,
+    Arc, CloseReason, Cursor, Error, Event, GapReason, NextTimeoutError, Refusal, Revision,
+    Subscription, TryNextError,
 };
 use loom::thread;
 use loom_tests::{check, key, store};
@@ -178,6 +179,57 @@ fn removing_the_session_wakes_a_parked_subscriber() {
         }
         assert!(subscription.is_ended());
     });
+}
+
+/// Model 5f: closing the session races an append through a handle while a
+/// subscriber is parked in `next_timeout`. The append lands before the
+/// closure (and the closure's last position is its) or is refused naming
+/// the closure; the subscriber is woken, gets every position through the
+/// closure's last, the one in flight included, and ends with the closure
+/// itself, never with a removal's `Reset` gap. Mutations
+/// `close-seals-outside-lock` (the reader can find the ring sealed before
+/// the closure is recorded) and `closed-reader-skips-in-flight` (it ends
+/// at the closure without waiting for an append claimed before the seal)
+/// each fail it.
+#[test]
+fn close_racing_an_append_ends_a_parked_subscriber_after_everything() {
+    check(
+        "close_racing_an_append_ends_a_parked_subscriber_after_everything",
+        || {
+            let store = Arc::new(store(8));
+            let key = key();
+            let handle = store.session(&key).unwrap();
+            let mut subscription = store
+                .subscribe_after_cursor(&Cursor::start(key.clone()))
+                .unwrap();
+            let writer = {
+                let handle = handle.clone();
+                thread::spawn(move || handle.append(Revision(1), 1))
+            };
+            let closer = thread::spawn(move || handle.close(CloseReason::Cancelled));
+
+            let mut delivered = Vec::new();
+            let ended = loop {
+                match subscription.next_timeout(FOREVER) {
+                    Ok(event) => delivered.push(event.position()),
+                    Err(NextTimeoutError::Closed(closure)) => break closure,
+                    Err(other) => panic!("expected the events, then the closure: {other:?}"),
+                }
+            };
+
+            let closure = closer.join().unwrap().unwrap();
+            assert_eq!(ended, closure, "the reader ends with the closure");
+            match writer.join().unwrap() {
+                Ok(event) => assert_eq!(closure.last, event.position()),
+                Err(error) => {
+                    assert_eq!(error, Error::Refused(Refusal::SessionClosed { closure }));
+                    assert_eq!(closure.last, 0);
+                }
+            }
+            assert_eq!(delivered, (1..=closure.last).collect::<Vec<_>>());
+            assert_eq!(subscription.closure(), Some(closure));
+        },
+    );
 }
 
 /// Model 5d: two subscribers parked in `next_timeout` on their own threads
