@@ -368,6 +368,7 @@ fn a_reader_on_a_lapped_slot_gets_its_event_or_a_gap() {
                     break;
                 }
                 Err(TryNextError::Ended) => panic!("ended without a gap"),
+                Err(TryNextError::Closed(closure)) => panic!("nothing closes it: {closure}"),
             }
         }
     });
