@@ -10,12 +10,18 @@ use std::time::Duration;
 
 use axum::response::sse::Event as SseEvent;
 
+use crate::closure::Closure;
+use crate::cursor::Cursor;
 use crate::error::{Gap, GapReason};
 use crate::event::Event;
 
 /// The `event:` name of the frame that reports a gap. Reserved: an event a
 /// host renders with this name is sent without a name instead.
 pub const GAP_EVENT: &str = "gap";
+
+/// The `event:` name of the frame that reports the session's closure.
+/// Reserved like [`GAP_EVENT`].
+pub const CLOSED_EVENT: &str = "closed";
 
 /// How a host renders one of its events: an optional SSE `event:` name and
 /// the `data:`. The `id:` is not the host's to choose: it is always the
@@ -51,12 +57,12 @@ impl Frame {
 
     /// A frame with an `event:` name. Carriage returns, line feeds and NULs
     /// are removed from the name (they cannot appear in an SSE field); an
-    /// empty name, or [`GAP_EVENT`], is sent as no name.
+    /// empty name, [`GAP_EVENT`] or [`CLOSED_EVENT`], is sent as no name.
     pub fn named(name: impl Into<String>, data: impl Into<String>) -> Self {
         let mut name = name.into();
         name.retain(|c| !matches!(c, '\r' | '\n' | '\0'));
         Self {
-            name: (!name.is_empty() && name != GAP_EVENT).then_some(name),
+            name: (!name.is_empty() && name != GAP_EVENT && name != CLOSED_EVENT).then_some(name),
             data: data.into(),
         }
     }
@@ -101,6 +107,45 @@ pub(crate) fn gap_frame(gap: &Gap, snapshot: Option<&str>) -> SseEvent {
         .id(gap.latest.to_string())
         .event(GAP_EVENT)
         .data(gap_data(gap, snapshot))
+}
+
+/// The one frame a closure ends a stream with: `event: closed`, `id:` the
+/// cursor at the closure's last position (the last event sent, or the
+/// client's own cursor), data [`closed_data`].
+pub(crate) fn closed_frame(closure: &Closure, latest: &Cursor) -> SseEvent {
+    SseEvent::default()
+        .id(latest.to_string())
+        .event(CLOSED_EVENT)
+        .data(closed_data(closure, latest))
+}
+
+/// The closed frame's data: a JSON object
+/// `{"reason": "done"|"error"|"cancelled"|"interrupted", "last": n,
+/// "latest": "<cursor>"}`.
+///
+/// ```
+/// use livereplay::{CloseReason, Closure, Cursor, Revision, SessionKey};
+/// use livereplay::http::closed_data;
+///
+/// let key = SessionKey::new("acme", "turn-7")?;
+/// let latest = Cursor::new(key, None, Revision(1), 9);
+/// let closure = Closure { reason: CloseReason::Done, last: 9 };
+/// assert_eq!(
+///     closed_data(&closure, &latest),
+///     r#"{"reason":"done","last":9,"latest":"lr1.-.1.9.acme.turn-7"}"#,
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn closed_data(closure: &Closure, latest: &Cursor) -> String {
+    let mut json = String::with_capacity(96);
+    let _ = write!(
+        json,
+        "{{\"reason\":\"{}\",\"last\":{},\"latest\":",
+        closure.reason, closure.last
+    );
+    push_json_string(&mut json, &latest.to_string());
+    json.push('}');
+    json
 }
 
 /// The opening frame: a comment saying where the stream resumes, and the

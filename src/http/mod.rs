@@ -53,12 +53,20 @@
 //!    `{"reason": "trimmed"|"unavailable"|"reset"|"lost", "missed": n|null,
 //!    "latest": "<cursor>"}` plus `"snapshot": <host JSON>` if the host's
 //!    [`on_gap`](SseCatchUp::on_gap) hook returned one ([`gap_data`]). The
-//!    response ends after it; a catch-up only ends at a gap.
+//!    response ends after it.
+//! 4. or, if the session was [closed](crate::ReplayStore::close_session)
+//!    and every event through its last position was sent, one **closed
+//!    frame**, last: `event: closed`, `id:` the cursor at that last
+//!    position, `data:` `{"reason": "done"|"error"|"cancelled"|"interrupted",
+//!    "last": n, "latest": "<cursor>"}` ([`closed_data`]). The response ends
+//!    after it, and a client that reconnects with that id gets the closed
+//!    frame again at once: the turn is over, not stalled. A catch-up ends
+//!    only at a gap or at the closure.
 //!
 //! Between frames, **keep-alive** comments (`: keep-alive`), never with an
 //! `id:`.
 //!
-//! Only event and gap frames carry an `id:`, and every `id:` is a cursor
+//! Only event, gap and closed frames carry an `id:`, and every `id:` is a cursor
 //! meaning "seen everything up to here". So a client that reconnects with
 //! its `Last-Event-ID` — after a dropped connection, a response bounded by
 //! [`max_events`](SseCatchUp::max_events), a gap, or a server restart over
@@ -83,7 +91,7 @@ mod frame;
 mod resume;
 mod stream;
 
-pub use self::frame::{gap_data, gap_reason, Frame, GAP_EVENT};
+pub use self::frame::{closed_data, gap_data, gap_reason, Frame, CLOSED_EVENT, GAP_EVENT};
 pub use self::resume::{
     resume_cursor, CursorSource, ResumeCursor, ResumeError, CURSOR_PARAM, LAST_EVENT_ID,
 };

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::response::sse::{Event as SseEvent, KeepAlive, KeepAliveStream, Sse};
 use futures_core::Stream;
 
-use super::frame::{event_frame, gap_frame, opening_frame, Frame};
+use super::frame::{closed_frame, event_frame, gap_frame, opening_frame, Frame};
 use super::resume::{CursorSource, ResumeError};
 use crate::catchup::CatchUp;
 use crate::cursor::{Cursor, CursorError};
@@ -397,7 +397,13 @@ impl<T: Send + Sync + 'static> Stream for CatchUpEvents<T> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.ended = true;
-                Poll::Ready(None)
+                // Ended by the session's closure: say so, at the last
+                // position (everything through it was sent).
+                let catch_up = this.catch_up.take();
+                let closed = catch_up
+                    .as_ref()
+                    .and_then(|catch_up| Some((catch_up.closure()?, catch_up.cursor())));
+                Poll::Ready(closed.map(|(closure, latest)| Ok(closed_frame(&closure, latest))))
             }
             Poll::Ready(Some(Err(gap))) => Poll::Ready(Some(Ok(this.end_with_gap(&gap)))),
             Poll::Ready(Some(Ok(event))) => {
@@ -498,6 +504,40 @@ mod tests {
             next(&mut resumed).await.unwrap(),
             format!("id: {}\nevent: token\ndata: h\n\n", h.cursor())
         );
+    }
+
+    #[tokio::test]
+    async fn a_closure_ends_the_stream_with_one_closed_frame_even_on_reconnect() {
+        let store = ReplayStore::new(Config::default().with_capacity(8)).unwrap();
+        let first = store.append(&key(), Revision(1), "a".into()).unwrap();
+        let mut events = sse_events(&store, &Cursor::start(key()));
+        assert!(next(&mut events).await.unwrap().starts_with(": livereplay"));
+        assert_eq!(
+            next(&mut events).await.unwrap(),
+            format!("id: {}\nevent: token\ndata: a\n\n", first.cursor())
+        );
+        // Closed while the stream waits: the next event first, then the end.
+        let last = store.append(&key(), Revision(1), "b".into()).unwrap();
+        store
+            .close_session(&key(), crate::CloseReason::Error)
+            .unwrap();
+        let at = last.cursor();
+        let closed = format!(
+            "id: {at}\nevent: closed\ndata: {{\"reason\":\"error\",\"last\":2,\"latest\":\"{at}\"}}\n\n"
+        );
+        assert_eq!(
+            next(&mut events).await.unwrap(),
+            format!("id: {at}\nevent: token\ndata: b\n\n")
+        );
+        assert_eq!(next(&mut events).await.unwrap(), closed);
+        assert_eq!(next(&mut events).await, None, "nothing after the closure");
+        // Reconnecting with the closed frame's id: the closure again, at once.
+        let mut again = sse_events(&store, &at);
+        assert!(next(&mut again).await.unwrap().starts_with(": livereplay"));
+        assert_eq!(next(&mut again).await.unwrap(), closed);
+        assert_eq!(next(&mut again).await, None);
+        // A host's frame named like the reserved one is sent unnamed.
+        assert_eq!(Frame::named(crate::http::CLOSED_EVENT, "x").name(), None);
     }
 
     #[tokio::test]

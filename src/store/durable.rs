@@ -341,7 +341,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// Whether `key`'s resident session is fenced: another writer took its
     /// position in the shared log, so its unwritten events never will be
     /// (persist invariant 6). A waiter for one of them stops waiting.
-    #[cfg(feature = "axum")]
+    #[cfg(feature = "durable-streams")]
     pub(crate) fn is_fenced(&self, key: &SessionKey) -> bool {
         // Relaxed: the persister sets it before it notifies progress, and
         // a waiter that misses it waits out its own deadline.
