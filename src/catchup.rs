@@ -364,9 +364,10 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                         return Err(NextTimeoutError::Gap(gap));
                     }
                     Err(NextTimeoutError::Closed(closure)) => {
-                        self.closure = Some(closure);
-                        self.finish();
-                        return Err(NextTimeoutError::Closed(closure));
+                        if self.closed_on_the_ring(closure) {
+                            self.finish();
+                            return Err(NextTimeoutError::Closed(closure));
+                        }
                     }
                     Err(other) => return Err(other),
                 }
@@ -395,6 +396,26 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
         self.shared.counters.count_gap(gap.reason);
     }
 
+    /// The ring subscription ended with `closure`: whether the catch-up
+    /// ends with it too (recorded in `closure`). Not if the session was
+    /// removed since and a log keeps the key: removal reopens it, so the
+    /// log decides whether a new life goes on (the ring subscription is
+    /// dropped and the next step reads the log, as after a removal's
+    /// `Reset`).
+    fn closed_on_the_ring(&mut self, closure: Closure) -> bool {
+        let reopened = self.persistence.is_some()
+            && self
+                .ring
+                .as_ref()
+                .is_some_and(Subscription::session_is_removed);
+        if reopened {
+            self.ring = None;
+            return false;
+        }
+        self.closure = Some(closure);
+        true
+    }
+
     /// Ends the catch-up (after its gap, or its closure).
     fn finish(&mut self) {
         self.ended = true;
@@ -420,8 +441,10 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                     Err(TryNextError::Empty) => return Ok(None),
                     // Everything through the closure was delivered.
                     Err(TryNextError::Closed(closure)) => {
-                        self.closure = Some(closure);
-                        return Ok(None);
+                        if self.closed_on_the_ring(closure) {
+                            return Ok(None);
+                        }
+                        continue;
                     }
                     // Lapped, or the session was removed under us (its
                     // events still reach the log, and a re-created session
@@ -739,9 +762,12 @@ impl<T: Send + Sync + 'static> Stream for CatchUp<T> {
                         return Poll::Ready(Some(Err(gap)));
                     }
                     Poll::Ready(None) if subscription.closure().is_some() => {
-                        this.closure = subscription.closure();
-                        this.finish();
-                        return Poll::Ready(None);
+                        let closure = subscription.closure();
+                        if closure.is_some_and(|closure| this.closed_on_the_ring(closure)) {
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        continue;
                     }
                     Poll::Ready(None) if this.persistence.is_some() => {
                         this.ring = None;

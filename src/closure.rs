@@ -26,13 +26,14 @@
 //!   (or the next one); a store restored from the log finds the session
 //!   closed, and a catch-up of a session nobody holds in memory ends with
 //!   it too.
-//! * **Final for the key's log.** A closed session stays readable and
-//!   closed. Removing it frees its memory (its readers that had not reached
-//!   the end get a `Reset` gap, as for any removal); with a durable log the
-//!   key stays closed (a re-creation restores it closed, as a restart
-//!   does: the closure is the log's, not the memory's), without one the
-//!   key starts a new, open life. A turn is a session: start the next turn
-//!   under a new key.
+//! * **Removal reopens.** A closed session stays readable and closed until
+//!   it is removed (a restart or an eviction restores it closed). Removing
+//!   it ends its readers that had not reached the end with a `Reset` gap,
+//!   as for any removal, and reopens the key: the next session under it is
+//!   a new, open life that continues after the closed one. With a durable
+//!   log the persister writes the closure and then records the reopening
+//!   (a new life, which clears the closure in the log), so a restore after
+//!   that finds the key open too.
 
 use std::fmt;
 

@@ -98,8 +98,9 @@ pub enum Refusal {
     #[error("the session was removed; get a new handle from the store to start a new incarnation")]
     SessionRemoved,
     /// The session was closed (see [`Closure`]): it takes no more appends.
+    /// Removing it reopens the key for a new life.
     #[error(
-        "the session is {closure}: it takes no more appends; write the next turn to a new session"
+        "the session is {closure}: it takes no more appends; remove it to start a new life under its key"
     )]
     SessionClosed {
         /// How it ended.

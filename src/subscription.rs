@@ -212,6 +212,11 @@ impl<T> Subscription<T> {
         }
     }
 
+    /// Whether the session it reads was removed from its store.
+    pub(crate) fn session_is_removed(&self) -> bool {
+        self.session.is_removed()
+    }
+
     /// Whether the subscription has ended (after its gap or closure).
     pub fn is_ended(&self) -> bool {
         self.ended

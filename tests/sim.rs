@@ -991,3 +991,97 @@ fn regression_catch_up_survives_the_removal_of_its_session() {
         ],
     );
 }
+
+/// Issue 22 (closure): a reader whose cursor is past a closure the log
+/// holds (its life crashed past where the closed life ended) ends with a
+/// `Lost` gap counted from its own life's end, not with the closure.
+#[test]
+fn regression_a_cursor_past_a_closure_is_lost_from_its_lifes_end() {
+    assert_clean(
+        &shape(2, 4, 3),
+        &[
+            Op::Append { key: 0 },
+            Op::Append { key: 0 },
+            Op::Append { key: 0 },
+            Op::Append { key: 0 },
+            Op::Persist { node: 0 }, // 1..=3 durable
+            Op::Append { key: 0 },
+            Op::Append { key: 0 },
+            Op::Append { key: 0 },
+            Op::Append { key: 0 },
+            Op::StartReader {
+                node: 1,
+                key: 0,
+                from: 9,
+                slot: 1,
+            }, // after 8, on the other node
+            Op::FailAppends,
+            Op::Restart { node: 0 }, // the drain fails: 4..=8 lost
+            Op::Append { key: 0 },
+            Op::Close { key: 0, reason: 3 },
+        ],
+    );
+}
+
+/// Issue 22 (closure): a closed session removed before it wrote anything,
+/// then re-created and removed again, is let go with its closure (the
+/// successor's life reopens the key); before the fix the successor waited
+/// for that closure forever and its events never reached the log.
+#[test]
+fn regression_a_successor_never_waits_for_an_abandoned_closure() {
+    assert_clean(
+        &shape(1, 8, 8),
+        &[
+            Op::Close { key: 0, reason: 2 },
+            Op::Remove { node: 0, key: 0 },
+            Op::AppendBatch { key: 0, len: 6 },
+            Op::Remove { node: 0, key: 0 },
+        ],
+    );
+}
+
+/// Issue 22 (closure): a round that popped a successor before the
+/// predecessor it waited for, and then let that predecessor go, ended
+/// empty; a drain stops at an empty round, so the successor's event was
+/// left unwritten by a clean restart.
+#[test]
+fn regression_a_round_never_ends_empty_with_a_successor_that_could_go_on() {
+    assert_clean(
+        &shape(1, 16, 64),
+        &[
+            Op::Append { key: 0 },
+            Op::Close { key: 0, reason: 4 },
+            Op::Remove { node: 0, key: 0 },
+            Op::Append { key: 0 },
+            Op::Remove { node: 0, key: 0 },
+            Op::LoseReply,
+            Op::Restart { node: 0 },
+            Op::Append { key: 0 },
+            Op::Remove { node: 0, key: 0 },
+            Op::Append { key: 0 },
+        ],
+    );
+}
+
+/// Issue 22 (closure): a catch-up whose ring subscription reached a
+/// closure after the session was removed (which reopens the key) goes
+/// back to the log instead of ending, and reads the new life's events.
+#[test]
+fn regression_a_catch_up_reads_on_past_a_closure_its_key_was_reopened_from() {
+    assert_clean(
+        &shape(1, 16, 3),
+        &[
+            Op::AppendBatch { key: 0, len: 9 },
+            Op::StartReader {
+                node: 0,
+                key: 0,
+                from: 0,
+                slot: 1,
+            },
+            Op::StepReader { slot: 1, events: 4 },
+            Op::Close { key: 0, reason: 4 },
+            Op::Remove { node: 0, key: 0 },
+            Op::AppendBatch { key: 0, len: 15 },
+        ],
+    );
+}

@@ -79,6 +79,7 @@ use event_listener::{Event as Notifier, EventListener};
 
 use crate::closure::Closure;
 use crate::codec::Codec;
+use crate::cursor::Incarnation;
 use crate::durable::{
     DurableLog, HoleReason, Life, LogError, LogRecord, RecordBody, SessionWrite, StoredEvent,
 };
@@ -177,6 +178,8 @@ struct Pending<T> {
     /// The session's closure, written with these records: they reach its
     /// last position.
     closure: Option<Closure>,
+    /// `new_life` is the one that reopens a removed closed session's key.
+    reopen: bool,
     /// The watermark once committed.
     through: u64,
     /// The tail was further than one batch: queue again after the commit.
@@ -279,22 +282,15 @@ impl<T> Persistence<T> {
     /// turn loop to keep it there). If it fails, the persister records the
     /// life with the first events.
     pub(crate) fn created(&self, session: &Arc<Session<T>>) {
+        if !session.life_unrecorded.load(Relaxed) {
+            return;
+        }
+        let restored = session.identity().previous.is_some();
         let waits = session
             .predecessor
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some();
-        if !session.life_unrecorded.load(Relaxed) {
-            if waits {
-                // No life to record (restored closed after a removal): the
-                // persister must still visit it to let its predecessor go
-                // once that is durable, or a chain of removals would keep
-                // every removed ring alive.
-                Session::mark_dirty(session);
-            }
-            return;
-        }
-        let restored = session.identity().previous.is_some();
         if restored && !waits {
             let _writing = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
             if session.life_unrecorded.load(Relaxed) {
@@ -331,12 +327,19 @@ impl<T> Persistence<T> {
     /// Called under the map's shard lock, before the entry leaves, so a
     /// re-creation by key finds it.
     pub(crate) fn removed(&self, session: &Arc<Session<T>>, last: u64) {
-        let unwritten = session.durable() < last || session.closure_to_write().is_some();
+        // Closed: its closure must reach the log, and then the removal too
+        // (a new life, which reopens the key), so it is queued even if it
+        // has nothing else to write.
+        let closed = session.closure().is_some();
+        let unwritten = session.durable() < last || closed;
         if unwritten && !session.fenced.load(Relaxed) {
             self.removed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(session.key().clone(), (Arc::clone(session), last));
+            if closed {
+                Session::mark_dirty(session);
+            }
         }
     }
 
@@ -355,7 +358,10 @@ impl<T> Persistence<T> {
         let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         let (done, registered) = match removed.get(session.key()) {
             Some((held, last)) if Arc::ptr_eq(held, session) => (
-                fenced || (session.written() >= *last && session.closure_to_write().is_none()),
+                fenced
+                    || (session.written() >= *last
+                        && session.closure_to_write().is_none()
+                        && !session.needs_reopen()),
                 true,
             ),
             _ => (true, false),
@@ -417,7 +423,10 @@ impl<T> Persistence<T> {
         let (session, last) = removed.get(key)?;
         // Through once its events and its closure, if it has one, are in
         // the log (a re-creation then reads the log and finds them).
-        if session.durable() >= *last && session.closure_to_write().is_none() {
+        if session.durable() >= *last
+            && session.closure_to_write().is_none()
+            && !session.needs_reopen()
+        {
             removed.remove(key);
             return None;
         }
@@ -558,6 +567,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // a session whose removed predecessor is not durable yet.
         let mut keys = std::collections::HashSet::new();
         let mut again = Vec::new();
+        let mut waiting = Vec::new();
         while events < self.options.max_batch_events {
             let Some(session) = self.queue.pop() else {
                 break;
@@ -567,21 +577,26 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 // dirty, so appends never queue it again.
                 continue;
             }
-            if !keys.insert(Arc::as_ptr(&session) as usize) || self.waits_for_predecessor(&session)
-            {
+            if !keys.insert(Arc::as_ptr(&session) as usize) {
                 again.push(session);
                 continue;
             }
-            let pending = self.collect(session, self.options.max_batch_events - events);
-            if pending.records.is_empty() && pending.new_life.is_none() && pending.closure.is_none()
-            {
-                // Nothing to write (an abandoned life, or a wake-up with no
-                // new event): nothing to commit for it.
-                let _ = self.settle_removed(&pending.session);
+            if self.waits_for_predecessor(&session) {
+                waiting.push(session);
                 continue;
             }
-            events += pending.records.len();
-            batch.push(pending);
+            self.collect_into(&mut batch, &mut events, session);
+        }
+        // A predecessor popped after its successor may have let it go in
+        // this round (written, or abandoned): look once more, so that a
+        // round never ends empty with a successor that could go on (a
+        // drain that stops at an empty round would leave it unwritten).
+        for session in waiting {
+            if events < self.options.max_batch_events && !self.waits_for_predecessor(&session) {
+                self.collect_into(&mut batch, &mut events, session);
+            } else {
+                again.push(session);
+            }
         }
         for session in again {
             self.queue.push(session);
@@ -590,6 +605,25 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             return None;
         }
         Some(self.commit(batch))
+    }
+
+    /// Collects `session`'s share of the round into `batch`, or settles it
+    /// if it has nothing to write.
+    fn collect_into(
+        &self,
+        batch: &mut Vec<Pending<T>>,
+        events: &mut usize,
+        session: Arc<Session<T>>,
+    ) {
+        let pending = self.collect(session, self.options.max_batch_events - *events);
+        if pending.records.is_empty() && pending.new_life.is_none() && pending.closure.is_none() {
+            // Nothing to write (an abandoned life, or a wake-up with no new
+            // event): nothing to commit for it.
+            let _ = self.settle_removed(&pending.session);
+            return;
+        }
+        *events += pending.records.len();
+        batch.push(pending);
     }
 
     /// Whether `session`'s life must wait for its removed predecessor's
@@ -606,8 +640,11 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // `durable()`, not the predecessor's own watermark: a predecessor
         // that itself waits (removed before it wrote anything) reports its
         // own predecessor's, so a chain of removals is written in order.
+        // A closed predecessor's closure must be in the log first: written
+        // after this life, it would close it.
         let waiting = predecessor.as_ref().is_some_and(|old| {
-            !old.fenced.load(Relaxed) && old.durable() < session.identity().start
+            !old.fenced.load(Relaxed)
+                && (old.durable() < session.identity().start || old.closure_to_write().is_some())
         });
         if !waiting {
             *predecessor = None;
@@ -680,6 +717,11 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // cursor to answer for: its life is never recorded (recorded late,
         // it would come after a successor's and fence it).
         let abandoned = records.is_empty() && self.settle_removed(&session);
+        if abandoned {
+            // Its closure goes with it: a successor's life reopens the key,
+            // and must not wait for a closure nobody will write.
+            session.closure_written();
+        }
         let new_life = (session.life_unrecorded.load(Relaxed) && !abandoned).then(|| Life {
             incarnation,
             first_position: session.identity().start + 1,
@@ -692,12 +734,32 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         let closure = session
             .closure_to_write()
             .filter(|closure| closure.last == through && !abandoned);
+        // Removed after its closure reached the log, with no re-creation
+        // to reopen the key: a life of no events does (a new life clears
+        // the closure). Never in the closure's own commit, which would
+        // close the new life instead.
+        let reopen = closure.is_none()
+            && new_life.is_none()
+            && records.is_empty()
+            && session.needs_reopen()
+            && session
+                .closure()
+                .is_some_and(|closure| closure.last == through);
+        let new_life = if reopen {
+            Some(Life {
+                incarnation: Incarnation::fresh(),
+                first_position: through + 1,
+            })
+        } else {
+            new_life
+        };
         Pending {
             more: through < tail,
             session,
             new_life,
             records,
             closure,
+            reopen,
             through,
         }
     }
@@ -719,10 +781,11 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 .zip(&keys)
                 .map(|(pending, key)| SessionWrite {
                     key,
-                    // Recorded at restore time meanwhile: not again.
-                    new_life: pending
-                        .new_life
-                        .filter(|_| pending.session.life_unrecorded.load(Relaxed)),
+                    // Recorded at restore time meanwhile: not again (the
+                    // life that reopens a removed closed key is new).
+                    new_life: pending.new_life.filter(|_| {
+                        pending.reopen || pending.session.life_unrecorded.load(Relaxed)
+                    }),
                     records: &pending.records,
                     closure: pending.closure,
                 })
@@ -796,6 +859,9 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                     if pending.closure.is_some() {
                         pending.session.closure_written();
                     }
+                    if pending.reopen {
+                        pending.session.reopened();
+                    }
                     // Release: a reader that acquires the raised watermark
                     // (a release, a trim) is ordered after the commit.
                     pending.session.durable.store(pending.through, Release);
@@ -807,7 +873,9 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         }
         drop(writing);
         for pending in batch {
-            if !ok || pending.more {
+            // A removed closed session comes back once its closure is in:
+            // the next round reopens its key.
+            if !ok || pending.more || pending.session.needs_reopen() {
                 Session::mark_dirty(&pending.session);
             } else {
                 let _ = self.settle_removed(&pending.session);

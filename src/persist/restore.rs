@@ -33,22 +33,10 @@ pub(crate) fn restore_identity<T>(
     // A removed incarnation still being written: continue after its last
     // claimed position (the log does not have it yet).
     if let Some((removed, last)) = persistence.removed_pending(key) {
-        // A closed session's key stays closed: its closure reaches the log
-        // with its last events, and a restore after that would find it
-        // there (module `closure`).
-        if let Some(closure) = removed.closure() {
-            return Ok(Restored {
-                identity: Identity {
-                    incarnation: Incarnation::fresh(),
-                    start: closure.last,
-                    start_revision: removed.ring.revision_at(closure.last),
-                    previous: Some((removed.incarnation(), closure.last)),
-                },
-                record_life: false,
-                predecessor: Some(removed),
-                closed: Some(closure.reason),
-            });
-        }
+        // Removed after it closed: this life reopens the key (its life,
+        // recorded after the removed one is through, clears the closure in
+        // the log), so the persister need not.
+        removed.succeeded();
         return Ok(Restored {
             identity: Identity {
                 incarnation: Incarnation::fresh(),

@@ -296,6 +296,12 @@ pub(crate) struct End {
     /// The closure is in the durable log (set by the persister, or at a
     /// restore that found it there).
     pub(crate) closure_in_log: bool,
+    /// Removed after it closed, a re-creation continues after it (its new
+    /// life reopens the key in the log).
+    pub(crate) succeeded: bool,
+    /// Removed after it closed, the persister recorded the life that
+    /// reopens the key in the log (no re-creation did).
+    pub(crate) reopened: bool,
 }
 
 /// What ends a reader: a gap, or the session's closure once everything
@@ -642,9 +648,32 @@ impl<T> Session<T> {
         end.closure.filter(|_| !end.closure_in_log)
     }
 
-    /// The persister committed the closure.
+    /// The persister committed the closure, or let it go with the life it
+    /// closed (removed before it wrote anything, and succeeded by a
+    /// re-creation whose life reopens the key): nothing of it is left to
+    /// write.
     pub(crate) fn closure_written(&self) {
         self.lock_end().closure_in_log = true;
+    }
+
+    /// Whether the log must still be told this closed session was removed:
+    /// its closure is in the log, which would restore the key closed, and
+    /// neither a re-creation nor the persister has recorded the life that
+    /// reopens it (module `closure`: removal reopens the key).
+    pub(crate) fn needs_reopen(&self) -> bool {
+        let end = self.lock_end();
+        end.removed && end.closure.is_some() && !end.succeeded && !end.reopened
+    }
+
+    /// A re-creation continues after this removed session: its own new
+    /// life reopens the key.
+    pub(crate) fn succeeded(&self) {
+        self.lock_end().succeeded = true;
+    }
+
+    /// The persister recorded the life that reopens the key.
+    pub(crate) fn reopened(&self) {
+        self.lock_end().reopened = true;
     }
 
     /// The last position the session accepted and will ever deliver, if

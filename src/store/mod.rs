@@ -405,9 +405,8 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// [`Refusal::SessionClosed`](crate::Refusal::SessionClosed), and with a
     /// durable log the closure is written with its last event, so a
     /// restored store finds the session closed. The first close wins: a
-    /// later one returns it. With a durable log the key stays closed (see
-    /// the `closure` module docs on [`Closure`](crate::Closure)): start the
-    /// next turn under a new key. Never waits for the log.
+    /// later one returns it. Removing the session reopens its key: the next
+    /// session under it is a new, open life. Never waits for the log.
     ///
     /// ```
     /// use livereplay::{CloseReason, Cursor, ReplayStore, Revision, SessionKey, TryNextError};
