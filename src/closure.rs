@@ -38,7 +38,11 @@
 use std::fmt;
 
 /// Why a session was closed.
+///
+/// With the `serde` feature it serialises as its variant (the Durable
+/// Streams records store it so; variants are only ever added at the end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum CloseReason {
     /// The producer finished normally.

@@ -280,6 +280,112 @@ async fn a_stream_created_again_is_a_new_life_and_old_offsets_are_gone() {
     assert!(stale.text().contains("older life"), "{}", stale.text());
 }
 
+/// A stream's closure is its session's (CONTRACT.md section 11: every
+/// reader, the embedded API included, sees the end; no append is accepted
+/// after it): the in-process writer is refused after an HTTP close, the
+/// store's catch-up ends with the closure and its reason, a fork of the
+/// closed stream and a delete (bookkeeping on a sealed session) still
+/// work, the source stays sealed, and a stream created again at the URL
+/// is open to the in-process writer. Across a restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stream_is_a_closed_session_for_the_embedded_api() {
+    use livereplay::{Cursor, Error, NextTimeoutError, Refusal};
+    let dir = TempDir::new("sealed");
+    let key;
+    {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        key = service.key("", "turn").unwrap();
+        let store = Arc::clone(service.store());
+        send(&app, request("PUT", "/v1/stream/turn", &[TEXT], "a")).await;
+        store
+            .append(&key, Revision(0), StreamRecord::data("b"))
+            .unwrap();
+        let closed = [TEXT, ("stream-closed", "true")];
+        let last = send(&app, request("POST", "/v1/stream/turn", &closed, "c")).await;
+        assert_eq!(last.status, StatusCode::NO_CONTENT);
+        // The turn loop, late: refused, naming the closure.
+        let refused = store.append(&key, Revision(0), StreamRecord::data("late"));
+        let closure = match refused {
+            Err(Error::Refused(Refusal::SessionClosed { closure })) => closure,
+            other => panic!("expected SessionClosed, got {other:?}"),
+        };
+        assert_eq!(closure.reason, CloseReason::Done);
+        // The embedded reader: the three records, then the end.
+        let mut reader = store.catch_up(&Cursor::start(key.clone())).unwrap();
+        let mut records = 0;
+        let ended = loop {
+            match reader.next_timeout(REQUEST_TIMEOUT) {
+                Ok(_) => records += 1,
+                Err(NextTimeoutError::Closed(closure)) => break closure,
+                Err(other) => panic!("expected the records, then the closure: {other}"),
+            }
+        };
+        assert_eq!((records, ended), (3, closure));
+        // A fork of the closed stream: bookkeeping on the sealed source.
+        let fork = [TEXT, ("stream-forked-from", "/v1/stream/turn")];
+        assert_eq!(
+            status(&app, "PUT", "/v1/stream/fork", &fork, "").await,
+            StatusCode::CREATED
+        );
+        let forked = send(&app, request("GET", "/v1/stream/fork", &[], "")).await;
+        assert_eq!(forked.text(), "abc");
+        assert!(
+            store.closure(&key).is_some(),
+            "the source is sealed again after its fork reference"
+        );
+        assert!(store
+            .append(&key, Revision(0), StreamRecord::data("late"))
+            .is_err());
+    }
+    // After a restart: still sealed, with the reason the record gave.
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let store = Arc::clone(service.store());
+    assert!(matches!(
+        store.append(&key, Revision(0), StreamRecord::data("late")),
+        Err(Error::Refused(Refusal::SessionClosed { .. }))
+    ));
+    let read = send(&app, request("GET", "/v1/stream/turn", &[], "")).await;
+    assert_eq!(
+        (read.text().as_str(), read.header("stream-closed")),
+        ("abc", Some("true"))
+    );
+    // The runtime closes a stream with its own reason.
+    send(&app, request("PUT", "/v1/stream/other", &[TEXT], "x")).await;
+    service
+        .close("", "other", CloseReason::Cancelled)
+        .await
+        .unwrap();
+    let other = service.key("", "other").unwrap();
+    assert_eq!(
+        store.closure(&other).map(|closure| closure.reason),
+        Some(CloseReason::Cancelled)
+    );
+    // Deleted (the fork is gone first) and created again: open.
+    assert_eq!(
+        status(&app, "DELETE", "/v1/stream/fork", &[], "").await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        status(&app, "DELETE", "/v1/stream/turn", &[], "").await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        status(&app, "PUT", "/v1/stream/turn", &[TEXT], "new").await,
+        StatusCode::CREATED
+    );
+    let appended = store
+        .append(&key, Revision(0), StreamRecord::data(" life"))
+        .unwrap();
+    // HTTP readers are sent durable records only.
+    store
+        .wait_durable(&key, appended.position(), REQUEST_TIMEOUT)
+        .unwrap();
+    let read = send(&app, request("GET", "/v1/stream/turn", &[], "")).await;
+    assert_eq!(read.text(), "new life");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_keeps_its_soft_deleted_source_readable_across_a_restart() {
     let dir = TempDir::new("fork");

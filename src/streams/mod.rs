@@ -42,8 +42,22 @@
 //!   [`DurableStreams::close`] and a reason (done, error, cancelled,
 //!   interrupted), which takes that mutex like an HTTP close; it never
 //!   appends a `Closed` record itself (the module would not see it until a
-//!   restart). Its appends are not checked against closure: data after
-//!   the end is never served.
+//!   restart).
+//! * **Closure is the store's.** A stream's closing record (an HTTP close,
+//!   append-and-close, a `PUT` that creates it closed, or
+//!   [`DurableStreams::close`]) is followed, under the stream's mutex, by
+//!   the store's own [`close_session`](ReplayStore::close_session) with the
+//!   same reason ([`crate::Closure`]): the in-process writer's appends after
+//!   the end are refused (`Refusal::SessionClosed`), and the store's own
+//!   readers of the session (catch-up, the SSE dialect) end with the
+//!   closure. The record stays the protocol's truth (it is in the same
+//!   commit as the final data); bookkeeping a closed stream still takes (a
+//!   fork attached or ended, a delete) goes into the session's next life
+//!   (`write::reopen_if_sealed`), which is sealed again unless it ended
+//!   the stream. With several nodes, letting go of a stream may remove its
+//!   session, which reopens it in the store: there the record alone keeps
+//!   the stream closed (the in-process writer is not coordinated across
+//!   nodes anyway, below).
 //! * **Offsets** are `{position:016x}_{life:016x}` (module `offset`): the
 //!   store position of the last record a reader has, then the position of
 //!   the `Created` record of the life. Positions of a key only grow, across

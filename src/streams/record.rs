@@ -97,6 +97,15 @@ impl StreamRecord {
     pub fn weight(&self) -> usize {
         self.messages().iter().map(Vec::len).sum()
     }
+
+    /// Whether it is bookkeeping a closed stream still takes (a fork
+    /// attached or ended, a delete): not data, not a closure.
+    pub(crate) fn is_bookkeeping(&self) -> bool {
+        matches!(
+            self,
+            Self::Deleted | Self::ForkRef { .. } | Self::SoftDeleted
+        )
+    }
 }
 
 /// A stream's configuration, fixed at creation.
@@ -191,18 +200,11 @@ pub fn media_type(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Why a stream was closed (CONTRACT.md section 11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CloseReason {
-    /// The writer finished.
-    Done,
-    /// The writer failed.
-    Error,
-    /// The work was cancelled.
-    Cancelled,
-    /// The writer went away without finishing.
-    Interrupted,
-}
+/// Why a stream was closed (CONTRACT.md section 11): the store's own
+/// [`CloseReason`](crate::CloseReason), which a stream's closing record
+/// carries and its session's closure repeats (module `write`). Stored as
+/// its variant, as this module's own enum of the same four was before.
+pub use crate::closure::CloseReason;
 
 /// The protocol's writer state a request committed with its records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ use crate::store::ReplayStore;
 use crate::TryNextError;
 
 use super::error::StreamError;
-use super::record::{ProducerStamp, StreamConfig, StreamRecord, WriteStamp};
+use super::record::{CloseReason, ProducerStamp, StreamConfig, StreamRecord, WriteStamp};
 
 /// An idempotent producer's state on one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub struct Closure {
     pub record: u64,
     /// The producer request that closed it, for idempotent retries.
     pub by: Option<ProducerStamp>,
+    /// Why (a `PUT` that creates a stream closed: done).
+    pub reason: CloseReason,
 }
 
 /// The state of a stream's current life.
@@ -97,6 +99,7 @@ impl StreamState {
                         tail: position,
                         record: position,
                         by: None,
+                        reason: CloseReason::Done,
                     });
                 }
                 *state = Some(created);
@@ -120,16 +123,17 @@ impl StreamState {
             StreamRecord::Data { stamp, close, .. } => {
                 if let Some(state) = state.as_mut().filter(|state| state.closure.is_none()) {
                     state.stamp(stamp.as_deref());
-                    if close.is_some() {
+                    if let Some(reason) = *close {
                         state.closure = Some(Closure {
                             tail: position,
                             record: position,
                             by: stamp.as_ref().and_then(|stamp| stamp.producer.clone()),
+                            reason,
                         });
                     }
                 }
             }
-            StreamRecord::Closed { stamp, .. } => {
+            StreamRecord::Closed { stamp, reason } => {
                 if let Some(state) = state.as_mut().filter(|state| state.closure.is_none()) {
                     state.stamp(stamp.as_deref());
                     // Every record between the life's start and its end
@@ -140,6 +144,7 @@ impl StreamState {
                         tail,
                         record: position,
                         by: stamp.as_ref().and_then(|stamp| stamp.producer.clone()),
+                        reason: *reason,
                     });
                 }
             }

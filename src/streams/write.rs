@@ -546,6 +546,20 @@ impl DurableStreams {
         })
     }
 
+    /// Before bookkeeping (a fork attached or ended, a delete) on a closed
+    /// stream: its session is sealed, so it is removed, which reopens the
+    /// key (module `closure`), and the record goes into the next store
+    /// life, continuing the positions; `commit` seals it again unless the
+    /// record ended the stream. A restart in between finds the stream
+    /// closed by its own record all the same.
+    fn reopen_if_sealed(&self, key: &SessionKey) -> Result<(), StreamError> {
+        let sealed = self.store.session(key)?.closure().is_some();
+        if sealed {
+            self.store.remove_session(key);
+        }
+        Ok(())
+    }
+
     /// Appends a request's record and folds it into `state`; returns its
     /// position.
     fn commit(
@@ -554,8 +568,20 @@ impl DurableStreams {
         state: &mut Option<StreamState>,
         record: StreamRecord,
     ) -> Result<u64, StreamError> {
+        if record.is_bookkeeping() {
+            self.reopen_if_sealed(key)?;
+        }
         let event = self.store.append(key, Revision(0), record)?;
         StreamState::apply(state, event.position(), event.payload());
+        // A closed stream's session is closed too, with its reason: the
+        // in-process writer's appends are refused from now on and the
+        // store's own readers end with the closure (module docs). Again
+        // after bookkeeping on a closed stream (`reopen_if_sealed`). The
+        // first close wins; a closed session returns it.
+        let closure = state.as_ref().and_then(|state| state.closure.as_ref());
+        if let Some(closure) = closure {
+            self.store.close_session(key, closure.reason)?;
+        }
         if let Some(entry) = self.entries.get(key) {
             // Under the entry's mutex (the caller's `state`): Relaxed.
             entry
