@@ -116,6 +116,12 @@ fn readers_get_every_event_then_the_closure_and_nothing_is_accepted_after_it() {
         closure
     );
     assert_eq!(store.latest_position(&k), Some(4));
+    let stats = store.stats();
+    assert_eq!(
+        (stats.closed_sessions, stats.appends_refused_closed),
+        (1, 4)
+    );
+    assert_eq!(stats.appends, 4, "refused appends are not appends");
 
     // The live reader: the four, then the closure once, then Ended.
     let got: Vec<String> = (0..4)

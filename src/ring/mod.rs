@@ -47,9 +47,12 @@
 //!   the emptied segment is renumbered for the next installation. A steady
 //!   ring thus allocates only its events, and no append frees a whole
 //!   segment's worth of them.
-//! * **Close.** Removing a session sets the `CLOSED` bit of `claimed`: a
-//!   claim that sees it is refused, so every append is either before the
-//!   removal (and belongs to the removed incarnation) or refused.
+//! * **Close.** Closing or removing a session *seals* its ring: it sets
+//!   the `CLOSED` bit of `claimed`, and a claim that sees it is refused, so
+//!   every append is either before the seal (and belongs to the sealed
+//!   incarnation) or refused. The position the seal returns is the last
+//!   one accepted; refused claims still count in `claimed` afterwards, so
+//!   the session keeps that position (`session::End`).
 //!
 //! # Invariants
 //!

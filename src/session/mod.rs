@@ -26,7 +26,12 @@
 //!   publish fence (see [`Session::append`]);
 //! * an event is readable only while it is newer than `max_age`; replay and
 //!   subscriptions check the age of the first event they return, trims
-//!   raise the floor past expired events and free them.
+//!   raise the floor past expired events and free them;
+//! * closing and removing seal the ring under the session's `end` lock: the
+//!   last position accepted is the first seal's, whichever came first, and
+//!   a reader that finds the ring sealed learns under that lock whether it
+//!   was closed (and delivers through the closure's last position, then
+//!   ends with it) or removed (see [`Session::close`], crate `closure`).
 
 mod lost;
 
@@ -105,6 +110,11 @@ pub(crate) struct Counters {
     pub(crate) lagged_subscribers: AtomicCounter,
     /// Appends of sessions no longer in the map.
     pub(crate) appends_of_gone_sessions: AtomicCounter,
+    /// Sessions closed (module `closure`).
+    pub(crate) closures: AtomicCounter,
+    /// Appends refused because their session was closed: a producer that
+    /// missed the end of its own turn.
+    pub(crate) refused_after_close: AtomicCounter,
 }
 
 impl Counters {
@@ -574,7 +584,10 @@ impl<T> Session<T> {
     #[cold]
     fn sealed_refusal(&self) -> Refusal {
         match self.closure() {
-            Some(closure) => Refusal::SessionClosed { closure },
+            Some(closure) => {
+                self.shared.counters.refused_after_close.add(1);
+                Refusal::SessionClosed { closure }
+            }
             None => Refusal::SessionRemoved,
         }
     }
@@ -616,6 +629,7 @@ impl<T> Session<T> {
         };
         end.closure = Some(closure);
         drop(end);
+        this.shared.counters.closures.add(1);
         this.ring.wake_closed();
         // The persister writes the closure once `last` is durable: queue
         // the session. The `end` lock orders this against the persister,

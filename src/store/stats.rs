@@ -27,6 +27,8 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             gaps_reset: counters.gaps_reset.get(),
             gaps_lost: counters.gaps_lost.get(),
             lagged_subscribers: counters.lagged_subscribers.get(),
+            closed_sessions: counters.closures.get(),
+            appends_refused_closed: counters.refused_after_close.get(),
             ..Stats::default()
         };
         if let Some(persistence) = &self.persistence {
@@ -112,6 +114,13 @@ pub struct Stats {
     pub forgotten_tombstones: u64,
     /// Gaps reported with reason `Lost`.
     pub gaps_lost: u64,
+    /// Sessions closed since the store was built
+    /// ([`ReplayStore::close_session`]; a second close of one is not
+    /// counted).
+    pub closed_sessions: u64,
+    /// Appends refused because their session was closed: producers that
+    /// kept writing after the end of their turn.
+    pub appends_refused_closed: u64,
     /// The durable tier's counters, if the store has one.
     pub durable: Option<DurableStats>,
 }

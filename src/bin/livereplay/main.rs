@@ -458,6 +458,18 @@ fn metrics(stats: &livereplay::Stats, cached_streams: usize) -> String {
         "Gaps reported as lost.",
         stats.gaps_lost,
     );
+    metric(
+        "closed_sessions_total",
+        "counter",
+        "Sessions (streams) closed since start.",
+        stats.closed_sessions,
+    );
+    metric(
+        "appends_refused_closed_total",
+        "counter",
+        "In-process appends refused because their stream was closed.",
+        stats.appends_refused_closed,
+    );
     if let Some(durable) = &stats.durable {
         metric(
             "persisted_events_total",
