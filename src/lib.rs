@@ -216,7 +216,7 @@ pub use crate::config::{Config, ConfigError, MAX_CAPACITY, MAX_SESSIONS_LIMIT};
 pub use crate::cursor::{Cursor, CursorError, Incarnation, Revision, MAX_CURSOR_LEN};
 pub use crate::error::{Error, Gap, GapReason, NextTimeoutError, Refusal, TryNextError};
 pub use crate::event::{Event, Timestamp};
-pub use crate::handle::{SessionHandle, SessionWriter};
+pub use crate::handle::{SessionHandle, SessionWriter, Turn};
 pub use crate::key::{IdPart, KeyError, SessionKey, MAX_ID_LEN};
 pub use crate::links::{EventRef, LinkError, Links, MAX_LINK_LEN};
 pub use crate::persist::DurableOptions;

@@ -454,3 +454,40 @@ fn removing_a_closed_key_again_and_again_frees_its_events() {
     while store.persist_round().is_some() {}
     assert_eq!(Arc::strong_count(&probe), 1, "every payload was dropped");
 }
+
+/// A `Turn` closes its session exactly once: with `finish`'s reason, or
+/// `Interrupted` when it is dropped unfinished (an early return, a
+/// cancelled task); a finished turn's drop closes nothing more.
+#[test]
+fn a_turn_closes_its_session_once_finished_or_interrupted() {
+    let store = ReplayStore::<String>::default();
+    let (done, dropped) = (key("finished"), key("dropped"));
+    let turn = store.session(&done).unwrap().into_turn();
+    turn.append(Revision(1), "a".into()).unwrap();
+    let closure = turn.finish(CloseReason::Done).unwrap();
+    assert_eq!(
+        closure,
+        Closure {
+            reason: CloseReason::Done,
+            last: 1
+        }
+    );
+    assert_eq!(store.closure(&done), Some(closure));
+
+    fn run(store: &ReplayStore<String>, k: &SessionKey) -> Result<(), Error> {
+        let turn = store.session(k)?.into_turn();
+        turn.append(Revision(1), "half".into())?;
+        // The tool call fails: an early return drops the turn.
+        store.append(&key("tool"), Revision(1), "x".into())?;
+        Err(Error::Refused(Refusal::SessionRemoved))
+    }
+    assert!(run(&store, &dropped).is_err());
+    assert_eq!(
+        store.closure(&dropped),
+        Some(Closure {
+            reason: CloseReason::Interrupted,
+            last: 1
+        })
+    );
+    assert_eq!(store.stats().closed_sessions, 2);
+}

@@ -1,7 +1,8 @@
 //! The public handles on one session: [`SessionHandle`], which a turn loop
-//! appends through and readers replay and subscribe with, and
+//! appends through and readers replay and subscribe with,
 //! [`SessionWriter`] (module `writer`), a single thread's writer that skips
-//! the directory.
+//! the directory, and [`Turn`] (module `turn`), a handle that closes its
+//! session when it goes away.
 //!
 //! Owns no state of its own: a handle is a [`Held`] reference to a
 //! [`Session`] (module `session`), and every operation is the session's,
@@ -18,6 +19,7 @@
 //! `map` and `store`: the session does not know its handles, so the core's
 //! imports run one way (`scripts/layers.py` checks it).
 
+mod turn;
 mod writer;
 
 use std::fmt;
@@ -32,6 +34,7 @@ use crate::session::{Held, Session};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 
+pub use self::turn::Turn;
 pub use self::writer::SessionWriter;
 
 /// A session's handle: appends and reads with no map lookup and no lock.
@@ -106,6 +109,12 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
     /// The session's closure, if it was closed.
     pub fn closure(&self) -> Option<crate::Closure> {
         self.session.closure()
+    }
+
+    /// This handle as a [`Turn`]: it closes the session when dropped
+    /// (`Interrupted`) unless [`Turn::finish`] closed it first.
+    pub fn into_turn(self) -> Turn<T> {
+        Turn::new(self)
     }
 
     /// A writer for one thread: appends that skip the directory lookup and

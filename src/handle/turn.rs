@@ -1,0 +1,93 @@
+//! [`Turn`]: a session handle that closes its session when it goes away.
+//!
+//! A reader's worst case is a producer that died without saying so: it
+//! waits on a turn that will never end. A `Turn` owns one
+//! [`SessionHandle`] and closes its session exactly once: with the reason
+//! given to [`Turn::finish`], or, if it is dropped first (a panic
+//! unwinding, a cancelled task, an early `?` return), with
+//! [`CloseReason::Interrupted`]. A process that dies outright closes
+//! nothing; its readers learn the end only from whoever closes the session
+//! later (module `closure`).
+
+use std::fmt;
+
+use super::SessionHandle;
+use crate::closure::{CloseReason, Closure};
+use crate::error::Error;
+
+/// A session handle that closes its session when dropped; see the module
+/// docs. Derefs to the [`SessionHandle`] for appends and reads.
+///
+/// ```
+/// use livereplay::{CloseReason, Cursor, NextTimeoutError, ReplayStore, Revision, SessionKey};
+/// use std::time::Duration;
+///
+/// let store = ReplayStore::<String>::default();
+/// let key = SessionKey::new("acme", "turn-8")?;
+/// let mut reader = store.subscribe_after_cursor(&Cursor::start(key.clone()))?;
+/// let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+///     let turn = store.session(&key).unwrap().into_turn();
+///     turn.append(Revision(1), "thinking".into()).unwrap();
+///     panic!("the model call failed");
+/// }));
+/// assert!(outcome.is_err());
+/// assert_eq!(reader.next_timeout(Duration::from_secs(1))?.payload(), "thinking");
+/// let Err(NextTimeoutError::Closed(closure)) = reader.next_timeout(Duration::from_secs(1)) else {
+///     panic!("the reader learns the turn ended");
+/// };
+/// assert_eq!(closure.reason, CloseReason::Interrupted);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Turn<T> {
+    handle: SessionHandle<T>,
+    /// Cleared by `finish`: the session is closed already.
+    on_drop: Option<CloseReason>,
+}
+
+impl<T: Send + Sync + 'static> Turn<T> {
+    pub(crate) fn new(handle: SessionHandle<T>) -> Self {
+        Self {
+            handle,
+            on_drop: Some(CloseReason::Interrupted),
+        }
+    }
+
+    /// Closes the session with `reason` (done, error, cancelled) and ends
+    /// the turn. If the session was closed already, that closure is
+    /// returned (the first close wins).
+    pub fn finish(mut self, reason: CloseReason) -> Result<Closure, Error> {
+        self.on_drop = None;
+        self.handle.close(reason)
+    }
+
+    /// The handle the turn appends through.
+    pub fn handle(&self) -> &SessionHandle<T> {
+        &self.handle
+    }
+}
+
+impl<T> std::ops::Deref for Turn<T> {
+    type Target = SessionHandle<T>;
+
+    fn deref(&self) -> &SessionHandle<T> {
+        &self.handle
+    }
+}
+
+impl<T> Drop for Turn<T> {
+    fn drop(&mut self) {
+        if let Some(reason) = self.on_drop.take() {
+            // A removed session refuses: nothing to close then.
+            let _ = crate::session::Session::close(self.handle.session(), reason);
+        }
+    }
+}
+
+impl<T> fmt::Debug for Turn<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Turn")
+            .field("key", self.handle.session().key())
+            .field("finished", &self.on_drop.is_none())
+            .finish()
+    }
+}
