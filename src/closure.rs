@@ -28,12 +28,18 @@
 //!   it too.
 //! * **Removal reopens.** A closed session stays readable and closed until
 //!   it is removed (a restart or an eviction restores it closed). Removing
-//!   it ends its readers that had not reached the end with a `Reset` gap,
-//!   as for any removal, and reopens the key: the next session under it is
-//!   a new, open life that continues after the closed one. With a durable
-//!   log the persister writes the closure and then records the reopening
+//!   it reopens the key: the next session under it is a new, open life that
+//!   continues after the closed one. Subscriptions of the closed
+//!   incarnation still read through its last position and end with its
+//!   closure; a catch-up over a durable log goes on into the next life. With
+//!   a log the persister writes the closure and then records the reopening
 //!   (a new life, which clears the closure in the log), so a restore after
-//!   that finds the key open too.
+//!   that finds the key open too. Over a log several nodes share, a node
+//!   cannot tell whether it still writes the key, and a life it recorded
+//!   for a key another node writes would fence that writer: there the log
+//!   learns of the reopening only from a re-creation's own life (a
+//!   re-creation on the removing node before the removed session is
+//!   through), and a restore after that finds the key closed.
 
 use std::fmt;
 

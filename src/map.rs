@@ -562,15 +562,37 @@ impl<T> SessionMap<T> {
     /// removed predecessor: a by-key re-creation (which needs that lock)
     /// then continues after its last position. Subscribers are woken only
     /// after the lock is let go (a waker may run anything).
-    pub(crate) fn remove(&self, key: &SessionKey, shared: &Shared<T>) -> bool {
+    pub(crate) fn remove(&self, key: &SessionKey, shared: &StdArc<Shared<T>>) -> bool {
         let removed = self.map.remove_if(key, |entry| {
-            if let Entry::Resident(session) = entry {
-                let last = session.seal_removed();
-                // Its accepted events still go to the log; a re-created
-                // session must continue after them.
-                if let Some(durable) = &shared.durable {
-                    durable.removed(session, last);
+            match entry {
+                Entry::Resident(session) => {
+                    let last = session.seal_removed();
+                    // Its accepted events still go to the log; a re-created
+                    // session must continue after them.
+                    if let Some(durable) = &shared.durable {
+                        durable.removed(session, last);
+                    }
                 }
+                // Evicted closed: its closure is in the log, and removal
+                // reopens the key (crate `closure`), which only the durable
+                // tier can tell the log. It gets the session back, removed.
+                Entry::Dormant(tombstone) if tombstone.closed.is_some() => {
+                    // Not over a shared log (see `persist`'s `needs_reopen`).
+                    let durable = shared.durable.as_ref().filter(|d| !d.log_is_shared());
+                    if let Some(durable) = durable {
+                        let restored =
+                            Restored::continuing(tombstone.identity).closed(tombstone.closed);
+                        let session = Arc::new(Session::new(
+                            key.clone(),
+                            restored,
+                            tombstone.created,
+                            StdArc::clone(shared),
+                        ));
+                        let last = session.seal_removed();
+                        durable.removed(&session, last);
+                    }
+                }
+                Entry::Dormant(_) => {}
             }
             self.departed(key);
             true

@@ -491,3 +491,37 @@ fn a_turn_closes_its_session_once_finished_or_interrupted() {
     );
     assert_eq!(store.stats().closed_sessions, 2);
 }
+
+/// Removal reopens a closed key whether its session is resident or was
+/// evicted to a tombstone: with a log, the evicted one's closure is in the
+/// log too, and the removal must reach it.
+#[test]
+fn removing_an_evicted_closed_session_reopens_its_key() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::new());
+    let store = ReplayStore::builder()
+        .config(
+            Config::default()
+                .with_capacity(8)
+                .with_auto_sweep(false)
+                .with_tombstones(16, Duration::from_secs(3600)),
+        )
+        .durable(Arc::clone(&log), Utf8)
+        .durable_options(DurableOptions::default().with_persister_thread(false))
+        .build()
+        .unwrap();
+    let k = key("evicted-then-removed");
+    store.append(&k, Revision(1), "a".into()).unwrap();
+    store.close_session(&k, CloseReason::Done).unwrap();
+    drain(&store);
+    store.release_through(&k, 1);
+    assert_eq!(store.sweep(), 1, "evicted to a tombstone");
+    assert!(store.remove_session(&k));
+    drain(&store);
+    assert_eq!(
+        log.meta(&k).unwrap().unwrap().closure,
+        None,
+        "reopened in the log"
+    );
+    let next = store.append(&k, Revision(1), "b".into()).unwrap();
+    assert_eq!(next.position(), 2);
+}

@@ -1085,3 +1085,31 @@ fn regression_a_catch_up_reads_on_past_a_closure_its_key_was_reopened_from() {
         ],
     );
 }
+
+/// Issue 22 (closure): a node that removes a closed session it no longer
+/// writes (an evicted one, after a take-over) must not tell a shared log
+/// the key reopened: that life, recorded after the writer's, fenced the
+/// writer and its events never reached the log.
+#[test]
+fn regression_a_removal_on_a_node_that_does_not_write_reopens_nothing_in_a_shared_log() {
+    let over = |key, to, evict| Op::TakeOver { key, to, evict };
+    assert_clean(
+        &shape(3, 16, 3),
+        &[
+            Op::Append { key: 0 },
+            over(3, 1, true),
+            over(0, 1, false),
+            Op::Close { key: 0, reason: 2 },
+            over(0, 2, true),
+            Op::Remove { node: 1, key: 0 }, // node 1's closed tombstone
+            Op::Append { key: 0 },
+            over(3, 2, false),
+            over(0, 0, true),
+            Op::Remove { node: 2, key: 0 },
+            Op::Append { key: 0 },
+            Op::Persist { node: 2 },
+            Op::Remove { node: 0, key: 0 },
+            Op::AppendBatch { key: 0, len: 1 },
+        ],
+    );
+}

@@ -343,6 +343,15 @@ impl<T> Persistence<T> {
         }
     }
 
+    /// Whether the log must still be told that `session`, closed, was
+    /// removed (`Session::needs_reopen`). Never over a shared log: a node
+    /// cannot tell whether it still writes the key there, and a life it
+    /// recorded for a key another node writes would fence that writer. There
+    /// a removal reopens the key only through a re-creation's own life.
+    fn needs_reopen(&self, session: &Session<T>) -> bool {
+        !self.log.is_shared() && session.needs_reopen()
+    }
+
     /// Whether `session` was removed with nothing more of it to write: it
     /// was removed (not only closed), and it is fenced, or its watermark reached the
     /// position it was sealed at (appends refused after the seal still
@@ -361,7 +370,7 @@ impl<T> Persistence<T> {
                 fenced
                     || (session.written() >= *last
                         && session.closure_to_write().is_none()
-                        && !session.needs_reopen()),
+                        && !self.needs_reopen(session)),
                 true,
             ),
             _ => (true, false),
@@ -425,7 +434,7 @@ impl<T> Persistence<T> {
         // the log (a re-creation then reads the log and finds them).
         if session.durable() >= *last
             && session.closure_to_write().is_none()
-            && !session.needs_reopen()
+            && !self.needs_reopen(session)
         {
             removed.remove(key);
             return None;
@@ -741,7 +750,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         let reopen = closure.is_none()
             && new_life.is_none()
             && records.is_empty()
-            && session.needs_reopen()
+            && self.needs_reopen(&session)
             && session
                 .closure()
                 .is_some_and(|closure| closure.last == through);
@@ -875,7 +884,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         for pending in batch {
             // A removed closed session comes back once its closure is in:
             // the next round reopens its key.
-            if !ok || pending.more || pending.session.needs_reopen() {
+            if !ok || pending.more || self.needs_reopen(&pending.session) {
                 Session::mark_dirty(&pending.session);
             } else {
                 let _ = self.settle_removed(&pending.session);
