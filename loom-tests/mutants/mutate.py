@@ -192,8 +192,8 @@ MUTATIONS = {
     # its entry left the map, not under the shard's lock (T7).
     "remove-registers-after-leaving": [
         ("src/map.rs",
-         "                if let Some(durable) = &shared.durable {\n                    durable.removed(session, last);\n                }\n",
-         "                let _ = last;\n"),
+         "                    if let Some(durable) = &shared.durable {\n                        durable.removed(session, last);\n                    }\n",
+         "                    let _ = last;\n"),
         ("src/map.rs",
          "                self.live.fetch_sub(1, Relaxed);\n                session.ring.wake_closed();\n",
          "                self.live.fetch_sub(1, Relaxed);\n"
