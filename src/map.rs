@@ -563,6 +563,17 @@ impl<T> SessionMap<T> {
     /// then continues after its last position. Subscribers are woken only
     /// after the lock is let go (a waker may run anything).
     pub(crate) fn remove(&self, key: &SessionKey, shared: &StdArc<Shared<T>>) -> bool {
+        self.remove_entry(key, shared).is_some()
+    }
+
+    /// [`SessionMap::remove`], returning what it removed: `Some(Some(s))`
+    /// a resident session (sealed, with its last position), `Some(None)` a
+    /// tombstone.
+    pub(crate) fn remove_entry(
+        &self,
+        key: &SessionKey,
+        shared: &StdArc<Shared<T>>,
+    ) -> Option<Option<(Arc<Session<T>>, u64)>> {
         let removed = self.map.remove_if(key, |entry| {
             match entry {
                 Entry::Resident(session) => {
@@ -603,17 +614,18 @@ impl<T> SessionMap<T> {
                 session.ring.wake_closed();
                 // Appends racing the seal may still land: count what was
                 // claimed when it closed.
+                let last = session.last_claimed();
                 shared
                     .counters
                     .appends_of_gone_sessions
-                    .add(session.last_claimed() - session.identity().start);
-                true
+                    .add(last - session.identity().start);
+                Some(Some((session, last)))
             }
             Some(Entry::Dormant(_)) => {
                 self.dormant.fetch_sub(1, Relaxed);
-                true
+                Some(None)
             }
-            None => false,
+            None => None,
         }
     }
 

@@ -525,3 +525,33 @@ fn removing_an_evicted_closed_session_reopens_its_key() {
     let next = store.append(&k, Revision(1), "b".into()).unwrap();
     assert_eq!(next.position(), 2);
 }
+
+/// `reopen_session`: a closed key opened again at once, with a new life
+/// that continues after the closed one, also over a log several nodes
+/// share (where a removal alone reopens nothing in the log); an open
+/// session is returned as it is.
+#[test]
+fn reopen_session_opens_a_closed_key_at_once_over_a_shared_log_too() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::shared());
+    let store = durable_store(Arc::clone(&log), false);
+    let k = key("reopened");
+    store.append(&k, Revision(1), "a".into()).unwrap();
+    let open = store.reopen_session(&k).unwrap();
+    assert_eq!(open.closure(), None);
+    drop(open);
+    store.close_session(&k, CloseReason::Done).unwrap();
+    drain(&store);
+    assert!(log.meta(&k).unwrap().unwrap().closure.is_some());
+    let reopened = store.reopen_session(&k).unwrap();
+    assert_eq!(reopened.closure(), None);
+    let next = reopened.append(Revision(1), "b".into()).unwrap();
+    assert_eq!(next.position(), 2);
+    drain(&store);
+    let meta = log.meta(&k).unwrap().unwrap();
+    assert_eq!((meta.durable_tail, meta.closure), (2, None));
+    // A store restored from the log finds it open.
+    drop(reopened);
+    drop(store);
+    let restarted = durable_store(Arc::clone(&log), false);
+    restarted.append(&k, Revision(1), "c".into()).unwrap();
+}

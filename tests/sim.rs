@@ -74,7 +74,8 @@
 //!    returns the first; `SessionClosed` refusals only for a key that was
 //!    closed (on a node, or restored closed from the log); a reader that
 //!    ends with the closure has delivered exactly through its last
-//!    position (and, in the final catch-up, reached the log's tail).
+//!    position (and, in the final catch-up, reached the log's tail); a
+//!    `Reopen` (`reopen_session`) hands back an open session.
 //!
 //! Where the contract leaves room, the simulator does not judge: a
 //! `Reset` or `Unavailable` that ends a reader mid-stream (a removed

@@ -92,7 +92,7 @@ mod options;
 mod restore;
 
 pub use self::options::DurableOptions;
-pub(crate) use self::restore::restore_identity;
+pub(crate) use self::restore::{continuing_after, restore_identity};
 
 /// How often readers whose log read failed try again (a log that is down
 /// is read at most this often by each of them).

@@ -6,7 +6,8 @@
 use crate::cursor::{Incarnation, Revision};
 use crate::error::Refusal;
 use crate::key::SessionKey;
-use crate::session::{Identity, Restored};
+use crate::session::{Identity, Restored, Session};
+use crate::sync::Arc;
 
 use super::Persistence;
 
@@ -18,6 +19,25 @@ use super::Persistence;
 /// A restored session always starts a new incarnation: the previous
 /// process may have handed out positions past the durable tail before it
 /// died, so continuing its incarnation could hand a position out twice.
+/// A new life that continues after `removed` (removed with `last` its
+/// last position), recorded once `removed` is through. If `removed` was
+/// closed, this life reopens the key (its life, recorded after the
+/// closure, clears it in the log), so the persister need not.
+pub(crate) fn continuing_after<T>(removed: Arc<Session<T>>, last: u64) -> Restored<T> {
+    removed.succeeded();
+    Restored {
+        identity: Identity {
+            incarnation: Incarnation::fresh(),
+            start: last,
+            start_revision: removed.ring.revision_at(last),
+            previous: Some((removed.incarnation(), last)),
+        },
+        record_life: true,
+        predecessor: Some(removed),
+        closed: None,
+    }
+}
+
 pub(crate) fn restore_identity<T>(
     persistence: Option<&Persistence<T>>,
     key: &SessionKey,
@@ -33,21 +53,7 @@ pub(crate) fn restore_identity<T>(
     // A removed incarnation still being written: continue after its last
     // claimed position (the log does not have it yet).
     if let Some((removed, last)) = persistence.removed_pending(key) {
-        // Removed after it closed: this life reopens the key (its life,
-        // recorded after the removed one is through, clears the closure in
-        // the log), so the persister need not.
-        removed.succeeded();
-        return Ok(Restored {
-            identity: Identity {
-                incarnation: Incarnation::fresh(),
-                start: last,
-                start_revision: removed.ring.revision_at(last),
-                previous: Some((removed.incarnation(), last)),
-            },
-            record_life: true,
-            predecessor: Some(removed),
-            closed: None,
-        });
+        return Ok(continuing_after(removed, last));
     }
     let meta = persistence
         .log

@@ -431,6 +431,34 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
         Ok(Session::close(&session, reason)?)
     }
 
+    /// Opens a closed session's key again now: the session (restored if
+    /// needed) is removed and a new, open life made at once that continues
+    /// after it, as [`remove_session`](Self::remove_session) followed by a
+    /// first append would, but without the wait: over a log several nodes
+    /// share, a removal alone does not reopen the key in the log (the
+    /// `closure` module docs), a life made here does. For a writer that
+    /// knows it writes the key (over a shared log, the node that holds it).
+    /// An open session is returned as it is.
+    pub fn reopen_session(&self, key: &SessionKey) -> Result<SessionHandle<T>, Error> {
+        let held = self.resident(key)?;
+        if held.closure().is_none() {
+            return Ok(SessionHandle::new(held));
+        }
+        drop(held);
+        let removed = match self.sessions.remove_entry(key, &self.shared) {
+            Some(Some((session, last))) => Some((session, last)),
+            _ => None,
+        };
+        let restore = || match &removed {
+            Some((session, last)) if self.persistence.is_some() => {
+                Ok(crate::persist::continuing_after(Arc::clone(session), *last))
+            }
+            _ => restore_identity(self.persistence.as_deref(), key),
+        };
+        let held = self.sessions.get_or_create(key, &self.shared, &restore)?;
+        Ok(SessionHandle::new(held))
+    }
+
     /// The session's closure if it is resident and closed (see
     /// [`ReplayStore::close_session`]). A session only in the durable log
     /// is not looked up: [`ReplayStore::catch_up`] reports its closure.

@@ -547,16 +547,14 @@ impl DurableStreams {
     }
 
     /// Before bookkeeping (a fork attached or ended, a delete) on a closed
-    /// stream: its session is sealed, so it is removed, which reopens the
-    /// key (module `closure`), and the record goes into the next store
-    /// life, continuing the positions; `commit` seals it again unless the
-    /// record ended the stream. A restart in between finds the stream
+    /// stream: its session is sealed, so it is reopened
+    /// ([`crate::ReplayStore::reopen_session`]: this write holds the stream, and
+    /// with several nodes its lease) and the record goes into the next
+    /// store life, continuing the positions; `commit` seals it again unless
+    /// the record ended the stream. A restart in between finds the stream
     /// closed by its own record all the same.
     fn reopen_if_sealed(&self, key: &SessionKey) -> Result<(), StreamError> {
-        let sealed = self.store.session(key)?.closure().is_some();
-        if sealed {
-            self.store.remove_session(key);
-        }
+        self.store.reopen_session(key)?;
         Ok(())
     }
 

@@ -134,6 +134,11 @@ pub enum Op {
         key: u8,
         reason: u8,
     },
+    /// `reopen_session` on the key's writer node: a closed key opened again
+    /// at once (an open one is left as it is).
+    Reopen {
+        key: u8,
+    },
     /// The log refuses appends until healed.
     FailAppends,
     /// The log applies the next append and loses its reply.
@@ -184,7 +189,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
     // A run persists often or rarely, so some runs lap their rings.
     let persist_weight = pick(rng, &[2u64, 8, 20]);
     let fault_weight = pick(rng, &[0u64, 1, 3]);
-    let table: [(u64, u8); 24] = [
+    let table: [(u64, u8); 25] = [
         (30, 0), // append
         (6, 1),  // batch
         (3, 2),  // open handle
@@ -209,6 +214,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
         (fault_weight * 2 + 1, 21), // heal
         (3, 22),                    // replay
         (1, 23),                    // close
+        (1, 24),                    // reopen
     ];
     let total: u64 = table.iter().map(|(w, _)| w).sum();
     (0..steps)
@@ -279,6 +285,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
                     key,
                     reason: 1 + below(rng, 4) as u8,
                 },
+                24 => Op::Reopen { key },
                 _ => Op::Replay {
                     node,
                     key,

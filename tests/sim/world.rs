@@ -573,6 +573,21 @@ impl World {
                 self.check_durable(self.node_index(node), self.key_index(key))?
             }
             Op::Close { key, reason } => self.close(key, reason)?,
+            Op::Reopen { key } => {
+                let key = self.key_index(key);
+                let node = self.writer[usize::from(key)];
+                let k = self.keys[usize::from(key)].clone();
+                match self.store(node).reopen_session(&k) {
+                    Ok(handle) if handle.closure().is_some() => {
+                        return violation(
+                            "7. a reopened session is closed",
+                            format!("{k} on node {node}: {:?}", handle.closure()),
+                        )
+                    }
+                    Ok(_) => covered("reopen: open"),
+                    Err(error) => self.refused(key, "reopen", &error)?,
+                }
+            }
             Op::FailAppends => self.log.set_append(AppendMode::Failing),
             Op::LoseReply => self.log.set_append(AppendMode::LoseReply),
             Op::FailReads { count } => self.log.fail_reads(count.into()),
