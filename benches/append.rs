@@ -35,7 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput};
-use livereplay::{NextTimeoutError, ReplayStore, Revision, Subscription};
+use livereplay::{Cursor, NextTimeoutError, ReplayStore, Revision, Subscription};
 use tokio::sync::broadcast::error::RecvError;
 
 use baselines::{floor_append, BroadcastStore, RefReceiver, ReferenceStore};
@@ -186,6 +186,22 @@ fn append_spread(c: &mut Criterion) {
     group.finish();
 }
 
+/// A subscription after `cursor`, or, if a fast writer already lapped
+/// it again (the machine is loaded: the drainer fell behind while it
+/// resubscribed), after the session's current cursor, retried until one
+/// holds.
+fn resubscribe(store: &ReplayStore<u64>, cursor: &Cursor) -> Subscription<u64> {
+    if let Ok(subscription) = store.subscribe_after_cursor(cursor) {
+        return subscription;
+    }
+    loop {
+        let current = store.current_cursor(cursor.key());
+        if let Ok(subscription) = store.subscribe_after_cursor(&current) {
+            return subscription;
+        }
+    }
+}
+
 /// Drains `subscription` until `stop`, resubscribing after a gap (the
 /// drainer fell a full ring behind). Returns (delivered, gaps).
 fn drain_ours(
@@ -203,15 +219,11 @@ fn drain_ours(
             Err(NextTimeoutError::Timeout) => {}
             Err(NextTimeoutError::Gap(gap)) => {
                 gaps += 1;
-                subscription = store
-                    .subscribe_after_cursor(&gap.latest)
-                    .expect("resubscribe at the latest cursor");
+                subscription = resubscribe(store, &gap.latest);
             }
             Err(NextTimeoutError::Closed(_) | NextTimeoutError::Ended) => {
                 let key = subscription.cursor().key().clone();
-                subscription = store
-                    .subscribe_after_cursor(&store.current_cursor(&key))
-                    .expect("resubscribe");
+                subscription = resubscribe(store, &store.current_cursor(&key));
             }
         }
     }
