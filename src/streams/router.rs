@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
@@ -204,9 +204,20 @@ fn closes(headers: &HeaderMap) -> bool {
     matches!(text(headers, headers::STREAM_CLOSED), Ok(Some(value)) if value.trim().eq_ignore_ascii_case("true"))
 }
 
+/// Sets a response header. `HeaderName::from_static`: a `&'static str`
+/// name given to `insert` is copied into a new buffer on every call when
+/// it is not one of the standard names (all of the protocol's are not).
 fn set(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
     if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
-        headers.insert(name, value);
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// [`set`] for an offset, formatted on the stack (one allocation, the
+/// header value's).
+fn set_offset(headers: &mut HeaderMap, name: &'static str, offset: Offset) {
+    if let Ok(value) = HeaderValue::from_bytes(&offset.to_ascii()) {
+        headers.insert(HeaderName::from_static(name), value);
     }
 }
 
@@ -280,7 +291,7 @@ async fn put(
     let mut response = status.into_response();
     let out = response.headers_mut();
     set(out, "content-type", &created.config.content_type);
-    set(out, headers::NEXT_OFFSET, created.next);
+    set_offset(out, headers::NEXT_OFFSET, created.next);
     if created.fresh {
         // Absolute, from the request's Host (clients resolve it with URL).
         let location = match text(request, header::HOST.as_str()).ok().flatten() {
@@ -386,7 +397,10 @@ async fn post(
     };
     let mut response = status.into_response();
     let out = response.headers_mut();
-    set(out, headers::NEXT_OFFSET, appended.next);
+    // Room for these and `common_headers`' six at once, rather than
+    // growing the map three times.
+    out.reserve(12);
+    set_offset(out, headers::NEXT_OFFSET, appended.next);
     if appended.closed {
         set(out, headers::STREAM_CLOSED, "true");
     }
@@ -403,7 +417,7 @@ async fn head(service: &DurableStreams, key: &SessionKey) -> Result<Response, St
     let mut response = StatusCode::OK.into_response();
     let out = response.headers_mut();
     set(out, "content-type", &view.config.content_type);
-    set(out, headers::NEXT_OFFSET, tail);
+    set_offset(out, headers::NEXT_OFFSET, tail);
     set(out, "cache-control", "no-store");
     if let Some(ttl) = view.config.ttl_seconds {
         set(out, headers::STREAM_TTL, ttl);
@@ -517,7 +531,7 @@ fn read_headers(
     closed: bool,
 ) {
     set(out, "content-type", &view.config.content_type);
-    set(out, headers::NEXT_OFFSET, next);
+    set_offset(out, headers::NEXT_OFFSET, next);
     if up_to_date || closed {
         set(out, headers::UP_TO_DATE, "true");
     }
@@ -568,7 +582,7 @@ fn catch_up(
     if matches {
         let mut not_modified = StatusCode::NOT_MODIFIED.into_response();
         set(not_modified.headers_mut(), "etag", &tag);
-        set(not_modified.headers_mut(), headers::NEXT_OFFSET, next);
+        set_offset(not_modified.headers_mut(), headers::NEXT_OFFSET, next);
         return Ok(not_modified);
     }
     Ok(response)
@@ -608,7 +622,7 @@ async fn long_poll(
         {
             let mut response = StatusCode::NO_CONTENT.into_response();
             let out = response.headers_mut();
-            set(out, headers::NEXT_OFFSET, next);
+            set_offset(out, headers::NEXT_OFFSET, next);
             set(out, headers::UP_TO_DATE, "true");
             set(out, "cache-control", "no-store");
             if batch.closed {
