@@ -54,11 +54,8 @@ trap cleanup EXIT
 # 1000 SSE readers hold 1000 sockets in the client and the server.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
-# livereplay serve on mimalloc (feature serve-mimalloc): glibc's malloc and
-# free were 13 % of its CPU here. The embedded fast mode runs in ds_load,
-# on the system allocator.
 echo "== building the load client and livereplay serve (release)"
-cargo build --release --features "ds-bench serve-mimalloc" --example ds_load --bin livereplay
+cargo build --release --features ds-bench --example ds_load --bin livereplay
 load="target/release/examples/ds_load"
 
 if [ "$quick" = 1 ]; then

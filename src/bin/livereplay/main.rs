@@ -38,13 +38,6 @@
 
 mod auth;
 
-/// With feature `serve-mimalloc`, the process allocates with mimalloc:
-/// glibc's malloc and free were 13 % of the server's CPU under the append
-/// benchmarks (BENCHMARKS.md, the Durable Streams section).
-#[cfg(feature = "serve-mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
