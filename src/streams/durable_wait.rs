@@ -24,8 +24,9 @@
 //!   registration that finds none running (the first one, or after the
 //!   runtime that ran it went away); a write whose watcher vanished with
 //!   its wake registers again. The watcher holds neither the service nor
-//!   the store while it waits (dropping them closes the log at once), and
-//!   ends once either is gone.
+//!   the store while it waits, nor when it tells the writes (so the last
+//!   write's answer never races the log's closing), and ends once either
+//!   is gone.
 //! * **Nothing waits without a nudge.** A write wakes the persister itself
 //!   (as `durable_progress` does), so a persister asleep for its flush
 //!   interval starts the commit at once.
@@ -116,26 +117,30 @@ impl DurableWaits {
         receiver
     }
 
-    /// Completes the waits whose position is durable and drops those nobody
-    /// waits for any more; returns whether any wait is left.
-    fn settle(&self, store: &ReplayStore<StreamRecord>) -> bool {
+    /// Takes out the waits whose position is durable (their senders, to
+    /// complete) and drops those nobody waits for any more; also returns
+    /// whether any wait is left.
+    fn settle(&self, store: &ReplayStore<StreamRecord>) -> (Vec<oneshot::Sender<()>>, bool) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut durable_now = Vec::new();
         let mut at = 0;
         while let Some(waiting) = inner.waiting.get(at) {
+            if waiting.done.is_closed() {
+                drop(inner.waiting.swap_remove(at));
+                continue;
+            }
             // The log cannot answer now: the write keeps waiting (up to its
             // deadline).
-            let durable = matches!(
+            if matches!(
                 store.durable_position(&waiting.key),
                 Ok(Some(durable)) if durable >= waiting.position
-            );
-            if durable || waiting.done.is_closed() {
-                // Nobody may be listening any more: nothing to tell then.
-                let _ = inner.waiting.swap_remove(at).done.send(());
+            ) {
+                durable_now.push(inner.waiting.swap_remove(at).done);
             } else {
                 at += 1;
             }
         }
-        !inner.waiting.is_empty()
+        (durable_now, !inner.waiting.is_empty())
     }
 }
 
@@ -156,10 +161,15 @@ async fn watch(
         };
         // Armed before the look below (module docs, "No lost wake-up").
         let progress = store.durable_progress();
-        let waiting = registry.settle(&store);
-        // Neither is held while waiting: dropping the service or the store
-        // (which closes its log) is never held up by the watcher.
+        let (durable_now, waiting) = registry.settle(&store);
+        // Neither is held while waiting, nor when the writes are told: a
+        // host that drops the service and the store once its last write is
+        // answered closes the log then, not whenever the watcher lets go.
         drop((registry, store));
+        for done in durable_now {
+            // The write may have given up meanwhile: nothing to tell then.
+            let _ = done.send(());
+        }
         if waiting {
             tokio::select! {
                 () = progress => {}
