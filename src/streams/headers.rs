@@ -1,12 +1,13 @@
 //! The protocol's header names, and the headers every response carries:
 //! browser security headers and CORS (protocol section 12.7).
 //!
-//! Owns [`common_headers`], the router's outermost layer: it adds
-//! `X-Content-Type-Options: nosniff`, `Cross-Origin-Resource-Policy:
-//! cross-origin` and the CORS headers to every response, errors and
-//! preflights included, without replacing a header a handler set.
+//! Owns [`common_headers`]: it adds `X-Content-Type-Options: nosniff`,
+//! `Cross-Origin-Resource-Policy: cross-origin` and the CORS headers to
+//! every response of the router, errors and preflights included, without
+//! replacing a header a handler set (the stream route calls it on each of
+//! its responses, and it is the layer around the router's fallback).
 
-use axum::http::{header, HeaderName, HeaderValue, Response};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Response};
 
 /// `Stream-Next-Offset`.
 pub const NEXT_OFFSET: &str = "stream-next-offset";
@@ -53,7 +54,13 @@ stream-fork-sub-offset, producer-id, producer-epoch, producer-seq";
 
 /// Adds the security and CORS headers to a response.
 pub async fn common_headers<B>(mut response: Response<B>) -> Response<B> {
-    let headers = response.headers_mut();
+    add_common_headers(response.headers_mut());
+    response
+}
+
+/// [`common_headers`], in place: what the stream route calls on every
+/// response it makes.
+pub fn add_common_headers(headers: &mut HeaderMap) {
     let mut add = |name: HeaderName, value: &'static str| {
         headers
             .entry(name)
@@ -71,5 +78,4 @@ pub async fn common_headers<B>(mut response: Response<B>) -> Response<B> {
     );
     add(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED);
     add(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
-    response
 }

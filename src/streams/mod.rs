@@ -148,6 +148,7 @@
 //! it.
 
 mod access;
+mod durable_wait;
 mod error;
 mod fork;
 mod headers;
@@ -338,6 +339,8 @@ pub struct DurableStreams {
     /// Whether `access` is a host's hook (not the default).
     access_controlled: bool,
     subscriptions: subscription::Subscriptions,
+    /// Writes waiting for durability on one node (module `durable_wait`).
+    durable_waits: StdArc<durable_wait::DurableWaits>,
     /// Several nodes over one Redis: the stream leases (module `shared`).
     #[cfg(feature = "redis")]
     shared: Option<StdArc<DurableStreamsShared>>,
@@ -354,6 +357,7 @@ impl DurableStreams {
             access: StdArc::new(|_: &RequestInfo<'_>| Ok(Access::full(""))),
             access_controlled: false,
             subscriptions: subscription::Subscriptions::default(),
+            durable_waits: StdArc::default(),
             #[cfg(feature = "redis")]
             shared: None,
         }
@@ -643,9 +647,11 @@ impl DurableStreams {
     }
 
     /// Waits until `position` of `key` is durable, at most until
-    /// `deadline`; returns whether it is. Wakes on the persister's commits
-    /// (no polling), armed before the second look so a commit between the
-    /// two is not missed.
+    /// `deadline`; returns whether it is. On one node, in the registry of
+    /// module `durable_wait` (woken only by the commit that makes it
+    /// durable); with several nodes, on the persister's commits (no
+    /// polling), armed before the second look so a commit between the two
+    /// is not missed.
     async fn durable_by(
         &self,
         key: &SessionKey,
@@ -657,6 +663,9 @@ impl DurableStreams {
             // wait): wait out the deadline instead of spinning.
             tokio::time::sleep_until(deadline).await;
             return Ok(false);
+        }
+        if !self.is_shared() {
+            return self.durable_by_registered(key, position, deadline).await;
         }
         loop {
             if self.durable(key)? >= position {

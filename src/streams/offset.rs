@@ -47,11 +47,27 @@ impl Offset {
     pub fn is_start(self) -> bool {
         self == Self::ZERO
     }
+
+    /// The offset's text as bytes, formatted on the stack: every append's
+    /// response carries one, and `{:016x}` through `fmt` grew a `String`
+    /// digit by digit (several allocations per response).
+    pub(crate) fn to_ascii(self) -> [u8; 2 * FIELD + 1] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [b'_'; 2 * FIELD + 1];
+        for (field, value) in [(0, self.position), (FIELD + 1, self.life)] {
+            for digit in 0..FIELD {
+                let nibble = (value >> (4 * (FIELD - 1 - digit))) & 0xf;
+                text[field + digit] = DIGITS[nibble as usize];
+            }
+        }
+        text
+    }
 }
 
 impl fmt::Display for Offset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}_{:016x}", self.position, self.life)
+        let text = self.to_ascii();
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -164,7 +164,7 @@ impl StreamConfig {
             }
             _ => false,
         };
-        self.media_type() == other.media_type()
+        same_media_type(&self.content_type, &other.content_type)
             && self.ttl_seconds == other.ttl_seconds
             && self.expires_at.as_ref().map(|at| at.unix_nanos)
                 == other.expires_at.as_ref().map(|at| at.unix_nanos)
@@ -179,7 +179,7 @@ impl StreamConfig {
 
     /// Whether the stream is in JSON mode (`application/json`).
     pub fn is_json(&self) -> bool {
-        self.media_type() == "application/json"
+        same_media_type(&self.content_type, "application/json")
     }
 
     /// Whether SSE carries its data as text (`text/*` and JSON) rather
@@ -192,12 +192,18 @@ impl StreamConfig {
 
 /// The essence of a `Content-Type` value: lowercase, parameters dropped.
 pub fn media_type(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
+    essence(content_type).to_ascii_lowercase()
+}
+
+/// Whether two `Content-Type` values have the same [`media_type`], without
+/// allocating (every append compares its own with the stream's).
+pub fn same_media_type(a: &str, b: &str) -> bool {
+    essence(a).eq_ignore_ascii_case(essence(b))
+}
+
+/// A `Content-Type` value without its parameters, trimmed.
+fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or_default().trim()
 }
 
 /// Why a stream was closed (CONTRACT.md section 11): the store's own

@@ -27,7 +27,7 @@ use super::offset::OffsetQuery;
 use super::producer::{self, Admission};
 use super::read::{soft_deleted, ReadView};
 use super::record::{
-    media_type, CloseReason, ExpiresAt, ForkOrigin, ProducerStamp, StreamConfig, StreamRecord,
+    same_media_type, CloseReason, ExpiresAt, ForkOrigin, ProducerStamp, StreamConfig, StreamRecord,
     WriteStamp,
 };
 use super::state::StreamState;
@@ -174,7 +174,7 @@ impl DurableStreams {
                     "an append with a body needs a Content-Type".into(),
                 ));
             };
-            if media_type(content_type) != state.config.media_type() {
+            if !same_media_type(content_type, &state.config.content_type) {
                 return Err(StreamError::Conflict(format!(
                     "Content-Type {content_type:?} does not match the stream's {:?}",
                     state.config.content_type
@@ -394,7 +394,7 @@ impl DurableStreams {
             ));
         }
         let content_type = match request.content_type {
-            Some(given) if media_type(&given) != source.config.media_type() => {
+            Some(given) if !same_media_type(&given, &source.config.content_type) => {
                 return Err(StreamError::Conflict(format!(
                     "Content-Type {given:?} does not match the source's {:?}",
                     source.config.content_type

@@ -85,6 +85,8 @@ use crate::key::SessionKey;
 mod commit;
 mod encode;
 mod index;
+#[cfg(unix)]
+mod prefill;
 
 /// `(tenant, session, position)` → record bytes.
 const RECORDS: TableDefinition<(&str, &str, u64), &[u8]> =
@@ -238,10 +240,17 @@ impl RedbLog {
             path,
             &options,
             Box::new(move || {
-                Builder::new()
+                let mut builder = Builder::new();
+                builder
                     .set_cache_size(options.cache_bytes)
-                    .set_check_integrity_on_open(options.check_integrity)
-                    .create(&opened_path)
+                    .set_check_integrity_on_open(options.check_integrity);
+                // Grown space written ahead of the commits (module
+                // `prefill`): most commits' fdatasync then writes no block
+                // map.
+                #[cfg(unix)]
+                return builder.create_with_backend(prefill::PrefilledFile::open(&opened_path)?);
+                #[cfg(not(unix))]
+                builder.create(&opened_path)
             }),
         )
     }
