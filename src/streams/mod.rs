@@ -664,7 +664,12 @@ impl DurableStreams {
             tokio::time::sleep_until(deadline).await;
             return Ok(false);
         }
-        if !self.is_shared() {
+        // One writer per log (redb's file lock): the registry of waits.
+        // A log other processes write too (Redis, Postgres), with or without
+        // the lease, can fence this node's session, which a wait must notice
+        // at once: the store-wide progress event below, checking the fence.
+        let log_is_shared = self.store.durable_log().is_some_and(|log| log.is_shared());
+        if !self.is_shared() && !log_is_shared {
             return self.durable_by_registered(key, position, deadline).await;
         }
         loop {
