@@ -856,9 +856,9 @@ mod faults {
 
     /// Checks the log after an outage: it starts with `before` (what the log
     /// held just before the outage, all events: nothing durable was lost),
-    /// then events and exactly one hole (when the ring lapped any) whose
-    /// count is what the store counts as lost, then events up to `last`;
-    /// every payload is the one appended.
+    /// then events and holes (one, or two when a commit was in flight
+    /// across the outage) whose counts add up to what the store counts as
+    /// lost, then events up to `last`; every payload is the one appended.
     fn check_log(
         log: &PostgresLog,
         store: &ReplayStore<String>,
@@ -887,17 +887,24 @@ mod faults {
             next = record.last_position() + 1;
         }
         assert_eq!(next - 1, last, "everything reached the log");
-        assert_eq!(holes.len(), 1, "one hole for the outage: {holes:?}");
+        // Usually one hole; two when a commit collected mid-burst was in
+        // flight across the outage (it lands after it, and the ring laps
+        // on meanwhile): a hole per commit, never a position skipped.
+        assert!(
+            (1..=2).contains(&holes.len()),
+            "one hole per commit of the outage: {holes:?}"
+        );
         let durable = store.stats().durable.expect("durable stats");
         assert_eq!(
-            holes[0], durable.lost_events,
-            "the hole's count is what was lapped"
+            holes.iter().sum::<u64>(),
+            durable.lost_events,
+            "the holes count what was lapped"
         );
-        assert_eq!(durable.holes, 1);
-        // After the hole, only what the ring still held.
+        assert_eq!(durable.holes, holes.len() as u64);
+        // After the last hole, only what the ring still held.
         let hole_end = records
             .iter()
-            .find(|r| matches!(r.body, RecordBody::Hole { .. }))
+            .rfind(|r| matches!(r.body, RecordBody::Hole { .. }))
             .map(LogRecord::last_position)
             .expect("the hole");
         assert!(last - hole_end <= 2 * CAPACITY as u64, "{hole_end}");
