@@ -41,7 +41,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use livereplay::durable::{DurableLog, Life, LogRecord, RecordBody, RedbLog, SessionMeta};
+use livereplay::durable::{
+    DurableLog, Life, LogRecord, RecordBody, RedbDurability, RedbLog, RedbOptions, SessionMeta,
+};
 use livereplay::{
     Config, Cursor, DurableOptions, Error, GapReason, Incarnation, ReplayStore, Revision,
     SessionKey, TryNextError, Utf8,
@@ -129,7 +131,8 @@ fn child_appender() {
     let mut rng = Rng::new(env_u64(ENV_CHILD_SEED).unwrap_or(round));
     let started = Instant::now();
 
-    let log = RedbLog::open(log_path(Path::new(&dir))).expect("child: open the log");
+    let log = RedbLog::open_with(log_path(Path::new(&dir)), log_options(Path::new(&dir)))
+        .expect("child: open the log");
     let store = ReplayStore::<String>::builder()
         .config(Config::default().with_capacity(CAPACITY))
         .durable(Arc::new(log), Utf8)
@@ -670,8 +673,27 @@ fn record(history: &mut History, verdict: Verdict) {
     }
 }
 
+/// Marks a data directory whose log is opened with the journal.
+const JOURNALED_MARKER: &str = "journaled";
+
+/// How the log in `dir` is opened, by the child and the parent alike:
+/// with a small journal (so kills land in checkpoints and wraps too) when
+/// the directory is marked, else with the default durability.
+fn log_options(dir: &Path) -> RedbOptions {
+    if dir.join(JOURNALED_MARKER).exists() {
+        RedbOptions::new()
+            .durability(RedbDurability::Journaled)
+            .journal_bytes(64 * 1024)
+    } else {
+        RedbOptions::new()
+    }
+}
+
 fn open_log(dir: &Path) -> Arc<RedbLog> {
-    Arc::new(RedbLog::open(log_path(dir)).expect("the parent opens the log after the kill"))
+    Arc::new(
+        RedbLog::open_with(log_path(dir), log_options(dir))
+            .expect("the parent opens the log after the kill"),
+    )
 }
 
 fn parent_store(log: &Arc<RedbLog>) -> ReplayStore<String> {
@@ -1022,6 +1044,21 @@ fn final_check(history: &mut History, dir: &Path, strict: bool) {
 
 #[test]
 fn crash_rounds() {
+    crash_rounds_in(TempDir::new());
+}
+
+/// The same rounds with the log's journal (`RedbDurability::Journaled`):
+/// every acknowledged append must survive the kills as with redb's own
+/// durable commits, whether a kill lands in a frame, between a frame and
+/// its commit, or in a checkpoint.
+#[test]
+fn crash_rounds_journaled() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join(JOURNALED_MARKER), b"").expect("mark the directory");
+    crash_rounds_in(dir);
+}
+
+fn crash_rounds_in(dir: TempDir) {
     let rounds = env_u64("LIVEREPLAY_CRASH_ROUNDS")
         .unwrap_or(20)
         .clamp(1, 500);
@@ -1035,7 +1072,6 @@ fn crash_rounds() {
     println!("crash test: {rounds} rounds, seed {seed} (replay with LIVEREPLAY_CRASH_SEED={seed})");
     let started = Instant::now();
     let mut rng = Rng::new(seed);
-    let dir = TempDir::new();
     if std::env::var_os("LIVEREPLAY_CRASH_CREATE_IN_CHILD").is_none() {
         // A kill while the very first open creates the file can leave a
         // file redb refuses ("magic number mismatch"); this test is about

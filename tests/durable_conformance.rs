@@ -27,7 +27,7 @@ mod redb_log {
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use livereplay::durable::{DurableLog, RedbLog};
+    use livereplay::durable::{DurableLog, RedbDurability, RedbLog, RedbOptions};
 
     use crate::durable_suite::{Backend, Reopen};
 
@@ -36,10 +36,15 @@ mod redb_log {
     pub struct RedbBackend {
         dir: PathBuf,
         log: Option<RedbLog>,
+        options: RedbOptions,
     }
 
     impl RedbBackend {
         pub fn new() -> Self {
+            Self::with(RedbOptions::new())
+        }
+
+        pub fn with(options: RedbOptions) -> Self {
             // Tests run in parallel threads, and several test processes may
             // share the temporary directory: the pid, a counter and the
             // time make the name unique.
@@ -53,10 +58,12 @@ mod redb_log {
                 NEXT.fetch_add(1, Ordering::Relaxed)
             ));
             std::fs::create_dir_all(&dir).expect("create the temporary directory");
-            let log = RedbLog::open(dir.join("log.redb")).expect("open a new redb log");
+            let log = RedbLog::open_with(dir.join("log.redb"), options.clone())
+                .expect("open a new redb log");
             Self {
                 dir,
                 log: Some(log),
+                options,
             }
         }
     }
@@ -72,7 +79,10 @@ mod redb_log {
             // Drop first: redb locks the file, so a second handle on it
             // would be refused.
             drop(self.log.take());
-            self.log = Some(RedbLog::open(self.dir.join("log.redb")).expect("reopen the redb log"));
+            self.log = Some(
+                RedbLog::open_with(self.dir.join("log.redb"), self.options.clone())
+                    .expect("reopen the redb log"),
+            );
         }
     }
 
@@ -85,6 +95,79 @@ mod redb_log {
 
     durable_conformance!(RedbBackend::new());
     durable_reopen_conformance!(RedbBackend::new());
+
+    /// The same suite with the journal, small enough that the suite's
+    /// larger calls checkpoint and the journal starts over.
+    mod journaled {
+        use super::*;
+
+        pub fn journaled() -> RedbOptions {
+            RedbOptions::new()
+                .durability(RedbDurability::Journaled)
+                .journal_bytes(16 * 1024)
+        }
+
+        durable_conformance!(RedbBackend::with(journaled()));
+        durable_reopen_conformance!(RedbBackend::with(journaled()));
+
+        /// The files as a crash would leave them (copied while the log is
+        /// open: redb's pages since the last checkpoint are only in its
+        /// memory, the calls only in the journal) open to every
+        /// acknowledged call: appends across several checkpoints, an
+        /// archive, a causal-index write.
+        #[test]
+        fn a_crash_image_taken_while_open_recovers_every_acknowledged_call() {
+            use crate::durable_suite::{append_ok, events, key, life, load_all, meta_of};
+
+            let backend = RedbBackend::with(journaled());
+            let log = backend.log();
+            let (a, b) = (key("t", "a"), key("t", "b"));
+            append_ok(log, &a, Some(life(1, 1)), &events(1..=3, 1));
+            append_ok(log, &b, Some(life(1, 1)), &events(1..=2, 1));
+            // ~120 bytes a call against a 16 KiB journal: several rounds.
+            for n in 0..400u64 {
+                let first = 4 + n * 2;
+                append_ok(log, &a, None, &events(first..=first + 1, 1));
+            }
+            assert_eq!(log.archive_before(&a, 10).expect("archive"), 10);
+            let index = log.index().expect("redb keeps the causal index");
+            index
+                .write(&mut |kv| kv.put(b"journal-test", b"value"))
+                .expect("an index write");
+            append_ok(log, &b, None, &events(3..=3, 1));
+            let tail_a = 3 + 400 * 2;
+
+            let image = backend.dir.join("image");
+            std::fs::create_dir_all(&image).expect("image dir");
+            for name in ["log.redb", "log.redb.journal"] {
+                std::fs::copy(backend.dir.join(name), image.join(name)).expect("copy");
+            }
+            let recovered =
+                RedbLog::open_with(image.join("log.redb"), journaled()).expect("open the image");
+            let meta = meta_of(&recovered, &a);
+            assert_eq!((meta.durable_tail, meta.archived_through), (tail_a, 10));
+            assert_eq!(load_all(&recovered, &a).len() as u64, tail_a - 10);
+            assert_eq!(load_all(&recovered, &a), load_all(log, &a));
+            assert_eq!(load_all(&recovered, &b), load_all(log, &b));
+            let mut read = recovered.index().expect("index").read().expect("read");
+            assert_eq!(
+                read.get(b"journal-test").expect("get").as_deref(),
+                Some(&b"value"[..])
+            );
+            drop(read);
+            drop(recovered);
+
+            // Opened without the journal, the same image still holds every
+            // call, and the journal is folded in and removed.
+            for name in ["log.redb", "log.redb.journal"] {
+                std::fs::copy(backend.dir.join(name), image.join(name)).expect("copy");
+            }
+            let plain = RedbLog::open(image.join("log.redb")).expect("open without the journal");
+            assert_eq!(meta_of(&plain, &a).durable_tail, tail_a);
+            assert_eq!(load_all(&plain, &b), load_all(log, &b));
+            assert!(!image.join("log.redb.journal").exists());
+        }
+    }
 
     /// Backend-specific: a second handle on an open file is refused with a
     /// typed error rather than sharing (and corrupting) it.
@@ -112,8 +195,6 @@ mod redb_log {
     /// `sync` plus a clean close keep it.
     #[test]
     fn deferred_durability_reads_back_and_survives_a_clean_close() {
-        use livereplay::durable::{RedbDurability, RedbOptions};
-
         let backend = RedbBackend::new();
         let path = backend.dir.join("deferred.redb");
         let options = RedbOptions::new().durability(RedbDurability::Deferred);

@@ -123,3 +123,78 @@ fn persistence_resumes_by_itself_after_the_disk_recovers() {
     let texts: Vec<&str> = all.iter().map(|e| e.payload().as_str()).collect();
     assert_eq!(texts, (1..=10).map(|i| format!("e{i}")).collect::<Vec<_>>());
 }
+
+/// The same disk under the journal (`RedbDurability::Journaled`, the
+/// journal a real file beside the flaky one): appends are durable through
+/// the journal while redb's disk fails, until a checkpoint needs that
+/// disk. The failed checkpoint closes the database; every reopen replays
+/// the journal into what the disk durably holds and checkpoints again, so
+/// once the disk recovers every acknowledged append is there, in order.
+#[test]
+fn a_failed_checkpoint_loses_nothing_under_the_journal() {
+    use livereplay::durable::RedbDurability;
+
+    let dir = std::env::temp_dir().join(format!(
+        "livereplay-redb-faults-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = FlakyDisk::default();
+    let backend = disk.clone();
+    let options = RedbOptions::new()
+        .durability(RedbDurability::Journaled)
+        .journal_bytes(4096);
+    let log = RedbLog::open_with_backend(dir.join("flaky-disk"), options, move || backend.clone())
+        .unwrap();
+    let store = ReplayStore::<String>::builder()
+        .config(Config::default().with_capacity(4096))
+        .durable(Arc::new(log), Utf8)
+        .build()
+        .unwrap();
+    let key = SessionKey::new("t", "s").unwrap();
+    let wait = Duration::from_secs(10);
+    store.append(&key, Revision(1), "e1".to_string()).unwrap();
+    assert_eq!(store.wait_durable(&key, 1, wait), Ok(1));
+
+    disk.failing.store(true, Ordering::SeqCst);
+    // One durable append at a time: each a frame, until the journal is
+    // full and the call that does not fit must checkpoint on the disk.
+    let mut appended = 1;
+    while store.stats().durable.unwrap().log_failures == 0 {
+        appended += 1;
+        assert!(appended < 1000, "no checkpoint ever reached the disk");
+        store
+            .append(&key, Revision(1), format!("e{appended}"))
+            .unwrap();
+        let _ = store.wait_durable(&key, appended, Duration::from_millis(200));
+    }
+    let durable = store.durable_position(&key).unwrap().unwrap();
+    assert!(
+        durable > 1,
+        "appends were durable through the journal meanwhile"
+    );
+    assert!(
+        durable < appended,
+        "the last one waits for the failed checkpoint"
+    );
+
+    disk.failing.store(false, Ordering::SeqCst);
+    wait_until("persistence resumed by itself", || {
+        store.durable_position(&key).unwrap() == Some(appended)
+    });
+    let stats = store.stats().durable.unwrap();
+    assert_eq!(stats.lost_events, 0);
+    let all = store
+        .catch_up_replay(&Cursor::start(key.clone()), 10_000)
+        .unwrap();
+    let texts: Vec<&str> = all.iter().map(|e| e.payload().as_str()).collect();
+    assert_eq!(
+        texts,
+        (1..=appended).map(|i| format!("e{i}")).collect::<Vec<_>>()
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,6 +11,7 @@
 use ::redb::{ReadableDatabase, ReadableTable};
 
 use super::encode::{decode_header, BodyV1};
+use super::journal::{self, EntryV1};
 use super::{backend, RedbLog, INDEX, RECORDS};
 use crate::durable::{IndexEntries, IndexRead, IndexStore, IndexWrite, LogError};
 use crate::key::SessionKey;
@@ -145,15 +146,85 @@ impl IndexStore for RedbLog {
         let db = self.database()?;
         self.write_failed((|| {
             let txn = self.begin_write(&db)?;
+            let mut recorded = self.journal.as_ref().map(|_| Recorded::default());
             {
                 let mut index = txn.open_table(INDEX).map_err(backend)?;
                 let records = txn.open_table(RECORDS).map_err(backend)?;
-                update(&mut IndexTxn {
+                let mut kv = IndexTxn {
                     index: &mut index,
                     records: &records,
-                })?;
+                };
+                match recorded.as_mut() {
+                    Some(recorded) => update(&mut Recording {
+                        kv: &mut kv,
+                        recorded,
+                    })?,
+                    None => update(&mut kv)?,
+                }
             }
-            txn.commit().map_err(backend)
+            let recorded = recorded.unwrap_or_default();
+            self.finish(
+                txn,
+                || journal::head(&EntryV1::Index(recorded.ops.clone())),
+                &recorded.blobs,
+            )
         })())
+    }
+}
+
+/// The puts and deletes of an index write, for its journal frame (a call
+/// that runs a closure is journaled by what the closure did).
+#[derive(Default)]
+struct Recorded {
+    /// `(key length, value length or None for a delete)`.
+    ops: Vec<(u32, Option<u32>)>,
+    /// The keys' and values' bytes, in order.
+    blobs: Vec<u8>,
+}
+
+/// An index write transaction that also records what it writes.
+struct Recording<'r, 'a, 'txn> {
+    kv: &'r mut IndexTxn<'a, 'txn>,
+    recorded: &'r mut Recorded,
+}
+
+fn length(bytes: &[u8]) -> Result<u32, LogError> {
+    u32::try_from(bytes.len())
+        .map_err(|_| LogError::Backend("an index entry of 4 GiB or more".into()))
+}
+
+impl IndexRead for Recording<'_, '_, '_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        self.kv.get(key)
+    }
+
+    fn scan(
+        &mut self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<IndexEntries, LogError> {
+        self.kv.scan(prefix, after, limit)
+    }
+
+    fn is_event(&mut self, key: &SessionKey, position: u64) -> Result<bool, LogError> {
+        self.kv.is_event(key, position)
+    }
+}
+
+impl IndexWrite for Recording<'_, '_, '_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
+        self.recorded.ops.push((length(key)?, Some(length(value)?)));
+        self.kv.put(key, value)?;
+        self.recorded.blobs.extend_from_slice(key);
+        self.recorded.blobs.extend_from_slice(value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), LogError> {
+        self.recorded.ops.push((length(key)?, None));
+        self.kv.delete(key)?;
+        self.recorded.blobs.extend_from_slice(key);
+        Ok(())
     }
 }
