@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use livereplay::durable::{DurableLog, RedbLog};
+use livereplay::durable::{DurableLog, RedbDurability, RedbLog, RedbOptions};
 use livereplay::streams::{DurableStreams, RequestInfo, StreamRecord, StreamsOptions};
 use livereplay::{Config, DurableOptions, Postcard, ReplayStore};
 
@@ -112,6 +112,17 @@ struct Serve {
     /// one node.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// With --data-dir: how an append becomes durable before it is
+    /// acknowledged. `journaled`: one `fdatasync`ed frame in
+    /// `streams.redb.journal`, redb's pages written at checkpoints;
+    /// `immediate`: a durable redb commit each time. Both lose nothing
+    /// acknowledged in a crash.
+    #[arg(long, value_enum, default_value_t = Commit::Journaled, requires = "data_dir")]
+    commit: Commit,
+    /// With --commit journaled: the journal's size; a checkpoint writes
+    /// redb's pages once per this many bytes of appends.
+    #[arg(long, default_value_t = 16 << 20, requires = "data_dir")]
+    journal_bytes: u64,
     /// A Redis server (`redis://host:port/db`, 6.2 or later) holding the
     /// log: every node given the same URL and namespace serves the same
     /// streams.
@@ -159,6 +170,15 @@ struct Serve {
     /// (`DurableOptions::undurable_budget`).
     #[arg(long, default_value_t = 64 << 20)]
     undurable_budget_bytes: usize,
+}
+
+/// How `--data-dir`'s appends become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Commit {
+    /// Through the redb log's journal (`RedbDurability::Journaled`).
+    Journaled,
+    /// A durable redb commit each (`RedbDurability::Immediate`).
+    Immediate,
 }
 
 fn main() -> std::process::ExitCode {
@@ -398,8 +418,14 @@ fn open_log(
     std::fs::create_dir_all(data_dir)
         .map_err(|error| format!("cannot create {}: {error}", data_dir.display()))?;
     let path = data_dir.join("streams.redb");
-    let log =
-        RedbLog::open(&path).map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+    let options = RedbOptions::new()
+        .durability(match serve.commit {
+            Commit::Journaled => RedbDurability::Journaled,
+            Commit::Immediate => RedbDurability::Immediate,
+        })
+        .journal_bytes(serve.journal_bytes);
+    let log = RedbLog::open_with(&path, options)
+        .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
     #[cfg(feature = "redis")]
     let shared = None;
     #[cfg(not(feature = "redis"))]
