@@ -11,7 +11,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc as StdArc;
-use std::task::{Context, Poll};
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -22,7 +22,6 @@ use axum::routing::any;
 use axum::Router;
 use base64::Engine;
 use futures_core::Stream;
-use tokio::sync::mpsc;
 
 use crate::key::SessionKey;
 
@@ -710,9 +709,11 @@ fn live_cursor(client: Option<&str>) -> String {
     }
 }
 
-/// An SSE response: a task collects batches and sends their frames into
-/// a bounded channel the response body drains (a slow client slows its
-/// own task; nothing queues without bound).
+/// An SSE response: its body is a stream that collects the next batch
+/// when hyper asks for more (so a slow client slows only its own reads;
+/// nothing queues), one chunk per batch with its data and control frames
+/// together. One task (the connection's) and one write per delivery: an
+/// append wakes each reader once, not a reader task and then its response.
 fn sse(
     service: &StdArc<DurableStreams>,
     key: &SessionKey,
@@ -720,20 +721,25 @@ fn sse(
     query: &ReadQuery,
     after: ReadAt,
 ) -> Response {
-    let (sender, receiver) = mpsc::channel(8);
     let base64 = !view.config.is_text();
     let next = view.layout[after.segment].offset_of(after.after);
-    let task = SseTask {
+    let reader = SseReader {
+        end: tokio::time::Instant::now() + service.options.sse_lifetime,
         service: StdArc::clone(service),
         key: key.clone(),
         view,
         cursor: query.cursor.clone(),
         next,
         after,
-        sender,
+        announced: false,
+        waiting: None,
+        done: false,
     };
-    tokio::spawn(task.run());
-    let mut response = Response::new(Body::from_stream(ChannelStream(receiver)));
+    let frames = futures_util::stream::unfold(reader, |mut reader| async move {
+        let chunk = reader.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), reader))
+    });
+    let mut response = Response::new(Body::from_stream(frames));
     let out = response.headers_mut();
     set(out, "content-type", "text/event-stream");
     set(out, "cache-control", "no-cache");
@@ -743,41 +749,40 @@ fn sse(
     response
 }
 
-/// One SSE frame: `event: NAME`, then the data one `data:` line per line
-/// (CR, LF and CRLF all end a line, so no payload can end the frame or
-/// forge another), then a blank line.
-fn frame(event: &str, data: &str) -> Bytes {
-    let mut out = String::with_capacity(data.len() + event.len() + 16);
-    out.push_str("event: ");
-    out.push_str(event);
-    out.push('\n');
+/// Appends one SSE frame to `out`: `event: NAME`, then the data one
+/// `data:` line per line (CR, LF and CRLF all end a line, so no payload
+/// can end the frame or forge another), then a blank line.
+fn frame_into(out: &mut Vec<u8>, event: &str, data: &str) {
+    out.reserve(data.len() + event.len() + 16);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    out.push(b'\n');
     for line in data.split("\r\n").flat_map(|part| part.split(['\r', '\n'])) {
-        out.push_str("data:");
-        out.push_str(line);
-        out.push('\n');
+        out.extend_from_slice(b"data:");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
     }
-    out.push('\n');
-    Bytes::from(out)
+    out.push(b'\n');
 }
 
 /// How often an idle SSE response sends a comment, so proxies keep it.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// The frames of an SSE response, from its task.
-struct ChannelStream(mpsc::Receiver<Bytes>);
-
-impl Stream for ChannelStream {
-    type Item = Result<Bytes, Infallible>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
-    }
+/// A control event's JSON (field names as the protocol spells them).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Control<'a> {
+    stream_next_offset: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_cursor: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream_closed: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    up_to_date: bool,
 }
 
-struct SseTask {
+/// The state of one SSE response's body between chunks.
+struct SseReader {
     service: StdArc<DurableStreams>,
     key: SessionKey,
     view: ReadView,
@@ -785,85 +790,108 @@ struct SseTask {
     after: ReadAt,
     /// The offset of the last data sent (or the start).
     next: Offset,
-    sender: mpsc::Sender<Bytes>,
+    /// When the response ends (the client reconnects).
+    end: tokio::time::Instant,
+    /// Whether a control event was sent yet (the first goes out at once).
+    announced: bool,
+    /// After a batch that reached the durable tail: the catch-up to wait
+    /// on and the record already seen, if any.
+    waiting: Option<(crate::CatchUp<super::StreamRecord>, Option<u64>)>,
+    /// The response ended (closed stream, deleted, lifetime, failure).
+    done: bool,
 }
 
-impl SseTask {
-    async fn run(mut self) {
-        // A failure after the response started can only end it: the client
-        // reconnects from its last control event's offset.
-        let _ = self.serve().await;
+impl SseReader {
+    /// The next chunk of the response, `None` at its end. A failure after
+    /// the response started can only end it: the client reconnects from
+    /// its last control event's offset.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let chunk = self.step().await.ok().flatten();
+        self.done |= chunk.is_none();
+        chunk
     }
 
-    async fn serve(&mut self) -> Result<(), StreamError> {
-        let end = tokio::time::Instant::now() + self.service.options.sse_lifetime;
-        let mut announced = false;
+    async fn step(&mut self) -> Result<Option<Bytes>, StreamError> {
         loop {
-            let (batch, mut rest) = self.service.collect(&self.view, self.after)?;
-            if batch.ended {
-                return Ok(());
-            }
-            if !batch.events.is_empty() {
-                let data = self.data_event(&batch.events);
-                if self.sender.send(data).await.is_err() {
-                    return Ok(());
+            if let Some((mut rest, pending)) = self.waiting.take() {
+                let wake = self.end.min(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
+                let woke = self
+                    .service
+                    .wait_for_more(&self.key, &mut rest, pending, wake)
+                    .await?;
+                // Idle: end at the response's lifetime, else a keep-alive
+                // comment (which also finds a client that went away).
+                if !woke {
+                    if tokio::time::Instant::now() >= self.end {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Bytes::from_static(b":\n\n")));
                 }
+            }
+            let (batch, rest) = self.service.collect(&self.view, self.after)?;
+            if batch.ended {
+                return Ok(None);
+            }
+            let mut out = Vec::new();
+            if !batch.events.is_empty() {
+                self.data_event(&batch.events, &mut out);
                 self.after = batch.next_at;
                 self.next = batch.next;
             }
             let closed = batch.closed && !batch.more;
-            if !batch.events.is_empty() || closed || !announced {
-                announced = true;
-                let control = self.control(!batch.more, closed);
-                if self.sender.send(control).await.is_err() || closed {
-                    return Ok(());
-                }
+            if !batch.events.is_empty() || closed || !self.announced {
+                self.announced = true;
+                self.control(!batch.more, closed, &mut out)?;
+                self.done = closed;
             }
-            if batch.more {
-                continue;
+            if !batch.more {
+                self.waiting = Some((rest, batch.pending));
             }
-            let wake = end.min(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
-            let woke = self
-                .service
-                .wait_for_more(&self.key, &mut rest, batch.pending, wake)
-                .await?;
-            // Idle: end at the response's lifetime, else a keep-alive
-            // comment (which also finds a client that went away).
-            let keep_alive = Bytes::from_static(b":\n\n");
-            if !woke
-                && (tokio::time::Instant::now() >= end
-                    || self.sender.send(keep_alive).await.is_err())
-            {
-                return Ok(());
+            if !out.is_empty() {
+                return Ok(Some(Bytes::from(out)));
             }
         }
     }
 
-    fn data_event(&self, events: &[crate::sync::Arc<crate::Event<super::StreamRecord>>]) -> Bytes {
+    fn data_event(
+        &self,
+        events: &[crate::sync::Arc<crate::Event<super::StreamRecord>>],
+        out: &mut Vec<u8>,
+    ) {
         let bytes = batch_body(&self.view.config, events);
-        let text = if self.view.config.is_text() {
-            String::from_utf8_lossy(&bytes).into_owned()
+        if self.view.config.is_text() {
+            frame_into(out, "data", &String::from_utf8_lossy(&bytes));
         } else {
-            base64::engine::general_purpose::STANDARD.encode(&bytes)
-        };
-        frame("data", &text)
+            let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            frame_into(out, "data", &text);
+        }
     }
 
-    fn control(&mut self, up_to_date: bool, closed: bool) -> Bytes {
-        let next = self.next;
-        let mut control = serde_json::Map::new();
-        control.insert("streamNextOffset".into(), next.to_string().into());
-        if closed {
-            control.insert("streamClosed".into(), true.into());
-            control.insert("upToDate".into(), true.into());
-        } else {
-            let cursor = live_cursor(self.cursor.as_deref());
-            control.insert("streamCursor".into(), cursor.clone().into());
-            self.cursor = Some(cursor);
-            if up_to_date {
-                control.insert("upToDate".into(), true.into());
-            }
+    fn control(
+        &mut self,
+        up_to_date: bool,
+        closed: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        let next = self.next.to_string();
+        let cursor = (!closed).then(|| live_cursor(self.cursor.as_deref()));
+        let control = Control {
+            stream_next_offset: &next,
+            stream_cursor: cursor.as_deref(),
+            stream_closed: closed,
+            up_to_date: up_to_date || closed,
+        };
+        // Strings and booleans only: serialising cannot fail, but if it
+        // did the response ends rather than send a broken event.
+        let json = serde_json::to_string(&control)
+            .map_err(|e| StreamError::Unavailable(format!("an SSE control event: {e}")))?;
+        frame_into(out, "control", &json);
+        if cursor.is_some() {
+            self.cursor = cursor;
         }
-        frame("control", &serde_json::Value::Object(control).to_string())
+        Ok(())
     }
 }
