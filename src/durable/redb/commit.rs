@@ -146,12 +146,15 @@ impl RedbLog {
         let mut journal = recovered.journal;
         let txn = db.begin_write().map_err(backend)?;
         for (seq, payload) in &recovered.frames {
-            replay(&txn, payload).map_err(|e| {
-                LogError::Corrupt(format!(
+            replay(&txn, payload).map_err(|e| match e {
+                // The disk failing now is worth a retry.
+                LogError::Backend(_) => e,
+                // A frame that does not apply is damage, not weather.
+                e => LogError::Corrupt(format!(
                     "{}: frame {seq} does not apply to {}: {e}",
                     journal.path().display(),
                     self.path.display()
-                ))
+                )),
             })?;
         }
         journal.checkpoint(txn)?;
