@@ -1,17 +1,21 @@
 //! Webhook targets: which URLs a subscription may call (SSRF, protocol
-//! section 12.8), and one signed HTTP/1.1 `POST` to them.
+//! section 12.8), and one signed `POST` to them, through hyper's HTTP/1
+//! client.
 //!
 //! Owns [`WebhookUrl`] and [`post`]. Invariants: a URL is accepted only if
 //! this server can deliver to it safely: `http://localhost` or
 //! `http://127.0.0.x` (the protocol's development exception). This build
 //! has no TLS client, so `https://` targets are refused at creation rather
 //! than accepted and never delivered. A delivery is bounded in time and in
-//! the size of the answer it reads.
+//! the size of the answer it reads (a larger answer is an error).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::body::Bytes;
+use axum::http::{header, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
 
 /// The most of a webhook's answer read.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -23,37 +27,31 @@ pub struct WebhookUrl {
     pub text: String,
     host: String,
     port: u16,
-    path: String,
+    /// The path and query the request names.
+    target: String,
 }
 
 impl WebhookUrl {
     /// Checks a URL; the error says why it is refused.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let Some(rest) = text.strip_prefix("http://") else {
-            return Err(if text.starts_with("https://") {
-                "this server cannot deliver to https:// webhooks yet (no TLS client): use http://localhost or http://127.0.0.x in development".into()
-            } else {
-                "a webhook URL must be http://localhost or http://127.0.0.x (https:// is not supported yet)".into()
-            });
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(slash) => (&rest[..slash], &rest[slash..]),
-            None => (rest, "/"),
-        };
-        if authority.contains('@') || path.contains(['\r', '\n', ' ']) {
-            return Err(
-                "the webhook URL has credentials or characters not allowed in a request line"
-                    .into(),
-            );
+        const ALLOWED: &str = "a webhook URL must be http://localhost or http://127.0.0.x (https:// is not supported yet)";
+        let uri: Uri = text
+            .parse()
+            .map_err(|error| format!("the webhook URL does not parse ({error}): {ALLOWED}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err("this server cannot deliver to https:// webhooks yet (no TLS client): use http://localhost or http://127.0.0.x in development".into())
+            }
+            _ => return Err(ALLOWED.into()),
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| format!("the webhook URL's port {port:?} is not a port"))?,
-            ),
-            None => (authority, 80),
+        let Some(authority) = uri.authority() else {
+            return Err(ALLOWED.into());
         };
+        if authority.as_str().contains('@') {
+            return Err("the webhook URL has credentials, which are not sent".into());
+        }
+        let host = authority.host();
         let loopback = host.eq_ignore_ascii_case("localhost")
             || host
                 .parse::<Ipv4Addr>()
@@ -68,11 +66,21 @@ impl WebhookUrl {
         } else {
             host.to_string()
         };
+        // `Uri` accepts a port it cannot read as a number (`:99999`) and
+        // then reports none at all, so the text after the host decides.
+        let port = match authority.as_str()[authority.host().len()..].strip_prefix(':') {
+            None => 80,
+            Some(port) => port
+                .parse::<u16>()
+                .map_err(|_| format!("the webhook URL's port {port:?} is not a port"))?,
+        };
         Ok(Self {
             text: text.to_string(),
             host,
             port,
-            path: path.to_string(),
+            target: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |target| target.as_str().to_string()),
         })
     }
 }
@@ -82,7 +90,7 @@ impl WebhookUrl {
 pub struct Answer {
     /// The HTTP status.
     pub status: u16,
-    /// The body (at most 64 KiB of it).
+    /// The body (at most 64 KiB).
     pub body: Vec<u8>,
 }
 
@@ -99,62 +107,36 @@ pub async fn post(
 }
 
 async fn post_inner(url: &WebhookUrl, signature: &str, body: &[u8]) -> Result<Answer, String> {
-    let mut stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+    let stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(|error| format!("cannot connect to {}: {error}", url.text))?;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nhost: {}:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nwebhook-signature: {signature}\r\nconnection: close\r\n\r\n",
-        url.path,
-        url.host,
-        url.port,
-        body.len()
-    );
-    stream
-        .write_all(head.as_bytes())
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .and(stream.write_all(body).await)
-        .map_err(|error| format!("cannot send to {}: {error}", url.text))?;
-    let mut raw = Vec::new();
-    (&mut stream)
-        .take(MAX_ANSWER as u64)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|error| format!("cannot read {}'s answer: {error}", url.text))?;
-    parse_answer(&raw)
-        .ok_or_else(|| format!("{} answered something that is not HTTP/1.1", url.text))
-}
-
-/// An HTTP/1.1 response: its status, and its body (de-chunked).
-fn parse_answer(raw: &[u8]) -> Option<Answer> {
-    let split = raw.windows(4).position(|window| window == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let chunked = lines.any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("transfer-encoding")
-                && value.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
-    let mut rest = &raw[split + 4..];
-    if !chunked {
-        return Some(Answer {
-            status,
-            body: rest.to_vec(),
-        });
-    }
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest.windows(2).position(|window| window == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Some(Answer { status, body });
-        }
-        body.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
-    }
+        .map_err(|error| format!("cannot talk HTTP/1 to {}: {error}", url.text))?;
+    let request = Request::post(url.target.as_str())
+        .header(header::HOST, format!("{}:{}", url.host, url.port))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("webhook-signature", signature)
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .map_err(|error| format!("cannot build the request to {}: {error}", url.text))?;
+    let exchange = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|error| format!("cannot send to {}: {error}", url.text))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|error| format!("cannot read {}'s answer: {error}", url.text))?
+            .to_bytes()
+            .to_vec();
+        Ok(Answer { status, body })
+        // `sender` drops here, which ends `connection` below.
+    };
+    // The connection does the I/O; it ends once the exchange lets go.
+    let (answer, _closed) = tokio::join!(exchange, connection);
+    answer
 }
 
 #[cfg(test)]
@@ -181,14 +163,61 @@ mod tests {
     }
 
     #[test]
-    fn answers_plain_and_chunked() {
-        let plain = parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((plain.status, plain.body.as_slice()), (200, &b"{}"[..]));
-        let chunked = parse_answer(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(chunked.body, b"{\"a\":1}");
-        assert!(parse_answer(b"garbage").is_none());
+    fn the_request_target_keeps_the_path_and_query() {
+        let url = WebhookUrl::parse("http://127.0.0.1:9000/hook/a?x=1").unwrap();
+        assert_eq!((url.port, url.target.as_str()), (9000, "/hook/a?x=1"));
+        let bare = WebhookUrl::parse("http://localhost").unwrap();
+        assert_eq!(
+            (bare.host.as_str(), bare.port, bare.target.as_str()),
+            ("127.0.0.1", 80, "/")
+        );
+    }
+
+    /// A real exchange with a loopback server: the request carries the
+    /// body and the signature, a chunked answer is read whole, and an
+    /// answer over the limit is an error.
+    #[tokio::test]
+    async fn posts_and_reads_the_answer() {
+        use axum::routing::post as route_post;
+
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                route_post(|headers: axum::http::HeaderMap, body: Bytes| async move {
+                    let signature = headers
+                        .get("webhook-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    // A streamed body is sent chunked.
+                    let parts: Vec<Result<Bytes, std::convert::Infallible>> =
+                        vec![Ok(Bytes::from(format!("{signature}:"))), Ok(body)];
+                    axum::body::Body::from_stream(futures_util::stream::iter(parts))
+                }),
+            )
+            .route("/big", route_post(|| async { vec![b'x'; MAX_ANSWER + 1] }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let url = WebhookUrl::parse(&format!("http://localhost:{port}/hook")).unwrap();
+        let answer = post(&url, "v1,abc", b"{\"a\":1}", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, b"v1,abc:{\"a\":1}");
+
+        let big = WebhookUrl::parse(&format!("http://127.0.0.1:{port}/big")).unwrap();
+        let error = post(&big, "s", b"{}", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(error.contains("answer"), "{error}");
+
+        let missing = WebhookUrl::parse(&format!("http://127.0.0.1:{port}/nowhere")).unwrap();
+        let answer = post(&missing, "s", b"{}", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 404);
+        server.abort();
     }
 }
