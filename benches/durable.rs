@@ -15,7 +15,7 @@
 //! 2. **Sustained persist throughput to redb.** A writer appends N events (to
 //!    1 session, and round-robin to 64), and the clock stops when
 //!    `wait_durable` says every session's last position is in the log.
-//!    `Immediate` and `Deferred` durability, `DurableOptions` default batch
+//!    `Immediate`, `Journaled` and `Deferred` durability, `DurableOptions` default batch
 //!    (8192 events per commit) and a batch of 1 (one commit per event, fewer
 //!    events); a `MemoryLog` as the persister's ceiling. Rings are sized to
 //!    hold every event, so nothing is lapped: it is the log's rate, not the
@@ -569,6 +569,7 @@ fn persist_throughput(settings: &Settings, temp: &TempDir, out: &mut Out) {
     let reps = settings.size(3, 1);
     let immediate = Backend::Redb(RedbDurability::Immediate);
     let deferred = Backend::Redb(RedbDurability::Deferred);
+    let journaled = Backend::Redb(RedbDurability::Journaled);
     let case = |name, backend, sessions, events, batch| ThroughputCase {
         name,
         backend,
@@ -581,6 +582,8 @@ fn persist_throughput(settings: &Settings, temp: &TempDir, out: &mut Out) {
         case("redb Immediate, 64 sessions", immediate, 64, events, None),
         case("redb Deferred, 1 session", deferred, 1, events, None),
         case("redb Deferred, 64 sessions", deferred, 64, events, None),
+        case("redb Journaled, 1 session", journaled, 1, events, None),
+        case("redb Journaled, 64 sessions", journaled, 64, events, None),
         case("MemoryLog, 1 session", Backend::Memory, 1, events, None),
         case("MemoryLog, 64 sessions", Backend::Memory, 64, events, None),
         case(
@@ -593,6 +596,13 @@ fn persist_throughput(settings: &Settings, temp: &TempDir, out: &mut Out) {
         case(
             "redb Deferred, 1 session, batch 1",
             deferred,
+            1,
+            unbatched,
+            Some(1),
+        ),
+        case(
+            "redb Journaled, 1 session, batch 1",
+            journaled,
             1,
             unbatched,
             Some(1),

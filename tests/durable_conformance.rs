@@ -114,7 +114,7 @@ mod redb_log {
         /// open: redb's pages since the last checkpoint are only in its
         /// memory, the calls only in the journal) open to every
         /// acknowledged call: appends across several checkpoints, an
-        /// archive, a causal-index write.
+        /// archive, a causal-index write, a call too large for a frame.
         #[test]
         fn a_crash_image_taken_while_open_recovers_every_acknowledged_call() {
             use crate::durable_suite::{append_ok, events, key, life, load_all, meta_of};
@@ -134,7 +134,14 @@ mod redb_log {
             index
                 .write(&mut |kv| kv.put(b"journal-test", b"value"))
                 .expect("an index write");
-            append_ok(log, &b, None, &events(3..=3, 1));
+            // A call too large for a frame is a checkpoint of its own, among
+            // the frames.
+            let mut large = events(3..=3, 1);
+            if let livereplay::durable::RecordBody::Event(event) = &mut large[0].body {
+                event.payload = vec![0x5a; 300 * 1024];
+            }
+            append_ok(log, &b, None, &large);
+            append_ok(log, &b, None, &events(4..=4, 1));
             let tail_a = 3 + 400 * 2;
 
             let image = backend.dir.join("image");

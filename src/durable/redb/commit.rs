@@ -67,6 +67,12 @@ impl RedbLog {
             return Ok(());
         }
         let txn = self.begin_write(db)?;
+        // A call too large for a frame is a checkpoint (module `journal`):
+        // it needs no frame built.
+        if self.journal.is_some() && journal::too_large_for_a_frame(writes) {
+            stage_append(&txn, writes, None)?;
+            return self.with_journal(|journal| journal.checkpoint(txn));
+        }
         let mut entry = self.journal.as_ref().map(|_| EntryBuf::default());
         stage_append(&txn, writes, entry.as_mut())?;
         let blobs = entry.as_ref().map_or(&[][..], EntryBuf::blobs);
