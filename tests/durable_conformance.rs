@@ -129,18 +129,19 @@ mod redb_log {
                 let first = 4 + n * 2;
                 append_ok(log, &a, None, &events(first..=first + 1, 1));
             }
-            assert_eq!(log.archive_before(&a, 10).expect("archive"), 10);
-            let index = log.index().expect("redb keeps the causal index");
-            index
-                .write(&mut |kv| kv.put(b"journal-test", b"value"))
-                .expect("an index write");
             // A call too large for a frame is a checkpoint of its own, among
-            // the frames.
+            // the frames; the calls after it are in frames only, which the
+            // image must replay.
             let mut large = events(3..=3, 1);
             if let livereplay::durable::RecordBody::Event(event) = &mut large[0].body {
                 event.payload = vec![0x5a; 300 * 1024];
             }
             append_ok(log, &b, None, &large);
+            assert_eq!(log.archive_before(&a, 10).expect("archive"), 10);
+            let index = log.index().expect("redb keeps the causal index");
+            index
+                .write(&mut |kv| kv.put(b"journal-test", b"value"))
+                .expect("an index write");
             append_ok(log, &b, None, &events(4..=4, 1));
             let tail_a = 3 + 400 * 2;
 
