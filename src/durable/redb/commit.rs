@@ -178,7 +178,7 @@ fn replay(txn: &WriteTransaction, payload: &[u8]) -> Result<(), LogError> {
                 let key = SessionKey::new(write.tenant, write.session)
                     .map_err(|e| LogError::Corrupt(format!("journal: a session key: {e}")))?;
                 let mut records = Vec::with_capacity(write.records.len());
-                for &(position, len) in &write.records {
+                for &(position, len) in write.records.iter() {
                     records.push(decode_record(
                         &key,
                         position,
@@ -388,6 +388,7 @@ fn stage_append(
             &mut IndexTxn {
                 index: &mut index,
                 records: &records,
+                recorded: None,
             },
             writes,
         )?;

@@ -24,6 +24,10 @@ pub(super) type RecordsTable<'txn> =
 pub(super) struct IndexTxn<'a, 'txn> {
     pub(super) index: &'a mut IndexTable<'txn>,
     pub(super) records: &'a RecordsTable<'txn>,
+    /// Under the journal, an index write's puts and deletes, for its frame
+    /// (a call that runs a closure is journaled by what the closure did).
+    /// `None` inside an append, whose frame replays the indexing itself.
+    pub(super) recorded: Option<&'a mut Recorded>,
 }
 
 /// The causal index in one read transaction (a consistent snapshot).
@@ -102,11 +106,20 @@ impl IndexRead for IndexTxn<'_, '_> {
 impl IndexWrite for IndexTxn<'_, '_> {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
         self.index.insert(key, value).map_err(backend)?;
+        if let Some(recorded) = self.recorded.as_deref_mut() {
+            recorded.ops.push((length(key)?, Some(length(value)?)));
+            recorded.blobs.extend_from_slice(key);
+            recorded.blobs.extend_from_slice(value);
+        }
         Ok(())
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<(), LogError> {
         self.index.remove(key).map_err(backend)?;
+        if let Some(recorded) = self.recorded.as_deref_mut() {
+            recorded.ops.push((length(key)?, None));
+            recorded.blobs.extend_from_slice(key);
+        }
         Ok(())
     }
 }
@@ -150,81 +163,28 @@ impl IndexStore for RedbLog {
             {
                 let mut index = txn.open_table(INDEX).map_err(backend)?;
                 let records = txn.open_table(RECORDS).map_err(backend)?;
-                let mut kv = IndexTxn {
+                update(&mut IndexTxn {
                     index: &mut index,
                     records: &records,
-                };
-                match recorded.as_mut() {
-                    Some(recorded) => update(&mut Recording {
-                        kv: &mut kv,
-                        recorded,
-                    })?,
-                    None => update(&mut kv)?,
-                }
+                    recorded: recorded.as_mut(),
+                })?;
             }
-            let recorded = recorded.unwrap_or_default();
-            self.finish(
-                txn,
-                || journal::head(&EntryV1::Index(recorded.ops.clone())),
-                &recorded.blobs,
-            )
+            let Recorded { ops, blobs } = recorded.unwrap_or_default();
+            self.finish(txn, || journal::head(&EntryV1::Index(ops)), &blobs)
         })())
     }
 }
 
-/// The puts and deletes of an index write, for its journal frame (a call
-/// that runs a closure is journaled by what the closure did).
+/// The puts and deletes of an index write, for its journal frame.
 #[derive(Default)]
-struct Recorded {
+pub(super) struct Recorded {
     /// `(key length, value length or None for a delete)`.
     ops: Vec<(u32, Option<u32>)>,
     /// The keys' and values' bytes, in order.
     blobs: Vec<u8>,
 }
 
-/// An index write transaction that also records what it writes.
-struct Recording<'r, 'a, 'txn> {
-    kv: &'r mut IndexTxn<'a, 'txn>,
-    recorded: &'r mut Recorded,
-}
-
 fn length(bytes: &[u8]) -> Result<u32, LogError> {
     u32::try_from(bytes.len())
         .map_err(|_| LogError::Backend("an index entry of 4 GiB or more".into()))
-}
-
-impl IndexRead for Recording<'_, '_, '_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
-        self.kv.get(key)
-    }
-
-    fn scan(
-        &mut self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<IndexEntries, LogError> {
-        self.kv.scan(prefix, after, limit)
-    }
-
-    fn is_event(&mut self, key: &SessionKey, position: u64) -> Result<bool, LogError> {
-        self.kv.is_event(key, position)
-    }
-}
-
-impl IndexWrite for Recording<'_, '_, '_> {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
-        self.recorded.ops.push((length(key)?, Some(length(value)?)));
-        self.kv.put(key, value)?;
-        self.recorded.blobs.extend_from_slice(key);
-        self.recorded.blobs.extend_from_slice(value);
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<(), LogError> {
-        self.recorded.ops.push((length(key)?, None));
-        self.kv.delete(key)?;
-        self.recorded.blobs.extend_from_slice(key);
-        Ok(())
-    }
 }

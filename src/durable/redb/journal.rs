@@ -105,8 +105,9 @@ pub(super) struct WriteV1<'a> {
     pub(super) new_life: Option<(u64, u64)>,
     /// `(reason tag, last)`.
     pub(super) closure: Option<(u8, u64)>,
-    /// `(position, stored length)` of each record.
-    pub(super) records: Vec<(u64, u32)>,
+    /// `(position, stored length)` of each record (borrowed when written,
+    /// owned when read back).
+    pub(super) records: std::borrow::Cow<'a, [(u64, u32)]>,
 }
 
 impl WriteV1<'_> {
@@ -192,7 +193,7 @@ impl EntryBuf {
                 session: w.key.session(),
                 new_life: w.new_life,
                 closure: w.closure,
-                records: w.records.clone(),
+                records: std::borrow::Cow::Borrowed(&w.records),
             })
             .collect();
         head(&EntryV1::Append(writes))
