@@ -222,7 +222,8 @@ pub use crate::links::{EventRef, LinkError, Links, MAX_LINK_LEN};
 pub use crate::persist::DurableOptions;
 pub use crate::ring::LentEvents;
 pub use crate::store::{
-    DurableError, DurableProgress, DurableStats, ReplayStore, Stats, StoreBuilder,
+    DurableError, DurableProgress, DurableStats, DurableWaits, DurableWatcher, ReplayStore, Stats,
+    StoreBuilder,
 };
 pub use crate::subscription::Subscription;
 pub use crate::traits::LiveReplayStore;

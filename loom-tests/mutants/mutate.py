@@ -232,6 +232,16 @@ MUTATIONS = {
     "let-go-unmarked": [("src/ring/kept.rs",
         "            self.let_go(last_position);\n",
         "")],
+    # The durable waits' watcher listens for commits only after it looked
+    # at the registry: a commit between the two is missed (W1).
+    "watcher-arms-after-look": [("src/store/waits.rs",
+        "        let progress = store.durable_progress();\n        let (settled_now, waiting) = registry.settle(&store);\n",
+        "        let (settled_now, waiting) = registry.settle(&store);\n        let progress = store.durable_progress();\n")],
+    # A first registration does not wake a running watcher, which sleeps
+    # on the wake alone while the registry is empty (W2).
+    "registration-skips-the-wake": [("src/store/waits.rs",
+        "            if first {\n                // Under the lock (module docs, \"the watcher's side\").\n                self.wake.notify(1);\n            }\n",
+        "            let _ = first;\n")],
     "trim-counts-only-remembered": [
         ("src/map.rs",
          "            self.account_eviction(shared, &session, true);\n",

@@ -366,7 +366,6 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     /// Wakes the persister now (a no-op without one): for a caller that
     /// waits for durability by other means than
     /// [`durable_progress`](Self::durable_progress), which does this too.
-    #[cfg(feature = "durable-streams")]
     pub(crate) fn nudge_persister(&self) {
         if let Some(persistence) = &self.persistence {
             persistence.nudge();

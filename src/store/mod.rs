@@ -35,10 +35,12 @@ use crate::sync::Arc;
 mod builder;
 mod durable;
 mod stats;
+mod waits;
 
 pub use self::builder::StoreBuilder;
 pub use self::durable::{DurableError, DurableProgress};
 pub use self::stats::{DurableStats, Stats};
+pub use self::waits::{DurableWaits, DurableWatcher};
 
 /// Bounded, lock-free, per-session live replay.
 ///

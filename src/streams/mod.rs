@@ -340,7 +340,7 @@ pub struct DurableStreams {
     access_controlled: bool,
     subscriptions: subscription::Subscriptions,
     /// Writes waiting for durability on one node (module `durable_wait`).
-    durable_waits: StdArc<durable_wait::DurableWaits>,
+    durable_waits: StdArc<crate::store::DurableWaits<StreamRecord>>,
     /// Several nodes over one Redis: the stream leases (module `shared`).
     #[cfg(feature = "redis")]
     shared: Option<StdArc<DurableStreamsShared>>,
@@ -351,13 +351,13 @@ impl DurableStreams {
     /// one, nothing is ever durable and writes time out with `503`).
     pub fn new(store: StdArc<ReplayStore<StreamRecord>>) -> Self {
         Self {
+            durable_waits: crate::store::DurableWaits::new(&store),
             store,
             entries: DashMap::new(),
             options: StreamsOptions::default(),
             access: StdArc::new(|_: &RequestInfo<'_>| Ok(Access::full(""))),
             access_controlled: false,
             subscriptions: subscription::Subscriptions::default(),
-            durable_waits: StdArc::default(),
             #[cfg(feature = "redis")]
             shared: None,
         }
