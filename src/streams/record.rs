@@ -32,8 +32,10 @@ pub enum StreamRecord {
     /// Opens a life of the stream: everything before it (an older life,
     /// deleted) is not part of the stream.
     Created {
-        /// The configuration.
-        config: StreamConfig,
+        /// The configuration. Boxed: a stream has one `Created` per life and
+        /// every other record would carry its size (an event in a ring is
+        /// 88 bytes with it boxed, 240 inline). Serialised as if inline.
+        config: Box<StreamConfig>,
         /// The initial messages (the `PUT`'s body).
         #[serde(with = "messages")]
         messages: Vec<Vec<u8>>,
@@ -293,5 +295,61 @@ mod tests {
         assert_eq!(encoded, postcard::to_stdvec(&before).expect("encode"));
         let back: StreamRecord = postcard::from_bytes(&encoded).expect("decode");
         assert_eq!(back, record);
+    }
+
+    /// The shape `Created` had with its configuration inline.
+    #[derive(Serialize)]
+    enum InlineConfig {
+        Created {
+            config: StreamConfig,
+            #[serde(with = "messages")]
+            messages: Vec<Vec<u8>>,
+            closed: bool,
+        },
+    }
+
+    /// Boxing the configuration changed neither the bytes a `Created`
+    /// record is written as (logs written before read as they did) nor
+    /// what it reads back as; and it keeps every record small, since a
+    /// ring holds an event per record.
+    #[test]
+    fn a_boxed_config_is_written_as_before_and_keeps_records_small() {
+        let config = StreamConfig {
+            content_type: "application/json".into(),
+            ttl_seconds: Some(60),
+            expires_at: Some(ExpiresAt {
+                text: "2030-01-01T00:00:00Z".into(),
+                unix_nanos: 1_893_456_000_000_000_000,
+            }),
+            fork: Some(ForkOrigin {
+                source: "a/b".into(),
+                source_life: 3,
+                at: super::super::offset::Offset {
+                    position: 7,
+                    life: 3,
+                },
+                requested: true,
+                sub_offset: 2,
+            }),
+        };
+        let record = StreamRecord::Created {
+            config: Box::new(config.clone()),
+            messages: vec![b"[1]".to_vec()],
+            closed: true,
+        };
+        let encoded = postcard::to_stdvec(&record).expect("encode");
+        let inline = InlineConfig::Created {
+            config,
+            messages: vec![b"[1]".to_vec()],
+            closed: true,
+        };
+        assert_eq!(encoded, postcard::to_stdvec(&inline).expect("encode"));
+        let back: StreamRecord = postcard::from_bytes(&encoded).expect("decode");
+        assert_eq!(back, record);
+        assert!(
+            std::mem::size_of::<StreamRecord>() <= 40,
+            "a record is {} bytes: box the variant that grew it",
+            std::mem::size_of::<StreamRecord>()
+        );
     }
 }

@@ -93,7 +93,7 @@ impl StreamState {
     pub fn apply(state: &mut Option<StreamState>, position: u64, record: &StreamRecord) {
         match record {
             StreamRecord::Created { config, closed, .. } => {
-                let mut created = StreamState::created(position, config.clone());
+                let mut created = StreamState::created(position, StreamConfig::clone(config));
                 if *closed {
                     created.closure = Some(Closure {
                         tail: position,
@@ -302,7 +302,7 @@ mod tests {
             }))
         };
         let created = StreamRecord::Created {
-            config: config(),
+            config: Box::new(config()),
             messages: vec![b"first".to_vec()],
             closed: false,
         };
@@ -352,7 +352,7 @@ mod tests {
             &mut state,
             1,
             &StreamRecord::Created {
-                config: config(),
+                config: Box::new(config()),
                 messages: Vec::new(),
                 closed: true,
             },
@@ -369,7 +369,7 @@ mod tests {
             &mut state,
             1,
             &StreamRecord::Created {
-                config: config(),
+                config: Box::new(config()),
                 messages: Vec::new(),
                 closed: false,
             },

@@ -529,7 +529,7 @@ impl DurableStreams {
         close: bool,
     ) -> Result<Created, StreamError> {
         let record = StreamRecord::Created {
-            config: config.clone(),
+            config: Box::new(config.clone()),
             messages,
             closed: close,
         };
