@@ -95,6 +95,22 @@ mod scaffolding {
         store_with_clock(capacity).0
     }
 
+    /// Payloads as 8 little-endian bytes: the codec of the models' durable
+    /// logs.
+    pub struct U64Codec;
+
+    impl livereplay::Codec<u64> for U64Codec {
+        fn encode(&self, payload: &u64, out: &mut Vec<u8>) -> Result<(), livereplay::CodecError> {
+            out.extend_from_slice(&payload.to_le_bytes());
+            Ok(())
+        }
+
+        fn decode(&self, bytes: &[u8]) -> Result<u64, livereplay::CodecError> {
+            let bytes: [u8; 8] = bytes.try_into().map_err(livereplay::CodecError::new)?;
+            Ok(u64::from_le_bytes(bytes))
+        }
+    }
+
     /// The one session key every model uses.
     pub fn key() -> SessionKey {
         SessionKey::new("tenant", "session").expect("a valid key")

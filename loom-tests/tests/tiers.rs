@@ -19,7 +19,7 @@ use livereplay::{
 use loom::sync::atomic::AtomicU64;
 use loom::sync::Mutex;
 use loom::thread;
-use loom_tests::{check, key, store, tally, MAX_AGE};
+use loom_tests::{check, key, store, tally, U64Codec, MAX_AGE};
 
 /// A store with a durable in-memory log and no persister thread.
 fn durable_store(capacity: usize) -> (ReplayStore<u64>, StdArc<MemoryLog>) {
@@ -206,21 +206,6 @@ fn logged_positions(log: &dyn DurableLog, key: &SessionKey) -> Vec<u64> {
         .filter(|record| matches!(record.body, RecordBody::Event(_)))
         .map(|record| record.position)
         .collect()
-}
-
-/// Payloads as 8 little-endian bytes.
-struct U64Codec;
-
-impl livereplay::Codec<u64> for U64Codec {
-    fn encode(&self, payload: &u64, out: &mut Vec<u8>) -> Result<(), livereplay::CodecError> {
-        out.extend_from_slice(&payload.to_le_bytes());
-        Ok(())
-    }
-
-    fn decode(&self, bytes: &[u8]) -> Result<u64, livereplay::CodecError> {
-        let bytes: [u8; 8] = bytes.try_into().map_err(livereplay::CodecError::new)?;
-        Ok(u64::from_le_bytes(bytes))
-    }
 }
 
 /// Runs persister rounds until nothing is queued.

@@ -20,7 +20,7 @@ use livereplay::{
     SessionKey,
 };
 use loom::thread::{self, JoinHandle};
-use loom_tests::{check, key, MAX_AGE};
+use loom_tests::{check, key, U64Codec, MAX_AGE};
 
 /// A store with an in-memory durable log and no persister thread.
 fn durable_store() -> StdArc<ReplayStore<u64>> {
@@ -38,20 +38,6 @@ fn durable_store() -> StdArc<ReplayStore<u64>> {
             .build()
             .expect("a valid model configuration"),
     )
-}
-
-struct U64Codec;
-
-impl livereplay::Codec<u64> for U64Codec {
-    fn encode(&self, payload: &u64, out: &mut Vec<u8>) -> Result<(), livereplay::CodecError> {
-        out.extend_from_slice(&payload.to_le_bytes());
-        Ok(())
-    }
-
-    fn decode(&self, bytes: &[u8]) -> Result<u64, livereplay::CodecError> {
-        let bytes: [u8; 8] = bytes.try_into().map_err(livereplay::CodecError::new)?;
-        Ok(u64::from_le_bytes(bytes))
-    }
 }
 
 /// The watchers a model's `spawn` started, each on a loom thread.

@@ -407,6 +407,11 @@ mod tests {
             .expect("runtime")
     }
 
+    /// The `spawn` of the tests: the watcher on the test's runtime.
+    fn spawn(watcher: DurableWatcher) {
+        tokio::spawn(watcher);
+    }
+
     fn waiting(waits: &DurableWaits<Vec<u8>>) -> usize {
         waits.lock().waiting.len()
     }
@@ -463,9 +468,6 @@ mod tests {
                 .append(&key, Revision(1), vec![1])
                 .expect("append")
                 .position();
-            let spawn = |watcher| {
-                tokio::spawn(watcher);
-            };
             let wait = waits.wait(&key, position, spawn);
             assert!(tokio::time::timeout(Duration::from_millis(20), wait)
                 .await
@@ -504,9 +506,6 @@ mod tests {
             .position();
         assert_eq!(store.persist_round(), Some(true));
         runtime().block_on(async {
-            let spawn = |watcher| {
-                tokio::spawn(watcher);
-            };
             assert!(waits.wait(&key, second, spawn).await.expect("wait"));
             // The registration above found the position settled at its
             // first look; a new one (a later position) starts the watcher.
