@@ -202,8 +202,9 @@ impl<T: Send + Sync + 'static> DurableWaits<T> {
     /// [`durable_position`](ReplayStore::durable_position) reports it, an
     /// event or a recorded hole (tell them apart with
     /// [`wait_durable`](ReplayStore::wait_durable) if it matters). Returns
-    /// `false` only if the store is gone. Wakes the persister, so a commit
-    /// comes soon.
+    /// `false` only if the store is gone; `NoDurableTier` at once for a
+    /// store without a log (nothing would ever settle). Wakes the
+    /// persister, so a commit comes soon.
     ///
     /// `spawn` runs a [`DurableWatcher`] on the caller's runtime; it is called
     /// when no watcher runs (the first wait, or after the runtime that ran
@@ -220,6 +221,9 @@ impl<T: Send + Sync + 'static> DurableWaits<T> {
             let Some(store) = self.store.upgrade() else {
                 return Ok(false);
             };
+            if store.durable_log().is_none() {
+                return Err(DurableError::NoDurableTier);
+            }
             if settled(&store, key)? >= position {
                 return Ok(true);
             }
@@ -353,6 +357,11 @@ async fn watch<T: Send + Sync + 'static>(waits: Weak<DurableWaits<T>>) {
         let Some(store) = registry.store.upgrade() else {
             return;
         };
+        if store.durable_log().is_none() {
+            // Its progress resolves at once: the loop would never sleep
+            // (and `wait` refuses such a store before registering).
+            return;
+        }
         // Both armed before the look below (module docs, "the watcher's
         // side").
         let progress = store.durable_progress();
@@ -525,6 +534,29 @@ mod tests {
                 .expect("the wait left behind was finished");
             assert_eq!(outcome, Outcome::Settled);
         });
+    }
+
+    /// A store without a log settles nothing: the wait says so at once
+    /// rather than start a watcher that would never sleep.
+    #[test]
+    fn a_store_without_a_log_is_refused() {
+        let store = StdArc::new(ReplayStore::<Vec<u8>>::builder().build().expect("store"));
+        let waits = DurableWaits::new(&store);
+        let key = SessionKey::new("t", "memory-only").expect("key");
+        let position = store
+            .append(&key, Revision(1), vec![1])
+            .expect("append")
+            .position();
+        // Bounded: without the refusal the wait would hang (the watcher
+        // ends at once, as it must, and nothing settles).
+        let answer = runtime().block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), waits.wait(&key, position, spawn)).await
+        });
+        assert!(
+            matches!(answer, Ok(Err(DurableError::NoDurableTier))),
+            "{answer:?}"
+        );
+        assert!(!waits.lock().watcher_running, "no watcher was started");
     }
 
     /// Waits left in a registry that is dropped end `Orphaned`, not never.
