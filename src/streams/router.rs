@@ -113,6 +113,11 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, StreamError> {
     // axum's own limit does): refused unread, the body is still on its way
     // when the server answers and closes, and a client busy sending it
     // sees the connection fail rather than the 413.
+    // The announced length (capped by the limit) sizes the buffer of a
+    // body in several pieces once, rather than by doubling and copying.
+    let announced = usize::try_from(axum::body::HttpBody::size_hint(&body).lower())
+        .unwrap_or(usize::MAX)
+        .min(limit);
     let mut chunks = body.into_data_stream();
     let mut first: Option<Bytes> = None;
     let mut rest: Vec<u8> = Vec::new();
@@ -134,6 +139,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, StreamError> {
             None => first = Some(chunk),
             Some(head) => {
                 if rest.is_empty() {
+                    rest.reserve_exact(announced.max(head.len() + chunk.len()));
                     rest.extend_from_slice(head);
                 }
                 rest.extend_from_slice(&chunk);

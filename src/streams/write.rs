@@ -97,7 +97,7 @@ impl DurableStreams {
         close: bool,
         body: Bytes,
     ) -> Result<Created, StreamError> {
-        let messages = messages(&config, &body, false)?;
+        let messages = messages(&config, body, false)?;
         let entry = self.entry(key, true)?.ok_or(StreamError::NotFound)?;
         let (mut state, _hold) = self.lock_for_write(key, &entry).await?;
         self.expire(key, &mut state).await?;
@@ -133,7 +133,7 @@ impl DurableStreams {
     pub(crate) async fn append(
         &self,
         key: &SessionKey,
-        request: Append,
+        mut request: Append,
     ) -> Result<Appended, StreamError> {
         let entry = self.entry(key, false)?.ok_or(StreamError::NotFound)?;
         let (mut guard, _hold) = self.lock_for_write(key, &entry).await?;
@@ -203,7 +203,7 @@ impl DurableStreams {
                 )));
             }
         }
-        let messages = messages(&state.config, &request.body, true)?;
+        let messages = messages(&state.config, std::mem::take(&mut request.body), true)?;
         let stamp = (request.producer.is_some() || request.stream_seq.is_some()).then(|| {
             Box::new(WriteStamp {
                 producer: request.producer.clone(),
@@ -451,7 +451,7 @@ impl DurableStreams {
                 closed,
             });
         }
-        messages.extend(self::messages(&config, &body, false)?);
+        messages.extend(self::messages(&config, body, false)?);
         // The source counts the fork before the fork exists: a crash in
         // between leaves a count too high (the source is kept), never a
         // fork whose source was deleted under it.
@@ -630,17 +630,20 @@ impl DurableStreams {
 /// flattened) or the one value, each validated and kept byte for byte.
 /// An empty body (or, on create, `[]`) holds none; `[]` on append is a
 /// `400`.
-fn messages(config: &StreamConfig, body: &[u8], append: bool) -> Result<Vec<Vec<u8>>, StreamError> {
+fn messages(config: &StreamConfig, body: Bytes, append: bool) -> Result<Vec<Vec<u8>>, StreamError> {
     if body.is_empty() {
         return Ok(Vec::new());
     }
     if !config.is_json() {
-        return Ok(vec![body.to_vec()]);
+        // The body's own buffer when it is the only owner of one
+        // (`read_body` gathers a body of several chunks into a Vec):
+        // a large append is not copied again here.
+        return Ok(vec![Vec::from(body)]);
     }
     let invalid = |error: serde_json::Error| {
         StreamError::BadRequest(format!("the body is not valid JSON: {error}"))
     };
-    let text = std::str::from_utf8(body)
+    let text = std::str::from_utf8(&body)
         .map_err(|error| StreamError::BadRequest(format!("the body is not UTF-8: {error}")))?;
     if text.trim_start().starts_with('[') {
         let items: Vec<&RawValue> = serde_json::from_str(text).map_err(invalid)?;
@@ -662,6 +665,24 @@ fn messages(config: &StreamConfig, body: &[u8], append: bool) -> Result<Vec<Vec<
 mod tests {
     use super::*;
 
+    /// A byte stream's append keeps the body's own buffer when it is its
+    /// only owner (a large body gathered by `read_body`): no copy.
+    #[test]
+    fn a_byte_streams_body_becomes_its_message_without_a_copy() {
+        let config = StreamConfig {
+            content_type: "application/octet-stream".into(),
+            ttl_seconds: None,
+            expires_at: None,
+            fork: None,
+        };
+        let body = Bytes::from(vec![7u8; 1 << 20]);
+        let buffer = body.as_ptr();
+        let messages = messages(&config, body, true).expect("messages");
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].as_ptr(), buffer, "the body was copied");
+        assert_eq!(messages[0], vec![7u8; 1 << 20]);
+    }
+
     fn json() -> StreamConfig {
         StreamConfig {
             content_type: "application/json".into(),
@@ -673,7 +694,7 @@ mod tests {
 
     #[test]
     fn json_bodies_flatten_one_level_and_keep_their_bytes() {
-        let got = |body: &str| messages(&json(), body.as_bytes(), true);
+        let got = |body: &str| messages(&json(), Bytes::copy_from_slice(body.as_bytes()), true);
         assert_eq!(got(r#"{"a": 1}"#).unwrap(), vec![br#"{"a": 1}"#.to_vec()]);
         assert_eq!(
             got(r#" [{"a":1}, [2, 3]] "#).unwrap(),
@@ -688,7 +709,7 @@ mod tests {
         assert!(matches!(got("{oops"), Err(StreamError::BadRequest(_))));
         assert!(matches!(got("[1,]"), Err(StreamError::BadRequest(_))));
         assert_eq!(
-            messages(&json(), b"[]", false).unwrap(),
+            messages(&json(), Bytes::from_static(b"[]"), false).unwrap(),
             Vec::<Vec<u8>>::new()
         );
     }
