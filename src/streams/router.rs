@@ -115,6 +115,8 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, StreamError> {
     // sees the connection fail rather than the 413.
     // The announced length (capped by the limit) sizes the buffer of a
     // body in several pieces once, rather than by doubling and copying.
+    // A client that announces more than it sends costs address space, not
+    // memory: untouched pages are never resident.
     let announced = usize::try_from(axum::body::HttpBody::size_hint(&body).lower())
         .unwrap_or(usize::MAX)
         .min(limit);
