@@ -416,6 +416,18 @@ mod tests {
             .expect("runtime")
     }
 
+    /// Appends `byte` to `key`; returns its position.
+    fn append<S: std::ops::Deref<Target = ReplayStore<Vec<u8>>>>(
+        store: &S,
+        key: &SessionKey,
+        byte: u8,
+    ) -> u64 {
+        store
+            .append(key, Revision(1), vec![byte])
+            .expect("append")
+            .position()
+    }
+
     /// The `spawn` of the tests: the watcher on the test's runtime.
     fn spawn(watcher: DurableWatcher) {
         tokio::spawn(watcher);
@@ -473,10 +485,7 @@ mod tests {
         let waits = DurableWaits::new(&store);
         let key = SessionKey::new("t", "given-up").expect("key");
         runtime().block_on(async {
-            let position = store
-                .append(&key, Revision(1), vec![1])
-                .expect("append")
-                .position();
+            let position = append(&store, &key, 1);
             let wait = waits.wait(&key, position, spawn);
             assert!(tokio::time::timeout(Duration::from_millis(20), wait)
                 .await
@@ -501,27 +510,18 @@ mod tests {
         let store = store();
         let waits = DurableWaits::new(&store);
         let key = SessionKey::new("t", "replaced").expect("key");
-        let first = store
-            .append(&key, Revision(1), vec![1])
-            .expect("append")
-            .position();
+        let first = append(&store, &key, 1);
         let (left_behind, watcher) = waits.register(&key, first);
         assert!(watcher.is_some(), "the first registration starts a watcher");
         drop(watcher);
         assert!(!waits.lock().watcher_running);
-        let second = store
-            .append(&key, Revision(1), vec![2])
-            .expect("append")
-            .position();
+        let second = append(&store, &key, 2);
         assert_eq!(store.persist_round(), Some(true));
         runtime().block_on(async {
             assert!(waits.wait(&key, second, spawn).await.expect("wait"));
             // The registration above found the position settled at its
             // first look; a new one (a later position) starts the watcher.
-            let third = store
-                .append(&key, Revision(1), vec![3])
-                .expect("append")
-                .position();
+            let third = append(&store, &key, 3);
             let wait = waits.wait(&key, third, spawn);
             let commit = async {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -543,10 +543,7 @@ mod tests {
         let store = StdArc::new(ReplayStore::<Vec<u8>>::builder().build().expect("store"));
         let waits = DurableWaits::new(&store);
         let key = SessionKey::new("t", "memory-only").expect("key");
-        let position = store
-            .append(&key, Revision(1), vec![1])
-            .expect("append")
-            .position();
+        let position = append(&store, &key, 1);
         // Bounded: without the refusal the wait would hang (the watcher
         // ends at once, as it must, and nothing settles).
         let answer = runtime().block_on(async {
@@ -565,10 +562,7 @@ mod tests {
         let store = store();
         let waits = DurableWaits::new(&store);
         let key = SessionKey::new("t", "orphan").expect("key");
-        let position = store
-            .append(&key, Revision(1), vec![1])
-            .expect("append")
-            .position();
+        let position = append(&store, &key, 1);
         let (registered, watcher) = waits.register(&key, position);
         drop(waits);
         drop(watcher);
