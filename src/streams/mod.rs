@@ -185,6 +185,7 @@ pub use self::record::{
 pub use self::router::{MAX_HEADER_VALUE_LEN, STREAM_ROUTE};
 #[cfg(feature = "redis")]
 pub use self::shared::SharedWrites;
+pub use self::subscription::{is_public, WebhookOptions};
 
 use self::state::StreamState;
 
@@ -204,6 +205,9 @@ pub struct StreamsOptions {
     /// How long an SSE response lasts before the server closes it so the
     /// client reconnects (default 60 s, as the protocol suggests).
     pub sse_lifetime: Duration,
+    /// Where webhooks may go beyond the protocol's defaults (an allowlist
+    /// of hosts on the server's own network, a private CA).
+    pub webhooks: WebhookOptions,
 }
 
 impl Default for StreamsOptions {
@@ -214,6 +218,7 @@ impl Default for StreamsOptions {
             max_append_bytes: 8 << 20,
             durable_timeout: Duration::from_secs(10),
             sse_lifetime: Duration::from_secs(60),
+            webhooks: WebhookOptions::default(),
         }
     }
 }
@@ -496,6 +501,8 @@ impl DurableStreams {
     /// Sets the options.
     pub fn options(mut self, options: StreamsOptions) -> Self {
         self.options = options;
+        // A client built from the old options is not used again.
+        self.subscriptions.client = std::sync::OnceLock::new();
         self
     }
 

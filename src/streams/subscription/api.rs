@@ -19,7 +19,7 @@ use super::super::error::StreamError;
 use super::super::offset::{parse_offset, Offset};
 use super::super::DurableStreams;
 use super::signing::WebhookKey;
-use super::webhook::WebhookUrl;
+use super::webhook::{WebhookOptions, WebhookUrl};
 use super::{
     glob, now_rfc3339, same_token, Config, Kind, Link, Snapshot, Subscription, Wake, MAX_ID_LEN,
 };
@@ -234,7 +234,7 @@ impl DurableStreams {
         body: Value,
         base_url: String,
     ) -> Result<Response, ApiError> {
-        let config = parse_config(&body)?;
+        let config = parse_config(&body, &self.options.webhooks)?;
         let key = self.signing_key().await?;
         let mut registry = self.registry(tenant).await?;
         let id_key = (tenant.to_string(), id.to_string());
@@ -296,7 +296,7 @@ impl DurableStreams {
         let subscription = Subscription {
             snapshot,
             wake: None,
-            failed: false,
+            failed: None,
         };
         let described = describe(&subscription, key);
         registry.subscriptions.insert(id_key, subscription);
@@ -491,7 +491,10 @@ fn describe(subscription: &Subscription, key: &WebhookKey) -> Value {
         "wake_stream": config.wake_stream,
         "lease_ttl_ms": config.lease_ttl_ms,
         "created_at": snapshot.created_at,
-        "status": if subscription.failed { "failed" } else { "active" },
+        "status": if subscription.failed.is_some() { "failed" } else { "active" },
+        // Not in the protocol: why deliveries fail (a refused address, an
+        // untrusted certificate), for whoever debugs the receiver.
+        "last_error": subscription.failed,
         "description": config.description,
     })
 }
@@ -516,7 +519,7 @@ fn string_list(body: &Value, name: &str) -> Result<Vec<String>, ApiError> {
 }
 
 /// Checks and normalises a `PUT` body.
-fn parse_config(body: &Value) -> Result<Config, ApiError> {
+fn parse_config(body: &Value, webhooks: &WebhookOptions) -> Result<Config, ApiError> {
     let kind = match body.get("type").and_then(Value::as_str) {
         Some("webhook") => Kind::Webhook,
         Some("pull-wake") => Kind::PullWake,
@@ -544,7 +547,7 @@ fn parse_config(body: &Value) -> Result<Config, ApiError> {
                 .and_then(|webhook| webhook.get("url"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::bad("a webhook subscription needs webhook.url"))?;
-            WebhookUrl::parse(url).map_err(|reason| {
+            WebhookUrl::parse(url, webhooks).map_err(|reason| {
                 ApiError::new(StatusCode::BAD_REQUEST, "WEBHOOK_URL_REJECTED", reason)
             })?;
             Some(url.to_string())

@@ -19,10 +19,13 @@
 //!   fenced (`409 FENCED`) and changes nothing.
 //! * **Acks only move forward.** An acknowledged offset is last-processed
 //!   inclusive and never goes back.
-//! * **Safe targets only.** Webhook URLs are checked at creation (module
-//!   `webhook`); deliveries are signed (module `signing`), bounded in time,
-//!   retried with backoff (1 s doubling to 60 s, 20 % jitter) while the wake
-//!   is current.
+//! * **Safe targets only.** Webhook URLs are checked at creation and again
+//!   at each delivery (module `webhook`: `https://` to public addresses,
+//!   checked after resolution, and verified TLS; hosts the operator allows;
+//!   `http://` for localhost in development); deliveries are signed (module
+//!   `signing`), bounded in time, retried with backoff (1 s doubling to
+//!   60 s, 20 % jitter) while the wake is current, and a failed one leaves
+//!   its reason in the subscription (`last_error`).
 //!
 //! This file holds the registry (its persistence, the signing key);
 //! beside it, `api` the HTTP surface, `wake` the wake lifecycle and
@@ -39,6 +42,8 @@ mod glob;
 mod signing;
 mod wake;
 mod webhook;
+
+pub use self::webhook::{is_public, WebhookOptions};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -57,6 +62,7 @@ use super::DurableStreams;
 
 use self::api::ApiError;
 use self::signing::WebhookKey;
+use self::webhook::WebhookClient;
 
 /// The reserved session of a tenant's subscriptions.
 const REGISTRY: &str = "__ds/subscriptions";
@@ -72,6 +78,8 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Subscriptions {
     registry: tokio::sync::Mutex<Registry>,
     key: tokio::sync::OnceCell<WebhookKey>,
+    /// Built from the service's options on the first delivery.
+    pub(crate) client: std::sync::OnceLock<WebhookClient>,
 }
 
 #[derive(Default)]
@@ -124,7 +132,8 @@ struct Link {
 struct Subscription {
     snapshot: Snapshot,
     wake: Option<Wake>,
-    failed: bool,
+    /// Why the last delivery failed, until one succeeds.
+    failed: Option<String>,
 }
 
 #[derive(Clone)]
@@ -187,7 +196,7 @@ impl DurableStreams {
                     Subscription {
                         snapshot,
                         wake: None,
-                        failed: false,
+                        failed: None,
                     },
                 );
             }
@@ -249,6 +258,13 @@ impl DurableStreams {
     }
 
     /// The webhook signing key: the persisted one, or a new one persisted.
+    /// The client webhook deliveries share (built on first use).
+    fn webhook_client(&self) -> &WebhookClient {
+        self.subscriptions
+            .client
+            .get_or_init(|| WebhookClient::new(&self.options.webhooks))
+    }
+
     async fn signing_key(&self) -> Result<&WebhookKey, ApiError> {
         self.subscriptions
             .key

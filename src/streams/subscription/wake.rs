@@ -185,7 +185,14 @@ impl DurableStreams {
                 .map(|since| since.as_secs())
                 .unwrap_or(0);
             let signature = key.signature(timestamp, &body);
-            let answer = webhook::post(&url, &signature, &body, DELIVERY_TIMEOUT).await;
+            let answer = webhook::post(
+                self.webhook_client(),
+                &url,
+                &signature,
+                &body,
+                DELIVERY_TIMEOUT,
+            )
+            .await;
             let Ok(mut registry) = self.registry(&tenant).await else {
                 return;
             };
@@ -200,7 +207,7 @@ impl DurableStreams {
             }
             match answer {
                 Ok(answer) if (200..300).contains(&answer.status) => {
-                    subscription.failed = false;
+                    subscription.failed = None;
                     let done = serde_json::from_slice::<Value>(&answer.body)
                         .ok()
                         .and_then(|value| value.get("done").and_then(Value::as_bool))
@@ -228,8 +235,11 @@ impl DurableStreams {
                     self.expire_lease(&tenant, &id, &wake.wake_id).await;
                     return;
                 }
-                _ => {
-                    subscription.failed = true;
+                failed => {
+                    subscription.failed = Some(match failed {
+                        Ok(answer) => format!("the webhook answered {}", answer.status),
+                        Err(reason) => reason,
+                    });
                     drop(registry);
                     let jitter = backoff.mul_f64(0.2 * jitter_unit());
                     tokio::time::sleep(backoff + jitter).await;
@@ -253,7 +263,11 @@ impl DurableStreams {
         if subscription.wake.as_ref()?.wake_id != wake.wake_id {
             return None;
         }
-        let url = WebhookUrl::parse(subscription.snapshot.config.webhook_url.as_deref()?).ok()?;
+        let url = WebhookUrl::parse(
+            subscription.snapshot.config.webhook_url.as_deref()?,
+            &self.options.webhooks,
+        )
+        .ok()?;
         let base = &subscription.snapshot.base_url;
         let body = json!({
             "subscription_id": id,
