@@ -46,7 +46,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use livereplay::durable::{DurableLog, RedbDurability, RedbLog, RedbOptions};
-use livereplay::streams::{DurableStreams, RequestInfo, StreamRecord, StreamsOptions};
+use livereplay::streams::{
+    DurableStreams, RequestInfo, StreamRecord, StreamsOptions, WebhookOptions,
+};
 use livereplay::{Config, DurableOptions, Postcard, ReplayStore};
 
 /// How often expired streams are looked for.
@@ -170,6 +172,15 @@ struct Serve {
     /// (`DurableOptions::undurable_budget`).
     #[arg(long, default_value_t = 64 << 20)]
     undurable_budget_bytes: usize,
+    /// A host webhooks may call although it is (or resolves to) a
+    /// private, loopback or link-local address: a receiver on this
+    /// server's own network. Repeat for several. Webhooks stay https://.
+    #[arg(long, value_name = "HOST")]
+    webhook_allow_host: Vec<String>,
+    /// PEM certificates (a private CA's) trusted for https:// webhooks,
+    /// besides Mozilla's roots.
+    #[arg(long, value_name = "FILE")]
+    webhook_ca_file: Option<PathBuf>,
 }
 
 /// How `--data-dir`'s appends become durable.
@@ -209,6 +220,26 @@ fn print_signed_url(sign: &Sign) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Where webhooks may go, from `--webhook-allow-host` and
+/// `--webhook-ca-file`.
+fn webhooks(serve: &Serve) -> Result<WebhookOptions, String> {
+    let mut options = serve
+        .webhook_allow_host
+        .iter()
+        .fold(WebhookOptions::default(), |options, host| {
+            options.allow_host(host.as_str())
+        });
+    if let Some(path) = &serve.webhook_ca_file {
+        let pem = std::fs::read(path).map_err(|error| {
+            format!("cannot read --webhook-ca-file {}: {error}", path.display())
+        })?;
+        options = options
+            .trust_pem(&pem)
+            .map_err(|error| format!("--webhook-ca-file {}: {error}", path.display()))?;
+    }
+    Ok(options)
+}
+
 /// The access control configured by the flags and the environment.
 fn guard(serve: &Serve) -> Result<auth::Guard, String> {
     let mut tokens = auth::Tokens::default();
@@ -230,6 +261,7 @@ fn guard(serve: &Serve) -> Result<auth::Guard, String> {
 
 fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     let guard = guard(&serve)?;
+    let webhooks = webhooks(&serve)?;
     if !serve.bind.is_loopback() && !guard.configured() {
         return Err(format!(
             "--bind {}: no access control is configured (no --tokens-file, {} or \
@@ -270,6 +302,7 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         sse_lifetime: Duration::from_millis(serve.sse_lifetime_ms),
         max_append_bytes: serve.max_append_bytes,
         durable_timeout,
+        webhooks,
         ..StreamsOptions::default()
     };
     let mut streams = DurableStreams::new(Arc::clone(&store)).options(options);
