@@ -318,6 +318,7 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     let () = shared;
     let streams = Arc::new(streams);
     let sweeper = Arc::clone(&streams);
+    let resumer = Arc::clone(&streams);
     let metrics_store = Arc::clone(&store);
     let metrics_streams = Arc::clone(&streams);
     let app = axum::Router::new()
@@ -348,6 +349,13 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
                     eprintln!("livereplay: expiry sweep: {error}");
                 }
                 sweeper.forget_idle(forget_idle);
+            }
+        });
+        // Subscriptions' wakes carry on from before a restart (in the
+        // background: a webhook may be slow to answer).
+        tokio::spawn(async move {
+            if let Err(error) = resumer.resume_subscriptions().await {
+                eprintln!("livereplay: resuming subscriptions: {error}");
             }
         });
         let mut stdout = std::io::stdout().lock();

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc as StdArc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -21,7 +20,8 @@ use super::super::DurableStreams;
 use super::signing::WebhookKey;
 use super::webhook::{WebhookOptions, WebhookUrl};
 use super::{
-    glob, now_rfc3339, same_token, Config, Kind, Link, Snapshot, Subscription, Wake, MAX_ID_LEN,
+    glob, now_ms, now_rfc3339, same_token, Config, Kind, Link, Snapshot, Subscription, Wake,
+    MAX_ID_LEN,
 };
 
 /// A refusal of the subscription APIs: a status and a JSON error body.
@@ -30,6 +30,12 @@ pub(super) struct ApiError {
     code: &'static str,
     message: String,
     extra: Option<(&'static str, String)>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.status, self.message)
+    }
 }
 
 impl ApiError {
@@ -215,7 +221,8 @@ impl DurableStreams {
                     .get_mut(&(tenant.to_string(), id.to_string()))
                     .ok_or_else(ApiError::not_found)?;
                 current_wake(subscription, &token, &body)?;
-                subscription.wake = None;
+                subscription.snapshot.wake = None;
+                self.persist(tenant, &subscription.snapshot).await?;
                 self.wake_if_pending(tenant, subscription).await?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
@@ -291,11 +298,12 @@ impl DurableStreams {
             created_at: now_rfc3339(),
             base_url,
             deleted: false,
+            wake: None,
         };
         self.persist(tenant, &snapshot).await?;
+        self.index_tenant(&mut registry, tenant).await?;
         let subscription = Subscription {
             snapshot,
-            wake: None,
             failed: None,
         };
         let described = describe(&subscription, key);
@@ -338,7 +346,7 @@ impl DurableStreams {
         }
         let done = body.get("done").and_then(Value::as_bool).unwrap_or(false);
         if done {
-            subscription.wake = None;
+            subscription.snapshot.wake = None;
         }
         self.persist(tenant, &subscription.snapshot).await?;
         let next_wake = !self.pending(tenant, subscription).await.is_empty();
@@ -360,10 +368,10 @@ impl DurableStreams {
             .subscriptions
             .get_mut(&(tenant.to_string(), id.to_string()))
             .ok_or_else(ApiError::not_found)?;
-        let now = tokio::time::Instant::now();
-        if let Some(wake) = &subscription.wake {
-            if let (Some(holder), Some(until)) = (&wake.holder, wake.lease_until) {
-                if now < until {
+        let now = now_ms();
+        if let Some(wake) = &subscription.snapshot.wake {
+            if let Some(holder) = &wake.holder {
+                if wake.leased_at(now) {
                     let mut busy = ApiError::new(
                         StatusCode::CONFLICT,
                         "ALREADY_CLAIMED",
@@ -374,20 +382,30 @@ impl DurableStreams {
                 }
             }
         }
-        if subscription.wake.is_none() {
+        if subscription.snapshot.wake.is_none() {
             let pending = self.pending(tenant, subscription).await;
             if pending.is_empty() {
                 return Ok(StatusCode::NO_CONTENT.into_response());
             }
             self.new_wake(tenant, subscription, pending).await?;
         }
-        let lease = Duration::from_millis(subscription.snapshot.config.lease_ttl_ms);
-        let Some(wake) = subscription.wake.as_mut() else {
+        let until = now.saturating_add(subscription.snapshot.config.lease_ttl_ms);
+        let Some(wake) = subscription.snapshot.wake.as_mut() else {
             return Ok(StatusCode::NO_CONTENT.into_response());
         };
-        wake.holder = Some(worker);
-        wake.lease_until = Some(now + lease);
+        let before = (
+            wake.holder.replace(worker),
+            wake.lease_until_ms.replace(until),
+        );
         let wake = wake.clone();
+        // The lease is durable before the worker hears of it: its token
+        // stays good across a restart until the lease runs out.
+        if let Err(error) = self.persist(tenant, &subscription.snapshot).await {
+            if let Some(current) = subscription.snapshot.wake.as_mut() {
+                (current.holder, current.lease_until_ms) = before;
+            }
+            return Err(error);
+        }
         Ok(axum::Json(json!({
             "subscription_id": id,
             "wake_id": wake.wake_id,
@@ -419,7 +437,11 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
 /// Checks that `body` names the subscription's current wake, with its
 /// token; anything else is fenced.
 fn current_wake(subscription: &Subscription, token: &str, body: &Value) -> Result<(), ApiError> {
-    let wake = subscription.wake.as_ref().ok_or_else(ApiError::fenced)?;
+    let wake = subscription
+        .snapshot
+        .wake
+        .as_ref()
+        .ok_or_else(ApiError::fenced)?;
     let wake_id = body.get("wake_id").and_then(Value::as_str);
     let generation = body.get("generation").and_then(Value::as_u64);
     if wake_id != Some(wake.wake_id.as_str())

@@ -4,14 +4,19 @@
 //!
 //! Owns the subscriptions of every tenant and their wakes. Invariants:
 //!
-//! * **Durable configuration and cursors.** A subscription's configuration,
-//!   stream links, acknowledged offsets and wake generation are a JSON
-//!   snapshot appended to a reserved session of its tenant
-//!   (`__ds/subscriptions`) on every change, and folded back on first use
-//!   after a restart; the webhook signing key lives likewise in
-//!   `__ds/signing-key` (so it is as secret as the log file). Wakes and
-//!   leases are in memory: a restart forgets them, and the next append to a
-//!   linked stream wakes again.
+//! * **Durable configuration, cursors and wakes.** A subscription's
+//!   configuration, stream links, acknowledged offsets, wake generation
+//!   and current wake (its id, token, lease holder and end, the next
+//!   webhook attempt) are a JSON snapshot appended to a reserved session
+//!   of its tenant (`__ds/subscriptions`) on every change, durable before
+//!   anyone hears of the change; the webhook signing key lives likewise in
+//!   `__ds/signing-key` and the tenants that have subscriptions in
+//!   `__ds/subscription-tenants` (so tokens and keys are as secret as the
+//!   log file). After a restart, [`DurableStreams::resume_subscriptions`]
+//!   folds every tenant back and carries each wake on: a lease keeps its
+//!   holder and token until it runs out, a webhook is retried on its
+//!   schedule, pending work with no wake is woken. (On several nodes wakes
+//!   stay per node and are not resumed.)
 //! * **One wake at a time.** A subscription with a wake in flight or a
 //!   lease held gets no new wake; every wake has a fresh `wake_id`, a
 //!   generation above every earlier one, and a random bearer token; an ack,
@@ -46,7 +51,8 @@ mod webhook;
 pub use self::webhook::{is_public, WebhookOptions};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Duration;
+use std::sync::Arc as StdArc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -68,6 +74,9 @@ use self::webhook::WebhookClient;
 const REGISTRY: &str = "__ds/subscriptions";
 /// The reserved session of the webhook signing key (empty tenant).
 const SIGNING_KEY: &str = "__ds/signing-key";
+/// The reserved session naming every tenant that has had a subscription
+/// (empty tenant), one record each: what a restart loads.
+const TENANTS: &str = "__ds/subscription-tenants";
 /// The longest subscription id accepted.
 const MAX_ID_LEN: usize = 256;
 /// How long one webhook delivery may take.
@@ -86,6 +95,8 @@ pub(crate) struct Subscriptions {
 struct Registry {
     /// Tenants whose snapshots were folded in.
     loaded: HashSet<String>,
+    /// The tenants `TENANTS` names, once read.
+    indexed: Option<HashSet<String>>,
     /// By tenant, then id.
     subscriptions: HashMap<(String, String), Subscription>,
 }
@@ -101,6 +112,11 @@ struct Snapshot {
     /// `http://host/v1/stream`, from the request that created it.
     base_url: String,
     deleted: bool,
+    /// The wake in flight or leased, if any: durable with the rest, so a
+    /// restarted server keeps its lease, its token and its retry schedule
+    /// (absent from snapshots written before wakes were durable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wake: Option<Wake>,
 }
 
 /// What a `PUT` configures; equal configurations re-confirm (`200`).
@@ -131,21 +147,53 @@ struct Link {
 
 struct Subscription {
     snapshot: Snapshot,
-    wake: Option<Wake>,
     /// Why the last delivery failed, until one succeeds.
     failed: Option<String>,
 }
 
-#[derive(Clone)]
+/// A wake, as its subscription's snapshot records it. Times are Unix
+/// milliseconds: they outlive the process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Wake {
     wake_id: String,
     generation: u64,
+    /// The bearer token of its callback, ack and release (as secret as the
+    /// log file, like the signing key).
     token: String,
     /// The worker holding the lease (pull-wake), or the webhook.
     holder: Option<String>,
-    lease_until: Option<tokio::time::Instant>,
+    lease_until_ms: Option<u64>,
+    /// When a failed webhook delivery is tried again.
+    #[serde(default)]
+    next_attempt_ms: Option<u64>,
     /// The linked streams and their tails when the wake was made.
     streams: Vec<(String, Offset)>,
+}
+
+impl Wake {
+    /// Whether a lease is held at `now_ms`.
+    fn leased_at(&self, now_ms: u64) -> bool {
+        self.lease_until_ms.is_some_and(|until| now_ms < until)
+    }
+
+    /// Whether a lease was taken and has run out by `now_ms`.
+    fn lease_over_at(&self, now_ms: u64) -> bool {
+        self.lease_until_ms.is_some_and(|until| now_ms >= until)
+    }
+}
+
+/// Now, in Unix milliseconds.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// How long from now until `at_ms` (zero once past).
+fn until_ms(at_ms: u64) -> Duration {
+    Duration::from_millis(at_ms.saturating_sub(now_ms()))
 }
 
 fn random_hex(bytes: usize) -> Result<String, ApiError> {
@@ -179,43 +227,148 @@ impl DurableStreams {
         tenant: &str,
     ) -> Result<tokio::sync::MutexGuard<'_, Registry>, ApiError> {
         let mut registry = self.subscriptions.registry.lock().await;
-        if !registry.loaded.contains(tenant) {
-            let key = self.key(tenant, REGISTRY)?;
-            let mut folded: BTreeMap<String, Snapshot> = BTreeMap::new();
-            for record in self.reserved_records(&key)? {
-                if let Ok(snapshot) = serde_json::from_slice::<Snapshot>(&record) {
-                    match snapshot.deleted {
-                        true => folded.remove(&snapshot.id),
-                        false => folded.insert(snapshot.id.clone(), snapshot),
-                    };
-                }
+        self.load_tenant(&mut registry, tenant)?;
+        Ok(registry)
+    }
+
+    /// Folds `tenant`'s snapshots into the registry, once.
+    fn load_tenant(&self, registry: &mut Registry, tenant: &str) -> Result<(), ApiError> {
+        if registry.loaded.contains(tenant) {
+            return Ok(());
+        }
+        let key = self.key(tenant, REGISTRY)?;
+        let mut folded: BTreeMap<String, Snapshot> = BTreeMap::new();
+        for record in self.reserved_records(&key)? {
+            if let Ok(snapshot) = serde_json::from_slice::<Snapshot>(&record) {
+                match snapshot.deleted {
+                    true => folded.remove(&snapshot.id),
+                    false => folded.insert(snapshot.id.clone(), snapshot),
+                };
             }
-            for (id, snapshot) in folded {
-                registry.subscriptions.insert(
-                    (tenant.to_string(), id),
-                    Subscription {
-                        snapshot,
-                        wake: None,
-                        failed: None,
-                    },
-                );
-            }
-            registry.loaded.insert(tenant.to_string());
+        }
+        for (id, snapshot) in folded {
+            registry.subscriptions.insert(
+                (tenant.to_string(), id),
+                Subscription {
+                    snapshot,
+                    failed: None,
+                },
+            );
+        }
+        registry.loaded.insert(tenant.to_string());
+        Ok(())
+    }
+
+    /// The tenants that have had subscriptions (read once from `TENANTS`).
+    fn indexed<'r>(&self, registry: &'r mut Registry) -> Result<&'r mut HashSet<String>, ApiError> {
+        if registry.indexed.is_none() {
+            let key = self.key("", TENANTS)?;
+            let tenants = self
+                .reserved_records(&key)?
+                .into_iter()
+                .filter_map(|tenant| String::from_utf8(tenant).ok())
+                .collect();
+            registry.indexed = Some(tenants);
+        }
+        Ok(registry.indexed.get_or_insert_with(HashSet::new))
+    }
+
+    /// Records `tenant` in `TENANTS` (durably) if it is not there yet.
+    async fn index_tenant(&self, registry: &mut Registry, tenant: &str) -> Result<(), ApiError> {
+        if self.indexed(registry)?.contains(tenant) {
+            return Ok(());
+        }
+        let key = self.key("", TENANTS)?;
+        let event = self
+            .store
+            .append(
+                &key,
+                Revision(0),
+                StreamRecord::data(tenant.as_bytes().to_vec()),
+            )
+            .map_err(StreamError::from)?;
+        self.wait_durable_for(&key, event.position()).await?;
+        self.indexed(registry)?.insert(tenant.to_string());
+        Ok(())
+    }
+
+    /// The registry with every indexed tenant's subscriptions folded in.
+    async fn registry_of_all(&self) -> Result<tokio::sync::MutexGuard<'_, Registry>, ApiError> {
+        let mut registry = self.subscriptions.registry.lock().await;
+        let tenants: Vec<String> = self.indexed(&mut registry)?.iter().cloned().collect();
+        for tenant in tenants {
+            self.load_tenant(&mut registry, &tenant)?;
         }
         Ok(registry)
     }
 
+    /// Carries every subscription's wake on from where the last process
+    /// left it, after a restart: a webhook wake in flight is delivered
+    /// (at the time its retry schedule gave), a webhook's lease ends when
+    /// it would have, a pull-wake wake waits for its claim (its event is in
+    /// the wake stream) and keeps its lease and token, and a subscription
+    /// with no wake but pending work is woken now. Without it, those wait
+    /// for the next write to one of their streams. Returns how many
+    /// subscriptions there are.
+    ///
+    /// `livereplay serve` calls it once at start; a host mounting
+    /// [`router`](Self::router) should too. On several nodes it does
+    /// nothing: wakes are per node there.
+    pub async fn resume_subscriptions(self: &StdArc<Self>) -> Result<usize, StreamError> {
+        #[cfg(feature = "redis")]
+        if self.shared.is_some() {
+            return Ok(0);
+        }
+        let mut registry = self
+            .registry_of_all()
+            .await
+            .map_err(|error| StreamError::Unavailable(error.to_string()))?;
+        let ids: Vec<(String, String)> = registry.subscriptions.keys().cloned().collect();
+        for (tenant, id) in &ids {
+            let Some(subscription) = registry
+                .subscriptions
+                .get_mut(&(tenant.clone(), id.clone()))
+            else {
+                continue;
+            };
+            let webhook = subscription.snapshot.config.kind == Kind::Webhook;
+            match subscription.snapshot.wake.clone() {
+                Some(wake) => match (wake.lease_until_ms, webhook) {
+                    (Some(until), true) => {
+                        self.expire_lease_at(tenant.clone(), id.clone(), wake.wake_id, until);
+                    }
+                    (None, true) => {
+                        let (service, tenant, id) =
+                            (StdArc::clone(self), tenant.clone(), id.clone());
+                        let at = wake.next_attempt_ms.unwrap_or(0);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(until_ms(at)).await;
+                            service.deliver(tenant, id, wake).await;
+                        });
+                    }
+                    // Pull-wake: a claim, an ack or a release carries it on.
+                    (_, false) => {}
+                },
+                None => {
+                    let _ = self.wake_if_pending(tenant, subscription).await;
+                }
+            }
+        }
+        Ok(ids.len())
+    }
+
     /// The tenant of subscription `id` whose current wake has `token`
-    /// (wakes live in memory, so every subscription with one is in the
-    /// registry already; a linear scan, as wake-token calls are rare).
+    /// (a linear scan over every tenant's subscriptions, as wake-token
+    /// calls are rare).
     pub(crate) async fn tenant_of_wake(&self, id: &str, token: &str) -> Option<String> {
-        let registry = self.subscriptions.registry.lock().await;
+        let registry = self.registry_of_all().await.ok()?;
         registry
             .subscriptions
             .iter()
             .find(|((_, subscription_id), subscription)| {
                 subscription_id == id
                     && subscription
+                        .snapshot
                         .wake
                         .as_ref()
                         .is_some_and(|wake| same_token(token, &wake.token))

@@ -20,7 +20,7 @@ use super::super::write::Append;
 use super::super::DurableStreams;
 use super::api::{wake_streams, ApiError};
 use super::webhook::{self, WebhookUrl};
-use super::{glob, random_hex, Kind, Link, Subscription, Wake, DELIVERY_TIMEOUT};
+use super::{glob, now_ms, random_hex, until_ms, Kind, Link, Subscription, Wake, DELIVERY_TIMEOUT};
 
 impl DurableStreams {
     /// After an HTTP write to the stream at `path` (its tail `before` it
@@ -103,14 +103,11 @@ impl DurableStreams {
         tenant: &str,
         subscription: &mut Subscription,
     ) -> Result<(), ApiError> {
-        if let Some(wake) = &subscription.wake {
-            let lease_over = wake
-                .lease_until
-                .is_some_and(|until| tokio::time::Instant::now() >= until);
-            if !lease_over {
+        if let Some(wake) = &subscription.snapshot.wake {
+            if !wake.lease_over_at(now_ms()) {
                 return Ok(());
             }
-            subscription.wake = None;
+            subscription.snapshot.wake = None;
         }
         let pending = self.pending(tenant, subscription).await;
         if pending.is_empty() {
@@ -148,30 +145,36 @@ impl DurableStreams {
         Ok(())
     }
 
-    /// A new wake: the next generation (durable), a fresh id and token.
+    /// A new wake: the next generation, a fresh id and token, durable in
+    /// the snapshot before anyone hears of it.
     pub(super) async fn new_wake(
         &self,
         tenant: &str,
         subscription: &mut Subscription,
         streams: Vec<(String, Offset)>,
     ) -> Result<Wake, ApiError> {
-        subscription.snapshot.generation += 1;
-        self.persist(tenant, &subscription.snapshot).await?;
         let wake = Wake {
             wake_id: format!("w_{}", random_hex(12)?),
-            generation: subscription.snapshot.generation,
+            generation: subscription.snapshot.generation + 1,
             token: random_hex(32)?,
             holder: None,
-            lease_until: None,
+            lease_until_ms: None,
+            next_attempt_ms: None,
             streams,
         };
-        subscription.wake = Some(wake.clone());
+        // Generations only rise, also past a wake whose persist failed.
+        subscription.snapshot.generation = wake.generation;
+        subscription.snapshot.wake = Some(wake.clone());
+        if let Err(error) = self.persist(tenant, &subscription.snapshot).await {
+            subscription.snapshot.wake = None;
+            return Err(error);
+        }
         Ok(wake)
     }
 
     /// Delivers a webhook wake, retrying with backoff while it is current;
     /// a `{"done": true}` answer acks its snapshot and releases it.
-    async fn deliver(self: StdArc<Self>, tenant: String, id: String, wake: Wake) {
+    pub(super) async fn deliver(self: StdArc<Self>, tenant: String, id: String, wake: Wake) {
         let mut backoff = Duration::from_secs(1);
         loop {
             let Some((url, body)) = self.webhook_body(&tenant, &id, &wake).await else {
@@ -202,7 +205,13 @@ impl DurableStreams {
             else {
                 return;
             };
-            if subscription.wake.as_ref().map(|current| &current.wake_id) != Some(&wake.wake_id) {
+            if subscription
+                .snapshot
+                .wake
+                .as_ref()
+                .map(|current| &current.wake_id)
+                != Some(&wake.wake_id)
+            {
                 return;
             }
             match answer {
@@ -218,21 +227,22 @@ impl DurableStreams {
                                 link.acked = link.acked.max(*tail);
                             }
                         }
-                        subscription.wake = None;
+                        subscription.snapshot.wake = None;
                         if self.persist(&tenant, &subscription.snapshot).await.is_ok() {
                             let _ = self.wake_if_pending(&tenant, subscription).await;
                         }
                         return;
                     }
                     // The worker calls back; the lease bounds how long.
-                    let lease = Duration::from_millis(subscription.snapshot.config.lease_ttl_ms);
-                    if let Some(current) = subscription.wake.as_mut() {
+                    let until = now_ms().saturating_add(subscription.snapshot.config.lease_ttl_ms);
+                    if let Some(current) = subscription.snapshot.wake.as_mut() {
                         current.holder = Some("webhook".into());
-                        current.lease_until = Some(tokio::time::Instant::now() + lease);
+                        current.lease_until_ms = Some(until);
+                        current.next_attempt_ms = None;
                     }
+                    let _ = self.persist(&tenant, &subscription.snapshot).await;
                     drop(registry);
-                    tokio::time::sleep(lease).await;
-                    self.expire_lease(&tenant, &id, &wake.wake_id).await;
+                    self.expire_lease_at(tenant, id, wake.wake_id, until);
                     return;
                 }
                 failed => {
@@ -240,9 +250,17 @@ impl DurableStreams {
                         Ok(answer) => format!("the webhook answered {}", answer.status),
                         Err(reason) => reason,
                     });
+                    // The next attempt's time is durable (protocol 7.1), so
+                    // a restarted server keeps the schedule.
+                    let pause = backoff + backoff.mul_f64(0.2 * jitter_unit());
+                    let next = now_ms()
+                        .saturating_add(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX));
+                    if let Some(current) = subscription.snapshot.wake.as_mut() {
+                        current.next_attempt_ms = Some(next);
+                    }
+                    let _ = self.persist(&tenant, &subscription.snapshot).await;
                     drop(registry);
-                    let jitter = backoff.mul_f64(0.2 * jitter_unit());
-                    tokio::time::sleep(backoff + jitter).await;
+                    tokio::time::sleep(until_ms(next)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             }
@@ -260,7 +278,7 @@ impl DurableStreams {
         let subscription = registry
             .subscriptions
             .get(&(tenant.to_string(), id.to_string()))?;
-        if subscription.wake.as_ref()?.wake_id != wake.wake_id {
+        if subscription.snapshot.wake.as_ref()?.wake_id != wake.wake_id {
             return None;
         }
         let url = WebhookUrl::parse(
@@ -280,6 +298,22 @@ impl DurableStreams {
         Some((url, body.to_string().into_bytes()))
     }
 
+    /// Ends wake `wake_id`'s lease at `until` (Unix ms), unless the wake
+    /// ended first.
+    pub(super) fn expire_lease_at(
+        self: &StdArc<Self>,
+        tenant: String,
+        id: String,
+        wake_id: String,
+        until: u64,
+    ) {
+        let service = StdArc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(until_ms(until)).await;
+            service.expire_lease(&tenant, &id, &wake_id).await;
+        });
+    }
+
     /// Ends a wake whose lease ran out, and wakes again if work is pending.
     async fn expire_lease(self: &StdArc<Self>, tenant: &str, id: &str, wake_id: &str) {
         let Ok(mut registry) = self.registry(tenant).await else {
@@ -291,8 +325,17 @@ impl DurableStreams {
         else {
             return;
         };
-        if subscription.wake.as_ref().map(|wake| wake.wake_id.as_str()) == Some(wake_id) {
-            subscription.wake = None;
+        if subscription
+            .snapshot
+            .wake
+            .as_ref()
+            .map(|wake| wake.wake_id.as_str())
+            == Some(wake_id)
+        {
+            subscription.snapshot.wake = None;
+            // A new wake persists the snapshot itself; with nothing pending,
+            // this write keeps a restart from bringing the lease back.
+            let _ = self.persist(tenant, &subscription.snapshot).await;
             let _ = self.wake_if_pending(tenant, subscription).await;
         }
     }
