@@ -300,8 +300,10 @@ impl DurableStreams {
             deleted: false,
             wake: None,
         };
-        self.persist(tenant, &snapshot).await?;
+        // The tenant is indexed first: a subscription that exists is one
+        // a restart finds.
         self.index_tenant(&mut registry, tenant).await?;
+        self.persist(tenant, &snapshot).await?;
         let subscription = Subscription {
             snapshot,
             failed: None,

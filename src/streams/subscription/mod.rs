@@ -89,6 +89,9 @@ pub(crate) struct Subscriptions {
     key: tokio::sync::OnceCell<WebhookKey>,
     /// Built from the service's options on the first delivery.
     pub(crate) client: std::sync::OnceLock<WebhookClient>,
+    /// Set by the first `resume_subscriptions`: a second one would deliver
+    /// every resumed wake twice.
+    resumed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -311,12 +314,22 @@ impl DurableStreams {
     /// for the next write to one of their streams. Returns how many
     /// subscriptions there are.
     ///
-    /// `livereplay serve` calls it once at start; a host mounting
-    /// [`router`](Self::router) should too. On several nodes it does
+    /// `livereplay serve` calls it at start; a host mounting
+    /// [`router`](Self::router) should too. Only the first call does
+    /// anything (later ones return 0), and on several nodes it does
     /// nothing: wakes are per node there.
     pub async fn resume_subscriptions(self: &StdArc<Self>) -> Result<usize, StreamError> {
         #[cfg(feature = "redis")]
         if self.shared.is_some() {
+            return Ok(0);
+        }
+        // Relaxed: a flag that orders nothing else (the registry's mutex
+        // orders the subscriptions).
+        if self
+            .subscriptions
+            .resumed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             return Ok(0);
         }
         let mut registry = self
