@@ -1114,3 +1114,71 @@ fn serve_refuses_to_bind_beyond_loopback() {
     assert!(stderr.contains("no access control"), "{stderr}");
     assert!(!data_dir.exists(), "it created its data dir anyway");
 }
+
+/// Large records past `large_records_in_memory` leave memory oldest first
+/// (whole ring segments of 64 positions) and are read from the log, whole
+/// and in order; small ones are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_records_beyond_the_memory_bound_are_read_from_the_log() {
+    const RECORD: usize = 64 * 1024;
+    const RECORDS: u8 = 100;
+    let dir = TempDir::new("large-records");
+    let log = Arc::new(RedbLog::open(dir.0.join("streams.redb")).unwrap());
+    let store = Arc::new(
+        ReplayStore::<StreamRecord>::builder()
+            .durable(log, Postcard)
+            .build()
+            .unwrap(),
+    );
+    let service = Arc::new(
+        DurableStreams::new(Arc::clone(&store)).options(StreamsOptions {
+            large_records_in_memory: 4 * RECORD,
+            ..options()
+        }),
+    );
+    let app = Arc::clone(&service).router();
+    let bytes = ("content-type", "application/octet-stream");
+    assert_eq!(
+        status(&app, "PUT", "/v1/stream/big", &[bytes], "").await,
+        StatusCode::CREATED
+    );
+    let small = send(&app, request("POST", "/v1/stream/big", &[bytes], "small")).await;
+    assert_eq!(small.status, StatusCode::NO_CONTENT);
+    let mut written = b"small".to_vec();
+    for round in 0..RECORDS {
+        let body = vec![round; RECORD];
+        written.extend_from_slice(&body);
+        let request = Request::post("/v1/stream/big")
+            .header(bytes.0, bytes.1)
+            .body(Body::from(body))
+            .unwrap();
+        assert_eq!(send(&app, request).await.status, StatusCode::NO_CONTENT);
+    }
+    // Positions 1 (creation) and 2 (small), then 3..=102: the newest four
+    // fit the bound, the 96 before them were let go, and with them every
+    // record at or below the last one let go (position 98).
+    assert_eq!(service.large_records(), (4 * RECORD as u64, 96));
+    let stats = store.stats();
+    assert_eq!(stats.retained_events, 4);
+    // Memory goes by whole segments (16 positions, then 64 each): 1..=16
+    // and 17..=80 are freed, 81..=144 holds the rest.
+    assert_eq!(stats.allocated_slots, 64);
+
+    let mut read = Vec::new();
+    let mut offset = "-1".to_string();
+    loop {
+        let page = send(
+            &app,
+            request("GET", &format!("/v1/stream/big?offset={offset}"), &[], ""),
+        )
+        .await;
+        assert_eq!(page.status, StatusCode::OK);
+        read.extend_from_slice(&page.body);
+        offset = page.next_offset();
+        if page.header("stream-up-to-date") == Some("true") {
+            break;
+        }
+    }
+    assert_eq!(read.len(), written.len());
+    assert!(read == written, "every byte, in order");
+}

@@ -156,6 +156,7 @@ mod offset;
 mod producer;
 mod read;
 mod record;
+mod resident;
 mod router;
 #[cfg(feature = "redis")]
 mod shared;
@@ -208,6 +209,13 @@ pub struct StreamsOptions {
     /// Where webhooks may go beyond the protocol's defaults (an allowlist
     /// of hosts on the server's own network, a private CA).
     pub webhooks: WebhookOptions,
+    /// The most bytes of large records (64 KiB or more) that appends leave
+    /// in the streams' memory windows, all streams together (default
+    /// 64 MiB); older ones are read from the durable log. Memory is freed
+    /// a ring segment (64 records) at a time, so each stream's newest
+    /// segment may hold its large records beyond this (module
+    /// `resident`).
+    pub large_records_in_memory: usize,
 }
 
 impl Default for StreamsOptions {
@@ -219,6 +227,7 @@ impl Default for StreamsOptions {
             durable_timeout: Duration::from_secs(10),
             sse_lifetime: Duration::from_secs(60),
             webhooks: WebhookOptions::default(),
+            large_records_in_memory: 64 << 20,
         }
     }
 }
@@ -344,6 +353,8 @@ pub struct DurableStreams {
     /// Whether `access` is a host's hook (not the default).
     access_controlled: bool,
     subscriptions: subscription::Subscriptions,
+    /// The large records appends left in memory (module `resident`).
+    resident: resident::Resident,
     /// Writes waiting for durability on one node (module `durable_wait`).
     durable_waits: StdArc<crate::store::DurableWaits<StreamRecord>>,
     /// Several nodes over one Redis: the stream leases (module `shared`).
@@ -363,6 +374,7 @@ impl DurableStreams {
             access: StdArc::new(|_: &RequestInfo<'_>| Ok(Access::full(""))),
             access_controlled: false,
             subscriptions: subscription::Subscriptions::default(),
+            resident: resident::Resident::new(),
             #[cfg(feature = "redis")]
             shared: None,
         }
@@ -637,6 +649,13 @@ impl DurableStreams {
     /// [`DurableStreams::forget_idle`]).
     pub fn cached_streams(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Bytes of large records (64 KiB or more) that appends left in
+    /// memory now, and how many such records were released to the log so
+    /// far to keep within [`StreamsOptions::large_records_in_memory`].
+    pub fn large_records(&self) -> (u64, u64) {
+        (self.resident.bytes(), self.resident.released())
     }
 
     /// The key's durable watermark (0 for a session the store does not

@@ -226,12 +226,14 @@ impl DurableStreams {
         };
         let before = self.own_tail_offset(key, state)?;
         let wrote_data = !messages_empty;
+        let bytes = record_bytes(&record);
         let position = self.commit(key, &mut guard, record)?;
         let state = guard.as_ref().ok_or(StreamError::NotFound)?;
         let next = state.offset(state.tail(position));
         let closed = state.closure.is_some();
         drop(guard);
         self.await_durable(key, position).await?;
+        self.note_resident(key, position, bytes);
         Ok(Appended {
             before,
             wrote_data,
@@ -533,11 +535,13 @@ impl DurableStreams {
             messages,
             closed: close,
         };
+        let bytes = record_bytes(&record);
         let position = self.commit(key, &mut state, record)?;
         let live = state.as_ref().ok_or(StreamError::NotFound)?;
         let next = live.offset(live.tail(position));
         drop(state);
         self.await_durable(key, position).await?;
+        self.note_resident(key, position, bytes);
         Ok(Created {
             fresh: true,
             config,
@@ -615,6 +619,18 @@ impl DurableStreams {
         Ok(())
     }
 
+    /// A durable record of `bytes` payload bytes is in memory at
+    /// `position` (module `resident`).
+    fn note_resident(&self, key: &SessionKey, position: u64, bytes: usize) {
+        self.resident.note(
+            &self.store,
+            key,
+            position,
+            bytes,
+            self.options.large_records_in_memory,
+        );
+    }
+
     /// The stream's tail offset now.
     pub(crate) fn own_tail_offset(
         &self,
@@ -623,6 +639,11 @@ impl DurableStreams {
     ) -> Result<Offset, StreamError> {
         Ok(state.offset(state.tail(self.durable(key)?)))
     }
+}
+
+/// The payload bytes a record holds in memory.
+fn record_bytes(record: &StreamRecord) -> usize {
+    record.messages().iter().map(Vec::len).sum()
 }
 
 /// The messages a body holds: the body itself for a byte stream; for a

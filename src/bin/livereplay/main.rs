@@ -172,6 +172,12 @@ struct Serve {
     /// (`DurableOptions::undurable_budget`).
     #[arg(long, default_value_t = 64 << 20)]
     undurable_budget_bytes: usize,
+    /// Bytes of large records (64 KiB or more) kept in memory for live
+    /// readers, all streams together; older ones are read from the log.
+    /// Without it, --ring-capacity appends of --max-append-bytes each
+    /// could be held per stream.
+    #[arg(long, default_value_t = 64 << 20)]
+    large_records_in_memory_bytes: usize,
     /// A host webhooks may call although it is (or resolves to) a
     /// private, loopback or link-local address: a receiver on this
     /// server's own network. Repeat for several. Webhooks stay https://.
@@ -303,6 +309,7 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         max_append_bytes: serve.max_append_bytes,
         durable_timeout,
         webhooks,
+        large_records_in_memory: serve.large_records_in_memory_bytes,
         ..StreamsOptions::default()
     };
     let mut streams = DurableStreams::new(Arc::clone(&store)).options(options);
@@ -326,7 +333,11 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let text = metrics(&metrics_store.stats(), metrics_streams.cached_streams());
+                let text = metrics(
+                    &metrics_store.stats(),
+                    metrics_streams.cached_streams(),
+                    metrics_streams.large_records(),
+                );
                 async move { ([("content-type", "text/plain; version=0.0.4")], text) }
             }),
         )
@@ -475,7 +486,11 @@ fn open_log(
 }
 
 /// The store's counters in the Prometheus text format.
-fn metrics(stats: &livereplay::Stats, cached_streams: usize) -> String {
+fn metrics(
+    stats: &livereplay::Stats,
+    cached_streams: usize,
+    (large_bytes, large_released): (u64, u64),
+) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         out.push_str(&format!(
@@ -494,6 +509,18 @@ fn metrics(stats: &livereplay::Stats, cached_streams: usize) -> String {
         "gauge",
         "Streams whose protocol state is held in memory (see --forget-idle-secs).",
         count(cached_streams),
+    );
+    metric(
+        "large_records_in_memory_bytes",
+        "gauge",
+        "Bytes of large records (64 KiB or more) held in memory for live readers.",
+        large_bytes,
+    );
+    metric(
+        "large_records_released_total",
+        "counter",
+        "Large records released from memory to keep within --large-records-in-memory-bytes (read from the log since).",
+        large_released,
     );
     metric(
         "appends_total",
