@@ -187,6 +187,8 @@ fn a_webhook_is_delivered_over_verified_tls() {
             "localhost",
             "--webhook-ca-file",
             ca.to_str().unwrap(),
+            "--public-url",
+            "https://streams.example.com/base/",
         ],
     );
 
@@ -201,7 +203,29 @@ fn a_webhook_is_delivered_over_verified_tls() {
     assert_eq!(delivery.body["subscription_id"], "tls");
     let streams = delivery.body["streams"].to_string();
     assert!(streams.contains("jobs/a"), "{streams}");
-    assert!(delivery.body["callback_url"].as_str().is_some());
+    // Behind a TLS proxy the callback is named by the public URL.
+    assert_eq!(
+        delivery.body["callback_url"],
+        "https://streams.example.com/base/v1/stream/__ds/subscriptions/tls/callback"
+    );
+}
+
+/// A `--public-url` that cannot name a base stops the server at start,
+/// saying why.
+#[test]
+fn a_bad_public_url_is_refused_at_start() {
+    let dir = TempDir::new("public-url");
+    for bad in ["ftp://streams.example.com", "/v1", "https://x.example/?a=1"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
+            .args(["serve", "--port", "0", "--data-dir"])
+            .arg(dir.0.join("data"))
+            .args(["--public-url", bad])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{bad}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("--public-url"), "{bad}: {said}");
+    }
 }
 
 /// Without the operator's allowance a loopback https target is refused at

@@ -216,6 +216,12 @@ pub struct StreamsOptions {
     /// segment may hold its large records beyond this (module
     /// `resident`).
     pub large_records_in_memory: usize,
+    /// Where clients reach this server, up to the `/v1/stream` it serves
+    /// (`https://streams.example.com`, or with the host's prefix): the
+    /// subscriptions' callback and key-set URLs are built from it. Without
+    /// it they are `http://` and the Host of the request that created the
+    /// subscription, which is wrong behind a TLS proxy.
+    pub public_url: Option<String>,
 }
 
 impl Default for StreamsOptions {
@@ -228,6 +234,7 @@ impl Default for StreamsOptions {
             sse_lifetime: Duration::from_secs(60),
             webhooks: WebhookOptions::default(),
             large_records_in_memory: 64 << 20,
+            public_url: None,
         }
     }
 }

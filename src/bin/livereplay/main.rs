@@ -187,6 +187,11 @@ struct Serve {
     /// besides Mozilla's roots.
     #[arg(long, value_name = "FILE")]
     webhook_ca_file: Option<PathBuf>,
+    /// Where clients reach this server (`https://streams.example.com`,
+    /// behind a TLS proxy): subscriptions' callback and key-set URLs are
+    /// built from it rather than from the request's Host over http://.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
 }
 
 /// How `--data-dir`'s appends become durable.
@@ -224,6 +229,25 @@ fn print_signed_url(sign: &Sign) -> Result<(), Box<dyn std::error::Error>> {
     let url = key.signed_url(&sign.base, &sign.tenant, &sign.stream, expires)?;
     println!("{url}");
     Ok(())
+}
+
+/// `--public-url`, checked: an `http://` or `https://` URL with a host,
+/// no query and no fragment.
+fn public_url(serve: &Serve) -> Result<Option<String>, String> {
+    let Some(text) = &serve.public_url else {
+        return Ok(None);
+    };
+    let refused = |why: &str| format!("--public-url {text:?}: {why}");
+    let uri: axum::http::Uri = text
+        .parse()
+        .map_err(|error| refused(&format!("not a URL ({error})")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(refused("give http:// or https:// and a host"));
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(refused("a base URL has no query or fragment"));
+    }
+    Ok(Some(text.trim_end_matches('/').to_string()))
 }
 
 /// Where webhooks may go, from `--webhook-allow-host` and
@@ -268,6 +292,7 @@ fn guard(serve: &Serve) -> Result<auth::Guard, String> {
 fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
     let guard = guard(&serve)?;
     let webhooks = webhooks(&serve)?;
+    let public_url = public_url(&serve)?;
     if !serve.bind.is_loopback() && !guard.configured() {
         return Err(format!(
             "--bind {}: no access control is configured (no --tokens-file, {} or \
@@ -310,6 +335,7 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         durable_timeout,
         webhooks,
         large_records_in_memory: serve.large_records_in_memory_bytes,
+        public_url,
         ..StreamsOptions::default()
     };
     let mut streams = DurableStreams::new(Arc::clone(&store)).options(options);

@@ -20,8 +20,8 @@ use super::super::DurableStreams;
 use super::signing::WebhookKey;
 use super::webhook::{WebhookOptions, WebhookUrl};
 use super::{
-    glob, now_ms, now_rfc3339, same_token, Config, Kind, Link, Snapshot, Subscription, Wake,
-    MAX_ID_LEN,
+    base_url, glob, now_ms, now_rfc3339, same_token, Config, Kind, Link, Snapshot, Subscription,
+    Wake, MAX_ID_LEN,
 };
 
 /// A refusal of the subscription APIs: a status and a JSON error body.
@@ -152,7 +152,12 @@ impl DurableStreams {
                     .subscriptions
                     .get(&(tenant.to_string(), id.to_string()))
                     .ok_or_else(ApiError::not_found)?;
-                Ok(axum::Json(describe(subscription, key)).into_response())
+                Ok(axum::Json(describe(
+                    subscription,
+                    key,
+                    self.options.public_url.as_deref(),
+                ))
+                .into_response())
             }
             (Method::DELETE, None) => {
                 let mut registry = self.registry(tenant).await?;
@@ -253,7 +258,11 @@ impl DurableStreams {
                     "a subscription with this id exists with another configuration",
                 ));
             }
-            return Ok((StatusCode::OK, axum::Json(describe(existing, key))).into_response());
+            return Ok((
+                StatusCode::OK,
+                axum::Json(describe(existing, key, self.options.public_url.as_deref())),
+            )
+                .into_response());
         }
         let mut links = BTreeMap::new();
         for path in &config.streams {
@@ -308,7 +317,7 @@ impl DurableStreams {
             snapshot,
             failed: None,
         };
-        let described = describe(&subscription, key);
+        let described = describe(&subscription, key, self.options.public_url.as_deref());
         registry.subscriptions.insert(id_key, subscription);
         Ok((StatusCode::CREATED, axum::Json(described)).into_response())
     }
@@ -481,7 +490,7 @@ fn link_type(link: Option<&Link>) -> &'static str {
 }
 
 /// A subscription as `GET` (and `PUT`) return it.
-fn describe(subscription: &Subscription, key: &WebhookKey) -> Value {
+fn describe(subscription: &Subscription, key: &WebhookKey, public_url: Option<&str>) -> Value {
     let snapshot = &subscription.snapshot;
     let config = &snapshot.config;
     let streams: Vec<Value> = snapshot
@@ -501,7 +510,7 @@ fn describe(subscription: &Subscription, key: &WebhookKey) -> Value {
             "signing": {
                 "alg": "ed25519",
                 "kid": key.kid(),
-                "jwks_url": format!("{}/__ds/jwks.json", snapshot.base_url),
+                "jwks_url": format!("{}/__ds/jwks.json", base_url(public_url, snapshot)),
             },
         })
     });

@@ -217,6 +217,16 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// The URL of `/v1/stream` that callbacks and the key set are named
+/// under: the configured public URL, else the one recorded from the
+/// request that created the subscription.
+fn base_url(public_url: Option<&str>, snapshot: &Snapshot) -> String {
+    match public_url {
+        Some(url) => format!("{}/v1/stream", url.trim_end_matches('/')),
+        None => snapshot.base_url.clone(),
+    }
+}
+
 /// Compares tokens in time independent of where they differ (`subtle`).
 fn same_token(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;

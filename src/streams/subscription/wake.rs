@@ -20,7 +20,9 @@ use super::super::write::Append;
 use super::super::DurableStreams;
 use super::api::{wake_streams, ApiError};
 use super::webhook::{self, WebhookUrl};
-use super::{glob, now_ms, random_hex, until_ms, Kind, Link, Subscription, Wake, DELIVERY_TIMEOUT};
+use super::{
+    base_url, glob, now_ms, random_hex, until_ms, Kind, Link, Subscription, Wake, DELIVERY_TIMEOUT,
+};
 
 impl DurableStreams {
     /// After an HTTP write to the stream at `path` (its tail `before` it
@@ -286,7 +288,7 @@ impl DurableStreams {
             &self.options.webhooks,
         )
         .ok()?;
-        let base = &subscription.snapshot.base_url;
+        let base = base_url(self.options.public_url.as_deref(), &subscription.snapshot);
         let body = json!({
             "subscription_id": id,
             "wake_id": wake.wake_id,
