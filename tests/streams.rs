@@ -31,16 +31,20 @@ fn options() -> StreamsOptions {
     }
 }
 
-/// A service over a redb log in `dir`.
-fn redb_service(dir: &TempDir) -> Arc<DurableStreams> {
+/// A store over a redb log in `dir`.
+fn redb_store(dir: &TempDir) -> Arc<ReplayStore<StreamRecord>> {
     let log = Arc::new(RedbLog::open(dir.0.join("streams.redb")).unwrap());
-    let store = Arc::new(
+    Arc::new(
         ReplayStore::<StreamRecord>::builder()
             .durable(log, Postcard)
             .build()
             .unwrap(),
-    );
-    Arc::new(DurableStreams::new(store).options(options()))
+    )
+}
+
+/// A service over a redb log in `dir`.
+fn redb_service(dir: &TempDir) -> Arc<DurableStreams> {
+    Arc::new(DurableStreams::new(redb_store(dir)).options(options()))
 }
 
 async fn reply(response: Response<Body>) -> Reply {
@@ -1123,13 +1127,7 @@ async fn large_records_beyond_the_memory_bound_are_read_from_the_log() {
     const RECORD: usize = 64 * 1024;
     const RECORDS: u8 = 100;
     let dir = TempDir::new("large-records");
-    let log = Arc::new(RedbLog::open(dir.0.join("streams.redb")).unwrap());
-    let store = Arc::new(
-        ReplayStore::<StreamRecord>::builder()
-            .durable(log, Postcard)
-            .build()
-            .unwrap(),
-    );
+    let store = redb_store(&dir);
     let service = Arc::new(
         DurableStreams::new(Arc::clone(&store)).options(StreamsOptions {
             large_records_in_memory: 4 * RECORD,
