@@ -175,3 +175,64 @@ fn a_pull_wake_lease_and_its_token_survive_a_crash() {
     assert_eq!(acked.status, 200, "{}", acked.text());
     assert_eq!(json_of(&acked), json!({ "ok": true, "next_wake": false }));
 }
+
+/// Protocol 7.3: an ack that is not done extends a pull-wake lease, and
+/// once the lease runs out, pending work gets another wake (the next
+/// generation, a new event in the wake stream) with no new write.
+#[test]
+fn an_ack_extends_a_lease_and_its_end_wakes_pending_work_again() {
+    let dir = TempDir::new("wake-expiry");
+    let served = start(&dir);
+    create(&served, "jobs/a");
+    create(&served, "wakes");
+    subscribe(
+        &served,
+        "pull",
+        json!({ "type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wakes", "lease_ttl_ms": 2000 }),
+    );
+    append(&served);
+    let claim = |worker: &str| {
+        served.send(
+            "POST",
+            "/v1/stream/__ds/subscriptions/pull/claim",
+            &[JSON],
+            json!({ "worker": worker }).to_string(),
+        )
+    };
+    let claimed = claim("w1");
+    let started = std::time::Instant::now();
+    assert_eq!(claimed.status, 200, "{}", claimed.text());
+    let lease = json_of(&claimed);
+    let at = |millis: u64| {
+        let due = Duration::from_millis(millis);
+        std::thread::sleep(due.saturating_sub(started.elapsed()));
+    };
+
+    at(1000);
+    let token = format!("Bearer {}", lease["token"].as_str().unwrap());
+    let extended = served.send(
+        "POST",
+        "/v1/stream/__ds/subscriptions/pull/ack",
+        &[JSON, ("authorization", token.as_str())],
+        json!({ "wake_id": lease["wake_id"], "generation": lease["generation"], "acks": [], "done": false })
+            .to_string(),
+    );
+    assert_eq!(extended.status, 200, "{}", extended.text());
+    // Past the first end (2 s), before the extended one (about 3 s).
+    at(2400);
+    assert_eq!(claim("w2").status, 409, "the ack extended the lease");
+
+    at(3800);
+    let woken = json_of(&served.send("GET", "/v1/stream/wakes?offset=-1", &[], ""));
+    let generations: Vec<&Value> = woken
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|wake| &wake["generation"])
+        .collect();
+    let first = lease["generation"].as_u64().unwrap();
+    assert_eq!(generations, [&json!(first), &json!(first + 1)], "{woken}");
+    let reclaimed = claim("w2");
+    assert_eq!(reclaimed.status, 200, "{}", reclaimed.text());
+    assert_eq!(json_of(&reclaimed)["generation"], first + 1);
+}

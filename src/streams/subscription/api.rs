@@ -358,6 +358,13 @@ impl DurableStreams {
         let done = body.get("done").and_then(Value::as_bool).unwrap_or(false);
         if done {
             subscription.snapshot.wake = None;
+        } else if let Some(wake) = subscription.snapshot.wake.as_mut() {
+            // Protocol 7.3: a valid ack or callback that is not done
+            // extends a held lease (its timer follows the new end).
+            if wake.lease_until_ms.is_some() {
+                wake.lease_until_ms =
+                    Some(now_ms().saturating_add(subscription.snapshot.config.lease_ttl_ms));
+            }
         }
         self.persist(tenant, &subscription.snapshot).await?;
         let next_wake = !self.pending(tenant, subscription).await.is_empty();
@@ -417,6 +424,13 @@ impl DurableStreams {
             }
             return Err(error);
         }
+        // Protocol 7.3: when it runs out, another wake for pending work.
+        self.expire_lease_at(
+            tenant.to_string(),
+            id.to_string(),
+            wake.wake_id.clone(),
+            until,
+        );
         Ok(axum::Json(json!({
             "subscription_id": id,
             "wake_id": wake.wake_id,

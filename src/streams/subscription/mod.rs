@@ -317,9 +317,9 @@ impl DurableStreams {
 
     /// Carries every subscription's wake on from where the last process
     /// left it, after a restart: a webhook wake in flight is delivered
-    /// (at the time its retry schedule gave), a webhook's lease ends when
-    /// it would have, a pull-wake wake waits for its claim (its event is in
-    /// the wake stream) and keeps its lease and token, and a subscription
+    /// (at the time its retry schedule gave), a lease keeps its holder and
+    /// token and ends when it would have, an unclaimed pull-wake wake
+    /// waits for its claim (its event is in the wake stream), and a subscription
     /// with no wake but pending work is woken now. Without it, those wait
     /// for the next write to one of their streams. Returns how many
     /// subscriptions there are.
@@ -357,7 +357,7 @@ impl DurableStreams {
             let webhook = subscription.snapshot.config.kind == Kind::Webhook;
             match subscription.snapshot.wake.clone() {
                 Some(wake) => match (wake.lease_until_ms, webhook) {
-                    (Some(until), true) => {
+                    (Some(until), _) => {
                         self.expire_lease_at(tenant.clone(), id.clone(), wake.wake_id, until);
                     }
                     (None, true) => {
@@ -369,8 +369,8 @@ impl DurableStreams {
                             service.deliver(tenant, id, wake).await;
                         });
                     }
-                    // Pull-wake: a claim, an ack or a release carries it on.
-                    (_, false) => {}
+                    // Pull-wake, unclaimed: its event is in the wake stream.
+                    (None, false) => {}
                 },
                 None => {
                     let _ = self.wake_if_pending(tenant, subscription).await;

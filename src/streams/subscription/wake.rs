@@ -327,18 +327,35 @@ impl DurableStreams {
         else {
             return;
         };
-        if subscription
+        let Some(wake) = subscription
             .snapshot
             .wake
             .as_ref()
-            .map(|wake| wake.wake_id.as_str())
-            == Some(wake_id)
-        {
-            subscription.snapshot.wake = None;
-            // A new wake persists the snapshot itself; with nothing pending,
-            // this write keeps a restart from bringing the lease back.
-            let _ = self.persist(tenant, &subscription.snapshot).await;
-            let _ = self.wake_if_pending(tenant, subscription).await;
+            .filter(|wake| wake.wake_id == wake_id)
+        else {
+            return;
+        };
+        match wake.lease_until_ms {
+            // Extended since this timer was set (an ack or callback that
+            // was not done): it runs to the new end.
+            Some(until) if !wake.lease_over_at(now_ms()) => {
+                self.expire_lease_at(
+                    tenant.to_string(),
+                    id.to_string(),
+                    wake_id.to_string(),
+                    until,
+                );
+            }
+            _ => {
+                // Protocol 7.3: the holder and the token go; pending work
+                // gets another wake.
+                subscription.snapshot.wake = None;
+                // A new wake persists the snapshot itself; with nothing
+                // pending, this write keeps a restart from bringing the
+                // lease back.
+                let _ = self.persist(tenant, &subscription.snapshot).await;
+                let _ = self.wake_if_pending(tenant, subscription).await;
+            }
         }
     }
 }
