@@ -301,7 +301,8 @@ impl DurableStreams {
     }
 
     /// Ends wake `wake_id`'s lease at `until` (Unix ms), unless the wake
-    /// ended first.
+    /// ended first. The timer holds the service weakly: a lease does not
+    /// keep a dropped service (and its store and log) alive.
     pub(super) fn expire_lease_at(
         self: &StdArc<Self>,
         tenant: String,
@@ -309,10 +310,12 @@ impl DurableStreams {
         wake_id: String,
         until: u64,
     ) {
-        let service = StdArc::clone(self);
+        let service = StdArc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(until_ms(until)).await;
-            service.expire_lease(&tenant, &id, &wake_id).await;
+            if let Some(service) = service.upgrade() {
+                service.expire_lease(&tenant, &id, &wake_id).await;
+            }
         });
     }
 
