@@ -1180,3 +1180,74 @@ async fn large_records_beyond_the_memory_bound_are_read_from_the_log() {
     assert_eq!(read.len(), written.len());
     assert!(read == written, "every byte, in order");
 }
+
+/// Waits (bounded) for the receiver's next call.
+async fn called(calls: &mut tokio::sync::mpsc::UnboundedReceiver<()>) {
+    tokio::time::timeout(Duration::from_secs(10), calls.recv())
+        .await
+        .expect("a delivery in time")
+        .expect("the receiver runs");
+}
+
+/// A webhook that keeps failing is retried while its wake is current, but
+/// the retries do not keep a dropped service (and its redb file) alive;
+/// the next service resumes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_to_a_failing_webhook_do_not_keep_a_dropped_service_alive() {
+    let (sender, mut calls) = tokio::sync::mpsc::unbounded_channel();
+    let receiver = Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let _ = sender.send(());
+            async { StatusCode::INTERNAL_SERVER_ERROR }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receiving = tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let json = ("content-type", "application/json");
+    let dir = TempDir::new("failing-webhook");
+    {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        let uri = "/v1/stream/events/a";
+        assert_eq!(
+            status(&app, "PUT", uri, &[json], "[]").await,
+            StatusCode::CREATED
+        );
+        let subscription = format!(
+            r#"{{"type":"webhook","pattern":"events/*","webhook":{{"url":"http://127.0.0.1:{port}/hook"}}}}"#
+        );
+        let uri = "/v1/stream/__ds/subscriptions/hook";
+        assert_eq!(
+            status(&app, "PUT", uri, &[json], &subscription).await,
+            StatusCode::CREATED
+        );
+        let posted = status(&app, "POST", "/v1/stream/events/a", &[json], "{}").await;
+        assert!(posted.is_success());
+        called(&mut calls).await;
+    }
+    // The failed attempt's bookkeeping ends within moments; then nothing
+    // holds the file (the next attempt would come 1 to 1.2 s after the
+    // first: well past this bound, had it kept the service).
+    let started = std::time::Instant::now();
+    let log = loop {
+        match RedbLog::open(dir.0.join("streams.redb")) {
+            Ok(log) => break log,
+            Err(error) if started.elapsed() > Duration::from_millis(600) => {
+                panic!("the dropped service still holds its log: {error}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let store = Arc::new(
+        ReplayStore::<StreamRecord>::builder()
+            .durable(Arc::new(log), Postcard)
+            .build()
+            .unwrap(),
+    );
+    let service = Arc::new(DurableStreams::new(store).options(options()));
+    assert_eq!(service.resume_subscriptions().await.unwrap(), 1);
+    called(&mut calls).await;
+    receiving.abort();
+}

@@ -362,11 +362,11 @@ impl DurableStreams {
                     }
                     (None, true) => {
                         let (service, tenant, id) =
-                            (StdArc::clone(self), tenant.clone(), id.clone());
+                            (StdArc::downgrade(self), tenant.clone(), id.clone());
                         let at = wake.next_attempt_ms.unwrap_or(0);
                         tokio::spawn(async move {
                             tokio::time::sleep(until_ms(at)).await;
-                            service.deliver(tenant, id, wake).await;
+                            Self::deliver(service, tenant, id, wake).await;
                         });
                     }
                     // Pull-wake, unclaimed: its event is in the wake stream.

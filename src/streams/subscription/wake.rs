@@ -7,7 +7,7 @@
 //! lease ran out); every wake gets the next durable generation; a delivery
 //! acts only while its wake is still the current one.
 
-use std::sync::Arc as StdArc;
+use std::sync::{Arc as StdArc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -118,10 +118,10 @@ impl DurableStreams {
         let wake = self.new_wake(tenant, subscription, pending).await?;
         match subscription.snapshot.config.kind {
             Kind::Webhook => {
-                let service = StdArc::clone(self);
+                let service = StdArc::downgrade(self);
                 let tenant = tenant.to_string();
                 let id = subscription.snapshot.id.clone();
-                tokio::spawn(async move { service.deliver(tenant, id, wake).await });
+                tokio::spawn(Self::deliver(service, tenant, id, wake));
             }
             Kind::PullWake => {
                 let Some(wake_stream) = subscription.snapshot.config.wake_stream.clone() else {
@@ -175,96 +175,108 @@ impl DurableStreams {
     }
 
     /// Delivers a webhook wake, retrying with backoff while it is current;
-    /// a `{"done": true}` answer acks its snapshot and releases it.
-    pub(super) async fn deliver(self: StdArc<Self>, tenant: String, id: String, wake: Wake) {
+    /// a `{"done": true}` answer acks its snapshot and releases it. Holds
+    /// the service weakly between attempts: retries to a receiver that
+    /// never answers do not keep a dropped service alive.
+    pub(super) async fn deliver(service: Weak<Self>, tenant: String, id: String, wake: Wake) {
         let mut backoff = Duration::from_secs(1);
         loop {
-            let Some((url, body)) = self.webhook_body(&tenant, &id, &wake).await else {
+            let Some(this) = service.upgrade() else {
                 return;
             };
-            let Ok(key) = self.signing_key().await else {
+            let Some(next) = this.attempt(&tenant, &id, &wake, backoff).await else {
                 return;
             };
-            let timestamp = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|since| since.as_secs())
-                .unwrap_or(0);
-            let signature = key.signature(timestamp, &body);
-            let answer = webhook::post(
-                self.webhook_client(),
-                &url,
-                &signature,
-                &body,
-                DELIVERY_TIMEOUT,
-            )
-            .await;
-            let Ok(mut registry) = self.registry(&tenant).await else {
-                return;
-            };
-            let Some(subscription) = registry
-                .subscriptions
-                .get_mut(&(tenant.clone(), id.clone()))
-            else {
-                return;
-            };
-            if subscription
-                .snapshot
-                .wake
-                .as_ref()
-                .map(|current| &current.wake_id)
-                != Some(&wake.wake_id)
-            {
-                return;
+            drop(this);
+            tokio::time::sleep(until_ms(next)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    }
+
+    /// One delivery of `wake`; the time of the next one (Unix ms) if it
+    /// failed and the wake is still current.
+    async fn attempt(
+        self: &StdArc<Self>,
+        tenant: &str,
+        id: &str,
+        wake: &Wake,
+        backoff: Duration,
+    ) -> Option<u64> {
+        let (url, body) = self.webhook_body(tenant, id, wake).await?;
+        let key = self.signing_key().await.ok()?;
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or(0);
+        let signature = key.signature(timestamp, &body);
+        let answer = webhook::post(
+            self.webhook_client(),
+            &url,
+            &signature,
+            &body,
+            DELIVERY_TIMEOUT,
+        )
+        .await;
+        let mut registry = self.registry(tenant).await.ok()?;
+        let subscription = registry
+            .subscriptions
+            .get_mut(&(tenant.to_string(), id.to_string()))?;
+        if subscription
+            .snapshot
+            .wake
+            .as_ref()
+            .map(|current| &current.wake_id)
+            != Some(&wake.wake_id)
+        {
+            return None;
+        }
+        match answer {
+            Ok(answer) if (200..300).contains(&answer.status) => {
+                subscription.failed = None;
+                let done = serde_json::from_slice::<Value>(&answer.body)
+                    .ok()
+                    .and_then(|value| value.get("done").and_then(Value::as_bool))
+                    .unwrap_or(false);
+                if done {
+                    for (path, tail) in &wake.streams {
+                        if let Some(link) = subscription.snapshot.links.get_mut(path) {
+                            link.acked = link.acked.max(*tail);
+                        }
+                    }
+                    subscription.snapshot.wake = None;
+                    if self.persist(tenant, &subscription.snapshot).await.is_ok() {
+                        let _ = self.wake_if_pending(tenant, subscription).await;
+                    }
+                    return None;
+                }
+                // The worker calls back; the lease bounds how long.
+                let until = now_ms().saturating_add(subscription.snapshot.config.lease_ttl_ms);
+                if let Some(current) = subscription.snapshot.wake.as_mut() {
+                    current.holder = Some("webhook".into());
+                    current.lease_until_ms = Some(until);
+                    current.next_attempt_ms = None;
+                }
+                let _ = self.persist(tenant, &subscription.snapshot).await;
+                drop(registry);
+                let (tenant, id) = (tenant.to_string(), id.to_string());
+                self.expire_lease_at(tenant, id, wake.wake_id.clone(), until);
+                None
             }
-            match answer {
-                Ok(answer) if (200..300).contains(&answer.status) => {
-                    subscription.failed = None;
-                    let done = serde_json::from_slice::<Value>(&answer.body)
-                        .ok()
-                        .and_then(|value| value.get("done").and_then(Value::as_bool))
-                        .unwrap_or(false);
-                    if done {
-                        for (path, tail) in &wake.streams {
-                            if let Some(link) = subscription.snapshot.links.get_mut(path) {
-                                link.acked = link.acked.max(*tail);
-                            }
-                        }
-                        subscription.snapshot.wake = None;
-                        if self.persist(&tenant, &subscription.snapshot).await.is_ok() {
-                            let _ = self.wake_if_pending(&tenant, subscription).await;
-                        }
-                        return;
-                    }
-                    // The worker calls back; the lease bounds how long.
-                    let until = now_ms().saturating_add(subscription.snapshot.config.lease_ttl_ms);
-                    if let Some(current) = subscription.snapshot.wake.as_mut() {
-                        current.holder = Some("webhook".into());
-                        current.lease_until_ms = Some(until);
-                        current.next_attempt_ms = None;
-                    }
-                    let _ = self.persist(&tenant, &subscription.snapshot).await;
-                    drop(registry);
-                    self.expire_lease_at(tenant, id, wake.wake_id, until);
-                    return;
+            failed => {
+                subscription.failed = Some(match failed {
+                    Ok(answer) => format!("the webhook answered {}", answer.status),
+                    Err(reason) => reason,
+                });
+                // The next attempt's time is durable (protocol 7.1), so
+                // a restarted server keeps the schedule.
+                let pause = backoff + backoff.mul_f64(0.2 * jitter_unit());
+                let next =
+                    now_ms().saturating_add(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX));
+                if let Some(current) = subscription.snapshot.wake.as_mut() {
+                    current.next_attempt_ms = Some(next);
                 }
-                failed => {
-                    subscription.failed = Some(match failed {
-                        Ok(answer) => format!("the webhook answered {}", answer.status),
-                        Err(reason) => reason,
-                    });
-                    // The next attempt's time is durable (protocol 7.1), so
-                    // a restarted server keeps the schedule.
-                    let pause = backoff + backoff.mul_f64(0.2 * jitter_unit());
-                    let next = now_ms()
-                        .saturating_add(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX));
-                    if let Some(current) = subscription.snapshot.wake.as_mut() {
-                        current.next_attempt_ms = Some(next);
-                    }
-                    let _ = self.persist(&tenant, &subscription.snapshot).await;
-                    drop(registry);
-                    tokio::time::sleep(until_ms(next)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                }
+                let _ = self.persist(tenant, &subscription.snapshot).await;
+                Some(next)
             }
         }
     }
