@@ -1181,6 +1181,95 @@ async fn large_records_beyond_the_memory_bound_are_read_from_the_log() {
     assert!(read == written, "every byte, in order");
 }
 
+/// Every subscription change appends a whole snapshot: compaction appends
+/// the live ones again and archives the history before them, and a
+/// restart folds the same subscriptions from what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_subscriptions_and_archives_their_history() {
+    let dir = TempDir::new("compaction");
+    let json = ("content-type", "application/json");
+    let claim = r#"{"worker":"w"}"#;
+    let claim_uri = "/v1/stream/__ds/subscriptions/s1/claim";
+    let (acked, generation) = {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        for (path, body) in [("wake/pool", "[]"), ("events/a", "[]")] {
+            let uri = format!("/v1/stream/{path}");
+            assert_eq!(
+                status(&app, "PUT", &uri, &[json], body).await,
+                StatusCode::CREATED
+            );
+        }
+        for (id, pattern) in [("s1", "events/*"), ("s2", "other/*")] {
+            let body = format!(
+                r#"{{"type":"pull-wake","pattern":"{pattern}","wake_stream":"wake/pool","lease_ttl_ms":60000}}"#
+            );
+            let uri = format!("/v1/stream/__ds/subscriptions/{id}");
+            assert_eq!(
+                status(&app, "PUT", &uri, &[json], &body).await,
+                StatusCode::CREATED
+            );
+        }
+        // A wake, a claim and a done ack per round: three snapshots each.
+        let mut last = (String::new(), 0);
+        for round in 0..100 {
+            let body = format!(r#"{{"n":{round}}}"#);
+            let posted = status(&app, "POST", "/v1/stream/events/a", &[json], &body).await;
+            assert!(posted.is_success());
+            let claimed = send(&app, request("POST", claim_uri, &[json], claim)).await;
+            assert_eq!(claimed.status, StatusCode::OK, "{}", claimed.text());
+            let claimed: serde_json::Value = serde_json::from_slice(&claimed.body).unwrap();
+            let tail = claimed["streams"][0]["tail_offset"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let ack = serde_json::json!({
+                "wake_id": claimed["wake_id"], "generation": claimed["generation"],
+                "acks": [{"stream": "events/a", "offset": tail}], "done": true,
+            });
+            let token = format!("Bearer {}", claimed["token"].as_str().unwrap());
+            let uri = "/v1/stream/__ds/subscriptions/s1/ack";
+            let headers = [json, ("authorization", token.as_str())];
+            assert_eq!(
+                status(&app, "POST", uri, &headers, &ack.to_string()).await,
+                StatusCode::OK
+            );
+            last = (tail, claimed["generation"].as_u64().unwrap());
+        }
+        let archived = service.compact_subscriptions().await.unwrap();
+        assert!(archived >= 300, "archived {archived}");
+        assert_eq!(
+            service.compact_subscriptions().await.unwrap(),
+            0,
+            "nothing due"
+        );
+        last
+    };
+
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let got = send(
+        &app,
+        request("GET", "/v1/stream/__ds/subscriptions/s1", &[], ""),
+    )
+    .await;
+    let got: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(got["streams"][0]["acked_offset"], acked.as_str());
+    let other = status(&app, "GET", "/v1/stream/__ds/subscriptions/s2", &[], "").await;
+    assert_eq!(other, StatusCode::OK, "every live subscription was kept");
+    assert_eq!(
+        status(&app, "POST", claim_uri, &[json], claim).await,
+        StatusCode::NO_CONTENT,
+        "nothing pending"
+    );
+    // The generation survived the archive: the next wake is the one after.
+    let posted = status(&app, "POST", "/v1/stream/events/a", &[json], r#"{"n":-1}"#).await;
+    assert!(posted.is_success());
+    let claimed = send(&app, request("POST", claim_uri, &[json], claim)).await;
+    let claimed: serde_json::Value = serde_json::from_slice(&claimed.body).unwrap();
+    assert_eq!(claimed["generation"], generation + 1);
+}
+
 /// Waits (bounded) for the receiver's next call.
 async fn called(calls: &mut tokio::sync::mpsc::UnboundedReceiver<()>) {
     tokio::time::timeout(Duration::from_secs(10), calls.recv())

@@ -375,7 +375,8 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
         let listener =
             tokio::net::TcpListener::bind(SocketAddr::new(serve.bind, serve.port)).await?;
         let address = listener.local_addr()?;
-        // Expired streams nobody touches are deleted by a sweep, and idle
+        // Expired streams nobody touches are deleted by a sweep, subscription
+        // histories are compacted, and idle
         // streams' cached state is let go.
         let forget_idle = Duration::from_secs(serve.forget_idle_secs);
         tokio::spawn(async move {
@@ -384,6 +385,9 @@ fn run(serve: Serve) -> Result<(), Box<dyn std::error::Error>> {
                 every.tick().await;
                 if let Err(error) = sweeper.sweep_expired().await {
                     eprintln!("livereplay: expiry sweep: {error}");
+                }
+                if let Err(error) = sweeper.compact_subscriptions().await {
+                    eprintln!("livereplay: compacting subscriptions: {error}");
                 }
                 sweeper.forget_idle(forget_idle);
             }

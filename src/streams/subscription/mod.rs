@@ -17,6 +17,11 @@
 //!   holder and token until it runs out, a webhook is retried on its
 //!   schedule, pending work with no wake is woken. (On several nodes wakes
 //!   stay per node and are not resumed.)
+//! * **History stays proportional to the subscriptions.** Every change
+//!   appends a whole snapshot, so the last snapshot of each subscription
+//!   says everything: once a tenant's session holds enough superseded
+//!   ones, [`DurableStreams::compact_subscriptions`] appends the live
+//!   snapshots again and archives everything before them.
 //! * **One wake at a time.** A subscription with a wake in flight or a
 //!   lease held gets no new wake; every wake has a fresh `wake_id`, a
 //!   generation above every earlier one, and a random bearer token; an ack,
@@ -58,6 +63,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::cursor::{Cursor, Revision};
+use crate::error::GapReason;
 use crate::key::SessionKey;
 use crate::TryNextError;
 
@@ -77,6 +83,9 @@ const SIGNING_KEY: &str = "__ds/signing-key";
 /// The reserved session naming every tenant that has had a subscription
 /// (empty tenant), one record each: what a restart loads.
 const TENANTS: &str = "__ds/subscription-tenants";
+/// Superseded records in a tenant's subscriptions session that make it due
+/// for compaction.
+const COMPACT_AFTER: u64 = 256;
 /// The longest subscription id accepted.
 const MAX_ID_LEN: usize = 256;
 /// How long one webhook delivery may take.
@@ -92,6 +101,10 @@ pub(crate) struct Subscriptions {
     /// Set by the first `resume_subscriptions`: a second one would deliver
     /// every resumed wake twice.
     resumed: std::sync::atomic::AtomicBool,
+    /// Superseded records in each tenant's subscriptions session: counted
+    /// at load and by every append since (taken after the registry's
+    /// mutex, never before it).
+    superseded: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -251,7 +264,9 @@ impl DurableStreams {
         }
         let key = self.key(tenant, REGISTRY)?;
         let mut folded: BTreeMap<String, Snapshot> = BTreeMap::new();
-        for record in self.reserved_records(&key)? {
+        let records = self.reserved_records(&key)?;
+        let read = records.len() as u64;
+        for record in records {
             if let Ok(snapshot) = serde_json::from_slice::<Snapshot>(&record) {
                 match snapshot.deleted {
                     true => folded.remove(&snapshot.id),
@@ -268,6 +283,13 @@ impl DurableStreams {
                 },
             );
         }
+        let live = registry
+            .subscriptions
+            .keys()
+            .filter(|(owner, _)| owner == tenant)
+            .count() as u64;
+        self.superseded()
+            .insert(tenant.to_string(), read.saturating_sub(live));
         registry.loaded.insert(tenant.to_string());
         Ok(())
     }
@@ -400,16 +422,28 @@ impl DurableStreams {
     }
 
     /// The messages of a reserved session's data records, in order.
+    /// (A prefix that compaction archived is skipped: the records after it
+    /// say everything it said.)
     fn reserved_records(&self, key: &SessionKey) -> Result<Vec<Vec<u8>>, StreamError> {
         let mut records = self
             .store
             .catch_up(&Cursor::new(key.clone(), None, Revision(0), 0))?;
         let mut out = Vec::new();
+        let mut skipped_archive = false;
         loop {
             match records.try_next() {
                 Ok(event) => out.extend(event.payload().messages().iter().cloned()),
                 Err(TryNextError::Empty | TryNextError::Ended | TryNextError::Closed(_)) => {
                     return Ok(out)
+                }
+                Err(TryNextError::Gap(gap))
+                    if gap.reason == GapReason::Trimmed && out.is_empty() && !skipped_archive =>
+                {
+                    skipped_archive = true;
+                    let after = gap.requested.position() + gap.missed.unwrap_or(0);
+                    records =
+                        self.store
+                            .catch_up(&Cursor::new(key.clone(), None, Revision(0), after))?;
                 }
                 Err(TryNextError::Gap(gap)) => {
                     return Err(StreamError::Unavailable(format!(
@@ -418,6 +452,56 @@ impl DurableStreams {
                 }
             }
         }
+    }
+
+    /// Rewrites the subscriptions' sessions of tenants whose history has
+    /// outgrown them: every change appends a whole snapshot, so after
+    /// 256 superseded records the live snapshots are
+    /// appended once more and everything before them is archived in the
+    /// log (restart reads, and the log's size, stay proportional to the
+    /// subscriptions, not to their history). `livereplay serve` calls it
+    /// with its expiry sweep. Returns how many records were archived. On
+    /// several nodes it does nothing: another node's newer snapshot could
+    /// land before this one's rewrite and be shadowed by it.
+    pub async fn compact_subscriptions(&self) -> Result<u64, StreamError> {
+        #[cfg(feature = "redis")]
+        if self.shared.is_some() {
+            return Ok(0);
+        }
+        let registry = self.subscriptions.registry.lock().await;
+        let due: Vec<String> = self
+            .superseded()
+            .iter()
+            .filter(|(_, &appended)| appended >= COMPACT_AFTER)
+            .map(|(tenant, _)| tenant.clone())
+            .collect();
+        let mut archived = 0;
+        for tenant in due {
+            let key = self.key(&tenant, REGISTRY)?;
+            let snapshots: Vec<Vec<u8>> = registry
+                .subscriptions
+                .iter()
+                .filter(|((owner, _), _)| *owner == tenant)
+                .filter_map(|(_, subscription)| serde_json::to_vec(&subscription.snapshot).ok())
+                .collect();
+            // The tail before the rewrite: every record at or below it is
+            // superseded once the rewrite is durable.
+            let superseded = self.store.current_cursor(&key).position();
+            let mut last = None;
+            for snapshot in snapshots {
+                let event = self
+                    .store
+                    .append(&key, Revision(0), StreamRecord::data(snapshot))
+                    .map_err(StreamError::from)?;
+                last = Some(event.position());
+            }
+            if let Some(last) = last {
+                self.wait_durable_for(&key, last).await?;
+            }
+            archived += self.store.archive_before(&key, superseded)?;
+            self.superseded().insert(tenant, 0);
+        }
+        Ok(archived)
     }
 
     /// Appends a subscription's snapshot and waits for it to be durable.
@@ -429,11 +513,22 @@ impl DurableStreams {
             .store
             .append(&key, Revision(0), StreamRecord::data(json))
             .map_err(StreamError::from)?;
+        // Each snapshot supersedes one (the first of a subscription, a
+        // deletion's, supersede none or all: close enough to pace
+        // compaction).
+        *self.superseded().entry(tenant.to_string()).or_insert(0) += 1;
         self.wait_durable_for(&key, event.position()).await?;
         Ok(())
     }
 
-    /// The webhook signing key: the persisted one, or a new one persisted.
+    /// The superseded-record counts (module docs of `compact_subscriptions`).
+    fn superseded(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.subscriptions
+            .superseded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The client webhook deliveries share (built on first use).
     fn webhook_client(&self) -> &WebhookClient {
         self.subscriptions
@@ -441,6 +536,7 @@ impl DurableStreams {
             .get_or_init(|| WebhookClient::new(&self.options.webhooks))
     }
 
+    /// The webhook signing key: the persisted one, or a new one persisted.
     async fn signing_key(&self) -> Result<&WebhookKey, ApiError> {
         self.subscriptions
             .key
