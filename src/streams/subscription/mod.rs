@@ -478,12 +478,17 @@ impl DurableStreams {
         let mut archived = 0;
         for tenant in due {
             let key = self.key(&tenant, REGISTRY)?;
-            let snapshots: Vec<Vec<u8>> = registry
+            // Every live snapshot or none: a compaction that dropped one
+            // would archive the only record of a subscription.
+            let Ok(snapshots) = registry
                 .subscriptions
                 .iter()
                 .filter(|((owner, _), _)| *owner == tenant)
-                .filter_map(|(_, subscription)| serde_json::to_vec(&subscription.snapshot).ok())
-                .collect();
+                .map(|(_, subscription)| serde_json::to_vec(&subscription.snapshot))
+                .collect::<Result<Vec<Vec<u8>>, _>>()
+            else {
+                continue;
+            };
             // The tail before the rewrite: every record at or below it is
             // superseded once the rewrite is durable.
             let superseded = self.store.current_cursor(&key).position();
