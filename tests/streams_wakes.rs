@@ -188,7 +188,7 @@ fn an_ack_extends_a_lease_and_its_end_wakes_pending_work_again() {
     subscribe(
         &served,
         "pull",
-        json!({ "type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wakes", "lease_ttl_ms": 2000 }),
+        json!({ "type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wakes", "lease_ttl_ms": 4000 }),
     );
     append(&served);
     let claim = |worker: &str| {
@@ -208,7 +208,7 @@ fn an_ack_extends_a_lease_and_its_end_wakes_pending_work_again() {
         std::thread::sleep(due.saturating_sub(started.elapsed()));
     };
 
-    at(1000);
+    at(2500);
     let token = format!("Bearer {}", lease["token"].as_str().unwrap());
     let extended = served.send(
         "POST",
@@ -218,11 +218,12 @@ fn an_ack_extends_a_lease_and_its_end_wakes_pending_work_again() {
             .to_string(),
     );
     assert_eq!(extended.status, 200, "{}", extended.text());
-    // Past the first end (2 s), before the extended one (about 3 s).
-    at(2400);
+    // Past the first end (4 s), well before the extended one (about 6.5 s):
+    // slack for a loaded machine on both sides.
+    at(4200);
     assert_eq!(claim("w2").status, 409, "the ack extended the lease");
 
-    at(3800);
+    at(7600);
     let woken = json_of(&served.send("GET", "/v1/stream/wakes?offset=-1", &[], ""));
     let generations: Vec<&Value> = woken
         .as_array()
