@@ -1323,7 +1323,7 @@ async fn retries_to_a_failing_webhook_do_not_keep_a_dropped_service_alive() {
     let log = loop {
         match RedbLog::open(dir.0.join("streams.redb")) {
             Ok(log) => break log,
-            Err(error) if started.elapsed() > Duration::from_millis(600) => {
+            Err(error) if started.elapsed() > Duration::from_millis(900) => {
                 panic!("the dropped service still holds its log: {error}")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
