@@ -67,7 +67,7 @@ pub(crate) struct Batch {
 #[derive(Debug, Clone)]
 pub(crate) struct ReadView {
     pub life: u64,
-    pub config: StreamConfig,
+    pub config: std::sync::Arc<StreamConfig>,
     pub closed_at: Option<u64>,
     /// The position of the record that closed the stream.
     pub closing_record: Option<u64>,
@@ -82,7 +82,7 @@ impl ReadView {
     pub fn of(state: &StreamState, layout: Vec<Segment>) -> Self {
         Self {
             life: state.life,
-            config: state.config.clone(),
+            config: std::sync::Arc::clone(&state.config),
             closed_at: state.closure.as_ref().map(|closure| closure.tail),
             closing_record: state.closure.as_ref().map(|closure| closure.record),
             layout,

@@ -53,8 +53,9 @@ pub struct Closure {
 pub struct StreamState {
     /// The position of the `Created` record that began this life.
     pub life: u64,
-    /// The configuration given at creation.
-    pub config: StreamConfig,
+    /// The configuration given at creation (shared with the read views:
+    /// a read copies the pointer, not the configuration's strings).
+    pub config: std::sync::Arc<StreamConfig>,
     /// Set once closed.
     pub closure: Option<Closure>,
     /// Producers by id.
@@ -78,7 +79,7 @@ impl StreamState {
     pub fn created(life: u64, config: StreamConfig) -> Self {
         Self {
             life,
-            config,
+            config: std::sync::Arc::new(config),
             closure: None,
             producers: HashMap::new(),
             last_stream_seq: None,

@@ -121,7 +121,7 @@ impl DurableStreams {
             let next = self.own_tail_offset(key, existing)?;
             return Ok(Created {
                 fresh: false,
-                config: existing.config.clone(),
+                config: StreamConfig::clone(&existing.config),
                 next,
                 closed,
             });
@@ -448,7 +448,7 @@ impl DurableStreams {
             }
             return Ok(Created {
                 fresh: false,
-                config: existing.config.clone(),
+                config: StreamConfig::clone(&existing.config),
                 next: self.own_tail_offset(key, existing)?,
                 closed,
             });
