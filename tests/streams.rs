@@ -90,6 +90,21 @@ async fn status(
 
 const TEXT: (&str, &str) = ("content-type", "text/plain");
 
+/// From a claim's answer, the `done` ack of its first stream at that
+/// stream's tail: the tail, the ack's body and its `Authorization` value.
+fn done_ack(claimed: &serde_json::Value, stream: &str) -> (String, String, String) {
+    let tail = claimed["streams"][0]["tail_offset"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ack = serde_json::json!({
+        "wake_id": claimed["wake_id"], "generation": claimed["generation"],
+        "acks": [{"stream": stream, "offset": tail}], "done": true,
+    });
+    let token = format!("Bearer {}", claimed["token"].as_str().unwrap());
+    (tail, ack.to_string(), token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_process_append_wakes_an_http_long_poll() {
     let dir = TempDir::new("inproc");
@@ -660,22 +675,14 @@ async fn subscriptions_their_cursors_and_the_signing_key_survive_a_restart() {
         .await;
         assert_eq!(claim.status, StatusCode::OK);
         let claimed: serde_json::Value = serde_json::from_slice(&claim.body).unwrap();
-        let tail = claimed["streams"][0]["tail_offset"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let ack = serde_json::json!({
-            "wake_id": claimed["wake_id"], "generation": claimed["generation"],
-            "acks": [{"stream": "events/a", "offset": tail}], "done": true,
-        });
-        let token = format!("Bearer {}", claimed["token"].as_str().unwrap());
+        let (tail, ack, token) = done_ack(&claimed, "events/a");
         let acked = send(
             &app,
             request(
                 "POST",
                 "/v1/stream/__ds/subscriptions/s1/ack",
                 &[json, ("authorization", &token)],
-                &ack.to_string(),
+                &ack,
             ),
         )
         .await;
@@ -687,7 +694,7 @@ async fn subscriptions_their_cursors_and_the_signing_key_survive_a_restart() {
                 "POST",
                 "/v1/stream/__ds/subscriptions/s1/ack",
                 &[json, ("authorization", &token)],
-                &ack.to_string(),
+                &ack,
             ),
         )
         .await;
@@ -1219,19 +1226,11 @@ async fn compaction_keeps_the_subscriptions_and_archives_their_history() {
             let claimed = send(&app, request("POST", claim_uri, &[json], claim)).await;
             assert_eq!(claimed.status, StatusCode::OK, "{}", claimed.text());
             let claimed: serde_json::Value = serde_json::from_slice(&claimed.body).unwrap();
-            let tail = claimed["streams"][0]["tail_offset"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let ack = serde_json::json!({
-                "wake_id": claimed["wake_id"], "generation": claimed["generation"],
-                "acks": [{"stream": "events/a", "offset": tail}], "done": true,
-            });
-            let token = format!("Bearer {}", claimed["token"].as_str().unwrap());
+            let (tail, ack, token) = done_ack(&claimed, "events/a");
             let uri = "/v1/stream/__ds/subscriptions/s1/ack";
             let headers = [json, ("authorization", token.as_str())];
             assert_eq!(
-                status(&app, "POST", uri, &headers, &ack.to_string()).await,
+                status(&app, "POST", uri, &headers, &ack).await,
                 StatusCode::OK
             );
             last = (tail, claimed["generation"].as_u64().unwrap());

@@ -53,6 +53,20 @@ fn subscribe(served: &Served, id: &str, body: Value) {
     assert_eq!(created.status, 201, "{}", created.text());
 }
 
+/// A server with streams `jobs/a` and `wakes`, and subscription `pull`:
+/// pull-wake on `jobs/*` into `wakes`, leases of `lease_ms`.
+fn pull_wake_server(dir: &TempDir, lease_ms: u64) -> Served {
+    let served = start(dir);
+    create(&served, "jobs/a");
+    create(&served, "wakes");
+    subscribe(
+        &served,
+        "pull",
+        json!({ "type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wakes", "lease_ttl_ms": lease_ms }),
+    );
+    served
+}
+
 fn json_of(reply: &Reply) -> Value {
     serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
 }
@@ -133,14 +147,7 @@ fn a_webhook_wake_in_flight_is_delivered_after_a_crash() {
 #[test]
 fn a_pull_wake_lease_and_its_token_survive_a_crash() {
     let dir = TempDir::new("wake-lease");
-    let mut served = start(&dir);
-    create(&served, "jobs/a");
-    create(&served, "wakes");
-    subscribe(
-        &served,
-        "pull",
-        json!({ "type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wakes", "lease_ttl_ms": 600000 }),
-    );
+    let mut served = pull_wake_server(&dir, 600_000);
     let tail = append(&served);
     let claim = |served: &Served, worker: &str| {
         served.send(
@@ -182,14 +189,7 @@ fn a_pull_wake_lease_and_its_token_survive_a_crash() {
 #[test]
 fn an_ack_extends_a_lease_and_its_end_wakes_pending_work_again() {
     let dir = TempDir::new("wake-expiry");
-    let served = start(&dir);
-    create(&served, "jobs/a");
-    create(&served, "wakes");
-    subscribe(
-        &served,
-        "pull",
-        json!({ "type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wakes", "lease_ttl_ms": 4000 }),
-    );
+    let served = pull_wake_server(&dir, 4000);
     append(&served);
     let claim = |worker: &str| {
         served.send(
