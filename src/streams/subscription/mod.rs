@@ -347,8 +347,9 @@ impl DurableStreams {
     /// subscriptions there are.
     ///
     /// `livereplay serve` calls it at start; a host mounting
-    /// [`router`](Self::router) should too. Only the first call does
-    /// anything (later ones return 0), and on several nodes it does
+    /// [`router`](Self::router) should too. Only the first call that
+    /// reads the subscriptions does anything (later ones return 0; one
+    /// whose read failed may be retried), and on several nodes it does
     /// nothing: wakes are per node there.
     pub async fn resume_subscriptions(self: &StdArc<Self>) -> Result<usize, StreamError> {
         #[cfg(feature = "redis")]
@@ -364,10 +365,16 @@ impl DurableStreams {
         {
             return Ok(0);
         }
-        let mut registry = self
-            .registry_of_all()
-            .await
-            .map_err(|error| StreamError::Unavailable(error.to_string()))?;
+        let mut registry = match self.registry_of_all().await {
+            Ok(registry) => registry,
+            Err(error) => {
+                // Nothing was resumed: a later call may try again.
+                self.subscriptions
+                    .resumed
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                return Err(StreamError::Unavailable(error.to_string()));
+            }
+        };
         let ids: Vec<(String, String)> = registry.subscriptions.keys().cloned().collect();
         for (tenant, id) in &ids {
             let Some(subscription) = registry
