@@ -164,6 +164,7 @@ macro_rules! durable_conformance {
             tenants_are_isolated,
             links_round_trip,
             large_payload_round_trips,
+            large_payloads_of_every_size_round_trip_and_archive,
             closure_is_stored_at_the_tail_and_cleared_by_a_new_life,
         );
     };
@@ -1092,6 +1093,51 @@ pub fn large_payload_round_trips(log: &dyn DurableLog) {
     assert_eq!(load_all(log, &k), records);
     assert_eq!(load(log, &k, 1, 1), [records[1].clone()]);
     assert_eq!(load(log, &k, 2, 1), [records[2].clone()]);
+}
+
+/// Payloads of sizes around where a backend may split one (redb keeps
+/// those over 258 048 bytes in chunks of that size) read back exactly, one
+/// to a call and several in one, with links, beside a session whose id
+/// extends this one's; archiving some leaves the rest whole.
+pub fn large_payloads_of_every_size_round_trip_and_archive(log: &dyn DurableLog) {
+    const CHUNK: usize = 258_048;
+    let (k, neighbour) = (key("t", "s"), key("t", "s2"));
+    let sizes = [
+        CHUNK - 1,
+        CHUNK,
+        CHUNK + 1,
+        2 * CHUNK,
+        2 * CHUNK + 7,
+        1024 * 1024,
+        3 * 1024 * 1024 + 5,
+    ];
+    let payload = |position: u64, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u64).wrapping_mul(position * 2 + 1) as u8)
+            .collect()
+    };
+    let records: Vec<LogRecord> = sizes
+        .iter()
+        .zip(1u64..)
+        .map(|(&len, position)| {
+            let links = Links {
+                kind: Some(format!("size-{len}").into()),
+                ..Links::default()
+            };
+            with_links(position, links, payload(position, len))
+        })
+        .collect();
+    append_ok(log, &k, Some(life(1, 1)), &records[..1]);
+    append_ok(log, &k, None, &records[1..3]);
+    append_ok(log, &k, None, &records[3..]);
+    let beside = [with_links(1, Links::default(), payload(9, CHUNK + 3))];
+    append_ok(log, &neighbour, Some(life(1, 1)), &beside);
+    assert_eq!(load_all(log, &k), records);
+    assert_eq!(load(log, &k, 3, 2), records[3..5].to_vec());
+    assert_eq!(log.archive_before(&k, 4).expect("archive"), 4);
+    assert_eq!(load_all(log, &k), records[4..].to_vec());
+    assert_eq!(load_all(log, &neighbour), beside);
+    assert_eq!(meta_of(log, &k).event_count, 3);
 }
 
 // ---- closure ------------------------------------------------------------

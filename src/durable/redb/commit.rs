@@ -22,11 +22,12 @@ use std::collections::HashMap;
 use ::redb::{Database, ReadableTable, WriteTransaction};
 
 use super::encode::{
-    decode_header, decode_record, encode_meta, encode_record, last_position, read_meta, BodyV1,
+    decode_header, decode_record, encode_large_header, encode_meta, encode_record, is_large,
+    last_position, read_meta, BodyV1, CHUNK_BYTES,
 };
 use super::index::IndexTxn;
 use super::journal::{self, EntryBuf, EntryV1, Journal};
-use super::{backend, RedbLog, INDEX, LISTING, META, NEXT_SEQ_KEY, RECORDS, STATE};
+use super::{backend, RedbLog, CHUNKS, INDEX, LISTING, META, NEXT_SEQ_KEY, RECORDS, STATE};
 use crate::durable::memory::{apply_to_meta, empty_meta, validate_write};
 use crate::durable::{LogError, SessionMeta, SessionWrite};
 use crate::key::SessionKey;
@@ -250,6 +251,7 @@ fn stage_archive(
         // loads skip its archived part.
         let mut gone = Vec::new();
         let mut events = 0u64;
+        let mut chunked = false;
         for entry in records
             .range((tenant, session, 0)..=(tenant, session, watermark))
             .map_err(backend)?
@@ -259,14 +261,24 @@ fn stage_archive(
             let (header, _) = decode_header(key, position, v.value())?;
             if last_position(key, position, &header)? <= watermark {
                 gone.push(position);
-                if matches!(header.body, BodyV1::Event { .. }) {
-                    events += 1;
-                }
+                events += u64::from(header.body.is_event());
+                chunked |= matches!(header.body, BodyV1::LargeEvent { .. });
             }
         }
         for position in gone {
             records
                 .remove((tenant, session, position))
+                .map_err(backend)?;
+        }
+        // Only events own chunks, and every event at or below the
+        // watermark is gone.
+        if chunked {
+            txn.open_table(CHUNKS)
+                .map_err(backend)?
+                .retain_in(
+                    (tenant, session, 0, 0)..=(tenant, session, watermark, u32::MAX),
+                    |_, _| false,
+                )
                 .map_err(backend)?;
         }
         meta.event_count = meta.event_count.checked_sub(events).ok_or_else(|| {
@@ -365,6 +377,8 @@ fn stage_append(
         }
 
         let mut records = txn.open_table(RECORDS).map_err(backend)?;
+        // Opened only for a large event: most calls have none.
+        let mut chunks = None;
         let mut buf = Vec::new();
         for write in writes {
             let (tenant, session) = (write.key.tenant(), write.key.session());
@@ -372,12 +386,40 @@ fn stage_append(
                 entry.session(write.key, write.new_life, write.closure);
             }
             for record in write.records {
-                encode_record(record, &mut buf)?;
+                let position = record.position;
+                let Some(event) = is_large(record) else {
+                    encode_record(record, &mut buf)?;
+                    records
+                        .insert((tenant, session, position), buf.as_slice())
+                        .map_err(backend)?;
+                    if let Some(entry) = entry.as_deref_mut() {
+                        entry.record(position, &buf)?;
+                    }
+                    continue;
+                };
+                encode_large_header(record, event, &mut buf)?;
                 records
-                    .insert((tenant, session, record.position), buf.as_slice())
+                    .insert((tenant, session, position), buf.as_slice())
                     .map_err(backend)?;
+                let chunks = match &mut chunks {
+                    Some(chunks) => chunks,
+                    None => chunks.insert(txn.open_table(CHUNKS).map_err(backend)?),
+                };
+                for (n, chunk) in event.payload.chunks(CHUNK_BYTES).enumerate() {
+                    let n = u32::try_from(n).map_err(|_| LogError::InvalidRecord {
+                        key: write.key.clone(),
+                        position,
+                        what: "a payload too large for the log",
+                    })?;
+                    chunks
+                        .insert((tenant, session, position, n), chunk)
+                        .map_err(backend)?;
+                }
+                // A frame holds the record whole; replaying it chunks it
+                // again through this very function.
                 if let Some(entry) = entry.as_deref_mut() {
-                    entry.record(record.position, &buf)?;
+                    encode_record(record, &mut buf)?;
+                    entry.record(position, &buf)?;
                 }
             }
         }

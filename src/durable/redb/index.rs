@@ -10,7 +10,7 @@
 
 use ::redb::{ReadableDatabase, ReadableTable};
 
-use super::encode::{decode_header, BodyV1};
+use super::encode::decode_header;
 use super::journal::{self, EntryV1};
 use super::{backend, RedbLog, INDEX, RECORDS};
 use crate::durable::{IndexEntries, IndexRead, IndexStore, IndexWrite, LogError};
@@ -81,7 +81,7 @@ pub(super) fn record_is_event(
         return Ok(false);
     };
     let (header, _) = decode_header(key, position, bytes.value())?;
-    Ok(matches!(header.body, BodyV1::Event { .. }))
+    Ok(header.body.is_event())
 }
 
 impl IndexRead for IndexTxn<'_, '_> {

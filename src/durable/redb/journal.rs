@@ -22,9 +22,9 @@
 //!
 //! From offset 0: `magic (4) | payload length (u32 LE) | CRC-32C of the
 //! sequence number and payload (u32 LE) | sequence number (u64 LE) |
-//! payload`. A payload is one [`EntryV1`]: an append's writes (each record in
-//! the very bytes the records table stores), an archive, or the causal
-//! index's puts and deletes.
+//! payload`. A payload is one [`EntryV1`]: an append's writes (each record
+//! whole, header and payload, as the records table stores all but a large
+//! event), an archive, or the causal index's puts and deletes.
 //!
 //! # Invariants
 //!

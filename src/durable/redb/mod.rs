@@ -6,11 +6,12 @@
 //! writer process, and inside the process every call goes through one
 //! [`RedbLog`].
 //!
-//! # Table layout (format 1)
+//! # Table layout (format 2)
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `livereplay.records` | `(tenant, session, position)` | a record: postcard header, then the raw payload |
+//! | `livereplay.records` | `(tenant, session, position)` | a record: postcard header, then the raw payload (none for a large event) |
+//! | `livereplay.chunks` | `(tenant, session, position, chunk)` | a large event's payload, in chunks |
 //! | `livereplay.meta` | `(tenant, session)` | postcard [`SessionMeta`] plus the session's creation sequence number |
 //! | `livereplay.listing` | `(tenant, creation seq)` | the session id |
 //! | `livereplay.state` | name | `format` (the layout version), `next_session_seq`, and `journal_through` (module `journal`) |
@@ -27,7 +28,14 @@
 //! A record value is the postcard encoding of its incarnation and body
 //! (event: revision, timestamp, links; hole: count and reason tag) followed,
 //! for an event, by the payload bytes as they are: a payload is not copied
-//! through serde, and a 1 MiB payload costs 1 MiB plus a few header bytes.
+//! through serde. A payload over 252 KiB (`encode::CHUNK_BYTES`) is a
+//! *large event*: its header says so and gives the length, and the bytes
+//! are chunks of 252 KiB in `livereplay.chunks`, written in the same
+//! transaction and removed by the archive that removes the record. redb
+//! keeps a value whole in one page and sizes pages in powers of two, so a
+//! 1 MiB payload kept whole would take (and write, and `fsync`) a 2 MiB
+//! page; in chunks it takes four 256 KiB pages and a small one. Format 1,
+//! the layout before chunks, opens as format 2 (it has no large events).
 //!
 //! # Invariants
 //!
@@ -93,7 +101,7 @@ use ::redb::{
     WriteTransaction,
 };
 
-use self::encode::{decode_header, decode_record, last_position, read_meta};
+use self::encode::{decode_header, decode_stored_record, last_position, read_meta};
 use self::journal::Journal;
 use super::{DurableLog, IndexStore, LogError, LogRecord, SessionMeta, SessionWrite};
 use crate::key::SessionKey;
@@ -108,6 +116,9 @@ mod prefill;
 /// `(tenant, session, position)` → record bytes.
 const RECORDS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("livereplay.records");
+/// `(tenant, session, position, chunk)` → a large event's payload, in
+/// chunks (`encode::CHUNK_BYTES`). Format 2 on.
+const CHUNKS: TableDefinition<encode::ChunkKey, &[u8]> = TableDefinition::new("livereplay.chunks");
 /// `(tenant, session)` → meta bytes.
 const META: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("livereplay.meta");
 /// `(tenant, creation seq)` → session id.
@@ -118,7 +129,10 @@ const INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("livereplay.in
 const STATE: TableDefinition<&str, u64> = TableDefinition::new("livereplay.state");
 
 /// The layout this module writes and reads (see the module docs).
-const FORMAT: u64 = 1;
+const FORMAT: u64 = 2;
+/// The layout before large payloads were chunked: it reads as format 2
+/// (it has no chunked records), and opening it marks it format 2.
+const FORMAT_UNCHUNKED: u64 = 1;
 const FORMAT_KEY: &str = "format";
 const NEXT_SEQ_KEY: &str = "next_session_seq";
 
@@ -446,13 +460,16 @@ impl RedbLog {
         txn.set_durability(Durability::Immediate).map_err(backend)?;
         {
             txn.open_table(RECORDS).map_err(backend)?;
+            txn.open_table(CHUNKS).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
             txn.open_table(LISTING).map_err(backend)?;
             txn.open_table(INDEX).map_err(backend)?;
             let mut state = txn.open_table(STATE).map_err(backend)?;
             let format = state.get(FORMAT_KEY).map_err(backend)?.map(|v| v.value());
             match format {
-                None => {
+                // An older binary refuses the file from here on: it could
+                // not read a chunked record.
+                None | Some(FORMAT_UNCHUNKED) => {
                     state.insert(FORMAT_KEY, FORMAT).map_err(backend)?;
                 }
                 Some(FORMAT) => {}
@@ -493,6 +510,7 @@ impl RedbLog {
     fn initialised(&self) -> Result<bool, LogError> {
         let txn = self.database()?.begin_read().map_err(backend)?;
         let tables_exist = txn.open_table(RECORDS).is_ok()
+            && txn.open_table(CHUNKS).is_ok()
             && txn.open_table(META).is_ok()
             && txn.open_table(LISTING).is_ok()
             && txn.open_table(INDEX).is_ok();
@@ -554,6 +572,7 @@ impl DurableLog for RedbLog {
             return Ok(Vec::new());
         }
         let records = txn.open_table(RECORDS).map_err(backend)?;
+        let chunks = txn.open_table(CHUNKS).map_err(backend)?;
         let (tenant, session) = (key.tenant(), key.session());
         // The record at or before `from` covers it if it is a hole reaching
         // it; otherwise the scan starts at `from` itself.
@@ -577,7 +596,7 @@ impl DurableLog for RedbLog {
             .take(limit)
         {
             let (k, v) = entry.map_err(backend)?;
-            out.push(decode_record(key, k.value().2, v.value())?);
+            out.push(decode_stored_record(key, k.value().2, v.value(), &chunks)?);
         }
         Ok(out)
     }
@@ -642,4 +661,145 @@ fn backend(error: impl Into<::redb::Error>) -> LogError {
 
 fn corrupt(key: &SessionKey, position: u64, what: impl fmt::Display) -> LogError {
     LogError::Corrupt(format!("{key}, record at position {position}: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cursor::Incarnation;
+    use crate::durable::{Life, Links, LogRecord, RecordBody, StoredEvent};
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "livereplay-redb-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        dir.join("log.redb")
+    }
+
+    fn record(position: u64, len: usize) -> LogRecord {
+        LogRecord {
+            position,
+            incarnation: Incarnation::from_raw(1).expect("incarnation 1"),
+            body: RecordBody::Event(StoredEvent {
+                revision: position,
+                timestamp_nanos: position,
+                links: Links::default(),
+                payload: vec![position as u8; len],
+            }),
+        }
+    }
+
+    fn append(log: &RedbLog, key: &SessionKey, records: &[LogRecord], first: bool) {
+        let new_life = first.then(|| Life {
+            incarnation: Incarnation::from_raw(1).expect("incarnation 1"),
+            first_position: 1,
+        });
+        log.append(&[SessionWrite {
+            key,
+            new_life,
+            records,
+            closure: None,
+        }])
+        .expect("append");
+    }
+
+    /// A file of format 1 (no chunks table) opens, reads as it was, takes
+    /// a large payload, and is format 2 afterwards, which an older binary
+    /// refuses instead of misreading.
+    #[test]
+    fn a_format_1_file_is_upgraded_at_open() {
+        let path = temp_path("format1");
+        let key = SessionKey::new("t", "s").expect("a key");
+        let small = record(1, 10);
+        {
+            let log = RedbLog::open(&path).expect("open");
+            append(&log, &key, std::slice::from_ref(&small), true);
+        }
+        {
+            let db = Database::open(&path).expect("raw open");
+            let txn = db.begin_write().expect("write");
+            txn.delete_table(CHUNKS).expect("drop the chunks table");
+            txn.open_table(STATE)
+                .expect("state")
+                .insert(FORMAT_KEY, FORMAT_UNCHUNKED)
+                .expect("format 1");
+            txn.commit().expect("commit");
+        }
+        let log = RedbLog::open(&path).expect("a format 1 file opens");
+        assert_eq!(
+            log.load_after(&key, 0, 10).expect("load"),
+            std::slice::from_ref(&small)
+        );
+        let large = record(2, 3 * encode::CHUNK_BYTES / 2);
+        append(&log, &key, std::slice::from_ref(&large), false);
+        assert_eq!(log.load_after(&key, 0, 10).expect("load"), [small, large]);
+        drop(log);
+        let db = Database::open(&path).expect("raw open");
+        let txn = db.begin_read().expect("read");
+        let format = txn
+            .open_table(STATE)
+            .expect("state")
+            .get(FORMAT_KEY)
+            .expect("get");
+        assert_eq!(format.map(|v| v.value()), Some(FORMAT));
+        drop(txn);
+        drop(db);
+        let _ = std::fs::remove_dir_all(path.parent().expect("its directory"));
+    }
+
+    /// A large event whose chunks are damaged (one missing, one cut short,
+    /// one too many) reads as `Corrupt`, never as a shorter payload or a
+    /// panic.
+    #[test]
+    fn damaged_chunks_read_as_corrupt() {
+        let path = temp_path("chunks");
+        let key = SessionKey::new("t", "s").expect("a key");
+        let log = RedbLog::open(&path).expect("open");
+        append(&log, &key, &[record(1, 2 * encode::CHUNK_BYTES + 9)], true);
+        type Damage = fn(&mut ::redb::Table<'_, encode::ChunkKey, &'static [u8]>);
+        let damages: [(&str, Damage); 3] = [
+            ("missing", |chunks| {
+                chunks.remove(("t", "s", 1, 1)).expect("remove");
+            }),
+            ("short", |chunks| {
+                chunks.insert(("t", "s", 1, 2), &[1u8][..]).expect("insert");
+            }),
+            ("extra", |chunks| {
+                chunks.insert(("t", "s", 1, 3), &[1u8][..]).expect("insert");
+            }),
+        ];
+        for (what, damage) in damages {
+            let db = log.database().expect("the database");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut chunks = txn.open_table(CHUNKS).expect("chunks");
+                damage(&mut chunks);
+            }
+            txn.commit().expect("commit");
+            match log.load_after(&key, 0, 10) {
+                Err(LogError::Corrupt(message)) => assert!(message.contains("chunk"), "{message}"),
+                other => panic!("{what}: expected Corrupt, got {other:?}"),
+            }
+            // Put it right again for the next damage.
+            let txn = db.begin_write().expect("write");
+            {
+                let mut chunks = txn.open_table(CHUNKS).expect("chunks");
+                chunks.retain(|_, _| false).expect("clear");
+                let payload = vec![1u8; 2 * encode::CHUNK_BYTES + 9];
+                for (n, chunk) in payload.chunks(encode::CHUNK_BYTES).enumerate() {
+                    chunks
+                        .insert(("t", "s", 1, n as u32), chunk)
+                        .expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+            assert_eq!(log.load_after(&key, 0, 10).expect("load").len(), 1);
+        }
+        drop(log);
+        let _ = std::fs::remove_dir_all(path.parent().expect("its directory"));
+    }
 }
