@@ -71,8 +71,21 @@ use crate::session::{Identity, Shared};
 use crate::subscription::Subscription;
 use crate::sync::{self, Arc};
 
-/// Records read from the log per step.
+/// The most records read from the log in one step.
 pub const LOG_BATCH: usize = 512;
+
+/// Records a catch-up's first log step reads. Each full step after reads
+/// twice as many, up to [`LOG_BATCH`] and about [`LOG_BATCH_BYTES`]: a
+/// reader that stops after a record or two (a Durable Streams response full
+/// at its byte budget, a new catch-up for each) loads what it delivers, and
+/// one that reads on is at `LOG_BATCH` a step after ten. Reading
+/// `LOG_BATCH` at once made a 100 MiB catch-up of 1 MiB records that the
+/// server had released from memory load up to 100 MiB per 1 MiB response.
+const FIRST_LOG_BATCH: usize = 1;
+
+/// About the most payload bytes one log step reads once the records' size
+/// is known (a step reads at least one record).
+const LOG_BATCH_BYTES: usize = 4 << 20;
 
 /// The longest a waiting catch-up sleeps before it looks again, in case the
 /// ring became able to serve it without a commit to announce it.
@@ -106,6 +119,8 @@ pub struct CatchUp<T> {
     /// The session's closure, once everything through its last position
     /// was delivered: the catch-up ends with it.
     closure: Option<Closure>,
+    /// Records the next log step asks for (see [`FIRST_LOG_BATCH`]).
+    log_batch: usize,
 }
 
 impl<T: Send + Sync + 'static> CatchUp<T> {
@@ -130,6 +145,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
             read_failed: false,
             ended: false,
             closure: None,
+            log_batch: FIRST_LOG_BATCH,
         };
         let verdict = this
             .check(cursor)
@@ -581,10 +597,11 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                 (None, None) => Ok(LogStep::AtTail),
             };
         }
-        let Ok(records) = log.load_after(&self.key, after, LOG_BATCH) else {
+        let Ok(records) = log.load_after(&self.key, after, self.log_batch) else {
             self.read_failed = true;
             return Ok(LogStep::Nothing);
         };
+        self.log_batch = next_log_batch(self.log_batch, &records);
         // The life of the last event delivered or buffered: a record of
         // another life must begin that life exactly (a life boundary), or
         // the reader's history and the log's diverged at a crash.
@@ -661,6 +678,26 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
     fn decode(&self, record: LogRecord) -> Option<Arc<Event<T>>> {
         decode_record(self.persistence.as_deref(), &self.key, record)
     }
+}
+
+/// How many records the log step after one that asked for `asked` and got
+/// `records` asks for: twice as many after a full step, up to
+/// [`LOG_BATCH`] and about [`LOG_BATCH_BYTES`] of payloads the size of
+/// these; the same after a short one (the tail was near).
+fn next_log_batch(asked: usize, records: &[LogRecord]) -> usize {
+    if records.len() < asked {
+        return asked;
+    }
+    let bytes: usize = records
+        .iter()
+        .map(|record| match &record.body {
+            RecordBody::Event(event) => event.payload.len(),
+            RecordBody::Hole { .. } => 0,
+        })
+        .sum();
+    let average = bytes / records.len().max(1);
+    let by_bytes = LOG_BATCH_BYTES / average.max(1);
+    asked.saturating_mul(2).min(LOG_BATCH).min(by_bytes.max(1))
 }
 
 /// The event a log record holds, decoded with the store's codec; `None`
