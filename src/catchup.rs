@@ -78,7 +78,11 @@ pub const LOG_BATCH: usize = 512;
 /// twice as many, up to [`LOG_BATCH`] and about [`LOG_BATCH_BYTES`]: a
 /// reader that stops after a record or two (a Durable Streams response full
 /// at its byte budget, a new catch-up for each) loads what it delivers, and
-/// one that reads on is at `LOG_BATCH` a step after ten. Reading
+/// one that reads on is at `LOG_BATCH` a step after ten. The count grows
+/// by doubling rather than jumping to what the last records' size allows:
+/// those may say nothing of the next (a stream's small `Created` record
+/// before 1 MiB messages), and doubling keeps what a reader loads within
+/// about twice what it delivers, whatever the sizes. Reading
 /// `LOG_BATCH` at once made a 100 MiB catch-up of 1 MiB records that the
 /// server had released from memory load up to 100 MiB per 1 MiB response.
 const FIRST_LOG_BATCH: usize = 1;

@@ -78,6 +78,15 @@ impl DurableLog for CountingLog {
 /// A store over a counting log holding `count` events of `len` bytes that
 /// only the log holds (the ring released them all).
 fn logged_only(count: u64, len: usize) -> (ReplayStore<String>, Arc<CountingLog>, SessionKey) {
+    logged_only_sized(count, |_| len)
+}
+
+/// [`logged_only`] with the payload of position `n` `len_of(n)` bytes long
+/// (at least 8).
+fn logged_only_sized(
+    count: u64,
+    len_of: impl Fn(u64) -> usize,
+) -> (ReplayStore<String>, Arc<CountingLog>, SessionKey) {
     let log = Arc::new(CountingLog::default());
     let store = ReplayStore::builder()
         .config(Config::default().with_capacity(64).with_auto_sweep(false))
@@ -87,7 +96,7 @@ fn logged_only(count: u64, len: usize) -> (ReplayStore<String>, Arc<CountingLog>
         .expect("a store");
     let key = SessionKey::new("tenant", "large").expect("a key");
     for n in 1..=count {
-        let payload = format!("{n:08}") + &"x".repeat(len - 8);
+        let payload = format!("{n:08}") + &"x".repeat(len_of(n) - 8);
         store.append(&key, Revision(n), payload).expect("append");
         if n % 32 == 0 {
             while store.persist_round().is_some() {}
@@ -135,6 +144,42 @@ fn a_long_catch_up_of_small_records_reads_log_batches() {
         calls <= most,
         "{calls} log reads for {count} records (at most {most})"
     );
+}
+
+/// Records of 200 KiB, a response's byte budget of 1 MiB: a catch-up that
+/// stops after five loads at most twice what it delivered.
+#[test]
+fn a_catch_up_that_stops_early_loads_at_most_twice_what_it_delivers() {
+    let (store, log, key) = logged_only(60, 200 << 10);
+    let mut catch_up = store
+        .catch_up(&Cursor::start(key.clone()))
+        .expect("catch up");
+    for n in 1..=5 {
+        assert_eq!(catch_up.try_next().expect("an event").position(), n);
+    }
+    drop(catch_up);
+    let loaded = log.records.load(SeqCst);
+    assert!(
+        loaded <= 10,
+        "{loaded} records of 200 KiB loaded to deliver five"
+    );
+}
+
+/// A small first record (a Durable Streams stream's `Created`) says
+/// nothing of the size of those after it: the step after it still grows
+/// by a factor, not to what the small record's size would allow.
+#[test]
+fn a_small_first_record_does_not_make_the_next_step_load_everything() {
+    let (store, log, key) = logged_only_sized(40, |n| if n == 1 { 32 } else { 1 << 20 });
+    let mut catch_up = store
+        .catch_up(&Cursor::start(key.clone()))
+        .expect("catch up");
+    for n in 1..=2 {
+        assert_eq!(catch_up.try_next().expect("an event").position(), n);
+    }
+    drop(catch_up);
+    let loaded = log.records.load(SeqCst);
+    assert!(loaded <= 3, "{loaded} records loaded to deliver two");
 }
 
 #[test]
