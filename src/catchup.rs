@@ -692,13 +692,7 @@ fn next_log_batch(asked: usize, records: &[LogRecord]) -> usize {
     if records.len() < asked {
         return asked;
     }
-    let bytes: usize = records
-        .iter()
-        .map(|record| match &record.body {
-            RecordBody::Event(event) => event.payload.len(),
-            RecordBody::Hole { .. } => 0,
-        })
-        .sum();
+    let bytes: usize = records.iter().map(LogRecord::payload_len).sum();
     let average = bytes / records.len().max(1);
     let by_bytes = LOG_BATCH_BYTES / average.max(1);
     asked.saturating_mul(2).min(LOG_BATCH).min(by_bytes.max(1))

@@ -184,6 +184,14 @@ impl LogRecord {
         }
     }
 
+    /// Its payload's length in bytes (0 for a hole).
+    pub fn payload_len(&self) -> usize {
+        match &self.body {
+            RecordBody::Event(event) => event.payload.len(),
+            RecordBody::Hole { .. } => 0,
+        }
+    }
+
     /// Whether it covers no position (never true of a valid record).
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -1,7 +1,8 @@
 //! A [`DurableLog`] that can be made to fail or to stall, for testing how
 //! the store behaves when its log misbehaves: a [`MemoryLog`] behind a
 //! switch that only affects `append` (the persister's writes). Reads go
-//! straight through, so readers keep working while writes fail.
+//! straight through, so readers keep working while writes fail; they are
+//! counted, for tests of how much a reader loads.
 //!
 //! A stall is bounded by [`MAX_STALL`]: a test that forgets to release it
 //! (or panics first) cannot hang the persister, nor the store's `Drop`,
@@ -42,6 +43,9 @@ pub struct FlakyLog {
     append_calls: AtomicU64,
     failed_calls: AtomicU64,
     stalled_calls: AtomicU64,
+    load_calls: AtomicU64,
+    loaded_records: AtomicU64,
+    largest_load_bytes: AtomicU64,
 }
 
 impl FlakyLog {
@@ -53,6 +57,9 @@ impl FlakyLog {
             append_calls: AtomicU64::new(0),
             failed_calls: AtomicU64::new(0),
             stalled_calls: AtomicU64::new(0),
+            load_calls: AtomicU64::new(0),
+            loaded_records: AtomicU64::new(0),
+            largest_load_bytes: AtomicU64::new(0),
         }
     }
 
@@ -84,6 +91,21 @@ impl FlakyLog {
     /// `append` calls that entered a stall.
     pub fn stalled_calls(&self) -> u64 {
         self.stalled_calls.load(SeqCst)
+    }
+
+    /// `load_after` calls so far.
+    pub fn load_calls(&self) -> u64 {
+        self.load_calls.load(SeqCst)
+    }
+
+    /// Records `load_after` returned, in all.
+    pub fn loaded_records(&self) -> u64 {
+        self.loaded_records.load(SeqCst)
+    }
+
+    /// The most payload bytes one `load_after` call returned.
+    pub fn largest_load_bytes(&self) -> u64 {
+        self.largest_load_bytes.load(SeqCst)
     }
 }
 
@@ -144,7 +166,12 @@ impl DurableLog for FlakyLog {
         after: u64,
         limit: usize,
     ) -> Result<Vec<LogRecord>, LogError> {
-        self.inner.load_after(key, after, limit)
+        let records = self.inner.load_after(key, after, limit)?;
+        let bytes: usize = records.iter().map(LogRecord::payload_len).sum();
+        self.load_calls.fetch_add(1, SeqCst);
+        self.loaded_records.fetch_add(records.len() as u64, SeqCst);
+        self.largest_load_bytes.fetch_max(bytes as u64, SeqCst);
+        Ok(records)
     }
 
     fn meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError> {
