@@ -10,7 +10,11 @@
 //! the oldest are released from memory (`ReplayStore::release_through`),
 //! and readers reach them in the durable log, as they reach anything older
 //! than the window (module `crate::catchup`: a reader the release
-//! overtakes goes back to the log from where it is).
+//! overtakes goes back to the log from where it is). Each protocol
+//! response starts a catch-up and stops it at its byte budget, so what a
+//! catch-up loads per log step matters here: it grows from one record
+//! (`catchup::FIRST_LOG_BATCH`), else a response of one released 1 MiB
+//! record loaded up to 512 of them.
 //!
 //! # Invariants
 //!

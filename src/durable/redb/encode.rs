@@ -95,9 +95,11 @@ impl BodyV1<'_> {
 /// powers of two, so a 1 MiB payload as one value takes a 2 MiB page
 /// (twice the bytes written and `fsync`ed); a chunk is a 256 KiB page less
 /// room for its key (two ids of at most 512 bytes) and the page's header.
-/// Measured with redb 4.6 (200 durable commits of 1 MiB each): 358 commits
-/// a second and a 520 MiB file as one value, 565 a second and 290 MiB in
-/// these chunks.
+/// Measured once with redb 4.6 alone (a scratch program, not kept; 200
+/// durable commits of 1 MiB each): 358 commits a second and a 520 MiB
+/// file as one value, 565 a second and 290 MiB in these chunks. The test
+/// `a_large_payload_takes_about_its_own_size_in_the_file` keeps the file
+/// size honest.
 pub(super) const CHUNK_BYTES: usize = 256 * 1024 - 4 * 1024;
 
 /// `(tenant, session, position, chunk)`: where a large event's payload is.
