@@ -256,6 +256,7 @@ fn fill(log: &dyn DurableLog, k: &SessionKey, events: u64) {
             new_life,
             records: &records,
             closure: None,
+            turn_owner: None,
         }])
         .expect("fill the log");
         next = last + 1;
@@ -410,6 +411,7 @@ fn delivery(settings: &Settings, server: &PostgresServer, csv: &mut String) {
             new_life,
             records: &records,
             closure: None,
+            turn_owner: None,
         }])
         .expect("append");
         commits.push(nanos_since(sent));

@@ -506,7 +506,7 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                 }
             }
             match self.read_log(after)? {
-                LogStep::Read => continue,
+                LogStep::Read | LogStep::Resident => continue,
                 LogStep::Nothing => {}
                 // With a log, wait for a writer to make the session
                 // resident (its commit wakes us): a reader does not restore
@@ -597,6 +597,24 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                         .and_then(|seen| meta.life_of(seen))
                         .map_or(closure.last, |(_, end)| end.min(closure.last));
                     Err(self.gap_with(Some(Some(&meta)), GapReason::Lost, Some(after - end)))
+                }
+                // A turn whose store is gone left it open: no writer will
+                // come. Restored, the session is closed `Interrupted` here
+                // (persister invariant 11), and the ring ends the reader.
+                (None, None) if persistence.left_open_by_a_gone_store(&meta) => {
+                    let restore = || crate::persist::restore_identity(Some(persistence), &self.key);
+                    Ok(
+                        match self
+                            .sessions
+                            .get_or_create(&self.key, &self.shared, &restore)
+                        {
+                            Ok(_) => LogStep::Resident,
+                            Err(_) => {
+                                self.read_failed = true;
+                                LogStep::Nothing
+                            }
+                        },
+                    )
                 }
                 (None, None) => Ok(LogStep::AtTail),
             };
@@ -734,6 +752,8 @@ enum LogStep {
     Nothing,
     /// Nothing after us exists in any tier, and no session is resident.
     AtTail,
+    /// The session was made resident: the ring serves the rest.
+    Resident,
 }
 
 /// The gap table for `cursor` against a session known in memory; `None`

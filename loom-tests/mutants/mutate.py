@@ -183,6 +183,15 @@ MUTATIONS = {
         ("src/session/mod.rs",
         "            last: this.ring.seal(),\n",
         "            last: sealed,\n")],
+    # A turn's session is queued for the persister before the mark is set
+    # under the `end` lock: a round can take the session, find no mark, and
+    # nothing queues it again (T12).
+    "turn-queued-before-marked": [("src/session/mod.rs",
+        "    pub(crate) fn open_turn(this: &Arc<Self>) {\n        let mut end = this.lock_end();\n",
+        "    pub(crate) fn open_turn(this: &Arc<Self>) {\n        Self::mark_dirty(this);\n        let mut end = this.lock_end();\n"),
+        ("src/session/mod.rs",
+        "        end.turn_opened = true;\n        drop(end);\n        // As in `close`: the `end` lock orders this against the persister,\n        // which clears `dirty` before it takes that lock to look.\n        Self::mark_dirty(this);\n",
+        "        end.turn_opened = true;\n        drop(end);\n")],
     # A reader at a closed ring ends with the closure without waiting for
     # an append claimed before the seal and still being published (5f).
     "closed-reader-skips-in-flight": [("src/session/mod.rs",

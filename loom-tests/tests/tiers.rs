@@ -284,6 +284,38 @@ fn persister_never_misses_an_append() {
     });
 }
 
+/// Model T12: a turn is made from a handle while a persister round runs
+/// on a session that is clean (everything durable). Marking the turn
+/// under the session's `end` lock and queueing the session after it means
+/// either the racing round reads the mark or the session is queued again:
+/// after the last round the log holds the open turn (persister invariant
+/// 11), whatever the interleaving. Fails under `turn-queued-before-marked`
+/// (the session queued before the mark is set: the round takes it, finds
+/// no mark, and nothing queues it again).
+#[test]
+fn a_turn_racing_a_round_reaches_the_log() {
+    check("a_turn_racing_a_round_reaches_the_log", || {
+        let (store, log) = durable_store(8);
+        let store = Arc::new(store);
+        let key = key();
+        let handle = store.session(&key).unwrap();
+        handle.append(Revision(1), 1).unwrap();
+        persist_all(&store);
+        let persister = {
+            let store = Arc::clone(&store);
+            thread::spawn(move || {
+                store.persist_round();
+            })
+        };
+        let turn = handle.into_turn();
+        persister.join().unwrap();
+        persist_all(&store);
+        let meta = log.meta(&key).unwrap().unwrap();
+        assert!(meta.open_turn.is_some(), "the open turn was never written");
+        drop(turn);
+    });
+}
+
 /// Model T3: catch-up from the start races an appender that laps a ring of
 /// one slot and a persister round. Each position is delivered exactly once,
 /// in order, from whichever tier held it; a position neither held (lapped

@@ -812,6 +812,7 @@ mod tests {
             }),
             records,
             closure: None,
+            turn_owner: None,
         };
         let linked = [event(crate::links::Links::new().kind("k"))];
         assert!(matches!(

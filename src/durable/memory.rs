@@ -90,7 +90,7 @@ pub(crate) fn validate_write(
             });
         }
     } else if meta.is_none_or(|m| m.lives.is_empty())
-        && (!write.records.is_empty() || write.closure.is_some())
+        && (!write.records.is_empty() || write.closure.is_some() || write.turn_owner.is_some())
     {
         return Err(LogError::BadLife {
             key: key.clone(),
@@ -152,11 +152,18 @@ pub(crate) fn validate_write(
 pub(crate) fn apply_to_meta(meta: &mut SessionMeta, write: &SessionWrite<'_>) {
     if let Some(life) = write.new_life {
         meta.lives.push(life);
-        // A new life is open whatever ended the one before.
+        // A new life is open whatever ended the one before, and no turn
+        // drives it yet.
         meta.closure = None;
+        meta.open_turn = None;
+    }
+    if write.turn_owner.is_some() {
+        meta.open_turn = write.turn_owner;
     }
     if write.closure.is_some() {
+        // A closed life's turn is over.
         meta.closure = write.closure;
+        meta.open_turn = None;
     }
     for record in write.records {
         meta.durable_tail = record.last_position();
@@ -176,6 +183,7 @@ pub(crate) fn empty_meta() -> SessionMeta {
         lives: Vec::new(),
         event_count: 0,
         closure: None,
+        open_turn: None,
     }
 }
 
@@ -199,7 +207,7 @@ impl DurableLog for MemoryLog {
         for write in writes {
             // Nothing to record for a session the log does not know: not
             // listed, no meta.
-            if write.new_life.is_none() && write.records.is_empty() && write.closure.is_none() {
+            if write.is_empty() {
                 continue;
             }
             if !inner.sessions.contains_key(write.key) {

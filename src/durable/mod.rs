@@ -43,7 +43,10 @@
 //! 5. **Closure.** A [`SessionWrite::closure`] is stored with the records
 //!    of its call, only if it closes at the resulting durable tail, and is
 //!    what [`DurableLog::meta`] reports until a new life starts (which
-//!    clears it).
+//!    clears it). A [`SessionWrite::turn_owner`] is what
+//!    [`SessionMeta::open_turn`] reports until a closure or a new life
+//!    clears it (a backend that does not keep it says so and reports
+//!    `None`).
 //! 6. **Read after commit.** A read ([`DurableLog::load_after`],
 //!    [`DurableLog::meta`], the index's reads) that happens after an
 //!    `append` returned — in the same thread, or in one that synchronised
@@ -111,6 +114,13 @@ pub struct SessionMeta {
     /// newest life was closed: its `last` is the durable tail. A new life
     /// clears it.
     pub closure: Option<Closure>,
+    /// The id of the store whose [`Turn`](crate::Turn) drives the newest
+    /// life, while that turn is open: set by a write's
+    /// [`SessionWrite::turn_owner`], cleared by a closure or a new life.
+    /// A store restored from a log that is not shared finds a turn another
+    /// store left open, and closes it `Interrupted` (module `closure`).
+    /// The Postgres log does not keep it (always `None`).
+    pub open_turn: Option<u64>,
 }
 
 impl SessionMeta {
@@ -218,6 +228,21 @@ pub struct SessionWrite<'a> {
     /// be the durable tail after `records` (else the whole call is refused
     /// with [`LogError::NotContiguous`]).
     pub closure: Option<Closure>,
+    /// A [`Turn`](crate::Turn) of the store with this id drives the newest
+    /// life from this write on (see [`SessionMeta::open_turn`]); applied
+    /// after `new_life` and before `closure`, which clears it.
+    pub turn_owner: Option<u64>,
+}
+
+impl SessionWrite<'_> {
+    /// Whether it records nothing (no life, record, closure or turn): a
+    /// log skips it, and a session it names need not be known.
+    pub fn is_empty(&self) -> bool {
+        self.new_life.is_none()
+            && self.records.is_empty()
+            && self.closure.is_none()
+            && self.turn_owner.is_none()
+    }
 }
 
 /// Why a log call failed. The persister retries failed writes by itself;

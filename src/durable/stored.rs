@@ -1,6 +1,7 @@
 //! The stored forms shared by the backends that serialise records (redb,
 //! Redis), so that both spell them one way: an event's causal [`Links`],
-//! and a session's [`Closure`].
+//! and the tail of a session's meta: its [`Closure`], or the store whose
+//! turn drives its newest life.
 //!
 //! A private mirror of the public type: the stored format is written out
 //! here and does not change when `Links` gains a field. Postcard, borrowed
@@ -58,55 +59,77 @@ impl<'a> LinksV1<'a> {
     }
 }
 
-/// A session's closure as the serialising backends store it: appended
-/// after their meta's fields, only when the session is closed, so a meta
-/// written before closures existed reads as open and an open session's
-/// meta is byte-for-byte what it was.
+/// How a session's newest life ends or is driven, as the serialising
+/// backends store it after their meta's fields: nothing while the life is
+/// open with no turn (so a meta written before closures existed reads as
+/// open, and an open session's meta is byte-for-byte what it was), its
+/// closure once closed, or the id of the store whose turn drives it. The
+/// two exclude each other (a closure ends the turn), so one form holds
+/// either: a reason tag of 1 to 4 is a closure at `value` (its last
+/// position), the tag [`OPEN_TURN`] a turn of store `value`. A binary from
+/// before open turns reads that tag as an unknown reason and refuses the
+/// meta as damaged instead of reading the session as open.
 #[derive(Serialize, Deserialize)]
-struct ClosureV1 {
-    reason: u8,
-    last: u64,
+struct TailV1 {
+    tag: u8,
+    value: u64,
 }
 
-/// Appends `closure` (if any) to an encoded meta.
-pub(super) fn append_closure(
+/// The tag of an open turn (no [`CloseReason`] has it).
+const OPEN_TURN: u8 = 0;
+
+/// Appends the meta's tail (its closure, else its open turn) to an encoded
+/// meta.
+pub(super) fn append_tail(
     closure: Option<Closure>,
+    open_turn: Option<u64>,
     meta: Vec<u8>,
 ) -> Result<Vec<u8>, postcard::Error> {
-    match closure {
-        None => Ok(meta),
-        Some(closure) => postcard::to_extend(
-            &ClosureV1 {
-                reason: closure.reason.to_tag(),
-                last: closure.last,
-            },
-            meta,
-        ),
-    }
+    let tail = match (closure, open_turn) {
+        (Some(closure), _) => TailV1 {
+            tag: closure.reason.to_tag(),
+            value: closure.last,
+        },
+        (None, Some(store)) => TailV1 {
+            tag: OPEN_TURN,
+            value: store,
+        },
+        (None, None) => return Ok(meta),
+    };
+    postcard::to_extend(&tail, meta)
 }
 
-/// The closure stored after a meta's fields (`rest`: the bytes after
-/// them), checked against the meta's durable tail; an error says what is
-/// wrong with the bytes.
-pub(super) fn read_closure(rest: &[u8], durable_tail: u64) -> Result<Option<Closure>, String> {
+/// The closure and open turn stored after a meta's fields (`rest`: the
+/// bytes after them), the closure checked against the meta's durable
+/// tail; an error says what is wrong with the bytes.
+pub(super) fn read_tail(
+    rest: &[u8],
+    durable_tail: u64,
+) -> Result<(Option<Closure>, Option<u64>), String> {
     if rest.is_empty() {
-        return Ok(None);
+        return Ok((None, None));
     }
-    let (stored, trailing): (ClosureV1, _) =
+    let (stored, trailing): (TailV1, _) =
         postcard::take_from_bytes(rest).map_err(|e| format!("closure: {e}"))?;
     if !trailing.is_empty() {
         return Err("trailing bytes after the closure".into());
     }
-    let reason = CloseReason::from_tag(stored.reason)
-        .ok_or_else(|| format!("closure: unknown reason {}", stored.reason))?;
-    if stored.last != durable_tail {
+    if stored.tag == OPEN_TURN {
+        return Ok((None, Some(stored.value)));
+    }
+    let reason = CloseReason::from_tag(stored.tag)
+        .ok_or_else(|| format!("closure: unknown reason {}", stored.tag))?;
+    if stored.value != durable_tail {
         return Err(format!(
             "closure at {} but the durable tail is {durable_tail}",
-            stored.last
+            stored.value
         ));
     }
-    Ok(Some(Closure {
-        reason,
-        last: stored.last,
-    }))
+    Ok((
+        Some(Closure {
+            reason,
+            last: stored.value,
+        }),
+        None,
+    ))
 }

@@ -112,8 +112,12 @@ impl<T: Send + Sync + 'static> SessionHandle<T> {
     }
 
     /// This handle as a [`Turn`]: it closes the session when dropped
-    /// (`Interrupted`) unless [`Turn::finish`] closed it first.
+    /// (`Interrupted`) unless [`Turn::finish`] closed it first. With a
+    /// durable log the turn is recorded there too, so that if this store
+    /// goes away first (the process dies), the store restored after it
+    /// closes the session `Interrupted` (see [`Turn`]).
     pub fn into_turn(self) -> Turn<T> {
+        Session::open_turn(&self.session);
         Turn::new(self)
     }
 

@@ -5,9 +5,18 @@
 //! [`SessionHandle`] and closes its session exactly once: with the reason
 //! given to [`Turn::finish`], or, if it is dropped first (a panic
 //! unwinding, a cancelled task, an early `?` return), with
-//! [`CloseReason::Interrupted`]. A process that dies outright closes
-//! nothing; its readers learn the end only from whoever closes the session
-//! later (module `closure`).
+//! [`CloseReason::Interrupted`].
+//!
+//! A process that dies outright runs no drop. With a durable log the turn
+//! covers that too: making a `Turn` records in the log that a turn of this
+//! store drives the session (persister invariant 11), and the closure
+//! clears it. A store restored from a log that is not shared (redb: one
+//! process at a time) that finds a turn another store left open restores
+//! the session closed `Interrupted` at its durable tail and writes that
+//! closure, so a reader resuming after the crash ends with it instead of
+//! waiting. Over a shared log (Redis, Postgres) a turn on another node may
+//! be alive and the log cannot tell: there a dead node's turn ends only
+//! when someone closes the session.
 
 use std::fmt;
 

@@ -69,6 +69,20 @@
 //!     store's byte budget ([`DurableOptions::undurable_budget`]) and read
 //!     from there; each commit gives back what it made durable. Only a log
 //!     that fails or stalls past the budget turns lapped events into holes.
+//! 11. A turn's store is in the log while the turn is open. Once a
+//!     [`Turn`](crate::Turn) drives a session, the persister records this
+//!     store's id as the session's open turn (in the commit that records
+//!     its life, or the next), never after the session's closure, which
+//!     clears it. A store restored from a log that is not shared (one store
+//!     at a time, as redb's file lock makes it) that finds another store's
+//!     turn open knows that store is gone with the turn unfinished: it
+//!     restores the session closed `Interrupted` at the durable tail, writes
+//!     that closure, and counts it (`DurableStats::interrupted_turns`). A
+//!     catch-up that reaches the tail of such a session restores it, so
+//!     its reader ends with the closure instead of waiting for a writer.
+//!     Over a shared log the mark is kept (Postgres does not keep it) but
+//!     not acted on: a turn on another node may be alive, and the log
+//!     cannot tell.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc as StdArc, Mutex, OnceLock};
@@ -108,6 +122,7 @@ pub(crate) struct PersistCounters {
     pub(crate) unencodable_events: AtomicCounter,
     pub(crate) log_failures: AtomicCounter,
     pub(crate) restored_sessions: AtomicCounter,
+    pub(crate) interrupted_turns: AtomicCounter,
     pub(crate) undecodable_events: AtomicCounter,
     pub(crate) fenced_sessions: AtomicCounter,
     pub(crate) log_regressions: AtomicCounter,
@@ -148,6 +163,10 @@ pub(crate) struct Persistence<T> {
     last_refused: Mutex<Option<SessionKey>>,
     /// The budget every ring's kept undurable segments share (invariant 10).
     pub(crate) keep_budget: StdArc<KeepBudget<T>>,
+    /// This store's id in the log's open-turn marks
+    /// ([`SessionMeta::open_turn`](crate::durable::SessionMeta::open_turn)):
+    /// random, so no other store, before or after, has it.
+    pub(crate) store_id: u64,
 }
 
 /// A removed session and the last position it claimed.
@@ -178,6 +197,8 @@ struct Pending<T> {
     /// The session's closure, written with these records: they reach its
     /// last position.
     closure: Option<Closure>,
+    /// The open turn to record: this store's id (invariant 11).
+    turn_owner: Option<u64>,
     /// `new_life` is the one that reopens a removed closed session's key.
     reopen: bool,
     /// The watermark once committed.
@@ -211,6 +232,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             commit_lock: crate::sync::Mutex::new(()),
             last_fenced: Mutex::new(None),
             last_refused: Mutex::new(None),
+            store_id: Incarnation::fresh().get(),
         }
     }
 
@@ -283,6 +305,11 @@ impl<T> Persistence<T> {
     /// life with the first events.
     pub(crate) fn created(&self, session: &Arc<Session<T>>) {
         if !session.life_unrecorded.load(Relaxed) {
+            // Restored closed because its store left its turn open: the
+            // closure is this store's to write (invariant 11).
+            if session.closure_to_write().is_some() {
+                Session::mark_dirty(session);
+            }
             return;
         }
         let restored = session.identity().previous.is_some();
@@ -303,6 +330,7 @@ impl<T> Persistence<T> {
                     new_life: Some(life),
                     records: &[],
                     closure: None,
+                    turn_owner: None,
                 };
                 match self.log.append(&[write]) {
                     Ok(()) => {
@@ -625,7 +653,11 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         session: Arc<Session<T>>,
     ) {
         let pending = self.collect(session, self.options.max_batch_events - *events);
-        if pending.records.is_empty() && pending.new_life.is_none() && pending.closure.is_none() {
+        if pending.records.is_empty()
+            && pending.new_life.is_none()
+            && pending.closure.is_none()
+            && pending.turn_owner.is_none()
+        {
             // Nothing to write (an abandoned life, or a wake-up with no new
             // event): nothing to commit for it.
             let _ = self.settle_removed(&pending.session);
@@ -743,6 +775,10 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         let closure = session
             .closure_to_write()
             .filter(|closure| closure.last == through && !abandoned);
+        // A turn drives the session: recorded in this commit or the next,
+        // never after its closure (`turn_to_write` is false once closed;
+        // in one commit the log applies the turn before the closure).
+        let turn_owner = (!abandoned && session.turn_to_write()).then_some(self.store_id);
         // Removed after its closure reached the log, with no re-creation
         // to reopen the key: a life of no events does (a new life clears
         // the closure). Never in the closure's own commit, which would
@@ -768,6 +804,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             new_life,
             records,
             closure,
+            turn_owner,
             reopen,
             through,
         }
@@ -797,6 +834,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                     }),
                     records: &pending.records,
                     closure: pending.closure,
+                    turn_owner: pending.turn_owner,
                 })
                 .collect();
             let result = self.log.append(&writes);
@@ -867,6 +905,9 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                     pending.session.life_unrecorded.store(false, Relaxed);
                     if pending.closure.is_some() {
                         pending.session.closure_written();
+                    }
+                    if pending.turn_owner.is_some() {
+                        pending.session.turn_written();
                     }
                     if pending.reopen {
                         pending.session.reopened();

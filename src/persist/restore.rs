@@ -1,9 +1,12 @@
 //! Where a session the map does not hold starts: after a removed session
-//! still on its way to the log, after the log's durable tail as a new life,
-//! or new. Called outside the map's lock (it may read the log); the map
+//! still on its way to the log, after the log's durable tail as a new life
+//! (or closed, as the log says it is or as a turn left open by a store
+//! that is gone makes it: persister invariant 11), or new. Called outside the map's lock (it may read the log); the map
 //! decides under its lock whether the answer is still current.
 
+use crate::closure::CloseReason;
 use crate::cursor::{Incarnation, Revision};
+use crate::durable::SessionMeta;
 use crate::error::Refusal;
 use crate::key::SessionKey;
 use crate::session::{Identity, Restored, Session};
@@ -35,6 +38,7 @@ pub(crate) fn continuing_after<T>(removed: Arc<Session<T>>, last: u64) -> Restor
         record_life: true,
         predecessor: Some(removed),
         closed: None,
+        interrupted: false,
     }
 }
 
@@ -48,6 +52,7 @@ pub(crate) fn restore_identity<T>(
             record_life: false,
             predecessor: None,
             closed: None,
+            interrupted: false,
         });
     };
     // A removed incarnation still being written: continue after its last
@@ -67,6 +72,7 @@ pub(crate) fn restore_identity<T>(
             record_life: true,
             predecessor: None,
             closed: None,
+            interrupted: false,
         });
     };
     let mut incarnation = Incarnation::fresh();
@@ -74,10 +80,15 @@ pub(crate) fn restore_identity<T>(
         incarnation = Incarnation::fresh();
     }
     persistence.counters.restored_sessions.add(1);
+    let interrupted = persistence.left_open_by_a_gone_store(&meta);
+    if interrupted {
+        persistence.counters.interrupted_turns.add(1);
+    }
     let closed = meta
         .closure
         .filter(|closure| closure.last == meta.durable_tail)
-        .map(|closure| closure.reason);
+        .map(|closure| closure.reason)
+        .or(interrupted.then_some(CloseReason::Interrupted));
     Ok(Restored {
         identity: Identity {
             incarnation,
@@ -92,5 +103,17 @@ pub(crate) fn restore_identity<T>(
         record_life: closed.is_none(),
         predecessor: None,
         closed,
+        interrupted,
     })
+}
+
+impl<T> Persistence<T> {
+    /// Whether `meta`'s newest life has a turn another store left open on
+    /// a log that is not shared: that store is gone (one store at a time
+    /// has such a log), so the turn was interrupted (invariant 11).
+    pub(crate) fn left_open_by_a_gone_store(&self, meta: &SessionMeta) -> bool {
+        meta.closure.is_none()
+            && !self.log.is_shared()
+            && meta.open_turn.is_some_and(|store| store != self.store_id)
+    }
 }

@@ -233,6 +233,9 @@ pub(crate) struct Restored<T> {
     /// The log holds the session's closure (at `identity.start`): it is
     /// restored closed.
     pub(crate) closed: Option<CloseReason>,
+    /// `closed` is not in the log: a turn its store left open is closed
+    /// here, and the durable tier writes the closure.
+    pub(crate) interrupted: bool,
 }
 
 impl<T> Restored<T> {
@@ -243,6 +246,7 @@ impl<T> Restored<T> {
             record_life: false,
             predecessor: None,
             closed: None,
+            interrupted: false,
         }
     }
 
@@ -312,6 +316,10 @@ pub(crate) struct End {
     /// Removed after it closed, the persister recorded the life that
     /// reopens the key in the log (no re-creation did).
     pub(crate) reopened: bool,
+    /// A [`Turn`](crate::Turn) drives the session (set once).
+    pub(crate) turn_opened: bool,
+    /// The persister recorded the open turn in the log.
+    pub(crate) turn_in_log: bool,
 }
 
 /// What ends a reader: a gap, or the session's closure once everything
@@ -346,6 +354,7 @@ impl<T> Session<T> {
             record_life,
             predecessor,
             closed,
+            interrupted,
         } = restored;
         let session = Self {
             key,
@@ -374,12 +383,13 @@ impl<T> Session<T> {
             end: crate::sync::Mutex::new(End::default()),
         };
         if let Some(reason) = closed {
-            // Restored from a log that holds the closure: sealed before
-            // anyone can claim, at the durable tail it was restored at.
+            // Restored from a log that holds the closure (or a turn whose
+            // store is gone): sealed before anyone can claim, at the
+            // durable tail it was restored at.
             let last = session.ring.seal();
             let mut end = session.end.lock().unwrap_or_else(|e| e.into_inner());
             end.closure = Some(Closure { reason, last });
-            end.closure_in_log = true;
+            end.closure_in_log = !interrupted;
         }
         session
     }
@@ -677,6 +687,36 @@ impl<T> Session<T> {
     pub(crate) fn needs_reopen(&self) -> bool {
         let end = self.lock_end();
         end.removed && end.closure.is_some() && !end.succeeded && !end.reopened
+    }
+
+    /// A [`Turn`](crate::Turn) now drives the session: the durable tier
+    /// records the open turn (persister invariant 11), so that a store
+    /// restored after this one is gone closes it `Interrupted`. Nothing to
+    /// record for a closed or removed session, or a second turn.
+    pub(crate) fn open_turn(this: &Arc<Self>) {
+        let mut end = this.lock_end();
+        if end.turn_opened || end.closure.is_some() || end.removed {
+            return;
+        }
+        end.turn_opened = true;
+        drop(end);
+        // As in `close`: the `end` lock orders this against the persister,
+        // which clears `dirty` before it takes that lock to look.
+        Self::mark_dirty(this);
+    }
+
+    /// Whether the persister must still record the open turn: a turn
+    /// drives the session, not yet in the log, and it is not closed (a
+    /// closure ends the turn, and the mark must never follow it) or
+    /// removed.
+    pub(crate) fn turn_to_write(&self) -> bool {
+        let end = self.lock_end();
+        end.turn_opened && !end.turn_in_log && end.closure.is_none() && !end.removed
+    }
+
+    /// The persister recorded the open turn.
+    pub(crate) fn turn_written(&self) {
+        self.lock_end().turn_in_log = true;
     }
 
     /// A re-creation continues after this removed session: its own new

@@ -43,6 +43,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
                 undecodable_events: c.undecodable_events.get(),
                 log_failures: c.log_failures.get(),
                 restored_sessions: c.restored_sessions.get(),
+                interrupted_turns: c.interrupted_turns.get(),
                 fenced_sessions: c.fenced_sessions.get(),
                 fenced_events: c.fenced_events.get(),
                 log_regressions: c.log_regressions.get(),
@@ -147,6 +148,11 @@ pub struct DurableStats {
     pub log_failures: u64,
     /// Sessions restored from the log (a new life after its durable tail).
     pub restored_sessions: u64,
+    /// Turns a store that is gone left open (its process died, or it was
+    /// dropped with the turn alive), closed
+    /// [`Interrupted`](crate::CloseReason::Interrupted) when this store
+    /// restored their sessions (module `closure`).
+    pub interrupted_turns: u64,
     /// Sessions another writer took over in the log (a newer life there):
     /// their later events stay in this store's rings and are not written.
     pub fenced_sessions: u64,

@@ -166,6 +166,7 @@ macro_rules! durable_conformance {
             large_payload_round_trips,
             large_payloads_of_every_size_round_trip_and_archive,
             closure_is_stored_at_the_tail_and_cleared_by_a_new_life,
+            open_turn_is_stored_and_cleared_by_a_closure_or_a_new_life,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {
@@ -256,6 +257,7 @@ pub fn write<'a>(
         new_life,
         records,
         closure: None,
+        turn_owner: None,
     }
 }
 
@@ -1203,6 +1205,76 @@ pub fn closure_is_stored_at_the_tail_and_cleared_by_a_new_life(log: &dyn Durable
     .expect("a life and its closure");
     assert_eq!(meta_of(log, &other).closure, closed(CloseReason::Error, 0));
     assert_eq!(meta(log, &key("t", "never")), None);
+}
+
+/// A write's `turn_owner` is the meta's `open_turn` until a closure or a
+/// new life clears it; a turn needs a life, as records do. A backend that
+/// does not keep turns (Postgres) reports none, ever.
+pub fn open_turn_is_stored_and_cleared_by_a_closure_or_a_new_life(log: &dyn DurableLog) {
+    let k = key("t", "s");
+    fn turn(store: u64, write: SessionWrite<'_>) -> SessionWrite<'_> {
+        SessionWrite {
+            turn_owner: Some(store),
+            ..write
+        }
+    }
+    // No life: refused like a record would be.
+    assert_refused(
+        log,
+        &[&k],
+        || log.append(&[turn(7, write(&k, None, &[]))]),
+        |e| matches!(e, LogError::BadLife { .. }),
+        "a turn on a session with no life",
+    );
+    // With the life that it drives, in one call.
+    append_ok(log, &k, Some(life(1, 1)), &events(1..=2, 1));
+    log.append(&[turn(7, write(&k, None, &[]))])
+        .expect("a turn alone");
+    let kept = meta_of(log, &k).open_turn;
+    assert!(kept == Some(7) || kept.is_none(), "{kept:?}");
+    let expect = |store: u64| kept.map(|_| store);
+    // Records after it leave it; another turn replaces it.
+    append_ok(log, &k, None, &events(3..=3, 1));
+    assert_eq!(meta_of(log, &k).open_turn, expect(7));
+    log.append(&[turn(u64::MAX, write(&k, None, &[]))])
+        .expect("another store's turn");
+    assert_eq!(meta_of(log, &k).open_turn, expect(u64::MAX));
+    // A closure clears it, also in the turn's own call.
+    log.append(&[SessionWrite {
+        closure: closed(CloseReason::Done, 3),
+        ..write(&k, None, &[])
+    }])
+    .expect("the closure");
+    let m = meta_of(log, &k);
+    assert_eq!(
+        (m.open_turn, m.closure),
+        (None, closed(CloseReason::Done, 3))
+    );
+    append_ok(log, &k, Some(life(2, 4)), &[]);
+    log.append(&[SessionWrite {
+        turn_owner: Some(9),
+        closure: closed(CloseReason::Error, 3),
+        ..write(&k, None, &[])
+    }])
+    .expect("a turn and its closure in one call");
+    assert_eq!(meta_of(log, &k).open_turn, None);
+    // A new life clears it; the new life's own turn sets it again.
+    append_ok(log, &k, Some(life(3, 4)), &events(4..=4, 3));
+    log.append(&[turn(5, write(&k, None, &[]))])
+        .expect("a turn");
+    assert_eq!(meta_of(log, &k).open_turn, expect(5));
+    append_ok(log, &k, Some(life(4, 5)), &[]);
+    assert_eq!(meta_of(log, &k).open_turn, None);
+    log.append(&[SessionWrite {
+        turn_owner: Some(6),
+        ..write(&k, Some(life(5, 5)), &[])
+    }])
+    .expect("a life and its turn");
+    let m = meta_of(log, &k);
+    assert_eq!(
+        (m.open_turn, m.closure, m.durable_tail),
+        (expect(6), None, 4)
+    );
 }
 
 // ---- reopen -------------------------------------------------------------

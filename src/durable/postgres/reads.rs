@@ -87,6 +87,9 @@ pub(super) fn decode_session(row: &Row) -> Result<(i64, SessionKey, SessionMeta)
             lives,
             event_count,
             closure,
+            // Not kept here (a shared log: closing a turn another node left
+            // open would need that node's liveness).
+            open_turn: None,
         },
     ))
 }

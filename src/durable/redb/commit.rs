@@ -169,36 +169,50 @@ impl RedbLog {
     }
 }
 
+/// Applies a journal frame's append (each write with its turn's store),
+/// the records' bytes in `rest`.
+fn replay_append<'a>(
+    txn: &WriteTransaction,
+    writes: impl Iterator<Item = (journal::WriteV1<'a>, Option<u64>)>,
+    mut rest: &[u8],
+) -> Result<(), LogError> {
+    let mut owned = Vec::new();
+    for (write, turn_owner) in writes {
+        let key = SessionKey::new(write.tenant, write.session)
+            .map_err(|e| LogError::Corrupt(format!("journal: a session key: {e}")))?;
+        let mut records = Vec::with_capacity(write.records.len());
+        for &(position, len) in write.records.iter() {
+            records.push(decode_record(
+                &key,
+                position,
+                journal::take(&mut rest, len)?,
+            )?);
+        }
+        owned.push((key, write.life()?, records, write.closure()?, turn_owner));
+    }
+    let writes: Vec<SessionWrite<'_>> = owned
+        .iter()
+        .map(
+            |(key, new_life, records, closure, turn_owner)| SessionWrite {
+                key,
+                new_life: *new_life,
+                records,
+                closure: *closure,
+                turn_owner: *turn_owner,
+            },
+        )
+        .collect();
+    stage_append(txn, &writes, None)
+}
+
 /// Applies one journal frame's call to `txn`, as it first ran.
 fn replay(txn: &WriteTransaction, payload: &[u8]) -> Result<(), LogError> {
     let (entry, mut rest) = journal::decode(payload)?;
     match entry {
         EntryV1::Append(writes) => {
-            let mut owned = Vec::with_capacity(writes.len());
-            for write in &writes {
-                let key = SessionKey::new(write.tenant, write.session)
-                    .map_err(|e| LogError::Corrupt(format!("journal: a session key: {e}")))?;
-                let mut records = Vec::with_capacity(write.records.len());
-                for &(position, len) in write.records.iter() {
-                    records.push(decode_record(
-                        &key,
-                        position,
-                        journal::take(&mut rest, len)?,
-                    )?);
-                }
-                owned.push((key, write.life()?, records, write.closure()?));
-            }
-            let writes: Vec<SessionWrite<'_>> = owned
-                .iter()
-                .map(|(key, new_life, records, closure)| SessionWrite {
-                    key,
-                    new_life: *new_life,
-                    records,
-                    closure: *closure,
-                })
-                .collect();
-            stage_append(txn, &writes, None)
+            replay_append(txn, writes.into_iter().map(|write| (write, None)), rest)
         }
+        EntryV1::AppendWithTurns(writes) => replay_append(txn, writes.into_iter(), rest),
         EntryV1::Archive {
             tenant,
             session,
@@ -325,11 +339,7 @@ fn stage_append(
             validate_write(write.key, meta.as_ref(), write)?;
             // Nothing to record for a session the log does not know
             // (as in `MemoryLog`): not listed, no meta.
-            if meta.is_none()
-                && write.new_life.is_none()
-                && write.records.is_empty()
-                && write.closure.is_none()
-            {
+            if meta.is_none() && write.is_empty() {
                 continue;
             }
             let mut meta = meta.unwrap_or_else(empty_meta);
@@ -383,7 +393,7 @@ fn stage_append(
         for write in writes {
             let (tenant, session) = (write.key.tenant(), write.key.session());
             if let Some(entry) = entry.as_deref_mut() {
-                entry.session(write.key, write.new_life, write.closure);
+                entry.session(write);
             }
             for record in write.records {
                 let position = record.position;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{backend, corrupt};
 use crate::cursor::Incarnation;
-use crate::durable::stored::{append_closure, read_closure, LinksV1};
+use crate::durable::stored::{append_tail, read_tail, LinksV1};
 use crate::durable::{
     HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionMeta, StoredEvent,
 };
@@ -122,7 +122,7 @@ pub(super) fn encode_meta(seq: u64, meta: &SessionMeta) -> Result<Vec<u8>, LogEr
             .collect(),
     };
     postcard::to_stdvec(&stored)
-        .and_then(|bytes| append_closure(meta.closure, bytes))
+        .and_then(|bytes| append_tail(meta.closure, meta.open_turn, bytes))
         .map_err(|e| LogError::Backend(Box::new(e)))
 }
 
@@ -137,7 +137,7 @@ pub(super) fn read_meta(
     let bad = |what: String| LogError::Corrupt(format!("{key}, meta: {what}"));
     let (stored, rest): (MetaV1, _) =
         postcard::take_from_bytes(guard.value()).map_err(|e| bad(e.to_string()))?;
-    let closure = read_closure(rest, stored.durable_tail).map_err(bad)?;
+    let (closure, open_turn) = read_tail(rest, stored.durable_tail).map_err(bad)?;
     let lives = stored
         .lives
         .iter()
@@ -165,6 +165,7 @@ pub(super) fn read_meta(
             lives,
             event_count: stored.event_count,
             closure,
+            open_turn,
         },
     )))
 }

@@ -94,6 +94,10 @@ pub(super) enum EntryV1<'a> {
     /// A causal index write: `(key length, value length or None for a
     /// delete)`, the keys' and values' bytes following in order.
     Index(Vec<(u32, Option<u32>)>),
+    /// An append of which a write records an open turn (format 3): as
+    /// [`EntryV1::Append`], each write followed by its turn's store. An
+    /// append with no turn is still an [`EntryV1::Append`], byte for byte.
+    AppendWithTurns(#[serde(borrow)] Vec<(WriteV1<'a>, Option<u64>)>),
 }
 
 /// One session's part of an append.
@@ -144,26 +148,37 @@ pub(super) struct EntryBuf {
     blobs: Vec<u8>,
 }
 
-/// [`WriteV1`] while its records are gathered.
+/// [`WriteV1`] while its records are gathered, with its turn.
 struct WriteOwned {
     key: SessionKey,
     new_life: Option<(u64, u64)>,
     closure: Option<(u8, u64)>,
+    turn_owner: Option<u64>,
     records: Vec<(u64, u32)>,
+}
+
+impl WriteOwned {
+    fn as_stored(&self) -> WriteV1<'_> {
+        WriteV1 {
+            tenant: self.key.tenant(),
+            session: self.key.session(),
+            new_life: self.new_life,
+            closure: self.closure,
+            records: std::borrow::Cow::Borrowed(&self.records),
+        }
+    }
 }
 
 impl EntryBuf {
     /// Starts the part of `key` (records follow through [`Self::record`]).
-    pub(super) fn session(
-        &mut self,
-        key: &SessionKey,
-        life: Option<Life>,
-        closure: Option<Closure>,
-    ) {
+    pub(super) fn session(&mut self, write: &crate::durable::SessionWrite<'_>) {
         self.writes.push(WriteOwned {
-            key: key.clone(),
-            new_life: life.map(|l| (l.incarnation.get(), l.first_position)),
-            closure: closure.map(|c| (c.reason.to_tag(), c.last)),
+            key: write.key.clone(),
+            new_life: write
+                .new_life
+                .map(|l| (l.incarnation.get(), l.first_position)),
+            closure: write.closure.map(|c| (c.reason.to_tag(), c.last)),
+            turn_owner: write.turn_owner,
             records: Vec::new(),
         });
     }
@@ -185,18 +200,13 @@ impl EntryBuf {
 
     /// The append entry's head (its records' bytes are [`Self::blobs`]).
     pub(super) fn append_head(&self) -> Result<Vec<u8>, LogError> {
-        let writes: Vec<WriteV1<'_>> = self
-            .writes
-            .iter()
-            .map(|w| WriteV1 {
-                tenant: w.key.tenant(),
-                session: w.key.session(),
-                new_life: w.new_life,
-                closure: w.closure,
-                records: std::borrow::Cow::Borrowed(&w.records),
-            })
-            .collect();
-        head(&EntryV1::Append(writes))
+        if self.writes.iter().any(|w| w.turn_owner.is_some()) {
+            let writes = self.writes.iter().map(|w| (w.as_stored(), w.turn_owner));
+            return head(&EntryV1::AppendWithTurns(writes.collect()));
+        }
+        head(&EntryV1::Append(
+            self.writes.iter().map(WriteOwned::as_stored).collect(),
+        ))
     }
 }
 

@@ -6,13 +6,13 @@
 //! writer process, and inside the process every call goes through one
 //! [`RedbLog`].
 //!
-//! # Table layout (format 2)
+//! # Table layout (format 3)
 //!
 //! | table | key | value |
 //! |---|---|---|
 //! | `livereplay.records` | `(tenant, session, position)` | a record: postcard header, then the raw payload (none for a large event) |
 //! | `livereplay.chunks` | `(tenant, session, position, chunk)` | a large event's payload, in chunks |
-//! | `livereplay.meta` | `(tenant, session)` | postcard [`SessionMeta`] plus the session's creation sequence number |
+//! | `livereplay.meta` | `(tenant, session)` | postcard [`SessionMeta`] plus the session's creation sequence number; then its closure or open turn, if any |
 //! | `livereplay.listing` | `(tenant, creation seq)` | the session id |
 //! | `livereplay.state` | name | `format` (the layout version), `next_session_seq`, and `journal_through` (module `journal`) |
 //! | `livereplay.index` | the causal index's tuple-encoded key (`crate::dag`) | its value; written in the transaction that writes the records it indexes |
@@ -34,8 +34,11 @@
 //! transaction and removed by the archive that removes the record. redb
 //! keeps a value whole in one page and sizes pages in powers of two, so a
 //! 1 MiB payload kept whole would take (and write, and `fsync`) a 2 MiB
-//! page; in chunks it takes four 256 KiB pages and a small one. Format 1,
-//! the layout before chunks, opens as format 2 (it has no large events).
+//! page; in chunks it takes four 256 KiB pages and a small one. Format 3
+//! adds a meta's open turn ([`SessionMeta::open_turn`]) and the journal
+//! frames that record one. The layouts before, format 1 (before chunks)
+//! and format 2, open as format 3 (they have neither), and an older binary
+//! then refuses the file by its format instead of misreading it.
 //!
 //! # Invariants
 //!
@@ -129,10 +132,14 @@ const INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("livereplay.in
 const STATE: TableDefinition<&str, u64> = TableDefinition::new("livereplay.state");
 
 /// The layout this module writes and reads (see the module docs).
-const FORMAT: u64 = 2;
-/// The layout before large payloads were chunked: it reads as format 2
-/// (it has no chunked records), and opening it marks it format 2.
+const FORMAT: u64 = 3;
+/// The layout before large payloads were chunked: it reads as format 3
+/// (it has no chunked records and no open turns), and opening it marks it
+/// format 3.
 const FORMAT_UNCHUNKED: u64 = 1;
+/// The layout before metas and journal frames recorded open turns: it
+/// reads as format 3 (it has none), and opening it marks it format 3.
+const FORMAT_NO_TURNS: u64 = 2;
 const FORMAT_KEY: &str = "format";
 const NEXT_SEQ_KEY: &str = "next_session_seq";
 
@@ -468,8 +475,9 @@ impl RedbLog {
             let format = state.get(FORMAT_KEY).map_err(backend)?.map(|v| v.value());
             match format {
                 // An older binary refuses the file from here on: it could
-                // not read a chunked record.
-                None | Some(FORMAT_UNCHUNKED) => {
+                // not read a chunked record, a meta's open turn or a
+                // journal frame that records one.
+                None | Some(FORMAT_UNCHUNKED) | Some(FORMAT_NO_TURNS) => {
                     state.insert(FORMAT_KEY, FORMAT).map_err(backend)?;
                 }
                 Some(FORMAT) => {}
@@ -703,6 +711,7 @@ mod tests {
             new_life,
             records,
             closure: None,
+            turn_owner: None,
         }])
         .expect("append");
     }

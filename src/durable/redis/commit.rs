@@ -164,7 +164,7 @@ impl RedisLog {
             validate_write(write.key, stage.meta.as_ref(), write)?;
             // Nothing to record for a session the log does not know: not
             // listed, no meta (as in the other backends).
-            if write.new_life.is_none() && write.records.is_empty() && write.closure.is_none() {
+            if write.is_empty() {
                 continue;
             }
             apply_to_meta(stage.meta.get_or_insert_with(empty_meta), write);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conn::{bulk, cmd};
 use crate::cursor::Incarnation;
-use crate::durable::stored::{append_closure, read_closure, LinksV1};
+use crate::durable::stored::{append_tail, read_tail, LinksV1};
 use crate::durable::{
     HoleReason, Life, Links, LogError, LogRecord, RecordBody, SessionMeta, StoredEvent,
 };
@@ -61,7 +61,7 @@ pub(super) fn encode_meta(
         holes: holes.to_vec(),
     };
     postcard::to_extend(&stored, vec![FORMAT])
-        .and_then(|bytes| append_closure(meta.closure, bytes))
+        .and_then(|bytes| append_tail(meta.closure, meta.open_turn, bytes))
         .map_err(|e| LogError::Backend(Box::new(e)))
 }
 
@@ -86,7 +86,7 @@ pub(super) fn decode_meta(
     }
     let (stored, trailing): (MetaV1, _) =
         postcard::take_from_bytes(rest).map_err(|e| bad(e.to_string()))?;
-    let closure = read_closure(trailing, stored.durable_tail).map_err(bad)?;
+    let (closure, open_turn) = read_tail(trailing, stored.durable_tail).map_err(bad)?;
     if stored.archived_through > stored.durable_tail {
         return Err(bad(format!(
             "archived through {} beyond the tail {}",
@@ -129,6 +129,7 @@ pub(super) fn decode_meta(
             lives,
             event_count: stored.event_count,
             closure,
+            open_turn,
         },
         stored.holes,
     )))
@@ -382,6 +383,7 @@ mod tests {
             }],
             event_count: 3,
             closure: None,
+            open_turn: None,
         };
         let bytes = encode_meta(5, &meta, &[(3, 4)]).expect("encode");
         let decoded = decode_meta(&key, Value::BulkString(bytes.clone())).expect("decode");
@@ -435,6 +437,30 @@ mod tests {
                 Err(LogError::Corrupt(_))
             ));
         }
+        // An open turn: the open meta's bytes, then the turn's store; a
+        // closure wins over it (they exclude each other in a valid meta).
+        let driven = SessionMeta {
+            open_turn: Some(u64::MAX - 3),
+            ..meta.clone()
+        };
+        let driven_bytes = encode_meta(5, &driven, &[(3, 4)]).expect("encode");
+        assert_eq!(driven_bytes[..bytes.len()], bytes[..]);
+        let decoded = decode_meta(&key, Value::BulkString(driven_bytes.clone())).expect("decode");
+        assert_eq!(decoded, Some((5, driven.clone(), vec![(3, 4)])));
+        for cut in bytes.len() + 1..driven_bytes.len() {
+            let result = decode_meta(&key, Value::BulkString(driven_bytes[..cut].to_vec()));
+            assert!(matches!(result, Err(LogError::Corrupt(_))), "cut at {cut}");
+        }
+        let both = SessionMeta {
+            open_turn: Some(7),
+            ..closed.clone()
+        };
+        let decoded = decode_meta(
+            &key,
+            Value::BulkString(encode_meta(5, &both, &[(3, 4)]).expect("encode")),
+        )
+        .expect("decode");
+        assert_eq!(decoded, Some((5, closed.clone(), vec![(3, 4)])));
         for holes in [[(3, 0)], [(1, 2)], [(8, 3)], [(u64::MAX, 2)]] {
             let bytes = encode_meta(5, &meta, &holes).expect("encode");
             assert!(
