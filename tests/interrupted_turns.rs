@@ -133,24 +133,61 @@ fn finished_turns_and_plain_sessions_are_restored_as_they_were() {
     assert_eq!(interrupted_turns(&store), 0);
 }
 
-/// The store that opened the turn is alive: a session it removed and
-/// restores from the log is its own, not a gone store's, and opens again.
+/// The store that opened the turn is alive: restored from the log after
+/// it removed the session, the key is its own, not a gone store's, and
+/// opens again. Removal reopens the key in the log too (as for a closed
+/// session), so a store after it finds the key open, not interrupted.
 #[test]
-fn the_turns_own_store_never_interrupts_it() {
+fn removal_reopens_a_turns_key() {
     let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::new());
-    let k = key("own");
+    let (own, gone) = (key("own"), key("removed-then-gone"));
     let store = store_on(Arc::clone(&log));
-    let turn = store.session(&k).unwrap().into_turn();
-    turn.append(Revision(1), "a".into()).unwrap();
+    let own_turn = store.session(&own).unwrap().into_turn();
+    let gone_turn = store.session(&gone).unwrap().into_turn();
+    own_turn.append(Revision(1), "a".into()).unwrap();
+    gone_turn.append(Revision(1), "a".into()).unwrap();
     drain(&store);
+    assert!(log.meta(&own).unwrap().unwrap().open_turn.is_some());
+    // Removed and used again at once: the re-creation's life clears it.
+    assert!(store.remove_session(&own));
+    store
+        .append(&own, Revision(2), "b".into())
+        .expect("the key opens again in the store that removed it");
+    // Removed and left: the persister's reopening life clears it.
+    assert!(store.remove_session(&gone));
+    drain(&store);
+    for k in [&own, &gone] {
+        assert_eq!(log.meta(k).unwrap().unwrap().open_turn, None, "{k}");
+    }
+    assert_eq!(interrupted_turns(&store), 0);
+    drop(store);
+    drop((own_turn, gone_turn));
+    let next = store_on(Arc::clone(&log));
+    next.append(&gone, Revision(2), "b".into())
+        .expect("a removed turn's key is open after a restart");
+    assert_eq!(interrupted_turns(&next), 0);
+}
+
+/// A turn made and its session removed before the persister saw the turn
+/// writes no mark; one made on a removed session's handle marks nothing.
+#[test]
+fn a_turn_removed_before_its_mark_leaves_none() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::new());
+    let k = key("quick");
+    let store = store_on(Arc::clone(&log));
+    store.append(&k, Revision(1), "a".into()).unwrap();
+    drain(&store);
+    let turn = store.session(&k).unwrap().into_turn();
     assert!(store.remove_session(&k));
     drain(&store);
-    assert!(log.meta(&k).unwrap().unwrap().open_turn.is_some());
-    store
-        .append(&k, Revision(2), "b".into())
-        .expect("the key opens again in the store that removed it");
-    assert_eq!(interrupted_turns(&store), 0);
+    assert_eq!(log.meta(&k).unwrap().unwrap().open_turn, None);
     drop(turn);
+    let handle = store.session(&k).unwrap();
+    assert!(store.remove_session(&k));
+    let late = handle.into_turn();
+    drain(&store);
+    assert_eq!(log.meta(&k).unwrap().unwrap().open_turn, None);
+    drop(late);
 }
 
 /// Over a shared log another node's turn may be alive: the mark is kept

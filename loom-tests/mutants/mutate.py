@@ -190,8 +190,8 @@ MUTATIONS = {
         "    pub(crate) fn open_turn(this: &Arc<Self>) {\n        let mut end = this.lock_end();\n",
         "    pub(crate) fn open_turn(this: &Arc<Self>) {\n        Self::mark_dirty(this);\n        let mut end = this.lock_end();\n"),
         ("src/session/mod.rs",
-        "        end.turn_opened = true;\n        drop(end);\n        // As in `close`: the `end` lock orders this against the persister,\n        // which clears `dirty` before it takes that lock to look.\n        Self::mark_dirty(this);\n",
-        "        end.turn_opened = true;\n        drop(end);\n")],
+        "        end.turn = TurnMark::ToWrite;\n        drop(end);\n        // As in `close`: the `end` lock orders this against the persister,\n        // which clears `dirty` before it takes that lock to look.\n        Self::mark_dirty(this);\n",
+        "        end.turn = TurnMark::ToWrite;\n        drop(end);\n")],
     # A reader at a closed ring ends with the closure without waiting for
     # an append claimed before the seal and still being published (5f).
     "closed-reader-skips-in-flight": [("src/session/mod.rs",

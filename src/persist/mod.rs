@@ -305,9 +305,11 @@ impl<T> Persistence<T> {
     /// life with the first events.
     pub(crate) fn created(&self, session: &Arc<Session<T>>) {
         if !session.life_unrecorded.load(Relaxed) {
-            // Restored closed because its store left its turn open: the
-            // closure is this store's to write (invariant 11).
+            // Restored closed because its store left its turn open (no
+            // other new session has a closure the log lacks): the closure
+            // is this store's to write (invariant 11).
             if session.closure_to_write().is_some() {
+                self.counters.interrupted_turns.add(1);
                 Session::mark_dirty(session);
             }
             return;
@@ -357,27 +359,40 @@ impl<T> Persistence<T> {
     pub(crate) fn removed(&self, session: &Arc<Session<T>>, last: u64) {
         // Closed: its closure must reach the log, and then the removal too
         // (a new life, which reopens the key), so it is queued even if it
-        // has nothing else to write.
-        let closed = session.closure().is_some();
-        let unwritten = session.durable() < last || closed;
+        // has nothing else to write. So with a turn, whose mark the log
+        // may hold (or be about to: a round that read it may be committing)
+        // and the reopening life clears (invariant 11).
+        let reopens = session.closure().is_some() || session.has_turn();
+        let unwritten = session.durable() < last || reopens;
         if unwritten && !session.fenced.load(Relaxed) {
             self.removed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(session.key().clone(), (Arc::clone(session), last));
-            if closed {
+            if reopens {
                 Session::mark_dirty(session);
             }
         }
     }
 
-    /// Whether the log must still be told that `session`, closed, was
-    /// removed (`Session::needs_reopen`). Never over a shared log: a node
-    /// cannot tell whether it still writes the key there, and a life it
-    /// recorded for a key another node writes would fence that writer. There
-    /// a removal reopens the key only through a re-creation's own life.
+    /// Whether the log must still be told that `session`, closed or with
+    /// its open turn in the log, was removed (`Session::needs_reopen`).
+    /// Never over a shared log: a node cannot tell whether it still writes
+    /// the key there, and a life it recorded for a key another node writes
+    /// would fence that writer. There a removal reopens the key only
+    /// through a re-creation's own life.
     fn needs_reopen(&self, session: &Session<T>) -> bool {
         !self.log.is_shared() && session.needs_reopen()
+    }
+
+    /// The last position `session` claimed, if it is the removed session
+    /// registered under its key.
+    fn removed_last(&self, session: &Arc<Session<T>>) -> Option<u64> {
+        let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        match removed.get(session.key()) {
+            Some((held, last)) if Arc::ptr_eq(held, session) => Some(*last),
+            _ => None,
+        }
     }
 
     /// Whether `session` was removed with nothing more of it to write: it
@@ -458,10 +473,11 @@ impl<T> Persistence<T> {
     pub(crate) fn removed_pending(&self, key: &SessionKey) -> Option<RemovedSession<T>> {
         let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         let (session, last) = removed.get(key)?;
-        // Through once its events and its closure, if it has one, are in
-        // the log (a re-creation then reads the log and finds them).
+        // Through once its events and its closure or turn, if it has one,
+        // are in the log (a re-creation then reads the log and finds them).
         if session.durable() >= *last
             && session.closure_to_write().is_none()
+            && !session.turn_to_write()
             && !self.needs_reopen(session)
         {
             removed.remove(key);
@@ -683,9 +699,12 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // own predecessor's, so a chain of removals is written in order.
         // A closed predecessor's closure must be in the log first: written
         // after this life, it would close it.
+        // So must its open turn (invariant 11), which the new life clears.
         let waiting = predecessor.as_ref().is_some_and(|old| {
             !old.fenced.load(Relaxed)
-                && (old.durable() < session.identity().start || old.closure_to_write().is_some())
+                && (old.durable() < session.identity().start
+                    || old.closure_to_write().is_some()
+                    || old.turn_to_write())
         });
         if !waiting {
             *predecessor = None;
@@ -759,9 +778,11 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // it would come after a successor's and fence it).
         let abandoned = records.is_empty() && self.settle_removed(&session);
         if abandoned {
-            // Its closure goes with it: a successor's life reopens the key,
-            // and must not wait for a closure nobody will write.
+            // Its closure and its turn go with it: a successor's life
+            // reopens the key, and must not wait for what nobody will
+            // write.
             session.closure_written();
+            session.turn_settled(false);
         }
         let new_life = (session.life_unrecorded.load(Relaxed) && !abandoned).then(|| Life {
             incarnation,
@@ -787,9 +808,14 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             && new_life.is_none()
             && records.is_empty()
             && self.needs_reopen(&session)
-            && session
-                .closure()
-                .is_some_and(|closure| closure.last == through);
+            && match session.closure() {
+                Some(closure) => closure.last == through,
+                // Removed with its open turn in the log (invariant 11):
+                // once everything it accepted is written.
+                None => self
+                    .removed_last(&session)
+                    .is_some_and(|last| through >= last),
+            };
         let new_life = if reopen {
             Some(Life {
                 incarnation: Incarnation::fresh(),
@@ -907,7 +933,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                         pending.session.closure_written();
                     }
                     if pending.turn_owner.is_some() {
-                        pending.session.turn_written();
+                        pending.session.turn_settled(true);
                     }
                     if pending.reopen {
                         pending.session.reopened();

@@ -1,8 +1,10 @@
 //! Where a session the map does not hold starts: after a removed session
 //! still on its way to the log, after the log's durable tail as a new life
 //! (or closed, as the log says it is or as a turn left open by a store
-//! that is gone makes it: persister invariant 11), or new. Called outside the map's lock (it may read the log); the map
-//! decides under its lock whether the answer is still current.
+//! that is gone makes it: persister invariant 11), or new. Called outside
+//! the map's lock (it may read the log); the map decides under its lock
+//! whether the answer is still current, so an answer may be dropped: what
+//! it counts is counted when the session is made (`Persistence::created`).
 
 use crate::closure::CloseReason;
 use crate::cursor::{Incarnation, Revision};
@@ -81,9 +83,6 @@ pub(crate) fn restore_identity<T>(
     }
     persistence.counters.restored_sessions.add(1);
     let interrupted = persistence.left_open_by_a_gone_store(&meta);
-    if interrupted {
-        persistence.counters.interrupted_turns.add(1);
-    }
     let closed = meta
         .closure
         .filter(|closure| closure.last == meta.durable_tail)

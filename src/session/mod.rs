@@ -316,10 +316,24 @@ pub(crate) struct End {
     /// Removed after it closed, the persister recorded the life that
     /// reopens the key in the log (no re-creation did).
     pub(crate) reopened: bool,
-    /// A [`Turn`](crate::Turn) drives the session (set once).
-    pub(crate) turn_opened: bool,
-    /// The persister recorded the open turn in the log.
-    pub(crate) turn_in_log: bool,
+    /// Whether a [`Turn`](crate::Turn) drives the session, and where its
+    /// mark is (persister invariant 11).
+    pub(crate) turn: TurnMark,
+}
+
+/// A session's open turn, as the durable tier knows it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TurnMark {
+    /// No turn.
+    #[default]
+    None,
+    /// A turn drives the session; the log does not know yet.
+    ToWrite,
+    /// The log holds the mark (until a closure or a new life clears it).
+    InLog,
+    /// Never to be written: the session was removed before it handed out
+    /// a position of its own, and its life is never recorded.
+    Dropped,
 }
 
 /// What ends a reader: a gap, or the session's closure once everything
@@ -680,13 +694,17 @@ impl<T> Session<T> {
         self.lock_end().closure_in_log = true;
     }
 
-    /// Whether the log must still be told this closed session was removed:
-    /// its closure is in the log, which would restore the key closed, and
+    /// Whether the log must still be told this session was removed: its
+    /// closure, or its open turn, is in the log (the one would restore the
+    /// key closed, the other interrupted: persister invariant 11), and
     /// neither a re-creation nor the persister has recorded the life that
     /// reopens it (module `closure`: removal reopens the key).
     pub(crate) fn needs_reopen(&self) -> bool {
         let end = self.lock_end();
-        end.removed && end.closure.is_some() && !end.succeeded && !end.reopened
+        end.removed
+            && (end.closure.is_some() || end.turn == TurnMark::InLog)
+            && !end.succeeded
+            && !end.reopened
     }
 
     /// A [`Turn`](crate::Turn) now drives the session: the durable tier
@@ -695,10 +713,10 @@ impl<T> Session<T> {
     /// record for a closed or removed session, or a second turn.
     pub(crate) fn open_turn(this: &Arc<Self>) {
         let mut end = this.lock_end();
-        if end.turn_opened || end.closure.is_some() || end.removed {
+        if end.turn != TurnMark::None || end.closure.is_some() || end.removed {
             return;
         }
-        end.turn_opened = true;
+        end.turn = TurnMark::ToWrite;
         drop(end);
         // As in `close`: the `end` lock orders this against the persister,
         // which clears `dirty` before it takes that lock to look.
@@ -707,16 +725,31 @@ impl<T> Session<T> {
 
     /// Whether the persister must still record the open turn: a turn
     /// drives the session, not yet in the log, and it is not closed (a
-    /// closure ends the turn, and the mark must never follow it) or
-    /// removed.
+    /// closure ends the turn, and the mark must never follow it). Removed,
+    /// it is written only if a round read it before the removal; a removed
+    /// session with nothing left to write drops it instead (its key is
+    /// open again). A successor's life waits until it is one or the other.
     pub(crate) fn turn_to_write(&self) -> bool {
         let end = self.lock_end();
-        end.turn_opened && !end.turn_in_log && end.closure.is_none() && !end.removed
+        end.turn == TurnMark::ToWrite && end.closure.is_none()
     }
 
-    /// The persister recorded the open turn.
-    pub(crate) fn turn_written(&self) {
-        self.lock_end().turn_in_log = true;
+    /// The persister recorded the open turn (`in_log`), or will never
+    /// record it (its life is never recorded).
+    pub(crate) fn turn_settled(&self, in_log: bool) {
+        let mut end = self.lock_end();
+        if end.turn == TurnMark::ToWrite {
+            end.turn = if in_log {
+                TurnMark::InLog
+            } else {
+                TurnMark::Dropped
+            };
+        }
+    }
+
+    /// Whether a turn ever drove the session.
+    pub(crate) fn has_turn(&self) -> bool {
+        self.lock_end().turn != TurnMark::None
     }
 
     /// A re-creation continues after this removed session: its own new
