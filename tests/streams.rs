@@ -168,6 +168,97 @@ async fn an_in_process_append_wakes_an_http_long_poll() {
     );
 }
 
+/// A runtime's `Turn` on a stream's session that ends without finishing
+/// (dropped: a panic, a cancelled task) or whose process dies (the next
+/// process restores the session closed `Interrupted`) closes the stream
+/// for HTTP readers too: a long-poll at the tail ends with
+/// `Stream-Closed`, a catch-up read says so, and an HTTP append is refused
+/// as an append to a closed stream. The store's closure becomes the
+/// stream's own closing record (module `streams`: closure is the store's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_that_ends_unfinished_closes_its_stream_for_http_readers() {
+    let dir = TempDir::new("turn-closes");
+    let tail_of = |reply: &Reply| reply.next_offset();
+    let long_poll = |app: &Router, tail: String| {
+        let app = app.clone();
+        let uri = format!("/v1/stream/turn?offset={tail}&live=long-poll");
+        tokio::spawn(async move { send(&app, request("GET", &uri, &[], "")).await })
+    };
+    let killed_key;
+    {
+        let service = redb_service(&dir);
+        let app = Arc::clone(&service).router();
+        for path in ["/v1/stream/turn", "/v1/stream/killed"] {
+            let created = send(&app, request("PUT", path, &[TEXT], "a")).await;
+            assert_eq!(created.status, StatusCode::CREATED);
+        }
+        let store = Arc::clone(service.store());
+        let key = service.key("", "turn").unwrap();
+        let turn = store.session(&key).unwrap().into_turn();
+        let appended = turn.append(Revision(0), StreamRecord::data("b")).unwrap();
+        store
+            .wait_durable(&key, appended.position(), REQUEST_TIMEOUT)
+            .unwrap();
+        let read = send(&app, request("GET", "/v1/stream/turn", &[], "")).await;
+        assert_eq!(read.text(), "ab");
+        let waiting = long_poll(&app, tail_of(&read));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(turn);
+        let eof = waiting.await.unwrap();
+        assert_eq!(eof.status, StatusCode::NO_CONTENT);
+        assert_eq!(eof.header("stream-closed"), Some("true"));
+        assert_eq!(eof.next_offset(), tail_of(&read), "closing adds no data");
+        let late = send(&app, request("POST", "/v1/stream/turn", &[TEXT], "!")).await;
+        assert_eq!(late.status, StatusCode::CONFLICT);
+        assert_eq!(late.header("stream-closed"), Some("true"));
+
+        // Closed through the store with no reader about: the next HTTP
+        // append is the one that finds it.
+        send(&app, request("PUT", "/v1/stream/direct", &[TEXT], "a")).await;
+        let direct = service.key("", "direct").unwrap();
+        store
+            .close_session(&direct, CloseReason::Cancelled)
+            .unwrap();
+        let late = send(&app, request("POST", "/v1/stream/direct", &[TEXT], "!")).await;
+        assert_eq!(late.status, StatusCode::CONFLICT);
+        assert_eq!(late.header("stream-closed"), Some("true"));
+        let read = send(&app, request("GET", "/v1/stream/direct", &[], "")).await;
+        assert_eq!(
+            (read.text().as_str(), read.header("stream-closed")),
+            ("a", Some("true"))
+        );
+
+        // The process dies with a turn open: the store goes first, so the
+        // turn's own close is refused and nothing closes it here.
+        killed_key = service.key("", "killed").unwrap();
+        let turn = store.session(&killed_key).unwrap().into_turn();
+        let appended = turn.append(Revision(0), StreamRecord::data("b")).unwrap();
+        store
+            .wait_durable(&killed_key, appended.position(), REQUEST_TIMEOUT)
+            .unwrap();
+        drop((app, service, store));
+        drop(turn);
+    }
+    let service = redb_service(&dir);
+    let app = Arc::clone(&service).router();
+    let read = send(&app, request("GET", "/v1/stream/killed", &[], "")).await;
+    assert_eq!(read.text(), "ab");
+    let tail = tail_of(&read);
+    let uri = format!("/v1/stream/killed?offset={tail}&live=long-poll");
+    let eof = send(&app, request("GET", &uri, &[], "")).await;
+    assert_eq!(eof.status, StatusCode::NO_CONTENT);
+    assert_eq!(eof.header("stream-closed"), Some("true"));
+    let read = send(&app, request("GET", "/v1/stream/killed", &[], "")).await;
+    assert_eq!(
+        (read.text().as_str(), read.header("stream-closed")),
+        ("ab", Some("true"))
+    );
+    assert_eq!(
+        service.store().closure(&killed_key).map(|c| c.reason),
+        Some(CloseReason::Interrupted)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_data_closure_producers_and_offsets() {
     let dir = TempDir::new("restart");

@@ -167,7 +167,8 @@ impl From<crate::Error> for StreamError {
                 StreamError::Unavailable(refusal.to_string())
             }
             // Closed through the store (`ReplayStore::close_session`), not
-            // by the protocol: the stream takes no more appends.
+            // by the protocol: the stream takes no more appends (the write
+            // path then makes the closure the stream's own: module docs).
             Error::Refused(refusal @ Refusal::SessionClosed { .. }) => {
                 StreamError::Conflict(refusal.to_string())
             }

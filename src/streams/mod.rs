@@ -50,7 +50,14 @@
 //!   same reason ([`crate::Closure`]): the in-process writer's appends after
 //!   the end are refused (`Refusal::SessionClosed`), and the store's own
 //!   readers of the session (catch-up, the SSE dialect) end with the
-//!   closure. The record stays the protocol's truth (it is in the same
+//!   closure. The other way too: a closure the store made without the
+//!   protocol (a runtime's [`Turn`](crate::Turn) that ended unfinished,
+//!   [`close_session`](ReplayStore::close_session) called directly, or a
+//!   turn whose process died, closed `Interrupted` when the next process
+//!   restored the session) becomes the stream's closing record, with its
+//!   reason, when a live reader at the tail or an HTTP writer meets it: the
+//!   reader gets `Stream-Closed`, the writer a `409` for a closed stream.
+//!   The record stays the protocol's truth (it is in the same
 //!   commit as the final data); bookkeeping a closed stream still takes (a
 //!   fork attached or ended, a delete) goes into the session's next life
 //!   (`write::reopen_if_sealed`), which is sealed again unless it ended

@@ -370,9 +370,20 @@ impl DurableStreams {
                 let next = poll_fn(|cx| Pin::new(&mut *catch_up).poll_next(cx));
                 match tokio::time::timeout_at(deadline, next).await {
                     Err(_) => return Ok(false),
-                    // An ended catch-up cannot wake us: wait out the
-                    // deadline rather than have the caller spin.
+                    // The store closed the stream's session without the
+                    // protocol (a runtime's turn that ended unfinished, or
+                    // one its process left open, closed at a restore): the
+                    // stream takes that closure as its closing record,
+                    // which the caller reads next (module docs).
                     Ok(None) => {
+                        if let Some(closure) = catch_up.closure() {
+                            if catch_up.cursor().key() == key {
+                                self.close_key(key, closure.reason).await?;
+                                return Ok(true);
+                            }
+                        }
+                        // An ended catch-up cannot wake us: wait out the
+                        // deadline rather than have the caller spin.
                         tokio::time::sleep_until(deadline).await;
                         return Ok(false);
                     }

@@ -227,7 +227,31 @@ impl DurableStreams {
         let before = self.own_tail_offset(key, state)?;
         let wrote_data = !messages_empty;
         let bytes = record_bytes(&record);
-        let position = self.commit(key, &mut guard, record)?;
+        let position = match self.commit(key, &mut guard, record) {
+            Ok(position) => position,
+            // Closed by the store, not the protocol (a runtime's turn that
+            // ended unfinished, or one its process left open, closed at a
+            // restore): the stream takes that closure as its own closing
+            // record, and this append is one to a closed stream.
+            Err(error) => match self.store.closure(key) {
+                Some(closure) if matches!(error, StreamError::Conflict(_)) => {
+                    let position = self.commit(
+                        key,
+                        &mut guard,
+                        StreamRecord::Closed {
+                            reason: closure.reason,
+                            stamp: None,
+                        },
+                    )?;
+                    let state = guard.as_ref().ok_or(StreamError::NotFound)?;
+                    let final_offset = state.offset(state.tail(position));
+                    drop(guard);
+                    self.await_durable(key, position).await?;
+                    return Err(StreamError::Closed { final_offset });
+                }
+                _ => return Err(error),
+            },
+        };
         let state = guard.as_ref().ok_or(StreamError::NotFound)?;
         let next = state.offset(state.tail(position));
         let closed = state.closure.is_some();
@@ -254,7 +278,17 @@ impl DurableStreams {
         path: &str,
         reason: CloseReason,
     ) -> Result<Offset, StreamError> {
-        let key = self.key(tenant, path)?;
+        self.close_key(&self.key(tenant, path)?, reason).await
+    }
+
+    /// [`DurableStreams::close`] by key: also how a stream takes a closure
+    /// the store made without the protocol (module docs).
+    pub(crate) async fn close_key(
+        &self,
+        key: &SessionKey,
+        reason: CloseReason,
+    ) -> Result<Offset, StreamError> {
+        let key = key.clone();
         let entry = self.entry(&key, false)?.ok_or(StreamError::NotFound)?;
         let (mut guard, _hold) = self.lock_for_write(&key, &entry).await?;
         self.expire(&key, &mut guard).await?;
@@ -570,7 +604,10 @@ impl DurableStreams {
         state: &mut Option<StreamState>,
         record: StreamRecord,
     ) -> Result<u64, StreamError> {
-        if record.is_bookkeeping() {
+        // A closing record of a stream the protocol has open goes into a
+        // new life too if the store closed the session on its own (the
+        // stream takes that closure: module docs).
+        if record.is_bookkeeping() || matches!(record, StreamRecord::Closed { .. }) {
             self.reopen_if_sealed(key)?;
         }
         let event = self.store.append(key, Revision(0), record)?;
