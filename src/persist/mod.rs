@@ -793,13 +793,13 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         // closes after everything was durable gets a round of its own.
         // Read after `dirty` was cleared: `Session::close` stores the
         // closure under a lock it takes before it looks at `dirty`.
-        let closure = session
-            .closure_to_write()
-            .filter(|closure| closure.last == through && !abandoned);
-        // A turn drives the session: recorded in this commit or the next,
-        // never after its closure (`turn_to_write` is false once closed;
-        // in one commit the log applies the turn before the closure).
-        let turn_owner = (!abandoned && session.turn_to_write()).then_some(self.store_id);
+        // A turn that drives the session is recorded in this commit or the
+        // next, never after its closure (no turn to write once closed; in
+        // one commit the log applies the turn before the closure). Both
+        // under one take of the session's `end` lock.
+        let (closure, turn) = session.end_to_write();
+        let closure = closure.filter(|closure| closure.last == through && !abandoned);
+        let turn_owner = (turn && !abandoned).then_some(self.store_id);
         // Removed after its closure reached the log, with no re-creation
         // to reopen the key: a life of no events does (a new life clears
         // the closure). Never in the closure's own commit, which would

@@ -734,6 +734,15 @@ impl<T> Session<T> {
         end.turn == TurnMark::ToWrite && end.closure.is_none()
     }
 
+    /// [`Session::closure_to_write`] and [`Session::turn_to_write`], read
+    /// under one take of the lock (the persister's collect).
+    pub(crate) fn end_to_write(&self) -> (Option<Closure>, bool) {
+        let end = self.lock_end();
+        let closure = end.closure.filter(|_| !end.closure_in_log);
+        let turn = end.turn == TurnMark::ToWrite && end.closure.is_none();
+        (closure, turn)
+    }
+
     /// The persister recorded the open turn (`in_log`), or will never
     /// record it (its life is never recorded).
     pub(crate) fn turn_settled(&self, in_log: bool) {
