@@ -4,8 +4,9 @@
 //!
 //! One thread runs 1–3 nodes (`ReplayStore`s built with
 //! `with_persister_thread(false)`, so nothing reaches the log until the
-//! simulator calls `persist_round`) over one shared `MemoryLog` behind a
-//! fault layer (`sim/log.rs`: refused appends, an applied append whose
+//! simulator calls `persist_round`) over one `MemoryLog` behind a
+//! fault layer (shared by several nodes, as Redis or Postgres is; a single
+//! node's is not shared, as a redb file is) (`sim/log.rs`: refused appends, an applied append whose
 //! reply is lost, failing `meta`/`load_after` reads), with one
 //! `ManualClock`. A run is a seed and a number of steps: the seed draws
 //! the run's shape (nodes, 2–4 tenants × 2–4 sessions, ring capacity 4–16,
@@ -14,7 +15,9 @@
 //! of `(seed, steps)` and any sub-list of its operations is a run too.
 //!
 //! Operations: appends by key, batches (also too large ones), appends
-//! through held `SessionHandle`s, `remove_session`, `sweep`,
+//! through held `SessionHandle`s, a held handle made a `Turn` (let go
+//! while its node lives, it closes its session `Interrupted`; a crash or
+//! restart of its node leaves it open in the log), `remove_session`, `sweep`,
 //! `trim_session`, clock jumps (age retention, tombstone TTL), a
 //! `persist_round` on one node, a crash (drop without writing) or a clean
 //! restart (drain, drop) of a node, handing a session's writer over to
@@ -76,6 +79,12 @@
 //!    ends with the closure has delivered exactly through its last
 //!    position (and, in the final catch-up, reached the log's tail); a
 //!    `Reopen` (`reopen_session`) hands back an open session.
+//! 8. **Interrupted turns** (persister invariant 11; single-node runs,
+//!    whose log is not shared). A turn the node's store left open in the
+//!    log when it crashed or restarted closes its session `Interrupted`
+//!    at the next restore: no append is accepted on that key until a
+//!    removal or a reopen opens it (the model reads the open turn from
+//!    the log's meta, and the closure then counts as a close for 7).
 //!
 //! Where the contract leaves room, the simulator does not judge: a
 //! `Reset` or `Unavailable` that ends a reader mid-stream (a removed

@@ -51,9 +51,15 @@ fn injected(what: &str) -> LogError {
 }
 
 impl FaultLog {
-    pub fn new() -> Self {
+    /// Over a log shared by several nodes (Redis, Postgres), or one that a
+    /// single store owns at a time (redb).
+    pub fn new(shared: bool) -> Self {
         Self {
-            inner: Arc::new(MemoryLog::shared()),
+            inner: Arc::new(if shared {
+                MemoryLog::shared()
+            } else {
+                MemoryLog::new()
+            }),
             faults: Mutex::new(Faults {
                 append: AppendMode::Healthy,
                 failing_reads: 0,

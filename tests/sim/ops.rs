@@ -139,6 +139,12 @@ pub enum Op {
     Reopen {
         key: u8,
     },
+    /// The handle in `slot` becomes a `Turn` (`into_turn`): released while
+    /// its node lives, it closes its session `Interrupted`; its node
+    /// crashing or restarting leaves the turn open in the log.
+    OpenTurn {
+        slot: u8,
+    },
     /// The log refuses appends until healed.
     FailAppends,
     /// The log applies the next append and loses its reply.
@@ -189,7 +195,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
     // A run persists often or rarely, so some runs lap their rings.
     let persist_weight = pick(rng, &[2u64, 8, 20]);
     let fault_weight = pick(rng, &[0u64, 1, 3]);
-    let table: [(u64, u8); 25] = [
+    let table: [(u64, u8); 26] = [
         (30, 0), // append
         (6, 1),  // batch
         (3, 2),  // open handle
@@ -215,6 +221,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
         (3, 22),                    // replay
         (1, 23),                    // close
         (1, 24),                    // reopen
+        (2, 25),                    // turn
     ];
     let total: u64 = table.iter().map(|(w, _)| w).sum();
     (0..steps)
@@ -286,6 +293,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
                     reason: 1 + below(rng, 4) as u8,
                 },
                 24 => Op::Reopen { key },
+                25 => Op::OpenTurn { slot: handle },
                 _ => Op::Replay {
                     node,
                     key,

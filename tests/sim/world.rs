@@ -9,7 +9,7 @@ use livereplay::durable::{DurableLog, LogRecord, RecordBody, SessionMeta};
 use livereplay::{
     CatchUp, CloseReason, Closure, Codec, CodecError, Config, Cursor, DurableError, DurableOptions,
     Error, Event, Gap, GapReason, ManualClock, Refusal, ReplayStore, Revision, SessionHandle,
-    SessionKey, TryNextError,
+    SessionKey, TryNextError, Turn,
 };
 
 use super::log::{AppendMode, FaultLog};
@@ -97,7 +97,22 @@ struct Handle {
     node: u8,
     generation: u32,
     key: u8,
-    handle: SessionHandle<Payload>,
+    handle: Held,
+}
+
+/// A held handle, or a turn made of one.
+enum Held {
+    Plain(SessionHandle<Payload>),
+    Turn(Turn<Payload>),
+}
+
+impl Held {
+    fn handle(&self) -> &SessionHandle<Payload> {
+        match self {
+            Held::Plain(handle) => handle,
+            Held::Turn(turn) => turn.handle(),
+        }
+    }
 }
 
 struct Reader {
@@ -133,6 +148,10 @@ pub struct World {
     /// The last close of each key that succeeded: the incarnation it
     /// closed and its closure.
     closed: Vec<Option<(u64, Closure)>>,
+    /// Keys whose turn a crashed or restarted store left open in a log
+    /// that is not shared: closed `Interrupted` from the next restore on,
+    /// until a removal or a reopen opens the key again.
+    interrupted: Vec<bool>,
     /// Generations dropped without a full drain (a crash): their
     /// undurable events may be lost.
     crashed: BTreeSet<u32>,
@@ -162,7 +181,7 @@ impl World {
             .collect();
         let mut world = Self {
             shape: shape.clone(),
-            log: Arc::new(FaultLog::new()),
+            log: Arc::new(FaultLog::new(shape.nodes > 1)),
             clock: Arc::new(ManualClock::new()),
             nodes: Vec::new(),
             keys,
@@ -173,6 +192,7 @@ impl World {
             first_position: BTreeMap::new(),
             cursors: vec![Vec::new(); usize::from(shape.keys())],
             closed: vec![None; usize::from(shape.keys())],
+            interrupted: vec![false; usize::from(shape.keys())],
             crashed: BTreeSet::new(),
             probes: Vec::new(),
             handles: (0..HANDLE_SLOTS).map(|_| None).collect(),
@@ -269,6 +289,15 @@ impl World {
             generation: self.nodes[usize::from(node)].generation,
         });
         self.cursors[usize::from(key)].push(event.cursor());
+        if self.interrupted[usize::from(key)] {
+            return violation(
+                "8. a turn its store left open took an append after a restart",
+                format!(
+                    "{} position {position} of incarnation {incarnation:#x} (node {node})",
+                    self.keys[usize::from(key)]
+                ),
+            );
+        }
         if let Some((closed, closure)) = self.closed[usize::from(key)] {
             if closed == incarnation {
                 return violation(
@@ -313,15 +342,40 @@ impl World {
         }
     }
 
+    /// Lets go of the handle in `slot`. A turn whose store is alive closes
+    /// its session `Interrupted` (as its drop does), recorded as a close.
+    fn release(&mut self, slot: usize) -> Result<(), Violation> {
+        let Some(held) = self.handles[slot].take() else {
+            return Ok(());
+        };
+        let Held::Turn(turn) = held.handle else {
+            return Ok(());
+        };
+        let node = &self.nodes[usize::from(held.node)];
+        if node.generation != held.generation || node.store.is_none() {
+            return Ok(());
+        }
+        let incarnation = turn.incarnation().get();
+        match turn.finish(CloseReason::Interrupted) {
+            Ok(closure) => self.closed_by(held.key, incarnation, CloseReason::Interrupted, closure),
+            Err(Error::Refused(Refusal::SessionRemoved)) => {
+                covered("turn released: removed");
+                Ok(())
+            }
+            Err(error) => self.refused(held.key, "turn finish", &error),
+        }
+    }
+
     /// Drops the handles and readers of `node` (its process is gone, or
-    /// it stopped writing `key`).
-    fn forget_node(&mut self, node: u8, key: Option<u8>) {
-        for slot in &mut self.handles {
-            if slot
+    /// it stopped writing `key`). Its turns close their sessions if its
+    /// store lives; a caller whose store is gone drops that first.
+    fn forget_node(&mut self, node: u8, key: Option<u8>) -> Result<(), Violation> {
+        for slot in 0..self.handles.len() {
+            if self.handles[slot]
                 .as_ref()
                 .is_some_and(|h| h.node == node && key.is_none_or(|k| k == h.key))
             {
-                *slot = None;
+                self.release(slot)?;
             }
         }
         if key.is_none() {
@@ -331,6 +385,7 @@ impl World {
                 }
             }
         }
+        Ok(())
     }
 
     /// Runs `persist_round` on `node` until nothing is queued; whether it
@@ -340,15 +395,41 @@ impl World {
         (0..DRAIN_ROUNDS + self.accepted.len()).any(|_| store.persist_round().is_none())
     }
 
-    fn rebuild(&mut self, node: u8, crashed: bool) {
-        self.forget_node(node, None);
+    /// The node's process goes (a crash, or a restart after its drain):
+    /// its store first, so its open turns close nothing (their drop is
+    /// refused), as when a process dies. Over a log that is not shared the
+    /// next store closes such a turn `Interrupted` at the durable tail
+    /// when it restores the session (persister invariant 11): the model
+    /// learns that closure from the log's mark.
+    fn rebuild(&mut self, node: u8, crashed: bool) -> Result<(), Violation> {
         let generation = self.nodes[usize::from(node)].generation;
         if crashed {
             self.crashed.insert(generation);
         }
         self.nodes[usize::from(node)].store = None;
+        self.forget_node(node, None)?;
         let fresh = self.build_node();
         self.nodes[usize::from(node)] = fresh;
+        if self.shape.nodes == 1 {
+            for key in 0..self.keys.len() as u8 {
+                let (meta, _) = self.truth(key, u64::MAX - 1);
+                let Some(meta) = meta else { continue };
+                if let (Some(_), None, Some(life)) =
+                    (meta.open_turn, meta.closure, meta.current_life())
+                {
+                    covered("turn left open: interrupted at restore");
+                    self.interrupted[usize::from(key)] = true;
+                    self.closed[usize::from(key)] = Some((
+                        life.incarnation.get(),
+                        Closure {
+                            reason: CloseReason::Interrupted,
+                            last: meta.durable_tail,
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The log's records of `key` from `after + 1` on, read without faults.
@@ -450,11 +531,12 @@ impl World {
                 let generation = self.nodes[usize::from(node)].generation;
                 match self.store(node).session(&k) {
                     Ok(handle) => {
+                        self.release(usize::from(slot))?;
                         self.handles[usize::from(slot)] = Some(Handle {
                             node,
                             generation,
                             key,
-                            handle,
+                            handle: Held::Plain(handle),
                         })
                     }
                     Err(error) => self.refused(key, "session", &error)?,
@@ -470,12 +552,12 @@ impl World {
                 if self.writer[usize::from(key)] != node
                     || self.nodes[usize::from(node)].generation != held.generation
                 {
-                    self.handles[usize::from(slot)] = None;
+                    self.release(usize::from(slot))?;
                     return Ok(());
                 }
                 let payload = self.payload(node);
                 let held = self.handles[usize::from(slot)].as_ref().unwrap();
-                match held.handle.append(Revision(1), payload) {
+                match held.handle.handle().append(Revision(1), payload) {
                     Ok(event) => self.accept(node, key, &event)?,
                     Err(Error::Refused(Refusal::SessionRemoved)) => {
                         covered("handle append refused: removed")
@@ -483,11 +565,23 @@ impl World {
                     Err(error) => self.refused(key, "handle append", &error)?,
                 }
             }
-            Op::DropHandle { slot } => self.handles[usize::from(slot)] = None,
+            Op::DropHandle { slot } => self.release(usize::from(slot))?,
+            Op::OpenTurn { slot } => {
+                let Some(held) = self.handles[usize::from(slot)].take() else {
+                    return Ok(());
+                };
+                let handle = match held.handle {
+                    Held::Plain(handle) => Held::Turn(handle.into_turn()),
+                    turn => turn,
+                };
+                self.handles[usize::from(slot)] = Some(Handle { handle, ..held });
+                covered("turn opened");
+            }
             Op::Remove { node, key } => {
                 let (node, key) = (self.node_index(node), self.key_index(key));
                 self.store(node)
                     .remove_session(&self.keys[usize::from(key)]);
+                self.interrupted[usize::from(key)] = false;
             }
             Op::Sweep { node } => {
                 self.store(node).sweep();
@@ -527,7 +621,7 @@ impl World {
                     );
                 }
             }
-            Op::Crash { node } => self.rebuild(self.node_index(node), true),
+            Op::Crash { node } => self.rebuild(self.node_index(node), true)?,
             Op::Restart { node } => {
                 let node = self.node_index(node);
                 let clean = self.drain(node);
@@ -536,9 +630,9 @@ impl World {
                 } else {
                     "restart: drain failed, a crash"
                 });
-                self.rebuild(node, !clean);
+                self.rebuild(node, !clean)?;
             }
-            Op::TakeOver { key, to, evict } => self.take_over(key, to, evict),
+            Op::TakeOver { key, to, evict } => self.take_over(key, to, evict)?,
             Op::Archive { node, key, back } => {
                 let (node, key) = (self.node_index(node), self.key_index(key));
                 let last = self.cursors[usize::from(key)]
@@ -577,6 +671,7 @@ impl World {
                 let key = self.key_index(key);
                 let node = self.writer[usize::from(key)];
                 let k = self.keys[usize::from(key)].clone();
+                self.interrupted[usize::from(key)] = false;
                 match self.store(node).reopen_session(&k) {
                     Ok(handle) if handle.closure().is_some() => {
                         return violation(
@@ -616,7 +711,19 @@ impl World {
             Ok(closure) => closure,
             Err(error) => return self.refused(key, "close", &error),
         };
-        let incarnation = handle.incarnation().get();
+        self.closed_by(key, handle.incarnation().get(), reason, closure)
+    }
+
+    /// Checks and records a close of `key`'s `incarnation` that asked for
+    /// `reason` and got `closure` (the first close's, if it was closed).
+    fn closed_by(
+        &mut self,
+        key: u8,
+        incarnation: u64,
+        reason: CloseReason,
+        closure: Closure,
+    ) -> Result<(), Violation> {
+        let k = self.keys[usize::from(key)].clone();
         let newest = self
             .accepted
             .iter()
@@ -646,15 +753,15 @@ impl World {
         Ok(())
     }
 
-    fn take_over(&mut self, key: u8, to: u8, evict: bool) {
+    fn take_over(&mut self, key: u8, to: u8, evict: bool) -> Result<(), Violation> {
         let (key, to) = (self.key_index(key), self.node_index(to));
         let from = self.writer[usize::from(key)];
         if from == to {
-            return;
+            return Ok(());
         }
-        self.forget_node(from, Some(key));
+        self.forget_node(from, Some(key))?;
         if !self.drain(from) {
-            return;
+            return Ok(());
         }
         let k = self.keys[usize::from(key)].clone();
         let store = self.store(from);
@@ -662,12 +769,12 @@ impl World {
             self.clock.advance(MAX_AGE + Duration::from_secs(1));
             store.trim_session(&k);
             if store.is_resident(&k) {
-                return;
+                return Ok(());
             }
         } else {
             store.remove_session(&k);
             if !self.drain(from) {
-                return;
+                return Ok(());
             }
         }
         self.writer[usize::from(key)] = to;
@@ -676,6 +783,7 @@ impl World {
         } else {
             "take-over: removed"
         });
+        Ok(())
     }
 
     fn start_reader(&mut self, node: u8, key: u8, from: u16, slot: u8) -> Result<(), Violation> {
