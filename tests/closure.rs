@@ -1,7 +1,9 @@
 //! A session's closure (module `closure`): readers get every event it
 //! accepted and then the end, appends after it are refused, and with a
 //! durable log the end is durable — a restored store, another node's
-//! catch-up and a revived tombstone all find the session closed.
+//! catch-up and a revived tombstone all find the session closed; and a
+//! turn whose store went away (its process killed) is closed
+//! `Interrupted` by the next store (the last section).
 //!
 //! Bounded: threads stop at their first refusal, waits have deadlines.
 
@@ -554,4 +556,295 @@ fn reopen_session_opens_a_closed_key_at_once_over_a_shared_log_too() {
     drop(store);
     let restarted = durable_store(Arc::clone(&log), false);
     restarted.append(&k, Revision(1), "c".into()).unwrap();
+}
+
+// ---- a turn whose store went away -----------------------------------------
+//
+// A turn whose store goes away before the turn ends (its process killed,
+// or the store dropped with the turn alive) is closed `Interrupted` by the
+// store restored after it, over a log that is not shared (persister
+// invariant 11): its readers end instead of waiting for a writer that is
+// gone. `killed_process` kills a real process with SIGKILL.
+
+fn interrupted_turns(store: &ReplayStore<String>) -> u64 {
+    store.stats().durable.unwrap().interrupted_turns
+}
+
+/// A store that went away with its turn open: the next store's reader gets
+/// every durable event, then `Interrupted` at the durable tail, which that
+/// store writes to the log and counts once.
+#[test]
+fn a_turn_left_open_by_a_gone_store_ends_interrupted() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::new());
+    let k = key("left-open");
+    let first = durable_store(Arc::clone(&log), false);
+    let turn = first.session(&k).unwrap().into_turn();
+    turn.append(Revision(1), "a".into()).unwrap();
+    turn.append(Revision(2), "b".into()).unwrap();
+    drain(&first);
+    let meta = log.meta(&k).unwrap().unwrap();
+    assert!(meta.open_turn.is_some(), "the open turn is in the log");
+    assert_eq!(meta.closure, None);
+    // The store goes first (as a process that dies takes both): the
+    // turn's own close on drop is refused, so nothing closes it here.
+    drop(first);
+    drop(turn);
+    assert_eq!(log.meta(&k).unwrap().unwrap().closure, None);
+
+    let second = durable_store(Arc::clone(&log), false);
+    let interrupted = Closure {
+        reason: CloseReason::Interrupted,
+        last: 2,
+    };
+    assert_eq!(
+        read_to_closure(&second, &k),
+        (vec!["a".to_string(), "b".to_string()], Ok(interrupted))
+    );
+    assert_eq!(interrupted_turns(&second), 1);
+    match second.append(&k, Revision(3), "c".into()) {
+        Err(Error::Refused(Refusal::SessionClosed { closure })) => {
+            assert_eq!(closure, interrupted)
+        }
+        other => panic!("expected the session closed, got {other:?}"),
+    }
+    drain(&second);
+    let meta = log.meta(&k).unwrap().unwrap();
+    assert_eq!((meta.closure, meta.open_turn), (Some(interrupted), None));
+    drop(second);
+
+    // The closure is the log's now: a third store reads it, and counts no
+    // interruption of its own.
+    let third = durable_store(Arc::clone(&log), false);
+    assert_eq!(read_to_closure(&third, &k).1, Ok(interrupted));
+    assert_eq!(interrupted_turns(&third), 0);
+}
+
+/// A turn that finished, and a session no turn drove, are restored as they
+/// were: closed with their own reason, and open.
+#[test]
+fn finished_turns_and_plain_sessions_are_restored_as_they_were() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::new());
+    let (finished, plain) = (key("finished"), key("plain"));
+    {
+        let store = durable_store(Arc::clone(&log), false);
+        let turn = store.session(&finished).unwrap().into_turn();
+        turn.append(Revision(1), "a".into()).unwrap();
+        drain(&store);
+        assert!(log.meta(&finished).unwrap().unwrap().open_turn.is_some());
+        turn.finish(CloseReason::Done).unwrap();
+        store.append(&plain, Revision(1), "x".into()).unwrap();
+        drain(&store);
+        assert_eq!(log.meta(&finished).unwrap().unwrap().open_turn, None);
+    }
+    let store = durable_store(Arc::clone(&log), false);
+    assert_eq!(
+        read_to_closure(&store, &finished).1.unwrap().reason,
+        CloseReason::Done
+    );
+    let mut reader = store.catch_up(&Cursor::start(plain.clone())).unwrap();
+    assert_eq!(reader.try_next().unwrap().payload(), "x");
+    assert_eq!(reader.try_next().unwrap_err(), TryNextError::Empty);
+    store.append(&plain, Revision(2), "y".into()).unwrap();
+    assert_eq!(interrupted_turns(&store), 0);
+}
+
+/// The store that opened the turn is alive: restored from the log after
+/// it removed the session, the key is its own, not a gone store's, and
+/// opens again. Removal reopens the key in the log too (as for a closed
+/// session), so a store after it finds the key open, not interrupted.
+#[test]
+fn removal_reopens_a_turns_key() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::new());
+    let (own, gone) = (key("own"), key("removed-then-gone"));
+    let store = durable_store(Arc::clone(&log), false);
+    let own_turn = store.session(&own).unwrap().into_turn();
+    let gone_turn = store.session(&gone).unwrap().into_turn();
+    own_turn.append(Revision(1), "a".into()).unwrap();
+    gone_turn.append(Revision(1), "a".into()).unwrap();
+    drain(&store);
+    assert!(log.meta(&own).unwrap().unwrap().open_turn.is_some());
+    // Removed and used again at once: the re-creation's life clears it.
+    assert!(store.remove_session(&own));
+    store
+        .append(&own, Revision(2), "b".into())
+        .expect("the key opens again in the store that removed it");
+    // Removed and left: the persister's reopening life clears it.
+    assert!(store.remove_session(&gone));
+    drain(&store);
+    for k in [&own, &gone] {
+        assert_eq!(log.meta(k).unwrap().unwrap().open_turn, None, "{k}");
+    }
+    assert_eq!(interrupted_turns(&store), 0);
+    drop(store);
+    drop((own_turn, gone_turn));
+    let next = durable_store(Arc::clone(&log), false);
+    next.append(&gone, Revision(2), "b".into())
+        .expect("a removed turn's key is open after a restart");
+    assert_eq!(interrupted_turns(&next), 0);
+}
+
+/// A turn made and its session removed before the persister saw the turn
+/// writes no mark; one made on a removed session's handle marks nothing.
+#[test]
+fn a_turn_removed_before_its_mark_leaves_none() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::new());
+    let k = key("quick");
+    let store = durable_store(Arc::clone(&log), false);
+    store.append(&k, Revision(1), "a".into()).unwrap();
+    drain(&store);
+    let turn = store.session(&k).unwrap().into_turn();
+    assert!(store.remove_session(&k));
+    drain(&store);
+    assert_eq!(log.meta(&k).unwrap().unwrap().open_turn, None);
+    drop(turn);
+    let handle = store.session(&k).unwrap();
+    assert!(store.remove_session(&k));
+    let late = handle.into_turn();
+    drain(&store);
+    assert_eq!(log.meta(&k).unwrap().unwrap().open_turn, None);
+    drop(late);
+}
+
+/// Over a shared log another node's turn may be alive: the mark is kept
+/// but a reader on another store waits, as for any writer.
+#[test]
+fn over_a_shared_log_a_turn_is_left_to_its_node() {
+    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::shared());
+    let k = key("shared");
+    let writer = durable_store(Arc::clone(&log), false);
+    let turn = writer.session(&k).unwrap().into_turn();
+    turn.append(Revision(1), "a".into()).unwrap();
+    drain(&writer);
+    drop(writer);
+    drop(turn);
+    assert!(log.meta(&k).unwrap().unwrap().open_turn.is_some());
+    let host = durable_store(Arc::clone(&log), false);
+    let mut reader = host.catch_up(&Cursor::start(k.clone())).unwrap();
+    assert_eq!(reader.try_next().unwrap().payload(), "a");
+    assert_eq!(reader.try_next().unwrap_err(), TryNextError::Empty);
+    assert_eq!(interrupted_turns(&host), 0);
+    assert!(!host.is_resident(&k));
+}
+
+#[cfg(feature = "redb")]
+mod killed_process {
+    //! The same with a real process and the redb log: a child opens a turn
+    //! and appends until its events are durable, and is killed with
+    //! SIGKILL; the parent restores the file and reads the turn to its end.
+    //! The test binary re-executes itself as the child (`turn_child`,
+    //! ignored unless [`ENV_DIR`] is set).
+
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    use livereplay::durable::{RedbDurability, RedbLog, RedbOptions};
+
+    use super::*;
+
+    const ENV_DIR: &str = "LIVEREPLAY_TURN_CHILD_DIR";
+    /// `journaled` or `immediate`: how the child commits (journaled: the
+    /// open turn is in a journal frame the parent's open replays).
+    const ENV_COMMIT: &str = "LIVEREPLAY_TURN_CHILD_COMMIT";
+    const EVENTS: u64 = 5;
+
+    fn open(dir: &std::path::Path, journaled: bool) -> Arc<dyn DurableLog> {
+        let durability = if journaled {
+            RedbDurability::Journaled
+        } else {
+            RedbDurability::Immediate
+        };
+        let options = RedbOptions::new().durability(durability);
+        Arc::new(RedbLog::open_with(dir.join("log.redb"), options).unwrap())
+    }
+
+    #[test]
+    #[ignore = "the child of killed_process::a_killed_processs_turn_ends_interrupted"]
+    fn turn_child() {
+        let Some(dir) = std::env::var_os(ENV_DIR) else {
+            return;
+        };
+        let journaled = std::env::var(ENV_COMMIT).is_ok_and(|commit| commit == "journaled");
+        let store = ReplayStore::builder()
+            .durable(open(std::path::Path::new(&dir), journaled), Utf8)
+            .build()
+            .unwrap();
+        let k = key("killed");
+        let turn = store.session(&k).unwrap().into_turn();
+        for n in 1..=EVENTS {
+            turn.append(Revision(n), format!("e{n}")).unwrap();
+        }
+        store.wait_durable(&k, EVENTS, WAIT).unwrap();
+        println!("DURABLE");
+        // Alive, turn open, until killed.
+        std::thread::sleep(Duration::from_secs(60));
+        panic!("not killed");
+    }
+
+    #[test]
+    fn a_killed_processs_turn_ends_interrupted() {
+        killed_with(false);
+    }
+
+    #[test]
+    fn a_killed_processs_turn_ends_interrupted_journaled() {
+        killed_with(true);
+    }
+
+    fn killed_with(journaled: bool) {
+        let dir = std::env::temp_dir().join(format!(
+            "livereplay-closure-kill-{journaled}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "killed_process::turn_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(ENV_DIR, &dir)
+            .env(
+                ENV_COMMIT,
+                if journaled { "journaled" } else { "immediate" },
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let durable = lines.any(|line| line.is_ok_and(|line| line == "DURABLE"));
+        // SIGKILL by pid: no drop, no destructor runs in the child.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(durable, "the child's events were durable before the kill");
+        assert!(started.elapsed() < Duration::from_secs(60));
+
+        let store = durable_store(open(&dir, journaled), false);
+        let (payloads, end) = read_to_closure(&store, &key("killed"));
+        let expected: Vec<String> = (1..=EVENTS).map(|n| format!("e{n}")).collect();
+        assert_eq!(payloads, expected);
+        assert_eq!(
+            end,
+            Ok(Closure {
+                reason: CloseReason::Interrupted,
+                last: EVENTS
+            })
+        );
+        assert_eq!(interrupted_turns(&store), 1);
+        drain(&store);
+        drop(store);
+        // Written: a restart after this one finds the closure in the file.
+        let store = durable_store(open(&dir, journaled), false);
+        assert_eq!(
+            read_to_closure(&store, &key("killed")).1.map(|c| c.reason),
+            Ok(CloseReason::Interrupted)
+        );
+        assert_eq!(interrupted_turns(&store), 0);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
