@@ -227,6 +227,19 @@ async fn a_turn_that_ends_unfinished_closes_its_stream_for_http_readers() {
             (read.text().as_str(), read.header("stream-closed")),
             ("a", Some("true"))
         );
+        // An HTTP close of a stream the store closed first: done at once,
+        // and the store's reason stays (the first close wins).
+        send(&app, request("PUT", "/v1/stream/first", &[TEXT], "a")).await;
+        let first = service.key("", "first").unwrap();
+        store.close_session(&first, CloseReason::Cancelled).unwrap();
+        let close = [("stream-closed", "true")];
+        let closed = send(&app, request("POST", "/v1/stream/first", &close, "")).await;
+        assert_eq!(closed.status, StatusCode::NO_CONTENT);
+        assert_eq!(closed.header("stream-closed"), Some("true"));
+        assert_eq!(
+            store.closure(&first).map(|c| c.reason),
+            Some(CloseReason::Cancelled)
+        );
 
         // The process dies with a turn open: the store goes first, so the
         // turn's own close is refused and nothing closes it here.

@@ -602,11 +602,17 @@ impl DurableStreams {
         &self,
         key: &SessionKey,
         state: &mut Option<StreamState>,
-        record: StreamRecord,
+        mut record: StreamRecord,
     ) -> Result<u64, StreamError> {
-        // A closing record of a stream the protocol has open goes into a
-        // new life too if the store closed the session on its own (the
-        // stream takes that closure: module docs).
+        // A closing record of a stream the protocol has open, on a session
+        // the store closed on its own: the stream takes that closure (module
+        // docs), with the store's reason (the first close wins), and the
+        // record goes into a new life as bookkeeping does.
+        if let StreamRecord::Closed { reason, .. } = &mut record {
+            if let Some(closure) = self.store.closure(key) {
+                *reason = closure.reason;
+            }
+        }
         if record.is_bookkeeping() || matches!(record, StreamRecord::Closed { .. }) {
             self.reopen_if_sealed(key)?;
         }
