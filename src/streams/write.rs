@@ -288,10 +288,9 @@ impl DurableStreams {
         key: &SessionKey,
         reason: CloseReason,
     ) -> Result<Offset, StreamError> {
-        let key = key.clone();
-        let entry = self.entry(&key, false)?.ok_or(StreamError::NotFound)?;
-        let (mut guard, _hold) = self.lock_for_write(&key, &entry).await?;
-        self.expire(&key, &mut guard).await?;
+        let entry = self.entry(key, false)?.ok_or(StreamError::NotFound)?;
+        let (mut guard, _hold) = self.lock_for_write(key, &entry).await?;
+        self.expire(key, &mut guard).await?;
         let state = guard.as_ref().ok_or(StreamError::NotFound)?;
         if state.soft_deleted {
             return Err(soft_deleted());
@@ -303,11 +302,11 @@ impl DurableStreams {
             reason,
             stamp: None,
         };
-        let position = self.commit(&key, &mut guard, record)?;
+        let position = self.commit(key, &mut guard, record)?;
         let state = guard.as_ref().ok_or(StreamError::NotFound)?;
         let final_offset = state.offset(state.tail(position));
         drop(guard);
-        self.await_durable(&key, position).await?;
+        self.await_durable(key, position).await?;
         Ok(final_offset)
     }
 
