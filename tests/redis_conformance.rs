@@ -82,6 +82,39 @@ mod conformance {
     durable_reopen_conformance!(backend_or_skip!());
 }
 
+// ---- leases ---------------------------------------------------------------
+
+/// A store's lease is one expiring key under the log's prefix: gone once
+/// the lease ran out by the server's clock, back when the store renews it,
+/// and never seen by another prefix.
+#[test]
+fn a_lease_runs_out_on_the_servers_clock() {
+    let backend = backend_or_skip!();
+    let log = backend.log();
+    let lease = Duration::from_millis(200);
+    log.keep_alive(42, lease).unwrap();
+    assert!(log.store_alive(42).unwrap());
+    assert!(!log.store_alive(43).unwrap(), "a store that never said so");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while log.store_alive(42).unwrap() {
+        assert!(Instant::now() < deadline, "the lease never ran out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log.keep_alive(42, lease * 50).unwrap();
+    assert!(log.store_alive(42).unwrap(), "renewed");
+    let mut con = raw(&backend.server);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}:store:{:016x}", backend.namespace, 42))
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 10_000,
+        "the key expires with the lease: {ttl}"
+    );
+    let elsewhere = open(&backend.server, &format!("{}-other", backend.namespace));
+    assert!(!elsewhere.store_alive(42).unwrap());
+}
+
 // ---- keys -----------------------------------------------------------------
 
 /// Tenants and ids that concatenate alike, hold `:`, braces, `%` or unicode

@@ -30,6 +30,10 @@ pub struct MemoryLog {
     appended: Condvar,
     /// Whether several stores write it ([`MemoryLog::shared`]).
     shared: bool,
+    /// The stores alive ([`DurableLog::keep_alive`]) and not expired since
+    /// ([`MemoryLog::expire_store`]): liveness without a clock, so that
+    /// a simulation decides when a lease runs out.
+    alive: Mutex<std::collections::HashSet<u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +68,17 @@ impl MemoryLog {
             shared: true,
             ..Self::default()
         }
+    }
+
+    /// The lease of the store `store` runs out, as when its process died
+    /// (or stalled) longer than its lease: [`DurableLog::store_alive`]
+    /// says `false` until the store keeps itself alive again. The lease's
+    /// length is the caller's to model; this log has no clock.
+    pub fn expire_store(&self, store: u64) {
+        self.alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&store);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -241,6 +256,22 @@ impl DurableLog for MemoryLog {
 
     fn is_shared(&self) -> bool {
         self.shared
+    }
+
+    fn keep_alive(&self, store: u64, _lease: std::time::Duration) -> Result<(), LogError> {
+        self.alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(store);
+        Ok(())
+    }
+
+    fn store_alive(&self, store: u64) -> Result<bool, LogError> {
+        Ok(self
+            .alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&store))
     }
 
     fn watch(&self) -> Option<&dyn LogWatch> {

@@ -338,6 +338,26 @@ pub trait DurableLog: Send + Sync + 'static {
         false
     }
 
+    /// Over a shared log: says the store `store` (its id, as its turns'
+    /// marks carry it: [`SessionMeta::open_turn`]) is alive for `lease`
+    /// from now. The persister calls it at least every third of its lease
+    /// ([`DurableOptions::store_lease`](crate::DurableOptions::store_lease))
+    /// and before a commit that writes a turn's mark. Default: nothing (a
+    /// log that cannot keep liveness; see [`DurableLog::store_alive`]).
+    fn keep_alive(&self, store: u64, lease: std::time::Duration) -> Result<(), LogError> {
+        let _ = (store, lease);
+        Ok(())
+    }
+
+    /// Over a shared log: whether the store `store` said it was alive
+    /// within its lease. A turn another store left open over a shared log
+    /// is closed `Interrupted` only once this says `false`. Default:
+    /// `true`, so a log that cannot tell never judges a turn interrupted.
+    fn store_alive(&self, store: u64) -> Result<bool, LogError> {
+        let _ = store;
+        Ok(true)
+    }
+
     /// How a node that does not write a session waits for another writer's
     /// records, if this log can tell (a catch-up on a host node uses it for
     /// live events). Default: `None` (only this store's persister writes).

@@ -167,6 +167,7 @@ macro_rules! durable_conformance {
             large_payloads_of_every_size_round_trip_and_archive,
             closure_is_stored_at_the_tail_and_cleared_by_a_new_life,
             open_turn_is_stored_and_cleared_by_a_closure_or_a_new_life,
+            a_store_that_renewed_its_lease_is_alive,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {
@@ -1275,6 +1276,25 @@ pub fn open_turn_is_stored_and_cleared_by_a_closure_or_a_new_life(log: &dyn Dura
         (m.open_turn, m.closure, m.durable_tail),
         (expect(6), None, 4)
     );
+}
+
+/// A store is alive while its lease runs: a log never says a store that
+/// just renewed is gone (it would close that store's open turns), and
+/// never fails to answer. A log with a clock for leases (Redis) says a
+/// store gone once its lease ran out; the others (no leases, or leases
+/// without a clock: `MemoryLog::expire_store`) keep saying what they said.
+pub fn a_store_that_renewed_its_lease_is_alive(log: &dyn DurableLog) {
+    let lease = std::time::Duration::from_millis(300);
+    let (store, other) = (u64::MAX - 1, 0x5eed);
+    log.keep_alive(store, lease).expect("a lease");
+    log.keep_alive(other, lease).expect("another store's lease");
+    assert!(log.store_alive(store).expect("an answer"));
+    assert!(log.store_alive(other).expect("an answer"));
+    // Renewed with a longer lease, the store outlives the other's.
+    log.keep_alive(store, lease * 20).expect("a renewal");
+    std::thread::sleep(lease * 2);
+    assert!(log.store_alive(store).expect("an answer"));
+    log.store_alive(other).expect("an answer after its lease");
 }
 
 // ---- reopen -------------------------------------------------------------

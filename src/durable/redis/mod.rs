@@ -24,6 +24,7 @@
 //! | `<prefix>:{<t>:<s>}:meta` | string | format byte `1`, then postcard meta (below) |
 //! | `<prefix>:tenant:{<t>}:sessions` | sorted set | member: session id, score: creation number |
 //! | `<prefix>:seq` | string | the last creation number handed out (`INCRBY`) |
+//! | `<prefix>:store:<id>` | string, expiring | `1` while the store `<id>` holds its lease (`lease.rs`) |
 //! | `<prefix>:ix:<index key>`, `<prefix>:ixs:<scan group>` | string per entry, sorted set per scan group | the causal index (see `index.rs`) |
 //!
 //! A record is one stream entry whose id is its (first) position, so
@@ -80,6 +81,7 @@
 //! | `meta` | `GET` | 1 |
 //! | `archive_before` | `WATCH` meta + `GET`; `MULTI`, `XTRIM <log> MINID <m>-0`, `SET` meta, `EXEC` | 2 (1 when nothing is to archive) |
 //! | `sessions` | `ZREVRANGE <listing> <offset> <offset+limit-1>` | 1 |
+//! | `keep_alive`, `store_alive` | `SET <prefix>:store:<id> 1 PX <lease ms>`, `EXISTS` it | 1 |
 //! | [`RedisLog::wait_after`] | `GET` meta; `XREAD COUNT 1 BLOCK <ms> STREAMS <log> <after>-0` on a connection of its own | 2 |
 //!
 //! `archive_before` trims with `XTRIM MINID` exactly (not `~`): every entry
@@ -141,6 +143,7 @@ mod conn;
 mod encode;
 mod index;
 mod keys;
+mod lease;
 mod read;
 mod watch;
 
@@ -359,5 +362,13 @@ impl DurableLog for RedisLog {
         offset: usize,
     ) -> Result<Vec<SessionKey>, LogError> {
         self.list_sessions(tenant, limit, offset)
+    }
+
+    fn keep_alive(&self, store: u64, lease: Duration) -> Result<(), LogError> {
+        self.hold_lease(store, lease)
+    }
+
+    fn store_alive(&self, store: u64) -> Result<bool, LogError> {
+        self.holds_lease(store)
     }
 }
