@@ -705,11 +705,129 @@ fn a_turn_removed_before_its_mark_leaves_none() {
     drop(late);
 }
 
-/// Over a shared log another node's turn may be alive: the mark is kept
-/// but a reader on another store waits, as for any writer.
+/// Over a shared log another node's turn is left to its node while the
+/// node's lease runs: a reader on another store waits, as for any writer.
+/// Once the lease ran out (the node died, or stalled that long), the
+/// reader ends with `Interrupted`, closed in a new life of the reader's
+/// store; the turn's store, come back, is fenced: nothing it appends lands
+/// after the closure, and its stats say so.
 #[test]
-fn over_a_shared_log_a_turn_is_left_to_its_node() {
-    let log: Arc<dyn DurableLog> = Arc::new(MemoryLog::shared());
+fn over_a_shared_log_a_turn_ends_interrupted_once_its_stores_lease_ran_out() {
+    let memory = Arc::new(MemoryLog::shared());
+    let log: Arc<dyn DurableLog> = memory.clone();
+    let k = key("shared");
+    let writer = durable_store(Arc::clone(&log), false);
+    let turn = writer.session(&k).unwrap().into_turn();
+    turn.append(Revision(1), "a".into()).unwrap();
+    drain(&writer);
+    let owner = log.meta(&k).unwrap().unwrap().open_turn.expect("the mark");
+    assert!(
+        log.store_alive(owner).unwrap(),
+        "a mark is never in the log without its store's lease"
+    );
+    // A short lease: the host trusts an answer of "alive" a tenth of it.
+    let host = ReplayStore::builder()
+        .config(Config::default().with_capacity(64).with_auto_sweep(false))
+        .durable(Arc::clone(&log), Utf8)
+        .durable_options(
+            DurableOptions::default()
+                .with_persister_thread(false)
+                .with_store_lease(Duration::from_millis(20)),
+        )
+        .build()
+        .unwrap();
+    let mut reader = host.catch_up(&Cursor::start(k.clone())).unwrap();
+    assert_eq!(reader.try_next().unwrap().payload(), "a");
+    assert_eq!(reader.try_next().unwrap_err(), TryNextError::Empty);
+    assert_eq!(interrupted_turns(&host), 0);
+    assert!(!host.is_resident(&k));
+
+    // The writer's lease runs out while it still holds its turn.
+    memory.expire_store(owner);
+    std::thread::sleep(Duration::from_millis(5));
+    let interrupted = Closure {
+        reason: CloseReason::Interrupted,
+        last: 1,
+    };
+    assert_eq!(
+        reader.try_next().unwrap_err(),
+        TryNextError::Closed(interrupted)
+    );
+    assert_eq!(interrupted_turns(&host), 1);
+    drain(&host);
+    let meta = log.meta(&k).unwrap().unwrap();
+    assert_eq!((meta.closure, meta.open_turn), (Some(interrupted), None));
+    let writers_life = Some(turn.incarnation());
+    assert_ne!(
+        meta.current_life().map(|life| life.incarnation),
+        writers_life,
+        "closed in a life of the host's"
+    );
+
+    // The writer comes back: it does not know, and appends; the log
+    // refuses its life, so nothing lands after the closure.
+    turn.append(Revision(2), "b".into()).unwrap();
+    drain(&writer);
+    let meta = log.meta(&k).unwrap().unwrap();
+    assert_eq!((meta.durable_tail, meta.closure), (1, Some(interrupted)));
+    assert_eq!(writer.stats().durable.unwrap().fenced_sessions, 1);
+    drop((turn, writer));
+    let after = durable_store(Arc::clone(&log), false);
+    assert_eq!(
+        read_to_closure(&after, &k),
+        (vec!["a".to_string()], Ok(interrupted))
+    );
+    assert_eq!(interrupted_turns(&after), 0);
+}
+
+/// A log that cannot tell liveness (the trait's default, as Postgres's)
+/// leaves another node's turn to it for good.
+#[test]
+fn a_shared_log_without_leases_leaves_a_turn_to_its_node() {
+    #[derive(Debug)]
+    struct NoLeases(MemoryLog);
+    impl DurableLog for NoLeases {
+        fn append(
+            &self,
+            writes: &[livereplay::durable::SessionWrite<'_>],
+        ) -> Result<(), livereplay::durable::LogError> {
+            self.0.append(writes)
+        }
+        fn load_after(
+            &self,
+            key: &SessionKey,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<livereplay::durable::LogRecord>, livereplay::durable::LogError> {
+            self.0.load_after(key, after, limit)
+        }
+        fn meta(
+            &self,
+            key: &SessionKey,
+        ) -> Result<Option<livereplay::durable::SessionMeta>, livereplay::durable::LogError>
+        {
+            self.0.meta(key)
+        }
+        fn archive_before(
+            &self,
+            key: &SessionKey,
+            watermark: u64,
+        ) -> Result<u64, livereplay::durable::LogError> {
+            self.0.archive_before(key, watermark)
+        }
+        fn sessions(
+            &self,
+            tenant: &str,
+            limit: usize,
+            offset: usize,
+        ) -> Result<Vec<SessionKey>, livereplay::durable::LogError> {
+            self.0.sessions(tenant, limit, offset)
+        }
+        fn is_shared(&self) -> bool {
+            true
+        }
+    }
+    let log: Arc<dyn DurableLog> = Arc::new(NoLeases(MemoryLog::shared()));
     let k = key("shared");
     let writer = durable_store(Arc::clone(&log), false);
     let turn = writer.session(&k).unwrap().into_turn();
@@ -726,6 +844,34 @@ fn over_a_shared_log_a_turn_is_left_to_its_node() {
     assert!(!host.is_resident(&k));
 }
 
+/// Starts this test binary again as the child `test` (an ignored test that
+/// does nothing unless its variables are set) and waits for its line
+/// `DURABLE`: its turn is open and its events are in the log.
+#[cfg(any(feature = "redb", feature = "redis"))]
+fn turn_child(test: &str, env: &[(&str, &str)]) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let durable = lines.any(|line| line.is_ok_and(|line| line == "DURABLE"));
+    if !durable {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the child {test} ended before its events were durable");
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    child
+}
+
 #[cfg(feature = "redb")]
 mod killed_process {
     //! The same with a real process and the redb log: a child opens a turn
@@ -733,10 +879,6 @@ mod killed_process {
     //! SIGKILL; the parent restores the file and reads the turn to its end.
     //! The test binary re-executes itself as the child (`turn_child`,
     //! ignored unless [`ENV_DIR`] is set).
-
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    use std::time::Instant;
 
     use livereplay::durable::{RedbDurability, RedbLog, RedbOptions};
 
@@ -797,31 +939,14 @@ mod killed_process {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "killed_process::turn_child",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(ENV_DIR, &dir)
-            .env(
-                ENV_COMMIT,
-                if journaled { "journaled" } else { "immediate" },
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let durable = lines.any(|line| line.is_ok_and(|line| line == "DURABLE"));
+        let commit = if journaled { "journaled" } else { "immediate" };
+        let mut child = super::turn_child(
+            "killed_process::turn_child",
+            &[(ENV_DIR, dir.to_str().unwrap()), (ENV_COMMIT, commit)],
+        );
         // SIGKILL by pid: no drop, no destructor runs in the child.
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(durable, "the child's events were durable before the kill");
-        assert!(started.elapsed() < Duration::from_secs(60));
 
         let store = durable_store(open(&dir, journaled), false);
         let (payloads, end) = read_to_closure(&store, &key("killed"));
@@ -846,5 +971,98 @@ mod killed_process {
         assert_eq!(interrupted_turns(&store), 0);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+#[cfg(feature = "redis")]
+mod killed_node {
+    //! The same over Redis, where another node does the closing: a child
+    //! node opens a turn, appends until its events are durable, and holds
+    //! it; a reader on this node waits through several of the child's
+    //! leases (it renews them), then the child is killed with SIGKILL and
+    //! the reader ends with `Interrupted` once the child's lease ran out.
+
+    use livereplay::durable::RedisLog;
+
+    use super::redis_server::RedisServer;
+    use super::*;
+
+    const ENV_REDIS: &str = "LIVEREPLAY_TURN_CHILD_REDIS";
+    const EVENTS: u64 = 5;
+    const LEASE: Duration = Duration::from_millis(600);
+
+    fn node(url: &str) -> ReplayStore<String> {
+        ReplayStore::builder()
+            .durable(Arc::new(RedisLog::open(url).unwrap()), Utf8)
+            .durable_options(DurableOptions::default().with_store_lease(LEASE))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    #[ignore = "the child of killed_node::a_killed_nodes_turn_ends_interrupted_on_another_node"]
+    fn turn_node() {
+        let Ok(url) = std::env::var(ENV_REDIS) else {
+            return;
+        };
+        let store = node(&url);
+        let k = key("killed-node");
+        let turn = store.session(&k).unwrap().into_turn();
+        for n in 1..=EVENTS {
+            turn.append(Revision(n), format!("e{n}")).unwrap();
+        }
+        store.wait_durable(&k, EVENTS, WAIT).unwrap();
+        println!("DURABLE");
+        std::thread::sleep(Duration::from_secs(60));
+        panic!("not killed");
+    }
+
+    #[test]
+    fn a_killed_nodes_turn_ends_interrupted_on_another_node() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let url = redis.url();
+        let mut child = turn_child("killed_node::turn_node", &[(ENV_REDIS, url.as_str())]);
+        let host = node(&url);
+        let k = key("killed-node");
+        let mut reader = host.catch_up(&Cursor::start(k.clone())).unwrap();
+        for n in 1..=EVENTS {
+            match reader.next_timeout(WAIT) {
+                Ok(event) => assert_eq!(event.payload(), &format!("e{n}")),
+                other => panic!("event {n}: {other:?}"),
+            }
+        }
+        // Alive: three leases pass, each renewed, and the turn stays open.
+        let waited = reader.next_timeout(LEASE * 3);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            matches!(waited, Err(NextTimeoutError::Timeout)),
+            "a live node's turn was closed: {waited:?}"
+        );
+        assert_eq!(interrupted_turns(&host), 0);
+        // Killed: its lease runs out, and the reader ends.
+        let interrupted = Closure {
+            reason: CloseReason::Interrupted,
+            last: EVENTS,
+        };
+        assert_eq!(
+            reader.next_timeout(WAIT).unwrap_err(),
+            NextTimeoutError::Closed(interrupted)
+        );
+        assert_eq!(interrupted_turns(&host), 1);
+        host.wait_durable(&k, EVENTS, WAIT).unwrap();
+        drop(host);
+        // Written to Redis: a third node reads the closure, its own count 0.
+        let third = node(&url);
+        let (payloads, end) = read_to_closure(&third, &k);
+        assert_eq!(payloads.len() as u64, EVENTS);
+        assert_eq!(end, Ok(interrupted));
+        assert_eq!(interrupted_turns(&third), 0);
     }
 }

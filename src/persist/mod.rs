@@ -80,9 +80,23 @@
 //!     that closure, and counts it (`DurableStats::interrupted_turns`). A
 //!     catch-up that reaches the tail of such a session restores it, so
 //!     its reader ends with the closure instead of waiting for a writer.
-//!     Over a shared log the mark is kept (Postgres does not keep it) but
-//!     not acted on: a turn on another node may be alive, and the log
-//!     cannot tell.
+//!     Over a shared log another node's turn may be alive. Each store
+//!     holds a lease there ([`DurableOptions::store_lease`], timed by the
+//!     store's clock and renewed by the persister every third of it, idle
+//!     or not, and before any commit: a mark is never written without its
+//!     store's lease), and another store judges a turn interrupted only
+//!     once its store's lease ran out (an answer of "alive" is trusted a
+//!     tenth of a lease; a log that cannot answer says "alive"). That store
+//!     then writes, before it makes the session, a new life of its own and
+//!     its closure at the durable tail, in one write: the life clears the
+//!     mark and fences the turn's store should it only have stalled
+//!     (invariant 6), and the closure makes the interruption durable with
+//!     it, never the one without the other. The log refusing that write
+//!     means it moved on (the stalled store wrote more, or another store
+//!     closed the turn first): the restore reads the log again, so no
+//!     closure the log refused is ever served. A log that cannot tell
+//!     liveness (the trait's default; Postgres, which does not keep the
+//!     mark either) leaves the turn to its node.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc as StdArc, Mutex, OnceLock};
@@ -91,12 +105,14 @@ use std::time::{Duration, Instant};
 
 use event_listener::{Event as Notifier, EventListener};
 
+use crate::clock::Clock;
 use crate::closure::Closure;
 use crate::codec::Codec;
 use crate::cursor::Incarnation;
 use crate::durable::{
     DurableLog, HoleReason, Life, LogError, LogRecord, RecordBody, SessionWrite, StoredEvent,
 };
+use crate::event::Timestamp;
 use crate::key::SessionKey;
 use crate::ring::{KeepBudget, Undurable};
 use crate::session::{AtomicCounter, DurableTier, Lost, Session};
@@ -167,6 +183,16 @@ pub(crate) struct Persistence<T> {
     /// ([`SessionMeta::open_turn`](crate::durable::SessionMeta::open_turn)):
     /// random, so no other store, before or after, has it.
     pub(crate) store_id: u64,
+    /// The store's clock, which times leases: a simulation that moves it
+    /// past a lease makes every renewal due, as a stall would.
+    clock: StdArc<dyn Clock>,
+    /// When this store last renewed its lease on a shared log (invariant
+    /// 11); `None` before the first renewal.
+    kept_alive: Mutex<Option<Timestamp>>,
+    /// Other stores a shared log said were alive, and when: asked again
+    /// only a tenth of a lease later, so that readers waiting on another
+    /// node's turn do not each ask the log every wait slice.
+    seen_alive: Mutex<std::collections::HashMap<u64, Timestamp>>,
 }
 
 /// A removed session and the last position it claimed.
@@ -213,6 +239,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         codec: Box<dyn Codec<T>>,
         options: DurableOptions,
         weigh: Option<crate::ring::Weigh<T>>,
+        clock: StdArc<dyn Clock>,
     ) -> Self {
         Self {
             keep_budget: StdArc::new(KeepBudget::new(options.undurable_budget, weigh)),
@@ -233,6 +260,9 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             last_fenced: Mutex::new(None),
             last_refused: Mutex::new(None),
             store_id: Incarnation::fresh().get(),
+            clock,
+            kept_alive: Mutex::new(None),
+            seen_alive: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -305,9 +335,10 @@ impl<T> Persistence<T> {
     /// life with the first events.
     pub(crate) fn created(&self, session: &Arc<Session<T>>) {
         if !session.life_unrecorded.load(Relaxed) {
-            // Restored closed because its store left its turn open (no
-            // other new session has a closure the log lacks): the closure
-            // is this store's to write (invariant 11).
+            // Restored closed because its store left its turn open, over a
+            // log that is not shared (no other new session has a closure
+            // the log lacks; over a shared log the restore wrote it): the
+            // closure is this store's to write (invariant 11).
             if session.closure_to_write().is_some() {
                 self.counters.interrupted_turns.add(1);
                 Session::mark_dirty(session);
@@ -655,9 +686,34 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             self.queue.push(session);
         }
         if batch.is_empty() {
+            // Renewed while idle too: a turn's mark outlives its commits.
+            // A failure is retried on the next round (and fails the next
+            // commit that needs it).
+            if let Err(error) = self.keep_alive_if_due() {
+                self.failed(&error);
+            }
             return None;
         }
         Some(self.commit(batch))
+    }
+
+    /// Over a shared log, renews this store's lease once a third of it has
+    /// passed (invariant 11); nothing over a log that is not shared.
+    fn keep_alive_if_due(&self) -> Result<(), LogError> {
+        if !self.log.is_shared() {
+            return Ok(());
+        }
+        let mut kept_alive = self.kept_alive.lock().unwrap_or_else(|e| e.into_inner());
+        let lease = self.options.store_lease;
+        if kept_alive.is_some_and(|at| self.within(at, lease / 3)) {
+            return Ok(());
+        }
+        // Timed from before the call: the lease the log grants starts no
+        // earlier than this.
+        let now = self.clock.now();
+        self.log.keep_alive(self.store_id, lease)?;
+        *kept_alive = Some(now);
+        Ok(())
     }
 
     /// Collects `session`'s share of the round into `batch`, or settles it
@@ -863,6 +919,11 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                     turn_owner: pending.turn_owner,
                 })
                 .collect();
+            // The lease first: a turn's mark must never be in the log
+            // while its store is not alive there (invariant 11).
+            if let Err(error) = self.keep_alive_if_due() {
+                break Err(error);
+            }
             let result = self.log.append(&writes);
             drop(writes);
             // A record the log refuses for good (malformed for it, too

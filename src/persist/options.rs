@@ -58,6 +58,17 @@ pub struct DurableOptions {
     /// nothing: what a ring holds (its capacity, and the segment of up to
     /// 64 positions it is filling) is the bound.
     pub undurable_budget: usize,
+    /// Over a shared log, how long this store counts as alive after it
+    /// last said so (default 10 s): the persister renews it every third
+    /// of it ([`DurableLog::keep_alive`](crate::durable::DurableLog::keep_alive)).
+    /// A turn this store leaves open is closed `Interrupted` by another
+    /// node once the lease has run out, so a reader of a node that died
+    /// mid-turn waits about this long; a node stalled longer than this
+    /// (a frozen process, a log it cannot reach) finds its turns closed
+    /// and its sessions fenced when it comes back. Unused over a log that
+    /// is not shared, where a store restored after another knows it is
+    /// gone.
+    pub store_lease: Duration,
 }
 
 impl Default for DurableOptions {
@@ -69,6 +80,7 @@ impl Default for DurableOptions {
             wake_on_dirty: false,
             persister_thread: true,
             undurable_budget: 64 << 20,
+            store_lease: Duration::from_secs(10),
         }
     }
 }
@@ -101,6 +113,13 @@ impl DurableOptions {
     /// Sets [`DurableOptions::persister_thread`].
     pub fn with_persister_thread(mut self, thread: bool) -> Self {
         self.persister_thread = thread;
+        self
+    }
+
+    /// Sets [`DurableOptions::store_lease`] (at least 3 ms: it is renewed
+    /// every third of it).
+    pub fn with_store_lease(mut self, lease: Duration) -> Self {
+        self.store_lease = lease.max(Duration::from_millis(3));
         self
     }
 

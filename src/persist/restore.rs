@@ -4,15 +4,20 @@
 //! that is gone makes it: persister invariant 11), or new. Called outside
 //! the map's lock (it may read the log); the map decides under its lock
 //! whether the answer is still current, so an answer may be dropped: what
-//! it counts is counted when the session is made (`Persistence::created`).
+//! it counts is counted when the session is made (`Persistence::created`),
+//! but for a turn it closes over a shared log, which it writes itself (a
+//! dropped answer's closure is still the log's: a second one, made by the
+//! answer that won, closes a life of its own at the same tail).
 
-use crate::closure::CloseReason;
+use crate::closure::{CloseReason, Closure};
 use crate::cursor::{Incarnation, Revision};
-use crate::durable::SessionMeta;
+use crate::durable::{Life, LogError, SessionMeta, SessionWrite};
 use crate::error::Refusal;
+use crate::event::Timestamp;
 use crate::key::SessionKey;
 use crate::session::{Identity, Restored, Session};
 use crate::sync::Arc;
+use std::time::Duration;
 
 use super::Persistence;
 
@@ -62,57 +67,154 @@ pub(crate) fn restore_identity<T>(
     if let Some((removed, last)) = persistence.removed_pending(key) {
         return Ok(continuing_after(removed, last));
     }
-    let meta = persistence
-        .log
-        .meta(key)
-        .map_err(|error| Refusal::LogUnavailable {
-            reason: error.to_string(),
-        })?;
-    let Some(meta) = meta else {
-        return Ok(Restored {
-            identity: Identity::fresh(),
-            record_life: true,
-            predecessor: None,
-            closed: None,
-            interrupted: false,
-        });
-    };
-    let mut incarnation = Incarnation::fresh();
-    while meta.life_of(incarnation).is_some() {
-        incarnation = Incarnation::fresh();
-    }
-    persistence.counters.restored_sessions.add(1);
-    let interrupted = persistence.left_open_by_a_gone_store(&meta);
-    let closed = meta
-        .closure
-        .filter(|closure| closure.last == meta.durable_tail)
-        .map(|closure| closure.reason)
-        .or(interrupted.then_some(CloseReason::Interrupted));
-    Ok(Restored {
-        identity: Identity {
+    // A turn closed over a shared log is written before the session is
+    // made (`close_interrupted`); the log refusing it means it moved on
+    // (the turn's store, only stalled, wrote more), and the meta is read
+    // again. A few rounds of that end in a plain restore.
+    let mut interrupting = INTERRUPT_ATTEMPTS;
+    loop {
+        let meta = persistence
+            .log
+            .meta(key)
+            .map_err(|error| Refusal::LogUnavailable {
+                reason: error.to_string(),
+            })?;
+        let Some(meta) = meta else {
+            return Ok(Restored {
+                identity: Identity::fresh(),
+                record_life: true,
+                predecessor: None,
+                closed: None,
+                interrupted: false,
+            });
+        };
+        let mut incarnation = Incarnation::fresh();
+        while meta.life_of(incarnation).is_some() {
+            incarnation = Incarnation::fresh();
+        }
+        let identity = Identity {
             incarnation,
             start: meta.durable_tail,
             start_revision: Revision(meta.last_revision),
             previous: meta
                 .current_life()
                 .map(|life| (life.incarnation, meta.durable_tail)),
-        },
-        // A closed session takes no appends: no life of its own to record
-        // (its cursors name the life that closed it).
-        record_life: closed.is_none(),
-        predecessor: None,
-        closed,
-        interrupted,
-    })
+        };
+        let mut interrupted = persistence.left_open_by_a_gone_store(&meta);
+        if interrupted && persistence.log.is_shared() {
+            interrupting -= 1;
+            if persistence.close_interrupted(key, &identity)? {
+                persistence.counters.restored_sessions.add(1);
+                return Ok(Restored {
+                    identity,
+                    record_life: false,
+                    predecessor: None,
+                    closed: Some(CloseReason::Interrupted),
+                    // Written: nothing left for the persister.
+                    interrupted: false,
+                });
+            }
+            if interrupting > 0 {
+                continue;
+            }
+            interrupted = false;
+        }
+        persistence.counters.restored_sessions.add(1);
+        let closed = meta
+            .closure
+            .filter(|closure| closure.last == meta.durable_tail)
+            .map(|closure| closure.reason)
+            .or(interrupted.then_some(CloseReason::Interrupted));
+        return Ok(Restored {
+            identity,
+            // A closed session takes no appends: no life of its own to
+            // record (its cursors name the life that closed it).
+            record_life: closed.is_none(),
+            predecessor: None,
+            closed,
+            interrupted,
+        });
+    }
 }
 
+/// How many times a restore tries to close a turn interrupted over a
+/// shared log while the log keeps moving on.
+const INTERRUPT_ATTEMPTS: u32 = 3;
+
 impl<T> Persistence<T> {
-    /// Whether `meta`'s newest life has a turn another store left open on
-    /// a log that is not shared: that store is gone (one store at a time
-    /// has such a log), so the turn was interrupted (invariant 11).
+    /// Whether `meta`'s newest life has a turn another store left open
+    /// and that store is gone, so the turn was interrupted (invariant 11).
+    /// Over a log that is not shared it is gone (one store at a time has
+    /// such a log); over a shared log it is gone once its lease ran out.
+    /// A log that cannot answer counts as saying it is alive: a blip never
+    /// closes a turn.
     pub(crate) fn left_open_by_a_gone_store(&self, meta: &SessionMeta) -> bool {
-        meta.closure.is_none()
-            && !self.log.is_shared()
-            && meta.open_turn.is_some_and(|store| store != self.store_id)
+        let Some(owner) = meta.open_turn.filter(|&store| store != self.store_id) else {
+            return false;
+        };
+        meta.closure.is_none() && (!self.log.is_shared() || !self.store_alive(owner))
+    }
+
+    /// Closes, over a shared log, a turn its gone store left open: one
+    /// write of a new life of this store's (`identity`, after the durable
+    /// tail) and its closure at that tail (invariant 11). The new life
+    /// clears the turn's mark and fences the turn's store, were it only
+    /// stalled: its records no longer carry the newest life (invariant 6).
+    /// `Ok(false)` if the log refused it for this session (it moved on
+    /// since the meta was read, or another store closed it first).
+    fn close_interrupted(&self, key: &SessionKey, identity: &Identity) -> Result<bool, Refusal> {
+        let write = SessionWrite {
+            key,
+            new_life: Some(Life {
+                incarnation: identity.incarnation,
+                first_position: identity.start + 1,
+            }),
+            records: &[],
+            closure: Some(Closure {
+                reason: CloseReason::Interrupted,
+                last: identity.start,
+            }),
+            turn_owner: None,
+        };
+        match self.log.append(&[write]) {
+            Ok(()) => {
+                self.counters.interrupted_turns.add(1);
+                Ok(true)
+            }
+            Err(LogError::BadLife { .. } | LogError::NotContiguous { .. }) => Ok(false),
+            Err(error) => Err(Refusal::LogUnavailable {
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    /// Whether the store `owner` is alive on the shared log, an answer of
+    /// `true` kept for a tenth of a lease.
+    fn store_alive(&self, owner: u64) -> bool {
+        let fresh = self.options.store_lease / 10;
+        let mut seen = self.seen_alive.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(&owner).is_some_and(|&at| self.within(at, fresh)) {
+            return true;
+        }
+        let asked = self.clock.now();
+        let alive = self.log.store_alive(owner).unwrap_or(true);
+        if alive {
+            seen.insert(owner, asked);
+        } else {
+            seen.remove(&owner);
+        }
+        // Bounded by the stores whose turns this store's readers wait on;
+        // a long-lived store forgets the stale answers now and then.
+        if seen.len() > 1024 {
+            seen.retain(|_, &mut at| self.within(at, fresh));
+        }
+        alive
+    }
+
+    /// Whether less than `span` has passed since `then` on the store's
+    /// clock (a clock that stepped back says no: the answer is renewed).
+    pub(super) fn within(&self, then: Timestamp, span: Duration) -> bool {
+        let now = self.clock.now().as_nanos();
+        now >= then.as_nanos() && u128::from(now - then.as_nanos()) < span.as_nanos()
     }
 }

@@ -118,6 +118,7 @@ impl<T: Send + Sync + 'static> StoreBuilder<T> {
                 parts.codec,
                 parts.options,
                 weigh,
+                StdArc::clone(&self.clock),
             ))
         });
         if let Some(persistence) = &persistence {

@@ -421,4 +421,13 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
     pub fn durable_log(&self) -> Option<&StdArc<dyn DurableLog>> {
         self.persistence.as_ref().map(|p| &p.log)
     }
+
+    /// This store's id in its durable log (random, new for every store):
+    /// the owner its open turns' marks name
+    /// ([`SessionMeta::open_turn`](crate::durable::SessionMeta::open_turn))
+    /// and whose lease it holds over a shared log
+    /// ([`DurableLog::keep_alive`]). `None` without a log.
+    pub fn store_id(&self) -> Option<u64> {
+        self.persistence.as_ref().map(|p| p.store_id)
+    }
 }

@@ -182,6 +182,22 @@ impl DurableLog for FaultLog {
         self.inner.is_shared()
     }
 
+    /// Refused while appends are (the server is down for both).
+    fn keep_alive(&self, store: u64, lease: std::time::Duration) -> Result<(), LogError> {
+        if self.faults().append == AppendMode::Failing {
+            return Err(injected("keep_alive refused"));
+        }
+        self.inner.keep_alive(store, lease)
+    }
+
+    /// Fails with the reads.
+    fn store_alive(&self, store: u64) -> Result<bool, LogError> {
+        if self.read_fails() {
+            return Err(injected("store_alive failed"));
+        }
+        self.inner.store_alive(store)
+    }
+
     /// No watch: the simulator is single-threaded and must never block.
     fn watch(&self) -> Option<&dyn LogWatch> {
         None
