@@ -463,8 +463,7 @@ impl<T> SessionMap<T> {
             else {
                 return true;
             };
-            // A session that never had a position has nothing to remember.
-            let remembered = tombstone.identity.start > 0 && keep_tombstones > 0;
+            let remembered = keep_tombstones > 0 && Self::remembers(&session, &tombstone);
             if !remembered {
                 self.departed(key);
             }
@@ -493,6 +492,15 @@ impl<T> SessionMap<T> {
         self.dormant.fetch_sub(forgotten, Relaxed);
         self.forgotten.fetch_add(forgotten as u64, Relaxed);
         evicted.len()
+    }
+
+    /// Whether an evicted session leaves its tombstone. Not if it never
+    /// had a position (nothing to remember), nor if it was fenced: another
+    /// writer has the session in the log, and the tombstone would answer
+    /// for positions of a life the log never took (its last position as
+    /// durable, its cursor as the latest); the log answers instead.
+    fn remembers(session: &Session<T>, tombstone: &Tombstone) -> bool {
+        tombstone.identity.start > 0 && !session.fenced.load(Relaxed)
     }
 
     /// Counts one eviction; `remembered` if it left a tombstone.
@@ -536,7 +544,7 @@ impl<T> SessionMap<T> {
             // revival in between counts it out (counting only remembered
             // ones let such a revival take `dormant` below zero).
             self.account_eviction(shared, &session, true);
-            let remembered = tombstone.identity.start > 0 && keep_tombstones;
+            let remembered = keep_tombstones && Self::remembers(&session, &tombstone);
             if !remembered {
                 let forgotten = self.map.remove_if(key, |entry| {
                     let dormant = matches!(entry, Entry::Dormant(_));

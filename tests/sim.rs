@@ -20,7 +20,8 @@
 //! restart of its node leaves it open in the log), `remove_session`, `sweep`,
 //! `trim_session`, clock jumps (age retention, tombstone TTL), a
 //! `persist_round` on one node, a crash (drop without writing) or a clean
-//! restart (drain, drop) of a node, handing a session's writer over to
+//! restart (drain, drop) of a node, leases running out (over a shared
+//! log: the gone stores' and a live node's), handing a session's writer over to
 //! another node (the old writer drains and lets it go: evicted to a
 //! tombstone or removed), `archive_before`, catch-up readers started on any
 //! node from the start cursor, a current cursor or any earlier append's
@@ -79,12 +80,18 @@
 //!    ends with the closure has delivered exactly through its last
 //!    position (and, in the final catch-up, reached the log's tail); a
 //!    `Reopen` (`reopen_session`) hands back an open session.
-//! 8. **Interrupted turns** (persister invariant 11; single-node runs,
-//!    whose log is not shared). A turn the node's store left open in the
-//!    log when it crashed or restarted closes its session `Interrupted`
-//!    at the next restore: no append is accepted on that key until a
-//!    removal or a reopen opens it (the model reads the open turn from
-//!    the log's meta, and the closure then counts as a close for 7).
+//! 8. **Interrupted turns** (persister invariant 11). A turn the node's
+//!    store left open in the log when it crashed or restarted closes its
+//!    session `Interrupted` at the next restore: no append is accepted on
+//!    that key until a removal or a reopen opens it (the model reads the
+//!    open turn from the log's meta, and the closure then counts as a
+//!    close for 7). Over a shared log only once the store's lease has run
+//!    out (`ExpireLeases`, which also moves the clock a lease on), and
+//!    only for keys no live node holds or made a session of (such a node
+//!    may continue the key from memory). Leases also run out for a live
+//!    node, as a stall would: another node may then close its turn, which
+//!    fences it (its events on that key count as a crash's); the model
+//!    accepts such a closure where the log holds it.
 //!
 //! Where the contract leaves room, the simulator does not judge: a
 //! `Reset` or `Unavailable` that ends a reader mid-stream (a removed
@@ -1120,6 +1127,147 @@ fn regression_a_removal_on_a_node_that_does_not_write_reopens_nothing_in_a_share
             Op::Persist { node: 2 },
             Op::Remove { node: 0, key: 0 },
             Op::AppendBatch { key: 0, len: 1 },
+        ],
+    );
+}
+
+/// Issue 22 (interrupted turns over a shared log): a node whose lease ran
+/// out (a stall) removes its turn's session and appends again (a successor
+/// continuing after it) while another node's reader closes the turn
+/// `Interrupted`. The removed session and its successor are fenced; the
+/// successor's `durable_position` must stay the predecessor's (the log
+/// never took the successor's start), not jump to where its life begins.
+#[test]
+fn regression_a_fenced_removed_sessions_successor_claims_nothing_durable() {
+    assert_clean(
+        &Shape {
+            tenants: 4,
+            undurable_budget: 64 << 20,
+            ..shape(2, 4, 1)
+        },
+        &[
+            Op::OpenHandle { key: 1, slot: 3 },
+            Op::Append { key: 1 },
+            Op::OpenTurn { slot: 3 },
+            Op::TakeOver {
+                key: 7,
+                to: 1,
+                evict: false,
+            },
+            Op::StartReader {
+                node: 1,
+                key: 1,
+                from: 36,
+                slot: 3,
+            },
+            Op::Append { key: 1 },
+            Op::Remove { node: 0, key: 1 },
+            Op::ExpireLeases { node: 0 },
+            Op::Append { key: 1 },
+            Op::StepReader { slot: 3, events: 1 },
+        ],
+    );
+}
+
+/// Issue 22 (interrupted turns over a shared log): the stalled node's
+/// session, fenced by the interruption, is evicted. Its tombstone would
+/// answer `durable_position` with its last position, which the log never
+/// took: a fenced session leaves none, and the log answers.
+#[test]
+fn regression_a_fenced_session_leaves_no_tombstone() {
+    let over = |key, to, evict| Op::TakeOver { key, to, evict };
+    assert_clean(
+        &Shape {
+            tenants: 4,
+            sessions: 3,
+            auto_sweep: true,
+            undurable_budget: 64 << 20,
+            ..shape(2, 16, 1)
+        },
+        &[
+            over(6, 1, true),
+            Op::OpenHandle { key: 6, slot: 1 },
+            Op::OpenTurn { slot: 1 },
+            Op::Persist { node: 1 },
+            Op::Append { key: 6 },
+            over(8, 1, false),
+            Op::StartReader {
+                node: 0,
+                key: 6,
+                from: 56,
+                slot: 1,
+            },
+            Op::DropHandle { slot: 1 },
+            Op::ExpireLeases { node: 1 },
+            Op::StepReader { slot: 1, events: 2 },
+            over(8, 0, true),
+            Op::Sweep { node: 1 },
+        ],
+    );
+}
+
+/// Issue 22 (interrupted turns over a shared log): a reader on another
+/// node judges a stalled node's turn interrupted while the stalled node
+/// still writes. The closure is written before the reader's node makes the
+/// session (a refusal means the log moved on, and the log is read again),
+/// so no closed session whose closure the log refused shadows the log on
+/// that node.
+#[test]
+fn regression_an_interruption_the_log_refuses_leaves_nothing_behind() {
+    assert_clean(
+        &Shape {
+            tenants: 3,
+            sessions: 4,
+            auto_sweep: true,
+            ..shape(2, 16, 3)
+        },
+        &[
+            Op::Append { key: 8 },
+            Op::OpenHandle { key: 8, slot: 2 },
+            Op::OpenTurn { slot: 2 },
+            Op::HandleAppend { slot: 2 },
+            Op::HandleAppend { slot: 2 },
+            Op::Persist { node: 0 },
+            Op::ExpireLeases { node: 0 },
+            Op::HandleAppend { slot: 2 },
+            Op::StartReader {
+                node: 1,
+                key: 8,
+                from: 36,
+                slot: 3,
+            },
+            Op::StepReader { slot: 3, events: 3 },
+        ],
+    );
+}
+
+/// Issue 22 (interrupted turns over a shared log): the node that closes a
+/// gone store's turn writes its new life and the closure in one write.
+/// The life alone clears the turn's mark: recorded first, with the node
+/// crashing before the closure, it left the key open to the next writer.
+#[test]
+fn regression_an_interruptions_life_never_lands_without_its_closure() {
+    assert_clean(
+        &Shape {
+            tenants: 4,
+            sessions: 3,
+            undurable_budget: 1024,
+            ..shape(2, 16, 3)
+        },
+        &[
+            Op::OpenHandle { key: 9, slot: 1 },
+            Op::OpenTurn { slot: 1 },
+            Op::TakeOver {
+                key: 3,
+                to: 1,
+                evict: false,
+            },
+            Op::Crash { node: 0 },
+            Op::ExpireLeases { node: 0 },
+            Op::Append { key: 9 },
+            Op::Crash { node: 0 },
+            Op::OpenHandle { key: 9, slot: 3 },
+            Op::HandleAppend { slot: 3 },
         ],
     );
 }

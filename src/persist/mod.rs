@@ -52,7 +52,10 @@
 //!    regression) and write on from there; otherwise another writer has the
 //!    session and it is *fenced*: its events stay in the ring, counted in
 //!    `stats()`, and are no longer written. A fenced session may be
-//!    evicted, and a successor never waits for a fenced predecessor.
+//!    evicted, but leaves no tombstone (it would answer for positions the
+//!    log never took), and a successor never waits for a fenced
+//!    predecessor; until it writes, it reports the predecessor's
+//!    watermark as its own, never its start.
 //! 7. A record the log refuses for good (`InvalidRecord`: too large for it,
 //!    say) is written as a hole (`HoleReason::Refused`), counted with its
 //!    key; it never stalls its session or the sessions batched with it.
@@ -749,19 +752,29 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             .unwrap_or_else(|e| e.into_inner());
         // A fenced predecessor will never be durable: its events are lost
         // to another writer (counted when it was fenced), and this life
-        // goes ahead (the log decides whether it is still ours).
+        // goes ahead (the log decides whether it is still ours). It is
+        // kept, not dropped: until this life writes, its watermark is the
+        // predecessor's (`Session::durable`), never this life's start,
+        // which the log does not hold.
         // `durable()`, not the predecessor's own watermark: a predecessor
         // that itself waits (removed before it wrote anything) reports its
         // own predecessor's, so a chain of removals is written in order.
         // A closed predecessor's closure must be in the log first: written
         // after this life, it would close it.
         // So must its open turn (invariant 11), which the new life clears.
-        let waiting = predecessor.as_ref().is_some_and(|old| {
-            !old.fenced.load(Relaxed)
-                && (old.durable() < session.identity().start
-                    || old.closure_to_write().is_some()
-                    || old.turn_to_write())
-        });
+        let Some(old) = predecessor.as_ref() else {
+            return false;
+        };
+        if old.fenced.load(Relaxed) {
+            // Kept until this life has written past its start.
+            if session.written() > session.identity().start {
+                *predecessor = None;
+            }
+            return false;
+        }
+        let waiting = old.durable() < session.identity().start
+            || old.closure_to_write().is_some()
+            || old.turn_to_write();
         if !waiting {
             *predecessor = None;
         }

@@ -450,6 +450,17 @@ impl<T> Session<T> {
         own
     }
 
+    /// Whether this session's removed predecessor was fenced: its
+    /// positions before this life's start will never be written, and this
+    /// life does not wait for them (persister invariant 6).
+    pub(crate) fn predecessor_is_fenced(&self) -> bool {
+        self.predecessor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|old| old.fenced.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// The persister's own watermark: where its next write starts.
     pub(crate) fn written(&self) -> u64 {
         // Relaxed: the persister is the only writer of the watermark.

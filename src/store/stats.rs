@@ -64,7 +64,7 @@ impl<T: Send + Sync + 'static> ReplayStore<T> {
             if let Some(durable) = stats.durable.as_mut() {
                 let watermark = session.durable();
                 durable.undurable_events += session.ring.published_tail().saturating_sub(watermark);
-                if watermark < session.identity().start {
+                if watermark < session.identity().start && !session.predecessor_is_fenced() {
                     durable.waiting_sessions += 1;
                 }
             }

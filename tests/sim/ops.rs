@@ -145,6 +145,14 @@ pub enum Op {
     OpenTurn {
         slot: u8,
     },
+    /// Over a shared log, leases run out: the lease of `node`'s store (as
+    /// if it stalled longer than its lease) and those of every store gone
+    /// (crashed or restarted). A turn they left open is then closed
+    /// `Interrupted` by the next node that restores its session. Nothing
+    /// on a single node's log, which has no leases.
+    ExpireLeases {
+        node: u8,
+    },
     /// The log refuses appends until healed.
     FailAppends,
     /// The log applies the next append and loses its reply.
@@ -195,7 +203,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
     // A run persists often or rarely, so some runs lap their rings.
     let persist_weight = pick(rng, &[2u64, 8, 20]);
     let fault_weight = pick(rng, &[0u64, 1, 3]);
-    let table: [(u64, u8); 26] = [
+    let table: [(u64, u8); 27] = [
         (30, 0), // append
         (6, 1),  // batch
         (3, 2),  // open handle
@@ -222,6 +230,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
         (1, 23),                    // close
         (1, 24),                    // reopen
         (2, 25),                    // turn
+        (1, 26),                    // leases run out
     ];
     let total: u64 = table.iter().map(|(w, _)| w).sum();
     (0..steps)
@@ -294,6 +303,7 @@ pub fn generate(rng: &mut TestRng, shape: &Shape, steps: usize) -> Vec<Op> {
                 },
                 24 => Op::Reopen { key },
                 25 => Op::OpenTurn { slot: handle },
+                26 => Op::ExpireLeases { node },
                 _ => Op::Replay {
                     node,
                     key,

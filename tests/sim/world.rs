@@ -152,9 +152,18 @@ pub struct World {
     /// that is not shared: closed `Interrupted` from the next restore on,
     /// until a removal or a reopen opens the key again.
     interrupted: Vec<bool>,
-    /// Generations dropped without a full drain (a crash): their
-    /// undurable events may be lost.
+    /// Generations dropped without a full drain (a crash), or whose lease
+    /// ran out while they lived (a stall: another node may close their
+    /// turns and fence them): their undurable events may be lost.
     crashed: BTreeSet<u32>,
+    /// Over a shared log, the ids of stores gone (crashed or restarted),
+    /// whose leases `ExpireLeases` lets run out.
+    gone_stores: Vec<u64>,
+    /// `(generation, key)`: the store generation made a session of the
+    /// key (a handle, or an accepted append). Such a store may continue
+    /// the key from memory (a removed session still on its way to the
+    /// log), so the model does not predict an interruption there.
+    touched: BTreeSet<(u32, u8)>,
     /// Each generation's payload probe (see [`Payload`]).
     probes: Vec<Arc<()>>,
     handles: Vec<Option<Handle>>,
@@ -193,6 +202,8 @@ impl World {
             cursors: vec![Vec::new(); usize::from(shape.keys())],
             closed: vec![None; usize::from(shape.keys())],
             interrupted: vec![false; usize::from(shape.keys())],
+            gone_stores: Vec::new(),
+            touched: BTreeSet::new(),
             crashed: BTreeSet::new(),
             probes: Vec::new(),
             handles: (0..HANDLE_SLOTS).map(|_| None).collect(),
@@ -282,11 +293,13 @@ impl World {
         *first = (*first).min(position);
         self.by_payload
             .insert(event.payload().text.clone(), self.accepted.len());
+        let generation = self.nodes[usize::from(node)].generation;
+        self.touched.insert((generation, key));
         self.accepted.push(Accepted {
             key,
             position,
             incarnation,
-            generation: self.nodes[usize::from(node)].generation,
+            generation,
         });
         self.cursors[usize::from(key)].push(event.cursor());
         if self.interrupted[usize::from(key)] {
@@ -321,13 +334,25 @@ impl World {
         Ok(())
     }
 
-    fn refused(&self, key: u8, what: &str, error: &Error) -> Result<(), Violation> {
+    fn refused(&mut self, key: u8, what: &str, error: &Error) -> Result<(), Violation> {
         match error {
             // Closed (here, or restored closed from the log).
             Error::Refused(Refusal::SessionClosed { .. })
                 if self.closed[usize::from(key)].is_some() =>
             {
                 covered("append refused: closed");
+                Ok(())
+            }
+            // Over a shared log, a turn some node closed `Interrupted`
+            // because its store's lease ran out (a stalled store's turn,
+            // which the model does not predict): the log holds it.
+            Error::Refused(Refusal::SessionClosed { closure })
+                if closure.reason == CloseReason::Interrupted
+                    && self.truth(key, u64::MAX - 1).0.and_then(|m| m.closure)
+                        == Some(*closure) =>
+            {
+                covered("append refused: a stalled store's turn interrupted");
+                self.closed[usize::from(key)] = Some((0, *closure));
                 Ok(())
             }
             // The log could not be read to restore the session: allowed.
@@ -406,10 +431,18 @@ impl World {
         if crashed {
             self.crashed.insert(generation);
         }
+        if self.shape.nodes > 1 {
+            let gone = self.store(node).store_id();
+            self.gone_stores.extend(gone);
+        }
         self.nodes[usize::from(node)].store = None;
         self.forget_node(node, None)?;
         let fresh = self.build_node();
         self.nodes[usize::from(node)] = fresh;
+        if self.shape.nodes > 1 {
+            // Its sessions are no longer held: the next restore judges.
+            self.judge_leases();
+        }
         if self.shape.nodes == 1 {
             for key in 0..self.keys.len() as u8 {
                 let (meta, _) = self.truth(key, u64::MAX - 1);
@@ -531,6 +564,7 @@ impl World {
                 let generation = self.nodes[usize::from(node)].generation;
                 match self.store(node).session(&k) {
                     Ok(handle) => {
+                        self.touched.insert((generation, key));
                         self.release(usize::from(slot))?;
                         self.handles[usize::from(slot)] = Some(Handle {
                             node,
@@ -683,12 +717,73 @@ impl World {
                     Err(error) => self.refused(key, "reopen", &error)?,
                 }
             }
+            Op::ExpireLeases { node } => self.expire_leases(self.node_index(node)),
             Op::FailAppends => self.log.set_append(AppendMode::Failing),
             Op::LoseReply => self.log.set_append(AppendMode::LoseReply),
             Op::FailReads { count } => self.log.fail_reads(count.into()),
             Op::Heal => self.log.heal(),
         }
         Ok(())
+    }
+
+    /// Over a shared log, the leases of `node`'s store and of every gone
+    /// store run out (persister invariant 11). `node` stalled: what it
+    /// accepted on a session another node now closes is lost to it
+    /// (fenced), as in a crash. A turn a gone or stalled store left open,
+    /// on a key no live node holds, is closed `Interrupted` by the next
+    /// node that restores the key: from then on, as after a single
+    /// node's restart (invariant 8), no append is accepted on it until a
+    /// removal or a reopen. A key a live node holds is not judged: that
+    /// node may record a newer life before anyone restores it.
+    fn expire_leases(&mut self, node: u8) {
+        if self.shape.nodes == 1 {
+            return;
+        }
+        let stalled = self.store(node).store_id().expect("a durable store");
+        self.crashed
+            .insert(self.nodes[usize::from(node)].generation);
+        let truth = self.log.truth();
+        for &store in self.gone_stores.iter().chain([&stalled]) {
+            truth.expire_store(store);
+        }
+        // A lease's length passes (the stores' default, 10 s): every live
+        // store's renewal is due at its next round, and none trusts an
+        // earlier answer that another store was alive.
+        self.clock.advance(Duration::from_secs(11));
+        covered("leases run out");
+        self.judge_leases();
+    }
+
+    /// Over a shared log: every key whose turn a store left open that is
+    /// not alive (its lease ran out), that no live node holds, is closed
+    /// `Interrupted` by the next node that restores it (see
+    /// `expire_leases`).
+    fn judge_leases(&mut self) {
+        for key in 0..self.keys.len() as u8 {
+            let (meta, _) = self.truth(key, u64::MAX - 1);
+            let Some(meta) = meta else { continue };
+            let k = &self.keys[usize::from(key)];
+            let held = self.nodes.iter().any(|n| {
+                n.store.as_ref().is_some_and(|store| store.is_resident(k))
+                    || self.touched.contains(&(n.generation, key))
+            });
+            let owner_gone = meta.open_turn.is_some_and(|owner| {
+                self.gone_stores.contains(&owner)
+                    && !self.log.truth().store_alive(owner).expect("no fault")
+            });
+            if let (true, None, false) = (owner_gone, meta.closure, held) {
+                covered("lease ran out on a turn: interrupted at the next restore");
+                self.interrupted[usize::from(key)] = true;
+                // In a life of the restoring node's, not known yet.
+                self.closed[usize::from(key)] = Some((
+                    0,
+                    Closure {
+                        reason: CloseReason::Interrupted,
+                        last: meta.durable_tail,
+                    },
+                ));
+            }
+        }
     }
 
     /// Hands `key` over to node `to` the way a host moves a session: the
