@@ -1204,10 +1204,19 @@ fn what_the_binary_acknowledged_survives_sigkill() {
         .and_then(|value| value.parse().ok())
         .expect("an appends counter");
     assert_eq!(appends, 1, "{metrics}");
-    assert!(
-        metrics.contains("livereplay_lost_events_total 0"),
-        "{metrics}"
-    );
+    for counter in [
+        "lost_events_total",
+        "holes_total",
+        "fenced_sessions_total",
+        "fenced_events_total",
+        "interrupted_turns_total",
+        "gaps_reset_total",
+    ] {
+        assert!(
+            metrics.contains(&format!("\nlivereplay_{counter} 0\n")),
+            "{counter}: {metrics}"
+        );
+    }
     server.kill();
 }
 

@@ -583,6 +583,18 @@ fn metrics(
         stats.gaps_lost,
     );
     metric(
+        "gaps_reset_total",
+        "counter",
+        "Gaps reported as reset (a session removed or restarted under a reader).",
+        stats.gaps_reset,
+    );
+    metric(
+        "gaps_unavailable_total",
+        "counter",
+        "Gaps reported as unavailable (a session the store does not know).",
+        stats.gaps_unavailable,
+    );
+    metric(
         "closed_sessions_total",
         "counter",
         "Sessions (streams) closed since start.",
@@ -624,6 +636,36 @@ fn metrics(
             "gauge",
             "Records accepted and not yet durable.",
             durable.undurable_events,
+        );
+        metric(
+            "holes_total",
+            "counter",
+            "Holes written to the log (runs of accepted records no tier could keep).",
+            durable.holes,
+        );
+        metric(
+            "fenced_sessions_total",
+            "counter",
+            "Sessions fenced: another writer took them in the shared log, and their unwritten records are lost here.",
+            durable.fenced_sessions,
+        );
+        metric(
+            "fenced_events_total",
+            "counter",
+            "Accepted records of fenced sessions never written.",
+            durable.fenced_events,
+        );
+        metric(
+            "interrupted_turns_total",
+            "counter",
+            "Turns another store left open (its process died, or its lease ran out) closed Interrupted here.",
+            durable.interrupted_turns,
+        );
+        metric(
+            "refused_records_total",
+            "counter",
+            "Records the log refused for good, written as holes.",
+            durable.refused_records,
         );
     }
     out
