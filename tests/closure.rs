@@ -780,6 +780,96 @@ fn over_a_shared_log_a_turn_ends_interrupted_once_its_stores_lease_ran_out() {
     assert_eq!(interrupted_turns(&after), 0);
 }
 
+/// A shared log that refuses leases (Redis down) is asked again a
+/// thirtieth of a lease later by an idle store, not every round, and each
+/// refusal is a counted log failure; a commit asks at once, and fails
+/// without the lease.
+#[test]
+fn a_store_renews_its_lease_at_a_paced_rate_while_the_log_refuses() {
+    #[derive(Debug)]
+    struct RefusesLeases {
+        log: MemoryLog,
+        asked: std::sync::atomic::AtomicU64,
+    }
+    impl DurableLog for RefusesLeases {
+        fn append(
+            &self,
+            writes: &[livereplay::durable::SessionWrite<'_>],
+        ) -> Result<(), livereplay::durable::LogError> {
+            self.log.append(writes)
+        }
+        fn load_after(
+            &self,
+            key: &SessionKey,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<livereplay::durable::LogRecord>, livereplay::durable::LogError> {
+            self.log.load_after(key, after, limit)
+        }
+        fn meta(
+            &self,
+            key: &SessionKey,
+        ) -> Result<Option<livereplay::durable::SessionMeta>, livereplay::durable::LogError>
+        {
+            self.log.meta(key)
+        }
+        fn archive_before(
+            &self,
+            key: &SessionKey,
+            watermark: u64,
+        ) -> Result<u64, livereplay::durable::LogError> {
+            self.log.archive_before(key, watermark)
+        }
+        fn sessions(
+            &self,
+            tenant: &str,
+            limit: usize,
+            offset: usize,
+        ) -> Result<Vec<SessionKey>, livereplay::durable::LogError> {
+            self.log.sessions(tenant, limit, offset)
+        }
+        fn is_shared(&self) -> bool {
+            true
+        }
+        fn keep_alive(&self, _: u64, _: Duration) -> Result<(), livereplay::durable::LogError> {
+            self.asked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(livereplay::durable::LogError::Backend("down".into()))
+        }
+    }
+    let log = Arc::new(RefusesLeases {
+        log: MemoryLog::shared(),
+        asked: Default::default(),
+    });
+    let asked = || log.asked.load(std::sync::atomic::Ordering::Relaxed);
+    let clock = Arc::new(livereplay::ManualClock::new());
+    let lease = Duration::from_secs(3);
+    let store: ReplayStore<String> = ReplayStore::builder()
+        .clock(clock.clone())
+        .durable(log.clone(), Utf8)
+        .durable_options(
+            DurableOptions::default()
+                .with_persister_thread(false)
+                .with_store_lease(lease),
+        )
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        assert_eq!(store.persist_round(), None, "nothing to write");
+    }
+    assert_eq!(asked(), 1, "idle rounds ask once per thirtieth of a lease");
+    clock.advance(lease / 30);
+    store.persist_round();
+    assert_eq!(asked(), 2);
+    let failures = store.stats().durable.unwrap().log_failures;
+    assert_eq!(failures, 2, "each refusal is counted");
+    // A commit asks at once, and fails without the lease.
+    store.append(&key("s"), Revision(1), "a".into()).unwrap();
+    assert_eq!(store.persist_round(), Some(false));
+    assert_eq!(asked(), 3);
+    assert_eq!(store.durable_position(&key("s")).unwrap(), Some(0));
+}
+
 /// A log that cannot tell liveness (the trait's default, as Postgres's)
 /// leaves another node's turn to it for good.
 #[test]
@@ -872,6 +962,22 @@ fn turn_child(test: &str, env: &[(&str, &str)]) -> std::process::Child {
     child
 }
 
+/// The child's part: a turn on `session` appends `events` events, waits
+/// until they are durable, says `DURABLE`, and stays open until the
+/// process is killed.
+#[cfg(any(feature = "redb", feature = "redis"))]
+fn hold_a_turn(store: &ReplayStore<String>, session: &str, events: u64) {
+    let k = key(session);
+    let turn = store.session(&k).unwrap().into_turn();
+    for n in 1..=events {
+        turn.append(Revision(n), format!("e{n}")).unwrap();
+    }
+    store.wait_durable(&k, events, WAIT).unwrap();
+    println!("DURABLE");
+    std::thread::sleep(Duration::from_secs(60));
+    panic!("not killed, turn {turn:?}");
+}
+
 #[cfg(feature = "redb")]
 mod killed_process {
     //! The same with a real process and the redb log: a child opens a turn
@@ -911,16 +1017,7 @@ mod killed_process {
             .durable(open(std::path::Path::new(&dir), journaled), Utf8)
             .build()
             .unwrap();
-        let k = key("killed");
-        let turn = store.session(&k).unwrap().into_turn();
-        for n in 1..=EVENTS {
-            turn.append(Revision(n), format!("e{n}")).unwrap();
-        }
-        store.wait_durable(&k, EVENTS, WAIT).unwrap();
-        println!("DURABLE");
-        // Alive, turn open, until killed.
-        std::thread::sleep(Duration::from_secs(60));
-        panic!("not killed");
+        super::hold_a_turn(&store, "killed", EVENTS);
     }
 
     #[test]
@@ -1009,16 +1106,7 @@ mod killed_node {
         let Ok(url) = std::env::var(ENV_REDIS) else {
             return;
         };
-        let store = node(&url);
-        let k = key("killed-node");
-        let turn = store.session(&k).unwrap().into_turn();
-        for n in 1..=EVENTS {
-            turn.append(Revision(n), format!("e{n}")).unwrap();
-        }
-        store.wait_durable(&k, EVENTS, WAIT).unwrap();
-        println!("DURABLE");
-        std::thread::sleep(Duration::from_secs(60));
-        panic!("not killed");
+        super::hold_a_turn(&node(&url), "killed-node", EVENTS);
     }
 
     #[test]

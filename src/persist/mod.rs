@@ -189,13 +189,20 @@ pub(crate) struct Persistence<T> {
     /// The store's clock, which times leases: a simulation that moves it
     /// past a lease makes every renewal due, as a stall would.
     clock: StdArc<dyn Clock>,
-    /// When this store last renewed its lease on a shared log (invariant
-    /// 11); `None` before the first renewal.
-    kept_alive: Mutex<Option<Timestamp>>,
+    /// This store's lease on a shared log (invariant 11).
+    lease: Mutex<LeaseState>,
     /// Other stores a shared log said were alive, and when: asked again
     /// only a tenth of a lease later, so that readers waiting on another
     /// node's turn do not each ask the log every wait slice.
     seen_alive: Mutex<std::collections::HashMap<u64, Timestamp>>,
+}
+
+/// When this store last renewed its lease on a shared log, and last
+/// tried to (`None`: never).
+#[derive(Default)]
+struct LeaseState {
+    renewed: Option<Timestamp>,
+    tried: Option<Timestamp>,
 }
 
 /// A removed session and the last position it claimed.
@@ -264,7 +271,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
             last_refused: Mutex::new(None),
             store_id: Incarnation::fresh().get(),
             clock,
-            kept_alive: Mutex::new(None),
+            lease: Mutex::new(LeaseState::default()),
             seen_alive: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -690,9 +697,9 @@ impl<T: Send + Sync + 'static> Persistence<T> {
         }
         if batch.is_empty() {
             // Renewed while idle too: a turn's mark outlives its commits.
-            // A failure is retried on the next round (and fails the next
-            // commit that needs it).
-            if let Err(error) = self.keep_alive_if_due() {
+            // A failure is retried a thirtieth of a lease later (and fails
+            // the next commit).
+            if let Err(error) = self.keep_alive_if_due(true) {
                 self.failed(&error);
             }
             return None;
@@ -701,21 +708,32 @@ impl<T: Send + Sync + 'static> Persistence<T> {
     }
 
     /// Over a shared log, renews this store's lease once a third of it has
-    /// passed (invariant 11); nothing over a log that is not shared.
-    fn keep_alive_if_due(&self) -> Result<(), LogError> {
+    /// passed (invariant 11); nothing over a log that is not shared. An
+    /// idle round that failed to renew tries again a thirtieth of a lease
+    /// later, not every round (a log that is down would be asked hundreds
+    /// of times a second); a commit always tries, and fails without it.
+    fn keep_alive_if_due(&self, idle: bool) -> Result<(), LogError> {
         if !self.log.is_shared() {
             return Ok(());
         }
-        let mut kept_alive = self.kept_alive.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lease_state = self.lease.lock().unwrap_or_else(|e| e.into_inner());
         let lease = self.options.store_lease;
-        if kept_alive.is_some_and(|at| self.within(at, lease / 3)) {
+        if lease_state
+            .renewed
+            .is_some_and(|at| self.within(at, lease / 3))
+            || (idle
+                && lease_state
+                    .tried
+                    .is_some_and(|at| self.within(at, lease / 30)))
+        {
             return Ok(());
         }
         // Timed from before the call: the lease the log grants starts no
         // earlier than this.
         let now = self.clock.now();
+        lease_state.tried = Some(now);
         self.log.keep_alive(self.store_id, lease)?;
-        *kept_alive = Some(now);
+        lease_state.renewed = Some(now);
         Ok(())
     }
 
@@ -934,7 +952,7 @@ impl<T: Send + Sync + 'static> Persistence<T> {
                 .collect();
             // The lease first: a turn's mark must never be in the log
             // while its store is not alive there (invariant 11).
-            if let Err(error) = self.keep_alive_if_due() {
+            if let Err(error) = self.keep_alive_if_due(false) {
                 break Err(error);
             }
             let result = self.log.append(&writes);
