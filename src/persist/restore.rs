@@ -49,18 +49,24 @@ pub(crate) fn continuing_after<T>(removed: Arc<Session<T>>, last: u64) -> Restor
     }
 }
 
+/// A session nobody knew: a fresh identity, its life recorded in the log
+/// if there is one.
+fn new_session<T>(record_life: bool) -> Restored<T> {
+    Restored {
+        identity: Identity::fresh(),
+        record_life,
+        predecessor: None,
+        closed: None,
+        interrupted: false,
+    }
+}
+
 pub(crate) fn restore_identity<T>(
     persistence: Option<&Persistence<T>>,
     key: &SessionKey,
 ) -> Result<Restored<T>, Refusal> {
     let Some(persistence) = persistence else {
-        return Ok(Restored {
-            identity: Identity::fresh(),
-            record_life: false,
-            predecessor: None,
-            closed: None,
-            interrupted: false,
-        });
+        return Ok(new_session(false));
     };
     // A removed incarnation still being written: continue after its last
     // claimed position (the log does not have it yet).
@@ -80,13 +86,7 @@ pub(crate) fn restore_identity<T>(
                 reason: error.to_string(),
             })?;
         let Some(meta) = meta else {
-            return Ok(Restored {
-                identity: Identity::fresh(),
-                record_life: true,
-                predecessor: None,
-                closed: None,
-                interrupted: false,
-            });
+            return Ok(new_session(true));
         };
         let mut incarnation = Incarnation::fresh();
         while meta.life_of(incarnation).is_some() {
