@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{EventRef, Links};
+#[cfg(any(feature = "redb", feature = "redis"))]
 use crate::closure::{CloseReason, Closure};
 use crate::key::SessionKey;
 
@@ -69,15 +70,18 @@ impl<'a> LinksV1<'a> {
 /// position), the tag [`OPEN_TURN`] a turn of store `value`. A binary from
 /// before open turns reads that tag as an unknown reason and refuses the
 /// meta as damaged instead of reading the session as open.
+#[cfg(any(feature = "redb", feature = "redis"))]
 #[derive(Serialize, Deserialize)]
 struct TailV1 {
     tag: u8,
     value: u64,
 }
 
+#[cfg(any(feature = "redb", feature = "redis"))]
 /// The tag of an open turn (no [`CloseReason`] has it).
 const OPEN_TURN: u8 = 0;
 
+#[cfg(any(feature = "redb", feature = "redis"))]
 /// Appends the meta's tail (its closure, else its open turn) to an encoded
 /// meta.
 pub(super) fn append_tail(
@@ -99,6 +103,7 @@ pub(super) fn append_tail(
     postcard::to_extend(&tail, meta)
 }
 
+#[cfg(any(feature = "redb", feature = "redis"))]
 /// The closure and open turn stored after a meta's fields (`rest`: the
 /// bytes after them), the closure checked against the meta's durable
 /// tail; an error says what is wrong with the bytes.
