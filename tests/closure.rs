@@ -870,7 +870,7 @@ fn a_store_renews_its_lease_at_a_paced_rate_while_the_log_refuses() {
     assert_eq!(store.durable_position(&key("s")).unwrap(), Some(0));
 }
 
-/// A log that cannot tell liveness (the trait's default, as Postgres's)
+/// A log that cannot tell liveness (the trait's default)
 /// leaves another node's turn to it for good.
 #[test]
 fn a_shared_log_without_leases_leaves_a_turn_to_its_node() {
@@ -937,7 +937,7 @@ fn a_shared_log_without_leases_leaves_a_turn_to_its_node() {
 /// Starts this test binary again as the child `test` (an ignored test that
 /// does nothing unless its variables are set) and waits for its line
 /// `DURABLE`: its turn is open and its events are in the log.
-#[cfg(any(feature = "redb", feature = "redis"))]
+#[cfg(any(feature = "redb", feature = "redis", feature = "postgres"))]
 fn turn_child(test: &str, env: &[(&str, &str)]) -> std::process::Child {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
@@ -965,7 +965,7 @@ fn turn_child(test: &str, env: &[(&str, &str)]) -> std::process::Child {
 /// The child's part: a turn on `session` appends `events` events, waits
 /// until they are durable, says `DURABLE`, and stays open until the
 /// process is killed.
-#[cfg(any(feature = "redb", feature = "redis"))]
+#[cfg(any(feature = "redb", feature = "redis", feature = "postgres"))]
 fn hold_a_turn(store: &ReplayStore<String>, session: &str, events: u64) {
     let k = key(session);
     let turn = store.session(&k).unwrap().into_turn();
@@ -1075,48 +1075,73 @@ mod killed_process {
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "postgres")]
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
+
+#[cfg(any(feature = "redis", feature = "postgres"))]
 mod killed_node {
-    //! The same over Redis, where another node does the closing: a child
-    //! node opens a turn, appends until its events are durable, and holds
-    //! it; a reader on this node waits through several of the child's
-    //! leases (it renews them), then the child is killed with SIGKILL and
-    //! the reader ends with `Interrupted` once the child's lease ran out.
+    //! The same over a shared log (Redis, Postgres), where another node
+    //! does the closing: a child node opens a turn, appends until its
+    //! events are durable, and holds it; a reader on this node waits
+    //! through several of the child's leases (it renews them), then the
+    //! child is killed with SIGKILL and the reader ends with `Interrupted`
+    //! once the child's lease ran out.
 
-    use livereplay::durable::RedisLog;
-
-    use super::redis_server::RedisServer;
     use super::*;
 
-    const ENV_REDIS: &str = "LIVEREPLAY_TURN_CHILD_REDIS";
+    /// `redis <url>` or `postgres <connection parameters>`.
+    const ENV_LOG: &str = "LIVEREPLAY_TURN_CHILD_LOG";
     const EVENTS: u64 = 5;
     const LEASE: Duration = Duration::from_millis(600);
 
-    fn node(url: &str) -> ReplayStore<String> {
+    fn node(log: &str) -> ReplayStore<String> {
+        let log: Arc<dyn DurableLog> = match log.split_once(' ') {
+            #[cfg(feature = "redis")]
+            Some(("redis", url)) => Arc::new(livereplay::durable::RedisLog::open(url).unwrap()),
+            #[cfg(feature = "postgres")]
+            Some(("postgres", params)) => {
+                Arc::new(livereplay::durable::PostgresLog::open(params).unwrap())
+            }
+            _ => panic!("no such log: {log}"),
+        };
         ReplayStore::builder()
-            .durable(Arc::new(RedisLog::open(url).unwrap()), Utf8)
+            .durable(log, Utf8)
             .durable_options(DurableOptions::default().with_store_lease(LEASE))
             .build()
             .unwrap()
     }
 
     #[test]
-    #[ignore = "the child of killed_node::a_killed_nodes_turn_ends_interrupted_on_another_node"]
+    #[ignore = "the child of killed_node's tests"]
     fn turn_node() {
-        let Ok(url) = std::env::var(ENV_REDIS) else {
+        let Ok(log) = std::env::var(ENV_LOG) else {
             return;
         };
-        super::hold_a_turn(&node(&url), "killed-node", EVENTS);
+        super::hold_a_turn(&node(&log), "killed-node", EVENTS);
     }
 
+    #[cfg(feature = "redis")]
     #[test]
-    fn a_killed_nodes_turn_ends_interrupted_on_another_node() {
-        let Some(redis) = RedisServer::start() else {
+    fn a_killed_nodes_turn_ends_interrupted_on_another_node_over_redis() {
+        let Some(redis) = super::redis_server::RedisServer::start() else {
             return;
         };
-        let url = redis.url();
-        let mut child = turn_child("killed_node::turn_node", &[(ENV_REDIS, url.as_str())]);
-        let host = node(&url);
+        killed_node_over(&format!("redis {}", redis.url()));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_killed_nodes_turn_ends_interrupted_on_another_node_over_postgres() {
+        let Some(postgres) = super::postgres_server::PostgresServer::start() else {
+            return;
+        };
+        killed_node_over(&format!("postgres {}", postgres.params()));
+    }
+
+    fn killed_node_over(log: &str) {
+        let mut child = turn_child("killed_node::turn_node", &[(ENV_LOG, log)]);
+        let host = node(log);
         let k = key("killed-node");
         let mut reader = host.catch_up(&Cursor::start(k.clone())).unwrap();
         for n in 1..=EVENTS {
@@ -1146,8 +1171,8 @@ mod killed_node {
         assert_eq!(interrupted_turns(&host), 1);
         host.wait_durable(&k, EVENTS, WAIT).unwrap();
         drop(host);
-        // Written to Redis: a third node reads the closure, its own count 0.
-        let third = node(&url);
+        // Written to the log: a third node reads the closure, its own count 0.
+        let third = node(log);
         let (payloads, end) = read_to_closure(&third, &k);
         assert_eq!(payloads.len() as u64, EVENTS);
         assert_eq!(end, Ok(interrupted));

@@ -109,20 +109,20 @@ fn records_are_rows_with_real_columns() {
         .query_one(&format!("SELECT version FROM {s}.schema_version"), &[])
         .expect("version")
         .get(0);
-    assert_eq!(version, 2);
-    let (reason, last): (Option<i16>, Option<i64>) = {
+    assert_eq!(version, 3);
+    let (reason, last, turn): (Option<i16>, Option<i64>, Option<i64>) = {
         let row = client
             .query_one(
-                &format!("SELECT close_reason, close_last FROM {s}.sessions"),
+                &format!("SELECT close_reason, close_last, open_turn FROM {s}.sessions"),
                 &[],
             )
-            .expect("an open session's closure columns");
-        (row.get(0), row.get(1))
+            .expect("an open session's closure and turn columns");
+        (row.get(0), row.get(1), row.get(2))
     };
     assert_eq!(
-        (reason, last),
-        (None, None),
-        "an open session has no closure"
+        (reason, last, turn),
+        (None, None, None),
+        "an open session has no closure, and no turn drives it"
     );
     let rows = client
         .query(
@@ -215,6 +215,79 @@ fn migrations_are_idempotent_and_versions_are_checked() {
             "{bad:?}"
         );
     }
+}
+
+/// A schema at version 2 (before open turns and leases) is migrated at
+/// open: its rows stay, its sessions read as driven by no turn, and turns
+/// and leases work from then on.
+#[test]
+fn a_version_2_schema_is_migrated_to_open_turns_and_leases() {
+    let backend = backend_or_skip!();
+    let old = unique_schema();
+    let k = key("t", "s");
+    let log = open(&backend.server, &old);
+    append_ok(&log, &k, Some(life(1, 1)), &events(1..=2, 1));
+    drop(log);
+    let mut client = backend.server.client();
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {old}.sessions DROP COLUMN open_turn;
+             DROP TABLE {old}.stores;
+             UPDATE {old}.schema_version SET version = 2;"
+        ))
+        .expect("the schema as version 2 left it");
+    let log = open(&backend.server, &old);
+    let version: i32 = client
+        .query_one(&format!("SELECT version FROM {old}.schema_version"), &[])
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 3);
+    assert_eq!(load_all(&log, &k), events(1..=2, 1));
+    assert_eq!(meta_of(&log, &k).open_turn, None);
+    log.append(&[livereplay::durable::SessionWrite {
+        turn_owner: Some(u64::MAX - 5),
+        ..durable_suite::write(&k, None, &[])
+    }])
+    .expect("a turn");
+    assert_eq!(meta_of(&log, &k).open_turn, Some(u64::MAX - 5));
+    log.keep_alive(u64::MAX - 5, Duration::from_secs(60))
+        .expect("a lease");
+    assert!(log.store_alive(u64::MAX - 5).expect("an answer"));
+    assert!(!log.store_alive(3).expect("an answer"));
+}
+
+/// A store's lease is a row that counts until its time passes on the
+/// server's clock; renewing keeps it, and expired rows are cleared as
+/// others renew (a missing row says "gone" as an expired one does).
+#[test]
+fn a_lease_runs_out_on_the_servers_clock() {
+    let backend = backend_or_skip!();
+    let log = backend.log();
+    let lease = Duration::from_millis(200);
+    log.keep_alive(42, lease).expect("a lease");
+    assert!(log.store_alive(42).expect("an answer"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while log.store_alive(42).expect("an answer") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never ran out"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log.keep_alive(7, Duration::from_secs(60))
+        .expect("another lease");
+    let s = &backend.namespace;
+    let rows: Vec<i64> = backend
+        .server
+        .client()
+        .query(&format!("SELECT id FROM {s}.stores ORDER BY id"), &[])
+        .expect("the leases")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(rows, [7], "the expired lease was cleared");
+    log.keep_alive(42, lease * 50).expect("renewed");
+    assert!(log.store_alive(42).expect("an answer"));
 }
 
 /// Two logs on one server and schema are one log (the shared tier);

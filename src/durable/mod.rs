@@ -117,9 +117,10 @@ pub struct SessionMeta {
     /// The id of the store whose [`Turn`](crate::Turn) drives the newest
     /// life, while that turn is open: set by a write's
     /// [`SessionWrite::turn_owner`], cleared by a closure or a new life.
-    /// A store restored from a log that is not shared finds a turn another
-    /// store left open, and closes it `Interrupted` (module `closure`).
-    /// The Postgres log does not keep it (always `None`).
+    /// Another store that finds the turn left open by a store that is
+    /// gone (the log is not shared, or the store's lease ran out) closes
+    /// it `Interrupted` (the [`Turn`](crate::Turn) docs; persister
+    /// invariant 11).
     pub open_turn: Option<u64>,
 }
 

@@ -15,8 +15,13 @@
 //! the session closed `Interrupted` at its durable tail and writes that
 //! closure, so a reader resuming after the crash ends with it instead of
 //! waiting. Over a shared log (Redis, Postgres) a turn on another node may
-//! be alive and the log cannot tell: there a dead node's turn ends only
-//! when someone closes the session.
+//! be alive: each store holds a lease there
+//! ([`DurableOptions::store_lease`](crate::DurableOptions::store_lease)),
+//! and once a dead node's lease has run out, the next node to touch the
+//! session (a reader at its tail, a writer) closes it `Interrupted` the
+//! same way. A node that only stalled past its lease finds its session
+//! fenced: what it appends after that is counted lost, never written
+//! after the closure.
 
 use std::fmt;
 

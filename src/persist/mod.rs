@@ -97,9 +97,9 @@
 //!     it, never the one without the other. The log refusing that write
 //!     means it moved on (the stalled store wrote more, or another store
 //!     closed the turn first): the restore reads the log again, so no
-//!     closure the log refused is ever served. A log that cannot tell
-//!     liveness (the trait's default; Postgres, which does not keep the
-//!     mark either) leaves the turn to its node.
+//!     closure the log refused is ever served. Redis and Postgres keep
+//!     leases; a log that cannot tell liveness (the trait's default)
+//!     leaves the turn to its node.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc as StdArc, Mutex, OnceLock};

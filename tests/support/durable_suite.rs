@@ -1209,8 +1209,7 @@ pub fn closure_is_stored_at_the_tail_and_cleared_by_a_new_life(log: &dyn Durable
 }
 
 /// A write's `turn_owner` is the meta's `open_turn` until a closure or a
-/// new life clears it; a turn needs a life, as records do. A backend that
-/// does not keep turns (Postgres) reports none, ever.
+/// new life clears it; a turn needs a life, as records do.
 pub fn open_turn_is_stored_and_cleared_by_a_closure_or_a_new_life(log: &dyn DurableLog) {
     let k = key("t", "s");
     fn turn(store: u64, write: SessionWrite<'_>) -> SessionWrite<'_> {
@@ -1231,15 +1230,13 @@ pub fn open_turn_is_stored_and_cleared_by_a_closure_or_a_new_life(log: &dyn Dura
     append_ok(log, &k, Some(life(1, 1)), &events(1..=2, 1));
     log.append(&[turn(7, write(&k, None, &[]))])
         .expect("a turn alone");
-    let kept = meta_of(log, &k).open_turn;
-    assert!(kept == Some(7) || kept.is_none(), "{kept:?}");
-    let expect = |store: u64| kept.map(|_| store);
+    assert_eq!(meta_of(log, &k).open_turn, Some(7));
     // Records after it leave it; another turn replaces it.
     append_ok(log, &k, None, &events(3..=3, 1));
-    assert_eq!(meta_of(log, &k).open_turn, expect(7));
+    assert_eq!(meta_of(log, &k).open_turn, Some(7));
     log.append(&[turn(u64::MAX, write(&k, None, &[]))])
         .expect("another store's turn");
-    assert_eq!(meta_of(log, &k).open_turn, expect(u64::MAX));
+    assert_eq!(meta_of(log, &k).open_turn, Some(u64::MAX));
     // A closure clears it, also in the turn's own call.
     log.append(&[SessionWrite {
         closure: closed(CloseReason::Done, 3),
@@ -1263,7 +1260,7 @@ pub fn open_turn_is_stored_and_cleared_by_a_closure_or_a_new_life(log: &dyn Dura
     append_ok(log, &k, Some(life(3, 4)), &events(4..=4, 3));
     log.append(&[turn(5, write(&k, None, &[]))])
         .expect("a turn");
-    assert_eq!(meta_of(log, &k).open_turn, expect(5));
+    assert_eq!(meta_of(log, &k).open_turn, Some(5));
     append_ok(log, &k, Some(life(4, 5)), &[]);
     assert_eq!(meta_of(log, &k).open_turn, None);
     log.append(&[SessionWrite {
@@ -1272,10 +1269,7 @@ pub fn open_turn_is_stored_and_cleared_by_a_closure_or_a_new_life(log: &dyn Dura
     }])
     .expect("a life and its turn");
     let m = meta_of(log, &k);
-    assert_eq!(
-        (m.open_turn, m.closure, m.durable_tail),
-        (expect(6), None, 4)
-    );
+    assert_eq!((m.open_turn, m.closure, m.durable_tail), (Some(6), None, 4));
 }
 
 /// A store is alive while its lease runs: a log never says a store that

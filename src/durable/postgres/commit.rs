@@ -332,6 +332,7 @@ fn write_all(
     let (mut ids, mut tails, mut last_revisions, mut events) = (vec![], vec![], vec![], vec![]);
     let (mut owners, mut life_incarnations, mut firsts) = (vec![], vec![], vec![]);
     let (mut close_reasons, mut close_lasts) = (Vec::<Option<i16>>::new(), Vec::new());
+    let mut open_turns = Vec::<Option<i64>>::new();
     for stage in staged.iter().filter(|s| s.changed) {
         let (Some(id), Some(meta)) = (stage.id, stage.meta.as_ref()) else {
             continue;
@@ -342,6 +343,7 @@ fn write_all(
         events.push(to_sql(meta.event_count));
         close_reasons.push(meta.closure.map(|c| i16::from(c.reason.to_tag())));
         close_lasts.push(meta.closure.map(|c| to_sql(c.last)));
+        open_turns.push(meta.open_turn.map(to_sql));
         for life in &stage.new_lives {
             owners.push(id);
             life_incarnations.push(to_sql(life.incarnation.get()));
@@ -373,6 +375,7 @@ fn write_all(
                 &state_key,
                 &close_reasons,
                 &close_lasts,
+                &open_turns,
             ],
         )
         .map_err(backend)?;

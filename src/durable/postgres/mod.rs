@@ -1,19 +1,20 @@
 //! [`PostgresLog`]: the durable log on PostgreSQL, shared by every node that
 //! opens the same database and schema.
 //!
-//! It owns one Postgres schema (default `livereplay`): four tables it
+//! It owns one Postgres schema (default `livereplay`): five tables it
 //! creates on first open (`schema.rs`), and one notification channel. Nothing
 //! else may write them; several `PostgresLog`s (in one process or on many
 //! nodes) may share them. Postgres 12 or later is needed (identity columns,
 //! `pg_notify` in a transaction); [`PostgresLog::open`] checks.
 //!
-//! # Tables (schema version 1)
+//! # Tables (schema version 3)
 //!
 //! | table | one row per | columns |
 //! |---|---|---|
-//! | `sessions` | session | `id` (identity: creation order), `tenant`, `session`, `durable_tail`, `archived_through`, `last_revision`, `event_count`, `life_incarnations[]`, `life_first_positions[]` |
+//! | `sessions` | session | `id` (identity: creation order), `tenant`, `session`, `durable_tail`, `archived_through`, `last_revision`, `event_count`, `life_incarnations[]`, `life_first_positions[]`, `close_reason`, `close_last` (both NULL while open), `open_turn` (the store whose turn drives it, or NULL) |
 //! | `records` | record | `session_id`, `position` (primary key together), `incarnation`, then `revision`, `timestamp_nanos`, `links`, `payload` (an event) or `hole_count`, `hole_reason` (a hole) |
 //! | `index_entries` | causal index key | `key bytea` (primary key), `value bytea` |
+//! | `stores` | store holding a lease | `id` (primary key), `expires_at` (the server's clock; a row past it counts as none, and goes at the next renewal) |
 //! | `schema_version` | — (one row) | `version` |
 //!
 //! `bigint` is signed: incarnations, revisions and timestamps are stored as
@@ -405,6 +406,14 @@ impl DurableLog for PostgresLog {
             return Ok(Vec::new());
         }
         self.run(|conn| reads::sessions(conn, tenant, limit, offset))
+    }
+
+    fn keep_alive(&self, store: u64, lease: Duration) -> Result<(), LogError> {
+        self.run(|conn| reads::keep_alive(conn, store, lease))
+    }
+
+    fn store_alive(&self, store: u64) -> Result<bool, LogError> {
+        self.run(|conn| reads::store_alive(conn, store))
     }
 }
 

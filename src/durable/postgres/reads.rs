@@ -8,6 +8,8 @@
 //! * Rows are checked as they are decoded (module docs of [`super`]):
 //!   anything this code would not have written is [`LogError::Corrupt`].
 
+use std::time::Duration;
+
 use ::postgres::Row;
 
 use super::{backend, from_sql, position_from_sql, to_sql, Conn};
@@ -87,9 +89,10 @@ pub(super) fn decode_session(row: &Row) -> Result<(i64, SessionKey, SessionMeta)
             lives,
             event_count,
             closure,
-            // Not kept here (a shared log: closing a turn another node left
-            // open would need that node's liveness).
-            open_turn: None,
+            open_turn: row
+                .try_get::<_, Option<i64>>(11)
+                .map_err(backend)?
+                .map(from_sql),
         },
     ))
 }
@@ -196,6 +199,25 @@ pub(super) fn meta(conn: &mut Conn, key: &SessionKey) -> Result<Option<SessionMe
         .map_err(backend)?;
     row.map(|row| decode_session(&row).map(|(_, _, meta)| meta))
         .transpose()
+}
+
+/// [`crate::durable::DurableLog::keep_alive`]: the lease in whole
+/// milliseconds, at least one.
+pub(super) fn keep_alive(conn: &mut Conn, store: u64, lease: Duration) -> Result<(), LogError> {
+    let millis = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1);
+    conn.client
+        .execute(&conn.statements.keep_alive, &[&to_sql(store), &millis])
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// [`crate::durable::DurableLog::store_alive`].
+pub(super) fn store_alive(conn: &mut Conn, store: u64) -> Result<bool, LogError> {
+    conn.client
+        .query_one(&conn.statements.store_alive, &[&to_sql(store)])
+        .map_err(backend)?
+        .try_get(0)
+        .map_err(backend)
 }
 
 /// [`crate::durable::DurableLog::sessions`]; `limit > 0`.

@@ -22,11 +22,11 @@ use super::backend;
 use crate::durable::LogError;
 
 /// The newest schema version this code writes and reads.
-pub(super) const VERSION: i32 = 2;
+pub(super) const VERSION: i32 = 3;
 
 /// Migration `n` (1-based) brings a schema from version `n - 1` to `n`.
 /// `{s}` stands for the quoted schema name.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE {s}.sessions (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -73,6 +73,16 @@ ALTER TABLE {s}.sessions
     ADD COLUMN close_last bigint,
     ADD CHECK ((close_reason IS NULL) = (close_last IS NULL)),
     ADD CHECK (close_last IS NULL OR close_last = durable_tail);
+"#,
+    // 3: a session's open turn (the id of the store whose `crate::Turn`
+    // drives it; NULL when none), and each store's lease: a row until it
+    // expires, on the server's clock (a row past its time counts as none).
+    r#"
+ALTER TABLE {s}.sessions ADD COLUMN open_turn bigint;
+CREATE TABLE {s}.stores (
+    id bigint PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
 "#,
 ];
 
@@ -182,7 +192,7 @@ pub(super) struct Statements {
     pub insert_records: Statement,
     /// One statement for all of an append's rows: every record (one
     /// multi-row insert from arrays, `$1..$9`), every changed session's row
-    /// (`$10..$13`, its new lives `$14..$16`), and a `pg_notify` on channel
+    /// (`$10..$13`, `$19..$21`, its new lives `$14..$16`), and a `pg_notify` on channel
     /// `$17` per changed session; each row also carries the causal index's
     /// state (key `$18`), which the append reads next anyway.
     pub write_all: Statement,
@@ -190,6 +200,11 @@ pub(super) struct Statements {
     pub load_after: Statement,
     /// `(tenant, session)` → the row.
     pub meta: Statement,
+    /// `(store, lease in ms)`: sets the store's lease (and forgets the
+    /// leases that ran out).
+    pub keep_alive: Statement,
+    /// `(store)` → whether its lease runs.
+    pub store_alive: Statement,
     /// `(tenant, limit, offset)` → sessions, newest first.
     pub sessions: Statement,
     /// `(session id, watermark)` → events archived.
@@ -209,7 +224,8 @@ pub(super) struct Statements {
 
 /// The columns of a session row, in the order the statements return them.
 const SESSION_COLUMNS: &str = "id, tenant, session, durable_tail, archived_through, \
-     last_revision, event_count, life_incarnations, life_first_positions, close_reason, close_last";
+     last_revision, event_count, life_incarnations, life_first_positions, close_reason, close_last, \
+     open_turn";
 
 /// The columns of a record row, in the order `reads::decode_record` reads.
 pub(super) const RECORD_COLUMNS: &str = "position, incarnation, revision, timestamp_nanos, \
@@ -252,6 +268,7 @@ impl Statements {
                      UPDATE {s}.sessions AS m SET durable_tail = u.tail,
                          last_revision = u.revision, event_count = u.events,
                          close_reason = u.close_reason, close_last = u.close_last,
+                         open_turn = u.open_turn,
                          life_incarnations = m.life_incarnations || coalesce((
                              SELECT array_agg(l.incarnation ORDER BY l.ord)
                              FROM unnest($14::bigint[], $15::bigint[], $16::bigint[])
@@ -263,8 +280,8 @@ impl Statements {
                                  WITH ORDINALITY AS l (owner, incarnation, first_position, ord)
                              WHERE l.owner = m.id), '{{}}')
                      FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
-                             $19::smallint[], $20::bigint[])
-                         AS u (id, tail, revision, events, close_reason, close_last)
+                             $19::smallint[], $20::bigint[], $21::bigint[])
+                         AS u (id, tail, revision, events, close_reason, close_last, open_turn)
                      WHERE m.id = u.id
                      RETURNING m.id, m.durable_tail)
                  SELECT pg_notify($17, id::text || ' ' || durable_tail::text),
@@ -291,6 +308,19 @@ impl Statements {
             ))?,
             meta: prepare(format!(
                 "SELECT {SESSION_COLUMNS} FROM {s}.sessions WHERE tenant = $1 AND session = $2"
+            ))?,
+            // A lease that ran out and a missing row say the same ("gone"),
+            // so the expired rows go as the live ones are renewed.
+            keep_alive: prepare(format!(
+                "WITH expired AS (
+                     DELETE FROM {s}.stores WHERE expires_at < clock_timestamp() AND id <> $1)
+                 INSERT INTO {s}.stores (id, expires_at)
+                 VALUES ($1, clock_timestamp() + $2::bigint * interval '1 millisecond')
+                 ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+            ))?,
+            store_alive: prepare(format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.stores
+                                WHERE id = $1 AND expires_at > clock_timestamp())"
             ))?,
             sessions: prepare(format!(
                 "SELECT session FROM {s}.sessions WHERE tenant = $1
