@@ -1452,3 +1452,86 @@ async fn retries_to_a_failing_webhook_do_not_keep_a_dropped_service_alive() {
     called(&mut calls).await;
     receiving.abort();
 }
+
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+/// Two nodes over one Redis: a runtime's turn on node A drives a stream,
+/// and A dies (its store goes first, as with a killed process, so the
+/// turn closes nothing). Once A's lease has run out, an HTTP reader
+/// long-polling the stream's tail on node B ends with `Stream-Closed`,
+/// and an append there is a `409` with `Stream-Closed`: B closed the turn
+/// `Interrupted` and took that as the stream's closing record.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_turn_closes_its_stream_on_another_node() {
+    use livereplay::durable::RedisLog;
+    use livereplay::streams::SharedWrites;
+
+    let Some(redis) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let lease = Duration::from_millis(500);
+    let node = || {
+        let log = Arc::new(RedisLog::open(&redis.url()).unwrap());
+        let store = Arc::new(
+            ReplayStore::<StreamRecord>::builder()
+                .durable(log, Postcard)
+                .durable_options(DurableOptions::default().with_store_lease(lease))
+                .build()
+                .unwrap(),
+        );
+        let writes = SharedWrites::open(&redis.url(), "dead-node", Duration::from_secs(2)).unwrap();
+        Arc::new(
+            DurableStreams::new(store)
+                .options(StreamsOptions {
+                    long_poll_timeout: Duration::from_millis(500),
+                    ..StreamsOptions::default()
+                })
+                .shared_writes(writes),
+        )
+    };
+    let (a, b) = (node(), node());
+    let (app_a, app_b) = (Arc::clone(&a).router(), Arc::clone(&b).router());
+    let created = send(&app_a, request("PUT", "/v1/stream/turn", &[TEXT], "a")).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let store_a = Arc::clone(a.store());
+    let key = a.key("", "turn").unwrap();
+    let turn = store_a.session(&key).unwrap().into_turn();
+    let appended = turn.append(Revision(0), StreamRecord::data("b")).unwrap();
+    store_a
+        .wait_durable(&key, appended.position(), REQUEST_TIMEOUT)
+        .unwrap();
+    let read = send(&app_b, request("GET", "/v1/stream/turn", &[], "")).await;
+    assert_eq!(read.text(), "ab", "B reads A's turn");
+    let tail = read.next_offset();
+    let poll = |app: &Router| {
+        let app = app.clone();
+        let uri = format!("/v1/stream/turn?offset={tail}&live=long-poll");
+        async move { send(&app, request("GET", &uri, &[], "")).await }
+    };
+    // A alive: B's long-poll times out with nothing, the stream open.
+    let quiet = poll(&app_b).await;
+    assert_eq!(quiet.status, StatusCode::NO_CONTENT);
+    assert_eq!(quiet.header("stream-closed"), None);
+    // A dies: its store first, then the turn (its close is refused).
+    drop((app_a, a));
+    drop(store_a);
+    drop(turn);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let eof = loop {
+        let answer = poll(&app_b).await;
+        if answer.header("stream-closed").is_some() || tokio::time::Instant::now() > deadline {
+            break answer;
+        }
+    };
+    assert_eq!(eof.status, StatusCode::NO_CONTENT);
+    assert_eq!(eof.header("stream-closed"), Some("true"));
+    assert_eq!(eof.next_offset(), tail, "closing adds no data");
+    let late = send(&app_b, request("POST", "/v1/stream/turn", &[TEXT], "!")).await;
+    assert_eq!(late.status, StatusCode::CONFLICT);
+    assert_eq!(late.header("stream-closed"), Some("true"));
+    let durable = b.store().stats().durable.unwrap();
+    assert_eq!(durable.interrupted_turns, 1);
+}
