@@ -599,11 +599,28 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                     Err(self.gap_with(Some(Some(&meta)), GapReason::Lost, Some(after - end)))
                 }
                 // A turn whose store is gone left it open: no writer will
-                // come. Restored, the session is closed `Interrupted` here
-                // (persister invariant 11), and the ring ends the reader.
+                // come (persister invariant 11).
                 (None, None) if persistence.left_open_by_a_gone_store(&meta) => {
-                    let restore = || crate::persist::restore_identity(Some(persistence), &self.key);
-                    Ok(
+                    Ok(if log.is_shared() {
+                        // The closure is written to the log and read back
+                        // from it: no session of this node's stands for the
+                        // key (another node may reopen it in a newer life),
+                        // and the reader ends with the log's closure. A
+                        // refusal means the log moved on: the next step
+                        // reads it.
+                        match persistence.interrupt_in_log(&self.key, &meta) {
+                            Ok(true) => LogStep::Read,
+                            Ok(false) => LogStep::Nothing,
+                            Err(_) => {
+                                self.read_failed = true;
+                                LogStep::Nothing
+                            }
+                        }
+                    } else {
+                        // Restored closed `Interrupted` here, its closure
+                        // written by the persister; the ring ends the reader.
+                        let restore =
+                            || crate::persist::restore_identity(Some(persistence), &self.key);
                         match self
                             .sessions
                             .get_or_create(&self.key, &self.shared, &restore)
@@ -613,8 +630,8 @@ impl<T: Send + Sync + 'static> CatchUp<T> {
                                 self.read_failed = true;
                                 LogStep::Nothing
                             }
-                        },
-                    )
+                        }
+                    })
                 }
                 (None, None) => Ok(LogStep::AtTail),
             };

@@ -1271,3 +1271,56 @@ fn regression_an_interruptions_life_never_lands_without_its_closure() {
         ],
     );
 }
+
+/// Issue 22 (interrupted turns over a shared log): a node restored the
+/// key (judging the turn's store alive) and writes a new life the failing
+/// log has not taken yet; meanwhile a reader on the other node, once the
+/// gone store's lease ran out, closes the turn. The writer's life then
+/// lands after the closure (a new life reopens a key). The reader's node
+/// must not keep a closed session of its own for the key, which stood
+/// for it over the log: the final catch-up there stopped at the closure.
+#[test]
+fn regression_an_interrupting_reader_leaves_no_session_that_shadows_the_log() {
+    let append = |key| Op::Append { key };
+    assert_clean(
+        &Shape {
+            tenants: 3,
+            auto_sweep: true,
+            ..shape(2, 4, 8)
+        },
+        &[
+            append(2),
+            append(2),
+            Op::OpenHandle { key: 2, slot: 3 },
+            Op::HandleAppend { slot: 3 },
+            Op::HandleAppend { slot: 3 },
+            Op::HandleAppend { slot: 3 },
+            append(2),
+            Op::OpenTurn { slot: 3 },
+            Op::TakeOver {
+                key: 5,
+                to: 1,
+                evict: true,
+            },
+            Op::FailAppends,
+            Op::StartReader {
+                node: 1,
+                key: 2,
+                from: 24,
+                slot: 2,
+            },
+            Op::Crash { node: 0 },
+            Op::OpenHandle { key: 2, slot: 0 },
+            append(2),
+            Op::HandleAppend { slot: 0 },
+            append(2),
+            Op::ExpireLeases { node: 1 },
+            append(2),
+            append(2),
+            Op::Heal,
+            append(2),
+            Op::StepReader { slot: 2, events: 7 },
+            append(2),
+        ],
+    );
+}

@@ -88,18 +88,7 @@ pub(crate) fn restore_identity<T>(
         let Some(meta) = meta else {
             return Ok(new_session(true));
         };
-        let mut incarnation = Incarnation::fresh();
-        while meta.life_of(incarnation).is_some() {
-            incarnation = Incarnation::fresh();
-        }
-        let identity = Identity {
-            incarnation,
-            start: meta.durable_tail,
-            start_revision: Revision(meta.last_revision),
-            previous: meta
-                .current_life()
-                .map(|life| (life.incarnation, meta.durable_tail)),
-        };
+        let identity = after_the_log(&meta);
         let mut interrupted = persistence.left_open_by_a_gone_store(&meta);
         if interrupted && persistence.log.is_shared() {
             interrupting -= 1;
@@ -137,6 +126,23 @@ pub(crate) fn restore_identity<T>(
     }
 }
 
+/// A new life after the log's durable tail, with an incarnation the log
+/// has never seen for the session.
+fn after_the_log(meta: &SessionMeta) -> Identity {
+    let mut incarnation = Incarnation::fresh();
+    while meta.life_of(incarnation).is_some() {
+        incarnation = Incarnation::fresh();
+    }
+    Identity {
+        incarnation,
+        start: meta.durable_tail,
+        start_revision: Revision(meta.last_revision),
+        previous: meta
+            .current_life()
+            .map(|life| (life.incarnation, meta.durable_tail)),
+    }
+}
+
 /// How many times a restore tries to close a turn interrupted over a
 /// shared log while the log keeps moving on.
 const INTERRUPT_ATTEMPTS: u32 = 3;
@@ -153,6 +159,21 @@ impl<T> Persistence<T> {
             return false;
         };
         meta.closure.is_none() && (!self.log.is_shared() || !self.store_alive(owner))
+    }
+
+    /// Closes in the log, over a shared log, a turn its gone store left
+    /// open ([`Persistence::left_open_by_a_gone_store`] said so of `meta`),
+    /// without making the session here: what a reader's catch-up does, so
+    /// that no closed session of this node's would stand for the key after
+    /// the log moved on (another node's newer life reopening it). The
+    /// reader then reads the closure from the log. `Ok(false)` as for
+    /// `close_interrupted`.
+    pub(crate) fn interrupt_in_log(
+        &self,
+        key: &SessionKey,
+        meta: &SessionMeta,
+    ) -> Result<bool, Refusal> {
+        self.close_interrupted(key, &after_the_log(meta))
     }
 
     /// Closes, over a shared log, a turn its gone store left open: one
