@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use livereplay::durable::{DurableLog, MemoryLog};
+use livereplay::durable::{DurableLog, LogError, LogRecord, MemoryLog, SessionMeta, SessionWrite};
 use livereplay::{
     CloseReason, Closure, Config, Cursor, DurableOptions, Error, NextTimeoutError, Refusal,
     ReplayStore, Revision, SessionKey, TryNextError, Utf8,
@@ -780,67 +780,72 @@ fn over_a_shared_log_a_turn_ends_interrupted_once_its_stores_lease_ran_out() {
     assert_eq!(interrupted_turns(&after), 0);
 }
 
+/// A shared memory log without leases: it keeps none (the trait's
+/// defaults: every store "alive"), or, with `refuse`, fails every renewal
+/// (a log that is down), counting the calls.
+#[derive(Debug)]
+struct WithoutLeases {
+    log: MemoryLog,
+    refuse: bool,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl WithoutLeases {
+    fn new(refuse: bool) -> Self {
+        Self {
+            log: MemoryLog::shared(),
+            refuse,
+            asked: Default::default(),
+        }
+    }
+}
+
+impl DurableLog for WithoutLeases {
+    fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+        self.log.append(writes)
+    }
+    fn load_after(
+        &self,
+        key: &SessionKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        self.log.load_after(key, after, limit)
+    }
+    fn meta(&self, key: &SessionKey) -> Result<Option<SessionMeta>, LogError> {
+        self.log.meta(key)
+    }
+    fn archive_before(&self, key: &SessionKey, watermark: u64) -> Result<u64, LogError> {
+        self.log.archive_before(key, watermark)
+    }
+    fn sessions(
+        &self,
+        tenant: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<SessionKey>, LogError> {
+        self.log.sessions(tenant, limit, offset)
+    }
+    fn is_shared(&self) -> bool {
+        true
+    }
+    fn keep_alive(&self, _: u64, _: Duration) -> Result<(), LogError> {
+        self.asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.refuse {
+            return Err(LogError::Backend("down".into()));
+        }
+        Ok(())
+    }
+}
+
 /// A shared log that refuses leases (Redis down) is asked again a
 /// thirtieth of a lease later by an idle store, not every round, and each
 /// refusal is a counted log failure; a commit asks at once, and fails
 /// without the lease.
 #[test]
 fn a_store_renews_its_lease_at_a_paced_rate_while_the_log_refuses() {
-    #[derive(Debug)]
-    struct RefusesLeases {
-        log: MemoryLog,
-        asked: std::sync::atomic::AtomicU64,
-    }
-    impl DurableLog for RefusesLeases {
-        fn append(
-            &self,
-            writes: &[livereplay::durable::SessionWrite<'_>],
-        ) -> Result<(), livereplay::durable::LogError> {
-            self.log.append(writes)
-        }
-        fn load_after(
-            &self,
-            key: &SessionKey,
-            after: u64,
-            limit: usize,
-        ) -> Result<Vec<livereplay::durable::LogRecord>, livereplay::durable::LogError> {
-            self.log.load_after(key, after, limit)
-        }
-        fn meta(
-            &self,
-            key: &SessionKey,
-        ) -> Result<Option<livereplay::durable::SessionMeta>, livereplay::durable::LogError>
-        {
-            self.log.meta(key)
-        }
-        fn archive_before(
-            &self,
-            key: &SessionKey,
-            watermark: u64,
-        ) -> Result<u64, livereplay::durable::LogError> {
-            self.log.archive_before(key, watermark)
-        }
-        fn sessions(
-            &self,
-            tenant: &str,
-            limit: usize,
-            offset: usize,
-        ) -> Result<Vec<SessionKey>, livereplay::durable::LogError> {
-            self.log.sessions(tenant, limit, offset)
-        }
-        fn is_shared(&self) -> bool {
-            true
-        }
-        fn keep_alive(&self, _: u64, _: Duration) -> Result<(), livereplay::durable::LogError> {
-            self.asked
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Err(livereplay::durable::LogError::Backend("down".into()))
-        }
-    }
-    let log = Arc::new(RefusesLeases {
-        log: MemoryLog::shared(),
-        asked: Default::default(),
-    });
+    let log = Arc::new(WithoutLeases::new(true));
     let asked = || log.asked.load(std::sync::atomic::Ordering::Relaxed);
     let clock = Arc::new(livereplay::ManualClock::new());
     let lease = Duration::from_secs(3);
@@ -874,50 +879,7 @@ fn a_store_renews_its_lease_at_a_paced_rate_while_the_log_refuses() {
 /// leaves another node's turn to it for good.
 #[test]
 fn a_shared_log_without_leases_leaves_a_turn_to_its_node() {
-    #[derive(Debug)]
-    struct NoLeases(MemoryLog);
-    impl DurableLog for NoLeases {
-        fn append(
-            &self,
-            writes: &[livereplay::durable::SessionWrite<'_>],
-        ) -> Result<(), livereplay::durable::LogError> {
-            self.0.append(writes)
-        }
-        fn load_after(
-            &self,
-            key: &SessionKey,
-            after: u64,
-            limit: usize,
-        ) -> Result<Vec<livereplay::durable::LogRecord>, livereplay::durable::LogError> {
-            self.0.load_after(key, after, limit)
-        }
-        fn meta(
-            &self,
-            key: &SessionKey,
-        ) -> Result<Option<livereplay::durable::SessionMeta>, livereplay::durable::LogError>
-        {
-            self.0.meta(key)
-        }
-        fn archive_before(
-            &self,
-            key: &SessionKey,
-            watermark: u64,
-        ) -> Result<u64, livereplay::durable::LogError> {
-            self.0.archive_before(key, watermark)
-        }
-        fn sessions(
-            &self,
-            tenant: &str,
-            limit: usize,
-            offset: usize,
-        ) -> Result<Vec<SessionKey>, livereplay::durable::LogError> {
-            self.0.sessions(tenant, limit, offset)
-        }
-        fn is_shared(&self) -> bool {
-            true
-        }
-    }
-    let log: Arc<dyn DurableLog> = Arc::new(NoLeases(MemoryLog::shared()));
+    let log: Arc<dyn DurableLog> = Arc::new(WithoutLeases::new(false));
     let k = key("shared");
     let writer = durable_store(Arc::clone(&log), false);
     let turn = writer.session(&k).unwrap().into_turn();
