@@ -729,12 +729,14 @@ impl World {
     /// Over a shared log, the leases of `node`'s store and of every gone
     /// store run out (persister invariant 11). `node` stalled: what it
     /// accepted on a session another node now closes is lost to it
-    /// (fenced), as in a crash. A turn a gone or stalled store left open,
-    /// on a key no live node holds, is closed `Interrupted` by the next
-    /// node that restores the key: from then on, as after a single
-    /// node's restart (invariant 8), no append is accepted on it until a
-    /// removal or a reopen. A key a live node holds is not judged: that
-    /// node may record a newer life before anyone restores it.
+    /// (fenced), as in a crash. A turn a gone store left open, on a key
+    /// no live node holds or made a session of, is closed `Interrupted` by
+    /// the next node that restores the key: from then on, as after a
+    /// single node's restart (invariant 8), no append is accepted on it
+    /// until a removal or a reopen. The model predicts nothing for a
+    /// stalled store's turns, nor for a key a live node holds (that node
+    /// may record a newer life before anyone restores it); the closures
+    /// they get are judged when seen (`refused`, invariant 7).
     fn expire_leases(&mut self, node: u8) {
         if self.shape.nodes == 1 {
             return;
@@ -754,9 +756,9 @@ impl World {
         self.judge_leases();
     }
 
-    /// Over a shared log: every key whose turn a store left open that is
-    /// not alive (its lease ran out), that no live node holds, is closed
-    /// `Interrupted` by the next node that restores it (see
+    /// Over a shared log: every key whose turn a gone store left open
+    /// (its lease ran out), that no live node holds or made a session of,
+    /// is closed `Interrupted` by the next node that restores it (see
     /// `expire_leases`).
     fn judge_leases(&mut self) {
         for key in 0..self.keys.len() as u8 {
