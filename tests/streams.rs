@@ -900,6 +900,99 @@ async fn readers_are_sent_only_durable_records() {
     assert_eq!(after.text(), "x");
 }
 
+/// CORS as a browser reads it: a preflight is told the methods and
+/// request headers the protocol uses, and may be cached; every other answer
+/// (a 404 outside the stream route included) lets any origin read it and
+/// exposes the protocol's headers, without repeating the preflight's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_is_answered_cors_on_the_preflight_and_every_response() {
+    let dir = TempDir::new("cors");
+    let app = redb_service(&dir).router();
+    let preflight = send(
+        &app,
+        request(
+            "OPTIONS",
+            "/v1/stream/chat",
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "producer-id, stream-seq"),
+            ],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(preflight.status, StatusCode::NO_CONTENT);
+    let methods = preflight.header("access-control-allow-methods").unwrap();
+    for method in ["GET", "HEAD", "PUT", "POST", "DELETE"] {
+        assert!(methods.contains(method), "{method} in {methods:?}");
+    }
+    let allowed = preflight.header("access-control-allow-headers").unwrap();
+    for name in ["content-type", "producer-id", "producer-seq", "stream-seq"] {
+        assert!(allowed.contains(name), "{name} in {allowed:?}");
+    }
+    assert_eq!(preflight.header("access-control-max-age"), Some("86400"));
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+
+    let created = send(
+        &app,
+        request(
+            "PUT",
+            "/v1/stream/chat",
+            &[("content-type", "text/plain")],
+            "",
+        ),
+    )
+    .await;
+    let appended = send(
+        &app,
+        request(
+            "POST",
+            "/v1/stream/chat",
+            &[("content-type", "text/plain")],
+            "hi",
+        ),
+    )
+    .await;
+    let read = send(&app, request("GET", "/v1/stream/chat?offset=-1", &[], "")).await;
+    let missing = send(&app, request("GET", "/v1/nothing-here", &[], "")).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(appended.status, StatusCode::NO_CONTENT);
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    for (label, answer) in [
+        ("create", &created),
+        ("append", &appended),
+        ("read", &read),
+        ("404", &missing),
+    ] {
+        assert_eq!(
+            answer.header("access-control-allow-origin"),
+            Some("*"),
+            "{label}"
+        );
+        let exposed = answer.header("access-control-expose-headers").unwrap();
+        for name in [
+            "stream-next-offset",
+            "stream-closed",
+            "producer-epoch",
+            "etag",
+        ] {
+            assert!(exposed.contains(name), "{label}: {name} in {exposed:?}");
+        }
+        assert_eq!(
+            answer.header("access-control-allow-methods"),
+            None,
+            "{label}"
+        );
+        assert_eq!(
+            answer.header("access-control-allow-headers"),
+            None,
+            "{label}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_typed_refusal_never_a_panic() {
     let dir = TempDir::new("bad");

@@ -165,7 +165,9 @@ async fn dispatch(
     body: Bytes,
 ) -> Result<Response, StreamError> {
     if *method == Method::OPTIONS {
-        return Ok(StatusCode::NO_CONTENT.into_response());
+        let mut preflight = StatusCode::NO_CONTENT.into_response();
+        headers::add_preflight_headers(preflight.headers_mut());
+        return Ok(preflight);
     }
     let info = RequestInfo {
         method,
@@ -461,9 +463,9 @@ async fn post(
     };
     let mut response = status.into_response();
     let out = response.headers_mut();
-    // Room for these and `common_headers`' six at once, rather than
+    // Room for these and `common_headers`' four at once, rather than
     // growing the map three times.
-    out.reserve(12);
+    out.reserve(8);
     set_offset(out, headers::NEXT_OFFSET, appended.next);
     if appended.closed {
         set(out, headers::STREAM_CLOSED, "true");
