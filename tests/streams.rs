@@ -1332,6 +1332,70 @@ fn serve_refuses_to_bind_beyond_loopback() {
     assert!(!data_dir.exists(), "it created its data dir anyway");
 }
 
+/// `--worker-threads N` runs N HTTP threads (`livereplay-http`, counted
+/// before any request could start one of tokio's blocking threads, which
+/// share the name), and the server serves with one; zero is refused
+/// before anything starts.
+#[test]
+fn serve_runs_the_worker_threads_it_is_given() {
+    let workers = |pid: u32| {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("its threads");
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "livereplay-http")
+            .count()
+    };
+    for count in [1, 3] {
+        let dir = TempDir::new("workers");
+        let data_dir = dir.0.to_str().expect("a UTF-8 temporary path");
+        let served = Served::start(
+            &[
+                "--data-dir",
+                data_dir,
+                "--worker-threads",
+                &count.to_string(),
+            ],
+            None,
+        );
+        // The runtime starts its workers without waiting for them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while workers(served.pid()) < count && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(workers(served.pid()), count, "--worker-threads {count}");
+        let created = served.send("PUT", "/v1/stream/w", &[("content-type", "text/plain")], "");
+        assert_eq!(created.status, StatusCode::CREATED);
+        let appended = served.send(
+            "POST",
+            "/v1/stream/w",
+            &[("content-type", "text/plain")],
+            "x",
+        );
+        assert_eq!(appended.status, StatusCode::NO_CONTENT);
+        let read = served.send("GET", "/v1/stream/w?offset=-1", &[], "");
+        assert_eq!(read.text(), "x");
+    }
+    let dir = TempDir::new("workers");
+    let data_dir = dir.0.join("data");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--worker-threads",
+            "0",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .output()
+        .expect("run livereplay serve");
+    assert_eq!(output.status.code(), Some(2), "clap's usage error");
+    assert!(output.stdout.is_empty(), "it listened");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
+    assert!(!data_dir.exists(), "it created its data dir anyway");
+}
+
 /// Large records past `large_records_in_memory` leave memory oldest first
 /// (whole ring segments of 64 positions) and are read from the log, whole
 /// and in order; small ones are not counted.
