@@ -780,28 +780,55 @@ fn over_a_shared_log_a_turn_ends_interrupted_once_its_stores_lease_ran_out() {
     assert_eq!(interrupted_turns(&after), 0);
 }
 
-/// A shared memory log without leases: it keeps none (the trait's
-/// defaults: every store "alive"), or, with `refuse`, fails every renewal
-/// (a log that is down), counting the calls.
+/// A shared memory log whose leases are [`Leases`], and which refuses,
+/// while `refuse_interruptions` is set, every write that closes a turn
+/// `Interrupted` as a log that moved on does (another store wrote first).
 #[derive(Debug)]
-struct WithoutLeases {
+struct Wrapped {
     log: MemoryLog,
-    refuse: bool,
+    leases: Leases,
+    refuse_interruptions: std::sync::atomic::AtomicBool,
     asked: std::sync::atomic::AtomicU64,
 }
 
-impl WithoutLeases {
-    fn new(refuse: bool) -> Self {
+/// What a [`Wrapped`] log does with leases.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Leases {
+    /// The memory log's own (`MemoryLog::expire_store` ends one).
+    Kept,
+    /// None kept (the trait's defaults: every store "alive").
+    None,
+    /// Every renewal fails (a log that is down), counting the calls.
+    Refused,
+}
+
+impl Wrapped {
+    fn new(leases: Leases) -> Self {
         Self {
             log: MemoryLog::shared(),
-            refuse,
+            leases,
+            refuse_interruptions: Default::default(),
             asked: Default::default(),
         }
     }
 }
 
-impl DurableLog for WithoutLeases {
+impl DurableLog for Wrapped {
     fn append(&self, writes: &[SessionWrite<'_>]) -> Result<(), LogError> {
+        let refuse = self
+            .refuse_interruptions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(write) = writes.iter().find(|write| {
+            refuse
+                && write
+                    .closure
+                    .is_some_and(|c| c.reason == CloseReason::Interrupted)
+        }) {
+            return Err(LogError::BadLife {
+                key: write.key.clone(),
+                expected: 0,
+            });
+        }
         self.log.append(writes)
     }
     fn load_after(
@@ -829,13 +856,20 @@ impl DurableLog for WithoutLeases {
     fn is_shared(&self) -> bool {
         true
     }
-    fn keep_alive(&self, _: u64, _: Duration) -> Result<(), LogError> {
+    fn keep_alive(&self, store: u64, lease: Duration) -> Result<(), LogError> {
         self.asked
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if self.refuse {
-            return Err(LogError::Backend("down".into()));
+        match self.leases {
+            Leases::Kept => self.log.keep_alive(store, lease),
+            Leases::None => Ok(()),
+            Leases::Refused => Err(LogError::Backend("down".into())),
         }
-        Ok(())
+    }
+    fn store_alive(&self, store: u64) -> Result<bool, LogError> {
+        match self.leases {
+            Leases::Kept => self.log.store_alive(store),
+            Leases::None | Leases::Refused => Ok(true),
+        }
     }
 }
 
@@ -845,7 +879,7 @@ impl DurableLog for WithoutLeases {
 /// without the lease.
 #[test]
 fn a_store_renews_its_lease_at_a_paced_rate_while_the_log_refuses() {
-    let log = Arc::new(WithoutLeases::new(true));
+    let log = Arc::new(Wrapped::new(Leases::Refused));
     let asked = || log.asked.load(std::sync::atomic::Ordering::Relaxed);
     let clock = Arc::new(livereplay::ManualClock::new());
     let lease = Duration::from_secs(3);
@@ -879,7 +913,7 @@ fn a_store_renews_its_lease_at_a_paced_rate_while_the_log_refuses() {
 /// leaves another node's turn to it for good.
 #[test]
 fn a_shared_log_without_leases_leaves_a_turn_to_its_node() {
-    let log: Arc<dyn DurableLog> = Arc::new(WithoutLeases::new(false));
+    let log: Arc<dyn DurableLog> = Arc::new(Wrapped::new(Leases::None));
     let k = key("shared");
     let writer = durable_store(Arc::clone(&log), false);
     let turn = writer.session(&k).unwrap().into_turn();
@@ -894,6 +928,61 @@ fn a_shared_log_without_leases_leaves_a_turn_to_its_node() {
     assert_eq!(reader.try_next().unwrap_err(), TryNextError::Empty);
     assert_eq!(interrupted_turns(&host), 0);
     assert!(!host.is_resident(&k));
+}
+
+/// A writer's restore over a shared log that keeps refusing the
+/// interruption of a gone store's turn (each refusal says the log moved
+/// on) refuses the append, retryably, rather than start a life that would
+/// clear the turn's mark with the turn never closed; once the log takes
+/// the closure, the append is refused as closed, and a reader elsewhere
+/// ends with it.
+#[test]
+fn a_restore_the_log_keeps_refusing_leaves_the_turn_to_be_closed() {
+    let log = Arc::new(Wrapped::new(Leases::Kept));
+    let k = key("moving");
+    let writer = durable_store(log.clone(), false);
+    let turn = writer.session(&k).unwrap().into_turn();
+    turn.append(Revision(1), "a".into()).unwrap();
+    drain(&writer);
+    let owner = log.meta(&k).unwrap().unwrap().open_turn.expect("the mark");
+    drop(writer);
+    drop(turn);
+    log.log.expire_store(owner);
+
+    log.refuse_interruptions
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let host = durable_store(log.clone(), false);
+    match host.append(&k, Revision(2), "b".into()) {
+        Err(Error::Refused(Refusal::LogUnavailable { reason })) => {
+            assert!(reason.contains("close a turn"), "{reason}")
+        }
+        other => panic!("expected a retryable refusal, got {other:?}"),
+    }
+    drain(&host);
+    let meta = log.meta(&k).unwrap().unwrap();
+    assert_eq!(
+        (meta.open_turn, meta.closure, meta.durable_tail),
+        (Some(owner), None, 1),
+        "the turn is left marked for the next try"
+    );
+    assert_eq!(interrupted_turns(&host), 0);
+
+    log.refuse_interruptions
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let interrupted = Closure {
+        reason: CloseReason::Interrupted,
+        last: 1,
+    };
+    assert_eq!(
+        refused_closed(host.append(&k, Revision(2), "b".into())),
+        interrupted
+    );
+    assert_eq!(interrupted_turns(&host), 1);
+    let reader = durable_store(log.clone(), false);
+    assert_eq!(
+        read_to_closure(&reader, &k),
+        (vec!["a".to_string()], Ok(interrupted))
+    );
 }
 
 /// Starts this test binary again as the child `test` (an ignored test that

@@ -97,7 +97,10 @@
 //!     it, never the one without the other. The log refusing that write
 //!     means it moved on (the stalled store wrote more, or another store
 //!     closed the turn first): the restore reads the log again, so no
-//!     closure the log refused is ever served. A reader's catch-up writes
+//!     closure the log refused is ever served; after three such refusals
+//!     in a row it refuses with `LogUnavailable` (retryable), leaving the
+//!     mark in the log rather than clear it with a life that closes
+//!     nothing. A reader's catch-up writes
 //!     the same but makes no session: it reads the closure back from the
 //!     log, so no closed session of its node's stands for the key once
 //!     another node reopens it in a newer life. Redis and Postgres keep

@@ -75,8 +75,11 @@ pub(crate) fn restore_identity<T>(
     }
     // A turn closed over a shared log is written before the session is
     // made (`close_interrupted`); the log refusing it means it moved on
-    // (the turn's store, only stalled, wrote more), and the meta is read
-    // again. A few rounds of that end in a plain restore.
+    // (the turn's store, only stalled, wrote more, or another store closed
+    // it first), and the meta is read again. A log that keeps moving for a
+    // few rounds refuses the restore for now: a plain restore would write
+    // a new life that clears the turn's mark, and the turn would never be
+    // closed (its readers would wait for good).
     let mut interrupting = INTERRUPT_ATTEMPTS;
     loop {
         let meta = persistence
@@ -89,7 +92,7 @@ pub(crate) fn restore_identity<T>(
             return Ok(new_session(true));
         };
         let identity = after_the_log(&meta);
-        let mut interrupted = persistence.left_open_by_a_gone_store(&meta);
+        let interrupted = persistence.left_open_by_a_gone_store(&meta);
         if interrupted && persistence.log.is_shared() {
             interrupting -= 1;
             if persistence.close_interrupted(key, &identity)? {
@@ -106,7 +109,12 @@ pub(crate) fn restore_identity<T>(
             if interrupting > 0 {
                 continue;
             }
-            interrupted = false;
+            return Err(Refusal::LogUnavailable {
+                reason: format!(
+                    "it kept changing under {INTERRUPT_ATTEMPTS} attempts to close a turn \
+                     a gone store left open"
+                ),
+            });
         }
         persistence.counters.restored_sessions.add(1);
         let closed = meta
@@ -144,7 +152,8 @@ fn after_the_log(meta: &SessionMeta) -> Identity {
 }
 
 /// How many times a restore tries to close a turn interrupted over a
-/// shared log while the log keeps moving on.
+/// shared log while the log keeps moving on, before it refuses with
+/// [`Refusal::LogUnavailable`] (the caller's next try starts again).
 const INTERRUPT_ATTEMPTS: u32 = 3;
 
 impl<T> Persistence<T> {
