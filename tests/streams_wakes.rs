@@ -134,7 +134,18 @@ fn a_webhook_wake_in_flight_is_delivered_after_a_crash() {
     );
     assert_eq!(delivered["streams"][0]["tail_offset"], tail.as_str());
     // Its `done` acked the tail: the subscription has nothing pending.
-    let described = json_of(&served.send("GET", "/v1/stream/__ds/subscriptions/hook", &[], ""));
+    // The receiver sees the delivery before the server reads its answer,
+    // so the ack lands a moment after `next` returns: poll, bounded.
+    let deadline = std::time::Instant::now() + DELIVERY;
+    let described = loop {
+        let described = json_of(&served.send("GET", "/v1/stream/__ds/subscriptions/hook", &[], ""));
+        if described["streams"][0]["acked_offset"] == tail.as_str()
+            || std::time::Instant::now() >= deadline
+        {
+            break described;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(
         described["streams"][0]["acked_offset"],
         tail.as_str(),
