@@ -1396,6 +1396,77 @@ fn serve_runs_the_worker_threads_it_is_given() {
     assert!(!data_dir.exists(), "it created its data dir anyway");
 }
 
+/// `--cache-bytes` sizes the redb log's page cache: a server with a small
+/// one serves. A flag of the other log is a usage error before anything
+/// starts, not ignored: redb's flags without `--data-dir`, Redis's without
+/// `--redis`.
+#[test]
+fn serve_takes_a_cache_size_and_refuses_the_other_logs_flags() {
+    let dir = TempDir::new("cache");
+    let data_dir = dir.0.to_str().expect("a UTF-8 temporary path");
+    let served = Served::start(&["--data-dir", data_dir, "--cache-bytes", "1048576"], None);
+    let created = served.send("PUT", "/v1/stream/c", &[("content-type", "text/plain")], "");
+    assert_eq!(created.status, StatusCode::CREATED);
+    let appended = served.send(
+        "POST",
+        "/v1/stream/c",
+        &[("content-type", "text/plain")],
+        "x",
+    );
+    assert_eq!(appended.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        served.send("GET", "/v1/stream/c?offset=-1", &[], "").text(),
+        "x"
+    );
+    let redis = ["--redis", "redis://127.0.0.1:1/"];
+    let other = dir.0.join("other");
+    let other = other.to_str().expect("a UTF-8 temporary path");
+    let data = ["--data-dir", other];
+    let cases: [(&[&str], [&str; 2], &str); 5] = [
+        (
+            &redis,
+            ["--cache-bytes", "1048576"],
+            "'--redis <URL>' cannot be used",
+        ),
+        (
+            &redis,
+            ["--journal-bytes", "1048576"],
+            "'--redis <URL>' cannot be used",
+        ),
+        (
+            &redis,
+            ["--commit", "immediate"],
+            "'--redis <URL>' cannot be used",
+        ),
+        (
+            &data,
+            ["--lease-ms", "20000"],
+            "'--data-dir <DATA_DIR>' cannot be used",
+        ),
+        (
+            &data,
+            ["--namespace", "x"],
+            "'--data-dir <DATA_DIR>' cannot be used",
+        ),
+    ];
+    for (log, flag, says) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
+            .args(["serve", "--port", "0"])
+            .args(log)
+            .args(flag)
+            .output()
+            .expect("run livereplay serve");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{flag:?}: it listened");
+        assert!(stderr.contains(says), "{flag:?}: {stderr}");
+    }
+    assert!(
+        !dir.0.join("other").exists(),
+        "a refused start made its data dir"
+    );
+}
+
 /// Large records past `large_records_in_memory` leave memory oldest first
 /// (whole ring segments of 64 positions) and are read from the log, whole
 /// and in order; small ones are not counted.

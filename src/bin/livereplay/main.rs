@@ -67,7 +67,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the Durable Streams protocol at /v1/stream/{path}.
-    Serve(Serve),
+    // Boxed: its flags are most of the enum's size.
+    Serve(Box<Serve>),
     /// Print a signed URL that reads one stream until it expires.
     Sign(Sign),
 }
@@ -114,17 +115,29 @@ struct Serve {
     /// one node.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    // The flags of one log conflict with the other log's, rather than
+    // `requires` theirs: clap skips `requires` for an argument with a
+    // default value even when it is given (clap issue #3076), so
+    // `--journal-bytes` beside `--redis` was ignored without a word.
     /// With --data-dir: how an append becomes durable before it is
     /// acknowledged. `journaled`: one `fdatasync`ed frame in
     /// `streams.redb.journal`, redb's pages written at checkpoints;
     /// `immediate`: a durable redb commit each time. Both lose nothing
     /// acknowledged in a crash.
-    #[arg(long, value_enum, default_value_t = Commit::Journaled, requires = "data_dir")]
+    #[arg(long, value_enum, default_value_t = Commit::Journaled, conflicts_with = "redis")]
     commit: Commit,
     /// With --commit journaled: the journal's size; a checkpoint writes
     /// redb's pages once per this many bytes of appends.
-    #[arg(long, default_value_t = 16 << 20, requires = "data_dir")]
+    #[arg(long, default_value_t = 16 << 20, conflicts_with = "redis")]
     journal_bytes: u64,
+    /// With --data-dir: the most memory redb's page cache may take. The
+    /// streams' rings serve live readers from memory; the cache holds the
+    /// B-tree pages appends touch and the records catch-up reads again.
+    /// Measured at 16 MiB against the default: 44 MiB less RSS at 10 000
+    /// streams, but 25 % fewer appends/s at 100 000 streams and half the
+    /// speed of a repeated 100 MiB catch-up.
+    #[arg(long, default_value_t = 64 << 20, conflicts_with = "redis")]
+    cache_bytes: usize,
     /// A Redis server (`redis://host:port/db`, 6.2 or later) holding the
     /// log: every node given the same URL and namespace serves the same
     /// streams.
@@ -132,12 +145,12 @@ struct Serve {
     redis: Option<String>,
     /// The prefix of every Redis key this server writes (nodes sharing a
     /// server but not their streams use different ones).
-    #[arg(long, default_value = "lr", requires = "redis")]
+    #[arg(long, default_value = "lr", conflicts_with = "data_dir")]
     namespace: String,
     /// With --redis: how long a node may hold a stream's write lease before
     /// another node may take it (a node killed mid-write blocks its stream
     /// at most this long). Must exceed --durable-timeout-ms.
-    #[arg(long, default_value_t = 15_000, requires = "redis")]
+    #[arg(long, default_value_t = 15_000, conflicts_with = "data_dir")]
     lease_ms: u64,
     /// How long a write waits for its record to be durable before 503.
     #[arg(long, default_value_t = 10_000)]
@@ -213,7 +226,7 @@ enum Commit {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve(serve) => run(serve),
+        Command::Serve(serve) => run(*serve),
         Command::Sign(sign) => print_signed_url(&sign),
     };
     match outcome {
@@ -518,7 +531,8 @@ fn open_log(
             Commit::Journaled => RedbDurability::Journaled,
             Commit::Immediate => RedbDurability::Immediate,
         })
-        .journal_bytes(serve.journal_bytes);
+        .journal_bytes(serve.journal_bytes)
+        .cache_size(serve.cache_bytes);
     let log = RedbLog::open_with(&path, options)
         .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
     #[cfg(feature = "redis")]
