@@ -1313,6 +1313,36 @@ fn what_the_binary_acknowledged_survives_sigkill() {
     server.kill();
 }
 
+/// Runs `livereplay serve --port 0 <args>`, which must refuse to start:
+/// nothing on stdout (it never listened); its exit code and stderr.
+fn refused_start(args: &[&str]) -> (Option<i32>, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .output()
+        .expect("run livereplay serve");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{args:?} started: {stderr}");
+    assert!(output.stdout.is_empty(), "{args:?}: it listened");
+    (output.status.code(), stderr)
+}
+
+/// A text stream at `path` on `served` takes one append and reads it back.
+fn serves_a_record(served: &Served, path: &str) {
+    let text = [("content-type", "text/plain")];
+    let url = format!("/v1/stream/{path}");
+    assert_eq!(
+        served.send("PUT", &url, &text, "").status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        served.send("POST", &url, &text, "x").status,
+        StatusCode::NO_CONTENT
+    );
+    let read = served.send("GET", &format!("{url}?offset=-1"), &[], "");
+    assert_eq!(read.text(), "x");
+}
+
 /// `livereplay serve` without tokens or a signing key has no access
 /// control: it refuses to bind anything but loopback, with a message saying
 /// why, and creates nothing.
@@ -1320,14 +1350,8 @@ fn what_the_binary_acknowledged_survives_sigkill() {
 fn serve_refuses_to_bind_beyond_loopback() {
     let dir = TempDir::new("bind");
     let data_dir = dir.0.join("data");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
-        .args(["serve", "--port", "0", "--bind", "0.0.0.0", "--data-dir"])
-        .arg(&data_dir)
-        .output()
-        .expect("run livereplay serve");
-    assert!(!output.status.success());
-    assert!(output.stdout.is_empty(), "it listened");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let data = data_dir.to_str().expect("a UTF-8 temporary path");
+    let (_, stderr) = refused_start(&["--bind", "0.0.0.0", "--data-dir", data]);
     assert!(stderr.contains("no access control"), "{stderr}");
     assert!(!data_dir.exists(), "it created its data dir anyway");
 }
@@ -1348,13 +1372,9 @@ fn serve_runs_the_worker_threads_it_is_given() {
     for count in [1, 3] {
         let dir = TempDir::new("workers");
         let data_dir = dir.0.to_str().expect("a UTF-8 temporary path");
+        let count_flag = count.to_string();
         let served = Served::start(
-            &[
-                "--data-dir",
-                data_dir,
-                "--worker-threads",
-                &count.to_string(),
-            ],
+            &["--data-dir", data_dir, "--worker-threads", &count_flag],
             None,
         );
         // The runtime starts its workers without waiting for them.
@@ -1363,103 +1383,47 @@ fn serve_runs_the_worker_threads_it_is_given() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(workers(served.pid()), count, "--worker-threads {count}");
-        let created = served.send("PUT", "/v1/stream/w", &[("content-type", "text/plain")], "");
-        assert_eq!(created.status, StatusCode::CREATED);
-        let appended = served.send(
-            "POST",
-            "/v1/stream/w",
-            &[("content-type", "text/plain")],
-            "x",
-        );
-        assert_eq!(appended.status, StatusCode::NO_CONTENT);
-        let read = served.send("GET", "/v1/stream/w?offset=-1", &[], "");
-        assert_eq!(read.text(), "x");
+        serves_a_record(&served, "w");
     }
     let dir = TempDir::new("workers");
     let data_dir = dir.0.join("data");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--worker-threads",
-            "0",
-            "--data-dir",
-        ])
-        .arg(&data_dir)
-        .output()
-        .expect("run livereplay serve");
-    assert_eq!(output.status.code(), Some(2), "clap's usage error");
-    assert!(output.stdout.is_empty(), "it listened");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let data = data_dir.to_str().expect("a UTF-8 temporary path");
+    let (code, stderr) = refused_start(&["--worker-threads", "0", "--data-dir", data]);
+    assert_eq!(code, Some(2), "clap's usage error: {stderr}");
     assert!(stderr.contains("--worker-threads"), "{stderr}");
     assert!(!data_dir.exists(), "it created its data dir anyway");
 }
 
 /// `--cache-bytes` sizes the redb log's page cache: a server with a small
 /// one serves. A flag of the other log is a usage error before anything
-/// starts, not ignored: redb's flags without `--data-dir`, Redis's without
-/// `--redis`.
+/// starts, not ignored: redb's flags beside `--redis`, Redis's beside
+/// `--data-dir`.
 #[test]
 fn serve_takes_a_cache_size_and_refuses_the_other_logs_flags() {
     let dir = TempDir::new("cache");
     let data_dir = dir.0.to_str().expect("a UTF-8 temporary path");
     let served = Served::start(&["--data-dir", data_dir, "--cache-bytes", "1048576"], None);
-    let created = served.send("PUT", "/v1/stream/c", &[("content-type", "text/plain")], "");
-    assert_eq!(created.status, StatusCode::CREATED);
-    let appended = served.send(
-        "POST",
-        "/v1/stream/c",
-        &[("content-type", "text/plain")],
-        "x",
-    );
-    assert_eq!(appended.status, StatusCode::NO_CONTENT);
-    assert_eq!(
-        served.send("GET", "/v1/stream/c?offset=-1", &[], "").text(),
-        "x"
-    );
-    let redis = ["--redis", "redis://127.0.0.1:1/"];
+    serves_a_record(&served, "c");
     let other = dir.0.join("other");
     let other = other.to_str().expect("a UTF-8 temporary path");
-    let data = ["--data-dir", other];
-    let cases: [(&[&str], [&str; 2], &str); 5] = [
-        (
-            &redis,
-            ["--cache-bytes", "1048576"],
-            "'--redis <URL>' cannot be used",
-        ),
-        (
-            &redis,
-            ["--journal-bytes", "1048576"],
-            "'--redis <URL>' cannot be used",
-        ),
-        (
-            &redis,
-            ["--commit", "immediate"],
-            "'--redis <URL>' cannot be used",
-        ),
-        (
-            &data,
-            ["--lease-ms", "20000"],
-            "'--data-dir <DATA_DIR>' cannot be used",
-        ),
-        (
-            &data,
-            ["--namespace", "x"],
-            "'--data-dir <DATA_DIR>' cannot be used",
-        ),
+    let (redis, data) = ("redis://127.0.0.1:1/", other);
+    let cases: [[&str; 4]; 5] = [
+        ["--redis", redis, "--cache-bytes", "1048576"],
+        ["--redis", redis, "--journal-bytes", "1048576"],
+        ["--redis", redis, "--commit", "immediate"],
+        ["--data-dir", data, "--lease-ms", "20000"],
+        ["--data-dir", data, "--namespace", "x"],
     ];
-    for (log, flag, says) in cases {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_livereplay"))
-            .args(["serve", "--port", "0"])
-            .args(log)
-            .args(flag)
-            .output()
-            .expect("run livereplay serve");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{flag:?}: {stderr}");
-        assert!(output.stdout.is_empty(), "{flag:?}: it listened");
-        assert!(stderr.contains(says), "{flag:?}: {stderr}");
+    for args in cases {
+        let (code, stderr) = refused_start(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let conflict = format!("'{} <", args[0]);
+        assert!(
+            stderr.contains(&conflict)
+                && stderr.contains(args[2])
+                && stderr.contains("cannot be used"),
+            "{args:?}: {stderr}"
+        );
     }
     assert!(
         !dir.0.join("other").exists(),
