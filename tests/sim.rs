@@ -1206,6 +1206,35 @@ fn regression_a_fenced_session_leaves_no_tombstone() {
     );
 }
 
+/// Issue 22 (interrupted turns over a shared log), a model fix: a node
+/// restored a key while the turn's store was still alive, closed it and
+/// removed it, all while the log failed; after the turn's lease ran out, an
+/// append on that node continued after the removed session from memory.
+/// Its new life, not in the log yet, supersedes the turn (as a handle's
+/// would), so the model must not predict the turn interrupted: it had not
+/// counted a session made by `Close` or `Reopen` as the node's.
+#[test]
+fn regression_a_closed_and_removed_successor_supersedes_a_gone_stores_turn() {
+    assert_clean(
+        &Shape {
+            tenants: 3,
+            sessions: 3,
+            undurable_budget: 1024,
+            ..shape(2, 8, 1)
+        },
+        &[
+            Op::OpenHandle { key: 1, slot: 1 },
+            Op::OpenTurn { slot: 1 },
+            Op::Restart { node: 0 },
+            Op::FailAppends,
+            Op::Close { key: 1, reason: 2 },
+            Op::Remove { node: 0, key: 1 },
+            Op::ExpireLeases { node: 1 },
+            Op::Append { key: 1 },
+        ],
+    );
+}
+
 /// Issue 22 (interrupted turns over a shared log): a reader on another
 /// node judges a stalled node's turn interrupted while the stalled node
 /// still writes. The closure is written before the reader's node makes the
