@@ -160,9 +160,10 @@ pub struct World {
     /// whose leases `ExpireLeases` lets run out.
     gone_stores: Vec<u64>,
     /// `(generation, key)`: the store generation made a session of the
-    /// key (a handle, or an accepted append). Such a store may continue
-    /// the key from memory (a removed session still on its way to the
-    /// log), so the model does not predict an interruption there.
+    /// key ([`World::touch`]: a handle, an accepted append, a close or a
+    /// reopen). Such a store may continue the key from memory (a removed
+    /// session still on its way to the log), so the model does not
+    /// predict an interruption there.
     touched: BTreeSet<(u32, u8)>,
     /// Each generation's payload probe (see [`Payload`]).
     probes: Vec<Arc<()>>,
@@ -293,8 +294,7 @@ impl World {
         *first = (*first).min(position);
         self.by_payload
             .insert(event.payload().text.clone(), self.accepted.len());
-        let generation = self.nodes[usize::from(node)].generation;
-        self.touched.insert((generation, key));
+        let generation = self.touch(node, key);
         self.accepted.push(Accepted {
             key,
             position,
@@ -332,6 +332,17 @@ impl World {
             );
         }
         Ok(())
+    }
+
+    /// Records that `node`'s current store generation made a session of
+    /// `key`: perhaps a new life the log has not got yet (removed later,
+    /// still on its way), which supersedes a gone store's turn when it
+    /// lands, so no interruption is predicted for the key. Returns the
+    /// generation.
+    fn touch(&mut self, node: u8, key: u8) -> u32 {
+        let generation = self.nodes[usize::from(node)].generation;
+        self.touched.insert((generation, key));
+        generation
     }
 
     fn refused(&mut self, key: u8, what: &str, error: &Error) -> Result<(), Violation> {
@@ -564,7 +575,7 @@ impl World {
                 let generation = self.nodes[usize::from(node)].generation;
                 match self.store(node).session(&k) {
                     Ok(handle) => {
-                        self.touched.insert((generation, key));
+                        self.touch(node, key);
                         self.release(usize::from(slot))?;
                         self.handles[usize::from(slot)] = Some(Handle {
                             node,
@@ -714,10 +725,7 @@ impl World {
                         )
                     }
                     Ok(_) => {
-                        // A new life, perhaps not in the log yet: as for a
-                        // handle, no interruption is predicted for the key.
-                        let generation = self.nodes[usize::from(node)].generation;
-                        self.touched.insert((generation, key));
+                        self.touch(node, key);
                         covered("reopen: open")
                     }
                     Err(error) => self.refused(key, "reopen", &error)?,
@@ -810,11 +818,7 @@ impl World {
             Ok(handle) => handle,
             Err(error) => return self.refused(key, "session to close", &error),
         };
-        // A session made here may be a new life the log has not got yet
-        // (removed later, still on its way): it supersedes a gone store's
-        // turn, so no interruption is predicted for the key.
-        let generation = self.nodes[usize::from(node)].generation;
-        self.touched.insert((generation, key));
+        self.touch(node, key);
         let closure = match handle.close(reason) {
             Ok(closure) => closure,
             Err(error) => return self.refused(key, "close", &error),
